@@ -1,0 +1,287 @@
+"""glmcore.gpu: recorded samples through the real parser and sampler thread, and NVML as this machine has it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from glmcore import gpu
+
+FIXTURE = Path(__file__).parent / "fixtures" / "gpu_samples.json"
+MIB = 1024 * 1024
+NVML_PRESENT = gpu.read_gpus().available
+WAIT_S = 30  # a deadline for the sampler thread, not a timing assertion
+
+
+def write_samples(path: Path, devices: list[dict]) -> Path:
+    sample = {
+        "timestamp": 0.0,
+        "driver_version": "550.54.15",
+        "cuda_driver_version": 12020,
+        "devices": devices,
+    }
+    path.write_text(json.dumps({"format": gpu.SAMPLES_FORMAT, "samples": [sample]}), encoding="utf-8")
+    return path
+
+
+def test_recorded_h100_sample_is_parsed_into_nvidia_smi_units() -> None:
+    snapshot = gpu.RecordedGpuBackend(FIXTURE).read()
+
+    assert snapshot.available and snapshot.reason is None
+    assert (snapshot.driver_version, snapshot.cuda_version) == ("550.54.15", "12.4")
+    first = snapshot.gpus[0]
+    assert first.index == 0 and first.name == "NVIDIA H100 80GB HBM3"
+    assert first.memory_total == 85520809984
+    assert first.memory_used + first.memory_free == first.memory_total
+    assert (first.utilization_gpu, first.utilization_memory, first.temperature) == (97, 58, 61)
+    assert first.power_draw == pytest.approx(612.453)
+    assert first.power_limit == 700.0
+    assert first.fan_speed is None
+    assert first.memory_used_fraction == pytest.approx(first.memory_used / first.memory_total)
+    training = first.processes[0]
+    assert (training.pid, training.used_memory, training.kind) == (48213, 41236 * MIB, "C")
+    assert training.command.endswith("--local-rank 0")
+    hidden = snapshot.gpus[1].processes[1]
+    assert (hidden.used_memory, hidden.command) == (None, None)
+
+
+def test_recorded_backend_replays_samples_in_order_and_wraps() -> None:
+    backend = gpu.RecordedGpuBackend(FIXTURE)
+    recorded = json.loads(FIXTURE.read_text(encoding="utf-8"))["samples"]
+
+    utilizations = [backend.read().gpus[0].utilization_gpu for _ in range(len(recorded) + 1)]
+
+    expected = [sample["devices"][0]["utilization"]["gpu"] for sample in recorded]
+    assert utilizations == [*expected, expected[0]]
+
+
+def test_unsupported_fields_become_none_and_processes_merge_per_pid(tmp_path: Path) -> None:
+    devices = [
+        {
+            "index": 0,
+            "name": "NVIDIA A10",
+            "memory": None,
+            "utilization": None,
+            "temperature": None,
+            "power_usage": None,
+            "enforced_power_limit": 150000,
+            "fan_speed": 30,
+            "compute_processes": [{"pid": 10, "usedGpuMemory": 5 * MIB, "command": "python train.py"}],
+            "graphics_processes": [{"pid": 10, "usedGpuMemory": None, "command": "python train.py"}],
+        },
+        {"index": 1},
+    ]
+    snapshot = gpu.RecordedGpuBackend(write_samples(tmp_path / "samples.json", devices)).read()
+
+    partial, bare = snapshot.gpus
+    assert (
+        partial.memory_used is partial.memory_total is partial.utilization_gpu is partial.power_draw is None
+    )
+    assert (partial.power_limit, partial.fan_speed) == (150.0, 30)
+    assert partial.memory_used_fraction is None
+    assert partial.processes == (gpu.GpuProcess(10, 5 * MIB, "python train.py", "C+G"),)
+    assert bare.index == 1 and bare.name is None and bare.processes == ()
+    assert gpu.free_memory_by_gpu(snapshot) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("{not json", "Cannot read GPU samples"),
+        ('{"samples": []}', "is not a GPU samples file"),
+        (json.dumps({"format": gpu.SAMPLES_FORMAT, "samples": []}), "holds no GPU samples"),
+        (json.dumps({"format": gpu.SAMPLES_FORMAT, "samples": [{"devices": []}]}), "malformed GPU sample"),
+    ],
+)
+def test_bad_samples_file_is_a_clear_user_error(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "samples.json"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+
+    with pytest.raises(gpu.GpuSampleFileError, match=message) as raised:
+        gpu.RecordedGpuBackend(path)
+
+    assert str(path) in str(raised.value) and "--record" in str(raised.value)
+
+
+def test_sampler_delivers_snapshots_from_its_thread_and_stops() -> None:
+    delivered: list[tuple[gpu.GpuSnapshot, str]] = []
+    three_delivered = threading.Event()
+
+    def collect(snapshot: gpu.GpuSnapshot) -> None:
+        delivered.append((snapshot, threading.current_thread().name))
+        if len(delivered) >= 3:
+            three_delivered.set()
+
+    sampler = gpu.GpuSampler(gpu.RecordedGpuBackend(FIXTURE), interval=0.01)
+    sampler.subscribe(collect)
+    with sampler:
+        assert three_delivered.wait(WAIT_S)
+        assert sampler.running
+    assert not sampler.running
+
+    assert [snapshot.gpus[0].utilization_gpu for snapshot, _ in delivered[:3]] == [97, 99, 12]
+    assert {thread for _, thread in delivered} == {"glmcore-gpu-sampler"}
+    assert sampler.latest is delivered[-1][0]
+    assert sampler.available is True and sampler.reason is None
+
+
+class Counter:
+    """Counts deliveries and lets a test wait until a given count is reached."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._condition = threading.Condition()
+
+    def __call__(self, snapshot: gpu.GpuSnapshot) -> None:
+        with self._condition:
+            self.count += 1
+            self._condition.notify_all()
+
+    def wait_for(self, count: int) -> bool:
+        with self._condition:
+            return self._condition.wait_for(lambda: self.count >= count, WAIT_S)
+
+
+def test_failing_subscriber_does_not_stop_sampling_or_others() -> None:
+    def broken(snapshot: gpu.GpuSnapshot) -> None:
+        raise RuntimeError("a panel that crashed")
+
+    counter = Counter()
+    sampler = gpu.GpuSampler(gpu.RecordedGpuBackend(FIXTURE), interval=0.01)
+    sampler.subscribe(broken)
+    sampler.subscribe(counter)
+    with sampler:
+        assert counter.wait_for(3)
+        assert sampler.running
+
+
+def test_unsubscribed_callback_is_not_called_again() -> None:
+    leaving, staying = Counter(), Counter()
+    sampler = gpu.GpuSampler(gpu.RecordedGpuBackend(FIXTURE), interval=0.01)
+    unsubscribe = sampler.subscribe(leaving)
+    sampler.subscribe(staying)
+    with sampler:
+        assert leaving.wait_for(1)
+        unsubscribe()
+        count_when_left, staying_mark = leaving.count, staying.count
+        assert staying.wait_for(staying_mark + 2)
+    # a sample already being delivered when unsubscribe() ran may still reach it once, no later one
+    assert leaving.count <= count_when_left + 1
+
+
+def test_sampler_rejects_a_non_positive_interval() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        gpu.GpuSampler(gpu.RecordedGpuBackend(FIXTURE), interval=0)
+
+
+@pytest.mark.skipif(NVML_PRESENT, reason="this machine has an NVIDIA driver")
+def test_without_a_driver_nvml_reports_unavailable_and_never_raises() -> None:
+    snapshot = gpu.NvmlBackend().read()
+
+    assert not snapshot.available
+    assert snapshot.reason == gpu.NO_DRIVER_REASON
+    assert snapshot.gpus == ()
+    assert gpu.read_gpus().reason == gpu.NO_DRIVER_REASON
+    assert gpu.free_memory_by_gpu() == {}
+    with pytest.raises(gpu.GpuUnavailableError, match="No NVIDIA driver"):
+        gpu.NvmlBackend().read_raw()
+
+
+@pytest.mark.skipif(NVML_PRESENT, reason="this machine has an NVIDIA driver")
+def test_sampler_without_a_driver_delivers_the_reason() -> None:
+    received: list[gpu.GpuSnapshot] = []
+    got_one = threading.Event()
+    sampler = gpu.GpuSampler(interval=0.01)
+    sampler.subscribe(lambda snapshot: (received.append(snapshot), got_one.set()))
+    with sampler:
+        assert got_one.wait(WAIT_S)
+    assert sampler.available is False
+    assert sampler.reason == gpu.NO_DRIVER_REASON
+    assert received[0].reason == gpu.NO_DRIVER_REASON
+
+
+@pytest.mark.skipif(not NVML_PRESENT, reason="needs an NVIDIA driver (run on the GPU machine)")
+def test_nvml_reads_every_gpu_on_a_gpu_machine(tmp_path: Path) -> None:
+    snapshot = gpu.read_gpus()
+
+    assert snapshot.available and snapshot.gpus
+    assert all(g.name and g.memory_total and g.memory_free is not None for g in snapshot.gpus)
+    assert set(gpu.free_memory_by_gpu(snapshot)) == {g.index for g in snapshot.gpus}
+    recorded = gpu.record_samples(tmp_path / "samples.json", count=2, interval=0.1)
+    assert len(gpu.RecordedGpuBackend(recorded).read().gpus) == len(snapshot.gpus)
+
+
+def test_process_command_reads_proc_and_tolerates_exited_processes() -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg"], stdin=subprocess.PIPE
+    )
+    try:
+        assert (
+            gpu.process_command(child.pid) == f"{sys.executable} -c import sys; sys.stdin.read() marker-arg"
+        )
+    finally:
+        child.communicate(b"")
+    assert gpu.process_command(child.pid) is None
+
+
+def test_table_renders_like_nvidia_smi() -> None:
+    text = gpu.format_gpu_table(gpu.RecordedGpuBackend(FIXTURE).read(), width=100)
+    lines = text.splitlines()
+
+    assert "Driver Version: 550.54.15" in lines[0] and "CUDA Version: 12.4" in lines[0]
+    assert lines[1].split() == [
+        "GPU",
+        "Name",
+        "Fan",
+        "Temp",
+        "Pwr:Usage/Cap",
+        "Memory-Usage",
+        "GPU-Util",
+        "Mem-Util",
+    ]
+    assert lines[2].split() == [
+        "0", "NVIDIA", "H100", "80GB", "HBM3", "N/A", "61C", "612W", "/", "700W", "41766MiB", "/", "81559MiB", "97%", "58%",
+    ]  # fmt: skip
+    assert "Processes:" in lines
+    assert all(len(line) <= 100 for line in lines)
+    process_rows = lines[lines.index("Processes:") + 2 :]
+    assert [row.split()[:4] for row in process_rows] == [
+        ["0", "48213", "C", "41236MiB"],
+        ["1", "48214", "C", "41236MiB"],
+        ["1", "731", "C", "N/A"],
+    ]
+    assert process_rows[0].endswith("...")
+
+
+def test_table_of_an_unavailable_snapshot_is_the_reason() -> None:
+    text = gpu.format_gpu_table(gpu.GpuSnapshot.unavailable(gpu.NO_DRIVER_REASON))
+
+    assert text.splitlines()[1] == gpu.NO_DRIVER_REASON
+
+
+def test_module_prints_a_recorded_snapshot() -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "glmcore.gpu", "--replay", str(FIXTURE), "--samples", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    assert finished.stdout.count("NVIDIA H100 80GB HBM3") == 4
+    assert finished.stdout.count("Processes:") == 2
+
+
+@pytest.mark.skipif(NVML_PRESENT, reason="this machine has an NVIDIA driver")
+def test_module_without_a_driver_says_so_and_exits_nonzero() -> None:
+    finished = subprocess.run([sys.executable, "-m", "glmcore.gpu"], capture_output=True, text=True)
+
+    assert finished.returncode == 1
+    assert gpu.NO_DRIVER_REASON in finished.stdout
+    assert "Traceback" not in finished.stderr
