@@ -1,0 +1,71 @@
+"""The ChatGLM-6B configuration, reading the published `config.json` as it is."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+
+class ChatGLMConfig(PretrainedConfig):
+    """Hyper-parameters of ChatGLM-6B under the published key names.
+
+    `attribute_map` exposes the names transformers' generic code looks for (num_hidden_layers,
+    intermediate_size, ...), so caches and Trainer utilities work without renaming the published keys.
+    `pre_seq_len` and `prefix_projection` describe an optional P-tuning v2 prefix.
+    """
+
+    model_type = "chatglm"
+    attribute_map = {
+        "num_hidden_layers": "num_layers",
+        "intermediate_size": "inner_hidden_size",
+        "max_position_embeddings": "max_sequence_length",
+        "layer_norm_eps": "layernorm_epsilon",
+    }
+
+    def __init__(
+        self,
+        vocab_size: int = 130528,
+        hidden_size: int = 4096,
+        num_layers: int = 28,
+        num_attention_heads: int = 32,
+        inner_hidden_size: int = 16384,
+        layernorm_epsilon: float = 1e-5,
+        max_sequence_length: int = 2048,
+        position_encoding_2d: bool = True,
+        bos_token_id: int = 130004,
+        eos_token_id: int = 130005,
+        mask_token_id: int = 130000,
+        gmask_token_id: int = 130001,
+        pad_token_id: int = 3,
+        pre_seq_len: int | None = None,
+        prefix_projection: bool = False,
+        use_cache: bool = True,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ) -> None:
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_attention_heads = num_attention_heads
+        self.inner_hidden_size = inner_hidden_size
+        self.layernorm_epsilon = layernorm_epsilon
+        self.max_sequence_length = max_sequence_length
+        self.position_encoding_2d = position_encoding_2d
+        self.mask_token_id = mask_token_id
+        self.gmask_token_id = gmask_token_id
+        self.pre_seq_len = pre_seq_len
+        self.prefix_projection = prefix_projection
+        self.use_cache = use_cache
+        # The published code reads these keys but never needs the auto_map: drop it, since nothing from a
+        # checkpoint folder is ever imported here.
+        kwargs.pop("auto_map", None)
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads

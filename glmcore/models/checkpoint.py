@@ -1,0 +1,120 @@
+"""What is in a model folder on disk, and the one-time conversion of `.bin` shards to safetensors.
+
+A model folder is usable when it has `config.json`, the tokenizer file and every weight shard its index
+names. Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glmcore.errors import GlmError
+from glmcore.models import family_for
+
+BIN_INDEX = "pytorch_model.bin.index.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SINGLE_BIN = "pytorch_model.bin"
+SINGLE_SAFETENSORS = "model.safetensors"
+
+
+@dataclass
+class ModelFolder:
+    """A model folder's state: which weight format it has and what is missing."""
+
+    path: Path
+    weight_format: str | None  # "safetensors", "bin" or None when no weights are present
+    weight_files: list[Path] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.weight_format is not None and not self.missing
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(path.stat().st_size for path in self.path.iterdir() if path.is_file())
+
+
+def _indexed_shards(index_path: Path) -> list[str]:
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    return sorted(set(index["weight_map"].values()))
+
+
+def inspect_model_folder(path: Path) -> ModelFolder:
+    """Find the weight format (safetensors preferred) and list what a complete folder would still need."""
+    path = Path(path)
+    family = family_for(path)
+    missing = [name for name in ("config.json", family.tokenizer_file) if not (path / name).is_file()]
+    for weight_format, index_name, single_name in (
+        ("safetensors", SAFETENSORS_INDEX, SINGLE_SAFETENSORS),
+        ("bin", BIN_INDEX, SINGLE_BIN),
+    ):
+        if (path / index_name).is_file():
+            shards = _indexed_shards(path / index_name)
+            present = [path / shard for shard in shards if (path / shard).is_file()]
+            absent = [shard for shard in shards if not (path / shard).is_file()]
+            return ModelFolder(path, weight_format, present, missing + absent)
+        if (path / single_name).is_file():
+            return ModelFolder(path, weight_format, [path / single_name], missing)
+    return ModelFolder(path, None, [], [*missing, "weights (pytorch_model*.bin or *.safetensors)"])
+
+
+def require_complete(path: Path) -> ModelFolder:
+    folder = inspect_model_folder(path)
+    if not folder.complete:
+        raise GlmError(
+            f"The model folder {path} is incomplete: missing {', '.join(folder.missing)}. "
+            "Finish its download (glmtui download) or point to another folder."
+        )
+    return folder
+
+
+def read_bin_shard(shard: Path) -> dict:
+    """A pickled shard's tensors, loaded without running any code it may carry."""
+    import torch
+
+    try:
+        return torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises several types for damaged or unsafe pickles
+        raise GlmError(f"Could not read {shard} safely ({error}); verify or re-download it.") from error
+
+
+def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], None] | None = None) -> Path:
+    """Write a safetensors copy of the `.bin` shards beside them (they stay, and are no longer read).
+
+    Safetensors load faster (memory-mapped) and cannot carry code. Each shard is written to a temporary
+    name and renamed, and the index last, so an interrupted conversion leaves the folder as it was.
+    """
+    from safetensors.torch import save_file
+
+    folder = require_complete(path)
+    if folder.weight_format == "safetensors":
+        return path / SAFETENSORS_INDEX
+    shards = folder.weight_files
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    for number, shard in enumerate(shards, start=1):
+        if progress is not None:
+            progress(number - 1, len(shards), shard.name)
+        tensors = {name: tensor.contiguous() for name, tensor in read_bin_shard(shard).items()}
+        target_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        temporary = path / (target_name + ".tmp")
+        save_file(tensors, str(temporary), metadata={"format": "pt"})
+        os.replace(temporary, path / target_name)
+        for name, tensor in tensors.items():
+            weight_map[name] = target_name
+            total_size += tensor.numel() * tensor.element_size()
+    index_path = path / SAFETENSORS_INDEX
+    temporary_index = path / (SAFETENSORS_INDEX + ".tmp")
+    temporary_index.write_text(
+        json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2),
+        encoding="utf-8",
+    )
+    os.replace(temporary_index, index_path)
+    if progress is not None:
+        progress(len(shards), len(shards), "done")
+    return index_path

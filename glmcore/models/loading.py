@@ -1,0 +1,110 @@
+"""Loading a model folder: 16-bit, 8-bit (LLM.int8) or 4-bit (NF4) through bitsandbytes, with a prefix.
+
+Nothing from the checkpoint folder is executed: the architecture is ours, `config.json` is read as data,
+`.bin` shards are unpickled with `weights_only=True` by transformers, and the published `auto_map` is
+ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from glmcore.errors import GlmError
+from glmcore.models import family_for
+from glmcore.models.checkpoint import require_complete
+from glmcore.prefix import check_fits_model, read_prefix_checkpoint, resolve_spec, set_prefix
+
+QUANTIZATION_BITS = (4, 8, 16)
+# The prefix trains in fp32 and the LM head shares its weight with the embedding: neither is quantized.
+NOT_QUANTIZED = ["lm_head", "prefix_encoder"]
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str):
+    """bf16 on GPUs that have it, fp16 on older ones, fp32 on the CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def quantization_config(bits: int, compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=NOT_QUANTIZED)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=True,
+        llm_int8_skip_modules=NOT_QUANTIZED,
+    )
+
+
+def load_model(
+    path: str | Path,
+    *,
+    quantization_bit: int = 16,
+    dtype=None,
+    device: str | None = None,
+    prefix_checkpoint: str | Path | None = None,
+    pre_seq_len: int | None = None,
+    prefix_projection: bool | None = None,
+):
+    """The model in `path`, in eval mode, optionally quantized and with a P-tuning v2 prefix.
+
+    With `prefix_checkpoint`, `pre_seq_len` and `prefix_projection` default to the checkpoint's and must
+    agree with it when given. With only `pre_seq_len`, a freshly initialised prefix is attached.
+    """
+    import torch
+
+    path = Path(path)
+    if quantization_bit not in QUANTIZATION_BITS:
+        raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
+    require_complete(path)
+    config_class, model_class, _ = family_for(path).classes()
+
+    prefix_state = None
+    checkpoint_spec = None
+    if prefix_checkpoint is not None:
+        checkpoint_spec, prefix_state = read_prefix_checkpoint(Path(prefix_checkpoint))
+    spec = resolve_spec(checkpoint_spec, pre_seq_len, prefix_projection, where=str(prefix_checkpoint or ""))
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    config = config_class.from_pretrained(path)
+    if spec is not None and prefix_state is not None:
+        check_fits_model(spec, prefix_state, config, str(prefix_checkpoint))
+    extra = {}
+    if quantization_bit != 16:
+        if not device.startswith("cuda") and quantization_bit == 8:
+            raise GlmError("8-bit (LLM.int8) loading needs a CUDA GPU; use 4-bit or 16-bit on the CPU.")
+        extra["quantization_config"] = quantization_config(quantization_bit, dtype)
+    try:
+        model = model_class.from_pretrained(
+            path, config=config, dtype=dtype, device_map={"": device}, **extra
+        )
+    except torch.OutOfMemoryError as error:
+        raise GlmError(
+            f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
+            "or free the GPU."
+        ) from error
+    set_prefix(model, spec, prefix_state)
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer of the model folder `path` (left padding, batched `__call__`, `save_pretrained`)."""
+    path = Path(path)
+    family = family_for(path)
+    if not (path / family.tokenizer_file).is_file():
+        raise GlmError(f"{path} has no {family.tokenizer_file}; the model folder is incomplete.")
+    _, _, tokenizer_class = family.classes()
+    return tokenizer_class.from_pretrained(str(path))

@@ -1,0 +1,154 @@
+"""P-tuning v2 prefix checkpoints: ours (safetensors) and those of ChatGLM-6B's own ptuning scripts.
+
+Our checkpoint folder holds `prefix.safetensors` and `prefix_config.json`, plus a `pytorch_model.bin`
+and `config.json` under the published key names, so ChatGLM-6B's own scripts can read it too. A
+published checkpoint (`checkpoint-N/pytorch_model.bin` with `transformer.prefix_encoder.*` beside a
+`config.json` carrying `pre_seq_len`) loads as well. The prefix is always kept in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from glmcore.errors import GlmError
+
+if TYPE_CHECKING:
+    import torch
+
+PREFIX_WEIGHTS = "prefix.safetensors"
+PREFIX_CONFIG = "prefix_config.json"
+PUBLISHED_WEIGHTS = "pytorch_model.bin"
+KEY_PREFIX = "transformer.prefix_encoder."
+
+
+class PrefixMismatch(GlmError):
+    pass
+
+
+@dataclass(frozen=True)
+class PrefixSpec:
+    pre_seq_len: int
+    prefix_projection: bool
+
+
+def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    from glmcore.models.checkpoint import read_bin_shard
+
+    if (checkpoint / PREFIX_WEIGHTS).is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(str(checkpoint / PREFIX_WEIGHTS))
+    elif (checkpoint / PUBLISHED_WEIGHTS).is_file():
+        state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)
+    else:
+        raise GlmError(
+            f"{checkpoint} holds no prefix: expected {PREFIX_WEIGHTS} or a ChatGLM-6B ptuning {PUBLISHED_WEIGHTS}."
+        )
+    prefix_state = {
+        key[len(KEY_PREFIX) :]: value for key, value in state.items() if key.startswith(KEY_PREFIX)
+    }
+    if not prefix_state:
+        raise GlmError(
+            f"{checkpoint} has weights but no {KEY_PREFIX}* tensors: it is not a P-tuning checkpoint."
+        )
+    return prefix_state
+
+
+def read_prefix_checkpoint(checkpoint: Path) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:
+    """The prefix's shape (from its tensors, which cannot disagree with themselves) and its weights."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():
+        raise GlmError(f"The prefix checkpoint {checkpoint} does not exist.")
+    state = _read_state(checkpoint)
+    projection = "trans.0.weight" in state
+    spec = PrefixSpec(pre_seq_len=state["embedding.weight"].shape[0], prefix_projection=projection)
+    return spec, state
+
+
+def resolve_spec(
+    checkpoint_spec: PrefixSpec | None,
+    pre_seq_len: int | None,
+    prefix_projection: bool | None,
+    where: str = "",
+) -> PrefixSpec | None:
+    """Merge what the caller asked for with what a checkpoint holds; disagreement is an error naming both."""
+    if checkpoint_spec is None:
+        if pre_seq_len is None:
+            return None
+        return PrefixSpec(pre_seq_len, bool(prefix_projection))
+    if pre_seq_len is not None and pre_seq_len != checkpoint_spec.pre_seq_len:
+        raise PrefixMismatch(
+            f"pre_seq_len {pre_seq_len} was asked for, but the checkpoint {where} was trained with "
+            f"pre_seq_len {checkpoint_spec.pre_seq_len}; leave it unset to use the checkpoint's."
+        )
+    if prefix_projection is not None and prefix_projection != checkpoint_spec.prefix_projection:
+        raise PrefixMismatch(
+            f"prefix_projection {prefix_projection} was asked for, but the checkpoint {where} was trained with "
+            f"prefix_projection {checkpoint_spec.prefix_projection}; leave it unset to use the checkpoint's."
+        )
+    return checkpoint_spec
+
+
+def check_fits_model(spec: PrefixSpec, state: dict[str, torch.Tensor], config, where: str) -> None:
+    """A prefix made for another model shape is refused by name, not by a shape traceback."""
+    expected_width = config.num_layers * 2 * config.hidden_size
+    produced = (
+        state["trans.2.weight"].shape[0] if spec.prefix_projection else state["embedding.weight"].shape[1]
+    )
+    if produced != expected_width:
+        raise PrefixMismatch(
+            f"The prefix {where} produces {produced} values per virtual token, but this model needs "
+            f"{expected_width} (layers × 2 × hidden): it was trained for another model."
+        )
+
+
+def set_prefix(model, spec: PrefixSpec | None, state: dict[str, torch.Tensor] | None = None) -> None:
+    """Install a fresh (or given) fp32 prefix encoder in `model`, or remove it with `spec=None`."""
+    from glmcore.models.chatglm6b.modeling import PrefixEncoder
+
+    transformer = model.transformer
+    model.config.pre_seq_len = spec.pre_seq_len if spec else None
+    model.config.prefix_projection = spec.prefix_projection if spec else False
+    if spec is None:
+        transformer.prefix_encoder = None
+        return
+    device = transformer.word_embeddings.weight.device
+    encoder = PrefixEncoder(model.config).to(device=device)
+    if state is not None:
+        encoder.load_state_dict(state)
+    transformer.prefix_encoder = encoder.float()
+
+
+def save_prefix_checkpoint(model, directory: Path) -> Path:
+    """Write the prefix in our format and in the published one; files appear whole or not at all."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    encoder = model.transformer.prefix_encoder
+    if encoder is None:
+        raise GlmError("This model has no prefix to save.")
+    tensors = {
+        KEY_PREFIX + name: value.detach().float().cpu().contiguous()
+        for name, value in encoder.state_dict().items()
+    }
+    spec = {
+        "pre_seq_len": model.config.pre_seq_len,
+        "prefix_projection": bool(model.config.prefix_projection),
+    }
+    writes = {
+        PREFIX_WEIGHTS: lambda path: save_file(tensors, str(path), metadata={"format": "pt"}),
+        PUBLISHED_WEIGHTS: lambda path: torch.save(tensors, path),
+        PREFIX_CONFIG: lambda path: path.write_text(json.dumps(spec, indent=2), encoding="utf-8"),
+        "config.json": lambda path: model.config.to_json_file(str(path)),
+    }
+    for name, write in writes.items():
+        temporary = directory / (name + ".tmp")
+        write(temporary)
+        os.replace(temporary, directory / name)
+    return directory

@@ -1,0 +1,3 @@
+"""glmtui: a terminal workbench for fine-tuning ChatGLM-6B (the Textual app and the CLI)."""
+
+__version__ = "0.1.0"

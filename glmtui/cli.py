@@ -1,0 +1,50 @@
+"""The `glmtui` command line: no arguments opens the app, a subcommand runs one engine task."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from glmtui.commands import COMMAND_MODULES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glmtui",
+        description="A terminal workbench for fine-tuning ChatGLM-6B. Without a subcommand, opens the app.",
+    )
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=None,
+        help="workspace folder holding models/, data/ and runs/ (default: $GLMTUI_HOME or ~/glmtui)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"glmtui.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"glmtui.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workspace is not None:
+        os.environ["GLMTUI_HOME"] = str(args.workspace.expanduser().resolve())
+    if args.command is None:
+        from glmtui.app import run_app
+
+        return run_app()
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
