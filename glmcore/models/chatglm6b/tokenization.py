@@ -19,7 +19,7 @@ MAX_BLANK_LENGTH = 80
 TAB_PIECE = "<|tab|>"
 NEWLINE_PIECE = "<n>"
 BLANK_PIECE = re.compile(r"<\|blank_(\d+)\|>")
-SPACE_RUN = re.compile(r" {2,%d}" % MAX_BLANK_LENGTH)
+SPACE_RUN = re.compile(" {2," + str(MAX_BLANK_LENGTH) + "}")
 
 
 def encode_whitespace(text: str) -> str:
