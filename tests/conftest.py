@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny ChatGLM-6B checkpoints in the real on-disk layout, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub, and the tokenizers' thread pools only slow a 2-core CI machine down.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose random weights are large enough that greedy decoding does not repeat one token."""
+    from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "chatglm-6b-tiny", init_std=0.3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path):
+    import glmcore
+
+    return glmcore.load_model(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path):
+    import glmcore
+
+    return glmcore.load_tokenizer(tiny_model_dir)

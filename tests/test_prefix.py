@@ -1,0 +1,83 @@
+"""P-tuning v2 prefixes: both variants, our checkpoint format and ChatGLM-6B's, training through 4-bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import glmcore
+from glmcore.data import Example, TrainingCollator, training_features
+from glmcore.prefix import PrefixMismatch, save_prefix_checkpoint
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_saved_prefix_reloads_with_identical_logits(tiny_model_dir, tiny_tokenizer, tmp_path, projection):
+    model = glmcore.load_model(tiny_model_dir, pre_seq_len=3, prefix_projection=projection)
+    assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
+    save_prefix_checkpoint(model, tmp_path / "checkpoint-1")
+    reloaded = glmcore.load_model(tiny_model_dir, prefix_checkpoint=tmp_path / "checkpoint-1")
+    assert (reloaded.config.pre_seq_len, reloaded.config.prefix_projection) == (3, projection)
+    ids = torch.tensor([tiny_tokenizer.encode("类型#上衣*颜色#白色")])
+    base = glmcore.load_model(tiny_model_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+        assert (reloaded(ids).logits - base(ids).logits).abs().max() > 1e-3, (
+            "the prefix must change the output"
+        )
+
+
+def test_a_checkpoint_that_disagrees_with_the_request_names_both_values(tiny_model_dir, tmp_path):
+    save_prefix_checkpoint(glmcore.load_model(tiny_model_dir, pre_seq_len=3), tmp_path / "checkpoint-1")
+    with pytest.raises(PrefixMismatch, match="pre_seq_len 5 was asked for.*pre_seq_len 3"):
+        glmcore.load_model(tiny_model_dir, prefix_checkpoint=tmp_path / "checkpoint-1", pre_seq_len=5)
+    with pytest.raises(PrefixMismatch, match="prefix_projection True was asked for.*prefix_projection False"):
+        glmcore.load_model(
+            tiny_model_dir, prefix_checkpoint=tmp_path / "checkpoint-1", prefix_projection=True
+        )
+
+
+def test_published_format_checkpoint_loads(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """ChatGLM-6B's scripts save only `transformer.prefix_encoder.*` in pytorch_model.bin beside a config.json."""
+    model = glmcore.load_model(tiny_model_dir, pre_seq_len=2)
+    folder = tmp_path / "checkpoint-1000"
+    folder.mkdir()
+    state = {
+        "transformer.prefix_encoder.embedding.weight": model.transformer.prefix_encoder.embedding.weight.detach()
+    }
+    torch.save(state, folder / "pytorch_model.bin")
+    model.config.to_json_file(str(folder / "config.json"))
+    reloaded = glmcore.load_model(tiny_model_dir, prefix_checkpoint=folder)
+    ids = torch.tensor([tiny_tokenizer.encode("简约")])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, atol=0, rtol=0)
+
+
+def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(tiny_model_dir, tiny_tokenizer):
+    torch.manual_seed(0)
+    model = glmcore.load_model(tiny_model_dir, quantization_bit=4, pre_seq_len=4, dtype=torch.float32)
+    assert "Linear4bit" in type(model.transformer.layers[0].attention.query_key_value).__name__
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
+    frozen_before = {
+        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
+    }
+    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
+    examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
+    batch = TrainingCollator(tiny_tokenizer.pad_token_id)(
+        [training_features(tiny_tokenizer, example, 16, 12) for example in examples]
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    model.transformer.prefix_dropout.p = 0.0
+    losses = []
+    for _ in range(8):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
+    for name, tensor in model.state_dict().items():
+        if name in frozen_before:
+            assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
