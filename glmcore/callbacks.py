@@ -1,0 +1,162 @@
+"""The Trainer callback that turns a training process into a run folder others can watch and stop.
+
+It writes events.jsonl (one line per logging step, evaluation and checkpoint, plus start and end), keeps
+status.json's step current, and serves the stop request: at each step end, if stop-request exists, it asks the
+Trainer to save a checkpoint and stop. With several ranks the stop decision is all-reduced so every rank stops
+at the same step (LlamaBoard's stop reached only some ranks and hung the rest). Only rank 0 writes files.
+
+Tokens per second count real tokens: set ``TrainingArguments(include_num_input_tokens_seen="non_padding")`` and
+the Trainer counts the attention mask's ones (or the non-pad ids) of every batch, over all ranks; the callback
+turns that count into a rate. Left at "no", ``tokens_per_s`` is None.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from glmcore.runs import Run
+
+GIB = 2**30
+
+
+def _gpu_memory_gib() -> list[float] | None:
+    """Peak memory PyTorch has reserved on each visible GPU since the process started; None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return [
+        round(torch.cuda.max_memory_reserved(index) / GIB, 3) for index in range(torch.cuda.device_count())
+    ]
+
+
+def _all_ranks_agree_to_stop(wants_stop: bool, args: TrainingArguments) -> bool:
+    """True on every rank if any rank wants to stop, so all ranks leave the loop at the same step."""
+    import torch
+    import torch.distributed as distributed
+
+    if not (distributed.is_available() and distributed.is_initialized()) or distributed.get_world_size() == 1:
+        return wants_stop
+    flag = torch.tensor([1 if wants_stop else 0], device=args.device)
+    distributed.all_reduce(flag, op=distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+class RunEventsCallback(TrainerCallback):
+    """Writes a run's events and status from inside ``transformers.Trainer`` and serves its stop request."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.stopped_by_request = False
+        """Set once a stop request ended training, so the trainer records ``stopped`` rather than ``finished``."""
+        self._session_start = 0.0
+        self._session_start_step = 0
+        self._last_log_time = 0.0
+        self._last_log_step = 0
+        self._last_log_tokens = 0
+        self._summary: dict[str, float] = {}
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        self._session_start = self._last_log_time = time.monotonic()
+        self._session_start_step = self._last_log_step = state.global_step
+        self._last_log_tokens = state.num_input_tokens_seen
+        if not state.is_world_process_zero:
+            return
+        self.run.append_event(
+            "start",
+            step=state.global_step,
+            total=state.max_steps,
+            world_size=args.world_size,
+            effective_batch_size=args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
+            * args.world_size,
+        )
+        self.run.write_status(step=state.global_step, total=state.max_steps)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" not in logs:
+            # Evaluation metrics arrive through on_evaluate; the end-of-training summary goes into the end event.
+            if "train_runtime" in logs:
+                self._summary = {key: value for key, value in logs.items() if key.startswith("train_")}
+            return
+        now = time.monotonic()
+        step = state.global_step
+        interval = now - self._last_log_time
+        elapsed = now - self._session_start
+        steps_this_session = step - self._session_start_step
+        counts_tokens = args.include_num_input_tokens_seen != "no"
+        samples = (
+            (step - self._last_log_step) * args.per_device_train_batch_size * args.gradient_accumulation_steps
+        )
+        samples *= args.world_size
+        self.run.append_event(
+            "log",
+            step=step,
+            loss=logs["loss"],
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            epoch=state.epoch,
+            tokens_per_s=(state.num_input_tokens_seen - self._last_log_tokens) / interval
+            if counts_tokens and interval > 0
+            else None,
+            samples_per_s=samples / interval if interval > 0 else None,
+            gpu_memory_gib=_gpu_memory_gib(),
+            elapsed_s=elapsed,
+            eta_s=(state.max_steps - step) * elapsed / steps_this_session if steps_this_session else None,
+        )
+        self.run.write_status(step=step, total=state.max_steps)
+        self._last_log_time, self._last_log_step = now, step
+        self._last_log_tokens = state.num_input_tokens_seen
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if _all_ranks_agree_to_stop(self.run.stop_requested(), args):
+            self.stopped_by_request = True
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
+        if state.is_world_process_zero and metrics:
+            self.run.append_event("eval", step=state.global_step, **metrics)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if state.is_world_process_zero:
+            path = str(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+            self.run.append_event("checkpoint", step=state.global_step, path=path)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: object
+    ) -> None:
+        if state.is_world_process_zero:
+            self.run.append_event(
+                "end",
+                step=state.global_step,
+                total=state.max_steps,
+                stopped=self.stopped_by_request,
+                **self._summary,
+            )
+            self.run.write_status(step=state.global_step)

@@ -1,0 +1,408 @@
+"""A run's settings: one typed ``RunConfig`` saved as config.toml, and the checks that run before anything starts.
+
+config.toml holds everything needed to repeat a run, so a run folder can be re-run or compared years later. The
+defaults are ChatGLM-6B's published P-tuning v2 recipe (ptuning/train.sh): 4-bit, prefix length 128, learning
+rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. TOML has no null, so a setting whose
+value is None (meaning "none" or "automatic") is left out of the file and read back as None.
+
+``validate`` reports every problem at once, one sentence each, so a user fixes the file in one go instead of
+meeting the problems one launch at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import shlex
+import shutil
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomli_w
+
+from glmcore.errors import GlmError
+from glmcore.workspace import Workspace, atomic_write_text, model_folder_problems
+
+METHODS = ("ptuning-v2", "lora", "full")
+QUANTIZATION_BITS = (4, 8, 16)
+DTYPES = ("float16", "bfloat16", "float32")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
+DEEPSPEED_PRESETS = {"zero2": 2, "zero3": 3}
+MAX_SEQUENCE_LENGTH = 2048
+"""ChatGLM-6B's position limit: the prefix, the prompt and the answer share it."""
+DEEPSPEED_INSTALL_HINT = "pip install 'glmtui[deepspeed]'"
+
+
+class ConfigError(GlmError):
+    """A config file or dict that cannot be read as a RunConfig."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: the setting it concerns and a sentence saying what to change."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+def visible_gpu_count() -> int:
+    """How many GPUs the NVIDIA driver reports here; 0 without a driver (read through NVML, not torch, so
+    that a config form does not wait for torch to import)."""
+    from glmcore.gpu import read_gpus
+
+    snapshot = read_gpus()
+    return len(snapshot.gpus) if snapshot.available else 0
+
+
+def _default_gpus() -> list[int]:
+    return [0] if visible_gpu_count() > 0 else []
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything needed to repeat a training run; defaults are the published P-tuning v2 recipe."""
+
+    name: str
+    model_path: Path
+    train_file: Path
+    method: str = "ptuning-v2"
+    """"ptuning-v2" (a trained prefix), "lora" (PEFT on query_key_value) or "full" (every parameter)."""
+    quantization_bit: int = 4
+    """4 (NF4), 8 (LLM.int8) or 16 (no quantization) for the frozen base weights."""
+    pre_seq_len: int = 128
+    prefix_projection: bool = False
+    lora_rank: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    learning_rate: float = 2e-2
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 16
+    max_steps: int = 3000
+    save_steps: int = 1000
+    logging_steps: int = 10
+    eval_steps: int = 0
+    """0 means no evaluation during training."""
+    save_total_limit: int | None = None
+    """How many checkpoints to keep (oldest pruned); None keeps all."""
+    max_source_length: int = 64
+    max_target_length: int = 64
+    validation_file: Path | None = None
+    prompt_column: str = "content"
+    response_column: str = "summary"
+    history_column: str | None = None
+    gpus: list[int] = field(default_factory=_default_gpus)
+    """GPU indices as nvidia-smi numbers them; empty trains on the CPU."""
+    seed: int = 42
+    gradient_checkpointing: bool | None = None
+    """None lets glmtui decide (see glmcore.estimate.resolve_gradient_checkpointing)."""
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    deepspeed: str | None = None
+    """None, "zero2", "zero3", or the path of a DeepSpeed JSON config."""
+    dtype: str | None = None
+    """Compute dtype of the unquantized parts: None picks bfloat16 where the GPU supports it, else float16."""
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Examples per optimizer step over all GPUs."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * max(1, len(self.gpus))
+
+    @property
+    def sequence_length(self) -> int:
+        """Tokens per example: every example is padded to source + target length."""
+        return self.max_source_length + self.max_target_length
+
+    @property
+    def zero_stage(self) -> int:
+        """DeepSpeed ZeRO stage (0 without DeepSpeed); a JSON config without a readable stage counts as 0."""
+        if self.deepspeed is None:
+            return 0
+        if self.deepspeed in DEEPSPEED_PRESETS:
+            return DEEPSPEED_PRESETS[self.deepspeed]
+        try:
+            stage = json.loads(Path(self.deepspeed).read_text(encoding="utf-8"))["zero_optimization"]["stage"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+        return stage if isinstance(stage, int) else 0
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values in field order, paths as strings, None values left out (TOML has no null)."""
+        data: dict[str, object] = {}
+        for config_field in dataclasses.fields(self):
+            value = getattr(self, config_field.name)
+            if value is None:
+                continue
+            data[config_field.name] = str(value) if isinstance(value, Path) else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object], *, base_dir: Path | None = None) -> RunConfig:
+        """Build a config from plain values, checking names and types; relative paths are taken from ``base_dir``.
+
+        Raises ConfigError naming every unknown setting and every value of the wrong type.
+        """
+        hints = typing.get_type_hints(cls)
+        known = [config_field.name for config_field in dataclasses.fields(cls)]
+        errors: list[str] = []
+        unknown = [key for key in data if key not in hints]
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            errors.append(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        values: dict[str, object] = {}
+        for key, value in data.items():
+            if key not in hints:
+                continue
+            try:
+                values[key] = _coerce(value, hints[key], base_dir)
+            except TypeError as error:
+                errors.append(f"{key} {error}, got {value!r}")
+        missing = [
+            config_field.name
+            for config_field in dataclasses.fields(cls)
+            if config_field.default is dataclasses.MISSING
+            and config_field.default_factory is dataclasses.MISSING
+            and config_field.name not in data
+        ]
+        errors.extend(f"{key} is required" for key in missing)
+        if errors:
+            raise ConfigError("the run config has problems: " + "; ".join(errors) + ".")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        """Read a config.toml; relative paths in it are relative to the file's folder."""
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError:
+            raise ConfigError(f"the config file {path} does not exist") from None
+        except OSError as error:
+            raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        try:
+            return cls.from_dict(data, base_dir=Path(path).absolute().parent)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+    def save(self, path: Path) -> None:
+        """Write config.toml atomically (a reader never sees half a file)."""
+        atomic_write_text(path, tomli_w.dumps(self.to_dict()))
+
+    def train_command(self, config_path: Path) -> str:
+        """The shell command that starts this run again from its saved config."""
+        return f"glmtui train {shlex.quote(str(config_path))}"
+
+
+def _coerce(value: object, hint: object, base_dir: Path | None) -> object:
+    """``value`` converted to the field type ``hint``, or TypeError saying what was expected."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        options = [option for option in typing.get_args(hint) if option is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, options[0], base_dir)
+    if hint is Path:
+        if not isinstance(value, str | Path):
+            raise TypeError("must be a path (a string)")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() or base_dir is None else base_dir / path
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise TypeError("must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError("must be a whole number")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError("must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise TypeError("must be a string")
+        return value
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, list) or any(
+            isinstance(item, bool) or not isinstance(item, int) for item in value
+        ):
+            raise TypeError("must be a list of whole numbers")
+        return list(value)
+    raise AssertionError(f"RunConfig field type {hint!r} has no conversion")
+
+
+def validate(config: RunConfig, *, check_paths: bool = True, runs_dir: Path | None = None) -> list[Problem]:
+    """Every problem with ``config``, one sentence each; empty when the run can start.
+
+    ``check_paths`` also checks what lies outside the config: the model folder and data files, free disk for the
+    checkpoints (in ``runs_dir``, by default the workspace's), installed packages and the GPUs present.
+    """
+    problems = _value_problems(config)
+    if check_paths:
+        problems += _environment_problems(config, runs_dir or Workspace.from_env().runs_dir)
+    return problems
+
+
+def _value_problems(config: RunConfig) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def need(condition: bool, field_name: str, message: str) -> None:
+        if not condition:
+            problems.append(Problem(field_name, message))
+
+    need(bool(config.name.strip()), "name", "give the run a name")
+    need(
+        config.method in METHODS,
+        "method",
+        f"{config.method!r} is not a method glmtui knows; use one of {', '.join(METHODS)}",
+    )
+    need(
+        config.quantization_bit in QUANTIZATION_BITS,
+        "quantization_bit",
+        f"{config.quantization_bit} is not supported; use 4, 8 or 16 (16 means no quantization)",
+    )
+    need(
+        config.method != "full" or config.quantization_bit == 16,
+        "quantization_bit",
+        "full fine-tuning updates every weight, so it needs quantization_bit = 16; "
+        "use ptuning-v2 or lora to train on a 4- or 8-bit model",
+    )
+    for name in (
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "max_steps",
+        "save_steps",
+        "logging_steps",
+    ):
+        need(getattr(config, name) >= 1, name, f"must be at least 1, not {getattr(config, name)}")
+    need(config.eval_steps >= 0, "eval_steps", f"must be 0 (no evaluation) or more, not {config.eval_steps}")
+    need(
+        config.eval_steps == 0 or config.validation_file is not None,
+        "validation_file",
+        f"evaluation every {config.eval_steps} steps needs a validation_file; set one or set eval_steps = 0",
+    )
+    need(
+        config.save_total_limit is None or config.save_total_limit >= 1,
+        "save_total_limit",
+        f"must be at least 1 (or left out to keep every checkpoint), not {config.save_total_limit}",
+    )
+    for name in ("max_source_length", "max_target_length"):
+        need(getattr(config, name) > 0, name, f"must be more than 0, not {getattr(config, name)}")
+    prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
+    need(
+        config.sequence_length <= MAX_SEQUENCE_LENGTH - prefix,
+        "max_source_length",
+        f"max_source_length + max_target_length = {config.sequence_length} exceeds the "
+        f"{MAX_SEQUENCE_LENGTH - prefix} tokens ChatGLM-6B has room for"
+        + (f" after a {prefix}-token prefix" if prefix else "")
+        + "; shorten them",
+    )
+    if config.method == "ptuning-v2":
+        need(
+            config.pre_seq_len >= 1,
+            "pre_seq_len",
+            "P-tuning v2 needs a prefix of at least 1 token (128 is usual)",
+        )
+    if config.method == "lora":
+        need(config.lora_rank >= 1, "lora_rank", f"must be at least 1, not {config.lora_rank}")
+        need(config.lora_alpha > 0, "lora_alpha", f"must be more than 0, not {config.lora_alpha}")
+        need(0 <= config.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), not {config.lora_dropout}")
+    need(config.learning_rate > 0, "learning_rate", f"must be more than 0, not {config.learning_rate}")
+    need(config.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, not {config.warmup_steps}")
+    need(config.weight_decay >= 0, "weight_decay", f"must be 0 or more, not {config.weight_decay}")
+    need(
+        config.lr_scheduler in LR_SCHEDULERS,
+        "lr_scheduler",
+        f"{config.lr_scheduler!r} is not supported; use one of {', '.join(LR_SCHEDULERS)}",
+    )
+    need(
+        config.dtype is None or config.dtype in DTYPES,
+        "dtype",
+        f"{config.dtype!r} is not supported; use one of {', '.join(DTYPES)} or leave it out (automatic)",
+    )
+    need(
+        all(gpu >= 0 for gpu in config.gpus) and len(set(config.gpus)) == len(config.gpus),
+        "gpus",
+        f"{config.gpus} must list distinct GPU numbers from 0 up, as nvidia-smi shows them",
+    )
+    need(bool(config.prompt_column), "prompt_column", "name the column holding the prompts")
+    need(bool(config.response_column), "response_column", "name the column holding the responses")
+    if config.deepspeed is not None:
+        need(
+            config.method == "full" or len(config.gpus) > 1,
+            "deepspeed",
+            "DeepSpeed pays off only for full fine-tuning or several GPUs; leave it out for this run",
+        )
+    return problems
+
+
+def _environment_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
+    problems = [
+        Problem(
+            "model_path",
+            f"{problem}; download the model with `glmtui download` or point model_path at a complete folder",
+        )
+        for problem in model_folder_problems(config.model_path)
+    ]
+    for name in ("train_file", "validation_file"):
+        path = getattr(config, name)
+        if path is not None and not path.is_file():
+            problems.append(Problem(name, f"the data file {path} does not exist"))
+    if config.deepspeed is not None:
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(
+                Problem("deepspeed", f"DeepSpeed is not installed; run `{DEEPSPEED_INSTALL_HINT}`")
+            )
+        if config.deepspeed not in DEEPSPEED_PRESETS and not Path(config.deepspeed).is_file():
+            problems.append(
+                Problem(
+                    "deepspeed",
+                    f"{config.deepspeed!r} is neither zero2, zero3 nor an existing DeepSpeed JSON file",
+                )
+            )
+    if config.gpus:
+        present = visible_gpu_count()
+        absent = [gpu for gpu in config.gpus if gpu >= present]
+        if absent:
+            have = f"GPUs 0-{present - 1}" if present else "no GPU"
+            problems.append(
+                Problem("gpus", f"GPU {', '.join(map(str, absent))} is not here (this machine has {have})")
+            )
+    if not any(problem.field == "model_path" for problem in problems):
+        problems += _disk_problems(config, runs_dir)
+    return problems
+
+
+def _disk_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
+    from glmcore.estimate import ModelShape, estimate_checkpoint_bytes, kept_checkpoint_count
+
+    try:
+        shape = ModelShape.from_model_dir(config.model_path)
+    except GlmError as error:
+        return [Problem("model_path", str(error))]
+    kept = kept_checkpoint_count(config)
+    needed = kept * estimate_checkpoint_bytes(shape, config)
+    existing = runs_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed <= free:
+        return []
+    gib = 2**30
+    return [
+        Problem(
+            "save_total_limit",
+            f"the run will keep {kept} checkpoints of about {needed / kept / gib:.1f} GiB "
+            f"({needed / gib:.1f} GiB) but {existing} has {free / gib:.1f} GiB free; "
+            "free disk space, set a lower save_total_limit or save less often",
+        )
+    ]

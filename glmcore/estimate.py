@@ -1,0 +1,283 @@
+"""How much GPU memory a run will need, per GPU, before it starts; and how much disk its checkpoints take.
+
+The estimate models glmtui's own training, part by part, as nvidia-smi will show it for the training process
+(PyTorch's reserved memory plus the CUDA context):
+
+- the CUDA context;
+- the frozen or trained base weights at their quantization bit (LLM.int8 and NF4 quantize the Linear layers;
+  embeddings, LayerNorms and the output layer stay 16-bit);
+- the trained parameters' fp32 copy, gradients and AdamW states (a prefix, LoRA adapters, or every weight,
+  sharded by DeepSpeed ZeRO over the GPUs);
+- activations kept for the backward pass (all of them, or with gradient checkpointing only each layer's input
+  plus one layer's working set), including attention scores over the prefix and the sequence;
+- the logits and their fp32 loss copies;
+- the caching allocator's fragmentation.
+
+Every constant lives in ``Calibration``; they are first guesses from the published formulas (Korthikanti et al.,
+"Reducing Activation Recomputation in Large Transformer Models") and are to be calibrated against NVML readings
+of real runs on the GPU machine (docs/benchmarks.md records that table).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from glmcore.errors import GlmError
+
+if TYPE_CHECKING:
+    from glmcore.config import RunConfig
+
+GIB = 2**30
+
+
+class ModelShapeError(GlmError):
+    """A model folder's config.json cannot be read as a ChatGLM shape."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The estimate's constants, in one place, to be calibrated against measured runs.
+
+    Bytes are per element unless the name says otherwise.
+    """
+
+    cuda_context_bytes: int = GIB // 2
+    """What the CUDA context and cuBLAS workspaces take before any tensor (0.5 GiB on recent drivers)."""
+    nf4_bytes_per_param: float = 0.5 + 4 / 64
+    """NF4 packs two weights a byte plus one fp32 absmax per block of 64."""
+    int8_bytes_per_param: float = 1.0 + 4 / 4096
+    """LLM.int8 stores a byte a weight plus an fp32 scale per output row."""
+    trainable_bytes_per_param: int = 16
+    """fp32 weight (4) + fp32 gradient (4) + AdamW's two fp32 moments (8)."""
+    zero_master_bytes_per_param: int = 12
+    """DeepSpeed's fp32 master weight and two fp32 moments, sharded from ZeRO stage 1 up."""
+    activation_bytes_per_hidden: float = 18
+    """Bytes kept per token and layer per hidden unit outside the MLP (LayerNorm and projection inputs, q/k/v,
+    dropout masks); Korthikanti's 34 h at an MLP of 4 h splits into 18 h + 4 f."""
+    activation_bytes_per_inner: float = 4
+    """Bytes kept per token and layer per MLP inner unit (the GELU input and output, 16-bit)."""
+    attention_score_bytes: float = 6
+    """Per attention score kept for the backward pass: the 16-bit scores and their fp32 softmax."""
+    checkpointed_input_bytes_per_hidden: float = 2
+    """With gradient checkpointing each layer keeps only its 16-bit input."""
+    logits_bytes: float = 2 + 4 + 4
+    """Per logit: the 16-bit output, its fp32 copy for the loss and that copy's gradient."""
+    fragmentation: float = 1.10
+    """Reserved over allocated memory in PyTorch's caching allocator."""
+    ptuning_checkpoint_bytes_per_param: float = 16
+    """Disk per prefix parameter: fp32 twice (safetensors and ChatGLM's pytorch_model.bin) + AdamW's moments."""
+    lora_checkpoint_bytes_per_param: float = 12
+    """Disk per adapter parameter: fp32 weights + AdamW's two fp32 moments."""
+    full_checkpoint_bytes_per_param: float = 14
+    """Disk per weight: 16-bit weights + fp32 AdamW moments (8) + DeepSpeed's fp32 master (4)."""
+    auto_checkpointing_share: float = 0.25
+    """Automatic gradient checkpointing turns on when activations would exceed this share of the estimate."""
+
+    def checkpoint_bytes(self, method: str) -> float:
+        """Disk bytes per trained parameter in one checkpoint of a run of ``method``."""
+        return {
+            "ptuning-v2": self.ptuning_checkpoint_bytes_per_param,
+            "lora": self.lora_checkpoint_bytes_per_param,
+            "full": self.full_checkpoint_bytes_per_param,
+        }[method]
+
+
+CALIBRATION = Calibration()
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a ChatGLM-6B-style model that memory depends on."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    inner_hidden_size: int
+    tie_word_embeddings: bool = True
+
+    @classmethod
+    def from_model_dir(cls, path: Path) -> ModelShape:
+        """Read the shape from a model folder's config.json (ChatGLM-6B's names, or the usual Hugging Face ones)."""
+        config_path = Path(path) / "config.json"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelShapeError(f"{config_path} does not exist; is {path} a model folder?") from None
+        except (OSError, ValueError) as error:
+            raise ModelShapeError(f"cannot read {config_path} as JSON ({error})") from None
+
+        def first(*names: str) -> int:
+            for name in names:
+                if isinstance(config.get(name), int):
+                    return config[name]
+            raise ModelShapeError(f"{config_path} gives no {names[0]}; is it a ChatGLM model config?")
+
+        hidden = first("hidden_size")
+        return cls(
+            vocab_size=first("vocab_size", "padded_vocab_size"),
+            hidden_size=hidden,
+            num_layers=first("num_layers", "num_hidden_layers"),
+            num_heads=first("num_attention_heads"),
+            inner_hidden_size=config.get("inner_hidden_size")
+            or config.get("ffn_hidden_size")
+            or config.get("intermediate_size")
+            or 4 * hidden,
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
+        )
+
+    @property
+    def linear_parameters(self) -> int:
+        """Weights of the Linear layers inside the transformer blocks (what 8- and 4-bit quantize)."""
+        hidden, inner = self.hidden_size, self.inner_hidden_size
+        per_layer = 3 * hidden * hidden + hidden * hidden + 2 * hidden * inner
+        return self.num_layers * per_layer
+
+    @property
+    def other_parameters(self) -> int:
+        """Embeddings, output layer, LayerNorms and biases: what stays 16-bit under quantization."""
+        hidden, inner = self.hidden_size, self.inner_hidden_size
+        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
+        per_layer = 2 * 2 * hidden + 3 * hidden + hidden + inner + hidden
+        return embeddings + self.num_layers * per_layer + 2 * hidden
+
+    @property
+    def parameters(self) -> int:
+        return self.linear_parameters + self.other_parameters
+
+
+CHATGLM_6B = ModelShape(
+    vocab_size=130528, hidden_size=4096, num_layers=28, num_heads=32, inner_hidden_size=16384
+)
+
+
+@dataclass(frozen=True)
+class VramEstimate:
+    """Bytes per GPU, part by part, as nvidia-smi will show them for the training process."""
+
+    parts: dict[str, int]
+    gradient_checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def fits(self, free_bytes: int) -> bool:
+        """Whether the run fits in a GPU with ``free_bytes`` free."""
+        return self.total <= free_bytes
+
+
+def trainable_parameter_count(shape: ModelShape, config: RunConfig) -> int:
+    """Parameters the optimizer updates: the prefix encoder, the LoRA adapters on query_key_value, or all."""
+    hidden, layers = shape.hidden_size, shape.num_layers
+    if config.method == "ptuning-v2":
+        prefix_width = layers * 2 * hidden
+        if config.prefix_projection:
+            # Embedding(pre_seq_len, hidden) -> Linear(hidden, hidden) -> Tanh -> Linear(hidden, 2 * layers * hidden)
+            return (
+                config.pre_seq_len * hidden + hidden * hidden + hidden + hidden * prefix_width + prefix_width
+            )
+        return config.pre_seq_len * prefix_width
+    if config.method == "lora":
+        return layers * config.lora_rank * (hidden + 3 * hidden)
+    return shape.parameters
+
+
+def resolve_gradient_checkpointing(
+    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION
+) -> bool:
+    """The config's choice, or when automatic: on for LoRA and full fine-tuning, and for P-tuning once the
+    activations would take more than ``calibration.auto_checkpointing_share`` of the memory."""
+    if config.gradient_checkpointing is not None:
+        return config.gradient_checkpointing
+    if config.method != "ptuning-v2":
+        return True
+    without = _parts(shape, config, calibration, checkpointing=False)
+    return without["activations"] > calibration.auto_checkpointing_share * sum(without.values())
+
+
+def estimate_vram(
+    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION
+) -> VramEstimate:
+    """Per-GPU memory for ``config`` on a model of ``shape``."""
+    checkpointing = resolve_gradient_checkpointing(shape, config, calibration)
+    return VramEstimate(_parts(shape, config, calibration, checkpointing=checkpointing), checkpointing)
+
+
+def _parts(
+    shape: ModelShape, config: RunConfig, calibration: Calibration, *, checkpointing: bool
+) -> dict[str, int]:
+    gpus = max(1, len(config.gpus))
+    stage = config.zero_stage
+    weight_bytes = 4 if config.dtype == "float32" else 2
+    if config.quantization_bit == 4:
+        weights = shape.linear_parameters * calibration.nf4_bytes_per_param + shape.other_parameters * 2
+    elif config.quantization_bit == 8:
+        weights = shape.linear_parameters * calibration.int8_bytes_per_param + shape.other_parameters * 2
+    else:
+        weights = shape.parameters * weight_bytes / (gpus if stage == 3 else 1)
+
+    trainable = trainable_parameter_count(shape, config)
+    if config.method == "full" and stage:
+        gradients = trainable * weight_bytes / (gpus if stage >= 2 else 1)
+        states = gradients + trainable * calibration.zero_master_bytes_per_param / gpus
+    elif config.method == "full":
+        # The weights are the trained parameters: add their gradient and AdamW's two moments in the same dtype.
+        states = trainable * weight_bytes * 3
+    else:
+        states = trainable * calibration.trainable_bytes_per_param
+    if gpus > 1 and not stage:
+        states += trainable * 4  # DDP's gradient buckets
+
+    batch, sequence = config.per_device_train_batch_size, config.sequence_length
+    tokens = batch * sequence
+    prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
+    per_layer = (
+        tokens
+        * (
+            calibration.activation_bytes_per_hidden * shape.hidden_size
+            + calibration.activation_bytes_per_inner * shape.inner_hidden_size
+        )
+        + batch * shape.num_heads * sequence * (prefix + sequence) * calibration.attention_score_bytes
+    )
+    prefix_cache = shape.num_layers * batch * prefix * 2 * shape.hidden_size * 2
+    if checkpointing:
+        stored = (
+            shape.num_layers * tokens * calibration.checkpointed_input_bytes_per_hidden * shape.hidden_size
+        )
+        activations = stored + per_layer + prefix_cache
+    else:
+        activations = shape.num_layers * per_layer + prefix_cache
+    if config.quantization_bit in (4, 8):
+        # The largest quantized weight dequantized to 16-bit for one matmul.
+        activations += shape.hidden_size * shape.inner_hidden_size * 2
+
+    logits = tokens * shape.vocab_size * calibration.logits_bytes
+    allocated = weights + states + activations + logits
+    return {
+        "cuda_context": calibration.cuda_context_bytes,
+        "weights": round(weights),
+        "trainable_states": round(states),
+        "activations": round(activations),
+        "logits": round(logits),
+        "fragmentation": round(allocated * (calibration.fragmentation - 1)),
+    }
+
+
+def kept_checkpoint_count(config: RunConfig) -> int:
+    """How many checkpoints the run holds at its end: one per save_steps plus a final one, capped by
+    save_total_limit (plus the best one by eval loss, which pruning spares)."""
+    saves = config.max_steps // config.save_steps + 1
+    if config.save_total_limit is None:
+        return saves
+    return min(saves, config.save_total_limit + (1 if config.eval_steps else 0))
+
+
+def estimate_checkpoint_bytes(
+    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION
+) -> int:
+    """Disk bytes of one checkpoint of this run."""
+    return round(trainable_parameter_count(shape, config) * calibration.checkpoint_bytes(config.method))

@@ -1,0 +1,649 @@
+"""Runs on disk: one folder per run is the contract between a training process and everyone watching it.
+
+A run folder (``<workspace>/runs/<yyyymmdd-hhmmss>-<name>``) holds config.toml, status.json, events.jsonl,
+train.log, checkpoints/ and, while a stop is asked for, stop-request; docs/runs.md describes each file for other
+tools. Nothing here depends on the process that started a run: the TUI, the CLI, a later SSH session or another
+user read the same files, and a run keeps going when its launcher is gone.
+
+Lessons taken from LLaMA-Factory's LlamaBoard, which runs training the same way: the child's output goes to a
+file, never to a pipe nobody reads (a full pipe blocks training); a stop is a file every rank can see, decided
+together at a step boundary; and a run is found again by its name, not by re-selecting an output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+from glmcore.config import RunConfig
+from glmcore.errors import GlmError
+from glmcore.workspace import atomic_write_text
+
+STATES = ("created", "running", "stopping", "stopped", "finished", "failed", "crashed")
+ACTIVE_STATES = ("running", "stopping")
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
+"""The Trainer writes this last into a checkpoint folder; a folder without it was cut off mid-save."""
+START_TIME_TOLERANCE_S = 2.0
+"""Process start times computed from /proc drift by up to a second with the boot time; a reused pid differs
+by far more."""
+STOP_POLL_S = 0.2
+KILL_WAIT_S = 30.0
+"""How long to wait for a SIGKILLed process to disappear (one stuck in the GPU driver can take a while)."""
+
+
+class RunError(GlmError):
+    """A run cannot be found, started, stopped, resumed or deleted as asked."""
+
+
+def now_iso() -> str:
+    """The local time with its offset, to the second: what status.json and events.jsonl record."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or None if there is no such live process.
+
+    Read from /proc/<pid>/stat (field 22, clock ticks after boot) plus the boot time from /proc/stat; a zombie
+    counts as gone. Where /proc does not exist, psutil answers if installed.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None if Path("/proc/self/stat").exists() else _psutil_start_time(pid)
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may hold spaces; fields 3 onwards follow the last ")".
+    after_name = stat[stat.rindex(")") + 2 :].split()
+    if after_name[0] in ("Z", "X"):
+        return None
+    start_ticks = int(after_name[22 - 3])
+    return _boot_time() + start_ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _boot_time() -> float:
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise RunError(
+        "/proc/stat has no boot time; glmtui cannot check whether a training process is alive here"
+    )
+
+
+def _psutil_start_time(pid: int) -> float | None:
+    try:
+        import psutil
+    except ImportError:
+        raise RunError(
+            "this system has no /proc; install psutil (`pip install psutil`) so glmtui can check training processes"
+        ) from None
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process.create_time()
+    except psutil.Error:
+        return None
+
+
+def process_matches(pid: int | None, start_time: float | None) -> bool:
+    """Whether ``pid`` is still the process that started at ``start_time`` (pids are reused)."""
+    if pid is None:
+        return False
+    started = process_start_time(pid)
+    if started is None:
+        return False
+    return start_time is None or abs(started - start_time) <= START_TIME_TOLERANCE_S
+
+
+@dataclass
+class RunStatus:
+    """The contents of status.json: where a run stands, and which process (on which host) is running it."""
+
+    state: str = "created"
+    pid: int | None = None
+    pid_start_time: float | None = None
+    """Seconds since the epoch; with ``pid`` it tells the training process from a later one given the same pid."""
+    host: str | None = None
+    gpus: list[int] = field(default_factory=list)
+    step: int = 0
+    total: int = 0
+    created: str | None = None
+    started: str | None = None
+    ended: str | None = None
+    reason: str | None = None
+    """Why the run ended other than finishing (failure message, crash, forced stop)."""
+    resumed_from: int | None = None
+    updated: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> RunStatus:
+        """Keys this version does not know are ignored, so a newer writer never breaks an older reader."""
+        known = {status_field.name for status_field in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+class Checkpoint(NamedTuple):
+    step: int
+    path: Path
+
+
+def latest_by_step(records: Iterable[dict]) -> list[dict]:
+    """Events as readers should see them after resumes: the latest record of each (kind, step), in file order.
+
+    A ``resumed`` event at step K also drops earlier records past step K: they belong to the attempt that was
+    abandoned when the run went back to checkpoint K.
+    """
+    kept: dict[object, dict] = {}
+    for position, record in enumerate(records):
+        step = record.get("step")
+        if record.get("kind") == "resumed" and isinstance(step, int):
+            kept = {
+                key: earlier
+                for key, earlier in kept.items()
+                if not (isinstance(earlier.get("step"), int) and earlier["step"] > step)
+            }
+        key = (record.get("kind"), step) if step is not None else ("unstepped", position)
+        kept.pop(key, None)
+        kept[key] = record
+    return list(kept.values())
+
+
+class FileTail:
+    """Follows a growing file from a byte offset, handing back what was appended since the last read.
+
+    In the manner of toolong: read new bytes in chunks, hand back complete lines only, and keep a partial last
+    line for the next read (the writer may be mid-line). A file that shrank was replaced; it is read afresh.
+    """
+
+    def __init__(self, path: Path, offset: int = 0, chunk_size: int = 1 << 16) -> None:
+        self.path = path
+        self.offset = offset
+        self.chunk_size = chunk_size
+
+    def read_bytes(self) -> bytes:
+        """Everything appended since the last read, up to and including the last newline."""
+        try:
+            with open(self.path, "rb") as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size < self.offset:
+                    self.offset = 0
+                handle.seek(self.offset)
+                chunks = []
+                while chunk := handle.read(self.chunk_size):
+                    chunks.append(chunk)
+        except FileNotFoundError:
+            return b""
+        data = b"".join(chunks)
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        return complete
+
+    def read_lines(self) -> list[str]:
+        """The complete lines appended since the last read, without their newlines."""
+        return self.read_bytes().decode("utf-8", errors="replace").splitlines()
+
+
+class EventTail(FileTail):
+    """Follows events.jsonl, handing back the new event records (lines that are not JSON objects are skipped)."""
+
+    def read_events(self) -> list[dict]:
+        return list(_parse_events(self.read_lines()))
+
+
+def _parse_events(lines: Iterable[str]) -> Iterator[dict]:
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                yield record
+
+
+class Run:
+    """One run folder; every method reads or writes the files there, so any process may hold a Run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path).absolute()
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Run) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def status_path(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def log_path(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def stop_request_path(self) -> Path:
+        return self.path / "stop-request"
+
+    @cached_property
+    def config(self) -> RunConfig:
+        return RunConfig.load(self.config_path)
+
+    # status.json
+
+    def stored_status(self) -> RunStatus:
+        """status.json as written, without checking that its process is alive."""
+        try:
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return RunStatus()
+        except (OSError, ValueError) as error:
+            raise RunError(
+                f"{self.status_path} cannot be read ({error}); is {self.path} a run folder?"
+            ) from None
+        return RunStatus.from_dict(data)
+
+    def status(self) -> RunStatus:
+        """Where the run stands; a running or stopping run whose process is gone (on this host) is ``crashed``.
+
+        On another host the process cannot be checked, so the stored state is returned as is (with its host).
+        """
+        status = self.stored_status()
+        if not status.is_active or status.host != socket.gethostname():
+            return status
+        if process_matches(status.pid, status.pid_start_time):
+            return status
+        # The process may have written its final state and exited between the two reads.
+        status = self.stored_status()
+        if not status.is_active or process_matches(status.pid, status.pid_start_time):
+            return status
+        status.state = "crashed"
+        status.reason = f"the training process (pid {status.pid}) is gone without writing a final state; " + (
+            f"resume it from {checkpoint.path.name}"
+            if (checkpoint := self.latest_checkpoint())
+            else "it saved no checkpoint, so resuming starts again from step 0"
+        )
+        return status
+
+    @contextlib.contextmanager
+    def _status_lock(self) -> Iterator[None]:
+        """Serialises read-modify-write of status.json between the launcher and the training process."""
+        with open(self.path / "status.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def write_status(self, **changes: object) -> RunStatus:
+        """Change the named fields of status.json (the rest stay) and write it atomically; returns the result."""
+        if "state" in changes and changes["state"] not in STATES:
+            raise ValueError(f"unknown run state {changes['state']!r}; states are {', '.join(STATES)}")
+        with self._status_lock():
+            status = RunStatus(**{**asdict(self.stored_status()), **changes, "updated": now_iso()})
+            atomic_write_text(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
+        return status
+
+    def mark_running(
+        self, pid: int, *, total: int | None = None, only_if_unclaimed: bool = False
+    ) -> RunStatus:
+        """Record that process ``pid`` on this host now runs the run (the trainer calls this first thing).
+
+        ``only_if_unclaimed`` is the launcher's form: it leaves the status alone if the training process has
+        already written its own, so a fast child's final state is never overwritten with ``running``.
+        """
+        with self._status_lock():
+            current = self.stored_status()
+            if only_if_unclaimed and current.pid == pid:
+                return current
+            status = RunStatus(
+                **{
+                    **asdict(current),
+                    "state": "running",
+                    "pid": pid,
+                    "pid_start_time": process_start_time(pid),
+                    "host": socket.gethostname(),
+                    "gpus": list(self.config.gpus),
+                    "total": total if total is not None else self.config.max_steps,
+                    "started": now_iso(),
+                    "ended": None,
+                    "reason": None,
+                    "updated": now_iso(),
+                }
+            )
+            atomic_write_text(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
+        return status
+
+    def finish(self, state: str, reason: str | None = None) -> RunStatus:
+        """Record how the run ended (finished, stopped or failed) and clear a served stop request."""
+        if state not in ("finished", "stopped", "failed", "crashed"):
+            raise ValueError(f"{state!r} is not a final run state")
+        status = self.write_status(state=state, reason=reason, ended=now_iso())
+        self.stop_request_path.unlink(missing_ok=True)
+        return status
+
+    # events.jsonl
+
+    def append_event(self, kind: str, **fields: object) -> dict:
+        """Append one event line (with its time) and make it durable before returning."""
+        record = {"kind": kind, **fields, "time": now_iso()}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with open(self.events_path, "ab+") as handle:
+            # A writer killed mid-line leaves a partial last line; start on a fresh one so both stay readable.
+            if handle.seek(0, os.SEEK_END) > 0:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    line = "\n" + line
+            handle.write(line.encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+        return record
+
+    def events(self) -> list[dict]:
+        """Every event as readers should see it: see ``latest_by_step``."""
+        return latest_by_step(EventTail(self.events_path).read_events())
+
+    def tail_events(self, offset: int = 0) -> EventTail:
+        return EventTail(self.events_path, offset)
+
+    # checkpoints
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """Complete checkpoints, oldest step first (a folder still being written is left out)."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for folder in self.checkpoints_dir.iterdir():
+            match = CHECKPOINT_PATTERN.fullmatch(folder.name)
+            if match and (folder / CHECKPOINT_COMPLETE_MARKER).is_file():
+                found.append(Checkpoint(int(match.group(1)), folder))
+        return sorted(found)
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    # stop request and deletion
+
+    def request_stop(self) -> None:
+        """Ask the training process to save a checkpoint and stop at its next step boundary."""
+        atomic_write_text(self.stop_request_path, now_iso() + "\n")
+
+    def stop_requested(self) -> bool:
+        return self.stop_request_path.exists()
+
+    def delete(self) -> None:
+        """Remove the run folder; refused while the run is running or stopping."""
+        status = self.status()
+        if status.is_active:
+            raise RunError(
+                f"run {self.id} is {status.state}; stop it (`glmtui stop {self.id}`) before deleting it"
+            )
+        shutil.rmtree(self.path)
+
+
+def _slug(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or "run"
+
+
+class RunStore:
+    """The runs/ folder of a workspace."""
+
+    def __init__(self, runs_dir: Path) -> None:
+        self.runs_dir = Path(runs_dir).absolute()
+
+    def create(self, config: RunConfig) -> Run:
+        """A new run folder holding the config, a ``created`` status and an empty events file."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.name)}"
+        for attempt in range(1, 1000):
+            path = self.runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RunError(f"cannot find a free run folder name for {base} in {self.runs_dir}")
+        run = Run(path)
+        config.save(run.config_path)
+        run.checkpoints_dir.mkdir()
+        run.events_path.touch()
+        run.write_status(state="created", created=now_iso(), total=config.max_steps, gpus=list(config.gpus))
+        return run
+
+    def list(self) -> list[Run]:
+        """Every run folder (one holding config.toml), newest first (the id starts with the creation time)."""
+        if not self.runs_dir.is_dir():
+            return []
+        runs = [Run(folder) for folder in self.runs_dir.iterdir() if (folder / "config.toml").is_file()]
+        return sorted(runs, key=lambda run: run.id, reverse=True)
+
+    def resolve(self, name_or_path: str | Path) -> Run:
+        """The run named by an exact id, a unique id prefix, the name it was given, or a path to its folder."""
+        text = str(name_or_path)
+        if os.sep in text or text in (".", ".."):
+            path = Path(text).expanduser()
+            if not (path / "config.toml").is_file():
+                raise RunError(f"{path} is not a run folder (it holds no config.toml)")
+            return Run(path)
+        runs = self.list()
+        exact = [run for run in runs if run.id == text]
+        if exact:
+            return exact[0]
+        matches = [run for run in runs if run.id.startswith(text)] or [
+            run for run in runs if run.id[len("yyyymmdd-hhmmss-") :].startswith(_slug(text))
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            listed = ", ".join(run.id for run in matches[:10]) + (" ..." if len(matches) > 10 else "")
+            raise RunError(f"{text!r} names {len(matches)} runs ({listed}); give more of the id")
+        known = ", ".join(run.id for run in runs[:5]) or "there are none yet"
+        raise RunError(
+            f"no run named {text!r} in {self.runs_dir} (latest: {known}); `glmtui runs` lists them all"
+        )
+
+
+def trainer_command(run: Run, *, resume: bool) -> list[str]:
+    """The command that trains ``run``: the glmcore.train module in this Python."""
+    return [sys.executable, "-m", "glmcore.train", str(run.path)] + (["--resume"] if resume else [])
+
+
+def launch(
+    run: Run, *, detach: bool, resume: bool = False, command: Sequence[str] | None = None
+) -> subprocess.Popen | int:
+    """Start the training process for ``run``; returns its Popen (foreground) or its pid (detached).
+
+    The child's stdout and stderr are appended to train.log (a file: a pipe nobody reads would block it), stdin
+    is /dev/null, the working folder is the run folder, and CUDA_VISIBLE_DEVICES holds config.gpus. The child is
+    always the leader of its own process group, so Ctrl-C in the launching terminal reaches only the launcher
+    (which then asks for a graceful stop) and a forced stop can signal the whole group; detached, it also gets
+    its own session so a dropped SSH connection (SIGHUP) does not reach it. ``command`` replaces the
+    ``glmcore.train`` command (a multi-GPU launcher, or a stand-in trainer in tests).
+    """
+    status = run.status()
+    if status.is_active:
+        where = f" on {status.host}" if status.host != socket.gethostname() else ""
+        raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
+    argv = list(command) if command is not None else trainer_command(run, resume=resume)
+    environment = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in run.config.gpus),
+        "PYTHONUNBUFFERED": "1",
+    }
+    run.stop_request_path.unlink(missing_ok=True)
+    with open(run.log_path, "ab") as log:
+        log.write(
+            f"\n=== {now_iso()} glmtui: {'resuming' if resume else 'starting'} {' '.join(argv)}\n".encode()
+        )
+        log.flush()
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=run.path,
+                env=environment,
+                start_new_session=detach,
+                process_group=None if detach else 0,
+            )
+        except OSError as error:
+            reason = f"the training process could not start: {error}"
+            run.write_status(state="failed", reason=reason, ended=now_iso())
+            raise RunError(reason) from None
+    run.mark_running(process.pid, only_if_unclaimed=True)
+    return process.pid if detach else process
+
+
+def resume(run: Run, *, detach: bool, command: Sequence[str] | None = None) -> subprocess.Popen | int:
+    """Continue ``run`` from its latest complete checkpoint (or from step 0 if it saved none).
+
+    Appends a ``resumed`` event with the starting step, so readers drop the records of the abandoned attempt
+    past that step (see ``latest_by_step``); the history in events.jsonl itself is never rewritten.
+    """
+    status = run.status()
+    if status.is_active:
+        raise RunError(f"run {run.id} is {status.state}; only a run that has ended can be resumed")
+    if status.state == "finished":
+        raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
+    checkpoint = run.latest_checkpoint()
+    step = checkpoint.step if checkpoint else 0
+    run.append_event("resumed", step=step, checkpoint=str(checkpoint.path) if checkpoint else None)
+    run.write_status(resumed_from=step, step=step)
+    return launch(run, detach=detach, resume=True, command=command)
+
+
+def wait_for_end(run: Run, timeout: float) -> RunStatus:
+    """Poll until the run is no longer running or stopping, or ``timeout`` seconds pass; returns its status."""
+    deadline = time.monotonic() + timeout
+    status = run.status()
+    while status.is_active and time.monotonic() < deadline:
+        time.sleep(STOP_POLL_S)
+        status = run.status()
+    return status
+
+
+def stop(run: Run, timeout: float = 0.0, *, force: bool = False, grace: float = 10.0) -> RunStatus:
+    """Ask ``run`` to stop: it saves a checkpoint at its next step boundary and ends ``stopped``.
+
+    Waits up to ``timeout`` seconds for it to end. ``force`` does not wait for the step: it sends SIGTERM to the
+    training process group (every rank and data worker), then SIGKILL after ``grace`` seconds, so nothing is
+    left holding a GPU; progress since the last checkpoint is lost. A run whose process is already gone is
+    recorded as crashed.
+    """
+    status = run.status()
+    if status.state == "crashed" and run.stored_status().is_active:
+        return run.write_status(state="crashed", reason=status.reason, ended=now_iso())
+    if not status.is_active:
+        raise RunError(f"run {run.id} is not running (it is {status.state}); there is nothing to stop")
+    if force and status.host != socket.gethostname():
+        raise RunError(
+            f"run {run.id} runs on {status.host}; force-stop it there (`glmtui stop {run.id} --force`)"
+        )
+    run.request_stop()
+    if status.state != "stopping":
+        run.write_status(state="stopping")
+    if force:
+        _terminate_group(status, grace)
+        if run.stored_status().is_active:
+            checkpoint = run.latest_checkpoint()
+            run.write_status(
+                state="stopped",
+                ended=now_iso(),
+                reason=f"stopped by force near step {run.stored_status().step}; "
+                + (
+                    f"resume continues from {checkpoint.path.name}"
+                    if checkpoint
+                    else "no checkpoint was saved"
+                ),
+            )
+        return run.status()
+    return wait_for_end(run, timeout)
+
+
+def _terminate_group(status: RunStatus, grace: float) -> None:
+    """SIGTERM, then SIGKILL, the training process and its process group (when it leads one)."""
+    pid = status.pid
+    if pid is None or not process_matches(pid, status.pid_start_time):
+        return
+    leads_group = os.getpgid(pid) == pid
+
+    def alive() -> bool:
+        return process_matches(pid, status.pid_start_time)
+
+    def send(signal_number: int) -> None:
+        # A group id stays reserved while any member lives, so signalling the group is safe even after its
+        # leader has exited; a lone pid is signalled only while it is still the same process.
+        with contextlib.suppress(ProcessLookupError):
+            if leads_group:
+                os.killpg(pid, signal_number)
+            elif alive():
+                os.kill(pid, signal_number)
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(STOP_POLL_S)
+    send(signal.SIGKILL)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while alive() and time.monotonic() < deadline:
+        time.sleep(STOP_POLL_S / 4)
+
+
+def describe_failure(exc: BaseException, step: int | None = None) -> str:
+    """The ``reason`` to record for a training process that failed with ``exc``: what happened, what to change."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(
+        type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error) for error in chain
+    ):
+        at = f" at step {step}" if step is not None else ""
+        return (
+            f"CUDA ran out of memory{at}: try a smaller per-device batch with more gradient accumulation, "
+            "quantization_bit 4, or shorter max_source/target lengths"
+        )
+    if isinstance(exc, GlmError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

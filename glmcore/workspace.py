@@ -1,0 +1,137 @@
+"""The workspace folder (models/, data/, runs/) and the safe-write helper everything inside it uses.
+
+One folder holds everything glmtui keeps, so a user can find, copy or delete it as a whole: the root comes from
+the caller, else ``$GLMTUI_HOME``, else ``~/glmtui``. Files other processes read while they change (a run's
+status, its config) are written with ``atomic_write_text``: a reader sees the old content or the new, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from glmcore.errors import GlmError
+
+HOME_ENV = "GLMTUI_HOME"
+DEFAULT_ROOT = Path("~/glmtui")
+
+MODEL_CONFIG_NAME = "config.json"
+TOKENIZER_MODEL_NAME = "ice_text.model"
+WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+class WorkspaceError(GlmError):
+    """The workspace folder cannot be used (not creatable, not a folder)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so that readers never see a partial file, even across a power cut.
+
+    Writes a temporary file beside it, fsyncs it, renames it over the target, then fsyncs the folder so the
+    rename itself is durable.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def model_folder_problems(path: Path) -> list[str]:
+    """What is missing from a ChatGLM-6B model folder for it to load; empty when it is complete.
+
+    A folder is complete with config.json, the tokenizer's ice_text.model, and weights: either every shard
+    named by an index json, or a single ``model.safetensors`` / ``pytorch_model.bin``.
+    """
+    if not path.is_dir():
+        return [f"the model folder {path} does not exist"]
+    problems = [
+        f"{path} has no {name}"
+        for name in (MODEL_CONFIG_NAME, TOKENIZER_MODEL_NAME)
+        if not (path / name).is_file()
+    ]
+    index_paths = [path / name for name in WEIGHT_INDEX_NAMES if (path / name).is_file()]
+    if index_paths:
+        for index_path in index_paths:
+            try:
+                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+                shards = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                problems.append(f"{index_path} cannot be read as a weight index ({error})")
+                continue
+            missing = [shard for shard in shards if not (path / shard).is_file()]
+            if missing:
+                problems.append(
+                    f"{path} lacks {len(missing)} of the {len(shards)} weight shards named by "
+                    f"{index_path.name}: {', '.join(missing)}"
+                )
+    elif not any((path / name).is_file() for name in SINGLE_WEIGHT_NAMES):
+        problems.append(f"{path} holds no weights (no {', '.join(WEIGHT_INDEX_NAMES + SINGLE_WEIGHT_NAMES)})")
+    return problems
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The folder holding ``models/``, ``data/`` and ``runs/``."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: Path | None = None) -> Workspace:
+        """The workspace at ``root``, else at ``$GLMTUI_HOME``, else at ``~/glmtui``."""
+        chosen = root if root is not None else Path(os.environ.get(HOME_ENV) or DEFAULT_ROOT)
+        return cls(Path(chosen).expanduser().absolute())
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def ensure(self) -> Workspace:
+        """Create the workspace folders that do not exist yet; returns self for chaining."""
+        for folder in (self.models_dir, self.data_dir, self.runs_dir):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise WorkspaceError(
+                    f"{folder} exists but is not a folder: move it away or choose another workspace "
+                    f"with --workspace or ${HOME_ENV}"
+                ) from None
+            except PermissionError:
+                raise WorkspaceError(
+                    f"cannot create {folder}: permission denied; choose a workspace you can write to "
+                    f"with --workspace or ${HOME_ENV}"
+                ) from None
+        return self
+
+    def find_models(self) -> list[Path]:
+        """Model folders under models/ (a folder holding config.json, one or two levels deep, as
+        ``models/chatglm-6b`` or ``models/THUDM/chatglm-6b``), sorted by path."""
+        if not self.models_dir.is_dir():
+            return []
+        found = {
+            config.parent
+            for pattern in (f"*/{MODEL_CONFIG_NAME}", f"*/*/{MODEL_CONFIG_NAME}")
+            for config in self.models_dir.glob(pattern)
+            if config.is_file()
+        }
+        return sorted(found)

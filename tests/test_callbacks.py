@@ -1,0 +1,160 @@
+"""RunEventsCallback inside a real transformers.Trainer training a tiny model on the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from glmcore.callbacks import RunEventsCallback
+from glmcore.config import RunConfig
+from glmcore.runs import Run, RunStore
+
+SEQUENCE = 6
+REAL_TOKENS = 3
+PAD = 0
+
+
+class TinyRegressor(nn.Module):
+    """A 2-layer MLP over mean token embeddings; forward(labels=...) returns the loss the Trainer needs."""
+
+    main_input_name = "input_ids"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(16, 8)
+        self.layers = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict:
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1)
+        prediction = self.layers(pooled).squeeze(-1)
+        return {"loss": nn.functional.mse_loss(prediction, labels), "logits": prediction}
+
+
+def examples(count: int) -> list[dict]:
+    """Rows of REAL_TOKENS tokens padded to SEQUENCE, so counting only real tokens is visible."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(count):
+        length = REAL_TOKENS
+        ids = torch.randint(1, 16, (length,), generator=generator).tolist()
+        rows.append(
+            {
+                "input_ids": ids + [PAD] * (SEQUENCE - length),
+                "attention_mask": [1] * length + [0] * (SEQUENCE - length),
+                "labels": float(sum(ids) % 5),
+            }
+        )
+    return rows
+
+
+class StopAtStep(TrainerCallback):
+    """Stands in for a user running `glmtui stop` while training reaches ``step``."""
+
+    def __init__(self, run: Run, step: int) -> None:
+        self.run, self.step = run, step
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step == self.step:
+            self.run.request_stop()
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    config = RunConfig(
+        name="tiny", model_path=tmp_path / "model", train_file=tmp_path / "train.json", gpus=[]
+    )
+    return RunStore(tmp_path / "runs").create(config)
+
+
+def train(run: Run, *, max_steps: int, extra: list[TrainerCallback], resume: Path | None = None):
+    arguments = TrainingArguments(
+        output_dir=str(run.checkpoints_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        logging_steps=2,
+        save_steps=4,
+        eval_strategy="steps",
+        eval_steps=4,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        seed=0,
+    )
+    callback = RunEventsCallback(run)
+    trainer = Trainer(
+        model=TinyRegressor(),
+        args=arguments,
+        train_dataset=examples(64),
+        eval_dataset=examples(8),
+        callbacks=[*extra, callback],
+    )
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    return callback
+
+
+def test_events_record_every_logging_step_evaluation_and_checkpoint(run: Run) -> None:
+    callback = train(run, max_steps=8, extra=[])
+
+    events = run.events()
+    kinds = [event["kind"] for event in events]
+    assert kinds[0] == "start" and kinds[-1] == "end"
+    logs = [event for event in events if event["kind"] == "log"]
+    assert [event["step"] for event in logs] == [2, 4, 6, 8]
+    for event in logs:
+        assert event["loss"] > 0 and event["learning_rate"] > 0 and event["grad_norm"] is not None
+        assert event["tokens_per_s"] > 0 and event["samples_per_s"] > 0
+        assert event["gpu_memory_gib"] is None  # no CUDA here
+        assert event["eta_s"] >= 0 and event["elapsed_s"] > 0 and event["time"]
+    assert logs[-1]["eta_s"] == 0
+    assert [event["step"] for event in events if event["kind"] == "eval"] == [4, 8]
+    assert all("eval_loss" in event for event in events if event["kind"] == "eval")
+    saved = [event for event in events if event["kind"] == "checkpoint"]
+    assert [event["step"] for event in saved] == [4, 8]
+    assert Path(saved[0]["path"]) == run.checkpoints_dir / "checkpoint-4"
+    assert events[-1]["stopped"] is False and "train_loss" in events[-1]
+    assert not callback.stopped_by_request
+    assert [checkpoint.step for checkpoint in run.checkpoints()] == [4, 8]
+    status = run.stored_status()
+    assert (status.step, status.total) == (8, 8)
+
+
+def test_tokens_per_second_counts_only_real_tokens(run: Run) -> None:
+    train(run, max_steps=2, extra=[])
+
+    log = next(event for event in run.events() if event["kind"] == "log")
+    # The first logging interval is the whole session: 2 steps x accumulation 2 x batch 2 rows.
+    assert log["tokens_per_s"] * log["elapsed_s"] == pytest.approx(8 * REAL_TOKENS)
+
+
+def test_stop_request_ends_training_with_a_checkpoint_at_that_step(run: Run) -> None:
+    callback = train(run, max_steps=20, extra=[StopAtStep(run, 3)])
+
+    assert callback.stopped_by_request
+    assert [checkpoint.step for checkpoint in run.checkpoints()] == [3]
+    events = run.events()
+    assert events[-1]["kind"] == "end" and events[-1]["step"] == 3 and events[-1]["stopped"] is True
+    assert run.stored_status().step == 3
+
+
+def test_resumed_training_continues_the_events_without_duplicates(run: Run) -> None:
+    train(run, max_steps=20, extra=[StopAtStep(run, 5)])
+    run.stop_request_path.unlink()
+    run.append_event("resumed", step=5)
+
+    train(run, max_steps=8, extra=[], resume=run.checkpoints_dir / "checkpoint-5")
+
+    events = run.events()
+    starts = [event["step"] for event in events if event["kind"] == "start"]
+    assert starts == [0, 5]
+    log_steps = [event["step"] for event in events if event["kind"] == "log"]
+    assert log_steps == sorted(set(log_steps)) and log_steps[-1] == 8
+    assert run.latest_checkpoint().step == 8
