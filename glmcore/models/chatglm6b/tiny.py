@@ -32,6 +32,8 @@ WHITESPACE_PIECES = ("<|tab|>", *(f"<|blank_{length}|>" for length in range(2, M
 BYTE_PIECES = tuple(f"<0x{value:02X}>" for value in range(256))
 APPENDED_PIECE_COUNT = len(GLM_SPECIAL_PIECES) + len(WHITESPACE_PIECES) + len(BYTE_PIECES)
 SENTENCEPIECE_FILE = "ice_text.model"
+# Two LayerNorms, rotary inv_freq, query_key_value, dense and the two MLP projections (weights and biases).
+TENSORS_PER_LAYER = 13
 
 # Mixed Chinese/English text in the style of the AdvertiseGen data and of chat prompts, so the trained
 # pieces cover the characters tests use ("问", "答", "[Round 0]", clothing attributes, code-ish English).
@@ -83,7 +85,7 @@ def write_tiny_checkpoint(
     `vocab_size` is always the size actually written. Weights are float16 like the real checkpoint and
     deterministic for a given `seed`; `lm_head.weight` equals `transformer.word_embeddings.weight`.
     """
-    _check_arguments(hidden_size, num_attention_heads, sp_vocab_size, num_shards, weight_format)
+    _check_arguments(hidden_size, num_attention_heads, num_layers, sp_vocab_size, num_shards, weight_format)
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]
@@ -202,7 +204,12 @@ def random_state_dict(
 
 
 def _check_arguments(
-    hidden_size: int, num_attention_heads: int, sp_vocab_size: int, num_shards: int, weight_format: str
+    hidden_size: int,
+    num_attention_heads: int,
+    num_layers: int,
+    sp_vocab_size: int,
+    num_shards: int,
+    weight_format: str,
 ) -> None:
     """Reject sizes the published architecture cannot run, before anything is written."""
     if weight_format not in ("bin", "safetensors"):
@@ -220,6 +227,11 @@ def _check_arguments(
         )
     if num_shards < 1:
         raise TinyCheckpointError(f"num_shards must be at least 1, not {num_shards}.")
+    tensor_count = TENSORS_PER_LAYER * num_layers + 4
+    if num_shards > tensor_count:
+        raise TinyCheckpointError(
+            f"num_shards {num_shards} is too many for {tensor_count} tensors: use at most {tensor_count}."
+        )
 
 
 def _write_sentencepiece_model(
@@ -303,10 +315,6 @@ def _shard_groups(names: list[str], num_shards: int) -> list[list[str]]:
         return [names]
     body = [name for name in names if name != "lm_head.weight"]
     body_shards = num_shards - 1
-    if len(body) < body_shards:
-        raise TinyCheckpointError(
-            f"num_shards {num_shards} is too many for {len(names)} tensors: use at most {len(body) + 1}."
-        )
     base, extra = divmod(len(body), body_shards)
     groups, start = [], 0
     for index in range(body_shards):
