@@ -1,0 +1,209 @@
+"""The training process of one run: `python -m glmcore.train RUN_DIR [--resume]`.
+
+It reads the run's config.toml, trains through transformers' Trainer (a callback writes events.jsonl and
+status.json and serves stop requests), and records how it ended. It never depends on whoever launched
+it: the run folder is the whole contract (see docs/runs.md).
+
+Methods: `ptuning-v2` trains only the prefix (the base frozen, often 4- or 8-bit) and saves prefix-only
+checkpoints; `lora` attaches PEFT adapters to `query_key_value`; `full` trains every parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+
+from glmcore.callbacks import RunEventsCallback
+from glmcore.config import RunConfig
+from glmcore.data import Columns, TrainingCollator, load_examples, training_dataset
+from glmcore.errors import GlmError
+from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
+from glmcore.runs import Run, describe_failure
+
+
+def _dtype(config: RunConfig):
+    import torch
+
+    from glmcore.models.loading import default_device, default_dtype
+
+    if config.dtype:
+        return getattr(torch, config.dtype)
+    return default_dtype(default_device())
+
+
+def prepare_model(config: RunConfig):
+    """The model with exactly the parameters of `config.method` trainable."""
+    from glmcore.models.loading import load_model
+
+    if config.method == "ptuning-v2":
+        model = load_model(
+            config.model_path,
+            quantization_bit=config.quantization_bit,
+            dtype=_dtype(config),
+            pre_seq_len=config.pre_seq_len,
+            prefix_projection=config.prefix_projection,
+        )
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
+        # transformers refuses to train a quantized model without a trainable adapter; the prefix is one.
+        model._hf_peft_config_loaded = True
+        return model
+    model = load_model(config.model_path, quantization_bit=config.quantization_bit, dtype=_dtype(config))
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=["query_key_value"],
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, lora)
+    for parameter in model.parameters():
+        parameter.requires_grad = True
+    return model
+
+
+def trainer_class(method: str):
+    """The Trainer, with prefix-only saving and loading for P-tuning (the base weights never change)."""
+    from transformers import Trainer
+
+    if method != "ptuning-v2":
+        return Trainer
+
+    class PrefixTrainer(Trainer):
+        def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+            from glmcore.prefix import save_prefix_checkpoint
+
+            save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+            from glmcore.prefix import check_fits_model, read_prefix_checkpoint
+
+            model = model or self.model
+            spec, state = read_prefix_checkpoint(Path(resume_from_checkpoint))
+            check_fits_model(spec, state, model.config, resume_from_checkpoint)
+            model.transformer.prefix_encoder.load_state_dict(state)
+
+    return PrefixTrainer
+
+
+def deepspeed_config_file(choice: str | None) -> str | None:
+    """A shipped preset ("zero2", "zero3") or the user's own DeepSpeed JSON file."""
+    if choice is None:
+        return None
+    preset = Path(__file__).parent / "assets" / "deepspeed" / f"{choice}.json"
+    return str(preset if preset.is_file() else Path(choice))
+
+
+def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointing: bool):
+    from transformers import TrainingArguments
+
+    evaluate = bool(config.eval_steps and config.validation_file)
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type=config.lr_scheduler,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if evaluate else "no",
+        eval_steps=config.eval_steps if evaluate else None,
+        load_best_model_at_end=False,
+        seed=config.seed,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=True,
+        save_only_model=False,
+        deepspeed=deepspeed_config_file(config.deepspeed),
+    )
+
+
+def train(run: Run, *, resume: bool) -> str:
+    """Train `run` to its end or to a stop request; returns the final state."""
+    from transformers import set_seed
+
+    from glmcore.models.loading import load_tokenizer
+
+    config = run.config
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(config.model_path)
+    columns = Columns(config.prompt_column, config.response_column, config.history_column)
+    train_data = load_examples(config.train_file, columns)
+    if train_data.skipped_empty:
+        print(f"glmtui: skipped {train_data.skipped_empty} rows with an empty prompt or response", flush=True)
+    lengths = (config.max_source_length, config.max_target_length)
+    train_set = training_dataset(tokenizer, train_data.examples, *lengths)
+    eval_set = None
+    if config.eval_steps and config.validation_file:
+        eval_set = training_dataset(
+            tokenizer, load_examples(config.validation_file, columns).examples, *lengths
+        )
+
+    model = prepare_model(config)
+    checkpointing = resolve_gradient_checkpointing(ModelShape.from_model_dir(config.model_path), config)
+    callback = RunEventsCallback(run)
+    trainer = trainer_class(config.method)(
+        model=model,
+        args=training_arguments(config, run.checkpoints_dir, checkpointing),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=TrainingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    checkpoint = run.latest_checkpoint() if resume else None
+    trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
+    return "stopped" if callback.stopped_by_request else "finished"
+
+
+def _stop_gracefully_on_sigterm(run: Run) -> None:
+    """A first SIGTERM asks for the same graceful stop as `glmtui stop`; a second one interrupts."""
+
+    def handle(signal_number: int, frame) -> None:
+        if run.stop_requested():
+            raise KeyboardInterrupt
+        run.request_stop()
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glmcore.train", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    args = parser.parse_args(argv)
+    run = Run(args.run_dir.resolve())
+    run.mark_running(os.getpid())
+    _stop_gracefully_on_sigterm(run)
+    try:
+        state = train(run, resume=args.resume)
+    except BaseException as error:
+        reason = describe_failure(error, run.stored_status().step)
+        run.append_event("failed", step=run.stored_status().step, reason=reason)
+        run.finish("failed", reason)
+        if isinstance(error, GlmError | KeyboardInterrupt):
+            print(f"glmtui: {reason}", file=sys.stderr, flush=True)
+            return 1
+        raise
+    run.finish(state)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
