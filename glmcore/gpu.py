@@ -292,20 +292,27 @@ def _read_processes(read: Callable[..., Any], handle: Any) -> list[dict] | None:
     ]
 
 
+def _read_memory(pynvml: Any, handle: Any) -> dict[str, int] | None:
+    """Memory as nvidia-smi shows it: version 2 keeps the driver's reserved memory out of "used"; drivers
+    older than that have only version 1, where "used" includes it."""
+    memory = _nvml_field(pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2)
+    if memory is not None:
+        return {"total": memory.total, "reserved": memory.reserved, "free": memory.free, "used": memory.used}
+    memory = _nvml_field(pynvml.nvmlDeviceGetMemoryInfo, handle)
+    return None if memory is None else {"total": memory.total, "free": memory.free, "used": memory.used}
+
+
 def _read_device(pynvml: Any, index: int) -> dict[str, Any]:
     """One GPU's raw figures, each field read on its own so one unsupported field costs only itself."""
     handle = _nvml_field(pynvml.nvmlDeviceGetHandleByIndex, index)
     if handle is None:
         return {"index": index}
-    memory = _nvml_field(pynvml.nvmlDeviceGetMemoryInfo, handle)
     utilization = _nvml_field(pynvml.nvmlDeviceGetUtilizationRates, handle)
     return {
         "index": index,
         "uuid": _text(_nvml_field(pynvml.nvmlDeviceGetUUID, handle)),
         "name": _text(_nvml_field(pynvml.nvmlDeviceGetName, handle)),
-        "memory": None
-        if memory is None
-        else {"total": memory.total, "free": memory.free, "used": memory.used},
+        "memory": _read_memory(pynvml, handle),
         "utilization": None
         if utilization is None
         else {"gpu": utilization.gpu, "memory": utilization.memory},
@@ -540,7 +547,10 @@ def format_gpu_table(snapshot: GpuSnapshot, *, width: int = 100) -> str:
         command_width = max(width - len(lines[-1]) + len("Command"), 10)
         for index, process in processes:
             cells = [str(index), str(process.pid), process.kind, _mib(process.used_memory)]
-            lines.append(_row(cells, _PROCESS_COLUMNS) + "  " + _fit(process.command or "N/A", command_width))
+            command = " ".join(
+                (process.command or "N/A").split()
+            )  # a -c script's newlines stay off the table
+            lines.append(_row(cells, _PROCESS_COLUMNS) + "  " + _fit(command, command_width))
     return "\n".join(lines) + "\n"
 
 

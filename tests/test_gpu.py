@@ -37,7 +37,7 @@ def test_recorded_h100_sample_is_parsed_into_nvidia_smi_units() -> None:
     first = snapshot.gpus[0]
     assert first.index == 0 and first.name == "NVIDIA H100 80GB HBM3"
     assert first.memory_total == 85520809984
-    assert first.memory_used + first.memory_free == first.memory_total
+    assert (first.memory_used, first.memory_free) == (41236 * MIB, first.memory_total - (41236 + 530) * MIB)
     assert (first.utilization_gpu, first.utilization_memory, first.temperature) == (97, 58, 61)
     assert first.power_draw == pytest.approx(612.453)
     assert first.power_limit == 700.0
@@ -219,15 +219,15 @@ def test_nvml_reads_every_gpu_on_a_gpu_machine(tmp_path: Path) -> None:
 
 
 def test_process_command_reads_proc_and_tolerates_exited_processes() -> None:
+    script = "print('ready', flush=True); input()"
     child = subprocess.Popen(
-        [sys.executable, "-c", "import sys; sys.stdin.read()", "marker-arg"], stdin=subprocess.PIPE
+        [sys.executable, "-c", script, "marker-arg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert (
-            gpu.process_command(child.pid) == f"{sys.executable} -c import sys; sys.stdin.read() marker-arg"
-        )
+        assert child.stdout.readline() == "ready\n"  # running its own program, past exec
+        assert gpu.process_command(child.pid) == f"{sys.executable} -c {script} marker-arg"
     finally:
-        child.communicate(b"")
+        child.communicate("\n")
     assert gpu.process_command(child.pid) is None
 
 
@@ -247,7 +247,7 @@ def test_table_renders_like_nvidia_smi() -> None:
         "Mem-Util",
     ]
     assert lines[2].split() == [
-        "0", "NVIDIA", "H100", "80GB", "HBM3", "N/A", "61C", "612W", "/", "700W", "41766MiB", "/", "81559MiB", "97%", "58%",
+        "0", "NVIDIA", "H100", "80GB", "HBM3", "N/A", "61C", "612W", "/", "700W", "41236MiB", "/", "81559MiB", "97%", "58%",
     ]  # fmt: skip
     assert "Processes:" in lines
     assert all(len(line) <= 100 for line in lines)
@@ -285,3 +285,22 @@ def test_module_without_a_driver_says_so_and_exits_nonzero() -> None:
     assert finished.returncode == 1
     assert gpu.NO_DRIVER_REASON in finished.stdout
     assert "Traceback" not in finished.stderr
+
+
+def test_table_keeps_a_multi_line_command_on_one_row(tmp_path: Path) -> None:
+    process = {"pid": 7, "usedGpuMemory": MIB, "command": "python -c import torch\nprint(torch.ones(1))"}
+    path = write_samples(tmp_path / "samples.json", [{"index": 0, "compute_processes": [process]}])
+
+    text = gpu.format_gpu_table(gpu.RecordedGpuBackend(path).read())
+
+    assert text.splitlines()[-1].split() == [
+        "0",
+        "7",
+        "C",
+        "1MiB",
+        "python",
+        "-c",
+        "import",
+        "torch",
+        "print(torch.ones(1))",
+    ]
