@@ -180,8 +180,9 @@ class FileTail:
         self.offset = offset
         self.chunk_size = chunk_size
 
-    def read_bytes(self) -> bytes:
-        """Everything appended since the last read, up to and including the last newline."""
+    def read_bytes(self, *, complete_lines: bool = True) -> bytes:
+        """Everything appended since the last read: up to the last newline, or all of it when the writer is
+        known to be done (``complete_lines=False``)."""
         try:
             with open(self.path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
@@ -194,9 +195,10 @@ class FileTail:
         except FileNotFoundError:
             return b""
         data = b"".join(chunks)
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return complete
+        if complete_lines:
+            data = data[: data.rfind(b"\n") + 1]
+        self.offset += len(data)
+        return data
 
     def read_lines(self) -> list[str]:
         """The complete lines appended since the last read, without their newlines."""
@@ -482,13 +484,17 @@ class RunStore:
         )
 
 
-def trainer_command(run: Run, *, resume: bool) -> list[str]:
-    """The command that trains ``run``: the glmcore.train module in this Python."""
-    return [sys.executable, "-m", "glmcore.train", str(run.path)] + (["--resume"] if resume else [])
+TRAINER_PROGRAM = (sys.executable, "-m", "glmcore.train")
+"""The program that trains a run; launch appends the run folder and, when resuming, ``--resume``."""
+
+
+def trainer_command(run: Run, *, resume: bool, program: Sequence[str] = TRAINER_PROGRAM) -> list[str]:
+    """The command line that trains ``run``."""
+    return [*program, str(run.path)] + (["--resume"] if resume else [])
 
 
 def launch(
-    run: Run, *, detach: bool, resume: bool = False, command: Sequence[str] | None = None
+    run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] = TRAINER_PROGRAM
 ) -> subprocess.Popen | int:
     """Start the training process for ``run``; returns its Popen (foreground) or its pid (detached).
 
@@ -496,14 +502,14 @@ def launch(
     is /dev/null, the working folder is the run folder, and CUDA_VISIBLE_DEVICES holds config.gpus. The child is
     always the leader of its own process group, so Ctrl-C in the launching terminal reaches only the launcher
     (which then asks for a graceful stop) and a forced stop can signal the whole group; detached, it also gets
-    its own session so a dropped SSH connection (SIGHUP) does not reach it. ``command`` replaces the
-    ``glmcore.train`` command (a multi-GPU launcher, or a stand-in trainer in tests).
+    its own session so a dropped SSH connection (SIGHUP) does not reach it. ``program`` replaces
+    ``python -m glmcore.train`` (a multi-GPU launcher, or a stand-in trainer in tests).
     """
     status = run.status()
     if status.is_active:
         where = f" on {status.host}" if status.host != socket.gethostname() else ""
         raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
-    argv = list(command) if command is not None else trainer_command(run, resume=resume)
+    argv = trainer_command(run, resume=resume, program=program)
     environment = {
         **os.environ,
         "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in run.config.gpus),
@@ -534,7 +540,7 @@ def launch(
     return process.pid if detach else process
 
 
-def resume(run: Run, *, detach: bool, command: Sequence[str] | None = None) -> subprocess.Popen | int:
+def resume(run: Run, *, detach: bool, program: Sequence[str] = TRAINER_PROGRAM) -> subprocess.Popen | int:
     """Continue ``run`` from its latest complete checkpoint (or from step 0 if it saved none).
 
     Appends a ``resumed`` event with the starting step, so readers drop the records of the abandoned attempt
@@ -549,7 +555,7 @@ def resume(run: Run, *, detach: bool, command: Sequence[str] | None = None) -> s
     step = checkpoint.step if checkpoint else 0
     run.append_event("resumed", step=step, checkpoint=str(checkpoint.path) if checkpoint else None)
     run.write_status(resumed_from=step, step=step)
-    return launch(run, detach=detach, resume=True, command=command)
+    return launch(run, detach=detach, resume=True, program=program)
 
 
 def wait_for_end(run: Run, timeout: float) -> RunStatus:
