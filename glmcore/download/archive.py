@@ -12,8 +12,9 @@ from glmcore.download.errors import UnsafeArchive
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
 
 
-def is_archive(name: str) -> bool:
-    return name.lower().endswith(ARCHIVE_SUFFIXES)
+def archive_suffix(name: str) -> str | None:
+    """The archive suffix of ``name`` (``.tar.gz`` …), None when it is not an archive glmtui unpacks."""
+    return next((suffix for suffix in ARCHIVE_SUFFIXES if name.lower().endswith(suffix)), None)
 
 
 def unpack_archive(archive: Path, destination: Path) -> list[str]:

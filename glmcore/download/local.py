@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from glmcore.catalog import Manifest
-from glmcore.download.archive import is_archive
+from glmcore.download.archive import archive_suffix
 from glmcore.download.errors import SourceNotFound
 from glmcore.download.http import CHUNK_SIZE, Body
 from glmcore.download.transfer import VERIFIED_FILE, Listing, RemoteFile, Source
@@ -32,7 +32,8 @@ class LocalSource(Source):
         self.path = Path(path).expanduser()
         self.manifest = manifest
         self.include_code = include_code
-        self.name = name or self.path.name.split(".")[0]
+        suffix = archive_suffix(self.path.name)
+        self.name = name or (self.path.name[: -len(suffix)] if suffix else self.path.name)
         self.kind = "dataset" if kind == "dataset" else "model"
         self.label = f"local {'archive' if self.path.is_file() else 'folder'} {self.path}"
 
@@ -40,7 +41,7 @@ class LocalSource(Source):
         if not self.path.exists():
             raise SourceNotFound(f"{self.path} does not exist; check the path.")
         if self.path.is_file():
-            self.unpack = is_archive(self.path.name)
+            self.unpack = archive_suffix(self.path.name) is not None
             return Listing((RemoteFile(self.path.name, self.path.stat().st_size, None, str(self.path)),))
         present = {
             str(file.relative_to(self.path).as_posix()): file

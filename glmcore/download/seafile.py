@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import httpx2
 
 from glmcore.catalog import Manifest
-from glmcore.download.archive import is_archive
+from glmcore.download.archive import archive_suffix
 from glmcore.download.errors import AccessDenied, DownloadError, WrongPassword
 from glmcore.download.http import (
     Body,
@@ -227,9 +227,18 @@ class SeafileFileSource(_SeafileShare):
         if self.link_type != "f":
             raise ValueError(f"{url} is a folder share; use SeafileShareSource")
         self.sha256 = sha256
-        self.name = name or self.key
+        self._name = name
+        self._listing: Listing | None = None
         self.kind = "model" if kind == "model" else "dataset"
         self.label = f"Seafile file link {self.share_page}"
+
+    @property
+    def name(self) -> str:
+        """The folder name: the one given, else the file's name without its archive suffix (asks the server)."""
+        if self._name is not None:
+            return self._name
+        filename = self.list_files().files[0].path
+        return filename[: -len(suffix)] if (suffix := archive_suffix(filename)) else filename
 
     @property
     def download_url(self) -> str:
@@ -237,6 +246,8 @@ class SeafileFileSource(_SeafileShare):
 
     def list_files(self) -> Listing:
         """Ask for the first byte to learn the file's name and size (every request gets a fresh one-time URL)."""
+        if self._listing is not None:
+            return self._listing
         self._unlock()
 
         def probe() -> RemoteFile:
@@ -261,5 +272,6 @@ class SeafileFileSource(_SeafileShare):
             return RemoteFile(path=safe_name, size=size, sha256=self.sha256, location=self.download_url)
 
         remote = self._retrying(probe)
-        self.unpack = is_archive(remote.path)
-        return Listing((remote,))
+        self.unpack = archive_suffix(remote.path) is not None
+        self._listing = Listing((remote,))
+        return self._listing
