@@ -642,14 +642,16 @@ def describe_failure(exc: BaseException, step: int | None = None) -> str:
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
+    at = f" at step {step}" if step is not None else ""
     if any(
         type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error) for error in chain
     ):
-        at = f" at step {step}" if step is not None else ""
         return (
             f"CUDA ran out of memory{at}: try a smaller per-device batch with more gradient accumulation, "
             "quantization_bit 4, or shorter max_source/target lengths"
         )
+    if isinstance(exc, KeyboardInterrupt):
+        return f"stopped at once{at} (a forced stop or interrupt); steps after the latest checkpoint are lost"
     if isinstance(exc, GlmError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"

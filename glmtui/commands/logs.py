@@ -1,0 +1,88 @@
+"""`glmtui logs RUN [-f] [--events]`: print a run's train.log (or its events), and follow it while it runs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+
+from rich.console import Console
+from rich.markup import escape
+
+from glmcore.errors import GlmError
+from glmcore.runs import EventTail, FileTail, Run
+from glmtui.commands.runs import format_duration, store_from_workspace
+
+FOLLOW_INTERVAL_S = 0.5
+
+
+def format_event(event: dict) -> str:
+    """One readable line per event; the JSON itself stays in events.jsonl."""
+    kind, step = event.get("kind", "?"), event.get("step")
+    head = f"{event.get('time', '')} step {step if step is not None else '—':>6} {kind:<10} "
+    if kind == "log":
+        fields = [f"loss {event['loss']:.4f}" if event.get("loss") is not None else "loss —"]
+        if event.get("learning_rate") is not None:
+            fields.append(f"lr {event['learning_rate']:.2e}")
+        if event.get("grad_norm") is not None:
+            fields.append(f"grad {event['grad_norm']:.3f}")
+        if event.get("tokens_per_s") is not None:
+            fields.append(f"{event['tokens_per_s']:,.0f} tok/s")
+        if event.get("gpu_memory_gib"):
+            fields.append("mem " + "/".join(f"{gib:.1f}" for gib in event["gpu_memory_gib"]) + " GiB")
+        fields.append(f"ETA {format_duration(event.get('eta_s'))}")
+        return head + "  ".join(fields)
+    details = {key: value for key, value in event.items() if key not in ("kind", "step", "time")}
+    return head + "  ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in details.items()
+    )
+
+
+def _print_new(tail: FileTail, events: bool, *, final: bool = False) -> None:
+    if events:
+        assert isinstance(tail, EventTail)
+        for event in tail.read_events():
+            print(format_event(event))
+    else:
+        sys.stdout.write(tail.read_bytes(complete_lines=not final).decode("utf-8", errors="replace"))
+    sys.stdout.flush()
+
+
+def _follow(run: Run, tail: FileTail, events: bool) -> None:
+    """Print what is appended until the run is no longer running or stopping."""
+    while run.status().is_active:
+        time.sleep(FOLLOW_INTERVAL_S)
+        _print_new(tail, events)
+    _print_new(tail, events, final=True)
+    status = run.status()
+    reason = f": {status.reason}" if status.reason else ""
+    Console(stderr=True).print(f"[dim]run {run.id} is {status.state}{escape(reason)}[/]")
+
+
+def show_logs(args: argparse.Namespace) -> int:
+    try:
+        run = store_from_workspace().resolve(args.run)
+    except GlmError as error:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}")
+        return 1
+    tail: FileTail = EventTail(run.events_path) if args.events else FileTail(run.log_path)
+    _print_new(tail, args.events, final=not args.follow)
+    if args.follow:
+        with contextlib.suppress(KeyboardInterrupt):  # leaving the log leaves the run going
+            _follow(run, tail, args.events)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "logs",
+        help="print a run's log, or follow it",
+        description="Print RUN's train.log (the training process's output), or with --events its per-step "
+        "events. -f keeps printing what is added until the run ends; Ctrl-C leaves the run going.",
+    )
+    parser.add_argument("run", metavar="RUN", help="run id, unique id prefix, run name, or run folder")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    parser.add_argument("--events", action="store_true", help="show events.jsonl as lines instead of the log")
+    parser.set_defaults(func=show_logs)

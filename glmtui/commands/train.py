@@ -1,0 +1,178 @@
+"""`glmtui train CONFIG.toml [--detach]`: validate a config, create its run, start it and (in front) follow it.
+
+Nothing is created until the config has no problems. Either way the training is a separate process writing the
+run folder; in front, this command only watches the folder (a progress bar from events.jsonl and status.json),
+so closing the terminal leaves the run going and `glmtui logs RUN -f` picks it up again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from glmcore.config import RunConfig, validate
+from glmcore.errors import GlmError
+from glmcore.runs import EventTail, Run, RunStore, launch, stop
+from glmcore.runs import resume as resume_run
+from glmcore.workspace import Workspace
+from glmtui.commands.runs import format_duration
+
+FOLLOW_INTERVAL_S = 0.5
+LOG_LINES_ON_FAILURE = 20
+FORCE_GRACE_S = 10.0
+GIB = 2**30
+
+
+def _print_vram_estimate(console: Console, config: RunConfig) -> None:
+    """One line comparing the VRAM estimate with the chosen GPUs' free memory; a warning when it won't fit."""
+    from glmcore.estimate import ModelShape, estimate_vram
+    from glmcore.gpu import free_memory_by_gpu
+
+    estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
+    console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
+    free = free_memory_by_gpu() if config.gpus else {}
+    for gpu in config.gpus:
+        if gpu in free and not estimate.fits(free[gpu]):
+            console.print(
+                f"[yellow]warning:[/] GPU {gpu} has {free[gpu] / GIB:.1f} GiB free, less than the estimate; "
+                "the run may run out of memory (see `glmtui runs` and the log if it fails)"
+            )
+
+
+def _describe_progress(event: dict | None) -> str:
+    if event is None:
+        return "starting…"
+    parts = [f"loss {event['loss']:.4f}"] if event.get("loss") is not None else []
+    if event.get("tokens_per_s") is not None:
+        parts.append(f"{event['tokens_per_s']:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(event.get('eta_s'))}")
+    return " · ".join(parts)
+
+
+def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
+    """Show the run's progress until its process ends; Ctrl-C asks it to stop, a second Ctrl-C forces it.
+
+    Returns 0 when the run finished or was stopped, 1 otherwise (with the reason and the log's last lines).
+    """
+    tail = EventTail(run.events_path)
+    last_log: dict | None = None
+    interrupts = 0
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+    )
+    with Progress(*columns, console=console) as progress:
+        task: TaskID = progress.add_task(run.id, total=run.config.max_steps, detail="starting…")
+        while True:
+            try:
+                for event in tail.read_events():
+                    if event.get("kind") == "log":
+                        last_log = event
+                status = run.stored_status()
+                progress.update(
+                    task,
+                    completed=status.step,
+                    total=status.total or None,
+                    detail=_describe_progress(last_log),
+                )
+                if process.poll() is not None:
+                    break
+                time.sleep(FOLLOW_INTERVAL_S)
+            except KeyboardInterrupt:
+                interrupts += 1
+                try:
+                    if interrupts == 1:
+                        progress.console.print(
+                            "Stopping after the current step and saving a checkpoint; Ctrl-C again stops at once."
+                        )
+                        stop(run)
+                    else:
+                        progress.console.print(
+                            "Stopping at once (SIGTERM, then SIGKILL); unsaved steps are lost."
+                        )
+                        stop(run, force=True, grace=FORCE_GRACE_S)
+                except GlmError:
+                    pass  # it ended on its own meanwhile
+    process.wait()
+    return report_end(run, console)
+
+
+def report_end(run: Run, console: Console) -> int:
+    """Say how the run ended; for a failure or crash add its reason and the log's last lines."""
+    status = run.status()
+    checkpoint = run.latest_checkpoint()
+    saved = f"; latest checkpoint: {checkpoint.path}" if checkpoint else ""
+    console.print(f"Run {run.id} {status.state} at step {status.step}/{status.total}{escape(saved)}.")
+    if status.state in ("finished", "stopped"):
+        if status.state == "stopped":
+            console.print(f"Continue it with `glmtui resume {run.id}`.")
+        return 0
+    if status.reason:
+        console.print(f"[red]{escape(status.reason)}[/]")
+    if run.log_path.exists():
+        lines = run.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[
+            -LOG_LINES_ON_FAILURE:
+        ]
+        console.print(f"[dim]last lines of {escape(str(run.log_path))}:[/]")
+        console.print("\n".join(lines), markup=False, highlight=False)
+    return 1
+
+
+def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
+    """Launch (or resume) ``run`` detached or followed in front; shared by `train` and `resume`."""
+    started = resume_run(run, detach=detach) if resume else launch(run, detach=detach)
+    if detach:
+        console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
+        console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
+        return 0
+    assert isinstance(started, subprocess.Popen)
+    return follow(run, started, console)
+
+
+def train(args: argparse.Namespace) -> int:
+    console = Console()
+    errors = Console(stderr=True)
+    workspace = Workspace.from_env()
+    try:
+        config = RunConfig.load(args.config)
+    except GlmError as error:
+        errors.print(f"[red]error:[/] {escape(str(error))}")
+        return 2
+    problems = validate(config, runs_dir=workspace.runs_dir)
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")
+        for problem in problems:
+            errors.print(f"  • {escape(str(problem))}")
+        return 2
+    try:
+        _print_vram_estimate(console, config)
+        run = RunStore(workspace.ensure().runs_dir).create(config)
+        console.print(f"Created run {run.id} in {escape(str(run.path))}.")
+        return start(run, detach=args.detach, resume=False, console=console)
+    except GlmError as error:
+        errors.print(f"[red]error:[/] {escape(str(error))}")
+        return 1
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="start a training run from a config.toml",
+        description="Validate CONFIG.toml, create a run for it under the workspace's runs/ and start training. "
+        "In front, a progress bar follows the run (Ctrl-C stops it gracefully, twice stops it at once); "
+        "with --detach it runs in the background and outlives the terminal and the SSH session.",
+    )
+    parser.add_argument("config", type=Path, metavar="CONFIG.toml", help="the run's settings")
+    parser.add_argument(
+        "--detach", action="store_true", help="start in the background and return at once (print the run id)"
+    )
+    parser.set_defaults(func=train)
