@@ -83,6 +83,15 @@ def read_bin_shard(shard: Path) -> dict:
         raise GlmError(f"Could not read {shard} safely ({error}); verify or re-download it.") from error
 
 
+def read_weights(shard: Path) -> dict:
+    """The tensors of one weight file, either format."""
+    if shard.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(shard))
+    return read_bin_shard(shard)
+
+
 def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], None] | None = None) -> Path:
     """Write a safetensors copy of the `.bin` shards beside them (they stay, and are no longer read).
 
@@ -118,3 +127,38 @@ def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], No
     if progress is not None:
         progress(len(shards), len(shards), "done")
     return index_path
+
+
+def rewrite_weights(path: Path, state: dict) -> None:
+    """Replace the tensors of a model folder's weight files in place, keeping its shard layout and index.
+
+    Used to save a model trained in place (the demo) in exactly the layout it was loaded from.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = require_complete(path)
+    index_name = SAFETENSORS_INDEX if folder.weight_format == "safetensors" else BIN_INDEX
+    if (path / index_name).is_file():
+        weight_map = json.loads((path / index_name).read_text(encoding="utf-8"))["weight_map"]
+    else:
+        weight_map = dict.fromkeys(state, folder.weight_files[0].name)
+    unknown = set(state) - set(weight_map)
+    if unknown:
+        raise GlmError(f"{path} has no place for the tensors {', '.join(sorted(unknown))}.")
+    for shard in sorted(set(weight_map.values())):
+        # Tensors the model does not hold as state (the stored rotary frequencies) keep their stored values.
+        tensors = read_weights(path / shard)
+        tensors.update(
+            {
+                name: state[name].contiguous()
+                for name, file in weight_map.items()
+                if file == shard and name in state
+            }
+        )
+        temporary = path / (shard + ".tmp")
+        if folder.weight_format == "safetensors":
+            save_file(tensors, str(temporary), metadata={"format": "pt"})
+        else:
+            torch.save(tensors, temporary)
+        os.replace(temporary, path / shard)

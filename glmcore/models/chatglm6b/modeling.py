@@ -222,12 +222,18 @@ class ChatGLMMLP(nn.Module):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(hidden_states), approximate="tanh"))
 
 
+# The published block computes alpha from a `num_layers` argument its caller never passes, so it is
+# sqrt(2·28) for every model, whatever config.num_layers says. ChatGLM-6B has 28 layers; tiny models
+# built for tests keep the published value too, so their logits match the published code's.
+PUBLISHED_ALPHA = (2 * 28) ** 0.5
+
+
 class GLMBlock(GradientCheckpointingLayer):
-    """Post-LN-style GLM block: the residual is the normalised input scaled by alpha = sqrt(2·layers)."""
+    """A GLM block: each residual branch adds to its normalised input scaled by alpha = sqrt(2·28)."""
 
     def __init__(self, config: ChatGLMConfig, layer_idx: int) -> None:
         super().__init__()
-        self.alpha = (2 * config.num_layers) ** 0.5
+        self.alpha = PUBLISHED_ALPHA
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.attention = ChatGLMAttention(config, layer_idx)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)

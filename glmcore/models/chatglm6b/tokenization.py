@@ -63,9 +63,14 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
         self.vocab_file = vocab_file
         self.num_image_tokens = num_image_tokens
         self.sp_model = sentencepiece.SentencePieceProcessor(model_file=str(vocab_file))
-        self.gmask_token = gmask_token
+        # transformers 5 turns every unknown `*_token` key of tokenizer_config.json (gmask_token, end_token)
+        # into a special token that is split out of texts; the published tokenizer treats them as text.
+        gmask_token = kwargs.pop("model_specific_special_tokens", {}).get("gmask_token", gmask_token)
+        self.gmask_piece = gmask_token
         for published_only in ("end_token", "do_lower_case", "remove_space", "auto_map", "name_or_path"):
             kwargs.pop(published_only, None)
+        # The published decode (transformers 4.27) removed spaces before punctuation: "Hello , world" -> "Hello, world".
+        kwargs.setdefault("clean_up_tokenization_spaces", True)
         super().__init__(
             bos_token=bos_token,
             eos_token=eos_token,
@@ -83,7 +88,7 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
 
     @property
     def gmask_token_id(self) -> int:
-        return self._convert_token_to_id(self.gmask_token)
+        return self._convert_token_to_id(self.gmask_piece)
 
     def get_vocab(self) -> dict[str, int]:
         vocab = {self._convert_id_to_token(index): index for index in range(self.vocab_size)}
