@@ -60,8 +60,8 @@ def test_padded_rows_get_the_logits_they_get_alone(tiny_model, tiny_tokenizer):
     right_logits = tiny_model(right).logits
     for index, row in enumerate(rows):
         alone = tiny_model(torch.tensor([row])).logits[0]
-        torch.testing.assert_close(left_logits[index, -len(row) :], alone, atol=1e-5, rtol=0)
-        torch.testing.assert_close(right_logits[index, : len(row)], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(left_logits[index, -len(row) :], alone, atol=1e-4, rtol=0)
+        torch.testing.assert_close(right_logits[index, : len(row)], alone, atol=1e-4, rtol=0)
 
 
 def test_files_in_a_checkpoint_folder_are_never_executed(tiny_model_dir: Path, tmp_path: Path):
