@@ -1,0 +1,123 @@
+"""VRAM and checkpoint-size estimates: orders that must hold, and the 6B P-tuning figure's range."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glmcore.config import RunConfig
+from glmcore.estimate import (
+    CHATGLM_6B,
+    GIB,
+    ModelShape,
+    ModelShapeError,
+    estimate_checkpoint_bytes,
+    estimate_vram,
+    kept_checkpoint_count,
+    trainable_parameter_count,
+)
+
+PUBLISHED_CONFIG = {  # the shape keys of THUDM/chatglm-6b's config.json
+    "architectures": ["ChatGLMModel"],
+    "hidden_size": 4096,
+    "inner_hidden_size": 16384,
+    "max_sequence_length": 2048,
+    "model_type": "chatglm",
+    "num_attention_heads": 32,
+    "num_layers": 28,
+    "vocab_size": 130528,
+}
+
+
+def config(**changes: object) -> RunConfig:
+    settings: dict[str, object] = {"gpus": [0], **changes}
+    return RunConfig(name="x", model_path=Path("m"), train_file=Path("t"), **settings)
+
+
+def total(**changes: object) -> int:
+    return estimate_vram(CHATGLM_6B, config(**changes)).total
+
+
+def test_6b_ptuning_at_4_bit_batch_1_needs_5_to_8_gib() -> None:
+    estimate = estimate_vram(CHATGLM_6B, config())
+    assert 5 * GIB <= estimate.total <= 8 * GIB
+    assert estimate.total == sum(estimate.parts.values())
+    assert set(estimate.parts) == {
+        "cuda_context",
+        "weights",
+        "trainable_states",
+        "activations",
+        "logits",
+        "fragmentation",
+    }
+    assert estimate.fits(8 * GIB) and not estimate.fits(5 * GIB)
+
+
+def test_fewer_bits_need_less_memory() -> None:
+    for method in ("ptuning-v2", "lora"):
+        assert total(method=method, quantization_bit=4) < total(method=method, quantization_bit=8)
+        assert total(method=method, quantization_bit=8) < total(method=method, quantization_bit=16)
+
+
+def test_more_tokens_need_more_memory() -> None:
+    assert (
+        total(per_device_train_batch_size=1)
+        < total(per_device_train_batch_size=2)
+        < total(per_device_train_batch_size=8)
+    )
+    assert total(max_source_length=64) < total(max_source_length=512)
+    assert total(pre_seq_len=64) < total(pre_seq_len=128)
+
+
+def test_gradient_checkpointing_saves_activation_memory() -> None:
+    long = {"per_device_train_batch_size": 4, "max_source_length": 512, "max_target_length": 512}
+    assert total(gradient_checkpointing=True, **long) < total(gradient_checkpointing=False, **long)
+    assert estimate_vram(CHATGLM_6B, config(**long)).gradient_checkpointing  # automatic turns it on here
+    assert not estimate_vram(CHATGLM_6B, config()).gradient_checkpointing  # and off for the published recipe
+
+
+def test_methods_order_and_zero_sharding() -> None:
+    lora, ptuning = total(method="lora", quantization_bit=16), total(method="ptuning-v2", quantization_bit=16)
+    full = total(method="full", quantization_bit=16)
+    assert lora < full and ptuning < full
+    one = total(method="full", quantization_bit=16, deepspeed="zero3", gpus=[0])
+    two = total(method="full", quantization_bit=16, deepspeed="zero3", gpus=[0, 1])
+    four = total(method="full", quantization_bit=16, deepspeed="zero3", gpus=[0, 1, 2, 3])
+    assert four < two < one
+    assert total(method="full", quantization_bit=16, deepspeed="zero3", gpus=[0, 1]) < total(
+        method="full", quantization_bit=16, deepspeed="zero2", gpus=[0, 1]
+    )
+
+
+def test_trainable_parameters_by_method() -> None:
+    assert trainable_parameter_count(CHATGLM_6B, config()) == 128 * 28 * 2 * 4096
+    assert trainable_parameter_count(CHATGLM_6B, config(prefix_projection=True)) > 128 * 28 * 2 * 4096
+    assert trainable_parameter_count(CHATGLM_6B, config(method="lora")) == 28 * 8 * (4096 + 3 * 4096)
+    assert 6.1e9 < trainable_parameter_count(CHATGLM_6B, config(method="full")) < 6.3e9
+
+
+def test_checkpoints_kept_and_their_size() -> None:
+    assert kept_checkpoint_count(config()) == 4  # steps 1000, 2000, 3000 and a final one
+    assert kept_checkpoint_count(config(save_total_limit=2)) == 2
+    assert kept_checkpoint_count(config(save_total_limit=2, eval_steps=500)) == 3  # the best one is spared
+    prefix = estimate_checkpoint_bytes(CHATGLM_6B, config())
+    assert 0.2 * GIB < prefix < 1 * GIB
+    assert estimate_checkpoint_bytes(CHATGLM_6B, config(method="full", quantization_bit=16)) > 50 * GIB
+
+
+def test_shape_from_the_published_config_json(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(PUBLISHED_CONFIG))
+    assert ModelShape.from_model_dir(folder) == CHATGLM_6B
+    (folder / "config.json").write_text(
+        json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 640})
+    )
+    assert ModelShape.from_model_dir(folder) == ModelShape(640, 64, 2, 4, 256)
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    with pytest.raises(ModelShapeError, match="gives no vocab_size"):
+        ModelShape.from_model_dir(folder)
+    with pytest.raises(ModelShapeError, match="does not exist"):
+        ModelShape.from_model_dir(tmp_path / "absent")
