@@ -464,3 +464,53 @@ def test_describe_failure_keeps_other_messages() -> None:
     assert (
         describe_failure(KeyError("transformer.word_embeddings")) == "KeyError: 'transformer.word_embeddings'"
     )
+
+
+# the command line over the same folders
+
+
+def glmtui(workspace: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "glmtui.cli", "--workspace", str(workspace), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
+
+
+def test_train_prints_every_problem_and_creates_nothing(tmp_path: Path) -> None:
+    config_path = tmp_path / "bad.toml"
+    config_path.write_text(
+        'name = "bad"\nmodel_path = "absent"\ntrain_file = "absent.json"\nquantization_bit = 5\n'
+        "gradient_accumulation_steps = 0\ngpus = []\n"
+    )
+
+    result = glmtui(tmp_path / "ws", "train", str(config_path), "--detach")
+
+    assert result.returncode == 2
+    output = " ".join(result.stderr.split())
+    assert "has 4 problems; nothing was started" in output
+    for field_name in ("quantization_bit", "gradient_accumulation_steps", "model_path", "train_file"):
+        assert f"• {field_name}:" in output
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_runs_logs_and_stop_commands_follow_a_detached_run(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    run = RunStore(workspace / "runs").create(make_config(tmp_path, name="cli demo"))
+    launch(run, detach=True, program=STAND_IN)
+    wait_until(lambda: run.stored_status().step >= 2, "the stand-in trainer to take steps")
+
+    table = glmtui(workspace, "runs")
+    assert table.returncode == 0
+    row = next(line for line in table.stdout.splitlines() if line.startswith(run.id))
+    assert "running" in row and "/1000000" in row and "cpu" in row
+
+    stopped = glmtui(workspace, "stop", "cli-demo")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"Run {run.id} stopped at step" in " ".join(stopped.stdout.split())
+
+    events = glmtui(workspace, "logs", run.id[:15], "--events")
+    assert events.returncode == 0
+    assert " end " in events.stdout and " log " in events.stdout and "loss 1.0000" in events.stdout
+    log = glmtui(workspace, "logs", str(run.path), "-f")  # ended: prints the log and returns
+    assert "stand-in trainer from step 0" in log.stdout and "is stopped" in log.stderr
+
+    missing = glmtui(workspace, "stop", "nothing-like-this")
+    assert missing.returncode == 1 and "no run named 'nothing-like-this'" in missing.stderr
