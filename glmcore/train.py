@@ -193,11 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     _stop_gracefully_on_sigterm(run)
     try:
         state = train(run, resume=args.resume)
+    except KeyboardInterrupt:
+        # A forced stop (a second SIGTERM) or Ctrl-C: work since the last checkpoint is lost, nothing else.
+        checkpoint = run.latest_checkpoint()
+        resume_from = f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"
+        run.finish("stopped", f"interrupted at step {run.stored_status().step}; {resume_from}")
+        return 130
     except BaseException as error:
         reason = describe_failure(error, run.stored_status().step)
         run.append_event("failed", step=run.stored_status().step, reason=reason)
         run.finish("failed", reason)
-        if isinstance(error, GlmError | KeyboardInterrupt):
+        if isinstance(error, GlmError):
             print(f"glmtui: {reason}", file=sys.stderr, flush=True)
             return 1
         raise

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from glmcore.errors import GlmError
 from glmtui.commands import COMMAND_MODULES
 
 
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
         from glmtui.app import run_app
 
         return run_app()
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except GlmError as error:
+        print(f"glmtui: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
