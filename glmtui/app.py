@@ -1,0 +1,196 @@
+"""The glmtui app: a keyboard-driven workbench over the engine in glmcore.
+
+The app holds what every screen shares: the workspace, the GPU sampler thread, the screen switching, the
+command palette and the one place worker errors become notifications. Screens are built on first visit and
+kept, so a screen keeps its state while the user looks elsewhere. Nothing here imports torch or transformers:
+screens import them inside their workers when they need a model, so the first frame never waits for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+
+from textual.app import App
+from textual.binding import Binding
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.message import Message
+from textual.worker import Worker, WorkerState
+
+from glmcore.errors import GlmError
+from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
+from glmcore.runs import RunStore
+from glmcore.workspace import Workspace
+from glmtui.screens.base import NAVIGATION, WorkbenchScreen
+
+Clock = Callable[[], datetime]
+
+
+def describe_error(error: BaseException | None) -> str:
+    """The sentence to show for a failed worker: a GlmError's message as it is, else the type and message."""
+    if error is None:
+        return "A background task failed without saying why."
+    if isinstance(error, GlmError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+class GpuSampled(Message):
+    """A new GPU snapshot from the sampler thread."""
+
+    def __init__(self, snapshot: GpuSnapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class WorkbenchCommands(Provider):
+    """Command palette entries: every screen, and every key binding of the screen the palette was opened on."""
+
+    def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app = self.app
+        commands: list[tuple[str, Callable[[], object], str]] = [
+            (
+                f"Go to {title}",
+                partial(app.run_action, f"show('{name}')"),
+                f"{key.upper()}: open the {title} screen",
+            )
+            for key, name, title in NAVIGATION
+        ]
+        screen = self.screen
+        for binding in screen.BINDINGS:
+            if isinstance(binding, Binding) and binding.description:
+                commands.append(
+                    (
+                        f"{binding.description}",
+                        partial(screen.run_action, binding.action),
+                        f"{binding.key_display or binding.key}: {binding.tooltip or binding.description}",
+                    )
+                )
+        return commands
+
+    async def discover(self) -> Hits:
+        for title, callback, help_text in self._commands():
+            yield DiscoveryHit(title, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, callback, help_text in self._commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, help=help_text)
+
+
+def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
+    from glmtui.screens.chat import ChatScreen
+    from glmtui.screens.config import ConfigScreen
+    from glmtui.screens.data import DataScreen
+    from glmtui.screens.evaluate import EvaluateScreen
+    from glmtui.screens.models import ModelsScreen
+    from glmtui.screens.runs import RunsScreen
+    from glmtui.screens.training import TrainingScreen
+
+    return {
+        screen.NAME: screen
+        for screen in (
+            ModelsScreen,
+            DataScreen,
+            ConfigScreen,
+            RunsScreen,
+            TrainingScreen,
+            EvaluateScreen,
+            ChatScreen,
+        )
+    }
+
+
+class GlmApp(App[int]):
+    """The workbench. ``gpu_backend``/``gpu_interval`` and ``clock`` exist so tests can fix what they show."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "glmtui"
+    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+    BINDINGS = [
+        Binding(
+            key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
+        )
+        for key, name, title in NAVIGATION
+    ]
+
+    def __init__(
+        self,
+        workspace: Workspace | None = None,
+        *,
+        gpu_backend: GpuBackend | None = None,
+        gpu_interval: float = 1.5,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__()
+        self.workspace = (workspace or Workspace.from_env()).ensure()
+        self.run_store = RunStore(self.workspace.runs_dir)
+        self.clock: Clock = clock or (lambda: datetime.now().astimezone())
+        self.gpu_snapshot: GpuSnapshot | None = None
+        self._gpu_sampler = GpuSampler(gpu_backend, interval=gpu_interval)
+        self._screen_classes = _screen_classes()
+
+    # screens
+
+    def on_mount(self) -> None:
+        self._gpu_sampler.subscribe(lambda snapshot: self.post_message(GpuSampled(snapshot)))
+        self._gpu_sampler.start()
+        self.action_show(self.home_screen_name())
+
+    def home_screen_name(self) -> str:
+        """Runs once any run exists; the demo offer while there is no model; else the config editor."""
+        if self.run_store.list():
+            return "runs"
+        if not self.workspace.find_models():
+            return "welcome"
+        return "config"
+
+    def workbench_screen(self, name: str) -> WorkbenchScreen:
+        """The screen called ``name``, built on first use and kept afterwards."""
+        if not self.is_screen_installed(name):
+            if name == "welcome":
+                from glmtui.screens.welcome import WelcomeScreen
+
+                self.install_screen(WelcomeScreen(), name)
+            else:
+                self.install_screen(self._screen_classes[name](), name)
+        return self.get_screen(name)  # type: ignore[return-value]
+
+    def action_show(self, name: str) -> None:
+        """Bring the screen called ``name`` to the front (the base of the screen stack: no modal is open)."""
+        screen = self.workbench_screen(name)
+        if self.screen is screen:
+            return
+        if len(self.screen_stack) <= 1:
+            self.push_screen(screen)
+        else:
+            self.switch_screen(screen)
+
+    # shared services
+
+    def on_gpu_sampled(self, message: GpuSampled) -> None:
+        self.gpu_snapshot = message.snapshot
+        if isinstance(self.screen, WorkbenchScreen):
+            self.screen.gpu_snapshot_changed(message.snapshot)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Every failed worker of every screen ends up here: show its error instead of losing it."""
+        if event.state is WorkerState.ERROR:
+            self.notify(describe_error(event.worker.error), title="Error", severity="error", timeout=15)
+
+    def on_unmount(self) -> None:
+        self._gpu_sampler.stop(timeout=5.0)
+
+
+def run_app() -> int:
+    """Open the workbench in this terminal; returns the exit code."""
+    try:
+        app = GlmApp()
+    except GlmError as error:
+        print(f"glmtui: {error}")
+        return 1
+    app.run()
+    return app.return_code or 0

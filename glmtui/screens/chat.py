@@ -1,0 +1,166 @@
+"""The Chat screen: talk to the base model or a run's prefix checkpoint, answers streamed as they come.
+
+The model loads in a thread worker through ``glmcore.chat.ChatSession``; each answer streams from another worker
+that posts the text so far; ctrl+x sets the cancel event the stream watches. Switching the checkpoint swaps only
+the prefix of the loaded model.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from rich.markup import escape
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.widgets import Input, Label, Select, Static
+
+from glmcore.runs import Run
+from glmtui.screens.base import WorkbenchScreen
+
+BASE = "base"
+
+
+class ChatLoaded(Message):
+    def __init__(self, session: object, description: str) -> None:
+        super().__init__()
+        self.session = session
+        self.description = description
+
+
+class AnswerGrew(Message):
+    def __init__(self, text: str, done: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.done = done
+
+
+class ChatScreen(WorkbenchScreen):
+    """enter sends; ctrl+l clears the history; ctrl+x stops an answer; the select switches the prefix."""
+
+    NAME = "chat"
+    BINDINGS = [
+        Binding("ctrl+l", "clear", "Clear", id="chat-clear", tooltip="Forget the conversation"),
+        Binding("ctrl+x", "cancel", "Stop answer", id="chat-cancel", tooltip="Stop the answer being written"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: Run | None = None
+        self.session: object | None = None
+        self.transcript: list[tuple[str, str]] = []
+        self._cancel = threading.Event()
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="chat-top"):
+            yield Label("Prefix:")
+            yield Select[str]([("base model", BASE)], id="chat-checkpoint", allow_blank=False)
+            yield Label("Temperature:")
+            yield Input("0.95", id="chat-temperature", type="number")
+            yield Label("Top p:")
+            yield Input("0.7", id="chat-top-p", type="number")
+        yield Static("Pick a run on the Runs screen (F5) and press c.", id="chat-status")
+        with VerticalScroll(id="chat-log"):
+            yield Static("", id="chat-transcript")
+        yield Input(placeholder="Type a message and press enter", id="chat-input")
+
+    def select_run(self, run: Run) -> None:
+        """Chat with ``run``'s model, its latest checkpoint picked."""
+        self.run = run
+        if self.is_mounted:
+            self._fill()
+
+    def on_mount(self) -> None:
+        self._fill()
+
+    def _fill(self) -> None:
+        if self.run is None:
+            return
+        checkpoints = self.run.checkpoints()
+        select = self.query_one("#chat-checkpoint", Select)
+        select.set_options([("base model", BASE)] + [(c.path.name, str(c.path)) for c in checkpoints])
+        select.value = str(checkpoints[-1].path) if checkpoints else BASE
+        self.load_session(self.run.config.model_path, self._checkpoint())
+
+    def _checkpoint(self) -> Path | None:
+        value = self.query_one("#chat-checkpoint", Select).value
+        return None if value in (BASE, Select.BLANK) else Path(str(value))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="chat-load")
+    def load_session(self, model_path: Path, checkpoint: Path | None) -> None:
+        self.app.call_from_thread(self._status, f"Loading {model_path.name}…")
+        from glmcore.chat import ChatSession
+
+        session = self.session if self.session is not None else ChatSession(model_path)
+        session.use_prefix(checkpoint)
+        self.post_message(ChatLoaded(session, checkpoint.name if checkpoint else "the base model"))
+
+    def _status(self, text: str) -> None:
+        self.query_one("#chat-status", Static).update(text)
+
+    def on_chat_loaded(self, message: ChatLoaded) -> None:
+        self.session = message.session
+        self._status(f"Chatting with {message.description}.")
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "chat-checkpoint" and self.run is not None and self.session is not None:
+            self.load_session(self.run.config.model_path, self._checkpoint())
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "chat-input" or not event.value.strip():
+            return
+        if self.session is None:
+            self.notify(
+                "No model is loaded yet: pick a run on the Runs screen (F5) and press c.", severity="warning"
+            )
+            return
+        query = event.value.strip()
+        event.input.value = ""
+        self.transcript.append((query, ""))
+        self._cancel = threading.Event()
+        self.answer(query, self._settings(), self._cancel)
+        self._draw()
+
+    def _settings(self) -> dict[str, float]:
+        try:
+            return {
+                "temperature": float(self.query_one("#chat-temperature", Input).value),
+                "top_p": float(self.query_one("#chat-top-p", Input).value),
+            }
+        except ValueError:
+            return {"temperature": 0.95, "top_p": 0.7}
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="chat-answer")
+    def answer(self, query: str, settings: dict[str, float], cancel: threading.Event) -> None:
+        from glmcore.chat import GenerationSettings
+
+        text = ""
+        for text in self.session.stream(query, GenerationSettings(**settings), cancel):  # type: ignore[attr-defined]
+            self.post_message(AnswerGrew(text, done=False))
+        self.post_message(AnswerGrew(text, done=True))
+
+    def on_answer_grew(self, message: AnswerGrew) -> None:
+        if self.transcript:
+            query, _ = self.transcript[-1]
+            self.transcript[-1] = (query, message.text)
+        self._draw()
+
+    def _draw(self) -> None:
+        lines = []
+        for query, answer in self.transcript:
+            lines.append(f"[b cyan]you[/] {escape(query)}")
+            lines.append(f"[b green]glm[/] {escape(answer)}\n")
+        self.query_one("#chat-transcript", Static).update("\n".join(lines))
+        self.query_one("#chat-log", VerticalScroll).scroll_end(animate=False)
+
+    def action_clear(self) -> None:
+        self.transcript = []
+        if self.session is not None:
+            self.session.clear()  # type: ignore[attr-defined]
+        self._draw()
+
+    def action_cancel(self) -> None:
+        self._cancel.set()

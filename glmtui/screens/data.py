@@ -1,0 +1,169 @@
+"""The Data screen: pick a data file, map its columns, preview rows as training builds them, token lengths.
+
+Loading the tokenizer needs the model code, so the preview and the statistics run in a thread worker through
+``glmcore.data`` (``load_examples``, ``training_features``, ``length_statistics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.markup import escape
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
+from textual.suggester import SuggestFromList
+from textual.widgets import DataTable, Input, Label, Static
+
+from glmcore.data import SUPPORTED_SUFFIXES, Columns, LengthStats
+from glmtui.screens.base import WorkbenchScreen
+
+PREVIEW_ROWS = 3
+FIELDS = (
+    ("data-file", "Data file"),
+    ("data-model", "Tokenizer of"),
+    ("data-prompt", "Prompt column"),
+    ("data-response", "Response column"),
+    ("data-history", "History column"),
+    ("data-source-length", "Source length"),
+    ("data-target-length", "Target length"),
+)
+
+
+@dataclass(frozen=True)
+class Preview:
+    rows: list[str]
+    stats: list[LengthStats]
+    count: int
+    skipped: int
+
+
+class DataPreviewed(Message):
+    def __init__(self, preview: Preview) -> None:
+        super().__init__()
+        self.preview = preview
+
+
+class DataScreen(WorkbenchScreen):
+    """ctrl+g previews the file with the chosen columns and lengths; ctrl+t uses it in the config editor."""
+
+    NAME = "data"
+    BINDINGS = [
+        Binding("ctrl+g", "preview", "Preview", id="data-preview", tooltip="Build rows and token statistics"),
+        Binding(
+            "ctrl+t",
+            "use_in_config",
+            "Use for run",
+            id="data-use",
+            tooltip="Put these settings in the config",
+        ),
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        workspace = self.workbench.workspace
+        data_paths = sorted(
+            str(path) for path in workspace.data_dir.rglob("*") if path.suffix.lower() in SUPPORTED_SUFFIXES
+        )
+        models = [str(path) for path in workspace.find_models()]
+        defaults = {
+            "data-file": data_paths[0] if data_paths else "",
+            "data-model": models[0] if models else "",
+            "data-prompt": "content",
+            "data-response": "summary",
+            "data-history": "",
+            "data-source-length": "64",
+            "data-target-length": "64",
+        }
+        suggestions = {"data-file": data_paths, "data-model": models}
+        with Horizontal(id="data-columns"):
+            with VerticalScroll(id="data-form"):
+                for field_id, label in FIELDS:
+                    with Horizontal(classes="field"):
+                        yield Label(label, classes="field-label")
+                        yield Input(
+                            defaults[field_id],
+                            id=field_id,
+                            suggester=SuggestFromList(suggestions[field_id])
+                            if suggestions.get(field_id)
+                            else None,
+                            type="integer" if field_id.endswith("length") else "text",
+                        )
+            with VerticalScroll(id="data-side"):
+                stats: DataTable = DataTable(id="data-stats")
+                stats.add_columns("column", "p50", "p90", "p99", "max", "limit", "cut")
+                yield stats
+                yield Static("ctrl+g builds a preview.", id="data-preview-text")
+
+    def _value(self, field_id: str) -> str:
+        return self.query_one(f"#{field_id}", Input).value.strip()
+
+    def action_preview(self) -> None:
+        self.query_one("#data-preview-text", Static).update("Loading the tokenizer and the data…")
+        columns = Columns(
+            self._value("data-prompt"), self._value("data-response"), self._value("data-history") or None
+        )
+        self.build_preview(
+            Path(self._value("data-file")),
+            Path(self._value("data-model")),
+            columns,
+            int(self._value("data-source-length") or 0),
+            int(self._value("data-target-length") or 0),
+        )
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="data-preview")
+    def build_preview(
+        self, data_file: Path, model_path: Path, columns: Columns, source_length: int, target_length: int
+    ) -> None:
+        from glmcore.data import length_statistics, load_examples, training_features
+        from glmcore.models.loading import load_tokenizer
+
+        loaded = load_examples(data_file, columns)
+        tokenizer = load_tokenizer(model_path)
+        rows = []
+        for example in loaded.examples[:PREVIEW_ROWS]:
+            features = training_features(tokenizer, example, source_length, target_length)
+            ids = [token for token in features["input_ids"] if token != tokenizer.pad_token_id]
+            rows.append(" ".join(tokenizer.convert_ids_to_tokens(ids)))
+        stats = length_statistics(tokenizer, loaded.examples, source_length, target_length)
+        self.post_message(DataPreviewed(Preview(rows, stats, len(loaded.examples), loaded.skipped_empty)))
+
+    def on_data_previewed(self, message: DataPreviewed) -> None:
+        preview = message.preview
+        table = self.query_one("#data-stats", DataTable)
+        table.clear()
+        for stat in preview.stats:
+            table.add_row(
+                stat.column,
+                str(stat.p50),
+                str(stat.p90),
+                str(stat.p99),
+                str(stat.max),
+                str(stat.limit),
+                f"{stat.truncated_share:.0%}",
+            )
+        lines = [
+            f"{preview.count} examples ({preview.skipped} skipped as empty). Rows as training builds them:"
+        ]
+        lines += [f"[dim]{number}.[/dim] {escape(row)}" for number, row in enumerate(preview.rows, start=1)]
+        self.query_one("#data-preview-text", Static).update("\n".join(lines))
+
+    def action_use_in_config(self) -> None:
+        import dataclasses
+
+        config_screen = self.workbench.workbench_screen("config")
+        base = config_screen.current_config()  # type: ignore[attr-defined]
+        config_screen.load(  # type: ignore[attr-defined]
+            dataclasses.replace(
+                base,
+                train_file=Path(self._value("data-file")),
+                prompt_column=self._value("data-prompt"),
+                response_column=self._value("data-response"),
+                history_column=self._value("data-history") or None,
+                max_source_length=int(self._value("data-source-length") or base.max_source_length),
+                max_target_length=int(self._value("data-target-length") or base.max_target_length),
+            )
+        )
+        self.workbench.action_show("config")

@@ -1,0 +1,155 @@
+"""The Models screen: the model folders in the workspace, and the catalog to download from.
+
+A download runs ``glmcore.download`` in a thread worker: plan (lists the source), then transfer with a progress
+callback and a cancel event. Cancelling leaves ``.part`` files; downloading again resumes from them.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Label, ProgressBar, Static
+
+from glmcore.catalog import MODELS
+from glmcore.download import DownloadProgress, format_bytes
+from glmcore.models.checkpoint import inspect_model_folder
+from glmtui.commands.runs import format_duration
+from glmtui.screens.base import WorkbenchScreen
+
+SHOWN_FILES = 4
+
+
+class LocalModelsRead(Message):
+    def __init__(self, rows: list[tuple[str, str, str, str]]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class DownloadProgressed(Message):
+    def __init__(self, progress: DownloadProgress) -> None:
+        super().__init__()
+        self.progress = progress
+
+
+def describe_download(progress: DownloadProgress) -> str:
+    """Total and per-file progress, speed and ETA, as lines of text."""
+    total = format_bytes(progress.bytes_total) if progress.bytes_total is not None else "?"
+    lines = [
+        f"{progress.state}: {format_bytes(progress.bytes_done)} of {total}, "
+        f"{format_bytes(progress.speed)}/s, ETA {format_duration(progress.eta)}"
+    ]
+    active = [file for file in progress.files if file.state in ("downloading", "checking")]
+    for file in active[:SHOWN_FILES]:
+        size = format_bytes(file.total) if file.total is not None else "?"
+        lines.append(f"  {file.path}: {format_bytes(file.done)} / {size} ({file.state})")
+    finished = sum(file.state in ("done", "skipped") for file in progress.files)
+    lines.append(f"  {finished} of {len(progress.files)} files done")
+    if progress.message:
+        lines.append(progress.message)
+    return "\n".join(lines)
+
+
+class ModelsScreen(WorkbenchScreen):
+    """Local models and the catalog; g download (or resume), x cancel."""
+
+    NAME = "models"
+    BINDINGS = [
+        Binding(
+            "g",
+            "download",
+            "Download",
+            id="models-download",
+            tooltip="Download (or resume) the catalog model",
+        ),
+        Binding(
+            "x", "cancel_download", "Cancel", id="models-cancel", tooltip="Cancel the download (resumable)"
+        ),
+        Binding("u", "refresh_local", "Rescan", id="models-rescan", tooltip="Rescan the workspace's models"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cancel = threading.Event()
+
+    def compose_body(self) -> ComposeResult:
+        yield Label("[b]In this workspace[/b]")
+        local: DataTable = DataTable(id="models-local", cursor_type="row")
+        local.add_columns("Model", "Size", "State", "Path")
+        yield local
+        yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
+        catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
+        catalog.add_columns("Name", "Title", "Size", "Note")
+        for model in MODELS.values():
+            catalog.add_row(
+                model.name, model.title, format_bytes(model.manifest.total_size), model.note, key=model.name
+            )
+        yield catalog
+        yield ProgressBar(id="download-progress", show_eta=False)
+        yield Static("", id="download-status")
+
+    def on_mount(self) -> None:
+        self.action_refresh_local()
+
+    def action_refresh_local(self) -> None:
+        self.read_local_models()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="models-read")
+    def read_local_models(self) -> None:
+        workspace = self.workbench.workspace
+        rows = []
+        for path in workspace.find_models():
+            folder = inspect_model_folder(path)
+            state = "complete" if folder.complete else f"missing {len(folder.missing)}"
+            rows.append(
+                (
+                    str(path.relative_to(workspace.models_dir)),
+                    format_bytes(folder.size_bytes),
+                    state,
+                    str(path),
+                )
+            )
+        self.post_message(LocalModelsRead(rows))
+
+    def on_local_models_read(self, message: LocalModelsRead) -> None:
+        table = self.query_one("#models-local", DataTable)
+        table.clear()
+        for row in message.rows:
+            table.add_row(*row)
+
+    def action_download(self) -> None:
+        catalog = self.query_one("#models-catalog", DataTable)
+        name = catalog.coordinate_to_cell_key(catalog.cursor_coordinate).row_key.value
+        self._cancel = threading.Event()
+        self.query_one("#download-status", Static).update(f"Listing the files of {name}…")
+        self.download(str(name), self._cancel)
+
+    def action_cancel_download(self) -> None:
+        self._cancel.set()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="download")
+    def download(self, name: str, cancel: threading.Event) -> None:
+        from glmcore.download import default_destination, plan_download, resolve_source, run_download
+
+        workspace = self.workbench.workspace
+        source = resolve_source(name)
+        plan = plan_download(source, default_destination(source, workspace.models_dir, workspace.data_dir))
+        result = run_download(
+            plan, progress=lambda progress: self.post_message(DownloadProgressed(progress)), cancel=cancel
+        )
+        text = (
+            f"Cancelled: press g to resume {name} from where it stopped."
+            if result.cancelled
+            else f"Downloaded {name} to {result.destination}."
+        )
+        self.app.call_from_thread(self.query_one("#download-status", Static).update, text)
+        self.app.call_from_thread(self.read_local_models)
+
+    def on_download_progressed(self, message: DownloadProgressed) -> None:
+        progress = message.progress
+        bar = self.query_one("#download-progress", ProgressBar)
+        bar.update(total=progress.bytes_total, progress=progress.bytes_done)
+        self.query_one("#download-status", Static).update(describe_download(progress))

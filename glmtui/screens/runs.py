@@ -1,0 +1,223 @@
+"""The Runs screen: every run folder under the workspace's runs/, live, with the keys that act on them.
+
+It reads the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
+appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import DataTable, Static
+
+from glmcore import runs as run_control
+from glmcore.runs import EventTail, Run, RunStatus
+from glmtui.commands.runs import format_duration
+from glmtui.screens.base import WorkbenchScreen
+from glmtui.screens.confirm import ConfirmScreen
+
+REFRESH_S = 1.0
+COLUMNS = ("Run", "State", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
+STATE_STYLES = {
+    "running": "bold green",
+    "stopping": "yellow",
+    "finished": "cyan",
+    "failed": "bold red",
+    "crashed": "bold red",
+    "stopped": "yellow",
+}
+
+
+def start_or_resume(run: Run) -> str:
+    """Start a run that never ran, resume any other; returns the verb for the notification."""
+    if run.status().state == "created":
+        run_control.launch(run, detach=True)
+        return "Started"
+    run_control.resume(run, detach=True)
+    return "Resumed"
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What the table shows of one run, read from its folder."""
+
+    run: Run
+    status: RunStatus
+    last_log: dict | None
+
+    def cells(self, now: datetime) -> tuple[str, ...]:
+        status, log = self.status, self.last_log or {}
+        loss = log.get("loss")
+        speed = log.get("tokens_per_s")
+        eta = log.get("eta_s") if status.is_active else None
+        age = None
+        if status.created:
+            age = (now - datetime.fromisoformat(status.created)).total_seconds()
+        return (
+            self.run.id,
+            status.state,
+            f"{status.step}/{status.total}",
+            "-" if loss is None else f"{loss:.4f}",
+            "-" if speed is None else f"{speed:,.0f}",
+            format_duration(eta),
+            ",".join(map(str, status.gpus)) or "cpu",
+            format_duration(age),
+        )
+
+
+class RunsRead(Message):
+    def __init__(self, rows: list[RunRow]) -> None:
+        super().__init__()
+        self.rows = rows
+
+
+class RunsScreen(WorkbenchScreen):
+    """Every run, live; n new, enter open, s stop, r resume/start, e evaluate, c chat, k clone, d delete."""
+
+    NAME = "runs"
+    BINDINGS = [
+        Binding("n", "new_run", "New", id="runs-new", tooltip="Configure a new run"),
+        Binding("enter", "open_run", "Open", id="runs-open", tooltip="Watch the selected run"),
+        Binding("s", "stop_run", "Stop", id="runs-stop", tooltip="Ask the selected run to save and stop"),
+        Binding("r", "resume_run", "Resume", id="runs-resume", tooltip="Start or resume the selected run"),
+        Binding("e", "evaluate_run", "Eval", id="runs-evaluate", tooltip="Evaluate the run's checkpoints"),
+        Binding("c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's latest checkpoint"),
+        Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
+        Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._tails: dict[Run, tuple[EventTail, dict | None]] = {}
+        self.rows: dict[str, RunRow] = {}
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("", id="runs-summary")
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*COLUMNS)
+        yield table
+
+    def on_mount(self) -> None:
+        self.refresh_runs()
+        self.set_interval(REFRESH_S, self.refresh_runs)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-read")
+    def refresh_runs(self) -> None:
+        """Read every run folder (status and new events) and post the rows."""
+        rows = []
+        runs = self.workbench.run_store.list()
+        for run in runs:
+            tail, last_log = self._tails.get(run) or (run.tail_events(), None)
+            for record in tail.read_events():
+                if record.get("kind") == "log":
+                    last_log = record
+            self._tails[run] = (tail, last_log)
+            rows.append(RunRow(run, run.status(), last_log))
+        for gone in set(self._tails) - set(runs):
+            del self._tails[gone]
+        self.post_message(RunsRead(rows))
+
+    def on_runs_read(self, message: RunsRead) -> None:
+        table = self.query_one("#runs-table", DataTable)
+        selected = self.selected_run()
+        now = self.workbench.clock()
+        table.clear()
+        self.rows = {row.run.id: row for row in message.rows}
+        for row in message.rows:
+            cells = list(row.cells(now))
+            cells[1] = f"[{STATE_STYLES.get(row.status.state, '')}]{cells[1]}[/]"
+            table.add_row(*cells, key=row.run.id)
+        if selected is not None and selected.id in self.rows:
+            table.move_cursor(row=table.get_row_index(selected.id))
+        active = sum(row.status.is_active for row in message.rows)
+        self.query_one("#runs-summary", Static).update(
+            f"{len(message.rows)} runs in {self.workbench.workspace.runs_dir}, {active} active"
+            if message.rows
+            else "No runs yet: press n to configure one."
+        )
+
+    def selected_run(self) -> Run | None:
+        table = self.query_one("#runs-table", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        row = self.rows.get(key or "")
+        return row.run if row else None
+
+    def _require_run(self) -> Run | None:
+        run = self.selected_run()
+        if run is None:
+            self.notify("There is no run to act on: press n to configure one.", severity="warning")
+        return run
+
+    # actions
+
+    def action_new_run(self) -> None:
+        self.workbench.action_show("config")
+
+    def action_open_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("training").open_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("training")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open_run()
+
+    def action_stop_run(self) -> None:
+        if run := self._require_run():
+            self.stop_run(run)
+
+    @work(thread=True, exit_on_error=False, group="runs-control")
+    def stop_run(self, run: Run) -> None:
+        run_control.stop(run)
+        self.app.call_from_thread(
+            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
+        )
+        self.app.call_from_thread(self.refresh_runs)
+
+    def action_resume_run(self) -> None:
+        if run := self._require_run():
+            self.resume_run(run)
+
+    @work(thread=True, exit_on_error=False, group="runs-control")
+    def resume_run(self, run: Run) -> None:
+        verb = start_or_resume(run)
+        self.app.call_from_thread(self.notify, f"{verb} {run.id}; press enter to watch it.")
+        self.app.call_from_thread(self.refresh_runs)
+
+    def action_evaluate_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("evaluate")
+
+    def action_chat_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("chat")
+
+    def action_clone_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("config").clone_from(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("config")
+
+    def action_delete_run(self) -> None:
+        run = self._require_run()
+        if run is None:
+            return
+
+        def answered(delete: bool | None) -> None:
+            if delete:
+                self.delete_run(run)
+
+        self.app.push_screen(ConfirmScreen(f"Delete run {run.id} and all its checkpoints?"), answered)
+
+    @work(thread=True, exit_on_error=False, group="runs-control")
+    def delete_run(self, run: Run) -> None:
+        run.delete()
+        self.app.call_from_thread(self.notify, f"Deleted {run.id}.")
+        self.app.call_from_thread(self.refresh_runs)

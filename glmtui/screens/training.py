@@ -1,0 +1,245 @@
+"""The Training view: one run's loss and learning-rate curves, progress, throughput, log lines and GPUs.
+
+A thread worker follows the run folder in the manner of toolong: it reads what was appended to events.jsonl
+and train.log since the last look (complete lines only) and status.json, and posts them; the screen keeps the
+records and shows them as ``latest_by_step`` orders them, so a resumed run's abandoned steps drop out. Leaving
+the screen stops following; coming back carries on from the same offsets, so nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Log, ProgressBar, Static
+from textual.worker import get_current_worker
+from textual_plotext import PlotextPlot
+
+from glmcore import runs as run_control
+from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
+from glmtui.commands.runs import format_duration
+from glmtui.screens.base import WorkbenchScreen
+from glmtui.screens.runs import start_or_resume
+from glmtui.widgets.gpu_panel import GpuPanel
+
+FOLLOW_S = 0.5
+LOG_LINES = 500
+
+
+class RunFollowed(Message):
+    """What a run folder gained since the last look."""
+
+    def __init__(self, run: Run, events: list[dict], log_lines: list[str], status: RunStatus) -> None:
+        super().__init__()
+        self.run = run
+        self.events = events
+        self.log_lines = log_lines
+        self.status = status
+
+
+def describe_event(record: dict) -> str | None:
+    """A log line for an event other than the per-step ``log`` records (which the curves show)."""
+    kind, step = record.get("kind"), record.get("step")
+    if kind == "log":
+        return None
+    if kind == "start":
+        return f"» started at step {step} of {record.get('total')}"
+    if kind == "checkpoint":
+        return f"» checkpoint saved at step {step}"
+    if kind == "resumed":
+        return f"» resumed from step {step}"
+    if kind == "eval":
+        loss = record.get("eval_loss")
+        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
+    if kind == "end":
+        return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
+    if kind == "failed":
+        return f"» failed at step {step}: {record.get('reason')}"
+    return f"» {kind} at step {step}"
+
+
+class TrainingScreen(WorkbenchScreen):
+    """Watch one run; s stop, r resume, e evaluate, c chat."""
+
+    NAME = "training"
+    BINDINGS = [
+        Binding("s", "stop_run", "Stop", id="training-stop", tooltip="Ask the run to save and stop"),
+        Binding(
+            "r", "resume_run", "Resume", id="training-resume", tooltip="Resume the run from its checkpoint"
+        ),
+        Binding(
+            "e", "evaluate_run", "Eval", id="training-evaluate", tooltip="Evaluate this run's checkpoints"
+        ),
+        Binding(
+            "c", "chat_run", "Chat", id="training-chat", tooltip="Chat with this run's latest checkpoint"
+        ),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.run: Run | None = None
+        self.records: list[dict] = []
+        self.status: RunStatus | None = None
+        self._events_tail: EventTail | None = None
+        self._log_tail: FileTail | None = None
+
+    def compose_body(self) -> ComposeResult:
+        yield Static("No run open: pick one on the Runs screen (F5) and press enter.", id="training-title")
+        with Horizontal(id="training-progress-row"):
+            yield ProgressBar(id="training-progress", show_eta=False)
+            yield Static("", id="training-stats")
+        with Horizontal(id="training-plots"):
+            yield PlotextPlot(id="loss-plot")
+            yield PlotextPlot(id="lr-plot")
+        with Horizontal(id="training-bottom"):
+            with Vertical(id="training-log-box"):
+                yield Log(id="training-log", max_lines=LOG_LINES)
+            yield GpuPanel(id="training-gpus")
+
+    # following the run folder
+
+    def open_run(self, run: Run) -> None:
+        """Show ``run`` from the start of its files."""
+        if run == self.run:
+            return
+        self.run = run
+        self.records = []
+        self.status = None
+        self._events_tail = run.tail_events()
+        self._log_tail = FileTail(run.log_path)
+        if self.is_mounted:
+            self.query_one("#training-log", Log).clear()
+            self._redraw()
+            if self.is_current:
+                self.follow_run()
+
+    def on_mount(self) -> None:
+        self._redraw()
+
+    def on_screen_resume(self) -> None:
+        super().on_screen_resume()
+        if self.run is not None:
+            self.follow_run()
+
+    def on_screen_suspend(self) -> None:
+        self.workers.cancel_group(self, "follow")
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
+    def follow_run(self) -> None:
+        """Post what the run folder gained, every FOLLOW_S seconds, until cancelled."""
+        run, events_tail, log_tail = self.run, self._events_tail, self._log_tail
+        if run is None or events_tail is None or log_tail is None:
+            return
+        worker = get_current_worker()
+        last_status = None
+        while not worker.is_cancelled:
+            events = events_tail.read_events()
+            lines = log_tail.read_lines()
+            status = run.status()
+            if events or lines or status != last_status:
+                self.post_message(RunFollowed(run, events, lines, status))
+                last_status = status
+            time.sleep(FOLLOW_S)
+
+    def on_run_followed(self, message: RunFollowed) -> None:
+        if message.run != self.run:
+            return
+        self.records.extend(message.events)
+        self.status = message.status
+        log = self.query_one("#training-log", Log)
+        log.write_lines(message.log_lines)
+        log.write_lines([line for record in message.events if (line := describe_event(record))])
+        self._redraw()
+
+    # drawing
+
+    def log_records(self) -> list[dict]:
+        """The ``log`` events as they stand after resumes, in step order."""
+        return sorted(
+            (record for record in latest_by_step(self.records) if record.get("kind") == "log"),
+            key=lambda record: record.get("step") or 0,
+        )
+
+    def _redraw(self) -> None:
+        logs = self.log_records()
+        status = self.status
+        title = self.query_one("#training-title", Static)
+        if self.run is not None:
+            state = status.state if status else "reading…"
+            reason = f" — {status.reason}" if status and status.reason else ""
+            title.update(f"[b]{self.run.id}[/b]  {state}{reason}")
+        progress = self.query_one("#training-progress", ProgressBar)
+        if status is not None and status.total:
+            progress.update(total=status.total, progress=status.step)
+        last = logs[-1] if logs else {}
+        stats = []
+        if status is not None:
+            stats.append(f"step {status.step}/{status.total}")
+        if (loss := last.get("loss")) is not None:
+            stats.append(f"loss {loss:.4f}")
+        if (speed := last.get("tokens_per_s")) is not None:
+            stats.append(f"{speed:,.0f} tok/s")
+        if (samples := last.get("samples_per_s")) is not None:
+            stats.append(f"{samples:.1f} samples/s")
+        if status is not None and status.is_active and last.get("eta_s") is not None:
+            stats.append(f"ETA {format_duration(last['eta_s'])}")
+        self.query_one("#training-stats", Static).update("  ".join(stats))
+        self._plot("#loss-plot", "loss", logs, "loss")
+        self._plot("#lr-plot", "learning rate", logs, "learning_rate")
+
+    def _plot(self, selector: str, title: str, logs: list[dict], key: str) -> None:
+        points = [(record["step"], record[key]) for record in logs if record.get(key) is not None]
+        plot = self.query_one(selector, PlotextPlot)
+        plt = plot.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(title)
+        if points:
+            steps, values = zip(*points, strict=True)
+            plt.plot(list(steps), list(values), marker="braille")
+        plot.refresh()
+
+    def loss_points(self) -> list[tuple[int, float]]:
+        """The loss curve's points (step, loss) as plotted."""
+        return [(record["step"], record["loss"]) for record in self.log_records() if "loss" in record]
+
+    # actions
+
+    def _require_run(self) -> Run | None:
+        if self.run is None:
+            self.notify("No run is open: pick one on the Runs screen (F5).", severity="warning")
+        return self.run
+
+    def action_stop_run(self) -> None:
+        if run := self._require_run():
+            self.stop_run(run)
+
+    @work(thread=True, exit_on_error=False, group="training-control")
+    def stop_run(self, run: Run) -> None:
+        run_control.stop(run)
+        self.app.call_from_thread(
+            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
+        )
+
+    def action_resume_run(self) -> None:
+        if run := self._require_run():
+            self.resume_run(run)
+
+    @work(thread=True, exit_on_error=False, group="training-control")
+    def resume_run(self, run: Run) -> None:
+        verb = start_or_resume(run)
+        self.app.call_from_thread(self.notify, f"{verb} {run.id}.")
+
+    def action_evaluate_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("evaluate")
+
+    def action_chat_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("chat")

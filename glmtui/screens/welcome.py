@@ -1,0 +1,80 @@
+"""The first screen on a machine with no model: offers the demo workspace, builds it, opens the config editor.
+
+The demo (a tiny ChatGLM-architecture model pretrained on ad copy, plus the AdvertiseGen-form sample) is built by
+``glmcore.demo.ensure_demo_workspace`` in a thread worker; its progress callback comes back as messages.
+"""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import ProgressBar, Static
+
+from glmtui.screens.base import WorkbenchScreen
+
+WELCOME_TEXT = """[b]Welcome to glmtui[/b]
+
+There is no model in {models_dir} yet.
+
+[b]d[/b]   build the [b]demo workspace[/b]: a tiny ChatGLM-architecture model
+    and the AdvertiseGen-form sample (a couple of minutes on a CPU);
+    then configure, train, watch, evaluate and chat with it.
+[b]F2[/b]  download ChatGLM-6B on the Models screen.
+[b]F4[/b]  configure a run by hand.
+"""
+
+
+class DemoProgressed(Message):
+    def __init__(self, fraction: float, text: str) -> None:
+        super().__init__()
+        self.fraction = fraction
+        self.text = text
+
+
+class DemoReady(Message):
+    pass
+
+
+class WelcomeScreen(WorkbenchScreen):
+    """d builds the demo workspace and opens the config editor with the demo run."""
+
+    NAME = "welcome"
+    BINDINGS = [
+        Binding("d", "build_demo", "Build demo", id="welcome-demo", tooltip="Build the demo workspace")
+    ]
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="welcome"):
+            yield Static(
+                WELCOME_TEXT.format(models_dir=self.workbench.workspace.models_dir), id="welcome-text"
+            )
+            yield ProgressBar(id="demo-progress", total=1.0, show_eta=False)
+            yield Static("", id="demo-status")
+
+    def action_build_demo(self) -> None:
+        self.query_one("#demo-status", Static).update("Building the demo workspace…")
+        self.build_demo()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
+    def build_demo(self) -> None:
+        from glmcore.demo import ensure_demo_workspace
+
+        ensure_demo_workspace(
+            self.workbench.workspace,
+            progress=lambda fraction, text: self.post_message(DemoProgressed(fraction, text)),
+        )
+        self.post_message(DemoReady())
+
+    def on_demo_progressed(self, message: DemoProgressed) -> None:
+        self.query_one("#demo-progress", ProgressBar).update(progress=message.fraction)
+        self.query_one("#demo-status", Static).update(message.text)
+
+    def on_demo_ready(self) -> None:
+        from glmcore.demo import demo_run_config
+
+        self.workbench.workbench_screen("config").load(demo_run_config(self.workbench.workspace))  # type: ignore[attr-defined]
+        self.workbench.action_show("config")
+        self.notify("The demo is ready: check the config and press ctrl+g to start training.")
