@@ -1,0 +1,370 @@
+"""Chat with ChatGLM-6B, with or without a P-tuning v2 prefix, streaming the answer as it is generated.
+
+The prompt is ChatGLM-6B's: the bare query on the first turn, then `[Round i]\\n问：...\\n答：...` rounds. History
+that no longer fits the model's 2048 positions (less the prefix and the answer budget) is dropped oldest round
+first, and the turn says how many rounds went (`ChatTurn.trimmed_rounds`).
+
+Streaming: `generate` runs on a worker thread with the KV cache and hands each new token to the turn through a
+queue; the turn decodes the answer so far, applies the published clean-up and yields only the part that can no
+longer change (a trailing half-width punctuation mark waits for the next character, which decides whether it
+becomes full-width). So the concatenated deltas are always exactly the final answer. Token-space clean-up
+("Hello , world" -> "Hello, world") is not applied in chat, as it could change text already shown; ChatGLM's
+answers are Chinese, where it never applies.
+
+Cancelling: a cancelled answer stops at the next token. Its partial text stays on the turn (to show), but it is
+NOT added to the history: an answer cut short is usually one the user did not want the model to build on.
+
+Prefixes: `use_prefix` swaps only the small prefix encoder; the base weights stay where they are. Prefix weights
+are cached by checkpoint path (`PrefixCache`), so switching back to one already loaded reads no file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from glmcore.data import build_prompt
+from glmcore.errors import GlmError
+from glmcore.evaluate import StopWhenSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from glmcore.prefix import PrefixSpec
+
+DEFAULT_MAX_SEQUENCE_LENGTH = 2048
+TRAINING_TIME_PLACEHOLDER = "[[训练时间]]"
+TRAINING_TIME = "2023年"
+HALF_TO_FULL_WIDTH = {",": "，", "!": "！", ":": "：", ";": "；", "?": "？"}
+CJK = "\u4e00-\u9fff"
+_PUNCTUATION = re.escape("".join(HALF_TO_FULL_WIDTH))
+_AFTER_CJK = re.compile(f"(?<=[{CJK}])[{_PUNCTUATION}]")
+_BEFORE_CJK = re.compile(f"[{_PUNCTUATION}](?=[{CJK}])")
+_INCOMPLETE_CHARACTER = "\ufffd"
+"""What decoding gives for the bytes of a character whose last byte-fallback token has not arrived yet."""
+
+
+class ChatError(GlmError):
+    """A chat turn or prefix switch cannot happen as asked."""
+
+
+def clean_response(text: str) -> str:
+    """ChatGLM-6B's published answer clean-up: strip, fill in the training-time placeholder, and make half-width
+    , ! : ; ? full-width where they touch a CJK character."""
+    text = text.strip().replace(TRAINING_TIME_PLACEHOLDER, TRAINING_TIME)
+    text = _AFTER_CJK.sub(lambda mark: HALF_TO_FULL_WIDTH[mark.group()], text)
+    return _BEFORE_CJK.sub(lambda mark: HALF_TO_FULL_WIDTH[mark.group()], text)
+
+
+def settled_length(cleaned: str) -> int:
+    """How much of an unfinished cleaned answer can no longer change when more text arrives.
+
+    Held back: trailing whitespace (the final strip may drop it), a trailing half-width punctuation mark (a CJK
+    character after it makes it full-width), a trailing start of the training-time placeholder, and the
+    replacement characters of a character whose bytes are still arriving.
+    """
+    end = len(cleaned.rstrip().rstrip(_INCOMPLETE_CHARACTER).rstrip())
+    if end and cleaned[end - 1] in HALF_TO_FULL_WIDTH:
+        end -= 1
+    for size in range(len(TRAINING_TIME_PLACEHOLDER) - 1, 0, -1):
+        if cleaned[:end].endswith(TRAINING_TIME_PLACEHOLDER[:size]):
+            return end - size
+    return end
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """Generation settings of a turn; ChatGLM-6B's chat defaults (sampling, top_p 0.7, temperature 0.95)."""
+
+    max_new_tokens: int = 512
+    sampling: bool = True
+    top_p: float = 0.7
+    temperature: float = 0.95
+    seed: int | None = None
+    """With a seed, the same history and query give the same answer."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ChatError(f"The answer length must be at least 1 token, not {self.max_new_tokens}.")
+        if not 0 < self.top_p <= 1:
+            raise ChatError(f"top_p must be in (0, 1], not {self.top_p}.")
+        if self.temperature <= 0:
+            raise ChatError(f"The temperature must be above 0, not {self.temperature}.")
+
+    def generation_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling}
+        if self.sampling:
+            # transformers 4.27, under which ChatGLM-6B's chat was published, applied top_k 50 by default.
+            options |= {"top_p": self.top_p, "temperature": self.temperature, "top_k": 50}
+        return options
+
+
+class PrefixCache:
+    """Prefix weights already read, by checkpoint path: switching back to one reads no file."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[PrefixSpec, dict[str, torch.Tensor]]] = {}
+
+    @staticmethod
+    def key(checkpoint: str | Path) -> Path:
+        return Path(checkpoint).expanduser().resolve()
+
+    def __contains__(self, checkpoint: str | Path) -> bool:
+        return self.key(checkpoint) in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, checkpoint: str | Path) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:
+        """The checkpoint's prefix shape and weights, read from disk the first time only."""
+        from glmcore.prefix import read_prefix_checkpoint
+
+        key = self.key(checkpoint)
+        if key not in self._entries:
+            self._entries[key] = read_prefix_checkpoint(key)
+        return self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class _TokenQueue:
+    """A `generate` streamer that hands the new tokens (not the prompt) to the consuming turn."""
+
+    END = object()
+
+    def __init__(self) -> None:
+        self.items: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.items.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.items.put(self.END)
+
+
+class ChatTurn:
+    """One answer being generated: iterate it for text deltas; their concatenation is `response`.
+
+    `trimmed_rounds` is known before the first delta. When iteration ends, `response` is final and, unless the
+    turn was cancelled, the round is in the session's history. A turn left unfinished is cancelled by the
+    session's next turn (or call `close()`).
+    """
+
+    def __init__(
+        self,
+        session: ChatSession,
+        query: str,
+        prompt_ids: list[int],
+        settings: ChatSettings,
+        trimmed_rounds: int,
+        cancel: threading.Event,
+    ) -> None:
+        self.query = query
+        self.trimmed_rounds = trimmed_rounds
+        self.prompt_tokens = len(prompt_ids)
+        self.response = ""
+        self.generated_tokens = 0
+        self.cancelled = False
+        self.finished = False
+        self._session = session
+        self._prompt_ids = prompt_ids
+        self._settings = settings
+        self._cancel = cancel
+        self._tokens: list[int] = []
+        self._stream = _TokenQueue()
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        if self.finished:
+            raise StopIteration
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._generate, name="glmcore-chat", daemon=True)
+            self._worker.start()
+        while True:
+            item = self._stream.items.get()
+            if item is _TokenQueue.END:
+                return self._finish()
+            self._tokens.extend(item)
+            self.generated_tokens = len(self._tokens)
+            cleaned = clean_response(self._decode())
+            settled = cleaned[: settled_length(cleaned)]
+            if len(settled) > len(self.response) and settled.startswith(self.response):
+                delta, self.response = settled[len(self.response) :], settled
+                return delta
+
+    def cancel(self) -> None:
+        """Stop generating at the next token; iteration then ends after the text already produced."""
+        self._cancel.set()
+
+    def close(self) -> None:
+        """Cancel, and wait for generation to stop without taking the rest of the text or its errors."""
+        self.cancel()
+        if self.finished:
+            return
+        if self._worker is None:
+            self.finished = self.cancelled = True
+            self._session._turn_ended(self)
+            return
+        with contextlib.suppress(Exception):
+            for _ in self:
+                pass
+
+    def _decode(self) -> str:
+        return self._session.tokenizer.decode(
+            self._tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def _generate(self) -> None:
+        """The worker: `generate` with the KV cache, each new token handed over through the queue."""
+        import torch
+        from transformers import StoppingCriteriaList, set_seed
+
+        model, tokenizer = self._session.model, self._session.tokenizer
+        try:
+            if self._settings.seed is not None:
+                set_seed(self._settings.seed)
+            input_ids = torch.tensor([self._prompt_ids], device=model.device)
+            with torch.no_grad():
+                model.generate(
+                    input_ids=input_ids,
+                    attention_mask=torch.ones_like(input_ids),
+                    **self._settings.generation_options(),
+                    use_cache=True,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id,
+                    streamer=self._stream,
+                    stopping_criteria=StoppingCriteriaList([StopWhenSet(self._cancel)]),
+                )
+        except torch.OutOfMemoryError:
+            self._error = ChatError(
+                "The GPU ran out of memory for this answer: clear the history or ask for a shorter answer."
+            )
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            self._error = error
+        finally:
+            self._stream.end()
+
+    def _finish(self) -> str:
+        """Record the turn, then give the text held back until the end (if any)."""
+        self._worker.join()
+        self.finished = True
+        self.cancelled = self._cancel.is_set()
+        final = clean_response(self._decode())
+        delta = final[len(self.response) :] if final.startswith(self.response) else ""
+        self.response = final
+        self._session._turn_ended(self)
+        if self._error is not None:
+            raise self._error
+        if not delta:
+            raise StopIteration
+        return delta
+
+
+class ChatSession:
+    """A conversation with `model`; the prefix can be switched in place between turns."""
+
+    def __init__(self, model, tokenizer, *, prefixes: PrefixCache | None = None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefixes = prefixes if prefixes is not None else PrefixCache()
+        self.history: list[tuple[str, str]] = []
+        self.settings = ChatSettings()
+        self.prefix: Path | None = None
+        """The checkpoint whose prefix `use_prefix` installed; None for the model as it was given."""
+        self._active: ChatTurn | None = None
+
+    @property
+    def max_sequence_length(self) -> int:
+        return getattr(self.model.config, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH)
+
+    @property
+    def pre_seq_len(self) -> int:
+        return self.model.config.pre_seq_len or 0
+
+    def prompt_budget(self, settings: ChatSettings) -> int:
+        """Prompt tokens that fit beside the prefix and the answer in the model's positions."""
+        return self.max_sequence_length - self.pre_seq_len - settings.max_new_tokens
+
+    def stream(
+        self, query: str, settings: ChatSettings | None = None, cancel: threading.Event | None = None
+    ) -> ChatTurn:
+        """Start answering `query`; iterate the returned turn for the answer's text as it is generated.
+
+        An unfinished earlier turn is cancelled first. `cancel` (or `turn.cancel()`) stops the answer early.
+        """
+        if not query.strip():
+            raise ChatError("The message is empty; type something to ask.")
+        settings = settings or self.settings
+        self._stop_active()
+        budget = self.prompt_budget(settings)
+        trimmed = 0
+        prompt_ids = self.tokenizer.encode(build_prompt(query, self.history))
+        while len(prompt_ids) > budget and trimmed < len(self.history):
+            trimmed += 1
+            prompt_ids = self.tokenizer.encode(build_prompt(query, self.history[trimmed:]))
+        if len(prompt_ids) > budget:
+            raise ChatError(
+                f"The message takes {len(prompt_ids)} tokens, but only {max(budget, 0)} fit beside an answer of "
+                f"{settings.max_new_tokens} tokens{' and the prefix' if self.pre_seq_len else ''}: "
+                "shorten it or lower the answer length."
+            )
+        del self.history[:trimmed]
+        turn = ChatTurn(self, query, prompt_ids, settings, trimmed, cancel or threading.Event())
+        self._active = turn
+        return turn
+
+    def ask(self, query: str, settings: ChatSettings | None = None) -> ChatTurn:
+        """Answer `query` whole (no streaming); returns the finished turn."""
+        turn = self.stream(query, settings)
+        for _ in turn:
+            pass
+        return turn
+
+    def clear(self) -> None:
+        """Forget the conversation (the prefix stays)."""
+        self._stop_active()
+        self.history.clear()
+
+    def use_prefix(self, checkpoint: str | Path | None) -> None:
+        """Answer with `checkpoint`'s prefix from the next turn on, or with none (`None`).
+
+        Only the prefix encoder is replaced; the base weights are untouched. A checkpoint already in the
+        cache reads no file.
+        """
+        from glmcore.prefix import check_fits_model, set_prefix
+
+        self._stop_active()
+        if checkpoint is None:
+            set_prefix(self.model, None)
+            self.prefix = None
+            return
+        spec, state = self.prefixes.get(checkpoint)
+        check_fits_model(spec, state, self.model.config, str(checkpoint))
+        set_prefix(self.model, spec, state)
+        self.prefix = self.prefixes.key(checkpoint)
+
+    def _stop_active(self) -> None:
+        if self._active is not None and not self._active.finished:
+            self._active.close()
+        self._active = None
+
+    def _turn_ended(self, turn: ChatTurn) -> None:
+        if turn is self._active:
+            self._active = None
+        if not turn.cancelled and turn._error is None:
+            self.history.append((turn.query, turn.response))

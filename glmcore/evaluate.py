@@ -1,0 +1,660 @@
+"""Evaluation: batched generation over a dataset, scored as ChatGLM-6B's ptuning/main.py scores it.
+
+Examples are built as the published evaluation builds them (the prompt cut to max_source_length - 2 tokens, then
+`[gMASK] <sop>`; the reference is the label tokenized with truncation and decoded back), and every example gets up
+to max_target_length NEW tokens. The published budget (`max_length` = source + target, padding included) varies
+with whatever else shares the batch; ours does not, so batch size never changes a greedy prediction.
+
+Generation is batched: prompts are sorted by length (so each batch pads little, longest first so a batch that does
+not fit shows at once), left-padded, run through `generate` with the KV cache, and put back in the data's order.
+Predictions are the new tokens decoded with special tokens skipped, with no clean-up, and are scored exactly as
+written to `generated_predictions.txt`.
+
+An evaluation folder holds `generated_predictions.txt` (ChatGLM-6B's form), `examples.jsonl` (per example: input,
+label, prediction, scores) and `results.json`, written last: a folder with `results.json` is complete. A comparison
+evaluates the base model and several prefix checkpoints over the same data with ONE loaded model, swapping only
+the prefix, and writes each evaluation into its own subfolder with `comparison.json` and
+`comparison_examples.jsonl` (before/after per example, worst first) beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
+from glmcore.errors import GlmError
+from glmcore.metrics import METRIC_NAMES, prefixed, score_all
+from glmcore.prefix import PREFIX_WEIGHTS, PUBLISHED_WEIGHTS
+from glmcore.workspace import atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+
+    from glmcore.runs import Run
+
+PREDICTIONS_FILE = "generated_predictions.txt"
+EXAMPLES_FILE = "examples.jsonl"
+RESULTS_FILE = "results.json"
+COMPARISON_FILE = "comparison.json"
+COMPARISON_EXAMPLES_FILE = "comparison_examples.jsonl"
+BASE = "base"
+"""The name that stands for the model without a prefix, in checkpoint lists and as its subfolder."""
+
+CPU_BATCH_SIZE = 8
+MAX_AUTOMATIC_BATCH_SIZE = 128
+PUBLISHED_TOP_K = 50
+FREE_MEMORY_SHARE = 0.8
+"""Share of the GPU's free memory an automatic batch size plans to use; the rest absorbs allocator slack."""
+
+
+class EvalError(GlmError):
+    """An evaluation cannot run as asked."""
+
+
+class EvaluationCancelled(GlmError):
+    """The evaluation was cancelled before it finished; nothing of it was written."""
+
+    def __init__(self, message: str = "The evaluation was cancelled; nothing was written.") -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How to generate: greedy by default, so scores repeat exactly."""
+
+    max_source_length: int = 64
+    max_target_length: int = 64
+    batch_size: int | None = None
+    """None picks one from free GPU memory (8 on the CPU)."""
+    sampling: bool = False
+    top_p: float = 0.7
+    temperature: float = 0.95
+    seed: int = 42
+    """Seeds sampling; sampled predictions repeat for the same settings and batch size."""
+
+    def __post_init__(self) -> None:
+        if self.max_source_length < 3:
+            raise EvalError(
+                f"max_source_length {self.max_source_length} leaves no room for the prompt "
+                "(2 tokens go to [gMASK] <sop>); use 3 or more."
+            )
+        if self.max_target_length < 3:
+            raise EvalError(f"max_target_length must be 3 or more, not {self.max_target_length}.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise EvalError(f"The batch size must be 1 or more, not {self.batch_size}.")
+        if not 0 < self.top_p <= 1:
+            raise EvalError(f"top_p must be in (0, 1], not {self.top_p}.")
+        if self.temperature <= 0:
+            raise EvalError(f"The temperature must be above 0, not {self.temperature}.")
+
+    @classmethod
+    def published_sampling(cls, **overrides: object) -> EvalSettings:
+        """ChatGLM-6B's evaluation decoding: sampling with top_p 0.7 and temperature 0.95."""
+        return cls(**{"sampling": True, "top_p": 0.7, "temperature": 0.95, **overrides})
+
+    def generation_options(self) -> dict[str, object]:
+        """Keyword arguments for `generate` (sampling parameters only when sampling, so none are ignored)."""
+        options: dict[str, object] = {"max_new_tokens": self.max_target_length, "do_sample": self.sampling}
+        if self.sampling:
+            # transformers 4.27, which produced the published numbers, also applied top_k 50 by default.
+            options |= {"top_p": self.top_p, "temperature": self.temperature, "top_k": PUBLISHED_TOP_K}
+        return options
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """A snapshot for progress displays; `eta_seconds` is None until a rate is known."""
+
+    label: str
+    phase: str
+    """"generating" or "scoring"."""
+    done: int
+    total: int
+    tokens_per_second: float = 0.0
+    eta_seconds: float | None = None
+    evaluation: int = 1
+    """1-based index of this evaluation within a comparison, and how many there are."""
+    evaluations: int = 1
+
+
+@dataclass(frozen=True)
+class ExampleResult:
+    index: int
+    input: str
+    label: str
+    prediction: str
+    scores: dict[str, float]
+    input_tokens: int
+    input_truncated: bool
+    generated_tokens: int
+
+    @property
+    def overall(self) -> float:
+        return overall_score(self.scores)
+
+
+@dataclass
+class EvalResult:
+    label: str
+    output_dir: Path
+    metrics: dict[str, float]
+    """Means over examples, by plain name (`bleu-4`, `rouge-1`, ...)."""
+    examples: list[ExampleResult]
+    runtime_seconds: float
+    generation_seconds: float
+    generated_tokens: int
+    settings: EvalSettings
+    checkpoint: str | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
+
+    def results(self) -> dict[str, object]:
+        """The contents of results.json: the published keys first, then timings and settings."""
+        count = len(self.examples)
+        return {
+            **prefixed(self.metrics),
+            "predict_samples": count,
+            "predict_runtime": round(self.runtime_seconds, 4),
+            "predict_samples_per_second": round(count / self.runtime_seconds, 3)
+            if self.runtime_seconds > 0
+            else 0.0,
+            "predict_generated_tokens": self.generated_tokens,
+            "predict_tokens_per_second": round(self.tokens_per_second, 3),
+            "generation_runtime": round(self.generation_seconds, 4),
+            "label": self.label,
+            "checkpoint": self.checkpoint,
+            "settings": asdict(self.settings),
+        }
+
+    def worst(self, count: int = 20) -> list[ExampleResult]:
+        return sorted(self.examples, key=lambda example: example.overall)[:count]
+
+
+def overall_score(scores: dict[str, float]) -> float:
+    """The mean of the four metrics: what "worst first" ranks by."""
+    return sum(scores[name] for name in METRIC_NAMES) / len(METRIC_NAMES)
+
+
+class StopWhenSet:
+    """A stopping criterion that ends `generate` at the next token once `event` is set."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(
+        self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: object
+    ) -> torch.Tensor:
+        import torch
+
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+def automatic_batch_size(model, settings: EvalSettings) -> int:
+    """A batch size that fits the GPU's free memory (the KV cache, prefill activations and logits), or 8 on a CPU.
+
+    A batch that still runs out of memory is split and retried, so this only needs to be close.
+    """
+    import torch
+
+    device = model.device
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    config = model.config
+    free_bytes, _ = torch.cuda.mem_get_info(device)
+    element = torch.finfo(model.transformer.word_embeddings.weight.dtype).bits // 8
+    sequence = settings.max_source_length + settings.max_target_length
+    keys = sequence + (config.pre_seq_len or 0)
+    cache = keys * config.num_layers * 2 * config.hidden_size * element
+    activations = 2 * sequence * (5 * config.hidden_size + config.inner_hidden_size) * element
+    attention_scores = config.num_attention_heads * sequence * keys * 4
+    logits = 2 * config.vocab_size * 4
+    per_example = cache + activations + attention_scores + logits
+    fitting = int(free_bytes * FREE_MEMORY_SHARE // per_example)
+    return max(1, min(MAX_AUTOMATIC_BATCH_SIZE, fitting))
+
+
+def _generate_batch(
+    model, tokenizer, prompts: list[list[int]], settings: EvalSettings, cancel: threading.Event
+):
+    """New tokens per prompt (padding after an early <eop> removed), for one left-padded batch."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        output = model.generate(
+            **batch,
+            **settings.generation_options(),
+            use_cache=True,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]),
+        )
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+    return [[token for token in row if token != tokenizer.pad_token_id] for row in new_tokens]
+
+
+def _generate_all(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    settings: EvalSettings,
+    report: Callable[[int, int], None],
+    cancel: threading.Event,
+) -> tuple[list[list[int]], int]:
+    """New tokens for every prompt, in the prompts' order, and the batch size that was used.
+
+    Batches hold prompts of similar length, longest first. A batch that runs out of GPU memory is halved and
+    retried (greedy results do not depend on the batch).
+    """
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
+    batch_size = settings.batch_size or automatic_batch_size(model, settings)
+    generated: dict[int, list[int]] = {}
+    position = 0
+    while position < len(order):
+        if cancel.is_set():
+            raise EvaluationCancelled()
+        indices = order[position : position + batch_size]
+        try:
+            rows = _generate_batch(model, tokenizer, [prompts[index] for index in indices], settings, cancel)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise EvalError(
+                    "The GPU ran out of memory generating even one example: use a smaller max_source_length "
+                    "or max_target_length, quantization_bit 4 or 8, or free the GPU."
+                ) from None
+            torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            continue
+        if cancel.is_set():
+            raise EvaluationCancelled()
+        generated.update(zip(indices, rows, strict=True))
+        position += len(indices)
+        report(position, sum(len(row) for row in rows))
+    return [generated[index] for index in range(len(prompts))], batch_size
+
+
+def evaluate(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    settings: EvalSettings,
+    *,
+    output_dir: str | Path,
+    progress: Callable[[EvalProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    label: str = "",
+    checkpoint: str | None = None,
+) -> EvalResult:
+    """Generate for every example with `model` as it stands (prefix or not), score, and write `output_dir`.
+
+    Raises EvaluationCancelled, having written nothing, when `cancel` is set before the end.
+    """
+    if not examples:
+        raise EvalError("There are no examples to evaluate.")
+    cancel = cancel or threading.Event()
+    output_dir = Path(output_dir)
+    label = label or output_dir.name
+    if settings.sampling:
+        from transformers import set_seed
+
+        set_seed(settings.seed)
+    source_limit = settings.max_source_length - 2
+    source_lengths = [len(tokenizer.encode(example.prompt, add_special_tokens=False)) for example in examples]
+    prompts = [
+        evaluation_prompt_ids(tokenizer, example.prompt, settings.max_source_length) for example in examples
+    ]
+    labels = [reference_text(tokenizer, example.response, settings.max_target_length) for example in examples]
+
+    started = time.monotonic()
+    generated_so_far = 0
+
+    def report_generation(done: int, new_tokens: int) -> None:
+        nonlocal generated_so_far
+        generated_so_far += new_tokens
+        elapsed = time.monotonic() - started
+        if progress is not None:
+            progress(
+                EvalProgress(
+                    label=label,
+                    phase="generating",
+                    done=done,
+                    total=len(examples),
+                    tokens_per_second=generated_so_far / elapsed if elapsed > 0 else 0.0,
+                    eta_seconds=elapsed / done * (len(examples) - done),
+                )
+            )
+
+    if progress is not None:
+        progress(EvalProgress(label=label, phase="generating", done=0, total=len(examples)))
+    generated, batch_size = _generate_all(model, tokenizer, prompts, settings, report_generation, cancel)
+    generation_seconds = time.monotonic() - started
+    predictions = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
+
+    def report_scoring(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise EvaluationCancelled()
+        if progress is not None:
+            progress(
+                EvalProgress(
+                    label=label,
+                    phase="scoring",
+                    done=done,
+                    total=total,
+                    tokens_per_second=generated_so_far / generation_seconds if generation_seconds else 0.0,
+                    eta_seconds=0.0,
+                )
+            )
+
+    per_example, means = score_all(predictions, labels, on_progress=report_scoring)
+    result = EvalResult(
+        label=label,
+        output_dir=output_dir,
+        metrics=means,
+        examples=[
+            ExampleResult(
+                index=index,
+                input=example.prompt,
+                label=labels[index],
+                prediction=predictions[index],
+                scores=per_example[index],
+                input_tokens=min(source_lengths[index], source_limit),
+                input_truncated=source_lengths[index] > source_limit,
+                generated_tokens=len(generated[index]),
+            )
+            for index, example in enumerate(examples)
+        ],
+        runtime_seconds=time.monotonic() - started,
+        generation_seconds=generation_seconds,
+        generated_tokens=sum(len(tokens) for tokens in generated),
+        settings=replace(settings, batch_size=batch_size),
+        checkpoint=checkpoint,
+    )
+    write_evaluation(result)
+    return result
+
+
+def write_evaluation(result: EvalResult) -> None:
+    """Write the three files of an evaluation folder, each atomically, results.json last."""
+    folder = result.output_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        folder / PREDICTIONS_FILE,
+        "".join(
+            json.dumps({"labels": example.label, "predict": example.prediction}, ensure_ascii=False) + "\n"
+            for example in result.examples
+        ),
+    )
+    atomic_write_text(
+        folder / EXAMPLES_FILE,
+        "".join(json.dumps(asdict(example), ensure_ascii=False) + "\n" for example in result.examples),
+    )
+    atomic_write_text(
+        folder / RESULTS_FILE, json.dumps(result.results(), ensure_ascii=False, indent=2) + "\n"
+    )
+
+
+def read_predictions(path: str | Path) -> list[tuple[str, str]]:
+    """(label, prediction) pairs from a `generated_predictions.txt`, ours or ChatGLM-6B's."""
+    pairs = []
+    path = Path(path)
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pairs.append((record["labels"], record["predict"]))
+        except (ValueError, KeyError, TypeError):
+            raise EvalError(
+                f'{path}, line {number}: expected a JSON object with "labels" and "predict".'
+            ) from None
+    return pairs
+
+
+def read_evaluation(folder: str | Path) -> EvalResult:
+    """An evaluation folder read back (for browsing its worst examples), or an error if it is incomplete."""
+    folder = Path(folder)
+    try:
+        results = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+        lines = (folder / EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise EvalError(
+            f"{folder} holds no complete evaluation (results.json or examples.jsonl is missing)."
+        ) from None
+    except ValueError as error:
+        raise EvalError(f"{folder / RESULTS_FILE} is not valid JSON ({error}).") from None
+    return EvalResult(
+        label=results["label"],
+        output_dir=folder,
+        metrics={name: results[f"predict_{name}"] for name in METRIC_NAMES},
+        examples=[ExampleResult(**json.loads(line)) for line in lines if line.strip()],
+        runtime_seconds=results["predict_runtime"],
+        generation_seconds=results["generation_runtime"],
+        generated_tokens=results["predict_generated_tokens"],
+        settings=EvalSettings(**results["settings"]),
+        checkpoint=results["checkpoint"],
+    )
+
+
+# --- comparing the base model and prefix checkpoints ------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    output_dir: Path
+    evaluations: list[EvalResult]
+    complete: bool
+    """False when cancelled after some evaluations finished: those are kept, the rest were not run."""
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """Published metric names per evaluation label, side by side."""
+        return {evaluation.label: prefixed(evaluation.metrics) for evaluation in self.evaluations}
+
+
+def _is_base(checkpoint: str | Path | None) -> bool:
+    return checkpoint is None or str(checkpoint) == BASE
+
+
+def _check_checkpoint(checkpoint: Path) -> None:
+    """Fail before the model loads, not after an hour of evaluating the entries before it."""
+    if not checkpoint.is_dir():
+        raise EvalError(f"The checkpoint {checkpoint} does not exist.")
+    if not ((checkpoint / PREFIX_WEIGHTS).is_file() or (checkpoint / PUBLISHED_WEIGHTS).is_file()):
+        raise EvalError(
+            f"{checkpoint} holds no prefix ({PREFIX_WEIGHTS} or {PUBLISHED_WEIGHTS}); "
+            "only P-tuning v2 checkpoints can be evaluated."
+        )
+
+
+def comparison_labels(checkpoints: Sequence[str | Path | None]) -> list[str]:
+    """Subfolder names: `base`, else the checkpoint folder's name, made unique with -2, -3, ..."""
+    labels: list[str] = []
+    for checkpoint in checkpoints:
+        name = BASE if _is_base(checkpoint) else Path(checkpoint).name
+        candidate, number = name, 2
+        while candidate in labels:
+            candidate, number = f"{name}-{number}", number + 1
+        labels.append(candidate)
+    return labels
+
+
+def compare(
+    model_path: str | Path,
+    checkpoints: Sequence[str | Path | None],
+    data_file: str | Path,
+    settings: EvalSettings,
+    output_root: str | Path,
+    *,
+    columns: Columns | None = None,
+    quantization_bit: int = 16,
+    progress: Callable[[EvalProgress], None] | None = None,
+    cancel: threading.Event | None = None,
+    device: str | None = None,
+) -> Comparison:
+    """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
+
+    The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
+    `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. When cancelled,
+    the finished evaluations are kept and comparison.json says `"complete": false`; if none finished, nothing
+    is left behind and EvaluationCancelled is raised.
+    """
+    from glmcore.models.loading import load_model, load_tokenizer
+    from glmcore.prefix import check_fits_model, read_prefix_checkpoint, set_prefix
+
+    if not checkpoints:
+        raise EvalError('Nothing to evaluate: name at least one checkpoint, or "base" for the model alone.')
+    cancel = cancel or threading.Event()
+    output_root = Path(output_root)
+    if output_root.exists() and any(output_root.iterdir()):
+        raise EvalError(f"{output_root} already holds files; choose an empty or new output folder.")
+    for checkpoint in checkpoints:
+        if not _is_base(checkpoint):
+            _check_checkpoint(Path(checkpoint))
+    examples = load_examples(data_file, columns or Columns()).examples
+    labels = comparison_labels(checkpoints)
+    tokenizer = load_tokenizer(model_path)
+    model = load_model(model_path, quantization_bit=quantization_bit, device=device)
+
+    evaluations: list[EvalResult] = []
+    started = time.monotonic()
+    for number, (label, checkpoint) in enumerate(zip(labels, checkpoints, strict=True), start=1):
+        if _is_base(checkpoint):
+            set_prefix(model, None)
+            checkpoint_name = None
+        else:
+            spec, state = read_prefix_checkpoint(Path(checkpoint))
+            check_fits_model(spec, state, model.config, str(checkpoint))
+            set_prefix(model, spec, state)
+            checkpoint_name = str(Path(checkpoint).absolute())
+        this_started = time.monotonic()
+
+        def report(snapshot: EvalProgress, number: int = number, this_started: float = this_started) -> None:
+            """The evaluation's snapshot, its ETA extended by the evaluations still to come."""
+            if progress is None:
+                return
+            eta = snapshot.eta_seconds
+            if eta is not None:
+                one_evaluation = (
+                    (this_started - started) / len(evaluations)
+                    if evaluations
+                    else time.monotonic() - this_started + eta
+                )
+                eta += (len(checkpoints) - number) * one_evaluation
+            progress(replace(snapshot, eta_seconds=eta, evaluation=number, evaluations=len(checkpoints)))
+
+        try:
+            evaluations.append(
+                evaluate(
+                    model,
+                    tokenizer,
+                    examples,
+                    settings,
+                    output_dir=output_root / label,
+                    progress=report,
+                    cancel=cancel,
+                    label=label,
+                    checkpoint=checkpoint_name,
+                )
+            )
+        except EvaluationCancelled:
+            if not evaluations:
+                _remove_empty(output_root)
+                raise
+            break
+    comparison = Comparison(output_root, evaluations, complete=len(evaluations) == len(checkpoints))
+    _write_comparison(comparison, model_path, data_file, quantization_bit, settings)
+    return comparison
+
+
+def _remove_empty(folder: Path) -> None:
+    """Remove `folder` and its parents up to the first that holds something else (all were made for us)."""
+    for candidate in (folder, *folder.parents):
+        try:
+            candidate.rmdir()
+        except OSError:
+            return
+
+
+def _write_comparison(
+    comparison: Comparison, model_path: str | Path, data_file: str | Path, quantization_bit: int, settings
+) -> None:
+    """comparison.json (metrics side by side) and comparison_examples.jsonl (before/after, worst first).
+
+    "Before" is the base model's output; "after" holds each checkpoint's. Rows are ranked by the last
+    checkpoint's score (the base's when only the base was evaluated), worst first.
+    """
+    evaluations = comparison.evaluations
+    base = next((evaluation for evaluation in evaluations if evaluation.checkpoint is None), None)
+    tuned = [evaluation for evaluation in evaluations if evaluation.checkpoint is not None]
+    ranking = tuned[-1] if tuned else evaluations[-1]
+    summary = {
+        "complete": comparison.complete,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "model": str(Path(model_path).absolute()),
+        "data": str(Path(data_file).absolute()),
+        "quantization_bit": quantization_bit,
+        "settings": asdict(settings),
+        "ranked_by": ranking.label,
+        "metrics": comparison.metrics(),
+        "evaluations": [
+            {"label": evaluation.label, "folder": evaluation.label, **evaluation.results()}
+            for evaluation in evaluations
+        ],
+    }
+    rows = []
+    for index in sorted(range(len(ranking.examples)), key=lambda index: ranking.examples[index].overall):
+        first = evaluations[0].examples[index]
+        rows.append(
+            {
+                "index": index,
+                "input": first.input,
+                "label": first.label,
+                "before": base.examples[index].prediction if base else None,
+                "before_scores": base.examples[index].scores if base else None,
+                "after": {evaluation.label: evaluation.examples[index].prediction for evaluation in tuned},
+                "after_scores": {evaluation.label: evaluation.examples[index].scores for evaluation in tuned},
+            }
+        )
+    folder = comparison.output_dir
+    atomic_write_text(
+        folder / COMPARISON_EXAMPLES_FILE, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    )
+    atomic_write_text(folder / COMPARISON_FILE, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+
+
+def new_evaluation_folder(parent: str | Path) -> Path:
+    """`parent/<yyyymmdd-hhmmss>`, with a suffix if that name is taken (not created here).
+
+    A run's evaluations go under `<run>/evaluations`.
+    """
+    base = Path(parent) / f"{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, number = base, 2
+    while candidate.exists():
+        candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
+    return candidate
+
+
+def run_checkpoints(run: Run) -> list[Path]:
+    """The run's complete prefix checkpoints, oldest first; an error when it has none or trained no prefix."""
+    if run.config.method != "ptuning-v2":
+        raise EvalError(
+            f"Run {run.id} trained with {run.config.method}, not P-tuning v2; only prefix checkpoints can be "
+            "evaluated and compared here."
+        )
+    checkpoints = [checkpoint.path for checkpoint in run.checkpoints()]
+    if not checkpoints:
+        raise EvalError(f"Run {run.id} has no complete checkpoint yet; evaluate it after its first save.")
+    return checkpoints

@@ -1,0 +1,145 @@
+"""`glmtui chat --model PATH [--checkpoint CK]`: a plain terminal chat that streams the answer.
+
+Each line read is one message. On a terminal it prompts and shows notices; from a pipe it writes only the
+answers, one per message, so scripts can use it. Commands: /clear, /prefix PATH|off, /quit. Ctrl-C during an
+answer stops that answer (it is not kept in the history); at the prompt it ends the chat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.markup import escape
+
+from glmcore.errors import GlmError
+
+COMMANDS_HELP = "Commands: /clear forgets the conversation, /prefix PATH|off switches the prefix, /quit ends."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="chat with the model in the terminal, with or without a prefix checkpoint",
+        description="A plain streaming chat. "
+        + COMMANDS_HELP
+        + " Reads messages from stdin when it is not a TTY.",
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model folder")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="P-tuning v2 prefix checkpoint to start with"
+    )
+    parser.add_argument("--quantization-bit", type=int, choices=(4, 8, 16), default=16, help="base weights")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    parser.add_argument("--top-p", type=float, default=0.7, help="sampling top_p (default 0.7)")
+    parser.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95)")
+    parser.add_argument("--seed", type=int, default=None, help="seed each answer, so answers repeat")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging
+
+    from glmcore.chat import ChatSession, ChatSettings
+    from glmcore.models.loading import load_model, load_tokenizer
+
+    logging.disable_progress_bar()
+    notices = Console(stderr=True)
+    interactive = sys.stdin.isatty()
+    try:
+        settings = ChatSettings(
+            max_new_tokens=args.max_new_tokens,
+            sampling=not args.greedy,
+            top_p=args.top_p,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+        if interactive:
+            notices.print(f"Loading {args.model} …")
+        tokenizer = load_tokenizer(args.model)
+        session = ChatSession(load_model(args.model, quantization_bit=args.quantization_bit), tokenizer)
+        session.settings = settings
+        if args.checkpoint is not None:
+            session.use_prefix(args.checkpoint)
+    except GlmError as error:
+        notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        return 1
+    if interactive:
+        notices.print(f"Chatting with {args.model.name} ({_prefix_name(session)}). {COMMANDS_HELP}")
+    return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
+
+
+def _prefix_name(session) -> str:
+    return f"prefix {session.prefix}" if session.prefix else "no prefix"
+
+
+def converse(session, source: TextIO, out: TextIO, notices: Console, *, interactive: bool) -> int:
+    """Read messages until /quit or the end of input, streaming each answer to `out`."""
+    while True:
+        try:
+            line = input("\n用户：") if interactive else source.readline()
+        except (EOFError, KeyboardInterrupt):
+            return 0
+        if not interactive and not line:
+            return 0
+        message = line.strip()
+        if not message:
+            continue
+        if message.startswith("/"):
+            if not _command(session, message, notices):
+                return 0
+            continue
+        _answer(session, message, out, notices, interactive=interactive)
+
+
+def _command(session, message: str, notices: Console) -> bool:
+    """Run a /command; False means quit."""
+    name, _, argument = message.partition(" ")
+    argument = argument.strip()
+    if name == "/quit":
+        return False
+    if name == "/clear":
+        session.clear()
+        notices.print("History cleared.")
+    elif name == "/prefix" and argument:
+        try:
+            session.use_prefix(None if argument == "off" else Path(argument).expanduser())
+        except GlmError as error:
+            notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        else:
+            notices.print(f"Now answering with {escape(_prefix_name(session))}.")
+    else:
+        notices.print(f"Unknown command {escape(message)!r}. {COMMANDS_HELP}")
+    return True
+
+
+def _answer(session, message: str, out: TextIO, notices: Console, *, interactive: bool) -> None:
+    """Stream one answer; Ctrl-C stops it and leaves it out of the history."""
+    try:
+        turn = session.stream(message)
+    except GlmError as error:
+        notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        return
+    if turn.trimmed_rounds:
+        notices.print(
+            f"[yellow]note:[/yellow] the {turn.trimmed_rounds} oldest rounds no longer fit the model's "
+            "positions and were dropped from the history."
+        )
+    if interactive:
+        out.write("\nChatGLM-6B：")
+    try:
+        for delta in turn:
+            out.write(delta)
+            out.flush()
+    except KeyboardInterrupt:
+        turn.close()
+    except GlmError as error:
+        notices.print(f"\n[red]error:[/red] {escape(str(error))}", highlight=False)
+    out.write("\n")
+    out.flush()
+    if turn.cancelled:
+        notices.print("(answer stopped; it is not kept in the history)")

@@ -1,0 +1,233 @@
+"""`glmtui eval`: score the base model and prefix checkpoints on a dataset (BLEU-4, Rouge) side by side.
+
+With `--run`, the model, data, columns, lengths and quantization default to the run's, the checkpoints to the
+base model plus every checkpoint of the run, and the results land in `<run>/evaluations/<time>/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.table import Table
+
+from glmcore.errors import GlmError
+from glmtui.commands.runs import format_duration, store_from_workspace
+
+EXIT_CANCELLED = 130
+DEFAULT_LENGTH = 64
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate the base model and prefix checkpoints (BLEU-4, Rouge), side by side",
+        description=(
+            "Generate for every example of a dataset and score it as ChatGLM-6B's ptuning/main.py does "
+            "(BLEU-4, Rouge-1/2/L). Several --checkpoint options compare them in one go; 'base' is the model "
+            "without a prefix."
+        ),
+    )
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
+    parser.add_argument(
+        "--run", default=None, help="a run (id, name or folder): its checkpoints and settings"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=None,
+        metavar="CK",
+        help="a prefix checkpoint folder, a checkpoint of --run (checkpoint-N or N), or 'base'; repeatable "
+        "(default: base, plus every checkpoint of --run)",
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="dataset file (default: the run's validation file)"
+    )
+    parser.add_argument("--prompt-column", default=None, help="prompt column (default: content)")
+    parser.add_argument("--response-column", default=None, help="response column (default: summary)")
+    parser.add_argument("--history-column", default=None, help="history column, if the data has one")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="examples per batch (default: from free GPU memory; 8 on CPU)",
+    )
+    parser.add_argument("--max-source-length", type=int, default=None, help="prompt tokens kept (default 64)")
+    parser.add_argument("--max-target-length", type=int, default=None, help="new tokens at most (default 64)")
+    parser.add_argument(
+        "--quantization-bit", type=int, choices=(4, 8, 16), default=None, help="base weights (default 16)"
+    )
+    parser.add_argument(
+        "--sample",
+        action="store_true",
+        help="sample as ChatGLM-6B's evaluation does (top_p 0.7, temperature 0.95) instead of greedy decoding",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: a new timestamped one)"
+    )
+    parser.set_defaults(func=run)
+
+
+def _resolve_checkpoint(value: str, run) -> str | Path:
+    """'base', a folder, or (with a run) a checkpoint of the run named checkpoint-N or N."""
+    from glmcore.evaluate import BASE
+
+    if value == BASE:
+        return BASE
+    path = Path(value).expanduser()
+    if run is not None and not path.exists():
+        for candidate in (run.checkpoints_dir / value, run.checkpoints_dir / f"checkpoint-{value}"):
+            if candidate.is_dir():
+                return candidate
+    return path
+
+
+def plan(args: argparse.Namespace) -> dict:
+    """The arguments of `compare`, from the options and (where they are not given) the run."""
+    from glmcore.data import Columns
+    from glmcore.evaluate import BASE, EvalSettings, new_evaluation_folder, run_checkpoints
+    from glmcore.workspace import Workspace
+
+    run = store_from_workspace().resolve(args.run) if args.run else None
+    config = run.config if run is not None else None
+    model = args.model or (config.model_path if config else None)
+    if model is None:
+        raise GlmError("Name the model folder with --model (or a run with --run).")
+    data = args.data or (config.validation_file if config else None)
+    if data is None:
+        raise GlmError(
+            "Name the dataset with --data"
+            + (f" (run {run.id} has no validation file)." if run is not None else ".")
+        )
+    if args.checkpoint:
+        checkpoints = [_resolve_checkpoint(value, run) for value in args.checkpoint]
+    else:
+        checkpoints = [BASE, *(run_checkpoints(run) if run is not None else [])]
+    columns = Columns(
+        prompt=args.prompt_column or (config.prompt_column if config else "content"),
+        response=args.response_column or (config.response_column if config else "summary"),
+        history=args.history_column or (config.history_column if config else None),
+    )
+    lengths = {
+        name: getattr(args, name)
+        if getattr(args, name) is not None
+        else getattr(config, name, DEFAULT_LENGTH)
+        for name in ("max_source_length", "max_target_length")
+    }
+    common = {"batch_size": args.batch_size, "seed": args.seed, **lengths}
+    settings = EvalSettings.published_sampling(**common) if args.sample else EvalSettings(**common)
+    if args.out is not None:
+        output_root = args.out.expanduser()
+    elif run is not None:
+        output_root = new_evaluation_folder(run.path / "evaluations")
+    else:
+        output_root = new_evaluation_folder(Workspace.from_env().root / "evaluations")
+    return {
+        "model_path": Path(model),
+        "checkpoints": checkpoints,
+        "data_file": Path(data),
+        "settings": settings,
+        "output_root": output_root,
+        "columns": columns,
+        "quantization_bit": args.quantization_bit or getattr(config, "quantization_bit", 16),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from glmcore.evaluate import EvaluationCancelled
+
+    console = Console(stderr=True)
+    try:
+        arguments = plan(args)
+        names = ", ".join(str(checkpoint) for checkpoint in arguments["checkpoints"])
+        console.print(f"Evaluating {names} on {arguments['data_file']} into {arguments['output_root']}")
+        comparison = run_with_progress(console, arguments)
+    except EvaluationCancelled:
+        console.print("Cancelled before any evaluation finished; nothing was written.")
+        return EXIT_CANCELLED
+    except GlmError as error:
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
+        return 1
+    Console().print(metrics_table(comparison))
+    if not comparison.complete:
+        console.print(
+            f"[yellow]Cancelled:[/yellow] {len(comparison.evaluations)} of {len(arguments['checkpoints'])} "
+            "evaluations finished; comparison.json marks the results as incomplete."
+        )
+    print(comparison.output_dir)
+    return 0 if comparison.complete else EXIT_CANCELLED
+
+
+def metrics_table(comparison) -> Table:
+    table = Table(title="Evaluation (×100, mean over examples)")
+    table.add_column("checkpoint")
+    for heading in ("BLEU-4", "Rouge-1", "Rouge-2", "Rouge-l"):
+        table.add_column(heading, justify="right")
+    table.add_column("examples", justify="right")
+    table.add_column("tokens/s", justify="right")
+    for evaluation in comparison.evaluations:
+        metrics = evaluation.metrics
+        table.add_row(
+            evaluation.label,
+            *(f"{metrics[name]:.2f}" for name in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")),
+            str(len(evaluation.examples)),
+            f"{evaluation.tokens_per_second:,.0f}",
+        )
+    return table
+
+
+def run_with_progress(console: Console, arguments: dict):
+    """Run the comparison on a worker thread, so that Ctrl-C cancels it cleanly."""
+    from transformers.utils import logging
+
+    from glmcore.evaluate import compare
+
+    logging.disable_progress_bar()
+    cancel = threading.Event()
+    outcome: dict[str, object] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        console=console,
+    ) as bars:
+        tasks: dict[str, TaskID] = {}
+
+        def show(snapshot) -> None:
+            if snapshot.label not in tasks:
+                tasks[snapshot.label] = bars.add_task(snapshot.label, total=snapshot.total, detail="")
+            detail = f"{snapshot.tokens_per_second:,.0f} tok/s · ETA {format_duration(snapshot.eta_seconds)}"
+            finished = snapshot.phase == "scoring" and snapshot.done == snapshot.total
+            phase = "done" if finished else snapshot.phase
+            bars.update(
+                tasks[snapshot.label],
+                description=f"{snapshot.label} ({phase}, {snapshot.evaluation}/{snapshot.evaluations})",
+                completed=snapshot.done,
+                total=snapshot.total,
+                detail=detail,
+            )
+
+        def work() -> None:
+            try:
+                outcome["result"] = compare(**arguments, progress=show, cancel=cancel)
+            except BaseException as error:  # handed to the main thread, which re-raises it
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name="glmtui-eval", daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            console.print("Cancelling after the current token…")
+            cancel.set()
+            worker.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]
