@@ -177,7 +177,8 @@ class GlmApp(App[int]):
             self.screen.gpu_snapshot_changed(message.snapshot)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        """Every failed worker of every screen ends up here: show its error instead of losing it."""
+        """Every failed worker ends up here (screens forward theirs, as the message does not bubble): show its
+        error instead of losing it."""
         if event.state is WorkerState.ERROR:
             self.notify(describe_error(event.worker.error), title="Error", severity="error", timeout=15)
 

@@ -8,6 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer, Static
+from textual.worker import Worker
 
 if TYPE_CHECKING:
     from glmcore.gpu import GpuSnapshot
@@ -66,6 +67,10 @@ class WorkbenchScreen(Screen):
 
         for panel in self.query(GpuPanel):
             panel.show(snapshot)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Hand worker state changes to the app, where errors become notifications."""
+        self.workbench.on_worker_state_changed(event)
 
     def on_screen_resume(self) -> None:
         self.gpu_snapshot_changed(self.workbench.gpu_snapshot)

@@ -64,9 +64,14 @@ class DataScreen(WorkbenchScreen):
 
     def compose_body(self) -> ComposeResult:
         workspace = self.workbench.workspace
-        data_paths = sorted(
-            str(path) for path in workspace.data_dir.rglob("*") if path.suffix.lower() in SUPPORTED_SUFFIXES
-        )
+        # Training files first: the file a user most often wants to look at.
+        data_paths = [
+            str(path)
+            for path in sorted(
+                workspace.data_dir.rglob("*"), key=lambda path: ("train" not in path.name, str(path))
+            )
+            if path.suffix.lower() in SUPPORTED_SUFFIXES
+        ]
         models = [str(path) for path in workspace.find_models()]
         defaults = {
             "data-file": data_paths[0] if data_paths else "",

@@ -1,0 +1,116 @@
+"""Shared set-up for the app tests (no tests here): a workspace with the tiny model and sample data, runs as files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+from glmcore.config import RunConfig
+from glmcore.gpu import RecordedGpuBackend
+from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
+from glmcore.runs import Run
+from glmcore.sample_data import write_sample_dataset
+from glmcore.workspace import Workspace
+from glmtui.app import GlmApp
+
+GPU_SAMPLES = Path(__file__).parent / "fixtures" / "gpu_samples.json"
+FIXED_NOW = datetime.fromisoformat("2026-05-01T12:00:00+00:00")
+
+
+def make_workspace(root: Path, *, with_model: bool = True) -> Workspace:
+    """A workspace at ``root`` (emptied first) with the tiny model and a small sample data set."""
+    shutil.rmtree(root, ignore_errors=True)
+    workspace = Workspace(root).ensure()
+    if with_model:
+        write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm", init_std=0.3, seed=1)
+        write_sample_dataset(workspace.data_dir / "sample", train_count=48, dev_count=4)
+    return workspace
+
+
+def make_app(workspace: Workspace) -> GlmApp:
+    """The app on ``workspace`` with recorded GPUs sampled once and a fixed clock: what it shows repeats."""
+    return GlmApp(
+        workspace, gpu_backend=RecordedGpuBackend(GPU_SAMPLES), gpu_interval=3600, clock=lambda: FIXED_NOW
+    )
+
+
+def tiny_config(workspace: Workspace, **changes: object) -> RunConfig:
+    """A short CPU P-tuning run on the tiny model."""
+    settings: dict[str, object] = {
+        "name": "tiny-ptuning",
+        "model_path": workspace.models_dir / "tiny-chatglm",
+        "train_file": workspace.data_dir / "sample" / "train.json",
+        "validation_file": workspace.data_dir / "sample" / "dev.json",
+        "quantization_bit": 16,
+        "pre_seq_len": 4,
+        "learning_rate": 1e-2,
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 30,
+        "save_steps": 10,
+        "logging_steps": 1,
+        "max_source_length": 32,
+        "max_target_length": 32,
+        "gpus": [],
+        **changes,
+    }
+    return RunConfig(**settings)
+
+
+def write_run(
+    workspace: Workspace,
+    run_id: str,
+    config: RunConfig,
+    *,
+    state: str,
+    step: int,
+    losses: list[float],
+    host: str = "gpu-server",
+) -> Run:
+    """A run folder as a training process on another host leaves it: config, status, events, log."""
+    run = Run(workspace.runs_dir / run_id)
+    run.path.mkdir(parents=True)
+    (run.path / "checkpoints").mkdir()
+    config.save(run.config_path)
+    status = {
+        "state": state,
+        "pid": 4242,
+        "host": host,
+        "gpus": [0],
+        "step": step,
+        "total": config.max_steps,
+        "created": "2026-05-01T10:30:00+00:00",
+        "started": "2026-05-01T10:30:05+00:00",
+    }
+    run.status_path.write_text(json.dumps(status))
+    events = [{"kind": "start", "step": 0, "total": config.max_steps}]
+    for number, loss in enumerate(losses, start=1):
+        events.append(
+            {
+                "kind": "log",
+                "step": number * config.logging_steps,
+                "loss": loss,
+                "learning_rate": 0.02 * (1 - number / (len(losses) + 1)),
+                "tokens_per_s": 1234.0,
+                "samples_per_s": 8.0,
+                "eta_s": 600.0,
+            }
+        )
+    run.events_path.write_text("".join(json.dumps(event) + "\n" for event in events))
+    run.log_path.write_text("loading the model\ntraining\n")
+    return run
+
+
+async def settle(pilot) -> None:
+    """Wait for the app's workers that are running now (a cancelled or failed one counts as done), then a frame."""
+    from textual.worker import WorkerCancelled, WorkerFailed
+
+    for worker in list(pilot.app.workers):
+        if not worker.is_finished and worker.group != "follow":
+            try:
+                await worker.wait()
+            except (WorkerCancelled, WorkerFailed):
+                pass
+    await pilot.pause()
