@@ -1,0 +1,28 @@
+"""`glmtui convert MODEL_DIR`: a safetensors copy of the published `.bin` shards (the `.bin` files stay)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("convert", help="convert a model's .bin shards to safetensors, once")
+    parser.add_argument("model", type=Path, help="the model folder")
+    parser.set_defaults(func=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from glmcore.models.checkpoint import convert_to_safetensors
+
+    with Progress() as progress:
+        task = progress.add_task("converting", total=None)
+
+        def report(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"converting {name}")
+
+        index = convert_to_safetensors(args.model, progress=report)
+    print(f"wrote {index}; the .bin shards are no longer read and may be deleted")
+    return 0
