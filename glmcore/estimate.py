@@ -187,15 +187,22 @@ def trainable_parameter_count(shape: ModelShape, config: RunConfig) -> int:
 
 
 def resolve_gradient_checkpointing(
-    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION
+    shape: ModelShape,
+    config: RunConfig,
+    calibration: Calibration = CALIBRATION,
+    free_bytes: int | None = None,
 ) -> bool:
-    """The config's choice, or when automatic: on for LoRA and full fine-tuning, and for P-tuning once the
-    activations would take more than ``calibration.auto_checkpointing_share`` of the memory."""
+    """The config's choice, or when automatic: recompute activations only where memory requires it.
+
+    Recomputation costs a third more compute per step, so it is off whenever the run fits without it: in
+    ``free_bytes`` (the GPU's free memory) when that is known; otherwise (planning, or the CPU) while the
+    activations stay under ``calibration.auto_checkpointing_share`` of the total.
+    """
     if config.gradient_checkpointing is not None:
         return config.gradient_checkpointing
-    if config.method != "ptuning-v2":
-        return True
     without = _parts(shape, config, calibration, checkpointing=False)
+    if free_bytes is not None:
+        return sum(without.values()) > free_bytes
     return without["activations"] > calibration.auto_checkpointing_share * sum(without.values())
 
 

@@ -34,6 +34,13 @@ def _dtype(config: RunConfig):
     return default_dtype(default_device())
 
 
+def free_gpu_memory() -> int | None:
+    """Free memory of the training GPU, before the model is loaded; None on the CPU."""
+    import torch
+
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
+
+
 def prepare_model(config: RunConfig):
     """The model with exactly the parameters of `config.method` trainable."""
     from glmcore.models.loading import load_model
@@ -155,8 +162,10 @@ def train(run: Run, *, resume: bool) -> str:
             tokenizer, load_examples(config.validation_file, columns).examples, *lengths
         )
 
+    checkpointing = resolve_gradient_checkpointing(
+        ModelShape.from_model_dir(config.model_path), config, free_bytes=free_gpu_memory()
+    )
     model = prepare_model(config)
-    checkpointing = resolve_gradient_checkpointing(ModelShape.from_model_dir(config.model_path), config)
     callback = RunEventsCallback(run)
     trainer = trainer_class(config.method)(
         model=model,

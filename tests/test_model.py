@@ -107,3 +107,20 @@ def test_loss_weights_tokens_across_an_accumulated_batch(tiny_model, tiny_tokeni
         counted = int((labels[:, 1:] != -100).sum())
         summed = tiny_model(ids, labels=labels, num_items_in_batch=torch.tensor(counted * 2)).loss
     torch.testing.assert_close(summed * 2, mean)
+
+
+def test_training_loss_on_labelled_positions_equals_the_full_logits_loss(tiny_model_dir, tiny_tokenizer):
+    """In training the LM head runs only where labels are; the loss must not change."""
+    model = glmcore.load_model(tiny_model_dir)
+    ids = torch.tensor(
+        [tiny_tokenizer.encode(PROMPTS[0]) + [5, 6, 7], tiny_tokenizer.encode(PROMPTS[1]) + [8, 9, 5]]
+    )
+    labels = ids.clone()
+    labels[:, :5] = -100
+    with torch.no_grad():
+        full = model.eval()(ids, labels=labels).loss
+        labelled = model.train()(ids, labels=labels).loss
+        labelled_weighted = model(ids, labels=labels, num_items_in_batch=torch.tensor(40)).loss
+    torch.testing.assert_close(labelled, full)
+    counted = int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(labelled_weighted * 40 / counted, full)

@@ -334,9 +334,16 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         prefix = (
             self.prefix_keys_values(batch, hidden_states.dtype) if self.prefix_encoder is not None else None
         )
-        mask = glm_attention_mask(
-            input_ids, attention_mask, past_length, config.pre_seq_len if prefix is not None else 0, config
-        )
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask  # prepared by the caller, prefix columns included (static decoding)
+        else:
+            mask = glm_attention_mask(
+                input_ids,
+                attention_mask,
+                past_length,
+                config.pre_seq_len if prefix is not None else 0,
+                config,
+            )
         rotary_dim = config.head_dim // 2
         rotary = (
             *rotary_cos_sin(position_ids[:, 0], rotary_dim, hidden_states.dtype),
@@ -400,20 +407,36 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
         )
         hidden_states = outputs.last_hidden_state
+        cache_out = {CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
+        num_items = kwargs.get("num_items_in_batch")
+        if labels is not None and self.training:
+            # Training needs logits only where there is a label: the LM head (a tenth of the model's
+            # compute) and the fp32 logits run on those positions alone.
+            loss = self.labelled_positions_loss(hidden_states, labels, num_items)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **cache_out)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)
         loss = None
         if labels is not None:
             loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.vocab_size,
-                num_items_in_batch=kwargs.get("num_items_in_batch"),
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size, num_items_in_batch=num_items
             )
-        return CausalLMOutputWithPast(
-            loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
-        )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_out)
+
+    def labelled_positions_loss(
+        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """Cross-entropy of next-token predictions in fp32, summed over labels that are not -100, divided by
+        their count (or by the whole accumulated batch's count, `num_items_in_batch`, from the Trainer)."""
+        targets = labels[:, 1:]
+        selected = targets != -100
+        logits = self.lm_head(hidden_states[:, :-1][selected]).float()
+        total = F.cross_entropy(logits, targets[selected], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
+        if isinstance(count, torch.Tensor):
+            count = count.to(total.device)
+        return total / count
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """GLM positions are a function of the whole sequence so far: derive them, then keep the new part."""
