@@ -112,11 +112,12 @@ def test_loss_weights_tokens_across_an_accumulated_batch(tiny_model, tiny_tokeni
 def test_training_loss_on_labelled_positions_equals_the_full_logits_loss(tiny_model_dir, tiny_tokenizer):
     """In training the LM head runs only where labels are; the loss must not change."""
     model = glmcore.load_model(tiny_model_dir)
-    ids = torch.tensor(
-        [tiny_tokenizer.encode(PROMPTS[0]) + [5, 6, 7], tiny_tokenizer.encode(PROMPTS[1]) + [8, 9, 5]]
+    rows = [tiny_tokenizer.encode(prompt) + [5, 6, 7] for prompt in PROMPTS[:2]]
+    longest = max(map(len, rows))
+    ids = torch.tensor([row + [tiny_tokenizer.pad_token_id] * (longest - len(row)) for row in rows])
+    labels = torch.tensor(
+        [[-100] * (len(row) - 4) + row[-4:] + [-100] * (longest - len(row)) for row in rows]
     )
-    labels = ids.clone()
-    labels[:, :5] = -100
     with torch.no_grad():
         full = model.eval()(ids, labels=labels).loss
         labelled = model.train()(ids, labels=labels).loss
