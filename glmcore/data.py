@@ -171,14 +171,13 @@ def reference_text(tokenizer, response: str, max_target_length: int) -> str:
     return tokenizer.decode(tokenizer.build_inputs_with_special_tokens(target), skip_special_tokens=True)
 
 
-def training_dataset(tokenizer, examples: list[Example], max_source_length: int, max_target_length: int):
-    """A `datasets.Dataset` of training rows (input_ids, labels)."""
-    import datasets
-
-    rows = [
+def training_dataset(
+    tokenizer, examples: list[Example], max_source_length: int, max_target_length: int
+) -> list[dict]:
+    """Training rows (input_ids, labels): a list is all the Trainer's data loader needs."""
+    return [
         training_features(tokenizer, example, max_source_length, max_target_length) for example in examples
     ]
-    return datasets.Dataset.from_list(rows)
 
 
 class TrainingCollator:

@@ -1,0 +1,437 @@
+"""The benchmark suite: ChatGLM-6B at its real shape with random weights, through the product's code paths.
+
+`python -m glmcore.bench [--tiny] [--only NAME,...] [--workdir DIR]` prints one JSON object per figure:
+the card, library versions, settings and value. Tokens/s count real tokens (these rows have no padding);
+peak memory is `torch.cuda.max_memory_allocated()`. The card's copy bandwidth is measured in the same run,
+for the decoding bound. `--tiny` runs a toy shape (CI may smoke-run it on the CPU); its numbers mean
+nothing. docs/benchmarks.md keeps the results with the card each was measured on.
+
+Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `ptuning4` (NF4 at batch
+1 × accumulation 16 and batch 16), `decode16` / `decode4` (batch 1, 64-token prompt, 128 new tokens),
+`evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
+published `.bin` shards and from safetensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from glmcore.config import RunConfig
+
+CHATGLM_6B = {
+    "vocab_size": 130528,
+    "hidden_size": 4096,
+    "num_layers": 28,
+    "num_attention_heads": 32,
+    "inner_hidden_size": 16384,
+}
+TINY = {
+    "vocab_size": 1000,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "inner_hidden_size": 256,
+}
+SPECIAL_IDS = {
+    "mask_token_id": 990,
+    "gmask_token_id": 991,
+    "bos_token_id": 994,
+    "eos_token_id": 995,
+    "pad_token_id": 3,
+}
+SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
+
+
+def versions() -> dict:
+    import transformers
+
+    try:
+        import bitsandbytes
+
+        bnb = bitsandbytes.__version__
+    except ImportError:
+        bnb = None
+    card = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {
+        "card": card,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "bitsandbytes": bnb,
+    }
+
+
+def report(figure: str, **values) -> dict:
+    record = {"figure": figure, **values}
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+# --- a random checkpoint at the real shape, in the published layout -----------------------------------
+
+
+def special_ids(shape: dict) -> dict:
+    if shape is TINY:
+        return SPECIAL_IDS
+    return {
+        "mask_token_id": 130000,
+        "gmask_token_id": 130001,
+        "bos_token_id": 130004,
+        "eos_token_id": 130005,
+        "pad_token_id": 3,
+    }
+
+
+def write_random_checkpoint(folder: Path, shape: dict) -> Path:
+    """Eight `.bin` shards with the published names (lm_head stored beside the embedding, as published)."""
+    from glmcore.models.chatglm6b import ChatGLMConfig, ChatGLMForConditionalGeneration
+    from glmcore.models.chatglm6b.modeling import rotary_inverse_frequencies
+    from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
+
+    # The tokenizer files of a tiny checkpoint complete the folder; the benchmark feeds ids directly.
+    write_tiny_checkpoint(folder, num_shards=1)
+    for stale in folder.glob("pytorch_model*"):
+        stale.unlink()
+    config = ChatGLMConfig(**shape, **special_ids(shape))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = ChatGLMForConditionalGeneration(config).to(torch.float16)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.02, generator=generator)
+            else:
+                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
+    inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
+    for layer in range(config.num_layers):
+        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse
+    del model
+    names = list(state)
+    groups = [names[index::8] for index in range(8)]
+    weight_map = {}
+    for number, group in enumerate(groups, start=1):
+        shard = f"pytorch_model-{number:05d}-of-00008.bin"
+        torch.save({name: state[name] for name in group}, folder / shard)
+        weight_map.update(dict.fromkeys(group, shard))
+    total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    config.to_json_file(str(folder / "config.json"))
+    return folder
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+def bandwidth() -> float | None:
+    """Device copy bandwidth in bytes/s, counting read and write (the anchors' convention)."""
+    if not torch.cuda.is_available():
+        return None
+    source = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    target = torch.empty_like(source)
+    for _ in range(3):
+        target.copy_(source)
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        target.copy_(source)
+    synchronize()
+    rate = 2 * source.numel() * 10 / (time.perf_counter() - start)
+    del source, target
+    return rate
+
+
+def training_row(shape: dict) -> tuple[list[int], list[int]]:
+    ids = special_ids(shape)
+    row = list(range(10, 10 + SOURCE - 1)) + [ids["gmask_token_id"], ids["bos_token_id"]]
+    row += list(range(20, 20 + TARGET - 2)) + [ids["eos_token_id"]]
+    labels = [-100] * SOURCE + row[SOURCE:]
+    return row, labels
+
+
+def ptuning_steps(model_dir: Path, shape: dict, bits: int, batch: int, accumulation: int, steps: int) -> dict:
+    """Optimizer steps through the product's Trainer setup; time and peak over the steps after warm-up."""
+    from transformers import TrainerCallback
+
+    from glmcore.data import TrainingCollator
+    from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
+    from glmcore.train import free_gpu_memory, prepare_model, trainer_class, training_arguments
+
+    config = RunConfig(
+        name="bench",
+        model_path=model_dir,
+        train_file=model_dir / "config.json",
+        quantization_bit=bits,
+        pre_seq_len=PRE_SEQ_LEN,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps + 2,
+        save_steps=10**6,
+        logging_steps=10**6,
+        max_source_length=SOURCE,
+        max_target_length=TARGET,
+        gpus=[0] if torch.cuda.is_available() else [],
+    )
+    checkpointing = resolve_gradient_checkpointing(
+        ModelShape.from_model_dir(model_dir), config, free_bytes=free_gpu_memory()
+    )
+    reset_peak()
+    model = prepare_model(config)
+    row, labels = training_row(shape)
+    dataset = [{"input_ids": row, "labels": labels}] * (batch * accumulation * (steps + 2))
+    times: list[float] = []
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                synchronize()
+                reset_peak()
+                times.append(time.perf_counter())
+
+        def on_train_end(self, args, state, control, **kwargs):
+            synchronize()
+            times.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as output:
+        trainer = trainer_class("ptuning-v2")(
+            model=model,
+            args=training_arguments(config, Path(output), checkpointing),
+            train_dataset=dataset,
+            data_collator=TrainingCollator(special_ids(shape)["pad_token_id"]),
+            callbacks=[StepTimer()],
+        )
+        trainer.args.save_strategy = "no"
+        trainer.args.include_num_input_tokens_seen = "all"  # no padding in these rows
+        trainer.train()
+    seconds = (times[1] - times[0]) / steps
+    tokens = batch * accumulation * len(row)
+    del trainer, model
+    return {
+        "bits": bits,
+        "batch": batch,
+        "accumulation": accumulation,
+        "seq": len(row),
+        "pre_seq_len": PRE_SEQ_LEN,
+        "gradient_checkpointing": checkpointing,
+        "s_per_step": round(seconds, 4),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "peak_GiB": peak_gib(),
+    }
+
+
+def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int, repeat: int = 3) -> float:
+    """Generated tokens/s of the static decoder, after a warm-up run that captures its graph."""
+    from glmcore.decoding import StaticDecoder, generate
+
+    ids = special_ids(shape)
+    prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
+    decoder = StaticDecoder(model, batch, prompt_length + new_tokens)
+
+    def run() -> None:
+        generate(
+            model,
+            [prompt] * batch,
+            max_new_tokens=new_tokens,
+            eos_token_id=-1,
+            pad_token_id=3,
+            decoder=decoder,
+        )
+
+    run()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        run()
+    synchronize()
+    return batch * new_tokens * repeat / (time.perf_counter() - start)
+
+
+def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
+    """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
+    from glmcore.decoding import StaticDecoder, generate
+
+    ids = special_ids(shape)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [
+        torch.randint(10, 900, (SOURCE - 2,), generator=generator).tolist()
+        + [ids["gmask_token_id"], ids["bos_token_id"]]
+        for _ in range(examples)
+    ]
+    decoder = StaticDecoder(model, batch, SOURCE + new_tokens)
+    generate(
+        model, prompts[:batch], max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=3, decoder=decoder
+    )
+    synchronize()
+    start = time.perf_counter()
+    produced = 0
+    for first in range(0, examples, batch):
+        chunk = prompts[first : first + batch]
+        real = len(chunk)
+        chunk += [chunk[-1]] * (batch - real)
+        outputs = generate(
+            model, chunk, max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=3, decoder=decoder
+        )
+        produced += sum(len(output) for output in outputs[:real])
+    synchronize()
+    seconds = time.perf_counter() - start
+    return {
+        "examples": examples,
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(produced / seconds, 1),
+    }
+
+
+def load_to_first_token(model_dir: Path, shape: dict) -> float:
+    from glmcore.decoding import generate
+    from glmcore.models.loading import load_model
+
+    synchronize()
+    start = time.perf_counter()
+    model = load_model(model_dir)
+    ids = special_ids(shape)
+    generate(
+        model,
+        [[10, 11, ids["gmask_token_id"], ids["bos_token_id"]]],
+        max_new_tokens=1,
+        eos_token_id=-1,
+        pad_token_id=3,
+    )
+    synchronize()
+    seconds = time.perf_counter() - start
+    del model
+    reset_peak()
+    return seconds
+
+
+FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m glmcore.bench", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tiny", action="store_true", help="a toy shape: checks the suite runs; numbers mean nothing"
+    )
+    parser.add_argument(
+        "--only", default=",".join(FIGURES), help="comma-separated figures: " + ", ".join(FIGURES)
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint is written")
+    args = parser.parse_args(argv)
+    wanted = set(args.only.split(","))
+    unknown = wanted - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    shape = TINY if args.tiny else CHATGLM_6B
+    scale = (
+        {"steps": 2, "examples": 24, "batch": 8, "new": 8}
+        if args.tiny
+        else {"steps": 5, "examples": 1070, "batch": 128, "new": 64}
+    )
+    report("environment", **versions(), shape="tiny" if args.tiny else "chatglm-6b")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="glmtui-bench-"))
+    model_dir = workdir / "chatglm-6b-random"
+    bound = None
+    try:
+        if "bandwidth" in wanted:
+            rate = bandwidth()
+            report("copy_bandwidth_GBps_rw", value=round(rate / 1e9, 1) if rate else None)
+            bound = rate
+        if not model_dir.is_dir():
+            started = time.perf_counter()
+            write_random_checkpoint(model_dir, shape)
+            report("random_checkpoint_written", seconds=round(time.perf_counter() - started, 1))
+        if "load" in wanted:
+            report(
+                "load_to_first_token",
+                source="bin shards (page cache warm)",
+                seconds=round(load_to_first_token(model_dir, shape), 2),
+            )
+            from glmcore.models.checkpoint import convert_to_safetensors
+
+            started = time.perf_counter()
+            convert_to_safetensors(model_dir)
+            report("convert_to_safetensors", seconds=round(time.perf_counter() - started, 1))
+            report(
+                "load_to_first_token",
+                source="safetensors (page cache warm)",
+                seconds=round(load_to_first_token(model_dir, shape), 2),
+            )
+        for bits, name, settings in (
+            (16, "ptuning16", ((16, 1), (1, 1))),
+            (4, "ptuning4", ((1, 16), (16, 1))),
+        ):
+            if name in wanted:
+                for batch, accumulation in settings:
+                    report(
+                        "ptuning_step",
+                        **ptuning_steps(model_dir, shape, bits, batch, accumulation, scale["steps"]),
+                    )
+        for bits in (16, 4):
+            if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
+                from glmcore.models.loading import load_model
+
+                reset_peak()
+                model = load_model(model_dir, quantization_bit=bits)
+                weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+                if f"decode{bits}" in wanted:
+                    rate = decoding(model, shape, 1, SOURCE + 2, 128 if not args.tiny else 8)
+                    extra = {}
+                    if bound:
+                        extra = {
+                            "bound_tokens_per_s": round(bound / weight_bytes, 1),
+                            "share_of_bound": round(rate * weight_bytes / bound, 3),
+                        }
+                    report(
+                        "decode",
+                        bits=bits,
+                        batch=1,
+                        prompt=SOURCE + 2,
+                        tokens_per_s=round(rate, 1),
+                        weights_GB=round(weight_bytes / 1e9, 2),
+                        **extra,
+                    )
+                if bits == 16 and "evaluate" in wanted:
+                    report(
+                        "batched_evaluation",
+                        bits=16,
+                        **batched_evaluation(model, shape, scale["examples"], scale["batch"], scale["new"]),
+                        peak_GiB=peak_gib(),
+                    )
+                del model
+                reset_peak()
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
