@@ -3,7 +3,9 @@
 Examples are built as the published evaluation builds them (the prompt cut to max_source_length - 2 tokens, then
 `[gMASK] <sop>`; the reference is the label tokenized with truncation and decoded back), and every example gets up
 to max_target_length NEW tokens. The published budget (`max_length` = source + target, padding included) varies
-with whatever else shares the batch; ours does not, so batch size never changes a greedy prediction.
+with whatever else shares the batch; ours does not, so batch size does not change a greedy prediction in fp32 (in
+bf16 or fp16 rounding depends on the batch's shape and a near-tie can go the other way: on an H200, 28 of 29
+tiny-model predictions matched batch size 1).
 
 Generation is batched: prompts are sorted by length (so each batch pads little, longest first so a batch that does
 not fit shows at once), left-padded, run through `generate` with the KV cache, and put back in the data's order.
@@ -636,15 +638,17 @@ def _write_comparison(
 
 
 def new_evaluation_folder(parent: str | Path) -> Path:
-    """`parent/<yyyymmdd-hhmmss>`, with a suffix if that name is taken (not created here).
-
-    A run's evaluations go under `<run>/evaluations`.
-    """
+    """`parent/<yyyymmdd-hhmmss>`, with a suffix if that name is taken (not created here)."""
     base = Path(parent) / f"{datetime.now():%Y%m%d-%H%M%S}"
     candidate, number = base, 2
     while candidate.exists():
         candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
     return candidate
+
+
+def new_run_evaluation_folder(run: Run) -> Path:
+    """Where a new evaluation of `run` goes: `<run>/evaluations/<yyyymmdd-hhmmss>`."""
+    return new_evaluation_folder(run.path / "evaluations")
 
 
 def run_checkpoints(run: Run) -> list[Path]:

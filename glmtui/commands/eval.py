@@ -90,7 +90,13 @@ def _resolve_checkpoint(value: str, run) -> str | Path:
 def plan(args: argparse.Namespace) -> dict:
     """The arguments of `compare`, from the options and (where they are not given) the run."""
     from glmcore.data import Columns
-    from glmcore.evaluate import BASE, EvalSettings, new_evaluation_folder, run_checkpoints
+    from glmcore.evaluate import (
+        BASE,
+        EvalSettings,
+        new_evaluation_folder,
+        new_run_evaluation_folder,
+        run_checkpoints,
+    )
     from glmcore.workspace import Workspace
 
     run = store_from_workspace().resolve(args.run) if args.run else None
@@ -124,7 +130,7 @@ def plan(args: argparse.Namespace) -> dict:
     if args.out is not None:
         output_root = args.out.expanduser()
     elif run is not None:
-        output_root = new_evaluation_folder(run.path / "evaluations")
+        output_root = new_run_evaluation_folder(run)
     else:
         output_root = new_evaluation_folder(Workspace.from_env().root / "evaluations")
     return {
