@@ -130,7 +130,7 @@ def write_random_checkpoint(folder: Path, shape: dict) -> Path:
     state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
     inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
     for layer in range(config.num_layers):
-        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse
+        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse.clone()
     del model
     names = list(state)
     groups = [names[index::8] for index in range(8)]

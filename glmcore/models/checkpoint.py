@@ -109,7 +109,13 @@ def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], No
     for number, shard in enumerate(shards, start=1):
         if progress is not None:
             progress(number - 1, len(shards), shard.name)
-        tensors = {name: tensor.contiguous() for name, tensor in read_bin_shard(shard).items()}
+        tensors = {}
+        seen_storage: set[int] = set()
+        for name, tensor in read_bin_shard(shard).items():
+            # safetensors refuses tensors that share storage (a pickle may hold views of one buffer).
+            storage = tensor.untyped_storage().data_ptr()
+            tensors[name] = tensor.clone() if storage in seen_storage else tensor.contiguous()
+            seen_storage.add(storage)
         target_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
         temporary = path / (target_name + ".tmp")
         save_file(tensors, str(temporary), metadata={"format": "pt"})
