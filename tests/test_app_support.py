@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from datetime import datetime
@@ -109,8 +110,6 @@ async def settle(pilot) -> None:
 
     for worker in list(pilot.app.workers):
         if not worker.is_finished and worker.group != "follow":
-            try:
+            with contextlib.suppress(WorkerCancelled, WorkerFailed):
                 await worker.wait()
-            except (WorkerCancelled, WorkerFailed):
-                pass
     await pilot.pause()

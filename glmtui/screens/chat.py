@@ -68,7 +68,9 @@ class ChatScreen(WorkbenchScreen):
         yield Input(placeholder="Type a message and press enter", id="chat-input")
 
     def select_run(self, run: Run) -> None:
-        """Chat with ``run``'s model, its latest checkpoint picked."""
+        """Chat with ``run``'s model, its latest checkpoint picked (a different model is loaded afresh)."""
+        if self.run is None or run.config.model_path != self.run.config.model_path:
+            self.session = None
         self.run = run
         if self.is_mounted:
             self._fill()
@@ -91,10 +93,18 @@ class ChatScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-load")
     def load_session(self, model_path: Path, checkpoint: Path | None) -> None:
-        self.app.call_from_thread(self._status, f"Loading {model_path.name}…")
+        """Load the model once (later calls only swap the prefix) and install ``checkpoint``'s prefix."""
         from glmcore.chat import ChatSession
 
-        session = self.session if self.session is not None else ChatSession(model_path)
+        session = self.session
+        if session is None:
+            from glmcore.models.loading import load_model, load_tokenizer
+
+            self.app.call_from_thread(self._status, f"Loading {model_path.name}…")
+            quantization_bit = self.run.config.quantization_bit if self.run else 16
+            session = ChatSession(
+                load_model(model_path, quantization_bit=quantization_bit), load_tokenizer(model_path)
+            )
         session.use_prefix(checkpoint)
         self.post_message(ChatLoaded(session, checkpoint.name if checkpoint else "the base model"))
 
@@ -135,10 +145,11 @@ class ChatScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-answer")
     def answer(self, query: str, settings: dict[str, float], cancel: threading.Event) -> None:
-        from glmcore.chat import GenerationSettings
+        from glmcore.chat import ChatSettings
 
         text = ""
-        for text in self.session.stream(query, GenerationSettings(**settings), cancel):  # type: ignore[attr-defined]
+        for delta in self.session.stream(query, ChatSettings(**settings), cancel):  # type: ignore[attr-defined]
+            text += delta
             self.post_message(AnswerGrew(text, done=False))
         self.post_message(AnswerGrew(text, done=True))
 

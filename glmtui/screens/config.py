@@ -269,17 +269,26 @@ class ConfigScreen(WorkbenchScreen):
         """Update what can be shown at once and start the checks that read the disk."""
         config, problems = self.read_form()
         self.config = config
-        effective = self.query_one("#effective-batch", Static)
+        self._show_effective_batch()
         if config is None:
-            effective.update("effective batch -")
             self._show(problems, None)
             return
-        devices = f" × {len(config.gpus)} GPUs" if len(config.gpus) > 1 else ""
-        effective.update(
-            f"effective batch [b]{config.effective_batch_size}[/b] = "
-            f"{config.per_device_train_batch_size} × {config.gradient_accumulation_steps}{devices}"
-        )
         self.check_config(config)
+
+    def _show_effective_batch(self) -> None:
+        """Batch × accumulation × GPUs, from the fields themselves, so it shows while other fields are wrong."""
+        effective = self.query_one("#effective-batch", Static)
+        try:
+            batch = int(self.query_one("#per_device_train_batch_size", Input).value)
+            accumulation = int(self.query_one("#gradient_accumulation_steps", Input).value)
+            gpus = len(parse_gpus(self.query_one("#gpus", Input).value))
+        except ValueError:
+            effective.update("effective batch -")
+            return
+        devices = f" × {gpus} GPUs" if gpus > 1 else ""
+        effective.update(
+            f"effective batch [b]{batch * accumulation * max(1, gpus)}[/b] = {batch} × {accumulation}{devices}"
+        )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
     def check_config(self, config: RunConfig) -> None:
