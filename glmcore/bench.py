@@ -176,7 +176,15 @@ def training_row(shape: dict) -> tuple[list[int], list[int]]:
     return row, labels
 
 
-def ptuning_steps(model_dir: Path, shape: dict, bits: int, batch: int, accumulation: int, steps: int) -> dict:
+def ptuning_steps(
+    model_dir: Path,
+    shape: dict,
+    bits: int,
+    batch: int,
+    accumulation: int,
+    steps: int,
+    checkpointing: bool | None = None,
+) -> dict:
     """Optimizer steps through the product's Trainer setup; time and peak over the steps after warm-up."""
     from transformers import TrainerCallback
 
@@ -198,6 +206,7 @@ def ptuning_steps(model_dir: Path, shape: dict, bits: int, batch: int, accumulat
         max_source_length=SOURCE,
         max_target_length=TARGET,
         gpus=[0] if torch.cuda.is_available() else [],
+        gradient_checkpointing=checkpointing,
     )
     checkpointing = resolve_gradient_checkpointing(
         ModelShape.from_model_dir(model_dir), config, free_bytes=free_gpu_memory()
@@ -270,6 +279,7 @@ def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int
     for _ in range(repeat):
         run()
     synchronize()
+    decoding.graph_error = decoder.graph_error if decoder.use_graph is False else None
     return batch * new_tokens * repeat / (time.perf_counter() - start)
 
 
@@ -332,7 +342,92 @@ def load_to_first_token(model_dir: Path, shape: dict) -> float:
     return seconds
 
 
-FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load")
+def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumulation: int) -> dict:
+    """A real detached-style run (its own process) sampled through NVML, against the estimate.
+
+    The figure is what nvidia-smi shows for the training process (PyTorch's reserved memory plus the CUDA
+    context), the quantity the VRAM estimate models. The GPU panel is rendered once mid-run, as the
+    Training view would show it.
+    """
+    import threading
+
+    from glmcore.estimate import ModelShape, estimate_vram
+    from glmcore.gpu import read_gpus
+    from glmcore.runs import RunStore, launch
+
+    data = workdir / "vram-train.json"
+    text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
+    data.write_text(
+        "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
+        "utf-8",
+    )
+    config = RunConfig(
+        name=f"vram-{bits}bit-b{batch}x{accumulation}",
+        model_path=model_dir,
+        train_file=data,
+        quantization_bit=bits,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=4,
+        save_steps=1000,
+        logging_steps=1,
+        gpus=[0] if torch.cuda.is_available() else [],
+    )
+    from glmcore.train import free_gpu_memory
+
+    estimate = estimate_vram(ModelShape.from_model_dir(model_dir), config, free_bytes=free_gpu_memory())
+    run = RunStore(workdir / "runs").create(config)
+    process = launch(run, detach=False)
+    peak = 0
+    panel = None
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak, panel
+        while not done.is_set():
+            snapshot = read_gpus()
+            for gpu in snapshot.gpus:
+                for holder in gpu.processes:
+                    if holder.pid == process.pid and holder.used_memory:
+                        peak = max(peak, holder.used_memory)
+                        if panel is None and run.status().step >= 2:
+                            panel = render_panel(snapshot)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    process.wait()
+    done.set()
+    sampler.join()
+    if panel:
+        print(panel, flush=True)
+    measured = peak / 2**30
+    total = estimate.total / 2**30
+    return {
+        "bits": bits,
+        "batch": batch,
+        "accumulation": accumulation,
+        "state": run.status().state,
+        "gradient_checkpointing": estimate.gradient_checkpointing,
+        "measured_nvml_GiB": round(measured, 2),
+        "estimated_GiB": round(total, 2),
+        "error": round((total - measured) / measured, 3) if measured else None,
+        "parts_GiB": {name: round(size / 2**30, 2) for name, size in estimate.parts.items()},
+    }
+
+
+def render_panel(snapshot) -> str:
+    """The Training view's GPU panel as text (the app is only imported here, for this check)."""
+    try:
+        from glmtui.widgets.gpu_panel import render_gpu_panel_text
+    except ImportError:
+        from glmcore.gpu import format_gpu_table
+
+        return format_gpu_table(snapshot)
+    return render_gpu_panel_text(snapshot, width=100)
+
+
+FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load", "vram")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,16 +479,23 @@ def main(argv: list[str] | None = None) -> int:
                 source="safetensors (page cache warm)",
                 seconds=round(load_to_first_token(model_dir, shape), 2),
             )
-        for bits, name, settings in (
-            (16, "ptuning16", ((16, 1), (1, 1))),
-            (4, "ptuning4", ((1, 16), (16, 1))),
-        ):
+        # (batch, accumulation, gradient checkpointing: None = the product's automatic choice)
+        plans = {
+            "ptuning16": (16, ((16, 1, None), (1, 1, None))),
+            "ptuning4": (4, ((1, 16, None), (1, 16, True), (16, 1, None))),
+        }
+        for name, (bits, settings) in plans.items():
             if name in wanted:
-                for batch, accumulation in settings:
-                    report(
-                        "ptuning_step",
-                        **ptuning_steps(model_dir, shape, bits, batch, accumulation, scale["steps"]),
+                for batch, accumulation, checkpointing in settings:
+                    figures = ptuning_steps(
+                        model_dir, shape, bits, batch, accumulation, scale["steps"], checkpointing
                     )
+                    report("ptuning_step", **figures)
+        if "vram" in wanted:
+            for bits, batch, accumulation in ((4, 1, 16), (8, 1, 16), (16, 16, 1)):
+                if bits == 8 and not torch.cuda.is_available():
+                    continue  # LLM.int8 needs a GPU
+                report("vram_calibration", **measured_vram(model_dir, workdir, bits, batch, accumulation))
         for bits in (16, 4):
             if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
                 from glmcore.models.loading import load_model

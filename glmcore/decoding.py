@@ -12,6 +12,7 @@ chat use this path.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ class StaticDecoder:
         )
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.graph_error: str | None = None
 
     @torch.no_grad()
     def _step_eagerly(self) -> torch.Tensor:
@@ -118,9 +120,11 @@ class StaticDecoder:
         try:
             with torch.cuda.graph(graph):
                 self.logits = self._step_eagerly()
-        except RuntimeError:
+        except RuntimeError as error:
             # Some quantized kernels cannot be captured: decode eagerly, correctly, just slower.
             self.use_graph = False
+            self.graph_error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            warnings.warn(f"decoding without a CUDA graph: {self.graph_error}", stacklevel=2)
             return
         self.graph = graph
 
@@ -145,6 +149,7 @@ class StaticDecoder:
             attention_mask=prompt_mask,
             cache=self.cache,
             use_cache=True,
+            logits_to_keep=1,
         ).logits[:, -1]
         # From now on one position at a time; the step's buffers are updated in place, never replaced,
         # since a captured graph holds on to them.

@@ -207,10 +207,10 @@ def resolve_gradient_checkpointing(
 
 
 def estimate_vram(
-    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION
+    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION, free_bytes: int | None = None
 ) -> VramEstimate:
-    """Per-GPU memory for ``config`` on a model of ``shape``."""
-    checkpointing = resolve_gradient_checkpointing(shape, config, calibration)
+    """Per-GPU memory for ``config`` on a model of ``shape`` (``free_bytes``: see resolve_gradient_checkpointing)."""
+    checkpointing = resolve_gradient_checkpointing(shape, config, calibration, free_bytes)
     return VramEstimate(_parts(shape, config, calibration, checkpointing=checkpointing), checkpointing)
 
 

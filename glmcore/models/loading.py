@@ -57,8 +57,12 @@ def load_model(
     prefix_checkpoint: str | Path | None = None,
     pre_seq_len: int | None = None,
     prefix_projection: bool | None = None,
+    quantize_embedding: bool | None = None,
 ):
     """The model in `path`, in eval mode, optionally quantized and with a P-tuning v2 prefix.
+
+    At 4 and 8 bits the tied embedding / LM head is also stored in int8 (`quantize_embedding`, on by
+    default there), which halves the largest piece left in 16-bit; see glmcore/models/quantized_embedding.py.
 
     With `prefix_checkpoint`, `pre_seq_len` and `prefix_projection` default to the checkpoint's and must
     agree with it when given. With only `pre_seq_len`, a freshly initialised prefix is attached.
@@ -96,6 +100,10 @@ def load_model(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
         ) from error
+    if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
+        from glmcore.models.quantized_embedding import quantize_tied_embedding
+
+        quantize_tied_embedding(model)
     set_prefix(model, spec, prefix_state)
     return model.eval()
 
