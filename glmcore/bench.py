@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -279,8 +280,22 @@ def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int
     for _ in range(repeat):
         run()
     synchronize()
-    decoding.graph_error = decoder.graph_error if decoder.use_graph is False else None
-    return batch * new_tokens * repeat / (time.perf_counter() - start)
+    rate = batch * new_tokens * repeat / (time.perf_counter() - start)
+    decoding.graph_error = decoder.graph_error
+    decoding.step_ms = {"eager": step_milliseconds(decoder._step_eagerly)}
+    if decoder.graph is not None:
+        decoding.step_ms["graph"] = step_milliseconds(decoder.graph.replay)
+    return rate
+
+
+def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
+    step()
+    synchronize()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        step()
+    synchronize()
+    return round(1000 * (time.perf_counter() - start) / repeat, 3)
 
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
@@ -518,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
                         prompt=SOURCE + 2,
                         tokens_per_s=round(rate, 1),
                         weights_GB=round(weight_bytes / 1e9, 2),
+                        graph_error=decoding.graph_error,
+                        step_ms=decoding.step_ms,
                         **extra,
                     )
                 if bits == 16 and "evaluate" in wanted:

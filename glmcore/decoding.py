@@ -84,8 +84,11 @@ class StaticDecoder:
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(batch, 2, 1, dtype=torch.long, device=self.device)
-        self.mask = torch.zeros(
-            batch, 1, 1, self.prefix_length + capacity, dtype=torch.bool, device=self.device
+        # An additive mask (0 where a key may be seen), so attention takes it as it is: nothing is
+        # converted inside the captured step.
+        self.hidden = torch.finfo(self.dtype).min
+        self.mask = torch.full(
+            (batch, 1, 1, self.prefix_length + capacity), self.hidden, dtype=self.dtype, device=self.device
         )
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -136,10 +139,10 @@ class StaticDecoder:
             raise ValueError(f"this decoder holds {self.batch} rows of up to {self.capacity} tokens")
         prefix = self.prefix_length
         full_mask = glm_attention_mask(input_ids, attention_mask, 0, prefix, self.config)
-        prompt_mask = torch.zeros(
-            batch, 1, length, prefix + self.capacity, dtype=torch.bool, device=self.device
+        prompt_mask = torch.full(
+            (batch, 1, length, prefix + self.capacity), self.hidden, dtype=self.dtype, device=self.device
         )
-        prompt_mask[..., : prefix + length] = full_mask
+        prompt_mask[..., : prefix + length].masked_fill_(full_mask, 0.0)
         positions = glm_position_ids(input_ids, attention_mask, self.config)
         self.cache.write_index = torch.arange(length, device=self.device)
         self.cache.length = length
@@ -154,9 +157,9 @@ class StaticDecoder:
         # From now on one position at a time; the step's buffers are updated in place, never replaced,
         # since a captured graph holds on to them.
         self.cache.write_index = self.step_index
-        self.mask.zero_()
-        self.mask[:, 0, 0, :prefix] = True
-        self.mask[:, 0, 0, prefix : prefix + length] = attention_mask.bool()
+        self.mask.fill_(self.hidden)
+        self.mask[:, 0, 0, :prefix] = 0.0
+        self.mask[:, 0, 0, prefix : prefix + length].masked_fill_(attention_mask.bool(), 0.0)
         self.positions.copy_(positions[:, :, -1:])
         return logits
 
@@ -190,7 +193,7 @@ class StaticDecoder:
             self.token.copy_(token[:, None])
             self.positions[:, 1] += 1
             self.cache.write_index.fill_(index)
-            self.mask[:, 0, 0, self.prefix_length + index] = True
+            self.mask[:, 0, 0, self.prefix_length + index] = 0.0
             logits = self._step()
 
 
