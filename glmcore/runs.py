@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from glmcore.config import RunConfig
+from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
 from glmcore.workspace import atomic_write_text
 
@@ -484,17 +484,8 @@ class RunStore:
         )
 
 
-TRAINER_PROGRAM = (sys.executable, "-m", "glmcore.train")
-"""The program that trains a run; launch appends the run folder and, when resuming, ``--resume``."""
-
-
-def trainer_command(run: Run, *, resume: bool, program: Sequence[str] = TRAINER_PROGRAM) -> list[str]:
-    """The command line that trains ``run``."""
-    return [*program, str(run.path)] + (["--resume"] if resume else [])
-
-
 def launch(
-    run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] = TRAINER_PROGRAM
+    run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] | None = None
 ) -> subprocess.Popen | int:
     """Start the training process for ``run``; returns its Popen (foreground) or its pid (detached).
 
@@ -502,19 +493,21 @@ def launch(
     is /dev/null, the working folder is the run folder, and CUDA_VISIBLE_DEVICES holds config.gpus. The child is
     always the leader of its own process group, so Ctrl-C in the launching terminal reaches only the launcher
     (which then asks for a graceful stop) and a forced stop can signal the whole group; detached, it also gets
-    its own session so a dropped SSH connection (SIGHUP) does not reach it. ``program`` replaces
-    ``python -m glmcore.train`` (a multi-GPU launcher, or a stand-in trainer in tests).
+    its own session so a dropped SSH connection (SIGHUP) does not reach it. With several GPUs the child is the
+    torchrun agent that starts one rank per GPU (see glmcore.distributed); it is the run's process either way.
+    ``program`` replaces ``python -m glmcore.train`` (what torchrun runs, with several ranks; a stand-in
+    trainer in tests).
     """
     status = run.status()
     if status.is_active:
         where = f" on {status.host}" if status.host != socket.gethostname() else ""
         raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
-    argv = trainer_command(run, resume=resume, program=program)
-    environment = {
-        **os.environ,
-        "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in run.config.gpus),
-        "PYTHONUNBUFFERED": "1",
-    }
+    try:
+        plan = launch_plan(run.config, run.path, resume=resume, program=program)
+    except GlmError as error:
+        raise RunError(str(error)) from None
+    argv = plan.command
+    environment = {**os.environ, **plan.environment}
     run.stop_request_path.unlink(missing_ok=True)
     with open(run.log_path, "ab") as log:
         log.write(
@@ -540,7 +533,7 @@ def launch(
     return process.pid if detach else process
 
 
-def resume(run: Run, *, detach: bool, program: Sequence[str] = TRAINER_PROGRAM) -> subprocess.Popen | int:
+def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> subprocess.Popen | int:
     """Continue ``run`` from its latest complete checkpoint (or from step 0 if it saved none).
 
     Appends a ``resumed`` event with the starting step, so readers drop the records of the abandoned attempt

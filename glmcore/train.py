@@ -19,6 +19,7 @@ from pathlib import Path
 from glmcore.callbacks import RunEventsCallback
 from glmcore.config import RunConfig
 from glmcore.data import Columns, TrainingCollator, load_examples, training_dataset
+from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
 from glmcore.runs import Run, describe_failure
@@ -41,15 +42,28 @@ def free_gpu_memory() -> int | None:
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else None
 
 
+def training_device() -> str | None:
+    """This rank's GPU (`cuda:<local rank>`) when several ranks share the visible GPUs; None picks the default."""
+    import torch
+
+    info = RankInfo.from_environment()
+    if info.is_distributed and torch.cuda.is_available():
+        torch.cuda.set_device(info.local_rank)
+        return f"cuda:{info.local_rank}"
+    return None
+
+
 def prepare_model(config: RunConfig):
-    """The model with exactly the parameters of `config.method` trainable."""
+    """The model with exactly the parameters of `config.method` trainable, on this rank's device."""
     from glmcore.models.loading import load_model
 
+    device = training_device()
     if config.method == "ptuning-v2":
         model = load_model(
             config.model_path,
             quantization_bit=config.quantization_bit,
             dtype=_dtype(config),
+            device=device,
             pre_seq_len=config.pre_seq_len,
             prefix_projection=config.prefix_projection,
         )
@@ -58,7 +72,9 @@ def prepare_model(config: RunConfig):
         # transformers refuses to train a quantized model without a trainable adapter; the prefix is one.
         model._hf_peft_config_loaded = True
         return model
-    model = load_model(config.model_path, quantization_bit=config.quantization_bit, dtype=_dtype(config))
+    model = load_model(
+        config.model_path, quantization_bit=config.quantization_bit, dtype=_dtype(config), device=device
+    )
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -86,6 +102,9 @@ def trainer_class(method: str):
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
             from glmcore.prefix import save_prefix_checkpoint
 
+            # The Trainer calls _save on every rank and leaves writing to the one that should save.
+            if not self.args.should_save:
+                return
             save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -108,9 +127,18 @@ def deepspeed_config_file(choice: str | None) -> str | None:
 
 
 def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointing: bool):
+    """The Trainer's settings for ``config``; the distributed ones follow the ranks torchrun started.
+
+    Several ranks without GPUs talk over gloo on the CPU. DDP skips its search for unused parameters: a frozen
+    base with a prefix or adapters as the only trainable weights would make every step pay for it. Under
+    DeepSpeed the model's 16-bit dtype becomes DeepSpeed's mixed precision (its configs say "auto").
+    """
+    import torch
     from transformers import TrainingArguments
 
     evaluate = bool(config.eval_steps and config.validation_file)
+    distributed = RankInfo.from_environment().is_distributed
+    dtype = _dtype(config) if config.deepspeed else None
     return TrainingArguments(
         output_dir=str(output_dir),
         max_steps=config.max_steps,
@@ -138,6 +166,11 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         disable_tqdm=True,
         save_only_model=False,
         deepspeed=deepspeed_config_file(config.deepspeed),
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=not config.gpus,
+        ddp_backend="gloo" if distributed and not config.gpus else None,
+        ddp_find_unused_parameters=False if distributed else None,
     )
 
 
@@ -178,7 +211,13 @@ def train(run: Run, *, resume: bool) -> str:
     )
     checkpoint = run.latest_checkpoint() if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
-    return "stopped" if callback.stopped_by_request else "finished"
+    state = "stopped" if callback.stopped_by_request else "finished"
+    info = RankInfo.from_environment()
+    print(
+        f"glmtui: rank {info.rank} of {info.world_size} {state} at step {trainer.state.global_step}",
+        flush=True,
+    )
+    return state
 
 
 def _stop_gracefully_on_sigterm(run: Run) -> None:
@@ -198,25 +237,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = parser.parse_args(argv)
     run = Run(args.run_dir.resolve())
-    run.mark_running(os.getpid())
+    info = RankInfo.from_environment()
+    if info.is_distributed:
+        die_with_parent()
+        redirect_output(rank_log_path(run.path, info.rank))
+        print(f"glmtui: rank {info.rank} of {info.world_size}, pid {os.getpid()}", flush=True)
+    if info.is_main:
+        run.mark_running(run_process_id(info))
     _stop_gracefully_on_sigterm(run)
     try:
         state = train(run, resume=args.resume)
     except KeyboardInterrupt:
         # A forced stop (a second SIGTERM) or Ctrl-C: work since the last checkpoint is lost, nothing else.
-        checkpoint = run.latest_checkpoint()
-        resume_from = f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"
-        run.finish("stopped", f"interrupted at step {run.stored_status().step}; {resume_from}")
+        if info.is_main:
+            checkpoint = run.latest_checkpoint()
+            resume_from = (
+                f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"
+            )
+            run.finish("stopped", f"interrupted at step {run.stored_status().step}; {resume_from}")
         return 130
     except BaseException as error:
         reason = describe_failure(error, run.stored_status().step)
-        run.append_event("failed", step=run.stored_status().step, reason=reason)
-        run.finish("failed", reason)
+        if info.is_main:
+            run.append_event("failed", step=run.stored_status().step, reason=reason)
+            run.finish("failed", reason)
         if isinstance(error, GlmError):
             print(f"glmtui: {reason}", file=sys.stderr, flush=True)
             return 1
         raise
-    run.finish(state)
+    if info.is_main:
+        run.finish(state)
     return 0
 
 
