@@ -90,10 +90,11 @@ def launch_plan(
 ) -> LaunchPlan:
     """The command and environment that train the run in ``run_dir`` with ``config``.
 
-    One rank: ``program`` (by default ``python -m glmcore.train``) with the run folder. Several: torchrun with
-    one process per GPU (or per CPU process), rendezvous on 127.0.0.1 at ``port`` (a free one by default),
-    running ``python -m glmcore.train`` (``program`` then names what torchrun runs instead: a module as
-    ``("-m", name)`` or a script path). CUDA_VISIBLE_DEVICES always holds config.gpus (empty: the CPU).
+    One rank: ``python -m glmcore.train`` with the run folder. Several: torchrun with one process per GPU (or
+    per CPU process), rendezvous on 127.0.0.1 at ``port`` (a free one by default), each running
+    ``python -m glmcore.train``. ``program`` replaces the whole command before the run folder (a stand-in
+    trainer in tests, or a launcher of its own that starts the ranks). CUDA_VISIBLE_DEVICES always holds
+    config.gpus (empty: the CPU).
     """
     ranks = world_size(config, environment)
     tail = [str(run_dir)] + (["--resume"] if resume else [])
@@ -101,8 +102,10 @@ def launch_plan(
         "CUDA_VISIBLE_DEVICES": ",".join(str(gpu) for gpu in config.gpus),
         "PYTHONUNBUFFERED": "1",
     }
+    if program is not None:
+        return LaunchPlan([*program, *tail], added, ranks)
     if ranks == 1:
-        return LaunchPlan([*(program or (sys.executable, "-m", TRAINER_MODULE)), *tail], added, 1)
+        return LaunchPlan([sys.executable, "-m", TRAINER_MODULE, *tail], added, 1)
     command = [
         *TORCHRUN,
         "--nnodes",
@@ -116,7 +119,8 @@ def launch_plan(
         # The agent restarts nothing: a failed rank fails the run, which the user resumes.
         "--max-restarts",
         "0",
-        *(program or ("-m", TRAINER_MODULE)),
+        "-m",
+        TRAINER_MODULE,
         *tail,
     ]
     # torchrun otherwise sets 1 thread per rank with a warning; a CPU run gets its share of the cores.
