@@ -4,13 +4,13 @@ The estimate models glmtui's own training, part by part, as nvidia-smi will show
 (PyTorch's reserved memory plus the CUDA context):
 
 - the CUDA context;
-- the frozen or trained base weights at their quantization bit (LLM.int8 and NF4 quantize the Linear layers;
-  embeddings, LayerNorms and the output layer stay 16-bit);
+- the frozen or trained base weights at their quantization bit (LLM.int8 and NF4 quantize the Linear layers,
+  the tied embedding/output matrix is stored in int8, LayerNorms and biases stay 16-bit);
 - the trained parameters' fp32 copy, gradients and AdamW states (a prefix, LoRA adapters, or every weight,
   sharded by DeepSpeed ZeRO over the GPUs);
 - activations kept for the backward pass (all of them, or with gradient checkpointing only each layer's input
   plus one layer's working set), including attention scores over the prefix and the sequence;
-- the logits and their fp32 loss copies;
+- the logits of the labelled positions and their fp32 loss copies;
 - the caching allocator's fragmentation.
 
 Every constant lives in ``Calibration``; they are first guesses from the published formulas (Korthikanti et al.,
@@ -46,8 +46,9 @@ class Calibration:
 
     cuda_context_bytes: int = GIB // 2
     """What the CUDA context and cuBLAS workspaces take before any tensor (0.5 GiB on recent drivers)."""
-    nf4_bytes_per_param: float = 0.5 + 4 / 64
-    """NF4 packs two weights a byte plus one fp32 absmax per block of 64."""
+    nf4_bytes_per_param: float = 0.5 + 1 / 64 + 4 / (64 * 256)
+    """NF4 packs two weights a byte; with double quantization each block of 64 adds an 8-bit absmax, and each
+    256 of those an fp32 scale."""
     int8_bytes_per_param: float = 1.0 + 4 / 4096
     """LLM.int8 stores a byte a weight plus an fp32 scale per output row."""
     trainable_bytes_per_param: int = 16
@@ -137,6 +138,10 @@ class ModelShape:
         return self.num_layers * per_layer
 
     @property
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
     def other_parameters(self) -> int:
         """Embeddings, output layer, LayerNorms and biases: what stays 16-bit under quantization."""
         hidden, inner = self.hidden_size, self.inner_hidden_size
@@ -207,7 +212,10 @@ def resolve_gradient_checkpointing(
 
 
 def estimate_vram(
-    shape: ModelShape, config: RunConfig, calibration: Calibration = CALIBRATION, free_bytes: int | None = None
+    shape: ModelShape,
+    config: RunConfig,
+    calibration: Calibration = CALIBRATION,
+    free_bytes: int | None = None,
 ) -> VramEstimate:
     """Per-GPU memory for ``config`` on a model of ``shape`` (``free_bytes``: see resolve_gradient_checkpointing)."""
     checkpointing = resolve_gradient_checkpointing(shape, config, calibration, free_bytes)
@@ -220,10 +228,19 @@ def _parts(
     gpus = max(1, len(config.gpus))
     stage = config.zero_stage
     weight_bytes = 4 if config.dtype == "float32" else 2
-    if config.quantization_bit == 4:
-        weights = shape.linear_parameters * calibration.nf4_bytes_per_param + shape.other_parameters * 2
-    elif config.quantization_bit == 8:
-        weights = shape.linear_parameters * calibration.int8_bytes_per_param + shape.other_parameters * 2
+    if config.quantization_bit in (4, 8):
+        linear_bytes = (
+            calibration.nf4_bytes_per_param
+            if config.quantization_bit == 4
+            else calibration.int8_bytes_per_param
+        )
+        # The tied embedding is stored in int8 with a 16-bit scale per row (glmcore/models/quantized_embedding.py).
+        embedding = shape.embedding_parameters
+        weights = (
+            shape.linear_parameters * linear_bytes
+            + embedding * (1 + 2 / shape.hidden_size)
+            + (shape.other_parameters - embedding) * 2
+        )
     else:
         weights = shape.parameters * weight_bytes / (gpus if stage == 3 else 1)
 
@@ -262,7 +279,8 @@ def _parts(
         # The largest quantized weight dequantized to 16-bit for one matmul.
         activations += shape.hidden_size * shape.inner_hidden_size * 2
 
-    logits = tokens * shape.vocab_size * calibration.logits_bytes
+    # Training computes logits only where there are labels: the target part of each row.
+    logits = batch * config.max_target_length * shape.vocab_size * calibration.logits_bytes
     allocated = weights + states + activations + logits
     return {
         "cuda_context": calibration.cuda_context_bytes,

@@ -62,13 +62,27 @@ def test_fewer_bits_need_less_memory() -> None:
 
 
 def test_more_tokens_need_more_memory() -> None:
-    assert (
-        total(per_device_train_batch_size=1)
-        < total(per_device_train_batch_size=2)
-        < total(per_device_train_batch_size=8)
-    )
-    assert total(max_source_length=64) < total(max_source_length=512)
-    assert total(pre_seq_len=64) < total(pre_seq_len=128)
+    """For one strategy; the automatic choice may turn recomputation on for the larger run."""
+    for checkpointing in (True, False):
+        assert (
+            total(per_device_train_batch_size=1, gradient_checkpointing=checkpointing)
+            < total(per_device_train_batch_size=2, gradient_checkpointing=checkpointing)
+            < total(per_device_train_batch_size=8, gradient_checkpointing=checkpointing)
+        )
+        assert total(max_source_length=64, gradient_checkpointing=checkpointing) < total(
+            max_source_length=512, gradient_checkpointing=checkpointing
+        )
+        assert total(pre_seq_len=64, gradient_checkpointing=checkpointing) < total(
+            pre_seq_len=128, gradient_checkpointing=checkpointing
+        )
+
+
+def test_recomputation_is_chosen_only_when_memory_requires_it() -> None:
+    from glmcore.estimate import resolve_gradient_checkpointing
+
+    big_batch = config(per_device_train_batch_size=16, quantization_bit=16)
+    assert not resolve_gradient_checkpointing(CHATGLM_6B, big_batch, free_bytes=80 * GIB)
+    assert resolve_gradient_checkpointing(CHATGLM_6B, big_batch, free_bytes=16 * GIB)
 
 
 def test_gradient_checkpointing_saves_activation_memory() -> None:
