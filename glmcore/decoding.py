@@ -6,8 +6,8 @@ and values live in buffers of a fixed capacity, the attention mask marks which s
 is captured once as a CUDA graph and replayed for every token: the GPU then runs at its memory bandwidth.
 On the CPU, or when capture fails, the same step runs eagerly.
 
-Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation and
-chat use this path.
+Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation uses
+this path.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ class Sampling:
     do_sample: bool = False
     temperature: float = 0.95
     top_p: float = 0.7
+    top_k: int = 0
+    """0 keeps every token; transformers' default was 50."""
     seed: int | None = None
 
 
@@ -55,7 +57,11 @@ class StaticKVCache:
 def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
     if not sampling.do_sample:
         return logits.argmax(dim=-1)
-    probabilities = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probabilities = torch.softmax(logits, dim=-1)
     ordered, order = probabilities.sort(dim=-1, descending=True)
     outside = ordered.cumsum(dim=-1) - ordered > sampling.top_p
     ordered = ordered.masked_fill(outside, 0.0)
@@ -206,6 +212,7 @@ def generate(
     pad_token_id: int,
     sampling: Sampling = Sampling(),
     decoder: StaticDecoder | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (ids, left-padded here), each list ending at and including `<eop>`."""
     longest = max(map(len, prompts))
@@ -215,7 +222,12 @@ def generate(
     attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
     steps = list(
         decoder.decode(
-            input_ids, attention_mask, max_new_tokens, eos_token_id=eos_token_id, sampling=sampling
+            input_ids,
+            attention_mask,
+            max_new_tokens,
+            eos_token_id=eos_token_id,
+            sampling=sampling,
+            should_stop=should_stop,
         )
     )
     if not steps:

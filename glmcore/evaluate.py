@@ -101,13 +101,20 @@ class EvalSettings:
         """ChatGLM-6B's evaluation decoding: sampling with top_p 0.7 and temperature 0.95."""
         return cls(**{"sampling": True, "top_p": 0.7, "temperature": 0.95, **overrides})
 
-    def generation_options(self) -> dict[str, object]:
-        """Keyword arguments for `generate` (sampling parameters only when sampling, so none are ignored)."""
-        options: dict[str, object] = {"max_new_tokens": self.max_target_length, "do_sample": self.sampling}
-        if self.sampling:
-            # transformers 4.27, which produced the published numbers, also applied top_k 50 by default.
-            options |= {"top_p": self.top_p, "temperature": self.temperature, "top_k": PUBLISHED_TOP_K}
-        return options
+    def sampling_options(self):
+        """The decoder's sampling settings (transformers 4.27, which produced the published numbers, also
+        applied top_k 50 by default, so sampling keeps it)."""
+        from glmcore.decoding import Sampling
+
+        if not self.sampling:
+            return Sampling()
+        return Sampling(
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=PUBLISHED_TOP_K,
+            seed=self.seed,
+        )
 
 
 @dataclass(frozen=True)
@@ -227,24 +234,29 @@ def automatic_batch_size(model, settings: EvalSettings) -> int:
 
 
 def _generate_batch(
-    model, tokenizer, prompts: list[list[int]], settings: EvalSettings, cancel: threading.Event
-):
-    """New tokens per prompt (padding after an early <eop> removed), for one left-padded batch."""
-    import torch
-    from transformers import StoppingCriteriaList
+    decoder, tokenizer, prompts: list[list[int]], settings: EvalSettings, cancel: threading.Event
+) -> list[list[int]]:
+    """New tokens per prompt (ending at <eop> when one came), for one batch, through the static decoder.
 
-    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        output = model.generate(
-            **batch,
-            **settings.generation_options(),
-            use_cache=True,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            stopping_criteria=StoppingCriteriaList([StopWhenSet(cancel)]),
-        )
-    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-    return [[token for token in row if token != tokenizer.pad_token_id] for row in new_tokens]
+    A short last batch is filled up with copies of its last prompt on the GPU, so the CUDA graph captured
+    for the full batch serves it too; the copies' outputs are dropped.
+    """
+    from glmcore.decoding import generate
+
+    real = len(prompts)
+    if decoder.use_graph and real < decoder.batch:
+        prompts = prompts + [prompts[-1]] * (decoder.batch - real)
+    rows = generate(
+        decoder.model,
+        prompts,
+        max_new_tokens=settings.max_target_length,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        sampling=settings.sampling_options(),
+        decoder=decoder if len(prompts) == decoder.batch else None,
+        should_stop=cancel.is_set,
+    )
+    return rows[:real]
 
 
 def _generate_all(
@@ -262,16 +274,25 @@ def _generate_all(
     """
     import torch
 
+    from glmcore.decoding import StaticDecoder
+
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
-    batch_size = settings.batch_size or automatic_batch_size(model, settings)
+    batch_size = min(settings.batch_size or automatic_batch_size(model, settings), len(prompts))
+    capacity = settings.max_source_length + settings.max_target_length
     generated: dict[int, list[int]] = {}
     position = 0
+    decoder = None
     while position < len(order):
         if cancel.is_set():
             raise EvaluationCancelled()
         indices = order[position : position + batch_size]
         try:
-            rows = _generate_batch(model, tokenizer, [prompts[index] for index in indices], settings, cancel)
+            if decoder is None or decoder.batch != batch_size:
+                decoder = None
+                decoder = StaticDecoder(model, batch_size, capacity)
+            rows = _generate_batch(
+                decoder, tokenizer, [prompts[index] for index in indices], settings, cancel
+            )
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise EvalError(

@@ -1,0 +1,26 @@
+"""`glmtui bench`: the performance figures of docs/benchmarks.md (see glmcore.bench)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="measure training, decoding and evaluation speed at ChatGLM-6B's real shape"
+    )
+    parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
+    parser.add_argument("--only", help="comma-separated figures (default: all)")
+    parser.add_argument("--workdir", help="where the random 6B checkpoint is written (12 GB)")
+    parser.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from glmcore.bench import main
+
+    argv = ["--tiny"] if args.tiny else []
+    if args.only:
+        argv += ["--only", args.only]
+    if args.workdir:
+        argv += ["--workdir", args.workdir]
+    return main(argv)

@@ -1,0 +1,32 @@
+"""The benchmark suite runs end to end on a toy shape (its numbers mean nothing on a CPU; no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_tiny_benchmark_prints_one_json_object_per_figure(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "glmtui.cli",
+            "bench",
+            "--tiny",
+            "--only",
+            "ptuning16,decode16,evaluate",
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{"figure"')]
+    figures = [record["figure"] for record in records]
+    assert figures.count("ptuning_step") == 2
+    assert {"environment", "decode", "batched_evaluation"} <= set(figures)
+    assert all(record["tokens_per_s"] > 0 for record in records if "tokens_per_s" in record)
