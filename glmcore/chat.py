@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 from glmcore.data import build_prompt
 from glmcore.errors import GlmError
-from glmcore.evaluate import StopWhenSet
 
 if TYPE_CHECKING:
     import torch
@@ -97,12 +96,15 @@ class ChatSettings:
         if self.temperature <= 0:
             raise ChatError(f"The temperature must be above 0, not {self.temperature}.")
 
-    def generation_options(self) -> dict[str, object]:
-        options: dict[str, object] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.sampling}
-        if self.sampling:
-            # transformers 4.27, under which ChatGLM-6B's chat was published, applied top_k 50 by default.
-            options |= {"top_p": self.top_p, "temperature": self.temperature, "top_k": 50}
-        return options
+    def sampling_options(self):
+        from glmcore.decoding import Sampling
+
+        if not self.sampling:
+            return Sampling()
+        # transformers 4.27, under which ChatGLM-6B's chat was published, applied top_k 50 by default.
+        return Sampling(
+            do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=50, seed=self.seed
+        )
 
 
 class PrefixCache:
@@ -135,19 +137,15 @@ class PrefixCache:
 
 
 class _TokenQueue:
-    """A `generate` streamer that hands the new tokens (not the prompt) to the consuming turn."""
+    """Hands the new tokens from the generating thread to the consuming turn."""
 
     END = object()
 
     def __init__(self) -> None:
         self.items: queue.Queue = queue.Queue()
-        self.prompt_seen = False
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.items.put(value.reshape(-1).tolist())
+    def put(self, tokens: list[int]) -> None:
+        self.items.put(tokens)
 
     def end(self) -> None:
         self.items.put(self.END)
@@ -230,26 +228,23 @@ class ChatTurn:
         )
 
     def _generate(self) -> None:
-        """The worker: `generate` with the KV cache, each new token handed over through the queue."""
+        """The worker: the session's static decoder, each new token handed over through the queue."""
         import torch
-        from transformers import StoppingCriteriaList, set_seed
 
-        model, tokenizer = self._session.model, self._session.tokenizer
+        tokenizer = self._session.tokenizer
         try:
-            if self._settings.seed is not None:
-                set_seed(self._settings.seed)
-            input_ids = torch.tensor([self._prompt_ids], device=model.device)
-            with torch.no_grad():
-                model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    **self._settings.generation_options(),
-                    use_cache=True,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    streamer=self._stream,
-                    stopping_criteria=StoppingCriteriaList([StopWhenSet(self._cancel)]),
-                )
+            decoder = self._session.decoder()
+            input_ids = torch.tensor([self._prompt_ids], device=decoder.device)
+            steps = decoder.decode(
+                input_ids,
+                torch.ones_like(input_ids),
+                self._settings.max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id,
+                sampling=self._settings.sampling_options(),
+                should_stop=self._cancel.is_set,
+            )
+            for token in steps:
+                self._stream.put(token.tolist())
         except torch.OutOfMemoryError:
             self._error = ChatError(
                 "The GPU ran out of memory for this answer: clear the history or ask for a shorter answer."
@@ -287,6 +282,8 @@ class ChatSession:
         self.prefix: Path | None = None
         """The checkpoint whose prefix `use_prefix` installed; None for the model as it was given."""
         self._active: ChatTurn | None = None
+        self._decoder = None
+        self._decoder_prefix = None
 
     @property
     def max_sequence_length(self) -> int:
@@ -362,6 +359,21 @@ class ChatSession:
         if self._active is not None and not self._active.finished:
             self._active.close()
         self._active = None
+
+    def decoder(self):
+        """A static-cache decoder for one conversation, kept between turns (its CUDA graph is captured once).
+
+        A captured graph reads the prefix encoder it was captured with, so switching prefixes builds a new one.
+        """
+        from glmcore.decoding import StaticDecoder
+
+        encoder = self.model.transformer.prefix_encoder
+        if self._decoder is None or self._decoder_prefix is not encoder:
+            self._decoder = None
+            capacity = self.max_sequence_length - self.pre_seq_len
+            self._decoder = StaticDecoder(self.model, batch=1, capacity=capacity)
+            self._decoder_prefix = encoder
+        return self._decoder
 
     def _turn_ended(self, turn: ChatTurn) -> None:
         if turn is self._active:

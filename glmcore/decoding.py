@@ -6,8 +6,8 @@ and values live in buffers of a fixed capacity, the attention mask marks which s
 is captured once as a CUDA graph and replayed for every token: the GPU then runs at its memory bandwidth.
 On the CPU, or when capture fails, the same step runs eagerly.
 
-Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation uses
-this path.
+Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation and
+chat use this path.
 """
 
 from __future__ import annotations
