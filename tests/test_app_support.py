@@ -112,4 +112,7 @@ async def settle(pilot) -> None:
         if not worker.is_finished and worker.group != "follow":
             with contextlib.suppress(WorkerCancelled, WorkerFailed):
                 await worker.wait()
-    await pilot.pause()
+    # Rows posted by a worker are laid out on a later refresh (a DataTable sizes its columns then).
+    for _ in range(3):
+        await pilot.pause()
+    await pilot.wait_for_scheduled_animations()

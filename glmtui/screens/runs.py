@@ -22,7 +22,8 @@ from glmtui.screens.base import WorkbenchScreen
 from glmtui.screens.confirm import ConfirmScreen
 
 REFRESH_S = 1.0
-COLUMNS = ("Run", "State", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
+# Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
+COLUMNS = {"Run": 30, "State": 9, "Step": 11, "Loss": 7, "Tok/s": 7, "ETA": 8, "GPUs": 5, "Age": 7}
 STATE_STYLES = {
     "running": "bold green",
     "stopping": "yellow",
@@ -99,7 +100,8 @@ class RunsScreen(WorkbenchScreen):
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*COLUMNS)
+        for label, width in COLUMNS.items():
+            table.add_column(label, width=width)
         yield table
 
     def on_mount(self) -> None:
@@ -126,13 +128,23 @@ class RunsScreen(WorkbenchScreen):
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
-        table.clear()
+        same_runs = list(self.rows) == [row.run.id for row in message.rows] and table.row_count == len(
+            self.rows
+        )
         self.rows = {row.run.id: row for row in message.rows}
+        if not same_runs:
+            # Runs came or went: rebuild. Otherwise cells change in place, so the table neither flickers
+            # nor loses its column widths and cursor every second.
+            table.clear()
         for row in message.rows:
             cells = list(row.cells(now))
             cells[1] = f"[{STATE_STYLES.get(row.status.state, '')}]{cells[1]}[/]"
-            table.add_row(*cells, key=row.run.id)
-        if selected is not None and selected.id in self.rows:
+            if same_runs:
+                for column, value in zip(table.columns, cells, strict=True):
+                    table.update_cell(row.run.id, column, value)
+            else:
+                table.add_row(*cells, key=row.run.id)
+        if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
         active = sum(row.status.is_active for row in message.rows)
         self.query_one("#runs-summary", Static).update(
