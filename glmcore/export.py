@@ -65,14 +65,29 @@ def _merge_lora(base: Path, adapter: Path, target: Path) -> None:
 
 def _consolidate_full(checkpoint: Path, target: Path) -> None:
     """A full checkpoint already holds the whole model; DeepSpeed ZeRO shards are gathered into one first."""
-    if any(checkpoint.glob("global_step*")) and not any(checkpoint.glob("*.safetensors")):
-        from deepspeed.utils.zero_to_fp32 import convert_zero_checkpoint_to_fp32_state_dict
-
-        target.mkdir(parents=True)
-        convert_zero_checkpoint_to_fp32_state_dict(str(checkpoint), str(target), safe_serialization=True)
-        shutil.copy2(checkpoint / "config.json", target / "config.json")
-        return
     target.mkdir(parents=True)
+    if any(checkpoint.glob("global_step*")) and not any(checkpoint.glob("*.safetensors")):
+        _gather_zero_shards(checkpoint, target)
     for path in checkpoint.iterdir():
         if path.name == "config.json" or path.suffix == ".safetensors" or path.name.endswith(".index.json"):
             shutil.copy2(path, target / path.name)
+
+
+def _gather_zero_shards(checkpoint: Path, target: Path) -> None:
+    """The fp32 master weights from the ZeRO shards, in the model's dtype, as one safetensors file.
+
+    The LM head is tied to the word embedding and stored once, as `save_pretrained` stores it (safetensors
+    refuses two names for one tensor).
+    """
+    import json
+
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import save_file
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    dtype = getattr(torch, config.get("dtype") or config.get("torch_dtype") or "float32")
+    state.pop("lm_head.weight", None)
+    tensors = {name: tensor.to(dtype).contiguous() for name, tensor in state.items()}
+    save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})

@@ -299,11 +299,6 @@ def test_zero3_stops_with_zero_shards_and_resumes_from_them(stopped_zero3_run: R
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="glmcore/export.py hands zero_to_fp32 safe_serialization=True, and safetensors refuses the tied "
-    "word_embeddings / lm_head tensors that ChatGLM-6B shares",
-)
 def test_zero3_shards_alone_export_to_the_same_weights(stopped_zero3_run: Run, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
