@@ -12,7 +12,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.widgets import DataTable, Label, ProgressBar, Static
+from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
@@ -88,6 +88,10 @@ class ModelsScreen(WorkbenchScreen):
                 model.name, model.title, format_bytes(model.manifest.total_size), model.note, key=model.name
             )
         yield catalog
+        yield Input(
+            placeholder="or a hub id, hub URL or Seafile share link; enter downloads it",
+            id="models-source",
+        )
         yield ProgressBar(id="download-progress", show_eta=False)
         yield Static("", id="download-status")
 
@@ -122,10 +126,16 @@ class ModelsScreen(WorkbenchScreen):
 
     def action_download(self) -> None:
         catalog = self.query_one("#models-catalog", DataTable)
-        name = catalog.coordinate_to_cell_key(catalog.cursor_coordinate).row_key.value
+        self.start_download(str(catalog.coordinate_to_cell_key(catalog.cursor_coordinate).row_key.value))
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "models-source" and event.value.strip():
+            self.start_download(event.value.strip())
+
+    def start_download(self, name: str) -> None:
         self._cancel = threading.Event()
         self.query_one("#download-status", Static).update(f"Listing the files of {name}…")
-        self.download(str(name), self._cancel)
+        self.download(name, self._cancel)
 
     def action_cancel_download(self) -> None:
         self._cancel.set()

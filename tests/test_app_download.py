@@ -1,0 +1,56 @@
+"""The Models screen drives a real download from a real HTTP server on 127.0.0.1 and shows it live."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+from support.fileserver import running_fileserver
+from test_app_support import make_app, make_workspace, settle
+from textual.widgets import Input, ProgressBar, Static
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """The test server as the Hugging Face endpoint (tests run offline otherwise)."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with running_fileserver() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+async def test_models_screen_shows_a_live_download_from_the_server(hub, tmp_path: Path) -> None:
+    weights = bytes(range(256)) * 24_000  # 6 MB, served in chunks
+    files = {"config.json": b'{"model_type": "chatglm"}', "pytorch_model.bin": weights}
+    hub.add_hub_repo("someone/tiny-glm", "0" * 40, files, lfs={"pytorch_model.bin"})
+    hub.faults.drop_after["pytorch_model.bin"] = 2_000_000  # the transfer breaks once and resumes
+    app = make_app(make_workspace(tmp_path / "ws"))
+    seen: list[str] = []
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        await settle(pilot)
+        source = app.screen.query_one("#models-source", Input)
+        source.focus()
+        source.value = "someone/tiny-glm"
+        await pilot.press("enter")
+        status = app.screen.query_one("#download-status", Static)
+        bar = app.screen.query_one("#download-progress", ProgressBar)
+        for _ in range(400):
+            await pilot.pause(0.02)
+            text = str(status.render())
+            if not seen or seen[-1] != text:
+                seen.append(text)
+            if text.startswith("Downloaded"):
+                break
+        await settle(pilot)
+        assert bar.total == len(weights) + len(files["config.json"])
+        assert bar.progress == bar.total
+    destination = tmp_path / "ws" / "models" / "tiny-glm"
+    assert (
+        hashlib.sha256((destination / "pytorch_model.bin").read_bytes()).digest()
+        == hashlib.sha256(weights).digest()
+    )
+    assert seen[-1].startswith("Downloaded someone/tiny-glm")
+    assert len(seen) >= 3, f"the status should have moved through listing, progress and the end: {seen}"
