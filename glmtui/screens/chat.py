@@ -114,6 +114,7 @@ class ChatScreen(WorkbenchScreen):
     def on_chat_loaded(self, message: ChatLoaded) -> None:
         self.session = message.session
         self._status(f"Chatting with {message.description}.")
+        self.query_one("#chat-input", Input).focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id == "chat-checkpoint" and self.run is not None and self.session is not None:
