@@ -15,11 +15,11 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
-from glmcore import runs as run_control
 from glmcore.runs import EventTail, Run, RunStatus
 from glmtui.commands.runs import format_duration
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.screens.confirm import ConfirmScreen
+from glmtui.screens.run_actions import RunActions
 
 REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
@@ -32,15 +32,6 @@ STATE_STYLES = {
     "crashed": "bold red",
     "stopped": "yellow",
 }
-
-
-def start_or_resume(run: Run) -> str:
-    """Start a run that never ran, resume any other; returns the verb for the notification."""
-    if run.status().state == "created":
-        run_control.launch(run, detach=True)
-        return "Started"
-    run_control.resume(run, detach=True)
-    return "Resumed"
 
 
 @dataclass(frozen=True)
@@ -77,7 +68,7 @@ class RunsRead(Message):
         self.rows = rows
 
 
-class RunsScreen(WorkbenchScreen):
+class RunsScreen(RunActions, WorkbenchScreen):
     """Every run, live; n new, enter open, s stop, r resume/start, e evaluate, c chat, k clone, d delete."""
 
     NAME = "runs"
@@ -180,37 +171,8 @@ class RunsScreen(WorkbenchScreen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
 
-    def action_stop_run(self) -> None:
-        if run := self._require_run():
-            self.stop_run(run)
-
-    @work(thread=True, exit_on_error=False, group="runs-control")
-    def stop_run(self, run: Run) -> None:
-        run_control.stop(run)
-        self.app.call_from_thread(
-            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
-        )
-        self.app.call_from_thread(self.refresh_runs)
-
-    def action_resume_run(self) -> None:
-        if run := self._require_run():
-            self.resume_run(run)
-
-    @work(thread=True, exit_on_error=False, group="runs-control")
-    def resume_run(self, run: Run) -> None:
-        verb = start_or_resume(run)
-        self.app.call_from_thread(self.notify, f"{verb} {run.id}; press enter to watch it.")
-        self.app.call_from_thread(self.refresh_runs)
-
-    def action_evaluate_run(self) -> None:
-        if run := self._require_run():
-            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("evaluate")
-
-    def action_chat_run(self) -> None:
-        if run := self._require_run():
-            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("chat")
+    def after_run_action(self) -> None:
+        self.refresh_runs()
 
     def action_clone_run(self) -> None:
         if run := self._require_run():

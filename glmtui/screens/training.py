@@ -19,11 +19,10 @@ from textual.widgets import Log, ProgressBar, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
-from glmcore import runs as run_control
 from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
 from glmtui.commands.runs import format_duration
 from glmtui.screens.base import WorkbenchScreen
-from glmtui.screens.runs import start_or_resume
+from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 
 FOLLOW_S = 0.5
@@ -62,7 +61,7 @@ def describe_event(record: dict) -> str | None:
     return f"» {kind} at step {step}"
 
 
-class TrainingScreen(WorkbenchScreen):
+class TrainingScreen(RunActions, WorkbenchScreen):
     """Watch one run; s stop, r resume, e evaluate, c chat."""
 
     NAME = "training"
@@ -213,33 +212,3 @@ class TrainingScreen(WorkbenchScreen):
         if self.run is None:
             self.notify("No run is open: pick one on the Runs screen (F5).", severity="warning")
         return self.run
-
-    def action_stop_run(self) -> None:
-        if run := self._require_run():
-            self.stop_run(run)
-
-    @work(thread=True, exit_on_error=False, group="training-control")
-    def stop_run(self, run: Run) -> None:
-        run_control.stop(run)
-        self.app.call_from_thread(
-            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
-        )
-
-    def action_resume_run(self) -> None:
-        if run := self._require_run():
-            self.resume_run(run)
-
-    @work(thread=True, exit_on_error=False, group="training-control")
-    def resume_run(self, run: Run) -> None:
-        verb = start_or_resume(run)
-        self.app.call_from_thread(self.notify, f"{verb} {run.id}.")
-
-    def action_evaluate_run(self) -> None:
-        if run := self._require_run():
-            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("evaluate")
-
-    def action_chat_run(self) -> None:
-        if run := self._require_run():
-            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("chat")

@@ -1,0 +1,63 @@
+"""The run actions the Runs screen and the Training view share: stop, start/resume, evaluate, chat.
+
+Each screen says which run an action applies to (`_require_run`) and what to refresh afterwards
+(`after_run_action`); the work itself is glmcore's, in a thread worker.
+"""
+
+from __future__ import annotations
+
+from textual import work
+
+from glmcore import runs as run_control
+from glmcore.runs import Run
+
+
+def start_or_resume(run: Run) -> str:
+    """Start a run that never ran, resume any other; returns the verb for the notification."""
+    if run.status().state == "created":
+        run_control.launch(run, detach=True)
+        return "Started"
+    run_control.resume(run, detach=True)
+    return "Resumed"
+
+
+class RunActions:
+    """Mixed into a WorkbenchScreen that knows its current run."""
+
+    def _require_run(self) -> Run | None:
+        raise NotImplementedError
+
+    def after_run_action(self) -> None:
+        """Called on the UI thread after a stop or resume was asked for."""
+
+    def action_stop_run(self) -> None:
+        if run := self._require_run():
+            self.stop_run(run)
+
+    @work(thread=True, exit_on_error=False, group="run-actions")
+    def stop_run(self, run: Run) -> None:
+        run_control.stop(run)
+        self.app.call_from_thread(
+            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
+        )
+        self.app.call_from_thread(self.after_run_action)
+
+    def action_resume_run(self) -> None:
+        if run := self._require_run():
+            self.resume_run(run)
+
+    @work(thread=True, exit_on_error=False, group="run-actions")
+    def resume_run(self, run: Run) -> None:
+        verb = start_or_resume(run)
+        self.app.call_from_thread(self.notify, f"{verb} {run.id}.")
+        self.app.call_from_thread(self.after_run_action)
+
+    def action_evaluate_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("evaluate")
+
+    def action_chat_run(self) -> None:
+        if run := self._require_run():
+            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
+            self.workbench.action_show("chat")
