@@ -160,3 +160,25 @@ class RunEventsCallback(TrainerCallback):
                 **self._summary,
             )
             self.run.write_status(step=state.global_step)
+
+
+class LogLinePrinter(TrainerCallback):
+    """One readable line per logging step in train.log, in place of the Trainer's printed dictionaries
+    (events.jsonl keeps every figure; this is for people reading the log)."""
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: object,
+    ) -> None:
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        rate = logs.get("learning_rate")
+        print(
+            f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}"
+            + (f"  lr {rate:.3g}" if rate is not None else ""),
+            flush=True,
+        )

@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from glmcore.callbacks import RunEventsCallback
+from glmcore.callbacks import LogLinePrinter, RunEventsCallback
 from glmcore.config import RunConfig
 from glmcore.data import Columns, TrainingCollator, load_examples, training_dataset
 from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
@@ -176,7 +176,7 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
 
 def train(run: Run, *, resume: bool) -> str:
     """Train `run` to its end or to a stop request; returns the final state."""
-    from transformers import set_seed
+    from transformers import PrinterCallback, set_seed
 
     from glmcore.models.loading import load_tokenizer
 
@@ -209,6 +209,8 @@ def train(run: Run, *, resume: bool) -> str:
         processing_class=tokenizer,
         callbacks=[callback],
     )
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(LogLinePrinter())
     checkpoint = run.latest_checkpoint() if resume else None
     trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
     state = "stopped" if callback.stopped_by_request else "finished"
