@@ -50,7 +50,7 @@ FIELD_LABELS = {
     "method": "Method",
     "quantization_bit": "Quantization bit",
     "pre_seq_len": "Prefix length",
-    "prefix_projection": "Prefix projection",
+    "prefix_projection": "Prefix MLP",
     "learning_rate": "Learning rate",
     "per_device_train_batch_size": "Batch per GPU",
     "gradient_accumulation_steps": "Accumulation",

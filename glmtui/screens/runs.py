@@ -139,7 +139,7 @@ class RunsScreen(RunActions, WorkbenchScreen):
             table.move_cursor(row=table.get_row_index(selected.id))
         active = sum(row.status.is_active for row in message.rows)
         self.query_one("#runs-summary", Static).update(
-            f"{len(message.rows)} runs in {self.workbench.workspace.runs_dir}, {active} active"
+            f"{len(message.rows)} run{'s' if len(message.rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
             if message.rows
             else "No runs yet: press n to configure one."
         )
