@@ -37,8 +37,6 @@ from glmcore.prefix import PREFIX_WEIGHTS, PUBLISHED_WEIGHTS
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
-    import torch
-
     from glmcore.runs import Run
 
 PREDICTIONS_FILE = "generated_predictions.txt"
@@ -191,22 +189,6 @@ class EvalResult:
 def overall_score(scores: dict[str, float]) -> float:
     """The mean of the four metrics: what "worst first" ranks by."""
     return sum(scores[name] for name in METRIC_NAMES) / len(METRIC_NAMES)
-
-
-class StopWhenSet:
-    """A stopping criterion that ends `generate` at the next token once `event` is set."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(
-        self, input_ids: torch.Tensor, scores: torch.Tensor | None, **kwargs: object
-    ) -> torch.Tensor:
-        import torch
-
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
 
 
 def automatic_batch_size(model, settings: EvalSettings) -> int:
