@@ -9,6 +9,8 @@ exists, in the forward or the backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -35,6 +37,12 @@ class Int8Rows(nn.Module):
     def rows(self, start: int, stop: int) -> torch.Tensor:
         return self.quantized[start:stop].to(self.compute_dtype) * self.scales[start:stop]
 
+    def slices(self) -> Iterator[tuple[int, int]]:
+        """(start, stop) of each slice of rows that is dequantized at once."""
+        total = self.quantized.shape[0]
+        for start in range(0, total, ROWS_PER_SLICE):
+            yield start, min(start + ROWS_PER_SLICE, total)
+
 
 class _SlicedProjection(torch.autograd.Function):
     """hidden @ Wᵀ over row slices of W; the backward gives the hidden states' gradient only (W is frozen)."""
@@ -42,20 +50,16 @@ class _SlicedProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, matrix: Int8Rows) -> torch.Tensor:
         ctx.matrix = matrix
-        total = matrix.quantized.shape[0]
-        output = hidden.new_empty(*hidden.shape[:-1], total)
-        for start in range(0, total, ROWS_PER_SLICE):
-            stop = min(start + ROWS_PER_SLICE, total)
+        output = hidden.new_empty(*hidden.shape[:-1], matrix.quantized.shape[0])
+        for start, stop in matrix.slices():
             output[..., start:stop] = hidden @ matrix.rows(start, stop).T
         return output
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         matrix = ctx.matrix
-        total = matrix.quantized.shape[0]
         grad_hidden = None
-        for start in range(0, total, ROWS_PER_SLICE):
-            stop = min(start + ROWS_PER_SLICE, total)
+        for start, stop in matrix.slices():
             part = grad_output[..., start:stop].to(matrix.compute_dtype) @ matrix.rows(start, stop)
             grad_hidden = part if grad_hidden is None else grad_hidden + part
         return grad_hidden, None
@@ -75,14 +79,8 @@ class Int8Embedding(nn.Module):
         return self.matrix.quantized[input_ids].to(self.matrix.compute_dtype) * self.matrix.scales[input_ids]
 
 
-class Int8LMHead(nn.Module):
-    def __init__(self, matrix: Int8Rows) -> None:
-        super().__init__()
-        self.matrix = matrix
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.matrix.scales
+class Int8LMHead(Int8Embedding):
+    """The same matrix, multiplied by rather than indexed."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return _SlicedProjection.apply(hidden_states.to(self.matrix.compute_dtype), self.matrix)
