@@ -128,11 +128,13 @@ def write_random_checkpoint(folder: Path, shape: dict) -> Path:
             else:
                 parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
     state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
     state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
     inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
     for layer in range(config.num_layers):
         state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse.clone()
-    del model
     names = list(state)
     groups = [names[index::8] for index in range(8)]
     weight_map = {}

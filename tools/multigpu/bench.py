@@ -1,4 +1,4 @@
-"""Two-GPU check of glmtui's multi-GPU runs at ChatGLM-6B's real shape with random weights (issue 8).
+"""Multi-GPU checks of glmtui at ChatGLM-6B's real shape with random weights (issues 8 and 9).
 
 Every run goes through the product's path: RunConfig -> validate -> RunStore.create -> glmcore.runs.launch
 (torchrun, one rank per GPU) -> events.jsonl / status.json -> glmcore.runs.stop.
@@ -172,18 +172,25 @@ def make_run(store: RunStore, name: str, model: Path, data: Path, gpus: list[int
     return store.create(config)
 
 
-def phase_zero3(store: RunStore, model: Path, data: Path, args: argparse.Namespace, out: Path) -> None:
-    gpus = [] if args.tiny else [0, 1]
+def phase_full(
+    store: RunStore, model: Path, data: Path, args: argparse.Namespace, out: Path, ranks: int, stage: int
+) -> None:
+    """Full fine-tuning at the published settings (batch 4 per GPU, lr 1e-4) under ZeRO ``stage``, force-stopped
+    (a graceful stop would write a ZeRO checkpoint of ~90 GB)."""
+    figure = f"full_zero{stage}"
+    gpus = [] if args.tiny else list(range(ranks))
+    if args.tiny:
+        os.environ[CPU_PROCESSES_VARIABLE] = str(ranks)
     try:
         run = make_run(
             store,
-            "full-zero3",
+            f"full-zero{stage}-{ranks}gpu",
             model,
             data,
             gpus,
             method="full",
             quantization_bit=16,
-            deepspeed="zero3",
+            deepspeed=f"zero{stage}",
             per_device_train_batch_size=4,
             gradient_accumulation_steps=1,
             learning_rate=1e-4,
@@ -191,7 +198,7 @@ def phase_zero3(store: RunStore, model: Path, data: Path, args: argparse.Namespa
             logging_steps=2,
         )
     except RuntimeError as error:
-        report("full_zero3", error=str(error))
+        report(figure, gpus=ranks, error=str(error))
         return
     with MemorySampler() as memory:
         started = time.monotonic()
@@ -201,8 +208,8 @@ def phase_zero3(store: RunStore, model: Path, data: Path, args: argparse.Namespa
         forced = stop(run, force=True, grace=15)
     empty, seconds, left = wait_gpus_empty(60)
     report(
-        "full_zero3",
-        gpus=2,
+        figure,
+        gpus=ranks,
         per_device_batch=4,
         seq=128,
         reached_step=reached,
@@ -216,7 +223,7 @@ def phase_zero3(store: RunStore, model: Path, data: Path, args: argparse.Namespa
         left_pids=left,
     )
     if not reached or not empty:
-        keep_logs(run, "zero3", out)
+        keep_logs(run, f"zero{stage}-{ranks}gpu", out)
 
 
 def phase_ptuning(
@@ -294,7 +301,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy shape, two gloo ranks on the CPU")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")))
-    parser.add_argument("--only", default="ptuning,zero3", help="comma-separated: ptuning, zero3")
+    parser.add_argument("--only", default="ptuning,full", help="comma-separated: ptuning, full")
+    parser.add_argument(
+        "--full",
+        default="2:3",
+        help="full fine-tuning runs as GPUS:ZERO_STAGE, comma-separated (issue 9: 2:2,4:2,2:3,4:3)",
+    )
     parser.add_argument("--zero-steps", type=int, default=10)
     parser.add_argument("--ptuning-steps", type=int, default=40)
     parser.add_argument("--phase-s", type=float, default=150.0, help="longest wait for one run's steps")
@@ -341,10 +353,10 @@ def main() -> int:
                 target=1.8,
             )
         # Last: the scaling figures come back even if ZeRO-3 takes the rest of the time.
-        if "zero3" in wanted and time.monotonic() < END - 2 * RESERVE_S:
-            if args.tiny:
-                os.environ[CPU_PROCESSES_VARIABLE] = "2"
-            guarded("full_zero3", phase_zero3, store, model, data, args, args.out)
+        for spec in args.full.split(",") if "full" in wanted else []:
+            ranks, stage = (int(part) for part in spec.split(":"))
+            if time.monotonic() < END - 2 * RESERVE_S:
+                guarded(f"full_zero{stage}", phase_full, store, model, data, args, args.out, ranks, stage)
     finally:
         # A run cut short by an error here must not outlive the script (runs are detached on purpose).
         for run in RunStore(workdir / "runs").list():
