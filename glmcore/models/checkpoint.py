@@ -14,6 +14,7 @@ from pathlib import Path
 
 from glmcore.errors import GlmError
 from glmcore.models import family_for
+from glmcore.workspace import atomic_write_text
 
 BIN_INDEX = "pytorch_model.bin.index.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -124,12 +125,9 @@ def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], No
             weight_map[name] = target_name
             total_size += tensor.numel() * tensor.element_size()
     index_path = path / SAFETENSORS_INDEX
-    temporary_index = path / (SAFETENSORS_INDEX + ".tmp")
-    temporary_index.write_text(
-        json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2),
-        encoding="utf-8",
+    atomic_write_text(
+        index_path, json.dumps({"metadata": {"total_size": total_size}, "weight_map": weight_map}, indent=2)
     )
-    os.replace(temporary_index, index_path)
     if progress is not None:
         progress(len(shards), len(shards), "done")
     return index_path
