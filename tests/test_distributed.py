@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_train import make_config as train_config
 
 from glmcore.config import RunConfig
 from glmcore.distributed import (
@@ -47,23 +48,15 @@ def wait_until(condition: Callable[[], object], what: str) -> object:
 
 
 def make_config(model_dir: Path, train_file: Path, **overrides: object) -> RunConfig:
-    settings: dict[str, object] = dict(
-        name="ddp",
-        model_path=model_dir,
-        train_file=train_file,
-        quantization_bit=16,
-        pre_seq_len=4,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        max_steps=3000,
-        save_steps=20,
-        logging_steps=5,
-        max_source_length=16,
-        max_target_length=16,
-        gpus=[],
-        dtype="float32",
-    )
-    return RunConfig(**{**settings, **overrides})
+    """The training tests' config, as a long run with regular checkpoints (to be stopped mid-way)."""
+    settings = {
+        "name": "ddp",
+        "per_device_train_batch_size": 2,
+        "max_steps": 3000,
+        "save_steps": 20,
+        "logging_steps": 5,
+    }
+    return train_config(model_dir, train_file, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
