@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from glmcore.config import RunConfig, validate
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStore, launch, stop
+from glmcore.runs import EventTail, Run, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.workspace import Workspace
 from glmtui.commands.runs import format_duration
@@ -129,6 +129,8 @@ def report_end(run: Run, console: Console) -> int:
 def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     """Launch (or resume) ``run`` detached or followed in front; shared by `train` and `resume`."""
     started = resume_run(run, detach=detach) if resume else launch(run, detach=detach)
+    if resume:  # said once the resume is under way, so a refused one prints only the refusal
+        console.print(escape(describe_resume(run)))
     if detach:
         console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
