@@ -182,8 +182,11 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
         current = current.__cause__ or current.__context__
     if any(isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EDQUOT) for item in chain):
         return True
+    if any("No space left on device" in str(item) for item in chain):  # safetensors' Rust I/O error, say
+        return True
     torch_write_failed = any(
-        isinstance(item, RuntimeError) and ("inline_container" in str(item) or "file write failed" in str(item))
+        isinstance(item, RuntimeError)
+        and ("inline_container" in str(item) or "file write failed" in str(item))
         for item in chain
     )
     try:
@@ -755,8 +758,7 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
     """
     with claim(run):
         status = run.status()
-        if status.is_active:
-            raise RunError(f"run {run.id} is {status.state}; only a run that has ended can be resumed")
+        _refuse_if_active(run, status)
         if status.state == "finished":
             raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
         point = run.resume_point()

@@ -300,7 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                 run.append_event("failed", step=step, reason=reason)
                 run.finish("failed", reason)
             except OSError as write_error:
-                print(f"glmtui: could not record the failure in {run.path} ({write_error})", file=sys.stderr, flush=True)
+                print(
+                    f"glmtui: could not record the failure in {run.path} ({write_error})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if isinstance(error, GlmError):
             return 1
         raise

@@ -389,7 +389,7 @@ def test_resume_continues_the_steps_and_events_without_duplicates(run: Run) -> N
 
 def test_resume_refuses_running_and_finished_runs(run: Run) -> None:
     run.mark_running(os.getpid())
-    with pytest.raises(RunError, match="is running; only a run that has ended can be resumed"):
+    with pytest.raises(RunError, match="is already running .*; stop it first"):
         resume(run, detach=True, program=STAND_IN)
     run.finish("finished")
     with pytest.raises(RunError, match="finished all its 1000000 steps"):

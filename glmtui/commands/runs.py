@@ -9,6 +9,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
@@ -59,7 +60,7 @@ def _age(timestamp: str | None) -> str:
     return format_duration((datetime.now().astimezone() - datetime.fromisoformat(timestamp)).total_seconds())
 
 
-def _row(run: Run) -> list[str]:
+def _row(run: Run) -> list[str | Text]:
     status = run.status()
     log = last_log_event(run)
     state = status.state + (
@@ -70,7 +71,7 @@ def _row(run: Run) -> list[str]:
     eta = format_duration(log.get("eta_s")) if log and status.is_active else "—"
     return [
         run.id,
-        f"[{STATE_STYLES.get(status.state, '')}]{escape(state)}[/]",
+        Text(state, style=STATE_STYLES.get(status.state, "")),  # not markup: any state shows as it is
         f"{status.step}/{status.total}",
         loss,
         tokens,

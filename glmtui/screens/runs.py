@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -25,6 +26,7 @@ REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 COLUMNS = {"Run": 30, "State": 9, "Step": 11, "Loss": 7, "Tok/s": 7, "ETA": 8, "GPUs": 5, "Age": 7}
 STATE_STYLES = {
+    "created": "dim",
     "running": "bold green",
     "stopping": "yellow",
     "finished": "cyan",
@@ -129,7 +131,8 @@ class RunsScreen(RunActions, WorkbenchScreen):
             table.clear()
         for row in message.rows:
             cells = list(row.cells(now))
-            cells[1] = f"[{STATE_STYLES.get(row.status.state, '')}]{cells[1]}[/]"
+            # A Text, not markup: a state without a style (or one a later version adds) shows as it is.
+            cells[1] = Text(cells[1], style=STATE_STYLES.get(row.status.state, ""))
             if same_runs:
                 for column, value in zip(table.columns, cells, strict=True):
                     table.update_cell(row.run.id, column, value)
