@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -170,7 +171,7 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         if self.run is not None:
             state = status.state if status else "reading…"
             reason = f" — {status.reason}" if status and status.reason else ""
-            title.update(f"[b]{self.run.id}[/b]  {state}{reason}")
+            title.update(f"[b]{self.run.id}[/b]  {escape(state)}{escape(reason)}")  # any state, any reason
         progress = self.query_one("#training-progress", ProgressBar)
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
