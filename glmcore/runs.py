@@ -880,6 +880,16 @@ def describe_failure(exc: BaseException, step: int | None = None) -> str:
             f"CUDA ran out of memory{at}: try a smaller per-device batch with more gradient accumulation, "
             "quantization_bit 4, or shorter max_source/target lengths"
         )
+    if not isinstance(exc, GlmError) and is_disk_full(exc, Path.cwd()):
+        filename = next(
+            (error.filename for error in chain if isinstance(error, OSError) and error.filename), None
+        )
+        folder = (
+            Path(filename).parent if filename else Path.cwd()
+        )  # the training process runs in its run folder
+        with contextlib.suppress(OSError):
+            free = _format_bytes(shutil.disk_usage(folder).free)
+            return f"disk full{at}: {free} free on {folder} ({type(exc).__name__}: {exc})"
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped at once{at} (a forced stop or interrupt); steps after the latest checkpoint are lost"
     if isinstance(exc, GlmError):

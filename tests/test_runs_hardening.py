@@ -19,7 +19,17 @@ import pytest
 from support.tmpfs import fill, small_tmpfs
 from test_runs import DEADLINE_S, STAND_IN, make_config, wait_until
 
-from glmcore.runs import DiskFull, Run, RunError, RunStore, checkpoint_problem, launch, resume, stop
+from glmcore.runs import (
+    DiskFull,
+    Run,
+    RunError,
+    RunStore,
+    checkpoint_problem,
+    describe_failure,
+    launch,
+    resume,
+    stop,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RACERS = 4
@@ -321,3 +331,17 @@ def test_when_even_the_last_status_write_fails_the_crash_shows_the_disk_full_lin
         assert reason.endswith(
             "free some space, then it saved no checkpoint, so resuming starts again from step 0"
         )
+
+
+def test_any_write_that_fails_on_a_full_disk_is_described_as_disk_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        monkeypatch.chdir(disk)  # a training process works in its run folder
+        fill(disk)
+        try:
+            (disk / "status.json").write_text("x" * 10_000)
+        except OSError as error:
+            reason = describe_failure(error, step=7)
+        monkeypatch.chdir(tmp_path)
+        assert reason.startswith(f"disk full at step 7: 0 B free on {disk} (OSError: [Errno 28]")
