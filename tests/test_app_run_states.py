@@ -62,3 +62,31 @@ def test_the_runs_command_shows_every_state(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}
     assert " created " in rows["20260501-100000-never"]
     assert " paused-by-v9 [/] " in rows["20260501-110000-future"]
+
+
+async def test_resuming_from_the_app_says_which_checkpoint_was_passed_over(tmp_path: Path) -> None:
+    from test_runs_hardening import cut_short, whole_checkpoint
+
+    from glmcore.runs import stop
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    run = write_run(
+        workspace, "20260501-100000-damaged", tiny_config(workspace), state="stopped", step=40, losses=[]
+    )
+    run.write_status(host=None, pid=None)
+    whole_checkpoint(run, 20)
+    cut_short(whole_checkpoint(run, 40) / "optimizer.pt")
+    app = make_app(workspace)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(pilot)
+            await pilot.press("r")
+            await settle(pilot)
+            messages = " ".join(notification.message for notification in app._notifications)
+        assert (
+            f"Resuming run {run.id} from checkpoint-20. checkpoint-40 cannot be loaded (optimizer.pt is cut"
+            in (" ".join(messages.split()))
+        )
+    finally:
+        if run.status().is_active:
+            stop(run, force=True, grace=5)

@@ -13,12 +13,12 @@ from glmcore.runs import Run
 
 
 def start_or_resume(run: Run) -> str:
-    """Start a run that never ran, resume any other; returns the verb for the notification."""
+    """Start a run that never ran, resume any other; returns the notification (a resume says from where)."""
     if run.status().state == "created":
         run_control.launch(run, detach=True)
-        return "Started"
+        return f"Started {run.id}."
     run_control.resume(run, detach=True)
-    return "Resumed"
+    return run_control.describe_resume(run)
 
 
 class RunActions:
@@ -48,8 +48,7 @@ class RunActions:
 
     @work(thread=True, exit_on_error=False, group="run-actions")
     def resume_run(self, run: Run) -> None:
-        verb = start_or_resume(run)
-        self.app.call_from_thread(self.notify, f"{verb} {run.id}.")
+        self.app.call_from_thread(self.notify, start_or_resume(run))
         self.app.call_from_thread(self.after_run_action)
 
     def action_evaluate_run(self) -> None:
