@@ -62,7 +62,7 @@ def test_the_registry_is_one_tuple_seen_from_both_modules() -> None:
 
 
 def test_loaded_parts_know_their_family(tiny_model, tiny_tokenizer) -> None:
-    assert family_of(tiny_model) is CHATGLM_6B
+    assert family_of(tiny_model) is tiny_model.model_family is CHATGLM_6B
     assert family_of(tiny_tokenizer) is CHATGLM_6B
     assert family_of(tiny_model.config) is CHATGLM_6B
     with pytest.raises(UnsupportedModel):

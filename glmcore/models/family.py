@@ -230,8 +230,15 @@ def family_for(model_dir: Path, override: str | None = None) -> tuple[ModelFamil
 
 
 def family_of(obj: object) -> ModelFamily:
-    """The family a loaded model, its config or its tokenizer belongs to (a PEFT wrapper is looked through)."""
+    """The family a loaded model, its config or its tokenizer belongs to (a PEFT wrapper is looked through).
+
+    A model from `load_model` carries its family (`model_family`), since two families may share a model
+    class (ChatGLM3-6B runs ChatGLM2-6B's); otherwise the family is the package the object's class comes from.
+    """
     base = obj.get_base_model() if hasattr(obj, "get_base_model") else obj
+    marked = getattr(base, "model_family", None)
+    if isinstance(marked, ModelFamily):
+        return marked
     for family in families():
         if family.owns(base):
             return family

@@ -76,7 +76,8 @@ def load_model(
     if quantization_bit not in QUANTIZATION_BITS:
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
     require_complete(path, family)
-    implementation = family_for(path, family)[0].implementation()
+    model_family, _ = family_for(path, family)
+    implementation = model_family.implementation()
     config = implementation.config_class.from_pretrained(path)
 
     prefix_state = None
@@ -101,6 +102,7 @@ def load_model(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
         ) from error
+    model.model_family = model_family  # see glmcore.models.family_of
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
         from glmcore.models.quantized_embedding import quantize_tied_embedding
 
