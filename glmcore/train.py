@@ -138,11 +138,11 @@ def trainer_class(method: str):
             save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from glmcore.prefix import check_fits_model, read_prefix_checkpoint
+            from glmcore.prefix import read_checked_prefix
 
             model = model or self.model
-            spec, state = read_prefix_checkpoint(Path(resume_from_checkpoint))
-            check_fits_model(spec, state, model.config, resume_from_checkpoint)
+            # Loaded into the encoder in place: the optimizer already holds its parameters.
+            _, state = read_checked_prefix(resume_from_checkpoint, model.config)
             model.transformer.prefix_encoder.load_state_dict(state)
 
     return PrefixTrainer

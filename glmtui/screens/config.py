@@ -28,6 +28,7 @@ from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.runs import Run
+from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
@@ -206,6 +207,21 @@ class ConfigScreen(WorkbenchScreen):
         """Fill the form with ``config`` (the demo, a loaded TOML); before mounting, the form starts with it."""
         self.fill_form(config)
 
+    def use_data(self, choice: DataChoice) -> None:
+        """Apply the Data screen's choice over the config being edited (lengths left empty stay as they are)."""
+        base = self.current_config()
+        self.load(
+            dataclasses.replace(
+                base,
+                train_file=choice.train_file,
+                prompt_column=choice.prompt_column,
+                response_column=choice.response_column,
+                history_column=choice.history_column,
+                max_source_length=choice.max_source_length or base.max_source_length,
+                max_target_length=choice.max_target_length or base.max_target_length,
+            )
+        )
+
     def current_config(self) -> RunConfig:
         """The form's config when it is valid, else the one the form started from."""
         if self.is_mounted:
@@ -213,11 +229,6 @@ class ConfigScreen(WorkbenchScreen):
             if config is not None:
                 return config
         return self.base or self.blank_config()
-
-    def clone_from(self, run: Run) -> None:
-        """Fill the form with a copy of ``run``'s config, renamed so the copy is told apart."""
-        config = dataclasses.replace(run.config, name=f"{run.config.name}-copy")
-        self.load(config)
 
     def read_form(self) -> tuple[RunConfig | None, list[Problem]]:
         """The config the form describes, or the problems that stop it from being one."""
@@ -376,8 +387,7 @@ class ConfigScreen(WorkbenchScreen):
 
     def _started(self, run: Run) -> None:
         self.notify(f"Started {run.id}.")
-        self.workbench.workbench_screen("training").open_run(run)  # type: ignore[attr-defined]
-        self.workbench.action_show("training")
+        self.post_message(OpenRun(run))
 
     def action_load_config(self) -> None:
         def loaded(path: Path | None) -> None:

@@ -1,6 +1,6 @@
 """The run actions the Runs screen and the Training view share: stop, start/resume, evaluate, chat.
 
-Each screen says which run an action applies to (`_require_run`) and what to refresh afterwards
+Each such screen says which run an action applies to (`_require_run`) and what to refresh afterwards
 (`after_run_action`); the work itself is glmcore's, in a thread worker.
 """
 
@@ -10,6 +10,8 @@ from textual import work
 
 from glmcore import runs as run_control
 from glmcore.runs import Run
+from glmtui.messages import ChatWith, EvaluateRun
+from glmtui.screens.base import WorkbenchScreen
 
 
 def start_or_resume(run: Run) -> str:
@@ -21,8 +23,8 @@ def start_or_resume(run: Run) -> str:
     return run_control.describe_resume(run)
 
 
-class RunActions:
-    """Mixed into a WorkbenchScreen that knows its current run."""
+class RunActions(WorkbenchScreen):
+    """A workbench screen that knows its current run (`_require_run`) and offers the actions on it."""
 
     def _require_run(self) -> Run | None:
         raise NotImplementedError
@@ -53,10 +55,8 @@ class RunActions:
 
     def action_evaluate_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("evaluate")
+            self.post_message(EvaluateRun(run))
 
     def action_chat_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("chat")
+            self.post_message(ChatWith(run))

@@ -21,8 +21,7 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
-from glmtui.commands.runs import format_duration
-from glmtui.screens.base import WorkbenchScreen
+from glmtui.presentation import event_sentence, format_duration
 from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 
@@ -41,28 +40,7 @@ class RunFollowed(Message):
         self.status = status
 
 
-def describe_event(record: dict) -> str | None:
-    """A log line for an event other than the per-step ``log`` records (which the curves show)."""
-    kind, step = record.get("kind"), record.get("step")
-    if kind == "log":
-        return None
-    if kind == "start":
-        return f"» started at step {step} of {record.get('total')}"
-    if kind == "checkpoint":
-        return f"» checkpoint saved at step {step}"
-    if kind == "resumed":
-        return f"» resumed from step {step}"
-    if kind == "eval":
-        loss = record.get("eval_loss")
-        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
-    if kind == "end":
-        return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
-    if kind == "failed":
-        return f"» failed at step {step}: {record.get('reason')}"
-    return f"» {kind} at step {step}"
-
-
-class TrainingScreen(RunActions, WorkbenchScreen):
+class TrainingScreen(RunActions):
     """Watch one run; s stop, r resume, e evaluate, c chat."""
 
     NAME = "training"
@@ -152,7 +130,7 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         self.status = message.status
         log = self.query_one("#training-log", Log)
         log.write_lines(message.log_lines)
-        log.write_lines([line for record in message.events if (line := describe_event(record))])
+        log.write_lines([line for record in message.events if (line := event_sentence(record))])
         self._redraw()
 
     # drawing
