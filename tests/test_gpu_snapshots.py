@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_support import FIXED_NOW, make_workspace, tiny_config, write_run
+from test_app_support import FIXED_NOW, make_workspace, settle, tiny_config, write_run
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
 from glmtui.app import GlmApp
@@ -165,3 +165,21 @@ def test_without_a_driver_the_panel_is_one_line(snap_compare, tmp_path: Path) ->
         assert NO_DRIVER_REASON in screen_text(pilot.app)[-2]
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
+
+
+async def test_the_config_editor_shows_every_gpu_beside_its_free_memory_check(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    backend = RecordedGpuBackend(FIXTURES / "gpus-4.json")
+    app = GlmApp(workspace, gpu_backend=backend, gpu_interval=3600, clock=lambda: FIXED_NOW)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.click("#train_file")
+        await pilot.press(*str(workspace.data_dir / "sample" / "train.json"))
+        await pilot.click("#gpus")
+        await pilot.press("0", "comma", "1")
+        await settle(pilot)
+        side = [row.split("│")[-1].strip() for row in screen_text(app)]
+        for gpu in app.gpu_snapshot.gpus:
+            memory = f"{gpu.memory_used / 2**30:.1f}/{gpu.memory_total / 2**30:.1f} GiB"
+            assert any(row.startswith(f"{gpu.index} ") and memory in row for row in side), side
+        assert any(row.startswith("GPU 1: ") and row.endswith("fits") for row in side), side
