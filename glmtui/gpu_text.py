@@ -4,7 +4,8 @@ In the manner of nvitop's compact view and nvidia-smi's table: a row per GPU (in
 with a bar, utilisation, temperature, power), or two rows per GPU with a utilisation bar when there is room;
 then the processes on the GPUs, one row each (GPU, pid, user, memory, command), glmtui's own training ranks
 marked with their run. Every line is built to the width it is given, and a GPU's row is never cut: when
-space is short, whole figures are left out (fan, then name, then power...) instead.
+space is short, whole figures are left out instead: the utilisation bar, the fan, the name, the labels, the
+power, the temperature, in that order.
 
 Functions return Rich ``Text`` lines and hold no clock reading, so a snapshot always renders the same.
 """
