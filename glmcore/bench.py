@@ -314,8 +314,7 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     """A real detached-style run (its own process) sampled through NVML, against the estimate.
 
     The figure is what nvidia-smi shows for the training process (PyTorch's reserved memory plus the CUDA
-    context), the quantity the VRAM estimate models. The GPU panel is rendered once mid-run, as the
-    Training view would show it.
+    context), the quantity the VRAM estimate models.
     """
     import threading
 
@@ -347,19 +346,16 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     run = RunStore(workdir / "runs").create(config)
     process = launch(run, detach=False)
     peak = 0
-    panel = None
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, panel
+        nonlocal peak
         while not done.is_set():
             snapshot = read_gpus()
             for gpu in snapshot.gpus:
                 for holder in gpu.processes:
                     if holder.pid == process.pid and holder.used_memory:
                         peak = max(peak, holder.used_memory)
-                        if panel is None and run.status().step >= 2:
-                            panel = render_panel(snapshot)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -367,8 +363,6 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     process.wait()
     done.set()
     sampler.join()
-    if panel:
-        print(panel, flush=True)
     measured = peak / 2**30
     total = estimate.total / 2**30
     return {
@@ -382,17 +376,6 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
         "error": round((total - measured) / measured, 3) if measured else None,
         "parts_GiB": {name: round(size / 2**30, 2) for name, size in estimate.parts.items()},
     }
-
-
-def render_panel(snapshot) -> str:
-    """The Training view's GPU panel as text (the app is only imported here, for this check)."""
-    try:
-        from glmtui.widgets.gpu_panel import render_gpu_panel_text
-    except ImportError:
-        from glmcore.gpu import format_gpu_table
-
-        return format_gpu_table(snapshot)
-    return render_gpu_panel_text(snapshot, width=100)
 
 
 FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load", "vram")

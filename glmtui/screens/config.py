@@ -28,6 +28,7 @@ from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.runs import Run
+from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
 
@@ -96,12 +97,23 @@ def parse_gpus(text: str) -> list[int]:
     return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
-def describe_estimate(estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None) -> Text:
-    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not."""
+def describe_estimate(
+    estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None, width: int = 38
+) -> Text:
+    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not.
+
+    Every GPU's row (as the Training view's panel shows it, from the app's one sampler) comes first, so the
+    GPUs other jobs are using can be seen while choosing.
+    """
     text = Text()
     text.append(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU\n", style="bold")
     for part, size in estimate.parts.items():
         text.append(f"  {part.replace('_', ' ')}: {size / GIB:.2f} GiB\n", style="dim")
+    if snapshot is not None and snapshot.gpus:
+        text.append("GPUs now:\n", style="dim")
+        for row in compact_gpu_rows(snapshot.gpus, width):
+            text.append_text(row)
+            text.append("\n")
     if not gpus:
         text.append("Trains on the CPU (no GPU chosen).\n")
         return text
@@ -343,7 +355,10 @@ class ConfigScreen(WorkbenchScreen):
         if self.estimate is None or self.config is None:
             widget.update(Text("VRAM estimate: needs a readable model folder", style="dim"))
         else:
-            widget.update(describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot))
+            width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
+            widget.update(
+                describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot, width)
+            )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         super().gpu_snapshot_changed(snapshot)

@@ -21,12 +21,17 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
+from glmtui.preferences import Preferences
 from glmtui.presentation import event_sentence, format_duration
 from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 
 FOLLOW_S = 0.5
 LOG_LINES = 500
+ZOOMS = ("plots", "log", "gpus")
+ZOOM_PREFERENCE = "training.zoom"
+WIDE_COLUMNS = 110
+"""Narrower terminals show only the loss curve beside the log (the learning rate joins it when zoomed)."""
 
 
 class RunFollowed(Message):
@@ -55,6 +60,10 @@ class TrainingScreen(RunActions):
         Binding(
             "c", "chat_run", "Chat", id="training-chat", tooltip="Chat with this run's latest checkpoint"
         ),
+        Binding("p", "zoom('plots')", "Plot", id="training-zoom-plots", tooltip="Give the curves the screen"),
+        Binding("l", "zoom('log')", "Log", id="training-zoom-log", tooltip="Give the log the screen"),
+        Binding("g", "zoom('gpus')", "GPUs", id="training-zoom-gpus", tooltip="Give the GPUs the screen"),
+        Binding("escape", "zoom(None)", "All", id="training-zoom-none", tooltip="Show every pane again"),
     ]
 
     def __init__(self) -> None:
@@ -64,18 +73,20 @@ class TrainingScreen(RunActions):
         self.status: RunStatus | None = None
         self._events_tail: EventTail | None = None
         self._log_tail: FileTail | None = None
+        self.zoom: str | None = None
 
     def compose_body(self) -> ComposeResult:
         yield Static("No run open: pick one on the Runs screen (F5) and press enter.", id="training-title")
         with Horizontal(id="training-progress-row"):
             yield ProgressBar(id="training-progress", show_eta=False)
             yield Static("", id="training-stats")
-        with Horizontal(id="training-plots"):
-            yield PlotextPlot(id="loss-plot")
-            yield PlotextPlot(id="lr-plot")
-        with Horizontal(id="training-bottom"):
-            with Vertical(id="training-log-box"):
-                yield Log(id="training-log", max_lines=LOG_LINES)
+        with Vertical(id="training-panes"):
+            with Horizontal(id="training-top"):
+                with Horizontal(id="training-plots"):
+                    yield PlotextPlot(id="loss-plot")
+                    yield PlotextPlot(id="lr-plot")
+                with Vertical(id="training-log-box"):
+                    yield Log(id="training-log", max_lines=LOG_LINES)
             yield GpuPanel(id="training-gpus")
 
     # following the run folder
@@ -96,7 +107,13 @@ class TrainingScreen(RunActions):
                 self.follow_run()
 
     def on_mount(self) -> None:
+        self.preferences = Preferences.of(self.workbench.workspace)
+        remembered = self.preferences.get(ZOOM_PREFERENCE)
+        self._apply_zoom(remembered if remembered in ZOOMS else None)
         self._redraw()
+
+    def on_resize(self) -> None:
+        self.query_one("#training-panes").set_class(self.size.width < WIDE_COLUMNS, "-narrow")
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -184,6 +201,29 @@ class TrainingScreen(RunActions):
     def loss_points(self) -> list[tuple[int, float]]:
         """The loss curve's points (step, loss) as plotted."""
         return [(record["step"], record["loss"]) for record in self.log_records() if "loss" in record]
+
+    # panes
+
+    def action_zoom(self, pane: str | None) -> None:
+        """Give ``pane`` the whole screen (its key again, or escape, brings every pane back); remembered."""
+        zoom = None if pane == self.zoom else pane
+        self._apply_zoom(zoom)
+        self.preferences.set(ZOOM_PREFERENCE, zoom)
+
+    def _apply_zoom(self, zoom: str | None) -> None:
+        self.zoom = zoom
+        panes = self.query_one("#training-panes")
+        for name in ZOOMS:
+            panes.set_class(zoom == name, f"-zoom-{name}")
+        focus = {"gpus": "#training-gpus", "log": "#training-log"}.get(zoom or "")
+        if focus:
+            self.query_one(focus).focus()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "zoom" and parameters == (None,):
+            return self.zoom is not None  # "escape All" is in the footer only while a pane is zoomed
+        return super().check_action(action, parameters)
 
     # actions
 
