@@ -345,3 +345,17 @@ def test_any_write_that_fails_on_a_full_disk_is_described_as_disk_full(
             reason = describe_failure(error, step=7)
         monkeypatch.chdir(tmp_path)
         assert reason.startswith(f"disk full at step 7: 0 B free on {disk} (OSError: [Errno 28]")
+
+
+def test_a_launch_that_fails_leaves_the_run_created_with_why_it_never_launched(
+    store: RunStore, tmp_path: Path
+) -> None:
+    run = store.create(make_config(tmp_path))
+    assert run.status().reason == f"never launched; start it with `glmtui resume {run.id}`"
+
+    with pytest.raises(RunError, match="the training process could not start"):
+        launch(run, detach=True, program=(str(tmp_path / "no-such-python"),))
+
+    status = run.status()
+    assert status.state == "created"
+    assert status.reason.startswith("never launched: the training process could not start: [Errno 2]")
