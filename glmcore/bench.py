@@ -211,7 +211,7 @@ def ptuning_steps(
 
 def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int, repeat: int = 3) -> float:
     """Generated tokens/s of the static decoder, after a warm-up run that captures its graph."""
-    from glmcore.decoding import generate, new_decoder
+    from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
     prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
@@ -253,7 +253,7 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
-    from glmcore.decoding import generate, new_decoder
+    from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
     generator = torch.Generator().manual_seed(0)
@@ -289,7 +289,7 @@ def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens
 
 
 def load_to_first_token(model_dir: Path, shape: dict) -> float:
-    from glmcore.decoding import generate
+    from glmcore.generation import generate
     from glmcore.models.loading import load_model
 
     synchronize()

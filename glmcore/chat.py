@@ -63,7 +63,7 @@ class ChatSettings:
             raise ChatError(f"The temperature must be above 0, not {self.temperature}.")
 
     def sampling_options(self):
-        from glmcore.decoding import Sampling
+        from glmcore.generation import Sampling
 
         if not self.sampling:
             return Sampling()

@@ -99,7 +99,7 @@ class EvalSettings:
     def sampling_options(self):
         """The decoder's sampling settings (transformers 4.27, which produced the published numbers, also
         applied top_k 50 by default, so sampling keeps it)."""
-        from glmcore.decoding import Sampling
+        from glmcore.generation import Sampling
 
         if not self.sampling:
             return Sampling()
@@ -216,7 +216,7 @@ def _generate_batch(
     A short last batch is filled up with copies of its last prompt on the GPU, so the CUDA graph captured
     for the full batch serves it too; the copies' outputs are dropped.
     """
-    from glmcore.decoding import generate
+    from glmcore.generation import generate
 
     real = len(prompts)
     if decoder.use_graph and real < decoder.batch:
@@ -249,7 +249,7 @@ def _generate_all(
     """
     import torch
 
-    from glmcore.decoding import new_decoder
+    from glmcore.generation import new_decoder
 
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
     batch_size = min(settings.batch_size or automatic_batch_size(model, settings), len(prompts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import glmcore
-from glmcore.decoding import Sampling, generate, new_decoder
+from glmcore.generation import Sampling, generate, new_decoder
 
 PROMPTS = ["类型#上衣*材质#牛仔布*颜色#白色", "简约", "Hello world, a longer prompt than the others"]
 

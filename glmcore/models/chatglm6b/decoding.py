@@ -7,7 +7,7 @@ is captured once as a CUDA graph and replayed for every token: the GPU then runs
 On the CPU, or when capture fails, the same step runs eagerly.
 
 Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation and
-chat use this path through `glmcore.decoding.generate` and the family's `new_decoder`.
+chat use this path through `glmcore.generation.generate` and the family's `new_decoder`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from glmcore.decoding import Sampling, _pick
+from glmcore.generation import Sampling, _pick
 from glmcore.models.chatglm6b.modeling import glm_attention_mask, glm_position_ids
 
 

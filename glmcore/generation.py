@@ -1,4 +1,4 @@
-"""Decoding shared by every model family: sampling settings, picking a token, and `generate` over a decoder.
+"""Generation shared by every model family: sampling settings, picking a token, and `generate` over a decoder.
 
 The decoder itself (static KV cache, CUDA graph) belongs to the model's family (`new_decoder` in its
 `family_impl`); anything with `.batch`, `.device`, `.use_graph`, `.model` and
