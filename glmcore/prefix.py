@@ -93,31 +93,44 @@ def resolve_spec(
     return checkpoint_spec
 
 
+def _prefix_parts(config) -> tuple[type, int, str]:
+    """The family's prefix encoder class, its values per virtual token, and how that width is made.
+
+    (A bridge until the family seam of issue 17: there each family's family_impl provides both.)
+    """
+    if hasattr(config, "multi_query_group_num"):  # ChatGLM2/3: the prefix is the multi-query cache
+        from glmcore.models.chatglm2.modeling import PrefixEncoder, prefix_width
+
+        return PrefixEncoder, prefix_width(config), "layers × 2 × groups × kv_channels"
+    from glmcore.models.chatglm6b.modeling import PrefixEncoder
+
+    return PrefixEncoder, config.num_layers * 2 * config.hidden_size, "layers × 2 × hidden"
+
+
 def check_fits_model(spec: PrefixSpec, state: dict[str, torch.Tensor], config, where: str) -> None:
     """A prefix made for another model shape is refused by name, not by a shape traceback."""
-    expected_width = config.num_layers * 2 * config.hidden_size
+    _, expected_width, width_rule = _prefix_parts(config)
     produced = (
         state["trans.2.weight"].shape[0] if spec.prefix_projection else state["embedding.weight"].shape[1]
     )
     if produced != expected_width:
         raise PrefixMismatch(
             f"The prefix {where} produces {produced} values per virtual token, but this model needs "
-            f"{expected_width} (layers × 2 × hidden): it was trained for another model."
+            f"{expected_width} ({width_rule}): it was trained for another model."
         )
 
 
 def set_prefix(model, spec: PrefixSpec | None, state: dict[str, torch.Tensor] | None = None) -> None:
     """Install a fresh (or given) fp32 prefix encoder in `model`, or remove it with `spec=None`."""
-    from glmcore.models.chatglm6b.modeling import PrefixEncoder
-
     transformer = model.transformer
     model.config.pre_seq_len = spec.pre_seq_len if spec else None
     model.config.prefix_projection = spec.prefix_projection if spec else False
     if spec is None:
         transformer.prefix_encoder = None
         return
-    device = transformer.word_embeddings.weight.device
-    encoder = PrefixEncoder(model.config).to(device=device)
+    prefix_encoder_class, _, _ = _prefix_parts(model.config)
+    device = model.get_input_embeddings().weight.device
+    encoder = prefix_encoder_class(model.config).to(device=device)
     if state is not None:
         encoder.load_state_dict(state)
     transformer.prefix_encoder = encoder.float()

@@ -1,7 +1,7 @@
-"""Model families glmcore knows, found from a checkpoint's `config.json` (never from its Python files).
+"""Model families glmcore knows, found from a checkpoint's `config.json` (never by running its Python files).
 
-Only ChatGLM-6B (v1.1) is implemented. ChatGLM2/3 share `model_type: chatglm` but not the architecture;
-they are recognised by their config keys and refused with a clear message until a family is added here.
+ChatGLM-6B (v1.1), ChatGLM2-6B and ChatGLM3-6B. ChatGLM2/3 share `model_type: chatglm` with ChatGLM-6B but
+not the architecture; their packages' `detect` tells them apart (the rule is in glmcore/models/chatglm2).
 """
 
 from __future__ import annotations
@@ -28,12 +28,22 @@ class ModelFamily:
         import importlib
 
         module = importlib.import_module(self.module)
+        if hasattr(module, "config_class"):  # a family_impl module of the family contract
+            return module.config_class, module.model_class, module.tokenizer_class
         return module.ChatGLMConfig, module.ChatGLMForConditionalGeneration, module.ChatGLMTokenizer
 
 
 CHATGLM_6B = ModelFamily(
     name="chatglm-6b", module="glmcore.models.chatglm6b", tokenizer_file="ice_text.model"
 )
+
+CHATGLM2_6B = ModelFamily(
+    name="chatglm2-6b", module="glmcore.models.chatglm2.family_impl", tokenizer_file="tokenizer.model"
+)
+CHATGLM3_6B = ModelFamily(
+    name="chatglm3-6b", module="glmcore.models.chatglm3.family_impl", tokenizer_file="tokenizer.model"
+)
+FAMILIES = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)
 
 # Keys only the ChatGLM2/3 configs carry.
 _LATER_GENERATION_KEYS = {"padded_vocab_size", "multi_query_attention", "kv_channels", "ffn_hidden_size"}
@@ -51,13 +61,32 @@ def read_config_json(model_dir: Path) -> dict:
         raise GlmError(f"{config_path} is not valid JSON ({error}); download the model again.") from error
 
 
-def family_for(model_dir: Path) -> ModelFamily:
+def family_for(model_dir: Path, override: str | None = None) -> ModelFamily:
+    return choose_family(model_dir, override)[0]
+
+
+def choose_family(model_dir: Path, override: str | None = None) -> tuple[ModelFamily, str]:
+    """(family, why it was chosen): the `family = ...` setting when given, else the folder's signals."""
+    if override is not None:
+        by_name = {family.name: family for family in FAMILIES}
+        if override not in by_name:
+            raise UnsupportedModel(
+                f"family = \"{override}\" is not a family glmtui knows; use one of {', '.join(by_name)}."
+            )
+        return by_name[override], f"family = \"{override}\" was set"
     config = read_config_json(model_dir)
     model_type = config.get("model_type")
     if model_type != "chatglm":
-        raise UnsupportedModel(f"{model_dir} holds a '{model_type}' model; glmtui works with ChatGLM-6B.")
+        raise UnsupportedModel(f"{model_dir} holds a '{model_type}' model; glmtui works with the ChatGLM-6B family.")
     if _LATER_GENERATION_KEYS & config.keys():
+        from glmcore.models import chatglm2, chatglm3
+
+        for family, package in ((CHATGLM2_6B, chatglm2), (CHATGLM3_6B, chatglm3)):
+            reason = package.detect(config, Path(model_dir))
+            if reason:
+                return family, reason
         raise UnsupportedModel(
-            f"{model_dir} holds a ChatGLM2/ChatGLM3 checkpoint; glmtui supports ChatGLM-6B (v1.1) so far."
+            f"{model_dir} holds a ChatGLM2/ChatGLM3 checkpoint, but nothing says which (no _name_or_path, "
+            "known tokenization_chatglm.py or seq_length); set family = \"chatglm2-6b\" or \"chatglm3-6b\"."
         )
-    return CHATGLM_6B
+    return CHATGLM_6B, "config.json has ChatGLM-6B's keys (no padded_vocab_size)"

@@ -117,5 +117,8 @@ class ChatGLM2Config(PretrainedConfig):
         self.rope_ratio = 1.0
         self.use_cache = use_cache
         super().__init__(
-            eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
         )

@@ -35,7 +35,9 @@ ROTARY_BASE = 10000
 # --- rotary embedding ------------------------------------------------------------------------------
 
 
-def rotary_cos_sin(position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+def rotary_cos_sin(
+    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
     """cos and sin [batch, 1, seq, kv_channels/4] for positions [batch, seq].
 
     Only the first half of each head rotates (kv_channels/2 dims, as kv_channels/4 pairs); the
@@ -271,13 +273,24 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embedding.word_embeddings = value
 
-    def prefix_keys_values(self, batch_size: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def prefix_keys_values(
+        self, batch_size: int, dtype: torch.dtype
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (key, value) [batch, groups, pre_seq_len, kv_channels], dropout applied in training."""
         config = self.config
         flat = self.prefix_encoder().to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
-        per_layer = self.prefix_dropout(flat).view(
-            batch_size, config.pre_seq_len, config.num_layers, 2, config.multi_query_group_num, config.kv_channels
-        ).permute(2, 3, 0, 4, 1, 5)
+        per_layer = (
+            self.prefix_dropout(flat)
+            .view(
+                batch_size,
+                config.pre_seq_len,
+                config.num_layers,
+                2,
+                config.multi_query_group_num,
+                config.kv_channels,
+            )
+            .permute(2, 3, 0, 4, 1, 5)
+        )
         return [(layer[0], layer[1]) for layer in per_layer]
 
     def forward(
@@ -307,7 +320,9 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
             prefix = self.prefix_keys_values(batch, hidden_states.dtype)
             prefix_length = config.pre_seq_len
             if attention_mask is not None:
-                attention_mask = torch.cat((attention_mask.new_ones(batch, prefix_length), attention_mask), dim=-1)
+                attention_mask = torch.cat(
+                    (attention_mask.new_ones(batch, prefix_length), attention_mask), dim=-1
+                )
         mask = attention_mask_for(
             attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
         )
@@ -321,7 +336,9 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
                 cache if use_cache else None,
             )
         hidden_states = self.encoder.final_layernorm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None})
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None}
+        )
 
 
 class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin):
@@ -376,7 +393,9 @@ class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin)
         loss = None
         if labels is not None:
             loss = self.loss_function(
-                logits=logits.float(), labels=labels, vocab_size=self.config.padded_vocab_size,
+                logits=logits.float(),
+                labels=labels,
+                vocab_size=self.config.padded_vocab_size,
                 num_items_in_batch=num_items,
             )
         return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_out)

@@ -32,7 +32,7 @@ CHAT_CORPUS = (
     "[Round 1]\n\n问：你好\n\n答：你好👋！我是人工智能助手 ChatGLM2-6B，很高兴见到你，欢迎问我任何问题。",
     "<|system|>\nYou are ChatGLM3, a large language model trained by Zhipu.AI. Follow the user's instructions.",
     "<|user|>\n晚上睡不着应该怎么办\n<|assistant|>\n以下是一些有助于入睡的建议：\n\n1. 制定规律的睡眠时间表",
-    "<|observation|>\n{\"temperature\": 22, \"weather\": \"晴\"}\n\tindented line\n    four spaces",
+    '<|observation|>\n{"temperature": 22, "weather": "晴"}\n\tindented line\n    four spaces',
 )
 
 FLAVOURS = {
@@ -77,7 +77,9 @@ def write_tiny_checkpoint(
         )
     kv_channels = hidden_size // num_attention_heads
     if kv_channels % 4:
-        raise TinyCheckpointError(f"kv_channels {kv_channels} must be a multiple of 4 (rotary on half a head).")
+        raise TinyCheckpointError(
+            f"kv_channels {kv_channels} must be a multiple of 4 (rotary on half a head)."
+        )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size)
@@ -217,18 +219,26 @@ def _write_sentencepiece_model(path: Path, sp_vocab_size: int) -> spm.SentencePi
             minloglevel=2,
         )
     except RuntimeError as error:
-        raise TinyCheckpointError(f"Could not train the tiny tokenizer ({error}); change sp_vocab_size.") from error
+        raise TinyCheckpointError(
+            f"Could not train the tiny tokenizer ({error}); change sp_vocab_size."
+        ) from error
     path.write_bytes(trained.getvalue())
     return spm.SentencePieceProcessor(model_file=str(path))
 
 
-def _write_shards(folder: Path, tensors: dict[str, torch.Tensor], num_shards: int, weight_format: str) -> None:
+def _write_shards(
+    folder: Path, tensors: dict[str, torch.Tensor], num_shards: int, weight_format: str
+) -> None:
     """Contiguous shards under transformers' file names, with the index when there is more than one."""
     names = list(tensors)
     if not 1 <= num_shards <= len(names):
         raise TinyCheckpointError(f"num_shards must be between 1 and {len(names)}, not {num_shards}.")
     if weight_format == "bin":
-        single, index_name, pattern = "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-{:05d}-of-{:05d}.bin"
+        single, index_name, pattern = (
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+            "pytorch_model-{:05d}-of-{:05d}.bin",
+        )
     else:
         single, index_name = "model.safetensors", "model.safetensors.index.json"
         pattern = "model-{:05d}-of-{:05d}.safetensors"
