@@ -1,0 +1,155 @@
+"""ChatGLM3-6B's roles, chat prompt and fine-tuning examples against the published code's values, and how
+ChatGLM2/3 folders are recognised (tests/golden/chatglm3/README.md says how the values were made)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import GOLDEN
+
+import glmcore
+from glmcore.data import Example
+from glmcore.models import UnsupportedModel, choose_family
+from glmcore.models.chatglm2 import FamilySignalsDisagree
+from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
+from glmcore.models.chatglm3 import family_impl
+
+FIXTURE = GOLDEN / "chatglm3" / "tiny-chatglm3"
+CHATGLM2_FIXTURE = GOLDEN / "chatglm2" / "tiny-chatglm2"
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict:
+    return json.loads((GOLDEN / "chatglm3" / "expected.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return glmcore.load_tokenizer(FIXTURE)
+
+
+def test_build_chat_input_and_single_messages_equal_the_published(tokenizer, expected):
+    for case in expected["chat"]:
+        inputs = tokenizer.build_chat_input(case["query"], history=case["history"], role=case["role"])
+        for key in ("input_ids", "attention_mask", "position_ids"):
+            assert inputs[key][0].tolist() == case[key], (case["query"], key)
+    for case in expected["single_message"]:
+        assert tokenizer.build_single_message(case["role"], case["metadata"], case["message"]) == case["ids"]
+    with pytest.raises(ValueError, match="role must be one of"):
+        tokenizer.build_single_message("tool", "", "x")
+
+
+def test_chat_prompt_stops_and_clean_up_are_the_published_chat(tokenizer, expected):
+    system_case = expected["chat"][2]  # system, then a user turn, then the query as an observation
+    plain = family_impl.chat_prompt_ids(tokenizer, "你好", [])
+    assert plain == expected["chat"][0]["input_ids"]
+    with_system = family_impl.chat_prompt_ids(
+        tokenizer, "next", [("literal <|user|> inside", "ok")], system=system_case["history"][0]["content"]
+    )
+    assert with_system[: len(tokenizer.build_single_message("system", "", "x")) - 1][:3] == [
+        tokenizer.get_command("[gMASK]"),
+        tokenizer.get_command("sop"),
+        tokenizer.get_command("<|system|>"),
+    ]
+    assert with_system[-1] == tokenizer.get_command("<|assistant|>")
+    assert family_impl.stop_token_ids(tokenizer) == [
+        2,
+        tokenizer.get_command("<|user|>"),
+        tokenizer.get_command("<|observation|>"),
+    ]
+    for case in expected["process_response"]:
+        assert family_impl.clean_response(case["output"]) == case["content"]
+
+
+def test_training_and_evaluation_rows_equal_finetune_hf(tokenizer, expected):
+    pipeline = expected["pipeline"]
+    source, target = pipeline["max_input_length"], pipeline["max_output_length"]
+    published_train = pipeline["train"]
+    evaluated = 0
+    for index, conversation in enumerate(pipeline["conversations"]):
+        if conversation[0]["role"] == "system":
+            continue  # the Example form has no system message
+        turns = [
+            (conversation[i]["content"], conversation[i + 1]["content"])
+            for i in range(0, len(conversation), 2)
+        ]
+        example = Example(turns[-1][0], turns[-1][1], tuple(turns[:-1]))
+        features = family_impl.training_features(tokenizer, example, source, target)
+        length = len(published_train["input_ids"][index])
+        assert features["input_ids"][:length] == published_train["input_ids"][index]
+        assert features["labels"][:length] == published_train["labels"][index]
+        assert set(features["labels"][length:]) <= {-100}
+        # The demo makes one evaluation row per assistant message, and none once the prompt reached
+        # max_input_length (recorded in docs/decisions.md); the example's answer is the last message.
+        published_eval = pipeline["eval_per_conversation"][index]
+        if len(published_eval["input_ids"]) < len(turns):
+            continue
+        evaluated += 1
+        prompt_ids, output_ids = published_eval["input_ids"][-1], published_eval["output_ids"][-1]
+        assert family_impl.evaluation_prompt_ids(tokenizer, example, source) == prompt_ids
+        assert family_impl.reference_ids(tokenizer, example.response, target) == output_ids
+        assert family_impl.reference_text(tokenizer, example.response, target) == (
+            tokenizer.decode(output_ids).strip()
+        )
+    assert evaluated >= 3
+
+
+def copy_fixture(source: Path, destination: Path, **config_changes) -> Path:
+    """The fixture's config and tokenizer (no weights: detection reads config.json only)."""
+    destination.mkdir()
+    for name in ("config.json", "tokenizer.model", "tokenizer_config.json"):
+        shutil.copy(source / name, destination / name)
+    config = json.loads((destination / "config.json").read_text(encoding="utf-8"))
+    for key, value in config_changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (destination / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return destination
+
+
+def test_family_detection_rule_override_and_refusals(tmp_path: Path):
+    assert choose_family(CHATGLM2_FIXTURE)[0].name == "chatglm2-6b"
+    assert choose_family(FIXTURE) == (
+        choose_family(FIXTURE)[0],
+        "config.json _name_or_path is THUDM/chatglm3-6b",
+    )
+    base = copy_fixture(FIXTURE, tmp_path / "base", _name_or_path="THUDM/chatglm3-6b-base", seq_length=None)
+    assert choose_family(base)[0].name == "chatglm3-6b"
+    unnamed = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "unnamed", _name_or_path=None, seq_length=32768)
+    assert choose_family(unnamed)[1] == "config.json seq_length is 32768"
+    conflict = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "conflict", seq_length=8192)
+    with pytest.raises(
+        FamilySignalsDisagree, match='looks like chatglm2-6b .* also like chatglm3-6b .*family = "'
+    ):
+        choose_family(conflict)
+    assert choose_family(conflict, "chatglm3-6b") == (
+        choose_family(FIXTURE)[0],
+        'family = "chatglm3-6b" was set',
+    )
+    silent = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "silent", _name_or_path=None, seq_length=1024)
+    with pytest.raises(UnsupportedModel, match='nothing says which.*family = "chatglm2-6b" or "chatglm3-6b"'):
+        choose_family(silent)
+    with pytest.raises(UnsupportedModel, match='family = "chatglm4" is not a family'):
+        choose_family(silent, "chatglm4")
+    assert choose_family(GOLDEN / "tiny-chatglm6b")[0].name == "chatglm-6b"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rope_ratio": 50}, "rope_ratio 50"),
+        ({"rmsnorm": False}, "rmsnorm to a value"),
+        ({"quantization_bit": 4}, "saved quantized"),
+        ({"sliding_window": 128}, r"keys glmtui's ChatGLM2/3 does not know \(sliding_window\)"),
+    ],
+)
+def test_architecture_keys_it_does_not_implement_are_refused(tmp_path: Path, change, message):
+    folder = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "changed", **change)
+    config_class = choose_family(folder)[0].classes()[0]
+    with pytest.raises(UnsupportedArchitecture, match=message):
+        config_class.from_pretrained(folder)
