@@ -243,3 +243,78 @@ def test_chatglm2_training_and_evaluation_rows_equal_ptuning_main(chatglm2):
         assert family_impl.reference_text(chatglm2.tokenizer, row["summary"], target) == (
             chatglm2.tokenizer.decode(label_ids, skip_special_tokens=True)
         )
+
+
+def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(chatglm2):
+    from glmcore.data import TrainingCollator
+    from glmcore.models.chatglm2 import family_impl
+
+    torch.manual_seed(0)
+    model = glmcore.load_model(chatglm2.fixture, quantization_bit=4, pre_seq_len=4, dtype=torch.float32)
+    layer = model.transformer.encoder.layers[0]
+    assert "Linear4bit" in type(layer.self_attention.query_key_value).__name__
+    assert "Linear4bit" in type(layer.mlp.dense_h_to_4h).__name__
+    # The untied output layer and the embedding stay unquantized (docs/decisions.md).
+    assert type(model.transformer.output_layer) is torch.nn.Linear
+    assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
+    frozen_before = {
+        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
+    }
+    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
+    examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
+    batch = TrainingCollator(chatglm2.tokenizer.pad_token_id)(
+        [family_impl.training_features(chatglm2.tokenizer, example, 24, 12) for example in examples]
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    model.transformer.prefix_dropout.p = 0.0
+    losses = []
+    for _ in range(8):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
+    for name, tensor in model.state_dict().items():
+        if name in frozen_before:
+            assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_lora_and_full_fine_tuning_steps_lower_the_loss(chatglm2, method):
+    from peft import LoraConfig, get_peft_model
+
+    from glmcore.data import TrainingCollator
+    from glmcore.models.chatglm2 import family_impl
+
+    torch.manual_seed(0)
+    model = glmcore.load_model(chatglm2.fixture, dtype=torch.float32)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"]))
+        trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+        assert trainable and all("lora_" in name for name in trainable)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("你好", "你好👋！")]
+    batch = TrainingCollator(chatglm2.tokenizer.pad_token_id)(
+        [family_impl.training_features(chatglm2.tokenizer, example, 24, 12) for example in examples]
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    losses = []
+    for _ in range(4):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    changed = {name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])}
+    if method == "lora":
+        assert changed and all("lora_" in name for name in changed)
+    else:
+        assert "transformer.output_layer.weight" in changed
+        assert "transformer.encoder.layers.0.self_attention.query_key_value.bias" in changed

@@ -15,8 +15,9 @@ from glmcore.models.checkpoint import require_complete
 from glmcore.prefix import check_fits_model, read_prefix_checkpoint, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
-# The prefix trains in fp32 and the LM head shares its weight with the embedding: neither is quantized.
-NOT_QUANTIZED = ["lm_head", "prefix_encoder"]
+# The prefix trains in fp32 and ChatGLM-6B's LM head shares its weight with the embedding: neither is
+# quantized by bitsandbytes. ChatGLM2/3's untied `output_layer` stays in 16-bit too (docs/decisions.md).
+NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
 
 
 def default_device() -> str:
@@ -100,7 +101,8 @@ def load_model(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
         ) from error
-    if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
+    tied = model.config.tie_word_embeddings
+    if quantize_embedding if quantize_embedding is not None else (quantization_bit != 16 and tied):
         from glmcore.models.quantized_embedding import quantize_tied_embedding
 
         quantize_tied_embedding(model)
