@@ -9,6 +9,7 @@ and at the end of this file.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -318,3 +319,25 @@ def test_lora_and_full_fine_tuning_steps_lower_the_loss(chatglm2, method):
     else:
         assert "transformer.output_layer.weight" in changed
         assert "transformer.encoder.layers.0.self_attention.query_key_value.bias" in changed
+
+
+def test_glmtui_convert_writes_safetensors_that_give_the_published_logits(chatglm2, tmp_path: Path, capsys):
+    from glmtui.cli import main
+
+    folder = tmp_path / "chatglm2-6b"
+    shutil.copytree(chatglm2.fixture, folder)
+    assert main(["convert", str(folder)]) == 0
+    assert "model.safetensors.index.json" in capsys.readouterr().out
+    assert sorted(path.name for path in folder.glob("*.safetensors")) == [
+        "model-00001-of-00003.safetensors",
+        "model-00002-of-00003.safetensors",
+        "model-00003-of-00003.safetensors",
+    ]
+    for shard in folder.glob("*.bin"):
+        shard.unlink()  # only the safetensors can be read now
+    converted = glmcore.load_model(folder)
+    with torch.no_grad():
+        assert_close(
+            converted(input_ids=chatglm2.tensors["single.input_ids"]).logits,
+            chatglm2.tensors["single.logits"],
+        )
