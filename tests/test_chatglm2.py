@@ -341,3 +341,32 @@ def test_glmtui_convert_writes_safetensors_that_give_the_published_logits(chatgl
             converted(input_ids=chatglm2.tensors["single.input_ids"]).logits,
             chatglm2.tensors["single.logits"],
         )
+
+
+@pytest.mark.parametrize("prefix", [None, "prefix_projection_true"])
+def test_static_decoder_greedy_equals_the_published_generate(golden, prefix):
+    from glmcore.decoding import generate
+
+    family = glmcore.models.choose_family(golden.fixture)[0]
+    implementation = family_implementation(family)
+    model = golden.prefixed_model(prefix) if prefix else golden.model
+    expected = golden.tensors[f"{prefix}.generate.sequences" if prefix else "generate.batch.sequences"]
+    batch = golden.tokenizer(golden.expected["left"]["prompts"], padding=True)
+    prompts = [
+        [t for t, m in zip(ids, mask, strict=True) if m]
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
+    new_tokens = expected.shape[1] - len(batch["input_ids"][0])
+    decoder = implementation.new_decoder(model, len(prompts), len(batch["input_ids"][0]) + new_tokens)
+    rows = generate(
+        model, prompts, max_new_tokens=new_tokens, eos_token_id=2, pad_token_id=0, decoder=decoder
+    )
+    for row, published in zip(rows, expected[:, len(batch["input_ids"][0]) :].tolist(), strict=True):
+        assert row == published[: len(row)]
+        assert len(row) == new_tokens or row[-1] == 2
+
+
+def family_implementation(family):
+    import importlib
+
+    return importlib.import_module(family.module)

@@ -75,3 +75,10 @@ def new_prefix_encoder(config) -> PrefixEncoder:
 
 def write_tiny_checkpoint(path, **options):
     return write_tiny(path, **{"flavour": "chatglm2", **options})
+
+
+def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
+    """The static-cache decoder (glmcore.decoding's loop) for this architecture."""
+    from glmcore.models.chatglm2.decoding import new_decoder as make
+
+    return make(model, batch, capacity, use_graph=use_graph)

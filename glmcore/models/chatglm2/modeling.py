@@ -319,13 +319,19 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
         if self.prefix_encoder is not None:
             prefix = self.prefix_keys_values(batch, hidden_states.dtype)
             prefix_length = config.pre_seq_len
-            if attention_mask is not None:
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = (
+                attention_mask,
+                False,
+            )  # prepared by the caller, prefix columns included (static decoding)
+        else:
+            if prefix is not None and attention_mask is not None:
                 attention_mask = torch.cat(
                     (attention_mask.new_ones(batch, prefix_length), attention_mask), dim=-1
                 )
-        mask = attention_mask_for(
-            attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
-        )
+            mask = attention_mask_for(
+                attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
+            )
         rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype)
         for index, layer in enumerate(self.encoder.layers):
             hidden_states = layer(

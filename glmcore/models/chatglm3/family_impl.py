@@ -5,7 +5,12 @@ published chat prompt and answer clean-up."""
 from __future__ import annotations
 
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
-from glmcore.models.chatglm2.family_impl import IGNORE_INDEX, TRAINING_TIME_PLACEHOLDER, new_prefix_encoder
+from glmcore.models.chatglm2.family_impl import (
+    IGNORE_INDEX,
+    TRAINING_TIME_PLACEHOLDER,
+    new_decoder,
+    new_prefix_encoder,
+)
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, prefix_width
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm3.tokenization import ChatGLM3Tokenizer
@@ -14,7 +19,7 @@ config_class = ChatGLM2Config
 model_class = ChatGLM2ForConditionalGeneration
 tokenizer_class = ChatGLM3Tokenizer
 
-__all__ = ["new_prefix_encoder", "prefix_width"]
+__all__ = ["new_decoder", "new_prefix_encoder", "prefix_width"]
 
 
 def conversation(example) -> list[dict]:
