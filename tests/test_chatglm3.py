@@ -153,3 +153,16 @@ def test_architecture_keys_it_does_not_implement_are_refused(tmp_path: Path, cha
     config_class = choose_family(folder)[0].classes()[0]
     with pytest.raises(UnsupportedArchitecture, match=message):
         config_class.from_pretrained(folder)
+
+
+def test_the_tokenizer_code_hashes_are_the_published_files(tmp_path: Path):
+    from glmcore.catalog import load_manifest
+    from glmcore.models.chatglm2 import PUBLISHED_TOKENIZER_CODE
+
+    for family in ("chatglm2-6b", "chatglm3-6b"):
+        published = {file.path: file.sha256 for file in load_manifest(family).files}
+        assert PUBLISHED_TOKENIZER_CODE[published["tokenization_chatglm.py"]] == family
+    # Any other tokenization_chatglm.py is no signal (and is never run): the next rule decides.
+    folder = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "edited", _name_or_path=None, seq_length=8192)
+    (folder / "tokenization_chatglm.py").write_text("raise SystemExit('never run')\n", encoding="utf-8")
+    assert choose_family(folder) == (choose_family(FIXTURE)[0], "config.json seq_length is 8192")
