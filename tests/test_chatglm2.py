@@ -55,9 +55,19 @@ class Golden:
         return model
 
 
+_LOADED: dict[str, Golden] = {}
+
+
+def loaded(name: str) -> Golden:
+    """One Golden per family for the whole module (the parametrised and the ChatGLM2-only tests share it)."""
+    if name not in _LOADED:
+        _LOADED[name] = Golden(name)
+    return _LOADED[name]
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def golden(request) -> Golden:
-    return Golden(request.param)
+    return loaded(request.param)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = LOGIT_TOLERANCE) -> None:
@@ -209,7 +219,7 @@ def test_tokenizer_saves_and_reloads(golden, tmp_path: Path):
 
 @pytest.fixture(scope="module")
 def chatglm2() -> Golden:
-    return Golden("chatglm2")
+    return loaded("chatglm2")
 
 
 def test_chatglm2_build_prompt_and_chat_prompt_equal_the_published(chatglm2):
