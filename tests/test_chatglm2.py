@@ -178,6 +178,15 @@ def test_prefix_mismatch_names_both_values(golden):
         glmcore.load_model(golden.fixture, prefix_checkpoint=published, prefix_projection=not projection)
 
 
+def test_a_prefix_of_another_family_is_refused_by_its_width(golden):
+    chatglm6b_prefix = GOLDEN / "ptuning-checkpoint-2"
+    with pytest.raises(
+        PrefixMismatch,
+        match=r"produces 256 values per virtual token, but this model needs 128 \(layers × 2 × groups × kv_channels\)",
+    ):
+        glmcore.load_model(golden.fixture, prefix_checkpoint=chatglm6b_prefix)
+
+
 def test_tokenizer_equals_the_published(golden):
     for variant, rows in golden.expected["tokenizer"].items():
         options = {"encode_special_tokens": True} if variant == "encode_special_tokens" else {}
