@@ -274,8 +274,9 @@ def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(chat
     layer = model.transformer.encoder.layers[0]
     assert "Linear4bit" in type(layer.self_attention.query_key_value).__name__
     assert "Linear4bit" in type(layer.mlp.dense_h_to_4h).__name__
-    # The untied output layer and the embedding stay unquantized (docs/decisions.md).
-    assert type(model.transformer.output_layer) is torch.nn.Linear
+    # The untied output layer and the embedding are int8 rows, each its own (docs/decisions.md).
+    assert type(model.transformer.output_layer).__name__ == "Int8LMHead"
+    assert type(model.transformer.embedding.word_embeddings).__name__ == "Int8Embedding"
     assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
@@ -302,6 +303,24 @@ def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(chat
     for name, tensor in model.state_dict().items():
         if name in frozen_before:
             assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
+
+
+def test_int8_embedding_and_output_layer_stay_within_a_bf16_models_rounding(golden):
+    ids = torch.cat(
+        [golden.tensors["single.input_ids"], golden.tensors["batch.input_ids"].flatten()[None]], 1
+    )
+
+    def divergence(model) -> float:
+        """Mean KL divergence of the model's next-token distributions from the fp32 model's."""
+        with torch.no_grad():
+            reference = golden.model(input_ids=ids).logits.log_softmax(-1)
+            other = model(input_ids=ids).logits.float().log_softmax(-1)
+        return (reference.exp() * (reference - other)).sum(-1).mean().item()
+
+    int8 = glmcore.load_model(golden.fixture, dtype=torch.float32, quantize_embedding=True)
+    assert type(int8.transformer.output_layer).__name__ == "Int8LMHead"
+    bf16 = glmcore.load_model(golden.fixture, dtype=torch.bfloat16)
+    assert divergence(int8) <= 2 * divergence(bf16)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

@@ -15,8 +15,8 @@ from glmcore.models.checkpoint import require_complete
 from glmcore.prefix import check_fits_model, read_prefix_checkpoint, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
-# The prefix trains in fp32 and ChatGLM-6B's LM head shares its weight with the embedding: neither is
-# quantized by bitsandbytes. ChatGLM2/3's untied `output_layer` stays in 16-bit too (docs/decisions.md).
+# The prefix trains in fp32, and bitsandbytes leaves the LM head / output layer alone: it becomes int8 rows
+# with the embedding (glmcore/models/quantized_embedding.py, docs/decisions.md).
 NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
 
 
@@ -62,8 +62,9 @@ def load_model(
 ):
     """The model in `path`, in eval mode, optionally quantized and with a P-tuning v2 prefix.
 
-    At 4 and 8 bits the tied embedding / LM head is also stored in int8 (`quantize_embedding`, on by
-    default there), which halves the largest piece left in 16-bit; see glmcore/models/quantized_embedding.py.
+    At 4 and 8 bits the embedding and the LM head (one tied matrix in ChatGLM-6B, two in ChatGLM2/3) are also
+    stored in int8 (`quantize_embedding`, on by default there), which halves the largest pieces left in 16-bit;
+    see glmcore/models/quantized_embedding.py.
 
     With `prefix_checkpoint`, `pre_seq_len` and `prefix_projection` default to the checkpoint's and must
     agree with it when given. With only `pre_seq_len`, a freshly initialised prefix is attached.
@@ -101,11 +102,13 @@ def load_model(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
         ) from error
-    tied = model.config.tie_word_embeddings
-    if quantize_embedding if quantize_embedding is not None else (quantization_bit != 16 and tied):
-        from glmcore.models.quantized_embedding import quantize_tied_embedding
+    if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
+        from glmcore.models import quantized_embedding
 
-        quantize_tied_embedding(model)
+        if model.config.tie_word_embeddings:
+            quantized_embedding.quantize_tied_embedding(model)
+        else:
+            quantized_embedding.quantize_untied_embeddings(model)
     set_prefix(model, spec, prefix_state)
     return model.eval()
 
