@@ -37,7 +37,6 @@ ACCEPTED_KEYS = {
     "attention_dropout",
     "hidden_dropout",
     "classifier_dropout",
-    "interleaved_qkv",
 }
 
 
