@@ -166,3 +166,22 @@ def test_the_tokenizer_code_hashes_are_the_published_files(tmp_path: Path):
     folder = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "edited", _name_or_path=None, seq_length=8192)
     (folder / "tokenization_chatglm.py").write_text("raise SystemExit('never run')\n", encoding="utf-8")
     assert choose_family(folder) == (choose_family(FIXTURE)[0], "config.json seq_length is 8192")
+
+
+def test_the_prefix_of_a_fine_tuning_demo_checkpoint_loads(tmp_path: Path):
+    """finetune_hf.py saves the whole model (sharded safetensors) with its prefix in P-tuning checkpoints."""
+    import torch
+    from safetensors.torch import load_file
+
+    from glmcore.prefix import read_prefix_checkpoint
+
+    checkpoint = GOLDEN / "chatglm3" / "finetune-demo-checkpoint-3"
+    spec, state = read_prefix_checkpoint(checkpoint)
+    assert (spec.pre_seq_len, spec.prefix_projection) == (4, False)
+    assert list(state) == ["embedding.weight"]
+    model = glmcore.load_model(FIXTURE, prefix_checkpoint=checkpoint)
+    ids = load_file(str(GOLDEN / "chatglm3" / "expected.safetensors"))["single.input_ids"]
+    expected = load_file(str(GOLDEN / "chatglm3" / "finetune-demo-checkpoint-3.expected.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    assert (logits - expected["single.logits"]).abs().max().item() <= 1e-4
