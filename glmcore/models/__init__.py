@@ -71,13 +71,15 @@ def choose_family(model_dir: Path, override: str | None = None) -> tuple[ModelFa
         by_name = {family.name: family for family in FAMILIES}
         if override not in by_name:
             raise UnsupportedModel(
-                f"family = \"{override}\" is not a family glmtui knows; use one of {', '.join(by_name)}."
+                f'family = "{override}" is not a family glmtui knows; use one of {", ".join(by_name)}.'
             )
-        return by_name[override], f"family = \"{override}\" was set"
+        return by_name[override], f'family = "{override}" was set'
     config = read_config_json(model_dir)
     model_type = config.get("model_type")
     if model_type != "chatglm":
-        raise UnsupportedModel(f"{model_dir} holds a '{model_type}' model; glmtui works with the ChatGLM-6B family.")
+        raise UnsupportedModel(
+            f"{model_dir} holds a '{model_type}' model; glmtui works with the ChatGLM-6B family."
+        )
     if _LATER_GENERATION_KEYS & config.keys():
         from glmcore.models import chatglm2, chatglm3
 
@@ -87,6 +89,6 @@ def choose_family(model_dir: Path, override: str | None = None) -> tuple[ModelFa
                 return family, reason
         raise UnsupportedModel(
             f"{model_dir} holds a ChatGLM2/ChatGLM3 checkpoint, but nothing says which (no _name_or_path, "
-            "known tokenization_chatglm.py or seq_length); set family = \"chatglm2-6b\" or \"chatglm3-6b\"."
+            'known tokenization_chatglm.py or seq_length); set family = "chatglm2-6b" or "chatglm3-6b".'
         )
     return CHATGLM_6B, "config.json has ChatGLM-6B's keys (no padded_vocab_size)"
