@@ -12,7 +12,7 @@ from conftest import GOLDEN
 
 import glmcore
 from glmcore.data import Example
-from glmcore.models import UnsupportedModel, choose_family
+from glmcore.models import UnsupportedModel, family_for
 from glmcore.models.chatglm2 import FamilySignalsDisagree
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
 from glmcore.models.chatglm3 import family_impl
@@ -113,30 +113,33 @@ def copy_fixture(source: Path, destination: Path, **config_changes) -> Path:
 
 
 def test_family_detection_rule_override_and_refusals(tmp_path: Path):
-    assert choose_family(CHATGLM2_FIXTURE)[0].name == "chatglm2-6b"
-    assert choose_family(FIXTURE) == (
-        choose_family(FIXTURE)[0],
+    assert family_for(CHATGLM2_FIXTURE)[0].name == "chatglm2-6b"
+    assert family_for(FIXTURE) == (
+        family_for(FIXTURE)[0],
         "config.json _name_or_path is THUDM/chatglm3-6b",
     )
     base = copy_fixture(FIXTURE, tmp_path / "base", _name_or_path="THUDM/chatglm3-6b-base", seq_length=None)
-    assert choose_family(base)[0].name == "chatglm3-6b"
+    assert family_for(base)[0].name == "chatglm3-6b"
     unnamed = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "unnamed", _name_or_path=None, seq_length=32768)
-    assert choose_family(unnamed)[1] == "config.json seq_length is 32768"
+    assert family_for(unnamed)[1] == "config.json seq_length is 32768"
     conflict = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "conflict", seq_length=8192)
     with pytest.raises(
         FamilySignalsDisagree, match='looks like chatglm2-6b .* also like chatglm3-6b .*family = "'
     ):
-        choose_family(conflict)
-    assert choose_family(conflict, "chatglm3-6b") == (
-        choose_family(FIXTURE)[0],
-        'family = "chatglm3-6b" was set',
+        family_for(conflict)
+    assert family_for(conflict, "chatglm3-6b") == (
+        family_for(FIXTURE)[0],
+        'family = "chatglm3-6b" is set',
     )
     silent = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "silent", _name_or_path=None, seq_length=1024)
-    with pytest.raises(UnsupportedModel, match='nothing says which.*family = "chatglm2-6b" or "chatglm3-6b"'):
-        choose_family(silent)
-    with pytest.raises(UnsupportedModel, match='family = "chatglm4" is not a family'):
-        choose_family(silent, "chatglm4")
-    assert choose_family(GOLDEN / "tiny-chatglm6b")[0].name == "chatglm-6b"
+    with pytest.raises(
+        UnsupportedModel,
+        match='none of glmtui.s families .* recognises; if it is one of them, set family = "..."',
+    ):
+        family_for(silent)
+    with pytest.raises(UnsupportedModel, match='family = "chatglm4" is not a model family glmtui knows'):
+        family_for(silent, "chatglm4")
+    assert family_for(GOLDEN / "tiny-chatglm6b")[0].name == "chatglm-6b"
 
 
 @pytest.mark.parametrize(
@@ -150,7 +153,7 @@ def test_family_detection_rule_override_and_refusals(tmp_path: Path):
 )
 def test_architecture_keys_it_does_not_implement_are_refused(tmp_path: Path, change, message):
     folder = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "changed", **change)
-    config_class = choose_family(folder)[0].classes()[0]
+    config_class = family_for(folder)[0].implementation().config_class
     with pytest.raises(UnsupportedArchitecture, match=message):
         config_class.from_pretrained(folder)
 
@@ -165,7 +168,7 @@ def test_the_tokenizer_code_hashes_are_the_published_files(tmp_path: Path):
     # Any other tokenization_chatglm.py is no signal (and is never run): the next rule decides.
     folder = copy_fixture(CHATGLM2_FIXTURE, tmp_path / "edited", _name_or_path=None, seq_length=8192)
     (folder / "tokenization_chatglm.py").write_text("raise SystemExit('never run')\n", encoding="utf-8")
-    assert choose_family(folder) == (choose_family(FIXTURE)[0], "config.json seq_length is 8192")
+    assert family_for(folder) == (family_for(FIXTURE)[0], "config.json seq_length is 8192")
 
 
 def test_the_prefix_of_a_fine_tuning_demo_checkpoint_loads(tmp_path: Path):

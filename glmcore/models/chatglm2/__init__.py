@@ -18,10 +18,46 @@ import re
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.models.family import ModelShape, ModelShapeError
 
 NAME = "chatglm2-6b"
 TITLE = "ChatGLM2-6B"
 TOKENIZER_FILE = "tokenizer.model"
+
+PUBLISHED_CONFIG = {
+    "_name_or_path": "THUDM/chatglm2-6b",
+    "model_type": "chatglm",
+    "architectures": ["ChatGLMModel"],
+    "add_bias_linear": False,
+    "add_qkv_bias": True,
+    "apply_query_key_layer_scaling": True,
+    "apply_residual_connection_post_layernorm": False,
+    "attention_dropout": 0.0,
+    "attention_softmax_in_fp32": True,
+    "bias_dropout_fusion": True,
+    "ffn_hidden_size": 13696,
+    "fp32_residual_connection": False,
+    "hidden_dropout": 0.0,
+    "hidden_size": 4096,
+    "kv_channels": 128,
+    "layernorm_epsilon": 1e-05,
+    "multi_query_attention": True,
+    "multi_query_group_num": 2,
+    "num_attention_heads": 32,
+    "num_layers": 28,
+    "original_rope": True,
+    "padded_vocab_size": 65024,
+    "post_layer_norm": True,
+    "rmsnorm": True,
+    "seq_length": 32768,
+    "use_cache": True,
+    "torch_dtype": "float16",
+    "transformers_version": "4.27.1",
+    "tie_word_embeddings": False,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
+"""THUDM/chatglm2-6b's config.json (its `auto_map` left out: nothing from a checkpoint is imported)."""
 
 # sha256 of the published tokenization_chatglm.py files (THUDM/chatglm2-6b, THUDM/chatglm3-6b on the hub,
 # as read from the mirrors named in tests/golden/chatglm2/README.md and tests/golden/chatglm3/README.md).
@@ -86,3 +122,24 @@ def detect(config_json: dict, model_dir: Path) -> str | None:
     """The reason `model_dir` is a ChatGLM2-6B folder, or None."""
     found = identify(config_json, model_dir)
     return found[1] if found and found[0] == NAME else None
+
+
+def shape(config_json: dict) -> ModelShape:
+    """The sizes of a ChatGLM2/3 model from its config.json. The SwiGLU MLP's three ffn-wide matrices are
+    given as an `inner_hidden_size` of 1.5 × ffn (ModelShape counts two hidden × inner ones)."""
+
+    def value(name: str) -> int:
+        found = config_json.get(name)
+        if not isinstance(found, int) or isinstance(found, bool) or found < 1:
+            raise ModelShapeError(f"config.json gives no {name}; is it a ChatGLM2/ChatGLM3 model config?")
+        return found
+
+    return ModelShape(
+        vocab_size=value("padded_vocab_size"),
+        hidden_size=value("hidden_size"),
+        num_layers=value("num_layers"),
+        num_heads=value("num_attention_heads"),
+        inner_hidden_size=value("ffn_hidden_size") * 3 // 2,
+        tie_word_embeddings=bool(config_json.get("tie_word_embeddings", False)),
+        key_value_width=2 * value("multi_query_group_num") * value("kv_channels"),
+    )
