@@ -188,3 +188,53 @@ def test_the_prefix_of_a_fine_tuning_demo_checkpoint_loads(tmp_path: Path):
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     assert (logits - expected["single.logits"]).abs().max().item() <= 1e-4
+
+
+def test_a_p_tuning_run_on_chatglm3_trains_on_its_own_rows(tmp_path: Path):
+    """Through the real training process code (Trainer, run folder): the rows are ChatGLM3's, the loss falls."""
+    import os
+
+    from glmcore.config import RunConfig
+    from glmcore.data import load_examples, training_features
+    from glmcore.prefix import read_prefix_checkpoint
+    from glmcore.runs import RunStore
+    from glmcore.train import train
+
+    rows = [
+        {"content": "类型#裙*版型#显瘦*风格#文艺", "summary": "这款连衣裙简约显瘦，文艺的印花。"},
+        {"content": "类型#上衣*颜色#白色", "summary": "白色上衣简约百搭。"},
+    ]
+    data = tmp_path / "train.json"
+    data.write_text(
+        "\n".join(json.dumps(row, ensure_ascii=False) for row in rows * 4) + "\n", encoding="utf-8"
+    )
+    tokenizer = glmcore.load_tokenizer(FIXTURE)
+    example = load_examples(data).examples[0]
+    assert training_features(tokenizer, example, 24, 16) == family_impl.training_features(
+        tokenizer, example, 24, 16
+    )
+
+    config = RunConfig(
+        name="chatglm3",
+        model_path=FIXTURE,
+        train_file=data,
+        quantization_bit=16,
+        pre_seq_len=4,
+        learning_rate=0.3,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_steps=12,
+        save_steps=12,
+        logging_steps=1,
+        max_source_length=24,
+        max_target_length=16,
+        gpus=[],
+        dtype="float32",
+    )
+    run = RunStore(tmp_path / "runs").create(config)
+    run.mark_running(os.getpid())
+    assert train(run, resume=False) == "finished"
+    losses = [event["loss"] for event in run.events() if event["kind"] == "log"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
+    spec, _ = read_prefix_checkpoint(run.latest_checkpoint().path)
+    assert spec.pre_seq_len == 4
