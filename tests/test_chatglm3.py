@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import GOLDEN
 
 import glmcore
@@ -173,7 +174,6 @@ def test_the_tokenizer_code_hashes_are_the_published_files(tmp_path: Path):
 
 def test_the_prefix_of_a_fine_tuning_demo_checkpoint_loads(tmp_path: Path):
     """finetune_hf.py saves the whole model (sharded safetensors) with its prefix in P-tuning checkpoints."""
-    import torch
     from safetensors.torch import load_file
 
     from glmcore.prefix import read_prefix_checkpoint
@@ -238,3 +238,27 @@ def test_a_p_tuning_run_on_chatglm3_trains_on_its_own_rows(tmp_path: Path):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses
     spec, _ = read_prefix_checkpoint(run.latest_checkpoint().path)
     assert spec.pre_seq_len == 4
+
+
+def test_chat_session_answers_with_the_published_greedy_continuation(expected):
+    """The shared ChatSession on ChatGLM3: the build_chat_input prompt, the family's decoder, its stops."""
+    from glmcore.chat import ChatSession, ChatSettings
+
+    model = glmcore.load_model(FIXTURE)
+    tokenizer = glmcore.load_tokenizer(FIXTURE)
+    session = ChatSession(model, tokenizer)
+    turn = session.ask("你好", ChatSettings(max_new_tokens=8, sampling=False))
+    prompt = family_impl.chat_prompt_ids(tokenizer, "你好", [])
+    assert prompt == expected["chat"][0]["input_ids"]
+    with torch.no_grad():
+        greedy = model.generate(**tokenizer.ids_batch(prompt), max_new_tokens=8, do_sample=False)[
+            0, len(prompt) :
+        ]
+    stops = family_impl.stop_token_ids(tokenizer)
+    new = []
+    for token in greedy.tolist():
+        if token in stops:
+            break
+        new.append(token)
+    assert turn.response == family_impl.clean_response(tokenizer.decode(new))
+    assert session.history == [("你好", turn.response)]
