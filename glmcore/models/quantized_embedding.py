@@ -95,3 +95,14 @@ def quantize_tied_embedding(model) -> None:
     del embedding
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def quantize_untied_embeddings(model) -> None:
+    """A model with a separate output layer (ChatGLM2/3): the embedding and the output layer, each as its own
+    int8 copy."""
+    embedding, output = model.get_input_embeddings(), model.get_output_embeddings()
+    model.set_input_embeddings(Int8Embedding(Int8Rows(embedding.weight.detach(), embedding.weight.dtype)))
+    model.set_output_embeddings(Int8LMHead(Int8Rows(output.weight.detach(), output.weight.dtype)))
+    del embedding, output
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
