@@ -150,6 +150,9 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler,
         logging_steps=config.logging_steps,
+        # The filter reads every micro-batch's loss back from the GPU (a wait per micro-batch); a NaN loss is
+        # logged as NaN instead.
+        logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
