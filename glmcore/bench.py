@@ -501,6 +501,14 @@ def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: floa
         for entry in [entry for entry in running if entry[2].poll() is not None]:
             running.remove(entry)
             finished.append(entry)
+            config, estimate, process, run = entry
+            report(  # one line per process as it ends, so a cut-short grid still leaves its readings
+                "vram_process",
+                run=run.path.name,
+                state=run.status().state,
+                measured_nvml_GiB=round(peaks.get(process.pid, 0) / 2**30, 3),
+                estimated_GiB=round(estimate.total / 2**30, 3),
+            )
         in_use = sum(estimate.total for _, estimate, _, _ in running) / 2**30
         if queue and (not running or in_use + queue[0][1].total / 2**30 <= budget_gib):
             config, estimate = queue.pop(0)
@@ -619,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         # (batch, accumulation, gradient checkpointing: None = the product's automatic choice)
         plans = {
-            "ptuning16": (16, ((16, 1, None), (1, 1, None))),
-            "ptuning4": (4, ((1, 16, None), (1, 16, True), (16, 1, None))),
+            "ptuning16": (16, ((16, 1, None), (1, 1, None), (1, 1, True))),
+            "ptuning4": (4, ((1, 16, None), (16, 1, None))),
         }
         for name, (bits, settings) in plans.items():
             if name in wanted:
