@@ -9,7 +9,8 @@ nothing. docs/benchmarks.md keeps the results with the card each was measured on
 Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `ptuning4` (NF4 at batch
 1 × accumulation 16 and batch 16), `decode16` / `decode4` (batch 1, 64-token prompt, 128 new tokens),
 `evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
-published `.bin` shards and from safetensors).
+published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
+`vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell).
 """
 
 from __future__ import annotations
