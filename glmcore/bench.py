@@ -361,6 +361,32 @@ def load_to_first_token(model_dir: Path, shape: dict) -> float:
     return seconds
 
 
+def vram_run_config(
+    model_dir: Path, workdir: Path, method: str, bits: int, batch: int, accumulation: int, *, name: str
+) -> RunConfig:
+    """A 4-step run of `method` over 64 rows that fill 64+64 tokens, for measuring memory against the estimate."""
+    data = workdir / "vram-train.json"
+    if not data.is_file():
+        text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
+        data.write_text(
+            "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
+            "utf-8",
+        )
+    return RunConfig(
+        name=f"{name}-{bits}bit-b{batch}x{accumulation}",
+        method=method,
+        model_path=model_dir,
+        train_file=data,
+        quantization_bit=bits,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=4,
+        save_steps=1000,
+        logging_steps=1,
+        gpus=[0] if torch.cuda.is_available() else [],
+    )
+
+
 def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumulation: int) -> dict:
     """A real detached-style run (its own process) sampled through NVML, against the estimate.
 
@@ -374,24 +400,7 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     from glmcore.gpu import read_gpus
     from glmcore.runs import RunStore, launch
 
-    data = workdir / "vram-train.json"
-    text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
-    data.write_text(
-        "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
-        "utf-8",
-    )
-    config = RunConfig(
-        name=f"vram-{bits}bit-b{batch}x{accumulation}",
-        model_path=model_dir,
-        train_file=data,
-        quantization_bit=bits,
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        max_steps=4,
-        save_steps=1000,
-        logging_steps=1,
-        gpus=[0] if torch.cuda.is_available() else [],
-    )
+    config = vram_run_config(model_dir, workdir, "ptuning-v2", bits, batch, accumulation, name="vram")
     from glmcore.train import free_gpu_memory
 
     estimate = estimate_vram(ModelShape.from_model_dir(model_dir), config, free_bytes=free_gpu_memory())
@@ -457,29 +466,13 @@ def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: floa
     from glmcore.gpu import read_gpus
     from glmcore.runs import RunStore, launch
 
-    data = workdir / "vram-train.json"
-    text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
-    data.write_text(
-        "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
-        "utf-8",
-    )
     shape = ModelShape.from_model_dir(model_dir)
     total_bytes = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
     queue = []
     for method, bits, batch, accumulation in GRID_CELLS:
-        config = RunConfig(
-            name=f"grid-{method}-{bits}bit-b{batch}x{accumulation}",
-            method=method,
-            model_path=model_dir,
-            train_file=data,
-            quantization_bit=bits,
-            per_device_train_batch_size=batch,
-            gradient_accumulation_steps=accumulation,
-            max_steps=4,
-            save_steps=1000,
-            logging_steps=1,
-            gpus=[0] if torch.cuda.is_available() else [],
-        )
+        if bits == 8 and not torch.cuda.is_available():
+            continue  # LLM.int8 needs a GPU
+        config = vram_run_config(model_dir, workdir, method, bits, batch, accumulation, name=f"grid-{method}")
         estimate = estimate_vram(shape, config, free_bytes=total_bytes)
         queue += [(config, estimate)] * repeats
     peaks: dict[int, int] = {}
