@@ -137,10 +137,10 @@ def keep_optimizer_state_on_host(optimizer) -> None:
     host: dict[tuple[int, str], torch.Tensor] = {}
 
     def to_gpu(optimizer, args, kwargs) -> None:
-        for state in optimizer.state.values():
+        for parameter, state in optimizer.state.items():
             for key, value in state.items():
                 if key != "step" and torch.is_tensor(value) and value.is_pinned():
-                    state[key] = value.to("cuda", non_blocking=True)
+                    state[key] = value.to(parameter.device, non_blocking=True)
 
     def to_host(optimizer, args, kwargs) -> None:
         for parameter, state in optimizer.state.items():
