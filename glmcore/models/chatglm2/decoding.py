@@ -101,6 +101,7 @@ class ChatGLM2StaticDecoder(StaticDecoder):
         eos_token_id: int | list[int],
         sampling: Sampling = DEFAULT_SAMPLING,
         should_stop: Callable[[], bool] | None = None,
+        check_finished_every: int = 1,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every row [batch] until every row met a stop id or `max_new_tokens` were made;
         a finished row repeats its stop id."""
@@ -120,7 +121,9 @@ class ChatGLM2StaticDecoder(StaticDecoder):
             yield token
             finished |= torch.isin(token, stops)
             last = token
-            if step == max_new_tokens - 1 or bool(finished.all()) or (should_stop and should_stop()):
+            if step == max_new_tokens - 1 or (should_stop and should_stop()):
+                return
+            if (step + 1) % check_finished_every == 0 and bool(finished.all()):
                 return
             index = length + step
             self.token.copy_(token[:, None])
