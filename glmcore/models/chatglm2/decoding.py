@@ -1,6 +1,6 @@
 """ChatGLM2/3's static-cache decoder: ChatGLM-6B's, with a cache of the key/value groups and 1D positions.
 
-The CUDA graph capture and the step are ChatGLM-6B's StaticDecoder's, sampling is glmcore.decoding's; what differs is the
+The CUDA graph capture and the step are ChatGLM-6B's StaticDecoder's, sampling is glmcore.generation's; what differs is the
 cache's shape ([batch, groups, capacity, kv_channels]), the positions (one per token, counting real
 tokens from 0) and the mask (causal after the prompt, as the published rule gives for real rows).
 """
@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from glmcore.decoding import Sampling, _pick
+from glmcore.generation import Sampling, _pick
 from glmcore.models.chatglm2.modeling import attention_mask_for
 
 # The step, its CUDA graph capture and the cache's update are ChatGLM-6B's decoder's, unchanged; only the
-# shapes, positions and masks below differ. (They could move to glmcore.decoding as a shared base.)
+# shapes, positions and masks below differ. (They could move to glmcore.generation as a shared base.)
 from glmcore.models.chatglm6b.decoding import StaticDecoder, StaticKVCache
 
 DEFAULT_SAMPLING = Sampling()
