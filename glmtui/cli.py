@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.quiet import quiet_libraries
 from glmtui.commands import COMMAND_MODULES
 
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workspace is not None:
         os.environ["GLMTUI_HOME"] = str(args.workspace.expanduser().resolve())
+    quiet_libraries()
     if args.command is None:
         from glmtui.app import run_app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +12,8 @@ from pathlib import Path
 from glmcore.config import RunConfig, validate
 from glmcore.demo import DEMO_MARKER, demo_paths, demo_ready
 from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
+from glmcore.quiet import LIBRARY_LOG_NAME
+from glmcore.runs import RunStore
 from glmcore.sample_data import write_sample_dataset
 from glmcore.workspace import Workspace
 
@@ -69,3 +72,29 @@ def test_demo_keeps_a_config_the_user_edited(tmp_path: Path) -> None:
     assert f"Kept {edited}" in result.stdout
     assert RunConfig.load(edited).max_steps == 7
 
+
+
+def test_a_demo_run_keeps_library_chatter_out_of_train_log_and_the_cli(tmp_path: Path) -> None:
+    workspace = built_demo_workspace(tmp_path / "ws")
+    assert glmtui_demo(workspace).returncode == 0
+    config_path = workspace.configs_dir / "demo-ptuning.toml"
+    config = RunConfig.load(config_path)
+    dataclasses.replace(config, max_steps=2, save_steps=2, logging_steps=1).save(config_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "glmtui.cli", "train", str(config_path)],
+        env={**os.environ, "GLMTUI_HOME": str(workspace.root), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    (run,) = RunStore(workspace.runs_dir).list()
+    assert run.status().state == "finished"
+    ours = ("=== ", "glmtui: ", "step ")
+    log_lines = [line for line in run.log_path.read_text().splitlines() if line.strip()]
+    assert [line for line in log_lines if not line.startswith(ours)] == []
+    assert any(line.startswith("step 2/2  loss ") for line in log_lines)
+    for chatter in ("Warning", "warnings.warn", "kernels", "Loading weights", "it/s]"):
+        assert chatter not in result.stdout + result.stderr
+    library_log = (run.path / LIBRARY_LOG_NAME).read_text()
+    assert "FutureWarning: `gradient_checkpointing` is deprecated" in library_log

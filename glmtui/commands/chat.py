@@ -42,12 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging
-
     from glmcore.chat import ChatSession, ChatSettings
     from glmcore.models.loading import load_model, load_tokenizer
 
-    logging.disable_progress_bar()
     notices = Console(stderr=True)
     interactive = sys.stdin.isatty()
     try:

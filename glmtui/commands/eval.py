@@ -189,11 +189,8 @@ def metrics_table(comparison) -> Table:
 
 def run_with_progress(console: Console, arguments: dict):
     """Run the comparison on a worker thread, so that Ctrl-C cancels it cleanly."""
-    from transformers.utils import logging
-
     from glmcore.evaluate import compare
 
-    logging.disable_progress_bar()
     cancel = threading.Event()
     outcome: dict[str, object] = {}
     with Progress(
