@@ -73,7 +73,6 @@ def test_demo_keeps_a_config_the_user_edited(tmp_path: Path) -> None:
     assert RunConfig.load(edited).max_steps == 7
 
 
-
 def test_a_demo_run_keeps_library_chatter_out_of_train_log_and_the_cli(tmp_path: Path) -> None:
     workspace = built_demo_workspace(tmp_path / "ws")
     assert glmtui_demo(workspace).returncode == 0
