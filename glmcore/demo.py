@@ -169,7 +169,7 @@ def demo_run_config(workspace: Workspace | None = None) -> RunConfig:
         save_steps=100,
         logging_steps=5,
         max_source_length=64,
-        max_target_length=96,
+        max_target_length=64,
         gpus=[],
     )
 
