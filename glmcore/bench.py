@@ -24,9 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from glmcore.config import RunConfig
+from glmcore.quiet import quiet_libraries
 
 CHATGLM_6B = {
     "vocab_size": 130528,
@@ -53,6 +52,7 @@ SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
 
 
 def versions() -> dict:
+    import torch
     import transformers
 
     try:
@@ -77,15 +77,21 @@ def report(figure: str, **values) -> dict:
 
 
 def synchronize() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def peak_gib() -> float | None:
+    import torch
+
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def reset_peak() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -108,6 +114,8 @@ def special_ids(shape: dict) -> dict:
 
 def write_random_checkpoint(folder: Path, shape: dict) -> Path:
     """Eight `.bin` shards with the published names (lm_head stored beside the embedding, as published)."""
+    import torch
+
     from glmcore.models.chatglm6b import ChatGLMConfig, ChatGLMForConditionalGeneration
     from glmcore.models.chatglm6b.modeling import rotary_inverse_frequencies
     from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
@@ -155,6 +163,8 @@ def write_random_checkpoint(folder: Path, shape: dict) -> Path:
 
 def bandwidth() -> float | None:
     """Device copy bandwidth in bytes/s, counting read and write (the anchors' convention)."""
+    import torch
+
     if not torch.cuda.is_available():
         return None
     source = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
@@ -189,7 +199,8 @@ def ptuning_steps(
     checkpointing: bool | None = None,
 ) -> dict:
     """Optimizer steps through the product's Trainer setup; time and peak over the steps after warm-up."""
-    from transformers import TrainerCallback
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
 
     from glmcore.data import TrainingCollator
     from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
@@ -239,6 +250,7 @@ def ptuning_steps(
             data_collator=TrainingCollator(special_ids(shape)["pad_token_id"]),
             callbacks=[StepTimer()],
         )
+        trainer.remove_callback(PrinterCallback)  # its dicts would break the one-JSON-object-per-line output
         trainer.args.save_strategy = "no"
         trainer.args.include_num_input_tokens_seen = "all"  # no padding in these rows
         trainer.train()
@@ -302,6 +314,8 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
+    import torch
+
     from glmcore.decoding import StaticDecoder, generate
 
     ids = special_ids(shape)
@@ -367,6 +381,8 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     Training view would show it.
     """
     import threading
+
+    import torch
 
     from glmcore.estimate import ModelShape, estimate_vram
     from glmcore.gpu import read_gpus
@@ -448,6 +464,8 @@ FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluat
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     parser = argparse.ArgumentParser(prog="python -m glmcore.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tiny", action="store_true", help="a toy shape: checks the suite runs; numbers mean nothing"
@@ -457,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint is written")
     args = parser.parse_args(argv)
+    quiet_libraries()
     wanted = set(args.only.split(","))
     unknown = wanted - set(FIGURES)
     if unknown:

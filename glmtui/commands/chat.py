@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
     parser.add_argument(
-        "--run", metavar="RUN", default=None, help="a P-tuning run (id, prefix, name or path): its model and prefix"
+        "--run",
+        metavar="RUN",
+        default=None,
+        help="a P-tuning run (id, id prefix, name or folder): its model and prefix",
     )
     parser.add_argument(
         "--checkpoint",

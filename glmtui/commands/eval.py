@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
     parser.add_argument(
-        "--run", metavar="RUN", default=None, help="a run (id, prefix, name or folder): its checkpoints and settings"
+        "--run",
+        metavar="RUN",
+        default=None,
+        help="a run (id, id prefix, name or folder): its checkpoints and settings",
     )
     parser.add_argument(
         "--checkpoint",

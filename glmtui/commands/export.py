@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "run needs no export: its checkpoints are used as they are."
         ),
     )
-    parser.add_argument("run", metavar="RUN", help="run id, unique prefix, name or path")
+    parser.add_argument("run", metavar="RUN", help="run id, unique id prefix, run name, or run folder")
     parser.add_argument(
         "--checkpoint", metavar="CK", help="checkpoint-N or N of the run (default: its latest complete one)"
     )
