@@ -111,7 +111,7 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
 def ensure_demo_workspace(
     workspace: Workspace | None = None, progress: Progress | None = None
 ) -> DemoWorkspace:
-    """Build the demo model and data if they are not there yet (DEMO_BUILD_TIME on a 2-core CPU).
+    """Build the demo model and data if they are not there yet (about a minute on a 2-core CPU; see README).
 
     A built workspace returns at once, before torch is imported. The model is built in a temporary folder and
     renamed into place, so an interrupted build leaves nothing half-made behind.

@@ -14,7 +14,7 @@ from glmcore.workspace import Workspace
 
 DESCRIPTION = (
     "Build the demo workspace: a tiny ChatGLM-architecture model pretrained on ad copy and an "
-    "AdvertiseGen-form sample (DEMO_BUILD_TIME on a 2-core CPU, once), plus the run configs "
+    "AdvertiseGen-form sample (about a minute on a 2-core CPU, once), plus the run configs "
     "configs/demo-ptuning.toml and configs/demo-lora.toml for `glmtui train`."
 )
 

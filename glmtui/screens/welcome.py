@@ -22,7 +22,7 @@ WELCOME_TEXT = """[b]Welcome to glmtui[/b]
 There is no model in {models_dir} yet.
 
 [b]d[/b]   build the [b]demo workspace[/b]: a tiny ChatGLM-architecture model
-    and the AdvertiseGen-form sample (DEMO_BUILD_TIME on a 2-core CPU);
+    and the AdvertiseGen-form sample (about a minute on a 2-core CPU);
     then configure, train, watch, evaluate and chat with it.
 [b]F2[/b]  download ChatGLM-6B on the Models screen.
 [b]F4[/b]  configure a run by hand.
