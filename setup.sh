@@ -5,7 +5,7 @@
 #   ./setup.sh --dry-run  only print the commands it would run
 #
 # torch: an installed one is kept. Otherwise, without a working `nvidia-smi` (no NVIDIA driver), the CPU build
-# from PyTorch's CPU index, falling back to the pinned CPU wheel the package index offers; with a driver, the
+# from PyTorch's CPU index, falling back to the pinned CPU wheel (+cpu) the package index offers; with a driver, the
 # newest CUDA build that driver supports. GLMTUI_TORCH=cpu or GLMTUI_TORCH=cu126 (etc.) overrides the choice.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -65,10 +65,17 @@ install_torch() {
         fi
     fi
     if [[ $choice == cpu ]]; then
-        # PyTorch's CPU index first; where it cannot be reached, the pinned CPU wheel of the configured index.
+        # PyTorch's CPU index first; where it cannot be reached, the same CPU build from the configured index
+        # (pinned with its +cpu label, so that pip can never fall back to a CUDA build and its libraries).
         run "$PYTHON" -m pip install --timeout 30 --retries 1 "torch==$TORCH_VERSION" \
-            --index-url "$PYTORCH_INDEX/cpu" ||
-            run "$PYTHON" -m pip install "torch==$TORCH_VERSION"
+            --index-url "$PYTORCH_INDEX/cpu" || {
+            say "PyTorch's CPU index failed: trying torch==$TORCH_VERSION+cpu from the configured package index"
+            run "$PYTHON" -m pip install "torch==$TORCH_VERSION+cpu" || {
+                say "no CPU build of torch $TORCH_VERSION could be installed; make $PYTORCH_INDEX/cpu reachable" \
+                    "or point pip at a CPU wheel (pip's find-links), then run ./setup.sh again"
+                exit 1
+            }
+        }
     else
         run "$PYTHON" -m pip install "torch==$TORCH_VERSION" --index-url "$PYTORCH_INDEX/$choice"
     fi
