@@ -25,10 +25,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from glmcore.config import RunConfig
 from glmcore.models import CHATGLM_6B as FAMILY
+from glmcore.quiet import quiet_libraries
 
 CHATGLM_6B = FAMILY.published_config()
 """The real model's config.json: its shape and special ids."""
@@ -50,6 +49,7 @@ SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
 
 
 def versions() -> dict:
+    import torch
     import transformers
 
     try:
@@ -74,15 +74,21 @@ def report(figure: str, **values) -> dict:
 
 
 def synchronize() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def peak_gib() -> float | None:
+    import torch
+
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def reset_peak() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -107,6 +113,8 @@ def write_random_checkpoint(folder: Path, shape: dict) -> Path:
 
 def bandwidth() -> float | None:
     """Device copy bandwidth in bytes/s, counting read and write (the anchors' convention)."""
+    import torch
+
     if not torch.cuda.is_available():
         return None
     source = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
@@ -142,7 +150,8 @@ def ptuning_steps(
     callbacks: list | None = None,
 ) -> dict:
     """Optimizer steps through the product's Trainer setup; time and peak over the steps after warm-up."""
-    from transformers import TrainerCallback
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
 
     from glmcore.data import TrainingCollator
     from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
@@ -192,6 +201,7 @@ def ptuning_steps(
             data_collator=TrainingCollator(special_ids(shape)["pad_token_id"]),
             callbacks=[StepTimer(), *(callbacks or [])],
         )
+        trainer.remove_callback(PrinterCallback)  # its dicts would break the one-JSON-object-per-line output
         trainer.args.save_strategy = "no"
         trainer.args.include_num_input_tokens_seen = "all"  # no padding in these rows
         trainer.train()
@@ -255,6 +265,8 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
+    import torch
+
     from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
@@ -316,6 +328,8 @@ def vram_run_config(
     model_dir: Path, workdir: Path, method: str, bits: int, batch: int, accumulation: int, *, name: str
 ) -> RunConfig:
     """A 4-step run of `method` over 64 rows that fill 64+64 tokens, for measuring memory against the estimate."""
+    import torch
+
     data = workdir / "vram-train.json"
     if not data.is_file():
         text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
@@ -406,6 +420,8 @@ def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: floa
     one it makes on an idle card.
     """
     import threading
+
+    import torch
 
     from glmcore.estimate import ModelShape, estimate_vram
     from glmcore.gpu import read_gpus
@@ -505,6 +521,8 @@ FIGURES = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     parser = argparse.ArgumentParser(prog="python -m glmcore.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tiny", action="store_true", help="a toy shape: checks the suite runs; numbers mean nothing"
@@ -514,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint is written")
     args = parser.parse_args(argv)
+    quiet_libraries()
     wanted = set(args.only.split(","))
     unknown = wanted - set(FIGURES)
     if unknown:

@@ -499,8 +499,12 @@ def compare(
     progress: Callable[[EvalProgress], None] | None = None,
     cancel: threading.Event | None = None,
     device: str | None = None,
+    limit: int | None = None,
 ) -> Comparison:
     """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
+
+    `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
+    recorded in comparison.json with the file's full count.
 
     The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
     `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. When cancelled,
@@ -512,6 +516,8 @@ def compare(
 
     if not checkpoints:
         raise EvalError('Nothing to evaluate: name at least one checkpoint, or "base" for the model alone.')
+    if limit is not None and limit < 1:
+        raise EvalError(f"The limit must be 1 or more examples (got {limit}); leave it out for all of them.")
     cancel = cancel or threading.Event()
     output_root = Path(output_root)
     if output_root.exists() and any(output_root.iterdir()):
@@ -519,7 +525,8 @@ def compare(
     for checkpoint in checkpoints:
         if not _is_base(checkpoint):
             _check_checkpoint(Path(checkpoint))
-    examples = load_examples(data_file, columns or Columns()).examples
+    all_examples = load_examples(data_file, columns or Columns()).examples
+    examples = all_examples[:limit]
     labels = comparison_labels(checkpoints)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, quantization_bit=quantization_bit, device=device)
@@ -569,7 +576,8 @@ def compare(
                 raise
             break
     comparison = Comparison(output_root, evaluations, complete=len(evaluations) == len(checkpoints))
-    _write_comparison(comparison, model_path, data_file, quantization_bit, settings)
+    subset = {"limit": limit, "data_examples": len(all_examples)}
+    _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset)
     return comparison
 
 
@@ -583,7 +591,12 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _write_comparison(
-    comparison: Comparison, model_path: str | Path, data_file: str | Path, quantization_bit: int, settings
+    comparison: Comparison,
+    model_path: str | Path,
+    data_file: str | Path,
+    quantization_bit: int,
+    settings,
+    subset: dict[str, int | None],
 ) -> None:
     """comparison.json (metrics side by side) and comparison_examples.jsonl (before/after, worst first).
 
@@ -599,6 +612,7 @@ def _write_comparison(
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "model": str(Path(model_path).absolute()),
         "data": str(Path(data_file).absolute()),
+        **subset,
         "quantization_bit": quantization_bit,
         "settings": asdict(settings),
         "ranked_by": ranking.label,

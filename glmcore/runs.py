@@ -584,6 +584,25 @@ class Run:
                 ) from error
             raise
 
+    def default_checkpoint(self) -> Checkpoint:
+        """The checkpoint this run stands for where one is meant and none is named: its latest complete one
+        (the rule of docs/runs.md, "Naming runs and checkpoints")."""
+        whole = self.resume_point().checkpoint  # passes over a damaged newest one, as a resume does
+        if whole is None:
+            raise RunError(f"run {self.id} has no complete checkpoint yet; use it after its first save")
+        return whole
+
+    def find_checkpoint(self, name: str | None = None) -> Checkpoint:
+        """This run's checkpoint named ``checkpoint-N`` or ``N``; with no name, ``default_checkpoint()``."""
+        if name is None:
+            return self.default_checkpoint()
+        checkpoints = self.checkpoints()
+        for checkpoint in checkpoints:
+            if name in (checkpoint.path.name, str(checkpoint.step)):
+                return checkpoint
+        names = ", ".join(checkpoint.path.name for checkpoint in checkpoints) or "none yet"
+        raise RunError(f"run {self.id} has no checkpoint {name!r} (complete checkpoints: {names})")
+
     # stop request and deletion
 
     def request_stop(self) -> None:
@@ -665,6 +684,25 @@ class RunStore:
         raise RunError(
             f"no run named {text!r} in {self.runs_dir} (latest: {known}); `glmtui runs` lists them all"
         )
+
+    def resolve_checkpoint(self, name: str, run: Run | None = None) -> Path:
+        """The checkpoint folder ``name`` means (docs/runs.md, "Naming runs and checkpoints"): with ``run``,
+        its ``checkpoint-N`` or ``N``; else a checkpoint folder's path; else a run (by any name ``resolve``
+        takes), which stands for its default checkpoint."""
+        if run is not None and (CHECKPOINT_PATTERN.fullmatch(name) or name.isdigit()):
+            return run.find_checkpoint(name).path
+        path = Path(name).expanduser()
+        if path.is_dir() and not (path / "config.toml").is_file():
+            return path
+        try:
+            return self.resolve(name).default_checkpoint().path
+        except RunError as error:
+            if os.sep in name or name.startswith("checkpoint-"):
+                raise RunError(
+                    f"{name} is neither a checkpoint folder nor a run"
+                    + (" (a checkpoint-N of a run needs --run RUN)" if run is None else "")
+                ) from None
+            raise error from None
 
 
 @contextlib.contextmanager

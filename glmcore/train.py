@@ -22,6 +22,7 @@ from glmcore.data import Columns, TrainingCollator, load_examples, training_data
 from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
+from glmcore.quiet import LIBRARY_LOG_NAME, quiet_libraries
 from glmcore.runs import Run, describe_failure, describe_resume
 
 
@@ -314,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = parser.parse_args(argv)
     run = Run(args.run_dir.resolve())
+    quiet_libraries(run.path / LIBRARY_LOG_NAME)
     info = RankInfo.from_environment()
     if info.is_distributed:
         die_with_parent()

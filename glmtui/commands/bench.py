@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import argparse
 
+from glmcore.bench import FIGURES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="measure training, decoding and evaluation speed at ChatGLM-6B's real shape"
+        "bench",
+        help="measure training, decoding and evaluation speed at ChatGLM-6B's real shape",
+        description=(
+            "The figures of docs/benchmarks.md on a random checkpoint of ChatGLM-6B's shape (written once to "
+            "--workdir, 12 GB), one JSON object per line on stdout. Needs a GPU for meaningful numbers; "
+            "--tiny checks the suite on any machine."
+        ),
     )
     parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
-    parser.add_argument("--only", help="comma-separated figures (default: all)")
+    parser.add_argument(
+        "--only",
+        metavar="FIGURES",
+        help=f"comma-separated figures out of {', '.join(FIGURES)} (default: all)",
+    )
     parser.add_argument("--workdir", help="where the random 6B checkpoint is written (12 GB)")
     parser.set_defaults(func=run_bench)
 

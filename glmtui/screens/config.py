@@ -68,11 +68,15 @@ FIELD_LABELS = {
 class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
 
-    def __init__(self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def __init__(
+        self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None, saved: bool
+    ) -> None:
         super().__init__()
         self.config = config
         self.problems = problems
         self.estimate = estimate
+        self.saved = saved
+        """Whether the file ctrl+s writes already holds exactly this config."""
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -191,8 +195,18 @@ class ConfigScreen(WorkbenchScreen):
             type="integer" if name in INTEGER_FIELDS else "text",
         )
 
+    def reopened_config(self) -> RunConfig | None:
+        """The workspace's last config (saved, loaded, started or made by the demo), if it still loads."""
+        path = self.workbench.workspace.last_config()
+        if path is None:
+            return None
+        try:
+            return RunConfig.load(path)
+        except GlmError:
+            return None
+
     def on_mount(self) -> None:
-        self._write_form(self.base or self.blank_config())
+        self._write_form(self.base or self.reopened_config() or self.blank_config())
 
     def fill_form(self, config: RunConfig) -> None:
         """Show ``config`` in the form (its other settings are kept for saving)."""
@@ -322,13 +336,20 @@ class ConfigScreen(WorkbenchScreen):
                 estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
             except GlmError:
                 estimate = None
-        self.post_message(ConfigChecked(config, problems, estimate))
+        self.post_message(ConfigChecked(config, problems, estimate, self._is_saved(config)))
+
+    def _is_saved(self, config: RunConfig) -> bool:
+        path = self.config_path(config)
+        try:
+            return path.is_file() and RunConfig.load(path).to_dict() == config.to_dict()
+        except GlmError:
+            return False
 
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self.config:
-            self._show(message.problems, message.estimate)
+            self._show(message.problems, message.estimate, message.saved)
 
-    def _show(self, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def _show(self, problems: list[Problem], estimate: VramEstimate | None, saved: bool = False) -> None:
         self.problems = problems
         self.estimate = estimate
         problem_text = Text()
@@ -342,10 +363,14 @@ class ConfigScreen(WorkbenchScreen):
         self.query_one("#config-problems", Static).update(problem_text)
         self._show_estimate()
         command = self.query_one("#config-command", Static)
-        if self.config is not None:
+        if self.config is not None and saved:
             command.update(
                 Text("Same from the shell:\n", style="dim")
                 + Text(self.config.train_command(self.config_path()))
+            )
+        elif self.config is not None:
+            command.update(
+                Text(f"Not saved: ctrl+s writes {self.config_path()} for `glmtui train`.", style="dim")
             )
         else:
             command.update("")
@@ -365,11 +390,12 @@ class ConfigScreen(WorkbenchScreen):
         if self.is_mounted:
             self._show_estimate()
 
-    def config_path(self) -> Path:
-        """Where ctrl+s saves this config."""
-        name = self.config.name if self.config else "run"
+    def config_path(self, config: RunConfig | None = None) -> Path:
+        """Where ctrl+s saves this config (``config``, else the form's)."""
+        config = config or self.config
+        name = config.name if config else "run"
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-        return self.workbench.workspace.root / "configs" / f"{slug}.toml"
+        return self.workbench.workspace.configs_dir / f"{slug}.toml"
 
     # actions
 
@@ -384,7 +410,9 @@ class ConfigScreen(WorkbenchScreen):
             path = self.config_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             config.save(path)
+            self.workbench.workspace.remember_config(path)
             self.notify(f"Saved {path}.")
+            self.recheck()
 
     def action_start_run(self) -> None:
         if config := self._ready_config():
@@ -397,6 +425,7 @@ class ConfigScreen(WorkbenchScreen):
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         run = self.workbench.run_store.create(config)
+        self.workbench.workspace.remember_config(run.config_path)
         run_control.launch(run, detach=True)
         self.app.call_from_thread(self._started, run)
 
@@ -411,5 +440,7 @@ class ConfigScreen(WorkbenchScreen):
                     self.load(RunConfig.load(path))
                 except GlmError as error:
                     self.notify(str(error), severity="error")
+                else:
+                    self.workbench.workspace.remember_config(path)
 
         self.app.push_screen(LoadConfigScreen(), loaded)
