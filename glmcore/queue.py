@@ -341,6 +341,12 @@ class Queue:
             )
             self._write_order([queued for queued in self.runs() if queued != run])
 
+    def queue_runs(self, runs: Sequence[Run]) -> int | None:
+        """Queue ``runs`` in their order and start a worker if none is alive; returns the new worker's pid."""
+        for run in runs:
+            self.add(run)
+        return self.ensure_worker()
+
     def start_now(self, run: Run, *, program: Sequence[str] | None = None) -> int:
         """Start a queued run at once, without admission; returns its pid."""
         pid = launch(run, detach=True, program=program, only_if="queued")

@@ -61,6 +61,11 @@ class SweepPoint:
     def label(self) -> str:
         return " ".join(f"{key}={format_value(value)}" for key, value in self.values.items())
 
+    @property
+    def short_label(self) -> str:
+        """The values as the run's name gives them: ``psl64 lr0.02``."""
+        return short_label(self.values)
+
 
 @dataclass(frozen=True)
 class Sweep:
@@ -127,9 +132,13 @@ def parse_sets(texts: list[str]) -> dict[str, list[object]]:
     return axes
 
 
+def short_label(values: dict[str, object]) -> str:
+    return " ".join(f"{SHORT_NAMES.get(key, key)}{format_value(value)}" for key, value in values.items())
+
+
 def run_name(base: str, values: dict[str, object]) -> str:
     """The base name cut short where needed so that every value fits in the run id: ``adgen psl64 lr0.02``."""
-    label = " ".join(f"{SHORT_NAMES.get(key, key)}{format_value(value)}" for key, value in values.items())
+    label = short_label(values)
     room = max(0, NAME_LENGTH - len(label) - 1)
     return f"{base[:room].strip()} {label}".strip()
 
@@ -178,3 +187,23 @@ def sweep_of(run: Run) -> dict | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("sweep"), str) else None
+
+
+def group_runs(runs: list[Run]) -> list[tuple[Run, str | None]]:
+    """The runs newest first, those of one sweep together (in sweep order) where its newest run stands; each
+    sweep's first run comes with the sweep id, for a heading."""
+    records = {run: sweep_of(run) for run in runs}
+    members: dict[str, list[Run]] = {}
+    for run, record in records.items():
+        if record is not None:
+            members.setdefault(record["sweep"], []).append(run)
+    ordered: list[tuple[Run, str | None]] = []
+    for run, record in records.items():
+        if record is None:
+            ordered.append((run, None))
+        elif record["sweep"] in members:
+            group = sorted(members.pop(record["sweep"]), key=lambda member: records[member].get("index", 0))
+            ordered += [
+                (member, record["sweep"] if number == 0 else None) for number, member in enumerate(group)
+            ]
+    return ordered

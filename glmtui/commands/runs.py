@@ -13,6 +13,7 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
+from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
 from glmtui.presentation import run_cells, state_text
 
@@ -37,28 +38,6 @@ def _row(run: Run) -> list[str | Text]:
     return [Text(run.id), state_text(status.state, away), *(cells[column] for column in COLUMNS[2:])]
 
 
-def grouped_by_sweep(runs: list[Run]) -> list[tuple[Run, str | None]]:
-    """The runs newest first, those of one sweep together (in sweep order) where its newest run stands; each
-    sweep's first run comes with the sweep id, for a heading."""
-    from glmcore.sweep import sweep_of
-
-    records = {run: sweep_of(run) for run in runs}
-    members: dict[str, list[Run]] = {}
-    for run, record in records.items():
-        if record is not None:
-            members.setdefault(record["sweep"], []).append(run)
-    ordered: list[tuple[Run, str | None]] = []
-    for run, record in records.items():
-        if record is None:
-            ordered.append((run, None))
-        elif record["sweep"] in members:
-            group = sorted(members.pop(record["sweep"]), key=lambda member: records[member].get("index", 0))
-            ordered += [
-                (member, record["sweep"] if number == 0 else None) for number, member in enumerate(group)
-            ]
-    return ordered
-
-
 def show_runs(args: argparse.Namespace) -> int:
     console = Console()
     store = store_from_workspace()
@@ -73,7 +52,7 @@ def show_runs(args: argparse.Namespace) -> int:
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
     for column in COLUMNS:
         table.add_column(column.upper(), justify="left" if column in ("Run", "State", "GPUs") else "right")
-    for run, sweep in grouped_by_sweep(runs):
+    for run, sweep in group_runs(runs):
         if sweep is not None:
             table.add_row(Text(f"sweep {sweep}", style="bold"), *[""] * (len(COLUMNS) - 1))
         try:

@@ -48,14 +48,12 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 2
     queue = Queue(workspace.ensure())
     sweep = create(RunStore(workspace.runs_dir), base, points)
-    for run in sweep.runs:
-        queue.add(run)
+    pid = queue.queue_runs(sweep.runs)
     console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs queued.")
     for run, point in zip(sweep.runs, points, strict=True):
         need = estimate_need(run) if run.config.gpus else None
         needs = f"{need / GIB:.1f} GiB per GPU" if need is not None else "the CPU"
         console.print(Text(f"  {run.id}  {point.label}  (needs {needs})"))
-    pid = queue.ensure_worker()
     if pid is not None:
         console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
     console.print("See the queue with `glmtui queue`, the runs with `glmtui runs`.")
