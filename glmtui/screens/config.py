@@ -404,7 +404,9 @@ class ConfigScreen(WorkbenchScreen):
     ) -> None:
         self.problems = problems
         self.estimate = estimate
-        self.query_one("#config-sweep", Static).update(sweep_text(sweep) if sweep else "")
+        sweep_panel = self.query_one("#config-sweep", Static)
+        sweep_panel.update(sweep_text(sweep) if sweep else "")
+        sweep_panel.display = bool(sweep)
         problem_text = Text()
         if problems:
             problem_text.append(f"{len(problems)} problem(s):\n", style="bold red")

@@ -61,7 +61,7 @@ class RunsRead(Message):
 QUEUE_LINES = 3
 """Queued runs listed under the table with why they wait; `glmtui queue` lists them all."""
 QUEUE_KEYS = "Queue (+ earlier, - later, g start now, x unqueue):\n"
-"""The queue's keys, said above it: at 80 columns the footer has no room left for them."""
+"""The queue's keys, said above it: the footer has no room left for them at 80 columns."""
 
 
 def queue_text(rows: list[RunRow]) -> Text:
@@ -95,10 +95,11 @@ class RunsScreen(RunActions):
         Binding("c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's latest checkpoint"),
         Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
         Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
-        Binding("plus", "move_queued(-1)", "Earlier", id="runs-queue-up", tooltip="Move up in the queue"),
-        Binding("minus", "move_queued(1)", "Later", id="runs-queue-down", tooltip="Move down in the queue"),
-        Binding("g", "start_queued", "Start now", id="runs-queue-start", tooltip="Start it without waiting"),
-        Binding("x", "cancel_queued", "Unqueue", id="runs-queue-cancel", tooltip="Take it off the queue"),
+        # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.
+        Binding("plus", "move_queued(-1)", "Earlier", id="runs-queue-up", show=False),
+        Binding("minus", "move_queued(1)", "Later", id="runs-queue-down", show=False),
+        Binding("g", "start_queued", "Start now", id="runs-queue-start", show=False),
+        Binding("x", "cancel_queued", "Unqueue", id="runs-queue-cancel", show=False),
     ]
 
     def __init__(self) -> None:
@@ -159,7 +160,9 @@ class RunsScreen(RunActions):
                 table.add_row(*cells, key=row.run.id)
         if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
-        self.query_one("#runs-queue", Static).update(queue_text(message.rows))
+        queue = self.query_one("#runs-queue", Static)
+        queue.update(queue_text(message.rows))
+        queue.display = any(row.queued for row in message.rows)
         active = sum(row.status.is_active for row in message.rows)
         self.query_one("#runs-summary", Static).update(
             f"{len(message.rows)} run{'s' if len(message.rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
