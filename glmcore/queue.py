@@ -50,6 +50,8 @@ GIB = 2**30
 QUEUE_FOLDER = "queue"
 CPU = "cpu"
 """The resource a run without GPUs takes."""
+WORKER_START_S = 30.0
+"""How long ``ensure_worker`` waits for the worker it started to take worker.lock."""
 
 
 class QueueError(GlmError):
@@ -425,6 +427,10 @@ class Queue:
                     cwd=self.folder,
                     start_new_session=True,
                 )
+            # Until the worker holds worker.lock another caller would start a second one; wait for it.
+            deadline = time.monotonic() + WORKER_START_S
+            while process.poll() is None and not self.worker_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
             return process.pid
 
     def work(self, *, program: Sequence[str] | None = None, say: Callable[[str], None] = print) -> None:

@@ -340,3 +340,31 @@ def test_queue_lists_why_each_run_waits_and_moves_and_cancels_them(tmp_path: Pat
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_train_queue_queues_the_run_and_starts_a_worker_that_waits_for_room(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    workspace = tmp_path / "ws"
+    queue = Queue(Workspace(workspace))
+    QueueSettings(poll_s=0.1).save(queue.settings_path)
+    busy = queue.store.create(make_config(tmp_path, name="busy"))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    busy.mark_running(sleeper.pid)  # holds the one CPU slot
+    try:
+        out, err = glmtui(
+            workspace, "train", str(tiny_sweep_config(tiny_model_dir, tmp_path)), "--queue"
+        ).communicate(timeout=DEADLINE_S)
+        said = " ".join(out.split())
+        assert "Queued it at position 1" in said and "Started the queue worker (pid" in said, (out, err)
+        (run,) = queue.runs()
+        assert run.status().state == "queued" and queue.worker_alive()
+        wait_until(
+            lambda: "the CPU: 1 running, at most 1 at once" in queue.worker_log_path.read_text(), "the wait"
+        )
+        queue.cancel(run)
+        wait_until(lambda: not queue.worker_alive(), "the worker to exit once nothing is queued")
+        assert trainers_started(run) == 0 and not run.log_path.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
