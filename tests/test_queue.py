@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 from test_runs import DEADLINE_S, STAND_IN, make_config, wait_until
+from test_runs_hardening import glmtui
 from test_train import ROWS
 from test_train import make_config as train_config
 
-from glmcore.config import RunConfig
+from glmcore.config import ConfigError, RunConfig
 from glmcore.estimate import estimate_vram
 from glmcore.gpu import GpuSnapshot, RecordedGpuBackend
 from glmcore.models.family import ModelShape
@@ -31,7 +32,6 @@ from glmcore.runs import Run, RunError, launch
 from glmcore.sweep import SweepError, expand, parse_sets, sweep_of
 from glmcore.workspace import Workspace
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 CHATGLM_6B = ModelShape(130528, 4096, 28, 32, 16384)
 MARGIN = QueueSettings().safety_margin_gib * GIB
@@ -147,19 +147,8 @@ def test_a_grid_gives_every_combination_named_after_its_values(tmp_path: Path) -
     ]:
         with pytest.raises(SweepError, match=re.escape(says)):
             parse_sets([bad])
-    with pytest.raises(Exception, match=r"--set pre_seq_len=abc: .*pre_seq_len must be a whole number"):
+    with pytest.raises(ConfigError, match=r"--set pre_seq_len=abc: .*pre_seq_len must be a whole number"):
         expand(base, parse_sets(["pre_seq_len=4,abc"]))
-
-
-def glmtui(workspace: Path, *args: str, **options: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "glmtui.cli", "--workspace", str(workspace), *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **options,
-    )
 
 
 def tiny_sweep_config(tiny_model_dir: Path, tmp_path: Path) -> Path:
@@ -323,9 +312,7 @@ def test_queue_lists_why_each_run_waits_and_moves_and_cancels_them(tmp_path: Pat
     try:
         first, second = queued_stand_ins(queue, tmp_path, [5, 5])
 
-        listing, _ = glmtui(workspace, "queue", env={**os.environ, "COLUMNS": "200"}).communicate(
-            timeout=DEADLINE_S
-        )
+        listing, _ = glmtui(workspace, "queue").communicate(timeout=DEADLINE_S)
         rows = [" ".join(line.split()) for line in listing.splitlines()]
         assert f"1 {first.id} cpu the CPU: 1 running, at most 1 at once" in rows, listing
         assert f"2 {second.id} cpu the CPU: after {first.id} (position 1)" in rows

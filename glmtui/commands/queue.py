@@ -18,7 +18,7 @@ from rich.text import Text
 from glmcore.queue import Queue, QueueSettings
 from glmcore.sweep import parse_value
 from glmcore.workspace import Workspace
-from glmtui.commands.runs import store_from_workspace
+from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
 
 
 def workspace_queue() -> Queue:
@@ -33,6 +33,8 @@ def show_queue(console: Console, queue: Queue) -> None:
             "Nothing is queued; queue a run with `glmtui train CONFIG.toml --queue` or `glmtui sweep`."
         )
         return
+    if not console.is_terminal:
+        console.width = PIPED_WIDTH  # whole ids and reasons for grep and scripts, as `glmtui runs` does
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
     for column in ("#", "RUN", "GPUS", "WAITS FOR"):
         table.add_column(column, justify="right" if column == "#" else "left")
