@@ -13,7 +13,7 @@ from test_app_support import make_app, make_workspace, settle, tiny_config, writ
 from textual.widgets import DataTable, Input
 
 from glmcore.queue import Queue
-from glmcore.runs import Run
+from glmcore.runs import Run, stop
 from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.screens.config import ConfigScreen
@@ -102,6 +102,16 @@ async def test_runs_screen_shows_the_queue_and_its_keys_move_and_cancel(tmp_path
         await pilot.press("x")  # no longer queued: said, nothing done
         await settle(pilot)
         assert far.status().state == "created"
+
+        table.move_cursor(row=1)
+        await pilot.press("g")  # start now, through the run's claim, whatever the queue says
+        await settle(pilot)
+        try:
+            assert first.stored_status().state != "queued" and first.log_path.read_text().count("\n=== ") == 1
+            assert Queue(workspace).runs() == [second]
+        finally:
+            if first.status().is_active:
+                stop(first, force=True, grace=1.0)
 
 
 async def test_the_config_editor_turns_fields_into_values_and_counts_the_runs(tmp_path: Path) -> None:
