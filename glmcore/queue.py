@@ -393,13 +393,6 @@ class Queue:
         decisions = admit(candidates, self.occupants(snapshot), free, self.settings(), no_gpu_reason=reason)
         return list(zip(runs, decisions, strict=True))
 
-    def admit_and_start(
-        self, *, program: Sequence[str] | None = None, snapshot: GpuSnapshot | None = None
-    ) -> list[tuple[Run, Decision]]:
-        """One admission pass under the queue lock: start what fits; returns every queued run's decision."""
-        with self.locked():
-            return self._pass(program, snapshot)
-
     # workers
 
     def worker_alive(self) -> bool:
