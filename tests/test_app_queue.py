@@ -103,6 +103,18 @@ async def test_runs_screen_shows_the_queue_and_its_keys_move_and_cancel(tmp_path
         await settle(pilot)
         assert far.status().state == "created"
 
+        (workspace.root / "queue" / "settings.toml").write_text("max_runs_per_gpu = 0\n")
+        await settle(pilot)
+        screen.refresh_runs()
+        await settle(pilot)
+        assert queue_lines(screen) == [
+            f"{workspace.root}/queue/settings.toml: max_runs_per_gpu must be at least 1, not 0"
+        ]
+        assert table.row_count == 4  # the runs still show
+        (workspace.root / "queue" / "settings.toml").unlink()
+        screen.refresh_runs()
+        await settle(pilot)
+
         table.move_cursor(row=1)
         await pilot.press("g")  # start now, through the run's claim, whatever the queue says
         await settle(pilot)

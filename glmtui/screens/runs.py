@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
 from glmcore.queue import Decision, Queue
 from glmcore.runs import EventTail, Run, RunStatus
@@ -53,9 +54,11 @@ class RunRow:
 
 
 class RunsRead(Message):
-    def __init__(self, rows: list[RunRow]) -> None:
+    def __init__(self, rows: list[RunRow], queue_problem: str | None = None) -> None:
         super().__init__()
         self.rows = rows
+        self.queue_problem = queue_problem
+        """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
 
 
 QUEUE_LINES = 3
@@ -127,7 +130,10 @@ class RunsScreen(RunActions):
         queue = Queue(self.workbench.workspace)
         # The app's sampler is where the app reads GPUs; until its first reading, the queue's GPU runs say so.
         snapshot = self.workbench.gpu_snapshot or GpuSnapshot.unavailable("no GPU reading yet")
-        planned = dict(queue.plan(snapshot))
+        try:
+            planned, queue_problem = dict(queue.plan(snapshot)), None
+        except GlmError as error:
+            planned, queue_problem = {}, str(error)
         for run in runs:
             tail, last_log = self._tails.get(run) or (run.tail_events(), None)
             for record in tail.read_events():
@@ -137,7 +143,7 @@ class RunsScreen(RunActions):
             rows.append(RunRow(run, run.status(), last_log, planned.get(run)))
         for gone in set(self._tails) - set(runs):
             del self._tails[gone]
-        self.post_message(RunsRead(rows))
+        self.post_message(RunsRead(rows, queue_problem))
 
     def on_runs_read(self, message: RunsRead) -> None:
         table = self.query_one("#runs-table", DataTable)
@@ -161,8 +167,10 @@ class RunsScreen(RunActions):
         if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
         queue = self.query_one("#runs-queue", Static)
-        queue.update(queue_text(message.rows))
-        queue.display = any(row.queued for row in message.rows)
+        queue.update(
+            Text(message.queue_problem, style="red") if message.queue_problem else queue_text(message.rows)
+        )
+        queue.display = bool(message.queue_problem) or any(row.queued for row in message.rows)
         active = sum(row.status.is_active for row in message.rows)
         self.query_one("#runs-summary", Static).update(
             f"{len(message.rows)} run{'s' if len(message.rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
