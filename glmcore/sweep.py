@@ -14,6 +14,7 @@ import itertools
 import json
 import re
 import secrets
+import shutil
 import tomllib
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,14 +170,22 @@ def new_sweep_id(base: RunConfig) -> str:
 
 
 def create(store: RunStore, base: RunConfig, points: list[SweepPoint]) -> Sweep:
-    """A run folder per point, each with sweep.json; the caller has checked ``problems`` first."""
+    """A run folder per point, each with sweep.json; the caller has checked ``problems`` first.
+
+    All or none: if one folder cannot be written (a full disk), the ones already made are removed.
+    """
     sweep_id = new_sweep_id(base)
-    runs = []
-    for index, point in enumerate(points, start=1):
-        run = store.create(point.config)
-        record = {"sweep": sweep_id, "index": index, "size": len(points), "values": point.values}
-        atomic_write_text(run.path / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
-        runs.append(run)
+    runs: list[Run] = []
+    try:
+        for index, point in enumerate(points, start=1):
+            run = store.create(point.config)
+            runs.append(run)
+            record = {"sweep": sweep_id, "index": index, "size": len(points), "values": point.values}
+            atomic_write_text(run.path / SWEEP_FILE, json.dumps(record, indent=2) + "\n")
+    except BaseException:
+        for run in runs:
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     return Sweep(sweep_id, runs)
 
 
