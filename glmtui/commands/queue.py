@@ -92,7 +92,8 @@ def change_settings(console: Console, queue: Queue, texts: list[str]) -> int:
         values[key.strip()] = parse_value(value.strip())
     settings = QueueSettings.from_values(values, where="glmtui queue set")
     settings.save(queue.settings_path)
-    console.print(f"Queue settings in {escape(str(queue.settings_path))}: " + escape(repr(settings)))
+    shown = ", ".join(f"{key} = {value}" for key, value in dataclasses.asdict(settings).items())
+    console.print(f"Queue settings in {escape(str(queue.settings_path))}: {escape(shown)}.")
     return 0
 
 
