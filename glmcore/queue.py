@@ -42,7 +42,7 @@ from pathlib import Path
 import tomli_w
 
 from glmcore.errors import GlmError
-from glmcore.gpu import GpuSnapshot, read_gpus
+from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
 from glmcore.runs import Run, RunError, RunStore, claim, launch, now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
@@ -389,7 +389,9 @@ class Queue:
         free = None
         if snapshot is not None and snapshot.available:
             free = {gpu.index: gpu.memory_free for gpu in snapshot.gpus if gpu.memory_free is not None}
-        reason = (snapshot.reason if snapshot is not None else None) or "no NVIDIA driver"
+        reason = snapshot.reason if snapshot is not None else None
+        if reason is None or reason == NO_DRIVER_REASON:  # the panels' sentence; here only the fact matters
+            reason = "no NVIDIA driver here; `glmtui queue start RUN` starts it anyway"
         decisions = admit(candidates, self.occupants(snapshot), free, self.settings(), no_gpu_reason=reason)
         return list(zip(runs, decisions, strict=True))
 
