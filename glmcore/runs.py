@@ -37,7 +37,7 @@ from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
 from glmcore.workspace import atomic_write_text
 
-STATES = ("created", "running", "stopping", "stopped", "finished", "failed", "crashed")
+STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "crashed")
 ACTIVE_STATES = ("running", "stopping")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
@@ -140,6 +140,8 @@ class RunStatus:
     reason: str | None = None
     """Why the run ended other than finishing (failure message, crash, forced stop)."""
     resumed_from: int | None = None
+    queued: str | None = None
+    """When the run joined the queue (state ``queued``): it waits for ``glmcore.queue`` to start it."""
     updated: str | None = None
 
     @property
@@ -729,7 +731,12 @@ def _refuse_if_active(run: Run, status: RunStatus) -> None:
 
 
 def launch(
-    run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] | None = None
+    run: Run,
+    *,
+    detach: bool,
+    resume: bool = False,
+    program: Sequence[str] | None = None,
+    only_if: str | None = None,
 ) -> subprocess.Popen | int:
     """Start the training process for ``run``; returns its Popen (foreground) or its pid (detached).
 
@@ -740,21 +747,25 @@ def launch(
     its own session so a dropped SSH connection (SIGHUP) does not reach it. With several GPUs the child is the
     torchrun agent that starts one rank per GPU (see glmcore.distributed); it is the run's process either way.
     ``program`` replaces ``python -m glmcore.train`` (what torchrun runs, with several ranks; a stand-in
-    trainer in tests). Runs under the run's ``claim``.
+    trainer in tests). Runs under the run's ``claim``; ``only_if`` (the queue's "queued") refuses unless the
+    run is still in that state once the claim is held, so a run the queue started once is never started again.
     """
     with claim(run):
-        _refuse_if_active(run, run.status())
+        status = run.status()
+        _refuse_if_active(run, status)
+        if only_if is not None and status.state != only_if:
+            raise RunError(f"run {run.id} is {status.state}, no longer {only_if}; it was not started")
         return _start(run, detach=detach, resume=resume, program=program)
 
 
 def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | None) -> subprocess.Popen | int:
     """Spawn the training process and record its pid; the caller holds the claim."""
-    never_launched = run.stored_status().state == "created"
+    never_launched = run.stored_status().state in ("created", "queued")
     try:
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
-        if never_launched:
-            run.write_status(reason=f"never launched: {error}")
+        if never_launched:  # a queued run leaves the queue: it would fail the same way again
+            run.write_status(state="created", reason=f"never launched: {error}")
         raise RunError(str(error)) from None
     argv = plan.command
     environment = {**os.environ, **plan.environment}
@@ -778,7 +789,7 @@ def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | Non
         except OSError as error:
             reason = f"the training process could not start: {error}"
             if never_launched:
-                run.write_status(reason=f"never launched: {reason}")
+                run.write_status(state="created", reason=f"never launched: {reason}")
             else:
                 run.write_status(state="failed", reason=reason, ended=now_iso())
             raise RunError(reason) from None

@@ -3,6 +3,10 @@
 Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``validate`` reads the model
 folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
 the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
+
+The prefix length and the learning rate take a list of values ("64,128"): the form then stands for a sweep, one
+run per combination, and the side panel says how many runs that makes and what each will need; ctrl+g queues
+them (``glmcore.sweep``, ``glmcore.queue``, as ``glmtui sweep`` does).
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
+from glmcore.queue import Queue
 from glmcore.runs import Run
+from glmcore.sweep import SweepPoint, expand, format_value
+from glmcore.sweep import create as create_sweep
+from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
@@ -44,6 +52,8 @@ INTEGER_FIELDS = (
     "max_target_length",
 )
 TEXT_FIELDS = ("name", "model_path", "train_file", "validation_file")
+SWEEP_FIELDS = {"pre_seq_len": int, "learning_rate": float}
+"""Fields that take a list of values (the published recipe's two knobs): several values make a sweep."""
 FIELD_LABELS = {
     "name": "Name",
     "model_path": "Model folder",
@@ -69,7 +79,12 @@ class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
 
     def __init__(
-        self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None, saved: bool
+        self,
+        config: RunConfig,
+        problems: list[Problem],
+        estimate: VramEstimate | None,
+        saved: bool,
+        sweep: list[tuple[SweepPoint, int | None]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -77,6 +92,8 @@ class ConfigChecked(Message):
         self.estimate = estimate
         self.saved = saved
         """Whether the file ctrl+s writes already holds exactly this config."""
+        self.sweep = sweep
+        """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -132,6 +149,16 @@ def describe_estimate(
     return text
 
 
+def sweep_text(sweep: list[tuple[SweepPoint, int | None]]) -> Text:
+    """How many runs the listed values make, and each run's values with its VRAM estimate per GPU."""
+    names = " × ".join(dict.fromkeys(key for point, _ in sweep for key in point.values))
+    text = Text(f"Sweep: {len(sweep)} runs ({names})\n", style="bold")
+    for point, need in sweep:
+        needs = f"{need / GIB:.1f} GiB" if need is not None else "VRAM unknown"
+        text.append(f"  {point.short_label}: {needs}\n")
+    return text
+
+
 class ConfigScreen(WorkbenchScreen):
     """Edit a run config; ctrl+s save TOML, ctrl+g start, ctrl+o load."""
 
@@ -148,6 +175,8 @@ class ConfigScreen(WorkbenchScreen):
         self.config: RunConfig | None = None
         self.problems: list[Problem] = []
         self.estimate: VramEstimate | None = None
+        self.axes: dict[str, list[object]] = {}
+        """The fields given several values, with them: a sweep when not empty."""
         self._filling = False
 
     def blank_config(self) -> RunConfig:
@@ -177,6 +206,7 @@ class ConfigScreen(WorkbenchScreen):
                     if name == "gradient_accumulation_steps":
                         yield Static("", id="effective-batch")
             with VerticalScroll(id="config-side"):
+                yield Static("", id="config-sweep")
                 yield Static("", id="config-estimate")
                 yield Static("", id="config-problems")
                 yield Static("", id="config-command")
@@ -189,6 +219,10 @@ class ConfigScreen(WorkbenchScreen):
         if name == "prefix_projection":
             return Checkbox("on", id=name)
         suggestions = model_paths if name == "model_path" else data_paths if name.endswith("_file") else []
+        if name in SWEEP_FIELDS:
+            return Input(
+                id=name, restrict=r"[0-9eE.+\-, ]*", tooltip="one value, or several (64,128) for a sweep"
+            )
         return Input(
             id=name,
             suggester=SuggestFromList(suggestions, case_sensitive=True) if suggestions else None,
@@ -269,16 +303,22 @@ class ConfigScreen(WorkbenchScreen):
             else:
                 problems.append(Problem(name, "fill this in"))
         for name in INTEGER_FIELDS:
+            if name in SWEEP_FIELDS:
+                continue
             text = self.query_one(f"#{name}", Input).value.strip()
             try:
                 data[name] = int(text)
             except ValueError:
                 problems.append(Problem(name, f"{text!r} is not a whole number"))
-        text = self.query_one("#learning_rate", Input).value.strip()
-        try:
-            data["learning_rate"] = float(text)
-        except ValueError:
-            problems.append(Problem("learning_rate", f"{text!r} is not a number (e.g. 2e-2)"))
+        self.axes = {}
+        for name, kind in SWEEP_FIELDS.items():
+            values, problem = self._field_values(name, kind)
+            if problem:
+                problems.append(problem)
+            elif values:
+                data[name] = values[0]
+                if len(values) > 1:
+                    self.axes[name] = values
         try:
             data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
         except ValueError:
@@ -295,6 +335,19 @@ class ConfigScreen(WorkbenchScreen):
         except ConfigError as error:
             return None, [Problem("config", str(error))]
 
+    def _field_values(self, name: str, kind: type) -> tuple[list[object], Problem | None]:
+        """The value or values (comma-separated) of a sweep field, or the problem with them."""
+        texts = [part.strip() for part in self.query_one(f"#{name}", Input).value.split(",")]
+        example = "a whole number" if kind is int else "a number (e.g. 2e-2)"
+        try:
+            values = [kind(text) for text in texts]
+        except ValueError:
+            shown = ", ".join(repr(text) for text in texts)
+            return [], Problem(name, f"{shown}: give {example}, or several separated by commas for a sweep")
+        if len(set(values)) != len(values):
+            return [], Problem(name, "a value is listed twice; list each value once")
+        return values, None
+
     @on(Input.Changed)
     @on(Select.Changed)
     @on(Checkbox.Changed)
@@ -310,7 +363,7 @@ class ConfigScreen(WorkbenchScreen):
         if config is None:
             self._show(problems, None)
             return
-        self.check_config(config)
+        self.check_config(config, dict(self.axes))
 
     def _show_effective_batch(self) -> None:
         """Batch × accumulation × GPUs, from the fields themselves, so it shows while other fields are wrong."""
@@ -328,15 +381,30 @@ class ConfigScreen(WorkbenchScreen):
         )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
-    def check_config(self, config: RunConfig) -> None:
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
-        estimate = None
+    def check_config(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
+        runs_dir = self.workbench.workspace.runs_dir
+        shape = None
         if config.model_path.is_dir():
             try:
-                estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
+                shape = ModelShape.from_model_dir(config.model_path)
             except GlmError:
-                estimate = None
-        self.post_message(ConfigChecked(config, problems, estimate, self._is_saved(config)))
+                shape = None
+        estimate = estimate_vram(shape, config) if shape else None
+        saved = self._is_saved(config)
+        if not axes:
+            self.post_message(ConfigChecked(config, validate(config, runs_dir=runs_dir), estimate, saved))
+            return
+        try:
+            points = expand(config, axes)
+        except GlmError as error:
+            self.post_message(ConfigChecked(config, [Problem("config", str(error))], estimate, saved))
+            return
+        problems = [
+            Problem(problem.field, f"{point.label}: {problem.message}")
+            for point, problem in sweep_problems(points, runs_dir=runs_dir)
+        ]
+        sweep = [(point, estimate_vram(shape, point.config).total if shape else None) for point in points]
+        self.post_message(ConfigChecked(config, problems, estimate, saved, sweep))
 
     def _is_saved(self, config: RunConfig) -> bool:
         path = self.config_path(config)
@@ -347,31 +415,48 @@ class ConfigScreen(WorkbenchScreen):
 
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self.config:
-            self._show(message.problems, message.estimate, message.saved)
+            self._show(message.problems, message.estimate, message.saved, message.sweep)
 
-    def _show(self, problems: list[Problem], estimate: VramEstimate | None, saved: bool = False) -> None:
+    def _show(
+        self,
+        problems: list[Problem],
+        estimate: VramEstimate | None,
+        saved: bool = False,
+        sweep: list[tuple[SweepPoint, int | None]] | None = None,
+    ) -> None:
         self.problems = problems
         self.estimate = estimate
+        sweep_panel = self.query_one("#config-sweep", Static)
+        sweep_panel.update(sweep_text(sweep) if sweep else "")
+        sweep_panel.display = bool(sweep)
         problem_text = Text()
         if problems:
             problem_text.append(f"{len(problems)} problem(s):\n", style="bold red")
             for problem in problems:
                 problem_text.append(f"• {FIELD_LABELS.get(problem.field, problem.field)}: ", style="red")
                 problem_text.append(problem.message + "\n")
+        elif sweep:
+            problem_text.append(f"Ready to queue the {len(sweep)} runs (ctrl+g).\n", style="bold green")
         else:
             problem_text.append("Ready to start (ctrl+g).\n", style="bold green")
         self.query_one("#config-problems", Static).update(problem_text)
         self._show_estimate()
         command = self.query_one("#config-command", Static)
-        if self.config is not None and saved:
-            command.update(
-                Text("Same from the shell:\n", style="dim")
-                + Text(self.config.train_command(self.config_path()))
-            )
-        elif self.config is not None:
-            command.update(
-                Text(f"Not saved: ctrl+s writes {self.config_path()} for `glmtui train`.", style="dim")
-            )
+        if self.config is not None:
+            line = self.config.train_command(self.config_path())
+            if sweep:
+                sets = " ".join(
+                    f"--set {name}={','.join(format_value(value) for value in values)}"
+                    for name, values in self.axes.items()
+                )
+                line = line.replace("glmtui train", "glmtui sweep", 1) + " " + sets
+            if saved:
+                command.update(Text("Same from the shell:\n", style="dim") + Text(line))
+            else:
+                verb = "sweep" if sweep else "train"
+                command.update(
+                    Text(f"Not saved: ctrl+s writes {self.config_path()} for `glmtui {verb}`.", style="dim")
+                )
         else:
             command.update("")
 
@@ -416,7 +501,23 @@ class ConfigScreen(WorkbenchScreen):
 
     def action_start_run(self) -> None:
         if config := self._ready_config():
-            self.start_run(config)
+            if self.axes:
+                self.queue_sweep(config, dict(self.axes))
+            else:
+                self.start_run(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
+    def queue_sweep(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
+        """Check every combination, create the sweep's runs and queue them (a worker starts them)."""
+        points = expand(config, axes)
+        problems = sweep_problems(points, runs_dir=self.workbench.workspace.runs_dir)
+        if problems:
+            point, problem = problems[0]
+            raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
+        sweep = create_sweep(self.workbench.run_store, config, points)
+        Queue(self.workbench.workspace).queue_runs(sweep.runs)
+        self.app.call_from_thread(self.notify, f"Queued sweep {sweep.id}: {len(sweep.runs)} runs.")
+        self.app.call_from_thread(self.workbench.action_show, "runs")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig) -> None:
