@@ -1,6 +1,6 @@
 """The config editor: a run's settings on the left; the VRAM estimate, problems and command line beside them.
 
-Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``validate`` reads the model
+Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model
 folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
 the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
 """
@@ -21,8 +21,9 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from glmcore import preflight
 from glmcore import runs as run_control
-from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, validate
+from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
@@ -292,7 +293,7 @@ class ConfigScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
     def check_config(self, config: RunConfig) -> None:
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
+        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
         estimate = None
         if config.model_path.is_dir():
             try:
@@ -367,7 +368,7 @@ class ConfigScreen(WorkbenchScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig) -> None:
         """Validate once more, create the run folder and launch it detached; then show it."""
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
+        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         run = self.workbench.run_store.create(config)
