@@ -150,6 +150,7 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a diverged loss must show (and stop the run, see stop_on_nan)
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
