@@ -74,10 +74,14 @@ class StaticDecoder:
 
     `capacity` bounds prompt length plus new tokens. The CUDA graph is captured on the first step and
     kept for later batches of the same batch size and capacity (evaluation feeds many such batches).
+    `mask_first` places the answer at a prompt's `[MASK]` before its `[gMASK]` (see `glm_position_ids`).
     """
 
-    def __init__(self, model, batch: int, capacity: int, *, use_graph: bool | None = None) -> None:
+    def __init__(
+        self, model, batch: int, capacity: int, *, use_graph: bool | None = None, mask_first: bool = False
+    ) -> None:
         self.model = model
+        self.mask_first = mask_first
         self.config = model.config
         parameter = next(model.parameters())
         self.device = parameter.device
@@ -149,7 +153,7 @@ class StaticDecoder:
             (batch, 1, length, prefix + self.capacity), self.hidden, dtype=self.dtype, device=self.device
         )
         prompt_mask[..., : prefix + length].masked_fill_(full_mask, 0.0)
-        positions = glm_position_ids(input_ids, attention_mask, self.config)
+        positions = glm_position_ids(input_ids, attention_mask, self.config, mask_first=self.mask_first)
         self.cache.write_index = torch.arange(length, device=self.device)
         self.cache.length = length
         logits = self.model(
@@ -213,10 +217,11 @@ def generate(
     sampling: Sampling = Sampling(),
     decoder: StaticDecoder | None = None,
     should_stop: Callable[[], bool] | None = None,
+    mask_first: bool = False,
 ) -> list[list[int]]:
     """New tokens for each prompt (ids, left-padded here), each list ending at and including `<eop>`."""
     longest = max(map(len, prompts))
-    decoder = decoder or StaticDecoder(model, len(prompts), longest + max_new_tokens)
+    decoder = decoder or StaticDecoder(model, len(prompts), longest + max_new_tokens, mask_first=mask_first)
     device = decoder.device
     input_ids = torch.tensor([[pad_token_id] * (longest - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
