@@ -36,12 +36,10 @@ class PrefixSpec:
 
 
 def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from glmcore.models.checkpoint import read_bin_shard
+    from glmcore.models.checkpoint import read_bin_shard, read_weights
 
     if (checkpoint / PREFIX_WEIGHTS).is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(checkpoint / PREFIX_WEIGHTS))
+        state = read_weights(checkpoint / PREFIX_WEIGHTS)
     elif (checkpoint / PUBLISHED_WEIGHTS).is_file():
         state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)
     else:
