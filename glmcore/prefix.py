@@ -91,6 +91,22 @@ def resolve_spec(
     return checkpoint_spec
 
 
+def check_resumes(checkpoint: Path, pre_seq_len: int, prefix_projection: bool) -> None:
+    """A run resumes only while its config still describes the prefix its checkpoint holds: say both values."""
+    spec, _ = read_prefix_checkpoint(checkpoint)
+    for name, saved, configured in (
+        ("pre_seq_len", spec.pre_seq_len, pre_seq_len),
+        ("prefix_projection", spec.prefix_projection, prefix_projection),
+    ):
+        if saved != configured:
+            shown = str(saved).lower() if isinstance(saved, bool) else saved
+            raise PrefixMismatch(
+                f"{checkpoint} was trained with {name} = {shown}, but the run's config.toml now says "
+                f"{name} = {str(configured).lower() if isinstance(configured, bool) else configured}; "
+                f"set it back to {shown} to resume, or start a new run with the new value."
+            )
+
+
 def check_fits_model(spec: PrefixSpec, state: dict[str, torch.Tensor], config, where: str) -> None:
     """A prefix made for another model shape is refused by name, not by a shape traceback."""
     expected_width = config.num_layers * 2 * config.hidden_size

@@ -545,6 +545,10 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
     if status.state == "finished":
         raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
     checkpoint = run.latest_checkpoint()
+    if checkpoint is not None and run.config.method == "ptuning-v2":
+        from glmcore.prefix import check_resumes
+
+        check_resumes(checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
     step = checkpoint.step if checkpoint else 0
     run.append_event("resumed", step=step, checkpoint=str(checkpoint.path) if checkpoint else None)
     run.write_status(resumed_from=step, step=step)

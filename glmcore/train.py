@@ -108,9 +108,12 @@ def trainer_class(method: str):
             save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from glmcore.prefix import check_fits_model, read_prefix_checkpoint
+            from glmcore.prefix import check_fits_model, check_resumes, read_prefix_checkpoint
 
             model = model or self.model
+            check_resumes(
+                Path(resume_from_checkpoint), model.config.pre_seq_len, model.config.prefix_projection
+            )
             spec, state = read_prefix_checkpoint(Path(resume_from_checkpoint))
             check_fits_model(spec, state, model.config, resume_from_checkpoint)
             model.transformer.prefix_encoder.load_state_dict(state)
