@@ -59,14 +59,34 @@ def model_problems(model_path: Path) -> list[Problem]:
     return problems
 
 
+def _data_files(config: RunConfig) -> list[tuple[str, Path]]:
+    return [(name, path) for name in ("train_file", "validation_file") if (path := getattr(config, name))]
+
+
+def _columns(config: RunConfig) -> Columns:
+    return Columns(config.prompt_column, config.response_column, config.history_column)
+
+
+def _version(path: Path, columns: Columns) -> tuple:
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns, columns)
+
+
+def data_checked(config: RunConfig) -> bool:
+    """Whether ``data_problems`` would answer at once (every data file missing or already read as it is now)."""
+    columns = _columns(config)
+    for _, path in _data_files(config):
+        checked = _data_verdicts.get(str(path.absolute()))
+        if path.is_file() and (checked is None or checked[0] != _version(path, columns)):
+            return False
+    return True
+
+
 def data_problems(config: RunConfig) -> list[Problem]:
     """The first thing wrong with each data file (file:line), as the training process would meet it."""
-    columns = Columns(config.prompt_column, config.response_column, config.history_column)
+    columns = _columns(config)
     problems = []
-    for name in ("train_file", "validation_file"):
-        path = getattr(config, name)
-        if path is None:
-            continue
+    for name, path in _data_files(config):
         verdict = data_file_problem(path, columns)
         if verdict is not None:
             problems.append(Problem(name, verdict))
@@ -81,8 +101,7 @@ def data_file_problem(path: Path, columns: Columns) -> str | None:
     with _data_locks_guard:
         lock = _data_locks.setdefault(name, threading.Lock())
     with lock:
-        stat = path.stat()
-        version = (stat.st_size, stat.st_mtime_ns, columns)
+        version = _version(path, columns)
         checked = _data_verdicts.get(name)
         if checked is not None and checked[0] == version:
             return checked[1]

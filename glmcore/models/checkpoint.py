@@ -92,7 +92,13 @@ def read_bin_shard(shard: Path) -> dict:
     import torch
 
     try:
-        return torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap can only be used" not in str(error):
+                raise
+            # A pickle in torch's legacy (pre-zip) format cannot be memory-mapped; read it whole.
+            return torch.load(shard, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for damaged or unsafe pickles
         raise GlmError(unreadable_weights_message(shard, error)) from error
 

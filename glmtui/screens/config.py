@@ -274,6 +274,8 @@ class ConfigScreen(WorkbenchScreen):
         if config is None:
             self._show(problems, None)
             return
+        if not preflight.data_checked(config):  # a large file takes seconds: say so until its verdict comes
+            self.query_one("#config-problems", Static).update(Text("Checking the data files…", style="dim"))
         self.check_config(config)
 
     def _show_effective_batch(self) -> None:
