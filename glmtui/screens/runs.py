@@ -145,6 +145,8 @@ class RunsScreen(RunActions, WorkbenchScreen):
         )
 
     def selected_run(self) -> Run | None:
+        if not self.query("#runs-table"):
+            return None  # a key reached the screen before it was built (type-ahead over a slow link)
         table = self.query_one("#runs-table", DataTable)
         if not table.row_count:
             return None
