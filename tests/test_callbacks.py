@@ -216,28 +216,15 @@ def test_glmtui_train_reports_the_diverged_run_as_failed(
     tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """The real CLI and training process: a learning rate of 1e30 diverges within a few steps."""
+    from test_train import make_config
+
     from glmtui.cli import main
 
     monkeypatch.setenv("GLMTUI_HOME", str(tmp_path / "ws"))
     monkeypatch.setenv("COLUMNS", "400")
     data = tmp_path / "train.jsonl"
     data.write_text('{"content": "类型#裙*颜色#红色", "summary": "红色的裙子"}\n' * 8, encoding="utf-8")
-    config = RunConfig(
-        name="diverges",
-        model_path=tiny_model_dir,
-        train_file=data,
-        quantization_bit=16,
-        pre_seq_len=4,
-        learning_rate=1e30,
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=1,
-        max_steps=8,
-        logging_steps=1,
-        max_source_length=16,
-        max_target_length=16,
-        gpus=[],
-        dtype="float32",
-    )
+    config = make_config(tiny_model_dir, data, name="diverges", learning_rate=1e30, max_steps=8)
     config.save(tmp_path / "diverges.toml")
 
     code = main(["train", str(tmp_path / "diverges.toml")])

@@ -116,6 +116,8 @@ class RunsScreen(RunActions, WorkbenchScreen):
         self.post_message(RunsRead(rows))
 
     def on_runs_read(self, message: RunsRead) -> None:
+        if not self.query("#runs-table"):
+            return  # read by a worker while the screen was being taken down (the app closing)
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
