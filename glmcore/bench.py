@@ -27,14 +27,10 @@ from pathlib import Path
 import torch
 
 from glmcore.config import RunConfig
+from glmcore.models import CHATGLM_6B as FAMILY
 
-CHATGLM_6B = {
-    "vocab_size": 130528,
-    "hidden_size": 4096,
-    "num_layers": 28,
-    "num_attention_heads": 32,
-    "inner_hidden_size": 16384,
-}
+CHATGLM_6B = FAMILY.published_config()
+"""The real model's config.json: its shape and special ids."""
 TINY = {
     "vocab_size": 1000,
     "hidden_size": 64,
@@ -97,57 +93,12 @@ def reset_peak() -> None:
 def special_ids(shape: dict) -> dict:
     if shape is TINY:
         return SPECIAL_IDS
-    return {
-        "mask_token_id": 130000,
-        "gmask_token_id": 130001,
-        "bos_token_id": 130004,
-        "eos_token_id": 130005,
-        "pad_token_id": 3,
-    }
+    return {name: shape[name] for name in SPECIAL_IDS}
 
 
 def write_random_checkpoint(folder: Path, shape: dict) -> Path:
-    """Eight `.bin` shards with the published names (lm_head stored beside the embedding, as published)."""
-    from glmcore.models.chatglm6b import ChatGLMConfig, ChatGLMForConditionalGeneration
-    from glmcore.models.chatglm6b.modeling import rotary_inverse_frequencies
-    from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
-
-    # The tokenizer files of a tiny checkpoint complete the folder; the benchmark feeds ids directly.
-    write_tiny_checkpoint(folder, num_shards=1)
-    for stale in folder.glob("pytorch_model*"):
-        stale.unlink()
-    config = ChatGLMConfig(**shape, **special_ids(shape))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = ChatGLMForConditionalGeneration(config).to(torch.float16)
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0, 0.02, generator=generator)
-            else:
-                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
-    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
-    state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
-    inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
-    for layer in range(config.num_layers):
-        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse.clone()
-    names = list(state)
-    groups = [names[index::8] for index in range(8)]
-    weight_map = {}
-    for number, group in enumerate(groups, start=1):
-        shard = f"pytorch_model-{number:05d}-of-00008.bin"
-        torch.save({name: state[name] for name in group}, folder / shard)
-        weight_map.update(dict.fromkeys(group, shard))
-    total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
-    (folder / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
-    )
-    config.to_json_file(str(folder / "config.json"))
-    return folder
+    """A random checkpoint of `shape` in the family's published layout (`write_random_checkpoint` there)."""
+    return FAMILY.implementation().write_random_checkpoint(folder, {**shape, **special_ids(shape)})
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -260,11 +211,11 @@ def ptuning_steps(
 
 def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int, repeat: int = 3) -> float:
     """Generated tokens/s of the static decoder, after a warm-up run that captures its graph."""
-    from glmcore.decoding import StaticDecoder, generate
+    from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
     prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
-    decoder = StaticDecoder(model, batch, prompt_length + new_tokens)
+    decoder = new_decoder(model, batch, prompt_length + new_tokens)
 
     def run() -> None:
         generate(
@@ -302,7 +253,7 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
-    from glmcore.decoding import StaticDecoder, generate
+    from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
     generator = torch.Generator().manual_seed(0)
@@ -311,7 +262,7 @@ def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens
         + [ids["gmask_token_id"], ids["bos_token_id"]]
         for _ in range(examples)
     ]
-    decoder = StaticDecoder(model, batch, SOURCE + new_tokens)
+    decoder = new_decoder(model, batch, SOURCE + new_tokens)
     generate(
         model, prompts[:batch], max_new_tokens=new_tokens, eos_token_id=-1, pad_token_id=3, decoder=decoder
     )
@@ -338,7 +289,7 @@ def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens
 
 
 def load_to_first_token(model_dir: Path, shape: dict) -> float:
-    from glmcore.decoding import generate
+    from glmcore.generation import generate
     from glmcore.models.loading import load_model
 
     synchronize()
@@ -363,8 +314,7 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     """A real detached-style run (its own process) sampled through NVML, against the estimate.
 
     The figure is what nvidia-smi shows for the training process (PyTorch's reserved memory plus the CUDA
-    context), the quantity the VRAM estimate models. The GPU panel is rendered once mid-run, as the
-    Training view would show it.
+    context), the quantity the VRAM estimate models.
     """
     import threading
 
@@ -396,19 +346,16 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     run = RunStore(workdir / "runs").create(config)
     process = launch(run, detach=False)
     peak = 0
-    panel = None
     done = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, panel
+        nonlocal peak
         while not done.is_set():
             snapshot = read_gpus()
             for gpu in snapshot.gpus:
                 for holder in gpu.processes:
                     if holder.pid == process.pid and holder.used_memory:
                         peak = max(peak, holder.used_memory)
-                        if panel is None and run.status().step >= 2:
-                            panel = render_panel(snapshot)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -416,8 +363,6 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     process.wait()
     done.set()
     sampler.join()
-    if panel:
-        print(panel, flush=True)
     measured = peak / 2**30
     total = estimate.total / 2**30
     return {
@@ -431,17 +376,6 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
         "error": round((total - measured) / measured, 3) if measured else None,
         "parts_GiB": {name: round(size / 2**30, 2) for name, size in estimate.parts.items()},
     }
-
-
-def render_panel(snapshot) -> str:
-    """The Training view's GPU panel as text (the app is only imported here, for this check)."""
-    try:
-        from glmtui.widgets.gpu_panel import render_gpu_panel_text
-    except ImportError:
-        from glmcore.gpu import format_gpu_table
-
-        return format_gpu_table(snapshot)
-    return render_gpu_panel_text(snapshot, width=100)
 
 
 FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load", "vram")

@@ -1,6 +1,7 @@
-"""Chat with ChatGLM-6B, with or without a P-tuning v2 prefix, streaming the answer as it is generated.
+"""Chat with a model, with or without a P-tuning v2 prefix, streaming the answer as it is generated.
 
-The prompt is ChatGLM-6B's: the bare query on the first turn, then `[Round i]\\n问：...\\n答：...` rounds. History
+The prompt, the stop tokens and the answer clean-up are the model family's (`family_impl`; ChatGLM-6B's, in
+glmcore/models/chatglm6b/chat.py: the bare query on the first turn, then `[Round i]` rounds). History
 that no longer fits the model's 2048 positions (less the prefix and the answer budget) is dropped oldest round
 first, and the turn says how many rounds went (`ChatTurn.trimmed_rounds`).
 
@@ -22,14 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import queue
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glmcore.data import build_prompt
 from glmcore.errors import GlmError
 
 if TYPE_CHECKING:
@@ -38,43 +37,10 @@ if TYPE_CHECKING:
     from glmcore.prefix import PrefixSpec
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 2048
-TRAINING_TIME_PLACEHOLDER = "[[训练时间]]"
-TRAINING_TIME = "2023年"
-HALF_TO_FULL_WIDTH = {",": "，", "!": "！", ":": "：", ";": "；", "?": "？"}
-CJK = "\u4e00-\u9fff"
-_PUNCTUATION = re.escape("".join(HALF_TO_FULL_WIDTH))
-_AFTER_CJK = re.compile(f"(?<=[{CJK}])[{_PUNCTUATION}]")
-_BEFORE_CJK = re.compile(f"[{_PUNCTUATION}](?=[{CJK}])")
-_INCOMPLETE_CHARACTER = "\ufffd"
-"""What decoding gives for the bytes of a character whose last byte-fallback token has not arrived yet."""
 
 
 class ChatError(GlmError):
     """A chat turn or prefix switch cannot happen as asked."""
-
-
-def clean_response(text: str) -> str:
-    """ChatGLM-6B's published answer clean-up: strip, fill in the training-time placeholder, and make half-width
-    , ! : ; ? full-width where they touch a CJK character."""
-    text = text.strip().replace(TRAINING_TIME_PLACEHOLDER, TRAINING_TIME)
-    text = _AFTER_CJK.sub(lambda mark: HALF_TO_FULL_WIDTH[mark.group()], text)
-    return _BEFORE_CJK.sub(lambda mark: HALF_TO_FULL_WIDTH[mark.group()], text)
-
-
-def settled_length(cleaned: str) -> int:
-    """How much of an unfinished cleaned answer can no longer change when more text arrives.
-
-    Held back: trailing whitespace (the final strip may drop it), a trailing half-width punctuation mark (a CJK
-    character after it makes it full-width), a trailing start of the training-time placeholder, and the
-    replacement characters of a character whose bytes are still arriving.
-    """
-    end = len(cleaned.rstrip().rstrip(_INCOMPLETE_CHARACTER).rstrip())
-    if end and cleaned[end - 1] in HALF_TO_FULL_WIDTH:
-        end -= 1
-    for size in range(len(TRAINING_TIME_PLACEHOLDER) - 1, 0, -1):
-        if cleaned[:end].endswith(TRAINING_TIME_PLACEHOLDER[:size]):
-            return end - size
-    return end
 
 
 @dataclass(frozen=True)
@@ -97,7 +63,7 @@ class ChatSettings:
             raise ChatError(f"The temperature must be above 0, not {self.temperature}.")
 
     def sampling_options(self):
-        from glmcore.decoding import Sampling
+        from glmcore.generation import Sampling
 
         if not self.sampling:
             return Sampling()
@@ -199,8 +165,8 @@ class ChatTurn:
                 return self._finish()
             self._tokens.extend(item)
             self.generated_tokens = len(self._tokens)
-            cleaned = clean_response(self._decode())
-            settled = cleaned[: settled_length(cleaned)]
+            cleaned = self._session.family.clean_response(self._decode())
+            settled = cleaned[: self._session.settled_length(cleaned)]
             if len(settled) > len(self.response) and settled.startswith(self.response):
                 delta, self.response = settled[len(self.response) :], settled
                 return delta
@@ -231,7 +197,7 @@ class ChatTurn:
         """The worker: the session's static decoder, each new token handed over through the queue."""
         import torch
 
-        tokenizer = self._session.tokenizer
+        end_of_answer, *other_stops = self._session.family.stop_token_ids(self._session.tokenizer)
         try:
             decoder = self._session.decoder()
             input_ids = torch.tensor([self._prompt_ids], device=decoder.device)
@@ -239,11 +205,13 @@ class ChatTurn:
                 input_ids,
                 torch.ones_like(input_ids),
                 self._settings.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=end_of_answer,
                 sampling=self._settings.sampling_options(),
                 should_stop=self._cancel.is_set,
             )
             for token in steps:
+                if token.item() in other_stops:
+                    break
                 self._stream.put(token.tolist())
         except torch.OutOfMemoryError:
             self._error = ChatError(
@@ -259,7 +227,7 @@ class ChatTurn:
         self._worker.join()
         self.finished = True
         self.cancelled = self._cancel.is_set()
-        final = clean_response(self._decode())
+        final = self._session.family.clean_response(self._decode())
         delta = final[len(self.response) :] if final.startswith(self.response) else ""
         self.response = final
         self._session._turn_ended(self)
@@ -274,8 +242,12 @@ class ChatSession:
     """A conversation with `model`; the prefix can be switched in place between turns."""
 
     def __init__(self, model, tokenizer, *, prefixes: PrefixCache | None = None) -> None:
+        from glmcore.models import family_of
+
         self.model = model
         self.tokenizer = tokenizer
+        self.family = family_of(model).implementation()
+        """The model family's prompt, stop tokens, clean-up and decoder."""
         self.prefixes = prefixes if prefixes is not None else PrefixCache()
         self.history: list[tuple[str, str]] = []
         self.settings = ChatSettings()
@@ -310,10 +282,10 @@ class ChatSession:
         self._stop_active()
         budget = self.prompt_budget(settings)
         trimmed = 0
-        prompt_ids = self.tokenizer.encode(build_prompt(query, self.history))
+        prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history)
         while len(prompt_ids) > budget and trimmed < len(self.history):
             trimmed += 1
-            prompt_ids = self.tokenizer.encode(build_prompt(query, self.history[trimmed:]))
+            prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history[trimmed:])
         if len(prompt_ids) > budget:
             raise ChatError(
                 f"The message takes {len(prompt_ids)} tokens, but only {max(budget, 0)} fit beside an answer of "
@@ -343,16 +315,14 @@ class ChatSession:
         Only the prefix encoder is replaced; the base weights are untouched. A checkpoint already in the
         cache reads no file.
         """
-        from glmcore.prefix import check_fits_model, set_prefix
+        from glmcore.prefix import install_prefix_checkpoint, set_prefix
 
         self._stop_active()
         if checkpoint is None:
             set_prefix(self.model, None)
             self.prefix = None
             return
-        spec, state = self.prefixes.get(checkpoint)
-        check_fits_model(spec, state, self.model.config, str(checkpoint))
-        set_prefix(self.model, spec, state)
+        install_prefix_checkpoint(self.model, checkpoint, read=self.prefixes.get)
         self.prefix = self.prefixes.key(checkpoint)
 
     def _stop_active(self) -> None:
@@ -365,15 +335,19 @@ class ChatSession:
 
         A captured graph reads the prefix encoder it was captured with, so switching prefixes builds a new one.
         """
-        from glmcore.decoding import StaticDecoder
-
         encoder = self.model.transformer.prefix_encoder
         if self._decoder is None or self._decoder_prefix is not encoder:
             self._decoder = None
             capacity = self.max_sequence_length - self.pre_seq_len
-            self._decoder = StaticDecoder(self.model, batch=1, capacity=capacity)
+            self._decoder = self.family.new_decoder(self.model, batch=1, capacity=capacity)
             self._decoder_prefix = encoder
         return self._decoder
+
+    def settled_length(self, cleaned: str) -> int:
+        """How much of an unfinished cleaned answer can no longer change: the family's rule, else all of it
+        but trailing whitespace."""
+        rule = getattr(self.family, "settled_length", None)
+        return rule(cleaned) if rule is not None else len(cleaned.rstrip())
 
     def _turn_ended(self, turn: ChatTurn) -> None:
         if turn is self._active:

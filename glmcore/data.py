@@ -1,14 +1,12 @@
-"""Datasets in the AdvertiseGen form, and examples built exactly as ChatGLM-6B's ptuning/main.py builds them.
+"""Datasets in the AdvertiseGen form, and the examples the model's family builds from them.
 
 Files are JSON lines, a JSON array, or CSV (UTF-8). A row has a prompt column, a response column and optionally
 a history column (a list of [query, response] pairs), all text. Rows with an empty prompt or response are skipped
 and counted, as the published script skips them; anything else wrong stops the load with the file and line.
 
-Training rows: `a = encode(prompt)[:max_source_length-1]`, `b = encode(answer)[:max_target_length-2]`,
-`ids = a + [gMASK, <sop>] + b + [<eop>]`, labels -100 up to `<sop>` and on every pad id, right padding to
-`max_source_length + max_target_length`. Evaluation prompts are cut to
-`max_source_length - 2` tokens before `[gMASK, <sop>]`; references are the response tokenized with
-truncation at `max_target_length` and decoded back, which is what the published numbers score against.
+Training rows, evaluation prompts and references are built exactly as each family's published scripts build
+them, by its `family_impl` (ChatGLM-6B's: glmcore/models/chatglm6b/data.py); the functions here find the family
+from the tokenizer.
 """
 
 from __future__ import annotations
@@ -252,39 +250,31 @@ def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
     return LoadedData(path, examples, skipped, list(found))
 
 
-# --- examples as ptuning/main.py builds them ---------------------------------------------------------
+# --- examples as the model's family builds them (glmcore/models/<family>/family_impl.py) -------------
+
+
+def _family(tokenizer):
+    from glmcore.models import family_of
+
+    return family_of(tokenizer).implementation()
 
 
 def training_features(
     tokenizer, example: Example, max_source_length: int, max_target_length: int
 ) -> dict[str, list[int]]:
-    """input_ids and labels of one training row, right-padded to source + target length."""
-    source = tokenizer.encode(example.prompt, add_special_tokens=False)[: max_source_length - 1]
-    target = tokenizer.encode(example.response, add_special_tokens=False)[: max_target_length - 2]
-    input_ids = tokenizer.build_inputs_with_special_tokens(source, target)
-    context_length = input_ids.index(tokenizer.bos_token_id)
-    # As the published ignore_pad_token_for_loss: every pad id is unlabelled, a literal `<pad>` in the answer too.
-    answer = [
-        IGNORE_INDEX if token == tokenizer.pad_token_id else token for token in input_ids[context_length:]
-    ]
-    labels = [IGNORE_INDEX] * context_length + answer
-    padding = max_source_length + max_target_length - len(input_ids)
-    return {
-        "input_ids": input_ids + [tokenizer.pad_token_id] * padding,
-        "labels": labels + [IGNORE_INDEX] * padding,
-    }
+    """input_ids and labels of one training row, right-padded to source + target length, as the tokenizer's
+    family's published fine-tuning script builds them."""
+    return _family(tokenizer).training_features(tokenizer, example, max_source_length, max_target_length)
 
 
-def evaluation_prompt_ids(tokenizer, prompt: str, max_source_length: int) -> list[int]:
-    """The prompt cut to max_source_length - 2 tokens, then [gMASK, <sop>]."""
-    source = tokenizer.encode(prompt, add_special_tokens=False)[: max_source_length - 2]
-    return tokenizer.build_inputs_with_special_tokens(source)
+def evaluation_prompt_ids(tokenizer, example: Example, max_source_length: int) -> list[int]:
+    """The prompt the family's published evaluation generates from."""
+    return _family(tokenizer).evaluation_prompt_ids(tokenizer, example, max_source_length)
 
 
 def reference_text(tokenizer, response: str, max_target_length: int) -> str:
-    """The label as the published evaluation scores it: tokenized with truncation, decoded back."""
-    target = tokenizer.encode(response, add_special_tokens=False)[: max_target_length - 2]
-    return tokenizer.decode(tokenizer.build_inputs_with_special_tokens(target), skip_special_tokens=True)
+    """The label as the family's published evaluation scores it."""
+    return _family(tokenizer).reference_text(tokenizer, response, max_target_length)
 
 
 def training_dataset(

@@ -100,7 +100,7 @@ def ensure_demo_workspace(
     The model is built in a temporary folder and renamed into place, so an interrupted build leaves
     nothing half-made behind.
     """
-    from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
+    from glmcore.models import CHATGLM_6B
     from glmcore.sample_data import ad_copy_corpus, generate_examples, write_sample_dataset
 
     workspace = workspace or Workspace.from_env()
@@ -117,7 +117,7 @@ def ensure_demo_workspace(
         texts = ad_copy_corpus(PRETRAIN_TEXTS, SEED)
         # The tokenizer sees the attribute vocabulary too, so prompts tokenize into words, not bytes.
         attributes = [example["content"] for example in generate_examples(500, seed=SEED + 1)]
-        write_tiny_checkpoint(
+        CHATGLM_6B.implementation().write_tiny_checkpoint(
             building, corpus=texts + attributes, sp_vocab_size=DEMO_SP_VOCAB, seed=SEED, **DEMO_SHAPE
         )
         _pretrain(building, texts, report)

@@ -20,21 +20,15 @@ of real runs on the GPU machine (docs/benchmarks.md records that table).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from glmcore.errors import GlmError
+from glmcore.models.family import ModelShape
 
 if TYPE_CHECKING:
     from glmcore.config import RunConfig
 
 GIB = 2**30
-
-
-class ModelShapeError(GlmError):
-    """A model folder's config.json cannot be read as a ChatGLM shape."""
 
 
 @dataclass(frozen=True)
@@ -90,76 +84,6 @@ CALIBRATION = Calibration()
 
 
 @dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a ChatGLM-6B-style model that memory depends on."""
-
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    inner_hidden_size: int
-    tie_word_embeddings: bool = True
-
-    @classmethod
-    def from_model_dir(cls, path: Path) -> ModelShape:
-        """Read the shape from a model folder's config.json (ChatGLM-6B's names, or the usual Hugging Face ones)."""
-        config_path = Path(path) / "config.json"
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelShapeError(f"{config_path} does not exist; is {path} a model folder?") from None
-        except (OSError, ValueError) as error:
-            raise ModelShapeError(f"cannot read {config_path} as JSON ({error})") from None
-
-        def first(*names: str) -> int:
-            for name in names:
-                if isinstance(config.get(name), int):
-                    return config[name]
-            raise ModelShapeError(f"{config_path} gives no {names[0]}; is it a ChatGLM model config?")
-
-        hidden = first("hidden_size")
-        return cls(
-            vocab_size=first("vocab_size", "padded_vocab_size"),
-            hidden_size=hidden,
-            num_layers=first("num_layers", "num_hidden_layers"),
-            num_heads=first("num_attention_heads"),
-            inner_hidden_size=config.get("inner_hidden_size")
-            or config.get("ffn_hidden_size")
-            or config.get("intermediate_size")
-            or 4 * hidden,
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", True)),
-        )
-
-    @property
-    def linear_parameters(self) -> int:
-        """Weights of the Linear layers inside the transformer blocks (what 8- and 4-bit quantize)."""
-        hidden, inner = self.hidden_size, self.inner_hidden_size
-        per_layer = 3 * hidden * hidden + hidden * hidden + 2 * hidden * inner
-        return self.num_layers * per_layer
-
-    @property
-    def embedding_parameters(self) -> int:
-        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-
-    @property
-    def other_parameters(self) -> int:
-        """Embeddings, output layer, LayerNorms and biases: what stays 16-bit under quantization."""
-        hidden, inner = self.hidden_size, self.inner_hidden_size
-        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
-        per_layer = 2 * 2 * hidden + 3 * hidden + hidden + inner + hidden
-        return embeddings + self.num_layers * per_layer + 2 * hidden
-
-    @property
-    def parameters(self) -> int:
-        return self.linear_parameters + self.other_parameters
-
-
-CHATGLM_6B = ModelShape(
-    vocab_size=130528, hidden_size=4096, num_layers=28, num_heads=32, inner_hidden_size=16384
-)
-
-
-@dataclass(frozen=True)
 class VramEstimate:
     """Bytes per GPU, part by part, as nvidia-smi will show them for the training process."""
 
@@ -179,9 +103,9 @@ def trainable_parameter_count(shape: ModelShape, config: RunConfig) -> int:
     """Parameters the optimizer updates: the prefix encoder, the LoRA adapters on query_key_value, or all."""
     hidden, layers = shape.hidden_size, shape.num_layers
     if config.method == "ptuning-v2":
-        prefix_width = layers * 2 * hidden
+        prefix_width = shape.cache_values_per_token
         if config.prefix_projection:
-            # Embedding(pre_seq_len, hidden) -> Linear(hidden, hidden) -> Tanh -> Linear(hidden, 2 * layers * hidden)
+            # Embedding(pre_seq_len, hidden) -> Linear(hidden, hidden) -> Tanh -> Linear(hidden, prefix_width)
             return (
                 config.pre_seq_len * hidden + hidden * hidden + hidden + hidden * prefix_width + prefix_width
             )
@@ -267,7 +191,7 @@ def _parts(
         )
         + batch * shape.num_heads * sequence * (prefix + sequence) * calibration.attention_score_bytes
     )
-    prefix_cache = shape.num_layers * batch * prefix * 2 * shape.hidden_size * 2
+    prefix_cache = batch * prefix * shape.cache_values_per_token * 2
     if checkpointing:
         stored = (
             shape.num_layers * tokens * calibration.checkpointed_input_bytes_per_hidden * shape.hidden_size
@@ -306,3 +230,34 @@ def estimate_checkpoint_bytes(
 ) -> int:
     """Disk bytes of one checkpoint of this run."""
     return round(trainable_parameter_count(shape, config) * calibration.checkpoint_bytes(config.method))
+
+
+# --- evaluation: how many prompts decode at once -------------------------------------------------------
+
+EVALUATION_FREE_MEMORY_SHARE = 0.8
+"""Share of the GPU's free memory an automatic evaluation batch plans to use; the rest absorbs allocator slack."""
+MAX_EVALUATION_BATCH_SIZE = 128
+
+
+def evaluation_batch_size(
+    shape: ModelShape,
+    *,
+    free_bytes: int,
+    element_bytes: int,
+    sequence_length: int,
+    pre_seq_len: int = 0,
+) -> int:
+    """A batch of prompts that fits in `free_bytes` while decoding `sequence_length` positions each.
+
+    Per prompt: its KV cache (the family's width per token, prefix positions included), the prefill's
+    activations, its fp32 attention scores and two fp32 rows of logits. A batch that still runs out of memory
+    is split and retried by the evaluation, so this only needs to be close.
+    """
+    keys = sequence_length + pre_seq_len
+    cache = keys * shape.cache_values_per_token * element_bytes
+    activations = 2 * sequence_length * (5 * shape.hidden_size + shape.inner_hidden_size) * element_bytes
+    attention_scores = shape.num_heads * sequence_length * keys * 4
+    logits = 2 * shape.vocab_size * 4
+    per_example = cache + activations + attention_scores + logits
+    fitting = int(free_bytes * EVALUATION_FREE_MEMORY_SHARE // per_example)
+    return max(1, min(MAX_EVALUATION_BATCH_SIZE, fitting))

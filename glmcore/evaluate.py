@@ -50,10 +50,7 @@ BASE = "base"
 """The name that stands for the model without a prefix, in checkpoint lists and as its subfolder."""
 
 CPU_BATCH_SIZE = 8
-MAX_AUTOMATIC_BATCH_SIZE = 128
 PUBLISHED_TOP_K = 50
-FREE_MEMORY_SHARE = 0.8
-"""Share of the GPU's free memory an automatic batch size plans to use; the rest absorbs allocator slack."""
 
 
 class EvalError(GlmError):
@@ -104,7 +101,7 @@ class EvalSettings:
     def sampling_options(self):
         """The decoder's sampling settings (transformers 4.27, which produced the published numbers, also
         applied top_k 50 by default, so sampling keeps it)."""
-        from glmcore.decoding import Sampling
+        from glmcore.generation import Sampling
 
         if not self.sampling:
             return Sampling()
@@ -194,27 +191,23 @@ def overall_score(scores: dict[str, float]) -> float:
 
 
 def automatic_batch_size(model, settings: EvalSettings) -> int:
-    """A batch size that fits the GPU's free memory (the KV cache, prefill activations and logits), or 8 on a CPU.
-
-    A batch that still runs out of memory is split and retried, so this only needs to be close.
-    """
+    """A batch size that fits the GPU's free memory (`glmcore.estimate.evaluation_batch_size`), or 8 on a CPU."""
     import torch
+
+    from glmcore.estimate import evaluation_batch_size
+    from glmcore.models import family_of
 
     device = model.device
     if device.type != "cuda":
         return CPU_BATCH_SIZE
-    config = model.config
     free_bytes, _ = torch.cuda.mem_get_info(device)
-    element = torch.finfo(model.transformer.word_embeddings.weight.dtype).bits // 8
-    sequence = settings.max_source_length + settings.max_target_length
-    keys = sequence + (config.pre_seq_len or 0)
-    cache = keys * config.num_layers * 2 * config.hidden_size * element
-    activations = 2 * sequence * (5 * config.hidden_size + config.inner_hidden_size) * element
-    attention_scores = config.num_attention_heads * sequence * keys * 4
-    logits = 2 * config.vocab_size * 4
-    per_example = cache + activations + attention_scores + logits
-    fitting = int(free_bytes * FREE_MEMORY_SHARE // per_example)
-    return max(1, min(MAX_AUTOMATIC_BATCH_SIZE, fitting))
+    return evaluation_batch_size(
+        family_of(model).shape(model.config.to_dict()),
+        free_bytes=free_bytes,
+        element_bytes=torch.finfo(model.get_input_embeddings().weight.dtype).bits // 8,
+        sequence_length=settings.max_source_length + settings.max_target_length,
+        pre_seq_len=model.config.pre_seq_len or 0,
+    )
 
 
 def _generate_batch(
@@ -225,7 +218,7 @@ def _generate_batch(
     A short last batch is filled up with copies of its last prompt on the GPU, so the CUDA graph captured
     for the full batch serves it too; the copies' outputs are dropped.
     """
-    from glmcore.decoding import generate
+    from glmcore.generation import generate
 
     real = len(prompts)
     if decoder.use_graph and real < decoder.batch:
@@ -239,7 +232,7 @@ def _generate_batch(
         sampling=settings.sampling_options(),
         decoder=decoder if len(prompts) == decoder.batch else None,
         should_stop=cancel.is_set,
-        mask_first=True,
+        prediction=True,
     )
     return rows[:real]
 
@@ -259,7 +252,7 @@ def _generate_all(
     """
     import torch
 
-    from glmcore.decoding import StaticDecoder
+    from glmcore.generation import new_decoder
 
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]), reverse=True)
     batch_size = min(settings.batch_size or automatic_batch_size(model, settings), len(prompts))
@@ -274,7 +267,7 @@ def _generate_all(
         try:
             if decoder is None or decoder.batch != batch_size:
                 decoder = None
-                decoder = StaticDecoder(model, batch_size, capacity, mask_first=True)
+                decoder = new_decoder(model, batch_size, capacity, prediction=True)
             rows = _generate_batch(
                 decoder, tokenizer, [prompts[index] for index in indices], settings, cancel
             )
@@ -322,9 +315,7 @@ def evaluate(
         set_seed(settings.seed)
     source_limit = settings.max_source_length - 2
     source_lengths = [len(tokenizer.encode(example.prompt, add_special_tokens=False)) for example in examples]
-    prompts = [
-        evaluation_prompt_ids(tokenizer, example.prompt, settings.max_source_length) for example in examples
-    ]
+    prompts = [evaluation_prompt_ids(tokenizer, example, settings.max_source_length) for example in examples]
     labels = [reference_text(tokenizer, example.response, settings.max_target_length) for example in examples]
 
     started = time.monotonic()
@@ -523,7 +514,7 @@ def compare(
     is left behind and EvaluationCancelled is raised.
     """
     from glmcore.models.loading import load_model, load_tokenizer
-    from glmcore.prefix import check_fits_model, read_prefix_checkpoint, set_prefix
+    from glmcore.prefix import install_prefix_checkpoint, set_prefix
 
     if not checkpoints:
         raise EvalError('Nothing to evaluate: name at least one checkpoint, or "base" for the model alone.')
@@ -546,9 +537,7 @@ def compare(
             set_prefix(model, None)
             checkpoint_name = None
         else:
-            spec, state = read_prefix_checkpoint(Path(checkpoint))
-            check_fits_model(spec, state, model.config, str(checkpoint))
-            set_prefix(model, spec, state)
+            install_prefix_checkpoint(model, checkpoint)
             checkpoint_name = str(Path(checkpoint).absolute())
         this_started = time.monotonic()
 

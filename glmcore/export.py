@@ -12,7 +12,7 @@ from pathlib import Path
 from glmcore.errors import GlmError
 from glmcore.runs import Run
 
-TOKENIZER_FILES = ("ice_text.model", "tokenizer_config.json")
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 def _checkpoint(run: Run, checkpoint: str | None) -> Path:
@@ -46,7 +46,10 @@ def export_run(run: Run, destination: Path, *, checkpoint: str | None = None) ->
         _merge_lora(Path(config.model_path), source, building)
     else:
         _consolidate_full(source, building)
-    for name in TOKENIZER_FILES:
+    from glmcore.models import family_for
+
+    family, _ = family_for(Path(config.model_path))
+    for name in (family.tokenizer_file, TOKENIZER_CONFIG):
         shutil.copy2(Path(config.model_path) / name, building / name)
     os.replace(building, destination)
     return destination

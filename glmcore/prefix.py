@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,9 @@ class PrefixMismatch(GlmError):
 class PrefixSpec:
     pre_seq_len: int
     prefix_projection: bool
+
+
+PrefixReader = Callable[[Path], "tuple[PrefixSpec, dict[str, torch.Tensor]]"]
 
 
 def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -109,20 +113,22 @@ def check_resumes(checkpoint: Path, pre_seq_len: int, prefix_projection: bool) -
 
 def check_fits_model(spec: PrefixSpec, state: dict[str, torch.Tensor], config, where: str) -> None:
     """A prefix made for another model shape is refused by name, not by a shape traceback."""
-    expected_width = config.num_layers * 2 * config.hidden_size
+    from glmcore.models import family_of
+
+    expected_width = family_of(config).implementation().prefix_width(config)
     produced = (
         state["trans.2.weight"].shape[0] if spec.prefix_projection else state["embedding.weight"].shape[1]
     )
     if produced != expected_width:
         raise PrefixMismatch(
             f"The prefix {where} produces {produced} values per virtual token, but this model needs "
-            f"{expected_width} (layers × 2 × hidden): it was trained for another model."
+            f"{expected_width}: it was trained for another model."
         )
 
 
 def set_prefix(model, spec: PrefixSpec | None, state: dict[str, torch.Tensor] | None = None) -> None:
     """Install a fresh (or given) fp32 prefix encoder in `model`, or remove it with `spec=None`."""
-    from glmcore.models.chatglm6b.modeling import PrefixEncoder
+    from glmcore.models import family_of
 
     transformer = model.transformer
     model.config.pre_seq_len = spec.pre_seq_len if spec else None
@@ -130,11 +136,32 @@ def set_prefix(model, spec: PrefixSpec | None, state: dict[str, torch.Tensor] | 
     if spec is None:
         transformer.prefix_encoder = None
         return
-    device = transformer.word_embeddings.weight.device
-    encoder = PrefixEncoder(model.config).to(device=device)
+    device = model.get_input_embeddings().weight.device
+    encoder = family_of(model).implementation().new_prefix_encoder(model.config).to(device=device)
     if state is not None:
         encoder.load_state_dict(state)
     transformer.prefix_encoder = encoder.float()
+
+
+def read_checked_prefix(
+    checkpoint: str | Path, config, *, read: PrefixReader | None = None
+) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:
+    """A prefix checkpoint's shape and weights, refused by name unless they fit the model of `config`.
+
+    `read` replaces reading the files (a cache of checkpoints already read, such as chat's `PrefixCache.get`).
+    """
+    spec, state = (read or read_prefix_checkpoint)(Path(checkpoint))
+    check_fits_model(spec, state, config, str(checkpoint))
+    return spec, state
+
+
+def install_prefix_checkpoint(
+    model, checkpoint: str | Path, *, read: PrefixReader | None = None
+) -> PrefixSpec:
+    """Read → check → install: the one way a prefix checkpoint reaches a loaded model (replacing its prefix)."""
+    spec, state = read_checked_prefix(checkpoint, model.config, read=read)
+    set_prefix(model, spec, state)
+    return spec
 
 
 def save_prefix_checkpoint(model, directory: Path) -> Path:

@@ -13,6 +13,7 @@ together at a step boundary; and a run is found again by its name, not by re-sel
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -20,8 +21,10 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -39,6 +42,14 @@ ACTIVE_STATES = ("running", "stopping")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 """The Trainer writes this last into a checkpoint folder; a folder without it was cut off mid-save."""
+PARTIAL_CHECKPOINTS = ".partial"
+"""``checkpoints/.partial/checkpoint-N/`` is where a checkpoint is written before it is renamed into place."""
+CLAIM_LOCK = "claim.lock"
+"""Held (flock) by a launch or resume from its state check until the new process is recorded in status.json."""
+DISK_FULL_MARKERS = ("disk full", "No space left on device")
+DISK_FULL_FREE_BYTES = 16 * 1024 * 1024
+"""Below this much free space a failed torch.save write is taken for a full disk."""
+LOG_TAIL_BYTES = 64 * 1024
 START_TIME_TOLERANCE_S = 2.0
 """Process start times computed from /proc drift by up to a second with the boot time; a reused pid differs
 by far more."""
@@ -145,6 +156,105 @@ class RunStatus:
 class Checkpoint(NamedTuple):
     step: int
     path: Path
+
+
+class ResumePoint(NamedTuple):
+    """Where a resume continues from (None: step 0) and the newer checkpoints it passed over, with why."""
+
+    checkpoint: Checkpoint | None
+    skipped: tuple[tuple[Checkpoint, str], ...]
+
+
+class DiskFull(GlmError):
+    """The disk filled up while the training process wrote to it; the message says how much is free where."""
+
+
+def is_disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether ``error`` (or one it came from) is ENOSPC, or torch's zip writer failing on a disk with no room.
+
+    torch.save reports a failed write as a RuntimeError from inline_container without the errno, so there the
+    free space of ``folder`` decides.
+    """
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if any(isinstance(item, OSError) and item.errno in (errno.ENOSPC, errno.EDQUOT) for item in chain):
+        return True
+    if any("No space left on device" in str(item) for item in chain):  # safetensors' Rust I/O error, say
+        return True
+    torch_write_failed = any(
+        isinstance(item, RuntimeError)
+        and ("inline_container" in str(item) or "file write failed" in str(item))
+        for item in chain
+    )
+    try:
+        return torch_write_failed and shutil.disk_usage(folder).free < DISK_FULL_FREE_BYTES
+    except OSError:
+        return False
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be loaded (a file cut short, unreadable), None when it looks whole.
+
+    Checks the structure that truncation breaks, without loading anything: JSON files parse, safetensors files
+    are as long as their header says, PyTorch zip files (optimizer.pt, rng_state.pth…) end with their central
+    directory.
+    """
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        try:
+            if path.stat().st_size == 0:
+                return f"{path.name} is empty"
+            if path.suffix == ".json":
+                json.loads(path.read_text(encoding="utf-8"))
+            elif path.suffix == ".safetensors":
+                if problem := _safetensors_problem(path):
+                    return f"{path.name} {problem}"
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    archive.infolist()
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            return f"{path.name} is cut short or damaged ({error})"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return "is cut short (no header)"
+        (header_size,) = struct.unpack("<Q", prefix)
+        header = json.loads(handle.read(header_size))
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    expected = 8 + header_size + max(ends, default=0)
+    actual = path.stat().st_size
+    return None if actual >= expected else f"is cut short ({actual} of {expected} bytes)"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for sub in [folder, *[path for path in folder.rglob("*") if path.is_dir()]]:
+        _fsync_folder(sub)
+
+
+def _fsync_folder(folder: Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _format_bytes(count: float) -> str:
+    from glmcore.download.transfer import format_bytes
+
+    return format_bytes(count)
 
 
 def latest_by_step(records: Iterable[dict]) -> list[dict]:
@@ -285,8 +395,11 @@ class Run:
         """Where the run stands; a running or stopping run whose process is gone (on this host) is ``crashed``.
 
         On another host the process cannot be checked, so the stored state is returned as is (with its host).
+        A run still ``created`` never launched; its reason says why when a launch failed.
         """
         status = self.stored_status()
+        if status.state == "created" and not status.reason:
+            status.reason = f"never launched; start it with `glmtui resume {self.id}`"
         if not status.is_active or status.host != socket.gethostname():
             return status
         if process_matches(status.pid, status.pid_start_time):
@@ -296,12 +409,28 @@ class Run:
         if not status.is_active or process_matches(status.pid, status.pid_start_time):
             return status
         status.state = "crashed"
-        status.reason = f"the training process (pid {status.pid}) is gone without writing a final state; " + (
-            f"resume it from {checkpoint.path.name}"
-            if (checkpoint := self.latest_checkpoint())
-            else "it saved no checkpoint, so resuming starts again from step 0"
+        disk_full = self.last_disk_full_line()
+        status.reason = (
+            f"the training process (pid {status.pid}) is gone without writing a final state"
+            + (f" (train.log: {disk_full}); free some space, then " if disk_full else "; ")
+            + (
+                f"resume it from {checkpoint.path.name}"
+                if (checkpoint := self.latest_checkpoint())
+                else "it saved no checkpoint, so resuming starts again from step 0"
+            )
         )
         return status
+
+    def last_disk_full_line(self) -> str | None:
+        """The last line of train.log's tail that says the disk was full, when the process died of it."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES, 0))
+                lines = log.read().decode("utf-8", errors="replace").splitlines()
+        except OSError:
+            return None
+        found = [line.strip() for line in lines if any(marker in line for marker in DISK_FULL_MARKERS)]
+        return found[-1].removeprefix("glmtui: ") if found else None
 
     @contextlib.contextmanager
     def _status_lock(self) -> Iterator[None]:
@@ -401,6 +530,60 @@ class Run:
         checkpoints = self.checkpoints()
         return checkpoints[-1] if checkpoints else None
 
+    def resume_point(self) -> ResumePoint:
+        """The newest checkpoint whose files are whole, and the newer ones passed over with their problem.
+
+        Refuses (RunError) when checkpoints exist but none of them is whole: resuming would silently start
+        from step 0 and throw the run's progress away.
+        """
+        skipped: list[tuple[Checkpoint, str]] = []
+        for checkpoint in reversed(self.checkpoints()):
+            problem = checkpoint_problem(checkpoint.path)
+            if problem is None:
+                return ResumePoint(checkpoint, tuple(skipped))
+            skipped.append((checkpoint, problem))
+        if skipped:
+            bad, problem = skipped[0]
+            raise RunError(
+                f"{bad.path.name} cannot be loaded ({problem}) and no earlier checkpoint is complete; to start "
+                f"run {self.id} again from step 0, delete {self.checkpoints_dir}/checkpoint-* and resume it"
+            )
+        return ResumePoint(None, ())
+
+    @contextlib.contextmanager
+    def saving_checkpoint(self, step: int, *, owner: bool = True) -> Iterator[Path]:
+        """Yields the folder to write checkpoint-``step`` into; it appears under checkpoints/ whole or not at all.
+
+        The folder lives under ``checkpoints/.partial/`` while it is written; ``owner`` (rank 0 with several
+        ranks, which all write into it) then fsyncs every file and renames it into place. If writing fails the
+        partial folder is deleted first; on a full disk the error becomes ``DiskFull`` ("disk full: N free on
+        PATH"), so the run can end ``failed`` with that reason.
+        """
+        final = self.checkpoints_dir / f"checkpoint-{step}"
+        partial = self.checkpoints_dir / PARTIAL_CHECKPOINTS / final.name
+        if owner:
+            shutil.rmtree(partial, ignore_errors=True)
+        try:
+            partial.mkdir(parents=True, exist_ok=True)
+            yield partial
+            if owner:
+                _fsync_tree(partial)
+                if final.exists():  # a damaged checkpoint of the same step, passed over by the resume
+                    shutil.rmtree(final)
+                partial.rename(final)
+                _fsync_folder(self.checkpoints_dir)
+        except BaseException as error:
+            full = is_disk_full(error, self.checkpoints_dir)
+            if owner:
+                shutil.rmtree(partial, ignore_errors=True)
+            if full:
+                raise DiskFull(
+                    f"disk full: {_format_bytes(shutil.disk_usage(self.checkpoints_dir).free)} free on "
+                    f"{self.checkpoints_dir} while saving {final.name} (its partial folder was deleted); free some "
+                    f"space, then `glmtui resume {self.id}`"
+                ) from error
+            raise
+
     # stop request and deletion
 
     def request_stop(self) -> None:
@@ -484,6 +667,29 @@ class RunStore:
         )
 
 
+@contextlib.contextmanager
+def claim(run: Run) -> Iterator[None]:
+    """Exclusive right to start ``run``: held from the state check until the new process is in status.json.
+
+    Every launch and resume, from the CLI, the app or the engine, in any process on this host, takes it
+    (``flock`` on claim.lock, released by the kernel if the holder dies), so of N simultaneous attempts one
+    starts a trainer and the others then find the run running and are refused. The lock file descriptor is not
+    inherited by the training process.
+    """
+    with open(run.path / CLAIM_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _refuse_if_active(run: Run, status: RunStatus) -> None:
+    if status.is_active:
+        where = f" on {status.host}" if status.host != socket.gethostname() else ""
+        raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
+
+
 def launch(
     run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] | None = None
 ) -> subprocess.Popen | int:
@@ -496,15 +702,21 @@ def launch(
     its own session so a dropped SSH connection (SIGHUP) does not reach it. With several GPUs the child is the
     torchrun agent that starts one rank per GPU (see glmcore.distributed); it is the run's process either way.
     ``program`` replaces ``python -m glmcore.train`` (what torchrun runs, with several ranks; a stand-in
-    trainer in tests).
+    trainer in tests). Runs under the run's ``claim``.
     """
-    status = run.status()
-    if status.is_active:
-        where = f" on {status.host}" if status.host != socket.gethostname() else ""
-        raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
+    with claim(run):
+        _refuse_if_active(run, run.status())
+        return _start(run, detach=detach, resume=resume, program=program)
+
+
+def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | None) -> subprocess.Popen | int:
+    """Spawn the training process and record its pid; the caller holds the claim."""
+    never_launched = run.stored_status().state == "created"
     try:
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
+        if never_launched:
+            run.write_status(reason=f"never launched: {error}")
         raise RunError(str(error)) from None
     argv = plan.command
     environment = {**os.environ, **plan.environment}
@@ -527,32 +739,57 @@ def launch(
             )
         except OSError as error:
             reason = f"the training process could not start: {error}"
-            run.write_status(state="failed", reason=reason, ended=now_iso())
+            if never_launched:
+                run.write_status(reason=f"never launched: {reason}")
+            else:
+                run.write_status(state="failed", reason=reason, ended=now_iso())
             raise RunError(reason) from None
     run.mark_running(process.pid, only_if_unclaimed=True)
     return process.pid if detach else process
 
 
 def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> subprocess.Popen | int:
-    """Continue ``run`` from its latest complete checkpoint (or from step 0 if it saved none).
+    """Continue ``run`` from its latest whole checkpoint (or from step 0 if it saved none).
 
-    Appends a ``resumed`` event with the starting step, so readers drop the records of the abandoned attempt
-    past that step (see ``latest_by_step``); the history in events.jsonl itself is never rewritten.
+    A checkpoint whose files are cut short is passed over for the one before it (``Run.resume_point``); the
+    ``resumed`` event names the step, the checkpoint and what was passed over and why, and readers drop the
+    records of the abandoned attempt past that step (see ``latest_by_step``); the history in events.jsonl itself
+    is never rewritten. Runs under the run's ``claim``, so a run is never resumed twice at once.
     """
-    status = run.status()
-    if status.is_active:
-        raise RunError(f"run {run.id} is {status.state}; only a run that has ended can be resumed")
-    if status.state == "finished":
-        raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
-    checkpoint = run.latest_checkpoint()
-    if checkpoint is not None and run.config.method == "ptuning-v2":
-        from glmcore.prefix import check_resumes
+    with claim(run):
+        status = run.status()
+        _refuse_if_active(run, status)
+        if status.state == "finished":
+            raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
+        point = run.resume_point()
+        if point.checkpoint is not None and run.config.method == "ptuning-v2":
+            from glmcore.prefix import check_resumes
 
-        check_resumes(checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
-    step = checkpoint.step if checkpoint else 0
-    run.append_event("resumed", step=step, checkpoint=str(checkpoint.path) if checkpoint else None)
-    run.write_status(resumed_from=step, step=step)
-    return launch(run, detach=detach, resume=True, program=program)
+            check_resumes(point.checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
+        step = point.checkpoint.step if point.checkpoint else 0
+        run.append_event(
+            "resumed",
+            step=step,
+            checkpoint=str(point.checkpoint.path) if point.checkpoint else None,
+            skipped=[{"checkpoint": str(bad.path), "problem": problem} for bad, problem in point.skipped],
+        )
+        run.write_status(resumed_from=step, step=step)
+        return _start(run, detach=detach, resume=True, program=program)
+
+
+def describe_resume(run: Run) -> str:
+    """What the latest resume of ``run`` did, for people: the checkpoint it continues from and any passed over."""
+    resumed = [event for event in EventTail(run.events_path).read_events() if event.get("kind") == "resumed"]
+    if not resumed:
+        return f"Run {run.id} has not been resumed."
+    event = resumed[-1]
+    passed_over = "".join(
+        f" {Path(item['checkpoint']).name} cannot be loaded ({item['problem']}), so it was passed over."
+        for item in event.get("skipped") or []
+    )
+    if event.get("checkpoint"):
+        return f"Resuming run {run.id} from {Path(event['checkpoint']).name}.{passed_over}"
+    return f"Run {run.id} saved no checkpoint; it starts again from step 0.{passed_over}"
 
 
 def wait_for_end(run: Run, timeout: float) -> RunStatus:
@@ -647,6 +884,16 @@ def describe_failure(exc: BaseException, step: int | None = None) -> str:
             f"CUDA ran out of memory{at}: try a smaller per-device batch with more gradient accumulation, "
             "quantization_bit 4, or shorter max_source/target lengths"
         )
+    if not isinstance(exc, GlmError) and is_disk_full(exc, Path.cwd()):
+        filename = next(
+            (error.filename for error in chain if isinstance(error, OSError) and error.filename), None
+        )
+        folder = (
+            Path(filename).parent if filename else Path.cwd()
+        )  # the training process runs in its run folder
+        with contextlib.suppress(OSError):
+            free = _format_bytes(shutil.disk_usage(folder).free)
+            return f"disk full{at}: {free} free on {folder} ({type(exc).__name__}: {exc})"
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped at once{at} (a forced stop or interrupt); steps after the latest checkpoint are lost"
     if isinstance(exc, GlmError):

@@ -22,7 +22,7 @@ from glmcore.data import Columns, TrainingCollator, load_examples, training_data
 from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
-from glmcore.runs import Run, describe_failure
+from glmcore.runs import Run, describe_failure, describe_resume
 
 
 def _dtype(config: RunConfig):
@@ -92,13 +92,43 @@ def prepare_model(config: RunConfig):
 
 
 def trainer_class(method: str):
-    """The Trainer, with prefix-only saving and loading for P-tuning (the base weights never change)."""
+    """The Trainer, saving each checkpoint whole or not at all; prefix-only saving and loading for P-tuning.
+
+    ``_save_checkpoint`` is the Trainer's one place that writes a checkpoint (model, optimizer, scheduler, RNG
+    states, trainer_state.json last). Its folder is written under checkpoints/.partial/ (through
+    ``Run.saving_checkpoint``: fsynced, renamed into place, deleted if the save fails), and the Trainer's pruning
+    to ``save_total_limit`` runs once the new checkpoint is in place.
+    """
     from transformers import Trainer
+    from transformers.trainer_utils import rotate_checkpoints
+
+    class RunTrainer(Trainer):
+        _partial_root: str | None = None
+
+        def _get_output_dir(self, trial) -> str:
+            return self._partial_root or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial) -> None:
+            run = Run(Path(self.args.output_dir).parent)
+            with run.saving_checkpoint(self.state.global_step, owner=self.args.should_save) as partial:
+                self._partial_root = str(partial.parent)
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    self._partial_root = None
+                self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, shards)
+            if self.args.should_save:
+                rotate_checkpoints(
+                    self.args.output_dir,
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                )
+            self.accelerator.wait_for_everyone()
 
     if method != "ptuning-v2":
-        return Trainer
+        return RunTrainer
 
-    class PrefixTrainer(Trainer):
+    class PrefixTrainer(RunTrainer):
         def _save(self, output_dir: str | None = None, state_dict=None) -> None:
             from glmcore.prefix import save_prefix_checkpoint
 
@@ -108,14 +138,14 @@ def trainer_class(method: str):
             save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from glmcore.prefix import check_fits_model, check_resumes, read_prefix_checkpoint
+            from glmcore.prefix import check_resumes, read_checked_prefix
 
             model = model or self.model
             check_resumes(
                 Path(resume_from_checkpoint), model.config.pre_seq_len, model.config.prefix_projection
             )
-            spec, state = read_prefix_checkpoint(Path(resume_from_checkpoint))
-            check_fits_model(spec, state, model.config, resume_from_checkpoint)
+            # Loaded into the encoder in place: the optimizer already holds its parameters.
+            _, state = read_checked_prefix(resume_from_checkpoint, model.config)
             model.transformer.prefix_encoder.load_state_dict(state)
 
     return PrefixTrainer
@@ -215,7 +245,9 @@ def train(run: Run, *, resume: bool) -> str:
     )
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LogLinePrinter())
-    checkpoint = run.latest_checkpoint() if resume else None
+    checkpoint = run.resume_point().checkpoint if resume else None
+    if resume:
+        print(describe_resume(run), flush=True)
     trainer.train(resume_from_checkpoint=str(checkpoint.path) if checkpoint else None)
     state = "stopped" if callback.stopped_by_request else "finished"
     info = RankInfo.from_environment()
@@ -263,12 +295,21 @@ def main(argv: list[str] | None = None) -> int:
             run.finish("stopped", f"interrupted at step {run.stored_status().step}; {resume_from}")
         return 130
     except BaseException as error:
-        reason = describe_failure(error, run.stored_status().step)
+        step = run.stored_status().step
+        reason = describe_failure(error, step)
+        # Said in train.log first: on a full disk the writes below may fail too, and readers then find it there.
+        print(f"glmtui: {reason}", file=sys.stderr, flush=True)
         if info.is_main:
-            run.append_event("failed", step=run.stored_status().step, reason=reason)
-            run.finish("failed", reason)
+            try:
+                run.append_event("failed", step=step, reason=reason)
+                run.finish("failed", reason)
+            except OSError as write_error:
+                print(
+                    f"glmtui: could not record the failure in {run.path} ({write_error})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if isinstance(error, GlmError):
-            print(f"glmtui: {reason}", file=sys.stderr, flush=True)
             return 1
         raise
     if info.is_main:

@@ -18,7 +18,6 @@ HOME_ENV = "GLMTUI_HOME"
 DEFAULT_ROOT = Path("~/glmtui")
 
 MODEL_CONFIG_NAME = "config.json"
-TOKENIZER_MODEL_NAME = "ice_text.model"
 WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 
@@ -49,19 +48,29 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.close(folder)
 
 
-def model_folder_problems(path: Path) -> list[str]:
-    """What is missing from a ChatGLM-6B model folder for it to load; empty when it is complete.
+def _tokenizer_files(path: Path) -> list[str]:
+    """The tokenizer file of the folder's model family, or every family's when config.json cannot tell."""
+    from glmcore.models import FAMILIES, family_for
 
-    A folder is complete with config.json, the tokenizer's ice_text.model, and weights: either every shard
-    named by an index json, or a single ``model.safetensors`` / ``pytorch_model.bin``.
+    try:
+        return [family_for(path)[0].tokenizer_file]
+    except GlmError:
+        return sorted({family.tokenizer_file for family in FAMILIES})
+
+
+def model_folder_problems(path: Path) -> list[str]:
+    """What is missing from a model folder for it to load; empty when it is complete.
+
+    A folder is complete with config.json, its family's tokenizer file (ChatGLM-6B's ice_text.model), and
+    weights: either every shard named by an index json, or a single ``model.safetensors`` /
+    ``pytorch_model.bin``.
     """
     if not path.is_dir():
         return [f"the model folder {path} does not exist"]
-    problems = [
-        f"{path} has no {name}"
-        for name in (MODEL_CONFIG_NAME, TOKENIZER_MODEL_NAME)
-        if not (path / name).is_file()
-    ]
+    problems = [f"{path} has no {MODEL_CONFIG_NAME}"] if not (path / MODEL_CONFIG_NAME).is_file() else []
+    tokenizer_files = _tokenizer_files(path)
+    if not any((path / name).is_file() for name in tokenizer_files):
+        problems.append(f"{path} has no {' or '.join(tokenizer_files)}")
     index_paths = [path / name for name in WEIGHT_INDEX_NAMES if (path / name).is_file()]
     if index_paths:
         for index_path in index_paths:

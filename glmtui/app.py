@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
+from typing import TypeVar
 
 from textual.app import App
 from textual.binding import Binding
@@ -22,9 +23,11 @@ from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
 from glmcore.runs import RunStore
 from glmcore.workspace import Workspace
+from glmtui.messages import ChatWith, EditConfig, EvaluateRun, OpenRun, UseData
 from glmtui.screens.base import NAVIGATION, WorkbenchScreen
 
 Clock = Callable[[], datetime]
+AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)
 
 
 def describe_error(error: BaseException | None) -> str:
@@ -157,7 +160,15 @@ class GlmApp(App[int]):
                 self.install_screen(WelcomeScreen(), name)
             else:
                 self.install_screen(self._screen_classes[name](), name)
-        return self.get_screen(name)  # type: ignore[return-value]
+        screen = self.get_screen(name)
+        assert isinstance(screen, WorkbenchScreen)
+        return screen
+
+    def screen_of(self, kind: type[AnyScreen]) -> AnyScreen:
+        """The one screen of class ``kind``, typed, built on first use."""
+        screen = self.workbench_screen(kind.NAME)
+        assert isinstance(screen, kind)
+        return screen
 
     def action_show(self, name: str) -> None:
         """Bring the screen called ``name`` to the front (the base of the screen stack: no modal is open)."""
@@ -168,6 +179,38 @@ class GlmApp(App[int]):
             self.push_screen(screen)
         else:
             self.switch_screen(screen)
+
+    # requests between screens (glmtui/messages.py)
+
+    def on_open_run(self, message: OpenRun) -> None:
+        from glmtui.screens.training import TrainingScreen
+
+        self.screen_of(TrainingScreen).open_run(message.run)
+        self.action_show(TrainingScreen.NAME)
+
+    def on_evaluate_run(self, message: EvaluateRun) -> None:
+        from glmtui.screens.evaluate import EvaluateScreen
+
+        self.screen_of(EvaluateScreen).select_run(message.run)
+        self.action_show(EvaluateScreen.NAME)
+
+    def on_chat_with(self, message: ChatWith) -> None:
+        from glmtui.screens.chat import ChatScreen
+
+        self.screen_of(ChatScreen).select_run(message.run)
+        self.action_show(ChatScreen.NAME)
+
+    def on_edit_config(self, message: EditConfig) -> None:
+        from glmtui.screens.config import ConfigScreen
+
+        self.screen_of(ConfigScreen).load(message.config)
+        self.action_show(ConfigScreen.NAME)
+
+    def on_use_data(self, message: UseData) -> None:
+        from glmtui.screens.config import ConfigScreen
+
+        self.screen_of(ConfigScreen).use_data(message.choice)
+        self.action_show(ConfigScreen.NAME)
 
     # shared services
 

@@ -7,16 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_app_support import GPU_SAMPLES, make_app, make_workspace, settle, tiny_config, write_run
+from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Input, Static
 
 from glmcore.config import RunConfig
-from glmcore.gpu import GpuSnapshot, RecordedGpuBackend
 from glmtui.screens.config import ConfigScreen
 from glmtui.screens.runs import RunsScreen
 from glmtui.screens.training import TrainingScreen
 from glmtui.screens.welcome import WelcomeScreen
-from glmtui.widgets.gpu_panel import render_gpu_panel_text
 
 
 def test_constructing_the_app_does_not_import_torch(tmp_path: Path) -> None:
@@ -219,23 +217,3 @@ async def test_data_screen_previews_rows_with_special_tokens_and_lengths(tmp_pat
         assert [str(stats.get_row_at(index)[0]) for index in range(stats.row_count)] == ["prompt", "response"]
         preview = str(app.screen.query_one("#data-preview-text", Static).render())
         assert "48 examples" in preview and "[gMASK]" in preview and "<sop>" in preview
-
-
-def test_gpu_panel_text_shows_each_gpu_and_its_processes() -> None:
-    snapshot = RecordedGpuBackend(GPU_SAMPLES).read()
-    text = render_gpu_panel_text(snapshot, width=100)
-    assert "GPU 0  NVIDIA H100 80GB HBM3" in text
-    assert "40.3/79.6 GiB" in text and "97%" in text and "612W / 700W" in text
-    assert "48213" in text and "python -m glmtui train" in text
-    unavailable = render_gpu_panel_text(GpuSnapshot.unavailable("No NVIDIA driver found."))
-    assert unavailable == "No NVIDIA driver found.\n"
-
-
-def test_gpu_panel_prints_from_the_command_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "glmtui.widgets.gpu_panel", "--replay", str(GPU_SAMPLES), "--width", "80"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "GPU 1  NVIDIA H100 80GB HBM3" in result.stdout

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import glmcore
-from glmcore.chat import ChatError, ChatSession, ChatSettings, PrefixCache, clean_response, settled_length
+from glmcore.chat import ChatError, ChatSession, ChatSettings, PrefixCache
 from glmcore.data import build_prompt
+from glmcore.models.chatglm6b.chat import clean_response, settled_length
 from glmcore.prefix import save_prefix_checkpoint
 
 GREEDY = ChatSettings(max_new_tokens=24, sampling=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import glmcore
-from glmcore.decoding import Sampling, StaticDecoder, generate
+from glmcore.generation import Sampling, generate, new_decoder
 
 PROMPTS = ["类型#上衣*材质#牛仔布*颜色#白色", "简约", "Hello world, a longer prompt than the others"]
 
@@ -31,7 +31,7 @@ def test_greedy_static_decoding_equals_generate_for_a_padded_batch(tiny_model, t
 def test_a_decoder_is_reused_across_batches_and_with_a_prefix(tiny_model_dir, tiny_tokenizer):
     model = glmcore.load_model(tiny_model_dir, pre_seq_len=3)
     prompts = [tiny_tokenizer.encode(prompt) for prompt in PROMPTS]
-    decoder = StaticDecoder(model, batch=1, capacity=64)
+    decoder = new_decoder(model, batch=1, capacity=64)
     for prompt in prompts:
         result = generate(
             model,

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import constants
 from support.fileserver import FileServer, running_fileserver
+from support.tmpfs import small_tmpfs
 
 from glmcore.catalog import Manifest, ManifestFile, find_model, load_manifest
 from glmcore.download import (
@@ -22,6 +24,7 @@ from glmcore.download import (
     ChecksumMismatch,
     DownloadProgress,
     HubSource,
+    IncompleteBody,
     LocalSource,
     NotEnoughDiskSpace,
     RetryPolicy,
@@ -30,6 +33,7 @@ from glmcore.download import (
     ServerUnavailable,
     SourceNotFound,
     UnsafeArchive,
+    UnsafeListing,
     WrongPassword,
     plan_download,
     resolve_source,
@@ -365,3 +369,124 @@ def test_catalog_pins_chatglm_6b_and_resolves_sources() -> None:
     )
     with pytest.raises(Exception, match="not a known model"):
         resolve_source("no-such-model")
+
+
+# Hostile listings, damaged bodies, a disk that fills up (Hardening I)
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("listed", ["../../x", "sub/../../../x"])
+def test_seafile_listing_that_escapes_the_destination_is_refused_before_any_fetch(
+    fileserver: FileServer, tmp_path: Path, listed: str
+) -> None:
+    link = fileserver.add_share("evil", SHARE_FILES)
+    fileserver.shares["evil"].extra_entries.append(
+        {"is_dir": False, "file_name": "x", "file_path": f"/{listed}", "size": 6}
+    )
+    destination = tmp_path / "a" / "b" / "to"
+
+    with pytest.raises(
+        UnsafeListing, match=rf"Seafile share {fileserver.url}/d/evil/ names a file .*outside"
+    ):
+        run_download(plan_download(SeafileShareSource(link, retry=FAST), destination))
+
+    assert files_under(tmp_path) == [] and sum(fileserver.served.values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("listed", "problem"),
+    [("../../escaped.txt", "it has a '..' part"), ("/tmp/escaped.txt", "it is an absolute path")],
+)
+def test_hub_listing_with_an_escaping_file_name_is_refused_before_any_fetch(
+    fileserver: FileServer, tmp_path: Path, listed: str, problem: str
+) -> None:
+    fileserver.add_hub_repo("evil/repo", "abc", {"config.json": b"{}", listed: b"gotcha"})
+    source = HubSource("evil/repo", endpoint=fileserver.url, retry=FAST)
+
+    with pytest.raises(UnsafeListing, match=rf"names a file '{listed}' .*\({re.escape(problem)}\)"):
+        plan_download(source, tmp_path / "deep" / "model")
+
+    assert files_under(tmp_path) == [] and sum(fileserver.served.values()) == 0
+
+
+def test_index_with_shard_names_outside_the_folder_is_refused_before_the_weights(
+    fileserver: FileServer, tmp_path: Path
+) -> None:
+    index = {"weight_map": {"a.weight": "model-1.safetensors", "b.weight": "../../stolen.safetensors"}}
+    files = {
+        "model-1.safetensors": payload(5, 200_000),
+        "model.safetensors.index.json": json.dumps(index).encode(),
+    }
+    fileserver.add_hub_repo("evil/index", "abc", files, lfs={"model-1.safetensors"})
+    source = HubSource("evil/index", endpoint=fileserver.url, retry=FAST)
+
+    with pytest.raises(UnsafeListing, match=r"in model.safetensors.index.json\) names a shard '../../stolen"):
+        run_download(plan_download(source, tmp_path / "m"))
+
+    assert files_under(tmp_path) == ["m/" + VERIFIED_FILE] and fileserver.served["model-1.safetensors"] == 0
+    assert json.loads((tmp_path / "m" / VERIFIED_FILE).read_text())["files"] == {}
+
+
+def test_a_refused_archive_is_not_counted_as_downloaded_next_time(
+    fileserver: FileServer, tmp_path: Path
+) -> None:
+    link = fileserver.add_single_file("evil", "data.tar.gz", tar_gz({"../escaped.txt": b"gotcha"}))
+    for _attempt in range(2):
+        plan = plan_download(SeafileFileSource(link, retry=FAST), tmp_path / "data")
+        assert not plan.is_complete
+        with pytest.raises(UnsafeArchive, match="outside its folder"):
+            run_download(plan)
+    assert files_under(tmp_path / "data") == [VERIFIED_FILE]
+    assert json.loads((tmp_path / "data" / VERIFIED_FILE).read_text()) == {"files": {}, "unpacked": {}}
+
+
+@pytest.mark.parametrize("fault", ["short_body", "chunked_short", "chunked_long"])
+def test_a_body_of_the_wrong_length_is_retried_then_accepted_whole(
+    fileserver: FileServer, tmp_path: Path, fault: str
+) -> None:
+    archive = tar_gz({"AdvertiseGen/train.json": payload(8, 300_000)})
+    link = fileserver.add_single_file("adgen", "AdvertiseGen.tar.gz", archive)
+    getattr(fileserver.faults, fault)["AdvertiseGen.tar.gz"] = 1
+
+    result = run_download(plan_download(SeafileFileSource(link, retry=FAST), tmp_path / "AdvertiseGen"))
+
+    assert (tmp_path / "AdvertiseGen" / "train.json").read_bytes() == payload(8, 300_000)
+    assert any("AdvertiseGen.tar.gz" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("fault", ["short_body", "chunked_short", "chunked_long"])
+def test_a_body_that_keeps_its_wrong_length_fails_clearly(
+    fileserver: FileServer, tmp_path: Path, fault: str
+) -> None:
+    link = fileserver.add_single_file("adgen", "AdvertiseGen.tar.gz", tar_gz(ADGEN))
+    getattr(fileserver.faults, fault)["AdvertiseGen.tar.gz"] = 100
+
+    with pytest.raises(
+        IncompleteBody,
+        match="broke off before the whole file|another length than announced|ended AdvertiseGen.tar.gz after",
+    ):
+        run_download(plan_download(SeafileFileSource(link, retry=FAST), tmp_path / "AdvertiseGen"))
+
+    assert not (tmp_path / "AdvertiseGen" / "AdvertiseGen.tar.gz").exists()
+    assert not (tmp_path / "AdvertiseGen" / "train.json").exists()
+
+
+def test_disk_full_on_a_file_of_unknown_size_says_so_and_leaves_no_stray_file(
+    fileserver: FileServer, tmp_path: Path
+) -> None:
+    link = fileserver.add_single_file("big", "weights.bin", payload(9, 600_000), unknown_size=True)
+    with small_tmpfs(tmp_path / "small", "256k") as disk:
+        plan = plan_download(SeafileFileSource(link, kind="model", retry=FAST), disk / "model")
+        assert plan.files[0].file.size is None
+
+        with pytest.raises(NotEnoughDiskSpace, match="disk filled up while writing .*weights.bin.part"):
+            run_download(plan)
+
+        left = files_under(disk)
+        assert not [name for name in left if name.endswith(".tmp")]
+        assert left in ([], ["model/weights.bin.part"])  # only a part file to resume from, never an empty one
+        if left:
+            assert (disk / left[0]).stat().st_size > 0

@@ -9,14 +9,18 @@ import pytest
 
 from glmcore.config import RunConfig
 from glmcore.estimate import (
-    CHATGLM_6B,
     GIB,
     ModelShape,
-    ModelShapeError,
     estimate_checkpoint_bytes,
     estimate_vram,
     kept_checkpoint_count,
     trainable_parameter_count,
+)
+from glmcore.models import CHATGLM_6B as FAMILY
+from glmcore.models.family import ModelShapeError, UnsupportedModel
+
+CHATGLM_6B = ModelShape(
+    vocab_size=130528, hidden_size=4096, num_layers=28, num_heads=32, inner_hidden_size=16384
 )
 
 PUBLISHED_CONFIG = {  # the shape keys of THUDM/chatglm-6b's config.json
@@ -122,16 +126,25 @@ def test_checkpoints_kept_and_their_size() -> None:
 
 
 def test_shape_from_the_published_config_json(tmp_path: Path) -> None:
+    assert FAMILY.published_shape() == CHATGLM_6B
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(PUBLISHED_CONFIG))
     assert ModelShape.from_model_dir(folder) == CHATGLM_6B
-    (folder / "config.json").write_text(
-        json.dumps({"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 640})
-    )
+    tiny = {
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 640,
+        "inner_hidden_size": 256,
+    }
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", **tiny}))
     assert ModelShape.from_model_dir(folder) == ModelShape(640, 64, 2, 4, 256)
-    (folder / "config.json").write_text(json.dumps({"hidden_size": 64}))
+    (folder / "config.json").write_text(json.dumps({"model_type": "chatglm", "inner_hidden_size": 256}))
     with pytest.raises(ModelShapeError, match="gives no vocab_size"):
+        ModelShape.from_model_dir(folder)
+    (folder / "config.json").write_text(json.dumps({"hidden_size": 64, "vocab_size": 640}))
+    with pytest.raises(UnsupportedModel, match="none of glmtui's families"):
         ModelShape.from_model_dir(folder)
     with pytest.raises(ModelShapeError, match="does not exist"):
         ModelShape.from_model_dir(tmp_path / "absent")

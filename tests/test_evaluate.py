@@ -115,7 +115,7 @@ def test_the_prediction_file_is_chatglm_6b_form(tiny_model, tiny_tokenizer, exam
 def test_batched_generation_gives_the_predictions_of_batch_size_one(
     tiny_model, tiny_tokenizer, examples, tmp_path
 ):
-    lengths = {len(evaluation_prompt_ids(tiny_tokenizer, example.prompt, 48)) for example in examples}
+    lengths = {len(evaluation_prompt_ids(tiny_tokenizer, example, 48)) for example in examples}
     assert len(lengths) > 2, "the prompts must differ in length for padding to matter"
     one = evaluate(
         tiny_model, tiny_tokenizer, examples, EvalSettings(48, 10, batch_size=1), output_dir=tmp_path / "one"

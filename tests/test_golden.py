@@ -176,7 +176,7 @@ def test_evaluation_prompts_and_references_are_built_as_ptuning_main_builds_them
     published = pipeline["history_column"]["eval"]
     examples = _pipeline_examples(expected, tmp_path, with_history=True).examples
     for index, example in enumerate(examples):
-        prompt = evaluation_prompt_ids(tokenizer, example.prompt, pipeline["max_source_length"])
+        prompt = evaluation_prompt_ids(tokenizer, example, pipeline["max_source_length"])
         padded = [tokenizer.pad_token_id] * (len(published["input_ids"][index]) - len(prompt)) + prompt
         assert padded == published["input_ids"][index]
         label_ids = [token for token in published["labels"][index] if token != -100]

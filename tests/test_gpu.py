@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 import threading
@@ -12,7 +14,8 @@ import pytest
 
 from glmcore import gpu
 
-FIXTURE = Path(__file__).parent / "fixtures" / "gpu_samples.json"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "gpu_samples.json"
 MIB = 1024 * 1024
 NVML_PRESENT = gpu.read_gpus().available
 WAIT_S = 30  # a deadline for the sampler thread, not a timing assertion
@@ -231,76 +234,33 @@ def test_process_command_reads_proc_and_tolerates_exited_processes() -> None:
     assert gpu.process_command(child.pid) is None
 
 
-def test_table_renders_like_nvidia_smi() -> None:
-    text = gpu.format_gpu_table(gpu.RecordedGpuBackend(FIXTURE).read(), width=100)
-    lines = text.splitlines()
-
-    assert "Driver Version: 550.54.15" in lines[0] and "CUDA Version: 12.4" in lines[0]
-    assert lines[1].split() == [
-        "GPU",
-        "Name",
-        "Fan",
-        "Temp",
-        "Pwr:Usage/Cap",
-        "Memory-Usage",
-        "GPU-Util",
-        "Mem-Util",
-    ]
-    assert lines[2].split() == [
-        "0", "NVIDIA", "H100", "80GB", "HBM3", "N/A", "61C", "612W", "/", "700W", "41236MiB", "/", "81559MiB", "97%", "58%",
-    ]  # fmt: skip
-    assert "Processes:" in lines
-    assert all(len(line) <= 100 for line in lines)
-    process_rows = lines[lines.index("Processes:") + 2 :]
-    assert [row.split()[:4] for row in process_rows] == [
-        ["0", "48213", "C", "41236MiB"],
-        ["1", "48214", "C", "41236MiB"],
-        ["1", "731", "C", "N/A"],
-    ]
-    assert process_rows[0].endswith("...")
-
-
-def test_table_of_an_unavailable_snapshot_is_the_reason() -> None:
-    text = gpu.format_gpu_table(gpu.GpuSnapshot.unavailable(gpu.NO_DRIVER_REASON))
-
-    assert text.splitlines()[1] == gpu.NO_DRIVER_REASON
-
-
-def test_module_prints_a_recorded_snapshot() -> None:
-    finished = subprocess.run(
-        [sys.executable, "-m", "glmcore.gpu", "--replay", str(FIXTURE), "--samples", "2"],
-        capture_output=True,
+def test_a_training_rank_is_recognised_with_its_run_rank_and_user(tmp_path: Path) -> None:
+    run_dir = tmp_path / "runs" / "20260501-110000-longer-prefix"
+    script = "print('ready', flush=True); input()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, "-m", "glmcore.train", str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
+        env={**os.environ, "RANK": "3"},
     )
-
-    assert finished.stdout.count("NVIDIA H100 80GB HBM3") == 4
-    assert finished.stdout.count("Processes:") == 2
-
-
-@pytest.mark.skipif(NVML_PRESENT, reason="this machine has an NVIDIA driver")
-def test_module_without_a_driver_says_so_and_exits_nonzero() -> None:
-    finished = subprocess.run([sys.executable, "-m", "glmcore.gpu"], capture_output=True, text=True)
-
-    assert finished.returncode == 1
-    assert gpu.NO_DRIVER_REASON in finished.stdout
-    assert "Traceback" not in finished.stderr
+    try:
+        assert child.stdout.readline() == "ready\n"
+        identity = gpu.process_identity(child.pid)
+        assert (identity.run, identity.rank) == (str(run_dir), 3)
+        assert identity.user == pwd.getpwuid(os.getuid()).pw_name
+        assert gpu.process_identity(os.getpid()).run is None  # pytest trains nothing
+    finally:
+        child.communicate("\n")
+    assert gpu.process_identity(child.pid) == gpu.ProcessIdentity(None, None, None, None)
 
 
-def test_table_keeps_a_multi_line_command_on_one_row(tmp_path: Path) -> None:
-    process = {"pid": 7, "usedGpuMemory": MIB, "command": "python -c import torch\nprint(torch.ones(1))"}
-    path = write_samples(tmp_path / "samples.json", [{"index": 0, "compute_processes": [process]}])
-
-    text = gpu.format_gpu_table(gpu.RecordedGpuBackend(path).read())
-
-    assert text.splitlines()[-1].split() == [
-        "0",
-        "7",
-        "C",
-        "1MiB",
-        "python",
-        "-c",
-        "import",
-        "torch",
-        "print(torch.ones(1))",
+def test_recorded_processes_keep_their_user_run_and_rank() -> None:
+    snapshot = gpu.RecordedGpuBackend(FIXTURES / "gpus-2.json").read()
+    first = snapshot.gpus[0].processes
+    assert [(p.pid, p.user, p.is_training_rank, p.rank, p.kind) for p in first] == [
+        (62001, "ada", True, 0, "C"),
+        (2214, None, False, None, "C"),
+        (1875, "root", False, None, "G"),
     ]
+    assert first[0].run == "/home/ada/glmtui/runs/20260501-110000-longer-prefix"

@@ -45,7 +45,7 @@ from glmcore.runs import Run
 
 run = Run(Path(sys.argv[1]))
 run.mark_running(os.getpid())
-latest = run.latest_checkpoint() if "--resume" in sys.argv else None
+latest = run.resume_point().checkpoint if "--resume" in sys.argv else None
 step = latest.step if latest else 0
 run.append_event("start", step=step, total=run.config.max_steps)
 print("stand-in trainer from step", step, "gpus", repr(os.environ["CUDA_VISIBLE_DEVICES"]), "in", os.getcwd())
@@ -57,12 +57,9 @@ while step < run.config.max_steps:
     run.write_status(step=step)
     if run.stop_requested():
         break
-folder = run.checkpoints_dir / f"checkpoint-{step}"
-partial = folder.with_name(folder.name + ".tmp")
-partial.mkdir()
-(partial / "trainer_state.json").write_text("{}")
-partial.rename(folder)
-run.append_event("checkpoint", step=step, path=str(folder))
+with run.saving_checkpoint(step) as partial:
+    (partial / "trainer_state.json").write_text("{}")
+run.append_event("checkpoint", step=step, path=str(run.checkpoints_dir / f"checkpoint-{step}"))
 run.append_event("end", step=step)
 run.finish("stopped" if run.stop_requested() else "finished")
 """
@@ -392,7 +389,7 @@ def test_resume_continues_the_steps_and_events_without_duplicates(run: Run) -> N
 
 def test_resume_refuses_running_and_finished_runs(run: Run) -> None:
     run.mark_running(os.getpid())
-    with pytest.raises(RunError, match="is running; only a run that has ended can be resumed"):
+    with pytest.raises(RunError, match="is already running .*; stop it first"):
         resume(run, detach=True, program=STAND_IN)
     run.finish("finished")
     with pytest.raises(RunError, match="finished all its 1000000 steps"):

@@ -43,3 +43,11 @@ class DestinationNotWritable(DownloadError):
 
 class UnsafeArchive(DownloadError):
     """An archive with a member that would land outside the destination (absolute path, ``..``, links)."""
+
+
+class UnsafeListing(DownloadError):
+    """A listing or an index names a file that would land outside the destination (absolute path, ``..``)."""
+
+
+class IncompleteBody(DownloadError):
+    """The server kept sending a file with another length than it announced, and no checksum could decide."""

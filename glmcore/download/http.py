@@ -25,6 +25,7 @@ import httpx2
 from glmcore.download.errors import (
     AccessDenied,
     DownloadError,
+    IncompleteBody,
     NoNetwork,
     ServerUnavailable,
     SourceNotFound,
@@ -106,6 +107,13 @@ def raise_for_status(response: httpx2.Response, what: str, access_hint: str = ""
 def transport_failure(error: httpx2.TransportError, url: str) -> Transient:
     """A connection that could not be made, timed out or was cut: retried, then reported as no network."""
     host = urlsplit(url).netloc or url
+    if isinstance(error, httpx2.RemoteProtocolError) and "complete message body" in str(error):
+        return Transient(
+            IncompleteBody(
+                f"The connection to {host} broke off before the whole file arrived ({error}), and did again "
+                "after several retries. Try again later; the download resumes where it stopped."
+            )
+        )
     if isinstance(error, httpx2.ConnectError | httpx2.ConnectTimeout):
         what = f"Could not connect to {host} ({error or type(error).__name__})."
     else:

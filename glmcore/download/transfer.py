@@ -10,6 +10,7 @@ not hash 13 GB again.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -28,14 +29,18 @@ from glmcore.download.archive import unpack_archive
 from glmcore.download.errors import (
     ChecksumMismatch,
     DestinationNotWritable,
-    NoNetwork,
+    IncompleteBody,
     NotEnoughDiskSpace,
+    UnsafeArchive,
 )
 from glmcore.download.http import Body, Cancelled, RetryPolicy, Transient
+from glmcore.download.paths import check_inside
 from glmcore.errors import GlmError
 
 VERIFIED_FILE = ".glmtui-verified.json"
 HASH_BLOCK = 4 * 1024 * 1024
+INDEX_SUFFIX = ".index.json"
+"""A weight index (``model.safetensors.index.json``): fetched first, its shard names checked like the listing."""
 
 
 @dataclass(frozen=True)
@@ -205,13 +210,18 @@ class VerifiedCache:
         self.files[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
 
     def save(self) -> None:
+        """Write the cache; on a full or read-only disk nothing is left behind and the error says so."""
         if not self.path.parent.is_dir():
             return
         scratch = self.path.with_name(self.path.name + ".tmp")
-        scratch.write_text(
-            json.dumps({"files": self.files, "unpacked": self.unpacked}, indent=1), encoding="utf-8"
-        )
-        scratch.replace(self.path)
+        try:
+            scratch.write_text(
+                json.dumps({"files": self.files, "unpacked": self.unpacked}, indent=1), encoding="utf-8"
+            )
+            scratch.replace(self.path)
+        except OSError as error:
+            scratch.unlink(missing_ok=True)
+            raise _write_error(error, self.path) from error
 
 
 def _part_path(final: Path) -> Path:
@@ -222,6 +232,7 @@ def plan_download(source: Source, destination: Path) -> DownloadPlan:
     """List the source and compare with what ``destination`` already holds (no hashing, no downloading)."""
     destination = Path(destination).expanduser()
     listing = source.list_files()
+    check_inside([file.path for file in listing.files], destination, source.label)
     cache = VerifiedCache(destination)
     planned = []
     for file in listing.files:
@@ -343,6 +354,7 @@ def run_download(
     ``progress_interval`` seconds, and at every change of state), and setting ``cancel`` stops it within one chunk.
     ``retry`` defaults to the source's policy.
     """
+    check_inside([planned.file.path for planned in plan.files], plan.destination, plan.source.label)
     run = _Run(
         plan=plan,
         tracker=_Tracker(plan, progress, progress_interval),
@@ -353,22 +365,44 @@ def run_download(
     try:
         _prepare_destination(plan)
         run.tracker.set_state("downloading")
-        for planned in plan.files:
+        # Indexes first: the shard names they hold are checked before any weight file is fetched.
+        for planned in sorted(plan.files, key=lambda planned: not planned.file.path.endswith(INDEX_SUFFIX)):
             if run.cancel.is_set():
                 raise Cancelled
             _ensure_file(run, planned)
+            if planned.file.path.endswith(INDEX_SUFFIX):
+                _check_index(run, planned.file.path)
         run.tracker.set_state("done")
+        run.cache.save()
         return _result(run, cancelled=False)
     except Cancelled:
         run.tracker.set_state("cancelled")
+        run.cache.save()
         return _result(run, cancelled=True)
     except GlmError as error:
+        with contextlib.suppress(GlmError):  # the failure is the message; a cache that cannot be saved is not
+            run.cache.save()
         run.tracker.notes.append(str(error))
         run.tracker.set_state("failed")
         raise
     finally:
-        run.cache.save()
         plan.source.close()
+
+
+def _check_index(run: _Run, path: str) -> None:
+    """Refuse an index whose shard names would land outside the destination; the index itself is removed."""
+    index = run.plan.destination / path
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        shards = sorted({str(name) for name in weight_map.values()}) if isinstance(weight_map, dict) else []
+    except (OSError, ValueError, AttributeError):
+        return  # not an index glmtui reads; the model loader reports it when it is used
+    try:
+        check_inside(shards, run.plan.destination, f"{run.plan.source.label} (in {path})", "a shard")
+    except GlmError:
+        index.unlink(missing_ok=True)
+        run.cache.files.pop(path, None)
+        raise
 
 
 def _result(run: _Run, cancelled: bool) -> DownloadResult:
@@ -459,6 +493,12 @@ def _ensure_file(run: _Run, planned: PlannedFile) -> None:
                     f"{file.path} did not match its checksum ({mismatch}); fetching it again from the start."
                 )
                 continue
+            if file.sha256 is None:
+                raise IncompleteBody(
+                    f"{file.path} from {run.plan.source.label} still came with another length than announced "
+                    f"after fetching it again ({mismatch}); the server sends damaged answers. Try again later "
+                    "or use another source."
+                ) from None
             raise ChecksumMismatch(
                 f"{file.path} still does not match its checksum after fetching it again ({mismatch}). "
                 f"{run.plan.source.mismatch_hint(file)}"
@@ -469,7 +509,14 @@ def _ensure_file(run: _Run, planned: PlannedFile) -> None:
         run.fetched_files.append(file.path)
         if run.plan.source.unpack:
             run.tracker.set_state("unpacking")
-            run.cache.unpacked[file.path] = unpack_archive(final, destination)
+            try:
+                run.cache.unpacked[file.path] = unpack_archive(final, destination)
+            except UnsafeArchive:
+                # A refused archive is not a download: the next run must fetch and judge it again.
+                final.unlink(missing_ok=True)
+                run.cache.files.pop(file.path, None)
+                run.fetched_files.remove(file.path)
+                raise
             final.unlink()
             run.cache.files.pop(file.path, None)
             run.tracker.set_state("downloading")
@@ -525,8 +572,10 @@ def _transfer(run: _Run, file: RemoteFile, part: _PartFile) -> None:
             run.tracker.update(file.path, done=0)
         if body.total is not None:
             if file.size is not None and body.total != file.size:
-                raise _Mismatch(f"the source has {body.total} bytes, the manifest {file.size}")
+                listed = "the manifest" if file.sha256 else "its listing"
+                raise _Mismatch(f"the server announced {body.total} bytes, {listed} {file.size}")
             run.tracker.update(file.path, total=body.total)
+        expected = body.total if body.total is not None else file.size
         try:
             with part.path.open("ab", buffering=0) as out:
                 for chunk in body.chunks:
@@ -536,9 +585,16 @@ def _transfer(run: _Run, file: RemoteFile, part: _PartFile) -> None:
                     part.digest.update(chunk)
                     part.offset += len(chunk)
                     run.tracker.advance(file.path, len(chunk))
-                    if file.size is not None and part.offset > file.size:
-                        raise _Mismatch("the source sent more bytes than the manifest lists")
+                    if expected is not None and part.offset > expected:
+                        raise _Mismatch(f"the server sent more than the {expected} bytes announced")
         except OSError as error:
+            if part.path.exists() and part.path.stat().st_size == 0:
+                part.path.unlink()  # nothing to resume from: leave no empty file behind
             raise _write_error(error, part.path) from error
-    if body.total is not None and part.offset < body.total:
-        raise Transient(NoNetwork(f"The connection ended before {file.path} was complete."))
+    if expected is not None and part.offset < expected:
+        raise Transient(
+            IncompleteBody(
+                f"The server ended {file.path} after {part.offset} of its {expected} bytes, and still did after "
+                "several retries. Try again later; the download resumes where it stopped."
+            )
+        )

@@ -46,11 +46,11 @@ def _indexed_shards(index_path: Path) -> list[str]:
     return sorted(set(index["weight_map"].values()))
 
 
-def inspect_model_folder(path: Path) -> ModelFolder:
+def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
     """Find the weight format (safetensors preferred) and list what a complete folder would still need."""
     path = Path(path)
-    family = family_for(path)
-    missing = [name for name in ("config.json", family.tokenizer_file) if not (path / name).is_file()]
+    model_family, _ = family_for(path, family)
+    missing = [name for name in ("config.json", model_family.tokenizer_file) if not (path / name).is_file()]
     for weight_format, index_name, single_name in (
         ("safetensors", SAFETENSORS_INDEX, SINGLE_SAFETENSORS),
         ("bin", BIN_INDEX, SINGLE_BIN),
@@ -65,8 +65,8 @@ def inspect_model_folder(path: Path) -> ModelFolder:
     return ModelFolder(path, None, [], [*missing, "weights (pytorch_model*.bin or *.safetensors)"])
 
 
-def require_complete(path: Path) -> ModelFolder:
-    folder = inspect_model_folder(path)
+def require_complete(path: Path, family: str | None = None) -> ModelFolder:
+    folder = inspect_model_folder(path, family)
     if not folder.complete:
         raise GlmError(
             f"The model folder {path} is incomplete: missing {', '.join(folder.missing)}. "

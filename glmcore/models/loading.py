@@ -12,7 +12,7 @@ from pathlib import Path
 from glmcore.errors import GlmError
 from glmcore.models import family_for
 from glmcore.models.checkpoint import find_unreadable_weights, require_complete
-from glmcore.prefix import check_fits_model, read_prefix_checkpoint, resolve_spec, set_prefix
+from glmcore.prefix import read_checked_prefix, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
 # The prefix trains in fp32 and the LM head shares its weight with the embedding: neither is quantized.
@@ -58,8 +58,11 @@ def load_model(
     pre_seq_len: int | None = None,
     prefix_projection: bool | None = None,
     quantize_embedding: bool | None = None,
+    family: str | None = None,
 ):
     """The model in `path`, in eval mode, optionally quantized and with a P-tuning v2 prefix.
+
+    `family` (the `family = ...` setting) names the model family when config.json alone cannot tell.
 
     At 4 and 8 bits the tied embedding / LM head is also stored in int8 (`quantize_embedding`, on by
     default there), which halves the largest piece left in 16-bit; see glmcore/models/quantized_embedding.py.
@@ -72,27 +75,26 @@ def load_model(
     path = Path(path)
     if quantization_bit not in QUANTIZATION_BITS:
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
-    require_complete(path)
-    config_class, model_class, _ = family_for(path).classes()
+    require_complete(path, family)
+    model_family, _ = family_for(path, family)
+    implementation = model_family.implementation()
+    config = implementation.config_class.from_pretrained(path)
 
     prefix_state = None
     checkpoint_spec = None
     if prefix_checkpoint is not None:
-        checkpoint_spec, prefix_state = read_prefix_checkpoint(Path(prefix_checkpoint))
+        checkpoint_spec, prefix_state = read_checked_prefix(prefix_checkpoint, config)
     spec = resolve_spec(checkpoint_spec, pre_seq_len, prefix_projection, where=str(prefix_checkpoint or ""))
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    config = config_class.from_pretrained(path)
-    if spec is not None and prefix_state is not None:
-        check_fits_model(spec, prefix_state, config, str(prefix_checkpoint))
     extra = {}
     if quantization_bit != 16:
         if not device.startswith("cuda") and quantization_bit == 8:
             raise GlmError("8-bit (LLM.int8) loading needs a CUDA GPU; use 4-bit or 16-bit on the CPU.")
         extra["quantization_config"] = quantization_config(quantization_bit, dtype)
     try:
-        model = model_class.from_pretrained(
+        model = implementation.model_class.from_pretrained(
             path, config=config, dtype=dtype, device_map={"": device}, **extra
         )
     except torch.OutOfMemoryError as error:
@@ -105,6 +107,7 @@ def load_model(
         if problem is None:
             raise
         raise GlmError(problem) from error
+    model.model_family = model_family  # see glmcore.models.family_of
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
         from glmcore.models.quantized_embedding import quantize_tied_embedding
 
@@ -113,11 +116,10 @@ def load_model(
     return model.eval()
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path, *, family: str | None = None):
     """The tokenizer of the model folder `path` (left padding, batched `__call__`, `save_pretrained`)."""
     path = Path(path)
-    family = family_for(path)
-    if not (path / family.tokenizer_file).is_file():
-        raise GlmError(f"{path} has no {family.tokenizer_file}; the model folder is incomplete.")
-    _, _, tokenizer_class = family.classes()
-    return tokenizer_class.from_pretrained(str(path))
+    model_family, _ = family_for(path, family)
+    if not (path / model_family.tokenizer_file).is_file():
+        raise GlmError(f"{path} has no {model_family.tokenizer_file}; the model folder is incomplete.")
+    return model_family.implementation().tokenizer_class.from_pretrained(str(path))

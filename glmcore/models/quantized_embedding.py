@@ -88,10 +88,10 @@ class Int8LMHead(Int8Embedding):
 
 def quantize_tied_embedding(model) -> None:
     """Replace the model's 16-bit embedding and LM head (one tied matrix) by one int8 copy."""
-    embedding = model.transformer.word_embeddings
+    embedding = model.get_input_embeddings()
     matrix = Int8Rows(embedding.weight.detach(), embedding.weight.dtype)
-    model.transformer.word_embeddings = Int8Embedding(matrix)
-    model.lm_head = Int8LMHead(matrix)
+    model.set_input_embeddings(Int8Embedding(matrix))
+    model.set_output_embeddings(Int8LMHead(matrix))
     del embedding
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -17,5 +17,6 @@ COMMAND_MODULES = (
     "download",
     "convert",
     "bench",
+    "gpus",
     "demo",
 )

@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from glmcore.errors import GlmError
-from glmtui.commands.runs import format_duration, store_from_workspace
+from glmtui.commands.runs import store_from_workspace
+from glmtui.presentation import format_duration
 
 EXIT_CANCELLED = 130
 DEFAULT_LENGTH = 64

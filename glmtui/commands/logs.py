@@ -12,39 +12,17 @@ from rich.markup import escape
 
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, FileTail, Run
-from glmtui.commands.runs import format_duration, store_from_workspace
+from glmtui.commands.runs import store_from_workspace
+from glmtui.presentation import event_line
 
 FOLLOW_INTERVAL_S = 0.5
-
-
-def format_event(event: dict) -> str:
-    """One readable line per event; the JSON itself stays in events.jsonl."""
-    kind, step = event.get("kind", "?"), event.get("step")
-    head = f"{event.get('time', '')} step {step if step is not None else '—':>6} {kind:<10} "
-    if kind == "log":
-        fields = [f"loss {event['loss']:.4f}" if event.get("loss") is not None else "loss —"]
-        if event.get("learning_rate") is not None:
-            fields.append(f"lr {event['learning_rate']:.2e}")
-        if event.get("grad_norm") is not None:
-            fields.append(f"grad {event['grad_norm']:.3f}")
-        if event.get("tokens_per_s") is not None:
-            fields.append(f"{event['tokens_per_s']:,.0f} tok/s")
-        if event.get("gpu_memory_gib"):
-            fields.append("mem " + "/".join(f"{gib:.1f}" for gib in event["gpu_memory_gib"]) + " GiB")
-        fields.append(f"ETA {format_duration(event.get('eta_s'))}")
-        return head + "  ".join(fields)
-    details = {key: value for key, value in event.items() if key not in ("kind", "step", "time")}
-    return head + "  ".join(
-        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
-        for key, value in details.items()
-    )
 
 
 def _print_new(tail: FileTail, events: bool, *, final: bool = False) -> None:
     if events:
         assert isinstance(tail, EventTail)
         for event in tail.read_events():
-            print(format_event(event))
+            print(event_line(event))
     else:
         sys.stdout.write(tail.read_bytes(complete_lines=not final).decode("utf-8", errors="replace"))
     sys.stdout.flush()

@@ -16,12 +16,6 @@ def resume_run(args: argparse.Namespace) -> int:
     console = Console()
     try:
         run = store_from_workspace().resolve(args.run)
-        checkpoint = run.latest_checkpoint()
-        console.print(
-            f"Resuming run {run.id} from {checkpoint.path.name}."
-            if checkpoint
-            else f"Run {run.id} saved no checkpoint; it starts again from step 0."
-        )
         return start(run, detach=args.detach, resume=True, console=console)
     except GlmError as error:
         Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}")

@@ -1,4 +1,4 @@
-"""`glmtui runs`: a table of every run in the workspace; also the small formatters the run commands share."""
+"""`glmtui runs`: a table of every run in the workspace, with the columns and figures the Runs screen shows."""
 
 from __future__ import annotations
 
@@ -9,38 +9,15 @@ from datetime import datetime
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
 from glmcore.workspace import Workspace
+from glmtui.presentation import run_cells, state_text
 
 PIPED_WIDTH = 200
-STATE_STYLES = {
-    "created": "dim",
-    "running": "green",
-    "stopping": "yellow",
-    "stopped": "cyan",
-    "finished": "bold green",
-    "failed": "bold red",
-    "crashed": "bold red",
-}
-
-
-def format_duration(seconds: float | None) -> str:
-    """A short human duration: 45s, 12m 03s, 3h 07m, 2d 04h; an em dash when unknown."""
-    if seconds is None:
-        return "—"
-    seconds = max(0, round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d {hours:02d}h"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    if minutes:
-        return f"{minutes}m {secs:02d}s"
-    return f"{secs}s"
+COLUMNS = ("Run", "State", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
 
 
 def last_log_event(run: Run) -> dict | None:
@@ -53,31 +30,11 @@ def store_from_workspace() -> RunStore:
     return RunStore(Workspace.from_env().runs_dir)
 
 
-def _age(timestamp: str | None) -> str:
-    if not timestamp:
-        return "—"
-    return format_duration((datetime.now().astimezone() - datetime.fromisoformat(timestamp)).total_seconds())
-
-
-def _row(run: Run) -> list[str]:
+def _row(run: Run) -> list[str | Text]:
     status = run.status()
-    log = last_log_event(run)
-    state = status.state + (
-        f" on {status.host}" if status.is_active and status.host != socket.gethostname() else ""
-    )
-    loss = f"{log['loss']:.4f}" if log and log.get("loss") is not None else "—"
-    tokens = f"{log['tokens_per_s']:,.0f}" if log and log.get("tokens_per_s") is not None else "—"
-    eta = format_duration(log.get("eta_s")) if log and status.is_active else "—"
-    return [
-        run.id,
-        f"[{STATE_STYLES.get(status.state, '')}]{escape(state)}[/]",
-        f"{status.step}/{status.total}",
-        loss,
-        tokens,
-        eta,
-        ",".join(map(str, status.gpus)) or "cpu",
-        _age(status.created or status.started),
-    ]
+    away = f" on {status.host}" if status.is_active and status.host != socket.gethostname() else ""
+    cells = run_cells(status, last_log_event(run), datetime.now().astimezone())
+    return [Text(run.id), state_text(status.state, away), *(cells[column] for column in COLUMNS[2:])]
 
 
 def show_runs(args: argparse.Namespace) -> int:
@@ -92,15 +49,13 @@ def show_runs(args: argparse.Namespace) -> int:
     if not console.is_terminal:
         console.width = PIPED_WIDTH  # a pipe or file has no width to fit; keep whole ids for grep and scripts
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
-    for column in ("RUN", "STATE", "STEP", "LOSS", "TOK/S", "ETA", "GPUS", "AGE"):
-        table.add_column(
-            column, justify="right" if column in ("STEP", "LOSS", "TOK/S", "ETA", "AGE") else "left"
-        )
+    for column in COLUMNS:
+        table.add_column(column.upper(), justify="left" if column in ("Run", "State", "GPUs") else "right")
     for run in runs:
         try:
             table.add_row(*_row(run))
         except GlmError as error:
-            table.add_row(run.id, "[red]unreadable[/]", escape(str(error)), "", "", "", "", "")
+            table.add_row(Text(run.id), Text("unreadable", style="red"), Text(str(error)), "", "", "", "", "")
     console.print(table)
     return 0
 

@@ -19,10 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from glmcore import preflight
 from glmcore.config import RunConfig
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStore, launch, stop
+from glmcore.runs import EventTail, Run, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.workspace import Workspace
-from glmtui.commands.runs import format_duration
+from glmtui.presentation import progress_summary
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
@@ -44,16 +44,6 @@ def _print_vram_estimate(console: Console, config: RunConfig) -> None:
                 f"[yellow]warning:[/] GPU {gpu} has {free[gpu] / GIB:.1f} GiB free, less than the estimate; "
                 "the run may run out of memory (see `glmtui runs` and the log if it fails)"
             )
-
-
-def _describe_progress(event: dict | None) -> str:
-    if event is None:
-        return "starting…"
-    parts = [f"loss {event['loss']:.4f}"] if event.get("loss") is not None else []
-    if event.get("tokens_per_s") is not None:
-        parts.append(f"{event['tokens_per_s']:,.0f} tok/s")
-    parts.append(f"ETA {format_duration(event.get('eta_s'))}")
-    return " · ".join(parts)
 
 
 def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
@@ -82,7 +72,7 @@ def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
                     task,
                     completed=status.step,
                     total=status.total or None,
-                    detail=_describe_progress(last_log),
+                    detail=progress_summary(last_log),
                 )
                 if process.poll() is not None:
                     break
@@ -130,6 +120,8 @@ def report_end(run: Run, console: Console) -> int:
 def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     """Launch (or resume) ``run`` detached or followed in front; shared by `train` and `resume`."""
     started = resume_run(run, detach=detach) if resume else launch(run, detach=detach)
+    if resume:  # said once the resume is under way, so a refused one prints only the refusal
+        console.print(escape(describe_resume(run)))
     if detach:
         console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")

@@ -29,6 +29,8 @@ from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.runs import Run
+from glmtui.gpu_text import compact_gpu_rows
+from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
@@ -96,12 +98,23 @@ def parse_gpus(text: str) -> list[int]:
     return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
-def describe_estimate(estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None) -> Text:
-    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not."""
+def describe_estimate(
+    estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None, width: int = 38
+) -> Text:
+    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not.
+
+    Every GPU's row (as the Training view's panel shows it, from the app's one sampler) comes first, so the
+    GPUs other jobs are using can be seen while choosing.
+    """
     text = Text()
     text.append(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU\n", style="bold")
     for part, size in estimate.parts.items():
         text.append(f"  {part.replace('_', ' ')}: {size / GIB:.2f} GiB\n", style="dim")
+    if snapshot is not None and snapshot.gpus:
+        text.append("GPUs now:\n", style="dim")
+        for row in compact_gpu_rows(snapshot.gpus, width):
+            text.append_text(row)
+            text.append("\n")
     if not gpus:
         text.append("Trains on the CPU (no GPU chosen).\n")
         return text
@@ -207,6 +220,21 @@ class ConfigScreen(WorkbenchScreen):
         """Fill the form with ``config`` (the demo, a loaded TOML); before mounting, the form starts with it."""
         self.fill_form(config)
 
+    def use_data(self, choice: DataChoice) -> None:
+        """Apply the Data screen's choice over the config being edited (lengths left empty stay as they are)."""
+        base = self.current_config()
+        self.load(
+            dataclasses.replace(
+                base,
+                train_file=choice.train_file,
+                prompt_column=choice.prompt_column,
+                response_column=choice.response_column,
+                history_column=choice.history_column,
+                max_source_length=choice.max_source_length or base.max_source_length,
+                max_target_length=choice.max_target_length or base.max_target_length,
+            )
+        )
+
     def current_config(self) -> RunConfig:
         """The form's config when it is valid, else the one the form started from."""
         if self.is_mounted:
@@ -214,11 +242,6 @@ class ConfigScreen(WorkbenchScreen):
             if config is not None:
                 return config
         return self.base or self.blank_config()
-
-    def clone_from(self, run: Run) -> None:
-        """Fill the form with a copy of ``run``'s config, renamed so the copy is told apart."""
-        config = dataclasses.replace(run.config, name=f"{run.config.name}-copy")
-        self.load(config)
 
     def read_form(self) -> tuple[RunConfig | None, list[Problem]]:
         """The config the form describes, or the problems that stop it from being one."""
@@ -335,7 +358,10 @@ class ConfigScreen(WorkbenchScreen):
         if self.estimate is None or self.config is None:
             widget.update(Text("VRAM estimate: needs a readable model folder", style="dim"))
         else:
-            widget.update(describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot))
+            width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
+            widget.update(
+                describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot, width)
+            )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         super().gpu_snapshot_changed(snapshot)
@@ -379,8 +405,7 @@ class ConfigScreen(WorkbenchScreen):
 
     def _started(self, run: Run) -> None:
         self.notify(f"Started {run.id}.")
-        self.workbench.workbench_screen("training").open_run(run)  # type: ignore[attr-defined]
-        self.workbench.action_show("training")
+        self.post_message(OpenRun(run))
 
     def action_load_config(self) -> None:
         def loaded(path: Path | None) -> None:

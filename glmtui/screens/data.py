@@ -19,6 +19,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Input, Label, Static
 
 from glmcore.data import SUPPORTED_SUFFIXES, Columns, LengthStats
+from glmtui.messages import DataChoice, UseData
 from glmtui.screens.base import WorkbenchScreen
 
 PREVIEW_ROWS = 3
@@ -156,19 +157,13 @@ class DataScreen(WorkbenchScreen):
         self.query_one("#data-preview-text", Static).update("\n".join(lines))
 
     def action_use_in_config(self) -> None:
-        import dataclasses
-
-        config_screen = self.workbench.workbench_screen("config")
-        base = config_screen.current_config()  # type: ignore[attr-defined]
-        config_screen.load(  # type: ignore[attr-defined]
-            dataclasses.replace(
-                base,
-                train_file=Path(self._value("data-file")),
-                prompt_column=self._value("data-prompt"),
-                response_column=self._value("data-response"),
-                history_column=self._value("data-history") or None,
-                max_source_length=int(self._value("data-source-length") or base.max_source_length),
-                max_target_length=int(self._value("data-target-length") or base.max_target_length),
-            )
+        source, target = self._value("data-source-length"), self._value("data-target-length")
+        choice = DataChoice(
+            train_file=Path(self._value("data-file")),
+            prompt_column=self._value("data-prompt"),
+            response_column=self._value("data-response"),
+            history_column=self._value("data-history") or None,
+            max_source_length=int(source) if source else None,
+            max_target_length=int(target) if target else None,
         )
-        self.workbench.action_show("config")
+        self.post_message(UseData(choice))

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
 
 from glmcore.runs import Run
-from glmtui.commands.runs import format_duration
+from glmtui.presentation import format_duration
 from glmtui.screens.base import WorkbenchScreen
 
 BASE_LABEL = "base model"

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
 from glmcore.models.checkpoint import inspect_model_folder
-from glmtui.commands.runs import format_duration
+from glmtui.presentation import format_duration
 from glmtui.screens.base import WorkbenchScreen
 
 SHOWN_FILES = 4

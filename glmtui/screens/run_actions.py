@@ -1,6 +1,6 @@
 """The run actions the Runs screen and the Training view share: stop, start/resume, evaluate, chat.
 
-Each screen says which run an action applies to (`_require_run`) and what to refresh afterwards
+Each such screen says which run an action applies to (`_require_run`) and what to refresh afterwards
 (`after_run_action`); the work itself is glmcore's, in a thread worker.
 """
 
@@ -10,19 +10,21 @@ from textual import work
 
 from glmcore import runs as run_control
 from glmcore.runs import Run
+from glmtui.messages import ChatWith, EvaluateRun
+from glmtui.screens.base import WorkbenchScreen
 
 
 def start_or_resume(run: Run) -> str:
-    """Start a run that never ran, resume any other; returns the verb for the notification."""
+    """Start a run that never ran, resume any other; returns the notification (a resume says from where)."""
     if run.status().state == "created":
         run_control.launch(run, detach=True)
-        return "Started"
+        return f"Started {run.id}."
     run_control.resume(run, detach=True)
-    return "Resumed"
+    return run_control.describe_resume(run)
 
 
-class RunActions:
-    """Mixed into a WorkbenchScreen that knows its current run."""
+class RunActions(WorkbenchScreen):
+    """A workbench screen that knows its current run (`_require_run`) and offers the actions on it."""
 
     def _require_run(self) -> Run | None:
         raise NotImplementedError
@@ -48,16 +50,13 @@ class RunActions:
 
     @work(thread=True, exit_on_error=False, group="run-actions")
     def resume_run(self, run: Run) -> None:
-        verb = start_or_resume(run)
-        self.app.call_from_thread(self.notify, f"{verb} {run.id}.")
+        self.app.call_from_thread(self.notify, start_or_resume(run))
         self.app.call_from_thread(self.after_run_action)
 
     def action_evaluate_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("evaluate").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("evaluate")
+            self.post_message(EvaluateRun(run))
 
     def action_chat_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("chat").select_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("chat")
+            self.post_message(ChatWith(run))

@@ -6,9 +6,11 @@ appear as well. A thread worker rereads status.json and the new lines of each ev
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,22 +18,14 @@ from textual.message import Message
 from textual.widgets import DataTable, Static
 
 from glmcore.runs import EventTail, Run, RunStatus
-from glmtui.commands.runs import format_duration
-from glmtui.screens.base import WorkbenchScreen
+from glmtui.messages import EditConfig, OpenRun
+from glmtui.presentation import run_cells, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
 
 REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 COLUMNS = {"Run": 30, "State": 9, "Step": 11, "Loss": 7, "Tok/s": 7, "ETA": 8, "GPUs": 5, "Age": 7}
-STATE_STYLES = {
-    "running": "bold green",
-    "stopping": "yellow",
-    "finished": "cyan",
-    "failed": "bold red",
-    "crashed": "bold red",
-    "stopped": "yellow",
-}
 
 
 @dataclass(frozen=True)
@@ -42,23 +36,12 @@ class RunRow:
     status: RunStatus
     last_log: dict | None
 
-    def cells(self, now: datetime) -> tuple[str, ...]:
-        status, log = self.status, self.last_log or {}
-        loss = log.get("loss")
-        speed = log.get("tokens_per_s")
-        eta = log.get("eta_s") if status.is_active else None
-        age = None
-        if status.created:
-            age = (now - datetime.fromisoformat(status.created)).total_seconds()
+    def cells(self, now: datetime) -> tuple[str | Text, ...]:
+        figures = run_cells(self.status, self.last_log, now)
         return (
-            self.run.id,
-            status.state,
-            f"{status.step}/{status.total}",
-            "-" if loss is None else f"{loss:.4f}",
-            "-" if speed is None else f"{speed:,.0f}",
-            format_duration(eta),
-            ",".join(map(str, status.gpus)) or "cpu",
-            format_duration(age),
+            Text(self.run.id),
+            state_text(self.status.state),
+            *(figures[name] for name in COLUMNS if name in figures),
         )
 
 
@@ -68,7 +51,7 @@ class RunsRead(Message):
         self.rows = rows
 
 
-class RunsScreen(RunActions, WorkbenchScreen):
+class RunsScreen(RunActions):
     """Every run, live; n new, enter open, s stop, r resume/start, e evaluate, c chat, k clone, d delete."""
 
     NAME = "runs"
@@ -130,8 +113,7 @@ class RunsScreen(RunActions, WorkbenchScreen):
             # nor loses its column widths and cursor every second.
             table.clear()
         for row in message.rows:
-            cells = list(row.cells(now))
-            cells[1] = f"[{STATE_STYLES.get(row.status.state, '')}]{cells[1]}[/]"
+            cells = row.cells(now)
             if same_runs:
                 for column, value in zip(table.columns, cells, strict=True):
                     table.update_cell(row.run.id, column, value)
@@ -169,8 +151,7 @@ class RunsScreen(RunActions, WorkbenchScreen):
 
     def action_open_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("training").open_run(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("training")
+            self.post_message(OpenRun(run))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
@@ -180,8 +161,7 @@ class RunsScreen(RunActions, WorkbenchScreen):
 
     def action_clone_run(self) -> None:
         if run := self._require_run():
-            self.workbench.workbench_screen("config").clone_from(run)  # type: ignore[attr-defined]
-            self.workbench.action_show("config")
+            self.post_message(EditConfig(dataclasses.replace(run.config, name=f"{run.config.name}-copy")))
 
     def action_delete_run(self) -> None:
         run = self._require_run()

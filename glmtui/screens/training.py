@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,13 +21,17 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
-from glmtui.commands.runs import format_duration
-from glmtui.screens.base import WorkbenchScreen
+from glmtui.preferences import Preferences
+from glmtui.presentation import event_sentence, format_duration
 from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 
 FOLLOW_S = 0.5
 LOG_LINES = 500
+ZOOMS = ("plots", "log", "gpus")
+ZOOM_PREFERENCE = "training.zoom"
+WIDE_COLUMNS = 110
+"""Narrower terminals show only the loss curve beside the log (the learning rate joins it when zoomed)."""
 
 
 class RunFollowed(Message):
@@ -40,28 +45,7 @@ class RunFollowed(Message):
         self.status = status
 
 
-def describe_event(record: dict) -> str | None:
-    """A log line for an event other than the per-step ``log`` records (which the curves show)."""
-    kind, step = record.get("kind"), record.get("step")
-    if kind == "log":
-        return None
-    if kind == "start":
-        return f"» started at step {step} of {record.get('total')}"
-    if kind == "checkpoint":
-        return f"» checkpoint saved at step {step}"
-    if kind == "resumed":
-        return f"» resumed from step {step}"
-    if kind == "eval":
-        loss = record.get("eval_loss")
-        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
-    if kind == "end":
-        return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
-    if kind == "failed":
-        return f"» failed at step {step}: {record.get('reason')}"
-    return f"» {kind} at step {step}"
-
-
-class TrainingScreen(RunActions, WorkbenchScreen):
+class TrainingScreen(RunActions):
     """Watch one run; s stop, r resume, e evaluate, c chat."""
 
     NAME = "training"
@@ -76,6 +60,10 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         Binding(
             "c", "chat_run", "Chat", id="training-chat", tooltip="Chat with this run's latest checkpoint"
         ),
+        Binding("p", "zoom('plots')", "Plot", id="training-zoom-plots", tooltip="Give the curves the screen"),
+        Binding("l", "zoom('log')", "Log", id="training-zoom-log", tooltip="Give the log the screen"),
+        Binding("g", "zoom('gpus')", "GPUs", id="training-zoom-gpus", tooltip="Give the GPUs the screen"),
+        Binding("escape", "zoom(None)", "All", id="training-zoom-none", tooltip="Show every pane again"),
     ]
 
     def __init__(self) -> None:
@@ -85,18 +73,20 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         self.status: RunStatus | None = None
         self._events_tail: EventTail | None = None
         self._log_tail: FileTail | None = None
+        self.zoom: str | None = None
 
     def compose_body(self) -> ComposeResult:
         yield Static("No run open: pick one on the Runs screen (F5) and press enter.", id="training-title")
         with Horizontal(id="training-progress-row"):
             yield ProgressBar(id="training-progress", show_eta=False)
             yield Static("", id="training-stats")
-        with Horizontal(id="training-plots"):
-            yield PlotextPlot(id="loss-plot")
-            yield PlotextPlot(id="lr-plot")
-        with Horizontal(id="training-bottom"):
-            with Vertical(id="training-log-box"):
-                yield Log(id="training-log", max_lines=LOG_LINES)
+        with Vertical(id="training-panes"):
+            with Horizontal(id="training-top"):
+                with Horizontal(id="training-plots"):
+                    yield PlotextPlot(id="loss-plot")
+                    yield PlotextPlot(id="lr-plot")
+                with Vertical(id="training-log-box"):
+                    yield Log(id="training-log", max_lines=LOG_LINES)
             yield GpuPanel(id="training-gpus")
 
     # following the run folder
@@ -117,7 +107,13 @@ class TrainingScreen(RunActions, WorkbenchScreen):
                 self.follow_run()
 
     def on_mount(self) -> None:
+        self.preferences = Preferences.of(self.workbench.workspace)
+        remembered = self.preferences.get(ZOOM_PREFERENCE)
+        self._apply_zoom(remembered if remembered in ZOOMS else None)
         self._redraw()
+
+    def on_resize(self) -> None:
+        self.query_one("#training-panes").set_class(self.size.width < WIDE_COLUMNS, "-narrow")
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -151,7 +147,7 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         self.status = message.status
         log = self.query_one("#training-log", Log)
         log.write_lines(message.log_lines)
-        log.write_lines([line for record in message.events if (line := describe_event(record))])
+        log.write_lines([line for record in message.events if (line := event_sentence(record))])
         self._redraw()
 
     # drawing
@@ -170,7 +166,7 @@ class TrainingScreen(RunActions, WorkbenchScreen):
         if self.run is not None:
             state = status.state if status else "reading…"
             reason = f" — {status.reason}" if status and status.reason else ""
-            title.update(f"[b]{self.run.id}[/b]  {state}{reason}")
+            title.update(f"[b]{self.run.id}[/b]  {escape(state)}{escape(reason)}")  # any state, any reason
         progress = self.query_one("#training-progress", ProgressBar)
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
@@ -205,6 +201,29 @@ class TrainingScreen(RunActions, WorkbenchScreen):
     def loss_points(self) -> list[tuple[int, float]]:
         """The loss curve's points (step, loss) as plotted."""
         return [(record["step"], record["loss"]) for record in self.log_records() if record.get("loss") is not None]
+
+    # panes
+
+    def action_zoom(self, pane: str | None) -> None:
+        """Give ``pane`` the whole screen (its key again, or escape, brings every pane back); remembered."""
+        zoom = None if pane == self.zoom else pane
+        self._apply_zoom(zoom)
+        self.preferences.set(ZOOM_PREFERENCE, zoom)
+
+    def _apply_zoom(self, zoom: str | None) -> None:
+        self.zoom = zoom
+        panes = self.query_one("#training-panes")
+        for name in ZOOMS:
+            panes.set_class(zoom == name, f"-zoom-{name}")
+        focus = {"gpus": "#training-gpus", "log": "#training-log"}.get(zoom or "")
+        if focus:
+            self.query_one(focus).focus()
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "zoom" and parameters == (None,):
+            return self.zoom is not None  # "escape All" is in the footer only while a pane is zoomed
+        return super().check_action(action, parameters)
 
     # actions
 

@@ -13,6 +13,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
 
+from glmtui.messages import EditConfig
 from glmtui.screens.base import WorkbenchScreen
 
 WELCOME_TEXT = """[b]Welcome to glmtui[/b]
@@ -75,6 +76,5 @@ class WelcomeScreen(WorkbenchScreen):
     def on_demo_ready(self) -> None:
         from glmcore.demo import demo_run_config
 
-        self.workbench.workbench_screen("config").load(demo_run_config(self.workbench.workspace))  # type: ignore[attr-defined]
-        self.workbench.action_show("config")
+        self.post_message(EditConfig(demo_run_config(self.workbench.workspace)))
         self.notify("The demo is ready: check the config and press ctrl+g to start training.")

@@ -9,8 +9,13 @@ It serves:
 - Seafile single-file links ``/f/<key>/?dl=1``.
 
 Every file body honours ``Range``. ``faults`` switch failures on per file (keyed by the file's path in its repo
-or share): drop the connection after N bytes once, 404, 429 or 503 a number of times, corrupt bytes once.
-``served[path]`` counts the body bytes written for each file.
+or share): drop the connection after N bytes once, 404, 429 or 503 a number of times, corrupt bytes once,
+announce a Content-Length longer than the body a number of times (``short_body``: the body ends early and the
+connection closes), or send a chunked body (no length) that ends early or goes on past the file's size
+(``chunked_short``, ``chunked_long``). A share's
+``extra_entries`` are listed in its root as they are (a hostile server's dirents); a single file added with
+``unknown_size`` is served chunked, without Range or any length. ``served[path]`` counts the body bytes written
+for each file.
 """
 
 from __future__ import annotations
@@ -38,6 +43,9 @@ class Faults:
     too_many_requests: dict[str, int] = field(default_factory=dict)
     unavailable: dict[str, int] = field(default_factory=dict)
     corrupt: dict[str, int] = field(default_factory=dict)
+    short_body: dict[str, int] = field(default_factory=dict)
+    chunked_short: dict[str, int] = field(default_factory=dict)
+    chunked_long: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -52,6 +60,7 @@ class HubRepo:
 class Share:
     files: dict[str, bytes]
     password: str | None = None
+    extra_entries: list[dict] = field(default_factory=list)
 
 
 class FileServer:
@@ -61,6 +70,7 @@ class FileServer:
         self.hub: dict[str, HubRepo] = {}
         self.shares: dict[str, Share] = {}
         self.single_files: dict[str, tuple[str, bytes]] = {}
+        self.unknown_size: set[str] = set()  # single-file keys served without any length
         self.faults = Faults()
         self.served: Counter[str] = Counter()
         self.requests: list[tuple[str, str, dict[str, str]]] = []
@@ -92,8 +102,10 @@ class FileServer:
         self.shares[key] = Share(dict(files), password)
         return f"{self.url}/d/{key}/"
 
-    def add_single_file(self, key: str, name: str, data: bytes) -> str:
+    def add_single_file(self, key: str, name: str, data: bytes, *, unknown_size: bool = False) -> str:
         self.single_files[key] = (name, data)
+        if unknown_size:
+            self.unknown_size.add(name)
         return f"{self.url}/f/{key}/?dl=1"
 
     def fire(self, table: dict[str, int], path: str) -> bool:
@@ -155,8 +167,18 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 return
             if server.fire(server.faults.corrupt, path):
                 data = bytes([data[0] ^ 0xFF]) + data[1:]
-            full, start, status = len(data), 0, 200
             requested = self.headers.get("Range", "")
+            if path in server.unknown_size:
+                self.send_chunked(path, data)
+                return
+            probe = requested == "bytes=0-0"  # a listing's probe for the name and size: no length faults
+            if not probe and server.fire(server.faults.chunked_short, path):
+                self.send_chunked(path, data[: len(data) // 2])
+                return
+            if not probe and server.fire(server.faults.chunked_long, path):
+                self.send_chunked(path, data + b"trailing bytes past the file's size")
+                return
+            full, start, status = len(data), 0, 200
             if requested.startswith("bytes="):
                 first, _, last = requested[len("bytes=") :].partition("-")
                 start = int(first)
@@ -168,9 +190,13 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     return
                 end = min(int(last), full - 1) if last else full - 1
                 data, status = data[start : end + 1], 206
+            announced = len(data)
+            if not probe and server.fire(server.faults.short_body, path):
+                data = data[: len(data) // 2]
+                self.close_connection = True
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Content-Length", str(announced))
             self.send_header("Accept-Ranges", "bytes")
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{start + len(data) - 1}/{full}")
@@ -185,9 +211,24 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                     return
                 with server.lock:
                     server.served[path] += len(piece)
-            if cut is not None:
+            if cut is not None or self.close_connection:
                 self.close_connection = True
                 self.connection.shutdown(2)
+
+        def send_chunked(self, path: str, data: bytes) -> None:
+            """A 200 with no length at all (chunked, Range ignored), like a server streaming a generated file."""
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header(
+                "Content-Disposition", f"attachment;filename*=utf-8''{quote(path.rsplit('/', 1)[-1])}"
+            )
+            self.end_headers()
+            for piece in _pieces(data):
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                with server.lock:
+                    server.served[path] += len(piece)
+            self.wfile.write(b"0\r\n\r\n")
 
         # -- routing -------------------------------------------------------------------------------------
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -346,6 +387,8 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 }
                 for name in sorted(folders)
             ]
+            if not prefix:
+                entries += share.extra_entries
             self.send_json(200, {"dirent_list": entries})
 
         def share_file(self, key: str, path: str) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from glmcore.models.chatglm6b import PUBLISHED_CONFIG as PUBLISHED
+
 
 class ChatGLMConfig(PretrainedConfig):
-    """Hyper-parameters of ChatGLM-6B under the published key names.
+    """Hyper-parameters of ChatGLM-6B under the published key names; the defaults are the published model's.
 
     `attribute_map` exposes the names transformers' generic code looks for (num_hidden_layers,
     intermediate_size, ...), so caches and Trainer utilities work without renaming the published keys.
@@ -23,19 +25,19 @@ class ChatGLMConfig(PretrainedConfig):
 
     def __init__(
         self,
-        vocab_size: int = 130528,
-        hidden_size: int = 4096,
-        num_layers: int = 28,
-        num_attention_heads: int = 32,
-        inner_hidden_size: int = 16384,
-        layernorm_epsilon: float = 1e-5,
-        max_sequence_length: int = 2048,
-        position_encoding_2d: bool = True,
-        bos_token_id: int = 130004,
-        eos_token_id: int = 130005,
-        mask_token_id: int = 130000,
-        gmask_token_id: int = 130001,
-        pad_token_id: int = 3,
+        vocab_size: int = PUBLISHED["vocab_size"],
+        hidden_size: int = PUBLISHED["hidden_size"],
+        num_layers: int = PUBLISHED["num_layers"],
+        num_attention_heads: int = PUBLISHED["num_attention_heads"],
+        inner_hidden_size: int = PUBLISHED["inner_hidden_size"],
+        layernorm_epsilon: float = PUBLISHED["layernorm_epsilon"],
+        max_sequence_length: int = PUBLISHED["max_sequence_length"],
+        position_encoding_2d: bool = PUBLISHED["position_encoding_2d"],
+        bos_token_id: int = PUBLISHED["bos_token_id"],
+        eos_token_id: int = PUBLISHED["eos_token_id"],
+        mask_token_id: int = PUBLISHED["mask_token_id"],
+        gmask_token_id: int = PUBLISHED["gmask_token_id"],
+        pad_token_id: int = PUBLISHED["pad_token_id"],
         pre_seq_len: int | None = None,
         prefix_projection: bool = False,
         use_cache: bool = True,

@@ -354,3 +354,48 @@ def _write_shards(
 
 def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_random_checkpoint(folder: Path, config_values: dict) -> Path:
+    """A checkpoint of any size (the real one's, for the bench) with random weights, built on the GPU when
+    there is one: eight `.bin` shards with the published names (lm_head stored beside the embedding, as
+    published), `config.json` from `config_values`, and a tiny checkpoint's tokenizer files."""
+    from glmcore.models.chatglm6b.configuration import ChatGLMConfig
+    from glmcore.models.chatglm6b.modeling import ChatGLMForConditionalGeneration, rotary_inverse_frequencies
+
+    # The tokenizer files of a tiny checkpoint complete the folder; the benchmark feeds ids directly.
+    write_tiny_checkpoint(folder, num_shards=1)
+    for stale in folder.glob("pytorch_model*"):
+        stale.unlink()
+    config = ChatGLMConfig(**config_values)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = ChatGLMForConditionalGeneration(config).to(torch.float16)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.02, generator=generator)
+            else:
+                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
+    state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
+    inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
+    for layer in range(config.num_layers):
+        state[f"transformer.layers.{layer}.attention.rotary_emb.inv_freq"] = inverse.clone()
+    names = list(state)
+    groups = [names[index::8] for index in range(8)]
+    weight_map = {}
+    for number, group in enumerate(groups, start=1):
+        shard = f"pytorch_model-{number:05d}-of-00008.bin"
+        torch.save({name: state[name] for name in group}, folder / shard)
+        weight_map.update(dict.fromkeys(group, shard))
+    total = sum(tensor.numel() * tensor.element_size() for tensor in state.values())
+    (folder / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
+    config.to_json_file(str(folder / "config.json"))
+    return folder

@@ -1,4 +1,4 @@
-"""Fast decoding: a preallocated KV cache and, on a GPU, each decoding step replayed as one CUDA graph.
+"""ChatGLM-6B's decoding fast path: a preallocated KV cache and, on a GPU, each step replayed as one CUDA graph.
 
 A decoding step of a 6B model at small batch reads every weight once; what makes it slow in eager PyTorch
 is launching a few hundred kernels from Python for every token. Here the step has fixed shapes (keys
@@ -7,30 +7,18 @@ is captured once as a CUDA graph and replayed for every token: the GPU then runs
 On the CPU, or when capture fails, the same step runs eagerly.
 
 Greedy decoding here gives the same tokens as `model.generate()` (tested on the CPU); evaluation and
-chat use this path.
+chat use this path through `glmcore.generation.generate` and the family's `new_decoder`.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 import torch
 
+from glmcore.generation import Sampling, _pick
 from glmcore.models.chatglm6b.modeling import glm_attention_mask, glm_position_ids
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Greedy by default; `do_sample` draws with temperature and top-p (ChatGLM-6B's are 0.95 and 0.7)."""
-
-    do_sample: bool = False
-    temperature: float = 0.95
-    top_p: float = 0.7
-    top_k: int = 0
-    """0 keeps every token; transformers' default was 50."""
-    seed: int | None = None
 
 
 class StaticKVCache:
@@ -52,21 +40,6 @@ class StaticKVCache:
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
-
-
-def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
-    if not sampling.do_sample:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / sampling.temperature
-    if sampling.top_k:
-        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probabilities = torch.softmax(logits, dim=-1)
-    ordered, order = probabilities.sort(dim=-1, descending=True)
-    outside = ordered.cumsum(dim=-1) - ordered > sampling.top_p
-    ordered = ordered.masked_fill(outside, 0.0)
-    choice = torch.multinomial(ordered, 1, generator=generator)
-    return order.gather(-1, choice).squeeze(-1)
 
 
 class StaticDecoder:
@@ -205,37 +178,3 @@ class StaticDecoder:
             self.cache.write_index.fill_(index)
             self.mask[:, 0, 0, self.prefix_length + index] = 0.0
             logits = self._step()
-
-
-def generate(
-    model,
-    prompts: list[list[int]],
-    *,
-    max_new_tokens: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    sampling: Sampling = Sampling(),
-    decoder: StaticDecoder | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    mask_first: bool = False,
-) -> list[list[int]]:
-    """New tokens for each prompt (ids, left-padded here), each list ending at and including `<eop>`."""
-    longest = max(map(len, prompts))
-    decoder = decoder or StaticDecoder(model, len(prompts), longest + max_new_tokens, mask_first=mask_first)
-    device = decoder.device
-    input_ids = torch.tensor([[pad_token_id] * (longest - len(p)) + p for p in prompts], device=device)
-    attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
-    steps = list(
-        decoder.decode(
-            input_ids,
-            attention_mask,
-            max_new_tokens,
-            eos_token_id=eos_token_id,
-            sampling=sampling,
-            should_stop=should_stop,
-        )
-    )
-    if not steps:
-        return [[] for _ in prompts]
-    tokens = torch.stack(steps, dim=1).tolist()
-    return [row[: row.index(eos_token_id) + 1] if eos_token_id in row else row for row in tokens]

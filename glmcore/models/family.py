@@ -1,0 +1,247 @@
+"""The model-family interface: what glmcore needs from a family, and how a model folder finds its family.
+
+A family (ChatGLM-6B, ...) lives in one package, `glmcore/models/<family>/`, and is named in the registry,
+`FAMILIES` in `glmcore/models/__init__.py`. Generic code (data, training, evaluation, chat, the estimate, the
+bench) reaches a family only through a `ModelFamily` and the names below, never through a family's modules.
+
+A family package provides, in its `__init__.py` and without importing torch:
+
+    detect(config_json: dict, model_dir: Path) -> str | None   # why this folder is this family, or None
+    shape(config_json: dict) -> ModelShape                     # the sizes the VRAM estimate needs
+    PUBLISHED_CONFIG: dict                                     # the published checkpoint's config.json
+
+and a module `<package>/family_impl.py` whose module-level names are the implementation (`FamilyImplementation`):
+`config_class`, `model_class`, `tokenizer_class`, `training_features`, `evaluation_prompt_ids`,
+`reference_text`, `chat_prompt_ids`, `stop_token_ids`, `clean_response`, `new_decoder`, `new_prefix_encoder`,
+`prefix_width` and `write_tiny_checkpoint`. docs/architecture.md says what each one does.
+
+Importing this module imports neither torch nor transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Protocol
+
+from glmcore.errors import GlmError
+
+
+class UnsupportedModel(GlmError):
+    """A model folder is not one of the families glmcore implements, or its family cannot be told."""
+
+
+class ModelShapeError(GlmError):
+    """A model folder's config.json cannot be read as its family's shape."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a model that its memory depends on (read from config.json, no torch)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    inner_hidden_size: int
+    tie_word_embeddings: bool = True
+    key_value_width: int = 0
+    """Values one token keeps per layer in the KV cache (keys and values); 0 means 2 × hidden_size, as in
+    multi-head attention. Grouped-query families give 2 × groups × kv_channels. A prefix has the same width."""
+
+    @classmethod
+    def from_model_dir(cls, path: Path) -> ModelShape:
+        """The shape of the model folder `path`, as its family reads its config.json."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise ModelShapeError(f"{path / 'config.json'} does not exist; is {path} a model folder?")
+        family, _ = family_for(path)
+        return family.shape(read_config_json(path))
+
+    @property
+    def cache_values_per_token(self) -> int:
+        """Values the KV cache (or a prefix) holds for one token, over all layers."""
+        return self.num_layers * (self.key_value_width or 2 * self.hidden_size)
+
+    @property
+    def linear_parameters(self) -> int:
+        """Weights of the Linear layers inside the transformer blocks (what 8- and 4-bit quantize)."""
+        hidden, inner = self.hidden_size, self.inner_hidden_size
+        per_layer = 3 * hidden * hidden + hidden * hidden + 2 * hidden * inner
+        return self.num_layers * per_layer
+
+    @property
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+
+    @property
+    def other_parameters(self) -> int:
+        """Embeddings, output layer, LayerNorms and biases: what stays 16-bit under quantization."""
+        hidden, inner = self.hidden_size, self.inner_hidden_size
+        embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
+        per_layer = 2 * 2 * hidden + 3 * hidden + hidden + inner + hidden
+        return embeddings + self.num_layers * per_layer + 2 * hidden
+
+    @property
+    def parameters(self) -> int:
+        return self.linear_parameters + self.other_parameters
+
+
+class FamilyImplementation(Protocol):
+    """The names a family's `family_impl` module defines (torch-dependent; imported on first use)."""
+
+    config_class: type
+    model_class: type
+    tokenizer_class: type
+
+    def training_features(
+        self, tokenizer, example, max_source_length: int, max_target_length: int
+    ) -> dict[str, list[int]]: ...
+
+    def evaluation_prompt_ids(self, tokenizer, example, max_source_length: int) -> list[int]: ...
+
+    def reference_text(self, tokenizer, response: str, max_target_length: int) -> str: ...
+
+    def chat_prompt_ids(
+        self, tokenizer, query: str, history: list[tuple[str, str]], system: str | None = None
+    ) -> list[int]: ...
+
+    def stop_token_ids(self, tokenizer) -> list[int]: ...
+
+    def clean_response(self, text: str) -> str: ...
+
+    def new_decoder(
+        self, model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False
+    ): ...
+
+    def new_prefix_encoder(self, config): ...
+
+    def prefix_width(self, config) -> int: ...
+
+    def write_tiny_checkpoint(self, path: Path, **options) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family: its names, its package, and the lazily imported implementation."""
+
+    name: str
+    """The value of the `family = ...` setting: "chatglm-6b", ..."""
+    title: str
+    """The name shown to users: "ChatGLM-6B"."""
+    package: str
+    """The family's package, "glmcore.models.chatglm6b"."""
+    tokenizer_file: str
+    """The tokenizer file a complete model folder holds."""
+
+    def _package(self) -> ModuleType:
+        return importlib.import_module(self.package)
+
+    def implementation(self) -> FamilyImplementation:
+        """The family's `family_impl` module (imports torch and transformers)."""
+        return importlib.import_module(f"{self.package}.family_impl")  # type: ignore[return-value]
+
+    def detect(self, config_json: dict, model_dir: Path) -> str | None:
+        """Why `model_dir` holds this family, or None when it does not."""
+        return self._package().detect(config_json, model_dir)
+
+    def shape(self, config_json: dict) -> ModelShape:
+        """The sizes of the model `config_json` describes, for the VRAM estimate."""
+        return self._package().shape(config_json)
+
+    def published_config(self) -> dict:
+        """The published checkpoint's config.json: what the real model needs (bench, estimate)."""
+        return dict(self._package().PUBLISHED_CONFIG)
+
+    def published_shape(self) -> ModelShape:
+        return self.shape(self.published_config())
+
+    def owns(self, obj: object) -> bool:
+        """Whether `obj` (a model, config or tokenizer) is an instance of a class of this family."""
+        module = type(obj).__module__
+        return module == self.package or module.startswith(self.package + ".")
+
+
+def families() -> tuple[ModelFamily, ...]:
+    """The registry (`glmcore.models.FAMILIES`)."""
+    from glmcore.models import FAMILIES
+
+    return FAMILIES
+
+
+def __getattr__(name: str):
+    # `FAMILIES` is defined by the registry in glmcore/models/__init__.py; reading it here resolves there.
+    if name == "FAMILIES":
+        return families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def family_named(name: str) -> ModelFamily:
+    for family in families():
+        if family.name == name:
+            return family
+    known = ", ".join(family.name for family in families())
+    raise UnsupportedModel(f'family = "{name}" is not a model family glmtui knows; use one of: {known}.')
+
+
+def read_config_json(model_dir: Path) -> dict:
+    config_path = Path(model_dir) / "config.json"
+    if not config_path.is_file():
+        raise GlmError(
+            f"{model_dir} has no config.json: it is not a model folder (or its download is incomplete)."
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GlmError(f"{config_path} is not valid JSON ({error}); download the model again.") from error
+    if not isinstance(config, dict):
+        raise GlmError(f"{config_path} does not hold a JSON object; download the model again.")
+    return config
+
+
+def family_for(model_dir: Path, override: str | None = None) -> tuple[ModelFamily, str]:
+    """The family of the model in `model_dir`, and why it was chosen (shown to users).
+
+    `override` (the `family = ...` setting) wins over detection. Otherwise exactly one family must
+    recognise the folder's config.json; none, or more than one, is refused with a sentence that asks for
+    `family = ...`.
+    """
+    model_dir = Path(model_dir)
+    config = read_config_json(model_dir)
+    if override:
+        return family_named(override), f'family = "{override}" is set'
+    matches = [
+        (family, reason) for family in families() if (reason := family.detect(config, model_dir)) is not None
+    ]
+    names = ", ".join(family.name for family in families())
+    if not matches:
+        described = f"a '{config.get('model_type')}' model" if config.get("model_type") else "a model"
+        raise UnsupportedModel(
+            f"{model_dir} holds {described} that none of glmtui's families ({names}) recognises; "
+            f'if it is one of them, set family = "..." to say which.'
+        )
+    if len(matches) > 1:
+        found = "; ".join(f"{family.title}: {reason}" for family, reason in matches)
+        raise UnsupportedModel(
+            f'{model_dir} could be several families ({found}); set family = "..." to say which.'
+        )
+    return matches[0]
+
+
+def family_of(obj: object) -> ModelFamily:
+    """The family a loaded model, its config or its tokenizer belongs to (a PEFT wrapper is looked through).
+
+    A model from `load_model` carries its family (`model_family`), since two families may share a model
+    class (ChatGLM3-6B runs ChatGLM2-6B's); otherwise the family is the package the object's class comes from.
+    """
+    base = obj.get_base_model() if hasattr(obj, "get_base_model") else obj
+    marked = getattr(base, "model_family", None)
+    if isinstance(marked, ModelFamily):
+        return marked
+    for family in families():
+        if family.owns(base):
+            return family
+    raise UnsupportedModel(f"{type(base).__name__} does not belong to any of glmtui's model families.")

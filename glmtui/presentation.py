@@ -1,0 +1,136 @@
+"""How runs, events and durations read, in one place for the CLI and the app.
+
+Everything here turns engine records (a `RunStatus`, an events.jsonl record) into text; both front ends
+print or show what these return, so a state has one colour and an event one sentence wherever it appears.
+Rich `Text` is returned where a value carries style, so no user-controlled string is ever parsed as markup.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+
+from glmcore.runs import RunStatus
+
+STATE_STYLES = {
+    "created": "dim",
+    "running": "bold green",
+    "stopping": "yellow",
+    "stopped": "yellow",
+    "finished": "cyan",
+    "failed": "bold red",
+    "crashed": "bold red",
+}
+"""One style per run state; a state this version does not know is shown as it is, unstyled."""
+
+MISSING = "—"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A short human duration: 45s, 12m 03s, 3h 07m, 2d 04h; an em dash when unknown."""
+    if seconds is None:
+        return MISSING
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_age(timestamp: str | None, now: datetime) -> str:
+    """How long ago an ISO timestamp was, as `format_duration` writes it."""
+    if not timestamp:
+        return MISSING
+    return format_duration((now - datetime.fromisoformat(timestamp)).total_seconds())
+
+
+def format_loss(loss: float | None) -> str:
+    return MISSING if loss is None else f"{loss:.4f}"
+
+
+def format_speed(tokens_per_s: float | None) -> str:
+    return MISSING if tokens_per_s is None else f"{tokens_per_s:,.0f}"
+
+
+def state_text(state: str, detail: str = "") -> Text:
+    """The state in its style (plain for an unknown one), with an optional unstyled detail after it."""
+    text = Text(state, style=STATE_STYLES.get(state, ""))
+    if detail:
+        text.append(detail)
+    return text
+
+
+def run_cells(status: RunStatus, last_log: dict | None, now: datetime) -> dict[str, str]:
+    """The figures a run's row shows, by column name, as both the `glmtui runs` table and the Runs screen
+    show them: the ETA only while the run is active, the age since it was created."""
+    log = last_log or {}
+    return {
+        "Step": f"{status.step}/{status.total}",
+        "Loss": format_loss(log.get("loss")),
+        "Tok/s": format_speed(log.get("tokens_per_s")),
+        "ETA": format_duration(log.get("eta_s")) if status.is_active else MISSING,
+        "GPUs": ",".join(map(str, status.gpus)) or "cpu",
+        "Age": format_age(status.created or status.started, now),
+    }
+
+
+def progress_summary(log: dict | None) -> str:
+    """The newest training record in one line: loss · tokens/s · ETA."""
+    if log is None:
+        return "starting…"
+    parts = [f"loss {log['loss']:.4f}"] if log.get("loss") is not None else []
+    if log.get("tokens_per_s") is not None:
+        parts.append(f"{log['tokens_per_s']:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(log.get('eta_s'))}")
+    return " · ".join(parts)
+
+
+def event_sentence(record: dict) -> str | None:
+    """A sentence for an event other than the per-step ``log`` records (which curves and tables show)."""
+    kind, step = record.get("kind"), record.get("step")
+    if kind == "log":
+        return None
+    if kind == "start":
+        return f"» started at step {step} of {record.get('total')}"
+    if kind == "checkpoint":
+        return f"» checkpoint saved at step {step}"
+    if kind == "resumed":
+        return f"» resumed from step {step}"
+    if kind == "eval":
+        loss = record.get("eval_loss")
+        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
+    if kind == "end":
+        return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
+    if kind == "failed":
+        return f"» failed at step {step}: {record.get('reason')}"
+    return f"» {kind} at step {step}"
+
+
+def event_line(record: dict) -> str:
+    """One line per event for `glmtui logs --events`: time, step, kind, then its figures."""
+    kind, step = record.get("kind", "?"), record.get("step")
+    head = f"{record.get('time', '')} step {step if step is not None else MISSING:>6} {kind:<10} "
+    if kind == "log":
+        fields = [f"loss {format_loss(record.get('loss'))}"]
+        if record.get("learning_rate") is not None:
+            fields.append(f"lr {record['learning_rate']:.2e}")
+        if record.get("grad_norm") is not None:
+            fields.append(f"grad {record['grad_norm']:.3f}")
+        if record.get("tokens_per_s") is not None:
+            fields.append(f"{record['tokens_per_s']:,.0f} tok/s")
+        if record.get("gpu_memory_gib"):
+            fields.append("mem " + "/".join(f"{gib:.1f}" for gib in record["gpu_memory_gib"]) + " GiB")
+        fields.append(f"ETA {format_duration(record.get('eta_s'))}")
+        return head + "  ".join(fields)
+    details = {key: value for key, value in record.items() if key not in ("kind", "step", "time")}
+    return head + "  ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in details.items()
+    )

@@ -1,0 +1,139 @@
+"""The layering, read from the source: every import of every module (ast, nothing executed).
+
+Imports at any level count: at the top, inside functions, under `if TYPE_CHECKING:`. A package's `__init__`
+importing its own submodules does not (that is how a package exposes them). The rules: no circle inside
+glmcore, glmcore never imports glmtui or textual, and no screen imports the CLI (glmtui.cli, glmtui.commands).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("glmcore", "glmtui")
+CLI = ("glmtui.cli", "glmtui.commands")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {
+        module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def imported_names(path: Path, name: str, known: dict[str, Path]) -> set[str]:
+    """Every module `path` imports: `from a import b` is a.b when that is a module, else a."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
+    if is_package:
+        found = {target for target in found if not target.startswith(name + ".")}
+    return found - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported_names(path, name, known) for name, path in known.items()}
+
+
+def within(names: tuple[str, ...]):
+    """A test for module names that are one of `names` or inside one of them."""
+    return lambda target: any(target == name or target.startswith(name + ".") for name in names)
+
+
+def cycles(graph: dict[str, set[str]], package: str) -> list[list[str]]:
+    """Each strongly connected group of two or more modules of `package` (Tarjan): the circles, by members."""
+    inside = within((package,))
+    nodes = [node for node in graph if inside(node)]
+    edges = {
+        node: sorted(target for target in graph[node] if inside(target) and target in graph) for node in nodes
+    }
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in edges[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in nodes:
+        if node not in index:
+            visit(node)
+    return groups
+
+
+def test_the_graph_is_read_from_every_level_of_a_module() -> None:
+    graph = import_graph()
+    # At the top, inside a function (compare's lazy load_model) and under TYPE_CHECKING (Run): all seen.
+    assert {"glmcore.data", "glmcore.models.loading", "glmcore.runs"} <= graph["glmcore.evaluate"]
+    assert "glmcore.models.loading" not in graph["glmcore"]  # glmcore/__init__.py's own submodule
+    # A package importing its own submodules is not an edge; importing from another package is.
+    assert "glmcore.models.family" not in graph["glmcore.models"]
+    assert "glmcore.models" in graph["glmcore.models.loading"]
+
+
+def test_the_circle_finder_finds_a_circle() -> None:
+    assert cycles({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}}, "p") == [
+        ["p.a", "p.b", "p.c"]
+    ]
+    assert cycles({"p.a": {"p.b"}, "p.b": set()}, "p") == []
+
+
+def test_no_circle_inside_glmcore() -> None:
+    assert cycles(import_graph(), "glmcore") == []
+
+
+def test_glmcore_never_imports_the_app_or_textual() -> None:
+    is_app = within(("glmtui", "textual", "textual_plotext"))
+    offenders = {
+        name: sorted(filter(is_app, targets))
+        for name, targets in import_graph().items()
+        if name.split(".")[0] == "glmcore" and any(map(is_app, targets))
+    }
+    assert offenders == {}
+
+
+def test_no_screen_imports_the_cli() -> None:
+    is_cli = within(CLI)
+    offenders = {
+        name: sorted(filter(is_cli, targets))
+        for name, targets in import_graph().items()
+        if name.startswith("glmtui.screens") and any(map(is_cli, targets))
+    }
+    assert offenders == {}
