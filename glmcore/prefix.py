@@ -96,8 +96,15 @@ def resolve_spec(
 
 
 def check_resumes(checkpoint: Path, pre_seq_len: int, prefix_projection: bool) -> None:
-    """A run resumes only while its config still describes the prefix its checkpoint holds: say both values."""
-    spec, _ = read_prefix_checkpoint(checkpoint)
+    """A run resumes only while its config still describes the prefix its checkpoint holds: say both values.
+
+    A checkpoint whose prefix cannot be read is left to the training process, which names the problem when it
+    loads it (and ``Run.resume_point`` has already passed over checkpoints with cut-short files).
+    """
+    try:
+        spec, _ = read_prefix_checkpoint(checkpoint)
+    except GlmError:
+        return
     for name, saved, configured in (
         ("pre_seq_len", spec.pre_seq_len, pre_seq_len),
         ("prefix_projection", spec.prefix_projection, prefix_projection),
