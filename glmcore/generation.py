@@ -51,6 +51,11 @@ def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = No
     )
 
 
+FINISHED_CHECK_EVERY = 4
+"""generate() asks the GPU whether every row has ended once per this many steps (the rows are cut at
+their end id afterwards): one wait per step would leave the GPU idle while the host launches the next."""
+
+
 def generate(
     model,
     prompts: list[list[int]],
@@ -77,6 +82,7 @@ def generate(
             eos_token_id=eos_token_id,
             sampling=sampling,
             should_stop=should_stop,
+            check_finished_every=FINISHED_CHECK_EVERY,
         )
     )
     if not steps:

@@ -3,7 +3,8 @@
 Our checkpoint folder holds `prefix.safetensors` and `prefix_config.json`, plus a `pytorch_model.bin`
 and `config.json` under the published key names, so ChatGLM-6B's own scripts can read it too. A
 published checkpoint (`checkpoint-N/pytorch_model.bin` with `transformer.prefix_encoder.*` beside a
-`config.json` carrying `pre_seq_len`) loads as well. The prefix is always kept in fp32.
+`config.json` carrying `pre_seq_len`) loads as well, and so does the prefix of a checkpoint that saved the
+whole model as safetensors (ChatGLM3's fine-tuning demo). The prefix is always kept in fp32.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
         state = read_weights(checkpoint / PREFIX_WEIGHTS)
     elif (checkpoint / PUBLISHED_WEIGHTS).is_file():
         state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)
+    elif whole_model_files := _whole_model_safetensors(checkpoint):
+        state = _prefix_tensors_of(whole_model_files)
     else:
         raise GlmError(
-            f"{checkpoint} holds no prefix: expected {PREFIX_WEIGHTS} or a ChatGLM-6B ptuning {PUBLISHED_WEIGHTS}."
+            f"{checkpoint} holds no prefix: expected {PREFIX_WEIGHTS}, a ptuning {PUBLISHED_WEIGHTS}, or the "
+            "safetensors of a whole model saved with its prefix."
         )
     prefix_state = {
         key[len(KEY_PREFIX) :]: value for key, value in state.items() if key.startswith(KEY_PREFIX)
@@ -58,6 +62,29 @@ def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
             f"{checkpoint} has weights but no {KEY_PREFIX}* tensors: it is not a P-tuning checkpoint."
         )
     return prefix_state
+
+
+def _whole_model_safetensors(checkpoint: Path) -> list[Path]:
+    """The safetensors of a checkpoint that saved the whole model (ChatGLM3's fine-tuning demo does)."""
+    index = checkpoint / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = {name for key, name in weight_map.items() if key.startswith(KEY_PREFIX)}
+        return [checkpoint / name for name in sorted(names) if Path(name).name == name]
+    single = checkpoint / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def _prefix_tensors_of(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Only the prefix's tensors of safetensors files (the base weights in them are never read)."""
+    from safetensors import safe_open
+
+    state = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as weights:
+            names = weights.keys()
+            state.update({key: weights.get_tensor(key) for key in names if key.startswith(KEY_PREFIX)})
+    return state
 
 
 def read_prefix_checkpoint(checkpoint: Path) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:

@@ -20,9 +20,18 @@ CHATGLM_6B = ModelFamily(
     name="chatglm-6b", title="ChatGLM-6B", package="glmcore.models.chatglm6b", tokenizer_file="ice_text.model"
 )
 
-FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B,)
+CHATGLM2_6B = ModelFamily(
+    name="chatglm2-6b", title="ChatGLM2-6B", package="glmcore.models.chatglm2", tokenizer_file="tokenizer.model"
+)
+CHATGLM3_6B = ModelFamily(
+    name="chatglm3-6b", title="ChatGLM3-6B", package="glmcore.models.chatglm3", tokenizer_file="tokenizer.model"
+)
+
+FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)
 
 __all__ = [
+    "CHATGLM2_6B",
+    "CHATGLM3_6B",
     "CHATGLM_6B",
     "FAMILIES",
     "ModelFamily",

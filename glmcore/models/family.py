@@ -70,7 +70,8 @@ class ModelShape:
     def linear_parameters(self) -> int:
         """Weights of the Linear layers inside the transformer blocks (what 8- and 4-bit quantize)."""
         hidden, inner = self.hidden_size, self.inner_hidden_size
-        per_layer = 3 * hidden * hidden + hidden * hidden + 2 * hidden * inner
+        query_key_value = hidden * (hidden + (self.key_value_width or 2 * hidden))
+        per_layer = query_key_value + hidden * hidden + 2 * hidden * inner
         return self.num_layers * per_layer
 
     @property

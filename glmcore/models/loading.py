@@ -15,8 +15,9 @@ from glmcore.models.checkpoint import find_unreadable_weights, require_complete
 from glmcore.prefix import read_checked_prefix, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
-# The prefix trains in fp32 and the LM head shares its weight with the embedding: neither is quantized.
-NOT_QUANTIZED = ["lm_head", "prefix_encoder"]
+# The prefix trains in fp32, and bitsandbytes leaves the LM head / output layer alone: it becomes int8 rows
+# with the embedding (glmcore/models/quantized_embedding.py, docs/decisions.md).
+NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
 
 
 def default_device() -> str:
@@ -64,8 +65,9 @@ def load_model(
 
     `family` (the `family = ...` setting) names the model family when config.json alone cannot tell.
 
-    At 4 and 8 bits the tied embedding / LM head is also stored in int8 (`quantize_embedding`, on by
-    default there), which halves the largest piece left in 16-bit; see glmcore/models/quantized_embedding.py.
+    At 4 and 8 bits the embedding and the LM head (one tied matrix in ChatGLM-6B, two in ChatGLM2/3) are also
+    stored in int8 (`quantize_embedding`, on by default there), which halves the largest pieces left in 16-bit;
+    see glmcore/models/quantized_embedding.py.
 
     With `prefix_checkpoint`, `pre_seq_len` and `prefix_projection` default to the checkpoint's and must
     agree with it when given. With only `pre_seq_len`, a freshly initialised prefix is attached.
@@ -109,9 +111,12 @@ def load_model(
         raise GlmError(problem) from error
     model.model_family = model_family  # see glmcore.models.family_of
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
-        from glmcore.models.quantized_embedding import quantize_tied_embedding
+        from glmcore.models import quantized_embedding
 
-        quantize_tied_embedding(model)
+        if model.config.tie_word_embeddings:
+            quantized_embedding.quantize_tied_embedding(model)
+        else:
+            quantized_embedding.quantize_untied_embeddings(model)
     set_prefix(model, spec, prefix_state)
     return model.eval()
 

@@ -156,8 +156,14 @@ class StaticDecoder:
         eos_token_id: int,
         sampling: Sampling = Sampling(),
         should_stop: Callable[[], bool] | None = None,
+        check_finished_every: int = 1,
     ) -> Iterator[torch.Tensor]:
-        """Yield the next token of every row [batch] until all rows ended or `max_new_tokens` were made."""
+        """Yield the next token of every row [batch] until all rows ended or `max_new_tokens` were made.
+
+        Whether all rows ended is read from the GPU every `check_finished_every` steps: each reading waits
+        for the GPU, which then idles while the next step is launched. With a larger value the host queues
+        steps ahead of the GPU, and up to that many steps of `eos_token_id` may follow the end of every row.
+        """
         length = input_ids.shape[1]
         max_new_tokens = min(max_new_tokens, self.capacity - length)
         generator = None
@@ -170,7 +176,9 @@ class StaticDecoder:
             token = token.masked_fill(finished, eos_token_id)
             yield token
             finished |= token == eos_token_id
-            if step == max_new_tokens - 1 or bool(finished.all()) or (should_stop and should_stop()):
+            if step == max_new_tokens - 1 or (should_stop and should_stop()):
+                return
+            if (step + 1) % check_finished_every == 0 and bool(finished.all()):
                 return
             index = length + step
             self.token.copy_(token[:, None])

@@ -1,0 +1,434 @@
+"""ChatGLM2-6B and ChatGLM3-6B (one architecture) as a transformers model, written from the published one.
+
+Read top to bottom: the rotary embedding, the mask, the P-tuning v2 prefix, attention, the MLP, the
+block, the stack and the LM head. The published tensor names are kept (`transformer.embedding.
+word_embeddings`, `transformer.encoder.layers.N.self_attention.query_key_value`, `transformer.
+output_layer`, ...), so the published `.bin` shards and P-tuning checkpoints load without renaming.
+
+Differences from the published code, none visible in the logits: hidden states are [batch, seq, hidden]
+instead of [seq, batch, hidden]; the cache is transformers' (keys [batch, groups, seq, channels]);
+rotary angles are computed from the position ids directly rather than gathered from a table of
+`seq_length` rows (the same products, so the same values); the published per-layer query scaling is plain
+scaled attention with an fp32 softmax, which SDPA gives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from glmcore.models.chatglm2.configuration import ChatGLM2Config
+
+# transformers renamed the cache argument and output field from `past_key_values` to `cache` during 5.x.
+CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+ROTARY_BASE = 10000
+
+
+# --- rotary embedding ------------------------------------------------------------------------------
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """cos and sin [batch, 1, seq, kv_channels/4] for positions [batch, seq].
+
+    Only the first half of each head rotates (kv_channels/2 dims, as kv_channels/4 pairs); the
+    frequencies are 1/10000^(2i/(kv_channels/2)), computed in fp32 as ChatGLM3's code does.
+    """
+    rotary_dims = kv_channels // 2
+    exponents = torch.arange(0, rotary_dims, 2, device=position_ids.device, dtype=torch.float32) / rotary_dims
+    angles = position_ids[..., None].float() * (1.0 / ROTARY_BASE**exponents)
+    return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, heads, seq, channels]."""
+    cos, sin = rotary
+    rotated_dims = 2 * cos.shape[-1]
+    pairs = x[..., :rotated_dims].unflatten(-1, (-1, 2))
+    even, odd = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated, x[..., rotated_dims:]), dim=-1)
+
+
+# --- attention mask --------------------------------------------------------------------------------
+
+
+def attention_mask_for(
+    attention_mask: torch.Tensor | None, batch: int, length: int, past_length: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """(boolean mask [batch, 1, queries, past + queries] where True may attend, or None; is_causal).
+
+    The published rule: causal over the past (prefix and cache) and the new tokens, padded keys hidden;
+    without any past, rows of padding attend to everything (so they never attend to nothing). A batch
+    without padding needs no mask: SDPA's causal flag, or nothing for a single new token.
+    """
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    if not padded:
+        if past_length == 0:
+            return None, length > 1
+        if length == 1:
+            return None, False
+    query_index = torch.arange(past_length, past_length + length, device=device)
+    key_index = torch.arange(past_length + length, device=device)
+    allowed = (key_index[None, :] <= query_index[:, None]).expand(batch, length, past_length + length)
+    if padded:
+        allowed = allowed & attention_mask[:, None, :].bool()
+        if past_length == 0:
+            allowed = allowed | ~attention_mask[:, :, None].bool()
+    return allowed[:, None], False
+
+
+# --- P-tuning v2 prefix ----------------------------------------------------------------------------
+
+
+class PrefixEncoder(nn.Module):
+    """`pre_seq_len` trained virtual tokens that are the attention cache of every layer.
+
+    Each row holds layers·2·groups·kv_channels values, read as [layer, key/value, group, channel]. With
+    projection, an embedding of that width goes through Linear(width, hidden) → tanh → Linear(hidden,
+    width), as published. Parameter names match the published ones.
+    """
+
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__()
+        self.prefix_projection = config.prefix_projection
+        width = prefix_width(config)
+        self.embedding = nn.Embedding(config.pre_seq_len, width)
+        if self.prefix_projection:
+            self.trans = nn.Sequential(
+                nn.Linear(width, config.hidden_size), nn.Tanh(), nn.Linear(config.hidden_size, width)
+            )
+        for part in self.modules():
+            part.is_prefix_part = hasattr(part, "reset_parameters")
+
+    def forward(self) -> torch.Tensor:
+        """Keys and values [pre_seq_len, layers·2·groups·kv_channels]."""
+        weight = self.embedding.weight
+        return self.trans(weight) if self.prefix_projection else weight
+
+
+def prefix_width(config) -> int:
+    """Values per virtual token: layers × 2 × groups × kv_channels."""
+    return config.num_layers * 2 * config.multi_query_group_num * config.kv_channels
+
+
+# --- the transformer -------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
+        return (self.weight * (hidden_states * torch.rsqrt(variance + self.eps))).to(hidden_states.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-query attention: all query heads, then the keys and the values of a few groups, in one projection;
+    each group serves that many adjacent query heads."""
+
+    def __init__(self, config: ChatGLM2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.groups = config.multi_query_group_num
+        self.kv_channels = config.kv_channels
+        projection = self.num_heads * self.kv_channels
+        self.query_key_value = nn.Linear(config.hidden_size, projection + 2 * self.groups * self.kv_channels)
+        self.dense = nn.Linear(projection, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        mask: tuple[torch.Tensor | None, bool],
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        batch, length, _ = hidden_states.shape
+        channels = self.kv_channels
+        query, key, value = self.query_key_value(hidden_states).split(
+            [self.num_heads * channels, self.groups * channels, self.groups * channels], dim=-1
+        )
+        query = apply_rotary(query.view(batch, length, self.num_heads, channels).transpose(1, 2), rotary)
+        key = apply_rotary(key.view(batch, length, self.groups, channels).transpose(1, 2), rotary)
+        value = value.view(batch, length, self.groups, channels).transpose(1, 2)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        if prefix is not None:
+            key = torch.cat((prefix[0], key), dim=2)
+            value = torch.cat((prefix[1], value), dim=2)
+        attention_mask, is_causal = mask
+        context = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
+        )
+        return self.dense(context.transpose(1, 2).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: one projection to 2 × ffn_hidden_size, silu(first half) × second half, back to hidden."""
+
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, 2 * config.ffn_hidden_size, bias=False)
+        self.dense_4h_to_h = nn.Linear(config.ffn_hidden_size, config.hidden_size, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        gate, up = self.dense_h_to_4h(hidden_states).chunk(2, dim=-1)
+        return self.dense_4h_to_h(F.silu(gate) * up)
+
+
+class GLMBlock(GradientCheckpointingLayer):
+    """Pre-norm block: x + attention(norm(x)), then that + mlp(norm(that))."""
+
+    def __init__(self, config: ChatGLM2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
+        self.self_attention = SelfAttention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        mask: tuple[torch.Tensor | None, bool],
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: Cache | None = None,
+    ) -> torch.Tensor:
+        hidden_states = hidden_states + self.self_attention(
+            self.input_layernorm(hidden_states), rotary, mask, prefix, cache
+        )
+        return hidden_states + self.mlp(self.post_attention_layernorm(hidden_states))
+
+
+class Embedding(nn.Module):
+    """Holds the word embeddings under the published name `transformer.embedding.word_embeddings`."""
+
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.padded_vocab_size, config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.word_embeddings(input_ids)
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(GLMBlock(config, index) for index in range(config.num_layers))
+        self.final_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
+
+
+class ChatGLM2PreTrainedModel(PreTrainedModel):
+    config_class = ChatGLM2Config
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMBlock"]
+    _supports_sdpa = True
+    # The checkpoint stores rotary frequencies the published code never reads; they are computed instead.
+    _keys_to_ignore_on_load_unexpected = [r"rotary_pos_emb\.inv_freq"]
+    # A prefix is loaded separately from its own checkpoint, never from the base model's shards.
+    _keys_to_ignore_on_load_missing = [r"prefix_encoder\."]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The published prefix starts from PyTorch's default initialisation (an N(0, 1) embedding).
+        if getattr(module, "is_prefix_part", False):
+            module.reset_parameters()
+            return
+        if isinstance(module, RMSNorm):
+            module.weight.data.fill_(1.0)
+            return
+        super()._init_weights(module)
+
+
+class ChatGLM2Model(ChatGLM2PreTrainedModel):
+    """Embedding, the blocks, the final RMSNorm and the untied output layer; optionally a P-tuning v2 prefix."""
+
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__(config)
+        self.embedding = Embedding(config)
+        self.encoder = Encoder(config)
+        self.output_layer = nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False)
+        self.prefix_encoder = PrefixEncoder(config) if config.pre_seq_len else None
+        self.prefix_dropout = nn.Dropout(0.1)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embedding.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embedding.word_embeddings = value
+
+    def prefix_keys_values(
+        self, batch_size: int, dtype: torch.dtype
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (key, value) [batch, groups, pre_seq_len, kv_channels], dropout applied in training."""
+        config = self.config
+        flat = self.prefix_encoder().to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+        per_layer = (
+            self.prefix_dropout(flat)
+            .view(
+                batch_size,
+                config.pre_seq_len,
+                config.num_layers,
+                2,
+                config.multi_query_group_num,
+                config.kv_channels,
+            )
+            .permute(2, 3, 0, 4, 1, 5)
+        )
+        return [(layer[0], layer[1]) for layer in per_layer]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> BaseModelOutputWithPast:
+        config = self.config
+        use_cache = config.use_cache if use_cache is None else use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and cache is None:
+            cache = DynamicCache()
+        cache_length = cache.get_seq_length() if cache is not None else 0
+        hidden_states = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length, _ = hidden_states.shape
+        if position_ids is None:
+            position_ids = torch.arange(cache_length, cache_length + length, device=hidden_states.device)
+            position_ids = position_ids.expand(batch, length)
+        prefix = None
+        prefix_length = 0
+        if self.prefix_encoder is not None:
+            prefix = self.prefix_keys_values(batch, hidden_states.dtype)
+            prefix_length = config.pre_seq_len
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = (
+                attention_mask,
+                False,
+            )  # prepared by the caller, prefix columns included (static decoding)
+        else:
+            if prefix is not None and attention_mask is not None:
+                attention_mask = torch.cat(
+                    (attention_mask.new_ones(batch, prefix_length), attention_mask), dim=-1
+                )
+            mask = attention_mask_for(
+                attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
+            )
+        rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype)
+        for index, layer in enumerate(self.encoder.layers):
+            hidden_states = layer(
+                hidden_states,
+                rotary,
+                mask,
+                prefix[index] if prefix is not None else None,
+                cache if use_cache else None,
+            )
+        hidden_states = self.encoder.final_layernorm(hidden_states)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None}
+        )
+
+
+class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin):
+    """The model with its loss and generation hooks; the LM head is `transformer.output_layer` (untied)."""
+
+    def __init__(self, config: ChatGLM2Config) -> None:
+        super().__init__(config)
+        self.transformer = ChatGLM2Model(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.embedding.word_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.transformer.output_layer
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.transformer.output_layer = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits (and the mean cross-entropy over labels that are not -100, shifted by one, in fp32)."""
+        outputs = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache if cache is not None else past_key_values,
+            use_cache=use_cache,
+            inputs_embeds=inputs_embeds,
+        )
+        hidden_states = outputs.last_hidden_state
+        cache_out = {CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
+        num_items = kwargs.get("num_items_in_batch")
+        if labels is not None and self.training:
+            # Training needs logits only where there is a label.
+            loss = self.labelled_positions_loss(hidden_states, labels, num_items)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **cache_out)
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        logits = self.transformer.output_layer(hidden_states)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits.float(),
+                labels=labels,
+                vocab_size=self.config.padded_vocab_size,
+                num_items_in_batch=num_items,
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_out)
+
+    def labelled_positions_loss(
+        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    ) -> torch.Tensor:
+        """Cross-entropy of next-token predictions in fp32, summed over labels that are not -100, divided by
+        their count (or by the whole accumulated batch's count, `num_items_in_batch`, from the Trainer)."""
+        targets = labels[:, 1:]
+        selected = targets != -100
+        logits = self.transformer.output_layer(hidden_states[:, :-1][selected]).float()
+        total = F.cross_entropy(logits, targets[selected], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
+        if isinstance(count, torch.Tensor):
+            count = count.to(total.device)
+        return total / count
+
+    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
+        """Positions count real tokens from 0 (left padding gets 0), as the published tokenizer gives them."""
+        kwargs.pop("position_ids", None)
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        new_length = model_inputs["input_ids"].shape[1]
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        else:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        model_inputs["position_ids"] = positions[..., -new_length:].contiguous()
+        return model_inputs
