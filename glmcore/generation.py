@@ -46,9 +46,8 @@ def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = No
     the answers as the family's published prediction (evaluation) path does."""
     from glmcore.models import family_of
 
-    return family_of(model).implementation().new_decoder(
-        model, batch, capacity, use_graph=use_graph, prediction=prediction
-    )
+    implementation = family_of(model).implementation()
+    return implementation.new_decoder(model, batch, capacity, use_graph=use_graph, prediction=prediction)
 
 
 FINISHED_CHECK_EVERY = 4
