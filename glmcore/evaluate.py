@@ -9,8 +9,10 @@ tiny-model predictions matched batch size 1).
 
 Generation is batched: prompts are sorted by length (so each batch pads little, longest first so a batch that does
 not fit shows at once), left-padded, run through `generate` with the KV cache, and put back in the data's order.
-Predictions are the new tokens decoded with special tokens skipped, with no clean-up, and are scored exactly as
-written to `generated_predictions.txt`.
+Positions follow the published prediction path, which places the answer at a `[MASK]` written in the prompt before
+the `[gMASK]` (chat and training take `[gMASK]` first). Predictions are the new tokens decoded with special tokens
+skipped; they are scored as decoded, as the published `compute_metrics` scores them, and written to
+`generated_predictions.txt` stripped of surrounding whitespace, labels too, as the published script writes it.
 
 An evaluation folder holds `generated_predictions.txt` (ChatGLM-6B's form), `examples.jsonl` (per example: input,
 label, prediction, scores) and `results.json`, written last: a folder with `results.json` is complete. A comparison
@@ -230,6 +232,7 @@ def _generate_batch(
         sampling=settings.sampling_options(),
         decoder=decoder if len(prompts) == decoder.batch else None,
         should_stop=cancel.is_set,
+        prediction=True,
     )
     return rows[:real]
 
@@ -264,7 +267,7 @@ def _generate_all(
         try:
             if decoder is None or decoder.batch != batch_size:
                 decoder = None
-                decoder = new_decoder(model, batch_size, capacity)
+                decoder = new_decoder(model, batch_size, capacity, prediction=True)
             rows = _generate_batch(
                 decoder, tokenizer, [prompts[index] for index in indices], settings, cancel
             )
@@ -390,7 +393,10 @@ def write_evaluation(result: EvalResult) -> None:
     atomic_write_text(
         folder / PREDICTIONS_FILE,
         "".join(
-            json.dumps({"labels": example.label, "predict": example.prediction}, ensure_ascii=False) + "\n"
+            json.dumps(
+                {"labels": example.label.strip(), "predict": example.prediction.strip()}, ensure_ascii=False
+            )
+            + "\n"
             for example in result.examples
         ),
     )

@@ -41,11 +41,13 @@ def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator |
     return order.gather(-1, choice).squeeze(-1)
 
 
-def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
-    """The fast decoder of `model`'s family for `batch` rows of up to `capacity` positions."""
+def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
+    """The fast decoder of `model`'s family for `batch` rows of up to `capacity` positions; `prediction` places
+    the answers as the family's published prediction (evaluation) path does."""
     from glmcore.models import family_of
 
-    return family_of(model).implementation().new_decoder(model, batch, capacity, use_graph=use_graph)
+    implementation = family_of(model).implementation()
+    return implementation.new_decoder(model, batch, capacity, use_graph=use_graph, prediction=prediction)
 
 
 FINISHED_CHECK_EVERY = 4
@@ -63,10 +65,11 @@ def generate(
     sampling: Sampling = Sampling(),
     decoder=None,
     should_stop: Callable[[], bool] | None = None,
+    prediction: bool = False,
 ) -> list[list[int]]:
     """New tokens for each prompt (ids, left-padded here), each list ending at and including `<eop>`."""
     longest = max(map(len, prompts))
-    decoder = decoder or new_decoder(model, len(prompts), longest + max_new_tokens)
+    decoder = decoder or new_decoder(model, len(prompts), longest + max_new_tokens, prediction=prediction)
     device = decoder.device
     input_ids = torch.tensor([[pad_token_id] * (longest - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)

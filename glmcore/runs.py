@@ -811,6 +811,10 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
         if status.state == "finished":
             raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
         point = run.resume_point()
+        if point.checkpoint is not None and run.config.method == "ptuning-v2":
+            from glmcore.prefix import check_resumes
+
+            check_resumes(point.checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
         step = point.checkpoint.step if point.checkpoint else 0
         run.append_event(
             "resumed",

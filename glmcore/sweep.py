@@ -2,7 +2,7 @@
 
 The published P-tuning v2 recipe names PRE_SEQ_LEN and LR as the knobs to tune; a sweep turns
 ``--set pre_seq_len=64,128 --set learning_rate=1e-2,2e-2`` into four ordinary run folders whose names say their
-values. Every combination is checked with the same ``validate`` as ``glmtui train`` before any folder is
+values. Every combination is checked with the same ``preflight.check`` as ``glmtui train`` before any folder is
 created, so a sweep either starts whole or not at all. Each run folder holds ``sweep.json`` (the sweep id, the
 run's place in it and its own values), which is how ``glmtui runs`` and the Runs screen group them.
 """
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from glmcore.config import ConfigError, Problem, RunConfig, validate
+from glmcore import preflight
+from glmcore.config import ConfigError, Problem, RunConfig
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
 from glmcore.workspace import atomic_write_text
@@ -161,7 +162,7 @@ def expand(base: RunConfig, axes: dict[str, list[object]]) -> list[SweepPoint]:
 
 def problems(points: list[SweepPoint], *, runs_dir: Path) -> list[tuple[SweepPoint, Problem]]:
     """Every problem of every combination (the checks of ``glmtui train``); empty when all can start."""
-    return [(point, problem) for point in points for problem in validate(point.config, runs_dir=runs_dir)]
+    return [(point, problem) for point in points for problem in preflight.check(point.config, runs_dir=runs_dir)]
 
 
 def new_sweep_id(base: RunConfig) -> str:

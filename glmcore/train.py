@@ -145,9 +145,12 @@ def trainer_class(method: str):
             save_prefix_checkpoint(self.model, Path(output_dir or self.args.output_dir))
 
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-            from glmcore.prefix import read_checked_prefix
+            from glmcore.prefix import check_resumes, read_checked_prefix
 
             model = model or self.model
+            check_resumes(
+                Path(resume_from_checkpoint), model.config.pre_seq_len, model.config.prefix_projection
+            )
             # Loaded into the encoder in place: the optimizer already holds its parameters.
             _, state = read_checked_prefix(resume_from_checkpoint, model.config)
             model.transformer.prefix_encoder.load_state_dict(state)
@@ -221,8 +224,8 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         warmup_steps=config.warmup_steps,
         lr_scheduler_type=config.lr_scheduler,
         logging_steps=config.logging_steps,
-        # The filter reads every micro-batch's loss back from the GPU (a wait per micro-batch); a NaN loss is
-        # logged as NaN instead.
+        # The filter reads every micro-batch's loss back from the GPU (a wait per micro-batch), and it would hide a
+        # diverged loss, which must show (and stop the run, see stop_on_nan).
         logging_nan_inf_filter=False,
         save_strategy="steps",
         save_steps=config.save_steps,

@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from glmcore.config import RunConfig, validate
+from glmcore import preflight
+from glmcore.config import RunConfig
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, Run, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
@@ -150,7 +151,7 @@ def train(args: argparse.Namespace) -> int:
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
-    problems = validate(config, runs_dir=workspace.runs_dir)
+    problems = preflight.check(config, runs_dir=workspace.runs_dir)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")

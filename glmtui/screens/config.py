@@ -1,6 +1,6 @@
 """The config editor: a run's settings on the left; the VRAM estimate, problems and command line beside them.
 
-Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``validate`` reads the model
+Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model
 folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
 the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
 
@@ -25,8 +25,9 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from glmcore import preflight
 from glmcore import runs as run_control
-from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, validate
+from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
@@ -363,6 +364,8 @@ class ConfigScreen(WorkbenchScreen):
         if config is None:
             self._show(problems, None)
             return
+        if not preflight.data_checked(config):  # a large file takes seconds: say so until its verdict comes
+            self.query_one("#config-problems", Static).update(Text("Checking the data files…", style="dim"))
         self.check_config(config, dict(self.axes))
 
     def _show_effective_batch(self) -> None:
@@ -392,7 +395,7 @@ class ConfigScreen(WorkbenchScreen):
         estimate = estimate_vram(shape, config) if shape else None
         saved = self._is_saved(config)
         if not axes:
-            self.post_message(ConfigChecked(config, validate(config, runs_dir=runs_dir), estimate, saved))
+            self.post_message(ConfigChecked(config, preflight.check(config, runs_dir=runs_dir), estimate, saved))
             return
         try:
             points = expand(config, axes)
@@ -522,7 +525,7 @@ class ConfigScreen(WorkbenchScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig) -> None:
         """Validate once more, create the run folder and launch it detached; then show it."""
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
+        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         run = self.workbench.run_store.create(config)

@@ -146,6 +146,8 @@ class RunsScreen(RunActions):
         self.post_message(RunsRead(rows, queue_problem))
 
     def on_runs_read(self, message: RunsRead) -> None:
+        if not self.query("#runs-table"):
+            return  # read by a worker while the screen was being taken down (the app closing)
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
@@ -185,6 +187,8 @@ class RunsScreen(RunActions):
             self.refresh_runs()
 
     def selected_run(self) -> Run | None:
+        if not self.query("#runs-table"):
+            return None  # a key reached the screen before it was built (type-ahead over a slow link)
         table = self.query_one("#runs-table", DataTable)
         if not table.row_count:
             return None

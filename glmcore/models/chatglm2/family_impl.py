@@ -77,8 +77,9 @@ def write_tiny_checkpoint(path, **options):
     return write_tiny(path, **{"flavour": "chatglm2", **options})
 
 
-def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
-    """The static-cache decoder (glmcore.generation's loop) for this architecture."""
+def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
+    """The static-cache decoder (glmcore.generation's loop) for this architecture; `prediction` changes nothing
+    (positions here are plain, with no `[MASK]` rule to follow)."""
     from glmcore.models.chatglm2.decoding import new_decoder as make
 
     return make(model, batch, capacity, use_graph=use_graph)

@@ -47,10 +47,14 @@ class StaticDecoder:
 
     `capacity` bounds prompt length plus new tokens. The CUDA graph is captured on the first step and
     kept for later batches of the same batch size and capacity (evaluation feeds many such batches).
+    `mask_first` places the answer at a prompt's `[MASK]` before its `[gMASK]` (see `glm_position_ids`).
     """
 
-    def __init__(self, model, batch: int, capacity: int, *, use_graph: bool | None = None) -> None:
+    def __init__(
+        self, model, batch: int, capacity: int, *, use_graph: bool | None = None, mask_first: bool = False
+    ) -> None:
         self.model = model
+        self.mask_first = mask_first
         self.config = model.config
         parameter = next(model.parameters())
         self.device = parameter.device
@@ -122,7 +126,7 @@ class StaticDecoder:
             (batch, 1, length, prefix + self.capacity), self.hidden, dtype=self.dtype, device=self.device
         )
         prompt_mask[..., : prefix + length].masked_fill_(full_mask, 0.0)
-        positions = glm_position_ids(input_ids, attention_mask, self.config)
+        positions = glm_position_ids(input_ids, attention_mask, self.config, mask_first=self.mask_first)
         self.cache.write_index = torch.arange(length, device=self.device)
         self.cache.length = length
         logits = self.model(

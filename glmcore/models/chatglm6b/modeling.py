@@ -55,11 +55,17 @@ def context_lengths(input_ids: torch.Tensor, bos_token_id: int) -> torch.Tensor:
 
 
 def glm_position_ids(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: ChatGLMConfig
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: ChatGLMConfig,
+    *,
+    mask_first: bool = False,
 ) -> torch.Tensor:
     """The 2D positions [batch, 2, seq] of whole sequences, as the published model assigns them.
 
-    The mask position is the first `[gMASK]`, else the first `[MASK]`, else the token before `<sop>`.
+    The mask position is the first `[gMASK]`, else the first `[MASK]`, else the token before `<sop>`. With
+    `mask_first` a `[MASK]` comes before `[gMASK]`, as in the published prediction path (ptuning/main.py pads
+    its prompts through the tokenizer, whose padding builds the positions that way).
     Positions count from each row's first real token, so left padding does not shift them.
     """
     batch, length = input_ids.shape
@@ -67,9 +73,11 @@ def glm_position_ids(
     context_end = context_lengths(input_ids, config.bos_token_id)
     gmask_index, has_gmask = first_index(input_ids, config.gmask_token_id)
     mask_index, has_mask = first_index(input_ids, config.mask_token_id)
-    mask_position = torch.where(
-        has_gmask, gmask_index, torch.where(has_mask, mask_index, (context_end - 1).clamp(min=0))
-    )
+    fallback = (context_end - 1).clamp(min=0)
+    if mask_first:
+        mask_position = torch.where(has_mask, mask_index, torch.where(has_gmask, gmask_index, fallback))
+    else:
+        mask_position = torch.where(has_gmask, gmask_index, torch.where(has_mask, mask_index, fallback))
     first_real = (
         attention_mask.long().argmax(dim=-1) if attention_mask is not None else torch.zeros_like(context_end)
     )
