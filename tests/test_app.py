@@ -88,7 +88,7 @@ async def test_config_editor_checks_live_and_saves_the_toml(tmp_path: Path) -> N
         screen.query_one("#gradient_accumulation_steps", Input).focus()
         await pilot.press("ctrl+a", "ctrl+k", "4")  # clear the field by keys, then type 4
         await pilot.pause()
-        assert "effective batch 8 = 2 × 4" in str(screen.query_one("#effective-batch", Static).render())
+        assert "8 = 2 × 4" in str(screen.query_one("#effective-batch", Static).render())
 
         screen.query_one("#learning_rate", Input).focus()
         await pilot.press("ctrl+a", "ctrl+k", *"fast")
@@ -106,6 +106,45 @@ async def test_config_editor_checks_live_and_saves_the_toml(tmp_path: Path) -> N
         saved = RunConfig.load(workspace.root / "configs" / "tiny-ptuning.toml")
         assert (saved.learning_rate, saved.gradient_accumulation_steps) == (0.005, 4)
         assert saved.model_path == workspace.models_dir / "tiny-chatglm"
+
+
+async def test_config_editor_shows_the_chosen_methods_fields_and_the_real_6b_estimate(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConfigScreen)
+        screen.load(tiny_config(workspace))
+        await settle(pilot)
+
+        def shown(name: str) -> bool:
+            return screen.query_one(f"#row-{name}").display
+
+        assert shown("pre_seq_len") and shown("prefix_projection") and not shown("lora_rank")
+        toggle = screen.query_one("#prefix_projection")
+        assert str(toggle.render()).strip() == "▐ ▌ off"
+        toggle.focus()
+        await pilot.press("space")
+        await settle(pilot)
+        assert str(toggle.render()).strip() == "▐X▌ on"
+        estimate = str(screen.query_one("#config-estimate", Static).render())
+        assert "this model ChatGLM-6B" in estimate and "total" in estimate
+
+        screen.query_one("#method").focus()
+        await pilot.press("enter", "down", "enter")  # ptuning-v2 -> lora
+        await settle(pilot)
+        assert [shown(name) for name in ("lora_rank", "lora_alpha", "lora_dropout")] == [True] * 3
+        assert not shown("pre_seq_len") and not shown("prefix_projection")
+        screen.query_one("#lora_rank", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k", "1", "6")
+        await settle(pilot)
+        assert screen.current_config().lora_rank == 16 and screen.problems == []
+
+        screen.query_one("#per_device_train_batch_size", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k")
+        await settle(pilot)
+        estimate = str(screen.query_one("#config-estimate", Static).render())
+        assert estimate == "VRAM estimate waits for Batch per GPU: fill this in"
 
 
 async def test_config_editor_reports_a_missing_model_folder(tmp_path: Path) -> None:

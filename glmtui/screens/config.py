@@ -1,8 +1,11 @@
-"""The config editor: a run's settings on the left; the VRAM estimate, problems and command line beside them.
+"""The config editor: the paths across the top, a run's settings on the left, the checks beside them.
 
-Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``validate`` reads the model
-folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
-the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
+Paths get the full width (they are the long values); the settings below show only the fields of the chosen
+method (prefix length and Prefix MLP for P-tuning v2, rank/alpha/dropout for LoRA). Every change rebuilds a
+``RunConfig`` from the form and checks it in a worker (``validate`` reads the model folder, the data files and
+the disk), so the side panel is always about what the form says now: the problems, and the VRAM estimate for
+this model next to what the same settings need on the real ChatGLM-6B. ctrl+s saves the TOML under configs/
+(what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
 """
 
 from __future__ import annotations
@@ -24,15 +27,30 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 from glmcore import runs as run_control
 from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, validate
 from glmcore.data import SUPPORTED_SUFFIXES
+from glmcore.download import format_bytes
 from glmcore.errors import GlmError
-from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
+from glmcore.estimate import CHATGLM_6B, ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
+QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
+REFERENCE_SHAPE = CHATGLM_6B
+"""The published ChatGLM-6B's shape: the estimate beside the form says what the settings need on it (the one
+place the editor names it)."""
+REFERENCE_NAME = "ChatGLM-6B"
+PATH_FIELDS = ("name", "model_path", "train_file", "validation_file")
+METHOD_FIELDS = {
+    "ptuning-v2": ("pre_seq_len", "prefix_projection"),
+    "lora": ("lora_rank", "lora_alpha", "lora_dropout"),
+    "full": (),
+}
+"""The fields each method uses; the form shows only the chosen method's."""
 INTEGER_FIELDS = (
     "pre_seq_len",
+    "lora_rank",
+    "lora_alpha",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "max_steps",
@@ -41,19 +59,24 @@ INTEGER_FIELDS = (
     "max_source_length",
     "max_target_length",
 )
-TEXT_FIELDS = ("name", "model_path", "train_file", "validation_file")
+TEXT_FIELDS = PATH_FIELDS
+NUMBER_FIELDS = ("learning_rate", "lora_dropout")
 FIELD_LABELS = {
     "name": "Name",
     "model_path": "Model folder",
     "train_file": "Train file",
     "validation_file": "Validation file",
     "method": "Method",
-    "quantization_bit": "Quantization bit",
+    "quantization_bit": "Quantization",
     "pre_seq_len": "Prefix length",
     "prefix_projection": "Prefix MLP",
+    "lora_rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
     "learning_rate": "Learning rate",
     "per_device_train_batch_size": "Batch per GPU",
     "gradient_accumulation_steps": "Accumulation",
+    "effective_batch": "Effective batch",
     "max_steps": "Steps",
     "save_steps": "Save every",
     "logging_steps": "Log every",
@@ -64,13 +87,35 @@ FIELD_LABELS = {
 
 
 class ConfigChecked(Message):
-    """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
+    """The checks of one form state: problems, and the VRAM estimates (or why this model's cannot be made)."""
 
-    def __init__(self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def __init__(self, config: RunConfig, problems: list[Problem], estimates: Estimates) -> None:
         super().__init__()
         self.config = config
         self.problems = problems
-        self.estimate = estimate
+        self.estimates = estimates
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """The estimate for the form's model folder (or why there is none) and for the real ChatGLM-6B."""
+
+    model: VramEstimate | None
+    reference: VramEstimate
+    model_problem: str | None = None
+
+
+class OnOffCheckbox(Checkbox):
+    """A checkbox that reads "[X] on" or "[ ] off", so its state shows without colour."""
+
+    @property
+    def _button(self):  # noqa: ANN202 (Textual's Content)
+        self.BUTTON_INNER = "X" if self.value else " "
+        return super()._button
+
+    def watch_value(self) -> None:
+        self.label = "on" if self.value else "off"
+        super().watch_value()
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -95,12 +140,36 @@ def parse_gpus(text: str) -> list[int]:
     return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
-def describe_estimate(estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None) -> Text:
-    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not."""
+ESTIMATE_PARTS = {
+    "cuda_context": "CUDA context",
+    "weights": "weights",
+    "trainable_states": "optimizer",
+    "activations": "activations",
+    "logits": "logits",
+    "fragmentation": "allocator",
+}
+LABEL_WIDTH, VALUE_WIDTH = 14, 11
+
+
+def _estimate_row(label: str, model: str, reference: str) -> str:
+    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{VALUE_WIDTH}}\n"
+
+
+def describe_estimate(estimates: Estimates, gpus: list[int], snapshot: GpuSnapshot | None) -> Text:
+    """The estimate per GPU part by part, this model beside ChatGLM-6B, then each chosen GPU's free memory now:
+    green where a run fits, red where not."""
+    model, reference = estimates.model, estimates.reference
     text = Text()
-    text.append(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU\n", style="bold")
-    for part, size in estimate.parts.items():
-        text.append(f"  {part.replace('_', ' ')}: {size / GIB:.2f} GiB\n", style="dim")
+    text.append(_estimate_row("VRAM per GPU", "this model", REFERENCE_NAME), style="bold")
+    for part, label in ESTIMATE_PARTS.items():
+        shown = format_bytes(model.parts[part]) if model else "-"
+        text.append(_estimate_row(f"  {label}", shown, format_bytes(reference.parts[part])), style="dim")
+    text.append(
+        _estimate_row("  total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
+        style="bold",
+    )
+    if estimates.model_problem:
+        text.append(f"This model: {estimates.model_problem}\n", style="yellow")
     if not gpus:
         text.append("Trains on the CPU (no GPU chosen).\n")
         return text
@@ -108,10 +177,17 @@ def describe_estimate(estimate: VramEstimate, gpus: list[int], snapshot: GpuSnap
     for gpu in gpus:
         if gpu not in free:
             text.append(f"GPU {gpu}: free memory unknown\n", style="yellow")
-        elif estimate.fits(free[gpu]):
-            text.append(f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free, fits\n", style="green")
-        else:
-            text.append(f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free, does not fit\n", style="bold red")
+            continue
+        verdicts = [
+            f"{name} {'fits' if estimate.fits(free[gpu]) else 'does not fit'}"
+            for name, estimate in (("this model", model), (REFERENCE_NAME, reference))
+            if estimate is not None
+        ]
+        fits = model.fits(free[gpu]) if model else reference.fits(free[gpu])
+        text.append(
+            f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free; {', '.join(verdicts)}\n",
+            style="green" if fits else "bold red",
+        )
     return text
 
 
@@ -130,7 +206,8 @@ class ConfigScreen(WorkbenchScreen):
         self.base: RunConfig | None = None
         self.config: RunConfig | None = None
         self.problems: list[Problem] = []
-        self.estimate: VramEstimate | None = None
+        self.estimates: Estimates | None = None
+        self._checking: RunConfig | None = None
         self._filling = False
 
     def blank_config(self) -> RunConfig:
@@ -151,31 +228,45 @@ class ConfigScreen(WorkbenchScreen):
         data_paths = sorted(
             str(path) for path in workspace.data_dir.rglob("*") if path.suffix.lower() in SUPPORTED_SUFFIXES
         )
+        with Vertical(id="config-paths"):
+            for name in PATH_FIELDS:
+                yield from self._field_row(name, model_paths, data_paths)
         with Horizontal(id="config-columns"):
-            with VerticalScroll(id="config-form"):
+            with VerticalScroll(id="config-form", can_focus=False):
                 for name in FIELD_LABELS:
-                    with Horizontal(classes="field"):
-                        yield Label(FIELD_LABELS[name], classes="field-label")
-                        yield self._field_widget(name, model_paths, data_paths)
-                    if name == "gradient_accumulation_steps":
-                        yield Static("", id="effective-batch")
+                    if name not in PATH_FIELDS:
+                        yield from self._field_row(name, model_paths, data_paths)
             with VerticalScroll(id="config-side"):
-                yield Static("", id="config-estimate")
                 yield Static("", id="config-problems")
+                yield Static("", id="config-estimate")
                 yield Static("", id="config-command")
+
+    def _field_row(self, name: str, model_paths: list[str], data_paths: list[str]) -> ComposeResult:
+        methods = [method for method, fields in METHOD_FIELDS.items() if name in fields]
+        classes = "field " + " ".join(f"for-{method}" for method in methods)
+        with Horizontal(classes=classes, id=f"row-{name}"):
+            yield Label(FIELD_LABELS[name], classes="field-label")
+            if name == "effective_batch":
+                yield Static("", id="effective-batch")
+            else:
+                yield self._field_widget(name, model_paths, data_paths)
 
     def _field_widget(self, name: str, model_paths: list[str], data_paths: list[str]):
         if name == "method":
             return Select([(method, method) for method in METHODS], id=name, allow_blank=False)
         if name == "quantization_bit":
-            return Select([(str(bit), bit) for bit in QUANTIZATION_BITS], id=name, allow_blank=False)
+            return Select(
+                [(QUANTIZATION_LABELS.get(bit, f"{bit}-bit"), bit) for bit in QUANTIZATION_BITS],
+                id=name,
+                allow_blank=False,
+            )
         if name == "prefix_projection":
-            return Checkbox("on", id=name)
+            return OnOffCheckbox("off", id=name)
         suggestions = model_paths if name == "model_path" else data_paths if name.endswith("_file") else []
         return Input(
             id=name,
             suggester=SuggestFromList(suggestions, case_sensitive=True) if suggestions else None,
-            type="integer" if name in INTEGER_FIELDS else "text",
+            type="integer" if name in INTEGER_FIELDS else "number" if name in NUMBER_FIELDS else "text",
         )
 
     def on_mount(self) -> None:
@@ -191,16 +282,25 @@ class ConfigScreen(WorkbenchScreen):
         self.base = config
         self._filling = True
         try:
-            for name in TEXT_FIELDS + INTEGER_FIELDS + ("learning_rate",):
+            for name in TEXT_FIELDS + INTEGER_FIELDS + NUMBER_FIELDS:
                 value = getattr(config, name)
-                self.query_one(f"#{name}", Input).value = "" if value in (None, Path("")) else str(value)
+                field = self.query_one(f"#{name}", Input)
+                field.value = "" if value in (None, Path("")) else str(value)
+                field.cursor_position = 0  # show a long path from its start
             self.query_one("#gpus", Input).value = ",".join(map(str, config.gpus))
             self.query_one("#method", Select).value = config.method
             self.query_one("#quantization_bit", Select).value = config.quantization_bit
             self.query_one("#prefix_projection", Checkbox).value = config.prefix_projection
         finally:
             self._filling = False
+        self._show_method_fields(config.method)
         self.recheck()
+
+    def _show_method_fields(self, method: object) -> None:
+        """Show the rows of ``method``'s own fields and hide the other methods'."""
+        for other in METHOD_FIELDS:
+            for row in self.query(f".for-{other}"):
+                row.display = row.has_class(f"for-{method}")
 
     def load(self, config: RunConfig) -> None:
         """Fill the form with ``config`` (the demo, a loaded TOML); before mounting, the form starts with it."""
@@ -221,36 +321,7 @@ class ConfigScreen(WorkbenchScreen):
 
     def read_form(self) -> tuple[RunConfig | None, list[Problem]]:
         """The config the form describes, or the problems that stop it from being one."""
-        data = (self.base or self.blank_config()).to_dict()
-        problems: list[Problem] = []
-        for name in TEXT_FIELDS:
-            value = self.query_one(f"#{name}", Input).value.strip()
-            if value:
-                data[name] = value
-            elif name == "validation_file":
-                data.pop(name, None)
-            else:
-                problems.append(Problem(name, "fill this in"))
-        for name in INTEGER_FIELDS:
-            text = self.query_one(f"#{name}", Input).value.strip()
-            try:
-                data[name] = int(text)
-            except ValueError:
-                problems.append(Problem(name, f"{text!r} is not a whole number"))
-        text = self.query_one("#learning_rate", Input).value.strip()
-        try:
-            data["learning_rate"] = float(text)
-        except ValueError:
-            problems.append(Problem("learning_rate", f"{text!r} is not a number (e.g. 2e-2)"))
-        try:
-            data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
-        except ValueError:
-            problems.append(
-                Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
-            )
-        data["method"] = self.query_one("#method", Select).value
-        data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
-        data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
+        data, problems = self._form_data()
         if problems:
             return None, problems
         try:
@@ -258,10 +329,77 @@ class ConfigScreen(WorkbenchScreen):
         except ConfigError as error:
             return None, [Problem("config", str(error))]
 
+    def _sketch(self) -> RunConfig | None:
+        """The form's config with empty paths left empty: enough to estimate memory while only paths are
+        missing (None while a number is wrong)."""
+        data, problems = self._form_data()
+        if any(problem.field not in PATH_FIELDS for problem in problems):
+            return None
+        try:
+            return RunConfig.from_dict({**data, **{name: data.get(name, "") for name in PATH_FIELDS[:3]}})
+        except ConfigError:
+            return None
+
+    def _form_data(self) -> tuple[dict[str, object], list[Problem]]:
+        """The form's values over the config it started from, and what is wrong with them. The fields of the
+        methods not chosen keep the values the form started from."""
+        data = (self.base or self.blank_config()).to_dict()
+        problems: list[Problem] = []
+        method = self.query_one("#method", Select).value
+        unused = {name for fields in METHOD_FIELDS.values() for name in fields} - set(
+            METHOD_FIELDS.get(str(method), ())
+        )
+        for name in TEXT_FIELDS:
+            value = self.query_one(f"#{name}", Input).value.strip()
+            if value:
+                data[name] = value
+            else:
+                data.pop(name, None)
+                if name != "validation_file":
+                    problems.append(Problem(name, "fill this in"))
+        for name in INTEGER_FIELDS:
+            if name in unused:
+                continue
+            text = self.query_one(f"#{name}", Input).value.strip()
+            try:
+                data[name] = int(text)
+            except ValueError:
+                problems.append(
+                    Problem(name, "fill this in" if not text else f"{text!r} is not a whole number")
+                )
+        for name, example in (("learning_rate", "2e-2"), ("lora_dropout", "0.1")):
+            if name in unused:
+                continue
+            text = self.query_one(f"#{name}", Input).value.strip()
+            try:
+                data[name] = float(text)
+            except ValueError:
+                problems.append(
+                    Problem(
+                        name,
+                        f"fill this in (e.g. {example})"
+                        if not text
+                        else f"{text!r} is not a number (e.g. {example})",
+                    )
+                )
+        try:
+            data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
+        except ValueError:
+            problems.append(
+                Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
+            )
+        data["method"] = method
+        data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
+        if "prefix_projection" not in unused:
+            data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
+        return data, problems
+
     @on(Input.Changed)
     @on(Select.Changed)
     @on(Checkbox.Changed)
-    def form_changed(self) -> None:
+    def form_changed(self, event: Message) -> None:
+        if isinstance(event, Select.Changed) and event.select.id == "method":
+            self._show_method_fields(event.value)
         if not self._filling:
             self.recheck()
 
@@ -270,10 +408,11 @@ class ConfigScreen(WorkbenchScreen):
         config, problems = self.read_form()
         self.config = config
         self._show_effective_batch()
-        if config is None:
+        self._checking = config or self._sketch()
+        if self._checking is None:
             self._show(problems, None)
             return
-        self.check_config(config)
+        self.check_config(self._checking, problems)
 
     def _show_effective_batch(self) -> None:
         """Batch × accumulation × GPUs, from the fields themselves, so it shows while other fields are wrong."""
@@ -283,34 +422,35 @@ class ConfigScreen(WorkbenchScreen):
             accumulation = int(self.query_one("#gradient_accumulation_steps", Input).value)
             gpus = len(parse_gpus(self.query_one("#gpus", Input).value))
         except ValueError:
-            effective.update("effective batch -")
+            effective.update("- (needs batch and accumulation)")
             return
         devices = f" × {gpus} GPUs" if gpus > 1 else ""
-        effective.update(
-            f"effective batch [b]{batch * accumulation * max(1, gpus)}[/b] = {batch} × {accumulation}{devices}"
-        )
+        effective.update(f"[b]{batch * accumulation * max(1, gpus)}[/b] = {batch} × {accumulation}{devices}")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
-    def check_config(self, config: RunConfig) -> None:
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
-        estimate = None
-        if config.model_path.is_dir():
-            try:
-                estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
-            except GlmError:
-                estimate = None
-        self.post_message(ConfigChecked(config, problems, estimate))
+    def check_config(self, config: RunConfig, form_problems: list[Problem]) -> None:
+        """Validate the config against the disk (or keep the form's problems while paths are missing) and
+        estimate its memory."""
+        problems = form_problems or validate(config, runs_dir=self.workbench.workspace.runs_dir)
+        model, model_problem = None, None
+        try:
+            model = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
+        except GlmError as error:
+            model_problem = str(error)
+        estimates = Estimates(model, estimate_vram(REFERENCE_SHAPE, config), model_problem)
+        self.post_message(ConfigChecked(config, problems, estimates))
 
     def on_config_checked(self, message: ConfigChecked) -> None:
-        if message.config is self.config:
-            self._show(message.problems, message.estimate)
+        if message.config is self._checking:
+            self._show(message.problems, message.estimates)
 
-    def _show(self, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def _show(self, problems: list[Problem], estimates: Estimates | None) -> None:
         self.problems = problems
-        self.estimate = estimate
+        self.estimates = estimates
         problem_text = Text()
         if problems:
-            problem_text.append(f"{len(problems)} problem(s):\n", style="bold red")
+            count = len(problems)
+            problem_text.append(f"{count} problem{'s' if count != 1 else ''}:\n", style="bold red")
             for problem in problems:
                 problem_text.append(f"• {FIELD_LABELS.get(problem.field, problem.field)}: ", style="red")
                 problem_text.append(problem.message + "\n")
@@ -328,11 +468,17 @@ class ConfigScreen(WorkbenchScreen):
             command.update("")
 
     def _show_estimate(self) -> None:
+        """The estimates, or which field the estimate waits for (the form's first problem)."""
         widget = self.query_one("#config-estimate", Static)
-        if self.estimate is None or self.config is None:
-            widget.update(Text("VRAM estimate: needs a readable model folder", style="dim"))
+        if self.estimates is None or self._checking is None:
+            first = self.problems[0] if self.problems else None
+            reason = (
+                f"{FIELD_LABELS.get(first.field, first.field)}: {first.message}" if first else "checking…"
+            )
+            widget.update(Text(f"VRAM estimate waits for {reason}", style="yellow"))
         else:
-            widget.update(describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot))
+            gpus = self._checking.gpus
+            widget.update(describe_estimate(self.estimates, gpus, self.workbench.gpu_snapshot))
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         super().gpu_snapshot_changed(snapshot)
