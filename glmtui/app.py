@@ -20,7 +20,7 @@ from textual.worker import Worker, WorkerState
 
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
-from glmcore.runs import RunStore
+from glmcore.runs import Run, RunStore
 from glmcore.workspace import Workspace
 from glmtui.screens.base import NAVIGATION, WorkbenchScreen
 
@@ -115,7 +115,7 @@ class GlmApp(App[int]):
             key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
         )
         for key, name, title in NAVIGATION
-    ]
+    ] + [Binding("q", "quit", "Quit", id="quit", tooltip="Close glmtui (runs go on training)")]
 
     def __init__(
         self,
@@ -132,6 +132,8 @@ class GlmApp(App[int]):
         self.gpu_snapshot: GpuSnapshot | None = None
         self._gpu_sampler = GpuSampler(gpu_backend, interval=gpu_interval)
         self._screen_classes = _screen_classes()
+        self.left_running: list[Run] = []
+        """The active runs the user quit away from (they go on; run_app says so once the screen is gone)."""
 
     # screens
 
@@ -169,6 +171,26 @@ class GlmApp(App[int]):
         else:
             self.switch_screen(screen)
 
+    # quitting
+
+    async def action_quit(self) -> None:
+        """Close the app (q, ctrl+q); while runs are active, first say that they go on without it."""
+        from glmtui.screens.confirm import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        active = [run for run in self.run_store.list() if run.status().is_active]
+        if not active:
+            self.exit()
+            return
+
+        def answered(leave: bool | None) -> None:
+            if leave:
+                self.left_running = active
+                self.exit()
+
+        self.push_screen(ConfirmScreen(leaving_runs_message(active), yes="Quit", no="Stay"), answered)
+
     # shared services
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
@@ -186,6 +208,17 @@ class GlmApp(App[int]):
         self._gpu_sampler.stop(timeout=5.0)
 
 
+def leaving_runs_message(active: list[Run]) -> str:
+    """What quitting means for the runs in progress: they are separate processes and go on training."""
+    count = len(active)
+    names = ", ".join(run.id for run in active[:3]) + (", …" if count > 3 else "")
+    return (
+        f"{count} run{'s are' if count != 1 else ' is'} still training ({names}). "
+        f"{'They go' if count != 1 else 'It goes'} on after glmtui closes: reopen glmtui or use "
+        "`glmtui runs` and `glmtui logs` to follow, `glmtui stop` to stop. Quit now?"
+    )
+
+
 def run_app() -> int:
     """Open the workbench in this terminal; returns the exit code."""
     try:
@@ -194,4 +227,7 @@ def run_app() -> int:
         print(f"glmtui: {error}")
         return 1
     app.run()
+    if app.left_running:
+        count = len(app.left_running)
+        print(f"glmtui: {count} run{'s' if count != 1 else ''} still training; `glmtui runs` shows progress.")
     return app.return_code or 0
