@@ -115,7 +115,11 @@ class GlmApp(App[int]):
             key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
         )
         for key, name, title in NAVIGATION
-    ] + [Binding("q", "quit", "Quit", id="quit", tooltip="Close glmtui (runs go on training)")]
+    ] + [
+        # ctrl+q works while typing in a field, so the footer shows it on every screen; q is the short way.
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Close glmtui (runs go on)"),
+        Binding("q", "quit", "Quit", id="quit-q", show=False),
+    ]
 
     def __init__(
         self,

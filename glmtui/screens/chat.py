@@ -44,7 +44,14 @@ class ChatScreen(WorkbenchScreen):
     NAME = "chat"
     BINDINGS = [
         Binding("ctrl+l", "clear", "Clear", id="chat-clear", tooltip="Forget the conversation"),
-        Binding("ctrl+x", "cancel", "Stop answer", id="chat-cancel", tooltip="Stop the answer being written"),
+        Binding(
+            "ctrl+x",
+            "cancel",
+            "Stop answer",
+            id="chat-cancel",
+            priority=True,  # over the message box's cut
+            tooltip="Stop the answer being written",
+        ),
     ]
 
     def __init__(self) -> None:

@@ -13,6 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
+from textual.worker import Worker
 
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
@@ -135,6 +136,7 @@ class ModelsScreen(WorkbenchScreen):
     def start_download(self, name: str) -> None:
         self._cancel = threading.Event()
         self.query_one("#download-status", Static).update(f"Listing the files of {name}…")
+        self.query_one("#download-progress", ProgressBar).display = True
         self.download(name, self._cancel)
 
     def action_cancel_download(self) -> None:
@@ -157,6 +159,12 @@ class ModelsScreen(WorkbenchScreen):
         )
         self.app.call_from_thread(self.query_one("#download-status", Static).update, text)
         self.app.call_from_thread(self.read_local_models)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The bar shows only while a download runs, however it ends (the app shows a failure's error)."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "download" and event.worker.is_finished:
+            self.query_one("#download-progress", ProgressBar).display = False
 
     def on_download_progressed(self, message: DownloadProgressed) -> None:
         progress = message.progress
