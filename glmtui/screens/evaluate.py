@@ -139,7 +139,7 @@ class EvaluateScreen(WorkbenchScreen):
             EvalSettings(
                 max_source_length=config.max_source_length, max_target_length=config.max_target_length
             ),
-            new_run_evaluation_folder(run),
+            new_run_evaluation_folder(run, self.workbench.clock()),
             columns=Columns(config.prompt_column, config.response_column, config.history_column),
             quantization_bit=config.quantization_bit,
             progress=lambda snapshot: self.post_message(EvalProgressed(snapshot)),
@@ -170,7 +170,11 @@ class EvaluateScreen(WorkbenchScreen):
             table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels))
         self.show_examples(comparison.output_dir)
         state = "done" if comparison.complete else "cancelled; finished evaluations kept"
-        self.query_one("#evaluate-status", Static).update(f"Evaluation {state}: {comparison.output_dir}")
+        folder = comparison.output_dir
+        shown = (
+            folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
+        )
+        self.query_one("#evaluate-status", Static).update(f"Evaluation {state}; results in the run's {shown}")
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The bar shows only while an evaluation runs, however it ends (the app shows a failure's error)."""

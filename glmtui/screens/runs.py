@@ -193,9 +193,9 @@ class RunsScreen(RunActions, WorkbenchScreen):
         run = self.selected_run()
         row = self.rows.get(run.id) if run else None
         hidden = [column for column in COLUMNS if column not in self.shown_columns]
-        self.query_one("#runs-detail", Static).update(
-            row.describe(self.workbench.clock(), hidden) if row else ""
-        )
+        # query, not query_one: the table can report a highlight while the screen is still composing
+        for detail in self.query("#runs-detail").results(Static):
+            detail.update(row.describe(self.workbench.clock(), hidden) if row else "")
 
     def on_data_table_row_highlighted(self) -> None:
         self._show_detail()
