@@ -125,7 +125,7 @@ class LoadConfigScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="load-dialog"):
-            yield Label("Path of a run config (config.toml) to load; enter loads, escape cancels:")
+            yield Static("Path of a run config (config.toml) to load; enter loads, escape cancels:")
             yield Input(id="load-path", placeholder="~/glmtui/configs/my-run.toml")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -173,7 +174,7 @@ class RunsScreen(RunActions, WorkbenchScreen):
             table.clear()
         for row in rows:
             cells = row.cells(now)
-            cells["State"] = f"[{STATE_STYLES.get(row.status.state, '')}]{cells['State']}[/]"
+            cells["State"] = Text(cells["State"], style=STATE_STYLES.get(row.status.state, ""))
             if same_runs:
                 for column in columns:
                     table.update_cell(row.run.id, column, cells[column])
