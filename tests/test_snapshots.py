@@ -162,7 +162,7 @@ def test_config_editor_with_lora(snap_compare, size: tuple[int, int]) -> None:
         await press(pilot, "tab", "tab", "tab", "tab")  # Name -> Model -> Train -> Validation -> Method
         method = pilot.app.screen.query_one("#method")
         await press(pilot, "enter")
-        while not method.expanded:
+        while not method.expanded or type(pilot.app.focused).__name__ != "SelectOverlay":
             await pilot.pause(0.05)
         await press(pilot, "down", "enter")  # ptuning-v2 -> lora
         assert pilot.app.screen.current_config().method == "lora"

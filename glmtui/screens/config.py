@@ -148,7 +148,7 @@ ESTIMATE_PARTS = {
     "logits": "logits",
     "fragmentation": "allocator",
 }
-LABEL_WIDTH, VALUE_WIDTH = 14, 11
+LABEL_WIDTH, VALUE_WIDTH = 14, 10
 
 
 def _estimate_row(label: str, model: str, reference: str) -> str:

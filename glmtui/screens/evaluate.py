@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import Worker
@@ -38,9 +39,10 @@ class EvalFinished(Message):
 
 
 def short(text: str | None, width: int = 40) -> str:
-    """One line of at most ``width`` characters."""
-    line = " ".join((text or "-").split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+    """One line of at most ``width`` terminal cells (Chinese characters take two)."""
+    line = Text(" ".join((text or "-").split()))
+    line.truncate(width, overflow="ellipsis")
+    return line.plain
 
 
 class EvaluateScreen(WorkbenchScreen):
@@ -79,7 +81,8 @@ class EvaluateScreen(WorkbenchScreen):
                 yield ProgressBar(id="evaluate-progress", show_eta=False)
         yield DataTable(id="evaluate-metrics", cursor_type="row")
         yield DataTable(id="evaluate-examples", cursor_type="row")
-        yield Static("", id="evaluate-detail")
+        with VerticalScroll(id="evaluate-detail-box", can_focus=True):
+            yield Static("", id="evaluate-detail")
 
     def select_run(self, run: Run) -> None:
         """Offer the base model and ``run``'s checkpoints (the base and the latest picked)."""
