@@ -17,7 +17,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
-from textual.worker import Worker
+from textual.worker import Worker, WorkerState
 
 from glmcore.runs import Run
 from glmtui.commands.runs import format_duration
@@ -184,6 +184,10 @@ class EvaluateScreen(WorkbenchScreen):
         super().on_worker_state_changed(event)
         if event.worker.group == "evaluate" and event.worker.is_finished:
             self.query_one("#evaluate-progress", ProgressBar).display = False
+            if event.worker.state is not WorkerState.SUCCESS:
+                self.query_one("#evaluate-status", Static).update(
+                    "Stopped before an evaluation finished; nothing was kept. ctrl+g starts again."
+                )
 
     def on_resize(self) -> None:
         if getattr(self, "example_rows", None):
