@@ -278,3 +278,39 @@ def test_gpu_panel_prints_from_the_command_line() -> None:
         check=True,
     )
     assert "GPU 1  NVIDIA H100 80GB HBM3" in result.stdout
+
+
+async def test_quitting_with_an_active_run_asks_and_says_it_goes_on(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    write_run(workspace, "20260501-110000-live", config, state="running", step=2, losses=[3.0])
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await pilot.pause()
+        question = str(app.screen.query_one("#confirm-question", Static).render())
+        assert "1 run is still training (20260501-110000-live). It goes on after glmtui closes" in question
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("ctrl+q", "y")
+        await pilot.pause()
+    assert [run.id for run in app.left_running] == ["20260501-110000-live"]
+
+
+async def test_chat_settings_fields_keep_and_show_what_is_typed(tmp_path: Path) -> None:
+    from test_app_support import cut_text
+
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f8")
+        await pilot.pause()
+        for field_id, typed in (("#chat-temperature", "0.8"), ("#chat-top-p", "0.75")):
+            field = app.screen.query_one(field_id, Input)
+            field.focus()
+            await pilot.press("ctrl+a", "ctrl+k", *typed, "tab")
+            await pilot.pause()
+            assert field.value == typed
+        assert [cut for cut in cut_text(app.screen) if "chat" in cut] == []
+        assert app.screen._settings().temperature == 0.8
