@@ -61,6 +61,7 @@ INTEGER_FIELDS = (
 )
 TEXT_FIELDS = PATH_FIELDS
 NUMBER_FIELDS = ("learning_rate", "lora_dropout")
+NUMBER_EXAMPLES = {"learning_rate": "2e-2", "lora_dropout": "0.1"}
 FIELD_LABELS = {
     "name": "Name",
     "model_path": "Model folder",
@@ -357,31 +358,16 @@ class ConfigScreen(WorkbenchScreen):
                 data.pop(name, None)
                 if name != "validation_file":
                     problems.append(Problem(name, "fill this in"))
-        for name in INTEGER_FIELDS:
+        for name in INTEGER_FIELDS + NUMBER_FIELDS:
             if name in unused:
                 continue
             text = self.query_one(f"#{name}", Input).value.strip()
+            whole = name in INTEGER_FIELDS
             try:
-                data[name] = int(text)
+                data[name] = int(text) if whole else float(text)
             except ValueError:
-                problems.append(
-                    Problem(name, "fill this in" if not text else f"{text!r} is not a whole number")
-                )
-        for name, example in (("learning_rate", "2e-2"), ("lora_dropout", "0.1")):
-            if name in unused:
-                continue
-            text = self.query_one(f"#{name}", Input).value.strip()
-            try:
-                data[name] = float(text)
-            except ValueError:
-                problems.append(
-                    Problem(
-                        name,
-                        f"fill this in (e.g. {example})"
-                        if not text
-                        else f"{text!r} is not a number (e.g. {example})",
-                    )
-                )
+                kind = "a whole number" if whole else f"a number (e.g. {NUMBER_EXAMPLES[name]})"
+                problems.append(Problem(name, f"{text!r} is not {kind}" if text else "fill this in"))
         try:
             data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
         except ValueError:
