@@ -120,11 +120,30 @@ def workspace_with_saved_config() -> tuple[Workspace, Path]:
     return workspace, path
 
 
+async def wait_for(pilot, condition) -> None:
+    """Let the app run until ``condition()`` holds: on a loaded machine a dialog can take a while to open, and
+    keys pressed before it has the focus would go elsewhere."""
+    for _ in range(600):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"the app never reached {condition.__doc__ or condition}")
+
+
+async def open_load_dialog(pilot, path: Path) -> None:
+    await press(pilot, "ctrl+o")
+    await wait_for(pilot, lambda: getattr(pilot.app.focused, "id", None) == "load-path")
+    await pilot.press(*str(path))
+    await wait_for(pilot, lambda: pilot.app.focused.value == str(path))
+
+
 async def load_saved_config(pilot, path: Path) -> None:
     """ctrl+o, type the TOML's path, enter: the editor fills from it (focus goes back to the Name field)."""
-    await press(pilot, "ctrl+o")
-    await pilot.press(*str(path))
+    await open_load_dialog(pilot, path)
     await press(pilot, "enter")
+    await wait_for(pilot, lambda: getattr(pilot.app.focused, "id", None) == "name")
+    await wait_for(pilot, lambda: pilot.app.focused.value == "tiny-ptuning")
+    await settle(pilot)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -133,8 +152,7 @@ def test_config_load_dialog(snap_compare, size: tuple[int, int]) -> None:
     app = make_app(workspace)
 
     async def open_dialog(pilot) -> None:
-        await press(pilot, "ctrl+o")
-        await pilot.press(*str(path))
+        await open_load_dialog(pilot, path)
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_dialog)
@@ -209,8 +227,10 @@ def test_command_palette(snap_compare, size: tuple[int, int]) -> None:
     async def open_palette(pilot) -> None:
         await settle(pilot)
         await press(pilot, "ctrl+p")
+        await wait_for(pilot, lambda: type(pilot.app.focused).__name__ == "CommandInput")
         await pilot.press(*"go to")
-        await pilot.pause(0.5)
+        options = pilot.app.screen.query_one("CommandList")
+        await wait_for(pilot, lambda: options.option_count == 7)
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_palette)
