@@ -85,6 +85,7 @@ async def assert_whole(pilot) -> None:
 async def highlight(pilot, state: str) -> None:
     """Move the Runs table's cursor to the run in ``state`` by keys."""
     table = pilot.app.screen.query_one("#runs-table")
+    await wait_for(pilot, lambda: table.row_count == len(STATES))
     index = [key.value for key in table.rows].index(run_id(state))
     await press(pilot, *["down"] * index)
 
