@@ -149,7 +149,7 @@ ESTIMATE_PARTS = {
     "logits": "logits",
     "fragmentation": "allocator",
 }
-LABEL_WIDTH, VALUE_WIDTH = 14, 10
+LABEL_WIDTH, VALUE_WIDTH = 13, 11
 
 
 def _estimate_row(label: str, model: str, reference: str) -> str:
@@ -164,9 +164,9 @@ def describe_estimate(estimates: Estimates, gpus: list[int], snapshot: GpuSnapsh
     text.append(_estimate_row("VRAM per GPU", "this model", REFERENCE_NAME), style="bold")
     for part, label in ESTIMATE_PARTS.items():
         shown = format_bytes(model.parts[part]) if model else "-"
-        text.append(_estimate_row(f"  {label}", shown, format_bytes(reference.parts[part])), style="dim")
+        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part])), style="dim")
     text.append(
-        _estimate_row("  total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
+        _estimate_row("total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
         style="bold",
     )
     if estimates.model_problem:
