@@ -649,18 +649,19 @@ def _write_comparison(
     atomic_write_text(folder / COMPARISON_FILE, json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
 
 
-def new_evaluation_folder(parent: str | Path) -> Path:
-    """`parent/<yyyymmdd-hhmmss>`, with a suffix if that name is taken (not created here)."""
-    base = Path(parent) / f"{datetime.now():%Y%m%d-%H%M%S}"
+def new_evaluation_folder(parent: str | Path, now: datetime | None = None) -> Path:
+    """`parent/<yyyymmdd-hhmmss>` (of ``now``, default the clock), with a suffix if that name is taken (not
+    created here)."""
+    base = Path(parent) / f"{now or datetime.now():%Y%m%d-%H%M%S}"
     candidate, number = base, 2
     while candidate.exists():
         candidate, number = base.with_name(f"{base.name}-{number}"), number + 1
     return candidate
 
 
-def new_run_evaluation_folder(run: Run) -> Path:
+def new_run_evaluation_folder(run: Run, now: datetime | None = None) -> Path:
     """Where a new evaluation of `run` goes: `<run>/evaluations/<yyyymmdd-hhmmss>`."""
-    return new_evaluation_folder(run.path / "evaluations")
+    return new_evaluation_folder(run.path / "evaluations", now)
 
 
 def run_checkpoints(run: Run) -> list[Path]:

@@ -21,7 +21,7 @@ from textual.worker import Worker, WorkerState
 
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
-from glmcore.runs import RunStore
+from glmcore.runs import Run, RunStore
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, EditConfig, EvaluateRun, OpenRun, UseData
 from glmtui.screens.base import NAVIGATION, WorkbenchScreen
@@ -118,6 +118,10 @@ class GlmApp(App[int]):
             key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
         )
         for key, name, title in NAVIGATION
+    ] + [
+        # ctrl+q works while typing in a field, so the footer shows it on every screen; q is the short way.
+        Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Close glmtui (runs go on)"),
+        Binding("q", "quit", "Quit", id="quit-q", show=False),
     ]
 
     def __init__(
@@ -135,6 +139,8 @@ class GlmApp(App[int]):
         self.gpu_snapshot: GpuSnapshot | None = None
         self._gpu_sampler = GpuSampler(gpu_backend, interval=gpu_interval)
         self._screen_classes = _screen_classes()
+        self.left_running: list[Run] = []
+        """The active runs the user quit away from (they go on; run_app says so once the screen is gone)."""
 
     # screens
 
@@ -212,6 +218,26 @@ class GlmApp(App[int]):
         self.screen_of(ConfigScreen).use_data(message.choice)
         self.action_show(ConfigScreen.NAME)
 
+    # quitting
+
+    async def action_quit(self) -> None:
+        """Close the app (q, ctrl+q); while runs are active, first say that they go on without it."""
+        from glmtui.screens.confirm import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen):
+            return
+        active = [run for run in self.run_store.list() if run.status().is_active]
+        if not active:
+            self.exit()
+            return
+
+        def answered(leave: bool | None) -> None:
+            if leave:
+                self.left_running = active
+                self.exit()
+
+        self.push_screen(ConfirmScreen(leaving_runs_message(active), yes="Quit", no="Stay"), answered)
+
     # shared services
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
@@ -229,6 +255,17 @@ class GlmApp(App[int]):
         self._gpu_sampler.stop(timeout=5.0)
 
 
+def leaving_runs_message(active: list[Run]) -> str:
+    """What quitting means for the runs in progress: they are separate processes and go on training."""
+    count = len(active)
+    names = ", ".join(run.id for run in active[:3]) + (", …" if count > 3 else "")
+    return (
+        f"{count} run{'s are' if count != 1 else ' is'} still training ({names}). "
+        f"{'They go' if count != 1 else 'It goes'} on after glmtui closes: reopen glmtui or use "
+        "`glmtui runs` and `glmtui logs` to follow, `glmtui stop` to stop. Quit now?"
+    )
+
+
 def run_app() -> int:
     """Open the workbench in this terminal; returns the exit code."""
     try:
@@ -237,4 +274,7 @@ def run_app() -> int:
         print(f"glmtui: {error}")
         return 1
     app.run()
+    if app.left_running:
+        count = len(app.left_running)
+        print(f"glmtui: {count} run{'s' if count != 1 else ''} still training; `glmtui runs` shows progress.")
     return app.return_code or 0

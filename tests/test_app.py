@@ -86,7 +86,7 @@ async def test_config_editor_checks_live_and_saves_the_toml(tmp_path: Path) -> N
         screen.query_one("#gradient_accumulation_steps", Input).focus()
         await pilot.press("ctrl+a", "ctrl+k", "4")  # clear the field by keys, then type 4
         await pilot.pause()
-        assert "effective batch 8 = 2 × 4" in str(screen.query_one("#effective-batch", Static).render())
+        assert "8 = 2 × 4" in str(screen.query_one("#effective-batch", Static).render())
 
         screen.query_one("#learning_rate", Input).focus()
         await pilot.press("ctrl+a", "ctrl+k", *"fast")
@@ -104,6 +104,45 @@ async def test_config_editor_checks_live_and_saves_the_toml(tmp_path: Path) -> N
         saved = RunConfig.load(workspace.root / "configs" / "tiny-ptuning.toml")
         assert (saved.learning_rate, saved.gradient_accumulation_steps) == (0.005, 4)
         assert saved.model_path == workspace.models_dir / "tiny-chatglm"
+
+
+async def test_config_editor_shows_the_chosen_methods_fields_and_the_real_6b_estimate(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, ConfigScreen)
+        screen.load(tiny_config(workspace))
+        await settle(pilot)
+
+        def shown(name: str) -> bool:
+            return screen.query_one(f"#row-{name}").display
+
+        assert shown("pre_seq_len") and shown("prefix_projection") and not shown("lora_rank")
+        toggle = screen.query_one("#prefix_projection")
+        assert str(toggle.render()).strip() == "▐ ▌ off"
+        toggle.focus()
+        await pilot.press("space")
+        await settle(pilot)
+        assert str(toggle.render()).strip() == "▐X▌ on"
+        estimate = str(screen.query_one("#config-estimate", Static).render())
+        assert "this model ChatGLM-6B" in estimate and "total" in estimate
+
+        screen.query_one("#method").focus()
+        await pilot.press("enter", "down", "enter")  # ptuning-v2 -> lora
+        await settle(pilot)
+        assert [shown(name) for name in ("lora_rank", "lora_alpha", "lora_dropout")] == [True] * 3
+        assert not shown("pre_seq_len") and not shown("prefix_projection")
+        screen.query_one("#lora_rank", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k", "1", "6")
+        await settle(pilot)
+        assert screen.current_config().lora_rank == 16 and screen.problems == []
+
+        screen.query_one("#per_device_train_batch_size", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k")
+        await settle(pilot)
+        estimate = str(screen.query_one("#config-estimate", Static).render())
+        assert estimate == "VRAM estimate waits for Batch per GPU: fill this in"
 
 
 async def test_config_editor_reports_a_missing_model_folder(tmp_path: Path) -> None:
@@ -217,3 +256,39 @@ async def test_data_screen_previews_rows_with_special_tokens_and_lengths(tmp_pat
         assert [str(stats.get_row_at(index)[0]) for index in range(stats.row_count)] == ["prompt", "response"]
         preview = str(app.screen.query_one("#data-preview-text", Static).render())
         assert "48 examples" in preview and "[gMASK]" in preview and "<sop>" in preview
+
+
+async def test_quitting_with_an_active_run_asks_and_says_it_goes_on(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    write_run(workspace, "20260501-110000-live", config, state="running", step=2, losses=[3.0])
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await pilot.pause()
+        question = str(app.screen.query_one("#confirm-question", Static).render())
+        assert "1 run is still training (20260501-110000-live). It goes on after glmtui closes" in question
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("ctrl+q", "y")
+        await pilot.pause()
+    assert [run.id for run in app.left_running] == ["20260501-110000-live"]
+
+
+async def test_chat_settings_fields_keep_and_show_what_is_typed(tmp_path: Path) -> None:
+    from test_app_support import cut_text
+
+    app = make_app(make_workspace(tmp_path / "ws"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f8")
+        await pilot.pause()
+        for field_id, typed in (("#chat-temperature", "0.8"), ("#chat-top-p", "0.75")):
+            field = app.screen.query_one(field_id, Input)
+            field.focus()
+            await pilot.press("ctrl+a", "ctrl+k", *typed, "tab")
+            await pilot.pause()
+            assert field.value == typed
+        assert [cut for cut in cut_text(app.screen) if "chat" in cut] == []
+        assert app.screen._settings().temperature == 0.8

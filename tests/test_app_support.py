@@ -116,3 +116,38 @@ async def settle(pilot) -> None:
     for _ in range(3):
         await pilot.pause()
     await pilot.wait_for_scheduled_animations()
+
+
+def cut_text(screen) -> list[str]:
+    """What ``screen`` cuts off as it stands, one line per widget: a widget partly outside what contains it
+    (with no scrolling to reach the rest), text taller than its widget, a table wider than itself or with
+    cells wider than their column, a field whose value does not fit. Logs and scrolled-away rows do not count."""
+    from rich.cells import cell_len
+    from textual.widgets import DataTable, Input, Label, Log, Static
+
+    def scrolls(widget) -> bool:
+        return any(
+            ancestor.max_scroll_y > 0 for ancestor in widget.ancestors if hasattr(ancestor, "max_scroll_y")
+        )
+
+    found = []
+    for widget, (region, clip) in screen._compositor.visible_widgets.items():
+        name = f"{type(widget).__name__}#{widget.id or '?'}"
+        if not clip.contains_region(region) and not scrolls(widget):
+            found.append(f"{name} is clipped: {region} shown in {clip}")
+        if isinstance(widget, Log):
+            continue
+        content = widget.content_region
+        if isinstance(widget, (Static, Label)) and not widget.allow_vertical_scroll:
+            needed = widget.get_content_height(content.size, screen.size, content.width)
+            if needed > content.height:
+                found.append(f"{name} needs {needed} lines and has {content.height}: {widget.render()!s:.60}")
+        if isinstance(widget, DataTable):
+            if widget.max_scroll_x > 0:
+                found.append(f"{name} is {widget.virtual_size.width} wide in {widget.size.width} columns")
+            for column in widget.columns.values():
+                if not column.auto_width and column.content_width > column.width:
+                    found.append(f"{name} column {column.label} cuts cells to {column.width}")
+        if isinstance(widget, Input) and cell_len(widget.value) >= content.width:
+            found.append(f"{name} shows {content.width - 1} of {cell_len(widget.value)} characters")
+    return found

@@ -18,6 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
+from glmcore.chat import ChatError, ChatSettings
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 
@@ -44,7 +45,14 @@ class ChatScreen(WorkbenchScreen):
     NAME = "chat"
     BINDINGS = [
         Binding("ctrl+l", "clear", "Clear", id="chat-clear", tooltip="Forget the conversation"),
-        Binding("ctrl+x", "cancel", "Stop answer", id="chat-cancel", tooltip="Stop the answer being written"),
+        Binding(
+            "ctrl+x",
+            "cancel",
+            "Stop answer",
+            id="chat-cancel",
+            priority=True,  # over the message box's cut
+            tooltip="Stop the answer being written",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -117,7 +125,11 @@ class ChatScreen(WorkbenchScreen):
         self.query_one("#chat-input", Input).focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "chat-checkpoint" and self.run is not None and self.session is not None:
+        if event.select.id != "chat-checkpoint":
+            return
+        # The next thing typed after choosing a prefix is a message.
+        self.query_one("#chat-input", Input).focus()
+        if self.run is not None and self.session is not None:
             self.load_session(self.run.config.model_path, self._checkpoint())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -128,28 +140,39 @@ class ChatScreen(WorkbenchScreen):
                 "No model is loaded yet: pick a run on the Runs screen (F5) and press c.", severity="warning"
             )
             return
+        settings = self._settings()
+        if settings is None:
+            return
         query = event.value.strip()
         event.input.value = ""
         self.transcript.append((query, ""))
         self._cancel = threading.Event()
-        self.answer(query, self._settings(), self._cancel)
+        self.answer(query, settings, self._cancel)
         self._draw()
 
-    def _settings(self) -> dict[str, float]:
+    def _settings(self) -> ChatSettings | None:
+        """The settings of the fields, or None after saying what is wrong with them (the engine's checks)."""
+        values = {}
+        for name, field_id, label in (
+            ("temperature", "#chat-temperature", "Temperature"),
+            ("top_p", "#chat-top-p", "Top p"),
+        ):
+            text = self.query_one(field_id, Input).value.strip()
+            try:
+                values[name] = float(text)
+            except ValueError:
+                self.notify(f"{label} {text!r} is not a number; e.g. 0.95 or 0.7.", severity="error")
+                return None
         try:
-            return {
-                "temperature": float(self.query_one("#chat-temperature", Input).value),
-                "top_p": float(self.query_one("#chat-top-p", Input).value),
-            }
-        except ValueError:
-            return {"temperature": 0.95, "top_p": 0.7}
+            return ChatSettings(**values)
+        except ChatError as error:
+            self.notify(str(error), severity="error")
+            return None
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-answer")
-    def answer(self, query: str, settings: dict[str, float], cancel: threading.Event) -> None:
-        from glmcore.chat import ChatSettings
-
+    def answer(self, query: str, settings: ChatSettings, cancel: threading.Event) -> None:
         text = ""
-        for delta in self.session.stream(query, ChatSettings(**settings), cancel):  # type: ignore[attr-defined]
+        for delta in self.session.stream(query, settings, cancel):  # type: ignore[attr-defined]
             text += delta
             self.post_message(AnswerGrew(text, done=False))
         self.post_message(AnswerGrew(text, done=True))

@@ -1,8 +1,11 @@
-"""The config editor: a run's settings on the left; the VRAM estimate, problems and command line beside them.
+"""The config editor: the paths across the top, a run's settings on the left, the checks beside them.
 
-Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model
-folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
-the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
+Paths get the full width (they are the long values); the settings below show only the fields of the chosen
+method (prefix length and Prefix MLP for P-tuning v2, rank/alpha/dropout for LoRA). Every change rebuilds a
+``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model folder, the data files
+and the disk), so the side panel is always about what the form says now: the problems, and the VRAM estimate for
+this model next to what the same settings need on the real ChatGLM-6B. ctrl+s saves the TOML under configs/
+(what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
 
 The prefix length and the learning rate take a list of values ("64,128"): the form then stands for a sweep, one
 run per combination, and the side panel says how many runs that makes and what each will need; ctrl+g queues
@@ -29,9 +32,11 @@ from glmcore import preflight
 from glmcore import runs as run_control
 from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
 from glmcore.data import SUPPORTED_SUFFIXES
+from glmcore.download import format_bytes
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
+from glmcore.models import CHATGLM_6B
 from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.sweep import SweepPoint, expand, format_value
@@ -42,8 +47,22 @@ from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
+QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
+REFERENCE_SHAPE = CHATGLM_6B.published_shape()
+"""The published ChatGLM-6B's shape: the estimate beside the form says what the settings need on it (the one
+place the editor names it)."""
+REFERENCE_NAME = "ChatGLM-6B"
+PATH_FIELDS = ("name", "model_path", "train_file", "validation_file")
+METHOD_FIELDS = {
+    "ptuning-v2": ("pre_seq_len", "prefix_projection"),
+    "lora": ("lora_rank", "lora_alpha", "lora_dropout"),
+    "full": (),
+}
+"""The fields each method uses; the form shows only the chosen method's."""
 INTEGER_FIELDS = (
     "pre_seq_len",
+    "lora_rank",
+    "lora_alpha",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
     "max_steps",
@@ -52,7 +71,9 @@ INTEGER_FIELDS = (
     "max_source_length",
     "max_target_length",
 )
-TEXT_FIELDS = ("name", "model_path", "train_file", "validation_file")
+TEXT_FIELDS = PATH_FIELDS
+NUMBER_FIELDS = ("learning_rate", "lora_dropout")
+NUMBER_EXAMPLES = {"learning_rate": "2e-2", "lora_dropout": "0.1"}
 SWEEP_FIELDS = {"pre_seq_len": int, "learning_rate": float}
 """Fields that take a list of values (the published recipe's two knobs): several values make a sweep."""
 FIELD_LABELS = {
@@ -61,12 +82,16 @@ FIELD_LABELS = {
     "train_file": "Train file",
     "validation_file": "Validation file",
     "method": "Method",
-    "quantization_bit": "Quantization bit",
+    "quantization_bit": "Quantization",
     "pre_seq_len": "Prefix length",
     "prefix_projection": "Prefix MLP",
+    "lora_rank": "LoRA rank",
+    "lora_alpha": "LoRA alpha",
+    "lora_dropout": "LoRA dropout",
     "learning_rate": "Learning rate",
     "per_device_train_batch_size": "Batch per GPU",
     "gradient_accumulation_steps": "Accumulation",
+    "effective_batch": "Effective batch",
     "max_steps": "Steps",
     "save_steps": "Save every",
     "logging_steps": "Log every",
@@ -77,24 +102,46 @@ FIELD_LABELS = {
 
 
 class ConfigChecked(Message):
-    """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
+    """The checks of one form state: problems, and the VRAM estimates (or why this model's cannot be made)."""
 
     def __init__(
         self,
         config: RunConfig,
         problems: list[Problem],
-        estimate: VramEstimate | None,
+        estimates: Estimates,
         saved: bool,
         sweep: list[tuple[SweepPoint, int | None]] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.problems = problems
-        self.estimate = estimate
+        self.estimates = estimates
         self.saved = saved
         """Whether the file ctrl+s writes already holds exactly this config."""
         self.sweep = sweep
         """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimates:
+    """The estimate for the form's model folder (or why there is none) and for the real ChatGLM-6B."""
+
+    model: VramEstimate | None
+    reference: VramEstimate
+    model_problem: str | None = None
+
+
+class OnOffCheckbox(Checkbox):
+    """A checkbox that reads "[X] on" or "[ ] off", so its state shows without colour."""
+
+    @property
+    def _button(self):  # noqa: ANN202 (Textual's Content)
+        self.BUTTON_INNER = "X" if self.value else " "
+        return super()._button
+
+    def watch_value(self) -> None:
+        self.label = "on" if self.value else "off"
+        super().watch_value()
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -104,7 +151,7 @@ class LoadConfigScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="load-dialog"):
-            yield Label("Path of a run config (config.toml) to load; enter loads, escape cancels:")
+            yield Static("Path of a run config (config.toml) to load; enter loads, escape cancels:")
             yield Input(id="load-path", placeholder="~/glmtui/configs/my-run.toml")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -119,18 +166,39 @@ def parse_gpus(text: str) -> list[int]:
     return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
 
 
-def describe_estimate(
-    estimate: VramEstimate, gpus: list[int], snapshot: GpuSnapshot | None, width: int = 38
-) -> Text:
-    """The estimate per GPU against each chosen GPU's free memory now: green where it fits, red where not.
+ESTIMATE_PARTS = {
+    "cuda_context": "CUDA context",
+    "weights": "weights",
+    "trainable_states": "optimizer",
+    "activations": "activations",
+    "logits": "logits",
+    "fragmentation": "allocator",
+}
+LABEL_WIDTH, VALUE_WIDTH = 13, 11
 
-    Every GPU's row (as the Training view's panel shows it, from the app's one sampler) comes first, so the
-    GPUs other jobs are using can be seen while choosing.
-    """
+
+def _estimate_row(label: str, model: str, reference: str) -> str:
+    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{VALUE_WIDTH}}\n"
+
+
+def describe_estimate(
+    estimates: Estimates, gpus: list[int], snapshot: GpuSnapshot | None, width: int = 38
+) -> Text:
+    """The estimate per GPU part by part, this model beside ChatGLM-6B, then every GPU's row (as the Training
+    view's panel shows it, from the app's one sampler, so the GPUs other jobs use can be seen while choosing) and
+    each chosen GPU's free memory now: green where a run fits, red where not."""
+    model, reference = estimates.model, estimates.reference
     text = Text()
-    text.append(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU\n", style="bold")
-    for part, size in estimate.parts.items():
-        text.append(f"  {part.replace('_', ' ')}: {size / GIB:.2f} GiB\n", style="dim")
+    text.append(_estimate_row("VRAM per GPU", "this model", REFERENCE_NAME), style="bold")
+    for part, label in ESTIMATE_PARTS.items():
+        shown = format_bytes(model.parts[part]) if model else "-"
+        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part])), style="dim")
+    text.append(
+        _estimate_row("total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
+        style="bold",
+    )
+    if estimates.model_problem:
+        text.append(f"This model: {estimates.model_problem}\n", style="yellow")
     if snapshot is not None and snapshot.gpus:
         text.append("GPUs now:\n", style="dim")
         for row in compact_gpu_rows(snapshot.gpus, width):
@@ -143,10 +211,17 @@ def describe_estimate(
     for gpu in gpus:
         if gpu not in free:
             text.append(f"GPU {gpu}: free memory unknown\n", style="yellow")
-        elif estimate.fits(free[gpu]):
-            text.append(f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free, fits\n", style="green")
-        else:
-            text.append(f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free, does not fit\n", style="bold red")
+            continue
+        verdicts = [
+            f"{name} {'fits' if estimate.fits(free[gpu]) else 'does not fit'}"
+            for name, estimate in (("this model", model), (REFERENCE_NAME, reference))
+            if estimate is not None
+        ]
+        fits = model.fits(free[gpu]) if model else reference.fits(free[gpu])
+        text.append(
+            f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free; {', '.join(verdicts)}\n",
+            style="green" if fits else "bold red",
+        )
     return text
 
 
@@ -175,7 +250,8 @@ class ConfigScreen(WorkbenchScreen):
         self.base: RunConfig | None = None
         self.config: RunConfig | None = None
         self.problems: list[Problem] = []
-        self.estimate: VramEstimate | None = None
+        self.estimates: Estimates | None = None
+        self._checking: RunConfig | None = None
         self.axes: dict[str, list[object]] = {}
         """The fields given several values, with them: a sweep when not empty."""
         self._filling = False
@@ -198,27 +274,41 @@ class ConfigScreen(WorkbenchScreen):
         data_paths = sorted(
             str(path) for path in workspace.data_dir.rglob("*") if path.suffix.lower() in SUPPORTED_SUFFIXES
         )
+        with Vertical(id="config-paths"):
+            for name in PATH_FIELDS:
+                yield from self._field_row(name, model_paths, data_paths)
         with Horizontal(id="config-columns"):
-            with VerticalScroll(id="config-form"):
+            with VerticalScroll(id="config-form", can_focus=False):
                 for name in FIELD_LABELS:
-                    with Horizontal(classes="field"):
-                        yield Label(FIELD_LABELS[name], classes="field-label")
-                        yield self._field_widget(name, model_paths, data_paths)
-                    if name == "gradient_accumulation_steps":
-                        yield Static("", id="effective-batch")
+                    if name not in PATH_FIELDS:
+                        yield from self._field_row(name, model_paths, data_paths)
             with VerticalScroll(id="config-side"):
                 yield Static("", id="config-sweep")
-                yield Static("", id="config-estimate")
                 yield Static("", id="config-problems")
+                yield Static("", id="config-estimate")
                 yield Static("", id="config-command")
+
+    def _field_row(self, name: str, model_paths: list[str], data_paths: list[str]) -> ComposeResult:
+        methods = [method for method, fields in METHOD_FIELDS.items() if name in fields]
+        classes = "field " + " ".join(f"for-{method}" for method in methods)
+        with Horizontal(classes=classes, id=f"row-{name}"):
+            yield Label(FIELD_LABELS[name], classes="field-label")
+            if name == "effective_batch":
+                yield Static("", id="effective-batch")
+            else:
+                yield self._field_widget(name, model_paths, data_paths)
 
     def _field_widget(self, name: str, model_paths: list[str], data_paths: list[str]):
         if name == "method":
             return Select([(method, method) for method in METHODS], id=name, allow_blank=False)
         if name == "quantization_bit":
-            return Select([(str(bit), bit) for bit in QUANTIZATION_BITS], id=name, allow_blank=False)
+            return Select(
+                [(QUANTIZATION_LABELS.get(bit, f"{bit}-bit"), bit) for bit in QUANTIZATION_BITS],
+                id=name,
+                allow_blank=False,
+            )
         if name == "prefix_projection":
-            return Checkbox("on", id=name)
+            return OnOffCheckbox("off", id=name)
         suggestions = model_paths if name == "model_path" else data_paths if name.endswith("_file") else []
         if name in SWEEP_FIELDS:
             return Input(
@@ -227,7 +317,7 @@ class ConfigScreen(WorkbenchScreen):
         return Input(
             id=name,
             suggester=SuggestFromList(suggestions, case_sensitive=True) if suggestions else None,
-            type="integer" if name in INTEGER_FIELDS else "text",
+            type="integer" if name in INTEGER_FIELDS else "number" if name in NUMBER_FIELDS else "text",
         )
 
     def reopened_config(self) -> RunConfig | None:
@@ -253,16 +343,25 @@ class ConfigScreen(WorkbenchScreen):
         self.base = config
         self._filling = True
         try:
-            for name in TEXT_FIELDS + INTEGER_FIELDS + ("learning_rate",):
+            for name in TEXT_FIELDS + INTEGER_FIELDS + NUMBER_FIELDS:
                 value = getattr(config, name)
-                self.query_one(f"#{name}", Input).value = "" if value in (None, Path("")) else str(value)
+                field = self.query_one(f"#{name}", Input)
+                field.value = "" if value in (None, Path("")) else str(value)
+                field.cursor_position = 0  # show a long path from its start
             self.query_one("#gpus", Input).value = ",".join(map(str, config.gpus))
             self.query_one("#method", Select).value = config.method
             self.query_one("#quantization_bit", Select).value = config.quantization_bit
             self.query_one("#prefix_projection", Checkbox).value = config.prefix_projection
         finally:
             self._filling = False
+        self._show_method_fields(config.method)
         self.recheck()
+
+    def _show_method_fields(self, method: object) -> None:
+        """Show the rows of ``method``'s own fields and hide the other methods'."""
+        for other in METHOD_FIELDS:
+            for row in self.query(f".for-{other}"):
+                row.display = row.has_class(f"for-{method}")
 
     def load(self, config: RunConfig) -> None:
         """Fill the form with ``config`` (the demo, a loaded TOML); before mounting, the form starts with it."""
@@ -293,42 +392,7 @@ class ConfigScreen(WorkbenchScreen):
 
     def read_form(self) -> tuple[RunConfig | None, list[Problem]]:
         """The config the form describes, or the problems that stop it from being one."""
-        data = (self.base or self.blank_config()).to_dict()
-        problems: list[Problem] = []
-        for name in TEXT_FIELDS:
-            value = self.query_one(f"#{name}", Input).value.strip()
-            if value:
-                data[name] = value
-            elif name == "validation_file":
-                data.pop(name, None)
-            else:
-                problems.append(Problem(name, "fill this in"))
-        for name in INTEGER_FIELDS:
-            if name in SWEEP_FIELDS:
-                continue
-            text = self.query_one(f"#{name}", Input).value.strip()
-            try:
-                data[name] = int(text)
-            except ValueError:
-                problems.append(Problem(name, f"{text!r} is not a whole number"))
-        self.axes = {}
-        for name, kind in SWEEP_FIELDS.items():
-            values, problem = self._field_values(name, kind)
-            if problem:
-                problems.append(problem)
-            elif values:
-                data[name] = values[0]
-                if len(values) > 1:
-                    self.axes[name] = values
-        try:
-            data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
-        except ValueError:
-            problems.append(
-                Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
-            )
-        data["method"] = self.query_one("#method", Select).value
-        data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
-        data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
+        data, problems, self.axes = self._form_data()
         if problems:
             return None, problems
         try:
@@ -349,10 +413,73 @@ class ConfigScreen(WorkbenchScreen):
             return [], Problem(name, "a value is listed twice; list each value once")
         return values, None
 
+    def _sketch(self) -> RunConfig | None:
+        """The form's config with empty paths left empty: enough to estimate memory while only paths are
+        missing (None while a number is wrong)."""
+        data, problems, _ = self._form_data()
+        if any(problem.field not in PATH_FIELDS for problem in problems):
+            return None
+        try:
+            return RunConfig.from_dict({**data, **{name: data.get(name, "") for name in PATH_FIELDS[:3]}})
+        except ConfigError:
+            return None
+
+    def _form_data(self) -> tuple[dict[str, object], list[Problem], dict[str, list[object]]]:
+        """The form's values over the config it started from, what is wrong with them, and the sweep's axes (the
+        fields given several values). The fields of the methods not chosen keep the values the form started
+        from."""
+        data = (self.base or self.blank_config()).to_dict()
+        problems: list[Problem] = []
+        method = self.query_one("#method", Select).value
+        unused = {name for fields in METHOD_FIELDS.values() for name in fields} - set(
+            METHOD_FIELDS.get(str(method), ())
+        )
+        for name in TEXT_FIELDS:
+            value = self.query_one(f"#{name}", Input).value.strip()
+            if value:
+                data[name] = value
+            else:
+                data.pop(name, None)
+                if name != "validation_file":
+                    problems.append(Problem(name, "fill this in"))
+        axes: dict[str, list[object]] = {}
+        for name in INTEGER_FIELDS + NUMBER_FIELDS:
+            if name in unused:
+                continue
+            if name in SWEEP_FIELDS:
+                values, problem = self._field_values(name, SWEEP_FIELDS[name])
+                if problem:
+                    problems.append(problem)
+                elif values:
+                    data[name] = values[0]
+                    if len(values) > 1:
+                        axes[name] = values
+                continue
+            text = self.query_one(f"#{name}", Input).value.strip()
+            whole = name in INTEGER_FIELDS
+            try:
+                data[name] = int(text) if whole else float(text)
+            except ValueError:
+                kind = "a whole number" if whole else f"a number (e.g. {NUMBER_EXAMPLES[name]})"
+                problems.append(Problem(name, f"{text!r} is not {kind}" if text else "fill this in"))
+        try:
+            data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
+        except ValueError:
+            problems.append(
+                Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
+            )
+        data["method"] = method
+        data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
+        if "prefix_projection" not in unused:
+            data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
+        return data, problems, axes
+
     @on(Input.Changed)
     @on(Select.Changed)
     @on(Checkbox.Changed)
-    def form_changed(self) -> None:
+    def form_changed(self, event: Message) -> None:
+        if isinstance(event, Select.Changed) and event.select.id == "method":
+            self._show_method_fields(event.value)
         if not self._filling:
             self.recheck()
 
@@ -361,12 +488,13 @@ class ConfigScreen(WorkbenchScreen):
         config, problems = self.read_form()
         self.config = config
         self._show_effective_batch()
-        if config is None:
+        self._checking = config or self._sketch()
+        if self._checking is None:
             self._show(problems, None)
             return
-        if not preflight.data_checked(config):  # a large file takes seconds: say so until its verdict comes
+        if not preflight.data_checked(self._checking):  # a large file takes seconds: say so meanwhile
             self.query_one("#config-problems", Static).update(Text("Checking the data files…", style="dim"))
-        self.check_config(config, dict(self.axes))
+        self.check_config(self._checking, problems, dict(self.axes))
 
     def _show_effective_batch(self) -> None:
         """Batch × accumulation × GPUs, from the fields themselves, so it shows while other fields are wrong."""
@@ -376,38 +504,41 @@ class ConfigScreen(WorkbenchScreen):
             accumulation = int(self.query_one("#gradient_accumulation_steps", Input).value)
             gpus = len(parse_gpus(self.query_one("#gpus", Input).value))
         except ValueError:
-            effective.update("effective batch -")
+            effective.update("- (needs batch and accumulation)")
             return
         devices = f" × {gpus} GPUs" if gpus > 1 else ""
-        effective.update(
-            f"effective batch [b]{batch * accumulation * max(1, gpus)}[/b] = {batch} × {accumulation}{devices}"
-        )
+        effective.update(f"[b]{batch * accumulation * max(1, gpus)}[/b] = {batch} × {accumulation}{devices}")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
-    def check_config(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
+    def check_config(
+        self, config: RunConfig, form_problems: list[Problem], axes: dict[str, list[object]]
+    ) -> None:
+        """Check the config against the disk (or keep the form's problems while paths are missing), estimate its
+        memory, and for a sweep check and estimate every combination."""
         runs_dir = self.workbench.workspace.runs_dir
-        shape = None
-        if config.model_path.is_dir():
-            try:
-                shape = ModelShape.from_model_dir(config.model_path)
-            except GlmError:
-                shape = None
-        estimate = estimate_vram(shape, config) if shape else None
-        saved = self._is_saved(config)
-        if not axes:
-            self.post_message(ConfigChecked(config, preflight.check(config, runs_dir=runs_dir), estimate, saved))
+        shape, model, model_problem = None, None, None
+        try:
+            shape = ModelShape.from_model_dir(config.model_path)
+            model = estimate_vram(shape, config)
+        except GlmError as error:
+            model_problem = str(error)
+        estimates = Estimates(model, estimate_vram(REFERENCE_SHAPE, config), model_problem)
+        saved = not form_problems and self._is_saved(config)
+        if form_problems or not axes:
+            problems = form_problems or preflight.check(config, runs_dir=runs_dir)
+            self.post_message(ConfigChecked(config, problems, estimates, saved))
             return
         try:
             points = expand(config, axes)
         except GlmError as error:
-            self.post_message(ConfigChecked(config, [Problem("config", str(error))], estimate, saved))
+            self.post_message(ConfigChecked(config, [Problem("config", str(error))], estimates, saved))
             return
         problems = [
             Problem(problem.field, f"{point.label}: {problem.message}")
             for point, problem in sweep_problems(points, runs_dir=runs_dir)
         ]
         sweep = [(point, estimate_vram(shape, point.config).total if shape else None) for point in points]
-        self.post_message(ConfigChecked(config, problems, estimate, saved, sweep))
+        self.post_message(ConfigChecked(config, problems, estimates, saved, sweep))
 
     def _is_saved(self, config: RunConfig) -> bool:
         path = self.config_path(config)
@@ -417,24 +548,25 @@ class ConfigScreen(WorkbenchScreen):
             return False
 
     def on_config_checked(self, message: ConfigChecked) -> None:
-        if message.config is self.config:
-            self._show(message.problems, message.estimate, message.saved, message.sweep)
+        if message.config is self._checking:
+            self._show(message.problems, message.estimates, message.saved, message.sweep)
 
     def _show(
         self,
         problems: list[Problem],
-        estimate: VramEstimate | None,
+        estimates: Estimates | None,
         saved: bool = False,
         sweep: list[tuple[SweepPoint, int | None]] | None = None,
     ) -> None:
         self.problems = problems
-        self.estimate = estimate
+        self.estimates = estimates
         sweep_panel = self.query_one("#config-sweep", Static)
         sweep_panel.update(sweep_text(sweep) if sweep else "")
         sweep_panel.display = bool(sweep)
         problem_text = Text()
         if problems:
-            problem_text.append(f"{len(problems)} problem(s):\n", style="bold red")
+            count = len(problems)
+            problem_text.append(f"{count} problem{'s' if count != 1 else ''}:\n", style="bold red")
             for problem in problems:
                 problem_text.append(f"• {FIELD_LABELS.get(problem.field, problem.field)}: ", style="red")
                 problem_text.append(problem.message + "\n")
@@ -464,13 +596,18 @@ class ConfigScreen(WorkbenchScreen):
             command.update("")
 
     def _show_estimate(self) -> None:
+        """The estimates, or which field the estimate waits for (the form's first problem)."""
         widget = self.query_one("#config-estimate", Static)
-        if self.estimate is None or self.config is None:
-            widget.update(Text("VRAM estimate: needs a readable model folder", style="dim"))
+        if self.estimates is None or self._checking is None:
+            first = self.problems[0] if self.problems else None
+            reason = (
+                f"{FIELD_LABELS.get(first.field, first.field)}: {first.message}" if first else "checking…"
+            )
+            widget.update(Text(f"VRAM estimate waits for {reason}", style="yellow"))
         else:
             width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
             widget.update(
-                describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot, width)
+                describe_estimate(self.estimates, self._checking.gpus, self.workbench.gpu_snapshot, width)
             )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:

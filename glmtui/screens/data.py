@@ -13,7 +13,7 @@ from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Input, Label, Static
@@ -84,24 +84,34 @@ class DataScreen(WorkbenchScreen):
             "data-target-length": "64",
         }
         suggestions = {"data-file": data_paths, "data-model": models}
-        with Horizontal(id="data-columns"):
-            with VerticalScroll(id="data-form"):
-                for field_id, label in FIELDS:
-                    with Horizontal(classes="field"):
-                        yield Label(label, classes="field-label")
-                        yield Input(
-                            defaults[field_id],
-                            id=field_id,
-                            suggester=SuggestFromList(suggestions[field_id])
-                            if suggestions.get(field_id)
-                            else None,
-                            type="integer" if field_id.endswith("length") else "text",
-                        )
-            with VerticalScroll(id="data-side"):
-                stats: DataTable = DataTable(id="data-stats")
-                stats.add_columns("column", "p50", "p90", "p99", "max", "limit", "cut")
-                yield stats
-                yield Static("ctrl+g builds a preview.", id="data-preview-text")
+
+        def row(field_id: str, label: str) -> ComposeResult:
+            with Horizontal(classes="field"):
+                yield Label(label, classes="field-label")
+                yield Input(
+                    defaults[field_id],
+                    id=field_id,
+                    suggester=SuggestFromList(suggestions[field_id]) if suggestions.get(field_id) else None,
+                    type="integer" if field_id.endswith("length") else "text",
+                )
+
+        labels = dict(FIELDS)
+        # Paths across the full width (the long values); columns and lengths side by side below them.
+        with Vertical(id="data-form"):
+            for field_id in ("data-file", "data-model"):
+                yield from row(field_id, labels[field_id])
+            with Horizontal(id="data-settings"):
+                with Vertical():
+                    for field_id in ("data-prompt", "data-response", "data-history"):
+                        yield from row(field_id, labels[field_id])
+                with Vertical():
+                    for field_id in ("data-source-length", "data-target-length"):
+                        yield from row(field_id, labels[field_id])
+        stats: DataTable = DataTable(id="data-stats")
+        stats.add_columns("column", "p50", "p90", "p99", "max", "limit", "cut")
+        yield stats
+        with VerticalScroll(id="data-preview"):
+            yield Static("ctrl+g builds a preview.", id="data-preview-text")
 
     def _value(self, field_id: str) -> str:
         return self.query_one(f"#{field_id}", Input).value.strip()

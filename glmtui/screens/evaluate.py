@@ -10,12 +10,14 @@ import threading
 from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
+from textual.worker import Worker, WorkerState
 
 from glmcore.runs import Run
 from glmtui.presentation import format_duration
@@ -37,9 +39,10 @@ class EvalFinished(Message):
 
 
 def short(text: str | None, width: int = 40) -> str:
-    """One line of at most ``width`` characters."""
-    line = " ".join((text or "-").split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+    """One line of at most ``width`` terminal cells (Chinese characters take two)."""
+    line = Text(" ".join((text or "-").split()))
+    line.truncate(width, overflow="ellipsis")
+    return line.plain
 
 
 class EvaluateScreen(WorkbenchScreen):
@@ -50,7 +53,14 @@ class EvaluateScreen(WorkbenchScreen):
         Binding(
             "ctrl+g", "evaluate", "Evaluate", id="evaluate-start", tooltip="Compare the picked checkpoints"
         ),
-        Binding("ctrl+x", "cancel", "Cancel", id="evaluate-cancel", tooltip="Stop the evaluation"),
+        Binding(
+            "ctrl+x",
+            "cancel",
+            "Cancel",
+            id="evaluate-cancel",
+            priority=True,  # over the data field's cut
+            tooltip="Stop the evaluation",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -61,20 +71,21 @@ class EvaluateScreen(WorkbenchScreen):
 
     def compose_body(self) -> ComposeResult:
         yield Static("No run picked: choose one on the Runs screen (F5) and press e.", id="evaluate-title")
+        with Horizontal(classes="field"):
+            yield Label("Data file", classes="field-label")
+            yield Input(id="evaluate-data", placeholder="a .json/.jsonl/.csv file of the run's columns")
+        with Horizontal(classes="field"):
+            yield Label("First N only", classes="field-label")
+            yield Input(id="evaluate-limit", type="integer", placeholder="empty: every example")
         with Horizontal(id="evaluate-top"):
-            with Vertical(id="evaluate-picks"):
-                yield Label("Evaluate (space toggles):")
-                yield SelectionList[str](id="evaluate-checkpoints")
-            with Vertical(id="evaluate-settings"):
-                yield Label("Data file:")
-                yield Input(id="evaluate-data")
-                yield Label("Only its first N examples (empty: all):")
-                yield Input(id="evaluate-limit", type="integer", placeholder="all")
+            yield SelectionList[str](id="evaluate-checkpoints")
+            with Vertical(id="evaluate-state"):
+                yield Static("space ticks what to compare; ctrl+g evaluates.", id="evaluate-status")
                 yield ProgressBar(id="evaluate-progress", show_eta=False)
-                yield Static("", id="evaluate-status")
         yield DataTable(id="evaluate-metrics", cursor_type="row")
         yield DataTable(id="evaluate-examples", cursor_type="row")
-        yield Static("", id="evaluate-detail")
+        with VerticalScroll(id="evaluate-detail-box", can_focus=True):
+            yield Static("", id="evaluate-detail")
 
     def select_run(self, run: Run) -> None:
         """Offer the base model and ``run``'s checkpoints (the base and the latest picked)."""
@@ -120,6 +131,7 @@ class EvaluateScreen(WorkbenchScreen):
         limit = int(limit_text) if limit_text else None
         self._cancel = threading.Event()
         self.query_one("#evaluate-status", Static).update("Loading the model…")
+        self.query_one("#evaluate-progress", ProgressBar).display = True
         self.compare(
             self.run, picked, Path(self.query_one("#evaluate-data", Input).value.strip()), limit, self._cancel
         )
@@ -142,7 +154,7 @@ class EvaluateScreen(WorkbenchScreen):
             EvalSettings(
                 max_source_length=config.max_source_length, max_target_length=config.max_target_length
             ),
-            new_run_evaluation_folder(run),
+            new_run_evaluation_folder(run, self.workbench.clock()),
             columns=Columns(config.prompt_column, config.response_column, config.history_column),
             quantization_bit=config.quantization_bit,
             progress=lambda snapshot: self.post_message(EvalProgressed(snapshot)),
@@ -174,7 +186,25 @@ class EvaluateScreen(WorkbenchScreen):
             table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels))
         self.show_examples(comparison.output_dir)
         state = "done" if comparison.complete else "cancelled; finished evaluations kept"
-        self.query_one("#evaluate-status", Static).update(f"Evaluation {state}: {comparison.output_dir}")
+        folder = comparison.output_dir
+        shown = (
+            folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
+        )
+        self.query_one("#evaluate-status", Static).update(f"Evaluation {state}; results in the run's {shown}")
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The bar shows only while an evaluation runs, however it ends (the app shows a failure's error)."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "evaluate" and event.worker.is_finished:
+            self.query_one("#evaluate-progress", ProgressBar).display = False
+            if event.worker.state is not WorkerState.SUCCESS:
+                self.query_one("#evaluate-status", Static).update(
+                    "Stopped before an evaluation finished; nothing was kept. ctrl+g starts again."
+                )
+
+    def on_resize(self) -> None:
+        if getattr(self, "example_rows", None):
+            self._fill_examples()
 
     def show_examples(self, folder: Path) -> None:
         """List comparison_examples.jsonl (worst first, as written)."""
@@ -187,13 +217,25 @@ class EvaluateScreen(WorkbenchScreen):
             for line in (folder / COMPARISON_EXAMPLES_FILE).read_text(encoding="utf-8").splitlines()
             if line.strip()
         ]
+        self._fill_examples()
+
+    def _fill_examples(self) -> None:
+        """One row per example: the input, the base model's and the last checkpoint's answers, each cut to a
+        third of the width (the line below the table shows the highlighted example whole)."""
         table = self.query_one("#evaluate-examples", DataTable)
+        index_width = max([1, *(len(str(row["index"])) for row in self.example_rows)])
+        text_width = max(8, (self.size.width - index_width - 2 - 4 * 2) // 3)
         table.clear(columns=True)
-        table.add_columns("#", "input", "before", "after")
+        table.add_column("#", width=index_width)
+        for label in ("input", "before", "after"):
+            table.add_column(label, width=text_width)
         for row in self.example_rows:
             after = list(row["after"].values())[-1] if row["after"] else None
             table.add_row(
-                str(row["index"]), short(row["input"], 24), short(row["before"], 24), short(after, 24)
+                str(row["index"]),
+                short(row["input"], text_width),
+                short(row["before"], text_width),
+                short(after, text_width),
             )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

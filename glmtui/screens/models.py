@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import threading
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, Static
+from textual.worker import Worker
 
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
@@ -24,7 +26,7 @@ SHOWN_FILES = 4
 
 
 class LocalModelsRead(Message):
-    def __init__(self, rows: list[tuple[str, str, str, str]]) -> None:
+    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
         super().__init__()
         self.rows = rows
 
@@ -76,18 +78,19 @@ class ModelsScreen(WorkbenchScreen):
         self._cancel = threading.Event()
 
     def compose_body(self) -> ComposeResult:
-        yield Label("[b]In this workspace[/b]")
+        # Paths are shown relative to the models folder named above the table, and the catalog's notes
+        # below it whole, so neither table is wider than 80 columns.
+        yield Static(f"[b]In {escape(str(self.workbench.workspace.models_dir))}[/b]", id="models-local-title")
         local: DataTable = DataTable(id="models-local", cursor_type="row")
-        local.add_columns("Model", "Size", "State", "Path")
+        local.add_columns("Model", "Size", "State")
         yield local
         yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
         catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
-        catalog.add_columns("Name", "Title", "Size", "Note")
+        catalog.add_columns("Name", "Title", "Size")
         for model in MODELS.values():
-            catalog.add_row(
-                model.name, model.title, format_bytes(model.manifest.total_size), model.note, key=model.name
-            )
+            catalog.add_row(model.name, model.title, format_bytes(model.manifest.total_size), key=model.name)
         yield catalog
+        yield Static("", id="catalog-note")
         yield Input(
             placeholder="or a hub id, hub URL or Seafile share link; enter downloads it",
             id="models-source",
@@ -108,14 +111,7 @@ class ModelsScreen(WorkbenchScreen):
         for path in workspace.find_models():
             folder = inspect_model_folder(path)
             state = "complete" if folder.complete else f"missing {len(folder.missing)}"
-            rows.append(
-                (
-                    str(path.relative_to(workspace.models_dir)),
-                    format_bytes(folder.size_bytes),
-                    state,
-                    str(path),
-                )
-            )
+            rows.append((str(path.relative_to(workspace.models_dir)), format_bytes(folder.size_bytes), state))
         self.post_message(LocalModelsRead(rows))
 
     def on_local_models_read(self, message: LocalModelsRead) -> None:
@@ -123,6 +119,11 @@ class ModelsScreen(WorkbenchScreen):
         table.clear()
         for row in message.rows:
             table.add_row(*row)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "models-catalog" and event.row_key.value in MODELS:
+            model = MODELS[event.row_key.value]
+            self.query_one("#catalog-note", Static).update(f"{model.title}: {escape(model.note)}")
 
     def action_download(self) -> None:
         catalog = self.query_one("#models-catalog", DataTable)
@@ -135,6 +136,7 @@ class ModelsScreen(WorkbenchScreen):
     def start_download(self, name: str) -> None:
         self._cancel = threading.Event()
         self.query_one("#download-status", Static).update(f"Listing the files of {name}…")
+        self.query_one("#download-progress", ProgressBar).display = True
         self.download(name, self._cancel)
 
     def action_cancel_download(self) -> None:
@@ -157,6 +159,12 @@ class ModelsScreen(WorkbenchScreen):
         )
         self.app.call_from_thread(self.query_one("#download-status", Static).update, text)
         self.app.call_from_thread(self.read_local_models)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The bar shows only while a download runs, however it ends (the app shows a failure's error)."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "download" and event.worker.is_finished:
+            self.query_one("#download-progress", ProgressBar).display = False
 
     def on_download_progressed(self, message: DownloadProgressed) -> None:
         progress = message.progress

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -31,7 +32,13 @@ from glmtui.screens.run_actions import RunActions
 
 REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
-COLUMNS = {"Run": 30, "State": 9, "Step": 11, "Loss": 7, "Tok/s": 7, "ETA": 8, "GPUs": 5, "Age": 7}
+# Run and Step grow to their longest value (they change only when runs come or go).
+COLUMNS = {"Run": 12, "State": 8, "Step": 7, "Loss": 7, "Tok/s": 7, "ETA": 7, "GPUs": 5, "Age": 7}
+GROWING_COLUMNS = ("Run", "Step")
+DROP_ORDER = ("Age", "GPUs", "Tok/s", "Loss", "Step")
+"""Least important first: the columns left out, in this order, while the table is wider than the terminal
+(the highlighted run's line below the table still shows them). Run, State and ETA always stay."""
+CELL_PADDING = 2
 
 
 @dataclass(frozen=True)
@@ -44,13 +51,35 @@ class RunRow:
     queued: Decision | None = None
     """Its place in the queue and why it waits, while it is queued."""
 
-    def cells(self, now: datetime) -> tuple[str | Text, ...]:
-        figures = run_cells(self.status, self.last_log, now)
-        return (
-            Text(self.run.id),
-            state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
-            *(figures[name] for name in COLUMNS if name in figures),
-        )
+    def cells(self, now: datetime) -> dict[str, str | Text]:
+        """The text of every column, by column name (Text where a value must not be read as markup)."""
+        return {
+            "Run": Text(self.run.id),
+            "State": state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
+            **run_cells(self.status, self.last_log, now),
+        }
+
+    def describe(self, now: datetime, hidden: list[str]) -> str:
+        """One line about the run: where it runs, the columns the table left out, why it ended."""
+        cells = self.cells(now)
+        parts = [f"[b]{self.run.id}[/b]", f"host {self.status.host or 'unknown'}"]
+        parts += [f"{column} {cells[column]}" for column in COLUMNS if column in hidden]
+        if self.status.reason:
+            parts.append(f"{self.status.state}: {escape(self.status.reason)}")
+        return " · ".join(parts)
+
+
+def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, int]:
+    """The columns to show in ``width`` cells and their widths: every column, less DROP_ORDER's first ones
+    while the table would be wider."""
+    widths = dict(COLUMNS)
+    for column in GROWING_COLUMNS:
+        widths[column] = max([widths[column], *(len(row.cells(now)[column]) for row in rows)])
+    for column in DROP_ORDER:
+        if sum(cell + CELL_PADDING for cell in widths.values()) <= width:
+            break
+        del widths[column]
+    return widths
 
 
 class RunsRead(Message):
@@ -109,14 +138,19 @@ class RunsScreen(RunActions):
         super().__init__()
         self._tails: dict[Run, tuple[EventTail, dict | None]] = {}
         self.rows: dict[str, RunRow] = {}
+        self.shown_columns: dict[str, int] = {}
+        self.queue_problem: str | None = None
+        """Why the queue's settings could not be read, from the last read of the folders."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
-        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        for label, width in COLUMNS.items():
-            table.add_column(label, width=width)
-        yield table
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="runs-detail")
         yield Static("", id="runs-queue")
+
+    def on_resize(self) -> None:
+        if self.rows:
+            self._show_rows(list(self.rows.values()))
 
     def on_mount(self) -> None:
         self.refresh_runs()
@@ -148,37 +182,59 @@ class RunsScreen(RunActions):
     def on_runs_read(self, message: RunsRead) -> None:
         if not self.query("#runs-table"):
             return  # read by a worker while the screen was being taken down (the app closing)
+        self.queue_problem = message.queue_problem
+        self._show_rows(message.rows)
+
+    def _show_rows(self, rows: list[RunRow]) -> None:
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
-        same_runs = list(self.rows) == [row.run.id for row in message.rows] and table.row_count == len(
-            self.rows
+        columns = fitting_columns(rows, table.scrollable_content_region.width or self.size.width, now)
+        same_runs = (
+            list(self.rows) == [row.run.id for row in rows]
+            and table.row_count == len(self.rows)
+            and columns == self.shown_columns
         )
-        self.rows = {row.run.id: row for row in message.rows}
-        if not same_runs:
+        self.rows = {row.run.id: row for row in rows}
+        if columns != self.shown_columns:
+            table.clear(columns=True)
+            for label, width in columns.items():
+                table.add_column(label, width=width, key=label)
+            self.shown_columns = columns
+        elif not same_runs:
             # Runs came or went: rebuild. Otherwise cells change in place, so the table neither flickers
             # nor loses its column widths and cursor every second.
             table.clear()
-        for row in message.rows:
+        for row in rows:
             cells = row.cells(now)
             if same_runs:
-                for column, value in zip(table.columns, cells, strict=True):
-                    table.update_cell(row.run.id, column, value)
+                for column in columns:
+                    table.update_cell(row.run.id, column, cells[column])
             else:
-                table.add_row(*cells, key=row.run.id)
+                table.add_row(*(cells[column] for column in columns), key=row.run.id)
         if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
         queue = self.query_one("#runs-queue", Static)
-        queue.update(
-            Text(message.queue_problem, style="red") if message.queue_problem else queue_text(message.rows)
-        )
-        queue.display = bool(message.queue_problem) or any(row.queued for row in message.rows)
-        active = sum(row.status.is_active for row in message.rows)
+        queue.update(Text(self.queue_problem, style="red") if self.queue_problem else queue_text(rows))
+        queue.display = bool(self.queue_problem) or any(row.queued for row in rows)
+        active = sum(row.status.is_active for row in rows)
         self.query_one("#runs-summary", Static).update(
-            f"{len(message.rows)} run{'s' if len(message.rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
-            if message.rows
+            f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
+            if rows
             else "No runs yet: press n to configure one."
         )
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        run = self.selected_run()
+        row = self.rows.get(run.id) if run else None
+        hidden = [column for column in COLUMNS if column not in self.shown_columns]
+        # query, not query_one: the table can report a highlight while the screen is still composing
+        for detail in self.query("#runs-detail").results(Static):
+            detail.update(row.describe(self.workbench.clock(), hidden) if row else "")
+
+    def on_data_table_row_highlighted(self) -> None:
+        self._show_detail()
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         """A new GPU reading changes why queued runs wait."""

@@ -8,6 +8,7 @@ the screen stops following; coming back carries on from the same offsets, so not
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.markup import escape
@@ -43,6 +44,43 @@ class RunFollowed(Message):
         self.events = events
         self.log_lines = log_lines
         self.status = status
+
+
+STEP_LINE = re.compile(r"step (\d+)/")
+
+
+def merge_by_step(log_lines: list[str], events: list[dict]) -> list[str]:
+    """train.log's lines and the event lines of one read in step order: each event goes before the first log
+    line of a later step (a log line's step is that of the last ``step N/...`` line up to it). On reopening a
+    run both files come at once; without this every event would follow the last log line."""
+    described = [(record.get("step") or 0, line) for record in events if (line := event_sentence(record))]
+    merged: list[str] = []
+    step = 0
+    for line in log_lines:
+        if match := STEP_LINE.match(line):
+            step = int(match[1])
+        while described and described[0][0] < step:
+            merged.append(described.pop(0)[1])
+        merged.append(line)
+    return merged + [line for _, line in described]
+
+
+def header_figures(status: RunStatus | None, logs: list[dict]) -> list[str]:
+    """The figures beside the progress bar, most wanted first (they wrap on a narrow terminal): where the run
+    is, when it ends, how fast it goes, how it learns."""
+    if status is None:
+        return []
+    last = logs[-1] if logs else {}
+    figures = [f"step {status.step}/{status.total}"]
+    if status.is_active and last.get("eta_s") is not None:
+        figures.append(f"ETA {format_duration(last['eta_s'])}")
+    if (samples := last.get("samples_per_s")) is not None:
+        figures.append(f"{samples:.1f} samples/s")
+    if (loss := last.get("loss")) is not None:
+        figures.append(f"loss {loss:.4f}")
+    if (speed := last.get("tokens_per_s")) is not None:
+        figures.append(f"{speed:,.0f} tok/s")
+    return figures
 
 
 class TrainingScreen(RunActions):
@@ -145,9 +183,7 @@ class TrainingScreen(RunActions):
             return
         self.records.extend(message.events)
         self.status = message.status
-        log = self.query_one("#training-log", Log)
-        log.write_lines(message.log_lines)
-        log.write_lines([line for record in message.events if (line := event_sentence(record))])
+        self.query_one("#training-log", Log).write_lines(merge_by_step(message.log_lines, message.events))
         self._redraw()
 
     # drawing
@@ -168,21 +204,10 @@ class TrainingScreen(RunActions):
             reason = f" — {status.reason}" if status and status.reason else ""
             title.update(f"[b]{self.run.id}[/b]  {escape(state)}{escape(reason)}")  # any state, any reason
         progress = self.query_one("#training-progress", ProgressBar)
+        progress.display = status is not None and bool(status.total)
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
-        last = logs[-1] if logs else {}
-        stats = []
-        if status is not None:
-            stats.append(f"step {status.step}/{status.total}")
-        if (loss := last.get("loss")) is not None:
-            stats.append(f"loss {loss:.4f}")
-        if (speed := last.get("tokens_per_s")) is not None:
-            stats.append(f"{speed:,.0f} tok/s")
-        if (samples := last.get("samples_per_s")) is not None:
-            stats.append(f"{samples:.1f} samples/s")
-        if status is not None and status.is_active and last.get("eta_s") is not None:
-            stats.append(f"ETA {format_duration(last['eta_s'])}")
-        self.query_one("#training-stats", Static).update("  ".join(stats))
+        self.query_one("#training-stats", Static).update("  ".join(header_figures(status, logs)))
         self._plot("#loss-plot", "loss", logs, "loss")
         self._plot("#lr-plot", "learning rate", logs, "learning_rate")
 

@@ -61,6 +61,7 @@ class WelcomeScreen(WorkbenchScreen):
 
     def action_build_demo(self) -> None:
         self.query_one("#demo-status", Static).update("Building the demo workspace…")
+        self.query_one("#demo-progress", ProgressBar).display = True
         self.build_demo()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
