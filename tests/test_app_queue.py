@@ -145,6 +145,10 @@ async def test_the_config_editor_turns_fields_into_values_and_counts_the_runs(tm
         assert "psl4 lr0.01: " in sweep and "psl8 lr0.02: " in sweep
         assert sweep.count(" GiB") == 4
         command = " ".join(str(screen.query_one("#config-command").render()).split())
+        assert "for `glmtui sweep`" in command  # the command is shown once the file it names exists
+        await pilot.press("ctrl+s")
+        await settle(pilot)
+        command = " ".join(str(screen.query_one("#config-command").render()).split())
         assert command.endswith("--set pre_seq_len=4,8 --set learning_rate=0.01,0.02")
         assert "glmtui sweep" in command
 
