@@ -385,7 +385,7 @@ def test_glmtui_convert_writes_safetensors_that_give_the_published_logits(chatgl
 
 @pytest.mark.parametrize("prefix", [None, "prefix_projection_true"])
 def test_static_decoder_greedy_equals_the_published_generate(golden, prefix):
-    from glmcore.decoding import generate
+    from glmcore.generation import generate
 
     implementation = glmcore.models.family_of(golden.model).implementation()
     model = golden.prefixed_model(prefix) if prefix else golden.model

@@ -78,7 +78,7 @@ def write_tiny_checkpoint(path, **options):
 
 
 def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
-    """The static-cache decoder (glmcore.decoding's loop) for this architecture."""
+    """The static-cache decoder (glmcore.generation's, with this family's cache and positions)."""
     from glmcore.models.chatglm2.decoding import new_decoder as make
 
     return make(model, batch, capacity, use_graph=use_graph)
