@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=0.7, help="sampling top_p (default 0.7)")
     parser.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="seed each answer, so answers repeat")
+    parser.add_argument(
+        "--system", default=None, help="system prompt (ChatGLM3; ChatGLM2 takes it as a first round)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
         if interactive:
             notices.print(f"Loading {args.model} …")
         tokenizer = load_tokenizer(args.model)
-        session = ChatSession(load_model(args.model, quantization_bit=args.quantization_bit), tokenizer)
+        session = ChatSession(
+            load_model(args.model, quantization_bit=args.quantization_bit), tokenizer, system=args.system
+        )
         session.settings = settings
         if args.checkpoint is not None:
             session.use_prefix(args.checkpoint)
@@ -69,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
     if interactive:
-        notices.print(f"Chatting with {args.model.name} ({_prefix_name(session)}). {COMMANDS_HELP}")
+        notices.print(
+            f"Chatting with {args.model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
+        )
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
 
 
@@ -130,7 +137,7 @@ def _answer(session, message: str, out: TextIO, notices: Console, *, interactive
             "positions and were dropped from the history."
         )
     if interactive:
-        out.write("\nChatGLM-6B：")
+        out.write(f"\n{session.family_title}：")
     try:
         for delta in turn:
             out.write(delta)
