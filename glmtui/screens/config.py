@@ -30,6 +30,7 @@ from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.runs import Run
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
+from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
@@ -68,11 +69,14 @@ FIELD_LABELS = {
 class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
 
-    def __init__(self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def __init__(
+        self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None, family: str = ""
+    ) -> None:
         super().__init__()
         self.config = config
         self.problems = problems
         self.estimate = estimate
+        self.family = family
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -144,6 +148,8 @@ class ConfigScreen(WorkbenchScreen):
         self.config: RunConfig | None = None
         self.problems: list[Problem] = []
         self.estimate: VramEstimate | None = None
+        self.family = ""
+        """The chosen model folder's family title, shown above the estimate."""
         self._filling = False
 
     def blank_config(self) -> RunConfig:
@@ -316,16 +322,18 @@ class ConfigScreen(WorkbenchScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
     def check_config(self, config: RunConfig) -> None:
         problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
-        estimate = None
+        estimate, family = None, ""
         if config.model_path.is_dir():
+            family = family_title(config.model_path)
             try:
                 estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
             except GlmError:
                 estimate = None
-        self.post_message(ConfigChecked(config, problems, estimate))
+        self.post_message(ConfigChecked(config, problems, estimate, family))
 
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self.config:
+            self.family = message.family
             self._show(message.problems, message.estimate)
 
     def _show(self, problems: list[Problem], estimate: VramEstimate | None) -> None:
@@ -356,8 +364,9 @@ class ConfigScreen(WorkbenchScreen):
             widget.update(Text("VRAM estimate: needs a readable model folder", style="dim"))
         else:
             width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
+            text = Text(f"Model family: {self.family}\n") if self.family else Text()
             widget.update(
-                describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot, width)
+                text + describe_estimate(self.estimate, self.config.gpus, self.workbench.gpu_snapshot, width)
             )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:

@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
 from glmcore.models.checkpoint import inspect_model_folder
-from glmtui.presentation import format_duration
+from glmtui.presentation import family_title, format_duration
 from glmtui.screens.base import WorkbenchScreen
 
 SHOWN_FILES = 4
@@ -78,7 +78,7 @@ class ModelsScreen(WorkbenchScreen):
     def compose_body(self) -> ComposeResult:
         yield Label("[b]In this workspace[/b]")
         local: DataTable = DataTable(id="models-local", cursor_type="row")
-        local.add_columns("Model", "Size", "State", "Path")
+        local.add_columns("Model", "Family", "Size", "State", "Path")
         yield local
         yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
         catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
@@ -111,6 +111,7 @@ class ModelsScreen(WorkbenchScreen):
             rows.append(
                 (
                     str(path.relative_to(workspace.models_dir)),
+                    family_title(path),
                     format_bytes(folder.size_bytes),
                     state,
                     str(path),
