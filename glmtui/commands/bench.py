@@ -7,7 +7,13 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="measure training, decoding and evaluation speed at ChatGLM-6B's real shape"
+        "bench", help="measure training, decoding and evaluation speed at a model family's real shape"
+    )
+    parser.add_argument(
+        "--family",
+        choices=("chatglm-6b", "chatglm2-6b", "chatglm3-6b"),
+        default="chatglm-6b",
+        help="the family whose real shape is measured (default chatglm-6b)",
     )
     parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
     parser.add_argument("--only", help="comma-separated figures (default: all)")
@@ -19,6 +25,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from glmcore.bench import main
 
     argv = ["--tiny"] if args.tiny else []
+    argv += ["--family", args.family]
     if args.only:
         argv += ["--only", args.only]
     if args.workdir:

@@ -13,7 +13,9 @@ from glmcore.workspace import Workspace
 
 
 def build_demo(args: argparse.Namespace) -> int:
-    from glmcore.demo import demo_run_config, ensure_demo_workspace
+    from glmcore.demo import DEMO_FAMILY_CHOICES, demo_run_config, ensure_demo_workspace
+
+    family = DEMO_FAMILY_CHOICES[args.family]
 
     console = Console()
     workspace = Workspace.from_env()
@@ -32,11 +34,12 @@ def build_demo(args: argparse.Namespace) -> int:
                 progress=lambda fraction, message: progress.update(
                     task, completed=fraction, description=message
                 ),
+                family=family,
             )
     except GlmError as error:
         console.print(f"[red]glmtui demo:[/] {error}")
         return 1
-    config = demo_run_config(workspace)
+    config = demo_run_config(workspace, family)
     console.print(f"Demo model: {paths.model_dir}")
     console.print(f"Demo data:  {paths.train_file.parent}")
     console.print(
@@ -49,5 +52,11 @@ def build_demo(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo", help="build the demo workspace: a tiny model and sample data to try the whole loop on a CPU"
+    )
+    parser.add_argument(
+        "--family",
+        choices=("chatglm", "chatglm2", "chatglm3"),
+        default="chatglm",
+        help="the demo model's family: ChatGLM-6B (default), ChatGLM2-6B or ChatGLM3-6B",
     )
     parser.set_defaults(func=build_demo)

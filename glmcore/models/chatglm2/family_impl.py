@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, PrefixEncoder, prefix_width
+from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm2.tokenization import ChatGLM2Tokenizer
 
@@ -75,6 +76,11 @@ def new_prefix_encoder(config) -> PrefixEncoder:
 
 def write_tiny_checkpoint(path, **options):
     return write_tiny(path, **{"flavour": "chatglm2", **options})
+
+
+def write_random_checkpoint(path, config_values: dict):
+    """A random checkpoint of `config_values`' shape (the bench's, at the real size)."""
+    return write_random(path, config_values, flavour="chatglm2")
 
 
 def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):

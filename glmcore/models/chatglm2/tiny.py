@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
@@ -55,6 +56,7 @@ def write_tiny_checkpoint(
     multi_query_group_num: int = 2,
     ffn_hidden_size: int = 96,
     sp_vocab_size: int = 900,
+    corpus: Iterable[str] | None = None,
     seed: int = 0,
     init_std: float = 0.02,
     num_shards: int = 3,
@@ -62,7 +64,8 @@ def write_tiny_checkpoint(
 ) -> Path:
     """Write a complete tiny checkpoint folder of `flavour` ("chatglm2" or "chatglm3") and return it.
 
-    Weights are float16 like the real checkpoint, deterministic for a `seed`. `padded_vocab_size` is the
+    Weights are float16 like the real checkpoint, deterministic for a `seed`. The tokenizer learns from
+    `corpus` (default: a built-in mix) and the chat lines of both prompt styles. `padded_vocab_size` is the
     SentencePiece size plus the specials, not rounded up as the real 65024 is: random weights must never
     pick an id the tokenizer cannot decode.
     """
@@ -82,7 +85,7 @@ def write_tiny_checkpoint(
         )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size)
+    processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size, corpus)
     specials = len(GLM_SPECIAL_TOKENS) + (len(ROLE_TOKENS) if flavour == "chatglm3" else 0)
     padded_vocab_size = processor.get_piece_size() + specials
     details = FLAVOURS[flavour]
@@ -196,11 +199,14 @@ def random_state_dict(
     return tensors
 
 
-def _write_sentencepiece_model(path: Path, sp_vocab_size: int) -> spm.SentencePieceProcessor:
+def _write_sentencepiece_model(
+    path: Path, sp_vocab_size: int, corpus: Iterable[str] | None = None
+) -> spm.SentencePieceProcessor:
+    lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]
     trained = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([*BUILTIN_CORPUS, *CHAT_CORPUS]),
+            sentence_iterator=iter([*lines, *CHAT_CORPUS]),
             model_writer=trained,
             model_type="bpe",
             vocab_size=sp_vocab_size,
@@ -261,3 +267,33 @@ def _write_shards(
 
 def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_random_checkpoint(directory: str | Path, config_values: dict, *, flavour: str = "chatglm2") -> Path:
+    """A checkpoint of any size (the real one's, for the bench) with random weights, built on the GPU when
+    there is one: seven `.bin` shards under the published names, `config.json` from `config_values` (a
+    published config.json's keys), and a tiny checkpoint's tokenizer files (the bench feeds ids directly)."""
+    from glmcore.models.chatglm2.configuration import ChatGLM2Config
+    from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration
+
+    folder = write_tiny_checkpoint(directory, flavour=flavour, num_shards=1)
+    for stale in folder.glob("pytorch_model*"):
+        stale.unlink()
+    config = ChatGLM2Config(**config_values)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = ChatGLM2ForConditionalGeneration(config).to(torch.float16)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.02, generator=generator)
+            else:
+                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
+    tensors = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
+    _write_shards(folder, tensors, min(7, len(tensors)), "bin")
+    _write_json(folder / "config.json", dict(config_values))
+    return folder
