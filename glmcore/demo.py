@@ -23,18 +23,20 @@ DEMO_MODEL_NAME = "demo-chatglm-tiny"
 DEMO_DATA_NAME = "advertisegen-sample"
 DEMO_MARKER = "glmtui-demo.json"
 DEMO_SHAPE = {"hidden_size": 128, "num_layers": 4, "num_attention_heads": 4, "inner_hidden_size": 512}
+# ChatGLM2/3's tiny demo: the same width and depth, multi-query attention with 2 groups, a SwiGLU MLP with
+# as many weights as the GELU one (3 × 352 ≈ 2 × 512), and ChatGLM-6B's 2048 positions (room for chat's
+# 512-token answers).
+GROUPED_DEMO_SHAPE = {
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_attention_heads": 4,
+    "ffn_hidden_size": 352,
+    "seq_length": 2048,
+}
 DEMO_FAMILIES = {
     "chatglm-6b": (DEMO_MODEL_NAME, DEMO_SHAPE),
-    # ChatGLM2/3's tiny demo: the same width and depth, multi-query attention with 2 groups, and a SwiGLU
-    # MLP with as many weights as the GELU one above (3 × 352 ≈ 2 × 512).
-    "chatglm2-6b": (
-        "demo-chatglm2-tiny",
-        {"hidden_size": 128, "num_layers": 4, "num_attention_heads": 4, "ffn_hidden_size": 352},
-    ),
-    "chatglm3-6b": (
-        "demo-chatglm3-tiny",
-        {"hidden_size": 128, "num_layers": 4, "num_attention_heads": 4, "ffn_hidden_size": 352},
-    ),
+    "chatglm2-6b": ("demo-chatglm2-tiny", {**GROUPED_DEMO_SHAPE}),
+    "chatglm3-6b": ("demo-chatglm3-tiny", {**GROUPED_DEMO_SHAPE}),
 }
 """Each family's demo model: its folder name in the workspace and its tiny shape."""
 DEMO_FAMILY_CHOICES = {"chatglm": "chatglm-6b", "chatglm2": "chatglm2-6b", "chatglm3": "chatglm3-6b"}

@@ -57,6 +57,7 @@ def write_tiny_checkpoint(
     ffn_hidden_size: int = 96,
     sp_vocab_size: int = 900,
     corpus: Iterable[str] | None = None,
+    seq_length: int | None = None,
     seed: int = 0,
     init_std: float = 0.02,
     num_shards: int = 3,
@@ -65,7 +66,8 @@ def write_tiny_checkpoint(
     """Write a complete tiny checkpoint folder of `flavour` ("chatglm2" or "chatglm3") and return it.
 
     Weights are float16 like the real checkpoint, deterministic for a `seed`. The tokenizer learns from
-    `corpus` (default: a built-in mix) and the chat lines of both prompt styles. `padded_vocab_size` is the
+    `corpus` (default: a built-in mix) and the chat lines of both prompt styles. `seq_length` (the model's
+    positions) defaults to a small one per flavour; the demo asks for room for a 512-token answer. `padded_vocab_size` is the
     SentencePiece size plus the specials, not rounded up as the real 65024 is: random weights must never
     pick an id the tokenizer cannot decode.
     """
@@ -88,7 +90,7 @@ def write_tiny_checkpoint(
     processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size, corpus)
     specials = len(GLM_SPECIAL_TOKENS) + (len(ROLE_TOKENS) if flavour == "chatglm3" else 0)
     padded_vocab_size = processor.get_piece_size() + specials
-    details = FLAVOURS[flavour]
+    details = {**FLAVOURS[flavour], **({"seq_length": seq_length} if seq_length else {})}
     _write_json(folder / "config.json", _config_json(details, locals()))
     _write_json(
         folder / "tokenizer_config.json",
