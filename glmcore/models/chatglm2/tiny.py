@@ -277,25 +277,12 @@ def write_random_checkpoint(directory: str | Path, config_values: dict, *, flavo
     published config.json's keys), and a tiny checkpoint's tokenizer files (the bench feeds ids directly)."""
     from glmcore.models.chatglm2.configuration import ChatGLM2Config
     from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration
+    from glmcore.models.checkpoint import random_state
 
     folder = write_tiny_checkpoint(directory, flavour=flavour, num_shards=1)
     for stale in folder.glob("pytorch_model*"):
         stale.unlink()
-    config = ChatGLM2Config(**config_values)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = ChatGLM2ForConditionalGeneration(config).to(torch.float16)
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0, 0.02, generator=generator)
-            else:
-                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
-    tensors = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
+    tensors = random_state(ChatGLM2ForConditionalGeneration, ChatGLM2Config(**config_values))
     _write_shards(folder, tensors, min(7, len(tensors)), "bin")
     _write_json(folder / "config.json", dict(config_values))
     return folder
