@@ -59,6 +59,8 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         assert isinstance(chat, ChatScreen)
         await wait_until(pilot, lambda: chat.session is not None, "the chat model loaded")
         assert chat.session.family_title == family_named(family).title
+        status = str(chat.query_one("#chat-status", Static).render())
+        assert status == f"Chatting with {family_named(family).title}, checkpoint-4."
         assert chat.session.prefix is not None and chat.session.prefix.name == "checkpoint-4"
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")
