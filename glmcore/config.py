@@ -246,13 +246,28 @@ def validate(config: RunConfig, *, check_paths: bool = True, runs_dir: Path | No
     ``check_paths`` also checks what lies outside the config: the model folder and data files, free disk for the
     checkpoints (in ``runs_dir``, by default the workspace's), installed packages and the GPUs present.
     """
-    problems = _value_problems(config)
+    problems = _value_problems(config, *(_model_positions(config) if check_paths else ()))
     if check_paths:
         problems += _environment_problems(config, runs_dir or Workspace.from_env().runs_dir)
     return problems
 
 
-def _value_problems(config: RunConfig) -> list[Problem]:
+def _model_positions(config: RunConfig) -> tuple[int, str]:
+    """The model folder's positions and family title (ChatGLM2/3 have 32768 / 8192); ChatGLM-6B's when the
+    folder cannot be read (its own problem is reported by the environment checks)."""
+    from glmcore.models import family_for
+    from glmcore.models.family import read_config_json
+
+    try:
+        family, _ = family_for(config.model_path)
+        return family.shape(read_config_json(config.model_path)).positions, family.title
+    except GlmError:
+        return MAX_SEQUENCE_LENGTH, "ChatGLM-6B"
+
+
+def _value_problems(
+    config: RunConfig, positions: int = MAX_SEQUENCE_LENGTH, family_title: str = "ChatGLM-6B"
+) -> list[Problem]:
     problems: list[Problem] = []
 
     def need(condition: bool, field_name: str, message: str) -> None:
@@ -299,10 +314,10 @@ def _value_problems(config: RunConfig) -> list[Problem]:
         need(getattr(config, name) > 0, name, f"must be more than 0, not {getattr(config, name)}")
     prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
     need(
-        config.sequence_length <= MAX_SEQUENCE_LENGTH - prefix,
+        config.sequence_length <= positions - prefix,
         "max_source_length",
         f"max_source_length + max_target_length = {config.sequence_length} exceeds the "
-        f"{MAX_SEQUENCE_LENGTH - prefix} tokens ChatGLM-6B has room for"
+        f"{positions - prefix} tokens {family_title} has room for"
         + (f" after a {prefix}-token prefix" if prefix else "")
         + "; shorten them",
     )
