@@ -10,7 +10,8 @@ nothing. docs/benchmarks.md keeps the results with the card each was measured on
 Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `ptuning4` (NF4 at batch
 1 × accumulation 16 and batch 16), `decode16` / `decode4` (batch 1, 64-token prompt, 128 new tokens),
 `evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
-published `.bin` shards and from safetensors).
+published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
+`vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell).
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from glmcore.config import RunConfig
 from glmcore.models import CHATGLM_6B as FAMILY
 from glmcore.models import FAMILIES, ModelFamily, family_named
+from glmcore.quiet import quiet_libraries
 
 CHATGLM_6B = FAMILY.published_config()
 """The real model's config.json: its shape and special ids."""
@@ -72,6 +72,7 @@ def bench_shape(family: ModelFamily, tiny: bool) -> dict:
 
 
 def versions() -> dict:
+    import torch
     import transformers
 
     try:
@@ -96,15 +97,21 @@ def report(figure: str, **values) -> dict:
 
 
 def synchronize() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
 def peak_gib() -> float | None:
+    import torch
+
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
 def reset_peak() -> None:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -132,6 +139,8 @@ def write_random_checkpoint(folder: Path, shape: dict, family: ModelFamily = FAM
 
 def bandwidth() -> float | None:
     """Device copy bandwidth in bytes/s, counting read and write (the anchors' convention)."""
+    import torch
+
     if not torch.cuda.is_available():
         return None
     source = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
@@ -164,9 +173,11 @@ def ptuning_steps(
     accumulation: int,
     steps: int,
     checkpointing: bool | None = None,
+    callbacks: list | None = None,
 ) -> dict:
     """Optimizer steps through the product's Trainer setup; time and peak over the steps after warm-up."""
-    from transformers import TrainerCallback
+    import torch
+    from transformers import PrinterCallback, TrainerCallback
 
     from glmcore.data import TrainingCollator
     from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
@@ -214,8 +225,9 @@ def ptuning_steps(
             args=training_arguments(config, Path(output), checkpointing),
             train_dataset=dataset,
             data_collator=TrainingCollator(special_ids(shape)["pad_token_id"]),
-            callbacks=[StepTimer()],
+            callbacks=[StepTimer(), *(callbacks or [])],
         )
+        trainer.remove_callback(PrinterCallback)  # its dicts would break the one-JSON-object-per-line output
         trainer.args.save_strategy = "no"
         trainer.args.include_num_input_tokens_seen = "all"  # no padding in these rows
         trainer.train()
@@ -279,6 +291,8 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
 
 def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
+    import torch
+
     from glmcore.generation import generate, new_decoder
 
     ids = special_ids(shape)
@@ -336,6 +350,34 @@ def load_to_first_token(model_dir: Path, shape: dict) -> float:
     return seconds
 
 
+def vram_run_config(
+    model_dir: Path, workdir: Path, method: str, bits: int, batch: int, accumulation: int, *, name: str
+) -> RunConfig:
+    """A 4-step run of `method` over 64 rows that fill 64+64 tokens, for measuring memory against the estimate."""
+    import torch
+
+    data = workdir / "vram-train.json"
+    if not data.is_file():
+        text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
+        data.write_text(
+            "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
+            "utf-8",
+        )
+    return RunConfig(
+        name=f"{name}-{bits}bit-b{batch}x{accumulation}",
+        method=method,
+        model_path=model_dir,
+        train_file=data,
+        quantization_bit=bits,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=4,
+        save_steps=1000,
+        logging_steps=1,
+        gpus=[0] if torch.cuda.is_available() else [],
+    )
+
+
 def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumulation: int) -> dict:
     """A real detached-style run (its own process) sampled through NVML, against the estimate.
 
@@ -348,24 +390,7 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     from glmcore.gpu import read_gpus
     from glmcore.runs import RunStore, launch
 
-    data = workdir / "vram-train.json"
-    text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
-    data.write_text(
-        "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
-        "utf-8",
-    )
-    config = RunConfig(
-        name=f"vram-{bits}bit-b{batch}x{accumulation}",
-        model_path=model_dir,
-        train_file=data,
-        quantization_bit=bits,
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=accumulation,
-        max_steps=4,
-        save_steps=1000,
-        logging_steps=1,
-        gpus=[0] if torch.cuda.is_available() else [],
-    )
+    config = vram_run_config(model_dir, workdir, "ptuning-v2", bits, batch, accumulation, name="vram")
     from glmcore.train import free_gpu_memory
 
     estimate = estimate_vram(ModelShape.from_model_dir(model_dir), config, free_bytes=free_gpu_memory())
@@ -404,10 +429,126 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     }
 
 
-FIGURES = ("bandwidth", "ptuning16", "ptuning4", "decode16", "decode4", "evaluate", "load", "vram")
+GRID_CELLS = tuple(
+    (method, bits, batch, accumulation)
+    for method in ("ptuning-v2", "lora")
+    for bits in (4, 8, 16)
+    for batch, accumulation in ((1, 16), (16, 1))
+)
+
+
+def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: float = 96) -> list[dict]:
+    """Each grid cell as `repeats` real training processes, several at once, against the estimate.
+
+    A cell's figure is the largest NVML used memory of its processes (one reading moves by a few percent with
+    the allocator's history). Processes start while the estimates of those running stay under `budget_gib`,
+    so each one still finds more free memory than its own estimate: the automatic recomputation choice is the
+    one it makes on an idle card.
+    """
+    import threading
+
+    import torch
+
+    from glmcore.estimate import ModelShape, estimate_vram
+    from glmcore.gpu import read_gpus
+    from glmcore.runs import RunStore, launch
+
+    shape = ModelShape.from_model_dir(model_dir)
+    total_bytes = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
+    queue = []
+    for method, bits, batch, accumulation in GRID_CELLS:
+        if bits == 8 and not torch.cuda.is_available():
+            continue  # LLM.int8 needs a GPU
+        config = vram_run_config(model_dir, workdir, method, bits, batch, accumulation, name=f"grid-{method}")
+        estimate = estimate_vram(shape, config, free_bytes=total_bytes)
+        queue += [(config, estimate)] * repeats
+    peaks: dict[int, int] = {}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for gpu in read_gpus().gpus:
+                for holder in gpu.processes:
+                    if holder.used_memory:
+                        peaks[holder.pid] = max(peaks.get(holder.pid, 0), holder.used_memory)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    store = RunStore(workdir / "grid-runs")
+    running: list[tuple] = []
+    finished: list[tuple] = []
+    while queue or running:
+        for entry in [entry for entry in running if entry[2].poll() is not None]:
+            running.remove(entry)
+            finished.append(entry)
+            config, estimate, process, run = entry
+            report(  # one line per process as it ends, so a cut-short grid still leaves its readings
+                "vram_process",
+                run=run.path.name,
+                state=run.status().state,
+                measured_nvml_GiB=round(peaks.get(process.pid, 0) / 2**30, 3),
+                estimated_GiB=round(estimate.total / 2**30, 3),
+            )
+        in_use = sum(estimate.total for _, estimate, _, _ in running) / 2**30
+        if queue and (not running or in_use + queue[0][1].total / 2**30 <= budget_gib):
+            config, estimate = queue.pop(0)
+            run = store.create(config)
+            running.append((config, estimate, launch(run, detach=False), run))
+            time.sleep(2)
+        else:
+            time.sleep(0.5)
+    done.set()
+    sampler.join()
+    cells: dict[tuple, dict] = {}
+    for config, estimate, process, run in finished:
+        key = (
+            config.method,
+            config.quantization_bit,
+            config.per_device_train_batch_size,
+            config.gradient_accumulation_steps,
+        )
+        cell = cells.setdefault(key, {"estimate": estimate, "measured": [], "states": []})
+        cell["measured"].append(peaks.get(process.pid, 0))
+        cell["states"].append(run.status().state)
+    results = []
+    for (method, bits, batch, accumulation), cell in cells.items():
+        measured = max(cell["measured"]) / 2**30
+        total = cell["estimate"].total / 2**30
+        results.append(
+            {
+                "method": method,
+                "bits": bits,
+                "batch": batch,
+                "accumulation": accumulation,
+                "states": cell["states"],
+                "gradient_checkpointing": cell["estimate"].gradient_checkpointing,
+                "measured_nvml_GiB": [round(value / 2**30, 3) for value in cell["measured"]],
+                "largest_GiB": round(measured, 3),
+                "estimated_GiB": round(total, 3),
+                "error": round((total - measured) / measured, 3) if measured else None,
+                "parts_GiB": {name: round(size / 2**30, 3) for name, size in cell["estimate"].parts.items()},
+            }
+        )
+    return results
+
+
+FIGURES = (
+    "bandwidth",
+    "ptuning16",
+    "ptuning4",
+    "decode16",
+    "decode4",
+    "evaluate",
+    "load",
+    "vram",
+    "vramgrid",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     parser = argparse.ArgumentParser(prog="python -m glmcore.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--tiny", action="store_true", help="a toy shape: checks the suite runs; numbers mean nothing"
@@ -423,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the model family whose real shape is measured (default chatglm-6b)",
     )
     args = parser.parse_args(argv)
+    quiet_libraries()
     wanted = set(args.only.split(","))
     unknown = wanted - set(FIGURES)
     if unknown:
@@ -465,8 +607,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         # (batch, accumulation, gradient checkpointing: None = the product's automatic choice)
         plans = {
-            "ptuning16": (16, ((16, 1, None), (1, 1, None))),
-            "ptuning4": (4, ((1, 16, None), (1, 16, True), (16, 1, None))),
+            "ptuning16": (16, ((16, 1, None), (1, 1, None), (1, 1, True))),
+            "ptuning4": (4, ((1, 16, None), (16, 1, None))),
         }
         for name, (bits, settings) in plans.items():
             if name in wanted:
@@ -480,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
                 if bits == 8 and not torch.cuda.is_available():
                     continue  # LLM.int8 needs a GPU
                 report("vram_calibration", **measured_vram(model_dir, workdir, bits, batch, accumulation))
+        if "vramgrid" in wanted:
+            for cell in vram_grid(model_dir, workdir, repeats=1 if args.tiny else 3):
+                report("vram_grid", **cell)
         for bits in (16, 4):
             if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
                 from glmcore.models.loading import load_model

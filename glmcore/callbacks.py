@@ -8,15 +8,21 @@ at the same step (LlamaBoard's stop reached only some ranks and hung the rest). 
 Tokens per second count real tokens: set ``TrainingArguments(include_num_input_tokens_seen="non_padding")`` and
 the Trainer counts the attention mask's ones (or the non-pad ids) of every batch, over all ranks; the callback
 turns that count into a rate. Left at "no", ``tokens_per_s`` is None.
+
+events.jsonl stays strict JSON for every reader: a NaN or infinite figure (a diverged loss, its grad_norm, an
+infinite learning rate) is written as null. With the run's ``stop_on_nan`` (the default) a non-finite logged loss
+ends training on every rank with ``TrainingDiverged``, which the training process records as the run's failure.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from glmcore.errors import GlmError
 from glmcore.runs import Run
 
 GIB = 2**30
@@ -45,11 +51,25 @@ def _all_ranks_agree_to_stop(wants_stop: bool, args: TrainingArguments) -> bool:
     return bool(flag.item())
 
 
+class TrainingDiverged(GlmError):
+    """The loss became NaN or infinite and the run asked to stop then (``stop_on_nan``)."""
+
+
+def finite_or_null(value: object) -> object:
+    """``value`` with every NaN or infinite float (also inside lists) replaced by None, as JSON's null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, list | tuple):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
 class RunEventsCallback(TrainerCallback):
     """Writes a run's events and status from inside ``transformers.Trainer`` and serves its stop request."""
 
     def __init__(self, run: Run) -> None:
         self.run = run
+        self.stop_on_nan = run.config.stop_on_nan
         self.stopped_by_request = False
         """Set once a stop request ended training, so the trainer records ``stopped`` rather than ``finished``."""
         self._session_start = 0.0
@@ -86,12 +106,26 @@ class RunEventsCallback(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: object,
     ) -> None:
-        if not state.is_world_process_zero or not logs:
+        if not logs:
             return
+        loss = logs.get("loss")
+        diverged = isinstance(loss, float) and not math.isfinite(loss)
+        if state.is_world_process_zero:
+            self._record_log(args, state, logs)
+        if diverged and self.stop_on_nan:
+            # Every rank logs the same all-reduced loss, so every rank stops here.
+            raise TrainingDiverged(
+                f"loss became {'NaN' if math.isnan(loss) else 'infinite'} at step {state.global_step}; "
+                "lower the learning_rate (or set stop_on_nan = false to train on)"
+            )
+
+    def _record_log(self, args: TrainingArguments, state: TrainerState, logs: dict[str, float]) -> None:
         if "loss" not in logs:
             # Evaluation metrics arrive through on_evaluate; the end-of-training summary goes into the end event.
             if "train_runtime" in logs:
-                self._summary = {key: value for key, value in logs.items() if key.startswith("train_")}
+                self._summary = {
+                    key: finite_or_null(value) for key, value in logs.items() if key.startswith("train_")
+                }
             return
         now = time.monotonic()
         step = state.global_step
@@ -106,9 +140,9 @@ class RunEventsCallback(TrainerCallback):
         self.run.append_event(
             "log",
             step=step,
-            loss=logs["loss"],
-            learning_rate=logs.get("learning_rate"),
-            grad_norm=logs.get("grad_norm"),
+            loss=finite_or_null(logs["loss"]),
+            learning_rate=finite_or_null(logs.get("learning_rate")),
+            grad_norm=finite_or_null(logs.get("grad_norm")),
             epoch=state.epoch,
             tokens_per_s=(state.num_input_tokens_seen - self._last_log_tokens) / interval
             if counts_tokens and interval > 0
@@ -139,6 +173,7 @@ class RunEventsCallback(TrainerCallback):
         **kwargs: object,
     ) -> None:
         if state.is_world_process_zero and metrics:
+            metrics = {key: finite_or_null(value) for key, value in metrics.items()}
             self.run.append_event("eval", step=state.global_step, **metrics)
 
     def on_save(

@@ -5,18 +5,19 @@ defaults are ChatGLM-6B's published P-tuning v2 recipe (ptuning/train.sh): 4-bit
 rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. TOML has no null, so a setting whose
 value is None (meaning "none" or "automatic") is left out of the file and read back as None.
 
-``validate`` reports every problem at once, one sentence each, so a user fixes the file in one go instead of
-meeting the problems one launch at a time.
+``validate`` reports every problem of the values at once, one sentence each, so a user fixes the file in one go
+instead of meeting the problems one launch at a time. What lies outside the config (the model folder, the data
+files, the disk, the GPUs, installed packages) is checked by ``glmcore.preflight``; this module reads no file but
+the config itself and probes no hardware.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
+import math
 import shlex
-import shutil
 import tomllib
 import types
 import typing
@@ -26,7 +27,7 @@ from pathlib import Path
 import tomli_w
 
 from glmcore.errors import GlmError
-from glmcore.workspace import Workspace, atomic_write_text, model_folder_problems
+from glmcore.workspace import atomic_write_text
 
 METHODS = ("ptuning-v2", "lora", "full")
 QUANTIZATION_BITS = (4, 8, 16)
@@ -51,19 +52,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
-
-
-def visible_gpu_count() -> int:
-    """How many GPUs the NVIDIA driver reports here; 0 without a driver (read through NVML, not torch, so
-    that a config form does not wait for torch to import)."""
-    from glmcore.gpu import read_gpus
-
-    snapshot = read_gpus()
-    return len(snapshot.gpus) if snapshot.available else 0
-
-
-def _default_gpus() -> list[int]:
-    return [0] if visible_gpu_count() > 0 else []
 
 
 @dataclass(kw_only=True)
@@ -98,8 +86,9 @@ class RunConfig:
     prompt_column: str = "content"
     response_column: str = "summary"
     history_column: str | None = None
-    gpus: list[int] = field(default_factory=_default_gpus)
-    """GPU indices as nvidia-smi numbers them; empty trains on the CPU."""
+    gpus: list[int] = field(default_factory=lambda: [0])
+    """GPU indices as nvidia-smi numbers them; empty trains on the CPU. GPU 0 by default, as the published
+    train.sh (CUDA_VISIBLE_DEVICES=0); a machine without it is told to set [] (glmcore.preflight)."""
     seed: int = 42
     gradient_checkpointing: bool | None = None
     """None lets glmtui decide (see glmcore.estimate.resolve_gradient_checkpointing)."""
@@ -110,6 +99,8 @@ class RunConfig:
     """None, "zero2", "zero3", or the path of a DeepSpeed JSON config."""
     dtype: str | None = None
     """Compute dtype of the unquantized parts: None picks bfloat16 where the GPU supports it, else float16."""
+    stop_on_nan: bool = True
+    """End the run as failed when the logged loss becomes NaN or infinite; false trains on."""
 
     @property
     def effective_batch_size(self) -> int:
@@ -240,38 +231,20 @@ def _coerce(value: object, hint: object, base_dir: Path | None) -> object:
     raise AssertionError(f"RunConfig field type {hint!r} has no conversion")
 
 
-def validate(config: RunConfig, *, check_paths: bool = True, runs_dir: Path | None = None) -> list[Problem]:
-    """Every problem with ``config``, one sentence each; empty when the run can start.
+def validate(config: RunConfig) -> list[Problem]:
+    """Every problem with the values of ``config``, one sentence each; empty when they make a run.
 
-    ``check_paths`` also checks what lies outside the config: the model folder and data files, free disk for the
-    checkpoints (in ``runs_dir``, by default the workspace's), installed packages and the GPUs present.
+    ``glmcore.preflight.check`` adds what lies outside the config (files, disk, GPUs, packages).
     """
-    problems = _value_problems(config, *(_model_positions(config) if check_paths else ()))
-    if check_paths:
-        problems += _environment_problems(config, runs_dir or Workspace.from_env().runs_dir)
-    return problems
-
-
-def _model_positions(config: RunConfig) -> tuple[int, str]:
-    """The model folder's positions and family title (ChatGLM2/3 have 32768 / 8192); ChatGLM-6B's when the
-    folder cannot be read (its own problem is reported by the environment checks)."""
-    from glmcore.models import family_for
-    from glmcore.models.family import read_config_json
-
-    try:
-        family, _ = family_for(config.model_path)
-        return family.shape(read_config_json(config.model_path)).positions, family.title
-    except GlmError:
-        return MAX_SEQUENCE_LENGTH, "ChatGLM-6B"
-
-
-def _value_problems(
-    config: RunConfig, positions: int = MAX_SEQUENCE_LENGTH, family_title: str = "ChatGLM-6B"
-) -> list[Problem]:
-    problems: list[Problem] = []
+    problems = [
+        Problem(number_field.name, f"must be a finite number, not {value}")
+        for number_field in dataclasses.fields(config)
+        if isinstance(value := getattr(config, number_field.name), float) and not math.isfinite(value)
+    ]
+    not_finite = {problem.field for problem in problems}
 
     def need(condition: bool, field_name: str, message: str) -> None:
-        if not condition:
+        if not condition and field_name not in not_finite:
             problems.append(Problem(field_name, message))
 
     need(bool(config.name.strip()), "name", "give the run a name")
@@ -284,6 +257,12 @@ def _value_problems(
         config.quantization_bit in QUANTIZATION_BITS,
         "quantization_bit",
         f"{config.quantization_bit} is not supported; use 4, 8 or 16 (16 means no quantization)",
+    )
+    need(
+        config.quantization_bit != 8 or bool(config.gpus),
+        "quantization_bit",
+        "8-bit (LLM.int8) needs a CUDA GPU and this run trains on the CPU (gpus = []); "
+        "use quantization_bit = 4 or 16 on the CPU, or list a GPU in gpus",
     )
     need(
         config.method != "full" or config.quantization_bit == 16,
@@ -314,10 +293,16 @@ def _value_problems(
         need(getattr(config, name) > 0, name, f"must be more than 0, not {getattr(config, name)}")
     prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
     need(
-        config.sequence_length <= positions - prefix,
+        prefix < MAX_SEQUENCE_LENGTH,
+        "pre_seq_len",
+        f"a {prefix}-token prefix leaves no room for the text in ChatGLM-6B's {MAX_SEQUENCE_LENGTH} positions; "
+        "use a shorter prefix (128 is usual)",
+    )
+    need(
+        prefix >= MAX_SEQUENCE_LENGTH or config.sequence_length <= MAX_SEQUENCE_LENGTH - prefix,
         "max_source_length",
         f"max_source_length + max_target_length = {config.sequence_length} exceeds the "
-        f"{positions - prefix} tokens {family_title} has room for"
+        f"{MAX_SEQUENCE_LENGTH - prefix} tokens ChatGLM-6B has room for"
         + (f" after a {prefix}-token prefix" if prefix else "")
         + "; shorten them",
     )
@@ -358,66 +343,3 @@ def _value_problems(
             "DeepSpeed pays off only for full fine-tuning or several GPUs; leave it out for this run",
         )
     return problems
-
-
-def _environment_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
-    problems = [
-        Problem(
-            "model_path",
-            f"{problem}; download the model with `glmtui download` or point model_path at a complete folder",
-        )
-        for problem in model_folder_problems(config.model_path)
-    ]
-    for name in ("train_file", "validation_file"):
-        path = getattr(config, name)
-        if path is not None and not path.is_file():
-            problems.append(Problem(name, f"the data file {path} does not exist"))
-    if config.deepspeed is not None:
-        if importlib.util.find_spec("deepspeed") is None:
-            problems.append(
-                Problem("deepspeed", f"DeepSpeed is not installed; run `{DEEPSPEED_INSTALL_HINT}`")
-            )
-        if config.deepspeed not in DEEPSPEED_PRESETS and not Path(config.deepspeed).is_file():
-            problems.append(
-                Problem(
-                    "deepspeed",
-                    f"{config.deepspeed!r} is neither zero2, zero3 nor an existing DeepSpeed JSON file",
-                )
-            )
-    if config.gpus:
-        present = visible_gpu_count()
-        absent = [gpu for gpu in config.gpus if gpu >= present]
-        if absent:
-            have = f"GPUs 0-{present - 1}" if present else "no GPU"
-            problems.append(
-                Problem("gpus", f"GPU {', '.join(map(str, absent))} is not here (this machine has {have})")
-            )
-    if not any(problem.field == "model_path" for problem in problems):
-        problems += _disk_problems(config, runs_dir)
-    return problems
-
-
-def _disk_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
-    from glmcore.estimate import ModelShape, estimate_checkpoint_bytes, kept_checkpoint_count
-
-    try:
-        shape = ModelShape.from_model_dir(config.model_path)
-    except GlmError as error:
-        return [Problem("model_path", str(error))]
-    kept = kept_checkpoint_count(config)
-    needed = kept * estimate_checkpoint_bytes(shape, config)
-    existing = runs_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if needed <= free:
-        return []
-    gib = 2**30
-    return [
-        Problem(
-            "save_total_limit",
-            f"the run will keep {kept} checkpoints of about {needed / kept / gib:.1f} GiB "
-            f"({needed / gib:.1f} GiB) but {existing} has {free / gib:.1f} GiB free; "
-            "free disk space, set a lower save_total_limit or save less often",
-        )
-    ]

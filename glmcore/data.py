@@ -1,8 +1,8 @@
 """Datasets in the AdvertiseGen form, and the examples the model's family builds from them.
 
-Files are JSON lines, a JSON array, or CSV, loaded through `datasets`. A row has a prompt column, a
-response column and optionally a history column (a list of [query, response] pairs). Rows with an empty
-prompt or response are skipped and counted, as the published script skips them.
+Files are JSON lines, a JSON array, or CSV (UTF-8). A row has a prompt column, a response column and optionally
+a history column (a list of [query, response] pairs), all text. Rows with an empty prompt or response are skipped
+and counted, as the published script skips them; anything else wrong stops the load with the file and line.
 
 Training rows, evaluation prompts and references are built exactly as each family's published scripts build
 them, by its `family_impl` (ChatGLM-6B's: glmcore/models/chatglm6b/data.py); the functions here find the family
@@ -11,7 +11,10 @@ from the tokenizer.
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,80 +65,189 @@ def build_prompt(query: str, history: tuple[tuple[str, str], ...] | list = ()) -
     return rounds + f"[Round {len(history)}]\n问：{query}\n答："
 
 
-def _check_json_lines(path: Path) -> bool:
-    """True for a JSON array file; for JSON lines, fail on the first bad line with its number."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            stripped = line.strip()
-            if not stripped:
-                continue
-            if number == 1 and stripped.startswith("["):
-                return True
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line, or DataError at the first line that is not UTF-8."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                json.loads(stripped)
-            except json.JSONDecodeError as error:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
                 raise DataError(
-                    f"{path}, line {number}: not valid JSON ({error.msg}). Fix or remove that line."
+                    f"{path}:{number}: byte {error.start + 1} of the line is not UTF-8 ({raw[error.start]:#04x}); "
+                    "save the file as UTF-8."
                 ) from None
-    return False
 
 
-def _read_table(path: Path):
-    import datasets
+def _json_type(value: object) -> str:
+    """How a JSON value reads to a user: "a number (123)", "a list", ..."""
+    if isinstance(value, bool):
+        return f"true/false ({json.dumps(value)})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "text" if isinstance(value, str) else "null"
 
-    datasets.disable_progress_bars()
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return datasets.Dataset.from_csv(str(path), keep_in_memory=True)
-    if _check_json_lines(path):
+
+def _json_lines_records(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, object]]:
+    for number, line in lines:
+        stripped = line.strip()
+        if not stripped:
+            continue
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            yield number, json.loads(stripped)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}).") from None
-        return datasets.Dataset.from_list(records)
-    return datasets.Dataset.from_json(str(path), keep_in_memory=True)
+            raise DataError(
+                f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove that line."
+            ) from None
 
 
-def _history_pairs(value, path: Path, row_number: int) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        value = json.loads(value) if value.strip() else []
+def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, object]]:
+    """The items of a JSON array file, each with the line it starts on."""
     try:
-        return tuple((str(query), str(response)) for query, response in value)
-    except (TypeError, ValueError):
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg}); fix the file.") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}:1: the file holds {_json_type(items)}, not a list of rows; use JSON lines.")
+    # Walk the text again only to know where each item starts, for the messages about rows.
+    decoder = json.JSONDecoder()
+    position, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+    for item in items:
+        start = position
+        while text[start] in " \t\r\n,":
+            start += 1
+        line += text.count("\n", position, start)
+        _, position = decoder.raw_decode(text, start)
+        yield line, item
+        line += text.count("\n", start, position)
+
+
+def _csv_records(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, object]]:
+    """CSV rows as dicts keyed by the header; a row whose field count differs from the header's is an error."""
+    numbered = iter(lines)
+    current = [0]
+
+    def text_lines() -> Iterator[str]:
+        for number, line in numbered:
+            current[0] = number
+            yield line
+
+    reader = csv.reader(text_lines(), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{current[0]}: {len(row)} fields where the header has {len(header)}; "
+                    "put quotes around values that hold commas."
+                )
+            yield current[0], dict(zip(header, row, strict=True))
+    except csv.Error as error:
         raise DataError(
-            f"{path}, row {row_number}: the history must be a list of [query, response] pairs."
+            f"{path}:{current[0]}: not valid CSV ({error}); check the quotes on that line."
         ) from None
 
 
-def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
-    """Read a dataset file into examples, or say exactly what is wrong with it."""
+def read_records(path: str | Path) -> Iterator[tuple[int, object]]:
+    """(line number, record) for every row of a .json, .jsonl or .csv file; DataError with file:line otherwise.
+
+    Records are read with the standard json and csv parsers rather than `datasets`, whose errors name neither
+    the file's line nor the fix.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"The data file {path} does not exist.")
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
         raise DataError(f"{path}: use a .json, .jsonl or .csv file (AdvertiseGen ships JSON lines).")
-    table = _read_table(path)
-    found = list(table.column_names)
+    lines = _decoded_lines(path)
+    if suffix == ".csv":
+        yield from _csv_records(path, lines)
+        return
+    first = next(((number, line) for number, line in lines if line.strip()), None)
+    if first is None:
+        return
+    if first[1].lstrip().startswith("["):
+        text = "\n" * (first[0] - 1) + first[1] + "".join(line for _, line in lines)
+        yield from _json_array_records(path, text)
+        return
+    yield from _json_lines_records(path, itertools.chain([first], lines))
+
+
+def _text(value: object, column: str, where: str) -> str:
+    """A prompt or response cell as text ("" for null); DataError for numbers, lists and objects."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DataError(
+        f"{where}: {column!r} holds {_json_type(value)}, not text; write it as a JSON string (in quotes)."
+    )
+
+
+def _history_pairs(value: object, column: str, where: str) -> tuple[tuple[str, str], ...]:
+    """A history cell ([[query, response], ...], or that list as JSON text in a CSV) as pairs of text."""
+    problem = DataError(
+        f'{where}: {column!r} must be a list of [query, response] pairs of text, like [["q", "a"]].'
+    )
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError:
+            raise problem from None
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+        for pair in value
+    ):
+        raise problem
+    return tuple((query, response) for query, response in value)
+
+
+def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
+    """Read a dataset file into examples, or say exactly what is wrong with it and on which line."""
+    path = Path(path)
     wanted = [columns.prompt, columns.response] + ([columns.history] if columns.history else [])
-    missing = [name for name in wanted if name not in found]
-    if missing:
-        raise DataError(
-            f"{path} has no column {', '.join(repr(name) for name in missing)}; its columns are: {', '.join(found) or 'none'}."
-        )
     examples: list[Example] = []
-    skipped = 0
-    for row_number, row in enumerate(table, start=1):
-        query, response = row[columns.prompt], row[columns.response]
+    found: dict[str, None] = {}
+    skipped = rows = 0
+    for number, record in read_records(path):
+        where = f"{path}:{number}"
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{where}: {_json_type(record)} where a row was expected; each row is one JSON object like "
+                f'{{"{columns.prompt}": "...", "{columns.response}": "..."}}.'
+            )
+        rows += 1
+        found.update(dict.fromkeys(record))
+        query = _text(record.get(columns.prompt), columns.prompt, where)
+        response = _text(record.get(columns.response), columns.response, where)
+        history = (
+            _history_pairs(record.get(columns.history), columns.history, where) if columns.history else ()
+        )
         if not query or not response:
             skipped += 1
             continue
-        history = _history_pairs(row[columns.history], path, row_number) if columns.history else ()
-        examples.append(Example(str(query), str(response), history))
+        examples.append(Example(query, response, history))
+    if not rows:
+        raise DataError(
+            f"{path} is empty; it needs one row per example with {columns.prompt!r} and {columns.response!r}."
+        )
+    missing = [name for name in wanted if name not in found]
+    if missing:
+        raise DataError(
+            f"{path} has no column {', '.join(repr(name) for name in missing)}; its columns are: "
+            f"{', '.join(found) or 'none'}. Set prompt_column/response_column to the ones it has."
+        )
     if not examples:
         raise DataError(f"{path} holds no usable rows ({skipped} had an empty prompt or response).")
-    return LoadedData(path, examples, skipped, found)
+    return LoadedData(path, examples, skipped, list(found))
 
 
 # --- examples as the model's family builds them (glmcore/models/<family>/family_impl.py) -------------

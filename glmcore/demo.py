@@ -9,9 +9,11 @@ a laptop CPU in minutes. It is written in the published on-disk layout (sharded 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,9 @@ PRETRAIN_STEPS = 400
 PRETRAIN_BATCH = 32
 PRETRAIN_MAX_TOKENS = 96
 SEED = 0
+PROGRESS_EVERY = 10
+PRETRAIN_START, PRETRAIN_END = 0.1, 0.95
+"""The share of the progress bar before and after pretraining, which takes nearly all of the build's time."""
 
 Progress = Callable[[float, str], None]
 
@@ -56,6 +61,12 @@ class DemoWorkspace:
     model_dir: Path
     train_file: Path
     dev_file: Path
+
+
+def format_eta(seconds: float) -> str:
+    """``75`` -> ``1m15s``, ``9`` -> ``9s``: short enough for a progress line."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
 def demo_paths(workspace: Workspace, family: str = "chatglm-6b") -> DemoWorkspace:
@@ -89,6 +100,7 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
     )
     generator = torch.Generator().manual_seed(SEED)
     model.train()
+    started = time.monotonic()
     for step in range(PRETRAIN_STEPS):
         picks = torch.randint(len(rows), (PRETRAIN_BATCH,), generator=generator).tolist()
         loss = model(**collate([rows[index] for index in picks])).loss
@@ -97,10 +109,13 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 20 == 0 or step == PRETRAIN_STEPS - 1:
+        if step % PROGRESS_EVERY == 0 or step == PRETRAIN_STEPS - 1:
+            done = step + 1
+            left = (time.monotonic() - started) / done * (PRETRAIN_STEPS - done)
             progress(
-                0.1 + 0.85 * (step + 1) / PRETRAIN_STEPS,
-                f"pretraining the demo model: step {step + 1}/{PRETRAIN_STEPS}, loss {loss.item():.2f}",
+                PRETRAIN_START + (PRETRAIN_END - PRETRAIN_START) * done / PRETRAIN_STEPS,
+                f"pretraining the demo model: step {done}/{PRETRAIN_STEPS}, loss {loss.item():.2f}, "
+                f"about {format_eta(left)} left",
             )
     from glmcore.models import CHATGLM_6B, family_of
     from glmcore.models.checkpoint import rewrite_weights
@@ -114,19 +129,23 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
 def ensure_demo_workspace(
     workspace: Workspace | None = None, progress: Progress | None = None, family: str = "chatglm-6b"
 ) -> DemoWorkspace:
-    """Build the demo model of `family` (a `family = ...` name) and the data if they are not there yet (a
-    couple of minutes on a 2-core CPU).
+    """Build the demo model of `family` (a `family = ...` name) and the data if they are not there yet (about a
+    minute on a 2-core CPU for ChatGLM-6B's; see README).
 
-    The model is built in a temporary folder and renamed into place, so an interrupted build leaves
-    nothing half-made behind.
+    A built workspace returns at once, before torch is imported. The model is built in a temporary folder and
+    renamed into place, so an interrupted build leaves nothing half-made behind.
     """
+    workspace = workspace or Workspace.from_env()
+    report = progress or (lambda fraction, message: None)
+    paths = demo_paths(workspace, family)
+    if demo_ready(workspace, family):
+        report(1.0, "the demo workspace is ready")
+        return paths
+
     from glmcore.models import family_named
     from glmcore.sample_data import ad_copy_corpus, generate_examples, write_sample_dataset
 
-    workspace = workspace or Workspace.from_env()
     workspace.ensure()
-    report = progress or (lambda fraction, message: None)
-    paths = demo_paths(workspace, family)
     _, shape = DEMO_FAMILIES[family]
     if not (paths.train_file.is_file() and paths.dev_file.is_file()):
         report(0.0, "writing the AdvertiseGen-form sample data")
@@ -170,6 +189,36 @@ def demo_run_config(workspace: Workspace | None = None, family: str = "chatglm-6
         save_steps=100,
         logging_steps=5,
         max_source_length=64,
-        max_target_length=96,
+        max_target_length=64,
         gpus=[],
     )
+
+
+def demo_lora_config(workspace: Workspace | None = None, family: str = "chatglm-6b") -> RunConfig:
+    """The same data through LoRA adapters instead of a prefix: a second method to try on the CPU."""
+    config = demo_run_config(workspace, family)
+    return dataclasses.replace(
+        config, name=config.name.replace("ptuning", "lora"), method="lora", learning_rate=2e-3
+    )
+
+
+def write_demo_configs(
+    workspace: Workspace | None = None, family: str = "chatglm-6b"
+) -> list[tuple[Path, bool]]:
+    """``configs/demo-ptuning.toml`` and ``configs/demo-lora.toml`` (ChatGLM2/3's: ``demo-chatglm3-ptuning.toml``
+    ...), for ``glmtui train``; each path with whether it was written now (a file already there, perhaps edited,
+    is kept as it is).
+
+    The P-tuning config becomes the workspace's last config, so the config editor opens with it.
+    """
+    workspace = workspace or Workspace.from_env()
+    written = []
+    for config in (demo_run_config(workspace, family), demo_lora_config(workspace, family)):
+        path = workspace.configs_dir / f"{config.name}.toml"
+        fresh = not path.is_file()
+        if fresh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            config.save(path)
+        written.append((path, fresh))
+    workspace.remember_config(written[0][0])
+    return written

@@ -9,18 +9,19 @@ The estimate models glmtui's own training, part by part, as nvidia-smi will show
 - the trained parameters' fp32 copy, gradients and AdamW states (a prefix, LoRA adapters, or every weight,
   sharded by DeepSpeed ZeRO over the GPUs);
 - activations kept for the backward pass (all of them, or with gradient checkpointing only each layer's input
-  plus one layer's working set), including attention scores over the prefix and the sequence;
-- the logits of the labelled positions and their fp32 loss copies;
-- the caching allocator's fragmentation.
+  plus one layer's working set), the prefix's keys and values and its dropout;
+- one chunk of logits of the labelled positions (glmcore.models.fused computes the loss a chunk at a time);
+- what the process holds beyond its live tensors: the caching allocator's slack over the per-step tensors and
+  the blocks that loading (and quantizing) left cached.
 
-Every constant lives in ``Calibration``; they are first guesses from the published formulas (Korthikanti et al.,
-"Reducing Activation Recomputation in Large Transformer Models") and are to be calibrated against NVML readings
-of real runs on the GPU machine (docs/benchmarks.md records that table).
+Every constant lives in ``Calibration``, counted from what glmcore's training keeps (the tensors autograd saves
+per layer) and calibrated against NVML readings of real runs on an H200 (docs/benchmarks.md has the grid).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING
 
 from glmcore.models.family import ModelShape
@@ -49,19 +50,35 @@ class Calibration:
     """fp32 weight (4) + fp32 gradient (4) + AdamW's two fp32 moments (8)."""
     zero_master_bytes_per_param: int = 12
     """DeepSpeed's fp32 master weight and two fp32 moments, sharded from ZeRO stage 1 up."""
-    activation_bytes_per_hidden: float = 18
-    """Bytes kept per token and layer per hidden unit outside the MLP (LayerNorm and projection inputs, q/k/v,
-    dropout masks); Korthikanti's 34 h at an MLP of 4 h splits into 18 h + 4 f."""
-    activation_bytes_per_inner: float = 4
-    """Bytes kept per token and layer per MLP inner unit (the GELU input and output, 16-bit)."""
-    attention_score_bytes: float = 6
-    """Per attention score kept for the backward pass: the 16-bit scores and their fp32 softmax."""
+    activation_bytes_per_hidden: float = 12
+    """Bytes kept per token and layer per hidden unit: six 16-bit tensors of the hidden size (both LayerNorm
+    inputs, the query, the key and value, attention's output). Frozen linears keep no input, and fused attention
+    keeps no scores."""
+    activation_bytes_per_inner: float = 2
+    """Bytes kept per token and layer per MLP inner unit: the GELU's 16-bit input."""
+    lora_bytes_per_hidden: float = 3
+    """LoRA's extra per token and layer: its dropped-out 16-bit input and the dropout mask."""
+    int8_input_bytes: float = 1.5
+    """LLM.int8's per-matmul state kept for the backward pass, per input element of each linear: its int8 copy of
+    the input and the rest (calibrated)."""
+    prefix_copies: float = 2.5
+    """The prefix's keys and values at the step's peak, in units of one 16-bit copy: the copy inside each layer's
+    keys, the dropped-out batch (alive until the last layer) and its mask (a byte an element)."""
     checkpointed_input_bytes_per_hidden: float = 2
     """With gradient checkpointing each layer keeps only its 16-bit input."""
-    logits_bytes: float = 2 + 4 + 4
-    """Per logit: the 16-bit output, its fp32 copy for the loss and that copy's gradient."""
-    fragmentation: float = 1.10
-    """Reserved over allocated memory in PyTorch's caching allocator."""
+    logits_bytes: float = 2 + 4
+    """Per logit of the chunk being computed: the 16-bit output (overwritten by its gradient) and an fp32 copy."""
+    logits_per_chunk: int = 2**25
+    """Logits computed at once by the fused loss (glmcore.models.fused.LOGITS_PER_CHUNK)."""
+    fragmentation: float = 1.30
+    """Reserved over allocated memory for the per-step tensors (activations, logits); the weights are allocated
+    once, in large blocks, and add none."""
+    loading_cache_bytes_16bit: int = round(1.1 * GIB)
+    """Blocks that loading a 16-bit ChatGLM-6B leaves in the allocator's cache (measured; scaled by parameters)."""
+    loading_cache_bytes_quantized: int = round(1.6 * GIB)
+    """The same after quantizing it to 4 or 8 bits at load (measured on ChatGLM-6B; scaled by parameters)."""
+    host_optimizer_state_when_quantized: bool = True
+    """Quantized P-tuning keeps AdamW's two moments in host memory between steps (glmcore.train)."""
     ptuning_checkpoint_bytes_per_param: float = 16
     """Disk per prefix parameter: fp32 twice (safetensors and ChatGLM's pytorch_model.bin) + AdamW's moments."""
     lora_checkpoint_bytes_per_param: float = 12
@@ -97,6 +114,14 @@ class VramEstimate:
     def fits(self, free_bytes: int) -> bool:
         """Whether the run fits in a GPU with ``free_bytes`` free."""
         return self.total <= free_bytes
+
+
+@cache
+def _measured_model_parameters() -> int:
+    """Parameters of the model the loading caches were measured on (ChatGLM-6B), for scaling them."""
+    from glmcore.models import CHATGLM_6B
+
+    return CHATGLM_6B.published_shape().parameters
 
 
 def trainable_parameter_count(shape: ModelShape, config: RunConfig) -> int:
@@ -169,12 +194,15 @@ def _parts(
         weights = shape.parameters * weight_bytes / (gpus if stage == 3 else 1)
 
     trainable = trainable_parameter_count(shape, config)
+    quantized = config.quantization_bit in (4, 8)
     if config.method == "full" and stage:
         gradients = trainable * weight_bytes / (gpus if stage >= 2 else 1)
         states = gradients + trainable * calibration.zero_master_bytes_per_param / gpus
     elif config.method == "full":
         # The weights are the trained parameters: add their gradient and AdamW's two moments in the same dtype.
         states = trainable * weight_bytes * 3
+    elif config.method == "ptuning-v2" and quantized and calibration.host_optimizer_state_when_quantized:
+        states = trainable * (calibration.trainable_bytes_per_param - 8)  # fp32 weight and gradient only
     else:
         states = trainable * calibration.trainable_bytes_per_param
     if gpus > 1 and not stage:
@@ -183,36 +211,36 @@ def _parts(
     batch, sequence = config.per_device_train_batch_size, config.sequence_length
     tokens = batch * sequence
     prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
-    per_layer = (
-        tokens
-        * (
-            calibration.activation_bytes_per_hidden * shape.hidden_size
-            + calibration.activation_bytes_per_inner * shape.inner_hidden_size
-        )
-        + batch * shape.num_heads * sequence * (prefix + sequence) * calibration.attention_score_bytes
-    )
-    prefix_cache = batch * prefix * shape.cache_values_per_token * 2
+    hidden, inner = shape.hidden_size, shape.inner_hidden_size
+    bytes_per_hidden = calibration.activation_bytes_per_hidden
+    if config.method == "lora":
+        bytes_per_hidden += calibration.lora_bytes_per_hidden
+    per_layer = tokens * (bytes_per_hidden * hidden + calibration.activation_bytes_per_inner * inner)
+    if config.quantization_bit == 8:
+        per_layer += tokens * (3 * hidden + inner) * calibration.int8_input_bytes
+    prefix_copy = batch * prefix * shape.cache_values_per_token * 2
     if checkpointing:
-        stored = (
-            shape.num_layers * tokens * calibration.checkpointed_input_bytes_per_hidden * shape.hidden_size
-        )
-        activations = stored + per_layer + prefix_cache
+        stored = shape.num_layers * tokens * calibration.checkpointed_input_bytes_per_hidden * hidden
+        activations = stored + per_layer + prefix_copy * calibration.prefix_copies
     else:
-        activations = shape.num_layers * per_layer + prefix_cache
-    if config.quantization_bit in (4, 8):
+        activations = shape.num_layers * per_layer + prefix_copy * calibration.prefix_copies
+    if quantized:
         # The largest quantized weight dequantized to 16-bit for one matmul.
-        activations += shape.hidden_size * shape.inner_hidden_size * 2
+        activations += hidden * inner * 2
 
-    # Training computes logits only where there are labels: the target part of each row.
-    logits = batch * config.max_target_length * shape.vocab_size * calibration.logits_bytes
-    allocated = weights + states + activations + logits
+    # The loss computes logits only where there are labels (the target part of each row), a chunk at a time.
+    labelled = batch * config.max_target_length
+    logits = min(labelled * shape.vocab_size, calibration.logits_per_chunk) * calibration.logits_bytes
+    loading_cache = (
+        calibration.loading_cache_bytes_quantized if quantized else calibration.loading_cache_bytes_16bit
+    ) * min(1.0, shape.parameters / _measured_model_parameters())
     return {
         "cuda_context": calibration.cuda_context_bytes,
         "weights": round(weights),
         "trainable_states": round(states),
         "activations": round(activations),
         "logits": round(logits),
-        "fragmentation": round(allocated * (calibration.fragmentation - 1)),
+        "fragmentation": round((activations + logits) * (calibration.fragmentation - 1) + loading_cache),
     }
 
 

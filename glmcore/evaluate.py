@@ -9,8 +9,10 @@ tiny-model predictions matched batch size 1).
 
 Generation is batched: prompts are sorted by length (so each batch pads little, longest first so a batch that does
 not fit shows at once), left-padded, run through `generate` with the KV cache, and put back in the data's order.
-Predictions are the new tokens decoded with special tokens skipped, with no clean-up, and are scored exactly as
-written to `generated_predictions.txt`.
+Positions follow the published prediction path, which places the answer at a `[MASK]` written in the prompt before
+the `[gMASK]` (chat and training take `[gMASK]` first). Predictions are the new tokens decoded with special tokens
+skipped; they are scored as decoded, as the published `compute_metrics` scores them, and written to
+`generated_predictions.txt` stripped of surrounding whitespace, labels too, as the published script writes it.
 
 An evaluation folder holds `generated_predictions.txt` (ChatGLM-6B's form), `examples.jsonl` (per example: input,
 label, prediction, scores) and `results.json`, written last: a folder with `results.json` is complete. A comparison
@@ -232,6 +234,7 @@ def _generate_batch(
         sampling=settings.sampling_options(),
         decoder=decoder if len(prompts) == decoder.batch else None,
         should_stop=cancel.is_set,
+        prediction=True,
     )
     return rows[:real]
 
@@ -266,7 +269,7 @@ def _generate_all(
         try:
             if decoder is None or decoder.batch != batch_size:
                 decoder = None
-                decoder = new_decoder(model, batch_size, capacity)
+                decoder = new_decoder(model, batch_size, capacity, prediction=True)
             rows = _generate_batch(
                 decoder, tokenizer, [prompts[index] for index in indices], settings, cancel
             )
@@ -392,7 +395,10 @@ def write_evaluation(result: EvalResult) -> None:
     atomic_write_text(
         folder / PREDICTIONS_FILE,
         "".join(
-            json.dumps({"labels": example.label, "predict": example.prediction}, ensure_ascii=False) + "\n"
+            json.dumps(
+                {"labels": example.label.strip(), "predict": example.prediction.strip()}, ensure_ascii=False
+            )
+            + "\n"
             for example in result.examples
         ),
     )
@@ -501,8 +507,12 @@ def compare(
     progress: Callable[[EvalProgress], None] | None = None,
     cancel: threading.Event | None = None,
     device: str | None = None,
+    limit: int | None = None,
 ) -> Comparison:
     """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
+
+    `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
+    recorded in comparison.json with the file's full count.
 
     The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
     `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. When cancelled,
@@ -514,6 +524,8 @@ def compare(
 
     if not checkpoints:
         raise EvalError('Nothing to evaluate: name at least one checkpoint, or "base" for the model alone.')
+    if limit is not None and limit < 1:
+        raise EvalError(f"The limit must be 1 or more examples (got {limit}); leave it out for all of them.")
     cancel = cancel or threading.Event()
     output_root = Path(output_root)
     if output_root.exists() and any(output_root.iterdir()):
@@ -521,7 +533,8 @@ def compare(
     for checkpoint in checkpoints:
         if not _is_base(checkpoint):
             _check_checkpoint(Path(checkpoint))
-    examples = load_examples(data_file, columns or Columns()).examples
+    all_examples = load_examples(data_file, columns or Columns()).examples
+    examples = all_examples[:limit]
     labels = comparison_labels(checkpoints)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, quantization_bit=quantization_bit, device=device)
@@ -571,7 +584,8 @@ def compare(
                 raise
             break
     comparison = Comparison(output_root, evaluations, complete=len(evaluations) == len(checkpoints))
-    _write_comparison(comparison, model_path, data_file, quantization_bit, settings)
+    subset = {"limit": limit, "data_examples": len(all_examples)}
+    _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset)
     return comparison
 
 
@@ -585,7 +599,12 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _write_comparison(
-    comparison: Comparison, model_path: str | Path, data_file: str | Path, quantization_bit: int, settings
+    comparison: Comparison,
+    model_path: str | Path,
+    data_file: str | Path,
+    quantization_bit: int,
+    settings,
+    subset: dict[str, int | None],
 ) -> None:
     """comparison.json (metrics side by side) and comparison_examples.jsonl (before/after, worst first).
 
@@ -601,6 +620,7 @@ def _write_comparison(
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "model": str(Path(model_path).absolute()),
         "data": str(Path(data_file).absolute()),
+        **subset,
         "quantization_bit": quantization_bit,
         "settings": asdict(settings),
         "ranked_by": ranking.label,

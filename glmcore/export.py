@@ -15,31 +15,27 @@ from glmcore.runs import Run
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-def _checkpoint(run: Run, checkpoint: str | None) -> Path:
-    checkpoints = run.checkpoints()
-    if not checkpoints:
+def check_export(run: Run, destination: Path, *, checkpoint: str | None = None) -> Path:
+    """The checkpoint ``export_run`` would export (the run's default one unless named), or the error that
+    stops it, before anything is loaded or written."""
+    if run.config.method == "ptuning-v2":
+        raise GlmError(
+            f"Run {run.id} trained a P-tuning prefix: use its checkpoints directly (glmtui chat --run {run.id}, "
+            f"glmtui eval --run {run.id}); there is nothing to export."
+        )
+    if not run.checkpoints():
         raise GlmError(f"Run {run.id} has no complete checkpoint to export yet.")
-    if checkpoint is None:
-        return checkpoints[-1].path
-    for candidate in checkpoints:
-        if checkpoint in (candidate.path.name, str(candidate.step), str(candidate.path)):
-            return candidate.path
-    names = ", ".join(candidate.path.name for candidate in checkpoints)
-    raise GlmError(f"Run {run.id} has no checkpoint {checkpoint!r}; it has {names}.")
+    source = run.find_checkpoint(checkpoint).path
+    if Path(destination).exists():
+        raise GlmError(f"{destination} already exists; choose another folder or remove it.")
+    return source
 
 
 def export_run(run: Run, destination: Path, *, checkpoint: str | None = None) -> Path:
-    """Write `destination` (built beside it and renamed into place) from the run's latest or named checkpoint."""
+    """Write `destination` (built beside it and renamed into place) from the run's default or named checkpoint."""
+    source = check_export(run, destination, checkpoint=checkpoint)
     config = run.config
-    if config.method == "ptuning-v2":
-        raise GlmError(
-            f"Run {run.id} trained a P-tuning prefix: use its checkpoints directly "
-            "(glmtui eval/chat --checkpoint), there is nothing to export."
-        )
-    source = _checkpoint(run, checkpoint)
     destination = Path(destination)
-    if destination.exists():
-        raise GlmError(f"{destination} already exists; choose another folder or remove it.")
     building = destination.with_name(destination.name + ".exporting")
     shutil.rmtree(building, ignore_errors=True)
     if config.method == "lora":

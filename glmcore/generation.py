@@ -214,9 +214,15 @@ class StaticDecoder:
         eos_token_id: int | list[int],
         sampling: Sampling = Sampling(),
         should_stop: Callable[[], bool] | None = None,
+        check_finished_every: int = 1,
     ) -> Iterator[torch.Tensor]:
         """Yield the next token of every row [batch] until every row met a stop id (`eos_token_id`, one or
-        several) or `max_new_tokens` were made; a finished row repeats its stop id."""
+        several) or `max_new_tokens` were made; a finished row repeats its stop id.
+
+        Whether all rows ended is read from the GPU every `check_finished_every` steps: each reading waits
+        for the GPU, which then idles while the next step is launched. With a larger value the host queues
+        steps ahead of the GPU, and up to that many steps of stop ids may follow the end of every row.
+        """
         stops = torch.tensor(stop_ids(eos_token_id), device=self.device)
         length = input_ids.shape[1]
         max_new_tokens = min(max_new_tokens, self.capacity - length)
@@ -231,7 +237,9 @@ class StaticDecoder:
             yield token
             finished |= torch.isin(token, stops)
             last = token
-            if step == max_new_tokens - 1 or bool(finished.all()) or (should_stop and should_stop()):
+            if step == max_new_tokens - 1 or (should_stop and should_stop()):
+                return
+            if (step + 1) % check_finished_every == 0 and bool(finished.all()):
                 return
             index = length + step
             self.token.copy_(token[:, None])
@@ -245,11 +253,18 @@ def stop_ids(eos_token_id: int | list[int]) -> list[int]:
     return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
 
 
-def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
-    """The fast decoder of `model`'s family for `batch` rows of up to `capacity` positions."""
+def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
+    """The fast decoder of `model`'s family for `batch` rows of up to `capacity` positions; `prediction` places
+    the answers as the family's published prediction (evaluation) path does."""
     from glmcore.models import family_of
 
-    return family_of(model).implementation().new_decoder(model, batch, capacity, use_graph=use_graph)
+    implementation = family_of(model).implementation()
+    return implementation.new_decoder(model, batch, capacity, use_graph=use_graph, prediction=prediction)
+
+
+FINISHED_CHECK_EVERY = 4
+"""generate() asks the GPU whether every row has ended once per this many steps (the rows are cut at
+their end id afterwards): one wait per step would leave the GPU idle while the host launches the next."""
 
 
 def generate(
@@ -262,11 +277,12 @@ def generate(
     sampling: Sampling = Sampling(),
     decoder=None,
     should_stop: Callable[[], bool] | None = None,
+    prediction: bool = False,
 ) -> list[list[int]]:
     """New tokens for each prompt (ids, left-padded here), each list ending at and including its first stop
     id (`eos_token_id`: the family's end of answer, or all its stop ids)."""
     longest = max(map(len, prompts))
-    decoder = decoder or new_decoder(model, len(prompts), longest + max_new_tokens)
+    decoder = decoder or new_decoder(model, len(prompts), longest + max_new_tokens, prediction=prediction)
     device = decoder.device
     input_ids = torch.tensor([[pad_token_id] * (longest - len(p)) + p for p in prompts], device=device)
     attention_mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device=device)
@@ -278,6 +294,7 @@ def generate(
             eos_token_id=eos_token_id,
             sampling=sampling,
             should_stop=should_stop,
+            check_finished_every=FINISHED_CHECK_EVERY,
         )
     )
     if not steps:

@@ -41,12 +41,10 @@ PrefixReader = Callable[[Path], "tuple[PrefixSpec, dict[str, torch.Tensor]]"]
 
 
 def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
-    from glmcore.models.checkpoint import read_bin_shard
+    from glmcore.models.checkpoint import read_bin_shard, read_weights
 
     if (checkpoint / PREFIX_WEIGHTS).is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(str(checkpoint / PREFIX_WEIGHTS))
+        state = read_weights(checkpoint / PREFIX_WEIGHTS)
     elif (checkpoint / PUBLISHED_WEIGHTS).is_file():
         state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)
     elif whole_model_files := _whole_model_safetensors(checkpoint):
@@ -122,6 +120,29 @@ def resolve_spec(
             f"prefix_projection {checkpoint_spec.prefix_projection}; leave it unset to use the checkpoint's."
         )
     return checkpoint_spec
+
+
+def check_resumes(checkpoint: Path, pre_seq_len: int, prefix_projection: bool) -> None:
+    """A run resumes only while its config still describes the prefix its checkpoint holds: say both values.
+
+    A checkpoint whose prefix cannot be read is left to the training process, which names the problem when it
+    loads it (and ``Run.resume_point`` has already passed over checkpoints with cut-short files).
+    """
+    try:
+        spec, _ = read_prefix_checkpoint(checkpoint)
+    except GlmError:
+        return
+    for name, saved, configured in (
+        ("pre_seq_len", spec.pre_seq_len, pre_seq_len),
+        ("prefix_projection", spec.prefix_projection, prefix_projection),
+    ):
+        if saved != configured:
+            shown = str(saved).lower() if isinstance(saved, bool) else saved
+            raise PrefixMismatch(
+                f"{checkpoint} was trained with {name} = {shown}, but the run's config.toml now says "
+                f"{name} = {str(configured).lower() if isinstance(configured, bool) else configured}; "
+                f"set it back to {shown} to resume, or start a new run with the new value."
+            )
 
 
 def check_fits_model(spec: PrefixSpec, state: dict[str, torch.Tensor], config, where: str) -> None:

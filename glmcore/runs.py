@@ -37,7 +37,7 @@ from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
 from glmcore.workspace import atomic_write_text
 
-STATES = ("created", "running", "stopping", "stopped", "finished", "failed", "crashed")
+STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "crashed")
 ACTIVE_STATES = ("running", "stopping")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
@@ -140,6 +140,8 @@ class RunStatus:
     reason: str | None = None
     """Why the run ended other than finishing (failure message, crash, forced stop)."""
     resumed_from: int | None = None
+    queued: str | None = None
+    """When the run joined the queue (state ``queued``): it waits for ``glmcore.queue`` to start it."""
     updated: str | None = None
 
     @property
@@ -584,6 +586,25 @@ class Run:
                 ) from error
             raise
 
+    def default_checkpoint(self) -> Checkpoint:
+        """The checkpoint this run stands for where one is meant and none is named: its latest complete one
+        (the rule of docs/runs.md, "Naming runs and checkpoints")."""
+        whole = self.resume_point().checkpoint  # passes over a damaged newest one, as a resume does
+        if whole is None:
+            raise RunError(f"run {self.id} has no complete checkpoint yet; use it after its first save")
+        return whole
+
+    def find_checkpoint(self, name: str | None = None) -> Checkpoint:
+        """This run's checkpoint named ``checkpoint-N`` or ``N``; with no name, ``default_checkpoint()``."""
+        if name is None:
+            return self.default_checkpoint()
+        checkpoints = self.checkpoints()
+        for checkpoint in checkpoints:
+            if name in (checkpoint.path.name, str(checkpoint.step)):
+                return checkpoint
+        names = ", ".join(checkpoint.path.name for checkpoint in checkpoints) or "none yet"
+        raise RunError(f"run {self.id} has no checkpoint {name!r} (complete checkpoints: {names})")
+
     # stop request and deletion
 
     def request_stop(self) -> None:
@@ -666,6 +687,25 @@ class RunStore:
             f"no run named {text!r} in {self.runs_dir} (latest: {known}); `glmtui runs` lists them all"
         )
 
+    def resolve_checkpoint(self, name: str, run: Run | None = None) -> Path:
+        """The checkpoint folder ``name`` means (docs/runs.md, "Naming runs and checkpoints"): with ``run``,
+        its ``checkpoint-N`` or ``N``; else a checkpoint folder's path; else a run (by any name ``resolve``
+        takes), which stands for its default checkpoint."""
+        if run is not None and (CHECKPOINT_PATTERN.fullmatch(name) or name.isdigit()):
+            return run.find_checkpoint(name).path
+        path = Path(name).expanduser()
+        if path.is_dir() and not (path / "config.toml").is_file():
+            return path
+        try:
+            return self.resolve(name).default_checkpoint().path
+        except RunError as error:
+            if os.sep in name or name.startswith("checkpoint-"):
+                raise RunError(
+                    f"{name} is neither a checkpoint folder nor a run"
+                    + (" (a checkpoint-N of a run needs --run RUN)" if run is None else "")
+                ) from None
+            raise error from None
+
 
 @contextlib.contextmanager
 def claim(run: Run) -> Iterator[None]:
@@ -691,7 +731,12 @@ def _refuse_if_active(run: Run, status: RunStatus) -> None:
 
 
 def launch(
-    run: Run, *, detach: bool, resume: bool = False, program: Sequence[str] | None = None
+    run: Run,
+    *,
+    detach: bool,
+    resume: bool = False,
+    program: Sequence[str] | None = None,
+    only_if: str | None = None,
 ) -> subprocess.Popen | int:
     """Start the training process for ``run``; returns its Popen (foreground) or its pid (detached).
 
@@ -702,21 +747,25 @@ def launch(
     its own session so a dropped SSH connection (SIGHUP) does not reach it. With several GPUs the child is the
     torchrun agent that starts one rank per GPU (see glmcore.distributed); it is the run's process either way.
     ``program`` replaces ``python -m glmcore.train`` (what torchrun runs, with several ranks; a stand-in
-    trainer in tests). Runs under the run's ``claim``.
+    trainer in tests). Runs under the run's ``claim``; ``only_if`` (the queue's "queued") refuses unless the
+    run is still in that state once the claim is held, so a run the queue started once is never started again.
     """
     with claim(run):
-        _refuse_if_active(run, run.status())
+        status = run.status()
+        _refuse_if_active(run, status)
+        if only_if is not None and status.state != only_if:
+            raise RunError(f"run {run.id} is {status.state}, no longer {only_if}; it was not started")
         return _start(run, detach=detach, resume=resume, program=program)
 
 
 def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | None) -> subprocess.Popen | int:
     """Spawn the training process and record its pid; the caller holds the claim."""
-    never_launched = run.stored_status().state == "created"
+    never_launched = run.stored_status().state in ("created", "queued")
     try:
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
-        if never_launched:
-            run.write_status(reason=f"never launched: {error}")
+        if never_launched:  # a queued run leaves the queue: it would fail the same way again
+            run.write_status(state="created", reason=f"never launched: {error}")
         raise RunError(str(error)) from None
     argv = plan.command
     environment = {**os.environ, **plan.environment}
@@ -740,7 +789,7 @@ def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | Non
         except OSError as error:
             reason = f"the training process could not start: {error}"
             if never_launched:
-                run.write_status(reason=f"never launched: {reason}")
+                run.write_status(state="created", reason=f"never launched: {reason}")
             else:
                 run.write_status(state="failed", reason=reason, ended=now_iso())
             raise RunError(reason) from None
@@ -762,6 +811,10 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
         if status.state == "finished":
             raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
         point = run.resume_point()
+        if point.checkpoint is not None and run.config.method == "ptuning-v2":
+            from glmcore.prefix import check_resumes
+
+            check_resumes(point.checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
         step = point.checkpoint.step if point.checkpoint else 0
         run.append_event(
             "resumed",

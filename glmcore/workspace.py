@@ -20,6 +20,8 @@ DEFAULT_ROOT = Path("~/glmtui")
 MODEL_CONFIG_NAME = "config.json"
 WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+LAST_CONFIG_NAME = "last-config"
+"""In configs/: the path of the config last saved, loaded or made by the demo, so the editor reopens it."""
 
 
 class WorkspaceError(GlmError):
@@ -114,6 +116,24 @@ class Workspace:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.root / "configs"
+
+    def remember_config(self, path: Path) -> None:
+        """Record ``path`` as the config last worked on (see ``last_config``)."""
+        self.configs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.configs_dir / LAST_CONFIG_NAME, str(Path(path).absolute()) + "\n")
+
+    def last_config(self) -> Path | None:
+        """The config last saved, loaded or made by the demo, while that file still exists."""
+        try:
+            recorded = (self.configs_dir / LAST_CONFIG_NAME).read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        path = Path(recorded)
+        return path if recorded and path.is_file() else None
 
     def ensure(self) -> Workspace:
         """Create the workspace folders that do not exist yet; returns self for chaining."""

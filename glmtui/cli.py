@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.quiet import quiet_libraries
 from glmtui.commands import COMMAND_MODULES
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` just that subcommand (so ``glmtui demo`` does not pay for
+    importing every other command's dependencies)."""
     parser = argparse.ArgumentParser(
         prog="glmtui",
         description="A terminal workbench for fine-tuning ChatGLM-6B. Without a subcommand, opens the app.",
@@ -24,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="workspace folder holding models/, data/ and runs/ (default: $GLMTUI_HOME or ~/glmtui)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in [only] if only in COMMAND_MODULES else COMMAND_MODULES:
         try:
             module = importlib.import_module(f"glmtui.commands.{name}")
         except ModuleNotFoundError as error:
@@ -35,11 +38,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _named_command(argv: list[str] | None) -> str | None:
+    """The subcommand named on the command line, if any, found without importing the commands."""
+    peek = argparse.ArgumentParser(add_help=False)
+    peek.add_argument("--workspace")
+    peek.add_argument("command", nargs="?")
+    return peek.parse_known_args(argv)[0].command
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_named_command(argv))
     args = parser.parse_args(argv)
     if args.workspace is not None:
         os.environ["GLMTUI_HOME"] = str(args.workspace.expanduser().resolve())
+    quiet_libraries()
     if args.command is None:
         from glmtui.app import run_app
 

@@ -16,6 +16,7 @@ from glmcore.runs import RunStatus
 
 STATE_STYLES = {
     "created": "dim",
+    "queued": "blue",
     "running": "bold green",
     "stopping": "yellow",
     "stopped": "yellow",

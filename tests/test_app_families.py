@@ -66,3 +66,20 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         await pilot.press(*"类型#裙", "enter")
         await wait_until(pilot, lambda: chat.session._active is None and chat.session.history, "an answer")
         assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())
+
+
+async def test_the_models_screen_names_each_local_models_family(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    family_named("chatglm3-6b").implementation().write_tiny_checkpoint(
+        workspace.models_dir / "tiny-chatglm3", num_shards=1
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f2")
+        table = app.screen.query_one("#models-local", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2, "both local models")
+        assert [table.get_row_at(row)[:2] for row in range(2)] == [
+            ["tiny-chatglm", "ChatGLM-6B"],
+            ["tiny-chatglm3", "ChatGLM3-6B"],
+        ]

@@ -26,6 +26,11 @@ async def wait_until(pilot, condition, what: str, limit: int = 600) -> None:
     raise AssertionError(f"the app never showed {what}; it showed {shown_messages(pilot.app)}")
 
 
+def composed(screen, selector: str) -> bool:
+    """Whether ``screen`` has built the widget ``selector`` (keys reach a screen's actions before that)."""
+    return bool(screen.query(selector))
+
+
 def shown_messages(app) -> list[str]:
     """The notifications and status lines on screen, to say what the app showed instead."""
     statuses = [
@@ -75,7 +80,9 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         await pilot.press("e")
         evaluate = app.screen
         assert isinstance(evaluate, EvaluateScreen)
-        await pilot.pause()
+        await wait_until(
+            pilot, lambda: composed(evaluate, "#evaluate-metrics"), "the evaluation screen built"
+        )
         await pilot.press("ctrl+g")
         await wait_until(pilot, lambda: evaluate.comparison is not None, "the comparison")
         metrics = evaluate.query_one("#evaluate-metrics", DataTable)
@@ -83,7 +90,13 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         assert labels[0] == "metric" and labels[1] == "base" and labels[2].startswith("checkpoint-")
         assert evaluate.query_one("#evaluate-examples", DataTable).row_count == 4
 
-        await pilot.press("f5", "c")
+        await pilot.press("f5")
+        runs = app.screen
+        # A busy machine builds a screen later than Pilot's idle check assumes: act once the row is there.
+        await wait_until(
+            pilot, lambda: composed(runs, "#runs-table") and runs.selected_run() == run, "the run in the list"
+        )
+        await pilot.press("c")
         chat = app.screen
         assert isinstance(chat, ChatScreen)
         await wait_until(pilot, lambda: chat.session is not None, "the chat model loaded")

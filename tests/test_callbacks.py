@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from glmcore.callbacks import RunEventsCallback
+from glmcore.callbacks import RunEventsCallback, TrainingDiverged
 from glmcore.config import RunConfig
 from glmcore.runs import Run, RunStore
 
@@ -71,8 +72,11 @@ def run(tmp_path: Path) -> Run:
     return RunStore(tmp_path / "runs").create(config)
 
 
-def train(run: Run, *, max_steps: int, extra: list[TrainerCallback], resume: Path | None = None):
-    arguments = TrainingArguments(
+def train(
+    run: Run, *, max_steps: int, extra: list[TrainerCallback], resume: Path | None = None, **settings: object
+):
+    """Train the regressor with the callback; ``settings`` override the TrainingArguments below."""
+    defaults: dict[str, object] = dict(
         output_dir=str(run.checkpoints_dir),
         max_steps=max_steps,
         per_device_train_batch_size=2,
@@ -89,6 +93,7 @@ def train(run: Run, *, max_steps: int, extra: list[TrainerCallback], resume: Pat
         dataloader_num_workers=0,
         seed=0,
     )
+    arguments = TrainingArguments(**{**defaults, **settings})
     callback = RunEventsCallback(run)
     trainer = Trainer(
         model=TinyRegressor(),
@@ -158,3 +163,81 @@ def test_resumed_training_continues_the_events_without_duplicates(run: Run) -> N
     log_steps = [event["step"] for event in events if event["kind"] == "log"]
     assert log_steps == sorted(set(log_steps)) and log_steps[-1] == 8
     assert run.latest_checkpoint().step == 8
+
+
+def strict_events(run: Run) -> list[dict]:
+    """events.jsonl read as strict JSON: NaN or Infinity in it fails the test."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"events.jsonl holds {constant}, which is not JSON")
+
+    lines = run.events_path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line, parse_constant=refuse) for line in lines]
+
+
+DIVERGING = {
+    "learning_rate": 1e30,
+    "logging_steps": 1,
+    "eval_strategy": "no",
+    "logging_nan_inf_filter": False,
+}
+
+
+def test_a_diverged_loss_ends_the_run_with_its_step_and_null_in_the_events(run: Run) -> None:
+    with pytest.raises(
+        TrainingDiverged, match=r"^loss became NaN at step (\d+); lower the learning_rate"
+    ) as raised:
+        train(run, max_steps=20, extra=[], **DIVERGING)
+
+    logs = [event for event in strict_events(run) if event["kind"] == "log"]
+    step = int(raised.value.args[0].split("step ")[1].split(";")[0])
+    assert logs[-1]["step"] == step < 20 and logs[-1]["loss"] is None and logs[-1]["grad_norm"] is None
+    assert all(event["loss"] is not None for event in logs[:-1])
+
+
+def test_with_stop_on_nan_off_training_goes_on_and_writes_null(tmp_path: Path) -> None:
+    config = RunConfig(
+        name="on",
+        model_path=tmp_path / "model",
+        train_file=tmp_path / "train.json",
+        gpus=[],
+        stop_on_nan=False,
+    )
+    run = RunStore(tmp_path / "runs").create(config)
+
+    train(run, max_steps=6, extra=[], **DIVERGING)
+
+    logs = [event for event in strict_events(run) if event["kind"] == "log"]
+    assert [event["step"] for event in logs] == [1, 2, 3, 4, 5, 6]
+    assert logs[-1]["loss"] is None and logs[-1]["learning_rate"] is not None
+
+
+def test_glmtui_train_reports_the_diverged_run_as_failed(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The real CLI and training process: a learning rate of 1e30 diverges within a few steps."""
+    from test_train import make_config
+
+    from glmtui.cli import main
+
+    monkeypatch.setenv("GLMTUI_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("COLUMNS", "400")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"content": "类型#裙*颜色#红色", "summary": "红色的裙子"}\n' * 8, encoding="utf-8")
+    config = make_config(tiny_model_dir, data, name="diverges", learning_rate=1e30, max_steps=8)
+    config.save(tmp_path / "diverges.toml")
+
+    code = main(["train", str(tmp_path / "diverges.toml")])
+
+    printed = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "ws" / "runs").iterdir()
+    run = Run(run_dir)
+    status = run.stored_status()
+    assert code == 1 and status.state == "failed"
+    assert status.reason == (
+        f"loss became NaN at step {status.step}; lower the learning_rate (or set stop_on_nan = false to train on)"
+    )
+    assert f"Run {run.id} failed at step {status.step}/8" in printed and status.reason in printed
+    events = strict_events(run)
+    assert events[-1] == {**events[-1], "kind": "failed", "reason": status.reason}
+    assert [event["loss"] for event in events if event["kind"] == "log"][-1] is None

@@ -277,28 +277,3 @@ def test_chat_session_keeps_the_system_prompt_and_the_configs_positions():
     turn = session.stream("next", ChatSettings(max_new_tokens=2, sampling=False))
     assert turn._prompt_ids == family_impl.chat_prompt_ids(tokenizer, "next", [("你好", "好")], system=system)
     turn.close()
-
-
-def test_run_lengths_are_checked_against_the_models_own_positions(tmp_path: Path):
-    """ChatGLM3-6B's 8192 positions (its config's seq_length), not ChatGLM-6B's 2048, bound a run's lengths."""
-    from glmcore.config import RunConfig, validate
-
-    folder = copy_fixture(FIXTURE, tmp_path / "chatglm3", seq_length=8192)
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps({"content": "a", "summary": "b"}) + "\n", encoding="utf-8")
-
-    def length_problems(source: int) -> list[str]:
-        config = RunConfig(
-            name="x",
-            model_path=folder,
-            train_file=data,
-            max_source_length=source,
-            max_target_length=64,
-            gpus=[],
-        )
-        problems = validate(config, runs_dir=tmp_path / "runs")
-        return [problem.message for problem in problems if problem.field == "max_source_length"]
-
-    assert length_problems(4000) == length_problems(8000) == []
-    (message,) = length_problems(8001)
-    assert "8065 exceeds the 8064 tokens ChatGLM3-6B has room for after a 128-token prefix" in message

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from glmcore import preflight
 from glmcore.config import ConfigError, Problem, RunConfig, validate
 
 
@@ -104,7 +105,7 @@ def test_load_reports_missing_and_invalid_files(tmp_path: Path) -> None:
 
 
 def test_a_complete_setup_has_no_problems(ready: RunConfig, tmp_path: Path) -> None:
-    assert validate(ready, runs_dir=tmp_path / "runs") == []
+    assert preflight.check(ready, runs_dir=tmp_path / "runs") == []
 
 
 def test_value_rules_each_give_one_problem(tmp_path: Path) -> None:
@@ -127,43 +128,34 @@ def test_value_rules_each_give_one_problem(tmp_path: Path) -> None:
         "lora_rank": {"method": "lora", "lora_rank": 0},
     }
     for field_name, changes in cases.items():
-        problems = validate(make_config(tmp_path, **changes), check_paths=False)
+        problems = validate(make_config(tmp_path, **changes))
         assert fields_of(problems) == [field_name], (changes, problems)
         assert problems[0].message
 
 
 def test_full_fine_tuning_needs_16_bit(tmp_path: Path) -> None:
-    (problem,) = validate(
-        make_config(tmp_path, method="full", quantization_bit=4, gpus=[]), check_paths=False
-    )
+    (problem,) = validate(make_config(tmp_path, method="full", quantization_bit=4, gpus=[]))
     assert problem == Problem(
         "quantization_bit",
         "full fine-tuning updates every weight, so it needs quantization_bit = 16; "
         "use ptuning-v2 or lora to train on a 4- or 8-bit model",
     )
-    assert (
-        validate(make_config(tmp_path, method="full", quantization_bit=16, gpus=[]), check_paths=False) == []
-    )
+    assert validate(make_config(tmp_path, method="full", quantization_bit=16, gpus=[])) == []
 
 
 def test_lengths_share_the_2048_positions_with_the_prefix(tmp_path: Path) -> None:
-    assert (
-        validate(make_config(tmp_path, max_source_length=1000, max_target_length=920), check_paths=False)
-        == []
-    )
-    (problem,) = validate(
-        make_config(tmp_path, max_source_length=1000, max_target_length=921), check_paths=False
-    )
+    assert validate(make_config(tmp_path, max_source_length=1000, max_target_length=920)) == []
+    (problem,) = validate(make_config(tmp_path, max_source_length=1000, max_target_length=921))
     assert "1921 exceeds the 1920 tokens ChatGLM-6B has room for after a 128-token prefix" in problem.message
     lora = make_config(tmp_path, method="lora", max_source_length=1000, max_target_length=1048)
-    assert validate(lora, check_paths=False) == []
+    assert validate(lora) == []
 
 
 def test_deepspeed_only_for_full_or_several_gpus(tmp_path: Path) -> None:
-    (problem,) = validate(make_config(tmp_path, deepspeed="zero2", gpus=[0]), check_paths=False)
+    (problem,) = validate(make_config(tmp_path, deepspeed="zero2", gpus=[0]))
     assert problem.field == "deepspeed" and "only for full fine-tuning or several GPUs" in problem.message
     full = make_config(tmp_path, method="full", quantization_bit=16, deepspeed="zero3", gpus=[0])
-    assert validate(full, check_paths=False) == []
+    assert validate(full) == []
     assert full.zero_stage == 3
 
     deepspeed_json = tmp_path / "ds.json"
@@ -175,7 +167,7 @@ def test_deepspeed_only_for_full_or_several_gpus(tmp_path: Path) -> None:
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="DeepSpeed is installed here")
 def test_missing_deepspeed_says_how_to_install_it(ready: RunConfig, tmp_path: Path) -> None:
     ready.method, ready.quantization_bit, ready.deepspeed = "full", 16, "zero2"
-    problems = validate(ready, runs_dir=tmp_path / "runs")
+    problems = preflight.check(ready, runs_dir=tmp_path / "runs")
     assert (
         Problem("deepspeed", "DeepSpeed is not installed; run `pip install 'glmtui[deepspeed]'`") in problems
     )
@@ -191,7 +183,7 @@ def test_an_incomplete_model_folder_and_missing_data_are_reported(
     ready.model_path = model
     ready.validation_file = tmp_path / "dev.json"
 
-    problems = validate(ready, runs_dir=tmp_path / "runs")
+    problems = preflight.check(ready, runs_dir=tmp_path / "runs")
 
     assert fields_of(problems) == ["model_path", "validation_file"]
     assert shard.name in problems[0].message and "glmtui download" in problems[0].message
@@ -200,7 +192,7 @@ def test_an_incomplete_model_folder_and_missing_data_are_reported(
 
 def test_gpus_that_are_not_here_are_reported(ready: RunConfig, tmp_path: Path) -> None:
     ready.gpus = [64]
-    (problem,) = validate(ready, runs_dir=tmp_path / "runs")
+    (problem,) = preflight.check(ready, runs_dir=tmp_path / "runs")
     assert problem.field == "gpus" and problem.message.startswith("GPU 64 is not here")
 
 
@@ -208,9 +200,9 @@ def test_not_enough_disk_for_the_checkpoints_it_keeps(ready: RunConfig, tmp_path
     ready.method, ready.quantization_bit = "full", 16
     ready.max_steps, ready.save_steps = 10**12, 1
 
-    (problem,) = validate(ready, runs_dir=tmp_path / "runs")
+    (problem,) = preflight.check(ready, runs_dir=tmp_path / "runs")
 
     assert problem.field == "save_total_limit"
     assert "free; free disk space, set a lower save_total_limit or save less often" in problem.message
     ready.save_total_limit = 2
-    assert validate(ready, runs_dir=tmp_path / "runs") == []
+    assert preflight.check(ready, runs_dir=tmp_path / "runs") == []

@@ -151,6 +151,35 @@ def test_shape_from_the_published_config_json(tmp_path: Path) -> None:
         ModelShape.from_model_dir(tmp_path / "absent")
 
 
+# NVML peaks of real training processes on one H200 (largest of 3; LoRA 4-bit: of 2 and of 1), ChatGLM-6B shape,
+# 64+64 tokens, pre_seq_len 128 / LoRA rank 8, no recomputation; docs/benchmarks.md has the grid and its date.
+H200_GRID_GIB = {
+    ("ptuning-v2", 4, 1, 16): 5.990,
+    ("ptuning-v2", 4, 16, 1): 13.678,
+    ("ptuning-v2", 8, 1, 16): 8.629,
+    ("ptuning-v2", 8, 16, 1): 19.207,
+    ("ptuning-v2", 16, 1, 16): 13.855,
+    ("ptuning-v2", 16, 16, 1): 21.807,
+    ("lora", 4, 1, 16): 5.990,
+    ("lora", 4, 16, 1): 11.365,
+}
+
+
+@pytest.mark.parametrize(("cell", "measured"), H200_GRID_GIB.items(), ids=lambda value: str(value))
+def test_estimate_never_under_promises_the_measured_grid(cell, measured) -> None:
+    """Within +10% / −3% of what nvidia-smi showed (the card had room: no recomputation)."""
+    method, bits, batch, accumulation = cell
+    run = config(
+        method=method,
+        quantization_bit=bits,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+    )
+    estimate = estimate_vram(CHATGLM_6B, run, free_bytes=139 * GIB)
+    assert not estimate.gradient_checkpointing
+    assert -0.03 <= estimate.total / GIB / measured - 1 <= 0.10
+
+
 REFERENCE = Path(__file__).parent / "fixtures" / "reference"
 
 

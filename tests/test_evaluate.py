@@ -368,4 +368,4 @@ def test_eval_command_with_a_run_evaluates_its_checkpoints_into_the_run(
     assert (settings["max_source_length"], settings["max_target_length"]) == (40, 6)
 
     missing = _glmtui("eval", "--run", run.id, "--checkpoint", "30", workspace=workspace)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 1 and "has no checkpoint '30'" in missing.stderr

@@ -184,3 +184,54 @@ def test_evaluation_prompts_and_references_are_built_as_ptuning_main_builds_them
         assert (
             reference_text(tokenizer, example.response, pipeline["max_target_length"]) == expected_reference
         )
+
+
+# --- the last details of the published recipe (tests/golden/recipe_details.json) -----------------------
+
+
+@pytest.fixture(scope="module")
+def details() -> dict:
+    return json.loads((GOLDEN / "recipe_details.json").read_text(encoding="utf-8"))
+
+
+def test_literal_blank_pieces_outside_2_to_80_stay_text_as_in_the_published_tokenizer(tokenizer, details):
+    for case in details["blank_decoding"]:
+        ids = tokenizer.encode(case["text"], add_special_tokens=False)
+        assert ids == case["encode_no_special"], case["text"]
+        assert tokenizer.decode(ids) == case["decode"], case["text"]
+        tokens = tokenizer.convert_ids_to_tokens(ids)
+        assert tokenizer.convert_tokens_to_string(tokens) == case["decode_tokens"], case["text"]
+
+
+def test_a_literal_pad_in_the_text_is_unlabelled_as_ptuning_main_does(tokenizer, details, tmp_path):
+    data = tmp_path / "pads.jsonl"
+    data.write_text(
+        "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in details["pad_in_text"]["rows"]), "utf-8"
+    )
+    lengths = (details["max_source_length"], details["max_target_length"])
+    rows = [training_features(tokenizer, example, *lengths) for example in load_examples(data).examples]
+    published = details["pad_in_text"]["train"]
+    assert [row["input_ids"] for row in rows] == published["input_ids"]
+    assert [row["labels"] for row in rows] == published["labels"]
+
+
+def test_generated_predictions_are_those_of_the_published_prediction_path(details, tmp_path, capsys):
+    """`glmtui eval` writes the lines ptuning/main.py --do_predict writes (greedy): positions at a written [MASK]
+    before the [gMASK], predictions and labels stripped."""
+    from glmtui.cli import main
+
+    data = tmp_path / "dev.jsonl"
+    cases = details["predictions"]
+    data.write_text("".join(json.dumps(case["row"], ensure_ascii=False) + "\n" for case in cases), "utf-8")
+    output = tmp_path / "evaluation"
+    code = main(
+        ["eval", "--model", str(FIXTURE), "--checkpoint", "base", "--data", str(data), "--out", str(output)]
+        + ["--max-source-length", str(details["max_source_length"])]
+        + ["--max-target-length", str(details["max_target_length"]), "--batch-size", "2"]
+    )
+    assert code == 0, capsys.readouterr().err
+    lines = (output / "base" / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == [case["line"] for case in cases]
+    # The [MASK] rows are the ones whose answer would differ with the [gMASK] position, so the rule is tested.
+    assert any(case["predict_gmask_first"] != case["line"]["predict"] for case in cases)
+    assert any(case["predict_unstripped"] != case["line"]["predict"] for case in cases)

@@ -65,19 +65,3 @@ def test_config_editor(snap_compare, size: tuple[int, int]) -> None:
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=fill)
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_models_screen_names_each_models_family(snap_compare, size: tuple[int, int]) -> None:
-    from glmcore.models import CHATGLM3_6B
-
-    workspace = make_workspace(SNAPSHOT_ROOT)
-    CHATGLM3_6B.implementation().write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm3", num_shards=1)
-    app = make_app(workspace)
-
-    async def open_models(pilot) -> None:
-        await settle(pilot)
-        await pilot.press("f2")
-        await settle(pilot)
-
-    assert snap_compare(app, terminal_size=size, run_before=open_models)

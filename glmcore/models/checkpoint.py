@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,14 +75,32 @@ def require_complete(path: Path, family: str | None = None) -> ModelFolder:
     return folder
 
 
+def unreadable_weights_message(shard: Path, error: BaseException) -> str:
+    """One sentence for a weight file that failed to load: code refused, or a damaged or truncated file."""
+    if isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower():
+        return (
+            f"{shard} holds pickled code besides tensors, so glmtui did not load it (code in a checkpoint never "
+            "runs); use weights from a source you trust, or in safetensors."
+        )
+    lines = str(error).strip().splitlines()
+    reason = lines[0] if lines else type(error).__name__
+    return f"{shard} is truncated or damaged ({reason}); copy or download it again."
+
+
 def read_bin_shard(shard: Path) -> dict:
     """A pickled shard's tensors, loaded without running any code it may carry."""
     import torch
 
     try:
-        return torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            return torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as error:
+            if "mmap can only be used" not in str(error):
+                raise
+            # A pickle in torch's legacy (pre-zip) format cannot be memory-mapped; read it whole.
+            return torch.load(shard, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for damaged or unsafe pickles
-        raise GlmError(f"Could not read {shard} safely ({error}); verify or re-download it.") from error
+        raise GlmError(unreadable_weights_message(shard, error)) from error
 
 
 def read_weights(shard: Path) -> dict:
@@ -89,8 +108,32 @@ def read_weights(shard: Path) -> dict:
     if shard.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(shard))
+        try:
+            return load_file(str(shard))
+        except Exception as error:  # safetensors raises its own error type for a damaged file
+            raise GlmError(unreadable_weights_message(shard, error)) from error
     return read_bin_shard(shard)
+
+
+def find_unreadable_weights(path: Path) -> str | None:
+    """The sentence for the first weight file of a model folder that cannot be read, or None when all can.
+
+    Used after a load failed, to name the file: safetensors headers are read, pickles loaded (memory-mapped).
+    """
+    for shard in inspect_model_folder(path).weight_files:
+        try:
+            if shard.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                with safe_open(str(shard), framework="pt") as handle:
+                    handle.keys()
+            else:
+                read_bin_shard(shard)
+        except GlmError as error:
+            return str(error)
+        except Exception as error:  # safetensors raises its own error type for a damaged header
+            return unreadable_weights_message(shard, error)
+    return None
 
 
 def convert_to_safetensors(path: Path, *, progress: Callable[[int, int, str], None] | None = None) -> Path:

@@ -51,9 +51,6 @@ class ModelShape:
     key_value_width: int = 0
     """Values one token keeps per layer in the KV cache (keys and values); 0 means 2 × hidden_size, as in
     multi-head attention. Grouped-query families give 2 × groups × kv_channels. A prefix has the same width."""
-    positions: int = 2048
-    """Positions the model has, shared by a prefix, the prompt and the answer (ChatGLM-6B's max_sequence_length,
-    ChatGLM2/3's seq_length)."""
 
     @classmethod
     def from_model_dir(cls, path: Path) -> ModelShape:
@@ -117,7 +114,9 @@ class FamilyImplementation(Protocol):
 
     def clean_response(self, text: str) -> str: ...
 
-    def new_decoder(self, model, batch: int, capacity: int, *, use_graph: bool | None = None): ...
+    def new_decoder(
+        self, model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False
+    ): ...
 
     def new_prefix_encoder(self, config): ...
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from glmcore.errors import GlmError
 from glmcore.models import family_for
-from glmcore.models.checkpoint import require_complete
+from glmcore.models.checkpoint import find_unreadable_weights, require_complete
 from glmcore.prefix import read_checked_prefix, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
@@ -104,6 +104,11 @@ def load_model(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
         ) from error
+    except Exception as error:  # a damaged or unsafe weight file: name it rather than show the loader's trace
+        problem = find_unreadable_weights(path)
+        if problem is None:
+            raise
+        raise GlmError(problem) from error
     model.model_family = model_family  # see glmcore.models.family_of
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
         from glmcore.models import quantized_embedding

@@ -7,6 +7,8 @@ arguments and present results; the work itself is done by glmcore.
 
 COMMAND_MODULES = (
     "train",
+    "sweep",
+    "queue",
     "runs",
     "stop",
     "resume",

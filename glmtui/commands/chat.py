@@ -1,4 +1,5 @@
-"""`glmtui chat --model PATH [--checkpoint CK]`: a plain terminal chat that streams the answer.
+"""`glmtui chat --run RUN` or `glmtui chat --model PATH [--checkpoint CK]`: a plain terminal chat that streams
+the answer.
 
 Each line read is one message. On a terminal it prompts and shows notices; from a pipe it writes only the
 answers, one per message, so scripts can use it. Commands: /clear, /prefix PATH|off, /quit. Ctrl-C during an
@@ -28,11 +29,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + COMMANDS_HELP
         + " Reads messages from stdin when it is not a TTY.",
     )
-    parser.add_argument("--model", type=Path, required=True, help="model folder")
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
     parser.add_argument(
-        "--checkpoint", type=Path, default=None, help="P-tuning v2 prefix checkpoint to start with"
+        "--run",
+        metavar="RUN",
+        default=None,
+        help="a P-tuning run (id, id prefix, name or folder): its model and prefix",
     )
-    parser.add_argument("--quantization-bit", type=int, choices=(4, 8, 16), default=16, help="base weights")
+    parser.add_argument(
+        "--checkpoint",
+        metavar="CK",
+        default=None,
+        help="the prefix to start with: checkpoint-N or N of --run, a checkpoint folder, or a run "
+        "(default with --run: its latest complete checkpoint; without: no prefix)",
+    )
+    parser.add_argument(
+        "--quantization-bit",
+        type=int,
+        choices=(4, 8, 16),
+        default=None,
+        help="base weights (default: the run's, else 16)",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--top-p", type=float, default=0.7, help="sampling top_p (default 0.7)")
@@ -45,12 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers.utils import logging
-
     from glmcore.chat import ChatSession, ChatSettings
     from glmcore.models.loading import load_model, load_tokenizer
 
-    logging.disable_progress_bar()
     notices = Console(stderr=True)
     interactive = sys.stdin.isatty()
     try:
@@ -61,23 +75,46 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             seed=args.seed,
         )
+        model, checkpoint, quantization_bit = chat_plan(args)
         if interactive:
-            notices.print(f"Loading {args.model} …")
-        tokenizer = load_tokenizer(args.model)
+            notices.print(f"Loading {model} …")
+        tokenizer = load_tokenizer(model)
         session = ChatSession(
-            load_model(args.model, quantization_bit=args.quantization_bit), tokenizer, system=args.system
+            load_model(model, quantization_bit=quantization_bit), tokenizer, system=args.system
         )
         session.settings = settings
-        if args.checkpoint is not None:
-            session.use_prefix(args.checkpoint)
+        if checkpoint is not None:
+            session.use_prefix(checkpoint)
     except GlmError as error:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
     if interactive:
         notices.print(
-            f"Chatting with {args.model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
+            f"Chatting with {model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
         )
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
+
+
+def chat_plan(args: argparse.Namespace) -> tuple[Path, Path | None, int]:
+    """The model folder, the prefix checkpoint (or None) and the base weights' bits the options name."""
+    from glmtui.commands.runs import store_from_workspace
+
+    store = store_from_workspace()
+    run = store.resolve(args.run) if args.run else None
+    if run is not None and run.config.method != "ptuning-v2":
+        raise GlmError(
+            f"Run {run.id} trained {run.config.method}, not a prefix: export it (glmtui export {run.id}) "
+            "and chat with --model on the exported folder."
+        )
+    if args.checkpoint is not None:
+        checkpoint = store.resolve_checkpoint(args.checkpoint, run)
+    else:
+        checkpoint = run.default_checkpoint().path if run is not None else None
+    model = args.model or (run.config.model_path if run is not None else None)
+    if model is None:
+        raise GlmError("Name the model folder with --model, or a run with --run.")
+    bits = args.quantization_bit or (run.config.quantization_bit if run is not None else 16)
+    return Path(model).expanduser(), checkpoint, bits
 
 
 def _prefix_name(session) -> str:

@@ -20,7 +20,6 @@ from glmtui.commands.runs import store_from_workspace
 from glmtui.presentation import format_duration
 
 EXIT_CANCELLED = 130
-DEFAULT_LENGTH = 64
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,15 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
     parser.add_argument(
-        "--run", default=None, help="a run (id, name or folder): its checkpoints and settings"
+        "--run",
+        metavar="RUN",
+        default=None,
+        help="a run (id, id prefix, name or folder): its checkpoints and settings",
     )
     parser.add_argument(
         "--checkpoint",
         action="append",
         default=None,
         metavar="CK",
-        help="a prefix checkpoint folder, a checkpoint of --run (checkpoint-N or N), or 'base'; repeatable "
-        "(default: base, plus every checkpoint of --run)",
+        help="checkpoint-N or N of --run, a prefix checkpoint folder, a run (its latest complete checkpoint), "
+        "or 'base'; repeatable (default: base, plus every checkpoint of --run)",
     )
     parser.add_argument(
         "--data", type=Path, default=None, help="dataset file (default: the run's validation file)"
@@ -57,8 +59,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="examples per batch (default: from free GPU memory; 8 on CPU)",
     )
-    parser.add_argument("--max-source-length", type=int, default=None, help="prompt tokens kept (default 64)")
-    parser.add_argument("--max-target-length", type=int, default=None, help="new tokens at most (default 64)")
+    parser.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="evaluate only the first N examples of the data"
+    )
+    parser.add_argument(
+        "--max-source-length", type=int, default=None, help="prompt tokens kept (default: the run's, else 64)"
+    )
+    parser.add_argument(
+        "--max-target-length", type=int, default=None, help="new tokens at most (default: the run's, else 64)"
+    )
     parser.add_argument(
         "--quantization-bit", type=int, choices=(4, 8, 16), default=None, help="base weights (default 16)"
     )
@@ -74,22 +83,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _resolve_checkpoint(value: str, run) -> str | Path:
-    """'base', a folder, or (with a run) a checkpoint of the run named checkpoint-N or N."""
+def _resolve_checkpoint(value: str, run, store) -> str | Path:
+    """'base', else the checkpoint `value` names by the rule of docs/runs.md (RunStore.resolve_checkpoint)."""
     from glmcore.evaluate import BASE
 
-    if value == BASE:
-        return BASE
-    path = Path(value).expanduser()
-    if run is not None and not path.exists():
-        for candidate in (run.checkpoints_dir / value, run.checkpoints_dir / f"checkpoint-{value}"):
-            if candidate.is_dir():
-                return candidate
-    return path
+    return BASE if value == BASE else store.resolve_checkpoint(value, run)
 
 
 def plan(args: argparse.Namespace) -> dict:
     """The arguments of `compare`, from the options and (where they are not given) the run."""
+    from glmcore.config import RunConfig
     from glmcore.data import Columns
     from glmcore.evaluate import (
         BASE,
@@ -100,7 +103,8 @@ def plan(args: argparse.Namespace) -> dict:
     )
     from glmcore.workspace import Workspace
 
-    run = store_from_workspace().resolve(args.run) if args.run else None
+    store = store_from_workspace()
+    run = store.resolve(args.run) if args.run else None
     config = run.config if run is not None else None
     model = args.model or (config.model_path if config else None)
     if model is None:
@@ -112,7 +116,7 @@ def plan(args: argparse.Namespace) -> dict:
             + (f" (run {run.id} has no validation file)." if run is not None else ".")
         )
     if args.checkpoint:
-        checkpoints = [_resolve_checkpoint(value, run) for value in args.checkpoint]
+        checkpoints = [_resolve_checkpoint(value, run, store) for value in args.checkpoint]
     else:
         checkpoints = [BASE, *(run_checkpoints(run) if run is not None else [])]
     columns = Columns(
@@ -123,7 +127,7 @@ def plan(args: argparse.Namespace) -> dict:
     lengths = {
         name: getattr(args, name)
         if getattr(args, name) is not None
-        else getattr(config, name, DEFAULT_LENGTH)
+        else getattr(config, name, RunConfig.__dataclass_fields__[name].default)
         for name in ("max_source_length", "max_target_length")
     }
     common = {"batch_size": args.batch_size, "seed": args.seed, **lengths}
@@ -142,6 +146,7 @@ def plan(args: argparse.Namespace) -> dict:
         "output_root": output_root,
         "columns": columns,
         "quantization_bit": args.quantization_bit or getattr(config, "quantization_bit", 16),
+        "limit": args.limit,
     }
 
 
@@ -152,7 +157,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         arguments = plan(args)
         names = ", ".join(str(checkpoint) for checkpoint in arguments["checkpoints"])
-        console.print(f"Evaluating {names} on {arguments['data_file']} into {arguments['output_root']}")
+        subset = f" (its first {args.limit} examples)" if args.limit else ""
+        console.print(
+            f"Evaluating {names} on {arguments['data_file']}{subset} into {arguments['output_root']}"
+        )
         comparison = run_with_progress(console, arguments)
     except EvaluationCancelled:
         console.print("Cancelled before any evaluation finished; nothing was written.")
@@ -190,11 +198,8 @@ def metrics_table(comparison) -> Table:
 
 def run_with_progress(console: Console, arguments: dict):
     """Run the comparison on a worker thread, so that Ctrl-C cancels it cleanly."""
-    from transformers.utils import logging
-
     from glmcore.evaluate import compare
 
-    logging.disable_progress_bar()
     cancel = threading.Event()
     outcome: dict[str, object] = {}
     with Progress(
@@ -209,9 +214,11 @@ def run_with_progress(console: Console, arguments: dict):
         def show(snapshot) -> None:
             if snapshot.label not in tasks:
                 tasks[snapshot.label] = bars.add_task(snapshot.label, total=snapshot.total, detail="")
-            detail = f"{snapshot.tokens_per_second:,.0f} tok/s · ETA {format_duration(snapshot.eta_seconds)}"
             finished = snapshot.phase == "scoring" and snapshot.done == snapshot.total
             phase = "done" if finished else snapshot.phase
+            detail = f"{snapshot.tokens_per_second:,.0f} tok/s"
+            if not finished:
+                detail += f" · ETA {format_duration(snapshot.eta_seconds)}"
             bars.update(
                 tasks[snapshot.label],
                 description=f"{snapshot.label} ({phase}, {snapshot.evaluation}/{snapshot.evaluations})",

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
+from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
 from glmtui.presentation import run_cells, state_text
 
@@ -51,7 +52,9 @@ def show_runs(args: argparse.Namespace) -> int:
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
     for column in COLUMNS:
         table.add_column(column.upper(), justify="left" if column in ("Run", "State", "GPUs") else "right")
-    for run in runs:
+    for run, sweep in group_runs(runs):
+        if sweep is not None:
+            table.add_row(Text(f"sweep {sweep}", style="bold"), *[""] * (len(COLUMNS) - 1))
         try:
             table.add_row(*_row(run))
         except GlmError as error:

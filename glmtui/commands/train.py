@@ -16,7 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
-from glmcore.config import RunConfig, validate
+from glmcore import preflight
+from glmcore.config import RunConfig
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, Run, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
@@ -129,6 +130,18 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     return follow(run, started, console)
 
 
+def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
+    """Queue the run instead of starting it, and make sure a worker will start it."""
+    from glmcore.queue import Queue
+
+    queue = Queue(workspace)
+    position = queue.add(run)
+    console.print(f"Queued it at position {position}; it starts when its GPUs have room (`glmtui queue`).")
+    if (pid := queue.ensure_worker()) is not None:
+        console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
+    return 0
+
+
 def train(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True)
@@ -138,7 +151,7 @@ def train(args: argparse.Namespace) -> int:
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
-    problems = validate(config, runs_dir=workspace.runs_dir)
+    problems = preflight.check(config, runs_dir=workspace.runs_dir)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")
@@ -149,6 +162,8 @@ def train(args: argparse.Namespace) -> int:
         _print_vram_estimate(console, config)
         run = RunStore(workspace.ensure().runs_dir).create(config)
         console.print(f"Created run {run.id} in {escape(str(run.path))}.")
+        if args.queue:
+            return enqueue(run, workspace, console)
         return start(run, detach=args.detach, resume=False, console=console)
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
@@ -166,5 +181,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("config", type=Path, metavar="CONFIG.toml", help="the run's settings")
     parser.add_argument(
         "--detach", action="store_true", help="start in the background and return at once (print the run id)"
+    )
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="queue the run instead of starting it: it starts when its GPUs have room (see `glmtui queue`)",
     )
     parser.set_defaults(func=train)

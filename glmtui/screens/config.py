@@ -1,8 +1,12 @@
 """The config editor: a run's settings on the left; the VRAM estimate, problems and command line beside them.
 
-Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``validate`` reads the model
+Every change rebuilds a ``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model
 folder, the data files and the disk), so the side panel is always about what the form says now. ctrl+s saves
 the TOML under configs/ (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
+
+The prefix length and the learning rate take a list of values ("64,128"): the form then stands for a sweep, one
+run per combination, and the side panel says how many runs that makes and what each will need; ctrl+g queues
+them (``glmcore.sweep``, ``glmcore.queue``, as ``glmtui sweep`` does).
 """
 
 from __future__ import annotations
@@ -21,13 +25,18 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
+from glmcore import preflight
 from glmcore import runs as run_control
-from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, validate
+from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
+from glmcore.queue import Queue
 from glmcore.runs import Run
+from glmcore.sweep import SweepPoint, expand, format_value
+from glmcore.sweep import create as create_sweep
+from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.presentation import family_title
@@ -45,6 +54,8 @@ INTEGER_FIELDS = (
     "max_target_length",
 )
 TEXT_FIELDS = ("name", "model_path", "train_file", "validation_file")
+SWEEP_FIELDS = {"pre_seq_len": int, "learning_rate": float}
+"""Fields that take a list of values (the published recipe's two knobs): several values make a sweep."""
 FIELD_LABELS = {
     "name": "Name",
     "model_path": "Model folder",
@@ -70,13 +81,24 @@ class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimate when the model folder can be read."""
 
     def __init__(
-        self, config: RunConfig, problems: list[Problem], estimate: VramEstimate | None, family: str = ""
+        self,
+        config: RunConfig,
+        problems: list[Problem],
+        estimate: VramEstimate | None,
+        saved: bool,
+        sweep: list[tuple[SweepPoint, int | None]] | None = None,
+        family: str = "",
     ) -> None:
         super().__init__()
         self.config = config
         self.problems = problems
         self.estimate = estimate
+        self.saved = saved
+        """Whether the file ctrl+s writes already holds exactly this config."""
+        self.sweep = sweep
+        """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
         self.family = family
+        """The model folder's family title ("" when the folder cannot be read)."""
 
 
 class LoadConfigScreen(ModalScreen[Path | None]):
@@ -132,6 +154,16 @@ def describe_estimate(
     return text
 
 
+def sweep_text(sweep: list[tuple[SweepPoint, int | None]]) -> Text:
+    """How many runs the listed values make, and each run's values with its VRAM estimate per GPU."""
+    names = " × ".join(dict.fromkeys(key for point, _ in sweep for key in point.values))
+    text = Text(f"Sweep: {len(sweep)} runs ({names})\n", style="bold")
+    for point, need in sweep:
+        needs = f"{need / GIB:.1f} GiB" if need is not None else "VRAM unknown"
+        text.append(f"  {point.short_label}: {needs}\n")
+    return text
+
+
 class ConfigScreen(WorkbenchScreen):
     """Edit a run config; ctrl+s save TOML, ctrl+g start, ctrl+o load."""
 
@@ -150,6 +182,8 @@ class ConfigScreen(WorkbenchScreen):
         self.estimate: VramEstimate | None = None
         self.family = ""
         """The chosen model folder's family title, shown above the estimate."""
+        self.axes: dict[str, list[object]] = {}
+        """The fields given several values, with them: a sweep when not empty."""
         self._filling = False
 
     def blank_config(self) -> RunConfig:
@@ -179,6 +213,7 @@ class ConfigScreen(WorkbenchScreen):
                     if name == "gradient_accumulation_steps":
                         yield Static("", id="effective-batch")
             with VerticalScroll(id="config-side"):
+                yield Static("", id="config-sweep")
                 yield Static("", id="config-estimate")
                 yield Static("", id="config-problems")
                 yield Static("", id="config-command")
@@ -191,14 +226,28 @@ class ConfigScreen(WorkbenchScreen):
         if name == "prefix_projection":
             return Checkbox("on", id=name)
         suggestions = model_paths if name == "model_path" else data_paths if name.endswith("_file") else []
+        if name in SWEEP_FIELDS:
+            return Input(
+                id=name, restrict=r"[0-9eE.+\-, ]*", tooltip="one value, or several (64,128) for a sweep"
+            )
         return Input(
             id=name,
             suggester=SuggestFromList(suggestions, case_sensitive=True) if suggestions else None,
             type="integer" if name in INTEGER_FIELDS else "text",
         )
 
+    def reopened_config(self) -> RunConfig | None:
+        """The workspace's last config (saved, loaded, started or made by the demo), if it still loads."""
+        path = self.workbench.workspace.last_config()
+        if path is None:
+            return None
+        try:
+            return RunConfig.load(path)
+        except GlmError:
+            return None
+
     def on_mount(self) -> None:
-        self._write_form(self.base or self.blank_config())
+        self._write_form(self.base or self.reopened_config() or self.blank_config())
 
     def fill_form(self, config: RunConfig) -> None:
         """Show ``config`` in the form (its other settings are kept for saving)."""
@@ -261,16 +310,22 @@ class ConfigScreen(WorkbenchScreen):
             else:
                 problems.append(Problem(name, "fill this in"))
         for name in INTEGER_FIELDS:
+            if name in SWEEP_FIELDS:
+                continue
             text = self.query_one(f"#{name}", Input).value.strip()
             try:
                 data[name] = int(text)
             except ValueError:
                 problems.append(Problem(name, f"{text!r} is not a whole number"))
-        text = self.query_one("#learning_rate", Input).value.strip()
-        try:
-            data["learning_rate"] = float(text)
-        except ValueError:
-            problems.append(Problem("learning_rate", f"{text!r} is not a number (e.g. 2e-2)"))
+        self.axes = {}
+        for name, kind in SWEEP_FIELDS.items():
+            values, problem = self._field_values(name, kind)
+            if problem:
+                problems.append(problem)
+            elif values:
+                data[name] = values[0]
+                if len(values) > 1:
+                    self.axes[name] = values
         try:
             data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
         except ValueError:
@@ -287,6 +342,19 @@ class ConfigScreen(WorkbenchScreen):
         except ConfigError as error:
             return None, [Problem("config", str(error))]
 
+    def _field_values(self, name: str, kind: type) -> tuple[list[object], Problem | None]:
+        """The value or values (comma-separated) of a sweep field, or the problem with them."""
+        texts = [part.strip() for part in self.query_one(f"#{name}", Input).value.split(",")]
+        example = "a whole number" if kind is int else "a number (e.g. 2e-2)"
+        try:
+            values = [kind(text) for text in texts]
+        except ValueError:
+            shown = ", ".join(repr(text) for text in texts)
+            return [], Problem(name, f"{shown}: give {example}, or several separated by commas for a sweep")
+        if len(set(values)) != len(values):
+            return [], Problem(name, "a value is listed twice; list each value once")
+        return values, None
+
     @on(Input.Changed)
     @on(Select.Changed)
     @on(Checkbox.Changed)
@@ -302,7 +370,9 @@ class ConfigScreen(WorkbenchScreen):
         if config is None:
             self._show(problems, None)
             return
-        self.check_config(config)
+        if not preflight.data_checked(config):  # a large file takes seconds: say so until its verdict comes
+            self.query_one("#config-problems", Static).update(Text("Checking the data files…", style="dim"))
+        self.check_config(config, dict(self.axes))
 
     def _show_effective_batch(self) -> None:
         """Batch × accumulation × GPUs, from the fields themselves, so it shows while other fields are wrong."""
@@ -320,41 +390,86 @@ class ConfigScreen(WorkbenchScreen):
         )
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-check")
-    def check_config(self, config: RunConfig) -> None:
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
-        estimate, family = None, ""
+    def check_config(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
+        runs_dir = self.workbench.workspace.runs_dir
+        shape, family = None, ""
         if config.model_path.is_dir():
             family = family_title(config.model_path)
             try:
-                estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
+                shape = ModelShape.from_model_dir(config.model_path)
             except GlmError:
-                estimate = None
-        self.post_message(ConfigChecked(config, problems, estimate, family))
+                shape = None
+        estimate = estimate_vram(shape, config) if shape else None
+        saved = self._is_saved(config)
+        if not axes:
+            problems = preflight.check(config, runs_dir=runs_dir)
+            self.post_message(ConfigChecked(config, problems, estimate, saved, family=family))
+            return
+        try:
+            points = expand(config, axes)
+        except GlmError as error:
+            problems = [Problem("config", str(error))]
+            self.post_message(ConfigChecked(config, problems, estimate, saved, family=family))
+            return
+        problems = [
+            Problem(problem.field, f"{point.label}: {problem.message}")
+            for point, problem in sweep_problems(points, runs_dir=runs_dir)
+        ]
+        sweep = [(point, estimate_vram(shape, point.config).total if shape else None) for point in points]
+        self.post_message(ConfigChecked(config, problems, estimate, saved, sweep, family))
+
+    def _is_saved(self, config: RunConfig) -> bool:
+        path = self.config_path(config)
+        try:
+            return path.is_file() and RunConfig.load(path).to_dict() == config.to_dict()
+        except GlmError:
+            return False
 
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self.config:
             self.family = message.family
-            self._show(message.problems, message.estimate)
+            self._show(message.problems, message.estimate, message.saved, message.sweep)
 
-    def _show(self, problems: list[Problem], estimate: VramEstimate | None) -> None:
+    def _show(
+        self,
+        problems: list[Problem],
+        estimate: VramEstimate | None,
+        saved: bool = False,
+        sweep: list[tuple[SweepPoint, int | None]] | None = None,
+    ) -> None:
         self.problems = problems
         self.estimate = estimate
+        sweep_panel = self.query_one("#config-sweep", Static)
+        sweep_panel.update(sweep_text(sweep) if sweep else "")
+        sweep_panel.display = bool(sweep)
         problem_text = Text()
         if problems:
             problem_text.append(f"{len(problems)} problem(s):\n", style="bold red")
             for problem in problems:
                 problem_text.append(f"• {FIELD_LABELS.get(problem.field, problem.field)}: ", style="red")
                 problem_text.append(problem.message + "\n")
+        elif sweep:
+            problem_text.append(f"Ready to queue the {len(sweep)} runs (ctrl+g).\n", style="bold green")
         else:
             problem_text.append("Ready to start (ctrl+g).\n", style="bold green")
         self.query_one("#config-problems", Static).update(problem_text)
         self._show_estimate()
         command = self.query_one("#config-command", Static)
         if self.config is not None:
-            command.update(
-                Text("Same from the shell:\n", style="dim")
-                + Text(self.config.train_command(self.config_path()))
-            )
+            line = self.config.train_command(self.config_path())
+            if sweep:
+                sets = " ".join(
+                    f"--set {name}={','.join(format_value(value) for value in values)}"
+                    for name, values in self.axes.items()
+                )
+                line = line.replace("glmtui train", "glmtui sweep", 1) + " " + sets
+            if saved:
+                command.update(Text("Same from the shell:\n", style="dim") + Text(line))
+            else:
+                verb = "sweep" if sweep else "train"
+                command.update(
+                    Text(f"Not saved: ctrl+s writes {self.config_path()} for `glmtui {verb}`.", style="dim")
+                )
         else:
             command.update("")
 
@@ -374,11 +489,12 @@ class ConfigScreen(WorkbenchScreen):
         if self.is_mounted:
             self._show_estimate()
 
-    def config_path(self) -> Path:
-        """Where ctrl+s saves this config."""
-        name = self.config.name if self.config else "run"
+    def config_path(self, config: RunConfig | None = None) -> Path:
+        """Where ctrl+s saves this config (``config``, else the form's)."""
+        config = config or self.config
+        name = config.name if config else "run"
         slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "run"
-        return self.workbench.workspace.root / "configs" / f"{slug}.toml"
+        return self.workbench.workspace.configs_dir / f"{slug}.toml"
 
     # actions
 
@@ -393,19 +509,38 @@ class ConfigScreen(WorkbenchScreen):
             path = self.config_path()
             path.parent.mkdir(parents=True, exist_ok=True)
             config.save(path)
+            self.workbench.workspace.remember_config(path)
             self.notify(f"Saved {path}.")
+            self.recheck()
 
     def action_start_run(self) -> None:
         if config := self._ready_config():
-            self.start_run(config)
+            if self.axes:
+                self.queue_sweep(config, dict(self.axes))
+            else:
+                self.start_run(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
+    def queue_sweep(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
+        """Check every combination, create the sweep's runs and queue them (a worker starts them)."""
+        points = expand(config, axes)
+        problems = sweep_problems(points, runs_dir=self.workbench.workspace.runs_dir)
+        if problems:
+            point, problem = problems[0]
+            raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
+        sweep = create_sweep(self.workbench.run_store, config, points)
+        Queue(self.workbench.workspace).queue_runs(sweep.runs)
+        self.app.call_from_thread(self.notify, f"Queued sweep {sweep.id}: {len(sweep.runs)} runs.")
+        self.app.call_from_thread(self.workbench.action_show, "runs")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig) -> None:
         """Validate once more, create the run folder and launch it detached; then show it."""
-        problems = validate(config, runs_dir=self.workbench.workspace.runs_dir)
+        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         run = self.workbench.run_store.create(config)
+        self.workbench.workspace.remember_config(run.config_path)
         run_control.launch(run, detach=True)
         self.app.call_from_thread(self._started, run)
 
@@ -420,5 +555,7 @@ class ConfigScreen(WorkbenchScreen):
                     self.load(RunConfig.load(path))
                 except GlmError as error:
                     self.notify(str(error), severity="error")
+                else:
+                    self.workbench.workspace.remember_config(path)
 
         self.app.push_screen(LoadConfigScreen(), loaded)

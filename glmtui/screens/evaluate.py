@@ -68,6 +68,8 @@ class EvaluateScreen(WorkbenchScreen):
             with Vertical(id="evaluate-settings"):
                 yield Label("Data file:")
                 yield Input(id="evaluate-data")
+                yield Label("Only its first N examples (empty: all):")
+                yield Input(id="evaluate-limit", type="integer", placeholder="all")
                 yield ProgressBar(id="evaluate-progress", show_eta=False)
                 yield Static("", id="evaluate-status")
         yield DataTable(id="evaluate-metrics", cursor_type="row")
@@ -109,17 +111,26 @@ class EvaluateScreen(WorkbenchScreen):
         if not picked:
             self.notify("Tick at least one entry to evaluate.", severity="warning")
             return
+        limit_text = self.query_one("#evaluate-limit", Input).value.strip()
+        if limit_text and not limit_text.isdigit():
+            self.notify(
+                "The limit is a number of examples, e.g. 20; leave it empty for all.", severity="error"
+            )
+            return
+        limit = int(limit_text) if limit_text else None
         self._cancel = threading.Event()
         self.query_one("#evaluate-status", Static).update("Loading the model…")
         self.compare(
-            self.run, picked, Path(self.query_one("#evaluate-data", Input).value.strip()), self._cancel
+            self.run, picked, Path(self.query_one("#evaluate-data", Input).value.strip()), limit, self._cancel
         )
 
     def action_cancel(self) -> None:
         self._cancel.set()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="evaluate")
-    def compare(self, run: Run, picked: list[str], data_file: Path, cancel: threading.Event) -> None:
+    def compare(
+        self, run: Run, picked: list[str], data_file: Path, limit: int | None, cancel: threading.Event
+    ) -> None:
         from glmcore.data import Columns
         from glmcore.evaluate import EvalSettings, compare, new_run_evaluation_folder
 
@@ -136,6 +147,7 @@ class EvaluateScreen(WorkbenchScreen):
             quantization_bit=config.quantization_bit,
             progress=lambda snapshot: self.post_message(EvalProgressed(snapshot)),
             cancel=cancel,
+            limit=limit,
         )
         self.post_message(EvalFinished(comparison))
 

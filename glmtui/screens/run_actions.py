@@ -16,7 +16,11 @@ from glmtui.screens.base import WorkbenchScreen
 
 def start_or_resume(run: Run) -> str:
     """Start a run that never ran, resume any other; returns the notification (a resume says from where)."""
-    if run.status().state == "created":
+    state = run.status().state
+    if state == "queued":
+        run_control.launch(run, detach=True, only_if="queued")
+        return f"Started {run.id} now, ahead of the queue."
+    if state == "created":
         run_control.launch(run, detach=True)
         return f"Started {run.id}."
     run_control.resume(run, detach=True)

@@ -1,7 +1,9 @@
 """The Runs screen: every run folder under the workspace's runs/, live, with the keys that act on them.
 
 It reads the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
-appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second.
+appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second, and the
+queue's plan: queued runs show their position, and the lines under the table say why each waits. The runs of a
+sweep stand together.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from glmcore.errors import GlmError
+from glmcore.gpu import GpuSnapshot
+from glmcore.queue import Decision, Queue
 from glmcore.runs import EventTail, Run, RunStatus
+from glmcore.sweep import group_runs
 from glmtui.messages import EditConfig, OpenRun
 from glmtui.presentation import run_cells, state_text
 from glmtui.screens.confirm import ConfirmScreen
@@ -35,24 +41,52 @@ class RunRow:
     run: Run
     status: RunStatus
     last_log: dict | None
+    queued: Decision | None = None
+    """Its place in the queue and why it waits, while it is queued."""
 
     def cells(self, now: datetime) -> tuple[str | Text, ...]:
         figures = run_cells(self.status, self.last_log, now)
         return (
             Text(self.run.id),
-            state_text(self.status.state),
+            state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
             *(figures[name] for name in COLUMNS if name in figures),
         )
 
 
 class RunsRead(Message):
-    def __init__(self, rows: list[RunRow]) -> None:
+    def __init__(self, rows: list[RunRow], queue_problem: str | None = None) -> None:
         super().__init__()
         self.rows = rows
+        self.queue_problem = queue_problem
+        """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
+
+
+QUEUE_LINES = 3
+"""Queued runs listed under the table with why they wait; `glmtui queue` lists them all."""
+QUEUE_KEYS = "Queue (+ earlier, - later, g start now, x unqueue):\n"
+"""The queue's keys, said above it: the footer has no room left for them at 80 columns."""
+
+
+def queue_text(rows: list[RunRow]) -> Text:
+    """One line per queued run, next first: its position, its id and why it waits."""
+    queued = sorted((row for row in rows if row.queued), key=lambda row: row.queued.position)
+    text = Text(QUEUE_KEYS if queued else "", style="dim")
+    for row in queued[:QUEUE_LINES]:
+        decision = row.queued
+        why = decision.reason if not decision.admitted else "starts at the worker's next look"
+        text.append(f"{decision.position} ", style="bold")
+        text.append(f"{row.run.id}: ")
+        text.append(why, style="yellow" if not decision.admitted else "green")
+        text.append("\n")
+    if len(queued) > QUEUE_LINES:
+        text.append(f"… {len(queued) - QUEUE_LINES} more queued (`glmtui queue`)\n", style="dim")
+    text.rstrip()
+    return text
 
 
 class RunsScreen(RunActions):
-    """Every run, live; n new, enter open, s stop, r resume/start, e evaluate, c chat, k clone, d delete."""
+    """Every run, live; n new, enter open, s stop, r resume/start, e evaluate, c chat, k clone, d delete;
+    for a queued run + and - move it in the queue, g starts it now, x takes it off the queue."""
 
     NAME = "runs"
     BINDINGS = [
@@ -64,6 +98,11 @@ class RunsScreen(RunActions):
         Binding("c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's latest checkpoint"),
         Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
         Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
+        # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.
+        Binding("plus", "move_queued(-1)", "Earlier", id="runs-queue-up", show=False),
+        Binding("minus", "move_queued(1)", "Later", id="runs-queue-down", show=False),
+        Binding("g", "start_queued", "Start now", id="runs-queue-start", show=False),
+        Binding("x", "cancel_queued", "Unqueue", id="runs-queue-cancel", show=False),
     ]
 
     def __init__(self) -> None:
@@ -77,6 +116,7 @@ class RunsScreen(RunActions):
         for label, width in COLUMNS.items():
             table.add_column(label, width=width)
         yield table
+        yield Static("", id="runs-queue")
 
     def on_mount(self) -> None:
         self.refresh_runs()
@@ -86,19 +126,28 @@ class RunsScreen(RunActions):
     def refresh_runs(self) -> None:
         """Read every run folder (status and new events) and post the rows."""
         rows = []
-        runs = self.workbench.run_store.list()
+        runs = [run for run, _ in group_runs(self.workbench.run_store.list())]
+        queue = Queue(self.workbench.workspace)
+        # The app's sampler is where the app reads GPUs; until its first reading, the queue's GPU runs say so.
+        snapshot = self.workbench.gpu_snapshot or GpuSnapshot.unavailable("no GPU reading yet")
+        try:
+            planned, queue_problem = dict(queue.plan(snapshot)), None
+        except GlmError as error:
+            planned, queue_problem = {}, str(error)
         for run in runs:
             tail, last_log = self._tails.get(run) or (run.tail_events(), None)
             for record in tail.read_events():
                 if record.get("kind") == "log":
                     last_log = record
             self._tails[run] = (tail, last_log)
-            rows.append(RunRow(run, run.status(), last_log))
+            rows.append(RunRow(run, run.status(), last_log, planned.get(run)))
         for gone in set(self._tails) - set(runs):
             del self._tails[gone]
-        self.post_message(RunsRead(rows))
+        self.post_message(RunsRead(rows, queue_problem))
 
     def on_runs_read(self, message: RunsRead) -> None:
+        if not self.query("#runs-table"):
+            return  # read by a worker while the screen was being taken down (the app closing)
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
@@ -119,6 +168,11 @@ class RunsScreen(RunActions):
                 table.add_row(*cells, key=row.run.id)
         if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
+        queue = self.query_one("#runs-queue", Static)
+        queue.update(
+            Text(message.queue_problem, style="red") if message.queue_problem else queue_text(message.rows)
+        )
+        queue.display = bool(message.queue_problem) or any(row.queued for row in message.rows)
         active = sum(row.status.is_active for row in message.rows)
         self.query_one("#runs-summary", Static).update(
             f"{len(message.rows)} run{'s' if len(message.rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
@@ -126,7 +180,15 @@ class RunsScreen(RunActions):
             else "No runs yet: press n to configure one."
         )
 
+    def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
+        """A new GPU reading changes why queued runs wait."""
+        super().gpu_snapshot_changed(snapshot)
+        if self.is_mounted:
+            self.refresh_runs()
+
     def selected_run(self) -> Run | None:
+        if not self.query("#runs-table"):
+            return None  # a key reached the screen before it was built (type-ahead over a slow link)
         table = self.query_one("#runs-table", DataTable)
         if not table.row_count:
             return None
@@ -154,6 +216,38 @@ class RunsScreen(RunActions):
 
     def after_run_action(self) -> None:
         self.refresh_runs()
+
+    def _require_queued(self) -> Run | None:
+        run = self._require_run()
+        if run is not None and not self.rows[run.id].queued:
+            self.notify(f"{run.id} is not queued.", severity="warning")
+            return None
+        return run
+
+    def action_move_queued(self, offset: int) -> None:
+        if run := self._require_queued():
+            self.queue_action(run, "move", offset)
+
+    def action_start_queued(self) -> None:
+        if run := self._require_queued():
+            self.queue_action(run, "start")
+
+    def action_cancel_queued(self) -> None:
+        if run := self._require_queued():
+            self.queue_action(run, "cancel")
+
+    @work(thread=True, exit_on_error=False, group="runs-queue")
+    def queue_action(self, run: Run, action: str, offset: int = 0) -> None:
+        queue = Queue(self.workbench.workspace)
+        if action == "move":
+            said = f"{run.id} is now number {queue.move(run, offset)} in the queue."
+        elif action == "start":
+            said = f"Started {run.id} now, ahead of the queue (pid {queue.start_now(run)})."
+        else:
+            queue.cancel(run)
+            said = f"Took {run.id} off the queue; r starts it later."
+        self.app.call_from_thread(self.notify, said)
+        self.app.call_from_thread(self.refresh_runs)
 
     def action_clone_run(self) -> None:
         if run := self._require_run():

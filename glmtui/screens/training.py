@@ -200,7 +200,11 @@ class TrainingScreen(RunActions):
 
     def loss_points(self) -> list[tuple[int, float]]:
         """The loss curve's points (step, loss) as plotted."""
-        return [(record["step"], record["loss"]) for record in self.log_records() if "loss" in record]
+        return [
+            (record["step"], record["loss"])
+            for record in self.log_records()
+            if record.get("loss") is not None
+        ]
 
     # panes
 

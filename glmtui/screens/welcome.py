@@ -6,6 +6,8 @@ The demo (a tiny ChatGLM-architecture model pretrained on ad copy, plus the Adve
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,7 +23,7 @@ WELCOME_TEXT = """[b]Welcome to glmtui[/b]
 There is no model in {models_dir} yet.
 
 [b]d[/b]   build the [b]demo workspace[/b]: a tiny ChatGLM-architecture model
-    and the AdvertiseGen-form sample (a couple of minutes on a CPU);
+    and the AdvertiseGen-form sample (about a minute on a 2-core CPU);
     then configure, train, watch, evaluate and chat with it.
 [b]F2[/b]  download ChatGLM-6B on the Models screen.
 [b]F4[/b]  configure a run by hand.
@@ -36,7 +38,9 @@ class DemoProgressed(Message):
 
 
 class DemoReady(Message):
-    pass
+    def __init__(self, config_path: Path) -> None:
+        super().__init__()
+        self.config_path = config_path
 
 
 class WelcomeScreen(WorkbenchScreen):
@@ -61,20 +65,24 @@ class WelcomeScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
     def build_demo(self) -> None:
-        from glmcore.demo import ensure_demo_workspace
+        from glmcore.demo import ensure_demo_workspace, write_demo_configs
 
         ensure_demo_workspace(
             self.workbench.workspace,
             progress=lambda fraction, text: self.post_message(DemoProgressed(fraction, text)),
         )
-        self.post_message(DemoReady())
+        (ptuning_config, _), _ = write_demo_configs(self.workbench.workspace)
+        self.post_message(DemoReady(ptuning_config))
 
     def on_demo_progressed(self, message: DemoProgressed) -> None:
         self.query_one("#demo-progress", ProgressBar).update(progress=message.fraction)
         self.query_one("#demo-status", Static).update(message.text)
 
-    def on_demo_ready(self) -> None:
-        from glmcore.demo import demo_run_config
+    def on_demo_ready(self, message: DemoReady) -> None:
+        from glmcore.config import RunConfig
 
-        self.post_message(EditConfig(demo_run_config(self.workbench.workspace)))
-        self.notify("The demo is ready: check the config and press ctrl+g to start training.")
+        self.post_message(EditConfig(RunConfig.load(message.config_path)))
+        self.notify(
+            f"The demo is ready and its configs are in {message.config_path.parent}: "
+            "check the config and press ctrl+g to start training."
+        )

@@ -1,6 +1,6 @@
 """Multi-GPU checks of glmtui at ChatGLM-6B's real shape with random weights (issues 8 and 9).
 
-Every run goes through the product's path: RunConfig -> validate -> RunStore.create -> glmcore.runs.launch
+Every run goes through the product's path: RunConfig -> preflight.check -> RunStore.create -> glmcore.runs.launch
 (torchrun, one rank per GPU) -> events.jsonl / status.json -> glmcore.runs.stop.
 
 Runs in the order (b)+(c), then (a).
@@ -28,8 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+from glmcore import preflight
 from glmcore.bench import CHATGLM_6B, SPECIAL_IDS, TINY, write_random_checkpoint
-from glmcore.config import RunConfig, validate
+from glmcore.config import RunConfig
 from glmcore.distributed import CPU_PROCESSES_VARIABLE
 from glmcore.runs import Run, RunStore, launch, stop
 
@@ -166,7 +167,7 @@ def make_run(store: RunStore, name: str, model: Path, data: Path, gpus: list[int
         gpus=gpus,
         **settings,
     )
-    problems = [str(problem) for problem in validate(config, runs_dir=store.runs_dir)]
+    problems = [str(problem) for problem in preflight.check(config, runs_dir=store.runs_dir)]
     if problems:
         raise RuntimeError("; ".join(problems))
     return store.create(config)

@@ -83,8 +83,9 @@ def write_random_checkpoint(path, config_values: dict):
     return write_random(path, config_values, flavour="chatglm2")
 
 
-def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None):
-    """The static-cache decoder (glmcore.generation's, with this family's cache and positions)."""
+def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
+    """The static-cache decoder (glmcore.generation's, with this family's cache and positions); `prediction`
+    changes nothing (positions here are plain, with no `[MASK]` rule to follow)."""
     from glmcore.models.chatglm2.decoding import new_decoder as make
 
     return make(model, batch, capacity, use_graph=use_graph)

@@ -68,5 +68,4 @@ def shape(config_json: dict) -> ModelShape:
         num_heads=value("num_attention_heads"),
         inner_hidden_size=value("inner_hidden_size"),
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", True)),
-        positions=int(config_json.get("max_sequence_length") or 2048),
     )

@@ -1,8 +1,8 @@
 """Training rows, evaluation prompts and references exactly as ChatGLM-6B's ptuning/main.py builds them.
 
 Training rows: `a = encode(prompt)[:max_source_length-1]`, `b = encode(answer)[:max_target_length-2]`,
-`ids = a + [gMASK, <sop>] + b + [<eop>]`, labels -100 up to `<sop>`, right padding to
-`max_source_length + max_target_length` with pad ids labelled -100. Evaluation prompts are cut to
+`ids = a + [gMASK, <sop>] + b + [<eop>]`, labels -100 up to `<sop>` and on every pad id, right padding to
+`max_source_length + max_target_length`. Evaluation prompts are cut to
 `max_source_length - 2` tokens before `[gMASK, <sop>]`; references are the response tokenized with
 truncation at `max_target_length` and decoded back, which is what the published numbers score against.
 The prompt text is `Example.prompt`: the bare query, or `[Round i]\\n问：q\\n答：r\\n` rounds before it.
@@ -21,7 +21,11 @@ def training_features(
     target = tokenizer.encode(example.response, add_special_tokens=False)[: max_target_length - 2]
     input_ids = tokenizer.build_inputs_with_special_tokens(source, target)
     context_length = input_ids.index(tokenizer.bos_token_id)
-    labels = [IGNORE_INDEX] * context_length + input_ids[context_length:]
+    # As the published ignore_pad_token_for_loss: every pad id is unlabelled, a literal `<pad>` in the answer too.
+    answer = [
+        IGNORE_INDEX if token == tokenizer.pad_token_id else token for token in input_ids[context_length:]
+    ]
+    labels = [IGNORE_INDEX] * context_length + answer
     padding = max_source_length + max_target_length - len(input_ids)
     return {
         "input_ids": input_ids + [tokenizer.pad_token_id] * padding,

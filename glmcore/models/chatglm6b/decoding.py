@@ -18,7 +18,15 @@ from glmcore.models.chatglm6b.modeling import glm_attention_mask, glm_position_i
 
 
 class ChatGLMStaticDecoder(StaticDecoder):
+    """`mask_first` places the answer at a prompt's `[MASK]` before its `[gMASK]` (see `glm_position_ids`)."""
+
     position_shape = (2, 1)
+
+    def __init__(
+        self, model, batch: int, capacity: int, *, use_graph: bool | None = None, mask_first: bool = False
+    ) -> None:
+        self.mask_first = mask_first
+        super().__init__(model, batch, capacity, use_graph=use_graph)
 
     def cache_heads_and_channels(self) -> tuple[int, int]:
         return self.config.num_attention_heads, self.config.head_dim
@@ -27,7 +35,8 @@ class ChatGLMStaticDecoder(StaticDecoder):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         allowed = glm_attention_mask(input_ids, attention_mask, 0, self.prefix_length, self.config)
-        return glm_position_ids(input_ids, attention_mask, self.config), allowed
+        positions = glm_position_ids(input_ids, attention_mask, self.config, mask_first=self.mask_first)
+        return positions, allowed
 
     def advance_positions(self) -> None:
         self.positions[:, 1] += 1

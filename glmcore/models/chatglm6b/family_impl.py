@@ -18,9 +18,13 @@ model_class = ChatGLMForConditionalGeneration
 tokenizer_class = ChatGLMTokenizer
 
 
-def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None) -> ChatGLMStaticDecoder:
-    """The static-cache decoder (CUDA graph on a GPU) for `batch` rows of up to `capacity` positions."""
-    return ChatGLMStaticDecoder(model, batch, capacity, use_graph=use_graph)
+def new_decoder(
+    model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False
+) -> ChatGLMStaticDecoder:
+    """The static-cache decoder (CUDA graph on a GPU) for `batch` rows of up to `capacity` positions; for
+    `prediction` the answer sits at a `[MASK]` written in the prompt before the `[gMASK]`, as ptuning/main.py's
+    prediction path places it."""
+    return ChatGLMStaticDecoder(model, batch, capacity, use_graph=use_graph, mask_first=prediction)
 
 
 def new_prefix_encoder(config: ChatGLMConfig) -> PrefixEncoder:

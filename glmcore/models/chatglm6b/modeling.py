@@ -30,6 +30,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from glmcore.models.chatglm6b.configuration import ChatGLMConfig
+from glmcore.models.fused import expanded_dropout, labelled_cross_entropy
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache` during 5.x;
 # accept and return whichever the installed release uses.
@@ -54,11 +55,17 @@ def context_lengths(input_ids: torch.Tensor, bos_token_id: int) -> torch.Tensor:
 
 
 def glm_position_ids(
-    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: ChatGLMConfig
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: ChatGLMConfig,
+    *,
+    mask_first: bool = False,
 ) -> torch.Tensor:
     """The 2D positions [batch, 2, seq] of whole sequences, as the published model assigns them.
 
-    The mask position is the first `[gMASK]`, else the first `[MASK]`, else the token before `<sop>`.
+    The mask position is the first `[gMASK]`, else the first `[MASK]`, else the token before `<sop>`. With
+    `mask_first` a `[MASK]` comes before `[gMASK]`, as in the published prediction path (ptuning/main.py pads
+    its prompts through the tokenizer, whose padding builds the positions that way).
     Positions count from each row's first real token, so left padding does not shift them.
     """
     batch, length = input_ids.shape
@@ -66,9 +73,11 @@ def glm_position_ids(
     context_end = context_lengths(input_ids, config.bos_token_id)
     gmask_index, has_gmask = first_index(input_ids, config.gmask_token_id)
     mask_index, has_mask = first_index(input_ids, config.mask_token_id)
-    mask_position = torch.where(
-        has_gmask, gmask_index, torch.where(has_mask, mask_index, (context_end - 1).clamp(min=0))
-    )
+    fallback = (context_end - 1).clamp(min=0)
+    if mask_first:
+        mask_position = torch.where(has_mask, mask_index, torch.where(has_gmask, gmask_index, fallback))
+    else:
+        mask_position = torch.where(has_gmask, gmask_index, torch.where(has_mask, mask_index, fallback))
     first_real = (
         attention_mask.long().argmax(dim=-1) if attention_mask is not None else torch.zeros_like(context_end)
     )
@@ -118,32 +127,34 @@ def rotary_inverse_frequencies(dim: int, device: torch.device | None = None) -> 
 
 
 def rotary_cos_sin(position_ids: torch.Tensor, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """cos and sin [batch, seq, 1, 1, head_dim] for 2D positions [batch, 2, seq].
+    """cos and a signed sin [batch, seq, 1, 1, head_dim] for 2D positions [batch, 2, seq].
 
     The first half of a head turns with `position_ids`, the second with `block_position_ids`; each half is
-    GPT-NeoX style (its two quarters rotate as a pair), so both tables repeat their frequencies.
+    GPT-NeoX style (its two quarters rotate as a pair), so both tables repeat their frequencies. The sin
+    table carries rotate_half's sign ([-sin, +sin] per half), so the rotation needs no negation pass.
     """
     half = head_dim // 2
     angles = position_ids[..., None].float() * rotary_inverse_frequencies(half, position_ids.device)
     angles = torch.cat((angles, angles), dim=-1)  # [batch, 2, seq, half]
     angles = angles.transpose(1, 2).flatten(-2)[:, :, None, None]  # [batch, seq, 1, 1, head_dim]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    sign = torch.ones(2, 2, head_dim // 4, device=position_ids.device)
+    sign[:, 0] = -1.0
+    return angles.cos().to(dtype), (angles.sin() * sign.flatten()).to(dtype)
 
 
-def rotate_quarters(x: torch.Tensor) -> torch.Tensor:
-    """rotate_half within each half of the head: [a, b | c, d] -> [-b, a | -d, c]."""
-    quarters = x.unflatten(-1, (2, 2, -1))
-    return torch.stack((-quarters[..., 1, :], quarters[..., 0, :]), dim=-2).flatten(-3)
+def swap_quarters(x: torch.Tensor) -> torch.Tensor:
+    """[a, b | c, d] -> [b, a | d, c]: rotate_half within each half of the head, before its sign."""
+    return x.unflatten(-1, (2, 2, -1)).flip(-2).flatten(-3)
 
 
 def apply_2d_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Rotate heads [..., head_dim]: the first half by position, the second half by block position.
 
-    Queries and keys go through together, in one pass of a few kernels: a decoding step launches
-    hundreds fewer of them.
+    Queries and keys go through together, in three kernels (swap, multiply, multiply-add): a decoding
+    step launches hundreds fewer of them than rotating each half and each tensor apart.
     """
-    cos, sin = rotary
-    return x * cos + rotate_quarters(x) * sin
+    cos, signed_sin = rotary
+    return torch.addcmul(x * cos, swap_quarters(x), signed_sin)
 
 
 # --- P-tuning v2 prefix ----------------------------------------------------------------------------
@@ -206,6 +217,10 @@ class ChatGLMAttention(nn.Module):
         qkv = self.query_key_value(hidden_states).view(batch, length, self.num_heads, 3, self.head_dim)
         query_key = apply_2d_rotary(qkv[..., :2, :], rotary)
         query, key = query_key.permute(3, 0, 2, 1, 4).unbind(0)
+        if query.requires_grad:
+            # Attention keeps its query for the backward pass; as a view it would keep the rotated keys'
+            # half of the storage alive too (28 layers × a query's size: 0.44 GiB at batch 16, 128 tokens).
+            query = query.contiguous()
         value = qkv[..., 2, :].transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
@@ -254,11 +269,11 @@ class GLMBlock(GradientCheckpointingLayer):
         cache: Cache | None = None,
     ) -> torch.Tensor:
         attention_input = self.input_layernorm(hidden_states)
-        hidden_states = attention_input * self.alpha + self.attention(
-            attention_input, rotary, attention_mask, prefix, cache
-        )
+        attention_output = self.attention(attention_input, rotary, attention_mask, prefix, cache)
+        # branch + alpha · input in one kernel, rather than a scaling pass and an addition pass.
+        hidden_states = torch.add(attention_output, attention_input, alpha=self.alpha)
         mlp_input = self.post_attention_layernorm(hidden_states)
-        return mlp_input * self.alpha + self.mlp(mlp_input)
+        return torch.add(self.mlp(mlp_input), mlp_input, alpha=self.alpha)
 
 
 class ChatGLMPreTrainedModel(PreTrainedModel):
@@ -305,8 +320,12 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (key, value) [batch, heads, pre_seq_len, head_dim], dropout applied in training."""
         config = self.config
-        flat = self.prefix_encoder(batch_size).to(dtype)
-        flat = self.prefix_dropout(flat)
+        flat = self.prefix_encoder(batch_size)
+        if self.prefix_dropout.training and self.prefix_dropout.p:
+            # Each row gets its own mask, as published; the backward sums the rows in fp32 (glmcore.models.fused).
+            flat = expanded_dropout(flat[0], batch_size, dtype, self.prefix_dropout.p)
+        else:
+            flat = flat.to(dtype)
         per_layer = flat.view(
             batch_size, config.pre_seq_len, config.num_layers, 2, config.num_attention_heads, config.head_dim
         ).permute(2, 3, 0, 4, 1, 5)
@@ -433,9 +452,17 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         their count (or by the whole accumulated batch's count, `num_items_in_batch`, from the Trainer)."""
         targets = labels[:, 1:]
         selected = targets != -100
-        logits = self.lm_head(hidden_states[:, :-1][selected]).float()
-        total = F.cross_entropy(logits, targets[selected], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
+        hidden_states = hidden_states[:, :-1][selected]
+        head_is_frozen = not any(parameter.requires_grad for parameter in self.lm_head.parameters())
+        if hidden_states.requires_grad and head_is_frozen and hidden_states.dtype != torch.float16:
+            # No logits kept for the backward pass (fp16 keeps the plain path: a loss scaler scales its
+            # gradient, which the fused one computes unscaled).
+            return labelled_cross_entropy(
+                hidden_states, targets[selected], count, self.lm_head, self.config.vocab_size
+            )
+        logits = self.lm_head(hidden_states).float()
+        total = F.cross_entropy(logits, targets[selected], reduction="sum")
         if isinstance(count, torch.Tensor):
             count = count.to(total.device)
         return total / count

@@ -19,6 +19,7 @@ MAX_BLANK_LENGTH = 80
 TAB_PIECE = "<|tab|>"
 NEWLINE_PIECE = "<n>"
 BLANK_PIECE = re.compile(r"<\|blank_(\d+)\|>")
+BLANK_LENGTHS = frozenset(str(length) for length in range(2, MAX_BLANK_LENGTH + 1))
 SPACE_RUN = re.compile(" {2," + str(MAX_BLANK_LENGTH) + "}")
 
 
@@ -33,8 +34,12 @@ def encode_whitespace(text: str) -> str:
 
 
 def decode_whitespace(text: str) -> str:
+    """The inverse of encode_whitespace: only the pieces it makes (`<|blank_2|>` .. `<|blank_80|>`) become
+    spaces; a literal `<|blank_1|>` or `<|blank_100|>` stays text, as in the published tokenizer."""
     text = text.replace(NEWLINE_PIECE, "\n").replace(TAB_PIECE, "\t")
-    return BLANK_PIECE.sub(lambda piece: " " * int(piece.group(1)), text)
+    return BLANK_PIECE.sub(
+        lambda piece: " " * int(piece.group(1)) if piece.group(1) in BLANK_LENGTHS else piece.group(), text
+    )
 
 
 class ChatGLMTokenizer(PreTrainedTokenizer):
