@@ -60,4 +60,4 @@ def test_tiny_benchmark_of_chatglm3_runs_its_decoding_and_a_ptuning_step(tmp_pat
     config = json.loads((tmp_path / "chatglm3-6b-random" / "config.json").read_text())
     assert config["multi_query_group_num"] == 2 and config["seq_length"] == 8192
     figures = [record["figure"] for record in records]
-    assert figures.count("ptuning_step") == 2 and "decode" in figures
+    assert figures.count("ptuning_step") == 3 and "decode" in figures

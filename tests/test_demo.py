@@ -62,7 +62,7 @@ def test_demo_on_a_built_workspace_writes_both_configs_without_loading_torch(tmp
         config = RunConfig.load(path)
         assert config.method == method
         assert config.model_path == demo_paths(workspace).model_dir
-        assert validate(config, runs_dir=workspace.runs_dir) == []
+        assert validate(config) == []
     assert f"glmtui train {workspace.configs_dir / 'demo-ptuning.toml'}" in result.stdout
     assert workspace.last_config() == workspace.configs_dir / "demo-ptuning.toml"
 
