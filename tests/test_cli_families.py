@@ -3,11 +3,10 @@ model, `glmtui eval --run` its checkpoint against the base model, `glmtui chat` 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from test_naming import glmtui
 
 import glmcore
 from glmcore.chat import ChatSession, ChatSettings
@@ -17,16 +16,6 @@ from glmcore.runs import RunStore
 from glmcore.sample_data import write_sample_dataset
 
 pytestmark = pytest.mark.slow
-
-
-def glmtui(workspace: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "glmtui.cli", "--workspace", str(workspace), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=600,
-    )
 
 
 @pytest.mark.parametrize("family", ["chatglm2-6b", "chatglm3-6b"])
