@@ -1,6 +1,7 @@
-"""The benchmark suite: ChatGLM-6B at its real shape with random weights, through the product's code paths.
+"""The benchmark suite: a model family at its real shape with random weights, through the product's code paths.
 
-`python -m glmcore.bench [--tiny] [--only NAME,...] [--workdir DIR]` prints one JSON object per figure:
+`python -m glmcore.bench [--family chatglm-6b|chatglm2-6b|chatglm3-6b] [--tiny] [--only NAME,...]
+[--workdir DIR]` prints one JSON object per figure:
 the card, library versions, settings and value. Tokens/s count real tokens (these rows have no padding);
 peak memory is `torch.cuda.max_memory_allocated()`. The card's copy bandwidth is measured in the same run,
 for the decoding bound. `--tiny` runs a toy shape (CI may smoke-run it on the CPU); its numbers mean
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from glmcore.config import RunConfig
 from glmcore.models import CHATGLM_6B as FAMILY
+from glmcore.models import FAMILIES, ModelFamily, family_named
 from glmcore.quiet import quiet_libraries
 
 CHATGLM_6B = FAMILY.published_config()
@@ -45,7 +47,28 @@ SPECIAL_IDS = {
     "eos_token_id": 995,
     "pad_token_id": 3,
 }
+TINY_GROUPED = {
+    "padded_vocab_size": 1000,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "multi_query_group_num": 2,
+    "kv_channels": 16,
+    "ffn_hidden_size": 160,
+}
+"""ChatGLM2/3's toy sizes (over their published config.json)."""
+GROUPED_SPECIAL_IDS = {"gmask_token_id": 64790, "bos_token_id": 64792, "eos_token_id": 2, "pad_token_id": 0}
+"""ChatGLM2/3's `[gMASK]`, `sop`, `</s>` and pad ids (their config.json has only the last two)."""
+TINY_GROUPED_SPECIAL_IDS = {"gmask_token_id": 990, "bos_token_id": 992, "eos_token_id": 2, "pad_token_id": 0}
 SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
+
+
+def bench_shape(family: ModelFamily, tiny: bool) -> dict:
+    """The config the bench's random checkpoint of `family` gets: the published one, or its toy sizes."""
+    if family is FAMILY:
+        return TINY if tiny else CHATGLM_6B
+    published = family.published_config()
+    return {**published, **TINY_GROUPED} if tiny else published
 
 
 def versions() -> dict:
@@ -100,12 +123,15 @@ def reset_peak() -> None:
 def special_ids(shape: dict) -> dict:
     if shape is TINY:
         return SPECIAL_IDS
+    if "padded_vocab_size" in shape:  # ChatGLM2/3
+        return TINY_GROUPED_SPECIAL_IDS if shape["padded_vocab_size"] < 64794 else GROUPED_SPECIAL_IDS
     return {name: shape[name] for name in SPECIAL_IDS}
 
 
-def write_random_checkpoint(folder: Path, shape: dict) -> Path:
+def write_random_checkpoint(folder: Path, shape: dict, family: ModelFamily = FAMILY) -> Path:
     """A random checkpoint of `shape` in the family's published layout (`write_random_checkpoint` there)."""
-    return FAMILY.implementation().write_random_checkpoint(folder, {**shape, **special_ids(shape)})
+    config = {**shape, **special_ids(shape)} if family is FAMILY else shape
+    return family.implementation().write_random_checkpoint(folder, config)
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -531,21 +557,28 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(FIGURES), help="comma-separated figures: " + ", ".join(FIGURES)
     )
     parser.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint is written")
+    parser.add_argument(
+        "--family",
+        choices=[family.name for family in FAMILIES],
+        default=FAMILY.name,
+        help="the model family whose real shape is measured (default chatglm-6b)",
+    )
     args = parser.parse_args(argv)
     quiet_libraries()
     wanted = set(args.only.split(","))
     unknown = wanted - set(FIGURES)
     if unknown:
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
-    shape = TINY if args.tiny else CHATGLM_6B
+    family = family_named(args.family)
+    shape = bench_shape(family, args.tiny)
     scale = (
         {"steps": 2, "examples": 24, "batch": 8, "new": 8}
         if args.tiny
         else {"steps": 5, "examples": 1070, "batch": 128, "new": 64}
     )
-    report("environment", **versions(), shape="tiny" if args.tiny else "chatglm-6b")
+    report("environment", **versions(), family=family.name, shape="tiny" if args.tiny else family.name)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="glmtui-bench-"))
-    model_dir = workdir / "chatglm-6b-random"
+    model_dir = workdir / f"{family.name}-random"
     bound = None
     try:
         if "bandwidth" in wanted:
@@ -554,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             bound = rate
         if not model_dir.is_dir():
             started = time.perf_counter()
-            write_random_checkpoint(model_dir, shape)
+            write_random_checkpoint(model_dir, shape, family)
             report("random_checkpoint_written", seconds=round(time.perf_counter() - started, 1))
         if "load" in wanted:
             report(

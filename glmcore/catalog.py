@@ -56,6 +56,8 @@ class CatalogModel:
     hub_repo: str
     manifest_name: str
     tsinghua_share: str | None = None
+    tsinghua_folder: str = "/"
+    """The folder of the share that holds this model's files."""
     note: str = ""
 
     @property
@@ -108,14 +110,21 @@ MODELS: dict[str, CatalogModel] = {
             title="ChatGLM2-6B",
             hub_repo="THUDM/chatglm2-6b",
             manifest_name="chatglm2-6b",
-            note="listed for reference; its manifest comes from a mirror, so the hub may have moved on",
+            # The ChatGLM2-6B README's "download the parameters by hand" share: THUDM's folder of several
+            # models, ChatGLM2-6B's weights and tokenizer model under /chatglm2-6b.
+            tsinghua_share="https://cloud.tsinghua.edu.cn/d/674208019e314311ab5c/",
+            tsinghua_folder="/chatglm2-6b",
+            note="ChatGLM-6B's successor (multi-query attention, 32K positions); 12 GB of FP16 weights in 7 shards; "
+            "its manifest comes from a mirror, so the hub may have moved on",
         ),
         CatalogModel(
             name="chatglm3-6b",
             title="ChatGLM3-6B",
             hub_repo="THUDM/chatglm3-6b",
             manifest_name="chatglm3-6b",
-            note="listed for reference; its manifest comes from a mirror, so the hub may have moved on",
+            # ChatGLM3-6B's README publishes no Tsinghua Cloud share (the hub, ModelScope and others only).
+            note="ChatGLM2-6B's architecture with roles and a system prompt (8K positions); 12 GB of FP16 weights "
+            "in 7 shards; its manifest comes from a mirror, so the hub may have moved on",
         ),
     )
 }

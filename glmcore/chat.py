@@ -1,8 +1,9 @@
 """Chat with a model, with or without a P-tuning v2 prefix, streaming the answer as it is generated.
 
 The prompt, the stop tokens and the answer clean-up are the model family's (`family_impl`; ChatGLM-6B's, in
-glmcore/models/chatglm6b/chat.py: the bare query on the first turn, then `[Round i]` rounds). History
-that no longer fits the model's 2048 positions (less the prefix and the answer budget) is dropped oldest round
+glmcore/models/chatglm6b/chat.py: the bare query on the first turn, then `[Round i]` rounds; ChatGLM3's role
+messages after an optional system prompt). History that no longer fits the model's positions (its config's: 2048
+for ChatGLM-6B, `seq_length` for ChatGLM2/3; less the prefix and the answer budget) is dropped oldest round
 first, and the turn says how many rounds went (`ChatTurn.trimmed_rounds`).
 
 Streaming: `generate` runs on a worker thread with the KV cache and hands each new token to the turn through a
@@ -241,13 +242,21 @@ class ChatTurn:
 class ChatSession:
     """A conversation with `model`; the prefix can be switched in place between turns."""
 
-    def __init__(self, model, tokenizer, *, prefixes: PrefixCache | None = None) -> None:
+    def __init__(
+        self, model, tokenizer, *, prefixes: PrefixCache | None = None, system: str | None = None
+    ) -> None:
         from glmcore.models import family_of
 
         self.model = model
         self.tokenizer = tokenizer
+        self.family_title = family_of(model).title
         self.family = family_of(model).implementation()
         """The model family's prompt, stop tokens, clean-up and decoder."""
+        self.system = system or None
+        """The system prompt every turn's prompt starts with (ChatGLM3's `<|system|>` message; ChatGLM2 writes
+        it as a first round; ChatGLM-6B has none and refuses one)."""
+        if self.system:
+            self.family.chat_prompt_ids(tokenizer, "", [], system=self.system)  # refused here, not mid-chat
         self.prefixes = prefixes if prefixes is not None else PrefixCache()
         self.history: list[tuple[str, str]] = []
         self.settings = ChatSettings()
@@ -259,7 +268,9 @@ class ChatSession:
 
     @property
     def max_sequence_length(self) -> int:
-        return getattr(self.model.config, "max_sequence_length", DEFAULT_MAX_SEQUENCE_LENGTH)
+        """The model's positions, from its config (`max_position_embeddings`: ChatGLM-6B's
+        max_sequence_length, ChatGLM2/3's seq_length)."""
+        return getattr(self.model.config, "max_position_embeddings", None) or DEFAULT_MAX_SEQUENCE_LENGTH
 
     @property
     def pre_seq_len(self) -> int:
@@ -282,10 +293,12 @@ class ChatSession:
         self._stop_active()
         budget = self.prompt_budget(settings)
         trimmed = 0
-        prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history)
+        prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history, self.system)
         while len(prompt_ids) > budget and trimmed < len(self.history):
             trimmed += 1
-            prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history[trimmed:])
+            prompt_ids = self.family.chat_prompt_ids(
+                self.tokenizer, query, self.history[trimmed:], self.system
+            )
         if len(prompt_ids) > budget:
             raise ChatError(
                 f"The message takes {len(prompt_ids)} tokens, but only {max(budget, 0)} fit beside an answer of "

@@ -213,12 +213,13 @@ def automatic_batch_size(model, settings: EvalSettings) -> int:
 def _generate_batch(
     decoder, tokenizer, prompts: list[list[int]], settings: EvalSettings, cancel: threading.Event
 ) -> list[list[int]]:
-    """New tokens per prompt (ending at <eop> when one came), for one batch, through the static decoder.
+    """New tokens per prompt (ending at a stop id when one came), for one batch, through the static decoder.
 
     A short last batch is filled up with copies of its last prompt on the GPU, so the CUDA graph captured
     for the full batch serves it too; the copies' outputs are dropped.
     """
     from glmcore.generation import generate
+    from glmcore.models import family_of
 
     real = len(prompts)
     if decoder.use_graph and real < decoder.batch:
@@ -227,7 +228,8 @@ def _generate_batch(
         decoder.model,
         prompts,
         max_new_tokens=settings.max_target_length,
-        eos_token_id=tokenizer.eos_token_id,
+        # The family's stop ids: ChatGLM3's answers also end at <|user|> or <|observation|>.
+        eos_token_id=family_of(decoder.model).implementation().stop_token_ids(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         sampling=settings.sampling_options(),
         decoder=decoder if len(prompts) == decoder.batch else None,

@@ -8,6 +8,7 @@ Rich `Text` is returned where a value carries style, so no user-controlled strin
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from rich.text import Text
 
@@ -26,6 +27,18 @@ STATE_STYLES = {
 """One style per run state; a state this version does not know is shown as it is, unstyled."""
 
 MISSING = "—"
+
+
+def family_title(model_dir: Path) -> str:
+    """The model family of a folder as users read it ("ChatGLM3-6B"), or — when it cannot be told."""
+    from glmcore.errors import GlmError
+    from glmcore.models import family_for
+
+    try:
+        family, _ = family_for(model_dir)
+    except GlmError:
+        return MISSING
+    return family.title
 
 
 def format_duration(seconds: float | None) -> str:

@@ -240,7 +240,7 @@ async def test_models_screen_lists_the_local_model_as_complete(tmp_path: Path) -
         await settle(pilot)
         table = app.screen.query_one("#models-local", DataTable)
         assert [str(cell) for cell in table.get_row_at(0)][:1] == ["tiny-chatglm"]
-        assert str(table.get_row_at(0)[2]) == "complete"
+        assert str(table.get_row_at(0)[1]) == "ChatGLM-6B" and str(table.get_row_at(0)[3]) == "complete"
         catalog = app.screen.query_one("#models-catalog", DataTable)
         assert catalog.row_count >= 1
 

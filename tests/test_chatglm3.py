@@ -262,3 +262,18 @@ def test_chat_session_answers_with_the_published_greedy_continuation(expected):
         new.append(token)
     assert turn.response == family_impl.clean_response(tokenizer.decode(new))
     assert session.history == [("你好", turn.response)]
+
+
+def test_chat_session_keeps_the_system_prompt_and_the_configs_positions():
+    """The session's prompt starts with the system message every turn; its positions are config seq_length."""
+    from glmcore.chat import ChatSession, ChatSettings
+
+    model = glmcore.load_model(FIXTURE)
+    tokenizer = glmcore.load_tokenizer(FIXTURE)
+    system = "You are a terse assistant."
+    session = ChatSession(model, tokenizer, system=system)
+    assert session.max_sequence_length == json.loads((FIXTURE / "config.json").read_text())["seq_length"]
+    session.history = [("你好", "好")]
+    turn = session.stream("next", ChatSettings(max_new_tokens=2, sampling=False))
+    assert turn._prompt_ids == family_impl.chat_prompt_ids(tokenizer, "next", [("你好", "好")], system=system)
+    turn.close()

@@ -9,8 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import glmcore.demo as demo
 from glmcore.config import RunConfig, validate
 from glmcore.demo import DEMO_MARKER, demo_paths, demo_ready
+from glmcore.models import family_for, family_named
 from glmcore.models.chatglm6b.tiny import write_tiny_checkpoint
 from glmcore.quiet import LIBRARY_LOG_NAME
 from glmcore.runs import RunStore
@@ -58,7 +62,7 @@ def test_demo_on_a_built_workspace_writes_both_configs_without_loading_torch(tmp
         config = RunConfig.load(path)
         assert config.method == method
         assert config.model_path == demo_paths(workspace).model_dir
-        assert validate(config, runs_dir=workspace.runs_dir) == []
+        assert validate(config) == []
     assert f"glmtui train {workspace.configs_dir / 'demo-ptuning.toml'}" in result.stdout
     assert workspace.last_config() == workspace.configs_dir / "demo-ptuning.toml"
 
@@ -97,3 +101,28 @@ def test_a_demo_run_keeps_library_chatter_out_of_train_log_and_the_cli(tmp_path:
         assert chatter not in result.stdout + result.stderr
     library_log = (run.path / LIBRARY_LOG_NAME).read_text()
     assert "FutureWarning: `gradient_checkpointing` is deprecated" in library_log
+
+
+@pytest.mark.parametrize("family", ["chatglm2-6b", "chatglm3-6b"])
+def test_the_familys_demo_model_is_built_pretrained_and_ready_to_tune(
+    tmp_path: Path, family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`glmtui demo --family`: the family's demo model in its published layout, pretrained (cut to 3 steps here;
+    the real demo's 400 take minutes), and its run config valid."""
+    monkeypatch.setattr(demo, "PRETRAIN_STEPS", 3)
+    monkeypatch.setattr(demo, "PRETRAIN_TEXTS", 40)
+    monkeypatch.setattr(demo, "PRETRAIN_BATCH", 4)
+    workspace = Workspace(tmp_path / "ws")
+    messages: list[str] = []
+    paths = demo.ensure_demo_workspace(workspace, lambda fraction, message: messages.append(message), family)
+
+    assert demo_ready(workspace, family) and not demo_ready(workspace)
+    assert family_for(paths.model_dir)[0] is family_named(family)
+    assert json.loads((paths.model_dir / "config.json").read_text())["seq_length"] == 2048
+    assert "pretraining the demo model: step 3/3" in " ".join(messages)
+    assert not list(workspace.models_dir.glob("*.building"))
+    (ptuning, _), (lora, _) = demo.write_demo_configs(workspace, family)
+    assert ptuning.name == f"demo-{family.removesuffix('-6b')}-ptuning.toml"
+    assert lora.name == f"demo-{family.removesuffix('-6b')}-lora.toml"
+    config = demo.demo_run_config(workspace, family)
+    assert config.model_path == paths.model_dir and validate(config) == []

@@ -22,6 +22,7 @@ from glmcore.catalog import Manifest, ManifestFile, find_model, load_manifest
 from glmcore.download import (
     AccessDenied,
     ChecksumMismatch,
+    DownloadError,
     DownloadProgress,
     HubSource,
     IncompleteBody,
@@ -272,6 +273,23 @@ def test_seafile_share_with_manifest_matches_files_by_name(fileserver: FileServe
     assert plan.missing == ("ice_text.model",)
     run_download(plan)
     assert_same_files(tmp_path, {"config.json": FILES["config.json"], SHARD: FILES[SHARD]})
+
+
+def test_seafile_share_folder_lists_only_that_models_files(fileserver: FileServer, tmp_path: Path) -> None:
+    """THUDM's share holds several models whose file names repeat; the catalog's folder picks one."""
+    shared = {"chatglm-6b/tokenizer.model": b"v1", "chatglm2-6b/tokenizer.model": b"v2", "README.md": b"x"}
+    link = fileserver.add_share("many", shared)
+    manifest = manifest_of({"tokenizer.model": b"v2"})
+    run_download(
+        plan_download(
+            SeafileShareSource(link, manifest=manifest, folder="/chatglm2-6b", retry=FAST), tmp_path
+        )
+    )
+    assert_same_files(tmp_path, {"tokenizer.model": b"v2"})
+    thu = resolve_source("chatglm2-6b", source="thu")
+    assert isinstance(thu, SeafileShareSource) and thu.folder == "/chatglm2-6b"
+    with pytest.raises(DownloadError, match="no Tsinghua Cloud share"):
+        resolve_source("chatglm3-6b", source="thu")
 
 
 def test_seafile_share_resumes_through_fresh_one_time_links(fileserver: FileServer, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from glmcore.estimate import (
     ModelShape,
     estimate_checkpoint_bytes,
     estimate_vram,
+    evaluation_batch_size,
     kept_checkpoint_count,
     trainable_parameter_count,
 )
@@ -177,3 +178,27 @@ def test_estimate_never_under_promises_the_measured_grid(cell, measured) -> None
     estimate = estimate_vram(CHATGLM_6B, run, free_bytes=139 * GIB)
     assert not estimate.gradient_checkpointing
     assert -0.03 <= estimate.total / GIB / measured - 1 <= 0.10
+
+
+REFERENCE = Path(__file__).parent / "fixtures" / "reference"
+
+
+@pytest.mark.parametrize("name", ["chatglm2-6b", "chatglm3-6b"])
+def test_chatglm2_and_3_shapes_count_the_published_weights_and_a_multi_query_cache(name: str) -> None:
+    """ChatGLM2/3's shape (SwiGLU's three matrices, the grouped query_key_value, the untied output layer)
+    counts the published checkpoint's weights; its cache and prefix are a sixteenth of ChatGLM-6B's."""
+    folder = REFERENCE / name
+    shape = ModelShape.from_model_dir(folder)
+    published = (
+        json.loads((folder / "pytorch_model.bin.index.json").read_text())["metadata"]["total_size"] / 2
+    )
+    assert abs(shape.parameters - published) / published < 0.001
+    assert shape.cache_values_per_token * 16 == CHATGLM_6B.cache_values_per_token
+    ptuning = config(pre_seq_len=128, prefix_projection=False)
+    assert trainable_parameter_count(shape, ptuning) * 16 == trainable_parameter_count(CHATGLM_6B, ptuning)
+    grouped = estimate_vram(shape, ptuning)
+    assert (
+        grouped.parts["trainable_states"] * 16 == estimate_vram(CHATGLM_6B, ptuning).parts["trainable_states"]
+    )
+    settings = {"free_bytes": 40 * GIB, "element_bytes": 2, "sequence_length": 1024}
+    assert evaluation_batch_size(shape, **settings) > evaluation_batch_size(CHATGLM_6B, **settings)

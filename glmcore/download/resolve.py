@@ -49,6 +49,7 @@ def resolve_source(
                 manifest=model.manifest,
                 include_code=include_code,
                 name=model.name,
+                folder=model.tsinghua_folder,
             )
         return HubSource(
             model.hub_repo,

@@ -127,7 +127,11 @@ class _SeafileShare(Source):
 
 
 class SeafileShareSource(_SeafileShare):
-    """A shared folder; with a manifest, only the manifest's files, matched by path or else by file name."""
+    """A shared folder; with a manifest, only the manifest's files, matched by path or else by file name.
+
+    `folder` lists only that folder of the share, paths relative to it (THUDM's share holds several models,
+    ChatGLM2-6B's under /chatglm2-6b, whose file names repeat in the others).
+    """
 
     def __init__(
         self,
@@ -137,11 +141,13 @@ class SeafileShareSource(_SeafileShare):
         manifest: Manifest | None = None,
         include_code: bool = False,
         name: str | None = None,
+        folder: str = "/",
         retry: RetryPolicy | None = None,
     ) -> None:
         super().__init__(url, password, retry)
         if self.link_type != "d":
             raise ValueError(f"{url} is a single-file link; use SeafileFileSource")
+        self.folder = "/" + folder.strip("/")
         self.manifest = manifest
         self.include_code = include_code
         self.name = name or self.key
@@ -150,14 +156,15 @@ class SeafileShareSource(_SeafileShare):
     def list_files(self) -> Listing:
         self._unlock()
         shared: dict[str, tuple[str, int]] = {}
-        folders = ["/"]
+        folders = [self.folder]
+        root = self.folder.rstrip("/") + "/"
         while folders:
             folder = folders.pop()
             for entry in self._retrying(lambda folder=folder: self._dirents(folder)):
                 if entry.get("is_dir"):
                     folders.append(entry["folder_path"])
-                else:
-                    relative = entry["file_path"].lstrip("/")
+                elif entry["file_path"].startswith(root):
+                    relative = entry["file_path"][len(root) :]
                     shared[relative] = (entry["file_path"], int(entry["size"]))
         if self.manifest is None:
             return Listing(

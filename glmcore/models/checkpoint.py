@@ -209,3 +209,26 @@ def rewrite_weights(path: Path, state: dict) -> None:
         else:
             torch.save(tensors, temporary)
         os.replace(temporary, path / shard)
+
+
+def random_state(model_class: type, config) -> dict:
+    """The state of a `model_class(config)` with random float16 weights (normal, std 0.02; norm weights 1,
+    biases 0), built on the GPU when there is one and returned on the CPU: the bench's checkpoint at the real
+    size, whatever the family."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.device(device):
+        model = model_class(config).to(torch.float16)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.dim() > 1:
+                parameter.normal_(0, 0.02, generator=generator)
+            else:
+                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
+    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
+    return state

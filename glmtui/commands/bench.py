@@ -10,12 +10,18 @@ from glmcore.bench import FIGURES
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="measure training, decoding and evaluation speed at ChatGLM-6B's real shape",
+        help="measure training, decoding and evaluation speed at a model family's real shape",
         description=(
-            "The figures of docs/benchmarks.md on a random checkpoint of ChatGLM-6B's shape (written once to "
-            "--workdir, 12 GB), one JSON object per line on stdout. Needs a GPU for meaningful numbers; "
-            "--tiny checks the suite on any machine."
+            "The figures of docs/benchmarks.md on a random checkpoint of a family's shape (ChatGLM-6B's by "
+            "default; written once to --workdir, 12 GB), one JSON object per line on stdout. Needs a GPU for "
+            "meaningful numbers; --tiny checks the suite on any machine."
         ),
+    )
+    parser.add_argument(
+        "--family",
+        choices=("chatglm-6b", "chatglm2-6b", "chatglm3-6b"),
+        default="chatglm-6b",
+        help="the family whose real shape is measured (default chatglm-6b)",
     )
     parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
     parser.add_argument(
@@ -31,6 +37,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from glmcore.bench import main
 
     argv = ["--tiny"] if args.tiny else []
+    argv += ["--family", args.family]
     if args.only:
         argv += ["--only", args.only]
     if args.workdir:

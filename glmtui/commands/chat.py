@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-p", type=float, default=0.7, help="sampling top_p (default 0.7)")
     parser.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="seed each answer, so answers repeat")
+    parser.add_argument(
+        "--system", default=None, help="system prompt (ChatGLM3; ChatGLM2 takes it as a first round)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -76,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
         if interactive:
             notices.print(f"Loading {model} …")
         tokenizer = load_tokenizer(model)
-        session = ChatSession(load_model(model, quantization_bit=quantization_bit), tokenizer)
+        session = ChatSession(
+            load_model(model, quantization_bit=quantization_bit), tokenizer, system=args.system
+        )
         session.settings = settings
         if checkpoint is not None:
             session.use_prefix(checkpoint)
@@ -84,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
     if interactive:
-        notices.print(f"Chatting with {model.name} ({_prefix_name(session)}). {COMMANDS_HELP}")
+        notices.print(
+            f"Chatting with {model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
+        )
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
 
 
@@ -167,7 +174,7 @@ def _answer(session, message: str, out: TextIO, notices: Console, *, interactive
             "positions and were dropped from the history."
         )
     if interactive:
-        out.write("\nChatGLM-6B：")
+        out.write(f"\n{session.family_title}：")
     try:
         for delta in turn:
             out.write(delta)

@@ -9,7 +9,7 @@ import argparse
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from glmcore.demo import demo_ready, ensure_demo_workspace, write_demo_configs
+from glmcore.demo import DEMO_FAMILY_CHOICES, demo_ready, ensure_demo_workspace, write_demo_configs
 from glmcore.workspace import Workspace
 
 DESCRIPTION = (
@@ -20,10 +20,11 @@ DESCRIPTION = (
 
 
 def build_demo(args: argparse.Namespace) -> int:
+    family = DEMO_FAMILY_CHOICES[args.family]
     console = Console()
     workspace = Workspace.from_env()
-    if demo_ready(workspace):
-        paths = ensure_demo_workspace(workspace)
+    if demo_ready(workspace, family):
+        paths = ensure_demo_workspace(workspace, family=family)
     else:
         with Progress(
             TextColumn("[bold]demo[/]"),
@@ -39,10 +40,11 @@ def build_demo(args: argparse.Namespace) -> int:
                 progress=lambda fraction, message: progress.update(
                     task, completed=fraction, description=message
                 ),
+                family=family,
             )
     console.print(f"Demo model: {paths.model_dir}")
     console.print(f"Demo data:  {paths.train_file.parent}")
-    configs = write_demo_configs(workspace)
+    configs = write_demo_configs(workspace, family)
     for path, fresh in configs:
         console.print(f"{'Wrote' if fresh else 'Kept'} {path}", highlight=False)
     console.print(
@@ -58,5 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="build the demo workspace and its configs: the whole loop on a CPU",
         description=DESCRIPTION,
+    )
+    parser.add_argument(
+        "--family",
+        choices=("chatglm", "chatglm2", "chatglm3"),
+        default="chatglm",
+        help="the demo model's family: ChatGLM-6B (default), ChatGLM2-6B or ChatGLM3-6B",
     )
     parser.set_defaults(func=build_demo)

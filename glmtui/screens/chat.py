@@ -121,7 +121,7 @@ class ChatScreen(WorkbenchScreen):
 
     def on_chat_loaded(self, message: ChatLoaded) -> None:
         self.session = message.session
-        self._status(f"Chatting with {message.description}.")
+        self._status(f"Chatting with {message.session.family_title}, {message.description}.")
         self.query_one("#chat-input", Input).focus()
 
     def on_select_changed(self, event: Select.Changed) -> None:

@@ -44,6 +44,7 @@ from glmcore.sweep import create as create_sweep
 from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
+from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
@@ -111,6 +112,7 @@ class ConfigChecked(Message):
         estimates: Estimates,
         saved: bool,
         sweep: list[tuple[SweepPoint, int | None]] | None = None,
+        family: str = "",
     ) -> None:
         super().__init__()
         self.config = config
@@ -120,6 +122,8 @@ class ConfigChecked(Message):
         """Whether the file ctrl+s writes already holds exactly this config."""
         self.sweep = sweep
         """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
+        self.family = family
+        """The model folder's family title ("" when the folder cannot be read)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +256,8 @@ class ConfigScreen(WorkbenchScreen):
         self.problems: list[Problem] = []
         self.estimates: Estimates | None = None
         self._checking: RunConfig | None = None
+        self.family = ""
+        """The chosen model folder's family title, shown above the estimate."""
         self.axes: dict[str, list[object]] = {}
         """The fields given several values, with them: a sweep when not empty."""
         self._filling = False
@@ -516,8 +522,9 @@ class ConfigScreen(WorkbenchScreen):
         """Check the config against the disk (or keep the form's problems while paths are missing), estimate its
         memory, and for a sweep check and estimate every combination."""
         runs_dir = self.workbench.workspace.runs_dir
-        shape, model, model_problem = None, None, None
+        shape, model, model_problem, family = None, None, None, ""
         try:
+            family = family_title(config.model_path) if config.model_path.is_dir() else ""
             shape = ModelShape.from_model_dir(config.model_path)
             model = estimate_vram(shape, config)
         except GlmError as error:
@@ -526,19 +533,20 @@ class ConfigScreen(WorkbenchScreen):
         saved = not form_problems and self._is_saved(config)
         if form_problems or not axes:
             problems = form_problems or preflight.check(config, runs_dir=runs_dir)
-            self.post_message(ConfigChecked(config, problems, estimates, saved))
+            self.post_message(ConfigChecked(config, problems, estimates, saved, family=family))
             return
         try:
             points = expand(config, axes)
         except GlmError as error:
-            self.post_message(ConfigChecked(config, [Problem("config", str(error))], estimates, saved))
+            problems = [Problem("config", str(error))]
+            self.post_message(ConfigChecked(config, problems, estimates, saved, family=family))
             return
         problems = [
             Problem(problem.field, f"{point.label}: {problem.message}")
             for point, problem in sweep_problems(points, runs_dir=runs_dir)
         ]
         sweep = [(point, estimate_vram(shape, point.config).total if shape else None) for point in points]
-        self.post_message(ConfigChecked(config, problems, estimates, saved, sweep))
+        self.post_message(ConfigChecked(config, problems, estimates, saved, sweep, family))
 
     def _is_saved(self, config: RunConfig) -> bool:
         path = self.config_path(config)
@@ -549,6 +557,7 @@ class ConfigScreen(WorkbenchScreen):
 
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self._checking:
+            self.family = message.family
             self._show(message.problems, message.estimates, message.saved, message.sweep)
 
     def _show(
@@ -606,8 +615,9 @@ class ConfigScreen(WorkbenchScreen):
             widget.update(Text(f"VRAM estimate waits for {reason}", style="yellow"))
         else:
             width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
+            text = Text(f"Model family: {self.family}\n") if self.family else Text()
             widget.update(
-                describe_estimate(self.estimates, self._checking.gpus, self.workbench.gpu_snapshot, width)
+                text + describe_estimate(self.estimates, self._checking.gpus, self.workbench.gpu_snapshot, width)
             )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:

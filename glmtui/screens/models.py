@@ -19,7 +19,7 @@ from textual.worker import Worker
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
 from glmcore.models.checkpoint import inspect_model_folder
-from glmtui.presentation import format_duration
+from glmtui.presentation import family_title, format_duration
 from glmtui.screens.base import WorkbenchScreen
 
 SHOWN_FILES = 4
@@ -82,7 +82,7 @@ class ModelsScreen(WorkbenchScreen):
         # below it whole, so neither table is wider than 80 columns.
         yield Static(f"[b]In {escape(str(self.workbench.workspace.models_dir))}[/b]", id="models-local-title")
         local: DataTable = DataTable(id="models-local", cursor_type="row")
-        local.add_columns("Model", "Size", "State")
+        local.add_columns("Model", "Family", "Size", "State")
         yield local
         yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
         catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
@@ -111,7 +111,14 @@ class ModelsScreen(WorkbenchScreen):
         for path in workspace.find_models():
             folder = inspect_model_folder(path)
             state = "complete" if folder.complete else f"missing {len(folder.missing)}"
-            rows.append((str(path.relative_to(workspace.models_dir)), format_bytes(folder.size_bytes), state))
+            rows.append(
+                (
+                    str(path.relative_to(workspace.models_dir)),
+                    family_title(path),
+                    format_bytes(folder.size_bytes),
+                    state,
+                )
+            )
         self.post_message(LocalModelsRead(rows))
 
     def on_local_models_read(self, message: LocalModelsRead) -> None:

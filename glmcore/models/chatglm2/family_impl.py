@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, PrefixEncoder, prefix_width
+from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm2.tokenization import ChatGLM2Tokenizer
 
@@ -77,9 +78,14 @@ def write_tiny_checkpoint(path, **options):
     return write_tiny(path, **{"flavour": "chatglm2", **options})
 
 
+def write_random_checkpoint(path, config_values: dict):
+    """A random checkpoint of `config_values`' shape (the bench's, at the real size)."""
+    return write_random(path, config_values, flavour="chatglm2")
+
+
 def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
-    """The static-cache decoder (glmcore.generation's loop) for this architecture; `prediction` changes nothing
-    (positions here are plain, with no `[MASK]` rule to follow)."""
+    """The static-cache decoder (glmcore.generation's, with this family's cache and positions); `prediction`
+    changes nothing (positions here are plain, with no `[MASK]` rule to follow)."""
     from glmcore.models.chatglm2.decoding import new_decoder as make
 
     return make(model, batch, capacity, use_graph=use_graph)

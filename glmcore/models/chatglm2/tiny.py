@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
@@ -55,6 +56,8 @@ def write_tiny_checkpoint(
     multi_query_group_num: int = 2,
     ffn_hidden_size: int = 96,
     sp_vocab_size: int = 900,
+    corpus: Iterable[str] | None = None,
+    seq_length: int | None = None,
     seed: int = 0,
     init_std: float = 0.02,
     num_shards: int = 3,
@@ -62,7 +65,9 @@ def write_tiny_checkpoint(
 ) -> Path:
     """Write a complete tiny checkpoint folder of `flavour` ("chatglm2" or "chatglm3") and return it.
 
-    Weights are float16 like the real checkpoint, deterministic for a `seed`. `padded_vocab_size` is the
+    Weights are float16 like the real checkpoint, deterministic for a `seed`. The tokenizer learns from
+    `corpus` (default: a built-in mix) and the chat lines of both prompt styles. `seq_length` (the model's
+    positions) defaults to a small one per flavour; the demo asks for room for a 512-token answer. `padded_vocab_size` is the
     SentencePiece size plus the specials, not rounded up as the real 65024 is: random weights must never
     pick an id the tokenizer cannot decode.
     """
@@ -82,10 +87,10 @@ def write_tiny_checkpoint(
         )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
-    processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size)
+    processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size, corpus)
     specials = len(GLM_SPECIAL_TOKENS) + (len(ROLE_TOKENS) if flavour == "chatglm3" else 0)
     padded_vocab_size = processor.get_piece_size() + specials
-    details = FLAVOURS[flavour]
+    details = {**FLAVOURS[flavour], **({"seq_length": seq_length} if seq_length else {})}
     _write_json(folder / "config.json", _config_json(details, locals()))
     _write_json(
         folder / "tokenizer_config.json",
@@ -196,11 +201,14 @@ def random_state_dict(
     return tensors
 
 
-def _write_sentencepiece_model(path: Path, sp_vocab_size: int) -> spm.SentencePieceProcessor:
+def _write_sentencepiece_model(
+    path: Path, sp_vocab_size: int, corpus: Iterable[str] | None = None
+) -> spm.SentencePieceProcessor:
+    lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]
     trained = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter([*BUILTIN_CORPUS, *CHAT_CORPUS]),
+            sentence_iterator=iter([*lines, *CHAT_CORPUS]),
             model_writer=trained,
             model_type="bpe",
             vocab_size=sp_vocab_size,
@@ -261,3 +269,20 @@ def _write_shards(
 
 def _write_json(path: Path, content: dict) -> None:
     path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_random_checkpoint(directory: str | Path, config_values: dict, *, flavour: str = "chatglm2") -> Path:
+    """A checkpoint of any size (the real one's, for the bench) with random weights, built on the GPU when
+    there is one: seven `.bin` shards under the published names, `config.json` from `config_values` (a
+    published config.json's keys), and a tiny checkpoint's tokenizer files (the bench feeds ids directly)."""
+    from glmcore.models.chatglm2.configuration import ChatGLM2Config
+    from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration
+    from glmcore.models.checkpoint import random_state
+
+    folder = write_tiny_checkpoint(directory, flavour=flavour, num_shards=1)
+    for stale in folder.glob("pytorch_model*"):
+        stale.unlink()
+    tensors = random_state(ChatGLM2ForConditionalGeneration, ChatGLM2Config(**config_values))
+    _write_shards(folder, tensors, min(7, len(tensors)), "bin")
+    _write_json(folder / "config.json", dict(config_values))
+    return folder

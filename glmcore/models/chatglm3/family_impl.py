@@ -12,6 +12,7 @@ from glmcore.models.chatglm2.family_impl import (
     new_prefix_encoder,
 )
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, prefix_width
+from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm3.tokenization import ChatGLM3Tokenizer
 
@@ -111,3 +112,8 @@ def clean_response(text: str) -> str:
 
 def write_tiny_checkpoint(path, **options):
     return write_tiny(path, **{"flavour": "chatglm3", **options})
+
+
+def write_random_checkpoint(path, config_values: dict):
+    """A random checkpoint of `config_values`' shape (the bench's, at the real size)."""
+    return write_random(path, config_values, flavour="chatglm3")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from glmcore.models.chatglm6b.chat import chat_prompt_ids, clean_response, settled_length, stop_token_ids
 from glmcore.models.chatglm6b.configuration import ChatGLMConfig
 from glmcore.models.chatglm6b.data import evaluation_prompt_ids, reference_text, training_features
-from glmcore.models.chatglm6b.decoding import StaticDecoder
+from glmcore.models.chatglm6b.decoding import ChatGLMStaticDecoder
 from glmcore.models.chatglm6b.modeling import ChatGLMForConditionalGeneration, PrefixEncoder
 from glmcore.models.chatglm6b.tiny import write_random_checkpoint, write_tiny_checkpoint
 from glmcore.models.chatglm6b.tokenization import ChatGLMTokenizer
@@ -20,11 +20,11 @@ tokenizer_class = ChatGLMTokenizer
 
 def new_decoder(
     model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False
-) -> StaticDecoder:
+) -> ChatGLMStaticDecoder:
     """The static-cache decoder (CUDA graph on a GPU) for `batch` rows of up to `capacity` positions; for
     `prediction` the answer sits at a `[MASK]` written in the prompt before the `[gMASK]`, as ptuning/main.py's
     prediction path places it."""
-    return StaticDecoder(model, batch, capacity, use_graph=use_graph, mask_first=prediction)
+    return ChatGLMStaticDecoder(model, batch, capacity, use_graph=use_graph, mask_first=prediction)
 
 
 def new_prefix_encoder(config: ChatGLMConfig) -> PrefixEncoder:

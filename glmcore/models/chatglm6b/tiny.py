@@ -362,26 +362,14 @@ def write_random_checkpoint(folder: Path, config_values: dict) -> Path:
     published), `config.json` from `config_values`, and a tiny checkpoint's tokenizer files."""
     from glmcore.models.chatglm6b.configuration import ChatGLMConfig
     from glmcore.models.chatglm6b.modeling import ChatGLMForConditionalGeneration, rotary_inverse_frequencies
+    from glmcore.models.checkpoint import random_state
 
     # The tokenizer files of a tiny checkpoint complete the folder; the benchmark feeds ids directly.
     write_tiny_checkpoint(folder, num_shards=1)
     for stale in folder.glob("pytorch_model*"):
         stale.unlink()
     config = ChatGLMConfig(**config_values)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = ChatGLMForConditionalGeneration(config).to(torch.float16)
-    generator = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.dim() > 1:
-                parameter.normal_(0, 0.02, generator=generator)
-            else:
-                parameter.fill_(1.0 if "layernorm.weight" in name else 0.0)
-    state = {name: tensor.cpu() for name, tensor in model.state_dict().items()}
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # the benchmark's own process should not sit on the GPU it measures
+    state = random_state(ChatGLMForConditionalGeneration, config)
     state["lm_head.weight"] = state["transformer.word_embeddings.weight"].clone()
     inverse = rotary_inverse_frequencies(config.head_dim // 2).half()
     for layer in range(config.num_layers):

@@ -1,0 +1,85 @@
+"""ChatGLM2-6B and ChatGLM3-6B through the app, as ChatGLM-6B in test_app_training.py: a P-tuning run started
+from the editor, an evaluation of its checkpoint against the base model, and a chat with its prefix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_app_support import make_app, make_workspace, settle, tiny_config
+from test_app_training import wait_until
+from textual.widgets import DataTable, Input, Static
+
+from glmcore.models import family_named
+from glmcore.sample_data import write_sample_dataset
+from glmtui.screens.chat import ChatScreen
+from glmtui.screens.config import ConfigScreen
+from glmtui.screens.evaluate import EvaluateScreen
+from glmtui.screens.training import TrainingScreen
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("family", ["chatglm2-6b", "chatglm3-6b"])
+async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: Path, family: str) -> None:
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    model_dir = workspace.models_dir / f"tiny-{family}"
+    family_named(family).implementation().write_tiny_checkpoint(
+        model_dir, init_std=0.3, seed=1, seq_length=2048
+    )
+    write_sample_dataset(workspace.data_dir / "sample", train_count=24, dev_count=3)
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        editor = app.screen
+        assert isinstance(editor, ConfigScreen)
+        editor.load(tiny_config(workspace, model_path=model_dir, max_steps=4, save_steps=2))
+        await settle(pilot)
+        await wait_until(pilot, lambda: editor.family == family_named(family).title, "the family named")
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
+        training = app.screen
+        await wait_until(
+            pilot, lambda: training.status is not None and training.status.state == "finished", "finished"
+        )
+        assert training.run.latest_checkpoint().step == 4
+        assert len(training.loss_points()) == 4
+
+        await pilot.press("e")
+        evaluate = app.screen
+        assert isinstance(evaluate, EvaluateScreen)
+        await pilot.pause()
+        await pilot.press("ctrl+g")
+        await wait_until(pilot, lambda: evaluate.comparison is not None, "the comparison")
+        metrics = evaluate.query_one("#evaluate-metrics", DataTable)
+        assert [str(column.label) for column in metrics.columns.values()][1:] == ["base", "checkpoint-4"]
+        assert evaluate.query_one("#evaluate-examples", DataTable).row_count == 3
+
+        await pilot.press("f5", "c")
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        await wait_until(pilot, lambda: chat.session is not None, "the chat model loaded")
+        assert chat.session.family_title == family_named(family).title
+        status = str(chat.query_one("#chat-status", Static).render())
+        assert status == f"Chatting with {family_named(family).title}, checkpoint-4."
+        assert chat.session.prefix is not None and chat.session.prefix.name == "checkpoint-4"
+        chat.query_one("#chat-input", Input).focus()
+        await pilot.press(*"类型#裙", "enter")
+        await wait_until(pilot, lambda: chat.session._active is None and chat.session.history, "an answer")
+        assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())
+
+
+async def test_the_models_screen_names_each_local_models_family(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    family_named("chatglm3-6b").implementation().write_tiny_checkpoint(
+        workspace.models_dir / "tiny-chatglm3", num_shards=1
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        await pilot.press("f2")
+        table = app.screen.query_one("#models-local", DataTable)
+        await wait_until(pilot, lambda: table.row_count == 2, "both local models")
+        assert [table.get_row_at(row)[:2] for row in range(2)] == [
+            ["tiny-chatglm", "ChatGLM-6B"],
+            ["tiny-chatglm3", "ChatGLM3-6B"],
+        ]
