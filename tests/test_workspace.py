@@ -54,9 +54,13 @@ def test_atomic_write_replaces_the_whole_file_and_leaves_no_temporary(tmp_path: 
     assert [path.name for path in tmp_path.iterdir()] == ["status.json"]
 
 
+PUBLISHED_CONFIG = Path(__file__).parent / "fixtures" / "reference" / "chatglm-6b" / "config.json"
+
+
 def write_model(folder: Path, shards: list[str], present: list[str]) -> Path:
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    # The published ChatGLM-6B config, so the folder's family (and with it the tokenizer file) is known.
+    (folder / "config.json").write_text(PUBLISHED_CONFIG.read_text(encoding="utf-8"))
     (folder / "ice_text.model").write_bytes(b"sp")
     weight_map = {f"tensor.{index}": shard for index, shard in enumerate(shards)}
     (folder / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
