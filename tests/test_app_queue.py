@@ -57,6 +57,13 @@ async def settle_with_gpus(pilot) -> None:
     while pilot.app.gpu_snapshot is None:
         await pilot.pause(0.05)
     await settle(pilot)
+    # The Runs screen reads the folders again on that first reading; a read started before it may land first.
+    for _ in range(200):
+        panels = pilot.app.screen.query("#runs-queue")
+        if not panels or "no GPU reading yet" not in str(panels.first().render()):
+            break
+        await pilot.pause(0.05)
+        await settle(pilot)
 
 
 def queue_lines(screen: RunsScreen) -> list[str]:
