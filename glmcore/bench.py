@@ -437,7 +437,13 @@ GRID_CELLS = tuple(
 )
 
 
-def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: float = 96) -> list[dict]:
+def vram_grid(
+    model_dir: Path,
+    workdir: Path,
+    repeats: int = 3,
+    budget_gib: float = 96,
+    methods: tuple[str, ...] = ("ptuning-v2", "lora"),
+) -> list[dict]:
     """Each grid cell as `repeats` real training processes, several at once, against the estimate.
 
     A cell's figure is the largest NVML used memory of its processes (one reading moves by a few percent with
@@ -457,6 +463,8 @@ def vram_grid(model_dir: Path, workdir: Path, repeats: int = 3, budget_gib: floa
     total_bytes = torch.cuda.mem_get_info()[1] if torch.cuda.is_available() else None
     queue = []
     for method, bits, batch, accumulation in GRID_CELLS:
+        if method not in methods:
+            continue
         if bits == 8 and not torch.cuda.is_available():
             continue  # LLM.int8 needs a GPU
         config = vram_run_config(model_dir, workdir, method, bits, batch, accumulation, name=f"grid-{method}")
@@ -556,6 +564,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", default=",".join(FIGURES), help="comma-separated figures: " + ", ".join(FIGURES)
     )
+    parser.add_argument(
+        "--grid-methods",
+        default="ptuning-v2,lora",
+        help="the fine-tuning methods whose cells vramgrid measures (comma-separated; default both)",
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="where the random checkpoint is written")
     parser.add_argument(
         "--family",
@@ -569,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = wanted - set(FIGURES)
     if unknown:
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    unknown_methods = set(args.grid_methods.split(",")) - {method for method, *_ in GRID_CELLS}
+    if unknown_methods:
+        parser.error(f"unknown --grid-methods: {', '.join(sorted(unknown_methods))} (ptuning-v2, lora)")
     family = family_named(args.family)
     shape = bench_shape(family, args.tiny)
     scale = (
@@ -623,7 +639,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue  # LLM.int8 needs a GPU
                 report("vram_calibration", **measured_vram(model_dir, workdir, bits, batch, accumulation))
         if "vramgrid" in wanted:
-            for cell in vram_grid(model_dir, workdir, repeats=1 if args.tiny else 3):
+            methods = tuple(args.grid_methods.split(","))
+            for cell in vram_grid(model_dir, workdir, repeats=1 if args.tiny else 3, methods=methods):
                 report("vram_grid", **cell)
         for bits in (16, 4):
             if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
