@@ -159,6 +159,15 @@ def test_architecture_keys_it_does_not_implement_are_refused(tmp_path: Path, cha
         config_class.from_pretrained(folder)
 
 
+def test_transformers_bookkeeping_keys_are_not_architecture():
+    """Older transformers (5.17) hand `_commit_hash` to the config's constructor along with config.json's keys."""
+    config_class = family_for(CHATGLM2_FIXTURE)[0].implementation().config_class
+    config_class.from_pretrained(CHATGLM2_FIXTURE)  # loads
+    config_class(_commit_hash="0" * 40, _attn_implementation_internal=None)
+    with pytest.raises(UnsupportedArchitecture, match=r"does not know \(commit_hash\)"):
+        config_class(commit_hash="0" * 40)
+
+
 def test_the_tokenizer_code_hashes_are_the_published_files(tmp_path: Path):
     from glmcore.catalog import load_manifest
     from glmcore.models.chatglm2 import PUBLISHED_TOKENIZER_CODE

@@ -94,7 +94,8 @@ class ChatGLM2Config(PretrainedConfig):
             )
         kwargs.pop("auto_map", None)  # nothing from a checkpoint folder is ever imported
         kwargs.pop("vocab_size", None)  # written by the published code as a copy of padded_vocab_size
-        unknown = set(kwargs) - set(PretrainedConfig().to_dict()) - {"torch_dtype", "dtype"}
+        bookkeeping = {key for key in kwargs if key.startswith("_")}  # transformers' own, e.g. _commit_hash
+        unknown = set(kwargs) - set(PretrainedConfig().to_dict()) - {"torch_dtype", "dtype"} - bookkeeping
         if unknown:
             raise UnsupportedArchitecture(
                 f"config.json has keys glmtui's ChatGLM2/3 does not know ({', '.join(sorted(unknown))}); "
