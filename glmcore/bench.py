@@ -29,6 +29,7 @@ from pathlib import Path
 from glmcore.config import RunConfig
 from glmcore.models import CHATGLM_6B as FAMILY
 from glmcore.models import FAMILIES, ModelFamily, family_named
+from glmcore.models.family import family_for
 from glmcore.quiet import quiet_libraries
 
 CHATGLM_6B = FAMILY.published_config()
@@ -350,19 +351,34 @@ def load_to_first_token(model_dir: Path, shape: dict) -> float:
     return seconds
 
 
+def prompt_repeats_keeping_an_answer(model_dir: Path, text: str, wanted_labels: int = 48) -> int:
+    """How often `text` can fill the prompt (8 at most) while the row keeps `wanted_labels` answer tokens.
+
+    ChatGLM-6B and ChatGLM2-6B cut prompt and answer to 64 tokens each; ChatGLM3-6B cuts the whole
+    conversation to 129, so a prompt that fills it leaves no answer and a loss of NaN.
+    """
+    from glmcore.data import IGNORE_INDEX, Example, training_features
+    from glmcore.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(model_dir)
+    for repeats in range(8, 0, -1):
+        labels = training_features(tokenizer, Example(text * repeats, text * 8), 64, 64)["labels"]
+        if sum(label != IGNORE_INDEX for label in labels) >= wanted_labels:
+            return repeats
+    return 1
+
+
 def vram_run_config(
     model_dir: Path, workdir: Path, method: str, bits: int, batch: int, accumulation: int, *, name: str
 ) -> RunConfig:
     """A 4-step run of `method` over 64 rows that fill 64+64 tokens, for measuring memory against the estimate."""
     import torch
 
-    data = workdir / "vram-train.json"
+    data = workdir / f"vram-train-{family_for(model_dir)[0].name}.json"
     if not data.is_file():
-        text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 " * 8
-        data.write_text(
-            "\n".join(json.dumps({"content": text, "summary": text}, ensure_ascii=False) for _ in range(64)),
-            "utf-8",
-        )
+        text = "类型#上衣*材质#牛仔布*颜色#白色*风格#简约 "
+        row = {"content": text * prompt_repeats_keeping_an_answer(model_dir, text), "summary": text * 8}
+        data.write_text("\n".join(json.dumps(row, ensure_ascii=False) for _ in range(64)), "utf-8")
     return RunConfig(
         name=f"{name}-{bits}bit-b{batch}x{accumulation}",
         method=method,
