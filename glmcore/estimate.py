@@ -50,12 +50,14 @@ class Calibration:
     """fp32 weight (4) + fp32 gradient (4) + AdamW's two fp32 moments (8)."""
     zero_master_bytes_per_param: int = 12
     """DeepSpeed's fp32 master weight and two fp32 moments, sharded from ZeRO stage 1 up."""
-    activation_bytes_per_hidden: float = 12
-    """Bytes kept per token and layer per hidden unit: six 16-bit tensors of the hidden size (both LayerNorm
-    inputs, the query, the key and value, attention's output). Frozen linears keep no input, and fused attention
-    keeps no scores."""
+    activation_bytes_per_hidden: float = 8
+    """Bytes kept per token and layer per hidden unit: four 16-bit tensors of the hidden size (both LayerNorm
+    inputs, the query, attention's output), besides the 16-bit key and value (the KV cache's width, which is two
+    hidden sizes in multi-head attention). Frozen linears keep no input, and fused attention keeps no scores."""
     activation_bytes_per_inner: float = 2
-    """Bytes kept per token and layer per MLP inner unit: the GELU's 16-bit input."""
+    """Bytes kept per token and layer per value the MLP keeps per inner unit (`ModelShape.mlp_values_per_inner`):
+    16-bit each. ChatGLM-6B's GELU keeps its input (one); ChatGLM2/3's SwiGLU keeps both halves of its
+    up-projection and the gated product (two per unit of its 1.5 × ffn inner size)."""
     lora_bytes_per_hidden: float = 3
     """LoRA's extra per token and layer: its dropped-out 16-bit input and the dropout mask."""
     int8_input_bytes: float = 1.5
@@ -215,7 +217,9 @@ def _parts(
     bytes_per_hidden = calibration.activation_bytes_per_hidden
     if config.method == "lora":
         bytes_per_hidden += calibration.lora_bytes_per_hidden
-    per_layer = tokens * (bytes_per_hidden * hidden + calibration.activation_bytes_per_inner * inner)
+    key_value = shape.key_value_width or 2 * hidden
+    mlp = calibration.activation_bytes_per_inner * shape.mlp_values_per_inner * inner
+    per_layer = tokens * (bytes_per_hidden * hidden + 2 * key_value + mlp)
     if config.quantization_bit == 8:
         per_layer += tokens * (3 * hidden + inner) * calibration.int8_input_bytes
     prefix_copy = batch * prefix * shape.cache_values_per_token * 2

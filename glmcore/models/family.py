@@ -51,6 +51,9 @@ class ModelShape:
     key_value_width: int = 0
     """Values one token keeps per layer in the KV cache (keys and values); 0 means 2 × hidden_size, as in
     multi-head attention. Grouped-query families give 2 × groups × kv_channels. A prefix has the same width."""
+    mlp_values_per_inner: int = 1
+    """Values per inner unit the MLP keeps for its backward pass: a GELU keeps its input (1); a SwiGLU whose
+    three ffn-wide matrices are counted as an inner size of 1.5 × ffn keeps 3 × ffn values (2 per unit)."""
 
     @classmethod
     def from_model_dir(cls, path: Path) -> ModelShape:

@@ -142,4 +142,5 @@ def shape(config_json: dict) -> ModelShape:
         inner_hidden_size=value("ffn_hidden_size") * 3 // 2,
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", False)),
         key_value_width=2 * value("multi_query_group_num") * value("kv_channels"),
+        mlp_values_per_inner=2,
     )
