@@ -89,7 +89,9 @@ class _RowCache:
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], columns: torch.Tensor) -> None:
         self.keys, self.values, self.columns = keys, values, columns
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.columns.dim() == 1:  # a prefill of one row: its prompt's columns
             self.keys[layer_idx].index_copy_(2, self.columns, key)
             self.values[layer_idx].index_copy_(2, self.columns, value)
@@ -149,7 +151,9 @@ class SlotDecoder:
         self.model = model
         self.family = _family_positions(model)
         if self.family.prefix_length:
-            raise GlmError("The served model must be loaded without a prefix; prefixes are given per request.")
+            raise GlmError(
+                "The served model must be loaded without a prefix; prefixes are given per request."
+            )
         self.device = self.family.device
         self.dtype = self.family.dtype
         self.slots, self.capacity = slots, capacity
@@ -167,7 +171,9 @@ class SlotDecoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     @torch.no_grad()
-    def prefill(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, prompt: list[int]) -> torch.Tensor:
+    def prefill(
+        self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, prompt: list[int]
+    ) -> torch.Tensor:
         """Write `prefix` (per layer keys and values [heads, P, channels]) and run `prompt` into `row`; the logits
         of the prompt's last position. The row's next column is then P + len(prompt)."""
         length = len(prompt)
@@ -180,7 +186,9 @@ class SlotDecoder:
             for layer, (key, value) in enumerate(prefix):
                 keys[layer][0, :, :start] = key
                 values[layer][0, :, :start] = value
-        prompt_mask = torch.full((1, 1, length, self.capacity), self.hidden, dtype=self.dtype, device=self.device)
+        prompt_mask = torch.full(
+            (1, 1, length, self.capacity), self.hidden, dtype=self.dtype, device=self.device
+        )
         prompt_mask[..., :start] = 0.0  # a prefix is seen by every position
         prompt_mask[..., start : start + length].masked_fill_(allowed, 0.0)
         columns = torch.arange(start, start + length, device=self.device)
@@ -224,7 +232,9 @@ class SlotDecoder:
 
     def _step_eagerly(self, width: int) -> torch.Tensor:
         cache = _RowCache(
-            [layer[:width] for layer in self.keys], [layer[:width] for layer in self.values], self.columns[:width]
+            [layer[:width] for layer in self.keys],
+            [layer[:width] for layer in self.values],
+            self.columns[:width],
         )
         return self.model(
             input_ids=self.tokens[:width],
