@@ -81,7 +81,10 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     from glmcore.serve.registry import ModelRegistry, Selection
 
     registry = ModelRegistry(
-        Path(plan.model), RunStore(workspace.runs_dir), Selection(tuple(plan.runs), tuple(plan.checkpoints))
+        Path(plan.model),
+        RunStore(workspace.runs_dir),
+        Selection(tuple(plan.runs), tuple(plan.checkpoints)),
+        on_change=lambda models: server.write_status(models=[served.id for served in models]),
     )
     registry.check()
     announce(f"Loading {plan.model} ({plan.quantization_bit}-bit) …")

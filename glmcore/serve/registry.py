@@ -9,6 +9,7 @@ run is never served, and a request for one is told to export it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,15 @@ def _created(path: Path) -> int:
 class ModelRegistry:
     """The base model and the prefixes offered over it, read again from the run folders on `refresh()`."""
 
-    def __init__(self, base_dir: Path, store: RunStore, selection: Selection = Selection()) -> None:
+    def __init__(
+        self,
+        base_dir: Path,
+        store: RunStore,
+        selection: Selection = Selection(),
+        on_change: Callable[[list[ServedModel]], None] | None = None,
+    ) -> None:
+        self.on_change = on_change
+        """Called with the models after a refresh that changed them (the server keeps status.json true)."""
         self.base_dir = Path(base_dir).expanduser().absolute()
         self.store = store
         self.selection = selection
@@ -121,7 +130,10 @@ class ModelRegistry:
                     refused[run.id] = problem
                     continue
                 models.update((served.id, served) for served in self._run_models(run))
+        changed = list(models) != list(self._models)
         self._models, self._refused = models, refused
+        if changed and self.on_change is not None:
+            self.on_change(self.models())
         return self.models()
 
     def _run_models(self, run: Run) -> list[ServedModel]:

@@ -171,6 +171,9 @@ class Server:
     def requests_path(self) -> Path:
         return self.path / "requests.jsonl"
 
+    def write_plan(self, plan: ServerPlan) -> None:
+        atomic_write_text(self.plan_path, json.dumps(asdict(plan), indent=2) + "\n")
+
     def plan(self) -> ServerPlan:
         return ServerPlan.from_dict(json.loads(self.plan_path.read_text(encoding="utf-8")))
 
@@ -244,7 +247,7 @@ def create_server(workspace: Workspace, plan: ServerPlan) -> Server:
     else:
         raise ServeError(f"cannot find a free server folder name in {folder}")
     server = Server(path)
-    atomic_write_text(server.plan_path, json.dumps(asdict(plan), indent=2) + "\n")
+    server.write_plan(plan)
     return server
 
 
@@ -305,7 +308,7 @@ def start_detached(workspace: Workspace, plan: ServerPlan, key: ApiKey, *, timeo
         plan.key_file = str(server.path / GENERATED_KEY_NAME)
     elif key.file is not None:
         plan.key_file = str(key.file)
-    atomic_write_text(server.plan_path, json.dumps(asdict(plan), indent=2) + "\n")
+    server.write_plan(plan)
     environment = {name: value for name, value in os.environ.items() if name != KEY_ENV}
     environment["GLMTUI_HOME"] = str(workspace.root)
     with open(server.log_path, "ab") as log:
