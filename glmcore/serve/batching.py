@@ -280,13 +280,15 @@ class Engine:
         max_prefixes: int = 16,
         use_graph: bool | None = None,
         on_finished: Callable[[Request], None] | None = None,
+        stop_ids: set[int] | None = None,
     ) -> None:
         from glmcore.models import family_of
 
         self.model = model
         self.tokenizer = tokenizer
         self.family = family_of(model).implementation()
-        self.stop_ids = set(self.family.stop_token_ids(tokenizer))
+        self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
+        """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
         self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph)
         self.max_waiting = max_waiting
         self.max_prefixes = max_prefixes
