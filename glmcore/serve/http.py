@@ -39,6 +39,10 @@ def error_response(
     )
 
 
+class BodyTooLarge(GlmError):
+    """A body sent without a Content-Length that grew past the limit."""
+
+
 class Guard:
     """The key on every request (loopback too: every local user can reach a port) and the body's size."""
 
@@ -129,6 +133,8 @@ class Service:
         if isinstance(error, QueueFull):
             headers = {"Retry-After": str(error.retry_after)}
             return error_response(429, str(error), "rate_limit_error", headers=headers)
+        if isinstance(error, BodyTooLarge):
+            return error_response(413, str(error), "invalid_request_error")
         if isinstance(error, EngineStopped):
             return error_response(503, str(error), "server_error")
         return error_response(400, str(error), "invalid_request_error")
@@ -168,7 +174,7 @@ class Service:
         async for chunk in request.stream():
             size += len(chunk)
             if size > self.max_request_bytes:
-                raise api.BadRequest(
+                raise BodyTooLarge(
                     f"The request body is larger than this server takes ({self.max_request_bytes} bytes)."
                 )
             chunks.append(chunk)
