@@ -197,6 +197,8 @@ def test_eight_concurrent_streams_over_three_prefixes_answer_as_alone(servers):
     for thread in threads:
         thread.join(120)
     assert together == alone
+    batched = [record["batch"] for record in servers["wide"].requests()[-len(asks) :]]
+    assert max(batched) > 1, f"the streams shared decoding steps: {batched}"
 
 
 def test_refusals_are_the_apis_error_json(servers):

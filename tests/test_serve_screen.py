@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace
+from test_app_support import make_app, make_workspace, settle
 from test_snapshots import assert_whole, press
 
 from glmcore.serve.servers import Server, ServerPlan
@@ -71,9 +71,12 @@ def test_serve_screen(snap_compare, size: tuple[int, int]) -> None:
 
     async def open_serve(pilot) -> None:
         await press(pilot, "f9")
-        table = pilot.app.screen.query_one("#serve-table")
-        while table.row_count < 2:
+        screen = pilot.app.screen
+        while screen.query_one("#serve-table").row_count < 2 or "Models:" not in str(
+            screen.query_one("#serve-about").render()
+        ):
             await pilot.pause(0.1)
+        await settle(pilot)
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_serve)

@@ -64,6 +64,8 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     generated: int = 0
+    batch: int = 0
+    """The most rows that decoded together while this request did (itself included)."""
     finish_reason: str | None = None
     _cancel: threading.Event = field(default_factory=threading.Event)
     _generator: torch.Generator | None = None
@@ -451,6 +453,8 @@ class Engine:
                 self._release(row, None)
             return
         self.steps += 1
+        for state in self._rows.values():
+            state.request.batch = max(state.request.batch, len(self._rows))
         self._emit({row: logits[row] for row in self._rows})
 
     def _emit(self, logits_by_row: dict[int, torch.Tensor]) -> None:

@@ -289,6 +289,7 @@ class Service:
                 "seconds": round(seconds, 3),
                 "first_token_s": round(first - request.submitted, 3) if first is not None else None,
                 "tokens_per_s": round(request.generated / decoding, 1) if decoding > 0 else None,
+                "batch": request.batch,
                 "finish": finish,
             }
         )
