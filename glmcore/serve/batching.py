@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 import warnings
@@ -32,6 +33,8 @@ import torch
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling, _pick
+
+log = logging.getLogger("glmcore.serve")
 
 
 class QueueFull(GlmError):
@@ -404,11 +407,17 @@ class Engine:
                 free = [row for row in range(self.slots) if row not in self._rows]
                 while self._waiting and free:
                     admitted.append((free.pop(0), self._waiting.popleft()))
-            for row, request in admitted:
-                self._admit(row, request)
-            self._drop_cancelled()
-            if self._rows:
-                self._step()
+            try:
+                for row, request in admitted:
+                    self._admit(row, request)
+                self._drop_cancelled()
+                if self._rows:
+                    self._step()
+            except Exception:  # a bug must not leave every client waiting forever: fail those in flight
+                log.exception("the serving engine failed a step")
+                for row, state in list(self._rows.items()):
+                    self._fail(state.request, GlmError("The server failed while decoding; its log says why."))
+                    self._release(row, None)
 
     def _admit(self, row: int, request: Request) -> None:
         if request.cancelled:

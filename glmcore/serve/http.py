@@ -190,7 +190,8 @@ class Service:
 
         budget = body.answer_budget
         if budget is None:  # chat without max_tokens: whatever room the row has left
-            budget = max(1, self.engine.capacity - self.engine.prefix_length(served.checkpoint) - len(prompt))
+            prefix = await asyncio.to_thread(self.engine.prefix_length, served.checkpoint)
+            budget = max(1, self.engine.capacity - prefix - len(prompt))
         request = Request(prompt, served.checkpoint, budget, deliver, body.sampling())
         await asyncio.to_thread(self.engine.submit, request)
         answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
