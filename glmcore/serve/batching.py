@@ -221,9 +221,10 @@ class SlotDecoder:
     def step(self, width: int, tokens: dict[int, int], columns: dict[int, int]) -> torch.Tensor:
         """Feed `tokens[row]` at `columns[row]` for the rows in use (all below `width`); the next logits of the
         first `width` rows. Rows not in use compute on their first column and are ignored."""
-        for row, token in tokens.items():
-            self.tokens[row, 0] = token
-            self.columns[row, 0, 0, 0] = columns[row]
+        fed = [(tokens.get(row, 0), columns.get(row, 0)) for row in range(width)]
+        fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not two per row
+        self.tokens[:width, 0].copy_(fed[:, 0], non_blocking=True)
+        self.columns[:width, 0, 0, 0].copy_(fed[:, 1], non_blocking=True)
         self.family.positions = self.positions[:width]
         self.family.advance_positions()
         self.mask[:width].scatter_(3, self.columns[:width], 0.0)
@@ -435,7 +436,7 @@ class Engine:
         start = prefix[0][0].shape[1] if prefix else 0
         with self._wake:
             self._rows[row] = _Row(request, start + len(request.prompt_ids), -1)
-        self._emit({row: logits})
+        self._emit(logits[None], [row])
 
     def _drop_cancelled(self) -> None:
         with self._wake:
@@ -464,19 +465,21 @@ class Engine:
         self.steps += 1
         for state in self._rows.values():
             state.request.batch = max(state.request.batch, len(self._rows))
-        self._emit({row: logits[row] for row in self._rows})
+        rows = list(self._rows)
+        self._emit(logits[rows], rows)
 
-    def _emit(self, logits_by_row: dict[int, torch.Tensor]) -> None:
-        """Pick each row's next token, hand it over, and end the rows that stopped or ran out of budget."""
-        greedy = [row for row in logits_by_row if not self._rows[row].request.sampling.do_sample]
+    def _emit(self, logits: torch.Tensor, rows: list[int]) -> None:
+        """Pick the next token of each of `rows` (`logits[i]` is `rows[i]`'s), hand it over, and end the rows that
+        stopped or ran out of budget. Greedy rows are picked together, with one read from the device."""
+        best = logits.argmax(dim=-1).tolist()
         picked: dict[int, int] = {}
-        if greedy:
-            stacked = torch.stack([logits_by_row[row] for row in greedy])
-            picked.update(zip(greedy, stacked.argmax(dim=-1).tolist(), strict=True))
-        for row, logits in logits_by_row.items():
-            if row not in picked:
-                request = self._rows[row].request
-                picked[row] = int(_pick(logits[None], request.sampling, request.generator(logits.device)))
+        for index, row in enumerate(rows):
+            request = self._rows[row].request
+            if not request.sampling.do_sample:
+                picked[row] = best[index]
+            else:
+                choice = _pick(logits[index][None], request.sampling, request.generator(logits.device))
+                picked[row] = int(choice)
         now = time.monotonic()
         for row, token in picked.items():
             state = self._rows[row]
