@@ -306,7 +306,9 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         about = str(screen.query_one("#serve-about").render())
         assert servers["narrow"].status().url in about and "from openai import OpenAI" in about
         log = str(screen.query_one("#serve-log").render())
-        assert "tok/s" in log and f"tiny-chatglm 4→{ANSWER_TOKENS} tok" in log and answer, "the request just answered"
+        assert "tok/s" in log and f"tiny-chatglm 4→{ANSWER_TOKENS} tok" in log and answer, (
+            "the request just answered"
+        )
 
         port = screen.query_one("#serve-port")
         port.value = "0"
@@ -324,3 +326,16 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
             await pilot.pause(0.2)
         await settle(pilot)
         assert started.server.status().state == "stopped"
+
+
+def test_a_run_that_saves_later_is_served_without_a_restart(workspace: Workspace, servers):
+    client = _client(servers["wide"])
+    late = "20260501-130000-late"
+    assert late not in {model.id for model in client.models.list()}
+    run = write_run(workspace, late, tiny_config(workspace), state="running", step=10, losses=[])
+    _prefix_checkpoint(
+        workspace.models_dir / "tiny-chatglm", run.checkpoints_dir / "checkpoint-10", seed=3, strength=4
+    )
+    assert _ask(client, late, QUESTIONS[0])  # an id not known yet makes the server read the runs again
+    assert {late, f"{late}/checkpoint-10"} <= {model.id for model in client.models.list()}
+    assert late in servers["wide"].status().models
