@@ -766,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
-                for figures in serving(model, shape, bits, SOURCE + 2, 128):
+                for figures in serving(model, shape, bits, SOURCE + 2, 128 if not args.tiny else 16):
                     report("serve", **figures)
                 del model
                 reset_peak()

@@ -75,3 +75,17 @@ def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
         engine.shutdown()
     assert answers == expected
     assert len(set(expected.values())) == len(expected), "every prefix changes every answer"
+
+
+def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
+    """`python -m glmcore.bench --tiny --only serve`: one record per client count (no timing is asserted)."""
+    import json
+
+    from glmcore.bench import main
+
+    assert main(["--tiny", "--only", "serve", "--workdir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    served = [record for record in records if record["figure"] == "serve"]
+    assert [record["clients"] for record in served] == [1, 8, 32]
+    assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
+    assert all(record["single_request_tokens_per_s"] > 0 for record in served)
