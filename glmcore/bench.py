@@ -11,7 +11,9 @@ Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `pt
 1 × accumulation 16 and batch 16), `decode16` / `decode4` (batch 1, 64-token prompt, 128 new tokens),
 `evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
 published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
-`vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell).
+`vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell), and
+`serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8 and 32 concurrent streaming requests of
+64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's).
 """
 
 from __future__ import annotations
@@ -557,6 +559,103 @@ def vram_grid(
     return results
 
 
+def single_request(model, shape: dict, prompt_length: int, new_tokens: int, repeat: int = 3) -> dict:
+    """glmtui's own single-request decoding (the static decoder chat uses): time to first token, tokens/s."""
+    import torch
+
+    from glmcore.generation import new_decoder
+
+    ids = special_ids(shape)
+    prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
+    decoder = new_decoder(model, 1, prompt_length + new_tokens)
+    input_ids = torch.tensor([prompt], device=decoder.device)
+    firsts, rates = [], []
+    for attempt in range(repeat + 1):  # the first run captures the graph
+        synchronize()
+        start = time.perf_counter()
+        first = None
+        for step, token in enumerate(
+            decoder.decode(input_ids, torch.ones_like(input_ids), new_tokens, eos_token_id=-1)
+        ):
+            token.item()  # a streaming client gets each token as it is made
+            if step == 0:
+                first = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        if attempt:
+            firsts.append(first)
+            rates.append(new_tokens / elapsed)
+    return {"first_token_ms": round(1000 * min(firsts), 1), "tokens_per_s": round(max(rates), 1)}
+
+
+def serve_load(model, shape: dict, clients: int, prompt_length: int, new_tokens: int, engine) -> dict:
+    """`clients` requests sent at once to the serving engine (continuous batching); each streams its tokens.
+
+    Output tokens/s counts every client's tokens over the wall time from the first request to the last token;
+    time to first token is each client's, from when all were sent.
+    """
+    import threading
+
+    from glmcore.serve.batching import Request
+
+    ids = special_ids(shape)
+    prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
+    ended = threading.Semaphore(0)
+    ends: list[float] = []
+
+    def deliver(kind: str, value: object) -> None:  # on the engine thread: never blocks
+        if kind != "token":
+            ends.append(time.monotonic())
+            ended.release()
+
+    requests = [Request(list(prompt), None, new_tokens, deliver) for _ in range(clients)]
+    start = time.monotonic()
+    for request in requests:
+        engine.submit(request)
+    for _ in requests:
+        ended.acquire()
+    wall = max(ends) - start
+    tokens = sum(request.generated for request in requests)
+    firsts = sorted(request.first_token_at - start for request in requests)
+    return {
+        "clients": clients,
+        "output_tokens_per_s": round(tokens / wall, 1),
+        "per_client_tokens_per_s": round(new_tokens / wall, 1),
+        "first_token_ms_median": round(1000 * firsts[len(firsts) // 2], 1),
+        "first_token_ms_max": round(1000 * firsts[-1], 1),
+        "tokens": tokens,
+    }
+
+
+def serving(model, shape: dict, bits: int, prompt_length: int, new_tokens: int) -> list[dict]:
+    """The `serve` figure at `bits`: the single-request baseline, then 1, 8 and 32 concurrent clients."""
+    from glmcore.serve.batching import Engine
+
+    baseline = single_request(model, shape, prompt_length, new_tokens)
+    engine = Engine(model, None, slots=32, capacity=prompt_length + new_tokens, stop_ids=set())
+    results = []
+    try:
+        for clients in (1, 8, 32):
+            serve_load(
+                model, shape, clients, prompt_length, new_tokens, engine
+            )  # captures this width's graph
+            figures = serve_load(model, shape, clients, prompt_length, new_tokens, engine)
+            results.append(
+                {
+                    "bits": bits,
+                    "prompt": prompt_length,
+                    "new_tokens": new_tokens,
+                    **figures,
+                    "single_request_tokens_per_s": baseline["tokens_per_s"],
+                    "single_request_first_token_ms": baseline["first_token_ms"],
+                    "graphs": sorted(engine.decoder.graphs),
+                    "peak_GiB": peak_gib(),
+                }
+            )
+    finally:
+        engine.shutdown()
+    return results
+
+
 FIGURES = (
     "bandwidth",
     "ptuning16",
@@ -567,6 +666,7 @@ FIGURES = (
     "load",
     "vram",
     "vramgrid",
+    "serve",
 )
 
 
@@ -691,6 +791,16 @@ def main(argv: list[str] | None = None) -> int:
                         **batched_evaluation(model, shape, scale["examples"], scale["batch"], scale["new"]),
                         peak_GiB=peak_gib(),
                     )
+                del model
+                reset_peak()
+        for bits in (16, 4):
+            if "serve" in wanted and (bits == 16 or torch.cuda.is_available()):  # NF4 needs a GPU
+                from glmcore.models.loading import load_model
+
+                reset_peak()
+                model = load_model(model_dir, quantization_bit=bits)
+                for figures in serving(model, shape, bits, SOURCE + 2, 128 if not args.tiny else 16):
+                    report("serve", **figures)
                 del model
                 reset_peak()
     finally:

@@ -24,7 +24,7 @@ from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
 from glmcore.runs import Run, RunStore
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, EditConfig, EvaluateRun, OpenRun, UseData
-from glmtui.screens.base import NAVIGATION, WorkbenchScreen
+from glmtui.screens.base import NAVIGATION, UNLISTED_SCREENS, WorkbenchScreen
 
 Clock = Callable[[], datetime]
 AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)
@@ -58,7 +58,7 @@ class WorkbenchCommands(Provider):
                 partial(app.run_action, f"show('{name}')"),
                 f"{key.upper()}: open the {title} screen",
             )
-            for key, name, title in NAVIGATION
+            for key, name, title in NAVIGATION + UNLISTED_SCREENS
         ]
         screen = self.screen
         for binding in screen.BINDINGS:
@@ -91,6 +91,7 @@ def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
     from glmtui.screens.evaluate import EvaluateScreen
     from glmtui.screens.models import ModelsScreen
     from glmtui.screens.runs import RunsScreen
+    from glmtui.screens.serve import ServeScreen
     from glmtui.screens.training import TrainingScreen
 
     return {
@@ -103,6 +104,7 @@ def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
             TrainingScreen,
             EvaluateScreen,
             ChatScreen,
+            ServeScreen,
         )
     }
 
@@ -117,7 +119,7 @@ class GlmApp(App[int]):
         Binding(
             key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
         )
-        for key, name, title in NAVIGATION
+        for key, name, title in NAVIGATION + UNLISTED_SCREENS
     ] + [
         # ctrl+q works while typing in a field, so the footer shows it on every screen; q is the short way.
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Close glmtui (runs go on)"),

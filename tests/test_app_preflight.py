@@ -64,7 +64,9 @@ async def test_the_editor_answers_keys_while_it_reads_a_114k_row_train_file(tmp_
         assert editor.query_one("#max_steps", Input).value == "5"
         await pilot.press("f5")
         assert isinstance(app.screen, RunsScreen)
-        await pilot.press("f4")  # back to the editor: every key above was answered while the check ran in its worker
+        await pilot.press(
+            "f4"
+        )  # back to the editor: every key above was answered while the check ran in its worker
 
         await settle(pilot)
         assert preflight.data_checked(config)

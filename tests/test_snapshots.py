@@ -11,6 +11,7 @@ import pytest
 from test_app_support import cut_text, make_app, make_workspace, settle, tiny_config, write_run
 
 from glmcore.workspace import Workspace
+from glmtui.screens.base import NAVIGATION, UNLISTED_SCREENS
 from glmtui.screens.chat import ChatScreen
 from glmtui.screens.evaluate import EvaluateScreen
 from glmtui.screens.training import TrainingScreen
@@ -236,7 +237,7 @@ def test_command_palette(snap_compare, size: tuple[int, int]) -> None:
         await wait_for(pilot, lambda: type(pilot.app.focused).__name__ == "CommandInput")
         await pilot.press(*"go to")
         options = pilot.app.screen.query_one("CommandList")
-        await wait_for(pilot, lambda: options.option_count == 7)
+        await wait_for(pilot, lambda: options.option_count == len(NAVIGATION + UNLISTED_SCREENS))
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_palette)

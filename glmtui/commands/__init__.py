@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "export",
     "eval",
     "chat",
+    "serve",
     "download",
     "convert",
     "bench",

@@ -24,6 +24,9 @@ NAVIGATION: tuple[tuple[str, str, str], ...] = (
     ("f8", "chat", "Chat"),
 )
 """(key, screen name, title) of the screens reachable from anywhere; the app binds the keys."""
+UNLISTED_SCREENS: tuple[tuple[str, str, str], ...] = (("f9", "serve", "Serve"),)
+"""Screens reachable from anywhere by key and from the command palette, but not named in the bar: at 80
+columns it has no room left."""
 
 
 class NavBar(Static):

@@ -1,0 +1,5 @@
+import sys
+
+from glmcore.serve.main import main
+
+sys.exit(main())

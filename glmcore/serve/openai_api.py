@@ -1,0 +1,301 @@
+"""The OpenAI API as clients use it, mapped onto glmtui's engine: request bodies, prompts, answers, errors.
+
+Chat messages become the family's chat prompt (`chat_prompt_ids`): the system messages joined, then
+user/assistant pairs as history, the last user message as the query. A family without a system role
+(ChatGLM-6B) gets the system text before the first user message, separated by a blank line. A completion's
+prompt is encoded as the tokenizer encodes any text (ChatGLM-6B's `[gMASK] <sop>` after it), so the model
+continues from it.
+
+Sampling: `temperature` 0 is greedy; otherwise the published chat's sampling (top-k 50) with the request's
+temperature and top_p, ChatGLM's defaults (0.95 and 0.7) where the request gives none.
+
+Text: the answer streams as chat streams it (`AnswerText`): only what the family's clean-up can no longer
+change is sent, and text that may be the start of a `stop` string is held back until it is known not to be.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from glmcore.errors import GlmError
+from glmcore.generation import Sampling
+
+DEFAULT_TEMPERATURE = 0.95
+DEFAULT_TOP_P = 0.7
+CHAT_TOP_K = 50
+"""transformers 4.27, under which ChatGLM-6B's chat was published, applied top-k 50 when sampling."""
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+"""The OpenAI API's default for /v1/completions."""
+
+
+class BadRequest(GlmError):
+    """A request body the API refuses: `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class _Body(BaseModel):
+    """Fields clients send that this server does not use (user, penalties, logit_bias...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class Message(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Generation(_Body):
+    model: str = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    seed: int | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n=1 is served")
+        return value
+
+    @property
+    def stops(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        return [stop for stop in stops if stop]
+
+    def sampling(self) -> Sampling:
+        temperature = DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
+        if temperature == 0:
+            return Sampling()
+        top_p = DEFAULT_TOP_P if self.top_p is None else self.top_p
+        return Sampling(
+            do_sample=True, temperature=temperature, top_p=top_p, top_k=CHAT_TOP_K, seed=self.seed
+        )
+
+
+class ChatCompletionRequest(_Generation):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    @property
+    def answer_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Generation):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def answer_budget(self) -> int:
+        return self.max_tokens or COMPLETION_DEFAULT_MAX_TOKENS
+
+
+def parse(kind: type[_Generation], body: bytes) -> _Generation:
+    """The request body as `kind`, or a `BadRequest` naming the first field that is wrong."""
+    try:
+        return kind.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[")))
+        if first["type"] == "json_invalid":
+            raise BadRequest(f"The body is not valid JSON: {first['msg']}.") from None
+        if not where:
+            raise BadRequest(f"The body must be a JSON object: {first['msg']}.") from None
+        raise BadRequest(f"{where}: {first['msg']}.", param=where) from None
+
+
+def chat_prompt(family, tokenizer, messages: list[Message]) -> list[int]:
+    """The family's chat prompt for OpenAI messages (see the module docstring for the system message)."""
+    system = "\n".join(m.text for m in messages if m.role in ("system", "developer")) or None
+    turns = [m for m in messages if m.role in ("user", "assistant")]
+    if not turns or turns[-1].role != "user":
+        raise BadRequest("messages: the last message must be the user's.", param="messages")
+    history: list[tuple[str, str]] = []
+    pending: str | None = None
+    for index, message in enumerate(turns[:-1]):
+        if message.role == "user":
+            if pending is not None:  # two user messages in a row: one turn
+                pending += "\n" + message.text
+            else:
+                pending = message.text
+        else:
+            if pending is None:
+                raise BadRequest(
+                    f"messages.{index}: an assistant message must follow a user message.", param="messages"
+                )
+            history.append((pending, message.text))
+            pending = None
+    query = turns[-1].text if pending is None else pending + "\n" + turns[-1].text
+    if system and not accepts_system(family, tokenizer):
+        if history:
+            history[0] = (f"{system}\n\n{history[0][0]}", history[0][1])
+        else:
+            query = f"{system}\n\n{query}"
+        system = None
+    return family.chat_prompt_ids(tokenizer, query, history, system)
+
+
+def accepts_system(family, tokenizer) -> bool:
+    try:
+        family.chat_prompt_ids(tokenizer, "", [], system="-")
+    except GlmError:
+        return False
+    return True
+
+
+class AnswerText:
+    """Tokens in, text deltas out: the part of the answer that can no longer change, cut at a stop string."""
+
+    def __init__(self, tokenizer, family, stops: list[str], *, clean: bool) -> None:
+        self.tokenizer = tokenizer
+        self.family = family
+        self.stops = stops
+        self.clean = clean
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.stopped = False
+
+    def _text(self) -> str:
+        text = self.tokenizer.decode(
+            self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+        return self.family.clean_response(text) if self.clean else text
+
+    def _settled(self, text: str) -> int:
+        if not self.clean:
+            return len(text.rstrip("\ufffd"))
+        rule = getattr(self.family, "settled_length", None)
+        return rule(text) if rule is not None else len(text.rstrip())
+
+    def add(self, token: int) -> str:
+        """The new text after `token`; `stopped` turns true when a stop string appeared (it is not sent)."""
+        self.tokens.append(token)
+        return self._advance(final=False)
+
+    def finish(self) -> str:
+        """What was held back, once the answer has ended."""
+        return self._advance(final=True)
+
+    def _advance(self, *, final: bool) -> str:
+        if self.stopped:
+            return ""
+        text = self._text()
+        for stop in self.stops:
+            if (at := text.find(stop)) >= 0:
+                text, final, self.stopped = text[:at], True, True
+        end = len(text) if final else self._settled(text)
+        if not final:
+            for stop in self.stops:  # the start of a stop string waits until it is known not to be one
+                for size in range(min(len(stop) - 1, end), 0, -1):
+                    if text[:end].endswith(stop[:size]):
+                        end -= size
+                        break
+        if end <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        delta, self.sent = text[len(self.sent) : end], text[:end]
+        return delta
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_response(response_id: str, model: str, text: str, finish: str, usage_: dict) -> dict:
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_,
+    }
+
+
+def chat_chunk(
+    response_id: str, model: str, delta: dict, finish: str | None, usage_: dict | None = None
+) -> dict:
+    chunk = {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    if usage_ is not None:
+        chunk["choices"], chunk["usage"] = [], usage_
+    return chunk
+
+
+def completion_response(
+    response_id: str, model: str, text: str, finish: str | None, usage_: dict | None
+) -> dict:
+    body = {
+        "id": response_id,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
+    }
+    if usage_ is not None:
+        body["usage"] = usage_
+    return body
+
+
+def model_list(models) -> dict:
+    return {
+        "object": "list",
+        "data": [
+            {"id": model.id, "object": "model", "created": model.created, "owned_by": "glmtui"}
+            for model in models
+        ],
+    }
+
+
+def error_body(message: str, kind: str, *, param: str | None = None, code: str | None = None) -> dict:
+    """The API's error form: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}

@@ -1,0 +1,63 @@
+"""How servers read as text, for `glmtui serve --list` and the Serve screen alike."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from glmcore.serve.servers import Server, ServerStatus
+
+SERVER_STATE_STYLES = {
+    "starting": "yellow",
+    "ready": "bold green",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "failed": "bold red",
+    "dead": "bold red",
+}
+SERVER_COLUMNS = ("Server", "State", "URL", "Models", "Requests")
+
+
+def server_state_text(state: str) -> Text:
+    return Text(state, style=SERVER_STATE_STYLES.get(state, ""))
+
+
+def server_cells(server: Server, status: ServerStatus) -> tuple[Text, ...]:
+    """The figures of a server's row: id, state, URL, how many models it offers, requests answered."""
+    answered = len(server.requests(last=100_000))
+    return (
+        Text(server.id),
+        server_state_text(status.state),
+        Text(status.url or "-"),
+        Text(str(len(status.models))),
+        Text(str(answered)),
+    )
+
+
+def client_snippet(url: str, model: str, key_file: str | None) -> str:
+    """Python that talks to the server with the official client; the key is read from its file, never shown."""
+    key = f'open("{key_file}").read().strip()' if key_file else '"none"'
+    return (
+        "from openai import OpenAI\n"
+        f'client = OpenAI(base_url="{url}", api_key={key})\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{model}", messages=[{{"role": "user", "content": "你好"}}])\n'
+        "print(reply.choices[0].message.content)"
+    )
+
+
+def request_line(record: dict) -> Text:
+    """One answered request: when, which model, tokens in and out, speed, how it ended."""
+    speed = f"{record['tokens_per_s']:.1f} tok/s" if record.get("tokens_per_s") else "-"
+    first = (
+        f"first {record['first_token_s'] * 1000:.0f} ms" if record.get("first_token_s") is not None else ""
+    )
+    clock = str(record.get("time", ""))[11:19]
+    finish = record.get("finish", "")
+    line = Text(no_wrap=True, overflow="ellipsis")
+    line.append(f"{clock} ", style="dim")
+    line.append(f"{record.get('model', '?')} ", style="bold")
+    line.append(
+        f"{record.get('prompt_tokens', 0)}→{record.get('completion_tokens', 0)} tok  {speed}  {first} "
+    )
+    line.append(finish, style="red" if finish in ("error", "cancelled") else "green")
+    return line

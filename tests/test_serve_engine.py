@@ -1,0 +1,91 @@
+"""The serving engine in-process on tiny ChatGLM3-6B: more requests than rows, three prefixes, each answer the
+same as chat's greedy one (requests join the running batch as rows free up)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from glmcore.models import CHATGLM3_6B
+
+QUESTIONS = ("你好", "hello world", "今天天气怎么样")
+
+
+@pytest.fixture(scope="module")
+def chatglm3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    import torch
+
+    import glmcore
+    from glmcore.prefix import save_prefix_checkpoint
+
+    folder = tmp_path_factory.mktemp("serve-engine")
+    model_dir = CHATGLM3_6B.implementation().write_tiny_checkpoint(folder / "model", init_std=0.5, seed=2)
+    checkpoints = []
+    for index, strength in enumerate((3, 5)):
+        torch.manual_seed(index)
+        tuned = glmcore.load_model(model_dir, pre_seq_len=4 + 2 * index)
+        with torch.no_grad():
+            tuned.transformer.prefix_encoder.embedding.weight.mul_(strength)
+        checkpoints.append(save_prefix_checkpoint(tuned, folder / f"checkpoint-{index}"))
+    return model_dir, checkpoints
+
+
+def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
+    import glmcore
+    from glmcore.chat import ChatSession, ChatSettings
+    from glmcore.serve.batching import Engine, Request
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    session = ChatSession(glmcore.load_model(model_dir), tokenizer)
+    expected = {}
+    for prefix in (None, *checkpoints):
+        session.use_prefix(prefix)
+        for question in QUESTIONS:
+            session.clear()
+            expected[prefix, question] = session.ask(
+                question, ChatSettings(sampling=False, max_new_tokens=12)
+            ).response
+
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=4, capacity=64)
+    answers: dict = {}
+    ended = threading.Semaphore(0)
+
+    def request(prefix, question) -> Request:
+        tokens: list[int] = []
+
+        def deliver(kind: str, value: object) -> None:
+            if kind == "token":
+                tokens.append(value)
+            else:
+                text = tokenizer.decode(tokens, skip_special_tokens=True)
+                answers[prefix, question] = session.family.clean_response(text)
+                ended.release()
+
+        return Request(session.family.chat_prompt_ids(tokenizer, question, []), prefix, 12, deliver)
+
+    try:
+        for prefix, question in expected:
+            engine.submit(request(prefix, question))
+        for _ in expected:
+            assert ended.acquire(timeout=60)
+    finally:
+        engine.shutdown()
+    assert answers == expected
+    assert len(set(expected.values())) == len(expected), "every prefix changes every answer"
+
+
+def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
+    """`python -m glmcore.bench --tiny --only serve`: one record per client count (no timing is asserted)."""
+    import json
+
+    from glmcore.bench import main
+
+    assert main(["--tiny", "--only", "serve", "--workdir", str(tmp_path)]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    served = [record for record in records if record["figure"] == "serve"]
+    assert [record["clients"] for record in served] == [1, 8, 32]
+    assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
+    assert all(record["single_request_tokens_per_s"] > 0 for record in served)
