@@ -224,6 +224,18 @@ def report_found(store: RunStore, statuses: dict[Run, RunStatus], settings: Noti
     return [ending for ending in found_endings(store, statuses) if dispatch(ending, settings)]
 
 
+def report_found_in(store: RunStore) -> str | None:
+    """``report_found`` over every run of a workspace (`glmtui runs`, the queue worker); returns why the command
+    cannot be used when notify.toml is wrong, else None."""
+    try:
+        settings = NotifySettings.load(store.runs_dir.parent)
+    except NotifyError as error:
+        return str(error)
+    if settings.command:
+        report_found(store, read_statuses(store), settings)
+    return None
+
+
 def read_statuses(store: RunStore) -> dict[Run, RunStatus]:
     """Every run's status; a folder that cannot be read is left out."""
     statuses = {}

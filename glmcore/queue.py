@@ -43,6 +43,7 @@ import tomli_w
 
 from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
+from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunError, RunStore, claim, launch, now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
@@ -450,6 +451,9 @@ class Queue:
                         if said.get(run.id) != line:
                             said[run.id] = line
                             say(f"{now_iso()} {run.id} {line}")
+                if (problem := report_found_in(self.store)) and said.get("notify") != problem:
+                    said["notify"] = problem
+                    say(f"{now_iso()} no notification was sent: {problem}")
                 time.sleep(self.settings().poll_s)
         finally:
             worker_lock.close()

@@ -1,0 +1,76 @@
+"""The workspace's notification command, with real processes: a crash of the real trainer on the tiny model and
+the end of a sweep are each reported once, by whichever of several `glmtui runs` processes finds them first; the
+command gets the facts as environment variables, and a command written as a shell line is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from test_runs import STAND_IN, wait_until
+from test_runs import make_config as stand_in_config
+from test_runs_hardening import glmtui
+from test_train import make_config
+from test_train_eval import TRAIN_ROWS, configure_recorder, read_calls, write_rows
+
+from glmcore.notify import NotifyError, NotifySettings
+from glmcore.runs import RunStore, launch, wait_for_end
+from glmcore.sweep import create as create_sweep
+from glmcore.sweep import expand
+
+pytestmark = pytest.mark.slow
+
+
+def watch_twice(workspace: Path, times: int = 2) -> None:
+    """Two `glmtui runs` at once, ``times`` over: each reads every run and reports what it finds ended."""
+    for _ in range(times):
+        watchers = [glmtui(workspace, "runs") for _ in range(2)]
+        for watcher in watchers:
+            _, errors = watcher.communicate(timeout=60)
+            assert watcher.returncode == 0, errors
+
+
+def test_a_crash_is_reported_once_by_the_first_of_two_watching_processes(tiny_model_dir, tmp_path):
+    train_file = write_rows(tmp_path / "train.json", TRAIN_ROWS)
+    workspace = tmp_path / "ws"
+    calls = configure_recorder(workspace, tmp_path)
+    run = RunStore(workspace / "runs").create(make_config(tiny_model_dir, train_file, max_steps=100_000))
+    pid = launch(run, detach=True)
+    wait_until(lambda: run.stored_status().step >= 2, "the trainer to take steps")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: run.status().state == "crashed", "the crash to show")
+
+    watch_twice(workspace)
+    [call] = read_calls(calls, 1)
+    assert call["GLMTUI_EVENT"] == "crashed" and call["GLMTUI_RUN_ID"] == run.id
+    assert f"pid {pid}" in call["GLMTUI_REASON"]
+    assert int(call["GLMTUI_STEP"]) >= 2
+
+
+def test_a_sweep_end_is_reported_once_and_its_finished_runs_are_not_reported_again(tmp_path):
+    workspace = tmp_path / "ws"
+    calls = configure_recorder(workspace, tmp_path)
+    store = RunStore(workspace / "runs")
+    base = stand_in_config(tmp_path, max_steps=3)
+    sweep = create_sweep(store, base, expand(base, {"seed": [1, 2]}))
+    watch_twice(workspace, times=1)  # nothing has ended yet
+    for run in sweep.runs:
+        launch(run, detach=True, program=STAND_IN)
+    for run in sweep.runs:
+        assert wait_for_end(run, timeout=60).state == "finished"
+
+    watch_twice(workspace)
+    [call] = read_calls(calls, 1)
+    assert call["GLMTUI_EVENT"] == "sweep-ended" and call["GLMTUI_SWEEP"] == sweep.id
+    assert call["GLMTUI_SWEEP_STATES"] == "finished=2"
+
+
+def test_a_command_written_as_a_shell_line_is_refused_with_what_to_write(tmp_path):
+    (tmp_path / "notify.toml").write_text('command = "notify-send glmtui $RUN"\n', encoding="utf-8")
+    with pytest.raises(NotifyError, match=r'list of arguments such as \["notify-send", "glmtui"\]'):
+        NotifySettings.load(tmp_path)
+    (tmp_path / "notify.toml").write_text(f"command = {json.dumps(['true'])}\n", encoding="utf-8")
+    assert NotifySettings.load(tmp_path).command == ("true",)
