@@ -37,7 +37,7 @@ DEEPSPEED_PRESETS = {"zero2": 2, "zero3": 3}
 MAX_SEQUENCE_LENGTH = 2048
 """ChatGLM-6B's position limit: the prefix, the prompt and the answer share it."""
 DEEPSPEED_INSTALL_HINT = "pip install 'glmtui[deepspeed]'"
-GENERATION_METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
+GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 """The published metrics (glmcore.metrics.METRIC_NAMES), as ``best_metric`` may name them."""
 BEST_METRICS = ("eval_loss", *GENERATION_METRICS)
 REPORT_TO = ("tensorboard",)
