@@ -17,6 +17,7 @@ from glmcore.runs import RunStatus
 
 if TYPE_CHECKING:
     from glmcore.compare import RunComparison
+    from glmcore.notify import Ending
 
 STATE_STYLES = {
     "created": "dim",
@@ -123,7 +124,12 @@ def event_sentence(record: dict) -> str | None:
         return f"» resumed from step {step}"
     if kind == "eval":
         loss = record.get("eval_loss")
-        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
+        scores = "".join(
+            f", {METRIC_TITLES[name]} {record[f'eval_{name}']:.2f}"
+            for name in ("bleu-4", "rouge-l")
+            if isinstance(record.get(f"eval_{name}"), float | int)
+        )
+        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}") + scores
     if kind == "end":
         return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
     if kind == "failed":
@@ -224,3 +230,13 @@ def setting_rows(comparison: RunComparison) -> list[list[str]]:
         [name, *(format_setting(summary.settings.get(name)) for summary in comparison.runs)]
         for name in comparison.differing
     ]
+
+
+def ending_sentence(ending: Ending) -> str:
+    """What the app says when a run or a sweep ends."""
+    status = ending.status
+    if ending.event == "sweep-ended":
+        states = ", ".join(f"{count} {state}" for state, count in ending.sweep_states)
+        return f"Sweep {ending.sweep} ended: {states}."
+    reason = f": {status.reason}" if status.reason else ""
+    return f"Run {ending.run.id} {status.state} at step {status.step}/{status.total}{reason}."
