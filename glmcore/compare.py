@@ -90,12 +90,12 @@ class RunComparison:
 
 def _figures(run: Run, summary: RunSummary) -> None:
     """The curves, speed, memory and time of ``summary`` from the run's events."""
-    rates, memory, duration = [], [], 0.0
+    rates, memory, attempts = [], [], []
     attempt_time: float | None = None
     for event in run.events():
         kind, step = event.get("kind"), event.get("step")
         if kind == "start":
-            duration += attempt_time or 0.0
+            attempts.append(attempt_time)
             attempt_time = None
         elif kind == "log" and isinstance(step, int):
             if isinstance(event.get("loss"), float | int):
@@ -109,10 +109,10 @@ def _figures(run: Run, summary: RunSummary) -> None:
             summary.eval_losses.append((step, float(event["eval_loss"])))
         elif kind == "end" and isinstance(event.get("train_runtime"), float | int):
             attempt_time = float(event["train_runtime"])
-    duration += attempt_time or 0.0
+    timed = [seconds for seconds in (*attempts, attempt_time) if seconds is not None]
     summary.tokens_per_s = sum(rates) / len(rates) if rates else None
     summary.peak_gpu_memory_gib = max(memory) if memory else None
-    summary.duration_s = duration if summary.losses else None
+    summary.duration_s = sum(timed) if timed else None
 
 
 def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None]:

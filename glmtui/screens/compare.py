@@ -93,9 +93,7 @@ class CompareScreen(WorkbenchScreen):
     def _show(self) -> None:
         comparison = self.comparison
         assert comparison is not None
-        self.query_one("#compare-heading", Static).update(
-            Text(comparison_heading(comparison) + "  (b: order by another)")
-        )
+        self.query_one("#compare-heading", Static).update(Text(comparison_heading(comparison)))
         self._plot(comparison)
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)
