@@ -102,6 +102,24 @@ async def test_a_sweep_compares_as_a_whole_best_first_and_b_orders_by_the_next_m
         assert table_column(screen, "#compare-settings", 0) == ["pre_seq_len", "learning_rate"]
 
 
+async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace, max_steps=80, logging_steps=10)
+    run = write_run(workspace, "20260501-110000-tiny", config, state="running", step=30, losses=[3.2, 3.1, 3.0])
+    app = make_app(workspace)
+    rings = []
+    app.bell = lambda: rings.append(True)  # the terminal's bell, counted
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.pause(0.5)
+        assert not app._notifications
+        run.write_status(state="failed", reason="CUDA out of memory", step=40)
+        await wait_for(pilot, lambda: any("failed" in note.message for note in app._notifications))
+        [note] = app._notifications
+        assert note.message == f"Run {run.id} failed at step 40/80: CUDA out of memory."
+        assert note.severity == "error" and rings == [True]
+
+
 def test_compare_screen_snapshot(snap_compare) -> None:
     app = make_app(workspace_with_a_sweep())
 

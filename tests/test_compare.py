@@ -1,7 +1,10 @@
-"""`glmtui compare` over a sweep of real training runs on the tiny model: the settings that differ, and the runs
-best first by the metric asked for."""
+"""`glmtui compare` over a sweep of real training runs on the tiny model (trained in this process: the training
+process's own behaviour is tests/test_train.py's): the settings that differ, and the runs best first by the metric
+asked for, from the engine and from the `glmtui compare` command."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from test_runs_hardening import glmtui
@@ -11,9 +14,10 @@ from test_train_eval import TRAIN_ROWS, VALIDATION_ROWS, write_rows
 from glmcore.compare import compare_runs
 from glmcore.config import GENERATION_METRICS
 from glmcore.errors import GlmError
-from glmcore.runs import RunStore, launch, wait_for_end
+from glmcore.runs import RunStore
 from glmcore.sweep import create as create_sweep
 from glmcore.sweep import expand
+from glmcore.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -29,15 +33,16 @@ def trained_sweep(tiny_model_dir, tmp_path_factory):
         write_rows(root / "train.json", TRAIN_ROWS),
         name="cmp",
         validation_file=write_rows(root / "validation.json", VALIDATION_ROWS),
-        max_steps=16,
-        save_steps=8,
-        eval_steps=8,
-        eval_metric_rows=2,
+        max_steps=8,
+        save_steps=4,
+        eval_steps=4,
+        eval_metric_rows=1,
     )
     sweep = create_sweep(store, base, expand(base, {"learning_rate": [1e-5, 0.3]}))
     for run in sweep.runs:
-        launch(run, detach=True)
-        assert wait_for_end(run, timeout=180).state == "finished"
+        run.mark_running(os.getpid())
+        assert train(run, resume=False) == "finished"
+        run.finish("finished")
     return workspace, store, sweep
 
 
@@ -55,7 +60,7 @@ def test_a_sweep_compares_best_first_by_the_chosen_metric_naming_exactly_what_di
     default = compare_runs(store, [slow.id, fast.id])
     assert default.metric == "eval_loss"
     for summary in default.runs:
-        assert len(summary.losses) == 16 and [step for step, _ in summary.eval_losses] == [8, 16]
+        assert len(summary.losses) == 8 and [step for step, _ in summary.eval_losses] == [4, 8]
         assert summary.metrics_source == "training" and set(summary.metrics) == set(GENERATION_METRICS)
         assert summary.duration_s > 0 and summary.tokens_per_s > 0
         assert summary.peak_gpu_memory_gib is None  # trained on the CPU

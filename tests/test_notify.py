@@ -1,6 +1,8 @@
-"""The workspace's notification command, with real processes: a crash of the real trainer on the tiny model and
-the end of a sweep are each reported once, by whichever of several `glmtui runs` processes finds them first; the
-command gets the facts as environment variables, and a command written as a shell line is refused."""
+"""The workspace's notification command, with real processes: a crash and the end of a sweep are each reported
+once, by whichever of several `glmtui runs` processes finds them first, and a finished run is not reported again
+by them (its own training process reports it: tests/test_train_eval.py); the command gets the facts as environment
+variables, and a command written as a shell line is refused. The trainer here is test_runs.py's stand-in, which
+keeps the run folder as the real one does; how the real one is seen crashing is tests/test_train.py's."""
 
 from __future__ import annotations
 
@@ -13,8 +15,7 @@ import pytest
 from test_runs import STAND_IN, wait_until
 from test_runs import make_config as stand_in_config
 from test_runs_hardening import glmtui
-from test_train import make_config
-from test_train_eval import TRAIN_ROWS, configure_recorder, read_calls, write_rows
+from test_train_eval import configure_recorder, read_calls
 
 from glmcore.notify import NotifyError, NotifySettings
 from glmcore.runs import RunStore, launch, wait_for_end
@@ -33,12 +34,11 @@ def watch_twice(workspace: Path, times: int = 2) -> None:
             assert watcher.returncode == 0, errors
 
 
-def test_a_crash_is_reported_once_by_the_first_of_two_watching_processes(tiny_model_dir, tmp_path):
-    train_file = write_rows(tmp_path / "train.json", TRAIN_ROWS)
+def test_a_crash_is_reported_once_by_the_first_of_two_watching_processes(tmp_path):
     workspace = tmp_path / "ws"
     calls = configure_recorder(workspace, tmp_path)
-    run = RunStore(workspace / "runs").create(make_config(tiny_model_dir, train_file, max_steps=100_000))
-    pid = launch(run, detach=True)
+    run = RunStore(workspace / "runs").create(stand_in_config(tmp_path))
+    pid = launch(run, detach=True, program=STAND_IN)
     wait_until(lambda: run.stored_status().step >= 2, "the trainer to take steps")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: run.status().state == "crashed", "the crash to show")
