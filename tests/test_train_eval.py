@@ -96,6 +96,7 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_marks_its_best_checkp
         max_steps=200,
         eval_steps=2,
         save_steps=2,
+        save_total_limit=2,
         logging_steps=2,
         early_stopping_patience=2,
         eval_metric_rows=2,
@@ -122,6 +123,8 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_marks_its_best_checkp
     assert mark["step"] == evaluations[best]["step"]
     assert mark["metric"] == "eval_loss" and mark["value"] == pytest.approx(losses[best])
     assert run.default_checkpoint().step == mark["step"] < run.latest_checkpoint().step
+    # save_total_limit = 2 keeps the newest checkpoint, and the best beside it however old it is.
+    assert [checkpoint.step for checkpoint in run.checkpoints()] == [mark["step"], run.latest_checkpoint().step]
 
     assert list(run.tensorboard_dir.glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
 
