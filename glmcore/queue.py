@@ -441,6 +441,10 @@ class Queue:
         said: dict[str, str] = {}
         try:
             while True:
+                # A crash or a sweep's end nobody reported yet (the workspace's notification command, once).
+                if (problem := report_found_in(self.store)) and said.get("notify") != problem:
+                    said["notify"] = problem
+                    say(f"{now_iso()} no notification was sent: {problem}")
                 with self.locked():
                     if not self.runs():
                         fcntl.flock(worker_lock, fcntl.LOCK_UN)
@@ -451,9 +455,6 @@ class Queue:
                         if said.get(run.id) != line:
                             said[run.id] = line
                             say(f"{now_iso()} {run.id} {line}")
-                if (problem := report_found_in(self.store)) and said.get("notify") != problem:
-                    said["notify"] = problem
-                    say(f"{now_iso()} no notification was sent: {problem}")
                 time.sleep(self.settings().poll_s)
         finally:
             worker_lock.close()

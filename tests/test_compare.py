@@ -37,6 +37,7 @@ def trained_sweep(tiny_model_dir, tmp_path_factory):
         save_steps=4,
         eval_steps=4,
         eval_metric_rows=1,
+        best_metric="rouge-l",
     )
     sweep = create_sweep(store, base, expand(base, {"learning_rate": [1e-5, 0.3]}))
     for run in sweep.runs:
@@ -64,6 +65,12 @@ def test_a_sweep_compares_best_first_by_the_chosen_metric_naming_exactly_what_di
         assert summary.metrics_source == "training" and set(summary.metrics) == set(GENERATION_METRICS)
         assert summary.duration_s > 0 and summary.tokens_per_s > 0
         assert summary.peak_gpu_memory_gib is None  # trained on the CPU
+    # The best checkpoint by a metric that rises: the first evaluation with the highest Rouge-L.
+    for run in sweep.runs:
+        scores = [(event["step"], event["eval_rouge-l"]) for event in run.events() if event["kind"] == "eval"]
+        best_step = next(step for step, score in scores if score == max(score for _, score in scores))
+        assert run.best_mark()["metric"] == "rouge-l" and run.best_mark()["greater_is_better"] is True
+        assert run.default_checkpoint().step == best_step
     # A run compared with itself and its sweep is counted once.
     assert len(compare_runs(store, [fast.id, sweep.id]).runs) == 2
 
