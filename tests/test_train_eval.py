@@ -124,7 +124,10 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_marks_its_best_checkp
     assert mark["metric"] == "eval_loss" and mark["value"] == pytest.approx(losses[best])
     assert run.default_checkpoint().step == mark["step"] < run.latest_checkpoint().step
     # save_total_limit = 2 keeps the newest checkpoint, and the best beside it however old it is.
-    assert [checkpoint.step for checkpoint in run.checkpoints()] == [mark["step"], run.latest_checkpoint().step]
+    assert [checkpoint.step for checkpoint in run.checkpoints()] == [
+        mark["step"],
+        run.latest_checkpoint().step,
+    ]
 
     assert list(run.tensorboard_dir.glob("events.out.tfevents.*")), "TensorBoard wrote no event file"
 
@@ -133,3 +136,22 @@ def test_a_run_whose_eval_loss_stops_improving_stops_early_marks_its_best_checkp
     assert call["GLMTUI_STEP"] == str(status.step)
     assert "stopped early" in call["GLMTUI_REASON"]
     assert len(list((run.path / "notifications").iterdir())) == 1
+
+
+def test_a_run_stands_for_its_marked_best_checkpoint_while_it_is_whole_else_its_latest(
+    tiny_model_dir, tmp_path
+):
+    store = RunStore(tmp_path / "runs")
+    run = store.create(make_config(tiny_model_dir, write_rows(tmp_path / "train.json", TRAIN_ROWS)))
+    for step in (10, 20, 30):
+        folder = run.checkpoints_dir / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text("{}", encoding="utf-8")
+    assert run.default_checkpoint().step == 30
+    run.mark_best_checkpoint(20, "eval_loss", 1.5, greater_is_better=False)
+    assert run.default_checkpoint().step == 20
+    assert store.resolve_checkpoint(run.id) == run.checkpoints_dir / "checkpoint-20"
+    (run.checkpoints_dir / "checkpoint-20" / "trainer_state.json").write_text("", encoding="utf-8")  # damaged
+    assert run.default_checkpoint().step == 30
+    run.mark_best_checkpoint(40, "eval_loss", 1.2, greater_is_better=False)  # a step never saved
+    assert run.default_checkpoint().step == 30

@@ -126,7 +126,9 @@ class RunsScreen(RunActions):
         Binding("s", "stop_run", "Stop", id="runs-stop", tooltip="Ask the selected run to save and stop"),
         Binding("r", "resume_run", "Resume", id="runs-resume", tooltip="Start or resume the selected run"),
         Binding("e", "evaluate_run", "Eval", id="runs-evaluate", tooltip="Evaluate the run's checkpoints"),
-        Binding("c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's latest checkpoint"),
+        Binding(
+            "c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's best or latest checkpoint"
+        ),
         Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
         Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
         # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.

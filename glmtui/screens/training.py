@@ -96,7 +96,11 @@ class TrainingScreen(RunActions):
             "e", "evaluate_run", "Eval", id="training-evaluate", tooltip="Evaluate this run's checkpoints"
         ),
         Binding(
-            "c", "chat_run", "Chat", id="training-chat", tooltip="Chat with this run's latest checkpoint"
+            "c",
+            "chat_run",
+            "Chat",
+            id="training-chat",
+            tooltip="Chat with this run's best or latest checkpoint",
         ),
         Binding("p", "zoom('plots')", "Plot", id="training-zoom-plots", tooltip="Give the curves the screen"),
         Binding("l", "zoom('log')", "Log", id="training-zoom-log", tooltip="Give the log the screen"),
