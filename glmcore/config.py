@@ -37,6 +37,10 @@ DEEPSPEED_PRESETS = {"zero2": 2, "zero3": 3}
 MAX_SEQUENCE_LENGTH = 2048
 """ChatGLM-6B's position limit: the prefix, the prompt and the answer share it."""
 DEEPSPEED_INSTALL_HINT = "pip install 'glmtui[deepspeed]'"
+GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
+"""The published metrics (glmcore.metrics.METRIC_NAMES), as ``best_metric`` may name them."""
+BEST_METRICS = ("eval_loss", *GENERATION_METRICS)
+REPORT_TO = ("tensorboard",)
 
 
 class ConfigError(GlmError):
@@ -101,6 +105,16 @@ class RunConfig:
     """Compute dtype of the unquantized parts: None picks bfloat16 where the GPU supports it, else float16."""
     stop_on_nan: bool = True
     """End the run as failed when the logged loss becomes NaN or infinite; false trains on."""
+    eval_metric_rows: int = 0
+    """With eval_steps: also generate for the first this many validation rows at each evaluation and score
+    BLEU-4 and Rouge as `glmtui eval` does (0: the eval loss only)."""
+    best_metric: str = "eval_loss"
+    """What makes an evaluated checkpoint the run's best: eval_loss (lower is better) or, with
+    eval_metric_rows, one of bleu-4, rouge-1, rouge-2, rouge-l (higher is better)."""
+    early_stopping_patience: int = 0
+    """End the run after this many evaluations in a row that do not improve best_metric (0: never early)."""
+    report_to: list[str] = field(default_factory=list)
+    """Logging integrations of the Trainer: "tensorboard" writes event files under <run>/tensorboard/."""
 
     @property
     def effective_batch_size(self) -> int:
@@ -222,6 +236,10 @@ def _coerce(value: object, hint: object, base_dir: Path | None) -> object:
         if not isinstance(value, str):
             raise TypeError("must be a string")
         return value
+    if hint == list[str]:
+        if not isinstance(value, list) or any(not isinstance(item, str) for item in value):
+            raise TypeError("must be a list of strings")
+        return list(value)
     if typing.get_origin(hint) is list:
         if not isinstance(value, list) or any(
             isinstance(item, bool) or not isinstance(item, int) for item in value
@@ -284,6 +302,7 @@ def validate(config: RunConfig) -> list[Problem]:
         "validation_file",
         f"evaluation every {config.eval_steps} steps needs a validation_file; set one or set eval_steps = 0",
     )
+    _evaluation_problems(config, need)
     need(
         config.save_total_limit is None or config.save_total_limit >= 1,
         "save_total_limit",
@@ -343,3 +362,49 @@ def validate(config: RunConfig) -> list[Problem]:
             "DeepSpeed pays off only for full fine-tuning or several GPUs; leave it out for this run",
         )
     return problems
+
+
+def _evaluation_problems(config: RunConfig, need: typing.Callable[[bool, str, str], None]) -> None:
+    """The settings of evaluation during training: metrics on some rows, the best checkpoint, early stopping."""
+    evaluating = config.eval_steps > 0
+    need(
+        config.eval_metric_rows >= 0, "eval_metric_rows", f"must be 0 or more, not {config.eval_metric_rows}"
+    )
+    need(
+        config.eval_metric_rows <= 0 or evaluating,
+        "eval_metric_rows",
+        "scoring rows during training needs an evaluation: set eval_steps (and a validation_file)",
+    )
+    need(
+        config.best_metric in BEST_METRICS,
+        "best_metric",
+        f"{config.best_metric!r} is not a metric glmtui tracks; use one of {', '.join(BEST_METRICS)}",
+    )
+    need(
+        config.best_metric not in GENERATION_METRICS or config.eval_metric_rows > 0,
+        "best_metric",
+        f"{config.best_metric} is scored only with eval_metric_rows; set it (e.g. 50) or use eval_loss",
+    )
+    need(
+        config.early_stopping_patience >= 0,
+        "early_stopping_patience",
+        f"must be 0 (never stop early) or more, not {config.early_stopping_patience}",
+    )
+    if config.early_stopping_patience > 0:
+        need(
+            evaluating,
+            "early_stopping_patience",
+            "early stopping watches the evaluations: set eval_steps (and a validation_file)",
+        )
+        need(
+            not evaluating or config.save_steps < 1 or config.eval_steps % config.save_steps == 0,
+            "save_steps",
+            f"early stopping keeps the best evaluated checkpoint, so every evaluation needs a checkpoint: make "
+            f"eval_steps ({config.eval_steps}) a multiple of save_steps ({config.save_steps})",
+        )
+    unknown = [name for name in config.report_to if name not in REPORT_TO]
+    need(
+        not unknown,
+        "report_to",
+        f"{', '.join(map(repr, unknown))} cannot be reported to; use {', '.join(map(repr, REPORT_TO))} or []",
+    )

@@ -43,6 +43,7 @@ import tomli_w
 
 from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
+from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunError, RunStore, claim, launch, now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
@@ -440,6 +441,10 @@ class Queue:
         said: dict[str, str] = {}
         try:
             while True:
+                # A crash or a sweep's end nobody reported yet (the workspace's notification command, once).
+                if (problem := report_found_in(self.store)) and said.get("notify") != problem:
+                    said["notify"] = problem
+                    say(f"{now_iso()} no notification was sent: {problem}")
                 with self.locked():
                     if not self.runs():
                         fcntl.flock(worker_lock, fcntl.LOCK_UN)

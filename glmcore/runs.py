@@ -45,6 +45,9 @@ CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 PARTIAL_CHECKPOINTS = ".partial"
 """``checkpoints/.partial/checkpoint-N/`` is where a checkpoint is written before it is renamed into place."""
 CLAIM_LOCK = "claim.lock"
+BEST_CHECKPOINT_FILE = "best-checkpoint.json"
+"""The run's best evaluated checkpoint, written by the training process after each save that holds it."""
+TENSORBOARD_FOLDER = "tensorboard"
 """Held (flock) by a launch or resume from its state check until the new process is recorded in status.json."""
 DISK_FULL_MARKERS = ("disk full", "No space left on device")
 DISK_FULL_FREE_BYTES = 16 * 1024 * 1024
@@ -372,6 +375,14 @@ class Run:
         return self.path / "checkpoints"
 
     @property
+    def best_checkpoint_path(self) -> Path:
+        return self.path / BEST_CHECKPOINT_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD_FOLDER
+
+    @property
     def stop_request_path(self) -> Path:
         return self.path / "stop-request"
 
@@ -586,9 +597,43 @@ class Run:
                 ) from error
             raise
 
+    def mark_best_checkpoint(self, step: int, metric: str, value: float, *, greater_is_better: bool) -> None:
+        """Record checkpoint-``step`` as the run's best by ``metric`` (best-checkpoint.json, atomically)."""
+        record = {
+            "checkpoint": f"checkpoint-{step}",
+            "step": step,
+            "metric": metric,
+            "value": value,
+            "greater_is_better": greater_is_better,
+            "time": now_iso(),
+        }
+        atomic_write_text(self.best_checkpoint_path, json.dumps(record, indent=2) + "\n")
+
+    def best_mark(self) -> dict | None:
+        """best-checkpoint.json as written, or None when the run marks no best checkpoint (or it is unreadable)."""
+        try:
+            record = json.loads(self.best_checkpoint_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+    def best_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint best-checkpoint.json names, while it is complete and its files are whole."""
+        mark = self.best_mark()
+        if mark is None:
+            return None
+        for checkpoint in self.checkpoints():
+            if checkpoint.step == mark["step"]:
+                return checkpoint if checkpoint_problem(checkpoint.path) is None else None
+        return None
+
     def default_checkpoint(self) -> Checkpoint:
-        """The checkpoint this run stands for where one is meant and none is named: its latest complete one
-        (the rule of docs/runs.md, "Naming runs and checkpoints")."""
+        """The checkpoint this run stands for where one is meant and none is named: its best evaluated one
+        when it marks one, else its latest complete one (the rule of docs/runs.md, "Naming runs and
+        checkpoints")."""
+        best = self.best_checkpoint()
+        if best is not None:
+            return best
         whole = self.resume_point().checkpoint  # passes over a damaged newest one, as a resume does
         if whole is None:
             raise RunError(f"run {self.id} has no complete checkpoint yet; use it after its first save")

@@ -22,8 +22,10 @@ from glmcore.data import Columns, TrainingCollator, load_examples, training_data
 from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
+from glmcore.notify import announce_end
 from glmcore.quiet import LIBRARY_LOG_NAME, quiet_libraries
 from glmcore.runs import Run, describe_failure, describe_resume
+from glmcore.train_eval import early_stop_reason, evaluation_callbacks, greater_is_better, trainer_metric_name
 
 
 def _dtype(config: RunConfig):
@@ -105,6 +107,22 @@ def trainer_class(method: str):
 
     class RunTrainer(Trainer):
         _partial_root: str | None = None
+        scored_rows: list = []
+        """Validation examples to generate for and score at each evaluation (``eval_metric_rows``)."""
+        run: Run | None = None
+
+        def evaluation_loop(self, *args, **kwargs):
+            output = super().evaluation_loop(*args, **kwargs)
+            if self.scored_rows and self.run is not None:
+                from glmcore.train_eval import TRAINING_EVALUATIONS, score_rows
+
+                prefix = kwargs.get("metric_key_prefix", "eval")
+                folder = self.run.path / TRAINING_EVALUATIONS / f"step-{self.state.global_step}"
+                scores = score_rows(
+                    self.model, self.processing_class, self.scored_rows, self.run.config, folder
+                )
+                output.metrics.update({f"{prefix}_{name}": value for name, value in scores.items()})
+            return output
 
         def _get_output_dir(self, trial) -> str:
             return self._partial_root or super()._get_output_dir(trial)
@@ -117,6 +135,10 @@ def trainer_class(method: str):
                     super()._save_checkpoint(model, trial)
                 finally:
                     self._partial_root = None
+                if self.state.best_global_step:  # the Trainer named it inside the partial folder
+                    self.state.best_model_checkpoint = os.path.join(
+                        self.args.output_dir, f"checkpoint-{self.state.best_global_step}"
+                    )
                 self.accelerator.wait_for_everyone()  # every rank has written its part (RNG state, shards)
             if self.args.should_save:
                 rotate_checkpoints(
@@ -232,14 +254,18 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         save_total_limit=config.save_total_limit,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=config.eval_steps if evaluate else None,
+        # The best evaluated checkpoint is tracked (and kept by save_total_limit), then marked in the run folder
+        # (glmcore.train_eval); nothing is loaded back at the end, since the run's files are its result.
         load_best_model_at_end=False,
+        metric_for_best_model=trainer_metric_name(config.best_metric) if evaluate else None,
+        greater_is_better=greater_is_better(config.best_metric) if evaluate else None,
         seed=config.seed,
         gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        report_to=[],
+        report_to=list(config.report_to),
         disable_tqdm=True,
         save_only_model=False,
         deepspeed=deepspeed_config_file(config.deepspeed),
@@ -266,11 +292,14 @@ def train(run: Run, *, resume: bool) -> str:
         print(f"glmtui: skipped {train_data.skipped_empty} rows with an empty prompt or response", flush=True)
     lengths = (config.max_source_length, config.max_target_length)
     train_set = training_dataset(tokenizer, train_data.examples, *lengths)
-    eval_set = None
+    eval_set, scored_rows = None, []
     if config.eval_steps and config.validation_file:
-        eval_set = training_dataset(
-            tokenizer, load_examples(config.validation_file, columns).examples, *lengths
-        )
+        validation = load_examples(config.validation_file, columns).examples
+        eval_set = training_dataset(tokenizer, validation, *lengths)
+        scored_rows = validation[: config.eval_metric_rows]
+    if "tensorboard" in config.report_to:
+        # transformers' TensorBoardCallback writes where this names (the run folder, not the checkpoints).
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tensorboard_dir)
 
     checkpointing = resolve_gradient_checkpointing(
         ModelShape.from_model_dir(config.model_path), config, free_bytes=free_gpu_memory()
@@ -284,8 +313,9 @@ def train(run: Run, *, resume: bool) -> str:
         eval_dataset=eval_set,
         data_collator=TrainingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=[callback, *evaluation_callbacks(run)],
     )
+    trainer.run, trainer.scored_rows = run, scored_rows
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(LogLinePrinter())
     checkpoint = run.resume_point().checkpoint if resume else None
@@ -337,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"
             )
             run.finish("stopped", f"interrupted at step {run.stored_status().step}; {resume_from}")
+            announce_end(run)
         return 130
     except BaseException as error:
         step = run.stored_status().step
@@ -347,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 run.append_event("failed", step=step, reason=reason)
                 run.finish("failed", reason)
+                announce_end(run)
             except OSError as write_error:
                 print(
                     f"glmtui: could not record the failure in {run.path} ({write_error})",
@@ -357,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     if info.is_main:
-        run.finish(state)
+        run.finish(state, early_stop_reason(run))
+        announce_end(run)
     return 0
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
+from textual import work
 from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -21,12 +22,16 @@ from textual.worker import Worker, WorkerState
 
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
+from glmcore.notify import Ending, RunWatch
 from glmcore.runs import Run, RunStore
 from glmcore.workspace import Workspace
-from glmtui.messages import ChatWith, EditConfig, EvaluateRun, OpenRun, UseData
+from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
+from glmtui.presentation import ending_sentence
 from glmtui.screens.base import NAVIGATION, UNLISTED_SCREENS, WorkbenchScreen
 
 Clock = Callable[[], datetime]
+WATCH_ENDINGS_S = 2.0
+"""How often the app looks for runs and sweeps that ended (to ring the bell and say so)."""
 AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)
 
 
@@ -86,6 +91,7 @@ class WorkbenchCommands(Provider):
 
 def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
     from glmtui.screens.chat import ChatScreen
+    from glmtui.screens.compare import CompareScreen
     from glmtui.screens.config import ConfigScreen
     from glmtui.screens.data import DataScreen
     from glmtui.screens.evaluate import EvaluateScreen
@@ -105,6 +111,7 @@ def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
             EvaluateScreen,
             ChatScreen,
             ServeScreen,
+            CompareScreen,
         )
     }
 
@@ -141,6 +148,8 @@ class GlmApp(App[int]):
         self.gpu_snapshot: GpuSnapshot | None = None
         self._gpu_sampler = GpuSampler(gpu_backend, interval=gpu_interval)
         self._screen_classes = _screen_classes()
+        self._run_watch = RunWatch(self.run_store, self.workspace.root)
+        self._said_watch_problem: str | None = None
         self.left_running: list[Run] = []
         """The active runs the user quit away from (they go on; run_app says so once the screen is gone)."""
 
@@ -150,6 +159,26 @@ class GlmApp(App[int]):
         self._gpu_sampler.subscribe(lambda snapshot: self.post_message(GpuSampled(snapshot)))
         self._gpu_sampler.start()
         self.action_show(self.home_screen_name())
+        self.watch_endings()
+        self.set_interval(WATCH_ENDINGS_S, self.watch_endings)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="watch-endings")
+    def watch_endings(self) -> None:
+        """Look for runs and sweeps that ended since the last look (and report crashes to notify.toml's command)."""
+        endings = self._run_watch.poll()
+        if endings or self._run_watch.problem:
+            self.call_from_thread(self._announce_endings, endings, self._run_watch.problem)
+
+    def _announce_endings(self, endings: list[Ending], problem: str | None) -> None:
+        """The terminal bell, and a notification per ending: a failure or crash as an error."""
+        if endings:
+            self.bell()
+        for ending in endings:
+            severity = "error" if ending.status.state in ("failed", "crashed") else "information"
+            self.notify(ending_sentence(ending), severity=severity, timeout=30)
+        if problem and problem != self._said_watch_problem:
+            self.notify(f"No notification command was run: {problem}", severity="warning")
+        self._said_watch_problem = problem
 
     def home_screen_name(self) -> str:
         """Runs once any run exists; the demo offer while there is no model; else the config editor."""
@@ -207,6 +236,12 @@ class GlmApp(App[int]):
 
         self.screen_of(ChatScreen).select_run(message.run)
         self.action_show(ChatScreen.NAME)
+
+    def on_compare_runs(self, message: CompareRuns) -> None:
+        from glmtui.screens.compare import CompareScreen
+
+        self.screen_of(CompareScreen).compare(message.runs)
+        self.action_show(CompareScreen.NAME)
 
     def on_edit_config(self, message: EditConfig) -> None:
         from glmtui.screens.config import ConfigScreen

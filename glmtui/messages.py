@@ -40,6 +40,14 @@ class ChatWith(Message):
         self.run = run
 
 
+class CompareRuns(Message):
+    """Show ``runs`` side by side on the Compare screen."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        super().__init__()
+        self.runs = runs
+
+
 class EditConfig(Message):
     """Fill the config editor with ``config`` (the demo's, a clone of a run's) and open it."""
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from glmcore.runs import RunStatus
+
+if TYPE_CHECKING:
+    from glmcore.compare import RunComparison
+    from glmcore.notify import Ending
 
 STATE_STYLES = {
     "created": "dim",
@@ -119,7 +124,12 @@ def event_sentence(record: dict) -> str | None:
         return f"» resumed from step {step}"
     if kind == "eval":
         loss = record.get("eval_loss")
-        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}")
+        scores = "".join(
+            f", {METRIC_TITLES[name]} {record[f'eval_{name}']:.2f}"
+            for name in ("bleu-4", "rouge-l")
+            if isinstance(record.get(f"eval_{name}"), float | int)
+        )
+        return f"» evaluation at step {step}" + ("" if loss is None else f": eval loss {loss:.4f}") + scores
     if kind == "end":
         return f"» {'stopped' if record.get('stopped') else 'finished'} at step {step}"
     if kind == "failed":
@@ -148,3 +158,85 @@ def event_line(record: dict) -> str:
         f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
         for key, value in details.items()
     )
+
+
+METRIC_TITLES = {
+    "final_loss": "final loss",
+    "best_loss": "best loss",
+    "eval_loss": "eval loss",
+    "tokens_per_s": "tokens/s",
+    "peak_gpu_memory_gib": "peak GPU memory",
+    "duration_s": "duration",
+    "bleu-4": "BLEU-4",
+    "rouge-1": "Rouge-1",
+    "rouge-2": "Rouge-2",
+    "rouge-l": "Rouge-L",
+}
+COMPARE_COLUMNS = ("#", "Run", "State", "Final", "Best", "Eval", "Tok/s", "GiB", "Time")
+"""The comparison table's columns before the published metrics: rank, name, state, final / best training loss,
+best eval loss, mean tokens/s, peak GPU memory, training time."""
+
+
+def comparison_heading(comparison: RunComparison) -> str:
+    runs = len(comparison.runs)
+    return f"{runs} run{'s' if runs != 1 else ''}, best first by {METRIC_TITLES.get(comparison.metric, comparison.metric)}"
+
+
+def comparison_columns(comparison: RunComparison) -> list[str]:
+    return [*COMPARE_COLUMNS, *(METRIC_TITLES[name] for name in comparison.metric_names)]
+
+
+def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
+    """One row per run, best first, under ``comparison_columns``."""
+    rows = []
+    for number, summary in enumerate(comparison.runs, start=1):
+        memory = summary.peak_gpu_memory_gib
+        rows.append(
+            [
+                str(number),
+                Text(summary.name),
+                state_text(summary.status.state),
+                format_loss(summary.final_loss),
+                format_loss(summary.best_loss),
+                format_loss(summary.eval_loss),
+                format_speed(summary.tokens_per_s),
+                MISSING if memory is None else f"{memory:.1f}",
+                format_duration(summary.duration_s),
+                *(
+                    MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
+                    for name in comparison.metric_names
+                ),
+            ]
+        )
+    return rows
+
+
+def format_setting(value: object) -> str:
+    """A setting's value, short: a path by its last part, a number as written in a config, left out as —."""
+    if value is None:
+        return MISSING
+    if isinstance(value, str) and "/" in value:
+        return Path(value).name
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "[]"
+    return str(value)
+
+
+def setting_rows(comparison: RunComparison) -> list[list[str]]:
+    """Per differing setting: its name, then its value in each run (in the table's order)."""
+    return [
+        [name, *(format_setting(summary.settings.get(name)) for summary in comparison.runs)]
+        for name in comparison.differing
+    ]
+
+
+def ending_sentence(ending: Ending) -> str:
+    """What the app says when a run or a sweep ends."""
+    status = ending.status
+    if ending.event == "sweep-ended":
+        states = ", ".join(f"{count} {state}" for state, count in ending.sweep_states)
+        return f"Sweep {ending.sweep} ended: {states}."
+    reason = f": {status.reason}" if status.reason else ""
+    return f"Run {ending.run.id} {status.state} at step {status.step}/{status.total}{reason}."

@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "sweep",
     "queue",
     "runs",
+    "compare",
     "stop",
     "resume",
     "logs",

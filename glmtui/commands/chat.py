@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="CK",
         default=None,
         help="the prefix to start with: checkpoint-N or N of --run, a checkpoint folder, or a run "
-        "(default with --run: its latest complete checkpoint; without: no prefix)",
+        "(default with --run: the checkpoint it stands for, its best when marked, else its latest complete one; without: no prefix)",
     )
     parser.add_argument(
         "--quantization-bit",

@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="CK",
-        help="checkpoint-N or N of --run, a prefix checkpoint folder, a run (its latest complete checkpoint), "
+        help="checkpoint-N or N of --run, a prefix checkpoint folder, a run (the checkpoint it stands for), "
         "or 'base'; repeatable (default: base, plus every checkpoint of --run)",
     )
     parser.add_argument(

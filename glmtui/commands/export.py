@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("run", metavar="RUN", help="run id, unique id prefix, run name, or run folder")
     parser.add_argument(
-        "--checkpoint", metavar="CK", help="checkpoint-N or N of the run (default: its latest complete one)"
+        "--checkpoint",
+        metavar="CK",
+        help="checkpoint-N or N of the run (default: the one it stands for: its best when marked, else its latest complete one)",
     )
     parser.add_argument("--to", type=Path, help="destination folder (default: <workspace>/models/<run-id>)")
     parser.set_defaults(func=run_export)

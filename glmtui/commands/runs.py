@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
+from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
@@ -60,6 +61,8 @@ def show_runs(args: argparse.Namespace) -> int:
         except GlmError as error:
             table.add_row(Text(run.id), Text("unreadable", style="red"), Text(str(error)), "", "", "", "", "")
     console.print(table)
+    if problem := report_found_in(store):  # a crash or a sweep's end nobody reported yet
+        Console(stderr=True).print(Text(f"glmtui: no notification was sent: {problem}"))
     return 0
 
 

@@ -19,6 +19,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 
 from glmcore.chat import ChatError, ChatSettings
+from glmcore.errors import GlmError
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 
@@ -76,7 +77,7 @@ class ChatScreen(WorkbenchScreen):
         yield Input(placeholder="Type a message and press enter", id="chat-input")
 
     def select_run(self, run: Run) -> None:
-        """Chat with ``run``'s model, its latest checkpoint picked (a different model is loaded afresh)."""
+        """Chat with ``run``'s model, the checkpoint it stands for picked (a different model is loaded afresh)."""
         if self.run is None or run.config.model_path != self.run.config.model_path:
             self.session = None
         self.run = run
@@ -92,7 +93,10 @@ class ChatScreen(WorkbenchScreen):
         checkpoints = self.run.checkpoints()
         select = self.query_one("#chat-checkpoint", Select)
         select.set_options([("base model", BASE)] + [(c.path.name, str(c.path)) for c in checkpoints])
-        select.value = str(checkpoints[-1].path) if checkpoints else BASE
+        try:  # the checkpoint the run stands for (docs/runs.md): its best when marked, else its latest
+            select.value = str(self.run.default_checkpoint().path)
+        except GlmError:
+            select.value = BASE
         self.load_session(self.run.config.model_path, self._checkpoint())
 
     def _checkpoint(self) -> Path | None:

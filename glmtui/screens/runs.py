@@ -24,8 +24,8 @@ from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
 from glmcore.queue import Decision, Queue
 from glmcore.runs import EventTail, Run, RunStatus
-from glmcore.sweep import group_runs
-from glmtui.messages import EditConfig, OpenRun
+from glmcore.sweep import group_runs, sweep_of
+from glmtui.messages import CompareRuns, EditConfig, OpenRun
 from glmtui.presentation import run_cells, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
@@ -50,11 +50,13 @@ class RunRow:
     last_log: dict | None
     queued: Decision | None = None
     """Its place in the queue and why it waits, while it is queued."""
+    marked: bool = False
+    """Marked (space) for the Compare screen."""
 
     def cells(self, now: datetime) -> dict[str, str | Text]:
         """The text of every column, by column name (Text where a value must not be read as markup)."""
         return {
-            "Run": Text(self.run.id),
+            "Run": Text(("✓ " if self.marked else "") + self.run.id),
             "State": state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
             **run_cells(self.status, self.last_log, now),
         }
@@ -124,7 +126,9 @@ class RunsScreen(RunActions):
         Binding("s", "stop_run", "Stop", id="runs-stop", tooltip="Ask the selected run to save and stop"),
         Binding("r", "resume_run", "Resume", id="runs-resume", tooltip="Start or resume the selected run"),
         Binding("e", "evaluate_run", "Eval", id="runs-evaluate", tooltip="Evaluate the run's checkpoints"),
-        Binding("c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's latest checkpoint"),
+        Binding(
+            "c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's best or latest checkpoint"
+        ),
         Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
         Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
         # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.
@@ -132,6 +136,16 @@ class RunsScreen(RunActions):
         Binding("minus", "move_queued(1)", "Later", id="runs-queue-down", show=False),
         Binding("g", "start_queued", "Start now", id="runs-queue-start", show=False),
         Binding("x", "cancel_queued", "Unqueue", id="runs-queue-cancel", show=False),
+        # Named in the summary line once a run is marked: the footer has no room left at 80 columns.
+        Binding("space", "mark_run", "Mark", id="runs-mark", show=False, tooltip="Mark the run to compare"),
+        Binding(
+            "v",
+            "compare_runs",
+            "Compare",
+            id="runs-compare",
+            show=False,
+            tooltip="Compare the marked runs (none marked: the selected run's sweep)",
+        ),
     ]
 
     def __init__(self) -> None:
@@ -141,6 +155,8 @@ class RunsScreen(RunActions):
         self.shown_columns: dict[str, int] = {}
         self.queue_problem: str | None = None
         """Why the queue's settings could not be read, from the last read of the folders."""
+        self.marked: set[str] = set()
+        """The ids of the runs marked for the Compare screen."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
@@ -186,6 +202,8 @@ class RunsScreen(RunActions):
         self._show_rows(message.rows)
 
     def _show_rows(self, rows: list[RunRow]) -> None:
+        self.marked &= {row.run.id for row in rows}
+        rows = [dataclasses.replace(row, marked=row.run.id in self.marked) for row in rows]
         table = self.query_one("#runs-table", DataTable)
         selected = self.selected_run()
         now = self.workbench.clock()
@@ -218,8 +236,10 @@ class RunsScreen(RunActions):
         queue.update(Text(self.queue_problem, style="red") if self.queue_problem else queue_text(rows))
         queue.display = bool(self.queue_problem) or any(row.queued for row in rows)
         active = sum(row.status.is_active for row in rows)
+        marked = f"{len(self.marked)} marked (v compares, space unmarks) · " if self.marked else ""
         self.query_one("#runs-summary", Static).update(
-            f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
+            marked
+            + f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
             if rows
             else "No runs yet: press n to configure one."
         )
@@ -269,6 +289,33 @@ class RunsScreen(RunActions):
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open_run()
+
+    def action_mark_run(self) -> None:
+        """Mark the selected run for comparison (or unmark it), then move to the next one."""
+        if (run := self._require_run()) is None:
+            return
+        self.marked ^= {run.id}
+        self._show_rows(list(self.rows.values()))
+        self.query_one("#runs-table", DataTable).action_cursor_down()
+
+    def action_compare_runs(self) -> None:
+        """The marked runs side by side; with none marked, the selected run's sweep."""
+        if (run := self._require_run()) is None:
+            return
+        runs = [row.run for row in self.rows.values() if row.run.id in self.marked]
+        if len(runs) < 2 and (record := sweep_of(run)):
+            runs = [
+                row.run
+                for row in self.rows.values()
+                if (sweep_of(row.run) or {}).get("sweep") == record["sweep"]
+            ]
+        if len(runs) < 2:
+            self.notify(
+                "Mark two runs or more with space (or select a run of a sweep), then press v.",
+                severity="warning",
+            )
+            return
+        self.post_message(CompareRuns(runs))
 
     def after_run_action(self) -> None:
         self.refresh_runs()

@@ -96,7 +96,11 @@ class TrainingScreen(RunActions):
             "e", "evaluate_run", "Eval", id="training-evaluate", tooltip="Evaluate this run's checkpoints"
         ),
         Binding(
-            "c", "chat_run", "Chat", id="training-chat", tooltip="Chat with this run's latest checkpoint"
+            "c",
+            "chat_run",
+            "Chat",
+            id="training-chat",
+            tooltip="Chat with this run's best or latest checkpoint",
         ),
         Binding("p", "zoom('plots')", "Plot", id="training-zoom-plots", tooltip="Give the curves the screen"),
         Binding("l", "zoom('log')", "Log", id="training-zoom-log", tooltip="Give the log the screen"),
@@ -208,19 +212,30 @@ class TrainingScreen(RunActions):
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
         self.query_one("#training-stats", Static).update("  ".join(header_figures(status, logs)))
-        self._plot("#loss-plot", "loss", logs, "loss")
+        evaluations = [
+            (record["step"], record["eval_loss"])
+            for record in latest_by_step(self.records)
+            if record.get("kind") == "eval" and record.get("eval_loss") is not None
+        ]
+        self._plot("#loss-plot", "loss", logs, "loss", validation=sorted(evaluations))
         self._plot("#lr-plot", "learning rate", logs, "learning_rate")
 
-    def _plot(self, selector: str, title: str, logs: list[dict], key: str) -> None:
+    def _plot(
+        self, selector: str, title: str, logs: list[dict], key: str, validation: list[tuple[int, float]] = ()
+    ) -> None:
+        """One curve of ``key`` over the steps; ``validation`` points (the eval loss) as dots over it."""
         points = [(record["step"], record[key]) for record in logs if record.get(key) is not None]
         plot = self.query_one(selector, PlotextPlot)
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(title)
+        plt.title(f"{title} (validation: dots)" if validation else title)
         if points:
             steps, values = zip(*points, strict=True)
             plt.plot(list(steps), list(values), marker="braille")
+        if validation:
+            steps, values = zip(*validation, strict=True)
+            plt.scatter(list(steps), list(values), marker="dot", color="orange")
         plot.refresh()
 
     def loss_points(self) -> list[tuple[int, float]]:
