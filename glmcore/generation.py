@@ -33,7 +33,8 @@ class Sampling:
     seed: int | None = None
 
 
-def _pick(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+def pick_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """The next token of each row: argmax when greedy, else top-k, then nucleus (top-p) sampling."""
     if not sampling.do_sample:
         return logits.argmax(dim=-1)
     logits = logits.float() / sampling.temperature
@@ -233,7 +234,7 @@ class StaticDecoder:
         finished = torch.zeros(self.batch, dtype=torch.bool, device=self.device)
         last = torch.zeros(self.batch, dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):
-            token = torch.where(finished, last, _pick(logits, sampling, generator))
+            token = torch.where(finished, last, pick_tokens(logits, sampling, generator))
             yield token
             finished |= torch.isin(token, stops)
             last = token

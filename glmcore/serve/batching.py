@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from glmcore.errors import GlmError
-from glmcore.generation import Sampling, _pick
+from glmcore.generation import Sampling, pick_tokens
 
 log = logging.getLogger("glmcore.serve")
 
@@ -478,7 +478,7 @@ class Engine:
             if not request.sampling.do_sample:
                 picked[row] = best[index]
             else:
-                choice = _pick(logits[index][None], request.sampling, request.generator(logits.device))
+                choice = pick_tokens(logits[index][None], request.sampling, request.generator(logits.device))
                 picked[row] = int(choice)
         now = time.monotonic()
         for row, token in picked.items():
