@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from support.snapshot_root import fixed_root, module_on_a_clean_root
 from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Input
 
@@ -19,7 +19,9 @@ from glmcore.workspace import Workspace
 from glmtui.screens.config import ConfigScreen
 from glmtui.screens.runs import RunsScreen
 
-SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-queue-snapshot-workspace"
+SNAPSHOT_ROOT = fixed_root("glmtui-queue-snapshot-workspace")
+
+clean_snapshot_root = module_on_a_clean_root(SNAPSHOT_ROOT)
 
 
 def queued_run(

@@ -4,10 +4,10 @@ recorded GPUs and a fixed clock. At 80x24 each also checks that nothing on scree
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
+from support.snapshot_root import fixed_root, module_on_a_clean_root
 from test_app_support import cut_text, make_app, make_workspace, settle, tiny_config, write_run
 
 from glmcore.workspace import Workspace
@@ -17,7 +17,10 @@ from glmtui.screens.training import TrainingScreen
 
 SIZES = [(80, 24), (120, 40)]
 # Paths are shown on screen, so the workspace lives at the same place on every run.
-SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-snapshot-workspace"
+SNAPSHOT_ROOT = fixed_root("glmtui-snapshot-workspace")
+
+clean_snapshot_root = module_on_a_clean_root(SNAPSHOT_ROOT)
+
 STATES = ("created", "running", "stopping", "stopped", "finished", "failed", "crashed")
 REASONS = {
     "failed": "CUDA out of memory: tried to allocate 2.00 GiB; lower the batch or use 4-bit",
