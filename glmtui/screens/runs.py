@@ -2,8 +2,8 @@
 
 It reads the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
 appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second, and the
-queue's plan: queued runs show their position, and the lines under the table say why each waits. The runs of a
-sweep stand together.
+queue's plan: queued runs show their position, and the lines under the table say why each waits; when runs are
+queued and no worker is alive, it starts one. The runs of a sweep stand together.
 """
 
 from __future__ import annotations
@@ -168,6 +168,13 @@ class RunsScreen(RunActions):
             planned, queue_problem = dict(queue.plan(snapshot)), None
         except GlmError as error:
             planned, queue_problem = {}, str(error)
+        if planned and (pid := queue.ensure_worker()) is not None:
+            # Queued runs with no live worker (it was killed, or they were queued from elsewhere): start one,
+            # as `glmtui train --queue` does, so nothing waits for a worker that is not there.
+            self.app.call_from_thread(
+                self.notify,
+                f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
+            )
         for run in runs:
             tail, last_log = self._tails.get(run) or (run.tail_events(), None)
             for record in tail.read_events():
