@@ -54,6 +54,9 @@ class ModelShape:
     mlp_values_per_inner: int = 1
     """Values per inner unit the MLP keeps for its backward pass: a GELU keeps its input (1); a SwiGLU whose
     three ffn-wide matrices are counted as an inner size of 1.5 × ffn keeps 3 × ffn values (2 per unit)."""
+    positions: int = 2048
+    """Positions the model has (ChatGLM-6B's max_sequence_length, ChatGLM2/3's seq_length): a run's prefix,
+    prompt and answer share them."""
 
     @classmethod
     def from_model_dir(cls, path: Path) -> ModelShape:
