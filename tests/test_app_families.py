@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle, tiny_config
+from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
 from test_app_training import wait_until
 from textual.widgets import DataTable, Input, Static
 
@@ -83,3 +83,46 @@ async def test_the_models_screen_names_each_local_models_family(tmp_path: Path) 
             ["tiny-chatglm", "ChatGLM-6B"],
             ["tiny-chatglm3", "ChatGLM3-6B"],
         ]
+
+
+async def test_the_chat_screen_offers_a_system_prompt_for_chatglm3_only(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    chatglm3 = (
+        family_named("chatglm3-6b")
+        .implementation()
+        .write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm3", num_shards=1, seq_length=2048)
+    )
+    write_run(
+        workspace, "20260501-100000-v1", tiny_config(workspace), state="finished", step=30, losses=[2.0]
+    )
+    write_run(
+        workspace,
+        "20260501-110000-v3",
+        tiny_config(workspace, model_path=chatglm3),
+        state="finished",
+        step=30,
+        losses=[2.0],
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "c")  # the older run: ChatGLM-6B, whose chat has no system role
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        await wait_until(pilot, lambda: chat.session is not None, "the ChatGLM-6B model loaded")
+        assert not chat.query_one("#chat-system-row").display
+
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("up", "c")
+        await wait_until(
+            pilot, lambda: chat.session is not None and chat.session.system_role, "ChatGLM3 loaded"
+        )
+        assert chat.query_one("#chat-system-row").display
+        chat.query_one("#chat-system", Input).focus()
+        await pilot.press(*"Answer in one word.", "enter")  # enter moves on to the message
+        assert chat.query_one("#chat-input", Input).has_focus
+        await pilot.press(*"你好", "enter")
+        await wait_until(pilot, lambda: chat.session._active is None and chat.session.history, "an answer")
+        assert chat.session.system == "Answer in one word."
+        assert chat.session.history[0][0] == "你好"

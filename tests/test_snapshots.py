@@ -324,6 +324,35 @@ def test_chat_with_a_checkpoint(snap_compare, size: tuple[int, int]) -> None:
     assert snap_compare(app, terminal_size=size, run_before=chat)
 
 
+def test_chat_with_a_system_prompt(snap_compare) -> None:
+    """ChatGLM3's chat has a system role, so its Chat screen has a System field (ChatGLM-6B's has none)."""
+    from glmcore.models import family_named
+
+    workspace = make_workspace(SNAPSHOT_ROOT)
+    model = (
+        family_named("chatglm3-6b")
+        .implementation()
+        .write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm3", num_shards=1, seq_length=2048)
+    )
+    config = tiny_config(workspace, model_path=model)
+    write_run(workspace, "20260501-110000-chatglm3", config, state="finished", step=30, losses=[2.0])
+    app = make_app(workspace)
+
+    async def chat(pilot) -> None:
+        await settle(pilot)
+        await press(pilot, "c")
+        screen = pilot.app.screen
+        assert isinstance(screen, ChatScreen)
+        await wait_for(pilot, lambda: screen.session is not None)
+        await press(pilot, "shift+tab", "shift+tab")  # from the message back to the System field
+        await pilot.press(*"Answer briefly.")
+        await press(pilot, "enter")
+        await pilot.press(*"hello")
+        await assert_whole(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=chat)
+
+
 async def test_the_cut_check_finds_a_screen_too_narrow_for_its_text(tmp_path: Path) -> None:
     """The check the snapshots rely on does fail: the config editor in 50 columns cuts its paths."""
     workspace = make_workspace(tmp_path / "ws")

@@ -143,6 +143,9 @@ class ModelFamily:
     """The family's package, "glmcore.models.chatglm6b"."""
     tokenizer_file: str
     """The tokenizer file a complete model folder holds."""
+    system_role: bool = False
+    """Whether the family's chat format has a system role (ChatGLM3's `<|system|>` message), so that a system
+    prompt is its own message; the Chat screen offers one only then."""
 
     def _package(self) -> ModuleType:
         return importlib.import_module(self.package)
