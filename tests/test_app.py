@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Input, Static
 
 from glmcore.config import RunConfig
@@ -278,7 +278,7 @@ async def test_quitting_with_an_active_run_asks_and_says_it_goes_on(tmp_path: Pa
 
 
 async def test_chat_settings_fields_keep_and_show_what_is_typed(tmp_path: Path) -> None:
-    from test_app_support import cut_text
+    from support.app import cut_text
 
     app = make_app(make_workspace(tmp_path / "ws"))
     async with app.run_test(size=(80, 24)) as pilot:

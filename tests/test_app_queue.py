@@ -7,13 +7,13 @@ import fcntl
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.snapshot_root import fixed_root, module_on_a_clean_root
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until, wait_until_in_app
 from textual.widgets import DataTable, Input
 
 from glmcore.queue import Queue
@@ -78,8 +78,7 @@ def live_worker() -> Iterator[Callable[[Workspace], None]]:
 
 async def settle_with_gpus(pilot) -> None:
     """Settle once the app's first GPU reading is in: why a queued GPU run waits depends on it."""
-    while pilot.app.gpu_snapshot is None:
-        await pilot.pause(0.05)
+    await wait_until_in_app(pilot, lambda: pilot.app.gpu_snapshot is not None, "the first GPU reading")
     await settle(pilot)
     # The Runs screen reads the folders again on that first reading; a read started before it may land first.
     for _ in range(200):
@@ -240,19 +239,11 @@ async def test_the_app_starts_a_worker_for_queued_runs_when_none_is_alive(tmp_pa
     try:
         async with app.run_test(size=(120, 40)) as pilot:
             await settle(pilot)
-            for _ in range(200):
-                if queue.worker_alive():
-                    break
-                await pilot.pause(0.05)
-            assert queue.worker_alive()
+            await wait_until_in_app(pilot, queue.worker_alive, "a queue worker started")
             assert waiting.status().state == "queued"
     finally:
         queue.cancel(waiting)
-    for _ in range(200):  # with nothing queued the worker exits
-        if not queue.worker_alive():
-            break
-        time.sleep(0.05)
-    assert not queue.worker_alive()
+    wait_until(lambda: not queue.worker_alive(), "the worker to exit with nothing queued")
     assert "the queue is empty; the worker exits" in queue.worker_log_path.read_text()
 
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Static
 
 from glmcore.runs import Run
