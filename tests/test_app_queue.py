@@ -256,6 +256,8 @@ def test_config_editor_sweep_snapshot(snap_compare) -> None:
         await settle(pilot)
         pilot.app.screen.query_one("#pre_seq_len", Input).value = "4,8"
         pilot.app.screen.query_one("#learning_rate", Input).value = "1e-2,2e-2"
+        for field in pilot.app.screen.query(Input):
+            field.cursor_blink = False  # a snapshot must not depend on the moment it is taken
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=fill)
