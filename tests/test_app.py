@@ -172,8 +172,8 @@ async def test_runs_screen_lists_runs_from_their_folders_and_deletes_after_confi
         table = screen.query_one("#runs-table", DataTable)
         rows = [[str(cell) for cell in table.get_row_at(index)] for index in range(table.row_count)]
         assert rows[0][0] == "20260501-110000-newer"
-        assert rows[0][2:] == ["40/100", "2.2500", "1,234", "10m 00s", "0", "1h 30m"]
-        assert rows[1][2:4] == ["100/100", "1.5000"]
+        assert rows[0][2:] == ["ChatGLM-6B", "40/100", "2.2500", "1,234", "10m 00s", "0", "1h 30m"]
+        assert rows[1][2:5] == ["ChatGLM-6B", "100/100", "1.5000"]
 
         await pilot.press("down", "d")
         await pilot.pause()
