@@ -250,13 +250,14 @@ class ChatSession:
         self.model = model
         self.tokenizer = tokenizer
         self.family_title = family_of(model).title
+        self.system_role = family_of(model).system_role
+        """Whether the family's chat format has a system role (ChatGLM3's)."""
         self.family = family_of(model).implementation()
         """The model family's prompt, stop tokens, clean-up and decoder."""
-        self.system = system or None
+        self.system: str | None = None
         """The system prompt every turn's prompt starts with (ChatGLM3's `<|system|>` message; ChatGLM2 writes
         it as a first round; ChatGLM-6B has none and refuses one)."""
-        if self.system:
-            self.family.chat_prompt_ids(tokenizer, "", [], system=self.system)  # refused here, not mid-chat
+        self.use_system(system)
         self.prefixes = prefixes if prefixes is not None else PrefixCache()
         self.history: list[tuple[str, str]] = []
         self.settings = ChatSettings()
@@ -316,6 +317,13 @@ class ChatSession:
         for _ in turn:
             pass
         return turn
+
+    def use_system(self, system: str | None) -> None:
+        """Start every later turn's prompt with `system` (empty or None: no system prompt); a family that has
+        none refuses one here, not mid-chat."""
+        if system:
+            self.family.chat_prompt_ids(self.tokenizer, "", [], system=system)
+        self.system = system or None
 
     def clear(self) -> None:
         """Forget the conversation (the prefix stays)."""

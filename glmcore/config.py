@@ -34,8 +34,6 @@ QUANTIZATION_BITS = (4, 8, 16)
 DTYPES = ("float16", "bfloat16", "float32")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial", "inverse_sqrt")
 DEEPSPEED_PRESETS = {"zero2": 2, "zero3": 3}
-MAX_SEQUENCE_LENGTH = 2048
-"""ChatGLM-6B's position limit: the prefix, the prompt and the answer share it."""
 DEEPSPEED_INSTALL_HINT = "pip install 'glmtui[deepspeed]'"
 GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 """The published metrics (glmcore.metrics.METRIC_NAMES), as ``best_metric`` may name them."""
@@ -310,21 +308,6 @@ def validate(config: RunConfig) -> list[Problem]:
     )
     for name in ("max_source_length", "max_target_length"):
         need(getattr(config, name) > 0, name, f"must be more than 0, not {getattr(config, name)}")
-    prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
-    need(
-        prefix < MAX_SEQUENCE_LENGTH,
-        "pre_seq_len",
-        f"a {prefix}-token prefix leaves no room for the text in ChatGLM-6B's {MAX_SEQUENCE_LENGTH} positions; "
-        "use a shorter prefix (128 is usual)",
-    )
-    need(
-        prefix >= MAX_SEQUENCE_LENGTH or config.sequence_length <= MAX_SEQUENCE_LENGTH - prefix,
-        "max_source_length",
-        f"max_source_length + max_target_length = {config.sequence_length} exceeds the "
-        f"{MAX_SEQUENCE_LENGTH - prefix} tokens ChatGLM-6B has room for"
-        + (f" after a {prefix}-token prefix" if prefix else "")
-        + "; shorten them",
-    )
     if config.method == "ptuning-v2":
         need(
             config.pre_seq_len >= 1,

@@ -2,8 +2,9 @@
 
 ``check`` is what the CLI (`glmtui train`) and the app's config editor call; it returns every problem at once,
 one sentence each (with file:line for a data file), so nothing is created for a run that could not start:
-the model folder (complete, and a family glmtui loads, detected as the loader detects it), every row of the
-data files, installed packages, the GPUs present, and free disk for the checkpoints the run will keep.
+the model folder (complete, and a family glmtui loads, detected as the loader detects it), whether the prefix
+and the examples fit in that model's positions, every row of the data files, installed packages, the GPUs
+present, and free disk for the checkpoints the run will keep.
 
 Reading a 114k-row data file takes seconds, and the editor checks on every keystroke, so each file's verdict is
 kept for as long as the file's size and modification time stay the same; concurrent checks of one file wait for
@@ -39,6 +40,7 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
     problems += package_problems(config)
     problems += gpu_problems(config)
     if not any(problem.field == "model_path" for problem in problems):
+        problems += length_problems(config)
         problems += disk_problems(config, runs_dir or Workspace.from_env().runs_dir)
     return problems
 
@@ -57,6 +59,37 @@ def model_problems(model_path: Path) -> list[Problem]:
         except GlmError as error:
             problems.append(Problem("model_path", str(error).rstrip(".")))
     return problems
+
+
+def length_problems(config: RunConfig) -> list[Problem]:
+    """Whether the prefix and the longest example fit in the positions of the model (its config.json's)."""
+    from glmcore.models import family_for
+    from glmcore.models.family import ModelShape
+
+    try:
+        family, _ = family_for(config.model_path)
+        positions = ModelShape.from_model_dir(config.model_path).positions
+    except GlmError:
+        return []  # model_problems says why the folder cannot be read
+    prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
+    if prefix >= positions:
+        return [
+            Problem(
+                "pre_seq_len",
+                f"a {prefix}-token prefix leaves no room for the text in {family.title}'s {positions} positions; "
+                "use a shorter prefix (128 is usual)",
+            )
+        ]
+    if config.sequence_length <= positions - prefix:
+        return []
+    after_prefix = f" after a {prefix}-token prefix" if prefix else ""
+    return [
+        Problem(
+            "max_source_length",
+            f"max_source_length + max_target_length = {config.sequence_length} exceeds the "
+            f"{positions - prefix} tokens {family.title} has room for{after_prefix}; shorten them",
+        )
+    ]
 
 
 def _data_files(config: RunConfig) -> list[tuple[str, Path]]:

@@ -162,7 +162,9 @@ def expand(base: RunConfig, axes: dict[str, list[object]]) -> list[SweepPoint]:
 
 def problems(points: list[SweepPoint], *, runs_dir: Path) -> list[tuple[SweepPoint, Problem]]:
     """Every problem of every combination (the checks of ``glmtui train``); empty when all can start."""
-    return [(point, problem) for point in points for problem in preflight.check(point.config, runs_dir=runs_dir)]
+    return [
+        (point, problem) for point in points for problem in preflight.check(point.config, runs_dir=runs_dir)
+    ]
 
 
 def new_sweep_id(base: RunConfig) -> str:

@@ -86,11 +86,13 @@ def state_text(state: str, detail: str = "") -> Text:
     return text
 
 
-def run_cells(status: RunStatus, last_log: dict | None, now: datetime) -> dict[str, str]:
+def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: str) -> dict[str, str]:
     """The figures a run's row shows, by column name, as both the `glmtui runs` table and the Runs screen
-    show them: the ETA only while the run is active, the age since it was created."""
+    show them: the model family (`family_title` of its model folder), the ETA only while the run is active,
+    the age since it was created."""
     log = last_log or {}
     return {
+        "Family": family,
         "Step": f"{status.step}/{status.total}",
         "Loss": format_loss(log.get("loss")),
         "Tok/s": format_speed(log.get("tokens_per_s")),
@@ -98,6 +100,22 @@ def run_cells(status: RunStatus, last_log: dict | None, now: datetime) -> dict[s
         "GPUs": ",".join(map(str, status.gpus)) or "cpu",
         "Age": format_age(status.created or status.started, now),
     }
+
+
+RUN_COLUMN_DROP_ORDER = ("Age", "GPUs", "Tok/s", "Family", "Loss", "Step")
+"""Least important first: the columns of a table of runs left out, in this order, while it is wider than the
+terminal (the Runs screen's line under the table still shows them). Run, State and ETA always stay."""
+
+
+def fit_run_columns(widths: dict[str, int], width: int, padding: int) -> dict[str, int]:
+    """``widths`` (cells by column) less RUN_COLUMN_DROP_ORDER's first columns while the columns, each with
+    ``padding`` cells beside it, are wider than ``width``."""
+    fitted = dict(widths)
+    for column in RUN_COLUMN_DROP_ORDER:
+        if sum(cells + padding for cells in fitted.values()) <= width:
+            break
+        fitted.pop(column, None)
+    return fitted
 
 
 def progress_summary(log: dict | None) -> str:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Input, Static
 
 from glmcore.config import RunConfig
@@ -172,8 +172,8 @@ async def test_runs_screen_lists_runs_from_their_folders_and_deletes_after_confi
         table = screen.query_one("#runs-table", DataTable)
         rows = [[str(cell) for cell in table.get_row_at(index)] for index in range(table.row_count)]
         assert rows[0][0] == "20260501-110000-newer"
-        assert rows[0][2:] == ["40/100", "2.2500", "1,234", "10m 00s", "0", "1h 30m"]
-        assert rows[1][2:4] == ["100/100", "1.5000"]
+        assert rows[0][2:] == ["ChatGLM-6B", "40/100", "2.2500", "1,234", "10m 00s", "0", "1h 30m"]
+        assert rows[1][2:5] == ["ChatGLM-6B", "100/100", "1.5000"]
 
         await pilot.press("down", "d")
         await pilot.pause()
@@ -278,7 +278,7 @@ async def test_quitting_with_an_active_run_asks_and_says_it_goes_on(tmp_path: Pa
 
 
 async def test_chat_settings_fields_keep_and_show_what_is_typed(tmp_path: Path) -> None:
-    from test_app_support import cut_text
+    from support.app import cut_text
 
     app = make_app(make_workspace(tmp_path / "ws"))
     async with app.run_test(size=(80, 24)) as pilot:

@@ -8,8 +8,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
-from test_snapshots import assert_whole, press, wait_for
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
+from test_snapshots import assert_whole, press
 
 from glmcore.workspace import Workspace
 from glmtui.screens.compare import CompareScreen
@@ -51,7 +52,7 @@ def workspace_with_a_sweep() -> Workspace:
 
 async def select(pilot, run_id: str) -> None:
     table = pilot.app.screen.query_one("#runs-table")
-    await wait_for(pilot, lambda: table.row_count == len(SWEEP_RUNS) + 1)
+    await wait_until_in_app(pilot, lambda: table.row_count == len(SWEEP_RUNS) + 1, "the sweep's rows")
     target = [key.value for key in table.rows].index(run_id)
     await press(pilot, *["up"] * table.row_count, *["down"] * target)
 
@@ -61,7 +62,7 @@ async def open_sweep_comparison(pilot) -> CompareScreen:
     await press(pilot, "v")
     screen = pilot.app.screen
     assert isinstance(screen, CompareScreen)
-    await wait_for(pilot, lambda: screen.comparison is not None)
+    await wait_until_in_app(pilot, lambda: screen.comparison is not None, "the comparison")
     await settle(pilot)
     return screen
 
@@ -96,7 +97,7 @@ async def test_a_sweep_compares_as_a_whole_best_first_and_b_orders_by_the_next_m
         await press(pilot, "space")
         assert "2 marked" in str(app.screen.query_one("#runs-summary").render())
         await press(pilot, "v")
-        await wait_for(pilot, lambda: len(screen.comparison.runs) == 2)
+        await wait_until_in_app(pilot, lambda: len(screen.comparison.runs) == 2, "two runs compared")
         await settle(pilot)
         assert table_column(screen, "#compare-table", 1) == ["tiny lr0.01", "tiny lone"]
         assert table_column(screen, "#compare-settings", 0) == ["pre_seq_len", "learning_rate"]
@@ -105,7 +106,9 @@ async def test_a_sweep_compares_as_a_whole_best_first_and_b_orders_by_the_next_m
 async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> None:
     workspace = make_workspace(tmp_path / "ws")
     config = tiny_config(workspace, max_steps=80, logging_steps=10)
-    run = write_run(workspace, "20260501-110000-tiny", config, state="running", step=30, losses=[3.2, 3.1, 3.0])
+    run = write_run(
+        workspace, "20260501-110000-tiny", config, state="running", step=30, losses=[3.2, 3.1, 3.0]
+    )
     app = make_app(workspace)
     rings = []
     app.bell = lambda: rings.append(True)  # the terminal's bell, counted
@@ -114,7 +117,11 @@ async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> N
         await pilot.pause(0.5)
         assert not app._notifications
         run.write_status(state="failed", reason="CUDA out of memory", step=40)
-        await wait_for(pilot, lambda: any("failed" in note.message for note in app._notifications))
+        await wait_until_in_app(
+            pilot,
+            lambda: any("failed" in note.message for note in app._notifications),
+            "the failure's notification",
+        )
         [note] = app._notifications
         assert note.message == f"Run {run.id} failed at step 40/80: CUDA out of memory."
         assert note.severity == "error" and rings == [True]

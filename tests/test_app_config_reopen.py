@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config
+from support.app import make_app, make_workspace, settle, tiny_config
 from textual.widgets import Input, Static
 
 from glmtui.screens.config import ConfigScreen

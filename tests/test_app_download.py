@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
+from support.app import make_app, make_workspace, settle
 from support.fileserver import running_fileserver
-from test_app_support import make_app, make_workspace, settle
 from textual.widgets import Input, ProgressBar, Static
 
 

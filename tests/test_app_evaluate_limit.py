@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 from textual.widgets import DataTable, Input
 
 import glmcore
@@ -34,10 +35,7 @@ async def test_the_limit_field_evaluates_the_first_rows_only(tmp_path: Path) -> 
         assert isinstance(app.screen, EvaluateScreen)
         evaluate.query_one("#evaluate-limit", Input).focus()
         await pilot.press("2", "ctrl+g")
-        for _ in range(600):
-            if evaluate.comparison is not None:
-                break
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
         await settle(pilot)
         assert evaluate.query_one("#evaluate-examples", DataTable).row_count == 2
     summary = json.loads((evaluate.comparison.output_dir / COMPARISON_FILE).read_text(encoding="utf-8"))

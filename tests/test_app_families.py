@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle, tiny_config
-from test_app_training import wait_until
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 from textual.widgets import DataTable, Input, Static
 
 from glmcore.models import family_named
@@ -34,11 +34,13 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         assert isinstance(editor, ConfigScreen)
         editor.load(tiny_config(workspace, model_path=model_dir, max_steps=4, save_steps=2))
         await settle(pilot)
-        await wait_until(pilot, lambda: editor.family == family_named(family).title, "the family named")
+        await wait_until_in_app(
+            pilot, lambda: editor.family == family_named(family).title, "the family named"
+        )
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
+        await wait_until_in_app(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
         training = app.screen
-        await wait_until(
+        await wait_until_in_app(
             pilot, lambda: training.status is not None and training.status.state == "finished", "finished"
         )
         assert training.run.latest_checkpoint().step == 4
@@ -49,7 +51,7 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         assert isinstance(evaluate, EvaluateScreen)
         await pilot.pause()
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: evaluate.comparison is not None, "the comparison")
+        await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
         metrics = evaluate.query_one("#evaluate-metrics", DataTable)
         assert [str(column.label) for column in metrics.columns.values()][1:] == ["base", "checkpoint-4"]
         assert evaluate.query_one("#evaluate-examples", DataTable).row_count == 3
@@ -57,14 +59,16 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         await pilot.press("f5", "c")
         chat = app.screen
         assert isinstance(chat, ChatScreen)
-        await wait_until(pilot, lambda: chat.session is not None, "the chat model loaded")
+        await wait_until_in_app(pilot, lambda: chat.session is not None, "the chat model loaded")
         assert chat.session.family_title == family_named(family).title
         status = str(chat.query_one("#chat-status", Static).render())
         assert status == f"Chatting with {family_named(family).title}, checkpoint-4."
         assert chat.session.prefix is not None and chat.session.prefix.name == "checkpoint-4"
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")
-        await wait_until(pilot, lambda: chat.session._active is None and chat.session.history, "an answer")
+        await wait_until_in_app(
+            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+        )
         assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())
 
 
@@ -78,8 +82,53 @@ async def test_the_models_screen_names_each_local_models_family(tmp_path: Path) 
         await settle(pilot)
         await pilot.press("f2")
         table = app.screen.query_one("#models-local", DataTable)
-        await wait_until(pilot, lambda: table.row_count == 2, "both local models")
+        await wait_until_in_app(pilot, lambda: table.row_count == 2, "both local models")
         assert [table.get_row_at(row)[:2] for row in range(2)] == [
             ["tiny-chatglm", "ChatGLM-6B"],
             ["tiny-chatglm3", "ChatGLM3-6B"],
         ]
+
+
+async def test_the_chat_screen_offers_a_system_prompt_for_chatglm3_only(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    chatglm3 = (
+        family_named("chatglm3-6b")
+        .implementation()
+        .write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm3", num_shards=1, seq_length=2048)
+    )
+    write_run(
+        workspace, "20260501-100000-v1", tiny_config(workspace), state="finished", step=30, losses=[2.0]
+    )
+    write_run(
+        workspace,
+        "20260501-110000-v3",
+        tiny_config(workspace, model_path=chatglm3),
+        state="finished",
+        step=30,
+        losses=[2.0],
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "c")  # the older run: ChatGLM-6B, whose chat has no system role
+        chat = app.screen
+        assert isinstance(chat, ChatScreen)
+        await wait_until_in_app(pilot, lambda: chat.session is not None, "the ChatGLM-6B model loaded")
+        assert not chat.query_one("#chat-system-row").display
+
+        await pilot.press("f5")
+        await settle(pilot)
+        await pilot.press("up", "c")
+        await wait_until_in_app(
+            pilot, lambda: chat.session is not None and chat.session.system_role, "ChatGLM3 loaded"
+        )
+        assert chat.query_one("#chat-system-row").display
+        chat.query_one("#chat-system", Input).focus()
+        await pilot.press(*"Answer in one word.", "enter")  # enter moves on to the message
+        assert chat.query_one("#chat-input", Input).has_focus
+        await pilot.press(*"你好", "enter")
+        await wait_until_in_app(
+            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+        )
+        assert chat.session.system == "Answer in one word."
+        assert chat.session.history[0][0] == "你好"

@@ -3,13 +3,17 @@ reorder, start and cancel them; the config editor's list-of-values fields. Pilot
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+import pytest
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.snapshot_root import fixed_root, module_on_a_clean_root
+from support.waiting import wait_until, wait_until_in_app
 from textual.widgets import DataTable, Input
 
 from glmcore.queue import Queue
@@ -19,7 +23,9 @@ from glmcore.workspace import Workspace
 from glmtui.screens.config import ConfigScreen
 from glmtui.screens.runs import RunsScreen
 
-SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-queue-snapshot-workspace"
+SNAPSHOT_ROOT = fixed_root("glmtui-queue-snapshot-workspace")
+
+clean_snapshot_root = module_on_a_clean_root(SNAPSHOT_ROOT)
 
 
 def queued_run(
@@ -52,10 +58,27 @@ def workspace_with_a_queue(root: Path) -> tuple[Workspace, list[Run]]:
     return workspace, runs
 
 
+@pytest.fixture
+def live_worker() -> Iterator[Callable[[Workspace], None]]:
+    """Hold a workspace's worker.lock as a live worker does, until the test ends, so the app starts no worker:
+    these tests look at the queue before any worker acts on it."""
+    held = []
+
+    def hold(workspace: Workspace) -> None:
+        queue = Queue(workspace)
+        queue.folder.mkdir(exist_ok=True)
+        lock = open(queue.worker_lock_path, "a")  # noqa: SIM115 (held until the test ends)
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        held.append(lock)
+
+    yield hold
+    for lock in held:
+        lock.close()
+
+
 async def settle_with_gpus(pilot) -> None:
     """Settle once the app's first GPU reading is in: why a queued GPU run waits depends on it."""
-    while pilot.app.gpu_snapshot is None:
-        await pilot.pause(0.05)
+    await wait_until_in_app(pilot, lambda: pilot.app.gpu_snapshot is not None, "the first GPU reading")
     await settle(pilot)
     # The Runs screen reads the folders again on that first reading; a read started before it may land first.
     for _ in range(200):
@@ -70,8 +93,9 @@ def queue_lines(screen: RunsScreen) -> list[str]:
     return str(screen.query_one("#runs-queue").render()).splitlines()
 
 
-async def test_runs_screen_shows_the_queue_and_its_keys_move_and_cancel(tmp_path: Path) -> None:
+async def test_runs_screen_shows_the_queue_and_its_keys_move_and_cancel(tmp_path: Path, live_worker) -> None:
     workspace, (first, second, far) = workspace_with_a_queue(tmp_path / "ws")
+    live_worker(workspace)
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         await settle_with_gpus(pilot)
@@ -198,9 +222,29 @@ async def test_the_config_editor_queues_a_sweep_with_ctrl_g(tmp_path: Path) -> N
         sleeper.wait()
 
 
-def test_runs_screen_with_a_queue_snapshot(snap_compare) -> None:
+def test_runs_screen_with_a_queue_snapshot(snap_compare, live_worker) -> None:
     workspace, _ = workspace_with_a_queue(SNAPSHOT_ROOT)
+    live_worker(workspace)
     assert snap_compare(make_app(workspace), terminal_size=(80, 24), run_before=settle_with_gpus)
+
+
+async def test_the_app_starts_a_worker_for_queued_runs_when_none_is_alive(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    waiting = queued_run(workspace, "20260501-110500-far-gpu", [5])  # a GPU not here: it waits, never starts
+    queue = Queue(workspace)
+    queue.folder.mkdir()
+    (queue.folder / "settings.toml").write_text("poll_s = 0.2\n")
+    assert not queue.worker_alive()
+    app = make_app(workspace)
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(pilot)
+            await wait_until_in_app(pilot, queue.worker_alive, "a queue worker started")
+            assert waiting.status().state == "queued"
+    finally:
+        queue.cancel(waiting)
+    wait_until(lambda: not queue.worker_alive(), "the worker to exit with nothing queued")
+    assert "the queue is empty; the worker exits" in queue.worker_log_path.read_text()
 
 
 def test_config_editor_sweep_snapshot(snap_compare) -> None:
@@ -212,6 +256,8 @@ def test_config_editor_sweep_snapshot(snap_compare) -> None:
         await settle(pilot)
         pilot.app.screen.query_one("#pre_seq_len", Input).value = "4,8"
         pilot.app.screen.query_one("#learning_rate", Input).value = "1e-2,2e-2"
+        for field in pilot.app.screen.query(Input):
+            field.cursor_blink = False  # a snapshot must not depend on the moment it is taken
         await settle(pilot)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=fill)

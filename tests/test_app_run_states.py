@@ -4,11 +4,12 @@ version of glmtui may write, shown as it is (Hardening I: a `created` run made t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from test_app_support import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from textual.widgets import DataTable, Static
 
 from glmcore.runs import Run
@@ -90,3 +91,43 @@ async def test_resuming_from_the_app_says_which_checkpoint_was_passed_over(tmp_p
     finally:
         if run.status().is_active:
             stop(run, force=True, grace=5)
+
+
+def test_the_runs_command_names_each_runs_family_and_fits_80_columns(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    golden = Path(__file__).parent / "golden"
+    models = {
+        "20260501-100000-v1": (golden / "tiny-chatglm6b", "ChatGLM-6B"),
+        "20260501-110000-v2": (golden / "chatglm2" / "tiny-chatglm2", "ChatGLM2-6B"),
+        "20260501-120000-v3": (golden / "chatglm3" / "tiny-chatglm3", "ChatGLM3-6B"),
+        "20260501-130000-gone": (tmp_path / "deleted-model", "—"),
+    }
+    for run_id, (model, _) in models.items():
+        write_run(
+            workspace,
+            run_id,
+            tiny_config(workspace, model_path=model),
+            state="finished",
+            step=30,
+            losses=[2.0],
+        )
+    command = [sys.executable, "-m", "glmtui.cli", "--workspace", str(workspace.root), "runs"]
+
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    on_a_terminal = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "80", "TERM": "dumb"},
+    )
+
+    assert piped.returncode == 0 == on_a_terminal.returncode, piped.stderr + on_a_terminal.stderr
+    for output in (piped.stdout, on_a_terminal.stdout):
+        header, *lines = output.splitlines()
+        assert header.split()[:3] == ["RUN", "STATE", "FAMILY"]
+        rows = {line.split()[0]: line.split() for line in lines}
+        assert {run_id: row[2] for run_id, row in rows.items()} == {
+            run_id: title for run_id, (_, title) in models.items()
+        }
+    assert max(len(line) for line in on_a_terminal.stdout.splitlines()) <= 80

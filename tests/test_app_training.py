@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle, tiny_config
+from support.app import make_app, make_workspace, settle, tiny_config
+from support.waiting import wait_until_in_app
 from textual.widgets import DataTable, Input, Static
 
 from glmcore import runs as run_control
@@ -17,26 +18,9 @@ from glmtui.screens.training import TrainingScreen
 pytestmark = pytest.mark.slow
 
 
-async def wait_until(pilot, condition, what: str, limit: int = 600) -> None:
-    """Let the app run until ``condition()`` holds (checked every 0.1 s), failing with ``what`` past ``limit`` checks."""
-    for _ in range(limit):
-        if condition():
-            return
-        await pilot.pause(0.1)
-    raise AssertionError(f"the app never showed {what}; it showed {shown_messages(pilot.app)}")
-
-
 def composed(screen, selector: str) -> bool:
     """Whether ``screen`` has built the widget ``selector`` (keys reach a screen's actions before that)."""
     return bool(screen.query(selector))
-
-
-def shown_messages(app) -> list[str]:
-    """The notifications and status lines on screen, to say what the app showed instead."""
-    statuses = [
-        str(widget.render()) for widget in app.screen.query("Static") if widget.id and "status" in widget.id
-    ]
-    return [notification.message for notification in app._notifications] + statuses + [repr(app._exception)]
 
 
 async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_and_evaluated(
@@ -50,41 +34,43 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         editor.load(tiny_config(workspace, max_steps=100_000, save_steps=4))
         await settle(pilot)
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
+        await wait_until_in_app(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
         training = app.screen
         run = training.run
-        await wait_until(
+        await wait_until_in_app(
             pilot, lambda: training.status is not None and training.status.state == "running", "running"
         )
-        await wait_until(pilot, lambda: len(training.loss_points()) >= 3, "three points on the loss curve")
-        await wait_until(pilot, lambda: run.checkpoints(), "a checkpoint")
+        await wait_until_in_app(
+            pilot, lambda: len(training.loss_points()) >= 3, "three points on the loss curve"
+        )
+        await wait_until_in_app(pilot, lambda: run.checkpoints(), "a checkpoint")
         log_lines = "\n".join(training.query_one("#training-log").lines)
         assert "started at step 0" in log_lines
 
         await pilot.press("s")
-        await wait_until(pilot, lambda: training.status.state == "stopped", "the run stopped")
+        await wait_until_in_app(pilot, lambda: training.status.state == "stopped", "the run stopped")
         stopped_at = training.status.step
         assert run.latest_checkpoint().step == stopped_at
 
         await pilot.press("r")
-        await wait_until(pilot, lambda: training.status.state == "running", "the run running again")
-        await wait_until(
+        await wait_until_in_app(pilot, lambda: training.status.state == "running", "the run running again")
+        await wait_until_in_app(
             pilot, lambda: training.loss_points()[-1][0] > stopped_at, "loss points past the resumed step"
         )
         assert "resumed from step" in "\n".join(training.query_one("#training-log").lines)
         steps = [step for step, _ in training.loss_points()]
         assert steps == sorted(set(steps))
         run_control.stop(run, timeout=60)
-        await wait_until(pilot, lambda: training.status.state == "stopped", "the run stopped again")
+        await wait_until_in_app(pilot, lambda: training.status.state == "stopped", "the run stopped again")
 
         await pilot.press("e")
         evaluate = app.screen
         assert isinstance(evaluate, EvaluateScreen)
-        await wait_until(
+        await wait_until_in_app(
             pilot, lambda: composed(evaluate, "#evaluate-metrics"), "the evaluation screen built"
         )
         await pilot.press("ctrl+g")
-        await wait_until(pilot, lambda: evaluate.comparison is not None, "the comparison")
+        await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
         metrics = evaluate.query_one("#evaluate-metrics", DataTable)
         labels = [str(column.label) for column in metrics.columns.values()]
         assert labels[0] == "metric" and labels[1] == "base" and labels[2].startswith("checkpoint-")
@@ -93,14 +79,16 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         await pilot.press("f5")
         runs = app.screen
         # A busy machine builds a screen later than Pilot's idle check assumes: act once the row is there.
-        await wait_until(
+        await wait_until_in_app(
             pilot, lambda: composed(runs, "#runs-table") and runs.selected_run() == run, "the run in the list"
         )
         await pilot.press("c")
         chat = app.screen
         assert isinstance(chat, ChatScreen)
-        await wait_until(pilot, lambda: chat.session is not None, "the chat model loaded")
+        await wait_until_in_app(pilot, lambda: chat.session is not None, "the chat model loaded")
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")
-        await wait_until(pilot, lambda: chat.session._active is None and chat.session.history, "an answer")
+        await wait_until_in_app(
+            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+        )
         assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())

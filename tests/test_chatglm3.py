@@ -98,6 +98,39 @@ def test_training_and_evaluation_rows_equal_finetune_hf(tokenizer, expected):
     assert evaluated >= 3
 
 
+LONG_QUERY = "类型#裙*版型#显瘦*风格#文艺*图案#印花*裙长#连衣裙*领型#圆领" * 3
+
+
+def test_a_row_cut_before_its_answer_is_kept_with_no_label_as_finetune_hf_keeps_it(tokenizer):
+    """`process_batch` cuts the whole conversation to input + output + 1 tokens and keeps the row even when
+    that leaves no assistant token: every label -100, nothing filtered out or lengthened."""
+    features = family_impl.training_features(tokenizer, Example(LONG_QUERY, "这款连衣裙简约显瘦。"), 8, 4)
+    conversation_start = [
+        tokenizer.get_command("[gMASK]"),
+        tokenizer.get_command("sop"),
+        *tokenizer.build_single_message("user", "", LONG_QUERY),
+    ]
+    assert len(conversation_start) > 8 + 4 + 1
+    assert features == {"input_ids": conversation_start[:13], "labels": [-100] * 13}
+
+
+def test_a_batch_with_no_answer_token_left_learns_nothing_instead_of_turning_nan(tokenizer):
+    """The published loss is a mean over no label (NaN, which the optimizer would write into every trained
+    weight); here such a batch has loss 0 and no gradient, and a batch with answers keeps its loss."""
+    from glmcore.data import TrainingCollator
+
+    model = glmcore.load_model(FIXTURE, pre_seq_len=4, dtype="float32").train()
+    cut = family_impl.training_features(tokenizer, Example(LONG_QUERY, "这款连衣裙简约显瘦。"), 8, 4)
+    loss = model(**TrainingCollator(tokenizer.pad_token_id)([cut, cut])).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    gradient = model.transformer.prefix_encoder.embedding.weight.grad
+    assert gradient is not None and not gradient.any()
+    whole = family_impl.training_features(tokenizer, Example("类型#裙", "简约显瘦。"), 8, 4)
+    mixed = model(**TrainingCollator(tokenizer.pad_token_id)([whole, cut])).loss
+    assert torch.isfinite(mixed) and mixed.item() > 0
+
+
 def copy_fixture(source: Path, destination: Path, **config_changes) -> Path:
     """The fixture's config and tokenizer (no weights: detection reads config.json only)."""
     destination.mkdir()

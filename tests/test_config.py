@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -11,6 +12,9 @@ import pytest
 
 from glmcore import preflight
 from glmcore.config import ConfigError, Problem, RunConfig, validate
+
+REFERENCE = Path(__file__).parent / "fixtures" / "reference"
+"""The published checkpoints' config.json files, one folder per family."""
 
 
 def make_config(tmp_path: Path, **changes: object) -> RunConfig:
@@ -143,12 +147,34 @@ def test_full_fine_tuning_needs_16_bit(tmp_path: Path) -> None:
     assert validate(make_config(tmp_path, method="full", quantization_bit=16, gpus=[])) == []
 
 
-def test_lengths_share_the_2048_positions_with_the_prefix(tmp_path: Path) -> None:
-    assert validate(make_config(tmp_path, max_source_length=1000, max_target_length=920)) == []
-    (problem,) = validate(make_config(tmp_path, max_source_length=1000, max_target_length=921))
-    assert "1921 exceeds the 1920 tokens ChatGLM-6B has room for after a 128-token prefix" in problem.message
-    lora = make_config(tmp_path, method="lora", max_source_length=1000, max_target_length=1048)
-    assert validate(lora) == []
+@pytest.mark.parametrize(
+    ("family", "title", "positions"),
+    [
+        ("chatglm-6b", "ChatGLM-6B", 2048),
+        ("chatglm2-6b", "ChatGLM2-6B", 32768),
+        ("chatglm3-6b", "ChatGLM3-6B", 8192),
+    ],
+)
+def test_lengths_share_the_models_own_positions_with_the_prefix(
+    tmp_path: Path, family: str, title: str, positions: int
+) -> None:
+    """The published config.json of each family gives its positions; a 128-token prefix takes its share."""
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copy(REFERENCE / family / "config.json", model / "config.json")
+    room = positions - 128
+    fits = make_config(tmp_path, max_source_length=room // 2, max_target_length=room - room // 2)
+    assert preflight.length_problems(fits) == []
+    (problem,) = preflight.length_problems(dataclasses.replace(fits, max_target_length=room - room // 2 + 1))
+    assert problem == Problem(
+        "max_source_length",
+        f"max_source_length + max_target_length = {room + 1} exceeds the {room} tokens {title} has room for "
+        "after a 128-token prefix; shorten them",
+    )
+    lora = dataclasses.replace(fits, method="lora", max_target_length=positions - room // 2)
+    assert preflight.length_problems(lora) == []
+    (problem,) = preflight.length_problems(dataclasses.replace(fits, pre_seq_len=positions))
+    assert problem.field == "pre_seq_len" and f"{title}'s {positions} positions" in problem.message
 
 
 def test_deepspeed_only_for_full_or_several_gpus(tmp_path: Path) -> None:

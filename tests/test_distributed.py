@@ -12,11 +12,10 @@ import re
 import signal
 import socket
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 from test_train import make_config as train_config
 
 from glmcore.config import RunConfig
@@ -36,15 +35,6 @@ ROWS = [
     {"content": "类型#上衣*颜色#白色", "summary": "白色上衣简约百搭"},
     {"content": "Hello", "summary": "world, this is a test"},
 ]
-
-
-def wait_until(condition: Callable[[], object], what: str) -> object:
-    deadline = time.monotonic() + DEADLINE_S
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def make_config(model_dir: Path, train_file: Path, **overrides: object) -> RunConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_app_support import FIXED_NOW, make_workspace, settle, tiny_config, write_run
+from support.app import FIXED_NOW, make_workspace, settle, tiny_config, write_run
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
 from glmtui.app import GlmApp

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_runs import DEADLINE_S, STAND_IN, make_config, wait_until
+from support.waiting import wait_until
+from test_runs import DEADLINE_S, STAND_IN, make_config
 from test_runs_hardening import glmtui
 from test_train import ROWS
 from test_train import make_config as train_config

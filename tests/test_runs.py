@@ -12,13 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from support.waiting import wait_until
 
 from glmcore.config import RunConfig
 from glmcore.errors import GlmError
@@ -64,14 +63,6 @@ run.append_event("end", step=step)
 run.finish("stopped" if run.stop_requested() else "finished")
 """
 STAND_IN = (sys.executable, "-c", STAND_IN_TRAINER)
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_config(tmp_path: Path, name: str = "advertise gen", **changes: object) -> RunConfig:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from support.tmpfs import fill, small_tmpfs
-from test_runs import DEADLINE_S, STAND_IN, make_config, wait_until
+from support.waiting import wait_until
+from test_runs import DEADLINE_S, STAND_IN, make_config
 
 from glmcore.runs import (
     DiskFull,

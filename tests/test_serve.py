@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx2 as httpx
 import openai
 import pytest
-from test_app_support import tiny_config, write_run
+from support.app import tiny_config, write_run
 
 from glmcore.serve.servers import Server, list_servers, resolve_api_key
 from glmcore.workspace import Workspace
@@ -291,7 +291,8 @@ def test_list_shows_the_servers(workspace: Workspace, servers):
 
 
 async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Workspace, servers):
-    from test_app_support import make_app, settle
+    from support.app import make_app, settle
+    from support.waiting import wait_until_in_app
 
     answer = _ask(_client(servers["narrow"], None), "tiny-chatglm", "hi")
     app = make_app(workspace)
@@ -299,8 +300,7 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         await pilot.press("f9")
         screen = pilot.app.screen
         table = screen.query_one("#serve-table")
-        while table.row_count < 2:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: table.row_count >= 2, "both servers listed")
         await pilot.press(*["down"] * list(screen.rows).index(servers["narrow"].id))
         await settle(pilot)
         about = str(screen.query_one("#serve-about").render())
@@ -313,17 +313,16 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         port = screen.query_one("#serve-port")
         port.value = "0"
         await pilot.press("s")
-        while table.row_count < 3:
-            await pilot.pause(0.2)
+        await wait_until_in_app(pilot, lambda: table.row_count >= 3, "the started server listed")
         await pilot.press("up", "up")  # the newest server is the first row
-        while screen.rows[screen.selected_id()].status.state == "starting":
-            await pilot.pause(0.2)
+        await wait_until_in_app(
+            pilot, lambda: screen.rows[screen.selected_id()].status.state != "starting", "the server ready"
+        )
         started = screen.rows[screen.selected_id()]
         assert started.server not in servers.values() and started.status.state == "ready"
         assert ALPHA in started.status.models
         await pilot.press("x")
-        while started.server.status().is_active:
-            await pilot.pause(0.2)
+        await wait_until_in_app(pilot, lambda: not started.server.status().is_active, "the server stopped")
         await settle(pilot)
         assert started.server.status().state == "stopped"
 

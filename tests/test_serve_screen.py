@@ -6,7 +6,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_app_support import make_app, make_workspace, settle
+from support.app import make_app, make_workspace, settle
+from support.waiting import wait_until_in_app
 from test_snapshots import assert_whole, press
 
 from glmcore.serve.servers import Server, ServerPlan
@@ -72,10 +73,14 @@ def test_serve_screen(snap_compare, size: tuple[int, int]) -> None:
     async def open_serve(pilot) -> None:
         await press(pilot, "f9")
         screen = pilot.app.screen
-        while screen.query_one("#serve-table").row_count < 2 or "Models:" not in str(
-            screen.query_one("#serve-about").render()
-        ):
-            await pilot.pause(0.1)
+        await wait_until_in_app(
+            pilot,
+            lambda: (
+                screen.query_one("#serve-table").row_count >= 2
+                and "Models:" in str(screen.query_one("#serve-about").render())
+            ),
+            "both servers and the models they serve",
+        )
         await settle(pilot)
         await assert_whole(pilot)
 

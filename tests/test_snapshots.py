@@ -4,11 +4,12 @@ recorded GPUs and a fixed clock. At 80x24 each also checks that nothing on scree
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
-from test_app_support import cut_text, make_app, make_workspace, settle, tiny_config, write_run
+from support.app import cut_text, make_app, make_workspace, settle, tiny_config, write_run
+from support.snapshot_root import fixed_root, module_on_a_clean_root
+from support.waiting import wait_until_in_app
 
 from glmcore.workspace import Workspace
 from glmtui.screens.base import NAVIGATION, UNLISTED_SCREENS
@@ -18,7 +19,10 @@ from glmtui.screens.training import TrainingScreen
 
 SIZES = [(80, 24), (120, 40)]
 # Paths are shown on screen, so the workspace lives at the same place on every run.
-SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-snapshot-workspace"
+SNAPSHOT_ROOT = fixed_root("glmtui-snapshot-workspace")
+
+clean_snapshot_root = module_on_a_clean_root(SNAPSHOT_ROOT)
+
 STATES = ("created", "running", "stopping", "stopped", "finished", "failed", "crashed")
 REASONS = {
     "failed": "CUDA out of memory: tried to allocate 2.00 GiB; lower the batch or use 4-bit",
@@ -86,7 +90,7 @@ async def assert_whole(pilot) -> None:
 async def highlight(pilot, state: str) -> None:
     """Move the Runs table's cursor to the run in ``state`` by keys."""
     table = pilot.app.screen.query_one("#runs-table")
-    await wait_for(pilot, lambda: table.row_count == len(STATES))
+    await wait_until_in_app(pilot, lambda: table.row_count == len(STATES), "a row per state")
     index = [key.value for key in table.rows].index(run_id(state))
     await press(pilot, *["down"] * index)
 
@@ -127,29 +131,21 @@ def workspace_with_saved_config() -> tuple[Workspace, Path]:
     return workspace, path
 
 
-async def wait_for(pilot, condition) -> None:
-    """Let the app run until ``condition()`` holds: on a loaded machine a dialog can take a while to open, and
-    keys pressed before it has the focus would go elsewhere."""
-    for _ in range(2400):  # two minutes: a shared CI machine can be that slow to load a model
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError(f"the app never reached {condition.__doc__ or condition}")
-
-
 async def open_load_dialog(pilot, path: Path) -> None:
     await press(pilot, "ctrl+o")
-    await wait_for(pilot, lambda: getattr(pilot.app.focused, "id", None) == "load-path")
+    await wait_until_in_app(
+        pilot, lambda: getattr(pilot.app.focused, "id", None) == "load-path", "the dialog"
+    )
     await pilot.press(*str(path))
-    await wait_for(pilot, lambda: pilot.app.focused.value == str(path))
+    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == str(path), "the path typed")
 
 
 async def load_saved_config(pilot, path: Path) -> None:
     """ctrl+o, type the TOML's path, enter: the editor fills from it (focus goes back to the Name field)."""
     await open_load_dialog(pilot, path)
     await press(pilot, "enter")
-    await wait_for(pilot, lambda: getattr(pilot.app.focused, "id", None) == "name")
-    await wait_for(pilot, lambda: pilot.app.focused.value == "tiny-ptuning")
+    await wait_until_in_app(pilot, lambda: getattr(pilot.app.focused, "id", None) == "name", "the editor")
+    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == "tiny-ptuning", "the config loaded")
     await settle(pilot)
 
 
@@ -187,8 +183,11 @@ def test_config_editor_with_lora(snap_compare, size: tuple[int, int]) -> None:
         await press(pilot, "tab", "tab", "tab", "tab")  # Name -> Model -> Train -> Validation -> Method
         method = pilot.app.screen.query_one("#method")
         await press(pilot, "enter")
-        while not method.expanded or type(pilot.app.focused).__name__ != "SelectOverlay":
-            await pilot.pause(0.05)
+        await wait_until_in_app(
+            pilot,
+            lambda: method.expanded and type(pilot.app.focused).__name__ == "SelectOverlay",
+            "the method list open",
+        )
         await press(pilot, "down", "enter")  # ptuning-v2 -> lora
         assert pilot.app.screen.current_config().method == "lora"
         await assert_whole(pilot)
@@ -234,10 +233,16 @@ def test_command_palette(snap_compare, size: tuple[int, int]) -> None:
     async def open_palette(pilot) -> None:
         await settle(pilot)
         await press(pilot, "ctrl+p")
-        await wait_for(pilot, lambda: type(pilot.app.focused).__name__ == "CommandInput")
+        await wait_until_in_app(
+            pilot, lambda: type(pilot.app.focused).__name__ == "CommandInput", "the palette"
+        )
         await pilot.press(*"go to")
         options = pilot.app.screen.query_one("CommandList")
-        await wait_for(pilot, lambda: options.option_count == len(NAVIGATION + UNLISTED_SCREENS))
+        await wait_until_in_app(
+            pilot,
+            lambda: options.option_count == len(NAVIGATION + UNLISTED_SCREENS),
+            "every screen's command",
+        )
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_palette)
@@ -314,12 +319,40 @@ def test_chat_with_a_checkpoint(snap_compare, size: tuple[int, int]) -> None:
         await press(pilot, "c")
         screen = pilot.app.screen
         assert isinstance(screen, ChatScreen)
-        while screen.session is None:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: screen.session is not None, "the model loaded")
         await pilot.press(*"hello")
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=chat)
+
+
+def test_chat_with_a_system_prompt(snap_compare) -> None:
+    """ChatGLM3's chat has a system role, so its Chat screen has a System field (ChatGLM-6B's has none)."""
+    from glmcore.models import family_named
+
+    workspace = make_workspace(SNAPSHOT_ROOT)
+    model = (
+        family_named("chatglm3-6b")
+        .implementation()
+        .write_tiny_checkpoint(workspace.models_dir / "tiny-chatglm3", num_shards=1, seq_length=2048)
+    )
+    config = tiny_config(workspace, model_path=model)
+    write_run(workspace, "20260501-110000-chatglm3", config, state="finished", step=30, losses=[2.0])
+    app = make_app(workspace)
+
+    async def chat(pilot) -> None:
+        await settle(pilot)
+        await press(pilot, "c")
+        screen = pilot.app.screen
+        assert isinstance(screen, ChatScreen)
+        await wait_until_in_app(pilot, lambda: screen.session is not None, "the model loaded")
+        await press(pilot, "shift+tab", "shift+tab")  # from the message back to the System field
+        await pilot.press(*"Answer briefly.")
+        await press(pilot, "enter")
+        await pilot.press(*"hello")
+        await assert_whole(pilot)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=chat)
 
 
 async def test_the_cut_check_finds_a_screen_too_narrow_for_its_text(tmp_path: Path) -> None:

@@ -18,7 +18,9 @@ from glmcore.models.chatglm6b.tiny import (
     TinyCheckpointError,
     write_tiny_checkpoint,
 )
+from glmcore.models.checkpoint import read_weights, write_shards
 
+GOLDEN = Path(__file__).parent / "golden"
 REFERENCE = Path(__file__).parent / "fixtures" / "reference" / "chatglm-6b"
 """The published THUDM/chatglm-6b's config.json, tokenizer_config.json and weight index (metadata only)."""
 REAL_LAYER_SUFFIXES = {
@@ -203,3 +205,34 @@ def test_single_shard_is_written_without_an_index(tmp_path: Path) -> None:
 def test_impossible_arguments_raise_a_clear_error(tmp_path: Path, arguments: dict, message: str) -> None:
     with pytest.raises(TinyCheckpointError, match=message):
         write_tiny_checkpoint(tmp_path / "bad", **arguments)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "index_name", "sort_index"),
+    [
+        ("tiny-chatglm6b", "pytorch_model.bin.index.json", True),
+        ("chatglm2/tiny-chatglm2", "pytorch_model.bin.index.json", False),
+        ("chatglm3/tiny-chatglm3", "model.safetensors.index.json", False),
+    ],
+)
+def test_the_shard_writer_rewrites_the_committed_fixtures_byte_for_byte(
+    tmp_path: Path, fixture: str, index_name: str, sort_index: bool
+) -> None:
+    """Every family's tiny checkpoint goes through one writer; given a fixture's own tensors and shards it
+    writes that fixture's weight files and index again, to the byte."""
+    committed = GOLDEN / fixture
+    weight_map = json.loads((committed / index_name).read_text())["weight_map"]
+    shard_files = sorted(set(weight_map.values()))
+    tensors: dict[str, torch.Tensor] = {}
+    groups = []
+    for shard in shard_files:
+        loaded = read_weights(committed / shard)
+        # A pickle keeps the order it was written in; safetensors sorts its own header, so take the index's.
+        order = list(loaded) if shard.endswith(".bin") else [n for n, f in weight_map.items() if f == shard]
+        groups.append(order)
+        tensors.update({name: loaded[name] for name in order})
+    weight_format = "bin" if index_name.startswith("pytorch_model") else "safetensors"
+    write_shards(tmp_path, tensors, groups, weight_format, sort_index=sort_index)
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*shard_files, index_name])
+    for name in [*shard_files, index_name]:
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name

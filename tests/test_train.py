@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from support.waiting import wait_until
 
 import glmcore
 from glmcore.config import RunConfig
@@ -138,16 +138,6 @@ def test_batch_two_equals_batch_one_with_accumulation_two(tiny_model_dir, train_
 # --- the run lifecycle with real processes ----------------------------------------------------------
 
 
-def wait_until(condition, timeout: float = 120.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("timed out waiting")
-
-
 def long_run(store: RunStore, model_dir: Path, train_file: Path) -> Run:
     """A run long enough to be interrupted: thousands of tiny steps, a checkpoint every 20."""
     return store.create(make_config(model_dir, train_file, max_steps=3000, save_steps=20, logging_steps=5))
@@ -170,7 +160,7 @@ def test_detached_run_outlives_its_launcher_stops_with_a_checkpoint_and_resumes(
         subprocess.run([sys.executable, "-c", launcher], check=True, capture_output=True, text=True).stdout
     )
     assert os.getsid(pid) != os.getsid(os.getpid()), "a detached run gets its own session"
-    wait_until(lambda: run.status().step >= 25)  # the launcher has exited long since
+    wait_until(lambda: run.status().step >= 25, "25 steps")  # the launcher has exited long since
     status = stop(run, timeout=120)
     assert status.state == "stopped"
     checkpoint = run.latest_checkpoint()
@@ -179,7 +169,7 @@ def test_detached_run_outlives_its_launcher_stops_with_a_checkpoint_and_resumes(
     assert tuned.config.pre_seq_len == 4
 
     process = resume(run, detach=False)
-    wait_until(lambda: run.status().step >= checkpoint.step + 10)
+    wait_until(lambda: run.status().step >= checkpoint.step + 10, "10 steps after the checkpoint")
     stop(run, timeout=120)
     process.wait(timeout=60)
     events = run.events()
@@ -196,13 +186,13 @@ def test_a_killed_run_is_reported_crashed_and_resumes_from_its_last_checkpoint(
     store = RunStore(tmp_path / "runs")
     run = long_run(store, tiny_model_dir, train_file)
     pid = launch(run, detach=True)
-    wait_until(lambda: run.latest_checkpoint() and run.latest_checkpoint().step >= 20)
+    wait_until(lambda: run.latest_checkpoint() and run.latest_checkpoint().step >= 20, "checkpoint 20")
     os.kill(pid, signal.SIGKILL)
-    status = wait_until(lambda: run.status() if run.status().state == "crashed" else None)
+    status = wait_until(lambda: run.status() if run.status().state == "crashed" else None, "the crash")
     assert "gone" in status.reason
     checkpoint = run.latest_checkpoint()
 
     resume(run, detach=True)
-    wait_until(lambda: run.status().step >= checkpoint.step + 10)
+    wait_until(lambda: run.status().step >= checkpoint.step + 10, "10 steps after the checkpoint")
     assert stop(run, timeout=120).state == "stopped"
     assert_history_is_whole(run)

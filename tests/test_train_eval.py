@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 from test_train import make_config
 
 from glmcore.config import GENERATION_METRICS, validate
@@ -53,16 +55,14 @@ def configure_recorder(workspace: Path, tmp_path: Path) -> Path:
     return calls
 
 
-def read_calls(calls: Path, count: int, timeout: float = 30.0) -> list[dict]:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if calls.exists() and len(lines := calls.read_text(encoding="utf-8").splitlines()) >= count:
-            time.sleep(0.5)  # a second call, if one were made, would have landed by now
-            return [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
-        time.sleep(0.1)
-    raise AssertionError(f"the notification command was called {len(lines) if calls.exists() else 0} times")
+def read_calls(calls: Path, count: int) -> list[dict]:
+    """The notification command's calls once there are `count`, and a moment more for an extra one to land."""
+    wait_until(
+        lambda: calls.exists() and len(calls.read_text(encoding="utf-8").splitlines()) >= count,
+        f"{count} calls of the notification command",
+    )
+    time.sleep(0.5)
+    return [json.loads(line) for line in calls.read_text(encoding="utf-8").splitlines()]
 
 
 def test_the_published_metric_names_are_the_ones_a_config_may_name():

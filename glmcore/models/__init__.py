@@ -21,10 +21,17 @@ CHATGLM_6B = ModelFamily(
 )
 
 CHATGLM2_6B = ModelFamily(
-    name="chatglm2-6b", title="ChatGLM2-6B", package="glmcore.models.chatglm2", tokenizer_file="tokenizer.model"
+    name="chatglm2-6b",
+    title="ChatGLM2-6B",
+    package="glmcore.models.chatglm2",
+    tokenizer_file="tokenizer.model",
 )
 CHATGLM3_6B = ModelFamily(
-    name="chatglm3-6b", title="ChatGLM3-6B", package="glmcore.models.chatglm3", tokenizer_file="tokenizer.model"
+    name="chatglm3-6b",
+    title="ChatGLM3-6B",
+    package="glmcore.models.chatglm3",
+    tokenizer_file="tokenizer.model",
+    system_role=True,
 )
 
 FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)

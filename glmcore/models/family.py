@@ -54,6 +54,9 @@ class ModelShape:
     mlp_values_per_inner: int = 1
     """Values per inner unit the MLP keeps for its backward pass: a GELU keeps its input (1); a SwiGLU whose
     three ffn-wide matrices are counted as an inner size of 1.5 × ffn keeps 3 × ffn values (2 per unit)."""
+    positions: int = 2048
+    """Positions the model has (ChatGLM-6B's max_sequence_length, ChatGLM2/3's seq_length): a run's prefix,
+    prompt and answer share them."""
 
     @classmethod
     def from_model_dir(cls, path: Path) -> ModelShape:
@@ -140,6 +143,9 @@ class ModelFamily:
     """The family's package, "glmcore.models.chatglm6b"."""
     tokenizer_file: str
     """The tokenizer file a complete model folder holds."""
+    system_role: bool = False
+    """Whether the family's chat format has a system role (ChatGLM3's `<|system|>` message), so that a system
+    prompt is its own message; the Chat screen offers one only then."""
 
     def _package(self) -> ModuleType:
         return importlib.import_module(self.package)

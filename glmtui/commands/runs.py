@@ -6,6 +6,7 @@ import argparse
 import socket
 from datetime import datetime
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -16,10 +17,11 @@ from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
-from glmtui.presentation import run_cells, state_text
+from glmtui.presentation import family_title, fit_run_columns, run_cells, state_text
 
 PIPED_WIDTH = 200
-COLUMNS = ("Run", "State", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
+COLUMNS = ("Run", "State", "Family", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
+RIGHT_ALIGNED = ("Step", "Loss", "Tok/s", "ETA", "Age")
 
 
 def last_log_event(run: Run) -> dict | None:
@@ -32,11 +34,15 @@ def store_from_workspace() -> RunStore:
     return RunStore(Workspace.from_env().runs_dir)
 
 
-def _row(run: Run) -> list[str | Text]:
+def _cells(run: Run) -> dict[str, str | Text]:
     status = run.status()
     away = f" on {status.host}" if status.is_active and status.host != socket.gethostname() else ""
-    cells = run_cells(status, last_log_event(run), datetime.now().astimezone())
-    return [Text(run.id), state_text(status.state, away), *(cells[column] for column in COLUMNS[2:])]
+    now = datetime.now().astimezone()
+    return {
+        "Run": Text(run.id),
+        "State": state_text(status.state, away),
+        **run_cells(status, last_log_event(run), now, family_title(run.config.model_path)),
+    }
 
 
 def show_runs(args: argparse.Namespace) -> int:
@@ -48,18 +54,32 @@ def show_runs(args: argparse.Namespace) -> int:
             f"No runs in {escape(str(store.runs_dir))} yet; start one with `glmtui train CONFIG.toml`."
         )
         return 0
-    if not console.is_terminal:
-        console.width = PIPED_WIDTH  # a pipe or file has no width to fit; keep whole ids for grep and scripts
-    table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
-    for column in COLUMNS:
-        table.add_column(column.upper(), justify="left" if column in ("Run", "State", "GPUs") else "right")
+    rows: list[dict[str, str | Text]] = []
     for run, sweep in group_runs(runs):
         if sweep is not None:
-            table.add_row(Text(f"sweep {sweep}", style="bold"), *[""] * (len(COLUMNS) - 1))
+            rows.append({"Run": Text(f"sweep {sweep}", style="bold")})
         try:
-            table.add_row(*_row(run))
+            rows.append(_cells(run))
         except GlmError as error:
-            table.add_row(Text(run.id), Text("unreadable", style="red"), Text(str(error)), "", "", "", "", "")
+            rows.append({"Run": Text(run.id), "State": Text.assemble(("unreadable", "red"), f": {error}")})
+    columns: list[str] = list(COLUMNS)
+    if console.is_terminal:
+        # As the Runs screen does: leave out the least important columns rather than cut every cell short
+        # (the widths of readable runs' rows: sweep titles and errors wrap).
+        widths = {
+            column: max(
+                cell_len(column), *(cell_len(str(row.get(column, ""))) for row in rows if "Step" in row)
+            )
+            for column in COLUMNS
+        }
+        columns = list(fit_run_columns(widths, console.width, 1))
+    else:
+        console.width = PIPED_WIDTH  # a pipe or file has no width to fit; keep whole ids for grep and scripts
+    table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
+    for column in columns:
+        table.add_column(column.upper(), justify="right" if column in RIGHT_ALIGNED else "left")
+    for row in rows:
+        table.add_row(*(row.get(column, "") for column in columns))
     console.print(table)
     if problem := report_found_in(store):  # a crash or a sweep's end nobody reported yet
         Console(stderr=True).print(Text(f"glmtui: no notification was sent: {problem}"))

@@ -71,6 +71,10 @@ class ChatScreen(WorkbenchScreen):
             yield Input("0.95", id="chat-temperature", type="number")
             yield Label("Top p:")
             yield Input("0.7", id="chat-top-p", type="number")
+        with Horizontal(id="chat-system-row"):
+            # Shown for families whose chat format has a system role (ChatGLM3) once their model is loaded.
+            yield Label("System:")
+            yield Input(placeholder="optional: how the assistant should behave", id="chat-system")
         yield Static("Pick a run on the Runs screen (F5) and press c.", id="chat-status")
         with VerticalScroll(id="chat-log"):
             yield Static("", id="chat-transcript")
@@ -125,6 +129,7 @@ class ChatScreen(WorkbenchScreen):
 
     def on_chat_loaded(self, message: ChatLoaded) -> None:
         self.session = message.session
+        self.query_one("#chat-system-row").display = message.session.system_role
         self._status(f"Chatting with {message.session.family_title}, {message.description}.")
         self.query_one("#chat-input", Input).focus()
 
@@ -137,6 +142,9 @@ class ChatScreen(WorkbenchScreen):
             self.load_session(self.run.config.model_path, self._checkpoint())
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "chat-system":
+            self.query_one("#chat-input", Input).focus()  # the system prompt goes with the next message
+            return
         if event.input.id != "chat-input" or not event.value.strip():
             return
         if self.session is None:
@@ -147,6 +155,9 @@ class ChatScreen(WorkbenchScreen):
         settings = self._settings()
         if settings is None:
             return
+        if self.session.system_role:  # type: ignore[attr-defined]
+            system = self.query_one("#chat-system", Input).value.strip()
+            self.session.use_system(system)  # type: ignore[attr-defined]
         query = event.value.strip()
         event.input.value = ""
         self.transcript.append((query, ""))

@@ -617,7 +617,8 @@ class ConfigScreen(WorkbenchScreen):
             width = (widget.content_size.width or 40) - 2  # rows stay whole when the side's scrollbar appears
             text = Text(f"Model family: {self.family}\n") if self.family else Text()
             widget.update(
-                text + describe_estimate(self.estimates, self._checking.gpus, self.workbench.gpu_snapshot, width)
+                text
+                + describe_estimate(self.estimates, self._checking.gpus, self.workbench.gpu_snapshot, width)
             )
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:

@@ -122,6 +122,14 @@ class EvaluateScreen(WorkbenchScreen):
         if not picked:
             self.notify("Tick at least one entry to evaluate.", severity="warning")
             return
+        data_text = self.query_one("#evaluate-data", Input).value.strip()
+        if not data_text:
+            self.notify(
+                "The Data file field is empty: type the path of a .json, .jsonl or .csv file with the run's "
+                "columns.",
+                severity="error",
+            )
+            return
         limit_text = self.query_one("#evaluate-limit", Input).value.strip()
         if limit_text and not limit_text.isdigit():
             self.notify(
@@ -132,9 +140,7 @@ class EvaluateScreen(WorkbenchScreen):
         self._cancel = threading.Event()
         self.query_one("#evaluate-status", Static).update("Loading the model…")
         self.query_one("#evaluate-progress", ProgressBar).display = True
-        self.compare(
-            self.run, picked, Path(self.query_one("#evaluate-data", Input).value.strip()), limit, self._cancel
-        )
+        self.compare(self.run, picked, Path(data_text), limit, self._cancel)
 
     def action_cancel(self) -> None:
         self._cancel.set()

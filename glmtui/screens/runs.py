@@ -2,8 +2,8 @@
 
 It reads the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
 appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second, and the
-queue's plan: queued runs show their position, and the lines under the table say why each waits. The runs of a
-sweep stand together.
+queue's plan: queued runs show their position, and the lines under the table say why each waits; when runs are
+queued and no worker is alive, it starts one. The runs of a sweep stand together.
 """
 
 from __future__ import annotations
@@ -26,18 +26,25 @@ from glmcore.queue import Decision, Queue
 from glmcore.runs import EventTail, Run, RunStatus
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
-from glmtui.presentation import run_cells, state_text
+from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
 
 REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 # Run and Step grow to their longest value (they change only when runs come or go).
-COLUMNS = {"Run": 12, "State": 8, "Step": 7, "Loss": 7, "Tok/s": 7, "ETA": 7, "GPUs": 5, "Age": 7}
+COLUMNS = {
+    "Run": 12,
+    "State": 8,
+    "Family": 11,
+    "Step": 7,
+    "Loss": 7,
+    "Tok/s": 7,
+    "ETA": 7,
+    "GPUs": 5,
+    "Age": 7,
+}
 GROWING_COLUMNS = ("Run", "Step")
-DROP_ORDER = ("Age", "GPUs", "Tok/s", "Loss", "Step")
-"""Least important first: the columns left out, in this order, while the table is wider than the terminal
-(the highlighted run's line below the table still shows them). Run, State and ETA always stay."""
 CELL_PADDING = 2
 
 
@@ -52,13 +59,15 @@ class RunRow:
     """Its place in the queue and why it waits, while it is queued."""
     marked: bool = False
     """Marked (space) for the Compare screen."""
+    family: str = MISSING
+    """Its model's family as users read it (`family_title`), read with the folders."""
 
     def cells(self, now: datetime) -> dict[str, str | Text]:
         """The text of every column, by column name (Text where a value must not be read as markup)."""
         return {
             "Run": Text(("✓ " if self.marked else "") + self.run.id),
             "State": state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
-            **run_cells(self.status, self.last_log, now),
+            **run_cells(self.status, self.last_log, now, self.family),
         }
 
     def describe(self, now: datetime, hidden: list[str]) -> str:
@@ -72,16 +81,12 @@ class RunRow:
 
 
 def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, int]:
-    """The columns to show in ``width`` cells and their widths: every column, less DROP_ORDER's first ones
-    while the table would be wider."""
+    """The columns to show in ``width`` cells and their widths: every column, less the least important ones
+    while the table would be wider (`fit_run_columns`)."""
     widths = dict(COLUMNS)
     for column in GROWING_COLUMNS:
         widths[column] = max([widths[column], *(len(row.cells(now)[column]) for row in rows)])
-    for column in DROP_ORDER:
-        if sum(cell + CELL_PADDING for cell in widths.values()) <= width:
-            break
-        del widths[column]
-    return widths
+    return fit_run_columns(widths, width, CELL_PADDING)
 
 
 class RunsRead(Message):
@@ -184,13 +189,21 @@ class RunsScreen(RunActions):
             planned, queue_problem = dict(queue.plan(snapshot)), None
         except GlmError as error:
             planned, queue_problem = {}, str(error)
+        if planned and (pid := queue.ensure_worker()) is not None:
+            # Queued runs with no live worker (it was killed, or they were queued from elsewhere): start one,
+            # as `glmtui train --queue` does, so nothing waits for a worker that is not there.
+            self.app.call_from_thread(
+                self.notify,
+                f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
+            )
         for run in runs:
             tail, last_log = self._tails.get(run) or (run.tail_events(), None)
             for record in tail.read_events():
                 if record.get("kind") == "log":
                     last_log = record
             self._tails[run] = (tail, last_log)
-            rows.append(RunRow(run, run.status(), last_log, planned.get(run)))
+            family = family_title(run.config.model_path)
+            rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
         for gone in set(self._tails) - set(runs):
             del self._tails[gone]
         self.post_message(RunsRead(rows, queue_problem))

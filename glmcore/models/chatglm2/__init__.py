@@ -66,6 +66,8 @@ PUBLISHED_TOKENIZER_CODE = {
     "f3e7e26af20b222d107f888a3db305a1a25ea74c16952d36257e0e606d1780f6": "chatglm3-6b",
 }
 PUBLISHED_SEQ_LENGTH = {32768: "chatglm2-6b", 8192: "chatglm3-6b"}
+SEQ_LENGTH_WHEN_UNSET = 8192
+"""The positions of a model whose config.json gives no seq_length (ChatGLM2Config's default, what it loads with)."""
 NAME_PATTERN = re.compile(r"chatglm([23])-6b", re.IGNORECASE)
 # Keys only the ChatGLM2/3 configs carry (ChatGLM-6B's has none of them).
 GENERATION_KEYS = ("padded_vocab_size", "multi_query_group_num", "kv_channels", "ffn_hidden_size")
@@ -143,4 +145,5 @@ def shape(config_json: dict) -> ModelShape:
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", False)),
         key_value_width=2 * value("multi_query_group_num") * value("kv_channels"),
         mlp_values_per_inner=2,
+        positions=value("seq_length") if "seq_length" in config_json else SEQ_LENGTH_WHEN_UNSET,
     )

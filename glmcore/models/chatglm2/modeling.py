@@ -416,9 +416,11 @@ class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin)
         logits = self.transformer.output_layer(hidden_states[:, :-1][selected]).float()
         total = F.cross_entropy(logits, targets[selected], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
+        # A batch whose rows were all cut before their answers (finetune_hf.py keeps such ChatGLM3 rows, every
+        # label -100) has nothing to learn: its loss is 0 with no gradient, not 0 / 0 (NaN in every weight).
         if isinstance(count, torch.Tensor):
-            count = count.to(total.device)
-        return total / count
+            return total / count.to(total.device).clamp(min=1)
+        return total / max(count, 1)
 
     def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Positions count real tokens from 0 (left padding gets 0), as the published tokenizer gives them."""

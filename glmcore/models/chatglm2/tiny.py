@@ -19,10 +19,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from safetensors.torch import save_file
 
 from glmcore.errors import GlmError
 from glmcore.models.chatglm6b.tiny import BUILTIN_CORPUS
+from glmcore.models.checkpoint import contiguous_groups, random_state, write_shards
 
 TOKENIZER_FILE = "tokenizer.model"
 GLM_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
@@ -112,7 +112,7 @@ def write_tiny_checkpoint(
         seed=seed,
         init_std=init_std,
     )
-    _write_shards(folder, tensors, num_shards, weight_format)
+    _write_contiguous_shards(folder, tensors, num_shards, weight_format)
     return folder
 
 
@@ -234,37 +234,14 @@ def _write_sentencepiece_model(
     return spm.SentencePieceProcessor(model_file=str(path))
 
 
-def _write_shards(
+def _write_contiguous_shards(
     folder: Path, tensors: dict[str, torch.Tensor], num_shards: int, weight_format: str
 ) -> None:
-    """Contiguous shards under transformers' file names, with the index when there is more than one."""
+    """`num_shards` contiguous shards, the index in shard order (as the fixtures were written)."""
     names = list(tensors)
     if not 1 <= num_shards <= len(names):
         raise TinyCheckpointError(f"num_shards must be between 1 and {len(names)}, not {num_shards}.")
-    if weight_format == "bin":
-        single, index_name, pattern = (
-            "pytorch_model.bin",
-            "pytorch_model.bin.index.json",
-            "pytorch_model-{:05d}-of-{:05d}.bin",
-        )
-    else:
-        single, index_name = "model.safetensors", "model.safetensors.index.json"
-        pattern = "model-{:05d}-of-{:05d}.safetensors"
-    size, extra = divmod(len(names), num_shards)
-    weight_map, start = {}, 0
-    for index in range(num_shards):
-        group = names[start : start + size + (1 if index < extra else 0)]
-        start += len(group)
-        file_name = single if num_shards == 1 else pattern.format(index + 1, num_shards)
-        shard = {name: tensors[name].contiguous() for name in group}
-        if weight_format == "bin":
-            torch.save(shard, folder / file_name)
-        else:
-            save_file(shard, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(group, file_name))
-    if num_shards > 1:
-        total_size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
-        _write_json(folder / index_name, {"metadata": {"total_size": total_size}, "weight_map": weight_map})
+    write_shards(folder, tensors, contiguous_groups(names, num_shards), weight_format, sort_index=False)
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -277,12 +254,11 @@ def write_random_checkpoint(directory: str | Path, config_values: dict, *, flavo
     published config.json's keys), and a tiny checkpoint's tokenizer files (the bench feeds ids directly)."""
     from glmcore.models.chatglm2.configuration import ChatGLM2Config
     from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration
-    from glmcore.models.checkpoint import random_state
 
     folder = write_tiny_checkpoint(directory, flavour=flavour, num_shards=1)
     for stale in folder.glob("pytorch_model*"):
         stale.unlink()
     tensors = random_state(ChatGLM2ForConditionalGeneration, ChatGLM2Config(**config_values))
-    _write_shards(folder, tensors, min(7, len(tensors)), "bin")
+    _write_contiguous_shards(folder, tensors, min(7, len(tensors)), "bin")
     _write_json(folder / "config.json", dict(config_values))
     return folder

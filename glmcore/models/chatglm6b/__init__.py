@@ -68,4 +68,7 @@ def shape(config_json: dict) -> ModelShape:
         num_heads=value("num_attention_heads"),
         inner_hidden_size=value("inner_hidden_size"),
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", True)),
+        positions=value("max_sequence_length")
+        if "max_sequence_length" in config_json
+        else PUBLISHED_CONFIG["max_sequence_length"],
     )

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
-from safetensors.torch import save_file
 
 from glmcore.errors import GlmError
+from glmcore.models.checkpoint import contiguous_groups, random_state, write_shards
 
 GLM_SPECIAL_PIECES = ("[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>")
 MAX_BLANK_LENGTH = 80
@@ -150,7 +150,7 @@ def write_tiny_checkpoint(
         seed=seed,
         init_std=init_std,
     )
-    _write_shards(folder, tensors, num_shards, weight_format)
+    write_shards(folder, tensors, _shard_groups(list(tensors), num_shards), weight_format, sort_index=True)
     return folder
 
 
@@ -314,42 +314,7 @@ def _shard_groups(names: list[str], num_shards: int) -> list[list[str]]:
     if num_shards == 1:
         return [names]
     body = [name for name in names if name != "lm_head.weight"]
-    body_shards = num_shards - 1
-    base, extra = divmod(len(body), body_shards)
-    groups, start = [], 0
-    for index in range(body_shards):
-        size = base + (1 if index < extra else 0)
-        groups.append(body[start : start + size])
-        start += size
-    return [*groups, ["lm_head.weight"]]
-
-
-def _write_shards(
-    folder: Path, tensors: dict[str, torch.Tensor], num_shards: int, weight_format: str
-) -> None:
-    """Save the shards and their index under the file names transformers uses for each format."""
-    groups = _shard_groups(list(tensors), num_shards)
-    if weight_format == "bin":
-        single_name, index_name = "pytorch_model.bin", "pytorch_model.bin.index.json"
-        shard_name = "pytorch_model-{index:05d}-of-{total:05d}.bin"
-    else:
-        single_name, index_name = "model.safetensors", "model.safetensors.index.json"
-        shard_name = "model-{index:05d}-of-{total:05d}.safetensors"
-    weight_map = {}
-    for index, group in enumerate(groups, start=1):
-        file_name = single_name if len(groups) == 1 else shard_name.format(index=index, total=len(groups))
-        shard = {name: tensors[name].contiguous() for name in group}
-        if weight_format == "bin":
-            torch.save(shard, folder / file_name)
-        else:
-            save_file(shard, str(folder / file_name), metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(group, file_name))
-    if len(groups) > 1:
-        total_size = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
-        _write_json(
-            folder / index_name,
-            {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))},
-        )
+    return [*contiguous_groups(body, num_shards - 1), ["lm_head.weight"]]
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -362,7 +327,6 @@ def write_random_checkpoint(folder: Path, config_values: dict) -> Path:
     published), `config.json` from `config_values`, and a tiny checkpoint's tokenizer files."""
     from glmcore.models.chatglm6b.configuration import ChatGLMConfig
     from glmcore.models.chatglm6b.modeling import ChatGLMForConditionalGeneration, rotary_inverse_frequencies
-    from glmcore.models.checkpoint import random_state
 
     # The tokenizer files of a tiny checkpoint complete the folder; the benchmark feeds ids directly.
     write_tiny_checkpoint(folder, num_shards=1)

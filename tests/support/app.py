@@ -1,4 +1,5 @@
-"""Shared set-up for the app tests (no tests here): a workspace with the tiny model and sample data, runs as files."""
+"""Shared set-up for the app tests: a workspace with the tiny model and sample data, runs as files, the app on
+recorded GPUs, and what a screen cuts off."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from glmcore.sample_data import write_sample_dataset
 from glmcore.workspace import Workspace
 from glmtui.app import GlmApp
 
-GPU_SAMPLES = Path(__file__).parent / "fixtures" / "gpu_samples.json"
+GPU_SAMPLES = Path(__file__).parents[1] / "fixtures" / "gpu_samples.json"
 FIXED_NOW = datetime.fromisoformat("2026-05-01T12:00:00+00:00")
 
 
