@@ -25,6 +25,9 @@ from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
 from glmcore.quiet import LIBRARY_LOG_NAME, quiet_libraries
 from glmcore.runs import Run, describe_failure, describe_resume
 
+SLURM_RUN_VARIABLE = "GLMTUI_SLURM_JOB"
+"""Set by glmcore.slurm.node for a Slurm run's training process (its job id)."""
+
 
 def _dtype(config: RunConfig):
     import torch
@@ -326,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glmtui: rank {info.rank} of {info.world_size}, pid {os.getpid()}", flush=True)
     if info.is_main:
         run.mark_running(run_process_id(info))
-    _stop_gracefully_on_sigterm(run)
+    if not os.environ.get(SLURM_RUN_VARIABLE):  # under Slurm, SIGTERM is scancel or a hard time limit
+        _stop_gracefully_on_sigterm(run)
     try:
         state = train(run, resume=args.resume)
     except KeyboardInterrupt:
