@@ -32,6 +32,9 @@ from glmcore.errors import GlmError
 CPU_PROCESSES_VARIABLE = "GLMTUI_CPU_PROCESSES"
 """How many gloo ranks a run without GPUs starts (tests and debugging); 1 when unset."""
 RENDEZVOUS_HOST = "127.0.0.1"
+SLURM_RUN_VARIABLE = "GLMTUI_SLURM_JOB"
+"""Set (to the job id) for a Slurm run's training process by glmcore.slurm.node: Slurm's SIGTERM (scancel, a
+hard time limit) then ends it at once, so the run shows how Slurm ended the job rather than a graceful stop."""
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 TRAINER_MODULE = "glmcore.train"
 _PR_SET_PDEATHSIG = 1

@@ -19,14 +19,18 @@ from pathlib import Path
 from glmcore.callbacks import LogLinePrinter, RunEventsCallback
 from glmcore.config import RunConfig
 from glmcore.data import Columns, TrainingCollator, load_examples, training_dataset
-from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
+from glmcore.distributed import (
+    SLURM_RUN_VARIABLE,
+    RankInfo,
+    die_with_parent,
+    rank_log_path,
+    redirect_output,
+    run_process_id,
+)
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
 from glmcore.quiet import LIBRARY_LOG_NAME, quiet_libraries
 from glmcore.runs import Run, describe_failure, describe_resume
-
-SLURM_RUN_VARIABLE = "GLMTUI_SLURM_JOB"
-"""Set by glmcore.slurm.node for a Slurm run's training process (its job id)."""
 
 
 def _dtype(config: RunConfig):

@@ -17,9 +17,8 @@ import sys
 from pathlib import Path
 
 from glmcore.config import RunConfig
-from glmcore.distributed import launch_plan
+from glmcore.distributed import SLURM_RUN_VARIABLE, launch_plan
 from glmcore.slurm.gpus import RECORDED_SAMPLES_VARIABLE, SAMPLE_INTERVAL_S, NodeSampler, raw_source
-from glmcore.train import SLURM_RUN_VARIABLE
 
 
 def main(argv: list[str] | None = None) -> int:

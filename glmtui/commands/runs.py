@@ -15,7 +15,7 @@ from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
-from glmtui.presentation import run_cells, state_text
+from glmtui.presentation import run_cells, slurm_detail, state_text
 
 PIPED_WIDTH = 200
 COLUMNS = ("Run", "State", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
@@ -35,7 +35,11 @@ def _row(run: Run) -> list[str | Text]:
     status = run.status()
     away = f" on {status.host}" if status.is_active and status.host != socket.gethostname() else ""
     cells = run_cells(status, last_log_event(run), datetime.now().astimezone())
-    return [Text(run.id), state_text(status.state, away), *(cells[column] for column in COLUMNS[2:])]
+    return [
+        Text(run.id),
+        state_text(status.state, slurm_detail(status) or away),
+        *(cells[column] for column in COLUMNS[2:]),
+    ]
 
 
 def show_runs(args: argparse.Namespace) -> int:

@@ -175,12 +175,12 @@ def local_cluster() -> Iterator[SlurmCluster]:
     cluster = SlurmCluster(folder, environment)
     try:
         _start_munge(folder)
-        logs = open(folder / "daemons.log", "ab")
         starts = [["slurmctld", "-D", "-i"]] + [["slurmd", "-D", "-N", name] for name in NODES]
-        for argv in starts:
-            cluster.processes.append(
-                subprocess.Popen(argv, env=environment, stdout=logs, stderr=logs, start_new_session=True)
-            )
+        with open(folder / "daemons.log", "ab") as logs:
+            for argv in starts:
+                cluster.processes.append(
+                    subprocess.Popen(argv, env=environment, stdout=logs, stderr=logs, start_new_session=True)
+                )
         _wait_for_idle_nodes(environment)
         yield cluster
     finally:
@@ -189,7 +189,7 @@ def local_cluster() -> Iterator[SlurmCluster]:
                 os.killpg(process.pid, signal.SIGTERM)
         for process in cluster.processes:
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
