@@ -197,9 +197,14 @@ def test_a_time_limit_checkpoints_first_then_the_job_requeues_and_resumes_from_i
     assert any(event["kind"] == "end" and event["stopped"] for event in run.events())
     pending = wait_until(lambda: run.status().pending_reason, "Slurm to hold the requeued job")
     assert pending == "BeginTime"
-    # Slurm holds a requeued job for two minutes; release it now, as an administrator could.
-    slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now")
-    wait_until(lambda: run.status().state == "running" and steps_logged(run), "the requeued job to train")
+    # Slurm holds a requeued job for two minutes; release it sooner, as an administrator could (not in the
+    # second of the requeue: the nodes refuse to start a job with the credential revoked that second).
+    wait_until(lambda: slurm.squeue(job) == "PENDING", "the job to be pending again")
+    slurm.command("scontrol", "update", f"JobId={job}", "StartTime=now+3")
+    wait_until(
+        lambda: max(steps_logged(run)) > saved.step and run.status().state == "running",
+        "the requeued job to train",
+    )
     resumed = [event for event in run.events() if event["kind"] == "resumed"]
     starts = [event for event in run.events() if event["kind"] == "start"]
     assert resumed[-1]["checkpoint"] == str(saved.path) and starts[-1]["step"] == saved.step > 0

@@ -193,7 +193,10 @@ def local_cluster() -> Iterator[SlurmCluster]:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        munged = folder / "munge" / "pid"
         with contextlib.suppress(OSError, ValueError):
-            os.kill(int(munged.read_text().strip()), signal.SIGTERM)
+            munged = int((folder / "munge" / "pid").read_text().strip())
+            os.kill(munged, signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while Path(f"/proc/{munged}").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
         shutil.rmtree(folder, ignore_errors=True)
