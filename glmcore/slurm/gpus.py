@@ -81,13 +81,14 @@ def latest_readings(run_dir: Path) -> list[NodeReading]:
 
 
 def merged_snapshot(readings: list[NodeReading]) -> GpuSnapshot | None:
-    """Every node's GPUs as one snapshot (numbered on across nodes, in node order) for one GPU panel."""
+    """Every node's GPUs as one snapshot for one GPU panel: numbered on across nodes in node order, each GPU's
+    name led by its node's ("n1 NVIDIA H100…"), so every row says where it is."""
     if not readings:
         return None
     gpus = []
     for reading in readings:
         for gpu in reading.snapshot.gpus:
-            gpus.append(dataclasses.replace(gpu, index=len(gpus)))
+            gpus.append(dataclasses.replace(gpu, index=len(gpus), name=f"{reading.node} {gpu.name or 'GPU'}"))
     first = readings[0].snapshot
     available = any(reading.snapshot.available for reading in readings)
     return GpuSnapshot(

@@ -11,6 +11,7 @@ run's job without an import circle.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -68,6 +69,19 @@ def missing_commands() -> list[str]:
     return [
         name for name in ("sbatch", "squeue", "scontrol", "scancel", "sinfo") if shutil.which(name) is None
     ]
+
+
+CONFIG_PLACES = ("/etc/slurm/slurm.conf", "/etc/slurm-llnl/slurm.conf", "/run/slurm/conf/slurm.conf")
+"""Where Slurm's commands find the cluster's config without SLURM_CONF (the last: configless mode's copy)."""
+
+
+def cluster_configured() -> bool:
+    """Whether this host's Slurm commands have a cluster to talk to: they are installed and find a config
+    (without one, each command retries for a minute before failing)."""
+    if missing_commands():
+        return False
+    places = [os.environ["SLURM_CONF"]] if os.environ.get("SLURM_CONF") else CONFIG_PLACES
+    return any(Path(place).is_file() for place in places)
 
 
 def run_command(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT_S) -> str:
