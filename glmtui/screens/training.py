@@ -233,8 +233,9 @@ class TrainingScreen(RunActions):
         if self.run is not None:
             state = status.state if status else "reading…"
             reason = f" — {status.reason}" if status and status.reason else ""
-            where = slurm_detail(status) if status else ""  # a Slurm job's reason to wait, or its nodes
-            title.update(f"[b]{self.run.id}[/b]  {escape(state + where)}{escape(reason)}")  # any state or reason
+            # Any state and reason, escaped; a Slurm job's reason to wait, or its nodes.
+            where = slurm_detail(status) if status else ""
+            title.update(f"[b]{self.run.id}[/b]  {escape(state + where)}{escape(reason)}")
         progress = self.query_one("#training-progress", ProgressBar)
         progress.display = status is not None and bool(status.total)
         if status is not None and status.total:
