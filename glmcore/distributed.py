@@ -11,8 +11,9 @@ ranks. Each rank therefore asks the kernel to kill it when the agent dies (``PR_
 OOM-killed or force-stopped agent takes every rank with it and none is left holding a GPU.
 
 Several ranks on the CPU (gloo) exist for tests and debugging: set ``GLMTUI_CPU_PROCESSES=N`` in the
-launcher's environment for a run with no GPUs. docs/multi-gpu.md has the details and the plan for several
-hosts.
+launcher's environment for a run with no GPUs. A Slurm job across several nodes (glmcore.slurm.node) runs one
+agent per node with ``nodes``/``node_rank``, meeting at the first node's address: the one rendezvous beyond
+127.0.0.1. docs/multi-gpu.md has the details.
 """
 
 from __future__ import annotations
