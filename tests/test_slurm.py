@@ -5,14 +5,13 @@ Every run goes through sbatch, squeue, scontrol and scancel as on a cluster; not
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_distributed import DEADLINE_S, wait_until
+from test_distributed import train_file as distributed_train_file
 from test_train import make_config
 
 from glmcore.distributed import CPU_PROCESSES_VARIABLE
@@ -20,29 +19,8 @@ from glmcore.runs import Run, RunStore, launch, resume
 from glmcore.slurm.jobs import gpu_count
 from glmcore.slurm.script import SlurmOptions, SlurmOptionsError, job_script, write_options
 
-DEADLINE_S = 150  # how long to wait for Slurm and the ranks to get somewhere; never an assertion on speed
-ROWS = [
-    {"content": "类型#上衣*颜色#白色", "summary": "白色上衣简约百搭"},
-    {"content": "Hello", "summary": "world, this is a test"},
-]
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> object:
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.2)
-    return value
-
-
-@pytest.fixture(scope="module")
-def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "train.json"
-    path.write_text(
-        "\n".join(json.dumps(row, ensure_ascii=False) for row in ROWS * 8) + "\n", encoding="utf-8"
-    )
-    return path
+train_file = distributed_train_file
+"""The two-rank tests' data (16 rows), shared so a one-node and a two-node run split it the same way."""
 
 
 @pytest.fixture

@@ -220,7 +220,7 @@ def _squeue(job_ids: list[int]) -> dict[int, JobInfo]:
         found[int(job_id)] = JobInfo(
             int(job_id),
             state.split()[0],
-            reason or None,
+            reason if reason not in ("", "None") else None,
             tuple(expand_nodelist(nodelist)) if nodelist and nodelist != "(null)" else (),
         )
     return found
