@@ -156,6 +156,11 @@ class RunStatus:
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
 
+    @property
+    def waits_in_slurm(self) -> bool:
+        """Queued in Slurm (its job waiting or starting): it will run without anyone here starting it."""
+        return self.state == "queued" and self.slurm_job is not None
+
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> RunStatus:
         """Keys this version does not know are ignored, so a newer writer never breaks an older reader."""
@@ -786,7 +791,7 @@ def claim(run: Run) -> Iterator[None]:
 
 
 def _refuse_if_active(run: Run, status: RunStatus) -> None:
-    if status.state == "queued" and status.slurm_job is not None:
+    if status.waits_in_slurm:
         raise RunError(f"run {run.id} already waits in Slurm as job {status.slurm_job}; cancel it first")
     if status.is_active:
         where = f" on {status.host}" if status.host != socket.gethostname() else ""

@@ -61,7 +61,13 @@ def steps_logged(run: Run) -> list[int]:
 
 def test_the_job_script_asks_slurm_for_what_the_settings_say(tmp_path: Path) -> None:
     options = SlurmOptions(
-        partition="gpu", nodes=2, gpus_per_node=4, time="4:00:00", account="lab", requeue=True
+        partition="gpu",
+        nodes=2,
+        gpus_per_node=4,
+        cpus_per_node=32,
+        time="4:00:00",
+        account="lab",
+        requeue=True,
     )
     script = job_script(tmp_path, "20261201-run", options, resume=True)
     lines = script.splitlines()
@@ -70,6 +76,7 @@ def test_the_job_script_asks_slurm_for_what_the_settings_say(tmp_path: Path) -> 
         "--nodes=2",
         "--ntasks-per-node=1",
         "--gpus-per-node=4",
+        "--cpus-per-task=32",
         "--partition=gpu",
         "--account=lab",
         "--time=4:00:00",

@@ -25,7 +25,7 @@ from pathlib import Path
 from glmcore.distributed import RENDEZVOUS_HOST, free_port
 from glmcore.runs import Run, now_iso, record_resume
 from glmcore.slurm.jobs import expand_nodelist, node_address, requeue
-from glmcore.slurm.script import TIME_LIMIT_FILE, SlurmOptions, read_options
+from glmcore.slurm.script import TIME_LIMIT_FILE, SlurmOptions, read_options, step_flags
 
 
 def rendezvous(nodes: list[str]) -> tuple[str, int]:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     on_time_limit_warning(run)
     command = [
         "srun",
-        "--ntasks-per-node=1",
+        *step_flags(options),
         "--kill-on-bad-exit=1",
         sys.executable,
         "-m",

@@ -46,6 +46,8 @@ class SlurmOptions:
     nodes: int = 1
     gpus_per_node: int = 0
     """0: a job without GPUs (CPU ranks); otherwise one rank per GPU on every node."""
+    cpus_per_node: int | None = None
+    """CPU cores for each node's ranks (``--cpus-per-task``); None leaves the cluster's default, often 1."""
     time: str | None = None
     """Slurm's time limit format (``90``, ``4:00:00``, ``2-00:00:00``); None leaves the partition's default."""
     account: str | None = None
@@ -62,6 +64,8 @@ class SlurmOptions:
                 found.append(f"slurm {name} {value!r} is not a Slurm name (letters, digits, _ . , : + -)")
         if self.nodes < 1:
             found.append(f"slurm nodes is {self.nodes}; ask for 1 node or more")
+        if self.cpus_per_node is not None and self.cpus_per_node < 1:
+            found.append(f"slurm cpus_per_node is {self.cpus_per_node}; give 1 or more, or leave it out")
         if self.gpus_per_node < 0:
             found.append(f"slurm gpus_per_node is {self.gpus_per_node}; give 0 (CPU) or more")
         if self.time is not None and not TIME_PATTERN.fullmatch(self.time):
@@ -88,7 +92,8 @@ class SlurmOptions:
             )
         values: dict[str, object] = {}
         for key, value in data.items():
-            wanted = {"nodes": int, "gpus_per_node": int, "signal_lead_s": int, "requeue": bool}.get(key, str)
+            integers = ("nodes", "gpus_per_node", "cpus_per_node", "signal_lead_s")
+            wanted = int if key in integers else bool if key == "requeue" else str
             if isinstance(value, bool) != (wanted is bool) or not isinstance(value, wanted):
                 raise SlurmOptionsError(f"{where}: {key} = {value!r} should be a {wanted.__name__}")
             values[key] = value
@@ -133,11 +138,19 @@ def write_options(run_dir: Path, options: SlurmOptions) -> None:
     atomic_write_text(Path(run_dir) / OPTIONS_FILE, json.dumps(options.to_dict(), indent=2) + "\n")
 
 
-def sbatch_flags(options: SlurmOptions) -> list[str]:
-    """The sbatch options that ask for the allocation ``options`` describe."""
-    flags = [f"--nodes={options.nodes}", "--ntasks-per-node=1"]
+def step_flags(options: SlurmOptions) -> list[str]:
+    """What each node's task needs, for sbatch and again for srun (which does not inherit --cpus-per-task)."""
+    flags = ["--ntasks-per-node=1"]
+    if options.cpus_per_node:
+        flags.append(f"--cpus-per-task={options.cpus_per_node}")
     if options.gpus_per_node:
         flags.append(f"--gpus-per-node={options.gpus_per_node}")
+    return flags
+
+
+def sbatch_flags(options: SlurmOptions) -> list[str]:
+    """The sbatch options that ask for the allocation ``options`` describe."""
+    flags = [f"--nodes={options.nodes}", *step_flags(options)]
     if options.partition:
         flags.append(f"--partition={options.partition}")
     if options.account:

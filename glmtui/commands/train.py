@@ -87,7 +87,8 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
                     total=status.total or None,
                     detail=waiting_text(status) or progress_summary(last_log),
                 )
-                if process.poll() is not None if process is not None else not is_underway(status):
+                ended = not (status.is_active or status.waits_in_slurm)
+                if process.poll() is not None if process is not None else ended:
                     break
                 time.sleep(FOLLOW_INTERVAL_S)
             except KeyboardInterrupt:
@@ -110,14 +111,9 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
     return report_end(run, console)
 
 
-def is_underway(status: RunStatus) -> bool:
-    """Whether a Slurm run still waits for its job or trains."""
-    return status.is_active or (status.state == "queued" and status.slurm_job is not None)
-
-
 def waiting_text(status: RunStatus) -> str | None:
     """A Slurm run not training yet: why its job waits, or where it is starting."""
-    if status.state != "queued" or status.slurm_job is None:
+    if not status.waits_in_slurm:
         return None
     if status.pending_reason:
         return f"Slurm job {status.slurm_job} waits: {status.pending_reason}"
