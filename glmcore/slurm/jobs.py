@@ -177,8 +177,9 @@ def forget(job_id: int) -> None:
 def job_infos(job_ids: Iterable[int]) -> dict[int, JobInfo | None]:
     """What Slurm knows of each job (None: nothing, it ended long ago without a completion log entry).
 
-    One ``squeue -t all`` for the jobs not asked about in the last second; those it does not list are read from
-    the job completion log.
+    For the jobs not asked about in the last second, one ``squeue --me -t all`` (every job of this user, all
+    remembered, so a screen asking about each run in turn asks Slurm once), then ``squeue -j`` for those of
+    other users; those squeue does not list are read from the job completion log.
     """
     wanted = sorted(set(job_ids))
     now = time.monotonic()
@@ -187,11 +188,14 @@ def job_infos(job_ids: Iterable[int]) -> dict[int, JobInfo | None]:
     fresh = {job: info for job, (asked, info) in recent.items() if now - asked < CACHE_S}
     missing = [job for job in wanted if job not in fresh]
     if missing:
-        found = _squeue(missing)
-        unknown = [job for job in missing if job not in found]
-        if unknown:
+        found = _squeue(["--me"])
+        if others := [job for job in missing if job not in found]:
+            found.update(_squeue(["-j", ",".join(map(str, others))]))
+        if unknown := [job for job in missing if job not in found]:
             found.update(_completion_log(unknown))
         with _cache.lock:
+            for job, info in found.items():
+                _cache.answers[job] = (now, info)
             for job in missing:
                 _cache.answers[job] = (now, found.get(job))
                 fresh[job] = found.get(job)
@@ -202,11 +206,10 @@ def job_info(job_id: int) -> JobInfo | None:
     return job_infos([job_id])[job_id]
 
 
-def _squeue(job_ids: list[int]) -> dict[int, JobInfo]:
+def _squeue(selection: list[str]) -> dict[int, JobInfo]:
+    """The jobs squeue lists for ``selection`` (``--me``, ``-j IDS``), finished ones too."""
     try:
-        output = run_command(
-            ["squeue", "-h", "-t", "all", "-j", ",".join(map(str, job_ids)), "-o", "%i|%T|%r|%N"]
-        )
+        output = run_command(["squeue", "-h", "-t", "all", *selection, "-o", "%i|%T|%r|%N"])
     except SlurmError as error:
         if "Invalid job id" in str(error):  # none of them is known any more
             return {}
