@@ -41,14 +41,15 @@ FORCE_GRACE_S = 10.0
 GIB = 2**30
 
 
-def _print_vram_estimate(console: Console, config: RunConfig) -> None:
-    """One line comparing the VRAM estimate with the chosen GPUs' free memory; a warning when it won't fit."""
+def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
+    """One line comparing the VRAM estimate with the chosen GPUs' free memory (``here``: on this machine, not
+    a Slurm job's); a warning when it won't fit."""
     from glmcore.estimate import ModelShape, estimate_vram
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
     console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
-    free = free_memory_by_gpu() if config.gpus else {}
+    free = free_memory_by_gpu() if config.gpus and here else {}
     for gpu in config.gpus:
         if gpu in free and not estimate.fits(free[gpu]):
             console.print(
@@ -199,7 +200,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         if slurm is not None:
             config = for_slurm(config, slurm)
-        _print_vram_estimate(console, config)
+        _print_vram_estimate(console, config, here=slurm is None)
         run = RunStore(workspace.ensure().runs_dir).create(config)
         if slurm is not None:
             write_options(run.path, slurm)
