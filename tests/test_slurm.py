@@ -5,6 +5,7 @@ Every run goes through sbatch, squeue, scontrol and scancel as on a cluster; not
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,16 @@ def test_gpus_are_counted_from_slurms_gres_strings() -> None:
     assert gpu_count("gpu:a100:4(S:0-1),gpu:v100:2") == 6
     assert gpu_count("gpu:2(IDX:0-1)") == 2
     assert gpu_count("gpu:a100:0(IDX:N/A),craynetwork:1") == 0
+
+
+def test_slurm_flags_without_slurm_are_refused_before_anything_is_created(tmp_path: Path) -> None:
+    make_config(tmp_path / "model", tmp_path / "train.json").save(tmp_path / "config.toml")
+    environment = {**os.environ, "GLMTUI_HOME": str(tmp_path / "ws"), "COLUMNS": "200"}
+    argv = [sys.executable, "-m", "glmtui.cli", "train", str(tmp_path / "config.toml"), "--nodes", "2"]
+    done = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "--nodes sets where a Slurm job runs; add --slurm to use Slurm" in done.stderr
+    assert not (tmp_path / "ws" / "runs").exists()
 
 
 # --- on the local cluster ---------------------------------------------------------------------------
@@ -257,6 +268,18 @@ def test_a_waiting_job_shows_slurms_reason_and_a_sweep_becomes_jobs(
                 "Priority",
             )
         assert "2 runs submitted to Slurm" in swept.stdout
+        refused = glmtui(
+            tmp_path / "ws",
+            "train",
+            str(tmp_path / "config.toml"),
+            "--slurm",
+            "--partition",
+            "gpu",
+            cluster=slurm,
+        )
+        assert refused.returncode == 2 and "Slurm would refuse this job" in refused.stderr
+        assert "invalid partition" in refused.stderr.lower().replace("\n", " ")
+        assert len(RunStore(tmp_path / "ws" / "runs").list()) == 2  # nothing was created for it
         listed = glmtui(tmp_path / "ws", "runs", cluster=slurm)
         assert "Resources" in listed.stdout, listed.stdout
         assert not (tmp_path / "ws" / "queue" / "order.json").exists()  # glmtui's own queue is not used
