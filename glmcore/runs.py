@@ -681,9 +681,9 @@ class Run:
         return self.stop_request_path.exists()
 
     def delete(self) -> None:
-        """Remove the run folder; refused while the run is running or stopping."""
+        """Remove the run folder; refused while the run is running or stopping (or waits in Slurm)."""
         status = self.status()
-        if status.is_active:
+        if status.is_active or status.waits_in_slurm:
             raise RunError(
                 f"run {self.id} is {status.state}; stop it (`glmtui stop {self.id}`) before deleting it"
             )
