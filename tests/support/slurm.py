@@ -140,14 +140,16 @@ def _start_munge(folder: Path) -> None:
     key.chmod(0o600)
     subprocess.run(
         [
-            "su",
-            "-s",
-            "/bin/sh",
-            "munge",
-            "-c",
-            f"munged --socket={munge}/socket --key-file={key} --pid-file={munge}/pid "
-            f"--log-file={munge}/log --seed-file={munge}/seed",
+            "munged",
+            f"--socket={munge}/socket",
+            f"--key-file={key}",
+            f"--pid-file={munge}/pid",
+            f"--log-file={munge}/log",
+            f"--seed-file={munge}/seed",
         ],
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
         check=True,
         capture_output=True,
     )
