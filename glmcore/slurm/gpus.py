@@ -9,6 +9,7 @@ age of its reading. Raw readings are NVML's own units, parsed by the same ``snap
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import threading
@@ -106,9 +107,10 @@ def raw_source() -> Callable[[], RawSample] | None:
     when NVML cannot be read on this node (a CPU node)."""
     recorded = os.environ.get(RECORDED_SAMPLES_VARIABLE)
     if recorded:
-        samples = json.loads(Path(recorded).read_text(encoding="utf-8"))["samples"]
-        cycle: Iterator[RawSample] = iter(samples * 100000)
-        return lambda: next(cycle)
+        samples: Iterator[RawSample] = itertools.cycle(
+            json.loads(Path(recorded).read_text(encoding="utf-8"))["samples"]
+        )
+        return lambda: next(samples)
     from glmcore.gpu.nvml import NvmlBackend
     from glmcore.gpu.snapshot import GpuUnavailableError
 
