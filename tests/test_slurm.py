@@ -5,6 +5,7 @@ Every run goes through sbatch, squeue, scontrol and scancel as on a cluster; not
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ from test_train import make_config
 
 from glmcore.distributed import CPU_PROCESSES_VARIABLE
 from glmcore.runs import Run, RunStore, launch, resume
+from glmcore.slurm.gpus import MAX_FILE_BYTES, append_sample, latest_readings, merged_snapshot, samples_path
 from glmcore.slurm.jobs import gpu_count
 from glmcore.slurm.script import SlurmOptions, SlurmOptionsError, job_script, write_options
+from glmtui.gpu_text import node_heading
 
 train_file = distributed_train_file
 """The two-rank tests' data (16 rows), shared so a one-node and a two-node run split it the same way."""
@@ -115,6 +118,26 @@ def test_slurm_flags_without_slurm_are_refused_before_anything_is_created(tmp_pa
     assert done.returncode == 2
     assert "--nodes sets where a Slurm job runs; add --slurm to use Slurm" in done.stderr
     assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_each_nodes_latest_gpu_reading_is_read_back_and_shown_as_one_panel(tmp_path: Path) -> None:
+    raw = json.loads((Path(__file__).parent / "fixtures" / "gpus-2.json").read_text())["samples"][0]
+    for node in ("n2", "n1"):
+        append_sample(tmp_path, node, raw)
+    with open(samples_path(tmp_path, "n2"), "a") as handle:
+        handle.write('{"node": "n2", "devi')  # a reading cut off mid-write is not read
+    readings = latest_readings(tmp_path)
+    assert [reading.node for reading in readings] == ["n1", "n2"]
+    merged = merged_snapshot(readings)
+    assert [gpu.index for gpu in merged.gpus] == [0, 1, 2, 3]
+    assert [gpu.name.split()[0] for gpu in merged.gpus] == ["n1", "n1", "n2", "n2"]
+    heading = node_heading(readings, now=readings[0].snapshot.timestamp + 5)
+    assert heading.startswith("GPUs on n1 (5s ago), n2 (")
+    path = samples_path(tmp_path, "n1")
+    while path.stat().st_size <= MAX_FILE_BYTES:
+        append_sample(tmp_path, "n1", raw)
+    append_sample(tmp_path, "n1", raw)
+    assert len(path.read_text().splitlines()) == 1  # cut back to the latest reading
 
 
 # --- on the local cluster ---------------------------------------------------------------------------
