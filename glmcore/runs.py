@@ -35,10 +35,9 @@ from typing import NamedTuple
 from glmcore.config import RunConfig
 from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
+from glmcore.slurm.script import OPTIONS_FILE as SLURM_OPTIONS_FILE
 from glmcore.workspace import atomic_write_text
 
-SLURM_OPTIONS_FILE = "slurm.json"
-"""Its presence makes a run a Slurm run (glmcore.slurm.script): launching or resuming it submits a job."""
 STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "crashed")
 ACTIVE_STATES = ("running", "stopping")
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
@@ -792,7 +791,10 @@ def claim(run: Run) -> Iterator[None]:
 
 def _refuse_if_active(run: Run, status: RunStatus) -> None:
     if status.waits_in_slurm:
-        raise RunError(f"run {run.id} already waits in Slurm as job {status.slurm_job}; cancel it first")
+        raise RunError(
+            f"run {run.id} already waits in Slurm as job {status.slurm_job}; "
+            f"`glmtui stop {run.id}` takes it out of the queue"
+        )
     if status.is_active:
         where = f" on {status.host}" if status.host != socket.gethostname() else ""
         raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
