@@ -186,6 +186,7 @@ def local_cluster() -> Iterator[SlurmCluster]:
         _wait_for_idle_nodes(environment)
         yield cluster
     finally:
+        _end_jobs(environment)
         for process in cluster.processes:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -201,4 +202,31 @@ def local_cluster() -> Iterator[SlurmCluster]:
             deadline = time.monotonic() + 5
             while Path(f"/proc/{munged}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
+        _kill_leftovers(f"SLURM_CONF={config}".encode())
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _end_jobs(environment: dict[str, str]) -> None:
+    """Cancel every job and wait for them to end, so no job step outlives the daemons."""
+    subprocess.run(["scancel", "--user=root"], env=environment, capture_output=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done = subprocess.run(["squeue", "-h", "-o", "%T"], env=environment, capture_output=True, text=True)
+        if done.returncode != 0 or not done.stdout.split():
+            return
+        time.sleep(0.2)
+
+
+def _kill_leftovers(marker: bytes) -> None:
+    """SIGKILL what is left of this cluster (job steps whose daemons are gone): every process whose
+    environment names its slurm.conf, this one excepted."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker in environment:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
