@@ -11,8 +11,9 @@ ranks. Each rank therefore asks the kernel to kill it when the agent dies (``PR_
 OOM-killed or force-stopped agent takes every rank with it and none is left holding a GPU.
 
 Several ranks on the CPU (gloo) exist for tests and debugging: set ``GLMTUI_CPU_PROCESSES=N`` in the
-launcher's environment for a run with no GPUs. docs/multi-gpu.md has the details and the plan for several
-hosts.
+launcher's environment for a run with no GPUs. A Slurm job across several nodes (glmcore.slurm.node) runs one
+agent per node with ``nodes``/``node_rank``, meeting at the first node's address: the one rendezvous beyond
+127.0.0.1. docs/multi-gpu.md has the details.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from glmcore.errors import GlmError
 CPU_PROCESSES_VARIABLE = "GLMTUI_CPU_PROCESSES"
 """How many gloo ranks a run without GPUs starts (tests and debugging); 1 when unset."""
 RENDEZVOUS_HOST = "127.0.0.1"
+SLURM_RUN_VARIABLE = "GLMTUI_SLURM_JOB"
+"""Set (to the job id) for a Slurm run's training process by glmcore.slurm.node: Slurm's SIGTERM (scancel, a
+hard time limit) then ends it at once, so the run shows how Slurm ended the job rather than a graceful stop."""
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 TRAINER_MODULE = "glmcore.train"
 _PR_SET_PDEATHSIG = 1
@@ -87,6 +91,9 @@ def launch_plan(
     program: Sequence[str] | None = None,
     port: int | None = None,
     environment: Mapping[str, str] = os.environ,
+    nodes: int = 1,
+    node_rank: int = 0,
+    address: str = RENDEZVOUS_HOST,
 ) -> LaunchPlan:
     """The command and environment that train the run in ``run_dir`` with ``config``.
 
@@ -95,6 +102,9 @@ def launch_plan(
     ``python -m glmcore.train``. ``program`` replaces the whole command before the run folder (a stand-in
     trainer in tests, or a launcher of its own that starts the ranks). CUDA_VISIBLE_DEVICES always holds
     config.gpus (empty: the CPU).
+
+    Across ``nodes`` hosts (a Slurm allocation, glmcore.slurm.node) each host runs this plan with its
+    ``node_rank``; the rendezvous is then at ``address``, the first node's address on the cluster network.
     """
     ranks = world_size(config, environment)
     tail = [str(run_dir)] + (["--resume"] if resume else [])
@@ -104,18 +114,19 @@ def launch_plan(
     }
     if program is not None:
         return LaunchPlan([*program, *tail], added, ranks)
-    if ranks == 1:
+    if ranks == 1 and nodes == 1:
         return LaunchPlan([sys.executable, "-m", TRAINER_MODULE, *tail], added, 1)
     command = [
         *TORCHRUN,
         "--nnodes",
-        "1",
+        str(nodes),
+        *(["--node-rank", str(node_rank)] if nodes > 1 else []),
         "--nproc-per-node",
         str(ranks),
         "--master-addr",
-        RENDEZVOUS_HOST,
+        address,
         "--master-port",
-        str(port or free_port()),
+        str(port or free_port(address)),
         # The agent restarts nothing: a failed rank fails the run, which the user resumes.
         "--max-restarts",
         "0",
@@ -126,7 +137,7 @@ def launch_plan(
     # torchrun otherwise sets 1 thread per rank with a warning; a CPU run gets its share of the cores.
     threads = max(1, (os.cpu_count() or 1) // ranks)
     added["OMP_NUM_THREADS"] = environment.get("OMP_NUM_THREADS", str(threads))
-    return LaunchPlan(command, added, ranks)
+    return LaunchPlan(command, added, ranks * nodes)
 
 
 @dataclass(frozen=True)

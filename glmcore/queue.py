@@ -298,7 +298,7 @@ class Queue:
         for run in self.store.list():
             with contextlib.suppress(GlmError):
                 status = run.stored_status()
-                if status.state == "queued":
+                if status.state == "queued" and status.slurm_job is None:  # Slurm queues its own
                     queued[run.id] = (run, status.queued or "")
         ordered = [queued.pop(run_id)[0] for run_id in self._stored_order() if run_id in queued]
         return ordered + [run for run, _ in sorted(queued.values(), key=lambda item: (item[1], item[0].id))]

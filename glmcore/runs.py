@@ -35,6 +35,7 @@ from typing import NamedTuple
 from glmcore.config import RunConfig
 from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
+from glmcore.slurm.script import OPTIONS_FILE as SLURM_OPTIONS_FILE
 from glmcore.workspace import atomic_write_text
 
 STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "crashed")
@@ -146,10 +147,21 @@ class RunStatus:
     queued: str | None = None
     """When the run joined the queue (state ``queued``): it waits for ``glmcore.queue`` to start it."""
     updated: str | None = None
+    slurm_job: int | None = None
+    """The Slurm job id of a run sent to Slurm (its latest submission); None for a run started here."""
+    nodes: list[str] = field(default_factory=list)
+    """The Slurm nodes the run's job runs (or ran) on."""
+    pending_reason: str | None = None
+    """Why Slurm has not started the run's job yet (squeue's reason: Resources, Priority…); read, never stored."""
 
     @property
     def is_active(self) -> bool:
         return self.state in ACTIVE_STATES
+
+    @property
+    def waits_in_slurm(self) -> bool:
+        """Queued in Slurm (its job waiting or starting): it will run without anyone here starting it."""
+        return self.state == "queued" and self.slurm_job is not None
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> RunStatus:
@@ -413,6 +425,8 @@ class Run:
         status = self.stored_status()
         if status.state == "created" and not status.reason:
             status.reason = f"never launched; start it with `glmtui resume {self.id}`"
+        if status.slurm_job is not None and status.state in ("queued", *ACTIVE_STATES):
+            return self._slurm_status(status)
         if not status.is_active or status.host != socket.gethostname():
             return status
         if process_matches(status.pid, status.pid_start_time):
@@ -431,6 +445,43 @@ class Run:
                 if (checkpoint := self.latest_checkpoint())
                 else "it saved no checkpoint, so resuming starts again from step 0"
             )
+        )
+        return status
+
+    def _slurm_status(self, status: RunStatus) -> RunStatus:
+        """A Slurm run's state as its job tells it: the pending reason, the nodes, or how the job ended.
+
+        Slurm is asked rather than the pid (which may live on another host). A job that ended while the run
+        still says queued, running or stopping ended without the run recording its end: ``crashed`` with
+        Slurm's reason (or, if it never started, back to ``created``). If Slurm cannot be asked, the stored
+        state is shown with why.
+        """
+        from glmcore.slurm.jobs import job_info
+
+        try:
+            info = job_info(status.slurm_job)
+        except GlmError as error:
+            status.pending_reason = f"Slurm cannot be asked: {error}"
+            return status
+        if info is not None and (info.waiting or info.running):
+            status.nodes = list(info.nodes) or status.nodes
+            if info.waiting:
+                status.pending_reason = info.reason
+            return status
+        status = self.stored_status()  # the job may have recorded its end between the two reads
+        if status.state not in ("queued", *ACTIVE_STATES):
+            return status
+        ended = info.end_sentence() if info else f"Slurm no longer knows job {status.slurm_job}"
+        if status.started is None:
+            status.state = "created"
+            status.reason = f"never launched: {ended}; start it again with `glmtui resume {self.id}`"
+            return status
+        status.state = "crashed"
+        checkpoint = self.latest_checkpoint()
+        status.reason = f"{ended} without the run recording its end; " + (
+            f"resume it from {checkpoint.path.name}"
+            if checkpoint
+            else "it saved no checkpoint, so resuming starts again from step 0"
         )
         return status
 
@@ -490,6 +541,20 @@ class Run:
                     "reason": None,
                     "updated": now_iso(),
                 }
+            )
+            atomic_write_text(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
+        return status
+
+    def mark_submitted(self, job_id: int) -> RunStatus:
+        """Record that Slurm job ``job_id`` will run the run: ``queued`` until it starts, unless the job has
+        already started and said so itself (it records its job id first thing)."""
+        with self._status_lock():
+            current = self.stored_status()
+            if current.slurm_job == job_id:
+                return current
+            changes = {"state": "queued", "queued": now_iso(), "slurm_job": job_id, "nodes": [], "pid": None}
+            status = RunStatus(
+                **{**asdict(current), **changes, "reason": None, "ended": None, "updated": now_iso()}
             )
             atomic_write_text(self.status_path, json.dumps(asdict(status), indent=2) + "\n")
         return status
@@ -660,9 +725,9 @@ class Run:
         return self.stop_request_path.exists()
 
     def delete(self) -> None:
-        """Remove the run folder; refused while the run is running or stopping."""
+        """Remove the run folder; refused while the run is running or stopping (or waits in Slurm)."""
         status = self.status()
-        if status.is_active:
+        if status.is_active or status.waits_in_slurm:
             raise RunError(
                 f"run {self.id} is {status.state}; stop it (`glmtui stop {self.id}`) before deleting it"
             )
@@ -770,6 +835,11 @@ def claim(run: Run) -> Iterator[None]:
 
 
 def _refuse_if_active(run: Run, status: RunStatus) -> None:
+    if status.waits_in_slurm:
+        raise RunError(
+            f"run {run.id} already waits in Slurm as job {status.slurm_job}; "
+            f"`glmtui stop {run.id}` takes it out of the queue"
+        )
     if status.is_active:
         where = f" on {status.host}" if status.host != socket.gethostname() else ""
         raise RunError(f"run {run.id} is already {status.state}{where} (pid {status.pid}); stop it first")
@@ -804,8 +874,10 @@ def launch(
 
 
 def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | None) -> subprocess.Popen | int:
-    """Spawn the training process and record its pid; the caller holds the claim."""
+    """Spawn the training process and record its pid (or submit its Slurm job); the caller holds the claim."""
     never_launched = run.stored_status().state in ("created", "queued")
+    if program is None and (run.path / SLURM_OPTIONS_FILE).is_file():
+        return _submit_to_slurm(run, resume=resume, never_launched=never_launched)
     try:
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
@@ -842,6 +914,26 @@ def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | Non
     return process.pid if detach else process
 
 
+def _submit_to_slurm(run: Run, *, resume: bool, never_launched: bool) -> int:
+    """Write the run's job script and ``sbatch`` it; the run is ``queued`` (in Slurm) with the job id."""
+    from glmcore.slurm.jobs import submit
+    from glmcore.slurm.script import TIME_LIMIT_FILE, read_options, write_job_script
+
+    try:
+        script = write_job_script(run.path, run.id, read_options(run.path), resume=resume)
+        run.stop_request_path.unlink(missing_ok=True)
+        (run.path / TIME_LIMIT_FILE).unlink(missing_ok=True)
+        job_id = submit(script)
+    except GlmError as error:
+        if never_launched:
+            run.write_status(state="created", reason=f"never launched: {error}")
+        raise RunError(str(error)) from None
+    with open(run.log_path, "a", encoding="utf-8") as log:
+        log.write(f"\n=== {now_iso()} glmtui: submitted {script.name} as Slurm job {job_id}\n")
+    run.mark_submitted(job_id)
+    return job_id
+
+
 def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> subprocess.Popen | int:
     """Continue ``run`` from its latest whole checkpoint (or from step 0 if it saved none).
 
@@ -855,20 +947,26 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
         _refuse_if_active(run, status)
         if status.state == "finished":
             raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
-        point = run.resume_point()
-        if point.checkpoint is not None and run.config.method == "ptuning-v2":
-            from glmcore.prefix import check_resumes
-
-            check_resumes(point.checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
-        step = point.checkpoint.step if point.checkpoint else 0
-        run.append_event(
-            "resumed",
-            step=step,
-            checkpoint=str(point.checkpoint.path) if point.checkpoint else None,
-            skipped=[{"checkpoint": str(bad.path), "problem": problem} for bad, problem in point.skipped],
-        )
-        run.write_status(resumed_from=step, step=step)
+        record_resume(run)
         return _start(run, detach=detach, resume=True, program=program)
+
+
+def record_resume(run: Run) -> ResumePoint:
+    """Check where a resume continues from and say so: the ``resumed`` event and ``resumed_from``."""
+    point = run.resume_point()
+    if point.checkpoint is not None and run.config.method == "ptuning-v2":
+        from glmcore.prefix import check_resumes
+
+        check_resumes(point.checkpoint.path, run.config.pre_seq_len, run.config.prefix_projection)
+    step = point.checkpoint.step if point.checkpoint else 0
+    run.append_event(
+        "resumed",
+        step=step,
+        checkpoint=str(point.checkpoint.path) if point.checkpoint else None,
+        skipped=[{"checkpoint": str(bad.path), "problem": problem} for bad, problem in point.skipped],
+    )
+    run.write_status(resumed_from=step, step=step)
+    return point
 
 
 def describe_resume(run: Run) -> str:
@@ -905,6 +1003,8 @@ def stop(run: Run, timeout: float = 0.0, *, force: bool = False, grace: float = 
     recorded as crashed.
     """
     status = run.status()
+    if status.slurm_job is not None and (status.state == "queued" or (force and status.is_active)):
+        return _cancel_slurm_job(run, status, grace)
     if status.state == "crashed" and run.stored_status().is_active:
         return run.write_status(state="crashed", reason=status.reason, ended=now_iso())
     if not status.is_active:
@@ -932,6 +1032,37 @@ def stop(run: Run, timeout: float = 0.0, *, force: bool = False, grace: float = 
             )
         return run.status()
     return wait_for_end(run, timeout)
+
+
+def _cancel_slurm_job(run: Run, status: RunStatus, grace: float) -> RunStatus:
+    """``scancel`` the run's job (a forced stop, or a job still waiting) and record the stop once it has ended.
+
+    Slurm sends SIGTERM to every process of the job, then SIGKILL after its KillWait; this waits for the job
+    to leave its running states (``grace`` plus a minute) before writing the run's final state.
+    """
+    from glmcore.slurm.jobs import cancel, job_info
+
+    run.request_stop()
+    cancel(status.slurm_job)
+    deadline = time.monotonic() + grace + 60.0
+    while (info := job_info(status.slurm_job)) is not None and info.running and time.monotonic() < deadline:
+        time.sleep(STOP_POLL_S)
+    stored = run.stored_status()
+    if stored.state not in ("queued", *ACTIVE_STATES):
+        return run.status()
+    if stored.started is None:
+        run.stop_request_path.unlink(missing_ok=True)
+        return run.write_status(
+            state="created",
+            reason=f"never launched: its Slurm job {status.slurm_job} was cancelled before it started; "
+            f"start it with `glmtui resume {run.id}`",
+        )
+    checkpoint = run.latest_checkpoint()
+    return run.finish(
+        "stopped",
+        f"stopped by force (Slurm job {status.slurm_job} cancelled) near step {stored.step}; "
+        + (f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"),
+    )
 
 
 def _terminate_group(status: RunStatus, grace: float) -> None:

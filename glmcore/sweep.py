@@ -23,7 +23,8 @@ from pathlib import Path
 from glmcore import preflight
 from glmcore.config import ConfigError, Problem, RunConfig
 from glmcore.errors import GlmError
-from glmcore.runs import Run, RunStore
+from glmcore.runs import Run, RunStore, launch
+from glmcore.slurm.script import SlurmOptions, write_options
 from glmcore.workspace import atomic_write_text
 
 SWEEP_FILE = "sweep.json"
@@ -190,6 +191,21 @@ def create(store: RunStore, base: RunConfig, points: list[SweepPoint]) -> Sweep:
             shutil.rmtree(run.path, ignore_errors=True)
         raise
     return Sweep(sweep_id, runs)
+
+
+def submit_to_slurm(sweep: Sweep, options: SlurmOptions) -> list[int]:
+    """Each run of the sweep as its own Slurm job (Slurm is then the queue; glmtui's is not used); the job ids.
+
+    Submitted in sweep order; if one submission fails, the runs not yet submitted stay ``created`` with the
+    reason, to be started with ``glmtui resume``.
+    """
+    jobs = []
+    for run in sweep.runs:
+        write_options(run.path, options)
+        job = launch(run, detach=True)
+        assert isinstance(job, int)
+        jobs.append(job)
+    return jobs
 
 
 def sweep_of(run: Run) -> dict | None:

@@ -19,7 +19,14 @@ from pathlib import Path
 from glmcore.callbacks import LogLinePrinter, RunEventsCallback
 from glmcore.config import RunConfig
 from glmcore.data import Columns, TrainingCollator, load_examples, training_dataset
-from glmcore.distributed import RankInfo, die_with_parent, rank_log_path, redirect_output, run_process_id
+from glmcore.distributed import (
+    SLURM_RUN_VARIABLE,
+    RankInfo,
+    die_with_parent,
+    rank_log_path,
+    redirect_output,
+    run_process_id,
+)
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
 from glmcore.notify import announce_end
@@ -356,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"glmtui: rank {info.rank} of {info.world_size}, pid {os.getpid()}", flush=True)
     if info.is_main:
         run.mark_running(run_process_id(info))
-    _stop_gracefully_on_sigterm(run)
+    if not os.environ.get(SLURM_RUN_VARIABLE):  # under Slurm, SIGTERM is scancel or a hard time limit
+        _stop_gracefully_on_sigterm(run)
     try:
         state = train(run, resume=args.resume)
     except KeyboardInterrupt:

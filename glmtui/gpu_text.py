@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from glmcore.gpu import GpuInfo, GpuProcess, GpuSnapshot
+from glmcore.slurm.gpus import NodeReading
 
 GIB = 2**30
 BAR_FULL = "█"
@@ -64,6 +65,20 @@ def snapshot_heading(snapshot: GpuSnapshot | None) -> str:
         f"{count} GPU{'s' if count != 1 else ''} · driver {snapshot.driver_version or 'N/A'}"
         f" · CUDA {snapshot.cuda_version or 'N/A'}"
     )
+
+
+def node_heading(readings: list[NodeReading], now: float) -> str:
+    """The panel's title for GPUs read on a Slurm job's nodes: each node with the age of its reading."""
+    if not readings:
+        return "GPUs on the job's nodes: no reading yet"
+    nodes = ", ".join(f"{reading.node} ({format_age_s(reading.age(now))})" for reading in readings)
+    first = readings[0].snapshot
+    return f"GPUs on {nodes} · driver {first.driver_version or 'N/A'} · CUDA {first.cuda_version or 'N/A'}"
+
+
+def format_age_s(seconds: float) -> str:
+    """How old a reading is: "3s ago", "2m ago"."""
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
 # One row per GPU

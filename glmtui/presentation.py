@@ -86,6 +86,20 @@ def state_text(state: str, detail: str = "") -> Text:
     return text
 
 
+def slurm_detail(status: RunStatus) -> str:
+    """After a Slurm run's state: why its job waits (squeue's reason) or the nodes it runs on; "" otherwise."""
+    if status.slurm_job is None:
+        return ""
+    if status.state == "queued":
+        waits = status.pending_reason or (
+            f"starting on {','.join(status.nodes)}" if status.nodes else "submitted"
+        )
+        return f" (Slurm {status.slurm_job}: {waits})"
+    if status.is_active:
+        return f" on {','.join(status.nodes)}" if status.nodes else f" (Slurm {status.slurm_job})"
+    return ""
+
+
 def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: str) -> dict[str, str]:
     """The figures a run's row shows, by column name, as both the `glmtui runs` table and the Runs screen
     show them: the model family (`family_title` of its model folder), the ETA only while the run is active,

@@ -34,3 +34,14 @@ def tiny_tokenizer(tiny_model_dir: Path):
     import glmcore
 
     return glmcore.load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real Slurm on this machine (two nodes, n1 and n2), shared by every test that needs one."""
+    from support.slurm import local_cluster, missing_reason
+
+    if reason := missing_reason():
+        pytest.skip(reason)
+    with local_cluster() as cluster:
+        yield cluster

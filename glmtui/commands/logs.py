@@ -29,8 +29,8 @@ def _print_new(tail: FileTail, events: bool, *, final: bool = False) -> None:
 
 
 def _follow(run: Run, tail: FileTail, events: bool) -> None:
-    """Print what is appended until the run is no longer running or stopping."""
-    while run.status().is_active:
+    """Print what is appended until the run is no longer running or stopping (or waiting in Slurm)."""
+    while (status := run.status()).is_active or status.waits_in_slurm:
         time.sleep(FOLLOW_INTERVAL_S)
         _print_new(tail, events)
     _print_new(tail, events, final=True)

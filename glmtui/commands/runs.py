@@ -17,7 +17,7 @@ from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
-from glmtui.presentation import family_title, fit_run_columns, run_cells, state_text
+from glmtui.presentation import family_title, fit_run_columns, run_cells, slurm_detail, state_text
 
 PIPED_WIDTH = 200
 COLUMNS = ("Run", "State", "Family", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
@@ -40,7 +40,7 @@ def _cells(run: Run) -> dict[str, str | Text]:
     now = datetime.now().astimezone()
     return {
         "Run": Text(run.id),
-        "State": state_text(status.state, away),
+        "State": state_text(status.state, slurm_detail(status) or away),
         **run_cells(status, last_log_event(run), now, family_title(run.config.model_path)),
     }
 

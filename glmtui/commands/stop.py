@@ -1,4 +1,7 @@
-"""`glmtui stop RUN [--force]`: ask a run to stop at its next step (saving a checkpoint), or stop it at once."""
+"""`glmtui stop RUN [--force]`: ask a run to stop at its next step (saving a checkpoint), or stop it at once.
+
+A Slurm run's job is cancelled (scancel) when it has not stopped within --wait, and at once with --force; a
+run still waiting in Slurm's queue is taken out of it."""
 
 from __future__ import annotations
 
@@ -27,6 +30,12 @@ def stop_run(args: argparse.Namespace) -> int:
                 console.print(f"Asked run {run.id} to stop; it saves a checkpoint after its current step.")
                 with console.status("waiting for it to stop…"):
                     status = wait_for_end(run, args.wait)
+                if status.is_active and status.slurm_job is not None:
+                    console.print(
+                        f"Run {run.id} is still {status.state} after {args.wait:.0f}s; "
+                        f"cancelling its Slurm job {status.slurm_job} (scancel)."
+                    )
+                    status = stop(run, force=True, grace=FORCE_GRACE_S)
     except GlmError as error:
         Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}")
         return 1

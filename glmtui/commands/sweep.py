@@ -8,6 +8,7 @@ worker starts them as the GPUs have room, and in front this command reports each
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,8 +20,10 @@ from glmcore.config import RunConfig
 from glmcore.errors import GlmError
 from glmcore.queue import GIB, Queue, estimate_need
 from glmcore.runs import Run, RunStore
-from glmcore.sweep import Sweep, create, expand, parse_sets, problems
+from glmcore.slurm.script import SlurmOptions, for_slurm
+from glmcore.sweep import Sweep, create, expand, parse_sets, problems, submit_to_slurm
 from glmcore.workspace import Workspace
+from glmtui.commands.train import add_slurm_arguments, slurm_options
 from glmtui.presentation import state_text
 
 FOLLOW_INTERVAL_S = 1.0
@@ -33,7 +36,9 @@ def sweep_command(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env()
     try:
         base = RunConfig.load(args.config)
-        points = expand(base, parse_sets(args.set))
+        slurm = slurm_options(args, workspace)
+        # On Slurm the GPUs are each job's, not this machine's: they are checked by Slurm, not here.
+        points = expand(base if slurm is None else dataclasses.replace(base, gpus=[]), parse_sets(args.set))
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
@@ -46,6 +51,10 @@ def sweep_command(args: argparse.Namespace) -> int:
         for point, problem in found:
             errors.print(f"  • {escape(point.label)}: {escape(str(problem))}")
         return 2
+    if slurm is not None:
+        return submit_sweep(
+            console, workspace, for_slurm(base, slurm), parse_sets(args.set), slurm, args.detach
+        )
     queue = Queue(workspace.ensure())
     sweep = create(RunStore(workspace.runs_dir), base, points)
     pid = queue.queue_runs(sweep.runs)
@@ -60,6 +69,29 @@ def sweep_command(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     return follow_sweep(console, sweep)
+
+
+def submit_sweep(
+    console: Console,
+    workspace: Workspace,
+    base: RunConfig,
+    axes: dict[str, list[object]],
+    options: SlurmOptions,
+    detach: bool,
+) -> int:
+    """Create the sweep's runs and submit each as a Slurm job; Slurm is their queue."""
+    points = expand(base, axes)
+    sweep = create(RunStore(workspace.ensure().runs_dir), base, points)
+    try:
+        jobs = submit_to_slurm(sweep, options)
+    except GlmError as error:
+        Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}")
+        return 1
+    console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs submitted to Slurm (Slurm is their queue).")
+    for run, point, job in zip(sweep.runs, points, jobs, strict=True):
+        console.print(Text(f"  {run.id}  {point.label}  (Slurm job {job})"))
+    console.print("See them with `glmtui runs` (or squeue).")
+    return 0 if detach else follow_sweep(console, sweep)
 
 
 def follow_sweep(console: Console, sweep: Sweep) -> int:
@@ -102,4 +134,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--detach", action="store_true", help="return once the runs are queued instead of reporting them"
     )
+    add_slurm_arguments(parser)
     parser.set_defaults(func=sweep_command)

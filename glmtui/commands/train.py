@@ -1,4 +1,5 @@
-"""`glmtui train CONFIG.toml [--detach]`: validate a config, create its run, start it and (in front) follow it.
+"""`glmtui train CONFIG.toml [--detach] [--slurm …]`: validate a config, create its run, start it (or submit it
+to Slurm) and, in front, follow it.
 
 Nothing is created until the config has no problems. Either way the training is a separate process writing the
 run folder; in front, this command only watches the folder (a progress bar from events.jsonl and status.json),
@@ -8,6 +9,7 @@ so closing the terminal leaves the run going and `glmtui logs RUN -f` picks it u
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -19,8 +21,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from glmcore import preflight
 from glmcore.config import RunConfig
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStore, describe_resume, launch, stop
+from glmcore.runs import EventTail, Run, RunStatus, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
+from glmcore.slurm.script import (
+    SCRIPT_FILE,
+    SlurmOptions,
+    SlurmOptionsError,
+    check_submittable,
+    for_slurm,
+    load_defaults,
+    write_options,
+)
 from glmcore.workspace import Workspace
 from glmtui.presentation import progress_summary
 
@@ -30,14 +41,15 @@ FORCE_GRACE_S = 10.0
 GIB = 2**30
 
 
-def _print_vram_estimate(console: Console, config: RunConfig) -> None:
-    """One line comparing the VRAM estimate with the chosen GPUs' free memory; a warning when it won't fit."""
+def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
+    """One line comparing the VRAM estimate with the chosen GPUs' free memory (``here``: on this machine, not
+    a Slurm job's); a warning when it won't fit."""
     from glmcore.estimate import ModelShape, estimate_vram
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
     console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
-    free = free_memory_by_gpu() if config.gpus else {}
+    free = free_memory_by_gpu() if config.gpus and here else {}
     for gpu in config.gpus:
         if gpu in free and not estimate.fits(free[gpu]):
             console.print(
@@ -46,8 +58,10 @@ def _print_vram_estimate(console: Console, config: RunConfig) -> None:
             )
 
 
-def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
+def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
     """Show the run's progress until its process ends; Ctrl-C asks it to stop, a second Ctrl-C forces it.
+
+    Without a process (a Slurm run) it follows the run's status until the run leaves Slurm's queue and ends.
 
     Returns 0 when the run finished or was stopped, 1 otherwise (with the reason and the log's last lines).
     """
@@ -67,14 +81,15 @@ def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
                 for event in tail.read_events():
                     if event.get("kind") == "log":
                         last_log = event
-                status = run.stored_status()
+                status = run.stored_status() if process is not None else run.status()
                 progress.update(
                     task,
                     completed=status.step,
                     total=status.total or None,
-                    detail=progress_summary(last_log),
+                    detail=waiting_text(status) or progress_summary(last_log),
                 )
-                if process.poll() is not None:
+                ended = not (status.is_active or status.waits_in_slurm)
+                if process.poll() is not None if process is not None else ended:
                     break
                 time.sleep(FOLLOW_INTERVAL_S)
             except KeyboardInterrupt:
@@ -92,8 +107,18 @@ def follow(run: Run, process: subprocess.Popen, console: Console) -> int:
                         stop(run, force=True, grace=FORCE_GRACE_S)
                 except GlmError:
                     pass  # it ended on its own meanwhile
-    process.wait()
+    if process is not None:
+        process.wait()
     return report_end(run, console)
+
+
+def waiting_text(status: RunStatus) -> str | None:
+    """A Slurm run not training yet: why its job waits, or where it is starting."""
+    if not status.waits_in_slurm:
+        return None
+    if status.pending_reason:
+        return f"Slurm job {status.slurm_job} waits: {status.pending_reason}"
+    return f"Slurm job {status.slurm_job} starting on {', '.join(status.nodes) or 'its nodes'}…"
 
 
 def report_end(run: Run, console: Console) -> int:
@@ -122,6 +147,14 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     started = resume_run(run, detach=detach) if resume else launch(run, detach=detach)
     if resume:  # said once the resume is under way, so a refused one prints only the refusal
         console.print(escape(describe_resume(run)))
+    if isinstance(started, int) and run.stored_status().slurm_job == started:
+        console.print(
+            f"Submitted run [bold]{run.id}[/] to Slurm as job {started} ({SCRIPT_FILE} in its folder)."
+        )
+        if detach:
+            console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
+            return 0
+        return follow(run, None, console)
     if detach:
         console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
@@ -148,10 +181,16 @@ def train(args: argparse.Namespace) -> int:
     workspace = Workspace.from_env()
     try:
         config = RunConfig.load(args.config)
+        slurm = slurm_options(args, workspace)
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
-    problems = preflight.check(config, runs_dir=workspace.runs_dir)
+    if slurm is not None and args.queue:
+        errors.print("[red]error:[/] --queue and --slurm do not go together: Slurm queues the job itself")
+        return 2
+    # On Slurm, the GPUs are the job's (gpus_per_node of each node), not this machine's.
+    checked = config if slurm is None else dataclasses.replace(config, gpus=[])
+    problems = preflight.check(checked, runs_dir=workspace.runs_dir)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")
@@ -159,8 +198,12 @@ def train(args: argparse.Namespace) -> int:
             errors.print(f"  • {escape(str(problem))}")
         return 2
     try:
-        _print_vram_estimate(console, config)
+        if slurm is not None:
+            config = for_slurm(config, slurm)
+        _print_vram_estimate(console, config, here=slurm is None)
         run = RunStore(workspace.ensure().runs_dir).create(config)
+        if slurm is not None:
+            write_options(run.path, slurm)
         console.print(f"Created run {run.id} in {escape(str(run.path))}.")
         if args.queue:
             return enqueue(run, workspace, console)
@@ -168,6 +211,47 @@ def train(args: argparse.Namespace) -> int:
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 1
+
+
+def slurm_options(args: argparse.Namespace, workspace: Workspace) -> SlurmOptions | None:
+    """The Slurm settings the flags ask for over the workspace's slurm.toml; None without --slurm.
+
+    Checked before anything is created: the values themselves, that Slurm's commands are here, and that Slurm
+    would accept such a job (``sbatch --test-only``).
+    """
+    flags = {name: getattr(args, name, None) for name in SLURM_FLAGS}
+    if not args.slurm:
+        given = [f"--{name.replace('_', '-')}" for name, value in flags.items() if value not in (None, False)]
+        if given:
+            raise SlurmOptionsError(
+                f"{', '.join(given)} sets where a Slurm job runs; add --slurm to use Slurm"
+            )
+        return None
+    options = load_defaults(workspace.root).with_changes(**flags)
+    if problems := options.problems():
+        raise SlurmOptionsError(problems[0])
+    check_submittable(options)
+    return options
+
+
+SLURM_FLAGS = ("partition", "nodes", "gpus_per_node", "time", "account", "requeue")
+
+
+def add_slurm_arguments(parser: argparse.ArgumentParser) -> None:
+    """--slurm and the job's settings (each over the workspace's slurm.toml), shared with `glmtui sweep`."""
+    group = parser.add_argument_group("Slurm", "send the run to a Slurm cluster instead of training here")
+    group.add_argument("--slurm", action="store_true", help="submit the run as a Slurm job (sbatch)")
+    group.add_argument("--partition", metavar="P", help="the partition to run in (default: the cluster's)")
+    group.add_argument("--nodes", type=int, metavar="N", help="nodes (default 1); torchrun spans them")
+    group.add_argument("--gpus-per-node", type=int, metavar="G", help="GPUs on each node (default 0: CPU)")
+    group.add_argument("--time", metavar="T", help="the time limit, e.g. 4:00:00 (default: the partition's)")
+    group.add_argument("--account", metavar="A", help="the account to charge")
+    group.add_argument(
+        "--requeue",
+        action="store_true",
+        default=None,
+        help="at the time limit, checkpoint and requeue the job to go on from there",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -187,4 +271,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="queue the run instead of starting it: it starts when its GPUs have room (see `glmtui queue`)",
     )
+    add_slurm_arguments(parser)
     parser.set_defaults(func=train)

@@ -10,6 +10,10 @@ this model next to what the same settings need on the real ChatGLM-6B. ctrl+s sa
 The prefix length and the learning rate take a list of values ("64,128"): the form then stands for a sweep, one
 run per combination, and the side panel says how many runs that makes and what each will need; ctrl+g queues
 them (``glmcore.sweep``, ``glmcore.queue``, as ``glmtui sweep`` does).
+
+Where a Slurm cluster answers (``sinfo``), a "Where" row offers this machine or Slurm; Slurm shows the
+partition (with its free GPUs), nodes, GPUs per node and time limit over the workspace's slurm.toml, and
+ctrl+g then submits the run (or each run of a sweep) as a job, as ``glmtui train --slurm`` does.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.models import CHATGLM_6B
 from glmcore.queue import Queue
 from glmcore.runs import Run
-from glmcore.sweep import SweepPoint, expand, format_value
+from glmcore.slurm.jobs import Partition, cluster_configured, partitions
+from glmcore.slurm.script import SlurmOptions, check_submittable, for_slurm, load_defaults, write_options
+from glmcore.sweep import SweepPoint, expand, format_value, submit_to_slurm
 from glmcore.sweep import create as create_sweep
 from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
@@ -100,6 +106,25 @@ FIELD_LABELS = {
     "max_target_length": "Target length",
     "gpus": "GPUs (e.g. 0,1)",
 }
+
+
+WHERE_CHOICES = [("this machine", "local"), ("Slurm", "slurm")]
+SLURM_FIELDS = {
+    "slurm_partition": "Partition",
+    "slurm_nodes": "Nodes",
+    "slurm_gpus_per_node": "GPUs per node",
+    "slurm_time": "Time limit",
+}
+"""The Slurm rows, shown when "Where" is Slurm; each is the SlurmOptions field after ``slurm_``."""
+
+
+class SlurmFound(Message):
+    """What sinfo says about the cluster this machine submits to (nothing: no cluster answers)."""
+
+    def __init__(self, partitions: list[Partition], defaults: SlurmOptions) -> None:
+        super().__init__()
+        self.partitions = partitions
+        self.defaults = defaults
 
 
 class ConfigChecked(Message):
@@ -261,6 +286,8 @@ class ConfigScreen(WorkbenchScreen):
         self.axes: dict[str, list[object]] = {}
         """The fields given several values, with them: a sweep when not empty."""
         self._filling = False
+        self.partitions: list[Partition] = []
+        """The Slurm cluster's partitions, when one answers; the "Where" row shows only then."""
 
     def blank_config(self) -> RunConfig:
         """A new run with the published defaults on the workspace's first model, on the CPU until GPUs are picked."""
@@ -288,6 +315,7 @@ class ConfigScreen(WorkbenchScreen):
                 for name in FIELD_LABELS:
                     if name not in PATH_FIELDS:
                         yield from self._field_row(name, model_paths, data_paths)
+                yield from self._slurm_rows()
             with VerticalScroll(id="config-side"):
                 yield Static("", id="config-sweep")
                 yield Static("", id="config-problems")
@@ -303,6 +331,77 @@ class ConfigScreen(WorkbenchScreen):
                 yield Static("", id="effective-batch")
             else:
                 yield self._field_widget(name, model_paths, data_paths)
+
+    def _slurm_rows(self) -> ComposeResult:
+        """The "Where" row and the Slurm settings, hidden until a cluster answers (``find_slurm``)."""
+        with Horizontal(classes="field slurm-where", id="row-where"):
+            yield Label("Where", classes="field-label")
+            yield Select(WHERE_CHOICES, id="where", allow_blank=False, value="local")
+        for name, label in SLURM_FIELDS.items():
+            with Horizontal(classes="field slurm-field", id=f"row-{name}"):
+                yield Label(label, classes="field-label")
+                if name == "slurm_partition":
+                    yield Select([], id=name, prompt="the cluster's default")
+                else:
+                    yield Input(id=name, type="integer" if name != "slurm_time" else "text")
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="config-slurm")
+    def find_slurm(self) -> None:
+        """Ask sinfo for the cluster's partitions (nothing when Slurm is not installed or does not answer)."""
+        if not cluster_configured():
+            return
+        try:
+            found = partitions()
+            defaults = load_defaults(self.workbench.workspace.root)
+        except GlmError:
+            return
+        if found:
+            self.post_message(SlurmFound(found, defaults))
+
+    def on_slurm_found(self, message: SlurmFound) -> None:
+        self.partitions = message.partitions
+        defaults = message.defaults
+        options = [(partition.summary(), partition.name) for partition in message.partitions]
+        partition = self.query_one("#slurm_partition", Select)
+        partition.set_options(options)
+        if defaults.partition in {name for _, name in options}:
+            partition.value = defaults.partition
+        self.query_one("#slurm_nodes", Input).value = str(defaults.nodes)
+        self.query_one("#slurm_gpus_per_node", Input).value = str(defaults.gpus_per_node)
+        self.query_one("#slurm_time", Input).value = defaults.time or ""
+        self._show_slurm_rows()
+
+    def _show_slurm_rows(self) -> None:
+        self.query_one("#row-where").display = bool(self.partitions)
+        on_slurm = self.on_slurm
+        for name in SLURM_FIELDS:
+            self.query_one(f"#row-{name}").display = on_slurm
+        self.query_one("#row-gpus").display = not on_slurm
+
+    @property
+    def on_slurm(self) -> bool:
+        """Whether the form sends its run to Slurm."""
+        return bool(self.partitions) and self.query_one("#where", Select).value == "slurm"
+
+    def slurm_options(self) -> SlurmOptions:
+        """The Slurm rows over the workspace's slurm.toml; SlurmOptionsError says what is wrong."""
+        from glmcore.slurm.script import SlurmOptionsError
+
+        changes: dict[str, object] = {}
+        for name in ("slurm_nodes", "slurm_gpus_per_node"):
+            text = self.query_one(f"#{name}", Input).value.strip()
+            if text:
+                try:
+                    changes[name.removeprefix("slurm_")] = int(text)
+                except ValueError:
+                    raise SlurmOptionsError(f"{SLURM_FIELDS[name]}: {text!r} is not a whole number") from None
+        partition = self.query_one("#slurm_partition", Select).value
+        changes["partition"] = partition if isinstance(partition, str) else None
+        changes["time"] = self.query_one("#slurm_time", Input).value.strip() or None
+        options = load_defaults(self.workbench.workspace.root).with_changes(**changes)
+        if problems := options.problems():
+            raise SlurmOptionsError(problems[0])
+        return options
 
     def _field_widget(self, name: str, model_paths: list[str], data_paths: list[str]):
         if name == "method":
@@ -337,7 +436,9 @@ class ConfigScreen(WorkbenchScreen):
             return None
 
     def on_mount(self) -> None:
+        self._show_slurm_rows()
         self._write_form(self.base or self.reopened_config() or self.blank_config())
+        self.find_slurm()
 
     def fill_form(self, config: RunConfig) -> None:
         """Show ``config`` in the form (its other settings are kept for saving)."""
@@ -469,7 +570,8 @@ class ConfigScreen(WorkbenchScreen):
                 kind = "a whole number" if whole else f"a number (e.g. {NUMBER_EXAMPLES[name]})"
                 problems.append(Problem(name, f"{text!r} is not {kind}" if text else "fill this in"))
         try:
-            data["gpus"] = parse_gpus(self.query_one("#gpus", Input).value)
+            # On Slurm the GPUs are the job's; the GPUs row (this machine's) is hidden and not checked.
+            data["gpus"] = [] if self.on_slurm else parse_gpus(self.query_one("#gpus", Input).value)
         except ValueError:
             problems.append(
                 Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
@@ -486,6 +588,8 @@ class ConfigScreen(WorkbenchScreen):
     def form_changed(self, event: Message) -> None:
         if isinstance(event, Select.Changed) and event.select.id == "method":
             self._show_method_fields(event.value)
+        if isinstance(event, Select.Changed) and event.select.id == "where":
+            self._show_slurm_rows()
         if not self._filling:
             self.recheck()
 
@@ -652,37 +756,62 @@ class ConfigScreen(WorkbenchScreen):
 
     def action_start_run(self) -> None:
         if config := self._ready_config():
+            slurm = None
+            if self.on_slurm:
+                try:
+                    slurm = self.slurm_options()
+                except GlmError as error:
+                    self.notify(str(error), severity="error")
+                    return
             if self.axes:
-                self.queue_sweep(config, dict(self.axes))
+                self.queue_sweep(config, dict(self.axes), slurm)
             else:
-                self.start_run(config)
+                self.start_run(config, slurm)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
-    def queue_sweep(self, config: RunConfig, axes: dict[str, list[object]]) -> None:
-        """Check every combination, create the sweep's runs and queue them (a worker starts them)."""
+    def queue_sweep(
+        self, config: RunConfig, axes: dict[str, list[object]], slurm: SlurmOptions | None = None
+    ) -> None:
+        """Check every combination, create the sweep's runs and queue them (a worker starts them), or, on
+        Slurm, submit each as a job."""
         points = expand(config, axes)
         problems = sweep_problems(points, runs_dir=self.workbench.workspace.runs_dir)
         if problems:
             point, problem = problems[0]
             raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
-        sweep = create_sweep(self.workbench.run_store, config, points)
-        Queue(self.workbench.workspace).queue_runs(sweep.runs)
-        self.app.call_from_thread(self.notify, f"Queued sweep {sweep.id}: {len(sweep.runs)} runs.")
+        if slurm is not None:
+            check_submittable(slurm)
+            config = for_slurm(config, slurm)
+            sweep = create_sweep(self.workbench.run_store, config, expand(config, axes))
+            jobs = submit_to_slurm(sweep, slurm)
+            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, jobs))}."
+        else:
+            sweep = create_sweep(self.workbench.run_store, config, points)
+            Queue(self.workbench.workspace).queue_runs(sweep.runs)
+            message = f"Queued sweep {sweep.id}: {len(sweep.runs)} runs."
+        self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.workbench.action_show, "runs")
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
-    def start_run(self, config: RunConfig) -> None:
-        """Validate once more, create the run folder and launch it detached; then show it."""
+    def start_run(self, config: RunConfig, slurm: SlurmOptions | None = None) -> None:
+        """Validate once more, create the run folder and launch it detached (or submit it to Slurm); then
+        show it."""
         problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
+        if slurm is not None:
+            check_submittable(slurm)
+            config = for_slurm(config, slurm)
         run = self.workbench.run_store.create(config)
         self.workbench.workspace.remember_config(run.config_path)
-        run_control.launch(run, detach=True)
-        self.app.call_from_thread(self._started, run)
+        if slurm is not None:
+            write_options(run.path, slurm)
+        started = run_control.launch(run, detach=True)
+        job = f" as Slurm job {started}" if slurm is not None else ""
+        self.app.call_from_thread(self._started, run, job)
 
-    def _started(self, run: Run) -> None:
-        self.notify(f"Started {run.id}.")
+    def _started(self, run: Run, job: str = "") -> None:
+        self.notify(f"Submitted {run.id}{job}." if job else f"Started {run.id}.")
         self.post_message(OpenRun(run))
 
     def action_load_config(self) -> None:

@@ -42,10 +42,13 @@ class RunActions(WorkbenchScreen):
 
     @work(thread=True, exit_on_error=False, group="run-actions")
     def stop_run(self, run: Run) -> None:
-        run_control.stop(run)
-        self.app.call_from_thread(
-            self.notify, f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
+        status = run_control.stop(run)
+        message = (
+            f"Took {run.id} out of Slurm's queue (job {status.slurm_job} cancelled before it started)."
+            if status.state == "created"
+            else f"Asked {run.id} to stop: it saves a checkpoint at its next step and ends."
         )
+        self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.after_run_action)
 
     def action_resume_run(self) -> None:

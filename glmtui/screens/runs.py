@@ -26,7 +26,7 @@ from glmcore.queue import Decision, Queue
 from glmcore.runs import EventTail, Run, RunStatus
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
-from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, state_text
+from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, slurm_detail, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
 
@@ -66,7 +66,9 @@ class RunRow:
         """The text of every column, by column name (Text where a value must not be read as markup)."""
         return {
             "Run": Text(("✓ " if self.marked else "") + self.run.id),
-            "State": state_text(self.status.state, f" {self.queued.position}" if self.queued else ""),
+            "State": state_text(
+                self.status.state, f" {self.queued.position}" if self.queued else slurm_detail(self.status)
+            ),
             **run_cells(self.status, self.last_log, now, self.family),
         }
 

@@ -21,9 +21,12 @@ from textual.widgets import Log, ProgressBar, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
+from glmcore.gpu import GpuSnapshot
 from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
+from glmcore.slurm.gpus import NodeReading, latest_readings, merged_snapshot
+from glmtui.gpu_text import node_heading
 from glmtui.preferences import Preferences
-from glmtui.presentation import event_sentence, format_duration
+from glmtui.presentation import event_sentence, format_duration, slurm_detail
 from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 
@@ -38,12 +41,21 @@ WIDE_COLUMNS = 110
 class RunFollowed(Message):
     """What a run folder gained since the last look."""
 
-    def __init__(self, run: Run, events: list[dict], log_lines: list[str], status: RunStatus) -> None:
+    def __init__(
+        self,
+        run: Run,
+        events: list[dict],
+        log_lines: list[str],
+        status: RunStatus,
+        node_gpus: list[NodeReading] | None = None,
+    ) -> None:
         super().__init__()
         self.run = run
         self.events = events
         self.log_lines = log_lines
         self.status = status
+        self.node_gpus = node_gpus
+        """A Slurm run's GPU readings from its nodes (None for a run on this machine, whose GPUs the app reads)."""
 
 
 STEP_LINE = re.compile(r"step (\d+)/")
@@ -113,6 +125,7 @@ class TrainingScreen(RunActions):
         self.run: Run | None = None
         self.records: list[dict] = []
         self.status: RunStatus | None = None
+        self.node_gpus: list[NodeReading] | None = None
         self._events_tail: EventTail | None = None
         self._log_tail: FileTail | None = None
         self.zoom: str | None = None
@@ -140,6 +153,7 @@ class TrainingScreen(RunActions):
         self.run = run
         self.records = []
         self.status = None
+        self.node_gpus = None
         self._events_tail = run.tail_events()
         self._log_tail = FileTail(run.log_path)
         if self.is_mounted:
@@ -172,14 +186,15 @@ class TrainingScreen(RunActions):
         if run is None or events_tail is None or log_tail is None:
             return
         worker = get_current_worker()
-        last_status = None
+        last_status, last_readings = None, None
         while not worker.is_cancelled:
             events = events_tail.read_events()
             lines = log_tail.read_lines()
             status = run.status()
-            if events or lines or status != last_status:
-                self.post_message(RunFollowed(run, events, lines, status))
-                last_status = status
+            readings = latest_readings(run.path) if status.slurm_job is not None else None
+            if events or lines or status != last_status or readings != last_readings:
+                self.post_message(RunFollowed(run, events, lines, status, readings))
+                last_status, last_readings = status, readings
             time.sleep(FOLLOW_S)
 
     def on_run_followed(self, message: RunFollowed) -> None:
@@ -187,8 +202,24 @@ class TrainingScreen(RunActions):
             return
         self.records.extend(message.events)
         self.status = message.status
+        self.node_gpus = message.node_gpus
         self.query_one("#training-log", Log).write_lines(merge_by_step(message.log_lines, message.events))
         self._redraw()
+        if self.node_gpus is not None:
+            self._show_node_gpus()
+
+    def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
+        """This machine's GPUs, unless the run trains on Slurm nodes: then its nodes' readings are shown."""
+        if self.node_gpus is None:
+            super().gpu_snapshot_changed(snapshot)
+        else:
+            self._show_node_gpus()
+
+    def _show_node_gpus(self) -> None:
+        readings = self.node_gpus or []
+        self.query_one("#training-gpus", GpuPanel).show(
+            merged_snapshot(readings), node_heading(readings, time.time())
+        )
 
     # drawing
 
@@ -206,7 +237,9 @@ class TrainingScreen(RunActions):
         if self.run is not None:
             state = status.state if status else "reading…"
             reason = f" — {status.reason}" if status and status.reason else ""
-            title.update(f"[b]{self.run.id}[/b]  {escape(state)}{escape(reason)}")  # any state, any reason
+            # Any state and reason, escaped; a Slurm job's reason to wait, or its nodes.
+            where = slurm_detail(status) if status else ""
+            title.update(f"[b]{self.run.id}[/b]  {escape(state + where)}{escape(reason)}")
         progress = self.query_one("#training-progress", ProgressBar)
         progress.display = status is not None and bool(status.total)
         if status is not None and status.total:

@@ -43,10 +43,10 @@ class GpuPanel(Widget, can_focus=True):
         self.first_process = 0
         self.border_title = snapshot_heading(None)
 
-    def show(self, snapshot: GpuSnapshot | None) -> None:
-        """Display ``snapshot`` (call on the UI thread)."""
+    def show(self, snapshot: GpuSnapshot | None, title: str | None = None) -> None:
+        """Display ``snapshot`` (call on the UI thread), under ``title`` if given (else its driver's line)."""
         self.snapshot = snapshot
-        self.border_title = snapshot_heading(snapshot)
+        self.border_title = title or snapshot_heading(snapshot)
         self.refresh(layout=True)
 
     def view(self) -> GpuView:
