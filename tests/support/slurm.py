@@ -26,11 +26,13 @@ DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "sca
 NODES = ("n1", "n2")
 CPUS_PER_NODE = 2
 START_TIMEOUT_S = 30.0
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+"""Where the commands are looked for: Debian puts the daemons in /usr/sbin, which a user's PATH may lack."""
 
 
 def missing_reason() -> str | None:
     """Why a local Slurm cannot run here, or None when it can."""
-    missing = [name for name in DAEMONS if shutil.which(name) is None]
+    missing = [name for name in DAEMONS if shutil.which(name, path=SEARCH_PATH) is None]
     if missing:
         return (
             f"Slurm is not installed ({', '.join(missing)} missing); "
@@ -140,7 +142,7 @@ def _start_munge(folder: Path) -> None:
     key.chmod(0o600)
     subprocess.run(
         [
-            "munged",
+            shutil.which("munged", path=SEARCH_PATH),
             f"--socket={munge}/socket",
             f"--key-file={key}",
             f"--pid-file={munge}/pid",
@@ -173,7 +175,7 @@ def local_cluster() -> Iterator[SlurmCluster]:
     folder.chmod(0o755)
     (folder / "state").mkdir()
     config = _write_config(folder, _free_ports(2 + len(NODES)))
-    environment = {**os.environ, "SLURM_CONF": str(config)}
+    environment = {**os.environ, "PATH": SEARCH_PATH, "SLURM_CONF": str(config)}
     cluster = SlurmCluster(folder, environment)
     try:
         _start_munge(folder)
