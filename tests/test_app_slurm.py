@@ -50,7 +50,7 @@ async def test_a_run_sent_to_slurm_from_the_editor_finishes_with_its_nodes_gpus_
             pilot,
             lambda: training.status is not None and training.status.state == "running",
             "the run running on Slurm",
-            limit=1500,
+            timeout=150,
         )
         assert slurm_cluster.squeue(job) == "RUNNING"
         await wait_until_in_app(
