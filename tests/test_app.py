@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from support.app import make_app, make_workspace, settle, tiny_config, write_run
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from glmcore.config import RunConfig
 from glmtui.screens.config import ConfigScreen
@@ -104,6 +104,40 @@ async def test_config_editor_checks_live_and_saves_the_toml(tmp_path: Path) -> N
         saved = RunConfig.load(workspace.root / "configs" / "tiny-ptuning.toml")
         assert (saved.learning_rate, saved.gradient_accumulation_steps) == (0.005, 4)
         assert saved.model_path == workspace.models_dir / "tiny-chatglm"
+
+
+async def test_config_editor_sets_evaluation_while_training_early_stopping_and_tensorboard(
+    tmp_path: Path,
+) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        screen = app.screen
+        screen.load(tiny_config(workspace))
+        await settle(pilot)
+
+        async def type_into(field: str, text: str) -> None:
+            screen.query_one(f"#{field}", Input).focus()
+            await pilot.press("ctrl+a", "ctrl+k", *text)
+
+        await type_into("eval_steps", "4")
+        await type_into("early_stopping_patience", "2")
+        await settle(pilot)
+        # Early stopping keeps the best evaluated checkpoint: every evaluation needs one.
+        assert [problem.field for problem in screen.problems] == ["save_steps"]
+
+        await type_into("save_steps", "2")
+        await type_into("eval_metric_rows", "3")
+        screen.query_one("#best_metric", Select).value = "rouge-l"
+        screen.query_one("#report_to", Checkbox).value = True
+        await settle(pilot)
+        assert screen.problems == []
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        saved = RunConfig.load(workspace.root / "configs" / "tiny-ptuning.toml")
+        assert (saved.eval_steps, saved.eval_metric_rows, saved.early_stopping_patience) == (4, 3, 2)
+        assert (saved.best_metric, saved.report_to) == ("rouge-l", ["tensorboard"])
 
 
 async def test_config_editor_shows_the_chosen_methods_fields_and_the_real_6b_estimate(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from glmcore import preflight
 from glmcore import runs as run_control
-from glmcore.config import METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
+from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.download import format_bytes
 from glmcore.errors import GlmError
@@ -77,6 +77,9 @@ INTEGER_FIELDS = (
     "logging_steps",
     "max_source_length",
     "max_target_length",
+    "eval_steps",
+    "eval_metric_rows",
+    "early_stopping_patience",
 )
 TEXT_FIELDS = PATH_FIELDS
 NUMBER_FIELDS = ("learning_rate", "lora_dropout")
@@ -105,6 +108,11 @@ FIELD_LABELS = {
     "max_source_length": "Source length",
     "max_target_length": "Target length",
     "gpus": "GPUs (e.g. 0,1)",
+    "eval_steps": "Evaluate every",
+    "eval_metric_rows": "Scored rows",
+    "best_metric": "Best by",
+    "early_stopping_patience": "Patience",
+    "report_to": "TensorBoard",
 }
 
 
@@ -414,6 +422,10 @@ class ConfigScreen(WorkbenchScreen):
             )
         if name == "prefix_projection":
             return OnOffCheckbox("off", id=name)
+        if name == "best_metric":
+            return Select([(metric, metric) for metric in BEST_METRICS], id=name, allow_blank=False)
+        if name == "report_to":
+            return OnOffCheckbox("off", id=name)
         suggestions = model_paths if name == "model_path" else data_paths if name.endswith("_file") else []
         if name in SWEEP_FIELDS:
             return Input(
@@ -459,6 +471,8 @@ class ConfigScreen(WorkbenchScreen):
             self.query_one("#method", Select).value = config.method
             self.query_one("#quantization_bit", Select).value = config.quantization_bit
             self.query_one("#prefix_projection", Checkbox).value = config.prefix_projection
+            self.query_one("#best_metric", Select).value = config.best_metric
+            self.query_one("#report_to", Checkbox).value = "tensorboard" in config.report_to
         finally:
             self._filling = False
         self._show_method_fields(config.method)
@@ -580,6 +594,9 @@ class ConfigScreen(WorkbenchScreen):
         data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
         if "prefix_projection" not in unused:
             data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
+        data["best_metric"] = self.query_one("#best_metric", Select).value
+        others = [target for target in data.get("report_to", []) if target != "tensorboard"]
+        data["report_to"] = others + (["tensorboard"] if self.query_one("#report_to", Checkbox).value else [])
         return data, problems, axes
 
     @on(Input.Changed)
