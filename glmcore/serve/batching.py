@@ -120,11 +120,11 @@ class _Row:
 
 def kv_bytes_per_token(model, dtype: torch.dtype) -> int:
     """The KV cache's bytes for one token of one row: every layer's keys and values (the estimate's model)."""
-    heads, channels = _family_positions(model).cache_heads_and_channels()
+    heads, channels = _row_decoder(model).cache_heads_and_channels()
     return model.config.num_layers * 2 * heads * channels * torch.empty((), dtype=dtype).element_size()
 
 
-def _family_positions(model):
+def _row_decoder(model):
     """A one-row, one-column decoder of the model's family: its prompt positions, prompt mask and position
     advance are the family's own (`glmcore.generation.StaticDecoder`), used here row by row."""
     from glmcore.generation import new_decoder
@@ -154,15 +154,15 @@ class SlotDecoder:
 
     def __init__(self, model, slots: int, capacity: int, *, use_graph: bool | None = None) -> None:
         self.model = model
-        self.family = _family_positions(model)
-        if self.family.prefix_length:
+        self.row_decoder = _row_decoder(model)
+        if self.row_decoder.prefix_length:
             raise GlmError(
                 "The served model must be loaded without a prefix; prefixes are given per request."
             )
-        self.device = self.family.device
-        self.dtype = self.family.dtype
+        self.device = self.row_decoder.device
+        self.dtype = self.row_decoder.dtype
         self.slots, self.capacity = slots, capacity
-        heads, channels = self.family.cache_heads_and_channels()
+        heads, channels = self.row_decoder.cache_heads_and_channels()
         shape = (slots, heads, capacity, channels)
         layers = model.config.num_layers
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
@@ -170,7 +170,9 @@ class SlotDecoder:
         self.hidden = torch.finfo(self.dtype).min
         self.mask = torch.full((slots, 1, 1, capacity), self.hidden, dtype=self.dtype, device=self.device)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(slots, *self.family.position_shape, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(
+            slots, *self.row_decoder.position_shape, dtype=torch.long, device=self.device
+        )
         self.columns = torch.zeros(slots, 1, 1, 1, dtype=torch.long, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -184,7 +186,7 @@ class SlotDecoder:
         length = len(prompt)
         start = prefix[0][0].shape[1] if prefix else 0
         input_ids = torch.tensor([prompt], device=self.device)
-        positions, allowed = self.family.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
+        positions, allowed = self.row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
         keys = [layer[row : row + 1] for layer in self.keys]
         values = [layer[row : row + 1] for layer in self.values]
         if prefix:
@@ -225,8 +227,8 @@ class SlotDecoder:
         fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not two per row
         self.tokens[:width, 0].copy_(fed[:, 0], non_blocking=True)
         self.columns[:width, 0, 0, 0].copy_(fed[:, 1], non_blocking=True)
-        self.family.positions = self.positions[:width]
-        self.family.advance_positions()
+        self.row_decoder.positions = self.positions[:width]
+        self.row_decoder.advance_positions()
         self.mask[:width].scatter_(3, self.columns[:width], 0.0)
         if not self.use_graph:
             return self._step_eagerly(width)

@@ -15,6 +15,7 @@ environment and no log.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -349,7 +350,8 @@ def stop_server(server: Server, timeout: float = 30.0) -> ServerStatus:
     status = server.status()
     if not status.is_active:
         return status
-    os.kill(status.pid, signal.SIGTERM)
+    with contextlib.suppress(ProcessLookupError):  # it may have ended since status() looked
+        os.kill(status.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process_matches(status.pid, status.pid_start_time):
         time.sleep(0.1)
