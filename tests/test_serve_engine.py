@@ -89,3 +89,64 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert [record["clients"] for record in served] == [1, 8, 32]
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
+
+
+def test_a_row_that_fails_fails_its_request_alone_and_every_other_is_answered(chatglm3, tmp_path):
+    """A prefix whose values overflow turns its row's scores into NaN; a temperature of 1e-45 breaks sampling.
+    Seven requests over three rows: those two fail with a reason, the others answer as they do alone, including
+    those that wait for a row and take the failed rows after them (scrubbed: a NaN left behind would spoil them)."""
+    import torch
+
+    import glmcore
+    from glmcore.generation import Sampling
+    from glmcore.prefix import save_prefix_checkpoint
+    from glmcore.serve.batching import Engine, Request
+
+    model_dir, checkpoints = chatglm3
+    overflowing = glmcore.load_model(model_dir, pre_seq_len=4)
+    with torch.no_grad():
+        overflowing.transformer.prefix_encoder.embedding.weight.fill_(1e38)  # finite in the file
+    poisoned = save_prefix_checkpoint(overflowing, tmp_path / "checkpoint-poisoned")
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=3, capacity=64)
+    prompt = tokenizer.encode("hello world")
+    unsigned_seed = Sampling(do_sample=True, temperature=0.9, top_p=0.9, seed=2**64 - 1)
+    asks = {
+        "base": (None, Sampling()),
+        "prefix": (checkpoints[0], Sampling()),
+        "poisoned": (poisoned, Sampling()),
+        "tiny temperature": (None, Sampling(do_sample=True, temperature=1e-45)),
+        "seeded": (None, unsigned_seed),
+        "waits for a row": (checkpoints[1], Sampling()),
+        "waits longer": (None, Sampling()),
+    }
+    outcomes: dict[str, list] = {name: [] for name in asks}
+    ended = threading.Semaphore(0)
+
+    def submit(name: str) -> None:
+        def deliver(kind: str, value: object) -> None:
+            outcomes[name].append((kind, str(value) if kind == "error" else value))
+            if kind != "token":
+                ended.release()
+
+        prefix, sampling = asks[name]
+        engine.submit(Request(prompt, prefix, 8, deliver, sampling))
+
+    try:
+        alone = {}
+        for name in ("base", "prefix", "seeded", "waits for a row"):
+            submit(name)
+            assert ended.acquire(timeout=60)
+            alone[name], outcomes[name] = outcomes[name], []
+        for name in asks:
+            submit(name)
+        for _ in asks:
+            assert ended.acquire(timeout=60), outcomes
+    finally:
+        engine.shutdown()
+    (kind, reason), *_ = outcomes["poisoned"]
+    assert kind == "error" and "not finite numbers" in reason and "prefix checkpoint" in reason
+    assert outcomes["tiny temperature"] == [("error", "The server failed to sample this answer; its log says why.")]
+    for name, answer in alone.items():
+        assert outcomes[name] == answer and answer[-1] == ("end", "length"), name
+    assert outcomes["waits longer"] == alone["base"]

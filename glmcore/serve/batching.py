@@ -7,6 +7,8 @@ A row's columns are `[prefix | prompt | generated]`; its mask shows those, its p
 
 The scheduler is one thread that owns the model. Between two steps it drops the rows of cancelled requests and
 prefills waiting ones into free rows (continuous batching: a new request never waits for a batch to end).
+A failure that belongs to one request (its prefill, its sampling, next-token scores that are not numbers) fails
+that request alone; every request taken from the waiting queue is answered: admitted, or failed with a reason.
 A step runs only the rows up to the highest one in use, rounded up to a power of two; on a GPU each such width
 is captured once as a CUDA graph and replayed. Tokens go to each request's `deliver` callback, which must not
 block (the HTTP side hands them to its event loop), so a slow client never slows the others.
@@ -51,6 +53,10 @@ class RequestTooLong(GlmError):
 
 class EngineStopped(GlmError):
     """The engine has shut down (the server is stopping)."""
+
+
+STOPPED = "The server is stopping, so this answer ends unfinished; send the request again once it runs."
+FAILED_STEP = "The server failed while decoding; its log says why."
 
 
 @dataclass
@@ -212,8 +218,13 @@ class SlotDecoder:
         self.positions[row].copy_(positions[0, ..., -1:])
         return logits
 
-    def release(self, row: int) -> None:
-        """A free row: nothing visible but its first column, positions and column back to 0."""
+    def release(self, row: int, *, scrub: bool = False) -> None:
+        """A free row: nothing visible but its first column, positions and column back to 0. `scrub` zeroes its
+        keys and values too, after a failure: a NaN left in a hidden column still spoils the next request's
+        attention (NaN times a zero weight is NaN)."""
+        if scrub:
+            for layer in (*self.keys, *self.values):
+                layer[row].zero_()
         self.mask[row].fill_(self.hidden)
         self.mask[row, 0, 0, 0] = 0.0
         self.positions[row].zero_()
@@ -366,13 +377,10 @@ class Engine:
             self._wake.notify()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel everything in flight and end the thread."""
+        """Take no more requests, fail those waiting and in flight with `EngineStopped` (each client is told its
+        answer ends unfinished) and end the thread."""
         with self._wake:
             self._stopping = True
-            for request in self._waiting:
-                request.cancel()
-            for row in self._rows.values():
-                row.request.cancel()
             self._wake.notify()
         self._thread.join(timeout)
 
@@ -404,8 +412,8 @@ class Engine:
             with self._wake:
                 while not self._stopping and not self._waiting and not self._rows:
                     self._wake.wait()
-                if self._stopping and not self._rows and not self._waiting:
-                    return
+                if self._stopping:
+                    break
                 admitted = []
                 free = [row for row in range(self.slots) if row not in self._rows]
                 while self._waiting and free:
@@ -416,13 +424,24 @@ class Engine:
                 self._drop_cancelled()
                 if self._rows:
                     self._step()
-            except Exception:  # a bug must not leave every client waiting forever: fail those in flight
+            except Exception:  # a bug must not leave a client waiting forever: fail those in flight
                 log.exception("the serving engine failed a step")
-                for row, state in list(self._rows.items()):
-                    self._fail(state.request, GlmError("The server failed while decoding; its log says why."))
-                    self._release(row, None)
+                self._fail_in_flight(GlmError(FAILED_STEP), [request for _, request in admitted])
+        with self._wake:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        self._fail_in_flight(EngineStopped(STOPPED), waiting)
+
+    def _fail_in_flight(self, error: GlmError, also: list[Request]) -> None:
+        """Fail every row, and each request of `also` that has no answer yet."""
+        for row in list(self._rows):
+            self._end_row(row, error)
+        for request in also:
+            if request.finish_reason is None:
+                self._fail(request, error)
 
     def _admit(self, row: int, request: Request) -> None:
+        """Prefill `request` into `row` and pick its first token; any failure fails this request alone."""
         if request.cancelled:
             self._finish(request, "cancelled")
             return
@@ -431,9 +450,15 @@ class Engine:
             logits = self.decoder.prefill(row, prefix, request.prompt_ids)
         except torch.OutOfMemoryError:
             self._fail(request, GlmError("The GPU ran out of memory for this prompt; send a shorter one."))
+            self.decoder.release(row, scrub=True)
             return
         except GlmError as error:
             self._fail(request, error)
+            return
+        except Exception:
+            log.exception("the serving engine failed to prefill request %s", request.id)
+            self._fail(request, GlmError("The server failed to read this prompt; its log says why."))
+            self.decoder.release(row, scrub=True)
             return
         start = prefix[0][0].shape[1] if prefix else 0
         with self._wake:
@@ -460,9 +485,7 @@ class Engine:
         try:
             logits = self.decoder.step(width, tokens, columns)
         except torch.OutOfMemoryError:
-            for row, state in list(self._rows.items()):
-                self._fail(state.request, GlmError("The GPU ran out of memory while decoding; try again."))
-                self._release(row, None)
+            self._fail_in_flight(GlmError("The GPU ran out of memory while decoding; try again."), [])
             return
         self.steps += 1
         for state in self._rows.values():
@@ -472,15 +495,26 @@ class Engine:
 
     def _emit(self, logits: torch.Tensor, rows: list[int]) -> None:
         """Pick the next token of each of `rows` (`logits[i]` is `rows[i]`'s), hand it over, and end the rows that
-        stopped or ran out of budget. Greedy rows are picked together, with one read from the device."""
-        best = logits.argmax(dim=-1).tolist()
+        stopped or ran out of budget. Greedy rows are picked together, with one read from the device; a row whose
+        scores are not all finite (-1 in that read) fails alone, as does a row whose sampling fails."""
+        finite = torch.isfinite(logits).all(dim=-1)
+        best = torch.where(finite, logits.argmax(dim=-1), -1).tolist()
         picked: dict[int, int] = {}
         for index, row in enumerate(rows):
             request = self._rows[row].request
-            if not request.sampling.do_sample:
+            if best[index] < 0:
+                self._end_row(row, GlmError(_not_finite_message(request)))
+            elif not request.sampling.do_sample:
                 picked[row] = best[index]
             else:
-                choice = pick_tokens(logits[index][None], request.sampling, request.generator(logits.device))
+                try:
+                    choice = pick_tokens(
+                        logits[index][None], request.sampling, request.generator(logits.device)
+                    )
+                except Exception:
+                    log.exception("the serving engine failed to sample request %s", request.id)
+                    self._end_row(row, GlmError("The server failed to sample this answer; its log says why."))
+                    continue
                 picked[row] = int(choice)
         now = time.monotonic()
         for row, token in picked.items():
@@ -497,21 +531,40 @@ class Engine:
             if request.generated >= request.max_new_tokens:
                 self._release(row, "length")
 
-    def _release(self, row: int, reason: str | None) -> None:
+    def _release(self, row: int, reason: str) -> None:
         with self._wake:
             state = self._rows.pop(row)
         self.decoder.release(row)
-        if reason is not None:
-            self._finish(state.request, reason)
+        self._finish(state.request, reason)
+
+    def _end_row(self, row: int, error: GlmError) -> None:
+        """Fail the request of `row` and free the row, scrubbed of whatever the failure left in it."""
+        with self._wake:
+            state = self._rows.pop(row)
+        self.decoder.release(row, scrub=True)
+        self._fail(state.request, error)
 
     def _finish(self, request: Request, reason: str) -> None:
         request.finish_reason = reason
-        request.deliver("end", reason)
-        if self.on_finished is not None:
-            self.on_finished(request)
+        self._tell(request, "end", reason)
 
     def _fail(self, request: Request, error: GlmError) -> None:
         request.finish_reason = "error"
-        request.deliver("error", error)
-        if self.on_finished is not None:
-            self.on_finished(request)
+        self._tell(request, "error", error)
+
+    def _tell(self, request: Request, kind: str, value: object) -> None:
+        """The request's last word; a callback that fails (its client's loop gone) never stops the engine."""
+        try:
+            request.deliver(kind, value)
+            if self.on_finished is not None:
+                self.on_finished(request)
+        except Exception:
+            log.exception("request %s could not be told it ended", request.id)
+
+
+def _not_finite_message(request: Request) -> str:
+    source = "this request's prefix checkpoint" if request.prefix else "the model's weights"
+    return (
+        "The model's next-token scores for this request are not finite numbers (NaN or infinite), so no token "
+        f"can be picked; {source} may hold such values: use another checkpoint or check the weights."
+    )
