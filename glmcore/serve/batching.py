@@ -12,15 +12,16 @@ prefill pass: every prompt being written goes into it, each row with its own pre
 keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
 remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
 `record` keeps the latest passes, steps and first tokens, in order.
-A failure that belongs to one request (its prefill, its sampling, next-token scores that are not numbers) fails
-that request alone; every request taken from the waiting queue is answered: admitted, or failed with a reason.
+A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
+that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
+waiting queue is answered: admitted, or failed with a reason.
 A step runs only the rows up to the highest one in use, rounded up to a power of two; on a GPU each such width
 is captured once as a CUDA graph and replayed. Tokens go to each request's `deliver` callback, which must not
 block (the HTTP side hands them to its event loop), so a slow client never slows the others.
 
 Memory: every row and column is allocated when the engine starts, from a budget (`plan_slots`: the GPU's free
 memory after loading, the KV cache's bytes per token from the model's shape), so serving allocates nothing per
-request beyond a prefill's activations: a request that does not fit a row is refused, one that finds no free
+request beyond a prefill pass's activations and a copy of its rows' columns: a request that does not fit a row is refused, one that finds no free
 row waits, and one that finds the waiting queue full is refused with a retry time (HTTP 429).
 """
 
@@ -280,6 +281,7 @@ class SlotDecoder:
             positions[index, ..., longest - length :] = chunk.positions
             columns[index, longest - length :] = torch.arange(chunk.start, chunk.start + length)
             visible[index, 0, longest - length :, : chunk.start + length] = chunk.sees
+            visible[index, 0, : longest - length, scratch] = True  # padding sees its own key: never a NaN softmax
         rows = torch.tensor([chunk.row for chunk in chunks])
         on_device = rows.to(self.device)
         keys = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.keys]
