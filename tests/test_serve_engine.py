@@ -229,7 +229,8 @@ def test_sixteen_requests_are_prefilled_together_and_answer_as_alone_a_long_prom
 
 def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it_ends(chatglm3):
     """A decoding request keeps stepping while a long prompt is written in chunks, and a short request sent meanwhile
-    (by the decoding one's third token) is answered first: the engine's record shows it in order."""
+    (by the decoding one's third token) is answered first: the engine's record shows it in order. Both answer as
+    alone (the steps between the chunks leave the half-written row alone)."""
     import glmcore
     from glmcore.serve.batching import Engine
 
@@ -238,17 +239,27 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
     family = CHATGLM3_6B.implementation()
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=4, capacity=224, prefill_budget=16)
     answers = Answers()
-    short = answers.request("short", family.chat_prompt_ids(tokenizer, QUESTIONS[0], []), None, 4)
-    decoding = answers.request(
-        "decoding", family.chat_prompt_ids(tokenizer, QUESTIONS[1], []), None, 40, then=lambda: engine.submit(short)
-    )
-    long = answers.request("long", tokenizer.encode("hello world " * 25), None, 4)
+    prompts = {
+        "short": family.chat_prompt_ids(tokenizer, QUESTIONS[0], []),
+        "long": tokenizer.encode("hello world " * 25),
+    }
     try:
+        alone = {}
+        for name, prompt in prompts.items():
+            engine.submit(answers.request(name, prompt, None, 4))
+            answers.wait(1)
+            alone[name] = answers.tokens[name]
+        short = answers.request("short", prompts["short"], None, 4)
+        long = answers.request("long", prompts["long"], None, 4)
+        decoding = answers.request(
+            "decoding", family.chat_prompt_ids(tokenizer, QUESTIONS[1], []), None, 40, then=lambda: engine.submit(short)
+        )
         engine.submit(decoding)
         engine.submit(long)
         answers.wait(3)
     finally:
         engine.shutdown()
+    assert {name: answers.tokens[name] for name in prompts} == alone
     record = list(engine.record)
     long_passes = _passes(record, long.id)
     assert len(long_passes) >= 10
