@@ -325,7 +325,7 @@ class SlotDecoder:
     def step(self, width: int, tokens: dict[int, int], columns: dict[int, int]) -> torch.Tensor:
         """Feed `tokens[row]` at `columns[row]` for the rows decoding (all below `width`); the next logits of the
         first `width` rows. The others (free, or with a prompt half written) are fed at their last column, which no
-        prompt reaches and a decoding row writes before it reads, and are ignored."""
+        request reaches (its last answer token is never fed back), and are ignored."""
         fed = [(tokens.get(row, 0), columns.get(row, self.capacity - 1)) for row in range(width)]
         fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not two per row
         self.tokens[:width, 0].copy_(fed[:, 0], non_blocking=True)
