@@ -132,8 +132,7 @@ class ModelRegistry:
 
     def refresh(self) -> list[ServedModel]:
         models = {self.base.id: self.base}
-        refused: dict[str, str] = {}
-        """Why a model id (or a run id, for all its models) is not served."""
+        refused: dict[str, str] = {}  # why a model id (or a run id, for all its models) is not served
         if self.selection.checkpoints:
             run = self.store.resolve(self.selection.runs[0]) if self.selection.runs else None
             for name in self.selection.checkpoints:
