@@ -27,6 +27,7 @@ from pathlib import Path
 import tomli_w
 
 from glmcore.errors import GlmError
+from glmcore.text import control_character
 from glmcore.workspace import atomic_write_text
 
 METHODS = ("ptuning-v2", "lora", "full")
@@ -39,6 +40,8 @@ GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 """The published metrics (glmcore.metrics.METRIC_NAMES), as ``best_metric`` may name them."""
 BEST_METRICS = ("eval_loss", *GENERATION_METRICS)
 REPORT_TO = ("tensorboard",)
+SEED_MAX = 2**32 - 1
+"""The largest seed the Trainer's generators take (numpy's limit); a larger one fails the run only once it starts."""
 
 
 class ConfigError(GlmError):
@@ -264,6 +267,12 @@ def validate(config: RunConfig) -> list[Problem]:
             problems.append(Problem(field_name, message))
 
     need(bool(config.name.strip()), "name", "give the run a name")
+    control = control_character(config.name)
+    need(
+        control is None,
+        "name",
+        f"holds the control character {control}; use letters, digits, spaces and punctuation",
+    )
     need(
         config.method in METHODS,
         "method",
@@ -319,6 +328,11 @@ def validate(config: RunConfig) -> list[Problem]:
         need(config.lora_alpha > 0, "lora_alpha", f"must be more than 0, not {config.lora_alpha}")
         need(0 <= config.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), not {config.lora_dropout}")
     need(config.learning_rate > 0, "learning_rate", f"must be more than 0, not {config.learning_rate}")
+    need(
+        0 <= config.seed <= SEED_MAX,
+        "seed",
+        f"must be between 0 and {SEED_MAX} (2^32 - 1), not {config.seed}",
+    )
     need(config.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, not {config.warmup_steps}")
     need(config.weight_decay >= 0, "weight_decay", f"must be 0 or more, not {config.weight_decay}")
     need(

@@ -23,6 +23,9 @@ from glmcore.data import Columns, DataError, load_examples
 from glmcore.errors import GlmError
 from glmcore.workspace import MODEL_CONFIG_NAME, Workspace, model_folder_problems
 
+CHECKPOINT_SETTINGS = frozenset({"max_steps", "save_steps", "save_total_limit", "eval_steps"})
+"""The settings the disk check counts checkpoints from: it waits until their values are valid (save_steps = 0
+would divide by zero)."""
 _data_verdicts: dict[str, tuple[tuple, str | None]] = {}
 """Per data file: the (size, mtime, columns) it was checked at, and its problem (None when it is fine)."""
 _data_locks: dict[str, threading.Lock] = {}
@@ -41,7 +44,8 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
     problems += gpu_problems(config)
     if not any(problem.field == "model_path" for problem in problems):
         problems += length_problems(config)
-        problems += disk_problems(config, runs_dir or Workspace.from_env().runs_dir)
+        if not any(problem.field in CHECKPOINT_SETTINGS for problem in problems):
+            problems += disk_problems(config, runs_dir or Workspace.from_env().runs_dir)
     return problems
 
 

@@ -230,7 +230,7 @@ def slurm_options(args: argparse.Namespace, workspace: Workspace) -> SlurmOption
     options = load_defaults(workspace.root).with_changes(**flags)
     if problems := options.problems():
         raise SlurmOptionsError(problems[0])
-    check_submittable(options)
+    check_submittable(options, workspace.runs_dir)
     return options
 
 

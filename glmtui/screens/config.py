@@ -797,7 +797,7 @@ class ConfigScreen(WorkbenchScreen):
             point, problem = problems[0]
             raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
         if slurm is not None:
-            check_submittable(slurm)
+            check_submittable(slurm, self.workbench.workspace.runs_dir)
             config = for_slurm(config, slurm)
             sweep = create_sweep(self.workbench.run_store, config, expand(config, axes))
             jobs = submit_to_slurm(sweep, slurm)
@@ -817,7 +817,7 @@ class ConfigScreen(WorkbenchScreen):
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         if slurm is not None:
-            check_submittable(slurm)
+            check_submittable(slurm, self.workbench.workspace.runs_dir)
             config = for_slurm(config, slurm)
         run = self.workbench.run_store.create(config)
         self.workbench.workspace.remember_config(run.config_path)
