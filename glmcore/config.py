@@ -44,6 +44,11 @@ SEED_MAX = 2**32 - 1
 """The largest seed the Trainer's generators take (numpy's limit); a larger one fails the run only once it starts."""
 
 
+CPU_RECIPE = {"gpus": [], "quantization_bit": 16, "max_steps": 200, "save_steps": 100, "logging_steps": 5}
+"""What a new run starts from on a machine without a GPU: 16-bit (bitsandbytes' 4-bit dequantizes every weight at
+each use, about 4x slower on a CPU) and a run short enough to finish there."""
+
+
 class ConfigError(GlmError):
     """A config file or dict that cannot be read as a RunConfig."""
 
@@ -186,15 +191,18 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         """Read a config.toml; relative paths in it are relative to the file's folder."""
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"the config file {path} does not exist") from None
-        except OSError as error:
-            raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        return cls._from_file(path, _read_toml(path))
+
+    @classmethod
+    def load_over(cls, path: Path, defaults: MachineDefaults) -> tuple[RunConfig, list[str]]:
+        """Read a config.toml as ``load`` does, the settings it leaves out taken from ``defaults`` (this machine's,
+        not the GPU recipe's); also returns the names of those settings."""
+        data = _read_toml(path)
+        filled = [name for name in defaults.values if name not in data]
+        return cls._from_file(path, {**defaults.values, **data}), filled
+
+    @classmethod
+    def _from_file(cls, path: Path, data: dict[str, object]) -> RunConfig:
         try:
             return cls.from_dict(data, base_dir=Path(path).absolute().parent)
         except ConfigError as error:
@@ -207,6 +215,78 @@ class RunConfig:
     def train_command(self, config_path: Path) -> str:
         """The shell command that starts this run again from its saved config."""
         return f"glmtui train {shlex.quote(str(config_path))}"
+
+
+@dataclass(frozen=True)
+class MachineDefaults:
+    """The settings a new run starts from on a machine (over RunConfig's defaults), and the sentence saying why."""
+
+    values: dict[str, object]
+    reason: str
+    machine: str
+    """What decided them: "no NVIDIA GPU", "2 GPUs"."""
+
+
+def defaults_for(gpu_count: int) -> MachineDefaults:
+    """A new run's defaults on a machine with ``gpu_count`` NVIDIA GPUs: the published recipe on GPU 0, or on a
+    machine without one, the CPU recipe (``CPU_RECIPE``)."""
+    if gpu_count > 0:
+        machine = f"{gpu_count} GPU{'s' if gpu_count > 1 else ''}"
+        return MachineDefaults(
+            {"gpus": [0]},
+            f"Defaults for this machine ({machine}): the published 4-bit, 3,000-step recipe on GPU 0.",
+            machine,
+        )
+    machine = "no NVIDIA GPU"
+    return MachineDefaults(
+        dict(CPU_RECIPE),
+        f"Defaults for this machine ({machine}): 16-bit, as 4-bit is about 4× slower on a CPU, and 200 steps "
+        "instead of the published 3,000.",
+        machine,
+    )
+
+
+def cautions(config: RunConfig) -> list[Problem]:
+    """Settings that will train but likely not as the user wants, one sentence each: said, never refused."""
+    if config.quantization_bit == 4 and not config.gpus:
+        return [
+            Problem(
+                "quantization_bit",
+                "4-bit on the CPU trains about 4× slower than 16-bit; use quantization_bit = 16 unless the "
+                "16-bit model does not fit in memory",
+            )
+        ]
+    return []
+
+
+def find_config_file(path: Path, workspace_root: Path) -> Path:
+    """The config file ``path`` names: as given when it exists, else a relative path found in the workspace, where
+    `glmtui demo` and the editor write ``configs/*.toml`` (so the README's ``configs/demo-ptuning.toml`` works from
+    any folder). ConfigError says where it looked."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    places = [workspace_root / path, workspace_root / "configs" / path]
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"the config file {path} is neither in {Path.cwd()} nor in the workspace ({places[0]}); give its "
+            f"path, or make one with `glmtui demo` or the app's editor (ctrl+s), which save into "
+            f"{workspace_root / 'configs'}"
+        )
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"the config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
 
 
 def _coerce(value: object, hint: object, base_dir: Path | None) -> object:

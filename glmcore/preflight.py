@@ -18,7 +18,15 @@ import shutil
 import threading
 from pathlib import Path
 
-from glmcore.config import DEEPSPEED_INSTALL_HINT, DEEPSPEED_PRESETS, Problem, RunConfig, validate
+from glmcore.config import (
+    DEEPSPEED_INSTALL_HINT,
+    DEEPSPEED_PRESETS,
+    MachineDefaults,
+    Problem,
+    RunConfig,
+    defaults_for,
+    validate,
+)
 from glmcore.data import Columns, DataError, load_examples
 from glmcore.errors import GlmError
 from glmcore.workspace import MODEL_CONFIG_NAME, Workspace, model_folder_problems
@@ -174,6 +182,11 @@ def visible_gpu_count() -> int:
 
     snapshot = read_gpus()
     return len(snapshot.gpus) if snapshot.available else 0
+
+
+def machine_defaults() -> MachineDefaults:
+    """What a new run starts from on this machine (the GPUs the driver reports), and why."""
+    return defaults_for(visible_gpu_count())
 
 
 def gpu_problems(config: RunConfig) -> list[Problem]:

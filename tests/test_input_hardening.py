@@ -6,6 +6,7 @@ The CLI cases run `glmtui train|sweep` through ``glmtui.cli.main`` on real files
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from support.waiting import wait_until
 from test_preflight import good_lines, refused, workspace, write_config  # noqa: F401 (workspace: a fixture)
 
-from glmcore.config import RunConfig
+from glmcore.config import RunConfig, cautions, defaults_for, validate
 from glmcore.notify import NOTIFICATIONS_FOLDER, announce_end
+from glmcore.preflight import visible_gpu_count
 from glmcore.runs import Run, RunStore
 from glmcore.slurm.script import SlurmOptions, SlurmOptionsError, check_submittable, job_script
 from glmtui.cli import main
@@ -164,3 +166,116 @@ def test_train_on_slurm_from_a_workspace_with_a_quote_creates_nothing(
     assert code == 2 and "Traceback" not in printed
     assert f"error: the path {quoted / 'runs'} has a quote, which sbatch would change" in printed
     assert not quoted.exists()
+
+
+# --- Day one III §7: defaults that fit the machine, a config found in the workspace -------------------------
+
+
+def test_a_new_run_fits_the_machine_and_says_why() -> None:
+    cpu = defaults_for(0)
+    config = RunConfig(name="x", model_path=Path("m"), train_file=Path("t"), **cpu.values)
+    assert (config.gpus, config.quantization_bit, config.max_steps, config.save_steps) == ([], 16, 200, 100)
+    assert validate(config) == [] and cautions(config) == []
+    assert cpu.reason == (
+        "Defaults for this machine (no NVIDIA GPU): 16-bit, as 4-bit is about 4× slower on a CPU, and 200 steps "
+        "instead of the published 3,000."
+    )
+    gpu = defaults_for(2)
+    assert RunConfig(name="x", model_path=Path("m"), train_file=Path("t"), **gpu.values).gpus == [0]
+    assert (
+        gpu.reason == "Defaults for this machine (2 GPUs): the published 4-bit, 3,000-step recipe on GPU 0."
+    )
+    [caution] = cautions(dataclasses.replace(config, quantization_bit=4))
+    assert caution.field == "quantization_bit" and caution.message.startswith(
+        "4-bit on the CPU trains about 4×"
+    )
+
+
+@pytest.fixture
+def cpu_only() -> None:
+    if visible_gpu_count():
+        pytest.skip("this machine has GPUs: its defaults are the GPU recipe")
+
+
+def test_train_finds_configs_in_the_workspace_fills_what_they_leave_out_and_warns_of_4_bit_on_the_cpu(
+    cpu_only: None,
+    tmp_path: Path,
+    workspace: Path,  # noqa: F811
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(good_lines())
+    configs = workspace / "configs"
+    configs.mkdir(parents=True)
+    (configs / "minimal.toml").write_text(
+        f"name = 'minimal'\nmodel_path = '{tiny_model_dir}'\ntrain_file = '{data}'\nquantization_bit = 4\n"
+        "max_steps = 0\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)  # a folder without configs/, as the repository is
+
+    code = main(["train", "configs/minimal.toml"])  # refused for max_steps, after saying what it used
+
+    output = capsys.readouterr()
+    assert code == 2 and "Traceback" not in output.err
+    assert f"Using {configs / 'minimal.toml'} from the workspace." in output.out
+    assert (
+        "Not in minimal.toml, so set for this machine (no NVIDIA GPU): gpus = [], save_steps = 100, "
+        "logging_steps = 5." in output.out
+    )
+    assert f"{configs / 'minimal.toml'} has 1 problem; nothing was started:" in output.err
+
+    assert (
+        "warning: quantization_bit: 4-bit on the CPU trains about 4× slower than 16-bit; use quantization_bit = "
+        "16 unless the 16-bit model does not fit in memory" in output.out
+    )
+
+    assert (
+        main(["sweep", "minimal.toml", "--set", "max_steps=0,1"]) == 2
+    )  # a bare name: the workspace's configs/
+    output = capsys.readouterr()
+    assert f"Using {configs / 'minimal.toml'} from the workspace." in output.out
+    assert "  • max_steps=0: max_steps: must be at least 1, not 0" in output.err
+    assert not (workspace / "runs").exists()
+
+    assert main(["train", "configs/absent.toml"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"error: the config file configs/absent.toml is neither in {tmp_path} nor in the workspace "
+        f"({workspace / 'configs' / 'absent.toml'}); give its path, or make one with `glmtui demo`"
+    )
+
+
+async def test_a_new_run_in_the_editor_has_the_cpu_recipe_says_why_and_notes_4_bit(
+    cpu_only: None, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from support.app import make_app, make_workspace, settle
+    from textual.widgets import Input, Select, Static
+
+    from glmtui.screens.config import ConfigScreen
+
+    bench = make_workspace(tmp_path / "ws", with_model=False)
+    (bench.models_dir / "tiny").symlink_to(tiny_model_dir)  # the session's tiny model, not a new one
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(good_lines())
+    async with make_app(bench).run_test(size=(120, 40)) as pilot:
+        screen = pilot.app.screen
+        assert isinstance(screen, ConfigScreen)
+        await settle(pilot)
+        values = [screen.query_one(f"#{name}", Input).value for name in ("max_steps", "save_steps", "gpus")]
+        assert (screen.query_one("#quantization_bit", Select).value, values) == (16, ["200", "100", ""])
+        side = str(screen.query_one("#config-problems", Static).render())
+        assert side.startswith(defaults_for(0).reason)
+
+        screen.query_one("#quantization_bit", Select).value = 4
+        screen.query_one("#train_file", Input).value = str(data)
+        await settle(pilot)
+        side = " ".join(str(screen.query_one("#config-problems", Static).render()).split())
+        assert screen.problems == []  # a warning, not a refusal
+        assert "Note: Quantization: 4-bit on the CPU trains about 4× slower than 16-bit" in side
+
+        screen.query_one("#save_steps", Input).focus()
+        await pilot.press("ctrl+a", "ctrl+k", "0")
+        await settle(pilot)
+        assert [str(problem) for problem in screen.problems] == ["save_steps: must be at least 1, not 0"]
