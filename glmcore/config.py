@@ -2,7 +2,8 @@
 
 config.toml holds everything needed to repeat a run, so a run folder can be re-run or compared years later. The
 defaults are ChatGLM-6B's published P-tuning v2 recipe (ptuning/train.sh): 4-bit, prefix length 128, learning
-rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. TOML has no null, so a setting whose
+rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. A new run starts from the defaults for
+the machine it trains on (``defaults_for``): without a GPU, 16-bit and 200 steps. TOML has no null, so a setting whose
 value is None (meaning "none" or "automatic") is left out of the file and read back as None.
 
 ``validate`` reports every problem of the values at once, one sentence each, so a user fixes the file in one go

@@ -35,8 +35,8 @@ def sweep_command(args: argparse.Namespace) -> int:
     errors = Console(stderr=True)
     workspace = Workspace.from_env()
     try:
-        base = load_config(args, workspace, console)
         slurm = slurm_options(args, workspace)
+        base = load_config(args, workspace, console, slurm)
         # On Slurm the GPUs are each job's, not this machine's: they are checked by Slurm, not here.
         points = expand(base if slurm is None else dataclasses.replace(base, gpus=[]), parse_sets(args.set))
     except GlmError as error:

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from glmcore import preflight
-from glmcore.config import RunConfig, cautions, find_config_file
+from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, Run, RunStatus, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
@@ -175,14 +175,17 @@ def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
     return 0
 
 
-def load_config(args: argparse.Namespace, workspace: Workspace, console: Console) -> RunConfig:
-    """CONFIG.toml, found here or in the workspace, the settings it leaves out set for this machine; says where
-    it was found and which settings this machine chose (`train` and `sweep`). Sets ``args.config`` to its path."""
+def load_config(
+    args: argparse.Namespace, workspace: Workspace, console: Console, slurm: SlurmOptions | None
+) -> RunConfig:
+    """CONFIG.toml, found here or in the workspace, the settings it leaves out set for the machine it will train
+    on (this one, or a Slurm job's nodes); says where it was found and which settings the machine chose (`train`
+    and `sweep`). Sets ``args.config`` to its path."""
     path = find_config_file(args.config, workspace.root)
     if path != args.config:
         console.print(f"Using {escape(str(path))} from the workspace.")
     args.config = path
-    defaults = preflight.machine_defaults()
+    defaults = preflight.machine_defaults() if slurm is None else defaults_for(slurm.gpus_per_node)
     config, filled = RunConfig.load_over(path, defaults)
     if filled:
         chosen = ", ".join(f"{name} = {defaults.values[name]}" for name in filled)
@@ -201,8 +204,8 @@ def train(args: argparse.Namespace) -> int:
     errors = Console(stderr=True)
     workspace = Workspace.from_env()
     try:
-        config = load_config(args, workspace, console)
         slurm = slurm_options(args, workspace)
+        config = load_config(args, workspace, console, slurm)
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
