@@ -2,9 +2,9 @@
 
 config.toml holds everything needed to repeat a run, so a run folder can be re-run or compared years later. The
 defaults are ChatGLM-6B's published P-tuning v2 recipe (ptuning/train.sh): 4-bit, prefix length 128, learning
-rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. A new run starts from the defaults for
-the machine it trains on (``defaults_for``): without a GPU, 16-bit and 200 steps. TOML has no null, so a setting whose
-value is None (meaning "none" or "automatic") is left out of the file and read back as None.
+rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000; a new run starts from the defaults
+for the machine it trains on (``defaults_for``): without a GPU, 16-bit and 200 steps. TOML has no null, so a
+setting whose value is None (meaning "none" or "automatic") is left out of the file and read back as None.
 
 ``validate`` reports every problem of the values at once, one sentence each, so a user fixes the file in one go
 instead of meeting the problems one launch at a time. What lies outside the config (the model folder, the data
@@ -42,7 +42,7 @@ GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 BEST_METRICS = ("eval_loss", *GENERATION_METRICS)
 REPORT_TO = ("tensorboard",)
 SEED_MAX = 2**32 - 1
-"""The largest seed the Trainer's generators take (numpy's limit); a larger one fails the run only once it starts."""
+"""The largest seed the Trainer's generators take (numpy's limit); a larger one fails the run once it starts."""
 
 
 CPU_RECIPE = {"gpus": [], "quantization_bit": 16, "max_steps": 200, "save_steps": 100, "logging_steps": 5}
@@ -196,8 +196,8 @@ class RunConfig:
 
     @classmethod
     def load_over(cls, path: Path, defaults: MachineDefaults) -> tuple[RunConfig, list[str]]:
-        """Read a config.toml as ``load`` does, the settings it leaves out taken from ``defaults`` (this machine's,
-        not the GPU recipe's); also returns the names of those settings."""
+        """Read a config.toml as ``load`` does, the settings it leaves out taken from ``defaults`` (this
+        machine's, not the GPU recipe's); also returns the names of those settings."""
         data = _read_toml(path)
         filled = [name for name in defaults.values if name not in data]
         return cls._from_file(path, {**defaults.values, **data}), filled
@@ -220,7 +220,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class MachineDefaults:
-    """The settings a new run starts from on a machine (over RunConfig's defaults), and the sentence saying why."""
+    """The settings a new run starts from on a machine (over RunConfig's defaults), and the sentence why."""
 
     values: dict[str, object]
     reason: str
@@ -261,9 +261,9 @@ def cautions(config: RunConfig) -> list[Problem]:
 
 
 def find_config_file(path: Path, workspace_root: Path) -> Path:
-    """The config file ``path`` names: as given when it exists, else a relative path found in the workspace, where
-    `glmtui demo` and the editor write ``configs/*.toml`` (so the README's ``configs/demo-ptuning.toml`` works from
-    any folder). ConfigError says where it looked."""
+    """The config file ``path`` names: as given when it exists, else a relative path found in the workspace,
+    where `glmtui demo` and the editor write ``configs/*.toml`` (so the README's ``configs/demo-ptuning.toml``
+    works from any folder). ConfigError says where it looked."""
     path = Path(path).expanduser()
     if path.is_absolute() or path.exists():
         return path

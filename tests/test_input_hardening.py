@@ -113,12 +113,13 @@ def test_a_name_and_reason_no_variable_can_carry_are_still_notified(tmp_path: Pa
 def test_a_notification_that_cannot_be_sent_says_so_in_its_marker_and_the_log(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    run = notified_run(tmp_path / "ws", [str(tmp_path / "no-such-notifier")])
+    notifier = tmp_path / "no-such-notifier"
+    run = notified_run(tmp_path / "ws", [str(notifier)])
 
     announce_end(run)
 
     [marker] = (run.path / NOTIFICATIONS_FOLDER).iterdir()
-    said = f"glmtui: the failed notification of run {run.id} was not sent: could not run {tmp_path}/no-such-notifier"
+    said = f"glmtui: the failed notification of run {run.id} was not sent: could not run {notifier}"
     assert said in marker.read_text(encoding="utf-8")
     assert said in capsys.readouterr().err  # a training process's stderr is its train.log
 

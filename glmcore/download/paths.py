@@ -14,7 +14,7 @@ from glmcore.text import control_character
 
 def path_problem(name: str, destination: Path) -> str | None:
     """Why ``name`` cannot be written under ``destination`` (None when it can): absolute, ``..``, outside, or
-    holding a control character (a NUL cannot be in a file name; a newline or escape would garble what is shown)."""
+    holding a control character (no file name holds a NUL; a newline or escape garbles what is shown)."""
     member = PurePosixPath(name.replace("\\", "/"))
     if not name.strip() or not member.parts:
         return "it is empty"

@@ -301,7 +301,7 @@ class ConfigScreen(WorkbenchScreen):
         """Why a new run starts from the defaults it does, shown while the form started from them."""
 
     def blank_config(self) -> RunConfig:
-        """A new run on the workspace's first model with this machine's defaults (their reason shows beside them)."""
+        """A new run on the workspace's first model with this machine's defaults (their reason shown beside)."""
         models = self.workbench.workspace.find_models()
         defaults = preflight.machine_defaults()
         self.blank = RunConfig(
