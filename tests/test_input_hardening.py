@@ -251,6 +251,8 @@ def test_train_finds_configs_in_the_workspace_fills_what_they_leave_out_and_warn
 async def test_a_new_run_in_the_editor_has_the_cpu_recipe_says_why_and_notes_4_bit(
     cpu_only: None, tmp_path: Path, tiny_model_dir: Path
 ) -> None:
+    """New run on a CPU machine: 16-bit and 200 steps with the reason; 4-bit is noted, not refused; save_steps 0
+    gets its real reason; a file loaded with ctrl+o gets the machine's defaults for what it leaves out."""
     from support.app import make_app, make_workspace, settle
     from textual.widgets import Input, Select, Static
 
@@ -280,3 +282,17 @@ async def test_a_new_run_in_the_editor_has_the_cpu_recipe_says_why_and_notes_4_b
         await pilot.press("ctrl+a", "ctrl+k", "0")
         await settle(pilot)
         assert [str(problem) for problem in screen.problems] == ["save_steps: must be at least 1, not 0"]
+
+        # A config file loaded with ctrl+o gets the same defaults for what it leaves out as `glmtui train` gives.
+        minimal = tmp_path / "minimal.toml"
+        minimal.write_text(f"name = 'minimal'\nmodel_path = '{tiny_model_dir}'\ntrain_file = '{data}'\n")
+        await pilot.press("ctrl+o")
+        await settle(pilot)
+        pilot.app.screen.query_one("#load-path", Input).value = str(minimal)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert screen.query_one("#quantization_bit", Select).value == 16
+        assert [screen.query_one(f"#{name}", Input).value for name in ("max_steps", "save_steps")] == [
+            "200",
+            "100",
+        ]

@@ -845,7 +845,7 @@ class ConfigScreen(WorkbenchScreen):
         def loaded(path: Path | None) -> None:
             if path is not None:
                 try:
-                    self.load(RunConfig.load(path))
+                    self.load(RunConfig.load_over(path, preflight.machine_defaults())[0])
                 except GlmError as error:
                     self.notify(str(error), severity="error")
                 else:
