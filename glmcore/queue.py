@@ -44,7 +44,7 @@ import tomli_w
 from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
 from glmcore.notify import report_found_in
-from glmcore.runs import Run, RunError, RunStore, claim, launch, now_iso
+from glmcore.runs import Run, RunError, RunStore, claim, config_problem, launch, now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
 GIB = 2**30
@@ -133,7 +133,7 @@ class Decision:
     admitted: bool
     reason: str | None = None
     unstartable: bool = False
-    """Its config cannot be read (``reason`` says why): it leaves the queue at the next pass."""
+    """Its config cannot start it (``reason`` says why): it leaves the queue at the next pass."""
 
 
 def _gib(count: float) -> str:
@@ -389,16 +389,15 @@ class Queue:
     def plan(self, snapshot: GpuSnapshot | None = None) -> list[tuple[Run, Decision]]:
         """Every queued run with whether it would start now and why not; reads NVML when a run needs a GPU.
 
-        A run whose config.toml cannot be read (edited by hand since it was queued) is ``unstartable``, with
-        the reason, and takes no place from the others.
+        A run whose config.toml cannot start it (edited by hand since it was queued: not TOML, a bad value) is
+        ``unstartable``, with the reason, and takes no place from the others.
         """
         runs, problems = [], {}
         for run in self.runs():
-            try:
-                run.config  # noqa: B018 (read and checked once here; cached on the Run)
+            if problem := config_problem(run):
+                problems[run] = problem
+            else:
                 runs.append(run)
-            except GlmError as error:
-                problems[run] = str(error)
         candidates = [
             Candidate(run.id, tuple(run.config.gpus), estimate_need(run) if run.config.gpus else None)
             for run in runs

@@ -1065,6 +1065,15 @@ def refuse_links(run: Run) -> None:
             raise RunError(_link_sentence(run.path / name))
 
 
+def config_problem(run: Run) -> str | None:
+    """Why the run's config.toml cannot start it (not TOML, a bad value: edited since it was checked), or None."""
+    try:
+        problems = validate(run.config)
+    except GlmError as error:
+        return str(error)
+    return f"{run.config_path}: " + "; ".join(map(str, problems)) if problems else None
+
+
 def _refuse_if_active(run: Run, status: RunStatus) -> None:
     if status.waits_in_slurm:
         raise RunError(
@@ -1111,8 +1120,8 @@ def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | Non
     if program is None and (run.path / SLURM_OPTIONS_FILE).is_file():
         return _submit_to_slurm(run, resume=resume, never_launched=never_launched)
     try:
-        if problems := validate(run.config):  # checked again: the config may have been edited since
-            raise ConfigError(f"{run.config_path}: " + "; ".join(map(str, problems)))
+        if problem := config_problem(run):  # checked again: the config may have been edited since
+            raise ConfigError(problem)
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
         if never_launched:  # a queued run leaves the queue: it would fail the same way again
