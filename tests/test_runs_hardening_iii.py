@@ -41,6 +41,7 @@ from glmtui.commands.logs import show_logs
 from glmtui.commands.runs import show_runs
 from glmtui.commands.stop import stop_run
 from glmtui.screens.compare import CompareScreen
+from glmtui.screens.evaluate import EvaluateScreen
 from glmtui.screens.runs import RunsScreen
 from glmtui.screens.training import TrainingScreen
 
@@ -148,7 +149,7 @@ NOT_A_STATUS = {
     "20260501-090001-text": ("running", "it holds a JSON str, not an object"),
     "20260501-090002-number-state": ({"state": 5}, "its state is 5, not str"),
 }
-FUTURE = "20260501-110000-future"
+FUTURE = "20260501-110000-future[b]"  # a folder may be named anything
 GOOD = "20260501-100000-good"
 
 
@@ -227,6 +228,12 @@ async def test_every_screen_shows_folder_values_as_text_and_unreadable_runs_as_s
         assert isinstance(app.screen, TrainingScreen)
         title = str(app.screen.query_one("#training-title", Static).render())
         assert title == f"{FUTURE}  paused-by-v9 [/] — [/] moved to [bold]v9"
+
+        await pilot.press("e")
+        await settle(pilot)
+        assert isinstance(app.screen, EvaluateScreen)
+        title = str(app.screen.query_one("#evaluate-title", Static).render())
+        assert title == f"{FUTURE}: base model vs prefix checkpoints"
 
 
 # 13: links leading out of a run folder
