@@ -213,7 +213,8 @@ async def test_every_screen_shows_folder_values_as_text_and_unreadable_runs_as_s
         await pilot.press("s")  # refused: the error toast carries the state
         await settle(pilot)
         errors = [toast.message for toast in app._notifications if toast.severity == "error"]
-        assert len(errors) == 1 and "(it is paused-by-v9 [/])" in errors[0], errors  # the unreadable runs: none
+        # The one error is the refusal: the unreadable runs raise none.
+        assert len(errors) == 1 and "(it is paused-by-v9 [/])" in errors[0], errors
 
         await pilot.press("space", "space", "space", "v")  # the future run, the good one, an unreadable one
         await settle(pilot)
