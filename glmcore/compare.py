@@ -50,6 +50,8 @@ class RunSummary:
     """The published metrics (bleu-4, rouge-1…) of its newest evaluation of the checkpoint it stands for."""
     metrics_source: str | None = None
     """Where ``metrics`` come from: an evaluation folder, or "training" (the scored evaluations while training)."""
+    problem: str | None = None
+    """Why the run folder cannot be read (a damaged status.json or config.toml); it is listed with no figures."""
 
     @property
     def name(self) -> str:
@@ -150,10 +152,13 @@ def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None]:
 
 
 def summarize(run: Run) -> RunSummary:
-    """Everything a comparison shows of one run."""
-    summary = RunSummary(run, run.status(), run.config.to_dict(), (sweep_of(run) or {}).get("sweep"))
-    _figures(run, summary)
-    summary.metrics, summary.metrics_source = _evaluation_metrics(run)
+    """Everything a comparison shows of one run; an unreadable one is listed with its ``problem`` only."""
+    try:
+        summary = RunSummary(run, run.status(), run.config.to_dict(), (sweep_of(run) or {}).get("sweep"))
+        _figures(run, summary)
+        summary.metrics, summary.metrics_source = _evaluation_metrics(run)
+    except GlmError as error:
+        return RunSummary(run, RunStatus(state="unreadable"), {}, None, problem=str(error))
     return summary
 
 
@@ -194,12 +199,13 @@ def default_metric(summaries: Sequence[RunSummary]) -> str:
 
 
 def differing_settings(summaries: Sequence[RunSummary]) -> list[str]:
-    """The settings (in config order) whose values are not the same in every run; a setting left out of one
-    config (None, "automatic") differs from one given in another."""
+    """The settings (in config order) whose values are not the same in every readable run; a setting left out
+    of one config (None, "automatic") differs from one given in another."""
+    readable = [summary for summary in summaries if summary.problem is None]
     names: list[str] = []
-    for summary in summaries:
+    for summary in readable:
         names += [name for name in summary.settings if name not in names and name not in IDENTITY_SETTINGS]
-    return [name for name in names if len({json.dumps(s.settings.get(name)) for s in summaries}) > 1]
+    return [name for name in names if len({json.dumps(s.settings.get(name)) for s in readable}) > 1]
 
 
 def compare_runs(store: RunStore, names: Sequence[str], metric: str | None = None) -> RunComparison:

@@ -44,7 +44,7 @@ import tomli_w
 from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
 from glmcore.notify import report_found_in
-from glmcore.runs import Run, RunError, RunStore, claim, launch, now_iso
+from glmcore.runs import Run, RunError, RunStore, claim, config_problem, launch, now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
 GIB = 2**30
@@ -132,6 +132,8 @@ class Decision:
     position: int
     admitted: bool
     reason: str | None = None
+    unstartable: bool = False
+    """Its config cannot start it (``reason`` says why): it leaves the queue at the next pass."""
 
 
 def _gib(count: float) -> str:
@@ -344,6 +346,12 @@ class Queue:
             )
             self._write_order([queued for queued in self.runs() if queued != run])
 
+    def _take_off(self, run: Run, problem: str) -> None:
+        """Take a run that cannot start off the queue, with why (it would be refused at every pass)."""
+        with contextlib.suppress(RunError), claim(run):  # else the next pass tries again
+            if run.stored_status().state == "queued":
+                run.write_status(state="created", queued=None, reason=f"never launched: {problem}")
+
     def queue_runs(self, runs: Sequence[Run]) -> int | None:
         """Queue ``runs`` in their order and start a worker if none is alive; returns the new worker's pid."""
         for run in runs:
@@ -379,8 +387,17 @@ class Queue:
         return occupants
 
     def plan(self, snapshot: GpuSnapshot | None = None) -> list[tuple[Run, Decision]]:
-        """Every queued run with whether it would start now and why not; reads NVML when a run needs a GPU."""
-        runs = self.runs()
+        """Every queued run with whether it would start now and why not; reads NVML when a run needs a GPU.
+
+        A run whose config.toml cannot start it (edited by hand since it was queued: not TOML, a bad value) is
+        ``unstartable``, with the reason, and takes no place from the others.
+        """
+        runs, problems = [], {}
+        for run in self.runs():
+            if problem := config_problem(run):
+                problems[run] = problem
+            else:
+                runs.append(run)
         candidates = [
             Candidate(run.id, tuple(run.config.gpus), estimate_need(run) if run.config.gpus else None)
             for run in runs
@@ -394,7 +411,12 @@ class Queue:
         if reason is None or reason == NO_DRIVER_REASON:  # the panels' sentence; here only the fact matters
             reason = "no NVIDIA driver here; `glmtui queue start RUN` starts it anyway"
         decisions = admit(candidates, self.occupants(snapshot), free, self.settings(), no_gpu_reason=reason)
-        return list(zip(runs, decisions, strict=True))
+        planned = list(zip(runs, decisions, strict=True))
+        refused = [
+            (run, Decision(run.id, len(planned) + number, False, problem, unstartable=True))
+            for number, (run, problem) in enumerate(problems.items(), start=1)
+        ]
+        return planned + refused
 
     # workers
 
@@ -452,6 +474,8 @@ class Queue:
                         return
                     for run, decision in self._pass(program, None):
                         line = "started" if decision.admitted else f"waits: {decision.reason}"
+                        if decision.unstartable:
+                            line = f"left the queue: {decision.reason}"
                         if said.get(run.id) != line:
                             said[run.id] = line
                             say(f"{now_iso()} {run.id} {line}")
@@ -465,7 +489,9 @@ class Queue:
         """An admission pass for a caller that holds the queue lock; a launch refused or failed says why."""
         planned = []
         for run, decision in self.plan(snapshot):
-            if decision.admitted:
+            if decision.unstartable:
+                self._take_off(run, decision.reason or "")
+            elif decision.admitted:
                 try:
                     launch(run, detach=True, program=program, only_if="queued")
                 except RunError as error:  # started by hand meanwhile, or its launch failed (recorded)

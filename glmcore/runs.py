@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -30,9 +31,9 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
-from glmcore.config import RunConfig
+from glmcore.config import ConfigError, RunConfig, validate
 from glmcore.distributed import launch_plan
 from glmcore.errors import GlmError
 from glmcore.slurm.script import OPTIONS_FILE as SLURM_OPTIONS_FILE
@@ -46,6 +47,32 @@ CHECKPOINT_COMPLETE_MARKER = "trainer_state.json"
 PARTIAL_CHECKPOINTS = ".partial"
 """``checkpoints/.partial/checkpoint-N/`` is where a checkpoint is written before it is renamed into place."""
 CLAIM_LOCK = "claim.lock"
+TRAINER_LOCK = "trainer.lock"
+"""Held (flock) by the run's training process for its whole life: a live trainer blocks a second one."""
+TRAINER_LOCK_VARIABLE = "GLMTUI_TRAINER_LOCK_FD"
+"""The descriptor of trainer.lock a launched training process inherits, already locked by its launcher."""
+KILL_AFTER_SPAWN_VARIABLE = "GLMTUI_TEST_KILL_AFTER_SPAWN"
+"""Test hook: a launcher with this set kills itself right after spawning a trainer, before recording it."""
+TRAINER_EXIT_WAIT_S = 10.0
+"""How long a launch waits for the trainer of a run that recorded its end to exit and free trainer.lock."""
+FINAL_STATES = ("stopped", "finished", "failed", "crashed")
+RUN_ENTRIES = (
+    "config.toml",
+    "status.json",
+    "events.jsonl",
+    "train.log",
+    "status.lock",
+    CLAIM_LOCK,
+    TRAINER_LOCK,
+    "stop-request",
+    "best-checkpoint.json",
+    "checkpoints",
+    "tensorboard",
+)
+"""What glmtui reads and writes in a run folder; none may be a symbolic link (it could lead outside)."""
+APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+LINE_BLOCK_BYTES = 1 << 16
+"""How much of a file is read at a time, forwards or backwards: memory stays this small whatever its size."""
 BEST_CHECKPOINT_FILE = "best-checkpoint.json"
 """The run's best evaluated checkpoint, written by the training process after each save that holds it."""
 TENSORBOARD_FOLDER = "tensorboard"
@@ -126,6 +153,56 @@ def process_matches(pid: int | None, start_time: float | None) -> bool:
     return start_time is None or abs(started - start_time) <= START_TIME_TOLERANCE_S
 
 
+def process_command(pid: int) -> tuple[list[str], str | None] | None:
+    """The command line of process ``pid`` and its working folder (None when unreadable); None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        if Path("/proc/self/cmdline").exists():
+            return None
+        return _psutil_command(pid)
+    except OSError:
+        return None
+    try:
+        folder: str | None = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        folder = None
+    return [part.decode("utf-8", errors="replace") for part in raw.split(b"\0") if part], folder
+
+
+def _psutil_command(pid: int) -> tuple[list[str], str | None] | None:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        return process.cmdline(), process.cwd()
+    except psutil.Error:
+        return None
+
+
+def open_run_file(path: Path, flags: int) -> IO[bytes]:
+    """``path`` opened (``os.open`` flags, binary) without following a symbolic link at its last part.
+
+    A link in a run folder could point anywhere (a crafted or copied folder); glmtui never reads or appends
+    through one, and says so instead.
+    """
+    mode = {os.O_RDONLY: "rb", os.O_WRONLY: "ab", os.O_RDWR: "ab+"}[flags & os.O_ACCMODE]
+    try:
+        descriptor = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise RunError(_link_sentence(path)) from None
+        raise
+    return os.fdopen(descriptor, mode)
+
+
+def _link_sentence(path: Path) -> str:
+    return (
+        f"{path} is a symbolic link; glmtui does not follow links inside a run folder (one could lead outside "
+        "it): replace it with the real file or folder"
+    )
+
+
 @dataclass
 class RunStatus:
     """The contents of status.json: where a run stands, and which process (on which host) is running it."""
@@ -164,10 +241,33 @@ class RunStatus:
         return self.state == "queued" and self.slurm_job is not None
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> RunStatus:
-        """Keys this version does not know are ignored, so a newer writer never breaks an older reader."""
-        known = {status_field.name for status_field in fields(cls)}
-        return cls(**{key: value for key, value in data.items() if key in known})
+    def from_dict(cls, data: object) -> RunStatus:
+        """Keys this version does not know are ignored, so a newer writer never breaks an older reader; a known
+        key holding the wrong kind of value is a ValueError saying which."""
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
+        values = {}
+        for status_field in fields(cls):
+            if status_field.name in data:
+                value = data[status_field.name]
+                if not _is_kind(value, str(status_field.type)):
+                    raise ValueError(
+                        f"its {status_field.name} is {json.dumps(value)}, not {status_field.type}"
+                    )
+                values[status_field.name] = value
+        return cls(**values)
+
+
+def _is_kind(value: object, hint: str) -> bool:
+    """Whether a JSON ``value`` fits RunStatus's field type ``hint`` ("int | None", "list[str]"…)."""
+    if value is None:
+        return hint.endswith(" | None")
+    kind = hint.removesuffix(" | None")
+    if kind.startswith("list["):
+        return isinstance(value, list) and all(_is_kind(item, kind[5:-1]) for item in value)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, {"str": str, "int": int, "float": int | float}[kind])
 
 
 class Checkpoint(NamedTuple):
@@ -302,30 +402,35 @@ class FileTail:
     line for the next read (the writer may be mid-line). A file that shrank was replaced; it is read afresh.
     """
 
-    def __init__(self, path: Path, offset: int = 0, chunk_size: int = 1 << 16) -> None:
+    def __init__(self, path: Path, offset: int = 0, chunk_size: int = LINE_BLOCK_BYTES) -> None:
         self.path = path
         self.offset = offset
         self.chunk_size = chunk_size
 
-    def read_bytes(self, *, complete_lines: bool = True) -> bytes:
-        """Everything appended since the last read: up to the last newline, or all of it when the writer is
-        known to be done (``complete_lines=False``)."""
+    def chunks(self, *, complete_lines: bool = True) -> Iterator[bytes]:
+        """What was appended since the last read, a chunk at a time: up to the last newline, or all of it when
+        the writer is known to be done (``complete_lines=False``). A line longer than a chunk comes in pieces.
+        The file is never opened through a symbolic link (RunError)."""
         try:
-            with open(self.path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if size < self.offset:
-                    self.offset = 0
-                handle.seek(self.offset)
-                chunks = []
-                while chunk := handle.read(self.chunk_size):
-                    chunks.append(chunk)
+            handle = open_run_file(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            return b""
-        data = b"".join(chunks)
-        if complete_lines:
-            data = data[: data.rfind(b"\n") + 1]
-        self.offset += len(data)
-        return data
+            return
+        with handle:
+            if os.fstat(handle.fileno()).st_size < self.offset:
+                self.offset = 0
+            handle.seek(self.offset)
+            while chunk := handle.read(self.chunk_size):
+                if complete_lines and (len(chunk) < self.chunk_size or b"\n" in chunk):
+                    chunk = chunk[: chunk.rfind(b"\n") + 1]
+                if not chunk:
+                    return
+                self.offset += len(chunk)
+                handle.seek(self.offset)
+                yield chunk
+
+    def read_bytes(self, *, complete_lines: bool = True) -> bytes:
+        """Everything appended since the last read, at once (see ``chunks``)."""
+        return b"".join(self.chunks(complete_lines=complete_lines))
 
     def read_lines(self) -> list[str]:
         """The complete lines appended since the last read, without their newlines."""
@@ -336,7 +441,41 @@ class EventTail(FileTail):
     """Follows events.jsonl, handing back the new event records (lines that are not JSON objects are skipped)."""
 
     def read_events(self) -> list[dict]:
-        return list(_parse_events(self.read_lines()))
+        return list(self.iter_events())
+
+    def iter_events(self) -> Iterator[dict]:
+        """The new event records one chunk of the file at a time."""
+        for chunk in self.chunks():
+            yield from _parse_events(chunk.decode("utf-8", errors="replace").splitlines())
+
+
+def last_lines_offset(path: Path, lines: int) -> int:
+    """Where the last ``lines`` lines of ``path`` begin, found by reading backwards a block at a time (0 when
+    the file has fewer lines, does not exist, or ``lines`` is 0). A last line without its newline counts."""
+    if lines <= 0:
+        return 0
+    try:
+        handle = open_run_file(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    with handle:
+        end = handle.seek(0, os.SEEK_END)
+        if end:
+            handle.seek(end - 1)
+            if handle.read(1) == b"\n":
+                end -= 1  # the newline that ends the last line starts no line after it
+        found = 0
+        while end > 0:
+            start = max(0, end - LINE_BLOCK_BYTES)
+            handle.seek(start)
+            block = handle.read(end - start)
+            position = len(block)
+            while (position := block.rfind(b"\n", 0, position)) >= 0:
+                found += 1
+                if found == lines:
+                    return start + position + 1
+            end = start
+    return 0
 
 
 def _parse_events(lines: Iterable[str]) -> Iterator[dict]:
@@ -407,14 +546,15 @@ class Run:
     def stored_status(self) -> RunStatus:
         """status.json as written, without checking that its process is alive."""
         try:
-            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+            with open_run_file(self.status_path, os.O_RDONLY) as handle:
+                return RunStatus.from_dict(json.loads(handle.read().decode("utf-8")))
         except FileNotFoundError:
             return RunStatus()
         except (OSError, ValueError) as error:
             raise RunError(
-                f"{self.status_path} cannot be read ({error}); is {self.path} a run folder?"
+                f"{self.status_path} cannot be read ({error}); restore it, or delete the run folder "
+                "if it is not a run of this workspace"
             ) from None
-        return RunStatus.from_dict(data)
 
     def status(self) -> RunStatus:
         """Where the run stands; a running or stopping run whose process is gone (on this host) is ``crashed``.
@@ -488,10 +628,10 @@ class Run:
     def last_disk_full_line(self) -> str | None:
         """The last line of train.log's tail that says the disk was full, when the process died of it."""
         try:
-            with open(self.log_path, "rb") as log:
+            with open_run_file(self.log_path, os.O_RDONLY) as log:
                 log.seek(max(log.seek(0, os.SEEK_END) - LOG_TAIL_BYTES, 0))
                 lines = log.read().decode("utf-8", errors="replace").splitlines()
-        except OSError:
+        except (OSError, RunError):
             return None
         found = [line.strip() for line in lines if any(marker in line for marker in DISK_FULL_MARKERS)]
         return found[-1].removeprefix("glmtui: ") if found else None
@@ -499,7 +639,7 @@ class Run:
     @contextlib.contextmanager
     def _status_lock(self) -> Iterator[None]:
         """Serialises read-modify-write of status.json between the launcher and the training process."""
-        with open(self.path / "status.lock", "a") as lock:
+        with open_run_file(self.path / "status.lock", APPEND) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -565,6 +705,7 @@ class Run:
             raise ValueError(f"{state!r} is not a final run state")
         status = self.write_status(state=state, reason=reason, ended=now_iso())
         self.stop_request_path.unlink(missing_ok=True)
+        release_trainer_lock(self)
         return status
 
     # events.jsonl
@@ -573,7 +714,7 @@ class Run:
         """Append one event line (with its time) and make it durable before returning."""
         record = {"kind": kind, **fields, "time": now_iso()}
         line = json.dumps(record, ensure_ascii=False) + "\n"
-        with open(self.events_path, "ab+") as handle:
+        with open_run_file(self.events_path, os.O_RDWR | os.O_APPEND | os.O_CREAT) as handle:
             # A writer killed mid-line leaves a partial last line; start on a fresh one so both stay readable.
             if handle.seek(0, os.SEEK_END) > 0:
                 handle.seek(-1, os.SEEK_END)
@@ -739,6 +880,14 @@ def _slug(name: str) -> str:
     return slug or "run"
 
 
+def _given_name(run: Run) -> str | None:
+    """The name the run was given (config.toml's ``name``), None when its config cannot be read."""
+    try:
+        return run.config.name
+    except GlmError:
+        return None
+
+
 class RunStore:
     """The runs/ folder of a workspace."""
 
@@ -787,6 +936,14 @@ class RunStore:
         matches = [run for run in runs if run.id.startswith(text)] or [
             run for run in runs if run.id[len("yyyymmdd-hhmmss-") :].startswith(_slug(text))
         ]
+        # A name given to exactly one run wins over the longer names it begins (a sweep over it, say).
+        named = [run for run in matches if _given_name(run) == text] if len(matches) > 1 else []
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            raise RunError(
+                f"{len(named)} runs are named {text!r} ({', '.join(run.id for run in named)}); give the id"
+            )
         if len(matches) == 1:
             return matches[0]
         if matches:
@@ -826,12 +983,95 @@ def claim(run: Run) -> Iterator[None]:
     starts a trainer and the others then find the run running and are refused. The lock file descriptor is not
     inherited by the training process.
     """
-    with open(run.path / CLAIM_LOCK, "a") as lock:
+    with open_run_file(run.path / CLAIM_LOCK, APPEND) as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_held_trainer_locks: dict[Path, int] = {}
+"""trainer.lock descriptors this process holds as a run's training process, by run folder."""
+
+
+def _open_trainer_lock(run: Run) -> int:
+    with open_run_file(run.path / TRAINER_LOCK, APPEND) as handle:
+        return os.dup(handle.fileno())  # a dup is close-on-exec; only pass_fds hands it on
+
+
+def _take_trainer_lock(run: Run) -> int:
+    """trainer.lock, locked, for a launcher to hand to the trainer it spawns; RunError while a live trainer
+    holds it. A trainer that recorded its end is given a few seconds to exit."""
+    descriptor = _open_trainer_lock(run)
+    exiting = run.stored_status().state in FINAL_STATES
+    deadline = time.monotonic() + (TRAINER_EXIT_WAIT_S if exiting else 0.0)
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return descriptor
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                raise RunError(
+                    f"run {run.id} already has a live training process (one whose launcher stopped before "
+                    "recording it, or one still exiting); it was not started again: wait for it to show as "
+                    "running or to end"
+                ) from None
+            time.sleep(STOP_POLL_S)
+
+
+def hold_trainer_lock(run: Run) -> None:
+    """Make this process the run's one training process, for its whole life; RunError if another live one is.
+
+    A trainer started by ``launch`` inherits trainer.lock already locked (its descriptor in
+    GLMTUI_TRAINER_LOCK_FD); one started some other way (by hand, a Slurm job) takes it here. The kernel
+    drops the lock when the holder dies, so it never goes stale.
+    """
+    inherited = os.environ.get(TRAINER_LOCK_VARIABLE, "")
+    descriptor = int(inherited) if inherited.isdigit() and _is_trainer_lock(int(inherited), run) else None
+    if descriptor is None:
+        descriptor = _open_trainer_lock(run)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise RunError(
+            f"run {run.id} is already being trained by another live process; this one leaves the run alone "
+            f"(`glmtui stop {run.id}` stops the other)"
+        ) from None
+    _held_trainer_locks[run.path] = descriptor
+
+
+def _is_trainer_lock(descriptor: int, run: Run) -> bool:
+    try:
+        held, lock = os.fstat(descriptor), os.stat(run.path / TRAINER_LOCK, follow_symlinks=False)
+    except OSError:
+        return False
+    return (held.st_dev, held.st_ino) == (lock.st_dev, lock.st_ino)
+
+
+def release_trainer_lock(run: Run) -> None:
+    """Let a new trainer start as soon as this one has recorded its end (a no-op where none is held)."""
+    if (descriptor := _held_trainer_locks.pop(run.path, None)) is not None:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        os.close(descriptor)
+
+
+def refuse_links(run: Run) -> None:
+    """RunError when a file or folder glmtui uses in the run folder is a symbolic link (see RUN_ENTRIES)."""
+    for name in RUN_ENTRIES:
+        if (run.path / name).is_symlink():
+            raise RunError(_link_sentence(run.path / name))
+
+
+def config_problem(run: Run) -> str | None:
+    """Why the run's config.toml cannot start it (not TOML, a bad value: edited since it was checked), or None."""
+    try:
+        problems = validate(run.config)
+    except GlmError as error:
+        return str(error)
+    return f"{run.config_path}: " + "; ".join(map(str, problems)) if problems else None
 
 
 def _refuse_if_active(run: Run, status: RunStatus) -> None:
@@ -866,6 +1106,7 @@ def launch(
     run is still in that state once the claim is held, so a run the queue started once is never started again.
     """
     with claim(run):
+        refuse_links(run)
         status = run.status()
         _refuse_if_active(run, status)
         if only_if is not None and status.state != only_if:
@@ -879,37 +1120,49 @@ def _start(run: Run, *, detach: bool, resume: bool, program: Sequence[str] | Non
     if program is None and (run.path / SLURM_OPTIONS_FILE).is_file():
         return _submit_to_slurm(run, resume=resume, never_launched=never_launched)
     try:
+        if problem := config_problem(run):  # checked again: the config may have been edited since
+            raise ConfigError(problem)
         plan = launch_plan(run.config, run.path, resume=resume, program=program)
     except GlmError as error:
         if never_launched:  # a queued run leaves the queue: it would fail the same way again
             run.write_status(state="created", reason=f"never launched: {error}")
         raise RunError(str(error)) from None
     argv = plan.command
-    environment = {**os.environ, **plan.environment}
+    trainer_lock = _take_trainer_lock(run)
+    environment = {**os.environ, **plan.environment, TRAINER_LOCK_VARIABLE: str(trainer_lock)}
+    die_after_spawn = environment.pop(KILL_AFTER_SPAWN_VARIABLE, None)
     run.stop_request_path.unlink(missing_ok=True)
-    with open(run.log_path, "ab") as log:
-        log.write(
-            f"\n=== {now_iso()} glmtui: {'resuming' if resume else 'starting'} {' '.join(argv)}\n".encode()
-        )
-        log.flush()
-        try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=run.path,
-                env=environment,
-                start_new_session=detach,
-                process_group=None if detach else 0,
+    try:
+        with open_run_file(run.log_path, APPEND) as log:
+            log.write(
+                f"\n=== {now_iso()} glmtui: {'resuming' if resume else 'starting'} {' '.join(argv)}\n".encode()
             )
-        except OSError as error:
-            reason = f"the training process could not start: {error}"
-            if never_launched:
-                run.write_status(state="created", reason=f"never launched: {reason}")
-            else:
-                run.write_status(state="failed", reason=reason, ended=now_iso())
-            raise RunError(reason) from None
+            log.flush()
+            try:
+                # The trainer inherits trainer.lock, locked: from here on it alone holds the run, whether or
+                # not this launcher lives to record its pid.
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=run.path,
+                    env=environment,
+                    start_new_session=detach,
+                    process_group=None if detach else 0,
+                    pass_fds=(trainer_lock,),
+                )
+            except OSError as error:
+                reason = f"the training process could not start: {error}"
+                if never_launched:
+                    run.write_status(state="created", reason=f"never launched: {reason}")
+                else:
+                    run.write_status(state="failed", reason=reason, ended=now_iso())
+                raise RunError(reason) from None
+    finally:
+        os.close(trainer_lock)  # the trainer keeps its own copy, and with it the lock
+    if die_after_spawn:
+        os.kill(os.getpid(), signal.SIGKILL)
     run.mark_running(process.pid, only_if_unclaimed=True)
     return process.pid if detach else process
 
@@ -943,6 +1196,7 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
     is never rewritten. Runs under the run's ``claim``, so a run is never resumed twice at once.
     """
     with claim(run):
+        refuse_links(run)
         status = run.status()
         _refuse_if_active(run, status)
         if status.state == "finished":
@@ -1013,6 +1267,12 @@ def stop(run: Run, timeout: float = 0.0, *, force: bool = False, grace: float = 
         raise RunError(
             f"run {run.id} runs on {status.host}; force-stop it there (`glmtui stop {run.id} --force`)"
         )
+    if force and (stranger := _not_the_trainer(run, status)):
+        # status.json names a live process that is not this run's trainer (a crafted or copied folder):
+        # it is never signalled, and the run, whose own process is not there, is recorded as crashed.
+        return run.finish(
+            "crashed", f"{stranger}, so glmtui signalled nothing; `glmtui resume {run.id}` restarts it"
+        )
     run.request_stop()
     if status.state != "stopping":
         run.write_status(state="stopping")
@@ -1063,6 +1323,31 @@ def _cancel_slurm_job(run: Run, status: RunStatus, grace: float) -> RunStatus:
         f"stopped by force (Slurm job {status.slurm_job} cancelled) near step {stored.step}; "
         + (f"resume continues from {checkpoint.path.name}" if checkpoint else "no checkpoint was saved"),
     )
+
+
+def _not_the_trainer(run: Run, status: RunStatus) -> str | None:
+    """Why the live process status.json names is not ``run``'s training process, or None when it is one.
+
+    Its start time must be the recorded one, and its command line must name the run folder or it must run in
+    it (every launch runs the trainer there; torchrun and a trainer started by hand name it).
+    """
+    pid = status.pid
+    if pid is None or status.pid_start_time is None:
+        return (
+            f"status.json names pid {pid} without its start time, so it cannot be told from another process"
+        )
+    if not process_matches(pid, status.pid_start_time):
+        return None  # gone: there is nothing to signal (the caller records the stop)
+    found = process_command(pid)
+    if found is None:
+        return None
+    command, folder = found
+    places = {str(run.path), str(run.path.resolve())}
+    named = any(os.path.normpath(os.path.join(folder or "/", part)) in places for part in command)
+    if named or folder in places:
+        return None
+    shown = shlex.join(command)
+    return f"pid {pid} runs `{shown[:80]}{'…' if len(shown) > 80 else ''}`, not run {run.id}'s training"
 
 
 def _terminate_group(status: RunStatus, grace: float) -> None:

@@ -31,7 +31,7 @@ from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, resolve_gradient_checkpointing
 from glmcore.notify import announce_end
 from glmcore.quiet import LIBRARY_LOG_NAME, quiet_libraries
-from glmcore.runs import Run, describe_failure, describe_resume
+from glmcore.runs import Run, RunError, describe_failure, describe_resume, hold_trainer_lock
 from glmcore.train_eval import early_stop_reason, evaluation_callbacks, greater_is_better, trainer_metric_name
 
 
@@ -355,8 +355,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = parser.parse_args(argv)
     run = Run(args.run_dir.resolve())
-    quiet_libraries(run.path / LIBRARY_LOG_NAME)
     info = RankInfo.from_environment()
+    if not info.is_distributed:  # with several ranks, the torchrun agent its launcher started holds the run
+        try:
+            hold_trainer_lock(run)
+        except RunError as error:
+            print(f"glmtui: {error}", file=sys.stderr, flush=True)
+            return 1
+    quiet_libraries(run.path / LIBRARY_LOG_NAME)
     if info.is_distributed:
         die_with_parent()
         redirect_output(rank_log_path(run.path, info.rank))

@@ -282,6 +282,11 @@ class GlmApp(App[int]):
         if isinstance(self.screen, WorkbenchScreen):
             self.screen.gpu_snapshot_changed(message.snapshot)
 
+    def notify(self, message: str, *, markup: bool = False, **options) -> None:
+        """Every toast shows its text as written: run names, states and reasons read from disk are never
+        parsed as markup (a reason holding "[/]" would end the app), whatever a screen passes."""
+        super().notify(message, markup=False, **options)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """Every failed worker ends up here (screens forward theirs, as the message does not bubble): show its
         error instead of losing it."""

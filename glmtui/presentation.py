@@ -7,6 +7,7 @@ Rich `Text` is returned where a value carries style, so no user-controlled strin
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,8 +48,8 @@ def family_title(model_dir: Path) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    """A short human duration: 45s, 12m 03s, 3h 07m, 2d 04h; an em dash when unknown."""
-    if seconds is None:
+    """A short human duration: 45s, 12m 03s, 3h 07m, 2d 04h; an em dash when unknown (or not a number)."""
+    if not _is_number(seconds) or not math.isfinite(seconds):
         return MISSING
     seconds = max(0, round(seconds))
     days, rest = divmod(seconds, 86400)
@@ -65,17 +66,23 @@ def format_duration(seconds: float | None) -> str:
 
 def format_age(timestamp: str | None, now: datetime) -> str:
     """How long ago an ISO timestamp was, as `format_duration` writes it."""
-    if not timestamp:
+    try:
+        return format_duration((now - datetime.fromisoformat(timestamp)).total_seconds())
+    except (TypeError, ValueError):  # absent, or not a time with its offset (a hand-edited status.json)
         return MISSING
-    return format_duration((now - datetime.fromisoformat(timestamp)).total_seconds())
 
 
 def format_loss(loss: float | None) -> str:
-    return MISSING if loss is None else f"{loss:.4f}"
+    return f"{loss:.4f}" if _is_number(loss) else MISSING
 
 
 def format_speed(tokens_per_s: float | None) -> str:
-    return MISSING if tokens_per_s is None else f"{tokens_per_s:,.0f}"
+    return f"{tokens_per_s:,.0f}" if _is_number(tokens_per_s) else MISSING
+
+
+def _is_number(value: object) -> bool:
+    """Whether a figure read from a run folder is one to format (not None, text or true/false)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def state_text(state: str, detail: str = "") -> Text:
@@ -100,12 +107,12 @@ def slurm_detail(status: RunStatus) -> str:
     return ""
 
 
-def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: str) -> dict[str, str]:
+def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: str) -> dict[str, Text]:
     """The figures a run's row shows, by column name, as both the `glmtui runs` table and the Runs screen
     show them: the model family (`family_title` of its model folder), the ETA only while the run is active,
-    the age since it was created."""
+    the age since it was created. Text, as everything read from a run folder: never parsed as markup."""
     log = last_log or {}
-    return {
+    cells = {
         "Family": family,
         "Step": f"{status.step}/{status.total}",
         "Loss": format_loss(log.get("loss")),
@@ -114,6 +121,7 @@ def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: s
         "GPUs": ",".join(map(str, status.gpus)) or "cpu",
         "Age": format_age(status.created or status.started, now),
     }
+    return {column: Text(value) for column, value in cells.items()}
 
 
 RUN_COLUMN_DROP_ORDER = ("Age", "GPUs", "Tok/s", "Family", "Loss", "Step")
@@ -227,7 +235,7 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
             [
                 str(number),
                 Text(summary.name),
-                state_text(summary.status.state),
+                state_text(summary.status.state, f": {summary.problem}" if summary.problem else ""),
                 format_loss(summary.final_loss),
                 format_loss(summary.best_loss),
                 format_loss(summary.eval_loss),

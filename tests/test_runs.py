@@ -40,9 +40,10 @@ DEADLINE_S = 60  # how long to wait for a child process to get somewhere; never 
 STAND_IN_TRAINER = """
 import os, sys, time
 from pathlib import Path
-from glmcore.runs import Run
+from glmcore.runs import Run, hold_trainer_lock
 
 run = Run(Path(sys.argv[1]))
+hold_trainer_lock(run)
 run.mark_running(os.getpid())
 latest = run.resume_point().checkpoint if "--resume" in sys.argv else None
 step = latest.step if latest else 0

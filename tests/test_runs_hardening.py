@@ -313,13 +313,15 @@ def test_the_real_trainer_ends_failed_with_disk_full_and_leaves_no_partial_check
 
 
 def test_when_even_the_last_status_write_fails_the_crash_shows_the_disk_full_line(tmp_path: Path) -> None:
-    """The run folder's disk fills up (another process took the space); only train.log lives elsewhere."""
+    """The run folder's disk fills up (another process took the space); only train.log lives elsewhere (a
+    bind mount: glmtui follows no symbolic link in a run folder)."""
     store = RunStore(tmp_path / "runs")
     elsewhere = tmp_path / "train.log"
     elsewhere.touch()
-    with small_tmpfs(store.runs_dir, "1m"):
+    with small_tmpfs(store.runs_dir, "1m"):  # its lazy unmount takes the bind mount with it
         run = store.create(make_config(tmp_path))
-        run.log_path.symlink_to(elsewhere)
+        run.log_path.touch()
+        subprocess.run(["mount", "--bind", str(elsewhere), str(run.log_path)], check=True)
         launch(run, detach=True, program=STAND_IN)
         wait_until(lambda: run.stored_status().step >= 2, "the stand-in trainer to take steps")
 

@@ -40,9 +40,11 @@ def show_queue(console: Console, queue: Queue) -> None:
         table.add_column(column, justify="right" if column == "#" else "left")
     for run, decision in planned:
         why = decision.reason if not decision.admitted else "nothing: it starts at the worker's next look"
-        table.add_row(
-            str(decision.position), Text(run.id), ",".join(map(str, run.config.gpus)) or "cpu", Text(why)
-        )
+        if decision.unstartable:
+            gpus, why = "?", f"nothing: it cannot start and leaves the queue ({why})"
+        else:
+            gpus = ",".join(map(str, run.config.gpus)) or "cpu"
+        table.add_row(str(decision.position), Text(run.id), gpus, Text(why))
     console.print(table)
     settings = queue.settings()
     worker = "a worker is working it" if queue.worker_alive() else "no worker is alive (`glmtui queue work`)"
@@ -68,14 +70,16 @@ def queue_command(args: argparse.Namespace) -> int:
     run = store_from_workspace().resolve(args.run)
     if action in ("up", "down"):
         position = queue.move(run, -1 if action == "up" else 1)
-        console.print(f"Run {run.id} is now number {position} in the queue.")
+        console.print(Text(f"Run {run.id} is now number {position} in the queue."))
     elif action == "start":
         pid = queue.start_now(run)
-        console.print(f"Started run [bold]{run.id}[/] now, ahead of the queue (pid {pid}).")
+        console.print(
+            Text.assemble("Started run ", (run.id, "bold"), f" now, ahead of the queue (pid {pid}).")
+        )
     else:
         queue.cancel(run)
         console.print(
-            f"Took run {run.id} off the queue; it stays as a created run (`glmtui resume {run.id}`)."
+            Text(f"Took run {run.id} off the queue; it stays as a created run (`glmtui resume {run.id}`).")
         )
     return 0
 

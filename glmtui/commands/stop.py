@@ -9,6 +9,7 @@ import argparse
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.runs import stop, wait_for_end
@@ -27,13 +28,17 @@ def stop_run(args: argparse.Namespace) -> int:
         else:
             status = stop(run)
             if status.is_active:
-                console.print(f"Asked run {run.id} to stop; it saves a checkpoint after its current step.")
+                console.print(
+                    Text(f"Asked run {run.id} to stop; it saves a checkpoint after its current step.")
+                )
                 with console.status("waiting for it to stop…"):
                     status = wait_for_end(run, args.wait)
                 if status.is_active and status.slurm_job is not None:
                     console.print(
-                        f"Run {run.id} is still {status.state} after {args.wait:.0f}s; "
-                        f"cancelling its Slurm job {status.slurm_job} (scancel)."
+                        Text(
+                            f"Run {run.id} is still {status.state} after {args.wait:.0f}s; "
+                            f"cancelling its Slurm job {status.slurm_job} (scancel)."
+                        )
                     )
                     status = stop(run, force=True, grace=FORCE_GRACE_S)
     except GlmError as error:
@@ -41,12 +46,14 @@ def stop_run(args: argparse.Namespace) -> int:
         return 1
     if status.is_active:
         console.print(
-            f"Run {run.id} is still {status.state} after {args.wait:.0f}s; it will stop on its own "
-            f"(`glmtui stop {run.id} --force` stops it at once)."
+            Text(
+                f"Run {run.id} is still {status.state} after {args.wait:.0f}s; it will stop on its own "
+                f"(`glmtui stop {run.id} --force` stops it at once)."
+            )
         )
         return 0
     reason = f": {status.reason}" if status.reason else ""
-    console.print(f"Run {run.id} {status.state} at step {status.step}/{status.total}{escape(reason)}.")
+    console.print(Text(f"Run {run.id} {status.state} at step {status.step}/{status.total}{reason}."))
     return 0
 
 

@@ -100,7 +100,9 @@ class EvaluateScreen(WorkbenchScreen):
         if self.run is None:
             return
         run = self.run
-        self.query_one("#evaluate-title", Static).update(f"[b]{run.id}[/b]: base model vs prefix checkpoints")
+        self.query_one("#evaluate-title", Static).update(
+            Text.assemble((run.id, "bold"), ": base model vs prefix checkpoints")
+        )
         checkpoints = run.checkpoints()
         picks = self.query_one("#evaluate-checkpoints", SelectionList)
         picks.clear_options()
@@ -196,7 +198,9 @@ class EvaluateScreen(WorkbenchScreen):
         shown = (
             folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
         )
-        self.query_one("#evaluate-status", Static).update(f"Evaluation {state}; results in the run's {shown}")
+        self.query_one("#evaluate-status", Static).update(
+            Text(f"Evaluation {state}; results in the run's {shown}")
+        )
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The bar shows only while an evaluation runs, however it ends (the app shows a failure's error)."""
@@ -237,11 +241,11 @@ class EvaluateScreen(WorkbenchScreen):
             table.add_column(label, width=text_width)
         for row in self.example_rows:
             after = list(row["after"].values())[-1] if row["after"] else None
-            table.add_row(
+            table.add_row(  # as Text: what a model wrote is never markup
                 str(row["index"]),
-                short(row["input"], text_width),
-                short(row["before"], text_width),
-                short(after, text_width),
+                Text(short(row["input"], text_width)),
+                Text(short(row["before"], text_width)),
+                Text(short(after, text_width)),
             )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

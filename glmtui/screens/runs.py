@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -72,14 +71,15 @@ class RunRow:
             **run_cells(self.status, self.last_log, now, self.family),
         }
 
-    def describe(self, now: datetime, hidden: list[str]) -> str:
-        """One line about the run: where it runs, the columns the table left out, why it ended."""
+    def describe(self, now: datetime, hidden: list[str]) -> Text:
+        """One line about the run: where it runs, the columns the table left out, why it ended (as Text: every
+        part is read from the run folder)."""
         cells = self.cells(now)
-        parts = [f"[b]{self.run.id}[/b]", f"host {self.status.host or 'unknown'}"]
+        parts = [f"host {self.status.host or 'unknown'}"]
         parts += [f"{column} {cells[column]}" for column in COLUMNS if column in hidden]
         if self.status.reason:
-            parts.append(f"{self.status.state}: {escape(self.status.reason)}")
-        return " · ".join(parts)
+            parts.append(f"{self.status.state}: {self.status.reason}")
+        return Text.assemble((self.run.id, "bold"), *(f" · {part}" for part in parts))
 
 
 def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, int]:
@@ -199,13 +199,16 @@ class RunsScreen(RunActions):
                 f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
             )
         for run in runs:
-            tail, last_log = self._tails.get(run) or (run.tail_events(), None)
-            for record in tail.read_events():
-                if record.get("kind") == "log":
-                    last_log = record
-            self._tails[run] = (tail, last_log)
-            family = family_title(run.config.model_path)
-            rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
+            try:
+                tail, last_log = self._tails.get(run) or (run.tail_events(), None)
+                for record in tail.read_events():
+                    if record.get("kind") == "log":
+                        last_log = record
+                self._tails[run] = (tail, last_log)
+                family = family_title(run.config.model_path)
+                rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
+            except GlmError as error:  # one damaged folder is listed as such; the others read on
+                rows.append(RunRow(run, RunStatus(state="unreadable", reason=str(error)), None))
         for gone in set(self._tails) - set(runs):
             del self._tails[gone]
         self.post_message(RunsRead(rows, queue_problem))
@@ -253,10 +256,12 @@ class RunsScreen(RunActions):
         active = sum(row.status.is_active for row in rows)
         marked = f"{len(self.marked)} marked (v compares, space unmarks) · " if self.marked else ""
         self.query_one("#runs-summary", Static).update(
-            marked
-            + f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
-            if rows
-            else "No runs yet: press n to configure one."
+            Text(
+                marked
+                + f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
+                if rows
+                else "No runs yet: press n to configure one."
+            )
         )
         self._show_detail()
 

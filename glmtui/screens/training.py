@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 
-from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -237,14 +237,14 @@ class TrainingScreen(RunActions):
         if self.run is not None:
             state = status.state if status else "reading…"
             reason = f" — {status.reason}" if status and status.reason else ""
-            # Any state and reason, escaped; a Slurm job's reason to wait, or its nodes.
+            # Any state and reason, as text; a Slurm job's reason to wait, or its nodes.
             where = slurm_detail(status) if status else ""
-            title.update(f"[b]{self.run.id}[/b]  {escape(state + where)}{escape(reason)}")
+            title.update(Text.assemble((self.run.id, "bold"), f"  {state}{where}{reason}"))
         progress = self.query_one("#training-progress", ProgressBar)
         progress.display = status is not None and bool(status.total)
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
-        self.query_one("#training-stats", Static).update("  ".join(header_figures(status, logs)))
+        self.query_one("#training-stats", Static).update(Text("  ".join(header_figures(status, logs))))
         evaluations = [
             (record["step"], record["eval_loss"])
             for record in latest_by_step(self.records)
