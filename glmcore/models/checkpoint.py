@@ -15,6 +15,7 @@ import os
 import pickle
 import pickletools
 import struct
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -235,18 +236,25 @@ def pickle_problem(path: Path) -> str | None:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         return f"is cut short or damaged ({error})"
     if strangers and _torch_refuses(path):
-        return f"holds pickled code ({strangers[0]}), which glmtui does not load"
+        return f"holds pickled code ({strangers[0].replace(' ', '.')}), which glmtui does not load"
     return None
 
 
 def _pickled_globals(data: bytes) -> list[str]:
-    """The globals a pickle names, as "module name"; those named at run time are shown as such."""
-    found = []
+    """The globals a pickle names, as "module name". Protocol 4's STACK_GLOBAL takes its two names from the
+    stack: the last two strings pushed (or fetched from the memo) stand for them, as a pickler writes them."""
+    found, strings, memo = [], [], {}
     for opcode, argument, _ in pickletools.genops(data):
+        if isinstance(argument, str) and "UNICODE" in opcode.name:
+            strings.append(argument)
+        elif opcode.name == "MEMOIZE" and strings:
+            memo[len(memo)] = strings[-1]
+        elif opcode.name.endswith("GET"):
+            strings.append(memo.get(argument, ""))
         if opcode.name in ("GLOBAL", "INST"):
             found.append(str(argument))
         elif opcode.name == "STACK_GLOBAL":
-            found.append("a global named at unpickling time")
+            found.append(" ".join(strings[-2:]) if len(strings) >= 2 else "a global named at unpickling time")
         elif opcode.name.startswith("EXT"):
             found.append(f"extension global {argument}")
     return found
@@ -268,7 +276,8 @@ def _torch_refuses(path: Path) -> bool:
 
     numpy_types = [numpy.ndarray, numpy.dtype, type(numpy.dtype(numpy.uint32))]
     try:
-        with torch.serialization.safe_globals(numpy_types):
+        with torch.serialization.safe_globals(numpy_types), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of pickle protocols it did not write
             torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         return True

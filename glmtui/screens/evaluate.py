@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -256,10 +255,10 @@ class EvaluateScreen(WorkbenchScreen):
         ):
             return
         row = self.example_rows[event.cursor_row]
-        lines = [f"[b]input[/b] {escape(row['input'])}", f"[b]label[/b] {escape(row['label'])}"]
+        named = [("input", row["input"]), ("label", row["label"])]
         if row["before"] is not None:
-            lines.append(f"[b]before[/b] {escape(row['before'])}")
-        lines += [
-            f"[b]{escape(label)}[/b] {escape(prediction)}" for label, prediction in row["after"].items()
-        ]
-        self.query_one("#evaluate-detail", Static).update("\n".join(lines))
+            named.append(("before", row["before"]))
+        named += list(row["after"].items())
+        # Model output is shown as text: a prediction may hold anything, markup-like brackets included.
+        lines = [Text.assemble((name, "bold"), " ", value) for name, value in named]
+        self.query_one("#evaluate-detail", Static).update(Text("\n").join(lines))
