@@ -100,10 +100,17 @@ def _shapes_in(path: Path) -> dict[str, torch.Tensor]:
 
 def _whole_model_safetensors(checkpoint: Path) -> list[Path]:
     """The safetensors of a checkpoint that saved the whole model (ChatGLM3's fine-tuning demo does)."""
+    from glmcore.models.checkpoint import DamagedCheckpoint
+
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = {name for key, name in weight_map.items() if key.startswith(KEY_PREFIX)}
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = {str(name) for key, name in weight_map.items() if key.startswith(KEY_PREFIX)}
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+            raise DamagedCheckpoint(
+                f"{index} is damaged (no weight_map of tensor names to files: {error!r}); copy it again."
+            ) from None
         return [checkpoint / name for name in sorted(names) if Path(name).name == name]
     single = checkpoint / "model.safetensors"
     return [single] if single.is_file() else []
