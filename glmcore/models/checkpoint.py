@@ -176,6 +176,9 @@ def _checked_safetensors_header(path: Path) -> tuple[dict, str | None]:
             return {}, f"has a damaged header (not JSON: {error})"
     if not isinstance(header, dict):
         return {}, f"has a damaged header (a JSON {type(header).__name__}, not an object)"
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        return header, "has a damaged header (__metadata__ is not an object of strings)"
     extents = []
     for name, entry in header.items():
         if name == "__metadata__":
@@ -233,8 +236,8 @@ def pickle_problem(path: Path) -> str | None:
                     strangers.append(f"{info.filename}, too long to scan")
                     continue
                 strangers += [name for name in _pickled_globals(data) if not _is_tensor_global(name)]
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        return f"is cut short or damaged ({error})"
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as error:
+        return f"is cut short or damaged ({error})"  # zipfile raises the last three for odd or encrypted members
     if strangers and _torch_refuses(path):
         return f"holds pickled code ({strangers[0].replace(' ', '.')}), which glmtui does not load"
     return None
@@ -244,13 +247,17 @@ def _pickled_globals(data: bytes) -> list[str]:
     """The globals a pickle names, as "module name". Protocol 4's STACK_GLOBAL takes its two names from the
     stack: the last two strings pushed (or fetched from the memo) stand for them, as a pickler writes them."""
     found, strings, memo = [], [], {}
+    pushed = None  # the string the previous opcode pushed, if it pushed one
     for opcode, argument, _ in pickletools.genops(data):
-        if isinstance(argument, str) and "UNICODE" in opcode.name:
-            strings.append(argument)
-        elif opcode.name == "MEMOIZE" and strings:
-            memo[len(memo)] = strings[-1]
-        elif opcode.name.endswith("GET"):
-            strings.append(memo.get(argument, ""))
+        if opcode.name == "MEMOIZE":
+            memo[len(memo)] = pushed
+        elif opcode.name.endswith("PUT"):
+            memo[argument] = pushed
+        elif opcode.name.endswith("GET") and isinstance(memo.get(argument), str):
+            strings.append(memo[argument])
+        pushed = argument if isinstance(argument, str) and "UNICODE" in opcode.name else None
+        if pushed is not None:
+            strings.append(pushed)
         if opcode.name in ("GLOBAL", "INST"):
             found.append(str(argument))
         elif opcode.name == "STACK_GLOBAL":
