@@ -189,7 +189,10 @@ def _checked_safetensors_header(path: Path) -> tuple[dict, str | None]:
     end = 0
     for (begin, stop), name in sorted(extents):
         if begin != end:
-            return header, f"has a damaged header (tensor {name!r} starts at byte {begin} of the data, not {end})"
+            return (
+                header,
+                f"has a damaged header (tensor {name!r} starts at byte {begin} of the data, not {end})",
+            )
         end = stop
     expected = 8 + header_size + end
     if size < expected:
@@ -236,8 +239,9 @@ def pickle_problem(path: Path) -> str | None:
                     strangers.append(f"{info.filename}, too long to scan")
                     continue
                 strangers += [name for name in _pickled_globals(data) if not _is_tensor_global(name)]
+    # zipfile raises the last three for odd or encrypted members.
     except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as error:
-        return f"is cut short or damaged ({error})"  # zipfile raises the last three for odd or encrypted members
+        return f"is cut short or damaged ({error})"
     if strangers and _torch_refuses(path):
         return f"holds pickled code ({strangers[0].replace(' ', '.')}), which glmtui does not load"
     return None

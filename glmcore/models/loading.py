@@ -154,7 +154,8 @@ def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
     missing = sorted(
         names[0]
         for names in tied.values()
-        if not stored.intersection(names) and not _ignored(names[0], model_class._keys_to_ignore_on_load_missing)
+        if not stored.intersection(names)
+        and not _ignored(names[0], model_class._keys_to_ignore_on_load_missing)
     )
     expected = {name for names in tied.values() for name in names}
     unexpected = sorted(
@@ -162,7 +163,10 @@ def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
         for name in stored - expected
         if not _ignored(name, model_class._keys_to_ignore_on_load_unexpected)
     )
-    for names, what in ((missing, "lacks the tensors"), (unexpected, "holds tensors the model does not have:")):
+    for names, what in (
+        (missing, "lacks the tensors"),
+        (unexpected, "holds tensors the model does not have:"),
+    ):
         if names:
             more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
             raise GlmError(

@@ -113,7 +113,9 @@ def chat_plan(args: argparse.Namespace, notices: Console) -> tuple[Path, Path | 
     elif run is not None:
         checkpoint = run.default_checkpoint().path
         for passed_over, problem in run.resume_point().skipped:
-            notices.print(Text(f"{passed_over.path.name} cannot be loaded ({problem}); using {checkpoint.name}."))
+            notices.print(
+                Text(f"{passed_over.path.name} cannot be loaded ({problem}); using {checkpoint.name}.")
+            )
     else:
         checkpoint = None
     model = args.model or (run.config.model_path if run is not None else None)
