@@ -4,15 +4,19 @@
 #   ./setup.sh            create the environment if needed, install torch and glmtui (with the test tools)
 #   ./setup.sh --dry-run  only print the commands it would run
 #
-# torch: an installed one is kept. Otherwise, without a working `nvidia-smi` (no NVIDIA driver), the CPU build
-# from PyTorch's CPU index, falling back to the pinned CPU wheel (+cpu) the package index offers; with a driver, the
-# newest CUDA build that driver supports. GLMTUI_TORCH=cpu or GLMTUI_TORCH=cu126 (etc.) overrides the choice.
+# torch: an installed one is kept. Otherwise, without a working `nvidia-smi` (no NVIDIA driver), the CPU build;
+# with a driver, the newest CUDA build that driver supports. GLMTUI_TORCH=cpu or GLMTUI_TORCH=cu126 (etc.) overrides
+# the choice. It comes from PyTorch's index (or the mirror of it in GLMTUI_TORCH_INDEX), asked once with a short
+# timeout first: where that index does not answer (an intranet, a mainland-China server), torch comes from the
+# package index pip is configured with (PIP_INDEX_URL, pip.conf) instead, without waiting through pip's retries.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 TORCH_VERSION="2.13.0"
 CUDA_BUILDS=(cu130 cu128 cu126 cu118)  # newest first; cuXY needs a driver that reports CUDA X.Y or later
 PYTORCH_INDEX="https://download.pytorch.org/whl"
+TORCH_INDEX="${GLMTUI_TORCH_INDEX:-$PYTORCH_INDEX}"  # a mirror with the same layout: <index>/cpu, <index>/cu126 …
+PROBE_TIMEOUT_S=5
 VENV="${GLMTUI_VENV:-.venv}"
 DRY_RUN=0
 [[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
@@ -23,6 +27,16 @@ say() { printf 'setup: %s\n' "$*"; }
 run() {
     printf '+ %s\n' "$*"
     if [[ $DRY_RUN == 0 ]]; then "$@"; fi
+}
+
+# Whether the URL $1 answers within PROBE_TIMEOUT_S: one request, through the proxy pip would use, no retries.
+index_answers() {
+    python3 - "$1" "$PROBE_TIMEOUT_S" >/dev/null 2>&1 <<'PROBE'
+import sys
+import urllib.request
+
+urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).close()
+PROBE
 }
 
 # The CUDA version the driver reports ("12.4"), empty when there is no working nvidia-smi.
@@ -64,21 +78,40 @@ install_torch() {
             say "the NVIDIA driver supports CUDA $cuda: installing torch built for $choice"
         fi
     fi
-    if [[ $choice == cpu ]]; then
-        # PyTorch's CPU index first; where it cannot be reached, the same CPU build from the configured index
-        # (pinned with its +cpu label, so that pip can never fall back to a CUDA build and its libraries).
-        run "$PYTHON" -m pip install --timeout 30 --retries 1 "torch==$TORCH_VERSION" \
-            --index-url "$PYTORCH_INDEX/cpu" || {
-            say "PyTorch's CPU index failed: trying torch==$TORCH_VERSION+cpu from the configured package index"
-            run "$PYTHON" -m pip install "torch==$TORCH_VERSION+cpu" || {
-                say "no CPU build of torch $TORCH_VERSION could be installed; make $PYTORCH_INDEX/cpu reachable" \
-                    "or point pip at a CPU wheel (pip's find-links), then run ./setup.sh again"
-                exit 1
-            }
-        }
+    local index="$TORCH_INDEX/$choice"
+    if index_answers "$index/torch/"; then
+        say "$index answers: installing torch $TORCH_VERSION ($choice) from it"
+        run "$PYTHON" -m pip install "torch==$TORCH_VERSION" --index-url "$index" && return 0
+        say "installing from $index failed"
+    elif [[ -n ${GLMTUI_TORCH_INDEX:-} ]]; then
+        say "$index (GLMTUI_TORCH_INDEX) could not be reached (one try, ${PROBE_TIMEOUT_S} s timeout)"
     else
-        run "$PYTHON" -m pip install "torch==$TORCH_VERSION" --index-url "$PYTORCH_INDEX/$choice"
+        say "$index could not be reached (one try, ${PROBE_TIMEOUT_S} s timeout); GLMTUI_TORCH_INDEX names a" \
+            "mirror of it"
     fi
+    install_torch_from_package_index "$choice"
+}
+
+# torch from the package index pip is configured with, for when the PyTorch index cannot be used: the CPU build is
+# pinned with its +cpu label, so that pip can never fall back to a CUDA build and its libraries.
+install_torch_from_package_index() {
+    local configured="pip's configured package index" wheel="torch==$TORCH_VERSION"
+    if [[ -n ${PIP_INDEX_URL:-} ]]; then  # shown without the user:token part an intranet index URL may hold
+        configured="$(sed 's#//[^/@]*@#//#' <<<"$PIP_INDEX_URL") (PIP_INDEX_URL)"
+    fi
+    if [[ $1 == cpu ]]; then
+        wheel="torch==$TORCH_VERSION+cpu"
+        say "installing $wheel from $configured"
+    else
+        say "installing $wheel from $configured: its Linux wheel is built for one CUDA version, not chosen for" \
+            "this driver"
+    fi
+    run "$PYTHON" -m pip install "$wheel" || {
+        say "torch $TORCH_VERSION could not be installed; make $TORCH_INDEX/$1 reachable (or set" \
+            "GLMTUI_TORCH_INDEX to a mirror of it), or point pip at a torch wheel (pip's find-links), then run" \
+            "./setup.sh again"
+        exit 1
+    }
 }
 
 if [[ -x "$VENV/bin/python" ]]; then

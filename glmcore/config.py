@@ -2,8 +2,9 @@
 
 config.toml holds everything needed to repeat a run, so a run folder can be re-run or compared years later. The
 defaults are ChatGLM-6B's published P-tuning v2 recipe (ptuning/train.sh): 4-bit, prefix length 128, learning
-rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000. TOML has no null, so a setting whose
-value is None (meaning "none" or "automatic") is left out of the file and read back as None.
+rate 2e-2, batch 1 x accumulation 16, 3000 steps, a checkpoint every 1000; a new run starts from the defaults
+for the machine it trains on (``defaults_for``): without a GPU, 16-bit and 200 steps. TOML has no null, so a
+setting whose value is None (meaning "none" or "automatic") is left out of the file and read back as None.
 
 ``validate`` reports every problem of the values at once, one sentence each, so a user fixes the file in one go
 instead of meeting the problems one launch at a time. What lies outside the config (the model folder, the data
@@ -27,6 +28,7 @@ from pathlib import Path
 import tomli_w
 
 from glmcore.errors import GlmError
+from glmcore.text import control_character
 from glmcore.workspace import atomic_write_text
 
 METHODS = ("ptuning-v2", "lora", "full")
@@ -39,6 +41,13 @@ GENERATION_METRICS = ("rouge-1", "rouge-2", "rouge-l", "bleu-4")
 """The published metrics (glmcore.metrics.METRIC_NAMES), as ``best_metric`` may name them."""
 BEST_METRICS = ("eval_loss", *GENERATION_METRICS)
 REPORT_TO = ("tensorboard",)
+SEED_MAX = 2**32 - 1
+"""The largest seed the Trainer's generators take (numpy's limit); a larger one fails the run once it starts."""
+
+
+CPU_RECIPE = {"gpus": [], "quantization_bit": 16, "max_steps": 200, "save_steps": 100, "logging_steps": 5}
+"""What a new run starts from on a machine without a GPU: 16-bit (bitsandbytes' 4-bit dequantizes every weight at
+each use, about 4x slower on a CPU) and a run short enough to finish there."""
 
 
 class ConfigError(GlmError):
@@ -183,15 +192,18 @@ class RunConfig:
     @classmethod
     def load(cls, path: Path) -> RunConfig:
         """Read a config.toml; relative paths in it are relative to the file's folder."""
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"the config file {path} does not exist") from None
-        except OSError as error:
-            raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path} is not valid TOML: {error}") from None
+        return cls._from_file(path, _read_toml(path))
+
+    @classmethod
+    def load_over(cls, path: Path, defaults: MachineDefaults) -> tuple[RunConfig, list[str]]:
+        """Read a config.toml as ``load`` does, the settings it leaves out taken from ``defaults`` (this
+        machine's, not the GPU recipe's); also returns the names of those settings."""
+        data = _read_toml(path)
+        filled = [name for name in defaults.values if name not in data]
+        return cls._from_file(path, {**defaults.values, **data}), filled
+
+    @classmethod
+    def _from_file(cls, path: Path, data: dict[str, object]) -> RunConfig:
         try:
             return cls.from_dict(data, base_dir=Path(path).absolute().parent)
         except ConfigError as error:
@@ -204,6 +216,78 @@ class RunConfig:
     def train_command(self, config_path: Path) -> str:
         """The shell command that starts this run again from its saved config."""
         return f"glmtui train {shlex.quote(str(config_path))}"
+
+
+@dataclass(frozen=True)
+class MachineDefaults:
+    """The settings a new run starts from on a machine (over RunConfig's defaults), and the sentence why."""
+
+    values: dict[str, object]
+    reason: str
+    machine: str
+    """What decided them: "no NVIDIA GPU", "2 GPUs"."""
+
+
+def defaults_for(gpu_count: int) -> MachineDefaults:
+    """A new run's defaults on a machine with ``gpu_count`` NVIDIA GPUs: the published recipe on GPU 0, or on a
+    machine without one, the CPU recipe (``CPU_RECIPE``)."""
+    if gpu_count > 0:
+        machine = f"{gpu_count} GPU{'s' if gpu_count > 1 else ''}"
+        return MachineDefaults(
+            {"gpus": [0]},
+            f"Defaults for this machine ({machine}): the published 4-bit, 3,000-step recipe on GPU 0.",
+            machine,
+        )
+    machine = "no NVIDIA GPU"
+    return MachineDefaults(
+        dict(CPU_RECIPE),
+        f"Defaults for this machine ({machine}): 16-bit, as 4-bit is about 4× slower on a CPU, and 200 steps "
+        "instead of the published 3,000.",
+        machine,
+    )
+
+
+def cautions(config: RunConfig) -> list[Problem]:
+    """Settings that will train but likely not as the user wants, one sentence each: said, never refused."""
+    if config.quantization_bit == 4 and not config.gpus:
+        return [
+            Problem(
+                "quantization_bit",
+                "4-bit on the CPU trains about 4× slower than 16-bit; use quantization_bit = 16 unless the "
+                "16-bit model does not fit in memory",
+            )
+        ]
+    return []
+
+
+def find_config_file(path: Path, workspace_root: Path) -> Path:
+    """The config file ``path`` names: as given when it exists, else a relative path found in the workspace,
+    where `glmtui demo` and the editor write ``configs/*.toml`` (so the README's ``configs/demo-ptuning.toml``
+    works from any folder). ConfigError says where it looked."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    places = [workspace_root / path, workspace_root / "configs" / path]
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise ConfigError(
+            f"the config file {path} is neither in {Path.cwd()} nor in the workspace ({places[0]}); give its "
+            f"path, or make one with `glmtui demo` or the app's editor (ctrl+s), which save into "
+            f"{workspace_root / 'configs'}"
+        )
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"the config file {path} does not exist") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
 
 
 def _coerce(value: object, hint: object, base_dir: Path | None) -> object:
@@ -264,6 +348,12 @@ def validate(config: RunConfig) -> list[Problem]:
             problems.append(Problem(field_name, message))
 
     need(bool(config.name.strip()), "name", "give the run a name")
+    control = control_character(config.name)
+    need(
+        control is None,
+        "name",
+        f"holds the control character {control}; use letters, digits, spaces and punctuation",
+    )
     need(
         config.method in METHODS,
         "method",
@@ -319,6 +409,11 @@ def validate(config: RunConfig) -> list[Problem]:
         need(config.lora_alpha > 0, "lora_alpha", f"must be more than 0, not {config.lora_alpha}")
         need(0 <= config.lora_dropout < 1, "lora_dropout", f"must be in [0, 1), not {config.lora_dropout}")
     need(config.learning_rate > 0, "learning_rate", f"must be more than 0, not {config.learning_rate}")
+    need(
+        0 <= config.seed <= SEED_MAX,
+        "seed",
+        f"must be between 0 and {SEED_MAX} (2^32 - 1), not {config.seed}",
+    )
     need(config.warmup_steps >= 0, "warmup_steps", f"must be 0 or more, not {config.warmup_steps}")
     need(config.weight_decay >= 0, "weight_decay", f"must be 0 or more, not {config.weight_decay}")
     need(

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
 import tomllib
 from collections.abc import Iterable
@@ -33,6 +34,7 @@ from pathlib import Path
 from glmcore.errors import GlmError
 from glmcore.runs import Run, RunStatus, RunStore
 from glmcore.sweep import sweep_of
+from glmcore.text import without_unwritable
 
 SETTINGS_FILE = "notify.toml"
 """In the workspace root: the notification command."""
@@ -125,7 +127,8 @@ def notification_env(ending: Ending) -> dict[str, str]:
         facts["GLMTUI_RUN_NAME"] = run.config.name
     if ending.event == SWEEP_ENDED:
         facts["GLMTUI_SWEEP_STATES"] = " ".join(f"{state}={count}" for state, count in ending.sweep_states)
-    return facts
+    # A name or reason from a hand-edited or old run folder may hold a NUL, which no variable can carry.
+    return {name: without_unwritable(value) for name, value in facts.items()}
 
 
 def dispatch(ending: Ending, settings: NotifySettings) -> bool:
@@ -152,8 +155,11 @@ def dispatch(ending: Ending, settings: NotifySettings) -> bool:
                 cwd=ending.run.path,
                 start_new_session=True,  # outlives a CLI that exits at once, and Ctrl-C in its terminal
             )
-        except OSError as error:
-            output.write(f"glmtui: could not run {settings.command[0]}: {error}\n".encode())
+        except (OSError, ValueError) as error:
+            failure = f"glmtui: the {ending.event} notification of run {ending.run.id} was not sent: "
+            failure += f"could not run {settings.command[0]}: {error}"
+            output.write(f"{failure}\n".encode())
+            print(failure, file=sys.stderr, flush=True)  # a training process's stderr is its train.log
             return True
     threading.Thread(target=_reap, args=(process,), daemon=True).start()
     return True
@@ -180,7 +186,7 @@ def announce_end(run: Run) -> list[Ending]:
         for ending in endings:
             dispatch(ending, settings)
         return endings
-    except (GlmError, OSError) as error:
+    except (GlmError, OSError, ValueError) as error:
         print(f"glmtui: the notification was not sent: {error}", flush=True)
         return []
 

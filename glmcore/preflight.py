@@ -18,11 +18,22 @@ import shutil
 import threading
 from pathlib import Path
 
-from glmcore.config import DEEPSPEED_INSTALL_HINT, DEEPSPEED_PRESETS, Problem, RunConfig, validate
+from glmcore.config import (
+    DEEPSPEED_INSTALL_HINT,
+    DEEPSPEED_PRESETS,
+    MachineDefaults,
+    Problem,
+    RunConfig,
+    defaults_for,
+    validate,
+)
 from glmcore.data import Columns, DataError, load_examples
 from glmcore.errors import GlmError
 from glmcore.workspace import MODEL_CONFIG_NAME, Workspace, model_folder_problems
 
+CHECKPOINT_SETTINGS = frozenset({"max_steps", "save_steps", "save_total_limit", "eval_steps"})
+"""The settings the disk check counts checkpoints from: it waits until their values are valid (save_steps = 0
+would divide by zero)."""
 _data_verdicts: dict[str, tuple[tuple, str | None]] = {}
 """Per data file: the (size, mtime, columns) it was checked at, and its problem (None when it is fine)."""
 _data_locks: dict[str, threading.Lock] = {}
@@ -41,7 +52,8 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
     problems += gpu_problems(config)
     if not any(problem.field == "model_path" for problem in problems):
         problems += length_problems(config)
-        problems += disk_problems(config, runs_dir or Workspace.from_env().runs_dir)
+        if not any(problem.field in CHECKPOINT_SETTINGS for problem in problems):
+            problems += disk_problems(config, runs_dir or Workspace.from_env().runs_dir)
     return problems
 
 
@@ -170,6 +182,11 @@ def visible_gpu_count() -> int:
 
     snapshot = read_gpus()
     return len(snapshot.gpus) if snapshot.available else 0
+
+
+def machine_defaults() -> MachineDefaults:
+    """What a new run starts from on this machine (the GPUs the driver reports), and why."""
+    return defaults_for(visible_gpu_count())
 
 
 def gpu_problems(config: RunConfig) -> list[Problem]:

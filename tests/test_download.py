@@ -396,7 +396,7 @@ def files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
 
 
-@pytest.mark.parametrize("listed", ["../../x", "sub/../../../x"])
+@pytest.mark.parametrize("listed", ["../../x", "sub/../../../x", "sub/a\x00b"])
 def test_seafile_listing_that_escapes_the_destination_is_refused_before_any_fetch(
     fileserver: FileServer, tmp_path: Path, listed: str
 ) -> None:

@@ -9,13 +9,17 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 
 from glmcore.download.errors import UnsafeListing
+from glmcore.text import control_character
 
 
 def path_problem(name: str, destination: Path) -> str | None:
-    """Why ``name`` cannot be written under ``destination`` (None when it can): absolute, ``..``, or outside."""
+    """Why ``name`` cannot be written under ``destination`` (None when it can): absolute, ``..``, outside, or
+    holding a control character (no file name holds a NUL; a newline or escape garbles what is shown)."""
     member = PurePosixPath(name.replace("\\", "/"))
     if not name.strip() or not member.parts:
         return "it is empty"
+    if control := control_character(name):
+        return f"it holds the control character {control}"
     if member.is_absolute() or ":" in member.parts[0]:
         return "it is an absolute path"
     if ".." in member.parts:

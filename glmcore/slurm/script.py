@@ -32,6 +32,9 @@ DEFAULT_SIGNAL_LEAD_S = 300
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.,:+-]+")
 TIME_PATTERN = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+")
 """Slurm's time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+SBATCH_MANGLED = re.compile(r"""[\s"'\\#%\x00-\x1f\x7f]""")
+"""Characters sbatch reads specially in an #SBATCH line (or that end the line): see ``check_folder``."""
+MANGLED_NAMES = {'"': "a double quote", "'": "a quote", "\\": "a backslash", "#": "a '#'", "%": "a '%'"}
 
 
 class SlurmOptionsError(GlmError):
@@ -163,10 +166,12 @@ def sbatch_flags(options: SlurmOptions) -> list[str]:
     return flags
 
 
-def check_submittable(options: SlurmOptions) -> None:
-    """Ask Slurm whether it would take such a job (``sbatch --test-only``), before any run folder exists."""
+def check_submittable(options: SlurmOptions, runs_dir: Path) -> None:
+    """Before any run folder exists: whether the job script can name folders under ``runs_dir``, then ask Slurm
+    whether it would take such a job (``sbatch --test-only``)."""
     from glmcore.slurm.jobs import SlurmError, missing_commands, run_command
 
+    check_folder(Path(runs_dir))
     if missing := missing_commands():
         raise SlurmError(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed here; run glmtui --slurm "
@@ -183,14 +188,29 @@ def for_slurm(config: RunConfig, options: SlurmOptions) -> RunConfig:
     return dataclasses.replace(config, gpus=list(range(options.gpus_per_node)))
 
 
+def check_folder(folder: Path) -> None:
+    """Refuse a folder whose path #SBATCH lines would change: sbatch splits them at spaces, strips quotes and
+    backslashes, reads ``#`` as the start of a comment and ``%`` as a file name pattern (``%j``: the job id), so
+    the job would run, or write its log, somewhere else."""
+    found = SBATCH_MANGLED.search(str(folder))
+    if found is None:
+        return
+    character = found.group()
+    what = (
+        "a space"
+        if character.isspace()
+        else MANGLED_NAMES.get(character, f"the character U+{ord(character):04X}")
+    )
+    raise SlurmOptionsError(
+        f"the path {folder} has {what}, which sbatch would change in the job script's #SBATCH lines; use a "
+        "workspace whose path has only letters, digits and / . _ - (set GLMTUI_HOME or pass --workspace)"
+    )
+
+
 def job_script(run_dir: Path, run_id: str, options: SlurmOptions, *, resume: bool) -> str:
     """The batch script for one submission of the run in ``run_dir``."""
     run_dir = Path(run_dir)
-    if re.search(r"\s", str(run_dir)):
-        raise SlurmOptionsError(
-            f"the run folder {run_dir} has a space in its path, which #SBATCH lines cannot hold; "
-            "use a workspace whose path has none"
-        )
+    check_folder(run_dir)
     lines = [
         "#!/bin/bash",
         f"# glmtui's Slurm job for run {run_id}. Submit it again with `sbatch {run_dir / SCRIPT_FILE}`;",

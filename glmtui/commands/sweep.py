@@ -23,7 +23,7 @@ from glmcore.runs import Run, RunStore
 from glmcore.slurm.script import SlurmOptions, for_slurm
 from glmcore.sweep import Sweep, create, expand, parse_sets, problems, submit_to_slurm
 from glmcore.workspace import Workspace
-from glmtui.commands.train import add_slurm_arguments, slurm_options
+from glmtui.commands.train import add_slurm_arguments, load_config, print_cautions, slurm_options
 from glmtui.presentation import state_text
 
 FOLLOW_INTERVAL_S = 1.0
@@ -35,13 +35,15 @@ def sweep_command(args: argparse.Namespace) -> int:
     errors = Console(stderr=True)
     workspace = Workspace.from_env()
     try:
-        base = RunConfig.load(args.config)
         slurm = slurm_options(args, workspace)
+        base = load_config(args, workspace, console, slurm)
         # On Slurm the GPUs are each job's, not this machine's: they are checked by Slurm, not here.
         points = expand(base if slurm is None else dataclasses.replace(base, gpus=[]), parse_sets(args.set))
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
+    if slurm is None:  # on Slurm the GPUs are each job's: 4-bit there runs on them
+        print_cautions(console, [point.config for point in points])
     found = problems(points, runs_dir=workspace.runs_dir)
     if found:
         combinations = len({id(point) for point, _ in found})

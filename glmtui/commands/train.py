@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from glmcore import preflight
-from glmcore.config import RunConfig
+from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, Run, RunStatus, RunStore, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
@@ -175,16 +175,41 @@ def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
     return 0
 
 
+def load_config(
+    args: argparse.Namespace, workspace: Workspace, console: Console, slurm: SlurmOptions | None
+) -> RunConfig:
+    """CONFIG.toml, found here or in the workspace, the settings it leaves out set for the machine it will train
+    on (this one, or a Slurm job's nodes); says where it was found and which settings the machine chose (`train`
+    and `sweep`). Sets ``args.config`` to its path."""
+    path = find_config_file(args.config, workspace.root)
+    if path != args.config:
+        console.print(f"Using {escape(str(path))} from the workspace.")
+    args.config = path
+    defaults = preflight.machine_defaults() if slurm is None else defaults_for(slurm.gpus_per_node)
+    config, filled = RunConfig.load_over(path, defaults)
+    if filled:
+        chosen = ", ".join(f"{name} = {defaults.values[name]}" for name in filled)
+        console.print(f"Not in {escape(path.name)}, so set for this machine ({defaults.machine}): {chosen}.")
+    return config
+
+
+def print_cautions(console: Console, configs: list[RunConfig]) -> None:
+    """Each setting that will train but likely not as wanted, once (a warning, not a refusal)."""
+    for caution in dict.fromkeys(caution for config in configs for caution in cautions(config)):
+        console.print(f"[yellow]warning:[/] {escape(str(caution))}")
+
+
 def train(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True)
     workspace = Workspace.from_env()
     try:
-        config = RunConfig.load(args.config)
         slurm = slurm_options(args, workspace)
+        config = load_config(args, workspace, console, slurm)
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
+    print_cautions(console, [config if slurm is None else for_slurm(config, slurm)])
     if slurm is not None and args.queue:
         errors.print("[red]error:[/] --queue and --slurm do not go together: Slurm queues the job itself")
         return 2
@@ -230,7 +255,7 @@ def slurm_options(args: argparse.Namespace, workspace: Workspace) -> SlurmOption
     options = load_defaults(workspace.root).with_changes(**flags)
     if problems := options.problems():
         raise SlurmOptionsError(problems[0])
-    check_submittable(options)
+    check_submittable(options, workspace.runs_dir)
     return options
 
 

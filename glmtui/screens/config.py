@@ -34,7 +34,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from glmcore import preflight
 from glmcore import runs as run_control
-from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig
+from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, cautions
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.download import format_bytes
 from glmcore.errors import GlmError
@@ -296,16 +296,22 @@ class ConfigScreen(WorkbenchScreen):
         self._filling = False
         self.partitions: list[Partition] = []
         """The Slurm cluster's partitions, when one answers; the "Where" row shows only then."""
+        self.blank: RunConfig | None = None
+        self.blank_reason = ""
+        """Why a new run starts from the defaults it does, shown while the form started from them."""
 
     def blank_config(self) -> RunConfig:
-        """A new run with the published defaults on the workspace's first model, on the CPU until GPUs are picked."""
+        """A new run on the workspace's first model with this machine's defaults (their reason shown beside)."""
         models = self.workbench.workspace.find_models()
-        return RunConfig(
+        defaults = preflight.machine_defaults()
+        self.blank = RunConfig(
             name="my-run",
             model_path=models[0] if models else Path(""),
             train_file=Path(""),
-            gpus=[],
+            **defaults.values,
         )
+        self.blank_reason = defaults.reason
+        return self.blank
 
     # form
 
@@ -694,6 +700,8 @@ class ConfigScreen(WorkbenchScreen):
         sweep_panel.update(sweep_text(sweep) if sweep else "")
         sweep_panel.display = bool(sweep)
         problem_text = Text()
+        if self.base is not None and self.base is self.blank:
+            problem_text.append(self.blank_reason + "\n", style="dim")
         if problems:
             count = len(problems)
             problem_text.append(f"{count} problem{'s' if count != 1 else ''}:\n", style="bold red")
@@ -704,6 +712,8 @@ class ConfigScreen(WorkbenchScreen):
             problem_text.append(f"Ready to queue the {len(sweep)} runs (ctrl+g).\n", style="bold green")
         else:
             problem_text.append("Ready to start (ctrl+g).\n", style="bold green")
+        for caution in cautions(self.config) if self.config is not None else []:
+            problem_text.append(f"Note: {FIELD_LABELS[caution.field]}: {caution.message}\n", style="yellow")
         self.query_one("#config-problems", Static).update(problem_text)
         self._show_estimate()
         command = self.query_one("#config-command", Static)
@@ -797,7 +807,7 @@ class ConfigScreen(WorkbenchScreen):
             point, problem = problems[0]
             raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
         if slurm is not None:
-            check_submittable(slurm)
+            check_submittable(slurm, self.workbench.workspace.runs_dir)
             config = for_slurm(config, slurm)
             sweep = create_sweep(self.workbench.run_store, config, expand(config, axes))
             jobs = submit_to_slurm(sweep, slurm)
@@ -817,7 +827,7 @@ class ConfigScreen(WorkbenchScreen):
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         if slurm is not None:
-            check_submittable(slurm)
+            check_submittable(slurm, self.workbench.workspace.runs_dir)
             config = for_slurm(config, slurm)
         run = self.workbench.run_store.create(config)
         self.workbench.workspace.remember_config(run.config_path)
@@ -835,7 +845,7 @@ class ConfigScreen(WorkbenchScreen):
         def loaded(path: Path | None) -> None:
             if path is not None:
                 try:
-                    self.load(RunConfig.load(path))
+                    self.load(RunConfig.load_over(path, preflight.machine_defaults())[0])
                 except GlmError as error:
                     self.notify(str(error), severity="error")
                 else:
