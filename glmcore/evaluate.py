@@ -18,7 +18,8 @@ An evaluation folder holds `generated_predictions.txt` (ChatGLM-6B's form), `exa
 label, prediction, scores) and `results.json`, written last: a folder with `results.json` is complete. A comparison
 evaluates the base model and several prefix checkpoints over the same data with ONE loaded model, swapping only
 the prefix, and writes each evaluation into its own subfolder with `comparison.json` and
-`comparison_examples.jsonl` (before/after per example, worst first) beside them.
+`comparison_examples.jsonl` (before/after per example, worst first) beside them. Every checkpoint is checked
+before the model loads; a damaged one is skipped, and comparison.json says which and why.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,6 @@ from typing import TYPE_CHECKING
 from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
 from glmcore.errors import GlmError
 from glmcore.metrics import METRIC_NAMES, prefixed, score_all
-from glmcore.prefix import PREFIX_WEIGHTS, PUBLISHED_WEIGHTS
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
@@ -456,12 +456,22 @@ def read_evaluation(folder: str | Path) -> EvalResult:
 # --- comparing the base model and prefix checkpoints ------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SkippedCheckpoint:
+    """A checkpoint a comparison left out, found damaged (or unfit for the model) before it began."""
+
+    label: str
+    checkpoint: str
+    reason: str
+
+
 @dataclass
 class Comparison:
     output_dir: Path
     evaluations: list[EvalResult]
     complete: bool
     """False when cancelled after some evaluations finished: those are kept, the rest were not run."""
+    skipped: list[SkippedCheckpoint] = field(default_factory=list)
 
     def metrics(self) -> dict[str, dict[str, float]]:
         """Published metric names per evaluation label, side by side."""
@@ -472,15 +482,36 @@ def _is_base(checkpoint: str | Path | None) -> bool:
     return checkpoint is None or str(checkpoint) == BASE
 
 
-def _check_checkpoint(checkpoint: Path) -> None:
-    """Fail before the model loads, not after an hour of evaluating the entries before it."""
-    if not checkpoint.is_dir():
-        raise EvalError(f"The checkpoint {checkpoint} does not exist.")
-    if not ((checkpoint / PREFIX_WEIGHTS).is_file() or (checkpoint / PUBLISHED_WEIGHTS).is_file()):
-        raise EvalError(
-            f"{checkpoint} holds no prefix ({PREFIX_WEIGHTS} or {PUBLISHED_WEIGHTS}); "
-            "only P-tuning v2 checkpoints can be evaluated."
-        )
+def checkpoint_plan(
+    model_path: str | Path, checkpoints: Sequence[str | Path | None]
+) -> tuple[list[tuple[str, str | Path | None]], list[SkippedCheckpoint]]:
+    """The (label, checkpoint) pairs a comparison evaluates, and those it skips with why, decided before the
+    model loads rather than after an hour of evaluating the entries before a damaged one.
+
+    A checkpoint that does not exist is refused (a name mistyped); one whose prefix files are damaged, unsafe
+    or made for another model is skipped. Refused when nothing is left to evaluate.
+    """
+    from glmcore.models.loading import load_config
+    from glmcore.prefix import prefix_problem
+
+    config = None
+    evaluated, skipped = [], []
+    for label, checkpoint in zip(comparison_labels(checkpoints), checkpoints, strict=True):
+        if _is_base(checkpoint):
+            evaluated.append((label, checkpoint))
+            continue
+        if not Path(checkpoint).is_dir():
+            raise EvalError(f"The checkpoint {checkpoint} does not exist.")
+        if config is None:
+            config = load_config(model_path)
+        if problem := prefix_problem(Path(checkpoint), config):
+            skipped.append(SkippedCheckpoint(label, str(Path(checkpoint).absolute()), problem))
+        else:
+            evaluated.append((label, checkpoint))
+    if not evaluated:
+        reasons = " ".join(f"{entry.label}: {entry.reason}" for entry in skipped)
+        raise EvalError(f"None of the checkpoints can be evaluated. {reasons}")
+    return evaluated, skipped
 
 
 def comparison_labels(checkpoints: Sequence[str | Path | None]) -> list[str]:
@@ -515,9 +546,10 @@ def compare(
     recorded in comparison.json with the file's full count.
 
     The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
-    `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. When cancelled,
-    the finished evaluations are kept and comparison.json says `"complete": false`; if none finished, nothing
-    is left behind and EvaluationCancelled is raised.
+    `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. A damaged
+    checkpoint is skipped (`checkpoint_plan`): the comparison's `skipped` and comparison.json name it and why.
+    When cancelled, the finished evaluations are kept and comparison.json says `"complete": false`; if none
+    finished, nothing is left behind and EvaluationCancelled is raised.
     """
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.prefix import install_prefix_checkpoint, set_prefix
@@ -530,18 +562,15 @@ def compare(
     output_root = Path(output_root)
     if output_root.exists() and any(output_root.iterdir()):
         raise EvalError(f"{output_root} already holds files; choose an empty or new output folder.")
-    for checkpoint in checkpoints:
-        if not _is_base(checkpoint):
-            _check_checkpoint(Path(checkpoint))
+    evaluated, skipped = checkpoint_plan(model_path, checkpoints)
     all_examples = load_examples(data_file, columns or Columns()).examples
     examples = all_examples[:limit]
-    labels = comparison_labels(checkpoints)
     tokenizer = load_tokenizer(model_path)
     model = load_model(model_path, quantization_bit=quantization_bit, device=device)
 
     evaluations: list[EvalResult] = []
     started = time.monotonic()
-    for number, (label, checkpoint) in enumerate(zip(labels, checkpoints, strict=True), start=1):
+    for number, (label, checkpoint) in enumerate(evaluated, start=1):
         if _is_base(checkpoint):
             set_prefix(model, None)
             checkpoint_name = None
@@ -561,8 +590,8 @@ def compare(
                     if evaluations
                     else time.monotonic() - this_started + eta
                 )
-                eta += (len(checkpoints) - number) * one_evaluation
-            progress(replace(snapshot, eta_seconds=eta, evaluation=number, evaluations=len(checkpoints)))
+                eta += (len(evaluated) - number) * one_evaluation
+            progress(replace(snapshot, eta_seconds=eta, evaluation=number, evaluations=len(evaluated)))
 
         try:
             evaluations.append(
@@ -583,7 +612,7 @@ def compare(
                 _remove_empty(output_root)
                 raise
             break
-    comparison = Comparison(output_root, evaluations, complete=len(evaluations) == len(checkpoints))
+    comparison = Comparison(output_root, evaluations, len(evaluations) == len(evaluated), skipped)
     subset = {"limit": limit, "data_examples": len(all_examples)}
     _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset)
     return comparison
@@ -629,6 +658,7 @@ def _write_comparison(
             {"label": evaluation.label, "folder": evaluation.label, **evaluation.results()}
             for evaluation in evaluations
         ],
+        "skipped": [asdict(entry) for entry in comparison.skipped],
     }
     rows = []
     for index in sorted(range(len(ranking.examples)), key=lambda index: ranking.examples[index].overall):

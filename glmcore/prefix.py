@@ -40,15 +40,22 @@ class PrefixSpec:
 PrefixReader = Callable[[Path], "tuple[PrefixSpec, dict[str, torch.Tensor]]"]
 
 
-def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+ENCODER_DIMENSIONS = {"embedding.weight": 2}
+PROJECTION_DIMENSIONS = {"trans.0.weight": 2, "trans.0.bias": 1, "trans.2.weight": 2, "trans.2.bias": 1}
+
+
+def _read_state(checkpoint: Path, *, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """The prefix encoder's tensors; with `shapes_only`, tensors on the meta device (or memory-mapped) that
+    carry the shapes without reading the weights."""
     from glmcore.models.checkpoint import read_bin_shard, read_weights
 
     if (checkpoint / PREFIX_WEIGHTS).is_file():
-        state = read_weights(checkpoint / PREFIX_WEIGHTS)
+        path = checkpoint / PREFIX_WEIGHTS
+        state = _shapes_in(path) if shapes_only else read_weights(path)
     elif (checkpoint / PUBLISHED_WEIGHTS).is_file():
-        state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)
+        state = read_bin_shard(checkpoint / PUBLISHED_WEIGHTS)  # memory-mapped: read only where used
     elif whole_model_files := _whole_model_safetensors(checkpoint):
-        state = _prefix_tensors_of(whole_model_files)
+        state = _prefix_tensors_of(whole_model_files, shapes_only=shapes_only)
     else:
         raise GlmError(
             f"{checkpoint} holds no prefix: expected {PREFIX_WEIGHTS}, a ptuning {PUBLISHED_WEIGHTS}, or the "
@@ -61,41 +68,93 @@ def _read_state(checkpoint: Path) -> dict[str, torch.Tensor]:
         raise GlmError(
             f"{checkpoint} has weights but no {KEY_PREFIX}* tensors: it is not a P-tuning checkpoint."
         )
+    _check_encoder_tensors(checkpoint, prefix_state)
     return prefix_state
+
+
+def _check_encoder_tensors(checkpoint: Path, state: dict[str, torch.Tensor]) -> None:
+    """A prefix is an embedding, plus the two linear layers of the projection when it has one."""
+    from glmcore.models.checkpoint import DamagedCheckpoint
+
+    expected = ENCODER_DIMENSIONS | (PROJECTION_DIMENSIONS if "trans.0.weight" in state else {})
+    if set(state) != set(expected) or any(state[name].dim() != dims for name, dims in expected.items()):
+        shapes = ", ".join(f"{name} {list(state[name].shape)}" for name in sorted(state)[:5])
+        raise DamagedCheckpoint(
+            f"{checkpoint} holds the prefix tensors {shapes}, not those of a prefix encoder "
+            f"({', '.join(expected)}); it is damaged: use another checkpoint."
+        )
+
+
+def _shapes_in(path: Path) -> dict[str, torch.Tensor]:
+    """Meta tensors shaped as a safetensors file's, from its checked header."""
+    import torch
+
+    from glmcore.models.checkpoint import safetensors_header
+
+    return {
+        name: torch.empty(entry["shape"], device="meta")
+        for name, entry in safetensors_header(path).items()
+        if name != "__metadata__"
+    }
 
 
 def _whole_model_safetensors(checkpoint: Path) -> list[Path]:
     """The safetensors of a checkpoint that saved the whole model (ChatGLM3's fine-tuning demo does)."""
+    from glmcore.models.checkpoint import DamagedCheckpoint
+
     index = checkpoint / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        names = {name for key, name in weight_map.items() if key.startswith(KEY_PREFIX)}
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = {str(name) for key, name in weight_map.items() if key.startswith(KEY_PREFIX)}
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:
+            raise DamagedCheckpoint(
+                f"{index} is damaged (no weight_map of tensor names to files: {error!r}); copy it again."
+            ) from None
         return [checkpoint / name for name in sorted(names) if Path(name).name == name]
     single = checkpoint / "model.safetensors"
     return [single] if single.is_file() else []
 
 
-def _prefix_tensors_of(files: list[Path]) -> dict[str, torch.Tensor]:
+def _prefix_tensors_of(files: list[Path], *, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """Only the prefix's tensors of safetensors files (the base weights in them are never read)."""
     from safetensors import safe_open
 
     state = {}
     for path in files:
+        shapes = {key: value for key, value in _shapes_in(path).items() if key.startswith(KEY_PREFIX)}
+        if shapes_only:
+            state.update(shapes)
+            continue
         with safe_open(str(path), framework="pt") as weights:
-            names = weights.keys()
-            state.update({key: weights.get_tensor(key) for key in names if key.startswith(KEY_PREFIX)})
+            state.update({key: weights.get_tensor(key) for key in shapes})
     return state
 
 
-def read_prefix_checkpoint(checkpoint: Path) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:
-    """The prefix's shape (from its tensors, which cannot disagree with themselves) and its weights."""
+def read_prefix_checkpoint(
+    checkpoint: Path, *, shapes_only: bool = False
+) -> tuple[PrefixSpec, dict[str, torch.Tensor]]:
+    """The prefix's shape (from its tensors, which cannot disagree with themselves) and its weights (with
+    `shapes_only`, tensors that only carry their shapes)."""
     checkpoint = Path(checkpoint)
     if not checkpoint.is_dir():
         raise GlmError(f"The prefix checkpoint {checkpoint} does not exist.")
-    state = _read_state(checkpoint)
+    state = _read_state(checkpoint, shapes_only=shapes_only)
     projection = "trans.0.weight" in state
     spec = PrefixSpec(pre_seq_len=state["embedding.weight"].shape[0], prefix_projection=projection)
     return spec, state
+
+
+def prefix_problem(checkpoint: Path, config) -> str | None:
+    """Why the prefix of `checkpoint` cannot go into a model of `config` (files damaged, unsafe, missing or
+    made for another model), None when it can; its weights are not read, so every checkpoint of a run can be
+    checked before the first is used."""
+    try:
+        spec, shapes = read_prefix_checkpoint(checkpoint, shapes_only=True)
+        check_fits_model(spec, shapes, config, str(checkpoint))
+    except GlmError as error:
+        return str(error)
+    return None
 
 
 def resolve_spec(

@@ -22,10 +22,8 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
-import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -313,42 +311,14 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
 
 
 def checkpoint_problem(folder: Path) -> str | None:
-    """Why the checkpoint in ``folder`` cannot be loaded (a file cut short, unreadable), None when it looks whole.
+    """Why the checkpoint in ``folder`` cannot be loaded (a file cut short, garbled or holding pickled code),
+    None when it looks whole. Nothing is loaded: see ``checkpoint_file_problem``."""
+    from glmcore.models.checkpoint import checkpoint_file_problem
 
-    Checks the structure that truncation breaks, without loading anything: JSON files parse, safetensors files
-    are as long as their header says, PyTorch zip files (optimizer.pt, rng_state.pth…) end with their central
-    directory.
-    """
     for path in sorted(folder.iterdir()):
-        if not path.is_file():
-            continue
-        try:
-            if path.stat().st_size == 0:
-                return f"{path.name} is empty"
-            if path.suffix == ".json":
-                json.loads(path.read_text(encoding="utf-8"))
-            elif path.suffix == ".safetensors":
-                if problem := _safetensors_problem(path):
-                    return f"{path.name} {problem}"
-            elif path.suffix in (".pt", ".pth", ".bin"):
-                with zipfile.ZipFile(path) as archive:
-                    archive.infolist()
-        except (OSError, ValueError, zipfile.BadZipFile) as error:
-            return f"{path.name} is cut short or damaged ({error})"
+        if path.is_file() and (problem := checkpoint_file_problem(path)):
+            return problem
     return None
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    with open(path, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return "is cut short (no header)"
-        (header_size,) = struct.unpack("<Q", prefix)
-        header = json.loads(handle.read(header_size))
-    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
-    expected = 8 + header_size + max(ends, default=0)
-    actual = path.stat().st_size
-    return None if actual >= expected else f"is cut short ({actual} of {expected} bytes)"
 
 
 def _fsync_tree(folder: Path) -> None:

@@ -280,3 +280,8 @@ def ending_sentence(ending: Ending) -> str:
         return f"Sweep {ending.sweep} ended: {states}."
     reason = f": {status.reason}" if status.reason else ""
     return f"Run {ending.run.id} {status.state} at step {status.step}/{status.total}{reason}."
+
+
+def skipped_checkpoint_line(entry) -> str:
+    """How an evaluation tells of a checkpoint it skipped (a `glmcore.evaluate.SkippedCheckpoint`)."""
+    return f"{entry.label} was skipped: {entry.reason}"

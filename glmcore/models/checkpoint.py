@@ -1,14 +1,22 @@
-"""What is in a model folder on disk, and the one-time conversion of `.bin` shards to safetensors.
+"""What is in a model folder on disk, whether a weight or checkpoint file is whole, and the one-time conversion
+of `.bin` shards to safetensors.
 
 A model folder is usable when it has `config.json`, the tokenizer file and every weight shard its index
-names. Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`.
+names. Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`. A safetensors header is
+checked here before safetensors reads it, and a pickle's globals before torch does, so a garbled or crafted
+file is named as damaged instead of failing deep inside a loader (or never failing until its turn comes).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import pickletools
+import struct
+import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +29,40 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SINGLE_BIN = "pytorch_model.bin"
 SINGLE_SAFETENSORS = "model.safetensors"
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit
+SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+PICKLE_MAX_SCANNED = 64 * 2**20
+"""A checkpoint's pickle (tensors live beside it in the zip) is kilobytes; a larger one is left to torch."""
+TENSOR_PICKLE_GLOBALS = frozenset(
+    {
+        "collections OrderedDict",
+        "torch._utils _rebuild_tensor_v2",
+        "torch._utils _rebuild_parameter",
+        "_codecs encode",
+        "numpy ndarray",
+        "numpy dtype",
+        "numpy.core.multiarray _reconstruct",
+        "numpy._core.multiarray _reconstruct",
+    }
+)
+"""The globals the Trainer's optimizer.pt, scheduler.pt and rng_state.pth use (torch storages and numpy dtype
+classes aside): a pickle naming only these holds data. Any other is judged by torch's weights-only unpickler."""
+
+UNREAD_PICKLES = frozenset({"training_args.bin"})
+"""Pickles the Trainer writes for people to read, never loaded on resume: they hold a TrainingArguments."""
+
+
+class DamagedCheckpoint(GlmError):
+    """A weight or checkpoint file that is cut short, garbled, or holds pickled code: the message names it.
+
+    Serving catches this per checkpoint; keep the name.
+    """
 
 
 @dataclass
@@ -65,6 +107,18 @@ def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
     return ModelFolder(path, None, [], [*missing, "weights (pytorch_model*.bin or *.safetensors)"])
 
 
+def stored_tensor_names(folder: ModelFolder) -> set[str]:
+    """The names of the tensors the weight files really hold (not what the index says they hold): safetensors
+    headers, or memory-mapped pickles. DamagedCheckpoint names a file that cannot be read."""
+    names: set[str] = set()
+    for shard in folder.weight_files:
+        if shard.suffix == ".safetensors":
+            names.update(name for name in safetensors_header(shard) if name != "__metadata__")
+        else:
+            names.update(read_bin_shard(shard))
+    return names
+
+
 def require_complete(path: Path, family: str | None = None) -> ModelFolder:
     folder = inspect_model_folder(path, family)
     if not folder.complete:
@@ -87,6 +141,190 @@ def unreadable_weights_message(shard: Path, error: BaseException) -> str:
     return f"{shard} is truncated or damaged ({reason}); copy or download it again."
 
 
+def safetensors_header(path: Path) -> dict:
+    """The header of a safetensors file, checked as safetensors would: bounded in size, a JSON object whose
+    every entry has a known dtype, a shape and data offsets that tile the data exactly to the file's end.
+
+    Raises DamagedCheckpoint naming the file and what is wrong ("is cut short" when the data stops early).
+    """
+    header, problem = _checked_safetensors_header(path)
+    if problem:
+        raise DamagedCheckpoint(f"{path} {problem}; copy or download it again.")
+    return header
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file ("is cut short (…)", "has a damaged header (…)"), None when it
+    is whole. Reads the header only."""
+    return _checked_safetensors_header(path)[1]
+
+
+def _checked_safetensors_header(path: Path) -> tuple[dict, str | None]:
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return {}, "is cut short (no header)"
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > SAFETENSORS_MAX_HEADER:
+            return {}, f"has a damaged header (it claims {header_size:,} bytes of header)"
+        if 8 + header_size > size:
+            return {}, f"is cut short ({size} of at least {8 + header_size} bytes: the header is incomplete)"
+        try:
+            header = json.loads(handle.read(header_size))
+        except (ValueError, RecursionError) as error:
+            return {}, f"has a damaged header (not JSON: {error})"
+    if not isinstance(header, dict):
+        return {}, f"has a damaged header (a JSON {type(header).__name__}, not an object)"
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        return header, "has a damaged header (__metadata__ is not an object of strings)"
+    extents = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if problem := _tensor_entry_problem(entry):
+            return header, f"has a damaged header (tensor {name!r}: {problem})"
+        extents.append((tuple(entry["data_offsets"]), name))
+    end = 0
+    for (begin, stop), name in sorted(extents):
+        if begin != end:
+            return (
+                header,
+                f"has a damaged header (tensor {name!r} starts at byte {begin} of the data, not {end})",
+            )
+        end = stop
+    expected = 8 + header_size + end
+    if size < expected:
+        return header, f"is cut short ({size} of {expected} bytes)"
+    if size > expected:
+        return header, f"has {size - expected} bytes past its last tensor (damaged)"
+    return header, None
+
+
+def _tensor_entry_problem(entry: object) -> str | None:
+    if not isinstance(entry, dict):
+        return "not an object"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPE_BYTES:
+        return f"unknown dtype {dtype!r}"
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        return f"shape {shape!r} is not a list of sizes"
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(n) is int for n in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        return f"data_offsets {offsets!r} are not [begin, end]"
+    if offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
+        return f"data_offsets {offsets} do not hold a {dtype} tensor of shape {shape}"
+    return None
+
+
+def pickle_problem(path: Path) -> str | None:
+    """What is wrong with a file in torch.save's zip layout (optimizer.pt, rng_state.pth…): cut short, or
+    holding pickled code; None when it holds data only. Nothing is unpickled unless torch's weights-only
+    unpickler has to judge a global the Trainer does not write."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickles = [info for info in archive.infolist() if info.filename.endswith(".pkl")]
+            if not pickles:
+                return "is damaged (no pickle in it)"
+            strangers = []
+            for info in pickles:
+                with archive.open(info) as member:
+                    data = member.read(PICKLE_MAX_SCANNED + 1)
+                if len(data) > PICKLE_MAX_SCANNED:
+                    strangers.append(f"{info.filename}, too long to scan")
+                    continue
+                strangers += [name for name in _pickled_globals(data) if not _is_tensor_global(name)]
+    # zipfile raises the last three for odd or encrypted members.
+    except (OSError, ValueError, EOFError, RuntimeError, NotImplementedError, zipfile.BadZipFile) as error:
+        return f"is cut short or damaged ({error})"
+    if strangers and _torch_refuses(path):
+        return f"holds pickled code ({strangers[0].replace(' ', '.')}), which glmtui does not load"
+    return None
+
+
+def _pickled_globals(data: bytes) -> list[str]:
+    """The globals a pickle names, as "module name". Protocol 4's STACK_GLOBAL takes its two names from the
+    stack: the last two strings pushed (or fetched from the memo) stand for them, as a pickler writes them."""
+    found, strings, memo = [], [], {}
+    pushed = None  # the string the previous opcode pushed, if it pushed one
+    for opcode, argument, _ in pickletools.genops(data):
+        if opcode.name == "MEMOIZE":
+            memo[len(memo)] = pushed
+        elif opcode.name.endswith("PUT"):
+            memo[argument] = pushed
+        elif opcode.name.endswith("GET") and isinstance(memo.get(argument), str):
+            strings.append(memo[argument])
+        pushed = argument if isinstance(argument, str) and "UNICODE" in opcode.name else None
+        if pushed is not None:
+            strings.append(pushed)
+        if opcode.name in ("GLOBAL", "INST"):
+            found.append(str(argument))
+        elif opcode.name == "STACK_GLOBAL":
+            found.append(" ".join(strings[-2:]) if len(strings) >= 2 else "a global named at unpickling time")
+        elif opcode.name.startswith("EXT"):
+            found.append(f"extension global {argument}")
+    return found
+
+
+def _is_tensor_global(name: str) -> bool:
+    module, _, attribute = name.partition(" ")
+    return (
+        name in TENSOR_PICKLE_GLOBALS
+        or (module == "torch" and attribute.endswith("Storage"))
+        or (module == "numpy.dtypes" and attribute.endswith("DType"))
+    )
+
+
+def _torch_refuses(path: Path) -> bool:
+    """Whether torch's weights-only unpickler, with the numpy types the Trainer allows, refuses ``path``."""
+    import numpy
+    import torch
+
+    numpy_types = [numpy.ndarray, numpy.dtype, type(numpy.dtype(numpy.uint32))]
+    try:
+        with torch.serialization.safe_globals(numpy_types), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of pickle protocols it did not write
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        return True
+    except Exception:  # damaged in some other way: that is for the load to report
+        return False
+    return False
+
+
+def checkpoint_file_problem(path: Path) -> str | None:
+    """Why one file of a checkpoint cannot be loaded, starting with its name; None when it looks whole.
+
+    Checks the structure that truncation or tampering breaks, without loading tensors: JSON files parse,
+    safetensors headers are sound and match the length, torch.save zips end with their central directory and
+    their pickles name no code.
+    """
+    try:
+        if path.stat().st_size == 0:
+            return f"{path.name} is empty"
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+            problem = None
+        elif path.suffix == ".safetensors":
+            problem = safetensors_problem(path)
+        elif path.name in UNREAD_PICKLES:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+            problem = None
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            problem = pickle_problem(path)
+        else:
+            problem = None
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        problem = f"is cut short or damaged ({error})"
+    return f"{path.name} {problem}" if problem else None
+
+
 def read_bin_shard(shard: Path) -> dict:
     """A pickled shard's tensors, loaded without running any code it may carry."""
     import torch
@@ -100,18 +338,19 @@ def read_bin_shard(shard: Path) -> dict:
             # A pickle in torch's legacy (pre-zip) format cannot be memory-mapped; read it whole.
             return torch.load(shard, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for damaged or unsafe pickles
-        raise GlmError(unreadable_weights_message(shard, error)) from error
+        raise DamagedCheckpoint(unreadable_weights_message(shard, error)) from error
 
 
 def read_weights(shard: Path) -> dict:
-    """The tensors of one weight file, either format."""
+    """The tensors of one weight file, either format; DamagedCheckpoint when it cannot be read."""
     if shard.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        safetensors_header(shard)
         try:
             return load_file(str(shard))
         except Exception as error:  # safetensors raises its own error type for a damaged file
-            raise GlmError(unreadable_weights_message(shard, error)) from error
+            raise DamagedCheckpoint(unreadable_weights_message(shard, error)) from error
     return read_bin_shard(shard)
 
 
@@ -123,16 +362,11 @@ def find_unreadable_weights(path: Path) -> str | None:
     for shard in inspect_model_folder(path).weight_files:
         try:
             if shard.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                with safe_open(str(shard), framework="pt") as handle:
-                    handle.keys()
+                safetensors_header(shard)
             else:
                 read_bin_shard(shard)
         except GlmError as error:
             return str(error)
-        except Exception as error:  # safetensors raises its own error type for a damaged header
-            return unreadable_weights_message(shard, error)
     return None
 
 

@@ -7,17 +7,24 @@ ignored.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from glmcore.errors import GlmError
 from glmcore.models import family_for
-from glmcore.models.checkpoint import find_unreadable_weights, require_complete
+from glmcore.models.checkpoint import (
+    ModelFolder,
+    find_unreadable_weights,
+    require_complete,
+    stored_tensor_names,
+)
 from glmcore.prefix import read_checked_prefix, resolve_spec, set_prefix
 
 QUANTIZATION_BITS = (4, 8, 16)
 # The prefix trains in fp32, and bitsandbytes leaves the LM head / output layer alone: it becomes int8 rows
 # with the embedding (glmcore/models/quantized_embedding.py, docs/decisions.md).
 NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
+NAMES_SHOWN = 3
 
 
 def default_device() -> str:
@@ -77,10 +84,11 @@ def load_model(
     path = Path(path)
     if quantization_bit not in QUANTIZATION_BITS:
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
-    require_complete(path, family)
+    folder = require_complete(path, family)
     model_family, _ = family_for(path, family)
     implementation = model_family.implementation()
-    config = implementation.config_class.from_pretrained(path)
+    config = load_config(path, family)
+    check_tensor_names(folder, implementation.model_class, config)
 
     prefix_state = None
     checkpoint_spec = None
@@ -119,6 +127,56 @@ def load_model(
             quantized_embedding.quantize_untied_embeddings(model)
     set_prefix(model, spec, prefix_state)
     return model.eval()
+
+
+def load_config(path: str | Path, family: str | None = None):
+    """The model folder's config.json, read as data by its family's config class."""
+    model_family, _ = family_for(Path(path), family)
+    return model_family.implementation().config_class.from_pretrained(path)
+
+
+def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
+    """Refuse a model folder whose weight files lack a tensor the model has, or hold one it does not know.
+
+    transformers would load such a folder with the absent weights randomly initialised (and only log it), so
+    the names in the files are checked against the model's own, built on the meta device (no memory). Tied
+    weights count as present when one of their names is; the names the model class declares it ignores (the
+    stored rotary frequencies, a prefix encoder) are left out.
+    """
+    import torch
+
+    with torch.device("meta"):
+        model = model_class(config)
+    tied: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        tied.setdefault(id(tensor), []).append(name)
+    stored = stored_tensor_names(folder)
+    missing = sorted(
+        names[0]
+        for names in tied.values()
+        if not stored.intersection(names)
+        and not _ignored(names[0], model_class._keys_to_ignore_on_load_missing)
+    )
+    expected = {name for names in tied.values() for name in names}
+    unexpected = sorted(
+        name
+        for name in stored - expected
+        if not _ignored(name, model_class._keys_to_ignore_on_load_unexpected)
+    )
+    for names, what in (
+        (missing, "lacks the tensors"),
+        (unexpected, "holds tensors the model does not have:"),
+    ):
+        if names:
+            more = f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else ""
+            raise GlmError(
+                f"The model folder {folder.path} {what} {', '.join(names[:NAMES_SHOWN])}{more}; download or copy "
+                f"the folder again, and check it with `glmtui verify {folder.path}`."
+            )
+
+
+def _ignored(name: str, patterns: list[str] | None) -> bool:
+    return any(re.search(pattern, name) for pattern in patterns or ())
 
 
 def load_tokenizer(path: str | Path, *, family: str | None = None):

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 
 from glmcore.errors import GlmError
 
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             seed=args.seed,
         )
-        model, checkpoint, quantization_bit = chat_plan(args)
+        model, checkpoint, quantization_bit = chat_plan(args, notices)
         if interactive:
             notices.print(f"Loading {model} …")
         tokenizer = load_tokenizer(model)
@@ -95,8 +96,9 @@ def run(args: argparse.Namespace) -> int:
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
 
 
-def chat_plan(args: argparse.Namespace) -> tuple[Path, Path | None, int]:
-    """The model folder, the prefix checkpoint (or None) and the base weights' bits the options name."""
+def chat_plan(args: argparse.Namespace, notices: Console) -> tuple[Path, Path | None, int]:
+    """The model folder, the prefix checkpoint (or None) and the base weights' bits the options name; a run's
+    newer checkpoints passed over as damaged are named on `notices`."""
     from glmtui.commands.runs import store_from_workspace
 
     store = store_from_workspace()
@@ -108,8 +110,14 @@ def chat_plan(args: argparse.Namespace) -> tuple[Path, Path | None, int]:
         )
     if args.checkpoint is not None:
         checkpoint = store.resolve_checkpoint(args.checkpoint, run)
+    elif run is not None:
+        checkpoint = run.default_checkpoint().path
+        for passed_over, problem in run.resume_point().skipped:
+            notices.print(
+                Text(f"{passed_over.path.name} cannot be loaded ({problem}); using {checkpoint.name}.")
+            )
     else:
-        checkpoint = run.default_checkpoint().path if run is not None else None
+        checkpoint = None
     model = args.model or (run.config.model_path if run is not None else None)
     if model is None:
         raise GlmError("Name the model folder with --model, or a run with --run.")

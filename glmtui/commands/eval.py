@@ -1,7 +1,8 @@
 """`glmtui eval`: score the base model and prefix checkpoints on a dataset (BLEU-4, Rouge) side by side.
 
 With `--run`, the model, data, columns, lengths and quantization default to the run's, the checkpoints to the
-base model plus every checkpoint of the run, and the results land in `<run>/evaluations/<time>/`.
+base model plus every checkpoint of the run, and the results land in `<run>/evaluations/<time>/`. A damaged
+checkpoint is skipped, with its reason in the table and in comparison.json.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmtui.commands.runs import store_from_workspace
@@ -170,8 +172,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     Console().print(metrics_table(comparison))
     if not comparison.complete:
+        planned = len(arguments["checkpoints"]) - len(comparison.skipped)
         console.print(
-            f"[yellow]Cancelled:[/yellow] {len(comparison.evaluations)} of {len(arguments['checkpoints'])} "
+            f"[yellow]Cancelled:[/yellow] {len(comparison.evaluations)} of {planned} "
             "evaluations finished; comparison.json marks the results as incomplete."
         )
     print(comparison.output_dir)
@@ -179,20 +182,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def metrics_table(comparison) -> Table:
+    """One row per evaluation, then one per skipped checkpoint with why in a last column."""
     table = Table(title="Evaluation (×100, mean over examples)")
     table.add_column("checkpoint")
     for heading in ("BLEU-4", "Rouge-1", "Rouge-2", "Rouge-l"):
         table.add_column(heading, justify="right")
     table.add_column("examples", justify="right")
     table.add_column("tokens/s", justify="right")
+    if comparison.skipped:
+        table.add_column("skipped because", overflow="fold")
     for evaluation in comparison.evaluations:
         metrics = evaluation.metrics
         table.add_row(
-            evaluation.label,
+            Text(evaluation.label),
             *(f"{metrics[name]:.2f}" for name in ("bleu-4", "rouge-1", "rouge-2", "rouge-l")),
             str(len(evaluation.examples)),
             f"{evaluation.tokens_per_second:,.0f}",
         )
+    for entry in comparison.skipped:
+        table.add_row(Text(entry.label), *[""] * 6, Text(entry.reason, style="yellow"))
     return table
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -20,7 +19,7 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList,
 from textual.worker import Worker, WorkerState
 
 from glmcore.runs import Run
-from glmtui.presentation import format_duration
+from glmtui.presentation import format_duration, skipped_checkpoint_line
 from glmtui.screens.base import WorkbenchScreen
 
 BASE_LABEL = "base model"
@@ -188,19 +187,23 @@ class EvaluateScreen(WorkbenchScreen):
         labels = list(metrics)
         table = self.query_one("#evaluate-metrics", DataTable)
         table.clear(columns=True)
-        table.add_columns("metric", *labels)
+        table.add_columns("metric", *labels, *(Text(entry.label) for entry in comparison.skipped))
         names = list(next(iter(metrics.values()))) if metrics else []
+        skipped_cells = ["skipped"] * len(comparison.skipped)
         for name in names:
-            table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels))
+            table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels), *skipped_cells)
+        if comparison.skipped:
+            reasons = (Text(short(entry.reason)) for entry in comparison.skipped)
+            table.add_row("skipped because", *[""] * len(labels), *reasons)
         self.show_examples(comparison.output_dir)
         state = "done" if comparison.complete else "cancelled; finished evaluations kept"
         folder = comparison.output_dir
         shown = (
             folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
         )
-        self.query_one("#evaluate-status", Static).update(
-            Text(f"Evaluation {state}; results in the run's {shown}")
-        )
+        lines = [f"Evaluation {state}; results in the run's {shown}"]
+        lines += [skipped_checkpoint_line(entry) for entry in comparison.skipped]
+        self.query_one("#evaluate-status", Static).update(Text("\n".join(lines)))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The bar shows only while an evaluation runs, however it ends (the app shows a failure's error)."""
@@ -254,10 +257,10 @@ class EvaluateScreen(WorkbenchScreen):
         ):
             return
         row = self.example_rows[event.cursor_row]
-        lines = [f"[b]input[/b] {escape(row['input'])}", f"[b]label[/b] {escape(row['label'])}"]
+        named = [("input", row["input"]), ("label", row["label"])]
         if row["before"] is not None:
-            lines.append(f"[b]before[/b] {escape(row['before'])}")
-        lines += [
-            f"[b]{escape(label)}[/b] {escape(prediction)}" for label, prediction in row["after"].items()
-        ]
-        self.query_one("#evaluate-detail", Static).update("\n".join(lines))
+            named.append(("before", row["before"]))
+        named += list(row["after"].items())
+        # Model output is shown as text: a prediction may hold anything, markup-like brackets included.
+        lines = [Text.assemble((name, "bold"), " ", value) for name, value in named]
+        self.query_one("#evaluate-detail", Static).update(Text("\n").join(lines))
