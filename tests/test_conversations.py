@@ -5,6 +5,7 @@ files that used to fail late or with the wrong sentence, refused by the real CLI
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,36 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(name: str, tmp_path: 
     loaded = load_examples(data)
     assert loaded.columns_found == ["content", "summary"]
     assert loaded.examples == [Example("q", "a")]
+
+
+async def test_the_data_screen_previews_a_conversation_file_as_training_builds_it(tmp_path: Path) -> None:
+    from support.app import make_app, make_workspace, settle
+    from textual.widgets import Input, Static
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    model_dir = workspace.models_dir / "tiny-chatglm3"
+    shutil.copytree(CHATGLM3, model_dir)
+    data = workspace.data_dir / "chats" / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    call = {"role": "tool", "name": "get_weather", "parameters": {"city": "北京"}, "observation": "晴"}
+    data.write_text(
+        "".join(
+            json.dumps(row, ensure_ascii=False) + "\n"
+            for row in (
+                {"conversations": [{"role": "system", "content": "s"}, *TURNS, call, TURNS[1]]},
+                {"messages": TURNS},
+            )
+        ),
+        encoding="utf-8",
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f3")
+        await pilot.pause()
+        app.screen.query_one("#data-file", Input).value = str(data)
+        app.screen.query_one("#data-model", Input).value = str(model_dir)
+        await pilot.press("ctrl+g")
+        await settle(pilot)
+        preview = str(app.screen.query_one("#data-preview-text", Static).render())
+    assert "2 examples" in preview
+    assert "1. [gMASK] sop <|system|>" in preview and "<|observation|>" in preview
