@@ -16,6 +16,8 @@ import glmcore
 from glmcore.data import (
     DataError,
     Example,
+    chat_messages,
+    conversation_example,
     conversation_features,
     evaluation_prompt_ids,
     load_examples,
@@ -136,6 +138,9 @@ def test_families_without_conversations_take_user_assistant_turns_and_refuse_mor
         conversation_features(
             chatglm2, [{"role": "system", "content": "s"}, *turns], max_input_length=24, max_output_length=16
         )
+    with_system = conversation_example(chat_messages([{"role": "system", "content": "s"}, *turns]))
+    with pytest.raises(DataError, match="ChatGLM2-6B's published fine-tuning takes only"):
+        evaluation_prompt_ids(chatglm2, with_system, 24)
     data = tmp_path / "train.jsonl"
     data.write_text(
         json.dumps({"messages": turns})

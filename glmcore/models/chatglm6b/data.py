@@ -47,6 +47,7 @@ def conversation_features(
 
 def evaluation_prompt_ids(tokenizer, example: Example, max_source_length: int) -> list[int]:
     """The prompt cut to max_source_length - 2 tokens, then [gMASK, <sop>]."""
+    example = turns_example(example, TITLE)
     source = tokenizer.encode(example.prompt, add_special_tokens=False)[: max_source_length - 2]
     return tokenizer.build_inputs_with_special_tokens(source)
 
