@@ -40,7 +40,7 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         )
         # The estimate beside the form is for the family's published model, not ChatGLM-6B's.
         estimate = str(editor.query_one("#config-estimate", Static).render())
-        assert f"this model{family_named(family).title:>11}" in estimate
+        assert f"this model {family_named(family).title}" in estimate
         await pilot.press("ctrl+g")
         await wait_until_in_app(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
         training = app.screen

@@ -212,8 +212,8 @@ ESTIMATE_PARTS = {
 LABEL_WIDTH, VALUE_WIDTH = 13, 11
 
 
-def _estimate_row(label: str, model: str, reference: str) -> str:
-    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{VALUE_WIDTH}}\n"
+def _estimate_row(label: str, model: str, reference: str, reference_width: int = VALUE_WIDTH) -> str:
+    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{reference_width}}\n"
 
 
 def describe_estimate(
@@ -223,13 +223,17 @@ def describe_estimate(
     view's panel shows it, from the app's one sampler, so the GPUs other jobs use can be seen while choosing) and
     each chosen GPU's free memory now: green where a run fits, red where not."""
     model, reference = estimates.model, estimates.reference
+    # A name as wide as the column ("ChatGLM3-6B") keeps a space before it.
+    width = max(VALUE_WIDTH, len(estimates.reference_name) + 1)
     text = Text()
-    text.append(_estimate_row("VRAM per GPU", "this model", estimates.reference_name), style="bold")
+    text.append(_estimate_row("VRAM per GPU", "this model", estimates.reference_name, width), style="bold")
     for part, label in ESTIMATE_PARTS.items():
         shown = format_bytes(model.parts[part]) if model else "-"
-        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part])), style="dim")
+        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part]), width), style="dim")
     text.append(
-        _estimate_row("total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
+        _estimate_row(
+            "total", format_bytes(model.total) if model else "-", format_bytes(reference.total), width
+        ),
         style="bold",
     )
     if estimates.model_problem:
