@@ -33,6 +33,14 @@ def server_cells(server: Server, status: ServerStatus) -> tuple[Text, ...]:
     )
 
 
+def stop_line(server: Server, before: ServerStatus, after: ServerStatus) -> str:
+    """What `glmtui serve --stop` and the Serve screen say: a server already down is named with its state, as
+    `--list` shows it."""
+    if not before.is_active:
+        return f"Server {server.id} is not running (it is {before.state}); there is nothing to stop."
+    return f"Server {server.id} {after.state}."
+
+
 def client_snippet(url: str, model: str, key_file: str | None) -> str:
     """Python that talks to the server with the official client; the key is read from its file, never shown."""
     key = f'open("{key_file}").read().strip()' if key_file else '"none"'

@@ -1,14 +1,17 @@
 """`glmtui serve`: real detached server processes on the tiny model, driven by the official `openai` client.
 
 Two servers are shared by every test here: `wide` (8 rows, a key from $GLMTUI_API_KEY) over a workspace with two
-P-tuning runs and a LoRA run, and `narrow` (1 row, no waiting queue) for the disconnect and the 429.
+P-tuning runs, a LoRA run and a run whose newer checkpoints have crafted headers, and `narrow` (1 row, no waiting
+queue) for the disconnect and the 429. The last test stops `narrow` with a stream open.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ from glmcore.workspace import Workspace
 KEY = "test-key-4f1c9a"
 ANSWER_TOKENS = 16
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
+ALPHA, BETA, GAMMA = "20260501-100000-alpha", "20260501-110000-beta", "20260501-140000-gamma"
 
 pytestmark = pytest.mark.slow
 
@@ -42,6 +46,23 @@ def _prefix_checkpoint(model_dir: Path, folder: Path, *, seed: int, strength: fl
         model.transformer.prefix_encoder.embedding.weight.mul_(strength)
     save_prefix_checkpoint(model, folder)
     (folder / "trainer_state.json").write_text("{}")
+
+
+CRAFTED_HEADERS = {
+    "checkpoint-20": b"[]",  # JSON, but not an object
+    "checkpoint-30": b"{}",  # behind a length of 2**62
+    "checkpoint-40": json.dumps({"embedding.weight": {"dtype": "F32", "shape": [1]}}).encode(),  # no data_offsets
+}
+
+
+def _crafted_checkpoints(good: Path) -> None:
+    """Copies of the whole checkpoint `good` beside it, each with a prefix.safetensors header crafted to break a
+    reader that trusts it."""
+    for name, header in CRAFTED_HEADERS.items():
+        folder = good.parent / name
+        shutil.copytree(good, folder)
+        length = 2**62 if name == "checkpoint-30" else len(header)
+        (folder / "prefix.safetensors").write_bytes(struct.pack("<Q", length) + header)
 
 
 def _glmtui(workspace: Workspace, *args: str, env: dict | None = None, **options) -> subprocess.Popen:
@@ -73,6 +94,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-10", seed=0, strength=2)
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-20", seed=1, strength=4)
     _prefix_checkpoint(model, beta.checkpoints_dir / "checkpoint-10", seed=2, strength=5)
+    gamma = write_run(workspace, GAMMA, tiny_config(workspace), state="finished", step=40, losses=[])
+    _prefix_checkpoint(model, gamma.checkpoints_dir / "checkpoint-10", seed=3, strength=3)
+    _crafted_checkpoints(gamma.checkpoints_dir / "checkpoint-10")
     return workspace
 
 
@@ -93,7 +117,7 @@ def servers(workspace: Workspace):
         server_id = out.split("Server ", 1)[1].split()[0]
         started[name] = Server(workspace.root / "servers" / server_id)
     yield started
-    for server in started.values():
+    for server in started.values():  # the last test has stopped narrow already
         stopping = _glmtui(workspace, "serve", "--stop", server.id)
         out, err = stopping.communicate(timeout=60)
         assert stopping.returncode == 0, err
@@ -126,19 +150,30 @@ def _streamed(client: openai.OpenAI, model: str, question: str) -> str:
     return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
-ALPHA, BETA = "20260501-100000-alpha", "20260501-110000-beta"
-
-
-def test_lists_the_base_and_every_ptuning_checkpoint_but_not_lora(servers):
-    ids = {model.id for model in _client(servers["wide"]).models.list()}
-    assert ids == {
+def test_lists_the_base_and_every_whole_ptuning_checkpoint_but_not_lora(servers):
+    """Crafted headers neither stop the servers from starting nor the listing: those checkpoints are left out
+    and a request for one is told why; the run stands for its whole checkpoint once its check passes the
+    damaged ones over, else it is left out with its reason too."""
+    client = _client(servers["wide"])
+    ids = {model.id for model in client.models.list()}
+    assert ids - {GAMMA} == {
         "tiny-chatglm",
         ALPHA,
         f"{ALPHA}/checkpoint-10",
         f"{ALPHA}/checkpoint-20",
         BETA,
         f"{BETA}/checkpoint-10",
+        f"{GAMMA}/checkpoint-10",
     }
+    for name in CRAFTED_HEADERS:
+        with pytest.raises(openai.NotFoundError, match="cannot be served") as refused:
+            _ask(client, f"{GAMMA}/{name}", "hi")
+        assert name in str(refused.value)
+    if GAMMA in ids:
+        assert _ask(client, GAMMA, "hi") == _ask(client, f"{GAMMA}/checkpoint-10", "hi")
+    else:
+        with pytest.raises(openai.NotFoundError, match="cannot be served"):
+            _ask(client, GAMMA, "hi")
 
 
 @pytest.fixture(scope="module")
@@ -338,3 +373,62 @@ def test_a_run_that_saves_later_is_served_without_a_restart(workspace: Workspace
     assert _ask(client, late, QUESTIONS[0])  # an id not known yet makes the server read the runs again
     assert {late, f"{late}/checkpoint-10"} <= {model.id for model in client.models.list()}
     assert late in servers["wide"].status().models
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--max-batch", "0"], "--max-batch 0 would decode no request"),
+        (["--max-batch", "-2"], "--max-batch -2 would decode no request"),
+        (["--context", "-1"], "--context -1 leaves no room for a request"),
+        (["--port", "70000"], "--port 70000 is not a port"),
+        (["--max-queue", "-1"], "--max-queue -1 is negative"),
+    ],
+)
+def test_limits_no_server_can_serve_with_are_refused_before_any_folder(tmp_path, monkeypatch, capsys, option, said):
+    from glmtui.cli import main
+
+    monkeypatch.setenv("GLMTUI_HOME", str(tmp_path / "ws"))
+    assert main(["serve", "--model", str(tmp_path / "model"), "--detach", *option]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and said in " ".join(err.split()) and "Traceback" not in err
+    assert not (tmp_path / "ws" / "servers").exists()
+
+
+def test_stopping_ends_an_open_stream_with_an_error_and_its_port_names_it_stopped(
+    workspace, servers, capsys, monkeypatch
+):
+    """Runs last: it stops `narrow`. The stream's last event carries an `error` object, so the client raises
+    APIError instead of returning a quietly cut answer; then `--stop PORT` and `--list` agree it is stopped."""
+    from glmtui.cli import main
+
+    monkeypatch.setenv("GLMTUI_HOME", str(workspace.root))
+    server = servers["narrow"]
+    port = server.status().port
+    stream = _client(server, None).chat.completions.create(
+        model="tiny-chatglm", messages=[{"role": "user", "content": "hi"}], max_tokens=1900, stream=True
+    )
+    chunks = iter(stream)
+    next(chunks), next(chunks)  # the answer is being written
+    ended: list[BaseException] = []
+
+    def read_to_the_end() -> None:
+        try:
+            for _ in chunks:
+                pass
+        except openai.APIError as error:
+            ended.append(error)
+
+    reader = threading.Thread(target=read_to_the_end)
+    reader.start()
+    assert main(["serve", "--stop", server.id]) == 0
+    reader.join(60)
+    assert [type(error) for error in ended] == [openai.APIError], ended
+    assert "The server is stopping, so this answer ends unfinished" in str(ended[0])
+    assert server.requests()[-1]["finish"] == "error"
+
+    assert main(["serve", "--stop", str(port)]) == 0
+    assert main(["serve", "--list"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"Server {server.id} stopped. Server {server.id} is not running (it is stopped); there is nothing" in out
+    assert f"{server.id} stopped" in out.split("Requests", 1)[1], "--list shows it stopped"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from glmcore.models import CHATGLM_6B
@@ -50,9 +52,38 @@ def test_bad_bodies_name_their_field(body: bytes, param: str | None):
     assert refused.value.param == param and str(refused.value)
 
 
+def completion(**fields) -> bytes:
+    return json.dumps({"model": "m", "prompt": "x", **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop: give at most 4 stop strings, not 5."),
+        ({"prompt": ["one", "two"]}, "prompt: give 1 prompt (a string, or a list of 1 string), not 2."),
+        ({"seed": 2**64}, "seed: Input should be less than or equal to 18446744073709551615."),
+        ({"seed": -(2**63) - 1}, "seed: Input should be greater than or equal to -9223372036854775808."),
+        ({"seed": 1.5}, "seed: Input should be a valid integer, got a number with a fractional part."),
+    ],
+)
+def test_a_wrong_field_is_named_with_what_it_takes(fields: dict, message: str):
+    with pytest.raises(api.BadRequest) as refused:
+        api.parse(api.CompletionRequest, completion(**fields))
+    assert (refused.value.param, str(refused.value)) == (next(iter(fields)), message)
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), 2**63, 0])
+def test_any_64_bit_seed_signed_or_unsigned_is_taken(seed: int):
+    request = api.parse(api.CompletionRequest, completion(seed=seed, stop=["a", "b", "c", "d"]))
+    assert request.sampling().seed == seed
+
+
 def test_sampling_is_greedy_at_temperature_zero_and_chatglms_otherwise():
     request = api.parse(api.CompletionRequest, b'{"model": "m", "prompt": "x", "temperature": 0}')
     assert not request.sampling().do_sample and request.answer_budget == api.COMPLETION_DEFAULT_MAX_TOKENS
+    for tiny in (1e-45, 9.9e-6):  # dividing the scores by it would overflow
+        assert not api.parse(api.CompletionRequest, completion(temperature=tiny)).sampling().do_sample
+    assert api.parse(api.CompletionRequest, completion(temperature=1e-5)).sampling().do_sample
     sampled = api.parse(api.CompletionRequest, b'{"model": "m", "prompt": "x"}').sampling()
     assert (sampled.temperature, sampled.top_p, sampled.top_k) == (0.95, 0.7, 50)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from glmcore.models import CHATGLM3_6B
+from glmcore.serve.batching import EngineEvent
 
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
 
@@ -89,3 +90,184 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert [record["clients"] for record in served] == [1, 8, 32]
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
+
+
+def test_a_row_that_fails_fails_its_request_alone_and_every_other_is_answered(chatglm3, tmp_path):
+    """A prefix whose values overflow turns its row's scores into NaN; a temperature of 1e-45 breaks sampling.
+    Seven requests over three rows: those two fail with a reason, the others answer as they do alone, including
+    those that wait for a row and take the failed rows after them (scrubbed: a NaN left behind would spoil them)."""
+    import torch
+
+    import glmcore
+    from glmcore.generation import Sampling
+    from glmcore.prefix import save_prefix_checkpoint
+    from glmcore.serve.batching import Engine, Request
+
+    model_dir, checkpoints = chatglm3
+    overflowing = glmcore.load_model(model_dir, pre_seq_len=4)
+    with torch.no_grad():
+        overflowing.transformer.prefix_encoder.embedding.weight.fill_(1e38)  # finite in the file
+    poisoned = save_prefix_checkpoint(overflowing, tmp_path / "checkpoint-poisoned")
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=3, capacity=64)
+    prompt = tokenizer.encode("hello world")
+    unsigned_seed = Sampling(do_sample=True, temperature=0.9, top_p=0.9, seed=2**64 - 1)
+    asks = {
+        "base": (None, Sampling()),
+        "prefix": (checkpoints[0], Sampling()),
+        "poisoned": (poisoned, Sampling()),
+        "tiny temperature": (None, Sampling(do_sample=True, temperature=1e-45)),
+        "seeded": (None, unsigned_seed),
+        "waits for a row": (checkpoints[1], Sampling()),
+        "waits longer": (None, Sampling()),
+    }
+    outcomes: dict[str, list] = {name: [] for name in asks}
+    ended = threading.Semaphore(0)
+
+    def submit(name: str) -> None:
+        def deliver(kind: str, value: object) -> None:
+            outcomes[name].append((kind, str(value) if kind == "error" else value))
+            if kind != "token":
+                ended.release()
+
+        prefix, sampling = asks[name]
+        engine.submit(Request(prompt, prefix, 8, deliver, sampling))
+
+    try:
+        alone = {}
+        for name in ("base", "prefix", "seeded", "waits for a row"):
+            submit(name)
+            assert ended.acquire(timeout=60)
+            alone[name], outcomes[name] = outcomes[name], []
+        for name in asks:
+            submit(name)
+        for _ in asks:
+            assert ended.acquire(timeout=60), outcomes
+    finally:
+        engine.shutdown()
+    (kind, reason), *_ = outcomes["poisoned"]
+    assert kind == "error" and "not finite numbers" in reason and "prefix checkpoint" in reason
+    assert outcomes["tiny temperature"] == [("error", "The server failed to sample this answer; its log says why.")]
+    for name, answer in alone.items():
+        assert outcomes[name] == answer and answer[-1] == ("end", "length"), name
+    assert outcomes["waits longer"] == alone["base"]
+
+
+class Answers:
+    """Each request's tokens and how it ended, by name; `ended` counts the requests that ended."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, list] = {}
+        self.ended = threading.Semaphore(0)
+
+    def request(self, name: str, prompt: list[int], prefix, new_tokens: int, *, then=None):
+        from glmcore.serve.batching import Request
+
+        self.tokens[name] = []
+
+        def deliver(kind: str, value: object) -> None:
+            self.tokens[name].append((kind, value))
+            if kind != "token":
+                self.ended.release()
+            elif then is not None and len(self.tokens[name]) == 3:
+                then()
+
+        return Request(prompt, prefix, new_tokens, deliver)
+
+    def wait(self, count: int) -> None:
+        for _ in range(count):
+            assert self.ended.acquire(timeout=60), self.tokens
+
+
+def _passes(record, request_id: int) -> list[int]:
+    """The indices in `record` of the prefill passes that wrote part of `request_id`'s prompt."""
+    return [
+        index
+        for index, event in enumerate(record)
+        if event.kind == "prefill" and any(entry[0] == request_id for entry in event.detail)
+    ]
+
+
+def test_sixteen_requests_are_prefilled_together_and_answer_as_alone_a_long_prompt_in_chunks(chatglm3):
+    """Issue 34: 16 concurrent requests with mixed prefixes and prompt lengths, one of them longer than a prefill
+    pass takes; each answers as alone, the 16 prefills start in at most 2 passes, the long prompt spans 2 or more."""
+    import glmcore
+    from glmcore.serve.batching import Engine
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    asks = {}
+    for index in range(15):
+        question = QUESTIONS[index % 3] * (1 + index % 4)
+        asks[f"short {index}"] = (family.chat_prompt_ids(tokenizer, question, []), (None, *checkpoints)[index % 3])
+    asks["long"] = (tokenizer.encode("hello world " * 25), checkpoints[1])
+    budget = 320
+    total = sum(len(prompt) for prompt, _ in asks.values())
+    assert total - len(asks["long"][0]) < budget < total, "the short prompts fit one pass, the long one does not"
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=16, capacity=224, prefill_budget=budget)
+    answers = Answers()
+    try:
+        alone = {}
+        for name, (prompt, prefix) in asks.items():
+            engine.submit(answers.request(name, prompt, prefix, 6))
+            answers.wait(1)
+            alone[name] = answers.tokens[name]
+        first = len(engine.record)
+        requests = {name: answers.request(name, prompt, prefix, 6) for name, (prompt, prefix) in asks.items()}
+        for request in requests.values():
+            engine.submit(request)
+        answers.wait(len(asks))
+    finally:
+        engine.shutdown()
+    assert answers.tokens == alone
+    record = list(engine.record)[first:]
+    starts = {_passes(record, request.id)[0] for request in requests.values()}
+    assert len(starts) <= 2, [event for event in record if event.kind == "prefill"]
+    assert len(_passes(record, requests["long"].id)) >= 2
+
+
+def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it_ends(chatglm3):
+    """A decoding request keeps stepping while a long prompt is written in chunks, and a short request sent meanwhile
+    (by the decoding one's third token) is answered first: the engine's record shows it in order. Both answer as
+    alone (the steps between the chunks leave the half-written row alone)."""
+    import glmcore
+    from glmcore.serve.batching import Engine
+
+    model_dir, _ = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=4, capacity=224, prefill_budget=16)
+    answers = Answers()
+    prompts = {
+        "short": family.chat_prompt_ids(tokenizer, QUESTIONS[0], []),
+        "long": tokenizer.encode("hello world " * 25),
+    }
+    try:
+        alone = {}
+        for name, prompt in prompts.items():
+            engine.submit(answers.request(name, prompt, None, 4))
+            answers.wait(1)
+            alone[name] = answers.tokens[name]
+        short = answers.request("short", prompts["short"], None, 4)
+        long = answers.request("long", prompts["long"], None, 4)
+        decoding = answers.request(
+            "decoding", family.chat_prompt_ids(tokenizer, QUESTIONS[1], []), None, 40, then=lambda: engine.submit(short)
+        )
+        engine.submit(decoding)
+        engine.submit(long)
+        answers.wait(3)
+    finally:
+        engine.shutdown()
+    assert {name: answers.tokens[name] for name in prompts} == alone
+    record = list(engine.record)
+    long_passes = _passes(record, long.id)
+    assert len(long_passes) >= 10
+    first_short_token = record.index(EngineEvent("first token", (short.id,)))
+    assert long_passes[0] < first_short_token < long_passes[-1]
+    steps_meanwhile = [
+        index
+        for index, event in enumerate(record)
+        if event.kind == "step" and decoding.id in event.detail and long_passes[0] < index < long_passes[-1]
+    ]
+    assert len(steps_meanwhile) >= len(long_passes) - 1, "the decoding row stepped between the long prompt's chunks"

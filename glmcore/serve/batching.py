@@ -5,15 +5,23 @@ keys and values in front of the prompt, so each row's prefix is written into the
 itself runs without a prefix encoder, and rows with different prefixes (or none) share every decoding step.
 A row's columns are `[prefix | prompt | generated]`; its mask shows those, its positions are its own.
 
-The scheduler is one thread that owns the model. Between two steps it drops the rows of cancelled requests and
-prefills waiting ones into free rows (continuous batching: a new request never waits for a batch to end).
+The scheduler is one thread that owns the model. Between two steps it drops the rows of cancelled requests,
+gives waiting ones the free rows (continuous batching: a new request never waits for a batch to end) and runs one
+prefill pass: every prompt being written goes into it, each row with its own prefix, positions and mask, up to
+`prefill_budget` tokens. A causal family's long prompt is cut into chunks across passes, so the decoding rows
+keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
+remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
+`record` keeps the latest passes, steps and first tokens, in order.
+A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
+that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
+waiting queue is answered: admitted, or failed with a reason.
 A step runs only the rows up to the highest one in use, rounded up to a power of two; on a GPU each such width
 is captured once as a CUDA graph and replayed. Tokens go to each request's `deliver` callback, which must not
 block (the HTTP side hands them to its event loop), so a slow client never slows the others.
 
 Memory: every row and column is allocated when the engine starts, from a budget (`plan_slots`: the GPU's free
 memory after loading, the KV cache's bytes per token from the model's shape), so serving allocates nothing per
-request beyond a prefill's activations: a request that does not fit a row is refused, one that finds no free
+request beyond a prefill pass's activations and a copy of its rows' columns: a request that does not fit a row is refused, one that finds no free
 row waits, and one that finds the waiting queue full is refused with a retry time (HTTP 429).
 """
 
@@ -53,6 +61,10 @@ class EngineStopped(GlmError):
     """The engine has shut down (the server is stopping)."""
 
 
+STOPPED = "The server is stopping, so this answer ends unfinished; send the request again once it runs."
+FAILED_STEP = "The server failed while decoding; its log says why."
+
+
 @dataclass
 class Request:
     """One generation. `deliver(kind, value)` is called from the engine thread with ("token", id) for each new
@@ -89,7 +101,8 @@ class Request:
 
 
 class _RowCache:
-    """The cache as the model sees it: `update` writes the new keys and values at each row's own column(s)."""
+    """The cache as the model sees it: `update` writes the new keys and values at each row's own columns
+    (`columns` [rows, 1, tokens, 1]: one per token fed)."""
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], columns: torch.Tensor) -> None:
         self.keys, self.values, self.columns = keys, values, columns
@@ -97,13 +110,9 @@ class _RowCache:
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.columns.dim() == 1:  # a prefill of one row: its prompt's columns
-            self.keys[layer_idx].index_copy_(2, self.columns, key)
-            self.values[layer_idx].index_copy_(2, self.columns, value)
-        else:  # a step: one column per row, [rows, 1, 1, 1]
-            index = self.columns.expand_as(key)
-            self.keys[layer_idx].scatter_(2, index, key)
-            self.values[layer_idx].scatter_(2, index, value)
+        index = self.columns.expand_as(key)
+        self.keys[layer_idx].scatter_(2, index, key)
+        self.values[layer_idx].scatter_(2, index, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -116,6 +125,68 @@ class _Row:
     column: int
     """The column the next fed token is written to."""
     last_token: int
+
+
+@dataclass(frozen=True)
+class PromptLayout:
+    """A prompt's positions ([..., length]) and which of its tokens each one sees ([length, length]), on the CPU;
+    `causal` when each token sees only those before it: then a chunk needs nothing of the chunks after it."""
+
+    positions: torch.Tensor
+    allowed: torch.Tensor
+    causal: bool
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A part of one row's prompt for a prefill pass: `tokens` go to the columns from `start`, `positions` are
+    theirs, `sees[i, j]` says whether token i sees column j (the prefix and the earlier chunks included); the last
+    chunk of a prompt opens the row for decoding."""
+
+    row: int
+    tokens: list[int]
+    start: int
+    positions: torch.Tensor
+    sees: torch.Tensor
+    last: bool
+
+
+@dataclass
+class _Prefill:
+    """A request whose prompt is being written into its row, a chunk per pass."""
+
+    request: Request
+    row: int
+    prefix_length: int
+    layout: PromptLayout
+    done: int = 0
+    """Prompt tokens already written."""
+
+    @property
+    def remaining(self) -> int:
+        return len(self.request.prompt_ids) - self.done
+
+    def chunk(self, size: int) -> Chunk:
+        first, end = self.done, self.done + size
+        sees = torch.ones(size, self.prefix_length + end, dtype=torch.bool)
+        sees[:, self.prefix_length :] = self.layout.allowed[first:end, :end]
+        return Chunk(
+            self.row,
+            self.request.prompt_ids[first:end],
+            self.prefix_length + first,
+            self.layout.positions[..., first:end],
+            sees,
+            last=end == len(self.request.prompt_ids),
+        )
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    """One entry of the engine's record: ("prefill", ((request id, first token, end), ...)) for a prefill pass,
+    ("step", (request ids...)) for a decoding step, ("first token", (request id,))."""
+
+    kind: str
+    detail: tuple
 
 
 def kv_bytes_per_token(model, dtype: torch.dtype) -> int:
@@ -177,43 +248,74 @@ class SlotDecoder:
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
-    @torch.no_grad()
-    def prefill(
-        self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]] | None, prompt: list[int]
-    ) -> torch.Tensor:
-        """Write `prefix` (per layer keys and values [heads, P, channels]) and run `prompt` into `row`; the logits
-        of the prompt's last position. The row's next column is then P + len(prompt)."""
-        length = len(prompt)
-        start = prefix[0][0].shape[1] if prefix else 0
+    def prompt_layout(self, prompt: list[int]) -> PromptLayout:
+        """The family's positions and prompt mask for `prompt` (as its chat computes them), on the CPU."""
         input_ids = torch.tensor([prompt], device=self.device)
         positions, allowed = self.row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
-        keys = [layer[row : row + 1] for layer in self.keys]
-        values = [layer[row : row + 1] for layer in self.values]
-        if prefix:
-            for layer, (key, value) in enumerate(prefix):
-                keys[layer][0, :, :start] = key
-                values[layer][0, :, :start] = value
-        prompt_mask = torch.full(
-            (1, 1, length, self.capacity), self.hidden, dtype=self.dtype, device=self.device
-        )
-        prompt_mask[..., :start] = 0.0  # a prefix is seen by every position
-        prompt_mask[..., start : start + length].masked_fill_(allowed, 0.0)
-        columns = torch.arange(start, start + length, device=self.device)
+        allowed = allowed[0, 0].cpu()
+        causal = torch.equal(allowed, torch.ones_like(allowed).tril())
+        return PromptLayout(positions[0].cpu(), allowed, causal)
+
+    def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
+        for layer, (key, value) in enumerate(prefix):
+            self.keys[layer][row, :, : key.shape[1]] = key
+            self.values[layer][row, :, : value.shape[1]] = value
+
+    @torch.no_grad()
+    def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
+        """Run every chunk in one pass; the logits of each chunk's last token, in order.
+
+        Chunks are right-aligned in a batch padded on the left, so each one's last token is the pass's last
+        position. The pass works on a copy of its rows' first columns plus one scratch column, where the padding
+        writes; the chunks' own keys and values are copied back into their rows afterwards."""
+        count, longest = len(chunks), max(len(chunk.tokens) for chunk in chunks)
+        scratch = max(chunk.start + len(chunk.tokens) for chunk in chunks)
+        input_ids = torch.zeros(count, longest, dtype=torch.long)
+        positions = torch.zeros(count, *chunks[0].positions.shape[:-1], longest, dtype=torch.long)
+        columns = torch.full((count, longest), scratch, dtype=torch.long)
+        visible = torch.zeros(count, 1, longest, scratch + 1, dtype=torch.bool)
+        for index, chunk in enumerate(chunks):
+            length = len(chunk.tokens)
+            input_ids[index, longest - length :] = torch.tensor(chunk.tokens)
+            positions[index, ..., longest - length :] = chunk.positions
+            columns[index, longest - length :] = torch.arange(chunk.start, chunk.start + length)
+            visible[index, 0, longest - length :, : chunk.start + length] = chunk.sees
+            visible[index, 0, : longest - length, scratch] = True  # padding sees its own key: never a NaN softmax
+        rows = torch.tensor([chunk.row for chunk in chunks])
+        on_device = rows.to(self.device)
+        keys = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.keys]
+        values = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.values]
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~visible.to(self.device), self.hidden)
+        cache = _RowCache(keys, values, columns.to(self.device)[:, None, :, None])
         logits = self.model(
-            input_ids=input_ids,
-            position_ids=positions,
-            attention_mask=prompt_mask,
-            cache=_RowCache(keys, values, columns),
+            input_ids=input_ids.to(self.device),
+            position_ids=positions.to(self.device),
+            attention_mask=mask,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
-        ).logits[0, -1]
-        self.mask[row].fill_(self.hidden)
-        self.mask[row, 0, 0, : start + length] = 0.0
-        self.positions[row].copy_(positions[0, ..., -1:])
+        ).logits[:, -1]
+        source, token = (columns != scratch).nonzero(as_tuple=True)
+        target_rows, target_columns = rows[source].to(self.device), columns[source, token].to(self.device)
+        source = source.to(self.device)
+        for layer, copy in zip((*self.keys, *self.values), (*keys, *values), strict=True):
+            layer[target_rows, :, target_columns] = copy[source, :, target_columns]
+        for chunk in chunks:
+            if chunk.last:
+                self.mask[chunk.row].fill_(self.hidden)
+                self.mask[chunk.row, 0, 0, : chunk.start + len(chunk.tokens)] = 0.0
+                self.positions[chunk.row].copy_(chunk.positions[..., -1:])
         return logits
 
-    def release(self, row: int) -> None:
-        """A free row: nothing visible but its first column, positions and column back to 0."""
+    def release(self, row: int, *, scrub: bool = False) -> None:
+        """A free row: nothing visible but its first column, positions and column back to 0. `scrub` zeroes its
+        keys and values too, after a failure: a NaN left in a hidden column still spoils the next request's
+        attention (NaN times a zero weight is NaN)."""
+        if scrub:
+            for layer in (*self.keys, *self.values):
+                layer[row].zero_()
         self.mask[row].fill_(self.hidden)
         self.mask[row, 0, 0, 0] = 0.0
         self.positions[row].zero_()
@@ -221,9 +323,10 @@ class SlotDecoder:
 
     @torch.no_grad()
     def step(self, width: int, tokens: dict[int, int], columns: dict[int, int]) -> torch.Tensor:
-        """Feed `tokens[row]` at `columns[row]` for the rows in use (all below `width`); the next logits of the
-        first `width` rows. Rows not in use compute on their first column and are ignored."""
-        fed = [(tokens.get(row, 0), columns.get(row, 0)) for row in range(width)]
+        """Feed `tokens[row]` at `columns[row]` for the rows decoding (all below `width`); the next logits of the
+        first `width` rows. The others (free, or with a prompt half written) are fed at their last column, which no
+        request reaches (its last answer token is never fed back), and are ignored."""
+        fed = [(tokens.get(row, 0), columns.get(row, self.capacity - 1)) for row in range(width)]
         fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not two per row
         self.tokens[:width, 0].copy_(fed[:, 0], non_blocking=True)
         self.columns[:width, 0, 0, 0].copy_(fed[:, 1], non_blocking=True)
@@ -272,10 +375,16 @@ class SlotDecoder:
         return True
 
 
+DEFAULT_PREFILL_BUDGET = 2048
+"""Prompt tokens one prefill pass takes at most (a prompt that cannot be cut may go past it, alone)."""
+RECORD_LENGTH = 4096
+"""Events the engine's record keeps."""
+
+
 class Engine:
     """The scheduler thread over a `SlotDecoder`: submit requests from any thread, tokens come back through each
-    request's `deliver`. `prefix_keys_values(checkpoint)` turns a prefix checkpoint into per-layer keys and
-    values (cached, `max_prefixes` of them)."""
+    request's `deliver`. Prefix checkpoints become per-layer keys and values, made by the model's own prefix
+    encoder (cached, `max_prefixes` of them)."""
 
     def __init__(
         self,
@@ -289,6 +398,7 @@ class Engine:
         use_graph: bool | None = None,
         on_finished: Callable[[Request], None] | None = None,
         stop_ids: set[int] | None = None,
+        prefill_budget: int = DEFAULT_PREFILL_BUDGET,
     ) -> None:
         from glmcore.models import family_of
 
@@ -305,11 +415,16 @@ class Engine:
             collections.OrderedDict()
         )
         self._weights: dict[Path, tuple] = {}
+        self.prefill_budget = prefill_budget
         self._waiting: collections.deque[Request] = collections.deque()
+        self._prefilling: dict[int, _Prefill] = {}
+        """Rows whose prompt is being written."""
         self._rows: dict[int, _Row] = {}
+        """Rows decoding."""
         self._wake = threading.Condition()
         self._stopping = False
         self.steps = 0
+        self.record: collections.deque[EngineEvent] = collections.deque(maxlen=RECORD_LENGTH)
         self._thread = threading.Thread(target=self._run, name="glmcore-serve-engine", daemon=True)
         self._thread.start()
 
@@ -324,7 +439,8 @@ class Engine:
     def load(self) -> dict[str, int]:
         """Rows in use, requests waiting and rows in all."""
         with self._wake:
-            return {"active": len(self._rows), "waiting": len(self._waiting), "slots": self.slots}
+            active = len(self._rows) + len(self._prefilling)
+            return {"active": active, "waiting": len(self._waiting), "slots": self.slots}
 
     def prefix_length(self, checkpoint: Path | None) -> int:
         """Virtual tokens of a prefix checkpoint (its files read once, checked against the model)."""
@@ -356,7 +472,7 @@ class Engine:
         with self._wake:
             if self._stopping:
                 raise EngineStopped("The server is shutting down.")
-            free = self.slots - len(self._rows)
+            free = self.slots - len(self._rows) - len(self._prefilling)
             if len(self._waiting) >= self.max_waiting + free:
                 raise QueueFull(
                     f"All {self.slots} rows are busy and {len(self._waiting)} requests wait; try again shortly.",
@@ -366,13 +482,10 @@ class Engine:
             self._wake.notify()
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Cancel everything in flight and end the thread."""
+        """Take no more requests, fail those waiting and in flight with `EngineStopped` (each client is told its
+        answer ends unfinished) and end the thread."""
         with self._wake:
             self._stopping = True
-            for request in self._waiting:
-                request.cancel()
-            for row in self._rows.values():
-                row.request.cancel()
             self._wake.notify()
         self._thread.join(timeout)
 
@@ -402,43 +515,99 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not self._stopping and not self._waiting and not self._rows:
+                while not self._stopping and not self._waiting and not self._rows and not self._prefilling:
                     self._wake.wait()
-                if self._stopping and not self._rows and not self._waiting:
-                    return
+                if self._stopping:
+                    break
                 admitted = []
-                free = [row for row in range(self.slots) if row not in self._rows]
+                free = [row for row in range(self.slots) if row not in self._rows and row not in self._prefilling]
                 while self._waiting and free:
                     admitted.append((free.pop(0), self._waiting.popleft()))
             try:
                 for row, request in admitted:
                     self._admit(row, request)
                 self._drop_cancelled()
+                if self._prefilling:
+                    self._prefill_pass()
                 if self._rows:
                     self._step()
-            except Exception:  # a bug must not leave every client waiting forever: fail those in flight
+            except Exception:  # a bug must not leave a client waiting forever: fail those in flight
                 log.exception("the serving engine failed a step")
-                for row, state in list(self._rows.items()):
-                    self._fail(state.request, GlmError("The server failed while decoding; its log says why."))
-                    self._release(row, None)
+                self._fail_in_flight(GlmError(FAILED_STEP), [request for _, request in admitted])
+        with self._wake:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        self._fail_in_flight(EngineStopped(STOPPED), waiting)
+
+    def _fail_in_flight(self, error: GlmError, also: list[Request]) -> None:
+        """Fail every row, and each request of `also` that has no answer yet."""
+        for row in [*self._prefilling, *self._rows]:
+            self._end_row(row, error)
+        for request in also:
+            if request.finish_reason is None:
+                self._fail(request, error)
 
     def _admit(self, row: int, request: Request) -> None:
+        """Give `request` its row: its prefix written, its prompt laid out for the prefill passes. Any failure
+        fails this request alone."""
         if request.cancelled:
             self._finish(request, "cancelled")
             return
         try:
             prefix = self._prefix(request.prefix) if request.prefix else None
-            logits = self.decoder.prefill(row, prefix, request.prompt_ids)
-        except torch.OutOfMemoryError:
-            self._fail(request, GlmError("The GPU ran out of memory for this prompt; send a shorter one."))
-            return
+            if prefix:
+                self.decoder.write_prefix(row, prefix)
+            layout = self.decoder.prompt_layout(request.prompt_ids)
         except GlmError as error:
             self._fail(request, error)
             return
+        except Exception:
+            log.exception("the serving engine failed to take request %s", request.id)
+            self._fail(request, GlmError("The server failed to read this prompt; its log says why."))
+            return
         start = prefix[0][0].shape[1] if prefix else 0
         with self._wake:
-            self._rows[row] = _Row(request, start + len(request.prompt_ids), -1)
-        self._emit(logits[None], [row])
+            self._prefilling[row] = _Prefill(request, row, start, layout)
+
+    def _prefill_pass(self) -> None:
+        """One pass over the prompts being written, shortest remainder first, up to the budget: a causal prompt is
+        cut to what is left of it; one that cannot be cut waits for a pass it fits, or goes alone. The prompts
+        written whole begin decoding with their first token."""
+        budget, taken = self.prefill_budget, []
+        for state in sorted(self._prefilling.values(), key=lambda state: state.remaining):
+            if budget <= 0:
+                break
+            size = min(state.remaining, budget) if state.layout.causal else state.remaining
+            if taken and size > budget:
+                continue
+            taken.append((state, size))
+            budget -= size
+        chunks = [state.chunk(size) for state, size in taken]
+        try:
+            logits = self.decoder.prefill(chunks)
+        except torch.OutOfMemoryError:
+            for state, _ in taken:
+                self._end_row(state.row, GlmError("The GPU ran out of memory for this prompt; send a shorter one."))
+            return
+        except Exception:
+            log.exception("the serving engine failed a prefill pass")
+            for state, _ in taken:
+                self._end_row(state.row, GlmError("The server failed to read this prompt; its log says why."))
+            return
+        self.record.append(
+            EngineEvent("prefill", tuple((state.request.id, state.done, state.done + size) for state, size in taken))
+        )
+        opened, rows = [], []
+        for index, ((state, size), chunk) in enumerate(zip(taken, chunks, strict=True)):
+            state.done += size
+            if chunk.last:
+                with self._wake:
+                    del self._prefilling[state.row]
+                    self._rows[state.row] = _Row(state.request, chunk.start + size, -1)
+                opened.append(index)
+                rows.append(state.row)
+        if rows:
+            self._emit(logits[opened], rows)
 
     def _drop_cancelled(self) -> None:
         with self._wake:
@@ -447,7 +616,7 @@ class Engine:
                 self._waiting.remove(request)
         for request in gone:
             self._finish(request, "cancelled")
-        for row, state in list(self._rows.items()):
+        for row, state in [*self._prefilling.items(), *self._rows.items()]:
             if state.request.cancelled:
                 self._release(row, "cancelled")
 
@@ -460,27 +629,37 @@ class Engine:
         try:
             logits = self.decoder.step(width, tokens, columns)
         except torch.OutOfMemoryError:
-            for row, state in list(self._rows.items()):
-                self._fail(state.request, GlmError("The GPU ran out of memory while decoding; try again."))
-                self._release(row, None)
+            self._fail_in_flight(GlmError("The GPU ran out of memory while decoding; try again."), [])
             return
         self.steps += 1
         for state in self._rows.values():
             state.request.batch = max(state.request.batch, len(self._rows))
         rows = list(self._rows)
+        self.record.append(EngineEvent("step", tuple(self._rows[row].request.id for row in rows)))
         self._emit(logits[rows], rows)
 
     def _emit(self, logits: torch.Tensor, rows: list[int]) -> None:
         """Pick the next token of each of `rows` (`logits[i]` is `rows[i]`'s), hand it over, and end the rows that
-        stopped or ran out of budget. Greedy rows are picked together, with one read from the device."""
-        best = logits.argmax(dim=-1).tolist()
+        stopped or ran out of budget. Greedy rows are picked together, with one read from the device; a row whose
+        scores are not all finite (-1 in that read) fails alone, as does a row whose sampling fails."""
+        finite = torch.isfinite(logits).all(dim=-1)
+        best = torch.where(finite, logits.argmax(dim=-1), -1).tolist()
         picked: dict[int, int] = {}
         for index, row in enumerate(rows):
             request = self._rows[row].request
-            if not request.sampling.do_sample:
+            if best[index] < 0:
+                self._end_row(row, GlmError(_not_finite_message(request)))
+            elif not request.sampling.do_sample:
                 picked[row] = best[index]
             else:
-                choice = pick_tokens(logits[index][None], request.sampling, request.generator(logits.device))
+                try:
+                    choice = pick_tokens(
+                        logits[index][None], request.sampling, request.generator(logits.device)
+                    )
+                except Exception:
+                    log.exception("the serving engine failed to sample request %s", request.id)
+                    self._end_row(row, GlmError("The server failed to sample this answer; its log says why."))
+                    continue
                 picked[row] = int(choice)
         now = time.monotonic()
         for row, token in picked.items():
@@ -492,26 +671,49 @@ class Engine:
             request.generated += 1
             if request.first_token_at is None:
                 request.first_token_at = now
+                self.record.append(EngineEvent("first token", (request.id,)))
             request.deliver("token", token)
             state.last_token = token
             if request.generated >= request.max_new_tokens:
                 self._release(row, "length")
 
-    def _release(self, row: int, reason: str | None) -> None:
+    def _take_row(self, row: int) -> Request:
         with self._wake:
-            state = self._rows.pop(row)
+            state = self._rows.pop(row, None) or self._prefilling.pop(row)
+        return state.request
+
+    def _release(self, row: int, reason: str) -> None:
+        request = self._take_row(row)
         self.decoder.release(row)
-        if reason is not None:
-            self._finish(state.request, reason)
+        self._finish(request, reason)
+
+    def _end_row(self, row: int, error: GlmError) -> None:
+        """Fail the request of `row` and free the row, scrubbed of whatever the failure left in it."""
+        request = self._take_row(row)
+        self.decoder.release(row, scrub=True)
+        self._fail(request, error)
 
     def _finish(self, request: Request, reason: str) -> None:
         request.finish_reason = reason
-        request.deliver("end", reason)
-        if self.on_finished is not None:
-            self.on_finished(request)
+        self._tell(request, "end", reason)
 
     def _fail(self, request: Request, error: GlmError) -> None:
         request.finish_reason = "error"
-        request.deliver("error", error)
-        if self.on_finished is not None:
-            self.on_finished(request)
+        self._tell(request, "error", error)
+
+    def _tell(self, request: Request, kind: str, value: object) -> None:
+        """The request's last word; a callback that fails (its client's loop gone) never stops the engine."""
+        try:
+            request.deliver(kind, value)
+            if self.on_finished is not None:
+                self.on_finished(request)
+        except Exception:
+            log.exception("request %s could not be told it ended", request.id)
+
+
+def _not_finite_message(request: Request) -> str:
+    source = "this request's prefix checkpoint" if request.prefix else "the model's weights"
+    return (
+        "The model's next-token scores for this request are not finite numbers (NaN or infinite), so no token "
+        f"can be picked; {source} may hold such values: use another checkpoint or check the weights."
+    )

@@ -4,7 +4,9 @@ Every request is checked first (`Guard`, plain ASGI): the Bearer key when one is
 Handlers parse the body (glmcore.serve.openai_api), find the model in the registry, submit a `Request` to the
 engine and hand its tokens back, whole or as server-sent events (sse-starlette, which also notices a client
 that went away: its request is cancelled and its row freed at the next step). Every refusal is the API's error
-JSON; anything unexpected is logged with its traceback on the server and answered with a sentence.
+JSON; anything unexpected is logged with its traceback on the server and answered with a sentence. When the
+server stops, every open stream ends with an event carrying an `error` object (the `openai` client raises
+APIError, rather than returning a quietly cut answer), and every answer still being written gets a 503.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import anyio
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,10 +28,13 @@ from starlette.routing import Route
 
 from glmcore.errors import GlmError
 from glmcore.serve import openai_api as api
-from glmcore.serve.batching import Engine, EngineStopped, QueueFull, Request, RequestTooLong
+from glmcore.serve.batching import STOPPED, Engine, EngineStopped, QueueFull, Request, RequestTooLong
 from glmcore.serve.registry import ModelRegistry, UnknownModel
 
 log = logging.getLogger("glmcore.serve")
+
+STOP_GRACE_S = 3.0
+"""How long an open stream has to send its last event once the server stops (uvicorn waits 5 s for all)."""
 
 
 def error_response(
@@ -197,8 +203,13 @@ class Service:
         answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
         record = {"model": served.id, "endpoint": "chat" if chat else "completions", "stream": body.stream}
         if body.stream:
+            stopping = anyio.Event()
             return EventSourceResponse(
-                self._stream(request, answer, events, body, chat, record), ping=15, send_timeout=60
+                self._stream(request, answer, events, body, chat, record, stopping),
+                ping=15,
+                send_timeout=60,
+                shutdown_event=stopping,
+                shutdown_grace_period=STOP_GRACE_S,
             )
         return await self._whole(http, request, answer, events, body, chat, record)
 
@@ -231,16 +242,22 @@ class Service:
                 text += delta
         except GlmError as error:
             self._record(request, record, "error")
-            return error_response(500, str(error), "server_error")
+            return error_response(503 if isinstance(error, EngineStopped) else 500, str(error), "server_error")
         usage = api.usage(len(request.prompt_ids), request.generated)
         self._record(request, record, finish)
         if chat:
             return JSONResponse(api.chat_response(response_id, body.model, text, finish, usage))
         return JSONResponse(api.completion_response(response_id, body.model, text, finish, usage))
 
-    async def _stream(self, request, answer, events, body, chat, record):
+    async def _stream(self, request, answer, events, body, chat, record, stopping: anyio.Event):
         response_id = api.new_id("chatcmpl" if chat else "cmpl")
         finish = "cancelled"
+
+        async def tell_when_stopping() -> None:
+            await stopping.wait()
+            events.put_nowait(("error", EngineStopped(STOPPED)))
+
+        watcher = asyncio.create_task(tell_when_stopping())
         try:
             if chat:
                 yield json.dumps(
@@ -273,6 +290,7 @@ class Service:
                 yield json.dumps(chunk)
             yield "[DONE]"
         finally:  # also when the client went away: sse-starlette cancels this generator
+            watcher.cancel()
             request.cancel()
             self._record(request, record, finish)
 

@@ -2,11 +2,13 @@
 
 Order matters for a user waiting on 13 GB: the address is bound first (a port in use is said at once), then the
 model loads, then uvicorn serves on the bound socket. status.json follows: `starting`, `ready` (with the URL and
-the models), `stopped` or `failed` with the reason.
+the models), `stopping`, `stopped` or `failed` with the reason. Stopping ends the engine first, so every answer
+in flight is told it ends unfinished (glmcore.serve.http) before uvicorn closes the connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -123,7 +125,15 @@ def _run_uvicorn(service, sock: socket.socket, key: str | None, server: Server, 
         server.write_status(state="ready")
         announce(f"Serving {', '.join(status.models)} at {status.url}")
 
+    original_shutdown = uvicorn_server.shutdown
+
+    async def shutdown(sockets=None) -> None:
+        server.write_status(state="stopping")
+        await asyncio.to_thread(service.engine.shutdown)
+        await original_shutdown(sockets=sockets)
+
     uvicorn_server.startup = startup
+    uvicorn_server.shutdown = shutdown
     try:
         uvicorn_server.run(sockets=[sock])
     except BaseException as error:

@@ -6,7 +6,7 @@ user/assistant pairs as history, the last user message as the query. A family wi
 prompt is encoded as the tokenizer encodes any text (ChatGLM-6B's `[gMASK] <sop>` after it), so the model
 continues from it.
 
-Sampling: `temperature` 0 is greedy; otherwise the published chat's sampling (top-k 50) with the request's
+Sampling: `temperature` 0 (or below `GREEDY_BELOW`) is greedy; otherwise the published chat's sampling (top-k 50) with the request's
 temperature and top_p, ChatGLM's defaults (0.95 and 0.7) where the request gives none.
 
 Text: the answer streams as chat streams it (`AnswerText`): only what the family's clean-up can no longer
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,12 @@ CHAT_TOP_K = 50
 """transformers 4.27, under which ChatGLM-6B's chat was published, applied top-k 50 when sampling."""
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 """The OpenAI API's default for /v1/completions."""
+GREEDY_BELOW = 1e-5
+"""A temperature below this decodes greedily: dividing the scores by it overflows, and the most likely token
+is what such a temperature picks anyway."""
+MAX_STOPS = 4
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""Signed and unsigned 64-bit seeds: clients send hashes."""
 
 
 class BadRequest(GlmError):
@@ -71,17 +77,24 @@ class _Generation(_Body):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
 
     @field_validator("n")
     @classmethod
     def _one_choice(cls, value: int) -> int:
         if value != 1:
             raise ValueError("only n=1 is served")
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > MAX_STOPS:
+            raise ValueError(f"give at most {MAX_STOPS} stop strings, not {len(value)}")
         return value
 
     @property
@@ -91,7 +104,7 @@ class _Generation(_Body):
 
     def sampling(self) -> Sampling:
         temperature = DEFAULT_TEMPERATURE if self.temperature is None else self.temperature
-        if temperature == 0:
+        if temperature < GREEDY_BELOW:
             return Sampling()
         top_p = DEFAULT_TOP_P if self.top_p is None else self.top_p
         return Sampling(
@@ -109,7 +122,14 @@ class ChatCompletionRequest(_Generation):
 
 
 class CompletionRequest(_Generation):
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError(f"give 1 prompt (a string, or a list of 1 string), not {len(value)}")
+        return value
 
     @property
     def text(self) -> str:
@@ -127,11 +147,12 @@ def parse(kind: type[_Generation], body: bytes) -> _Generation:
     except ValidationError as error:
         first = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"] if not str(part).startswith(("str", "list[")))
+        message = first["msg"].removeprefix("Value error, ")
         if first["type"] == "json_invalid":
-            raise BadRequest(f"The body is not valid JSON: {first['msg']}.") from None
+            raise BadRequest(f"The body is not valid JSON: {message}.") from None
         if not where:
-            raise BadRequest(f"The body must be a JSON object: {first['msg']}.") from None
-        raise BadRequest(f"{where}: {first['msg']}.", param=where) from None
+            raise BadRequest(f"The body must be a JSON object: {message}.") from None
+        raise BadRequest(f"{where}: {message}.", param=where) from None
 
 
 def chat_prompt(family, tokenizer, messages: list[Message]) -> list[int]:

@@ -4,17 +4,22 @@ A model id is the base model folder's name for no prefix, `<run id>` for the che
 (`Run.default_checkpoint`, docs/runs.md's rule), or `<run id>/checkpoint-N` for one of its checkpoints. Ids are
 looked up in the registry only, never turned into paths, so no request reaches a file the registry did not
 list. `refresh()` reads the run folders again (a run that finished since appears); a LoRA or full fine-tuning
-run is never served, and a request for one is told to export it.
+run is never served, and a request for one is told to export it. A checkpoint whose files are damaged (cut
+short, or a crafted header) is left out, and so is a run folder that cannot be read: a request for either is
+told why, and the others are served as usual.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.runs import Run, RunError, RunStore
+from glmcore.runs import Run, RunError, RunStore, checkpoint_problem
+
+log = logging.getLogger("glmcore.serve")
 
 
 class UnknownModel(GlmError):
@@ -62,6 +67,19 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
+def damage(checkpoint: Path) -> str | None:
+    """Why a checkpoint's files cannot be served, or None when they look whole. A file crafted to break the
+    check itself is damaged too: one bad checkpoint never takes the listing down."""
+    try:
+        problem = checkpoint_problem(checkpoint)
+    except GlmError as error:
+        return str(error)
+    except Exception as error:
+        log.warning("checking %s failed: %r", checkpoint, error)
+        return f"its files cannot be read ({type(error).__name__}); save or copy {checkpoint.name} again"
+    return f"{checkpoint.name} is damaged: {problem}" if problem else None
+
+
 def _created(path: Path) -> int:
     try:
         return int(path.stat().st_mtime)
@@ -102,21 +120,27 @@ class ModelRegistry:
                 )
         run = self.store.resolve(self.selection.runs[0]) if self.selection.runs else None
         for name in self.selection.checkpoints:
-            owner = self.store.resolve_checkpoint(name, run).parent.parent
+            path = self.store.resolve_checkpoint(name, run)
+            owner = path.parent.parent
             if (owner / "config.toml").is_file() and (problem := refused_method(Run(owner))):
                 raise GlmError(problem)
+            if problem := damage(path):
+                raise GlmError(f"{path} cannot be served ({problem}); name another checkpoint")
 
     def models(self) -> list[ServedModel]:
         return list(self._models.values())
 
     def refresh(self) -> list[ServedModel]:
         models = {self.base.id: self.base}
-        refused: dict[str, str] = {}
+        refused: dict[str, str] = {}  # why a model id (or a run id, for all its models) is not served
         if self.selection.checkpoints:
             run = self.store.resolve(self.selection.runs[0]) if self.selection.runs else None
             for name in self.selection.checkpoints:
                 served = self._checkpoint_named(name, run)
-                models[served.id] = served
+                if problem := damage(served.checkpoint):
+                    refused[served.id] = problem
+                else:
+                    models[served.id] = served
         else:
             runs = (
                 [self.store.resolve(name) for name in self.selection.runs]
@@ -124,30 +148,44 @@ class ModelRegistry:
                 else self.store.list()
             )
             for run in runs:
-                if not _same_folder(run.config.model_path, self.base_dir):
-                    continue
-                if problem := refused_method(run):
-                    refused[run.id] = problem
-                    continue
-                models.update((served.id, served) for served in self._run_models(run))
+                try:
+                    models.update((served.id, served) for served in self._run_models(run, refused))
+                except GlmError as error:
+                    refused[run.id] = str(error)
+                except Exception as error:  # a run folder crafted to break reading it: the others are served
+                    log.warning("reading run %s failed: %r", run.id, error)
+                    refused[run.id] = f"its folder cannot be read ({type(error).__name__})"
         changed = list(models) != list(self._models)
         self._models, self._refused = models, refused
         if changed and self.on_change is not None:
             self.on_change(self.models())
         return self.models()
 
-    def _run_models(self, run: Run) -> list[ServedModel]:
-        """`<run>` (its default checkpoint) and each `<run>/checkpoint-N`; nothing before its first save."""
+    def _run_models(self, run: Run, refused: dict[str, str]) -> list[ServedModel]:
+        """`<run>` (its default checkpoint) and each whole `<run>/checkpoint-N`, the damaged ones put in `refused`
+        with why; nothing of a run on another model, or before its first save."""
+        if not _same_folder(run.config.model_path, self.base_dir):
+            return []
+        if problem := refused_method(run):
+            refused[run.id] = problem
+            return []
+        served = []
+        for checkpoint in run.checkpoints():
+            name = f"{run.id}/{checkpoint.path.name}"
+            if problem := damage(checkpoint.path):
+                refused[name] = problem
+            else:
+                served.append(ServedModel(name, checkpoint.path, run.id, _created(checkpoint.path)))
         try:
             default = run.default_checkpoint()
-        except RunError:
-            return []
-        served = [ServedModel(run.id, default.path, run.id, _created(default.path))]
-        for checkpoint in run.checkpoints():
-            if checkpoint.path.is_dir():
-                name = f"{run.id}/{checkpoint.path.name}"
-                served.append(ServedModel(name, checkpoint.path, run.id, _created(checkpoint.path)))
-        return served
+        except RunError as error:
+            refused[run.id] = str(error)
+            return served
+        except Exception as error:  # its choice broken by a crafted file: its whole checkpoints are still served
+            log.warning("choosing the checkpoint of run %s failed: %r", run.id, error)
+            refused[run.id] = f"the checkpoint it stands for cannot be chosen ({type(error).__name__})"
+            return served
+        return [ServedModel(run.id, default.path, run.id, _created(default.path)), *served]
 
     def _checkpoint_named(self, name: str, run: Run | None) -> ServedModel:
         path = self.store.resolve_checkpoint(name, run)
@@ -166,9 +204,9 @@ class ModelRegistry:
             self.refresh()
         if model_id in self._models:
             return self._models[model_id]
-        run_id = model_id.split("/", 1)[0]
-        if run_id in self._refused:
-            raise UnknownModel(f"The model {model_id!r} cannot be served: {self._refused[run_id]}.")
+        why = self._refused.get(model_id) or self._refused.get(model_id.split("/", 1)[0])
+        if why is not None:
+            raise UnknownModel(f"The model {model_id!r} cannot be served: {why}.")
         known = ", ".join(list(self._models)[:6])
         raise UnknownModel(
             f"The model {model_id!r} does not exist on this server; GET /v1/models lists them ({known})."

@@ -253,17 +253,34 @@ def create_server(workspace: Workspace, plan: ServerPlan) -> Server:
 
 
 def resolve_server(workspace: Workspace, name: str) -> Server:
-    """A server by its id, a unique prefix of it, or its port among the active ones."""
+    """A server by its id, a unique prefix of it, or its port: the active server on it, else the newest one that
+    used it (a stopped server is found as `--list` shows it)."""
     servers = list_servers(workspace)
     exact = [server for server in servers if server.id == name]
     matches = exact or [server for server in servers if server.id.startswith(name)]
     if not matches and name.isdigit():
-        matches = [s for s in servers if s.status().is_active and s.stored_status().port == int(name)]
+        on_port = [server for server in servers if server.stored_status().port == int(name)]
+        matches = [server for server in on_port if server.status().is_active] or on_port[:1]
     if len(matches) == 1:
         return matches[0]
     if matches:
         raise ServeError(f"{name!r} names {len(matches)} servers; give more of the id (glmtui serve --list)")
     raise ServeError(f"no server {name!r} in {servers_dir(workspace)}; glmtui serve --list shows them")
+
+
+def check_limits(plan: ServerPlan) -> None:
+    """Refuse a port or limits no server can serve with, before any folder exists."""
+    if not 0 <= plan.port <= 65535:
+        raise ServeError(f"--port {plan.port} is not a port: give one from 1 to 65535, or 0 to pick a free one")
+    if plan.max_batch < 1:
+        raise ServeError(f"--max-batch {plan.max_batch} would decode no request: give 1 or more")
+    if plan.context is not None and plan.context < 1:
+        raise ServeError(
+            f"--context {plan.context} leaves no room for a request: give the tokens one request may take "
+            "(prefix + prompt + answer), or leave it out for the model's positions"
+        )
+    if plan.max_queue < 0:
+        raise ServeError(f"--max-queue {plan.max_queue} is negative: give 0 (no waiting) or more")
 
 
 def plan_server(
@@ -281,6 +298,7 @@ def plan_server(
     from glmcore.serve.registry import ModelRegistry, Selection, refused_method
     from glmcore.workspace import model_folder_problems
 
+    check_limits(ServerPlan(model="", **options))
     store = RunStore(workspace.runs_dir)
     first = store.resolve(runs[0]) if runs else None
     if first is not None and (problem := refused_method(first)):

@@ -116,10 +116,11 @@ def list_servers(workspace, console: Console) -> int:
 
 def stop(workspace, name: str, console: Console) -> int:
     from glmcore.serve.servers import resolve_server, stop_server
+    from glmtui.serve_text import stop_line
 
     server = resolve_server(workspace, name)
-    status = stop_server(server)
-    console.print(f"Server {server.id} {status.state}.")
+    before = server.status()
+    console.print(escape(stop_line(server, before, stop_server(server))))
     return 0
 
 

@@ -189,9 +189,10 @@ class ServeScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, group="serve-control")
     def stop_server(self, server: Server) -> None:
         from glmcore.serve.servers import stop_server
+        from glmtui.serve_text import stop_line
 
-        status = stop_server(server)
-        self.app.call_from_thread(self.notify, f"Server {server.id} {status.state}.")
+        before = server.status()
+        self.app.call_from_thread(self.notify, stop_line(server, before, stop_server(server)), markup=False)
         self.refresh_servers()
 
 
