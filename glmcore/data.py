@@ -311,7 +311,7 @@ def _history_pairs(value: object, column: str, where: str) -> tuple[tuple[str, s
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise problem from None
     if value is None:
         return ()

@@ -179,6 +179,12 @@ REFUSED = {
         b"[\n" + json.dumps(GOOD).encode() + b",\n" + b"[" * DEEP + b"]" * DEEP + b"\n]\n",
         ":3: the JSON there is nested deeper than Python's JSON reader allows",
     ),
+    "a CSV history cell nested 50,000 deep": (
+        "train.csv",
+        b'content,summary,history\nq,a,"' + b"[" * 50_000 + b"]" * 50_000 + b'"\n',
+        ":2: 'history' must be a list of [query, response] pairs of text",
+        {"history_column": "history"},
+    ),
     "a lone surrogate": (
         "train.jsonl",
         jsonl(GOOD) + b'{"content": "a\\ud800b", "summary": "b"}\n',
@@ -225,16 +231,23 @@ REFUSED = {
 
 
 def refusal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, model: Path, name: str, content: bytes
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, model: Path, name: str, content: bytes, **extra
 ) -> str:
-    """What `glmtui train` prints refusing a config over the data file `content`, with no run created."""
+    """What `glmtui train` prints refusing a config (its settings and `extra`) over the data file `content`, with
+    no run created."""
     workspace = tmp_path / "ws"
     monkeypatch.setenv("GLMTUI_HOME", str(workspace))
     monkeypatch.setenv("COLUMNS", "400")
     data = tmp_path / name
     data.write_bytes(content)
     config = tmp_path / "run.toml"
-    settings = {"name": "bad", "model_path": str(model), "train_file": str(data), "quantization_bit": 16}
+    settings = {
+        "name": "bad",
+        "model_path": str(model),
+        "train_file": str(data),
+        "quantization_bit": 16,
+        **extra,
+    }
     config.write_text(
         tomli_w.dumps({**settings, "max_source_length": 16, "max_target_length": 16, "gpus": []})
     )
@@ -247,8 +260,8 @@ def refusal(
 
 @pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
 def test_a_bad_data_file_is_refused_in_one_sentence_with_its_line(case, tmp_path, monkeypatch, capsys):
-    name, content, sentence = REFUSED[case]
-    printed = refusal(tmp_path, monkeypatch, capsys, CHATGLM3, name, content)
+    name, content, sentence, *extra = REFUSED[case]
+    printed = refusal(tmp_path, monkeypatch, capsys, CHATGLM3, name, content, **(extra[0] if extra else {}))
     assert f"  • train_file: DATA{sentence}" in printed
 
 
