@@ -1,12 +1,20 @@
-"""Datasets in the AdvertiseGen form, and the examples the model's family builds from them.
+"""Datasets in the AdvertiseGen form or as conversations, and the examples the model's family builds from them.
 
-Files are JSON lines, a JSON array, or CSV (UTF-8). A row has a prompt column, a response column and optionally
-a history column (a list of [query, response] pairs), all text. Rows with an empty prompt or response are skipped
-and counted, as the published script skips them; anything else wrong stops the load with the file and line.
+Files are JSON lines, a JSON array, or CSV (UTF-8, a byte-order mark allowed). A row is either
+
+- columns: a prompt column, a response column and optionally a history column (a list of [query, response]
+  pairs), all text. Rows with an empty prompt or response are skipped and counted, as the published script
+  skips them; or
+- a conversation (JSON only): ChatGLM3's fine-tuning form, `{"conversations": [{"role": ..., "content": ...},
+  ...], "tools": [...]}` with the roles system, user, assistant, observation and tool (a call with `name`,
+  `parameters` and its `observation`), or OpenAI's chat form, `{"messages": [...]}`, whose assistant
+  `tool_calls` and `tool` results are read as ChatGLM3's tool messages (`chat_messages`).
+
+Anything else wrong stops the load with one sentence naming the file and line.
 
 Training rows, evaluation prompts and references are built exactly as each family's published scripts build
 them, by its `family_impl` (ChatGLM-6B's: glmcore/models/chatglm6b/data.py); the functions here find the family
-from the tokenizer.
+from the tokenizer. `conversation_features` is the one way a conversation becomes a training row.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +30,12 @@ from glmcore.errors import GlmError
 
 IGNORE_INDEX = -100
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv")
+CONVERSATION_KEYS = ("conversations", "messages")
+"""The key of a conversation row: ChatGLM3's fine-tuning form, or OpenAI's chat form."""
+CHAT_ROLES = ("system", "user", "assistant", "observation", "tool")
+BYTE_ORDER_MARK = "\ufeff"
+SPREAD_OBJECT_LOOKAHEAD = 1 << 20
+"""Characters read past a JSON line that does not close, to tell an object spread over lines from a cut line."""
 
 
 class DataError(GlmError):
@@ -37,13 +51,26 @@ class Columns:
 
 @dataclass(frozen=True)
 class Example:
+    """One training example: a query, its answer and earlier turns, or a whole conversation.
+
+    A conversation row keeps its `messages` (in ChatGLM3's form, see `chat_messages`) and `tools`; its `query`
+    and `response` are then the last user message and the last assistant answer (what evaluation scores), and
+    `history` the turns before them when the conversation is nothing but user/assistant turns."""
+
     query: str
     response: str
     history: tuple[tuple[str, str], ...] = ()
+    messages: tuple[dict, ...] = ()
+    tools: object = None
 
     @property
     def prompt(self) -> str:
         return build_prompt(self.query, self.history)
+
+    @property
+    def turns_only(self) -> bool:
+        """Whether the example says nothing the query/response/history form cannot (no system, tools, ...)."""
+        return not self.messages or _plain_turns(self.messages, self.tools) is not None
 
 
 @dataclass
@@ -70,12 +97,14 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                yield number, raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(
                     f"{path}:{number}: byte {error.start + 1} of the line is not UTF-8 ({raw[error.start]:#04x}); "
                     "save the file as UTF-8."
                 ) from None
+            # Excel and Notepad start UTF-8 files with a byte-order mark; it is not part of the first value.
+            yield number, line.removeprefix(BYTE_ORDER_MARK) if number == 1 else line
 
 
 def _json_type(value: object) -> str:
@@ -91,23 +120,107 @@ def _json_type(value: object) -> str:
     return "text" if isinstance(value, str) else "null"
 
 
+def _too_deep(where: str) -> DataError:
+    return DataError(
+        f"{where}: the JSON there is nested deeper than Python's JSON reader allows (RecursionError); "
+        "a row is one object of text values, so fix or remove it."
+    )
+
+
+def _nesting_line(text: str) -> int:
+    """The line where `text`'s brackets nest deepest first (for a JSON array too deep to read)."""
+    depth = deepest = 0
+    line = deepest_line = 1
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            in_string = escaped or char != '"'
+            escaped = not escaped and char == "\\"
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, deepest_line = depth, line
+        elif char in "]}":
+            depth -= 1
+        if char == "\n":
+            line += 1
+    return deepest_line
+
+
+def _lone_surrogate(value: object) -> str | None:
+    """The first UTF-16 surrogate with no partner in any text of `value` (`"\\ud800"` in JSON), as its escape."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                return f"\\u{ord(item[error.start]):04x}"
+        elif isinstance(item, dict):
+            pending += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            pending += item
+    return None
+
+
+def _checked_record(where: str, line: str, record: object) -> object:
+    """`record`, or DataError if it holds text that is not Unicode (a lone surrogate), which no tokenizer takes."""
+    # A lone surrogate can only come from a \u escape: the bytes were checked as UTF-8.
+    if "\\u" in line and (surrogate := _lone_surrogate(record)) is not None:
+        raise DataError(
+            f"{where}: {surrogate} is half of a UTF-16 surrogate pair with no other half, so it is not text; "
+            "fix that escape or remove it."
+        )
+    return record
+
+
+def _spread_object_lines(first: str, following: Iterator[tuple[int, str]]) -> int:
+    """How many lines past `first` a JSON object starting on it runs on (0 when none closes within reach)."""
+    text = first
+    for _, line in following:
+        text += line
+        if len(text) > SPREAD_OBJECT_LOOKAHEAD:
+            break
+    text = text.lstrip()
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except (json.JSONDecodeError, RecursionError):
+        return 0
+    return text.count("\n", 0, end) if isinstance(value, dict) else 0
+
+
 def _json_lines_records(path: Path, lines: Iterator[tuple[int, str]]) -> Iterator[tuple[int, object]]:
     for number, line in lines:
         stripped = line.strip()
         if not stripped:
             continue
+        where = f"{path}:{number}"
         try:
-            yield number, json.loads(stripped)
+            record = json.loads(stripped)
+        except RecursionError:
+            raise _too_deep(where) from None
         except json.JSONDecodeError as error:
+            if error.pos >= len(stripped) and (spread := _spread_object_lines(line, lines)):
+                raise DataError(
+                    f"{where}: one JSON object is spread over lines {number}-{number + spread}, but each line "
+                    "of a .json/.jsonl file must hold a whole row; write one object per line (JSON lines) or "
+                    "put the objects in a JSON array [...]."
+                ) from None
             raise DataError(
-                f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}); fix or remove that line."
+                f"{where}: not valid JSON ({error.msg} at column {error.colno}); fix or remove that line."
             ) from None
+        yield number, _checked_record(where, line, record)
 
 
 def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, object]]:
     """The items of a JSON array file, each with the line it starts on."""
     try:
         items = json.loads(text)
+    except RecursionError:
+        raise _too_deep(f"{path}:{_nesting_line(text)}") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg}); fix the file.") from None
     if not isinstance(items, list):
@@ -121,7 +234,7 @@ def _json_array_records(path: Path, text: str) -> Iterator[tuple[int, object]]:
             start += 1
         line += text.count("\n", position, start)
         _, position = decoder.raw_decode(text, start)
-        yield line, item
+        yield line, _checked_record(f"{path}:{line}", text[start:position], item)
         line += text.count("\n", start, position)
 
 
@@ -198,7 +311,7 @@ def _history_pairs(value: object, column: str, where: str) -> tuple[tuple[str, s
     if isinstance(value, str):
         try:
             value = json.loads(value) if value.strip() else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise problem from None
     if value is None:
         return ()
@@ -210,13 +323,178 @@ def _history_pairs(value: object, column: str, where: str) -> tuple[tuple[str, s
     return tuple((query, response) for query, response in value)
 
 
-def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
-    """Read a dataset file into examples, or say exactly what is wrong with it and on which line."""
+MESSAGE_SHAPE = '{"role": "user", "content": "..."}'
+TOOL_MESSAGE_SHAPE = '{"role": "tool", "name": "...", "parameters": {...}, "observation": ...}'
+
+
+def _loss_flag(message: dict, where: str) -> dict:
+    """ChatGLM3's `loss` (or OpenAI's `weight`, 0 or 1) of a message, as `{"loss": bool}`; {} when unset."""
+    for key in ("loss", "weight"):
+        if key in message:
+            value = message[key]
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise DataError(
+                    f"{where}: {key!r} holds {_json_type(value)}; write true or false (or 1 or 0)."
+                )
+            return {"loss": bool(value)}
+    return {}
+
+
+def _tool_call(message: dict, where: str) -> dict:
+    """ChatGLM3's tool message checked: a text `name` and an object of `parameters` (its observation: any)."""
+    name, parameters = message.get("name"), message.get("parameters")
+    if not isinstance(name, str) or not name or not isinstance(parameters, dict):
+        raise DataError(
+            f"{where}: a tool message needs a text 'name' and an object 'parameters', like {TOOL_MESSAGE_SHAPE}."
+        )
+    return {"role": "tool", "name": name, "parameters": parameters, "observation": message.get("observation")}
+
+
+def _openai_tool_calls(calls: object, where: str) -> list[dict]:
+    """An OpenAI assistant message's `tool_calls` as ChatGLM3 tool messages (observations filled in later)."""
+    shape = '[{"type": "function", "function": {"name": "...", "arguments": "{...}"}}]'
+    if not isinstance(calls, list):
+        raise DataError(f"{where}: 'tool_calls' holds {_json_type(calls)}; write it as {shape}.")
+    messages = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        arguments = function.get("arguments", {}) if isinstance(function, dict) else None
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except (json.JSONDecodeError, RecursionError):
+                arguments = None
+        if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+            raise DataError(
+                f"{where}: each tool call needs a function name and its arguments as a JSON object; write {shape}."
+            )
+        messages.append({"role": "tool", "name": name, "parameters": arguments, "observation": None})
+    return messages
+
+
+def chat_messages(messages: object, where: str = "the conversation") -> list[dict]:
+    """`messages` in ChatGLM3's fine-tuning form, checked; DataError (starting with `where`) otherwise.
+
+    That form is what ChatGLM3's finetune_demo reads: system, user, assistant and observation messages with text
+    `content`, and tool messages (a call: `name`, `parameters`, and its `observation`); any message may carry a
+    `loss` flag. OpenAI's chat form is taken too: an assistant message's `tool_calls` become tool messages
+    (its text, if any, first), each following `tool` message's content is the observation of the next call
+    still without one, and `weight` is `loss`."""
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where} must be a list of messages, each like {MESSAGE_SHAPE}.")
+    result: list[dict] = []
+    awaiting: list[dict] = []  # OpenAI tool calls whose `tool` result has not come yet
+    for number, message in enumerate(messages, start=1):
+        at = f"{where}, message {number}"
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(role, str):
+            raise DataError(
+                f"{at} is {_json_type(message)} without a text 'role'; write it as {MESSAGE_SHAPE}."
+            )
+        if role not in CHAT_ROLES:
+            raise DataError(f"{at} has the role {role!r}; use one of {', '.join(CHAT_ROLES)}.")
+        loss = _loss_flag(message, at)
+        if role == "tool" and ("parameters" in message or "name" in message and "content" not in message):
+            result.append({**_tool_call(message, at), **loss})
+            continue
+        if role == "tool":
+            if not awaiting:
+                raise DataError(
+                    f"{at} is a tool result with no tool call before it; put an assistant message with "
+                    f"'tool_calls' before it, or write the call and its result as {TOOL_MESSAGE_SHAPE}."
+                )
+            awaiting.pop(0)["observation"] = message.get("content")
+            continue
+        calls = message.get("tool_calls") if role == "assistant" else None
+        content = message.get("content")
+        if calls is None or content:
+            if not isinstance(content, str):
+                raise DataError(
+                    f"{at}: 'content' holds {_json_type(content)}, not text; write it as {MESSAGE_SHAPE}."
+                )
+            result.append({"role": role, "content": content, **loss})
+        if calls is not None:
+            called = [{**call, **loss} for call in _openai_tool_calls(calls, at)]
+            result += called
+            awaiting += called
+    return result
+
+
+def _plain_turns(messages: Sequence[dict], tools: object) -> tuple[tuple[str, str], ...] | None:
+    """The (user, assistant) turns of a conversation with nothing else in it (no system, tools or loss
+    flags), ending on an answer; None for any other conversation."""
+    if (
+        tools is not None
+        or len(messages) % 2
+        or any(set(message) != {"role", "content"} for message in messages)
+    ):
+        return None
+    roles = [message["role"] for message in messages]
+    if roles != ["user", "assistant"] * (len(messages) // 2):
+        return None
+    return tuple((messages[i]["content"], messages[i + 1]["content"]) for i in range(0, len(messages), 2))
+
+
+def _turns_only_refusal(family_title: str) -> str:
+    return (
+        f"{family_title}'s published fine-tuning takes only user/assistant turns, and this conversation has more "
+        "(a system message, tools, observations or loss flags); train a ChatGLM3-6B model on it, or keep only "
+        "its user and assistant turns."
+    )
+
+
+def turns_example(example: Example, family_title: str) -> Example:
+    """`example` for a family whose published fine-tuning knows only a query, its answer and earlier turns
+    (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py); DataError for a conversation with more in it."""
+    if not example.turns_only:
+        raise DataError(_turns_only_refusal(family_title))
+    return example
+
+
+def conversation_example(
+    messages: list[dict], tools: object = None, where: str = "the conversation"
+) -> Example:
+    """A conversation (checked `chat_messages`) as an Example: its messages and tools, its last answer and the
+    user message before that; DataError (starting with `where`) when it has no answer to learn."""
+    answers = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
+    if not answers:
+        raise DataError(
+            f"{where}: the conversation has no assistant message, so there is nothing to learn; "
+            'add the answer as {"role": "assistant", "content": "..."}.'
+        )
+    queries = [message["content"] for message in messages[: answers[-1]] if message["role"] == "user"]
+    turns = _plain_turns(messages, tools)
+    return Example(
+        query=queries[-1] if queries else "",
+        response=messages[answers[-1]]["content"],
+        history=turns[:-1] if turns else (),
+        messages=tuple(messages),
+        tools=tools,
+    )
+
+
+def _conversation_example(record: dict, where: str, family) -> Example:
+    """A conversation row as an Example; DataError when `family` (if given) takes only user/assistant turns
+    and the conversation has more."""
+    key = next(key for key in CONVERSATION_KEYS if key in record)
+    example = conversation_example(
+        chat_messages(record[key], f"{where}: {key!r}"), record.get("tools"), where
+    )
+    if family is not None and not family.conversations and not example.turns_only:
+        raise DataError(f"{where}: {_turns_only_refusal(family.title)}")
+    return example
+
+
+def load_examples(path: str | Path, columns: Columns = Columns(), *, family=None) -> LoadedData:
+    """Read a dataset file into examples, or say exactly what is wrong with it and on which line.
+
+    With the model's `family` (a ModelFamily), a conversation it cannot be trained on is refused here too."""
     path = Path(path)
     wanted = [columns.prompt, columns.response] + ([columns.history] if columns.history else [])
     examples: list[Example] = []
     found: dict[str, None] = {}
-    skipped = rows = 0
+    skipped = rows = conversations = 0
     for number, record in read_records(path):
         where = f"{path}:{number}"
         if not isinstance(record, dict):
@@ -225,6 +503,10 @@ def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
                 f'{{"{columns.prompt}": "...", "{columns.response}": "..."}}.'
             )
         rows += 1
+        if columns.prompt not in record and any(key in record for key in CONVERSATION_KEYS):
+            examples.append(_conversation_example(record, where, family))
+            conversations += 1
+            continue
         found.update(dict.fromkeys(record))
         query = _text(record.get(columns.prompt), columns.prompt, where)
         response = _text(record.get(columns.response), columns.response, where)
@@ -240,7 +522,7 @@ def load_examples(path: str | Path, columns: Columns = Columns()) -> LoadedData:
             f"{path} is empty; it needs one row per example with {columns.prompt!r} and {columns.response!r}."
         )
     missing = [name for name in wanted if name not in found]
-    if missing:
+    if missing and conversations < rows:
         raise DataError(
             f"{path} has no column {', '.join(repr(name) for name in missing)}; its columns are: "
             f"{', '.join(found) or 'none'}. Set prompt_column/response_column to the ones it has."
@@ -257,6 +539,20 @@ def _family(tokenizer):
     from glmcore.models import family_of
 
     return family_of(tokenizer).implementation()
+
+
+def conversation_features(
+    tokenizer, messages: list[dict], *, max_input_length: int, max_output_length: int, tools: object = None
+) -> dict[str, list[int]]:
+    """input_ids and labels of one conversation (ChatGLM3's `conversations` or OpenAI's `messages`, with the
+    row's `tools`), as the tokenizer's family's published fine-tuning code builds them.
+
+    ChatGLM3-6B (finetune_demo): every assistant message and tool call is learned, the row cut to
+    max_input_length + max_output_length + 1 tokens and not padded. ChatGLM-6B and ChatGLM2-6B, whose published
+    code knows a query, its answer and earlier turns, take user/assistant turns only (their padded rows)."""
+    return _family(tokenizer).conversation_features(
+        tokenizer, chat_messages(messages), tools, max_input_length, max_output_length
+    )
 
 
 def training_features(

@@ -173,6 +173,20 @@ def estimate_vram(
     return VramEstimate(_parts(shape, config, calibration, checkpointing=checkpointing), checkpointing)
 
 
+def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
+    """``config``'s estimate on the published checkpoint of its model folder's family, with that family's title:
+    what the settings need on the real ChatGLM3-6B when the folder holds a tiny or local ChatGLM3 (ChatGLM-6B's
+    while the folder's family cannot be told)."""
+    from glmcore.errors import GlmError
+    from glmcore.models import CHATGLM_6B, family_for
+
+    try:
+        family, _ = family_for(config.model_path)
+    except GlmError:
+        family = CHATGLM_6B
+    return family.title, estimate_vram(family.published_shape(), config)
+
+
 def _parts(
     shape: ModelShape, config: RunConfig, calibration: Calibration, *, checkpointing: bool
 ) -> dict[str, int]:

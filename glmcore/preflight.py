@@ -112,46 +112,58 @@ def _columns(config: RunConfig) -> Columns:
     return Columns(config.prompt_column, config.response_column, config.history_column)
 
 
-def _version(path: Path, columns: Columns) -> tuple:
+def _model_family(config: RunConfig):
+    """The model folder's family, which decides what a conversation may hold; None while it cannot be told."""
+    from glmcore.models import family_for
+
+    try:
+        return family_for(config.model_path)[0]
+    except GlmError:
+        return None
+
+
+def _version(path: Path, columns: Columns, family=None) -> tuple:
     stat = path.stat()
-    return (stat.st_size, stat.st_mtime_ns, columns)
+    return (stat.st_size, stat.st_mtime_ns, columns, family)
 
 
 def data_checked(config: RunConfig) -> bool:
     """Whether ``data_problems`` would answer at once (every data file missing or already read as it is now)."""
-    columns = _columns(config)
+    columns, family = _columns(config), _model_family(config)
     for _, path in _data_files(config):
         checked = _data_verdicts.get(str(path.absolute()))
-        if path.is_file() and (checked is None or checked[0] != _version(path, columns)):
+        if path.is_file() and (checked is None or checked[0] != _version(path, columns, family)):
             return False
     return True
 
 
 def data_problems(config: RunConfig) -> list[Problem]:
-    """The first thing wrong with each data file (file:line), as the training process would meet it."""
-    columns = _columns(config)
+    """The first thing wrong with each data file (file:line), as the training process would meet it with the
+    model's family."""
+    columns, family = _columns(config), _model_family(config)
     problems = []
     for name, path in _data_files(config):
-        verdict = data_file_problem(path, columns)
+        verdict = data_file_problem(path, columns, family)
         if verdict is not None:
             problems.append(Problem(name, verdict))
     return problems
 
 
-def data_file_problem(path: Path, columns: Columns) -> str | None:
-    """Why ``path`` cannot be trained on with ``columns``, or None; remembered while the file is unchanged."""
+def data_file_problem(path: Path, columns: Columns, family=None) -> str | None:
+    """Why ``path`` cannot be trained on with ``columns`` (by a model of ``family``, a ModelFamily, when given),
+    or None; remembered while the file is unchanged."""
     if not path.is_file():
         return f"the data file {path} does not exist"
     name = str(path.absolute())
     with _data_locks_guard:
         lock = _data_locks.setdefault(name, threading.Lock())
     with lock:
-        version = _version(path, columns)
+        version = _version(path, columns, family)
         checked = _data_verdicts.get(name)
         if checked is not None and checked[0] == version:
             return checked[1]
         try:
-            load_examples(path, columns)
+            load_examples(path, columns, family=family)
             verdict = None
         except DataError as error:
             verdict = str(error).rstrip(".")

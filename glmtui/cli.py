@@ -18,7 +18,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     importing every other command's dependencies)."""
     parser = argparse.ArgumentParser(
         prog="glmtui",
-        description="A terminal workbench for fine-tuning ChatGLM-6B. Without a subcommand, opens the app.",
+        description=(
+            "A terminal workbench for fine-tuning ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B. Without a subcommand, "
+            "opens the app; `glmtui demo --family chatglm|chatglm2|chatglm3` tries one without weights."
+        ),
     )
     parser.add_argument(
         "--workspace",

@@ -3,6 +3,7 @@ from the editor, an evaluation of its checkpoint against the base model, and a c
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,9 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         await wait_until_in_app(
             pilot, lambda: editor.family == family_named(family).title, "the family named"
         )
+        # The estimate beside the form is for the family's published model, not ChatGLM-6B's.
+        estimate = str(editor.query_one("#config-estimate", Static).render())
+        assert f"this model {family_named(family).title}" in estimate
         await pilot.press("ctrl+g")
         await wait_until_in_app(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")
         training = app.screen
@@ -132,3 +136,32 @@ async def test_the_chat_screen_offers_a_system_prompt_for_chatglm3_only(tmp_path
         )
         assert chat.session.system == "Answer in one word."
         assert chat.session.history[0][0] == "你好"
+
+
+async def test_welcome_offers_a_demo_per_family_and_its_key_opens_that_familys_demo(tmp_path: Path) -> None:
+    """3 makes ChatGLM3-6B's demo workspace and opens the editor on it. Building its model takes tens of seconds
+    (tests/test_demo.py builds one), so here the model is put in place as a built demo once Welcome shows; the
+    key still writes the sample data and the family's configs."""
+    from conftest import GOLDEN
+
+    from glmcore import demo
+    from glmtui.screens.welcome import WelcomeScreen
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    paths = demo.demo_paths(workspace, "chatglm3-6b")
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, WelcomeScreen)
+        text = str(app.screen.query_one("#welcome-text", Static).render())
+        for family in ("ChatGLM-6B", "ChatGLM2-6B", "ChatGLM3-6B"):
+            assert f"{family} demo" in text
+        shutil.copytree(GOLDEN / "chatglm3" / "tiny-chatglm3", paths.model_dir)
+        (paths.model_dir / demo.DEMO_MARKER).write_text("{}", encoding="utf-8")
+        await pilot.press("3")
+        await wait_until_in_app(pilot, lambda: isinstance(app.screen, ConfigScreen), "the config editor")
+        editor = app.screen
+        await wait_until_in_app(pilot, lambda: editor.family == "ChatGLM3-6B", "the family named")
+        assert editor.query_one("#model_path", Input).value == str(paths.model_dir)
+        assert editor.query_one("#name", Input).value == "demo-chatglm3-ptuning"
+    assert paths.train_file.is_file() and not demo.demo_ready(workspace)

@@ -222,3 +222,20 @@ def test_chatglm2_and_3_shapes_count_the_published_weights_and_a_multi_query_cac
     )
     settings = {"free_bytes": 40 * GIB, "element_bytes": 2, "sequence_length": 1024}
     assert evaluation_batch_size(shape, **settings) > evaluation_batch_size(CHATGLM_6B, **settings)
+
+
+def test_the_reference_estimate_is_the_published_model_of_the_folders_family() -> None:
+    """A tiny ChatGLM3 folder is compared with the real ChatGLM3-6B, a folder of no family with ChatGLM-6B."""
+    from conftest import GOLDEN
+
+    from glmcore.estimate import published_estimate
+    from glmcore.models import CHATGLM3_6B, CHATGLM_6B
+
+    settings = {"name": "r", "train_file": Path("train.json"), "quantization_bit": 4}
+    config = RunConfig(model_path=GOLDEN / "chatglm3" / "tiny-chatglm3", **settings)
+    name, estimate = published_estimate(config)
+    assert name == "ChatGLM3-6B"
+    assert estimate == estimate_vram(CHATGLM3_6B.published_shape(), config)
+    assert estimate.total != estimate_vram(CHATGLM_6B.published_shape(), config).total
+    nowhere = RunConfig(model_path=GOLDEN / "no-such-model", **settings)
+    assert published_estimate(nowhere) == ("ChatGLM-6B", estimate_vram(CHATGLM_6B.published_shape(), nowhere))

@@ -32,6 +32,7 @@ CHATGLM3_6B = ModelFamily(
     package="glmcore.models.chatglm3",
     tokenizer_file="tokenizer.model",
     system_role=True,
+    conversations=True,
 )
 
 FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)

@@ -11,8 +11,8 @@ A family package provides, in its `__init__.py` and without importing torch:
     PUBLISHED_CONFIG: dict                                     # the published checkpoint's config.json
 
 and a module `<package>/family_impl.py` whose module-level names are the implementation (`FamilyImplementation`):
-`config_class`, `model_class`, `tokenizer_class`, `training_features`, `evaluation_prompt_ids`,
-`reference_text`, `chat_prompt_ids`, `stop_token_ids`, `clean_response`, `new_decoder`, `new_prefix_encoder`,
+`config_class`, `model_class`, `tokenizer_class`, `training_features`, `conversation_features`,
+`evaluation_prompt_ids`, `reference_text`, `chat_prompt_ids`, `stop_token_ids`, `clean_response`, `new_decoder`, `new_prefix_encoder`,
 `prefix_width` and `write_tiny_checkpoint`. docs/architecture.md says what each one does.
 
 Importing this module imports neither torch nor transformers.
@@ -108,6 +108,10 @@ class FamilyImplementation(Protocol):
         self, tokenizer, example, max_source_length: int, max_target_length: int
     ) -> dict[str, list[int]]: ...
 
+    def conversation_features(
+        self, tokenizer, messages: list[dict], tools: object, max_input_length: int, max_output_length: int
+    ) -> dict[str, list[int]]: ...
+
     def evaluation_prompt_ids(self, tokenizer, example, max_source_length: int) -> list[int]: ...
 
     def reference_text(self, tokenizer, response: str, max_target_length: int) -> str: ...
@@ -146,6 +150,9 @@ class ModelFamily:
     system_role: bool = False
     """Whether the family's chat format has a system role (ChatGLM3's `<|system|>` message), so that a system
     prompt is its own message; the Chat screen offers one only then."""
+    conversations: bool = False
+    """Whether its published fine-tuning reads whole conversations (ChatGLM3's finetune_demo: system messages,
+    tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
 
     def _package(self) -> ModuleType:
         return importlib.import_module(self.package)

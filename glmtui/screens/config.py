@@ -4,7 +4,8 @@ Paths get the full width (they are the long values); the settings below show onl
 method (prefix length and Prefix MLP for P-tuning v2, rank/alpha/dropout for LoRA). Every change rebuilds a
 ``RunConfig`` from the form and checks it in a worker (``preflight.check`` reads the model folder, the data files
 and the disk), so the side panel is always about what the form says now: the problems, and the VRAM estimate for
-this model next to what the same settings need on the real ChatGLM-6B. ctrl+s saves the TOML under configs/
+this model next to what the same settings need on its family's published model (the real ChatGLM3-6B for a
+tiny ChatGLM3, ``glmcore.estimate.published_estimate``). ctrl+s saves the TOML under configs/
 (what ``glmtui train`` takes); ctrl+g creates the run folder and starts it detached.
 
 The prefix length and the learning rate take a list of values ("64,128"): the form then stands for a sweep, one
@@ -38,9 +39,8 @@ from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.download import format_bytes
 from glmcore.errors import GlmError
-from glmcore.estimate import ModelShape, VramEstimate, estimate_vram
+from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
-from glmcore.models import CHATGLM_6B
 from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
@@ -55,10 +55,6 @@ from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
-REFERENCE_SHAPE = CHATGLM_6B.published_shape()
-"""The published ChatGLM-6B's shape: the estimate beside the form says what the settings need on it (the one
-place the editor names it)."""
-REFERENCE_NAME = "ChatGLM-6B"
 PATH_FIELDS = ("name", "model_path", "train_file", "validation_file")
 METHOD_FIELDS = {
     "ptuning-v2": ("pre_seq_len", "prefix_projection"),
@@ -161,10 +157,12 @@ class ConfigChecked(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Estimates:
-    """The estimate for the form's model folder (or why there is none) and for the real ChatGLM-6B."""
+    """The estimate for the form's model folder (or why there is none) and for the published model of its
+    family (`reference_name`: "ChatGLM3-6B")."""
 
     model: VramEstimate | None
     reference: VramEstimate
+    reference_name: str
     model_problem: str | None = None
 
 
@@ -214,24 +212,28 @@ ESTIMATE_PARTS = {
 LABEL_WIDTH, VALUE_WIDTH = 13, 11
 
 
-def _estimate_row(label: str, model: str, reference: str) -> str:
-    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{VALUE_WIDTH}}\n"
+def _estimate_row(label: str, model: str, reference: str, reference_width: int = VALUE_WIDTH) -> str:
+    return f"{label:<{LABEL_WIDTH}}{model:>{VALUE_WIDTH}}{reference:>{reference_width}}\n"
 
 
 def describe_estimate(
     estimates: Estimates, gpus: list[int], snapshot: GpuSnapshot | None, width: int = 38
 ) -> Text:
-    """The estimate per GPU part by part, this model beside ChatGLM-6B, then every GPU's row (as the Training
+    """The estimate per GPU part by part, this model beside its family's published one, then every GPU's row (as the Training
     view's panel shows it, from the app's one sampler, so the GPUs other jobs use can be seen while choosing) and
     each chosen GPU's free memory now: green where a run fits, red where not."""
     model, reference = estimates.model, estimates.reference
+    # A name as wide as the column ("ChatGLM3-6B") keeps a space before it.
+    width = max(VALUE_WIDTH, len(estimates.reference_name) + 1)
     text = Text()
-    text.append(_estimate_row("VRAM per GPU", "this model", REFERENCE_NAME), style="bold")
+    text.append(_estimate_row("VRAM per GPU", "this model", estimates.reference_name, width), style="bold")
     for part, label in ESTIMATE_PARTS.items():
         shown = format_bytes(model.parts[part]) if model else "-"
-        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part])), style="dim")
+        text.append(_estimate_row(label, shown, format_bytes(reference.parts[part]), width), style="dim")
     text.append(
-        _estimate_row("total", format_bytes(model.total) if model else "-", format_bytes(reference.total)),
+        _estimate_row(
+            "total", format_bytes(model.total) if model else "-", format_bytes(reference.total), width
+        ),
         style="bold",
     )
     if estimates.model_problem:
@@ -251,7 +253,7 @@ def describe_estimate(
             continue
         verdicts = [
             f"{name} {'fits' if estimate.fits(free[gpu]) else 'does not fit'}"
-            for name, estimate in (("this model", model), (REFERENCE_NAME, reference))
+            for name, estimate in (("this model", model), (estimates.reference_name, reference))
             if estimate is not None
         ]
         fits = model.fits(free[gpu]) if model else reference.fits(free[gpu])
@@ -656,7 +658,8 @@ class ConfigScreen(WorkbenchScreen):
             model = estimate_vram(shape, config)
         except GlmError as error:
             model_problem = str(error)
-        estimates = Estimates(model, estimate_vram(REFERENCE_SHAPE, config), model_problem)
+        reference_name, reference = published_estimate(config)
+        estimates = Estimates(model, reference, reference_name, model_problem)
         saved = not form_problems and self._is_saved(config)
         if form_problems or not axes:
             problems = form_problems or preflight.check(config, runs_dir=runs_dir)

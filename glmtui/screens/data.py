@@ -1,7 +1,9 @@
 """The Data screen: pick a data file, map its columns, preview rows as training builds them, token lengths.
 
-Loading the tokenizer needs the model code, so the preview and the statistics run in a thread worker through
-``glmcore.data`` (``load_examples``, ``training_features``, ``length_statistics``).
+A file of conversations (ChatGLM3's `conversations`, OpenAI's `messages`) needs no columns: its rows are built
+through ``glmcore.data.conversation_features`` by training and this preview alike. Loading the tokenizer needs
+the model code, so the preview and the statistics run in a thread worker through ``glmcore.data``
+(``load_examples`` with the model's family, ``training_features``, ``length_statistics``).
 """
 
 from __future__ import annotations
@@ -134,10 +136,11 @@ class DataScreen(WorkbenchScreen):
         self, data_file: Path, model_path: Path, columns: Columns, source_length: int, target_length: int
     ) -> None:
         from glmcore.data import length_statistics, load_examples, training_features
+        from glmcore.models import family_of
         from glmcore.models.loading import load_tokenizer
 
-        loaded = load_examples(data_file, columns)
         tokenizer = load_tokenizer(model_path)
+        loaded = load_examples(data_file, columns, family=family_of(tokenizer))
         rows = []
         for example in loaded.examples[:PREVIEW_ROWS]:
             features = training_features(tokenizer, example, source_length, target_length)

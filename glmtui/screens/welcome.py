@@ -1,6 +1,7 @@
-"""The first screen on a machine with no model: offers the demo workspace, builds it, opens the config editor.
+"""The first screen on a machine with no model: offers a demo workspace per model family, builds the chosen one,
+opens the config editor.
 
-The demo (a tiny ChatGLM-architecture model pretrained on ad copy, plus the AdvertiseGen-form sample) is built by
+A demo (a tiny model of the family pretrained on ad copy, plus the AdvertiseGen-form sample) is built by
 ``glmcore.demo.ensure_demo_workspace`` in a thread worker; its progress callback comes back as messages.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,19 +17,36 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
 
+from glmcore.models import family_named
 from glmtui.messages import EditConfig
 from glmtui.screens.base import WorkbenchScreen
 
-WELCOME_TEXT = """[b]Welcome to glmtui[/b]
+WELCOME_TEXT = """[b]Welcome to glmtui[/b]: fine-tune ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B.
 
 There is no model in {models_dir} yet.
 
-[b]d[/b]   build the [b]demo workspace[/b]: a tiny ChatGLM-architecture model
-    and the AdvertiseGen-form sample (about a minute on a 2-core CPU);
-    then configure, train, watch, evaluate and chat with it.
-[b]F2[/b]  download ChatGLM-6B on the Models screen.
+Try a family without weights: a [b]demo workspace[/b] holds a tiny model of it
+and the AdvertiseGen-form sample to configure, train, watch, evaluate, chat.
+{demo_keys}A build pretrains the tiny model on the CPU: about a minute on two idle
+cores, longer while the CPU is busy.
+
+[b]F2[/b]  download ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B on the Models screen.
 [b]F4[/b]  configure a run by hand.
 """
+DEMO_KEYS = {
+    "d": ("chatglm-6b", "chatglm"),
+    "2": ("chatglm2-6b", "chatglm2"),
+    "3": ("chatglm3-6b", "chatglm3"),
+}
+"""Each family's demo: the key that builds it, and the short name `glmtui demo --family` takes for it."""
+
+
+def demo_key_lines() -> str:
+    """One line per family: its key, its demo, and the same from the shell."""
+    return "".join(
+        f"[b]{key}[/b]   {family_named(family).title + ' demo':<18} (glmtui demo --family {short})\n"
+        for key, (family, short) in DEMO_KEYS.items()
+    )
 
 
 class DemoProgressed(Message):
@@ -44,35 +63,44 @@ class DemoReady(Message):
 
 
 class WelcomeScreen(WorkbenchScreen):
-    """d builds the demo workspace and opens the config editor with the demo run."""
+    """d, 2 or 3 builds that family's demo workspace and opens the config editor with its demo run."""
 
     NAME = "welcome"
     BINDINGS = [
-        Binding("d", "build_demo", "Build demo", id="welcome-demo", tooltip="Build the demo workspace")
+        Binding(
+            key,
+            f"build_demo('{family}')",
+            f"{family_named(family).title} demo",
+            id=f"welcome-demo-{family}",
+            tooltip=f"Build the {family_named(family).title} demo workspace",
+        )
+        for key, (family, _) in DEMO_KEYS.items()
     ]
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="welcome"):
-            yield Static(
-                WELCOME_TEXT.format(models_dir=self.workbench.workspace.models_dir), id="welcome-text"
-            )
+            models_dir = escape(str(self.workbench.workspace.models_dir))
+            text = WELCOME_TEXT.format(models_dir=models_dir, demo_keys=demo_key_lines())
+            yield Static(text, id="welcome-text")
             yield ProgressBar(id="demo-progress", total=1.0, show_eta=False)
             yield Static("", id="demo-status")
 
-    def action_build_demo(self) -> None:
-        self.query_one("#demo-status", Static).update("Building the demo workspace…")
+    def action_build_demo(self, family: str) -> None:
+        title = family_named(family).title
+        self.query_one("#demo-status", Static).update(f"Building the {title} demo workspace…")
         self.query_one("#demo-progress", ProgressBar).display = True
-        self.build_demo()
+        self.build_demo(family)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
-    def build_demo(self) -> None:
+    def build_demo(self, family: str) -> None:
         from glmcore.demo import ensure_demo_workspace, write_demo_configs
 
         ensure_demo_workspace(
             self.workbench.workspace,
             progress=lambda fraction, text: self.post_message(DemoProgressed(fraction, text)),
+            family=family,
         )
-        (ptuning_config, _), _ = write_demo_configs(self.workbench.workspace)
+        (ptuning_config, _), _ = write_demo_configs(self.workbench.workspace, family)
         self.post_message(DemoReady(ptuning_config))
 
     def on_demo_progressed(self, message: DemoProgressed) -> None:

@@ -3,6 +3,8 @@ and evaluation prompts of the published `ptuning/main.py`, the chat prompt, the 
 
 from __future__ import annotations
 
+from glmcore.data import conversation_example, turns_example
+from glmcore.models.chatglm2 import TITLE
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, PrefixEncoder, prefix_width
 from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
@@ -25,6 +27,7 @@ def training_features(
     """As `preprocess_function_train`: `[gMASK] sop` + the round prompt cut to max_source_length, the answer
     cut to max_target_length, `</s>`; right-padded with 0 to source + target + 1; labels -100 on the prompt
     and wherever the label equals the pad id."""
+    example = turns_example(example, TITLE)
     prompt = tokenizer.build_prompt(example.query, list(example.history))
     source = tokenizer.encode(prompt, add_special_tokens=True, truncation=True, max_length=max_source_length)
     target = tokenizer.encode(
@@ -40,8 +43,19 @@ def training_features(
     }
 
 
+def conversation_features(
+    tokenizer, messages: list[dict], tools: object, max_input_length: int, max_output_length: int
+) -> dict[str, list[int]]:
+    """A conversation of user/assistant turns as the training row of its last answer, the turns before it as
+    history: the only conversation ptuning/main.py knows (anything more is refused)."""
+    return training_features(
+        tokenizer, conversation_example(messages, tools), max_input_length, max_output_length
+    )
+
+
 def evaluation_prompt_ids(tokenizer, example, max_source_length: int) -> list[int]:
     """As `preprocess_function_eval`: the round prompt with `[gMASK] sop`, cut to max_source_length in all."""
+    example = turns_example(example, TITLE)
     prompt = tokenizer.build_prompt(example.query, list(example.history))
     return tokenizer.encode(prompt, add_special_tokens=True, truncation=True, max_length=max_source_length)
 

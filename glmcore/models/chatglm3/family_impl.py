@@ -1,8 +1,11 @@
 """ChatGLM3-6B's implementation of the family interface: ChatGLM2's classes with ChatGLM3's tokenizer,
-the role-token conversations of the published fine-tuning demo (`finetune_demo/finetune_hf.py`) and the
-published chat prompt and answer clean-up."""
+the role-token conversations of the published fine-tuning demo (`finetune_demo/finetune_hf.py`, and for tool
+calls the demo's earlier `finetune_chatmodel_demo/preprocess_utils.py`, which its README still describes) and
+the published chat prompt and answer clean-up."""
 
 from __future__ import annotations
+
+import json
 
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.family_impl import (
@@ -23,8 +26,19 @@ tokenizer_class = ChatGLM3Tokenizer
 __all__ = ["new_decoder", "new_prefix_encoder", "prefix_width"]
 
 
+TOOL_DEFINITION_PREFIX = (
+    "Answer the following questions as best as you can. You have access to the following tools:\n"
+)
+"""The system message the demo writes before a conversation's `tools` (as indented JSON)."""
+INFINITY_LITERAL = "1e309"
+"""How the demo's astunparse writes an infinite float (a decimal literal that overflows)."""
+
+
 def conversation(example) -> list[dict]:
-    """An example as the demo's `conversations`: its history turns, then the query and the response."""
+    """An example as the demo's `conversations`: its own messages, or its history turns, the query and the
+    response."""
+    if example.messages:
+        return list(example.messages)
     messages = []
     for query, response in example.history:
         messages += [{"role": "user", "content": query}, {"role": "assistant", "content": response}]
@@ -35,37 +49,83 @@ def conversation(example) -> list[dict]:
     ]
 
 
+def tool_call_text(parameters: dict) -> str:
+    """The demo's tool call as the assistant writes it: ```python\ntool_call(city='北京')\n``` (its
+    `format_function_call` unparses each value with astunparse, which writes the value's repr)."""
+
+    def literal(value: object) -> str:
+        return repr(value).replace("inf", INFINITY_LITERAL) if isinstance(value, float) else repr(value)
+
+    arguments = ", ".join(f"{name}={literal(value)}" for name, value in parameters.items())
+    return f"```python\ntool_call({arguments})\n```"
+
+
+def message_ids(tokenizer, message: dict) -> list[tuple[list[int], bool]]:
+    """A message's ids, each part with whether it is learned, as the demo's `format_conversation`: system and
+    user never, any other role unless its `loss` is false; a tool message is the assistant's call (the tool's
+    name as metadata), learned, then its observation (text, or JSON), never learned."""
+    learned = message.get("loss", True) and message["role"] not in ("system", "user")
+    if message["role"] != "tool":
+        return [(tokenizer.build_single_message(message["role"], "", message["content"]), learned)]
+    observation = message["observation"]
+    if not isinstance(observation, str):
+        observation = json.dumps(observation, ensure_ascii=False)
+    call = tokenizer.build_single_message("assistant", message["name"], tool_call_text(message["parameters"]))
+    return [(call, learned), (tokenizer.build_single_message("observation", "", observation), False)]
+
+
+def conversation_ids(tokenizer, messages: list[dict], tools: object) -> tuple[list[int], list[bool]]:
+    """`[gMASK] sop`, the tools as a first system message (when the row has `tools`), then every message; and
+    for each token whether it is learned."""
+    if tools is not None:
+        described = TOOL_DEFINITION_PREFIX + json.dumps(tools, indent=4, ensure_ascii=False)
+        messages = [{"role": "system", "content": described}, *messages]
+    input_ids = [tokenizer.get_command("[gMASK]"), tokenizer.get_command("sop")]
+    learned = [False, False]
+    for message in messages:
+        for ids, learn in message_ids(tokenizer, message):
+            input_ids += ids
+            learned += [learn] * len(ids)
+    return input_ids, learned
+
+
+def conversation_features(
+    tokenizer, messages: list[dict], tools: object, max_input_length: int, max_output_length: int
+) -> dict[str, list[int]]:
+    """As `process_batch`: the conversation's ids, `</s>`; the loss mask shifted by one, so `<|assistant|>`
+    itself gets no label and the token after an answer (`</s>` or the next role token) does; cut to input +
+    output + 1 tokens, unpadded. Tools, tool calls and `loss` flags as `format_conversation` reads them
+    (finetune_hf.py refuses them, though its README documents them)."""
+    input_ids, learned = conversation_ids(tokenizer, messages, tools)
+    input_ids.append(tokenizer.eos_token_id)
+    labels = [
+        token if learn else IGNORE_INDEX for token, learn in zip(input_ids, [False, *learned], strict=True)
+    ]
+    length = max_input_length + max_output_length + 1
+    return {"input_ids": input_ids[:length], "labels": labels[:length]}
+
+
 def training_features(
     tokenizer, example, max_source_length: int, max_target_length: int
 ) -> dict[str, list[int]]:
-    """As `process_batch`: `[gMASK] sop`, each message, `</s>`; the loss mask (assistant messages) shifted
-    by one, so `<|assistant|>` itself gets no label and the token after an answer (`</s>` or the next
-    `<|user|>`) does; cut to source + target + 1. Right-padded to that length with 0 / -100 for the
-    collator (the demo pads to the longest row instead, which changes no loss)."""
-    input_ids = [tokenizer.get_command("[gMASK]"), tokenizer.get_command("sop")]
-    loss_mask = [False, False]
-    for message in conversation(example):
-        ids = tokenizer.build_single_message(message["role"], "", message["content"])
-        input_ids += ids
-        loss_mask += [message["role"] == "assistant"] * len(ids)
-    input_ids.append(tokenizer.eos_token_id)
-    loss_mask = [False, *loss_mask]
-    labels = [token if masked else IGNORE_INDEX for token, masked in zip(input_ids, loss_mask, strict=False)]
-    length = max_source_length + max_target_length + 1
-    input_ids, labels = input_ids[:length], labels[:length]
-    padding = length - len(input_ids)
+    """`conversation_features` of the example's conversation, right-padded to source + target + 1 with
+    0 / -100 for the collator (the demo pads to the longest row instead, which changes no loss)."""
+    features = conversation_features(
+        tokenizer, conversation(example), example.tools, max_source_length, max_target_length
+    )
+    padding = max_source_length + max_target_length + 1 - len(features["input_ids"])
     return {
-        "input_ids": input_ids + [tokenizer.pad_token_id] * padding,
-        "labels": labels + [IGNORE_INDEX] * padding,
+        "input_ids": features["input_ids"] + [tokenizer.pad_token_id] * padding,
+        "labels": features["labels"] + [IGNORE_INDEX] * padding,
     }
 
 
 def evaluation_prompt_ids(tokenizer, example, max_source_length: int) -> list[int]:
-    """As `process_batch_eval` for the example's answer: everything before it cut to max_source_length,
-    then `<|assistant|>`."""
-    input_ids = [tokenizer.get_command("[gMASK]"), tokenizer.get_command("sop")]
-    for message in conversation(example)[:-1]:
-        input_ids += tokenizer.build_single_message(message["role"], "", message["content"])
+    """As `process_batch_eval` for the example's answer (its last assistant message): everything before it cut
+    to max_source_length, then `<|assistant|>`."""
+    messages = conversation(example)
+    answer = max(index for index, message in enumerate(messages) if message["role"] == "assistant")
+    input_ids, _ = conversation_ids(tokenizer, messages[:answer], example.tools)
     return input_ids[:max_source_length] + [tokenizer.get_command("<|assistant|>")]
 
 

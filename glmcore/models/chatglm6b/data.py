@@ -10,13 +10,16 @@ The prompt text is `Example.prompt`: the bare query, or `[Round i]\\n问：q\\n�
 
 from __future__ import annotations
 
-from glmcore.data import IGNORE_INDEX, Example
+from glmcore.data import IGNORE_INDEX, Example, conversation_example, turns_example
+
+TITLE = "ChatGLM-6B"
 
 
 def training_features(
     tokenizer, example: Example, max_source_length: int, max_target_length: int
 ) -> dict[str, list[int]]:
     """input_ids and labels of one training row, right-padded to source + target length."""
+    example = turns_example(example, TITLE)
     source = tokenizer.encode(example.prompt, add_special_tokens=False)[: max_source_length - 1]
     target = tokenizer.encode(example.response, add_special_tokens=False)[: max_target_length - 2]
     input_ids = tokenizer.build_inputs_with_special_tokens(source, target)
@@ -33,8 +36,18 @@ def training_features(
     }
 
 
+def conversation_features(
+    tokenizer, messages: list[dict], tools: object, max_input_length: int, max_output_length: int
+) -> dict[str, list[int]]:
+    """A conversation of user/assistant turns as the training row of its last answer, the turns before it as
+    history: the only conversation ptuning/main.py knows (anything more is refused)."""
+    example = conversation_example(messages, tools)
+    return training_features(tokenizer, example, max_input_length, max_output_length)
+
+
 def evaluation_prompt_ids(tokenizer, example: Example, max_source_length: int) -> list[int]:
     """The prompt cut to max_source_length - 2 tokens, then [gMASK, <sop>]."""
+    example = turns_example(example, TITLE)
     source = tokenizer.encode(example.prompt, add_special_tokens=False)[: max_source_length - 2]
     return tokenizer.build_inputs_with_special_tokens(source)
 

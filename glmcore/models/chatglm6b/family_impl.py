@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from glmcore.models.chatglm6b.chat import chat_prompt_ids, clean_response, settled_length, stop_token_ids
 from glmcore.models.chatglm6b.configuration import ChatGLMConfig
-from glmcore.models.chatglm6b.data import evaluation_prompt_ids, reference_text, training_features
+from glmcore.models.chatglm6b.data import (
+    conversation_features,
+    evaluation_prompt_ids,
+    reference_text,
+    training_features,
+)
 from glmcore.models.chatglm6b.decoding import ChatGLMStaticDecoder
 from glmcore.models.chatglm6b.modeling import ChatGLMForConditionalGeneration, PrefixEncoder
 from glmcore.models.chatglm6b.tiny import write_random_checkpoint, write_tiny_checkpoint
@@ -41,6 +46,7 @@ __all__ = [
     "chat_prompt_ids",
     "clean_response",
     "config_class",
+    "conversation_features",
     "evaluation_prompt_ids",
     "model_class",
     "new_decoder",
