@@ -79,15 +79,13 @@ def _family_key(model_dir: Path) -> str:
 def remembered_family(model_dir: Path) -> tuple[str, Path] | None:
     """The family chosen by hand for `model_dir` and the file that holds the choice, or None.
 
-    Asked of the workspace the folder lies in (``<root>/models/...``), then of the workspace of
-    ``$GLMTUI_HOME`` (for folders outside any workspace, such as a shared ``/data/models``).
+    Asked of the workspace of ``$GLMTUI_HOME`` (where the CLI writes), then of the workspace the folder lies in
+    (``<root>/models/...``, where the app writes for its own workspace).
     """
     model_dir = Path(model_dir).expanduser().absolute()
-    candidates = [Workspace(parent.parent) for parent in model_dir.parents[:2] if parent.name == "models"] + [
-        Workspace.from_env()
-    ]
-    for workspace in candidates:
-        name = workspace.chosen_families().get(_family_key(model_dir))
+    enclosing = [Workspace(parent.parent) for parent in model_dir.parents[:2] if parent.name == "models"]
+    for workspace in [Workspace.from_env(), *enclosing]:
+        name = workspace.chosen_family(model_dir)
         if name is not None:
             return name, workspace.model_families_path
     return None
@@ -180,6 +178,10 @@ class Workspace:
                 f"{path} cannot be read ({error}); fix it or delete it and set the families again"
             ) from None
         return {str(folder): name for folder, name in data.items() if isinstance(name, str)}
+
+    def chosen_family(self, model_dir: Path) -> str | None:
+        """The family chosen by hand for `model_dir` in this workspace, or None."""
+        return self.chosen_families().get(_family_key(model_dir))
 
     def choose_family(self, model_dir: Path, name: str | None) -> None:
         """Remember `name` as the family of `model_dir` (a registry name, already checked), or forget the
