@@ -47,7 +47,7 @@ def describe_model_folder(path: Path) -> ModelFolderState:
     size = folder_bytes(path)
     progress = folder_in_progress(path)
     if progress == "building":
-        final = path.name.removesuffix(".building")
+        final = path.name.rpartition(".")[0]
         return ModelFolderState(
             path, "building", f"being built; it becomes the model {final} when the build finishes", size
         )

@@ -28,8 +28,8 @@ LAST_CONFIG_NAME = "last-config"
 MODEL_FAMILIES_NAME = "model-families.toml"
 """At the workspace root: the family chosen by hand for a model folder, by its absolute path. It lives here,
 not in the model folder, because model folders may be shared and read-only."""
-BUILDING_SUFFIX = ".building"
-"""A folder being built (the demo model) is named so until it is renamed into place."""
+BUILDING_SUFFIXES = (".building", ".exporting")
+"""A folder being built (the demo model, an export) is named so until it is renamed into place."""
 PART_SUFFIX = ".part"
 """A file a download is filling is named so until it is whole (glmcore.download.transfer)."""
 
@@ -63,7 +63,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 def folder_in_progress(path: Path) -> str | None:
     """ "building" or "downloading" for a model folder still being written, else None: such a folder is listed
     but never offered as a model."""
-    if path.name.endswith(BUILDING_SUFFIX):
+    if path.name.endswith(BUILDING_SUFFIXES):
         return "building"
     if any(
         part.is_file() for pattern in (f"*{PART_SUFFIX}", f"*/*{PART_SUFFIX}") for part in path.glob(pattern)
@@ -243,7 +243,11 @@ class Workspace:
         found = {
             file.parent for pattern in patterns for file in self.models_dir.glob(pattern) if file.is_file()
         }
-        found.update(folder for folder in self.models_dir.glob(f"*{BUILDING_SUFFIX}") if folder.is_dir())
+        found.update(
+            folder
+            for folder in self.models_dir.iterdir()
+            if folder.is_dir() and folder.name.endswith(BUILDING_SUFFIXES)
+        )
         return sorted(folder for folder in found if not any(parent in found for parent in folder.parents))
 
     def find_models(self) -> list[Path]:

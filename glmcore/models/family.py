@@ -59,13 +59,14 @@ class ModelShape:
     prompt and answer share them."""
 
     @classmethod
-    def from_model_dir(cls, path: Path) -> ModelShape:
-        """The shape of the model folder `path`, as its family reads its config.json."""
+    def from_model_dir(cls, path: Path, family: str | None = None) -> ModelShape:
+        """The shape of the model folder `path`, as its family (`family_for`: `family` wins) reads its
+        config.json."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelShapeError(f"{path / 'config.json'} does not exist; is {path} a model folder?")
-        family, _ = family_for(path)
-        return family.shape(read_config_json(path))
+        model_family, _ = family_for(path, family)
+        return model_family.shape(read_config_json(path))
 
     @property
     def cache_values_per_token(self) -> int:
