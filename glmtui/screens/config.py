@@ -312,11 +312,13 @@ class ConfigScreen(WorkbenchScreen):
         """The Slurm cluster's partitions, when one answers; the "Where" row shows only then."""
 
     def blank_config(self) -> RunConfig:
-        """A new run with the published defaults on the workspace's first model, on the CPU until GPUs are picked."""
+        """A new run with the published defaults on the workspace's first model whose family is known, on the CPU
+        until GPUs are picked."""
         models = self.workbench.workspace.find_models()
+        known = [path for path in models if not _family_unclear(path)] or models  # not a Qwen folder first
         return RunConfig(
             name="my-run",
-            model_path=models[0] if models else Path(""),
+            model_path=known[0] if known else Path(""),
             train_file=Path(""),
             gpus=[],
         )
