@@ -35,16 +35,17 @@ STATE_STYLES = {
 MISSING = "—"
 
 
-def family_title(model_dir: Path) -> str:
-    """The model family of a folder as users read it ("ChatGLM3-6B"), or — when it cannot be told."""
+def family_title(model_dir: Path, family: str | None = None) -> str:
+    """The model family of a folder as users read it ("ChatGLM3-6B"), or — when it cannot be told; `family` is a
+    run's `family` setting, which wins."""
     from glmcore.errors import GlmError
     from glmcore.models import family_for
 
     try:
-        family, _ = family_for(model_dir)
+        found, _ = family_for(model_dir, family)
     except GlmError:
         return MISSING
-    return family.title
+    return found.title
 
 
 MODEL_STATE_TEXT = {

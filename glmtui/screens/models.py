@@ -22,7 +22,8 @@ from textual.worker import Worker
 
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
-from glmcore.model_folders import ModelFolderState, list_model_folders
+from glmcore.errors import GlmError
+from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
 from glmcore.models import FAMILIES
 from glmtui.presentation import MODEL_COLUMNS, format_duration, model_cells, model_detail
 from glmtui.screens.base import WorkbenchScreen
@@ -165,9 +166,13 @@ class ModelsScreen(WorkbenchScreen):
             return
         workspace = self.workbench.workspace
         cycle = [None, *(family.name for family in FAMILIES)]  # automatic, then each family in turn
-        current = workspace.chosen_family(folder.path)
-        following = cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else None
-        workspace.choose_family(folder.path, following)
+        try:
+            current = workspace.chosen_family(folder.path)
+            following = cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else None
+            choose_family(workspace, folder.path, following or AUTOMATIC)
+        except GlmError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
         self.notify(
             f"{folder.path.name}: family {following} (f again for the next)"
             if following

@@ -204,7 +204,7 @@ class RunsScreen(RunActions):
                 if record.get("kind") == "log":
                     last_log = record
             self._tails[run] = (tail, last_log)
-            family = family_title(run.config.model_path)
+            family = family_title(run.config.model_path, run.config.family)
             rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
         for gone in set(self._tails) - set(runs):
             del self._tails[gone]
