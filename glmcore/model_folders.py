@@ -7,6 +7,7 @@ Reading the list imports no torch.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,13 @@ class ModelFolderState:
 
 
 def folder_bytes(path: Path) -> int:
-    """The bytes of the files in a folder and its subfolders (a download's ``.part`` files included)."""
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    """The bytes of the files in a folder and its subfolders (a download's ``.part`` files included); a file
+    renamed or removed meanwhile (a download finishing one) is not counted."""
+    total = 0
+    for file in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            total += file.stat().st_size if file.is_file() else 0
+    return total
 
 
 def describe_model_folder(path: Path) -> ModelFolderState:
@@ -91,8 +97,15 @@ def describe_model_folder(path: Path) -> ModelFolderState:
 
 
 def list_model_folders(workspace: Workspace) -> list[ModelFolderState]:
-    """Every model folder of the workspace (`Workspace.model_folders`) with its state, sorted by path."""
-    return [describe_model_folder(path) for path in workspace.model_folders()]
+    """Every model folder of the workspace (`Workspace.model_folders`) with its state, sorted by path; a folder
+    that cannot be read is listed as unreadable, never hiding the others."""
+    folders = []
+    for path in workspace.model_folders():
+        try:
+            folders.append(describe_model_folder(path))
+        except OSError as error:
+            folders.append(ModelFolderState(path, "unreadable", f"{path} cannot be read ({error})", 0))
+    return folders
 
 
 def choose_family(workspace: Workspace, model_dir: Path, name: str) -> ModelFolderState:
