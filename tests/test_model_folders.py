@@ -59,6 +59,8 @@ def mixed_workspace(root: Path) -> Workspace:
 
 
 def run_cli(capsys: pytest.CaptureFixture, workspace: Workspace, *argv: str) -> tuple[int, str]:
+    """`glmtui --workspace ROOT ARGV...` in this process (the caller has put $GLMTUI_HOME under monkeypatch, which
+    restores what --workspace sets)."""
     code = main(["--workspace", str(workspace.root), *argv])
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -69,6 +71,7 @@ def test_glmtui_models_lists_every_folder_with_its_state_and_why(
 ) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     workspace = mixed_workspace(tmp_path / "ws")
+    monkeypatch.setenv("GLMTUI_HOME", str(workspace.root))
     code, out = run_cli(capsys, workspace, "models")
     assert code == 0
     rows = {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines()[2:9]}
@@ -99,6 +102,9 @@ def test_glmtui_models_lists_every_folder_with_its_state_and_why(
     assert code == 0 and "ChatGLM3-6B" in out
     code, out = run_cli(capsys, workspace, "models", "--family", "auto", str(unclear))
     assert code == 0 and "family unclear: set it" in out
+    workspace.model_families_path.write_text("= not toml\n")
+    code, out = run_cli(capsys, workspace, "models", str(unclear))
+    assert code == 1 and f"{workspace.model_families_path} cannot be read (Invalid" in " ".join(out.split())
 
 
 def test_the_family_setting_and_the_family_option_do_what_the_refusal_says(

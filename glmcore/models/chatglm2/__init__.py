@@ -117,7 +117,7 @@ def identify(config_json: dict, model_dir: Path) -> tuple[str, str] | None:
         if other != family:
             raise FamilySignalsDisagree(
                 f"{model_dir} looks like {family} ({reason}) but also like {other} ({other_reason}); "
-                f"{SET_FAMILY_ADVICE} (chatglm2-6b or chatglm3-6b)."
+                f"if it is chatglm2-6b or chatglm3-6b, {SET_FAMILY_ADVICE}."
             )
     return family, reason
 
