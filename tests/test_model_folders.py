@@ -139,7 +139,10 @@ def test_the_family_setting_and_the_family_option_do_what_the_refusal_says(
     assert main(["models", str(unclear)]) == 0
     with pytest.raises(SystemExit):
         main(["chat", "--model", str(unclear), "--family", "qwen2"])
-    assert 'family = "qwen2" is not a model family glmtui knows' in capsys.readouterr().err
+    assert (
+        "--family: qwen2 is not a model family glmtui knows; use one of: chatglm-6b"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_32k_folder_is_chatglm3_by_name_and_reaches_the_rope_ratio_sentence(tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ def family_name(value: str) -> str:
     """The registry name of the family `value` names (a name or an alias), for argparse."""
     try:
         return family_named(value).name
-    except GlmError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except GlmError:
+        raise argparse.ArgumentTypeError(
+            f"{value} is not a model family glmtui knows; use one of: {family_names()}"
+        ) from None
 
 
 def add_family_option(parser: argparse.ArgumentParser) -> None:
