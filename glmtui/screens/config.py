@@ -51,6 +51,7 @@ from glmcore.sweep import create as create_sweep
 from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
+from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
@@ -680,10 +681,9 @@ class ConfigScreen(WorkbenchScreen):
         memory, and for a sweep check and estimate every combination."""
         runs_dir = self.workbench.workspace.runs_dir
         shape, model, model_problem, family = None, None, None, ""
-        unclear = False
+        unclear = _family_unclear(config.model_path)
         try:
-            unclear = _family_unclear(config.model_path)
-            family = family_for(config.model_path, config.family)[0].title
+            family = family_title(config.model_path, config.family) if config.model_path.is_dir() else ""
             shape = ModelShape.from_model_dir(config.model_path, config.family)
             model = estimate_vram(shape, config)
         except GlmError as error:
