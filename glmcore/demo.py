@@ -41,6 +41,8 @@ DEMO_FAMILIES = {
     "chatglm3-6b": ("demo-chatglm3-tiny", {**GROUPED_DEMO_SHAPE}),
 }
 """Each family's demo model: its folder name in the workspace and its tiny shape."""
+DEMO_FAMILY_CHOICES = {"chatglm": "chatglm-6b", "chatglm2": "chatglm2-6b", "chatglm3": "chatglm3-6b"}
+"""The short names `glmtui demo --family` takes."""
 DEMO_SP_VOCAB = 1600
 PRETRAIN_TEXTS = 3000
 PRETRAIN_STEPS = 400
