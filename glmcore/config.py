@@ -71,6 +71,9 @@ class RunConfig:
 
     name: str
     model_path: Path
+    family: str | None = None
+    """The model's family (chatglm-6b, chatglm2-6b, chatglm3-6b or an alias) when its config.json cannot tell;
+    None: found from config.json, or as chosen for the folder (`glmtui models --family`)."""
     train_file: Path
     method: str = "ptuning-v2"
     """"ptuning-v2" (a trained prefix), "lora" (PEFT on query_key_value) or "full" (every parameter)."""
@@ -354,6 +357,8 @@ def validate(config: RunConfig) -> list[Problem]:
         "name",
         f"holds the control character {control}; use letters, digits, spaces and punctuation",
     )
+    family_problem = _family_problem(config.family)
+    need(family_problem is None, "family", family_problem or "")
     need(
         config.method in METHODS,
         "method",
@@ -440,6 +445,19 @@ def validate(config: RunConfig) -> list[Problem]:
             "DeepSpeed pays off only for full fine-tuning or several GPUs; leave it out for this run",
         )
     return problems
+
+
+def _family_problem(name: str | None) -> str | None:
+    """Why `family = name` names no family glmtui knows, or None when it is left out or known."""
+    from glmcore.models import family_named, family_names
+
+    if name is None:
+        return None
+    try:
+        family_named(name)
+    except GlmError:
+        return f"{name!r} is not a model family glmtui knows; use one of {family_names()}, or leave it out"
+    return None
 
 
 def _evaluation_problems(config: RunConfig, need: typing.Callable[[bool, str, str], None]) -> None:

@@ -181,7 +181,7 @@ def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
     from glmcore.models import CHATGLM_6B, family_for
 
     try:
-        family, _ = family_for(config.model_path)
+        family, _ = family_for(config.model_path, config.family)
     except GlmError:
         family = CHATGLM_6B
     return family.title, estimate_vram(family.published_shape(), config)

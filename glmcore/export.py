@@ -39,25 +39,25 @@ def export_run(run: Run, destination: Path, *, checkpoint: str | None = None) ->
     building = destination.with_name(destination.name + ".exporting")
     shutil.rmtree(building, ignore_errors=True)
     if config.method == "lora":
-        _merge_lora(Path(config.model_path), source, building)
+        _merge_lora(Path(config.model_path), source, building, config.family)
     else:
         _consolidate_full(source, building)
     from glmcore.models import family_for
 
-    family, _ = family_for(Path(config.model_path))
+    family, _ = family_for(Path(config.model_path), config.family)
     for name in (family.tokenizer_file, TOKENIZER_CONFIG):
         shutil.copy2(Path(config.model_path) / name, building / name)
     os.replace(building, destination)
     return destination
 
 
-def _merge_lora(base: Path, adapter: Path, target: Path) -> None:
+def _merge_lora(base: Path, adapter: Path, target: Path, family: str | None) -> None:
     """Fold the adapters into the 16-bit base weights, so no PEFT is needed to load the result."""
     from peft import PeftModel
 
     from glmcore.models.loading import load_model
 
-    model = load_model(base, quantization_bit=16, device="cpu")
+    model = load_model(base, quantization_bit=16, device="cpu", family=family)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     merged.save_pretrained(str(target))
 

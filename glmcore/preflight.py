@@ -46,7 +46,7 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
     ``runs_dir`` is where the run's checkpoints will go (by default the workspace's runs/), for the disk check.
     """
     problems = validate(config)
-    problems += model_problems(config.model_path)
+    problems += model_problems(config.model_path, config.family)
     problems += data_problems(config)
     problems += package_problems(config)
     problems += gpu_problems(config)
@@ -57,7 +57,7 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
     return problems
 
 
-def model_problems(model_path: Path) -> list[Problem]:
+def model_problems(model_path: Path, family: str | None = None) -> list[Problem]:
     """What is missing from the model folder, or why glmtui cannot load the model it holds."""
     advice = "download the model with `glmtui download` or point model_path at a complete folder"
     problems = [
@@ -67,7 +67,7 @@ def model_problems(model_path: Path) -> list[Problem]:
         from glmcore.models import family_for
 
         try:
-            family_for(model_path)
+            family_for(model_path, family)
         except GlmError as error:
             problems.append(Problem("model_path", str(error).rstrip(".")))
     return problems
@@ -79,8 +79,8 @@ def length_problems(config: RunConfig) -> list[Problem]:
     from glmcore.models.family import ModelShape
 
     try:
-        family, _ = family_for(config.model_path)
-        positions = ModelShape.from_model_dir(config.model_path).positions
+        family, _ = family_for(config.model_path, config.family)
+        positions = ModelShape.from_model_dir(config.model_path, config.family).positions
     except GlmError:
         return []  # model_problems says why the folder cannot be read
     prefix = config.pre_seq_len if config.method == "ptuning-v2" else 0
@@ -117,7 +117,7 @@ def _model_family(config: RunConfig):
     from glmcore.models import family_for
 
     try:
-        return family_for(config.model_path)[0]
+        return family_for(config.model_path, config.family)[0]
     except GlmError:
         return None
 
@@ -220,7 +220,7 @@ def disk_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
     from glmcore.estimate import ModelShape, estimate_checkpoint_bytes, kept_checkpoint_count
 
     try:
-        shape = ModelShape.from_model_dir(config.model_path)
+        shape = ModelShape.from_model_dir(config.model_path, config.family)
     except GlmError as error:
         return [Problem("model_path", str(error))]
     kept = kept_checkpoint_count(config)

@@ -224,7 +224,8 @@ def estimate_need(run: Run) -> int | None:
     from glmcore.estimate import ModelShape, estimate_vram
 
     try:
-        return estimate_vram(ModelShape.from_model_dir(run.config.model_path), run.config).total
+        shape = ModelShape.from_model_dir(run.config.model_path, run.config.family)
+        return estimate_vram(shape, run.config).total
     except (GlmError, OSError):
         return None
 

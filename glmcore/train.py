@@ -74,6 +74,7 @@ def prepare_model(config: RunConfig):
             quantization_bit=config.quantization_bit,
             dtype=_dtype(config),
             device=device,
+            family=config.family,
             pre_seq_len=config.pre_seq_len,
             prefix_projection=config.prefix_projection,
         )
@@ -83,7 +84,11 @@ def prepare_model(config: RunConfig):
         model._hf_peft_config_loaded = True
         return model
     model = load_model(
-        config.model_path, quantization_bit=config.quantization_bit, dtype=_dtype(config), device=device
+        config.model_path,
+        quantization_bit=config.quantization_bit,
+        dtype=_dtype(config),
+        device=device,
+        family=config.family,
     )
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -292,7 +297,7 @@ def train(run: Run, *, resume: bool) -> str:
 
     config = run.config
     set_seed(config.seed)
-    tokenizer = load_tokenizer(config.model_path)
+    tokenizer = load_tokenizer(config.model_path, family=config.family)
     columns = Columns(config.prompt_column, config.response_column, config.history_column)
     train_data = load_examples(config.train_file, columns)
     if train_data.skipped_empty:
@@ -309,7 +314,7 @@ def train(run: Run, *, resume: bool) -> str:
         os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.tensorboard_dir)
 
     checkpointing = resolve_gradient_checkpointing(
-        ModelShape.from_model_dir(config.model_path), config, free_bytes=free_gpu_memory()
+        ModelShape.from_model_dir(config.model_path, config.family), config, free_bytes=free_gpu_memory()
     )
     model = prepare_model(config)
     callback = RunEventsCallback(run)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomli_w
 
 from glmcore.errors import GlmError
 
@@ -22,6 +25,13 @@ WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.j
 SINGLE_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 LAST_CONFIG_NAME = "last-config"
 """In configs/: the path of the config last saved, loaded or made by the demo, so the editor reopens it."""
+MODEL_FAMILIES_NAME = "model-families.toml"
+"""At the workspace root: the family chosen by hand for a model folder, by its absolute path. It lives here,
+not in the model folder, because model folders may be shared and read-only."""
+BUILDING_SUFFIXES = (".building", ".exporting")
+"""A folder being built (the demo model, an export) is named so until it is renamed into place."""
+PART_SUFFIX = ".part"
+"""A file a download is filling is named so until it is whole (glmcore.download.transfer)."""
 
 
 class WorkspaceError(GlmError):
@@ -48,6 +58,37 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def folder_in_progress(path: Path) -> str | None:
+    """ "building" or "downloading" for a model folder still being written, else None: such a folder is listed
+    but never offered as a model."""
+    if path.name.endswith(BUILDING_SUFFIXES):
+        return "building"
+    if any(
+        part.is_file() for pattern in (f"*{PART_SUFFIX}", f"*/*{PART_SUFFIX}") for part in path.glob(pattern)
+    ):
+        return "downloading"
+    return None
+
+
+def _family_key(model_dir: Path) -> str:
+    return str(Path(model_dir).expanduser().resolve())
+
+
+def remembered_family(model_dir: Path) -> tuple[str, Path] | None:
+    """The family chosen by hand for `model_dir` and the file that holds the choice, or None.
+
+    Asked of the workspace of ``$GLMTUI_HOME`` (where the CLI writes), then of the workspace the folder lies in
+    (``<root>/models/...``, where the app writes for its own workspace).
+    """
+    model_dir = Path(model_dir).expanduser().absolute()
+    enclosing = [Workspace(parent.parent) for parent in model_dir.parents[:2] if parent.name == "models"]
+    for workspace in [Workspace.from_env(), *enclosing]:
+        name = workspace.chosen_family(model_dir)
+        if name is not None:
+            return name, workspace.model_families_path
+    return None
 
 
 def _tokenizer_files(path: Path) -> list[str]:
@@ -121,6 +162,41 @@ class Workspace:
     def configs_dir(self) -> Path:
         return self.root / "configs"
 
+    @property
+    def model_families_path(self) -> Path:
+        return self.root / MODEL_FAMILIES_NAME
+
+    def chosen_families(self) -> dict[str, str]:
+        """Each model folder's family chosen by hand (absolute path → family name); empty without the file."""
+        path = self.model_families_path
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+            raise WorkspaceError(
+                f"{path} cannot be read ({error}); fix it or delete it and set the families again"
+            ) from None
+        return {str(folder): name for folder, name in data.items() if isinstance(name, str)}
+
+    def chosen_family(self, model_dir: Path) -> str | None:
+        """The family chosen by hand for `model_dir` in this workspace, or None."""
+        return self.chosen_families().get(_family_key(model_dir))
+
+    def choose_family(self, model_dir: Path, name: str | None) -> None:
+        """Remember `name` as the family of `model_dir` (a registry name, already checked), or forget the
+        choice with None, so detection decides again."""
+        chosen = self.chosen_families()
+        key = _family_key(model_dir)
+        if name is None:
+            if chosen.pop(key, None) is None:
+                return
+        else:
+            chosen[key] = name
+        self.root.mkdir(parents=True, exist_ok=True)
+        heading = "# The model family chosen for each folder (glmtui models --family NAME|auto MODEL_DIR).\n"
+        atomic_write_text(self.model_families_path, heading + tomli_w.dumps(dict(sorted(chosen.items()))))
+
     def remember_config(self, path: Path) -> None:
         """Record ``path`` as the config last worked on (see ``last_config``)."""
         self.configs_dir.mkdir(parents=True, exist_ok=True)
@@ -152,15 +228,29 @@ class Workspace:
                 ) from None
         return self
 
-    def find_models(self) -> list[Path]:
-        """Model folders under models/ (a folder holding config.json, one or two levels deep, as
-        ``models/chatglm-6b`` or ``models/THUDM/chatglm-6b``), sorted by path."""
+    def model_folders(self) -> list[Path]:
+        """Every folder under models/ that holds or will hold a model, sorted by path: one holding config.json
+        or a download's ``.part`` files, one or two levels deep (``models/chatglm-6b``,
+        ``models/THUDM/chatglm-6b``), and a ``*.building`` folder. A folder inside another is not one."""
         if not self.models_dir.is_dir():
             return []
+        patterns = (
+            f"*/{MODEL_CONFIG_NAME}",
+            f"*/*/{MODEL_CONFIG_NAME}",
+            f"*/*{PART_SUFFIX}",
+            f"*/*/*{PART_SUFFIX}",
+        )
         found = {
-            config.parent
-            for pattern in (f"*/{MODEL_CONFIG_NAME}", f"*/*/{MODEL_CONFIG_NAME}")
-            for config in self.models_dir.glob(pattern)
-            if config.is_file()
+            file.parent for pattern in patterns for file in self.models_dir.glob(pattern) if file.is_file()
         }
-        return sorted(found)
+        found.update(
+            folder
+            for folder in self.models_dir.iterdir()
+            if folder.is_dir() and folder.name.endswith(BUILDING_SUFFIXES)
+        )
+        return sorted(folder for folder in found if not any(parent in found for parent in folder.parents))
+
+    def find_models(self) -> list[Path]:
+        """The model folders that can be offered as models: `model_folders` less those being built or
+        downloaded (`folder_in_progress`)."""
+        return [folder for folder in self.model_folders() if folder_in_progress(folder) is None]

@@ -12,12 +12,17 @@ from glmcore.models.family import (
     UnsupportedModel,
     family_for,
     family_named,
+    family_names,
     family_of,
     read_config_json,
 )
 
 CHATGLM_6B = ModelFamily(
-    name="chatglm-6b", title="ChatGLM-6B", package="glmcore.models.chatglm6b", tokenizer_file="ice_text.model"
+    name="chatglm-6b",
+    title="ChatGLM-6B",
+    package="glmcore.models.chatglm6b",
+    tokenizer_file="ice_text.model",
+    aliases=("chatglm", "chatglm6b"),
 )
 
 CHATGLM2_6B = ModelFamily(
@@ -25,6 +30,7 @@ CHATGLM2_6B = ModelFamily(
     title="ChatGLM2-6B",
     package="glmcore.models.chatglm2",
     tokenizer_file="tokenizer.model",
+    aliases=("chatglm2",),
 )
 CHATGLM3_6B = ModelFamily(
     name="chatglm3-6b",
@@ -33,6 +39,7 @@ CHATGLM3_6B = ModelFamily(
     tokenizer_file="tokenizer.model",
     system_role=True,
     conversations=True,
+    aliases=("chatglm3",),
 )
 
 FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)
@@ -47,6 +54,7 @@ __all__ = [
     "UnsupportedModel",
     "family_for",
     "family_named",
+    "family_names",
     "family_of",
     "read_config_json",
 ]

@@ -59,13 +59,14 @@ class ModelShape:
     prompt and answer share them."""
 
     @classmethod
-    def from_model_dir(cls, path: Path) -> ModelShape:
-        """The shape of the model folder `path`, as its family reads its config.json."""
+    def from_model_dir(cls, path: Path, family: str | None = None) -> ModelShape:
+        """The shape of the model folder `path`, as its family (`family_for`: `family` wins) reads its
+        config.json."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelShapeError(f"{path / 'config.json'} does not exist; is {path} a model folder?")
-        family, _ = family_for(path)
-        return family.shape(read_config_json(path))
+        model_family, _ = family_for(path, family)
+        return model_family.shape(read_config_json(path))
 
     @property
     def cache_values_per_token(self) -> int:
@@ -153,6 +154,8 @@ class ModelFamily:
     conversations: bool = False
     """Whether its published fine-tuning reads whole conversations (ChatGLM3's finetune_demo: system messages,
     tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
+    aliases: tuple[str, ...] = ()
+    """Other names every `family` setting and `--family` option accepts for it ("chatglm3")."""
 
     def _package(self) -> ModuleType:
         return importlib.import_module(self.package)
@@ -197,11 +200,22 @@ def __getattr__(name: str):
 
 
 def family_named(name: str) -> ModelFamily:
+    """The family a `family` setting or `--family` option names, by its name or one of its aliases."""
+    wanted = name.strip().lower()
     for family in families():
-        if family.name == name:
+        if wanted == family.name or wanted in family.aliases:
             return family
-    known = ", ".join(family.name for family in families())
-    raise UnsupportedModel(f'family = "{name}" is not a model family glmtui knows; use one of: {known}.')
+    raise UnsupportedModel(
+        f'family = "{name}" is not a model family glmtui knows; use one of: {family_names()}.'
+    )
+
+
+def family_names() -> str:
+    """The accepted family names as one line: "chatglm-6b (or chatglm, chatglm6b), chatglm2-6b (or ...)"."""
+    return ", ".join(
+        family.name + (f" (or {', '.join(family.aliases)})" if family.aliases else "")
+        for family in families()
+    )
 
 
 def read_config_json(model_dir: Path) -> dict:
@@ -222,30 +236,47 @@ def read_config_json(model_dir: Path) -> dict:
 def family_for(model_dir: Path, override: str | None = None) -> tuple[ModelFamily, str]:
     """The family of the model in `model_dir`, and why it was chosen (shown to users).
 
-    `override` (the `family = ...` setting) wins over detection. Otherwise exactly one family must
-    recognise the folder's config.json; none, or more than one, is refused with a sentence that asks for
-    `family = ...`.
+    `override` (the `family = ...` setting, a `--family` option) wins over everything; then the family
+    remembered for the folder in the workspace (`glmtui models --family`, see `remembered_family`). Otherwise
+    exactly one family must recognise the folder's config.json; none, or more than one, is refused with a
+    sentence that says how to set the family.
     """
+    from glmcore.workspace import remembered_family
+
     model_dir = Path(model_dir)
     config = read_config_json(model_dir)
     if override:
         return family_named(override), f'family = "{override}" is set'
+    remembered = remembered_family(model_dir)
+    if remembered is not None:
+        name, where = remembered
+        return family_named(name), f'family "{name}" was set for this folder ({where})'
     matches = [
         (family, reason) for family in families() if (reason := family.detect(config, model_dir)) is not None
     ]
-    names = ", ".join(family.name for family in families())
     if not matches:
-        described = f"a '{config.get('model_type')}' model" if config.get("model_type") else "a model"
+        names = ", ".join(family.name for family in families())
         raise UnsupportedModel(
-            f"{model_dir} holds {described} that none of glmtui's families ({names}) recognises; "
-            f'if it is one of them, set family = "..." to say which.'
+            f"{model_dir} holds {described_model(config)} that none of glmtui's families ({names}) recognises; "
+            f"if it is one of them, {SET_FAMILY_ADVICE}."
         )
     if len(matches) > 1:
         found = "; ".join(f"{family.title}: {reason}" for family, reason in matches)
-        raise UnsupportedModel(
-            f'{model_dir} could be several families ({found}); set family = "..." to say which.'
-        )
+        raise UnsupportedModel(f"{model_dir} could be several families ({found}); {SET_FAMILY_ADVICE}.")
     return matches[0]
+
+
+SET_FAMILY_ADVICE = (
+    'set family = "..." in the run config, or remember it for the folder with '
+    "`glmtui models --family NAME MODEL_DIR` (f on the Models screen)"
+)
+"""How to name a folder's family, wherever detection cannot: every way the advice names exists."""
+
+
+def described_model(config: dict) -> str:
+    """ "a 'qwen2' model", or "a model" when config.json names no model_type."""
+    model_type = config.get("model_type")
+    return f"a '{model_type}' model" if model_type else "a model"
 
 
 def family_of(obj: object) -> ModelFamily:

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from glmcore.errors import GlmError
+from glmtui.commands.family_option import add_family_option, apply_family
 
 COMMANDS_HELP = "Commands: /clear forgets the conversation, /prefix PATH|off switches the prefix, /quit ends."
 
@@ -31,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         + " Reads messages from stdin when it is not a TTY.",
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
+    add_family_option(parser)
     parser.add_argument(
         "--run",
         metavar="RUN",
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         model, checkpoint, quantization_bit = chat_plan(args, notices)
+        apply_family(args.family, model)
         if interactive:
             notices.print(f"Loading {model} …")
         tokenizer = load_tokenizer(model)

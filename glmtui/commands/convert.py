@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glmtui.commands.family_option import add_family_option, apply_family
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -16,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("model", metavar="MODEL_DIR", type=Path, help="the model folder")
+    add_family_option(parser)
     parser.set_defaults(func=run_convert)
 
 
@@ -24,6 +27,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     from glmcore.models.checkpoint import convert_to_safetensors
 
+    apply_family(args.family, args.model)
     with Progress() as progress:
         task = progress.add_task("converting", total=None)
 

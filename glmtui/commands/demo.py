@@ -9,8 +9,10 @@ import argparse
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from glmcore.demo import DEMO_FAMILY_CHOICES, demo_ready, ensure_demo_workspace, write_demo_configs
+from glmcore.demo import demo_ready, ensure_demo_workspace, write_demo_configs
+from glmcore.models import family_names
 from glmcore.workspace import Workspace
+from glmtui.commands.family_option import family_name
 
 DESCRIPTION = (
     "Build the demo workspace: a tiny ChatGLM-architecture model pretrained on ad copy and an "
@@ -20,7 +22,7 @@ DESCRIPTION = (
 
 
 def build_demo(args: argparse.Namespace) -> int:
-    family = DEMO_FAMILY_CHOICES[args.family]
+    family = args.family
     console = Console()
     workspace = Workspace.from_env()
     if demo_ready(workspace, family):
@@ -63,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--family",
-        choices=("chatglm", "chatglm2", "chatglm3"),
-        default="chatglm",
-        help="the demo model's family: ChatGLM-6B (default), ChatGLM2-6B or ChatGLM3-6B",
+        type=family_name,
+        default="chatglm-6b",
+        metavar="NAME",
+        help=f"the demo model's family: {family_names()}; chatglm-6b by default",
     )
     parser.set_defaults(func=build_demo)

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
+from glmtui.commands.family_option import add_family_option, apply_family
 from glmtui.commands.runs import store_from_workspace
 from glmtui.presentation import format_duration
 
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
+    add_family_option(parser)
     parser.add_argument(
         "--run",
         metavar="RUN",
@@ -158,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
         arguments = plan(args)
+        apply_family(args.family, arguments["model_path"])
         names = ", ".join(str(checkpoint) for checkpoint in arguments["checkpoints"])
         subset = f" (its first {args.limit} examples)" if args.limit else ""
         console.print(

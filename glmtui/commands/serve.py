@@ -15,6 +15,7 @@ from rich.table import Table
 
 from glmcore.errors import GlmError
 from glmcore.serve.servers import DEFAULT_PORT, KEY_ENV
+from glmtui.commands.family_option import add_family_option, apply_family
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "other than loopback always needs one (generated if none is given).",
     )
     parser.add_argument("--model", type=Path, default=None, help="the base model folder")
+    add_family_option(parser)
     parser.add_argument(
         "--run",
         dest="runs",
@@ -139,6 +141,7 @@ def start(workspace, args: argparse.Namespace, console: Console, errors: Console
         context=args.context,
         max_queue=args.max_queue,
     )
+    apply_family(args.family, Path(plan.model))
     key = resolve_api_key(args.host, args.api_key_file, workspace)
     if key.generated:
         console.print(

@@ -47,7 +47,7 @@ def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = Tr
     from glmcore.estimate import ModelShape, estimate_vram
     from glmcore.gpu import free_memory_by_gpu
 
-    estimate = estimate_vram(ModelShape.from_model_dir(config.model_path), config)
+    estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
     console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
     free = free_memory_by_gpu() if config.gpus and here else {}
     for gpu in config.gpus:

@@ -41,6 +41,8 @@ from glmcore.download import format_bytes
 from glmcore.errors import GlmError
 from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
+from glmcore.model_folders import choose_family
+from glmcore.models import FAMILIES, family_for, family_named
 from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
@@ -142,6 +144,7 @@ class ConfigChecked(Message):
         saved: bool,
         sweep: list[tuple[SweepPoint, int | None]] | None = None,
         family: str = "",
+        family_unclear: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -153,6 +156,8 @@ class ConfigChecked(Message):
         """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
         self.family = family
         """The model folder's family title ("" when the folder cannot be read)."""
+        self.family_unclear = family_unclear
+        """Whether config.json alone does not tell the folder's family, so the form offers the Family row."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +199,17 @@ class LoadConfigScreen(ModalScreen[Path | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def _family_unclear(model_dir: Path) -> bool:
+    """Whether `model_dir` holds a config.json from which detection alone cannot tell the family."""
+    if not (model_dir / "config.json").is_file():
+        return False
+    try:
+        family_for(model_dir)
+    except GlmError:
+        return True
+    return False
 
 
 def parse_gpus(text: str) -> list[int]:
@@ -303,12 +319,14 @@ class ConfigScreen(WorkbenchScreen):
         """Why a new run starts from the defaults it does, shown while the form started from them."""
 
     def blank_config(self) -> RunConfig:
-        """A new run on the workspace's first model with this machine's defaults (their reason shown beside)."""
+        """A new run on the workspace's first model whose family is known, with this machine's defaults (their
+        reason shown beside)."""
         models = self.workbench.workspace.find_models()
+        known = [path for path in models if not _family_unclear(path)] or models  # not a Qwen folder first
         defaults = preflight.machine_defaults()
         self.blank = RunConfig(
             name="my-run",
-            model_path=models[0] if models else Path(""),
+            model_path=known[0] if known else Path(""),
             train_file=Path(""),
             **defaults.values,
         )
@@ -326,6 +344,8 @@ class ConfigScreen(WorkbenchScreen):
         with Vertical(id="config-paths"):
             for name in PATH_FIELDS:
                 yield from self._field_row(name, model_paths, data_paths)
+                if name == "model_path":
+                    yield from self._family_row()
         with Horizontal(id="config-columns"):
             with VerticalScroll(id="config-form", can_focus=False):
                 for name in FIELD_LABELS:
@@ -347,6 +367,16 @@ class ConfigScreen(WorkbenchScreen):
                 yield Static("", id="effective-batch")
             else:
                 yield self._field_widget(name, model_paths, data_paths)
+
+    def _family_row(self) -> ComposeResult:
+        """The `family` setting, shown only while config.json does not tell the family or one is set."""
+        with Horizontal(classes="field", id="row-family"):
+            yield Label("Family", classes="field-label")
+            yield Select(
+                [(f"{family.title} ({family.name})", family.name) for family in FAMILIES],
+                id="family",
+                prompt="found from config.json",
+            )
 
     def _slurm_rows(self) -> ComposeResult:
         """The "Where" row and the Slurm settings, hidden until a cluster answers (``find_slurm``)."""
@@ -481,6 +511,9 @@ class ConfigScreen(WorkbenchScreen):
             self.query_one("#prefix_projection", Checkbox).value = config.prefix_projection
             self.query_one("#best_metric", Select).value = config.best_metric
             self.query_one("#report_to", Checkbox).value = "tensorboard" in config.report_to
+            family = self.query_one("#family", Select)
+            family.value = family_named(config.family).name if config.family else Select.NULL
+            self.query_one("#row-family").display = config.family is not None
         finally:
             self._filling = False
         self._show_method_fields(config.method)
@@ -603,6 +636,11 @@ class ConfigScreen(WorkbenchScreen):
         if "prefix_projection" not in unused:
             data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
         data["best_metric"] = self.query_one("#best_metric", Select).value
+        family = self.query_one("#family", Select).value
+        if isinstance(family, str):
+            data["family"] = family
+        else:
+            data.pop("family", None)
         others = [target for target in data.get("report_to", []) if target != "tensorboard"]
         data["report_to"] = others + (["tensorboard"] if self.query_one("#report_to", Checkbox).value else [])
         return data, problems, axes
@@ -652,9 +690,10 @@ class ConfigScreen(WorkbenchScreen):
         memory, and for a sweep check and estimate every combination."""
         runs_dir = self.workbench.workspace.runs_dir
         shape, model, model_problem, family = None, None, None, ""
+        unclear = _family_unclear(config.model_path)
         try:
-            family = family_title(config.model_path) if config.model_path.is_dir() else ""
-            shape = ModelShape.from_model_dir(config.model_path)
+            family = family_title(config.model_path, config.family) if config.model_path.is_dir() else ""
+            shape = ModelShape.from_model_dir(config.model_path, config.family)
             model = estimate_vram(shape, config)
         except GlmError as error:
             model_problem = str(error)
@@ -663,20 +702,24 @@ class ConfigScreen(WorkbenchScreen):
         saved = not form_problems and self._is_saved(config)
         if form_problems or not axes:
             problems = form_problems or preflight.check(config, runs_dir=runs_dir)
-            self.post_message(ConfigChecked(config, problems, estimates, saved, family=family))
+            self.post_message(
+                ConfigChecked(config, problems, estimates, saved, family=family, family_unclear=unclear)
+            )
             return
         try:
             points = expand(config, axes)
         except GlmError as error:
             problems = [Problem("config", str(error))]
-            self.post_message(ConfigChecked(config, problems, estimates, saved, family=family))
+            self.post_message(
+                ConfigChecked(config, problems, estimates, saved, family=family, family_unclear=unclear)
+            )
             return
         problems = [
             Problem(problem.field, f"{point.label}: {problem.message}")
             for point, problem in sweep_problems(points, runs_dir=runs_dir)
         ]
         sweep = [(point, estimate_vram(shape, point.config).total if shape else None) for point in points]
-        self.post_message(ConfigChecked(config, problems, estimates, saved, sweep, family))
+        self.post_message(ConfigChecked(config, problems, estimates, saved, sweep, family, unclear))
 
     def _is_saved(self, config: RunConfig) -> bool:
         path = self.config_path(config)
@@ -688,6 +731,9 @@ class ConfigScreen(WorkbenchScreen):
     def on_config_checked(self, message: ConfigChecked) -> None:
         if message.config is self._checking:
             self.family = message.family
+            self.query_one("#row-family").display = (
+                message.family_unclear or message.config.family is not None
+            )
             self._show(message.problems, message.estimates, message.saved, message.sweep)
 
     def _show(
@@ -781,6 +827,7 @@ class ConfigScreen(WorkbenchScreen):
             path.parent.mkdir(parents=True, exist_ok=True)
             config.save(path)
             self.workbench.workspace.remember_config(path)
+            self._remember_family(config)
             self.notify(f"Saved {path}.")
             self.recheck()
 
@@ -834,11 +881,18 @@ class ConfigScreen(WorkbenchScreen):
             config = for_slurm(config, slurm)
         run = self.workbench.run_store.create(config)
         self.workbench.workspace.remember_config(run.config_path)
+        self._remember_family(config)
         if slurm is not None:
             write_options(run.path, slurm)
         started = run_control.launch(run, detach=True)
         job = f" as Slurm job {started}" if slurm is not None else ""
         self.app.call_from_thread(self._started, run, job)
+
+    def _remember_family(self, config: RunConfig) -> None:
+        """A family set in the form is remembered for the model folder too, so evaluating or chatting with it
+        later needs no setting (`glmcore.model_folders.choose_family`)."""
+        if config.family is not None:
+            choose_family(self.workbench.workspace, config.model_path, config.family)
 
     def _started(self, run: Run, job: str = "") -> None:
         self.notify(f"Submitted {run.id}{job}." if job else f"Started {run.id}.")

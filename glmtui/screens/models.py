@@ -1,5 +1,9 @@
 """The Models screen: the model folders in the workspace, and the catalog to download from.
 
+Every folder under models/ is a row with its state (`glmcore.model_folders`): one that is not a GLM model, whose
+family is unclear, or that is being built or downloaded is listed beside the working ones, and the detail below
+the table says why. f sets the highlighted folder's family by hand (remembered in the workspace).
+
 A download runs ``glmcore.download`` in a thread worker: plan (lists the source), then transfer with a progress
 callback and a cancel event. Cancelling leaves ``.part`` files; downloading again resumes from them.
 """
@@ -18,17 +22,19 @@ from textual.worker import Worker
 
 from glmcore.catalog import MODELS
 from glmcore.download import DownloadProgress, format_bytes
-from glmcore.models.checkpoint import inspect_model_folder
-from glmtui.presentation import family_title, format_duration
+from glmcore.errors import GlmError
+from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
+from glmcore.models import FAMILIES
+from glmtui.presentation import MODEL_COLUMNS, format_duration, model_cells, model_detail
 from glmtui.screens.base import WorkbenchScreen
 
 SHOWN_FILES = 4
 
 
 class LocalModelsRead(Message):
-    def __init__(self, rows: list[tuple[str, str, str]]) -> None:
+    def __init__(self, folders: list[ModelFolderState]) -> None:
         super().__init__()
-        self.rows = rows
+        self.folders = folders
 
 
 class DownloadProgressed(Message):
@@ -71,19 +77,28 @@ class ModelsScreen(WorkbenchScreen):
             "x", "cancel_download", "Cancel", id="models-cancel", tooltip="Cancel the download (resumable)"
         ),
         Binding("u", "refresh_local", "Rescan", id="models-rescan", tooltip="Rescan the workspace's models"),
+        Binding(
+            "f",
+            "choose_family",
+            "Family",
+            id="models-family",
+            tooltip="Set the highlighted folder's family by hand: each press picks the next, then automatic",
+        ),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._cancel = threading.Event()
+        self._folders: dict[str, ModelFolderState] = {}
 
     def compose_body(self) -> ComposeResult:
         # Paths are shown relative to the models folder named above the table, and the catalog's notes
         # below it whole, so neither table is wider than 80 columns.
         yield Static(f"[b]In {escape(str(self.workbench.workspace.models_dir))}[/b]", id="models-local-title")
         local: DataTable = DataTable(id="models-local", cursor_type="row")
-        local.add_columns("Model", "Family", "Size", "State")
+        local.add_columns(*MODEL_COLUMNS)
         yield local
+        yield Static("", id="models-detail")
         yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
         catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
         catalog.add_columns("Name", "Title", "Size")
@@ -106,31 +121,65 @@ class ModelsScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="models-read")
     def read_local_models(self) -> None:
-        workspace = self.workbench.workspace
-        rows = []
-        for path in workspace.find_models():
-            folder = inspect_model_folder(path)
-            state = "complete" if folder.complete else f"missing {len(folder.missing)}"
-            rows.append(
-                (
-                    str(path.relative_to(workspace.models_dir)),
-                    family_title(path),
-                    format_bytes(folder.size_bytes),
-                    state,
-                )
-            )
-        self.post_message(LocalModelsRead(rows))
+        self.post_message(LocalModelsRead(list_model_folders(self.workbench.workspace)))
 
     def on_local_models_read(self, message: LocalModelsRead) -> None:
         table = self.query_one("#models-local", DataTable)
+        highlighted = self._highlighted_folder()
+        models_dir = self.workbench.workspace.models_dir
+        self._folders = {str(folder.path): folder for folder in message.folders}
         table.clear()
-        for row in message.rows:
-            table.add_row(*row)
+        for folder in message.folders:
+            table.add_row(*model_cells(folder, models_dir), key=str(folder.path))
+        if highlighted is not None and str(highlighted.path) in self._folders:
+            table.move_cursor(row=table.get_row_index(str(highlighted.path)))
+        self._show_detail()
+
+    def _highlighted_folder(self) -> ModelFolderState | None:
+        table = self.query_one("#models-local", DataTable)
+        if not table.row_count:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return self._folders.get(str(key))
+
+    def _show_detail(self) -> None:
+        folder = self._highlighted_folder()
+        detail = self.query_one("#models-detail", Static)
+        detail.update(
+            model_detail(folder) if folder is not None else "No model folder yet: download one below."
+        )
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "models-catalog" and event.row_key.value in MODELS:
+        if event.data_table.id == "models-local":
+            self._show_detail()
+        elif event.data_table.id == "models-catalog" and event.row_key.value in MODELS:
             model = MODELS[event.row_key.value]
             self.query_one("#catalog-note", Static).update(f"{model.title}: {escape(model.note)}")
+
+    def action_choose_family(self) -> None:
+        """The next family for the highlighted folder, by hand: each family in turn, then automatic again."""
+        folder = self._highlighted_folder()
+        if folder is None or folder.state in ("building", "downloading"):
+            self.notify(
+                "Highlight a model folder (one that is not being built or downloaded) to set its family."
+            )
+            return
+        workspace = self.workbench.workspace
+        cycle = [None, *(family.name for family in FAMILIES)]  # automatic, then each family in turn
+        try:
+            current = workspace.chosen_family(folder.path)
+            following = cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else None
+            choose_family(workspace, folder.path, following or AUTOMATIC)
+        except GlmError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return
+        self.notify(
+            f"{folder.path.name}: family {following} (f again for the next)"
+            if following
+            else f"{folder.path.name}: family found from config.json again",
+            markup=False,
+        )
+        self.read_local_models()
 
     def action_download(self) -> None:
         catalog = self.query_one("#models-catalog", DataTable)

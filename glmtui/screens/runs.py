@@ -205,7 +205,7 @@ class RunsScreen(RunActions):
                     if record.get("kind") == "log":
                         last_log = record
                 self._tails[run] = (tail, last_log)
-                family = family_title(run.config.model_path)
+                family = family_title(run.config.model_path, run.config.family)
                 rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
             except GlmError as error:  # one damaged folder is listed as such; the others read on
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=str(error)), None))

@@ -6,7 +6,8 @@ How a ChatGLM2/3 folder is told apart (the two differ on disk only in config.jso
 `seq_length` and `transformers_version`, and in their `tokenization_chatglm.py`, which is never run):
 1. config.json's `_name_or_path` names `chatglm2-6b` or `chatglm3-6b` (any owner, `-base` included);
 2. else the sha256 of `tokenization_chatglm.py` is one of the published files of a family;
-3. else `seq_length`: 32768 is ChatGLM2-6B's, 8192 ChatGLM3-6B's.
+3. else `seq_length`: 32768 is ChatGLM2-6B's, 8192 ChatGLM3-6B's, unless config.json sets `rope_ratio`: then
+   it is a -32k model (chatglm2-6b-32k, chatglm3-6b-32k: 32768 positions either way) and says nothing.
 The first signal present decides; a later signal that names the other family makes the folder refused
 with both reasons, asking for a `family = ...` setting, which always wins over the rule.
 """
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.models.family import ModelShape, ModelShapeError
+from glmcore.models.family import SET_FAMILY_ADVICE, ModelShape, ModelShapeError
 
 NAME = "chatglm2-6b"
 TITLE = "ChatGLM2-6B"
@@ -69,6 +70,7 @@ PUBLISHED_SEQ_LENGTH = {32768: "chatglm2-6b", 8192: "chatglm3-6b"}
 SEQ_LENGTH_WHEN_UNSET = 8192
 """The positions of a model whose config.json gives no seq_length (ChatGLM2Config's default, what it loads with)."""
 NAME_PATTERN = re.compile(r"chatglm([23])-6b", re.IGNORECASE)
+"""Matches the -base and -32k names too: chatglm3-6b-32k is a ChatGLM3-6B with a longer rotary base."""
 # Keys only the ChatGLM2/3 configs carry (ChatGLM-6B's has none of them).
 GENERATION_KEYS = ("padded_vocab_size", "multi_query_group_num", "kv_channels", "ffn_hidden_size")
 
@@ -97,7 +99,7 @@ def family_signals(config_json: dict, model_dir: Path) -> list[tuple[str, str]]:
                 (family, f"tokenization_chatglm.py is the published {family} file (sha256 {digest[:12]}…)")
             )
     seq_length = config_json.get("seq_length")
-    if seq_length in PUBLISHED_SEQ_LENGTH:
+    if seq_length in PUBLISHED_SEQ_LENGTH and "rope_ratio" not in config_json:
         signals.append((PUBLISHED_SEQ_LENGTH[seq_length], f"config.json seq_length is {seq_length}"))
     return signals
 
@@ -115,7 +117,7 @@ def identify(config_json: dict, model_dir: Path) -> tuple[str, str] | None:
         if other != family:
             raise FamilySignalsDisagree(
                 f"{model_dir} looks like {family} ({reason}) but also like {other} ({other_reason}); "
-                'set family = "chatglm2-6b" or "chatglm3-6b" to say which it is.'
+                f"if it is chatglm2-6b or chatglm3-6b, {SET_FAMILY_ADVICE}."
             )
     return family, reason
 
