@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from support.app import FIXED_NOW, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
 from glmtui.app import GlmApp
@@ -57,12 +58,15 @@ async def open_the_run(pilot, *keys: str) -> None:
     await pilot.press("enter")
     screen = pilot.app.screen
     assert isinstance(screen, TrainingScreen)
-    while (
-        len(screen.loss_points()) < 8
-        or len(screen.query_one("#training-log").lines) < 3
-        or pilot.app.gpu_snapshot is None
-    ):
-        await pilot.pause(0.05)
+    await wait_until_in_app(
+        pilot,
+        lambda: (
+            len(screen.loss_points()) >= 8
+            and len(screen.query_one("#training-log").lines) >= 3
+            and pilot.app.gpu_snapshot is not None
+        ),
+        "the run's curve, its log and the first GPU reading",
+    )
     screen.workers.cancel_group(screen, "follow")
     for key in keys:
         await pilot.press(key)

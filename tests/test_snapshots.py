@@ -261,8 +261,11 @@ def test_training_view(snap_compare, state: str, size: tuple[int, int]) -> None:
         await pilot.press("enter")
         screen = pilot.app.screen
         assert isinstance(screen, TrainingScreen)
-        while screen.status is None or len(screen.query_one("#training-log").lines) < 3:
-            await pilot.pause(0.05)
+        await wait_until_in_app(
+            pilot,
+            lambda: screen.status is not None and len(screen.query_one("#training-log").lines) >= 3,
+            "the run's status and its first log lines",
+        )
         screen.workers.cancel_group(screen, "follow")
         await assert_whole(pilot)
 
@@ -291,8 +294,7 @@ def test_evaluate_with_results(snap_compare, size: tuple[int, int]) -> None:
         screen = pilot.app.screen
         assert isinstance(screen, EvaluateScreen)
         await press(pilot, "ctrl+g")
-        while screen.comparison is None:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: screen.comparison is not None, "the evaluation's results")
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=evaluate)
