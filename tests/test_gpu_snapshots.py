@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.app import FIXED_NOW, make_workspace, settle, tiny_config, write_run
+from support.app import FIXED_NOW, make_workspace, paste, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
@@ -178,7 +178,7 @@ async def test_the_config_editor_shows_every_gpu_beside_its_free_memory_check(tm
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.click("#train_file")
-        await pilot.press(*str(workspace.data_dir / "sample" / "train.json"))
+        await paste(pilot, str(workspace.data_dir / "sample" / "train.json"))
         await pilot.click("#gpus")
         await pilot.press("0", "comma", "1")
         await settle(pilot)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.app import cut_text, make_app, make_workspace, settle, tiny_config, write_run
+from support.app import cut_text, make_app, make_workspace, paste, settle, tiny_config, write_run
 from support.snapshot_root import fixed_root, module_on_a_clean_root
 from support.waiting import wait_until_in_app
 
@@ -136,8 +136,8 @@ async def open_load_dialog(pilot, path: Path) -> None:
     await wait_until_in_app(
         pilot, lambda: getattr(pilot.app.focused, "id", None) == "load-path", "the dialog"
     )
-    await pilot.press(*str(path))
-    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == str(path), "the path typed")
+    await paste(pilot, str(path))
+    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == str(path), "the path pasted")
 
 
 async def load_saved_config(pilot, path: Path) -> None:
