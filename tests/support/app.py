@@ -113,8 +113,9 @@ async def paste(pilot, text: str) -> None:
     from support.waiting import wait_until_in_app
 
     field = pilot.app.focused
+    before = field.value
     pilot.app.post_message(Paste(text))
-    await wait_until_in_app(pilot, lambda: text in field.value, f"{text!r} pasted")
+    await wait_until_in_app(pilot, lambda: field.value != before and text in field.value, f"{text!r} pasted")
 
 
 async def settle(pilot) -> None:
