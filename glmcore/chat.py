@@ -142,8 +142,9 @@ class ChatTurn:
         self.generated_tokens = 0
         self.cancelled = False
         self.finished = False
+        self.prompt_ids = prompt_ids
+        """The token ids the model is given: the family's chat prompt with history and system, trimmed."""
         self._session = session
-        self._prompt_ids = prompt_ids
         self._settings = settings
         self._cancel = cancel
         self._tokens: list[int] = []
@@ -201,7 +202,7 @@ class ChatTurn:
         end_of_answer, *other_stops = self._session.family.stop_token_ids(self._session.tokenizer)
         try:
             decoder = self._session.decoder()
-            input_ids = torch.tensor([self._prompt_ids], device=decoder.device)
+            input_ids = torch.tensor([self.prompt_ids], device=decoder.device)
             steps = decoder.decode(
                 input_ids,
                 torch.ones_like(input_ids),
@@ -266,6 +267,11 @@ class ChatSession:
         self._active: ChatTurn | None = None
         self._decoder = None
         self._decoder_prefix = None
+
+    @property
+    def answering(self) -> bool:
+        """Whether a turn is being generated now (its answer is not yet in `history`)."""
+        return self._active is not None
 
     @property
     def max_sequence_length(self) -> int:

@@ -18,6 +18,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.worker import Worker, WorkerState
 
 from glmcore.errors import GlmError
@@ -152,6 +153,8 @@ class GlmApp(App[int]):
         self._said_watch_problem: str | None = None
         self.left_running: list[Run] = []
         """The active runs the user quit away from (they go on; run_app says so once the screen is gone)."""
+        self.notifications: list[Notification] = []
+        """Every notification shown since the app started, oldest first, also those gone from the screen."""
 
     # screens
 
@@ -179,6 +182,10 @@ class GlmApp(App[int]):
         if problem and problem != self._said_watch_problem:
             self.notify(f"No notification command was run: {problem}", severity="warning")
         self._said_watch_problem = problem
+
+    def on_notify(self, event: Notify) -> None:
+        """Keep what was said (Textual shows it as a toast and forgets it when the toast times out)."""
+        self.notifications.append(event.notification)
 
     def home_screen_name(self) -> str:
         """Runs once any run exists; the demo offer while there is no model; else the config editor."""

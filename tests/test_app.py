@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
 from glmcore.config import RunConfig
@@ -54,18 +55,28 @@ async def test_an_empty_workspace_offers_the_demo_and_every_screen_opens_by_key(
             assert name == app.screen.NAME
 
 
+async def palette_offers_first(pilot, title: str) -> None:
+    """Wait until the command palette's search (a worker) has put ``title`` first and highlighted it."""
+    options = pilot.app.screen.query_one("CommandList")
+    await wait_until_in_app(
+        pilot,
+        lambda: options.highlighted == 0 and options.get_option_at_index(0).hit.text == title,
+        f"{title!r} first in the command palette",
+    )
+
+
 async def test_the_command_palette_reaches_screens_and_their_actions(tmp_path: Path) -> None:
     app = make_app(make_workspace(tmp_path / "ws"))
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.press("ctrl+p")
         await pilot.press(*"go to runs")
-        await pilot.pause(0.3)
+        await palette_offers_first(pilot, "Go to Runs")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, RunsScreen)
         await pilot.press("ctrl+p")
         await pilot.press(*"new")
-        await pilot.pause(0.3)
+        await palette_offers_first(pilot, "New")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ConfigScreen)
@@ -237,7 +248,7 @@ async def test_a_failing_action_shows_the_engine_message(tmp_path: Path) -> None
         await settle(pilot)
         await pilot.press("s")
         await settle(pilot)
-        messages = [notification.message for notification in app._notifications]
+        messages = [notification.message for notification in app.notifications]
         assert any(
             "is not running (it is finished); there is nothing to stop" in message for message in messages
         )
@@ -254,16 +265,17 @@ async def test_training_view_follows_events_appended_to_the_run(tmp_path: Path) 
         await pilot.press("enter")
         screen = app.screen
         assert isinstance(screen, TrainingScreen)
-        while len(screen.loss_points()) < 2:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: len(screen.loss_points()) >= 2, "the run's two losses")
         assert screen.loss_points() == [(1, 3.0), (2, 2.0)]
         run.append_event("log", step=3, loss=1.5, learning_rate=0.01)
         run.append_event("checkpoint", step=3, path="checkpoints/checkpoint-3")
-        while len(screen.loss_points()) < 3:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: len(screen.loss_points()) >= 3, "the appended loss")
         assert screen.loss_points()[-1] == (3, 1.5)
-        while "checkpoint saved at step 3" not in "\n".join(screen.query_one("#training-log").lines):
-            await pilot.pause(0.1)
+        await wait_until_in_app(
+            pilot,
+            lambda: "checkpoint saved at step 3" in "\n".join(screen.query_one("#training-log").lines),
+            "the appended checkpoint in the log",
+        )
         assert "loading the model" in screen.query_one("#training-log").lines
 
 

@@ -71,7 +71,7 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")
         await wait_until_in_app(
-            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+            pilot, lambda: not chat.session.answering and chat.session.history, "an answer"
         )
         assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())
 
@@ -132,7 +132,7 @@ async def test_the_chat_screen_offers_a_system_prompt_for_chatglm3_only(tmp_path
         assert chat.query_one("#chat-input", Input).has_focus
         await pilot.press(*"你好", "enter")
         await wait_until_in_app(
-            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+            pilot, lambda: not chat.session.answering and chat.session.history, "an answer"
         )
         assert chat.session.system == "Answer in one word."
         assert chat.session.history[0][0] == "你好"

@@ -56,8 +56,10 @@ async def test_the_editor_answers_keys_while_it_reads_a_114k_row_train_file(tmp_
         editor = app.screen
         assert isinstance(editor, ConfigScreen)
         editor.load(config)
-        await pilot.pause()
+        # Asked before the app runs again, so the check's worker cannot have answered yet (after a pause it may
+        # have, on a fast machine or a slow one where the pause waits out the worker).
         assert "Checking the data files" in str(editor.query_one("#config-problems", Static).render())
+        await pilot.pause()
 
         editor.query_one("#max_steps", Input).focus()
         await pilot.press("ctrl+a", "ctrl+k", *"5")

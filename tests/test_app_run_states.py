@@ -83,7 +83,7 @@ async def test_resuming_from_the_app_says_which_checkpoint_was_passed_over(tmp_p
             await settle(pilot)
             await pilot.press("r")
             await settle(pilot)
-            messages = " ".join(notification.message for notification in app._notifications)
+            messages = " ".join(notification.message for notification in app.notifications)
         assert (
             f"Resuming run {run.id} from checkpoint-20. checkpoint-40 cannot be loaded (optimizer.pt is cut"
             in (" ".join(messages.split()))

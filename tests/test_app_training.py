@@ -89,6 +89,6 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")
         await wait_until_in_app(
-            pilot, lambda: chat.session._active is None and chat.session.history, "an answer"
+            pilot, lambda: not chat.session.answering and chat.session.history, "an answer"
         )
         assert "类型#裙" in str(chat.query_one("#chat-transcript", Static).render())

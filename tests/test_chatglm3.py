@@ -317,5 +317,5 @@ def test_chat_session_keeps_the_system_prompt_and_the_configs_positions():
     assert session.max_sequence_length == json.loads((FIXTURE / "config.json").read_text())["seq_length"]
     session.history = [("你好", "好")]
     turn = session.stream("next", ChatSettings(max_new_tokens=2, sampling=False))
-    assert turn._prompt_ids == family_impl.chat_prompt_ids(tokenizer, "next", [("你好", "好")], system=system)
+    assert turn.prompt_ids == family_impl.chat_prompt_ids(tokenizer, "next", [("你好", "好")], system=system)
     turn.close()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.app import FIXED_NOW, make_workspace, settle, tiny_config, write_run
+from support.app import FIXED_NOW, make_workspace, paste, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
 from glmtui.app import GlmApp
@@ -57,12 +58,15 @@ async def open_the_run(pilot, *keys: str) -> None:
     await pilot.press("enter")
     screen = pilot.app.screen
     assert isinstance(screen, TrainingScreen)
-    while (
-        len(screen.loss_points()) < 8
-        or len(screen.query_one("#training-log").lines) < 3
-        or pilot.app.gpu_snapshot is None
-    ):
-        await pilot.pause(0.05)
+    await wait_until_in_app(
+        pilot,
+        lambda: (
+            len(screen.loss_points()) >= 8
+            and len(screen.query_one("#training-log").lines) >= 3
+            and pilot.app.gpu_snapshot is not None
+        ),
+        "the run's curve, its log and the first GPU reading",
+    )
     screen.workers.cancel_group(screen, "follow")
     for key in keys:
         await pilot.press(key)
@@ -174,7 +178,7 @@ async def test_the_config_editor_shows_every_gpu_beside_its_free_memory_check(tm
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         await pilot.click("#train_file")
-        await pilot.press(*str(workspace.data_dir / "sample" / "train.json"))
+        await paste(pilot, str(workspace.data_dir / "sample" / "train.json"))
         await pilot.click("#gpus")
         await pilot.press("0", "comma", "1")
         await settle(pilot)

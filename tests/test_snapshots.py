@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from support.app import cut_text, make_app, make_workspace, settle, tiny_config, write_run
+from support.app import cut_text, make_app, make_workspace, paste, settle, tiny_config, write_run
 from support.snapshot_root import fixed_root, module_on_a_clean_root
 from support.waiting import wait_until_in_app
 
@@ -136,8 +136,8 @@ async def open_load_dialog(pilot, path: Path) -> None:
     await wait_until_in_app(
         pilot, lambda: getattr(pilot.app.focused, "id", None) == "load-path", "the dialog"
     )
-    await pilot.press(*str(path))
-    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == str(path), "the path typed")
+    await paste(pilot, str(path))
+    await wait_until_in_app(pilot, lambda: pilot.app.focused.value == str(path), "the path pasted")
 
 
 async def load_saved_config(pilot, path: Path) -> None:
@@ -261,8 +261,11 @@ def test_training_view(snap_compare, state: str, size: tuple[int, int]) -> None:
         await pilot.press("enter")
         screen = pilot.app.screen
         assert isinstance(screen, TrainingScreen)
-        while screen.status is None or len(screen.query_one("#training-log").lines) < 3:
-            await pilot.pause(0.05)
+        await wait_until_in_app(
+            pilot,
+            lambda: screen.status is not None and len(screen.query_one("#training-log").lines) >= 3,
+            "the run's status and its first log lines",
+        )
         screen.workers.cancel_group(screen, "follow")
         await assert_whole(pilot)
 
@@ -291,8 +294,7 @@ def test_evaluate_with_results(snap_compare, size: tuple[int, int]) -> None:
         screen = pilot.app.screen
         assert isinstance(screen, EvaluateScreen)
         await press(pilot, "ctrl+g")
-        while screen.comparison is None:
-            await pilot.pause(0.1)
+        await wait_until_in_app(pilot, lambda: screen.comparison is not None, "the evaluation's results")
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=evaluate)

@@ -105,6 +105,19 @@ def write_run(
     return run
 
 
+async def paste(pilot, text: str) -> None:
+    """Paste ``text`` into the focused field as a terminal does, in one event: typing a path key by key takes
+    seconds (each key waits for the app to idle, and the config editor checks the disk on every change)."""
+    from textual.events import Paste
+
+    from support.waiting import wait_until_in_app
+
+    field = pilot.app.focused
+    before = field.value
+    pilot.app.post_message(Paste(text))
+    await wait_until_in_app(pilot, lambda: field.value != before and text in field.value, f"{text!r} pasted")
+
+
 async def settle(pilot) -> None:
     """Wait for the app's workers that are running now (a cancelled or failed one counts as done), then a frame."""
     from textual.worker import WorkerCancelled, WorkerFailed

@@ -40,4 +40,4 @@ def shown_messages(app) -> list[str]:
     statuses = [
         str(widget.render()) for widget in app.screen.query("Static") if widget.id and "status" in widget.id
     ]
-    return [notification.message for notification in app._notifications] + statuses + [repr(app._exception)]
+    return [notification.message for notification in app.notifications] + statuses + [repr(app._exception)]
