@@ -35,7 +35,9 @@ async def test_a_message_sent_while_the_model_loads_waits_and_goes_out(
     tmp_path: Path, held_model_load: threading.Event
 ) -> None:
     workspace = make_workspace(tmp_path / "ws")
-    write_run(workspace, "20260501-110000-done", tiny_config(workspace), state="finished", step=30, losses=[2.0])
+    write_run(
+        workspace, "20260501-110000-done", tiny_config(workspace), state="finished", step=30, losses=[2.0]
+    )
     app = make_app(workspace)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)

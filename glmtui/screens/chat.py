@@ -182,7 +182,9 @@ class ChatScreen(WorkbenchScreen):
                 if self.transcript and not self.transcript[-1][1]:
                     self.transcript.pop()
                     self._draw()
-            self._status("The model did not load; pick a run on the Runs screen (F5) and press c to try again.")
+            self._status(
+                "The model did not load; pick a run on the Runs screen (F5) and press c to try again."
+            )
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id != "chat-checkpoint":
