@@ -14,6 +14,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
+from textual.worker import Worker
 
 from glmtui.messages import EditConfig
 from glmtui.screens.base import WorkbenchScreen
@@ -23,7 +24,8 @@ WELCOME_TEXT = """[b]Welcome to glmtui[/b]
 There is no model in {models_dir} yet.
 
 [b]d[/b]   build the [b]demo workspace[/b]: a tiny ChatGLM-architecture model
-    and the AdvertiseGen-form sample (about a minute on a 2-core CPU);
+    and the AdvertiseGen-form sample (it pretrains on this CPU: about a
+    minute on 2 idle cores, longer while other work shares them);
     then configure, train, watch, evaluate and chat with it.
 [b]F2[/b]  download ChatGLM-6B on the Models screen.
 [b]F4[/b]  configure a run by hand.
@@ -62,6 +64,7 @@ class WelcomeScreen(WorkbenchScreen):
     def action_build_demo(self) -> None:
         self.query_one("#demo-status", Static).update("Building the demo workspace…")
         self.query_one("#demo-progress", ProgressBar).display = True
+        self.workbench.set_demo_build(0.0)
         self.build_demo()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
@@ -78,6 +81,13 @@ class WelcomeScreen(WorkbenchScreen):
     def on_demo_progressed(self, message: DemoProgressed) -> None:
         self.query_one("#demo-progress", ProgressBar).update(progress=message.fraction)
         self.query_one("#demo-status", Static).update(message.text)
+        self.workbench.set_demo_build(message.fraction)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """However the build ends, the nav bar stops showing its progress (the app shows a failure's error)."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "demo" and event.worker.is_finished:
+            self.workbench.set_demo_build(None)
 
     def on_demo_ready(self, message: DemoReady) -> None:
         from glmcore.config import RunConfig
