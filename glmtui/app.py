@@ -229,7 +229,8 @@ class GlmApp(App[int]):
             else:
                 last_of_sweep[sweep] = ending
         for sweep, ending in last_of_sweep.items():
-            if (earlier := self._sweep_notifications.get(sweep)) in self._notifications:
+            earlier = self._sweep_notifications.get(sweep)
+            if earlier is not None and earlier in self._notifications:
                 self._unnotify(earlier)
             self._sweep_notifications[sweep] = self._notify_ending(ending)
         if problem and problem != self._said_watch_problem:

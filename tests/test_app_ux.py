@@ -11,6 +11,7 @@ from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import Input, Static
 
+from glmcore.runs import Run
 from glmtui.screens.chat import ChatScreen
 
 
@@ -123,3 +124,119 @@ async def test_the_palette_finds_each_action_by_its_name(tmp_path: Path) -> None
                 assert app.screen.NAME == "config"
                 assert any("1e-2,2e-2" in notification.message for notification in app._notifications)
         assert type(app.screen).__name__ == "HelpScreen"
+
+
+async def test_f7_and_f8_from_the_training_view_act_on_its_run(tmp_path: Path) -> None:
+    from glmtui.screens.evaluate import EvaluateScreen
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    config = tiny_config(workspace)
+    write_run(workspace, "20260501-110000-first", config, state="finished", step=30, losses=[2.0])
+    write_run(workspace, "20260501-120000-second", config, state="finished", step=30, losses=[2.0])
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("down", "enter")  # the Training view of the second row: the older run
+        await wait_until_in_app(pilot, lambda: app.screen.NAME == "training", "the Training view")
+        await pilot.press("f7")
+        await settle(pilot)
+        assert isinstance(app.screen, EvaluateScreen)
+        assert app.screen.run is not None and app.screen.run.id == "20260501-110000-first"
+        title = str(app.screen.query_one("#evaluate-title", Static).render())
+        assert title.startswith("20260501-110000-first")
+
+
+async def test_the_demo_builds_progress_shows_on_every_screen_and_in_the_palette(tmp_path: Path) -> None:
+    from glmtui.screens.welcome import DemoProgressed
+
+    app = make_app(make_workspace(tmp_path / "ws", with_model=False))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        welcome = app.screen
+        await pilot.press("f5")
+        await settle(pilot)
+        app.set_demo_build(0.0)  # what d does, without the minute of CPU the build itself takes
+        welcome.post_message(DemoProgressed(0.45, "pretraining the tiny model: step 90/200"))
+        nav = app.screen.query_one("#nav", Static)
+        await wait_until_in_app(pilot, lambda: "demo 45%" in str(nav.render()), "the build's progress")
+        assert str(nav.render()).startswith("F2 Models F3 Data F4 Config F5 Runs")
+        assert "F9 Serve" in str(nav.render())
+        titles = await palette_titles(pilot, "demo")
+        assert "Demo build: show its progress" in titles
+        await pilot.press(*["down"] * titles.index("Demo build: show its progress"), "enter")
+        await settle(pilot)
+        assert app.screen is welcome
+        assert "step 90/200" in str(welcome.query_one("#demo-status", Static).render())
+
+
+def test_the_nav_bar_names_every_screen_in_80_columns() -> None:
+    from rich.cells import cell_len
+
+    from glmtui.screens.base import NAVIGATION, SHORT_TITLES, nav_text
+
+    for width, building in ((80, None), (80, 0.5), (120, None)):
+        text = nav_text("runs", width, building)
+        assert cell_len(text.plain) <= width
+        for key, _, title in NAVIGATION:
+            assert (
+                f"{key.upper()} {SHORT_TITLES.get(title, title)}" in text.plain
+                or f"{key.upper()} {title}" in text.plain
+            )
+        assert ("demo 50%" in text.plain) == (building is not None)
+    assert "  F3 Data " in nav_text("runs", 120).plain  # roomier when there is room
+
+
+async def test_the_quit_dialog_counts_only_runs_still_training(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    config = tiny_config(workspace)
+    for state in ("running", "stopping", "stopped", "finished"):
+        write_run(workspace, f"20260501-110000-{state}", config, state=state, step=3, losses=[2.0])
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await settle(pilot)
+        question = str(app.screen.query_one("#confirm-question", Static).render())
+        assert question.startswith("1 run is still training (20260501-110000-running).")
+
+
+async def test_a_sweeps_endings_share_one_notification(tmp_path: Path) -> None:
+    import json
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    runs = []
+    for index, rate in enumerate(("1e-2", "2e-2", "3e-2")):
+        run = write_run(
+            workspace,
+            f"20260501-11000{index}-sweep",
+            tiny_config(workspace),
+            state="running",
+            step=3,
+            losses=[2.0],
+        )
+        values = {"learning_rate": rate}
+        (run.path / "sweep.json").write_text(
+            json.dumps({"sweep": "s1", "index": index, "size": 3, "values": values})
+        )
+        runs.append(run)
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await wait_until_in_app(pilot, lambda: app._run_watch._seen is not None, "the first look at the runs")
+
+        def finish(run: Run) -> None:
+            status = json.loads(run.status_path.read_text())
+            run.status_path.write_text(json.dumps({**status, "state": "finished", "step": 30}))
+
+        finish(runs[0])  # the runs of a sweep end one after another
+        await wait_until_in_app(pilot, lambda: app._notifications, "the first run's end")
+        assert [n.message for n in app._notifications] == [
+            "Run 20260501-110000-sweep finished at step 30/30."
+        ]
+        for run in runs[1:]:
+            finish(run)
+        await wait_until_in_app(
+            pilot, lambda: any("Sweep s1 ended" in n.message for n in app._notifications), "the sweep's end"
+        )
+        await settle(pilot)
+        assert [n.message for n in app._notifications] == ["Sweep s1 ended: 3 finished."]

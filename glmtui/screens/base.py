@@ -33,18 +33,22 @@ def nav_text(current: str, width: int, demo_build: float | None = None) -> Text:
     """The bar in ``width`` cells: each screen's key and title, ``current`` highlighted, and while the demo is
     being built its progress at the end. The roomiest layout that fits wins; the last one is cut with a mark."""
     building = Text(f"demo {demo_build:.0%}", style="bold yellow") if demo_build is not None else Text()
-    layouts = ((" ", "  ", False), ("", " ", False), ("", " ", True))
-    for padding, gap, short in layouts:
+    for roomy, short in ((True, False), (False, False), (False, True)):
         text = Text(no_wrap=True, overflow="ellipsis")
         for key, name, title in NAVIGATION:
-            if text:
-                text.append(gap)
-            text.append(key.upper(), style="bold cyan")
             shown = SHORT_TITLES.get(title, title) if short else title
-            text.append(" ")
-            text.append(f"{padding}{shown}{padding}", style="bold reverse" if name == current else "")
+            style = "bold reverse" if name == current else ""
+            if roomy:  # "F2 Models  F3 Data  ": the current title highlighted with a space either side
+                text.append(key.upper(), style="bold cyan")
+                text.append(f" {shown} ", style=style)
+                text.append(" ")
+            else:  # "F2 Models F3 Data"
+                text.append(" " if text else "")
+                text.append(key.upper(), style="bold cyan")
+                text.append(" ")
+                text.append(shown, style=style)
         if building:
-            text.append(gap)
+            text.append(" " if not roomy else "")
             text.append_text(building)
         if text.cell_len <= width:
             break
