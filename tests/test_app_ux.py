@@ -3,6 +3,7 @@ narrow terminal shows whole. Each test presses real keys in the real app."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -240,3 +241,45 @@ async def test_a_sweeps_endings_share_one_notification(tmp_path: Path) -> None:
         )
         await settle(pilot)
         assert [n.message for n in app._notifications] == ["Sweep s1 ended: 3 finished."]
+
+
+async def test_without_nvidia_the_gpu_panel_shows_this_machines_cpu_and_memory(tmp_path: Path) -> None:
+    from glmcore.gpu import GpuSnapshot
+    from glmcore.gpu.snapshot import NO_DRIVER_REASON
+    from glmtui.widgets.gpu_panel import GpuPanel
+
+    app = make_app(make_workspace(tmp_path / "ws", with_model=False))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f6")
+        await settle(pilot)
+        panel = app.screen.query_one(GpuPanel)
+        panel.show(GpuSnapshot.unavailable(NO_DRIVER_REASON))  # what the sampler hands it on a CPU machine
+        await settle(pilot)
+        lines = str(panel.render()).splitlines()
+        assert lines[0] == NO_DRIVER_REASON
+        assert lines[1].startswith(" CPU ") and lines[1].endswith(
+            f"of {os.cpu_count()} core" + "s" * (os.cpu_count() != 1)
+        )
+        total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024 / 2**30
+        assert lines[2].startswith(" RAM ") and lines[2].endswith(f"/{total:.1f} GiB")
+
+
+async def test_a_ticked_box_looks_ticked_and_the_focused_field_stands_out(tmp_path: Path) -> None:
+    from textual.widgets import Checkbox
+
+    app = make_app(make_workspace(tmp_path / "ws"))  # opens on the config editor, the Name field focused
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        name, model = app.screen.query_one("#name", Input), app.screen.query_one("#model_path", Input)
+        assert app.focused is name
+        focused, unfocused = name.styles.background, model.styles.background
+        assert abs(focused.brightness - unfocused.brightness) > 0.05 or focused.hsl.h != unfocused.hsl.h
+        box = app.screen.query_one("#prefix_projection", Checkbox)
+        unticked = box.get_component_rich_style("toggle--button")
+        assert unticked.color == unticked.bgcolor  # an empty box
+        box.focus()
+        await pilot.press("space")
+        await settle(pilot)
+        assert box.value
+        ticked = box.get_component_rich_style("toggle--button")
+        assert ticked.color != ticked.bgcolor and ticked.bold

@@ -83,12 +83,14 @@ class RunRow:
 
 
 def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, int]:
-    """The columns to show in ``width`` cells and their widths: every column, less the least important ones
-    while the table would be wider (`fit_run_columns`)."""
+    """The columns to show in ``width`` cells and their widths: every column, less those no row has a value in
+    and then the least important ones while the table would be wider (`fit_run_columns`)."""
     widths = dict(COLUMNS)
+    cells = [row.cells(now) for row in rows]
     for column in GROWING_COLUMNS:
-        widths[column] = max([widths[column], *(len(row.cells(now)[column]) for row in rows)])
-    return fit_run_columns(widths, width, CELL_PADDING)
+        widths[column] = max([widths[column], *(len(row[column]) for row in cells)])
+    empty = [column for column in COLUMNS if cells and all(str(row[column]) == MISSING for row in cells)]
+    return fit_run_columns(widths, width, CELL_PADDING, empty)
 
 
 class RunsRead(Message):
