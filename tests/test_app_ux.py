@@ -283,3 +283,65 @@ async def test_a_ticked_box_looks_ticked_and_the_focused_field_stands_out(tmp_pa
         assert box.value
         ticked = box.get_component_rich_style("toggle--button")
         assert ticked.color != ticked.bgcolor and ticked.bold
+
+
+async def test_the_training_view_marks_cut_lines_and_keeps_its_header_and_quit_key_on_one_line(
+    tmp_path: Path,
+) -> None:
+    from glmtui.screens.training import TrainingScreen
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    run = write_run(
+        workspace, "20260501-110000-long", tiny_config(workspace), state="stopped", step=53, losses=[2.0] * 3
+    )
+    with run.log_path.open("a") as log:
+        log.write(
+            "step 53/200  loss 1.2345  lr 0.02  then a stop request arrived and it stopped at step 53\n"
+        )
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("enter")
+        screen = app.screen
+        assert isinstance(screen, TrainingScreen)
+        log = screen.query_one("#training-log")
+        await wait_until_in_app(pilot, lambda: len(log.lines) >= 3, "the run's log")
+        await settle(pilot)
+        cut = [log.render_line(y).text for y in range(log.size.height)]
+        long = next(line for line in cut if line.startswith("step 53/200"))
+        assert long.endswith("…") and len(long) == log.size.width
+        assert screen.query_one("#training-stats").size.height == 1  # the header does not wrap
+        for zoom in ("l", "p", "g"):
+            await pilot.press(zoom)
+            await settle(pilot)
+            keys = [key.key for key in app.screen.query("FooterKey") if key.region.right <= 80]
+            assert "ctrl+q" in keys, (zoom, keys)
+            await pilot.press(zoom)
+
+
+async def test_runs_with_no_eta_keep_their_loss_column_at_80_columns(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    for rate in ("1e-2", "2e-2", "5e-2"):
+        config = tiny_config(workspace, name=f"demo-ptuning-learning_rate={rate}")
+        write_run(
+            workspace,
+            f"20260501-110000-demo-ptuning-learning_rate-{rate}",
+            config,
+            state="finished",
+            step=30,
+            losses=[2.0],
+        )
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        shown = list(app.screen.shown_columns)
+        assert "Loss" in shown and "ETA" not in shown, shown
+
+
+def test_plot_axes_step_in_whole_steps() -> None:
+    from glmtui.screens.training import whole_steps
+
+    assert whole_steps([10, 80]) == [20, 40, 60, 80]
+    assert whole_steps([1, 30]) == [10, 20, 30]
+    assert whole_steps([5]) == [5]
+    assert whole_steps([0, 3000]) == [0, 1000, 2000, 3000]
