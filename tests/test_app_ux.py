@@ -4,6 +4,7 @@ narrow terminal shows whole. Each test presses real keys in the real app."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -58,6 +59,29 @@ async def test_a_message_sent_while_the_model_loads_waits_and_goes_out(
         assert screen.waiting is None
         assert screen.query_one("#chat-input", Input).value == ""
         assert str(status.render()).startswith("Chatting with tiny-chatglm (ChatGLM-6B), ")
+
+
+async def test_evaluate_says_which_model_loads_and_for_how_long(
+    tmp_path: Path, held_model_load: threading.Event
+) -> None:
+    from glmtui.screens.evaluate import EvaluateScreen
+
+    workspace = make_workspace(tmp_path / "ws")
+    write_run(
+        workspace, "20260501-110000-done", tiny_config(workspace), state="finished", step=30, losses=[2.0]
+    )
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("e")
+        await wait_until_in_app(pilot, lambda: isinstance(app.screen, EvaluateScreen), "the Evaluate screen")
+        await pilot.press("ctrl+g")
+        status = app.screen.query_one("#evaluate-status", Static)
+        await wait_until_in_app(pilot, lambda: "Loading" in str(status.render()), "the load's line")
+        assert re.fullmatch(r"Loading tiny-chatglm \(\d+s\); the examples follow\.", str(status.render()))
+        await pilot.press("ctrl+x")
+        held_model_load.set()
+        await settle(pilot)
 
 
 async def test_f1_and_question_mark_list_every_key_of_every_screen(tmp_path: Path) -> None:
