@@ -7,7 +7,6 @@ against the rest), so a reader keeps its last `CpuTimes` and passes it back. Whe
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,11 @@ PROC = Path("/proc")
 
 @dataclass(frozen=True)
 class CpuTimes:
-    """The all-CPU line of /proc/stat, in clock ticks: busy and total."""
+    """The all-CPU line of /proc/stat, in clock ticks: busy and total; and how many cores it lists."""
 
     busy: int
     total: int
+    cores: int
 
 
 @dataclass(frozen=True)
@@ -32,18 +32,21 @@ class HostUsage:
     memory_total: int
 
 
-def read_cpu_times(proc: Path = PROC) -> CpuTimes | None:
+def read_cpu_times(proc: Path | None = None) -> CpuTimes | None:
+    proc = proc or PROC
     try:
-        fields = (proc / "stat").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
+        lines = (proc / "stat").read_text().splitlines()
+        ticks = [int(value) for value in lines[0].split()[1:8]]  # user nice system idle iowait irq softirq
+    except (OSError, IndexError, ValueError):
         return None
-    ticks = [int(value) for value in fields[1:8]]  # user nice system idle iowait irq softirq
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
     idle = ticks[3] + ticks[4]
-    return CpuTimes(busy=sum(ticks) - idle, total=sum(ticks))
+    return CpuTimes(busy=sum(ticks) - idle, total=sum(ticks), cores=cores)
 
 
-def read_host_usage(previous: CpuTimes | None, proc: Path = PROC) -> tuple[HostUsage, CpuTimes] | None:
-    """The usage now and the CPU times to pass next time; None without /proc."""
+def read_host_usage(previous: CpuTimes | None, proc: Path | None = None) -> tuple[HostUsage, CpuTimes] | None:
+    """The usage now and the CPU times to pass next time; None without /proc (``proc``: PROC, read then)."""
+    proc = proc or PROC
     times = read_cpu_times(proc)
     try:
         meminfo = dict(
@@ -60,7 +63,7 @@ def read_host_usage(previous: CpuTimes | None, proc: Path = PROC) -> tuple[HostU
         fraction = (times.busy - previous.busy) / (times.total - previous.total)
     usage = HostUsage(
         cpu_fraction=fraction,
-        cpu_count=os.cpu_count() or 1,
+        cpu_count=times.cores,
         memory_used=meminfo["MemTotal"] - meminfo["MemAvailable"],
         memory_total=meminfo["MemTotal"],
     )
