@@ -142,6 +142,12 @@ def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
     }
 
 
+RUN_REQUESTS: dict[str, type[OpenRun | EvaluateRun | ChatWith]] = {
+    "training": OpenRun,
+    "evaluate": EvaluateRun,
+    "chat": ChatWith,
+}
+"""The screens that show one run, and the request that shows a run there (F6, F7, F8 on the run in view)."""
 SCREEN_TITLES = {name: title for _, name, title in NAVIGATION} | {"welcome": "Welcome", "compare": "Compare"}
 
 
@@ -277,13 +283,12 @@ class GlmApp(App[int]):
 
     def action_show(self, name: str) -> Awaitable[object] | None:
         """Bring the screen called ``name`` to the front (the base of the screen stack: no modal is open);
-        returns what to await for it to be there. Evaluate and Chat from a screen that shows one run (the
-        Training view) take that run."""
-        if (run := self._run_in_view()) is not None and name in ("evaluate", "chat"):
-            target = self.workbench_screen(name)
-            if getattr(target, "run", None) != run:
-                self.post_message(EvaluateRun(run) if name == "evaluate" else ChatWith(run))
-                return None
+        returns what to await for it to be there. Training, Evaluate and Chat from a screen that shows one run
+        take that run (unless an evaluation is under way: it keeps its run)."""
+        current = self.screen.run_in_view() if isinstance(self.screen, WorkbenchScreen) else None
+        if current is not None and name in RUN_REQUESTS and self._takes_run(name, current):
+            self.post_message(RUN_REQUESTS[name](current))
+            return None
         screen = self.workbench_screen(name)
         if self.screen is screen:
             return None
@@ -291,10 +296,13 @@ class GlmApp(App[int]):
             return self.push_screen(screen)
         return self.switch_screen(screen)
 
-    def _run_in_view(self) -> Run | None:
-        from glmtui.screens.run_actions import RunActions
-
-        return self.screen.run_in_view() if isinstance(self.screen, RunActions) else None
+    def _takes_run(self, name: str, run: Run) -> bool:
+        """Whether the screen called ``name`` should switch to ``run`` (it shows another and is not busy)."""
+        target = self.workbench_screen(name)
+        busy = name == "evaluate" and any(
+            worker.group == "evaluate" and not worker.is_finished for worker in self.workers
+        )
+        return target.run_in_view() != run and not busy
 
     async def run_on_screen(self, name: str, action: str) -> None:
         """Open the screen called ``name`` and do ``action`` there, as its key would (the command palette)."""

@@ -153,7 +153,7 @@ async def test_the_palette_finds_each_action_by_its_name(tmp_path: Path) -> None
         assert type(app.screen).__name__ == "HelpScreen"
 
 
-async def test_f7_and_f8_from_the_training_view_act_on_its_run(tmp_path: Path) -> None:
+async def test_f6_and_f7_act_on_the_run_in_view(tmp_path: Path) -> None:
     from glmtui.screens.evaluate import EvaluateScreen
 
     workspace = make_workspace(tmp_path / "ws", with_model=False)
@@ -171,6 +171,11 @@ async def test_f7_and_f8_from_the_training_view_act_on_its_run(tmp_path: Path) -
         assert app.screen.run is not None and app.screen.run.id == "20260501-110000-first"
         title = str(app.screen.query_one("#evaluate-title", Static).render())
         assert title.startswith("20260501-110000-first")
+        await pilot.press("f5", "up", "e")  # the newer run, on the Evaluate screen; F6 from there watches it
+        await wait_until_in_app(pilot, lambda: app.screen.run.id == "20260501-120000-second", "the other run")
+        await pilot.press("f6")
+        await settle(pilot)
+        assert app.screen.NAME == "training" and app.screen.run.id == "20260501-120000-second"
 
 
 async def test_the_demo_builds_progress_shows_on_every_screen_and_in_the_palette(tmp_path: Path) -> None:

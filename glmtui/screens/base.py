@@ -12,6 +12,7 @@ from textual.worker import Worker
 
 if TYPE_CHECKING:
     from glmcore.gpu import GpuSnapshot
+    from glmcore.runs import Run
     from glmtui.app import GlmApp
 
 NAVIGATION: tuple[tuple[str, str, str], ...] = (
@@ -86,6 +87,11 @@ class WorkbenchScreen(Screen):
 
     def compose_body(self) -> ComposeResult:
         raise NotImplementedError
+
+    def run_in_view(self) -> Run | None:
+        """The one run the screen shows, if it shows one: F6, F7 and F8 from here watch, evaluate and chat
+        with that run."""
+        return None
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         """A new GPU sample arrived (or the screen came back): refresh the GPU panels it has."""

@@ -96,6 +96,9 @@ class ChatScreen(WorkbenchScreen):
             yield Static("", id="chat-transcript")
         yield Input(placeholder="Type a message and press enter", id="chat-input")
 
+    def run_in_view(self) -> Run | None:
+        return self.run
+
     def select_run(self, run: Run) -> None:
         """Chat with ``run``'s model, the checkpoint it stands for picked (a different model is loaded afresh)."""
         if self.run is None or run.config.model_path != self.run.config.model_path:

@@ -90,6 +90,9 @@ class EvaluateScreen(WorkbenchScreen):
         with VerticalScroll(id="evaluate-detail-box", can_focus=True):
             yield Static("", id="evaluate-detail")
 
+    def run_in_view(self) -> Run | None:
+        return self.run
+
     def select_run(self, run: Run) -> None:
         """Offer the base model and ``run``'s checkpoints (the base and the latest picked)."""
         self.run = run

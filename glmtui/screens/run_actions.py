@@ -36,10 +36,6 @@ class RunActions(WorkbenchScreen):
     def _require_run(self) -> Run | None:
         raise NotImplementedError
 
-    def run_in_view(self) -> Run | None:
-        """The one run the screen shows, if it shows one: F7 and F8 from here evaluate and chat with it."""
-        return None
-
     def status_in_view(self) -> RunStatus | None:
         """The status of the run the keys act on, as last read (None: none, or not read yet)."""
         return None
