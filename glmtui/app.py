@@ -8,7 +8,7 @@ screens import them inside their workers when they need a model, so the first fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from typing import TypeVar
@@ -25,10 +25,12 @@ from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
 from glmcore.notify import Ending, RunWatch
 from glmcore.runs import Run, RunStore
+from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
 from glmtui.presentation import ending_sentence
-from glmtui.screens.base import NAVIGATION, UNLISTED_SCREENS, WorkbenchScreen
+from glmtui.screens.base import NAVIGATION, WorkbenchScreen
+from glmtui.screens.help import PALETTE_KEY, HelpScreen, described, key_names
 
 Clock = Callable[[], datetime]
 WATCH_ENDINGS_S = 2.0
@@ -53,27 +55,49 @@ class GpuSampled(Message):
         self.snapshot = snapshot
 
 
+TASKS: tuple[tuple[str, str, str], ...] = (
+    (
+        "Sweep: train several values of a setting",
+        "config",
+        "Type several values in Prefix length or Learning rate, e.g. 64,128 or 1e-2,2e-2: the form then "
+        "stands for one run per combination, and ctrl+g starts them all.",
+    ),
+    (
+        "Queue: runs waiting their turn",
+        "runs",
+        "Queued runs are listed under the Runs table with why each waits: + moves one earlier, - later, "
+        "g starts it now, x unqueues it. `glmtui queue` lists them all.",
+    ),
+)
+"""(palette title, screen, what to do there) of the tasks that are a way of using a screen, not a key."""
+
+
 class WorkbenchCommands(Provider):
-    """Command palette entries: every screen, and every key binding of the screen the palette was opened on."""
+    """Command palette entries: every screen, help, the tasks above, the demo build while it runs, and every
+    key of every screen by its name (those of the screen the palette was opened on first)."""
 
     def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
-        app = self.app
+        app: GlmApp = self.app  # type: ignore[assignment]
         commands: list[tuple[str, Callable[[], object], str]] = [
-            (
-                f"Go to {title}",
-                partial(app.run_action, f"show('{name}')"),
-                f"{key.upper()}: open the {title} screen",
-            )
-            for key, name, title in NAVIGATION + UNLISTED_SCREENS
+            (f"Go to {title}", partial(app.action_show, name), f"{key.upper()}: open the {title} screen")
+            for key, name, title in NAVIGATION
         ]
-        screen = self.screen
-        for binding in screen.BINDINGS:
-            if isinstance(binding, Binding) and binding.description:
+        commands.append(("Help: every key of every screen", app.action_help, "F1 or ?: list every key"))
+        if app.demo_build is not None:
+            commands.append(
+                ("Demo build: show its progress", partial(app.action_show, "welcome"), "The demo being built")
+            )
+        commands += [(title, partial(app.show_task, name, how), how) for title, name, how in TASKS]
+        sections = app.key_sections()
+        current = [section for section in sections if section[0] == app.screen_title(self.screen)]
+        for title, bindings, name in current + [section for section in sections if section not in current]:
+            for binding in bindings:
+                keys = key_names(app, binding)
                 commands.append(
                     (
-                        f"{binding.description}",
-                        partial(screen.run_action, binding.action),
-                        f"{binding.key_display or binding.key}: {binding.tooltip or binding.description}",
+                        f"{title}: {binding.description}",
+                        partial(app.run_on_screen, name, binding.action),
+                        f"{keys}: {binding.tooltip or binding.description}",
                     )
                 )
         return commands
@@ -83,9 +107,10 @@ class WorkbenchCommands(Provider):
             yield DiscoveryHit(title, callback, help=help_text)
 
     async def search(self, query: str) -> Hits:
+        """Titles match first; what an entry does matches too, at half the score ("queue" finds Unqueue)."""
         matcher = self.matcher(query)
         for title, callback, help_text in self._commands():
-            score = matcher.match(title)
+            score = max(matcher.match(title), matcher.match(help_text) / 2)
             if score > 0:
                 yield Hit(score, matcher.highlight(title), callback, help=help_text)
 
@@ -117,6 +142,15 @@ def _screen_classes() -> dict[str, type[WorkbenchScreen]]:
     }
 
 
+RUN_REQUESTS: dict[str, type[OpenRun | EvaluateRun | ChatWith]] = {
+    "training": OpenRun,
+    "evaluate": EvaluateRun,
+    "chat": ChatWith,
+}
+"""The screens that show one run, and the request that shows a run there (F6, F7, F8 on the run in view)."""
+SCREEN_TITLES = {name: title for _, name, title in NAVIGATION} | {"welcome": "Welcome", "compare": "Compare"}
+
+
 class GlmApp(App[int]):
     """The workbench. ``gpu_backend``/``gpu_interval`` and ``clock`` exist so tests can fix what they show."""
 
@@ -125,13 +159,28 @@ class GlmApp(App[int]):
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
     BINDINGS = [
         Binding(
-            key, f"show('{name}')", title, id=f"show-{name}", show=False, tooltip=f"Open the {title} screen"
+            key,
+            f"show('{name}')",
+            title,
+            id=f"show-{name}",
+            show=False,
+            key_display=key.upper(),
+            tooltip=f"Open the {title} screen",
         )
-        for key, name, title in NAVIGATION + UNLISTED_SCREENS
+        for key, name, title in NAVIGATION
     ] + [
         # ctrl+q works while typing in a field, so the footer shows it on every screen; q is the short way.
         Binding("ctrl+q", "quit", "Quit", id="quit", priority=True, tooltip="Close glmtui (runs go on)"),
-        Binding("q", "quit", "Quit", id="quit-q", show=False),
+        Binding("q", "quit", "Quit", id="quit-q", show=False, tooltip="Close glmtui (runs go on)"),
+        Binding("f1", "help", "Help", id="help", key_display="F1", tooltip="Every key of every screen"),
+        Binding(
+            "question_mark",
+            "help",
+            "Help",
+            id="help-question",
+            show=False,
+            tooltip="Every key of every screen",
+        ),
     ]
 
     def __init__(
@@ -155,6 +204,10 @@ class GlmApp(App[int]):
         """The active runs the user quit away from (they go on; run_app says so once the screen is gone)."""
         self.notifications: list[Notification] = []
         """Every notification shown since the app started, oldest first, also those gone from the screen."""
+        self.demo_build: float | None = None
+        """How far the demo workspace's build is (0 to 1) while it runs: the nav bar shows it everywhere."""
+        self._sweep_notifications: dict[str, Notification] = {}
+        """The notification each sweep has on screen: a sweep's endings replace it rather than pile up."""
 
     # screens
 
@@ -173,12 +226,21 @@ class GlmApp(App[int]):
             self.call_from_thread(self._announce_endings, endings, self._run_watch.problem)
 
     def _announce_endings(self, endings: list[Ending], problem: str | None) -> None:
-        """The terminal bell, and a notification per ending: a failure or crash as an error."""
+        """The terminal bell, and a notification per ending: a failure or crash as an error. The runs of one
+        sweep share one notification, each ending replacing the last (the sweep's own ending comes last)."""
         if endings:
             self.bell()
+        last_of_sweep: dict[str, Ending] = {}
         for ending in endings:
-            severity = "error" if ending.status.state in ("failed", "crashed") else "information"
-            self.notify(ending_sentence(ending), severity=severity, timeout=30)
+            if (sweep := ending.sweep or (sweep_of(ending.run) or {}).get("sweep")) is None:
+                self._notify_ending(ending)
+            else:
+                last_of_sweep[sweep] = ending
+        for sweep, ending in last_of_sweep.items():
+            earlier = self._sweep_notifications.get(sweep)
+            if earlier is not None and earlier in self._notifications:
+                self._unnotify(earlier)
+            self._sweep_notifications[sweep] = self._notify_ending(ending)
         if problem and problem != self._said_watch_problem:
             self.notify(f"No notification command was run: {problem}", severity="warning")
         self._said_watch_problem = problem
@@ -186,6 +248,17 @@ class GlmApp(App[int]):
     def on_notify(self, event: Notify) -> None:
         """Keep what was said (Textual shows it as a toast and forgets it when the toast times out)."""
         self.notifications.append(event.notification)
+
+    def _notify_ending(self, ending: Ending) -> Notification:
+        """Show ``ending``'s sentence (as plain text: it holds a reason read from disk); returns the notification."""
+        failed = ending.status.state in ("failed", "crashed") or any(
+            state in ("failed", "crashed") for state, _ in ending.sweep_states
+        )
+        notification = Notification(
+            ending_sentence(ending), "", "error" if failed else "information", 30, markup=False
+        )
+        self.post_message(Notify(notification))
+        return notification
 
     def home_screen_name(self) -> str:
         """Runs once any run exists; the demo offer while there is no model; else the config editor."""
@@ -214,15 +287,70 @@ class GlmApp(App[int]):
         assert isinstance(screen, kind)
         return screen
 
-    def action_show(self, name: str) -> None:
-        """Bring the screen called ``name`` to the front (the base of the screen stack: no modal is open)."""
+    def action_show(self, name: str) -> Awaitable[object] | None:
+        """Bring the screen called ``name`` to the front (the base of the screen stack: no modal is open);
+        returns what to await for it to be there. Training, Evaluate and Chat from a screen that shows one run
+        take that run (unless an evaluation is under way: it keeps its run)."""
+        current = self.screen.run_in_view() if isinstance(self.screen, WorkbenchScreen) else None
+        if current is not None and name in RUN_REQUESTS and self._takes_run(name, current):
+            self.post_message(RUN_REQUESTS[name](current))
+            return None
         screen = self.workbench_screen(name)
         if self.screen is screen:
-            return
+            return None
         if len(self.screen_stack) <= 1:
-            self.push_screen(screen)
-        else:
-            self.switch_screen(screen)
+            return self.push_screen(screen)
+        return self.switch_screen(screen)
+
+    def _takes_run(self, name: str, run: Run) -> bool:
+        """Whether the screen called ``name`` should switch to ``run`` (it shows another and is not busy)."""
+        target = self.workbench_screen(name)
+        busy = name == "evaluate" and any(
+            worker.group == "evaluate" and not worker.is_finished for worker in self.workers
+        )
+        return target.run_in_view() != run and not busy
+
+    async def run_on_screen(self, name: str, action: str) -> None:
+        """Open the screen called ``name`` and do ``action`` there, as its key would (the command palette)."""
+        screen = self.workbench_screen(name)
+        if self.screen is not screen and (shown := self.action_show(name)) is not None:
+            await shown
+        await screen.run_action(action)
+
+    def show_task(self, name: str, how: str) -> None:
+        """Open the screen a task is done on and say how (the palette's sweep and queue entries)."""
+        self.action_show(name)
+        self.notify(how, title=SCREEN_TITLES[name], timeout=20, markup=False)
+
+    # keys
+
+    def screen_title(self, screen: object) -> str:
+        return SCREEN_TITLES.get(getattr(screen, "NAME", ""), "")
+
+    def key_sections(self) -> list[tuple[str, list[Binding], str]]:
+        """(title, keys that say what they do, screen name) of every screen, read from their BINDINGS."""
+        from glmtui.screens.welcome import WelcomeScreen
+
+        classes = {"welcome": WelcomeScreen, **self._screen_classes}
+        return [
+            (SCREEN_TITLES[name], list(described(screen.BINDINGS)), name)
+            for name, screen in classes.items()
+            if list(described(screen.BINDINGS))
+        ]
+
+    def action_help(self) -> None:
+        """Every key of every screen (F1, ?), the app's own first."""
+        if isinstance(self.screen, HelpScreen):
+            return
+        everywhere = [*described(self.BINDINGS), PALETTE_KEY]
+        sections = [("Everywhere", everywhere)] + [(title, keys) for title, keys, _ in self.key_sections()]
+        self.push_screen(HelpScreen(sections))
+
+    def set_demo_build(self, fraction: float | None) -> None:
+        """The demo build's progress (None: not building), shown in the nav bar of whatever screen is up."""
+        self.demo_build = fraction
+        if isinstance(self.screen, WorkbenchScreen):
+            self.screen.query_one("#nav").refresh()
 
     # requests between screens (glmtui/messages.py)
 
@@ -265,22 +393,23 @@ class GlmApp(App[int]):
     # quitting
 
     async def action_quit(self) -> None:
-        """Close the app (q, ctrl+q); while runs are active, first say that they go on without it."""
+        """Close the app (q, ctrl+q); while runs are training, first say that they go on without it (a run
+        that is only stopping ends on its own)."""
         from glmtui.screens.confirm import ConfirmScreen
 
         if isinstance(self.screen, ConfirmScreen):
             return
-        active = [run for run in self.run_store.list() if run.status().is_active]
-        if not active:
+        training = [run for run in self.run_store.list() if run.status().state == "running"]
+        if not training:
             self.exit()
             return
 
         def answered(leave: bool | None) -> None:
             if leave:
-                self.left_running = active
+                self.left_running = training
                 self.exit()
 
-        self.push_screen(ConfirmScreen(leaving_runs_message(active), yes="Quit", no="Stay"), answered)
+        self.push_screen(ConfirmScreen(leaving_runs_message(training), yes="Quit", no="Stay"), answered)
 
     # shared services
 
@@ -305,7 +434,7 @@ class GlmApp(App[int]):
 
 
 def leaving_runs_message(active: list[Run]) -> str:
-    """What quitting means for the runs in progress: they are separate processes and go on training."""
+    """What quitting means for the runs still training: they are separate processes and go on."""
     count = len(active)
     names = ", ".join(run.id for run in active[:3]) + (", …" if count > 3 else "")
     return (

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from rich.text import Text
 
 from glmcore.gpu import GpuInfo, GpuProcess, GpuSnapshot
+from glmcore.gpu.host import HostUsage
 from glmcore.slurm.gpus import NodeReading
 
 GIB = 2**30
@@ -283,16 +284,46 @@ def _message(text: str, style: str) -> GpuView:
     return GpuView([Text(text, style=style, no_wrap=True, overflow="ellipsis")], full=False)
 
 
-def gpu_view(snapshot: GpuSnapshot | None, width: int, height: int | None = None, first: int = 0) -> GpuView:
+def host_rows(usage: HostUsage, width: int) -> list[Text]:
+    """This machine's CPU and memory as bars, one row each: what a machine without NVIDIA GPUs shows."""
+    cpu = "…" if usage.cpu_fraction is None else f"{usage.cpu_fraction:4.0%}"
+    figures = {
+        "CPU": (usage.cpu_fraction, f" {cpu} of {usage.cpu_count} core{'s' if usage.cpu_count != 1 else ''}"),
+        "RAM": (
+            usage.memory_used / usage.memory_total if usage.memory_total else None,
+            f" {_gib(usage.memory_used)}/{_gib(usage.memory_total)} GiB",
+        ),
+    }
+    bar = max(4, min(30, width - 5 - max(len(figure) for _, figure in figures.values())))
+    rows = []
+    for name, (fraction, figure) in figures.items():
+        row = Text(f" {name} ", style="bold", no_wrap=True, overflow="ellipsis")
+        row.append_text(_bar(fraction, bar) if fraction is not None else Text(" " * bar))
+        row.append(figure)
+        rows.append(row)
+    return rows
+
+
+def gpu_view(
+    snapshot: GpuSnapshot | None,
+    width: int,
+    height: int | None = None,
+    first: int = 0,
+    host: HostUsage | None = None,
+) -> GpuView:
     """The GPUs and their processes in ``width`` × ``height`` (no height: everything, two rows per GPU).
 
     Each GPU's row comes first and whole; the processes fill what is left from row ``first`` (clamped so the
-    last rows fill the space), and the header says which ones are shown.
+    last rows fill the space), and the header says which ones are shown. Where the GPUs cannot be read: why,
+    then this machine's CPU and memory (``host``) when given, as a dashboard would.
     """
     if snapshot is None:
         return _message("Reading the GPUs…", "dim")
     if not snapshot.available:
-        return _message(snapshot.reason or "The GPUs cannot be read here.", "yellow")
+        view = _message(snapshot.reason or "The GPUs cannot be read here.", "yellow")
+        if host is not None and (height is None or height >= 3):
+            view.lines.extend(host_rows(host, width))
+        return view
     if not snapshot.gpus:
         return _message("The NVIDIA driver reports no GPU.", "yellow")
     processes = gpu_processes(snapshot)

@@ -8,6 +8,7 @@ Rich `Text` is returned where a value carries style, so no user-controlled strin
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -174,14 +175,19 @@ def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: s
 
 RUN_COLUMN_DROP_ORDER = ("Age", "GPUs", "Tok/s", "Family", "Loss", "Step")
 """Least important first: the columns of a table of runs left out, in this order, while it is wider than the
-terminal (the Runs screen's line under the table still shows them). Run, State and ETA always stay."""
+terminal (the Runs screen's line under the table still shows them). Run, State and ETA always stay, unless every
+row's ETA is empty (finished runs): a column with nothing to say goes first."""
+KEPT_RUN_COLUMNS = ("Run", "State")
 
 
-def fit_run_columns(widths: dict[str, int], width: int, padding: int) -> dict[str, int]:
-    """``widths`` (cells by column) less RUN_COLUMN_DROP_ORDER's first columns while the columns, each with
-    ``padding`` cells beside it, are wider than ``width``."""
+def fit_run_columns(
+    widths: dict[str, int], width: int, padding: int, empty: Iterable[str] = ()
+) -> dict[str, int]:
+    """``widths`` (cells by column) less, while the columns, each with ``padding`` cells beside it, are wider
+    than ``width``: first the ``empty`` columns (no row shown has a value there), then RUN_COLUMN_DROP_ORDER's."""
     fitted = dict(widths)
-    for column in RUN_COLUMN_DROP_ORDER:
+    blank = [column for column in empty if column not in KEPT_RUN_COLUMNS]
+    for column in [*blank, *RUN_COLUMN_DROP_ORDER]:
         if sum(cells + padding for cells in fitted.values()) <= width:
             break
         fitted.pop(column, None)
@@ -270,8 +276,13 @@ def comparison_heading(comparison: RunComparison) -> str:
     return f"{runs} run{'s' if runs != 1 else ''}, best first by {METRIC_TITLES.get(comparison.metric, comparison.metric)}"
 
 
+METRIC_COLUMNS = {"bleu-4": "BLEU4", "rouge-1": "R-1", "rouge-2": "R-2", "rouge-l": "R-L"}
+"""The published metrics' column headers: no wider than their values ("12.34"), so a narrow terminal never
+cuts two of them into the same "ROUGE…"."""
+
+
 def comparison_columns(comparison: RunComparison) -> list[str]:
-    return [*COMPARE_COLUMNS, *(METRIC_TITLES[name] for name in comparison.metric_names)]
+    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names)]
 
 
 def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:

@@ -66,7 +66,8 @@ async def test_a_ptuning_run_an_evaluation_and_a_chat_for_the_family(tmp_path: P
         await wait_until_in_app(pilot, lambda: chat.session is not None, "the chat model loaded")
         assert chat.session.family_title == family_named(family).title
         status = str(chat.query_one("#chat-status", Static).render())
-        assert status == f"Chatting with {family_named(family).title}, checkpoint-4."
+        model = training.run.config.model_path.name
+        assert status == f"Chatting with {model} ({family_named(family).title}), checkpoint-4."
         assert chat.session.prefix is not None and chat.session.prefix.name == "checkpoint-4"
         chat.query_one("#chat-input", Input).focus()
         await pilot.press(*"类型#裙", "enter")

@@ -85,7 +85,7 @@ def test_glmtui_compare_prints_the_ranking_and_the_differing_settings(trained_sw
     assert lines[0] == "2 runs, best first by best loss"
     header = lines[1].split()
     assert header[:9] == ["#", "RUN", "STATE", "FINAL", "BEST", "EVAL", "TOK/S", "GIB", "TIME"]
-    assert header[9:] == ["ROUGE-1", "ROUGE-2", "ROUGE-L", "BLEU-4"]
+    assert header[9:] == ["R-1", "R-2", "R-L", "BLEU4"]  # distinct and never wider than their values
     first, second = lines[2], lines[3]
     assert first.split()[:2] == ["1", fast.config.name.split()[0]] and fast.config.name in first
     assert slow.config.name in second

@@ -13,7 +13,7 @@ import pytest
 from support.app import FIXED_NOW, make_workspace, paste, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 
-from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend
+from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend, host
 from glmtui.app import GlmApp
 from glmtui.preferences import Preferences
 from glmtui.screens.training import TrainingScreen
@@ -161,12 +161,18 @@ async def test_processes_scroll_with_the_arrow_keys_when_the_panel_has_the_scree
         )
 
 
-def test_without_a_driver_the_panel_is_one_line(snap_compare, tmp_path: Path) -> None:
+def test_without_a_driver_the_panel_shows_the_cpu_and_memory(
+    snap_compare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host, "PROC", FIXTURES / "proc")  # a fixed /proc, so the snapshot repeats
     app = dashboard_app(tmp_path / "ws", NoDriverBackend())
 
     async def run_before(pilot) -> None:
         await open_the_run(pilot)
-        assert NO_DRIVER_REASON in screen_text(pilot.app)[-2]
+        text = screen_text(pilot.app)
+        assert NO_DRIVER_REASON in text[-4]
+        assert text[-3].split()[:1] == ["CPU"] and text[-3].rstrip().endswith("of 2 cores")
+        assert text[-2].split()[:1] == ["RAM"] and text[-2].rstrip().endswith("4.4/23.5 GiB")
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=run_before)
 

@@ -212,7 +212,7 @@ async def test_every_screen_shows_folder_values_as_text_and_unreadable_runs_as_s
 
         await pilot.press("s")  # refused: the error toast carries the state
         await settle(pilot)
-        errors = [toast.message for toast in app._notifications if toast.severity == "error"]
+        errors = [toast.message for toast in app.notifications if toast.severity == "error"]
         # The one error is the refusal: the unreadable runs raise none.
         assert len(errors) == 1 and "(it is paused-by-v9 [/])" in errors[0], errors
 

@@ -16,7 +16,7 @@ from glmtui.commands.family_option import family_name
 
 DESCRIPTION = (
     "Build the demo workspace: a tiny ChatGLM-architecture model pretrained on ad copy and an "
-    "AdvertiseGen-form sample (about a minute on a 2-core CPU, once), plus the run configs "
+    "AdvertiseGen-form sample (once; about a minute on 2 idle cores, longer on a busy CPU), plus the run configs "
     "configs/demo-ptuning.toml and configs/demo-lora.toml for `glmtui train`."
 )
 

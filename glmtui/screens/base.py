@@ -12,6 +12,7 @@ from textual.worker import Worker
 
 if TYPE_CHECKING:
     from glmcore.gpu import GpuSnapshot
+    from glmcore.runs import Run
     from glmtui.app import GlmApp
 
 NAVIGATION: tuple[tuple[str, str, str], ...] = (
@@ -22,28 +23,49 @@ NAVIGATION: tuple[tuple[str, str, str], ...] = (
     ("f6", "training", "Training"),
     ("f7", "evaluate", "Evaluate"),
     ("f8", "chat", "Chat"),
+    ("f9", "serve", "Serve"),
 )
 """(key, screen name, title) of the screens reachable from anywhere; the app binds the keys."""
-UNLISTED_SCREENS: tuple[tuple[str, str, str], ...] = (("f9", "serve", "Serve"),)
-"""Screens reachable from anywhere by key and from the command palette, but not named in the bar: at 80
-columns it has no room left."""
+SHORT_TITLES = {"Training": "Train", "Evaluate": "Eval"}
+"""The titles a narrow bar uses, so every screen stays named at 80 columns with the demo's progress beside."""
+
+
+def nav_text(current: str, width: int, demo_build: float | None = None) -> Text:
+    """The bar in ``width`` cells: each screen's key and title, ``current`` highlighted, and while the demo is
+    being built its progress at the end. The roomiest layout that fits wins; the last one is cut with a mark."""
+    building = Text(f"demo {demo_build:.0%}", style="bold yellow") if demo_build is not None else Text()
+    for roomy, short in ((True, False), (False, False), (False, True)):
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for key, name, title in NAVIGATION:
+            shown = SHORT_TITLES.get(title, title) if short else title
+            style = "bold reverse" if name == current else ""
+            if roomy:  # "F2 Models  F3 Data  ": the current title highlighted with a space either side
+                text.append(key.upper(), style="bold cyan")
+                text.append(f" {shown} ", style=style)
+                text.append(" ")
+            else:  # "F2 Models F3 Data"
+                text.append(" " if text else "")
+                text.append(key.upper(), style="bold cyan")
+                text.append(" ")
+                text.append(shown, style=style)
+        if building:
+            text.append(" " if not roomy else "")
+            text.append_text(building)
+        if text.cell_len <= width:
+            break
+    return text
 
 
 class NavBar(Static):
-    """One line naming every screen with its key, the current one highlighted: the map of the app."""
+    """One line naming every screen with its key, the current one highlighted: the map of the app. While the
+    demo workspace is being built, its progress too (ctrl+p "demo" opens it)."""
 
     def __init__(self, current: str) -> None:
         super().__init__(id="nav")
         self.current = current
 
     def render(self) -> Text:
-        text = Text(no_wrap=True, overflow="ellipsis")
-        for key, name, title in NAVIGATION:
-            style = "bold reverse" if name == self.current else ""
-            text.append(f"{key.upper()}", style="bold cyan")
-            text.append(f" {title} ", style=style)
-            text.append(" ")
-        return text
+        return nav_text(self.current, self.size.width, getattr(self.app, "demo_build", None))
 
 
 class WorkbenchScreen(Screen):
@@ -59,10 +81,17 @@ class WorkbenchScreen(Screen):
     def compose(self) -> ComposeResult:
         yield NavBar(self.NAME)
         yield from self.compose_body()
-        yield Footer()
+        # Compact, and no palette key: at 80 columns every key that works now must fit; F1 lists the rest
+        # (and the palette, ctrl+p).
+        yield Footer(compact=True, show_command_palette=False)
 
     def compose_body(self) -> ComposeResult:
         raise NotImplementedError
+
+    def run_in_view(self) -> Run | None:
+        """The one run the screen shows, if it shows one: F6, F7 and F8 from here watch, evaluate and chat
+        with that run."""
+        return None
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         """A new GPU sample arrived (or the screen came back): refresh the GPU panels it has."""
@@ -77,3 +106,4 @@ class WorkbenchScreen(Screen):
 
     def on_screen_resume(self) -> None:
         self.gpu_snapshot_changed(self.workbench.gpu_snapshot)
+        self.query_one(NavBar).refresh()

@@ -2,12 +2,14 @@
 
 The model loads in a thread worker through ``glmcore.chat.ChatSession``; each answer streams from another worker
 that posts the text so far; ctrl+x sets the cancel event the stream watches. Switching the checkpoint swaps only
-the prefix of the loaded model.
+the prefix of the loaded model. A message sent while the model loads waits and goes out once it is ready; the
+status line says what is loading and for how long.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from rich.markup import escape
@@ -17,10 +19,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
+from textual.worker import Worker, WorkerState
 
 from glmcore.chat import ChatError, ChatSettings
 from glmcore.errors import GlmError
 from glmcore.runs import Run
+from glmtui.presentation import format_duration
 from glmtui.screens.base import WorkbenchScreen
 
 BASE = "base"
@@ -31,6 +35,14 @@ class ChatLoaded(Message):
         super().__init__()
         self.session = session
         self.description = description
+
+
+class ChatLoadStep(Message):
+    """The model load reached ``step`` ("the tokenizer", "the weights")."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__()
+        self.step = step
 
 
 class AnswerGrew(Message):
@@ -62,6 +74,10 @@ class ChatScreen(WorkbenchScreen):
         self.session: object | None = None
         self.transcript: list[tuple[str, str]] = []
         self._cancel = threading.Event()
+        self.waiting: str | None = None
+        """A message sent while the model loads: it goes out as soon as the model is ready."""
+        self._loading: tuple[str, float] | None = None
+        """What the load is reading now and when the load began, while a model loads."""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="chat-top"):
@@ -80,6 +96,9 @@ class ChatScreen(WorkbenchScreen):
             yield Static("", id="chat-transcript")
         yield Input(placeholder="Type a message and press enter", id="chat-input")
 
+    def run_in_view(self) -> Run | None:
+        return self.run
+
     def select_run(self, run: Run) -> None:
         """Chat with ``run``'s model, the checkpoint it stands for picked (a different model is loaded afresh)."""
         if self.run is None or run.config.model_path != self.run.config.model_path:
@@ -90,6 +109,7 @@ class ChatScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self._fill()
+        self.set_interval(1.0, self._show_loading)
 
     def _fill(self) -> None:
         if self.run is None:
@@ -101,7 +121,7 @@ class ChatScreen(WorkbenchScreen):
             select.value = str(self.run.default_checkpoint().path)
         except GlmError:
             select.value = BASE
-        self.load_session(self.run.config.model_path, self._checkpoint())
+        self._load(self._checkpoint())
 
     def _checkpoint(self) -> Path | None:
         value = self.query_one("#chat-checkpoint", Select).value
@@ -116,22 +136,58 @@ class ChatScreen(WorkbenchScreen):
         if session is None:
             from glmcore.models.loading import load_model, load_tokenizer
 
-            self.app.call_from_thread(self._status, f"Loading {model_path.name}…")
+            self.post_message(ChatLoadStep("the tokenizer"))
+            tokenizer = load_tokenizer(model_path)
+            self.post_message(ChatLoadStep("the weights"))
             quantization_bit = self.run.config.quantization_bit if self.run else 16
-            session = ChatSession(
-                load_model(model_path, quantization_bit=quantization_bit), load_tokenizer(model_path)
-            )
+            session = ChatSession(load_model(model_path, quantization_bit=quantization_bit), tokenizer)
+        self.post_message(ChatLoadStep("the prefix"))
         session.use_prefix(checkpoint)
         self.post_message(ChatLoaded(session, checkpoint.name if checkpoint else "the base model"))
 
     def _status(self, text: str) -> None:
         self.query_one("#chat-status", Static).update(text)
 
+    def on_chat_load_step(self, message: ChatLoadStep) -> None:
+        started = self._loading[1] if self._loading else time.monotonic()
+        self._loading = (message.step, started)
+        self._show_loading()
+
+    def _show_loading(self) -> None:
+        """While a model loads: what it reads, for how long so far, and what happens to a waiting message."""
+        if self._loading is None or self.run is None:
+            return
+        step, started = self._loading
+        waiting = "; your message goes out once it is ready" if self.waiting else "…"
+        self._status(
+            f"Loading {self.run.config.model_path.name} ({step}, {format_duration(time.monotonic() - started)})"
+            f"{waiting}"
+        )
+
     def on_chat_loaded(self, message: ChatLoaded) -> None:
         self.session = message.session
+        self._loading = None
         self.query_one("#chat-system-row").display = message.session.system_role
-        self._status(f"Chatting with {message.session.family_title}, {message.description}.")
+        model = self.run.config.model_path.name if self.run else "the model"
+        self._status(f"Chatting with {model} ({message.session.family_title}), {message.description}.")
         self.query_one("#chat-input", Input).focus()
+        if self.waiting is not None:
+            query, self.waiting = self.waiting, None
+            self._send(query)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """A load that failed (the app shows why) takes the waiting message back into the field."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "chat-load" and event.state is WorkerState.ERROR:
+            self._loading = None
+            if self.waiting is not None:
+                self.query_one("#chat-input", Input).value, self.waiting = self.waiting, None
+                if self.transcript and not self.transcript[-1][1]:
+                    self.transcript.pop()
+                    self._draw()
+            self._status(
+                "The model did not load; pick a run on the Runs screen (F5) and press c to try again."
+            )
 
     def on_select_changed(self, event: Select.Changed) -> None:
         if event.select.id != "chat-checkpoint":
@@ -139,7 +195,14 @@ class ChatScreen(WorkbenchScreen):
         # The next thing typed after choosing a prefix is a message.
         self.query_one("#chat-input", Input).focus()
         if self.run is not None and self.session is not None:
-            self.load_session(self.run.config.model_path, self._checkpoint())
+            self._load(self._checkpoint())
+
+    def _load(self, checkpoint: Path | None) -> None:
+        """Load the run's model (or only swap the prefix): from now until it is ready, messages wait."""
+        assert self.run is not None
+        self._loading = ("the model", time.monotonic())
+        self._show_loading()
+        self.load_session(self.run.config.model_path, checkpoint)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "chat-system":
@@ -147,20 +210,36 @@ class ChatScreen(WorkbenchScreen):
             return
         if event.input.id != "chat-input" or not event.value.strip():
             return
-        if self.session is None:
+        if self.session is None and self._loading is None:
             self.notify(
-                "No model is loaded yet: pick a run on the Runs screen (F5) and press c.", severity="warning"
+                "No model is chosen yet: pick a run on the Runs screen (F5) and press c.", severity="warning"
             )
             return
+        if self.waiting is not None:
+            self.notify("One message already waits for the model; this one stays in the field.")
+            return
+        if self._settings() is None:
+            return
+        query = event.value.strip()
+        event.input.value = ""
+        if self._loading is not None:
+            self.waiting = query
+            self.transcript.append((query, ""))
+            self._draw()
+            self._show_loading()
+            return
+        self._send(query)
+
+    def _send(self, query: str) -> None:
+        """Ask the loaded model ``query`` with the settings of the fields (and the System field, if shown)."""
         settings = self._settings()
         if settings is None:
             return
         if self.session.system_role:  # type: ignore[attr-defined]
             system = self.query_one("#chat-system", Input).value.strip()
             self.session.use_system(system)  # type: ignore[attr-defined]
-        query = event.value.strip()
-        event.input.value = ""
-        self.transcript.append((query, ""))
+        if not self.transcript or self.transcript[-1] != (query, ""):
+            self.transcript.append((query, ""))
         self._cancel = threading.Event()
         self.answer(query, settings, self._cancel)
         self._draw()

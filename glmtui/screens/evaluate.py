@@ -7,6 +7,7 @@ progress snapshots come back as messages, and x sets the cancel event it watches
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from rich.text import Text
@@ -67,6 +68,8 @@ class EvaluateScreen(WorkbenchScreen):
         self.run: Run | None = None
         self.comparison: object | None = None
         self._cancel = threading.Event()
+        self._loading_since: float | None = None
+        """When the evaluation began loading its model, until its first progress report."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("No run picked: choose one on the Runs screen (F5) and press e.", id="evaluate-title")
@@ -86,6 +89,9 @@ class EvaluateScreen(WorkbenchScreen):
         with VerticalScroll(id="evaluate-detail-box", can_focus=True):
             yield Static("", id="evaluate-detail")
 
+    def run_in_view(self) -> Run | None:
+        return self.run
+
     def select_run(self, run: Run) -> None:
         """Offer the base model and ``run``'s checkpoints (the base and the latest picked)."""
         self.run = run
@@ -94,6 +100,18 @@ class EvaluateScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         self._fill()
+        self.set_interval(1.0, self._show_loading)
+
+    def _show_loading(self) -> None:
+        """Until the first example is generated: which model loads, and for how long so far."""
+        if self._loading_since is None or self.run is None:
+            return
+        self.query_one("#evaluate-status", Static).update(
+            Text(
+                f"Loading {self.run.config.model_path.name} "
+                f"({format_duration(time.monotonic() - self._loading_since)}); the examples follow."
+            )
+        )
 
     def _fill(self) -> None:
         if self.run is None:
@@ -139,7 +157,8 @@ class EvaluateScreen(WorkbenchScreen):
             return
         limit = int(limit_text) if limit_text else None
         self._cancel = threading.Event()
-        self.query_one("#evaluate-status", Static).update("Loading the model…")
+        self._loading_since = time.monotonic()
+        self._show_loading()
         self.query_one("#evaluate-progress", ProgressBar).display = True
         self.compare(self.run, picked, Path(data_text), limit, self._cancel)
 
@@ -171,6 +190,7 @@ class EvaluateScreen(WorkbenchScreen):
         self.post_message(EvalFinished(comparison))
 
     def on_eval_progressed(self, message: EvalProgressed) -> None:
+        self._loading_since = None
         progress = message.progress
         bar = self.query_one("#evaluate-progress", ProgressBar)
         bar.update(total=progress.total, progress=progress.done)
@@ -209,6 +229,7 @@ class EvaluateScreen(WorkbenchScreen):
         """The bar shows only while an evaluation runs, however it ends (the app shows a failure's error)."""
         super().on_worker_state_changed(event)
         if event.worker.group == "evaluate" and event.worker.is_finished:
+            self._loading_since = None
             self.query_one("#evaluate-progress", ProgressBar).display = False
             if event.worker.state is not WorkerState.SUCCESS:
                 self.query_one("#evaluate-status", Static).update(

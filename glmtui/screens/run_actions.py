@@ -6,10 +6,13 @@ Each such screen says which run an action applies to (`_require_run`) and what t
 
 from __future__ import annotations
 
+import dataclasses
+
 from textual import work
+from textual.binding import ActiveBinding
 
 from glmcore import runs as run_control
-from glmcore.runs import Run
+from glmcore.runs import Run, RunStatus
 from glmtui.messages import ChatWith, EvaluateRun
 from glmtui.screens.base import WorkbenchScreen
 
@@ -32,6 +35,26 @@ class RunActions(WorkbenchScreen):
 
     def _require_run(self) -> Run | None:
         raise NotImplementedError
+
+    def status_in_view(self) -> RunStatus | None:
+        """The status of the run the keys act on, as last read (None: none, or not read yet)."""
+        return None
+
+    @property
+    def active_bindings(self) -> dict[str, ActiveBinding]:
+        """The footer names Stop for a run that is training and Resume for one that is not, never both (both
+        keys still work: the other one says why it does nothing)."""
+        bindings = super().active_bindings
+        status = self.status_in_view()
+        if status is None:
+            return bindings
+        hidden = "resume_run" if status.is_active else "stop_run"
+        return {
+            key: active._replace(binding=dataclasses.replace(active.binding, show=False))
+            if active.binding.action == hidden
+            else active
+            for key, active in bindings.items()
+        }
 
     def after_run_action(self) -> None:
         """Called on the UI thread after a stop or resume was asked for."""

@@ -83,12 +83,14 @@ class RunRow:
 
 
 def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, int]:
-    """The columns to show in ``width`` cells and their widths: every column, less the least important ones
-    while the table would be wider (`fit_run_columns`)."""
+    """The columns to show in ``width`` cells and their widths: every column, less those no row has a value in
+    and then the least important ones while the table would be wider (`fit_run_columns`)."""
     widths = dict(COLUMNS)
+    cells = [row.cells(now) for row in rows]
     for column in GROWING_COLUMNS:
-        widths[column] = max([widths[column], *(len(row.cells(now)[column]) for row in rows)])
-    return fit_run_columns(widths, width, CELL_PADDING)
+        widths[column] = max([widths[column], *(len(row[column]) for row in cells)])
+    empty = [column for column in COLUMNS if cells and all(str(row[column]) == MISSING for row in cells)]
+    return fit_run_columns(widths, width, CELL_PADDING, empty)
 
 
 class RunsRead(Message):
@@ -128,30 +130,50 @@ class RunsScreen(RunActions):
 
     NAME = "runs"
     BINDINGS = [
+        # Priority, so the footer names it while the table (whose own enter is unnamed) has the focus.
+        Binding("enter", "open_run", "Open", id="runs-open", priority=True, tooltip="Watch the selected run"),
         Binding("n", "new_run", "New", id="runs-new", tooltip="Configure a new run"),
-        Binding("enter", "open_run", "Open", id="runs-open", tooltip="Watch the selected run"),
         Binding("s", "stop_run", "Stop", id="runs-stop", tooltip="Ask the selected run to save and stop"),
         Binding("r", "resume_run", "Resume", id="runs-resume", tooltip="Start or resume the selected run"),
         Binding("e", "evaluate_run", "Eval", id="runs-evaluate", tooltip="Evaluate the run's checkpoints"),
         Binding(
             "c", "chat_run", "Chat", id="runs-chat", tooltip="Chat with the run's best or latest checkpoint"
         ),
-        Binding("k", "clone_run", "Clone", id="runs-clone", tooltip="Edit a copy of the run's config"),
-        Binding("d", "delete_run", "Delete", id="runs-delete", tooltip="Delete the run folder"),
-        # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.
-        Binding("plus", "move_queued(-1)", "Earlier", id="runs-queue-up", show=False),
-        Binding("minus", "move_queued(1)", "Later", id="runs-queue-down", show=False),
-        Binding("g", "start_queued", "Start now", id="runs-queue-start", show=False),
-        Binding("x", "cancel_queued", "Unqueue", id="runs-queue-cancel", show=False),
-        # Named in the summary line once a run is marked: the footer has no room left at 80 columns.
-        Binding("space", "mark_run", "Mark", id="runs-mark", show=False, tooltip="Mark the run to compare"),
+        Binding("space", "mark_run", "Mark", id="runs-mark", tooltip="Mark the run to compare"),
         Binding(
             "v",
             "compare_runs",
             "Compare",
             id="runs-compare",
-            show=False,
             tooltip="Compare the marked runs (none marked: the selected run's sweep)",
+        ),
+        # Clone and Delete are out of the footer for want of room at 80 columns; F1 and the palette list them.
+        Binding(
+            "k", "clone_run", "Clone", id="runs-clone", show=False, tooltip="Edit a copy of the run's config"
+        ),
+        Binding("d", "delete_run", "Delete", id="runs-delete", show=False, tooltip="Delete the run folder"),
+        # The queue's keys are named above the queue (shown only while runs are queued), not in the footer.
+        Binding(
+            "plus", "move_queued(-1)", "Earlier", id="runs-queue-up", show=False, tooltip="Move up the queue"
+        ),
+        Binding(
+            "minus",
+            "move_queued(1)",
+            "Later",
+            id="runs-queue-down",
+            show=False,
+            tooltip="Move down the queue",
+        ),
+        Binding(
+            "g",
+            "start_queued",
+            "Start now",
+            id="runs-queue-start",
+            show=False,
+            tooltip="Start, ahead of the queue",
+        ),
+        Binding(
+            "x", "cancel_queued", "Unqueue", id="runs-queue-cancel", show=False, tooltip="Leave the queue"
         ),
     ]
 
@@ -164,6 +186,8 @@ class RunsScreen(RunActions):
         """Why the queue's settings could not be read, from the last read of the folders."""
         self.marked: set[str] = set()
         """The ids of the runs marked for the Compare screen."""
+        self._footer_for: tuple[Run | None, bool | None] = (None, None)
+        """The run the footer's keys were chosen for, and whether it was active then."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
@@ -272,9 +296,17 @@ class RunsScreen(RunActions):
         # query, not query_one: the table can report a highlight while the screen is still composing
         for detail in self.query("#runs-detail").results(Static):
             detail.update(row.describe(self.workbench.clock(), hidden) if row else "")
+        if (footer := (run, row.status.is_active if row else None)) != self._footer_for:
+            self._footer_for = footer
+            self.refresh_bindings()  # Stop or Resume (check_action)
 
     def on_data_table_row_highlighted(self) -> None:
         self._show_detail()
+
+    def status_in_view(self) -> RunStatus | None:
+        run = self.selected_run()
+        row = self.rows.get(run.id) if run else None
+        return row.status if row else None
 
     def gpu_snapshot_changed(self, snapshot: GpuSnapshot | None) -> None:
         """A new GPU reading changes why queued runs wait."""

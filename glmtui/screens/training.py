@@ -8,6 +8,7 @@ the screen stops following; coming back carries on from the same offsets, so not
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -17,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Log, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
@@ -29,6 +30,7 @@ from glmtui.preferences import Preferences
 from glmtui.presentation import event_sentence, format_duration, slurm_detail
 from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
+from glmtui.widgets.marked_log import MarkedLog
 
 FOLLOW_S = 0.5
 LOG_LINES = 500
@@ -78,8 +80,8 @@ def merge_by_step(log_lines: list[str], events: list[dict]) -> list[str]:
 
 
 def header_figures(status: RunStatus | None, logs: list[dict]) -> list[str]:
-    """The figures beside the progress bar, most wanted first (they wrap on a narrow terminal): where the run
-    is, when it ends, how fast it goes, how it learns."""
+    """The figures beside the progress bar, most wanted first: where the run is, when it ends, how fast it
+    goes, how it learns (`fitting` keeps those that fit on the line)."""
     if status is None:
         return []
     last = logs[-1] if logs else {}
@@ -93,6 +95,26 @@ def header_figures(status: RunStatus | None, logs: list[dict]) -> list[str]:
     if (speed := last.get("tokens_per_s")) is not None:
         figures.append(f"{speed:,.0f} tok/s")
     return figures
+
+
+def fitting(figures: list[str], width: int, gap: str = "  ") -> str:
+    """The first ``figures`` that fit in ``width`` cells on one line, whole (the header never wraps)."""
+    shown: list[str] = []
+    for figure in figures:
+        if len(gap.join([*shown, figure])) > width:
+            break
+        shown.append(figure)
+    return gap.join(shown)
+
+
+def whole_steps(steps: list[int], count: int = 5) -> list[int]:
+    """At most ``count`` round whole steps between the first and the last (multiples of 1, 2 or 5 times a power
+    of ten), for a plot's x-axis: steps are counted, never fractional."""
+    first, last = min(steps), max(steps)
+    wanted = max(1, last - first) / (count - 1)
+    magnitude = 10 ** math.floor(math.log10(wanted))
+    stride = max(1, int(next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= wanted)))
+    return list(range(-(-first // stride) * stride, last + 1, stride)) or [first]
 
 
 class TrainingScreen(RunActions):
@@ -141,7 +163,7 @@ class TrainingScreen(RunActions):
                     yield PlotextPlot(id="loss-plot")
                     yield PlotextPlot(id="lr-plot")
                 with Vertical(id="training-log-box"):
-                    yield Log(id="training-log", max_lines=LOG_LINES)
+                    yield MarkedLog(id="training-log", max_lines=LOG_LINES)
             yield GpuPanel(id="training-gpus")
 
     # following the run folder
@@ -157,7 +179,7 @@ class TrainingScreen(RunActions):
         self._events_tail = run.tail_events()
         self._log_tail = FileTail(run.log_path)
         if self.is_mounted:
-            self.query_one("#training-log", Log).clear()
+            self.query_one("#training-log", MarkedLog).clear()
             self._redraw()
             if self.is_current:
                 self.follow_run()
@@ -170,6 +192,7 @@ class TrainingScreen(RunActions):
 
     def on_resize(self) -> None:
         self.query_one("#training-panes").set_class(self.size.width < WIDE_COLUMNS, "-narrow")
+        self.call_after_refresh(self._redraw)  # the header's figures are chosen for its width
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()
@@ -201,9 +224,13 @@ class TrainingScreen(RunActions):
         if message.run != self.run:
             return
         self.records.extend(message.events)
+        if self.status is None or self.status.is_active != message.status.is_active:
+            self.call_after_refresh(self.refresh_bindings)  # Stop or Resume in the footer
         self.status = message.status
         self.node_gpus = message.node_gpus
-        self.query_one("#training-log", Log).write_lines(merge_by_step(message.log_lines, message.events))
+        self.query_one("#training-log", MarkedLog).write_lines(
+            merge_by_step(message.log_lines, message.events)
+        )
         self._redraw()
         if self.node_gpus is not None:
             self._show_node_gpus()
@@ -244,7 +271,10 @@ class TrainingScreen(RunActions):
         progress.display = status is not None and bool(status.total)
         if status is not None and status.total:
             progress.update(total=status.total, progress=status.step)
-        self.query_one("#training-stats", Static).update(Text("  ".join(header_figures(status, logs))))
+        stats = self.query_one("#training-stats", Static)
+        stats.update(
+            Text(fitting(header_figures(status, logs), stats.content_region.width or self.size.width // 2))
+        )
         evaluations = [
             (record["step"], record["eval_loss"])
             for record in latest_by_step(self.records)
@@ -266,6 +296,7 @@ class TrainingScreen(RunActions):
         if points:
             steps, values = zip(*points, strict=True)
             plt.plot(list(steps), list(values), marker="braille")
+            plt.xticks(whole_steps([step for step, _ in [*points, *validation]]))
         if validation:
             steps, values = zip(*validation, strict=True)
             plt.scatter(list(steps), list(values), marker="dot", color="orange")
@@ -303,6 +334,12 @@ class TrainingScreen(RunActions):
         return super().check_action(action, parameters)
 
     # actions
+
+    def run_in_view(self) -> Run | None:
+        return self.run
+
+    def status_in_view(self) -> RunStatus | None:
+        return self.status
 
     def _require_run(self) -> Run | None:
         if self.run is None:

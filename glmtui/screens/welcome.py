@@ -16,6 +16,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ProgressBar, Static
+from textual.worker import Worker
 
 from glmcore.models import family_named
 from glmtui.messages import EditConfig
@@ -89,6 +90,7 @@ class WelcomeScreen(WorkbenchScreen):
         title = family_named(family).title
         self.query_one("#demo-status", Static).update(f"Building the {title} demo workspace…")
         self.query_one("#demo-progress", ProgressBar).display = True
+        self.workbench.set_demo_build(0.0)
         self.build_demo(family)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="demo")
@@ -106,6 +108,13 @@ class WelcomeScreen(WorkbenchScreen):
     def on_demo_progressed(self, message: DemoProgressed) -> None:
         self.query_one("#demo-progress", ProgressBar).update(progress=message.fraction)
         self.query_one("#demo-status", Static).update(message.text)
+        self.workbench.set_demo_build(message.fraction)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """However the build ends, the nav bar stops showing its progress (the app shows a failure's error)."""
+        super().on_worker_state_changed(event)
+        if event.worker.group == "demo" and event.worker.is_finished:
+            self.workbench.set_demo_build(None)
 
     def on_demo_ready(self, message: DemoReady) -> None:
         from glmcore.config import RunConfig

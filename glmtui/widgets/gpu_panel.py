@@ -4,7 +4,8 @@ The text comes from ``glmtui.gpu_text`` (the one GPU renderer, shared with ``glm
 decides how much room it asks for and which process rows are in view. It asks for the two-row view of every
 GPU plus every process, at most half its container (never less than a row per GPU, the process header and
 one process); given less, the renderer falls back to a row per GPU, and the process rows scroll (↑↓, page
-keys, the mouse wheel) under a header that says which are shown.
+keys, the mouse wheel) under a header that says which are shown. Where the GPUs cannot be read (no NVIDIA
+driver), it shows this machine's CPU and memory instead, reread every HOST_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from textual.geometry import Size
 from textual.widget import Widget
 
 from glmcore.gpu import GpuSnapshot
+from glmcore.gpu.host import CpuTimes, HostUsage, read_host_usage
 from glmtui.gpu_text import GpuView, gpu_view, snapshot_heading
 
 SHARE_OF_CONTAINER = 0.5
 """Outside zoom, the panel takes at most this share of its container's height (when its GPUs fit in it)."""
+HOST_INTERVAL_S = 2.0
 
 
 class GpuPanel(Widget, can_focus=True):
@@ -42,17 +45,32 @@ class GpuPanel(Widget, can_focus=True):
         self.snapshot: GpuSnapshot | None = None
         self.first_process = 0
         self.border_title = snapshot_heading(None)
+        self.host: HostUsage | None = None
+        self._cpu_times: CpuTimes | None = None
+
+    def on_mount(self) -> None:
+        self.set_interval(HOST_INTERVAL_S, self._read_host)
+
+    def _read_host(self) -> None:
+        """This machine's CPU and memory, while the GPUs cannot be read (/proc: a few small reads)."""
+        if self.snapshot is None or self.snapshot.available:
+            return
+        if (reading := read_host_usage(self._cpu_times)) is not None:
+            self.host, self._cpu_times = reading
+            self.refresh(layout=True)
 
     def show(self, snapshot: GpuSnapshot | None, title: str | None = None) -> None:
         """Display ``snapshot`` (call on the UI thread), under ``title`` if given (else its driver's line)."""
         self.snapshot = snapshot
         self.border_title = title or snapshot_heading(snapshot)
+        if snapshot is not None and not snapshot.available and self.host is None:
+            self._read_host()
         self.refresh(layout=True)
 
     def view(self) -> GpuView:
         """What the panel shows at its present size."""
         size = self.content_size
-        return gpu_view(self.snapshot, size.width, size.height, self.first_process)
+        return gpu_view(self.snapshot, size.width, size.height, self.first_process, self.host)
 
     def render(self) -> Text:
         view = self.view()
@@ -60,7 +78,7 @@ class GpuPanel(Widget, can_focus=True):
         return Text("\n").join(view.lines)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        wanted = len(gpu_view(self.snapshot, width).lines)
+        wanted = len(gpu_view(self.snapshot, width, host=self.host).lines)
         if self.snapshot is None or not self.snapshot.gpus:
             return wanted
         smallest = len(self.snapshot.gpus) + 2
