@@ -138,14 +138,18 @@ def shape(config_json: dict) -> ModelShape:
             raise ModelShapeError(f"config.json gives no {name}; is it a ChatGLM2/ChatGLM3 model config?")
         return found
 
+    hidden_size, key_value_width = value("hidden_size"), 2 * value("multi_query_group_num") * value("kv_channels")
     return ModelShape(
         vocab_size=value("padded_vocab_size"),
-        hidden_size=value("hidden_size"),
+        hidden_size=hidden_size,
         num_layers=value("num_layers"),
         num_heads=value("num_attention_heads"),
         inner_hidden_size=value("ffn_hidden_size") * 3 // 2,
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", False)),
-        key_value_width=2 * value("multi_query_group_num") * value("kv_channels"),
+        key_value_width=key_value_width,
         mlp_values_per_inner=2,
         positions=value("seq_length") if "seq_length" in config_json else SEQ_LENGTH_WHEN_UNSET,
+        # Two RMSNorm weights, and query_key_value's bias: the queries', then the groups' keys and values.
+        vector_parameters_per_layer=2 * hidden_size + hidden_size + key_value_width,
+        final_norm_parameters=hidden_size,
     )
