@@ -138,7 +138,8 @@ def shape(config_json: dict) -> ModelShape:
             raise ModelShapeError(f"config.json gives no {name}; is it a ChatGLM2/ChatGLM3 model config?")
         return found
 
-    hidden_size, key_value_width = value("hidden_size"), 2 * value("multi_query_group_num") * value("kv_channels")
+    hidden_size = value("hidden_size")
+    key_value_width = 2 * value("multi_query_group_num") * value("kv_channels")
     return ModelShape(
         vocab_size=value("padded_vocab_size"),
         hidden_size=hidden_size,
