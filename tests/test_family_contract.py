@@ -62,6 +62,12 @@ def test_the_published_config_is_detected_as_itself_by_config_and_by_name(family
     ]
 
 
+def test_a_config_saved_by_save_pretrained_is_still_its_family(family, tmp_path: Path) -> None:
+    """What `glmtui export` and a full fine-tune write: `_name_or_path` dropped, every default written."""
+    family.implementation().config_class(**family.published_config()).save_pretrained(tmp_path)
+    assert family_for(tmp_path)[0] is family
+
+
 def test_the_shape_of_the_published_config_is_a_6b_model(family, tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(family.published_config()), encoding="utf-8")
     shape = ModelShape.from_model_dir(tmp_path)
@@ -80,6 +86,7 @@ def test_the_tiny_checkpoint_loads_as_its_family_and_saved_again_gives_the_same_
     saved = tmp_path / "saved"
     model.save_pretrained(saved)
     tokenizer.save_pretrained(saved)
+    # The tiny ChatGLM2/3's only family signal is its _name_or_path, which save_pretrained drops.
     reloaded = glmcore.load_model(saved, family=family.name)
     assert family_of(reloaded) is family
     ids = tokenizer.encode(PROMPT)
