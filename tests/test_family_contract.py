@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import glmcore
-from glmcore.data import IGNORE_INDEX, Example
 from glmcore.estimate import estimate_vram
+from glmcore.examples import IGNORE_INDEX, Example
 from glmcore.generation import generate
 from glmcore.models import FAMILIES, ModelFamily, ModelShape, family_for, family_named, family_of
 from glmcore.models.checkpoint import read_weights
@@ -68,13 +68,20 @@ def test_a_config_saved_by_save_pretrained_is_still_its_family(family, tmp_path:
     assert family_for(tmp_path)[0] is family
 
 
-def test_the_shape_of_the_published_config_is_a_6b_model(family, tmp_path: Path) -> None:
+def test_the_shape_of_the_published_config_counts_the_published_models_weights_and_cache(
+    family, tmp_path: Path
+) -> None:
+    """The estimate's shape against the family's own model of the published config, built on the meta device
+    (no memory): the same weights (a tied matrix counted once) and the prefix's width as the cache's."""
     (tmp_path / "config.json").write_text(json.dumps(family.published_config()), encoding="utf-8")
     shape = ModelShape.from_model_dir(tmp_path)
     assert shape == family.published_shape()
-    assert 6.0e9 < shape.parameters < 6.4e9
-    assert shape.num_layers == 28 and shape.hidden_size == 4096
-    assert shape.cache_values_per_token % (2 * shape.num_layers) == 0
+    implementation = family.implementation()
+    config = implementation.config_class(**family.published_config())
+    with torch.device("meta"):
+        model = implementation.model_class(config)
+    assert shape.parameters == sum(parameter.numel() for parameter in model.parameters())
+    assert shape.cache_values_per_token == implementation.prefix_width(config)
 
 
 def test_the_tiny_checkpoint_loads_as_its_family_and_saved_again_gives_the_same_logits(
