@@ -21,14 +21,19 @@ FAMILY_PACKAGES = tuple(
     for folder in sorted((ROOT / "glmcore" / "models").iterdir())
     if (folder / "__init__.py").is_file()
 )
-GROUND_FLOOR = ("glmcore.errors", "glmcore.examples", "glmcore.models.family", "glmcore.models.fused")
+GROUND_FLOOR = (
+    "glmcore.errors",
+    "glmcore.examples",
+    "glmcore.models.family",
+    "glmcore.models.fused",
+    "glmcore.models.shards",
+)
 """The generic modules a family builds on; they import no family, no registry and nothing above them."""
 KNOWN_UPWARD_IMPORTS = {
     "glmcore.generation": "decoding.py's StaticDecoder; generation.new_decoder asks the registry for the family",
-    "glmcore.models.checkpoint": "tiny.py's shard writer; checkpoint.py asks the registry for a folder's family",
 }
 """Generic modules a family still imports that reach back up to the registry: moving what the families need
-out of them changes decoding.py or the checkpoint reader, which needs a before/after GPU measurement."""
+out of it changes decoding.py, which needs a before/after GPU measurement."""
 
 
 def module_name(path: Path) -> str:
