@@ -140,6 +140,9 @@ def test_the_chat_prompt_holds_the_history_and_the_query(family, tiny) -> None:
     text = tokenizer.decode(ids)
     assert text.index(HISTORY[0][0]) < text.index(HISTORY[0][1]) < text.index(EXAMPLE.query)
     assert ids != implementation.chat_prompt_ids(tokenizer, EXAMPLE.query, [])
+    if family.system_role:  # the Chat screen offers a System field only then
+        system = implementation.chat_prompt_ids(tokenizer, EXAMPLE.query, HISTORY, system="简短回答")
+        assert tokenizer.decode(system).index("简短回答") < tokenizer.decode(system).index(HISTORY[0][0])
     assert tokenizer.eos_token_id in implementation.stop_token_ids(tokenizer)
 
 
