@@ -13,8 +13,8 @@ Files are JSON lines, a JSON array, or CSV (UTF-8, a byte-order mark allowed). A
 Anything else wrong stops the load with one sentence naming the file and line.
 
 Training rows, evaluation prompts and references are built exactly as each family's published scripts build
-them, by its `family_impl` (ChatGLM-6B's: glmcore/models/chatglm6b/data.py); the functions here find the family
-from the tokenizer. `conversation_features` is the one way a conversation becomes a training row.
+them, by its `family_impl` (ChatGLM-6B's: glmcore/models/chatglm6b/data.py), from the examples of
+glmcore/examples.py; the functions here find the family from the tokenizer. `conversation_features` is the one way a conversation becomes a training row.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glmcore.errors import GlmError
+from glmcore.examples import IGNORE_INDEX, DataError, Example, conversation_example, turns_only_refusal
+from glmcore.examples import build_prompt as build_prompt  # re-exported: data's public names stay
 
-IGNORE_INDEX = -100
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv")
 CONVERSATION_KEYS = ("conversations", "messages")
 """The key of a conversation row: ChatGLM3's fine-tuning form, or OpenAI's chat form."""
@@ -38,39 +38,11 @@ SPREAD_OBJECT_LOOKAHEAD = 1 << 20
 """Characters read past a JSON line that does not close, to tell an object spread over lines from a cut line."""
 
 
-class DataError(GlmError):
-    pass
-
-
 @dataclass(frozen=True)
 class Columns:
     prompt: str = "content"
     response: str = "summary"
     history: str | None = None
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training example: a query, its answer and earlier turns, or a whole conversation.
-
-    A conversation row keeps its `messages` (in ChatGLM3's form, see `chat_messages`) and `tools`; its `query`
-    and `response` are then the last user message and the last assistant answer (what evaluation scores), and
-    `history` the turns before them when the conversation is nothing but user/assistant turns."""
-
-    query: str
-    response: str
-    history: tuple[tuple[str, str], ...] = ()
-    messages: tuple[dict, ...] = ()
-    tools: object = None
-
-    @property
-    def prompt(self) -> str:
-        return build_prompt(self.query, self.history)
-
-    @property
-    def turns_only(self) -> bool:
-        """Whether the example says nothing the query/response/history form cannot (no system, tools, ...)."""
-        return not self.messages or _plain_turns(self.messages, self.tools) is not None
 
 
 @dataclass
@@ -79,17 +51,6 @@ class LoadedData:
     examples: list[Example]
     skipped_empty: int = 0
     columns_found: list[str] = field(default_factory=list)
-
-
-def build_prompt(query: str, history: tuple[tuple[str, str], ...] | list = ()) -> str:
-    """The bare query, or ChatGLM-6B's rounds: `[Round i]\\n问：q\\n答：r\\n` per past turn, then the query's."""
-    if not history:
-        return query
-    rounds = "".join(
-        f"[Round {index}]\n问：{old_query}\n答：{old_response}\n"
-        for index, (old_query, old_response) in enumerate(history)
-    )
-    return rounds + f"[Round {len(history)}]\n问：{query}\n答："
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -421,59 +382,6 @@ def chat_messages(messages: object, where: str = "the conversation") -> list[dic
     return result
 
 
-def _plain_turns(messages: Sequence[dict], tools: object) -> tuple[tuple[str, str], ...] | None:
-    """The (user, assistant) turns of a conversation with nothing else in it (no system, tools or loss
-    flags), ending on an answer; None for any other conversation."""
-    if (
-        tools is not None
-        or len(messages) % 2
-        or any(set(message) != {"role", "content"} for message in messages)
-    ):
-        return None
-    roles = [message["role"] for message in messages]
-    if roles != ["user", "assistant"] * (len(messages) // 2):
-        return None
-    return tuple((messages[i]["content"], messages[i + 1]["content"]) for i in range(0, len(messages), 2))
-
-
-def _turns_only_refusal(family_title: str) -> str:
-    return (
-        f"{family_title}'s published fine-tuning takes only user/assistant turns, and this conversation has more "
-        "(a system message, tools, observations or loss flags); train a ChatGLM3-6B model on it, or keep only "
-        "its user and assistant turns."
-    )
-
-
-def turns_example(example: Example, family_title: str) -> Example:
-    """`example` for a family whose published fine-tuning knows only a query, its answer and earlier turns
-    (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py); DataError for a conversation with more in it."""
-    if not example.turns_only:
-        raise DataError(_turns_only_refusal(family_title))
-    return example
-
-
-def conversation_example(
-    messages: list[dict], tools: object = None, where: str = "the conversation"
-) -> Example:
-    """A conversation (checked `chat_messages`) as an Example: its messages and tools, its last answer and the
-    user message before that; DataError (starting with `where`) when it has no answer to learn."""
-    answers = [index for index, message in enumerate(messages) if message["role"] == "assistant"]
-    if not answers:
-        raise DataError(
-            f"{where}: the conversation has no assistant message, so there is nothing to learn; "
-            'add the answer as {"role": "assistant", "content": "..."}.'
-        )
-    queries = [message["content"] for message in messages[: answers[-1]] if message["role"] == "user"]
-    turns = _plain_turns(messages, tools)
-    return Example(
-        query=queries[-1] if queries else "",
-        response=messages[answers[-1]]["content"],
-        history=turns[:-1] if turns else (),
-        messages=tuple(messages),
-        tools=tools,
-    )
-
-
 def _conversation_example(record: dict, where: str, family) -> Example:
     """A conversation row as an Example; DataError when `family` (if given) takes only user/assistant turns
     and the conversation has more."""
@@ -482,7 +390,7 @@ def _conversation_example(record: dict, where: str, family) -> Example:
         chat_messages(record[key], f"{where}: {key!r}"), record.get("tools"), where
     )
     if family is not None and not family.conversations and not example.turns_only:
-        raise DataError(f"{where}: {_turns_only_refusal(family.title)}")
+        raise DataError(f"{where}: {turns_only_refusal(family.title)}")
     return example
 
 

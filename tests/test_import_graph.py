@@ -2,17 +2,38 @@
 
 Imports at any level count: at the top, inside functions, under `if TYPE_CHECKING:`. A package's `__init__`
 importing its own submodules does not (that is how a package exposes them). The rules: no circle inside
-glmcore, glmcore never imports glmtui or textual, and no screen imports the CLI (glmtui.cli, glmtui.commands).
+glmcore, glmcore never imports glmtui or textual, no screen imports the CLI (glmtui.cli, glmtui.commands),
+generic code reaches a model family only through `glmcore.models` (the registry and the interface), and a
+family imports only the ground floor below it, so imports go family → generic only.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("glmcore", "glmtui")
 CLI = ("glmtui.cli", "glmtui.commands")
+FAMILY_PACKAGES = tuple(
+    f"glmcore.models.{folder.name}"
+    for folder in sorted((ROOT / "glmcore" / "models").iterdir())
+    if (folder / "__init__.py").is_file()
+)
+GROUND_FLOOR = (
+    "glmcore.errors",
+    "glmcore.examples",
+    "glmcore.models.family",
+    "glmcore.models.fused",
+    "glmcore.models.shards",
+)
+"""The generic modules a family builds on; they import no family, no registry and nothing above them."""
+KNOWN_UPWARD_IMPORTS = {
+    "glmcore.generation": "decoding.py's StaticDecoder; generation.new_decoder asks the registry for the family",
+}
+"""Generic modules a family still imports that reach back up to the registry: moving what the families need
+out of it changes decoding.py, which needs a before/after GPU measurement."""
 
 
 def module_name(path: Path) -> str:
@@ -48,7 +69,9 @@ def imported_names(path: Path, name: str, known: dict[str, Path]) -> set[str]:
     return found - {name}
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
+    """Read once per session (every test only reads it)."""
     known = modules()
     return {name: imported_names(path, name, known) for name, path in known.items()}
 
@@ -137,3 +160,49 @@ def test_no_screen_imports_the_cli() -> None:
         if name.startswith("glmtui.screens") and any(map(is_cli, targets))
     }
     assert offenders == {}
+
+
+def test_generic_code_reaches_a_family_only_through_the_registry() -> None:
+    assert {"glmcore.models.chatglm6b", "glmcore.models.chatglm2", "glmcore.models.chatglm3"} <= set(
+        FAMILY_PACKAGES
+    )
+    is_family = within(FAMILY_PACKAGES)
+    offenders = {
+        name: sorted(filter(is_family, targets))
+        for name, targets in import_graph().items()
+        if not is_family(name) and any(map(is_family, targets))
+    }
+    assert offenders == {}
+
+
+def test_families_import_only_the_ground_floor_below_them() -> None:
+    graph = import_graph()
+    is_family, is_ground = within(FAMILY_PACKAGES), within(GROUND_FLOOR)
+
+    def allowed(target: str) -> bool:
+        return is_family(target) or is_ground(target) or target in KNOWN_UPWARD_IMPORTS
+
+    offenders = {
+        name: sorted(target for target in targets if target.startswith("glmcore") and not allowed(target))
+        for name, targets in graph.items()
+        if is_family(name)
+    }
+    assert {name: targets for name, targets in offenders.items() if targets} == {}
+    reached = {target for name, targets in graph.items() if is_family(name) for target in targets}
+    assert set(KNOWN_UPWARD_IMPORTS) <= reached, "a known upward import is gone: drop it from the list"
+
+
+def test_the_ground_floor_reaches_no_family_and_no_registry() -> None:
+    graph = import_graph()
+    upward = {
+        name: sorted(
+            target for target in graph[name] if target.startswith("glmcore") and target not in GROUND_FLOOR
+        )
+        for name in GROUND_FLOOR
+        if name != "glmcore.models.family"  # the interface: it reads the registry it describes
+    }
+    assert {name: targets for name, targets in upward.items() if targets} == {}
+    for name in KNOWN_UPWARD_IMPORTS:
+        assert "glmcore.models" in graph[name], (
+            f"{name} no longer reaches the registry: drop it from the list"
+        )

@@ -18,7 +18,8 @@ from glmcore.models.chatglm6b.tiny import (
     TinyCheckpointError,
     write_tiny_checkpoint,
 )
-from glmcore.models.checkpoint import read_weights, write_shards
+from glmcore.models.checkpoint import read_weights
+from glmcore.models.shards import write_shards
 
 GOLDEN = Path(__file__).parent / "golden"
 REFERENCE = Path(__file__).parent / "fixtures" / "reference" / "chatglm-6b"

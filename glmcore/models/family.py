@@ -57,6 +57,11 @@ class ModelShape:
     positions: int = 2048
     """Positions the model has (ChatGLM-6B's max_sequence_length, ChatGLM2/3's seq_length): a run's prefix,
     prompt and answer share them."""
+    vector_parameters_per_layer: int = 0
+    """Norm weights and biases in one block; 0 means ChatGLM-6B's: two LayerNorms with biases and a bias on
+    every Linear. ChatGLM2/3 have two RMSNorms and a bias on query_key_value only."""
+    final_norm_parameters: int = 0
+    """The final norm's weights; 0 means a LayerNorm with a bias (2 × hidden_size)."""
 
     @classmethod
     def from_model_dir(cls, path: Path, family: str | None = None) -> ModelShape:
@@ -90,8 +95,8 @@ class ModelShape:
         """Embeddings, output layer, LayerNorms and biases: what stays 16-bit under quantization."""
         hidden, inner = self.hidden_size, self.inner_hidden_size
         embeddings = self.vocab_size * hidden * (1 if self.tie_word_embeddings else 2)
-        per_layer = 2 * 2 * hidden + 3 * hidden + hidden + inner + hidden
-        return embeddings + self.num_layers * per_layer + 2 * hidden
+        per_layer = self.vector_parameters_per_layer or 2 * 2 * hidden + 3 * hidden + hidden + inner + hidden
+        return embeddings + self.num_layers * per_layer + (self.final_norm_parameters or 2 * hidden)
 
     @property
     def parameters(self) -> int:

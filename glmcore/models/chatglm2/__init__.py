@@ -6,8 +6,9 @@ How a ChatGLM2/3 folder is told apart (the two differ on disk only in config.jso
 `seq_length` and `transformers_version`, and in their `tokenization_chatglm.py`, which is never run):
 1. config.json's `_name_or_path` names `chatglm2-6b` or `chatglm3-6b` (any owner, `-base` included);
 2. else the sha256 of `tokenization_chatglm.py` is one of the published files of a family;
-3. else `seq_length`: 32768 is ChatGLM2-6B's, 8192 ChatGLM3-6B's, unless config.json sets `rope_ratio`: then
-   it is a -32k model (chatglm2-6b-32k, chatglm3-6b-32k: 32768 positions either way) and says nothing.
+3. else `seq_length`: 32768 is ChatGLM2-6B's, 8192 ChatGLM3-6B's, unless config.json sets a `rope_ratio` other
+   than 1: then it is a -32k model (chatglm2-6b-32k, chatglm3-6b-32k: 32768 positions either way) and says
+   nothing. (`save_pretrained`, as `glmtui export` uses it, writes rope_ratio 1.0 and drops `_name_or_path`.)
 The first signal present decides; a later signal that names the other family makes the folder refused
 with both reasons, asking for a `family = ...` setting, which always wins over the rule.
 """
@@ -99,7 +100,7 @@ def family_signals(config_json: dict, model_dir: Path) -> list[tuple[str, str]]:
                 (family, f"tokenization_chatglm.py is the published {family} file (sha256 {digest[:12]}…)")
             )
     seq_length = config_json.get("seq_length")
-    if seq_length in PUBLISHED_SEQ_LENGTH and "rope_ratio" not in config_json:
+    if seq_length in PUBLISHED_SEQ_LENGTH and config_json.get("rope_ratio", 1) == 1:
         signals.append((PUBLISHED_SEQ_LENGTH[seq_length], f"config.json seq_length is {seq_length}"))
     return signals
 
@@ -138,14 +139,19 @@ def shape(config_json: dict) -> ModelShape:
             raise ModelShapeError(f"config.json gives no {name}; is it a ChatGLM2/ChatGLM3 model config?")
         return found
 
+    hidden_size = value("hidden_size")
+    key_value_width = 2 * value("multi_query_group_num") * value("kv_channels")
     return ModelShape(
         vocab_size=value("padded_vocab_size"),
-        hidden_size=value("hidden_size"),
+        hidden_size=hidden_size,
         num_layers=value("num_layers"),
         num_heads=value("num_attention_heads"),
         inner_hidden_size=value("ffn_hidden_size") * 3 // 2,
         tie_word_embeddings=bool(config_json.get("tie_word_embeddings", False)),
-        key_value_width=2 * value("multi_query_group_num") * value("kv_channels"),
+        key_value_width=key_value_width,
         mlp_values_per_inner=2,
         positions=value("seq_length") if "seq_length" in config_json else SEQ_LENGTH_WHEN_UNSET,
+        # Two RMSNorm weights, and query_key_value's bias: the queries', then the groups' keys and values.
+        vector_parameters_per_layer=2 * hidden_size + hidden_size + key_value_width,
+        final_norm_parameters=hidden_size,
     )

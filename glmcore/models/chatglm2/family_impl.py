@@ -1,9 +1,10 @@
-"""ChatGLM2-6B's implementation of the family interface (FAMILY_CONTRACT.md): classes, the training rows
+"""ChatGLM2-6B's implementation of the family interface (glmcore/models/family.py; every family passes
+tests/test_family_contract.py, and docs/architecture.md lists what each name does): classes, the training rows
 and evaluation prompts of the published `ptuning/main.py`, the chat prompt, the prefix encoder."""
 
 from __future__ import annotations
 
-from glmcore.data import conversation_example, turns_example
+from glmcore.examples import IGNORE_INDEX, conversation_example, turns_example
 from glmcore.models.chatglm2 import TITLE
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, PrefixEncoder, prefix_width
@@ -11,7 +12,6 @@ from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm2.tokenization import ChatGLM2Tokenizer
 
-IGNORE_INDEX = -100
 TRAINING_TIME_PLACEHOLDER = "[[训练时间]]"
 
 config_class = ChatGLM2Config

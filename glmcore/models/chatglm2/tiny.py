@@ -22,7 +22,7 @@ import torch
 
 from glmcore.errors import GlmError
 from glmcore.models.chatglm6b.tiny import BUILTIN_CORPUS
-from glmcore.models.checkpoint import contiguous_groups, random_state, write_shards
+from glmcore.models.shards import contiguous_groups, random_state, write_shards
 
 TOKENIZER_FILE = "tokenizer.model"
 GLM_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")

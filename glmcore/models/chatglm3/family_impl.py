@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 
+from glmcore.examples import IGNORE_INDEX
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
 from glmcore.models.chatglm2.family_impl import (
-    IGNORE_INDEX,
     TRAINING_TIME_PLACEHOLDER,
     new_decoder,
     new_prefix_encoder,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 
-from glmcore.data import build_prompt
 from glmcore.errors import GlmError
+from glmcore.examples import build_prompt
 
 TRAINING_TIME_PLACEHOLDER = "[[训练时间]]"
 TRAINING_TIME = "2023年"

@@ -10,7 +10,7 @@ The prompt text is `Example.prompt`: the bare query, or `[Round i]\\n问：q\\n�
 
 from __future__ import annotations
 
-from glmcore.data import IGNORE_INDEX, Example, conversation_example, turns_example
+from glmcore.examples import IGNORE_INDEX, Example, conversation_example, turns_example
 
 TITLE = "ChatGLM-6B"
 

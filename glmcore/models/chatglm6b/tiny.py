@@ -24,7 +24,7 @@ import sentencepiece as spm
 import torch
 
 from glmcore.errors import GlmError
-from glmcore.models.checkpoint import contiguous_groups, random_state, write_shards
+from glmcore.models.shards import contiguous_groups, random_state, write_shards
 
 GLM_SPECIAL_PIECES = ("[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>")
 MAX_BLANK_LENGTH = 80
