@@ -3,6 +3,7 @@ same as chat's greedy one (requests join the running batch as rows free up)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -271,3 +272,78 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
         if event.kind == "step" and decoding.id in event.detail and long_passes[0] < index < long_passes[-1]
     ]
     assert len(steps_meanwhile) >= len(long_passes) - 1, "the decoding row stepped between the long prompt's chunks"
+
+
+SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so when you do not know. "
+
+
+def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3):
+    """Issue 34: requests with one long system prompt, mixed with others, on two prefixes and the base. Sent
+    together, one request per prefix writes the shared beginning and the others copy it (the record shows their
+    prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
+    a third prefix copies nothing though its tokens are the same; a later one over the base copies it again."""
+    import glmcore
+    from glmcore.serve.batching import Engine
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    burst = {}
+    for index, question in enumerate(QUESTIONS):
+        burst[f"base {index}"] = (family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM), None)
+        burst[f"plain {index}"] = (family.chat_prompt_ids(tokenizer, question, []), None)
+    for index, question in enumerate(QUESTIONS[:2]):
+        burst[f"prefix {index}"] = (family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM), checkpoints[0])
+    later = {"other prefix": (burst["base 0"][0], checkpoints[1]), "base again": (burst["base 1"][0], None)}
+    copied = {
+        group: len(_common_beginning([prompt for name, (prompt, _) in burst.items() if name.startswith(group)]))
+        // BLOCK
+        * BLOCK
+        for group in ("base", "prefix")
+    }
+    assert min(copied.values()) >= 2 * BLOCK, "the system prompt spans blocks"
+
+    def serve(shared_tokens: int):
+        engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=96, shared_tokens=shared_tokens)
+        answers, requests = Answers(), {}
+        try:
+            for asks in (burst, later):
+                for name, (prompt, prefix) in asks.items():
+                    requests[name] = answers.request(name, prompt, prefix, 6)
+                    engine.submit(requests[name])
+                answers.wait(len(asks))
+        finally:
+            engine.shutdown()
+        return answers.tokens, requests, list(engine.record)
+
+    expected, _, _ = serve(shared_tokens=0)
+    answers, requests, record = serve(shared_tokens=256)
+    assert answers == expected
+    reused = {name: request.reused_tokens for name, request in requests.items()}
+    for group, tokens in copied.items():
+        writers = sum(name.startswith(group) for name in burst)
+        assert sorted(reused[name] for name in burst if name.startswith(group)) == [0, *[tokens] * (writers - 1)]
+    assert reused["other prefix"] == 0 and reused["base again"] == copied["base"]
+    assert all(tokens == 0 for name, tokens in reused.items() if name.startswith("plain"))
+    for name, request in requests.items():
+        first_pass = record[_passes(record, request.id)[0]]
+        (start,) = [entry[1] for entry in first_pass.detail if entry[0] == request.id]
+        assert start == reused[name], "the copied tokens are not prefilled again"
+        assert (EngineEvent("reuse", (request.id, reused[name])) in record) == bool(reused[name])
+
+
+def _common_beginning(prompts: list[list[int]]) -> list[int]:
+    return os.path.commonprefix(prompts)  # element by element: lists of tokens as well as strings
+
+
+def test_only_families_whose_prompts_are_causal_keep_shared_beginnings(chatglm3, tiny_model, tiny_tokenizer):
+    """ChatGLM-6B's context is read both ways (its first tokens see the later ones), so no other prompt can share
+    its keys: no pool. ChatGLM3's prompt is causal: a row's worth."""
+    import glmcore
+    from glmcore.serve.batching import shared_prompt_tokens
+
+    model_dir, _ = chatglm3
+    chatglm3_model = glmcore.load_model(model_dir)
+    assert shared_prompt_tokens(chatglm3_model, glmcore.load_tokenizer(model_dir), 64) == 64
+    assert shared_prompt_tokens(tiny_model, tiny_tokenizer, 64) == 0

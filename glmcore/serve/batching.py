@@ -41,6 +41,7 @@ import torch
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling, pick_tokens
+from glmcore.serve.shared_prompts import BLOCK, SharedPrompts
 
 log = logging.getLogger("glmcore.serve")
 
@@ -79,6 +80,8 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     generated: int = 0
+    reused_tokens: int = 0
+    """Prompt tokens whose keys and values were copied from an earlier request's (a shared beginning)."""
     batch: int = 0
     """The most rows that decoded together while this request did (itself included)."""
     finish_reason: str | None = None
@@ -182,8 +185,9 @@ class _Prefill:
 
 @dataclass(frozen=True)
 class EngineEvent:
-    """One entry of the engine's record: ("prefill", ((request id, first token, end), ...)) for a prefill pass,
-    ("step", (request ids...)) for a decoding step, ("first token", (request id,))."""
+    """One entry of the engine's record: ("reuse", (request id, tokens)) when a prompt's first tokens are copied
+    from a shared beginning, ("prefill", ((request id, first token, end), ...)) for a prefill pass, ("step",
+    (request ids...)) for a decoding step, ("first token", (request id,))."""
 
     kind: str
     detail: tuple
@@ -203,21 +207,44 @@ def _row_decoder(model):
     return new_decoder(model, 1, 1, use_graph=False)
 
 
-def plan_slots(model, dtype: torch.dtype, capacity: int, max_slots: int, *, reserve: float = 0.1) -> int:
+def plan_slots(
+    model, dtype: torch.dtype, capacity: int, max_slots: int, *, shared_tokens: int = 0, reserve: float = 0.1
+) -> int:
     """How many rows of `capacity` columns fit: on a GPU, its free memory now (after loading) less a `reserve`
-    share for prefills, prefixes and graphs; on the CPU, `max_slots`."""
+    share for prefills, prefixes and graphs and the pool of `shared_tokens` shared prompt tokens; on the CPU,
+    `max_slots`."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max_slots
     free, _ = torch.cuda.mem_get_info(device)
-    per_row = kv_bytes_per_token(model, dtype) * capacity
-    fits = int(free * (1 - reserve) // per_row)
+    per_token = kv_bytes_per_token(model, dtype)
+    per_row = per_token * capacity
+    fits = int((free * (1 - reserve) - per_token * shared_tokens) // per_row)
     if fits < 1:
         raise GlmError(
             f"The GPU has {free / 2**30:.1f} GiB free, less than one row of {capacity} tokens needs "
             f"({per_row / 2**30:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
         )
     return min(max_slots, fits)
+
+
+def shared_prompt_tokens(model, tokenizer, capacity: int) -> int:
+    """The tokens of shared prompt beginnings to keep: a row's worth where the family's chat prompt is causal
+    (ChatGLM2/3), none where its first tokens see those after them (ChatGLM-6B's context), which no other
+    prompt can share."""
+    from glmcore.models import family_of
+
+    prompt = family_of(model).implementation().chat_prompt_ids(tokenizer, "hello", [])
+    return capacity if _prompt_layout(_row_decoder(model), prompt).causal else 0
+
+
+def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
+    """The family's positions and prompt mask for `prompt` (as its chat computes them), on the CPU."""
+    input_ids = torch.tensor([prompt], device=row_decoder.device)
+    positions, allowed = row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
+    allowed = allowed[0, 0].cpu()
+    causal = torch.equal(allowed, torch.ones_like(allowed).tril())
+    return PromptLayout(positions[0].cpu(), allowed, causal)
 
 
 class SlotDecoder:
@@ -249,12 +276,7 @@ class SlotDecoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def prompt_layout(self, prompt: list[int]) -> PromptLayout:
-        """The family's positions and prompt mask for `prompt` (as its chat computes them), on the CPU."""
-        input_ids = torch.tensor([prompt], device=self.device)
-        positions, allowed = self.row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
-        allowed = allowed[0, 0].cpu()
-        causal = torch.equal(allowed, torch.ones_like(allowed).tril())
-        return PromptLayout(positions[0].cpu(), allowed, causal)
+        return _prompt_layout(self.row_decoder, prompt)
 
     def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
@@ -399,6 +421,7 @@ class Engine:
         on_finished: Callable[[Request], None] | None = None,
         stop_ids: set[int] | None = None,
         prefill_budget: int = DEFAULT_PREFILL_BUDGET,
+        shared_tokens: int = 0,
     ) -> None:
         from glmcore.models import family_of
 
@@ -408,6 +431,8 @@ class Engine:
         self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
         """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
         self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph)
+        self.shared = SharedPrompts(self.decoder, shared_tokens) if shared_tokens >= BLOCK else None
+        """Shared prompt beginnings (`shared_tokens` of them at most; `shared_prompt_tokens` says how many)."""
         self.max_waiting = max_waiting
         self.max_prefixes = max_prefixes
         self.on_finished = on_finished
@@ -509,7 +534,9 @@ class Engine:
                 set_prefix(self.model, None)
         self._prefixes[checkpoint] = layers
         while len(self._prefixes) > self.max_prefixes:
-            self._prefixes.popitem(last=False)
+            dropped, _ = self._prefixes.popitem(last=False)
+            if self.shared is not None:
+                self.shared.forget(dropped)  # its keys and values are made again, maybe from a changed file
         return layers
 
     def _run(self) -> None:
@@ -573,10 +600,15 @@ class Engine:
         """One pass over the prompts being written, shortest remainder first, up to the budget: a causal prompt is
         cut to what is left of it; one that cannot be cut waits for a pass it fits, or goes alone. The prompts
         written whole begin decoding with their first token."""
+        for state in self._prefilling.values():
+            if state.done == 0:
+                self._reuse_shared(state)
         budget, taken = self.prefill_budget, []
         for state in sorted(self._prefilling.values(), key=lambda state: state.remaining):
             if budget <= 0:
                 break
+            if self._writes_what_it_would_share(taken, state):
+                continue
             size = min(state.remaining, budget) if state.layout.causal else state.remaining
             if taken and size > budget:
                 continue
@@ -600,6 +632,12 @@ class Engine:
         opened, rows = [], []
         for index, ((state, size), chunk) in enumerate(zip(taken, chunks, strict=True)):
             state.done += size
+            if self.shared is not None and state.layout.causal:
+                request = state.request
+                self.shared.keep(
+                    request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+                    written=state.done,
+                )
             if chunk.last:
                 with self._wake:
                     del self._prefilling[state.row]
@@ -608,6 +646,36 @@ class Engine:
                 rows.append(state.row)
         if rows:
             self._emit(logits[opened], rows)
+
+    def _reuse_shared(self, state: _Prefill) -> None:
+        """Copy the shared beginning of a causal prompt not yet begun into its row, and start writing after it."""
+        if self.shared is None or not state.layout.causal:
+            return
+        request = state.request
+        reused = self.shared.reuse(
+            request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length
+        )
+        if reused:
+            state.done = request.reused_tokens = reused
+            self.record.append(EngineEvent("reuse", (request.id, reused)))
+
+    def _writes_what_it_would_share(self, taken: list[tuple[_Prefill, int]], state: _Prefill) -> bool:
+        """Whether a prompt already in this pass writes the block `state` would share next (the same prefix
+        checkpoint, tokens and positions from the start): then `state` waits for the next pass and copies it
+        rather than writing it too (a burst of requests with one system prompt writes it once)."""
+        end = state.done + BLOCK
+        if self.shared is None or not state.layout.causal or end >= len(state.request.prompt_ids):
+            return False
+        request = state.request
+        return any(
+            other.layout.causal
+            and other.done == state.done
+            and other.done + size >= end
+            and other.request.prefix == request.prefix
+            and other.request.prompt_ids[:end] == request.prompt_ids[:end]
+            and torch.equal(other.layout.positions[..., :end], state.layout.positions[..., :end])
+            for other, size in taken
+        )
 
     def _drop_cancelled(self) -> None:
         with self._wake:
