@@ -11,6 +11,8 @@ prefill pass: every prompt being written goes into it, each row with its own pre
 `prefill_budget` tokens. A causal family's long prompt is cut into chunks across passes, so the decoding rows
 keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
 remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
+A causal prompt whose first blocks were written before over the same prefix checkpoint copies their keys and
+values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
 `record` keeps the latest passes, steps and first tokens, in order.
 A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
 that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
