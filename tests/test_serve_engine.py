@@ -347,3 +347,47 @@ def test_only_families_whose_prompts_are_causal_keep_shared_beginnings(chatglm3,
     chatglm3_model = glmcore.load_model(model_dir)
     assert shared_prompt_tokens(chatglm3_model, glmcore.load_tokenizer(model_dir), 64) == 64
     assert shared_prompt_tokens(tiny_model, tiny_tokenizer, 64) == 0
+
+
+async def test_a_client_is_told_how_many_prompt_tokens_were_shared(chatglm3, tmp_path):
+    """The API's `usage.prompt_tokens_details.cached_tokens` and requests.jsonl's `cached_tokens`: none for the
+    first request with a system prompt, its whole blocks for the next one (the endpoints in-process, the `openai`
+    client over an ASGI transport)."""
+    import httpx2
+    import openai
+
+    import glmcore
+    from glmcore.runs import RunStore
+    from glmcore.serve.batching import Engine
+    from glmcore.serve.http import Service
+    from glmcore.serve.registry import ModelRegistry
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, _ = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    prompts = [family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM) for question in QUESTIONS[:2]]
+    shared = len(_common_beginning(prompts)) // BLOCK * BLOCK
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=2, capacity=96, shared_tokens=96)
+    logged: list[dict] = []
+    registry = ModelRegistry(model_dir, RunStore(tmp_path / "runs"))
+    service = Service(engine, registry, max_request_bytes=2**20, on_request=logged.append)
+    transport = httpx2.ASGITransport(app=service.app(None))
+    client = openai.AsyncOpenAI(
+        base_url="http://serve.test/v1", api_key="none", http_client=httpx2.AsyncClient(transport=transport)
+    )
+    try:
+        cached = []
+        for question in QUESTIONS[:2]:
+            reply = await client.chat.completions.create(
+                model=model_dir.name,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                temperature=0,
+                max_tokens=3,
+            )
+            cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+    finally:
+        await client.close()
+        engine.shutdown()
+    assert shared >= 2 * BLOCK and cached == [0, shared]
+    assert [entry["cached_tokens"] for entry in logged] == cached
