@@ -283,7 +283,6 @@ def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(ch
     prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
     a third prefix copies nothing though its tokens are the same; a later one over the base copies it again."""
     import glmcore
-    from glmcore.serve.batching import Engine
     from glmcore.serve.shared_prompts import BLOCK
 
     model_dir, checkpoints = chatglm3
@@ -294,36 +293,24 @@ def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(ch
         burst[f"base {index}"] = (family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM), None)
         burst[f"plain {index}"] = (family.chat_prompt_ids(tokenizer, question, []), None)
     for index, question in enumerate(QUESTIONS[:2]):
-        burst[f"prefix {index}"] = (family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM), checkpoints[0])
+        prompt = family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM)
+        burst[f"prefix {index}"] = (prompt, checkpoints[0])
     later = {"other prefix": (burst["base 0"][0], checkpoints[1]), "base again": (burst["base 1"][0], None)}
     copied = {
         group: len(_common_beginning([prompt for name, (prompt, _) in burst.items() if name.startswith(group)]))
-        // BLOCK
-        * BLOCK
+        // BLOCK * BLOCK
         for group in ("base", "prefix")
     }
     assert min(copied.values()) >= 2 * BLOCK, "the system prompt spans blocks"
 
-    def serve(shared_tokens: int):
-        engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=96, shared_tokens=shared_tokens)
-        answers, requests = Answers(), {}
-        try:
-            for asks in (burst, later):
-                for name, (prompt, prefix) in asks.items():
-                    requests[name] = answers.request(name, prompt, prefix, 6)
-                    engine.submit(requests[name])
-                answers.wait(len(asks))
-        finally:
-            engine.shutdown()
-        return answers.tokens, requests, list(engine.record)
-
-    expected, _, _ = serve(shared_tokens=0)
-    answers, requests, record = serve(shared_tokens=256)
+    expected, _, _ = _serve_in_rounds(model_dir, [burst, later], shared_tokens=0)
+    answers, requests, record = _serve_in_rounds(model_dir, [burst, later], shared_tokens=256)
     assert answers == expected
     reused = {name: request.reused_tokens for name, request in requests.items()}
     for group, tokens in copied.items():
         writers = sum(name.startswith(group) for name in burst)
-        assert sorted(reused[name] for name in burst if name.startswith(group)) == [0, *[tokens] * (writers - 1)]
+        group_reused = sorted(reused[name] for name in burst if name.startswith(group))
+        assert group_reused == [0, *[tokens] * (writers - 1)], reused
     assert reused["other prefix"] == 0 and reused["base again"] == copied["base"]
     assert all(tokens == 0 for name, tokens in reused.items() if name.startswith("plain"))
     for name, request in requests.items():
@@ -331,6 +318,59 @@ def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(ch
         (start,) = [entry[1] for entry in first_pass.detail if entry[0] == request.id]
         assert start == reused[name], "the copied tokens are not prefilled again"
         assert (EngineEvent("reuse", (request.id, reused[name])) in record) == bool(reused[name])
+
+
+def _serve_in_rounds(model_dir: Path, rounds: list[dict], **options):
+    """Each round's requests ({name: (prompt, prefix)}) sent together, the next round once they have ended; each
+    request's tokens, the requests and the engine's record."""
+    import glmcore
+    from glmcore.serve.batching import Engine
+
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=96, **options)
+    answers, requests = Answers(), {}
+    try:
+        for asks in rounds:
+            for name, (prompt, prefix) in asks.items():
+                requests[name] = answers.request(name, prompt, prefix, 6)
+                engine.submit(requests[name])
+            answers.wait(len(asks))
+    finally:
+        engine.shutdown()
+    return answers.tokens, requests, list(engine.record)
+
+
+def test_a_full_pool_drops_the_least_recently_used_blocks_and_a_dropped_prefix_takes_its_own(chatglm3):
+    """A pool of two blocks and one prefix kept at a time, requests one after the other: a prefix's blocks push
+    the base's out; a second prefix pushes the first out of the prefix cache, and its blocks go with it (the pool
+    keeps nothing of a prefix whose keys are made again); the freed room serves the next. Answers as without."""
+    import glmcore
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    first, second, third = (family.chat_prompt_ids(tokenizer, q, [], system=SYSTEM) for q in QUESTIONS)
+    turns = {
+        "base": (first, None),
+        "prefix": (second, checkpoints[0]),
+        "second prefix, short": (family.chat_prompt_ids(tokenizer, QUESTIONS[0], []), checkpoints[1]),
+        "prefix again": (second, checkpoints[0]),
+        "prefix, other question": (third, checkpoints[0]),
+        "base again": (first, None),
+    }
+    rounds = [{name: ask} for name, ask in turns.items()]
+    expected, _, _ = _serve_in_rounds(model_dir, rounds, shared_tokens=0, max_prefixes=1)
+    answers, requests, _ = _serve_in_rounds(model_dir, rounds, shared_tokens=2 * BLOCK, max_prefixes=1)
+    assert answers == expected
+    assert {name: request.reused_tokens for name, request in requests.items()} == {
+        "base": 0,
+        "prefix": 0,
+        "second prefix, short": 0,
+        "prefix again": 0,
+        "prefix, other question": 2 * BLOCK,
+        "base again": 0,
+    }
 
 
 def _common_beginning(prompts: list[list[int]]) -> list[int]:

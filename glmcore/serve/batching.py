@@ -171,6 +171,11 @@ class _Prefill:
     def remaining(self) -> int:
         return len(self.request.prompt_ids) - self.done
 
+    @property
+    def fresh(self) -> bool:
+        """Nothing of the prompt written by its own passes yet (only, maybe, a shared beginning copied)."""
+        return self.done == self.request.reused_tokens
+
     def chunk(self, size: int) -> Chunk:
         first, end = self.done, self.done + size
         sees = torch.ones(size, self.prefix_length + end, dtype=torch.bool)
@@ -603,7 +608,7 @@ class Engine:
         cut to what is left of it; one that cannot be cut waits for a pass it fits, or goes alone. The prompts
         written whole begin decoding with their first token."""
         for state in self._prefilling.values():
-            if state.done == 0:
+            if state.fresh:
                 self._reuse_shared(state)
         budget, taken = self.prefill_budget, []
         for state in sorted(self._prefilling.values(), key=lambda state: state.remaining):
@@ -650,14 +655,14 @@ class Engine:
             self._emit(logits[opened], rows)
 
     def _reuse_shared(self, state: _Prefill) -> None:
-        """Copy the shared beginning of a causal prompt not yet begun into its row, and start writing after it."""
+        """Copy the shared beginning of a fresh causal prompt into its row, and start writing after it."""
         if self.shared is None or not state.layout.causal:
             return
         request = state.request
         reused = self.shared.reuse(
             request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length
         )
-        if reused:
+        if reused > state.done:
             state.done = request.reused_tokens = reused
             self.record.append(EngineEvent("reuse", (request.id, reused)))
 
@@ -666,9 +671,9 @@ class Engine:
         checkpoint, tokens and positions from the start): then `state` waits for the next pass and copies it
         rather than writing it too (a burst of requests with one system prompt writes it once)."""
         end = state.done + BLOCK
-        if self.shared is None or not state.layout.causal or end >= len(state.request.prompt_ids):
-            return False
         request = state.request
+        if self.shared is None or not (state.fresh and state.layout.causal) or end >= len(request.prompt_ids):
+            return False
         return any(
             other.layout.causal
             and other.done == state.done
