@@ -277,11 +277,13 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
 SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so when you do not know. "
 
 
-def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3):
+@pytest.mark.parametrize("budget", [2048, 16], ids=["whole prompts", "16-token chunks"])
+def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3, budget):
     """Issue 34: requests with one long system prompt, mixed with others, on two prefixes and the base. Sent
     together, one request per prefix writes the shared beginning and the others copy it (the record shows their
     prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
-    a third prefix copies nothing though its tokens are the same; a later one over the base copies it again."""
+    a third prefix copies nothing though its tokens are the same; a later one over the base copies it again.
+    In 16-token chunks, the others copy each block as it is written, one pass behind."""
     import glmcore
     from glmcore.serve.shared_prompts import BLOCK
 
@@ -303,8 +305,8 @@ def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(ch
     }
     assert min(copied.values()) >= 2 * BLOCK, "the system prompt spans blocks"
 
-    expected, _, _ = _serve_in_rounds(model_dir, [burst, later], shared_tokens=0)
-    answers, requests, record = _serve_in_rounds(model_dir, [burst, later], shared_tokens=256)
+    expected, _, _ = _serve_in_rounds(model_dir, [burst, later], shared_tokens=0, prefill_budget=budget)
+    answers, requests, record = _serve_in_rounds(model_dir, [burst, later], shared_tokens=256, prefill_budget=budget)
     assert answers == expected
     reused = {name: request.reused_tokens for name, request in requests.items()}
     for group, tokens in copied.items():

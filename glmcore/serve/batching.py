@@ -610,11 +610,12 @@ class Engine:
         for state in self._prefilling.values():
             if state.fresh:
                 self._reuse_shared(state)
+        waiting = {row for row, state in self._prefilling.items() if self._waits_for_its_beginning(state)}
         budget, taken = self.prefill_budget, []
         for state in sorted(self._prefilling.values(), key=lambda state: state.remaining):
             if budget <= 0:
                 break
-            if self._writes_what_it_would_share(taken, state):
+            if state.row in waiting:
                 continue
             size = min(state.remaining, budget) if state.layout.causal else state.remaining
             if taken and size > budget:
@@ -666,22 +667,23 @@ class Engine:
             state.done = request.reused_tokens = reused
             self.record.append(EngineEvent("reuse", (request.id, reused)))
 
-    def _writes_what_it_would_share(self, taken: list[tuple[_Prefill, int]], state: _Prefill) -> bool:
-        """Whether a prompt already in this pass writes the block `state` would share next (the same prefix
-        checkpoint, tokens and positions from the start): then `state` waits for the next pass and copies it
-        rather than writing it too (a burst of requests with one system prompt writes it once)."""
+    def _waits_for_its_beginning(self, state: _Prefill) -> bool:
+        """Whether `state`, fresh, should wait for the block it would share next (the same prefix checkpoint, tokens
+        and positions from the start) because another prompt is writing it: one further on, one as far that writes
+        its own, or else the fresh one in the lowest row. The first of that order never waits, so a burst of requests
+        with one system prompt writes it once, the others copying each block as it is done."""
         end = state.done + BLOCK
         request = state.request
         if self.shared is None or not (state.fresh and state.layout.causal) or end >= len(request.prompt_ids):
             return False
         return any(
-            other.layout.causal
-            and other.done == state.done
-            and other.done + size >= end
+            other is not state
+            and state.done <= other.done < end
+            and (other.done > state.done or not other.fresh or other.row < state.row)
             and other.request.prefix == request.prefix
             and other.request.prompt_ids[:end] == request.prompt_ids[:end]
             and torch.equal(other.layout.positions[..., :end], state.layout.positions[..., :end])
-            for other, size in taken
+            for other in self._prefilling.values()
         )
 
     def _drop_cancelled(self) -> None:
