@@ -681,7 +681,8 @@ class Engine:
             and state.done <= other.done < end
             and (other.done > state.done or not other.fresh or other.row < state.row)
             and other.request.prefix == request.prefix
-            and other.request.prompt_ids[:end] == request.prompt_ids[:end]
+            and other.request.prompt_ids[state.done : end] == request.prompt_ids[state.done : end]  # cheap first
+            and other.request.prompt_ids[: state.done] == request.prompt_ids[: state.done]
             and torch.equal(other.layout.positions[..., :end], state.layout.positions[..., :end])
             for other in self._prefilling.values()
         )
