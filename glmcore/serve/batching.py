@@ -661,7 +661,8 @@ class Engine:
             return
         request = state.request
         reused = self.shared.reuse(
-            request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length
+            request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+            copied=request.reused_tokens,
         )
         if reused > state.done:
             state.done = request.reused_tokens = reused

@@ -51,25 +51,23 @@ class SharedPrompts:
         self._free = list(range(blocks))
         self._serials = itertools.count(1)
 
-    def __len__(self) -> int:
-        """Blocks held."""
-        return len(self._blocks)
-
     def reuse(
-        self, checkpoint: Path | None, prompt: list[int], positions: torch.Tensor, row: int, start: int
+        self, checkpoint: Path | None, prompt: list[int], positions: torch.Tensor, row: int, start: int, *,
+        copied: int = 0,
     ) -> int:
         """Copy the longest run of held blocks that begins `prompt` into `row` from column `start` (after its
-        prefix), leaving at least the prompt's last token to prefill (its scores give the first answer token);
-        the number of prompt tokens copied."""
+        prefix), past the `copied` tokens already there, leaving at least the prompt's last token to prefill (its
+        scores give the first answer token); the number of prompt tokens the row now holds from the pool."""
         chain = self._held_chain(checkpoint, prompt, positions, len(prompt) - 1)
-        if not chain:
-            return 0
-        slots = torch.tensor([block.slot for block in chain], device=self.decoder.device)
-        end = start + len(chain) * BLOCK
+        new = chain[copied // BLOCK :]
+        if not new:
+            return len(chain) * BLOCK
+        slots = torch.tensor([block.slot for block in new], device=self.decoder.device)
+        columns = slice(start + copied, start + len(chain) * BLOCK)
         for row_layer, pool_layer in zip(
             (*self.decoder.keys, *self.decoder.values), (*self.keys, *self.values), strict=True
         ):
-            row_layer[row, :, start:end] = pool_layer[slots].transpose(0, 1).flatten(1, 2)
+            row_layer[row, :, columns] = pool_layer[slots].transpose(0, 1).flatten(1, 2)
         return len(chain) * BLOCK
 
     def keep(
