@@ -3,6 +3,7 @@ same as chat's greedy one (requests join the running batch as rows free up)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -271,3 +272,164 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
         if event.kind == "step" and decoding.id in event.detail and long_passes[0] < index < long_passes[-1]
     ]
     assert len(steps_meanwhile) >= len(long_passes) - 1, "the decoding row stepped between the long prompt's chunks"
+
+
+SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so when you do not know. "
+
+
+@pytest.mark.parametrize("budget", [2048, 16], ids=["whole prompts", "16-token chunks"])
+def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3, budget):
+    """Issue 34: requests with one long system prompt, mixed with others, on two prefixes and the base. Sent
+    together, one request per prefix writes the shared beginning and the others copy it (the record shows their
+    prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
+    a third prefix copies nothing though its tokens are the same; a later one over the base copies it again.
+    In 16-token chunks, the others copy each block as it is written, one pass behind."""
+    import glmcore
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    burst = {}
+    for index, question in enumerate(QUESTIONS):
+        burst[f"base {index}"] = (family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM), None)
+        burst[f"plain {index}"] = (family.chat_prompt_ids(tokenizer, question, []), None)
+    for index, question in enumerate(QUESTIONS[:2]):
+        prompt = family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM)
+        burst[f"prefix {index}"] = (prompt, checkpoints[0])
+    later = {"other prefix": (burst["base 0"][0], checkpoints[1]), "base again": (burst["base 1"][0], None)}
+    copied = {
+        group: len(_common_beginning([prompt for name, (prompt, _) in burst.items() if name.startswith(group)]))
+        // BLOCK * BLOCK
+        for group in ("base", "prefix")
+    }
+    assert min(copied.values()) >= 2 * BLOCK, "the system prompt spans blocks"
+
+    expected, _, _ = _serve_in_rounds(model_dir, [burst, later], shared_tokens=0, prefill_budget=budget)
+    answers, requests, record = _serve_in_rounds(model_dir, [burst, later], shared_tokens=256, prefill_budget=budget)
+    assert answers == expected
+    reused = {name: request.reused_tokens for name, request in requests.items()}
+    for group, tokens in copied.items():
+        writers = sum(name.startswith(group) for name in burst)
+        group_reused = sorted(reused[name] for name in burst if name.startswith(group))
+        assert group_reused == [0, *[tokens] * (writers - 1)], reused
+    assert reused["other prefix"] == 0 and reused["base again"] == copied["base"]
+    assert all(tokens == 0 for name, tokens in reused.items() if name.startswith("plain"))
+    for name, request in requests.items():
+        first_pass = record[_passes(record, request.id)[0]]
+        (start,) = [entry[1] for entry in first_pass.detail if entry[0] == request.id]
+        assert start == reused[name], "the copied tokens are not prefilled again"
+        assert (EngineEvent("reuse", (request.id, reused[name])) in record) == bool(reused[name])
+
+
+def _serve_in_rounds(model_dir: Path, rounds: list[dict], **options):
+    """Each round's requests ({name: (prompt, prefix)}) sent together, the next round once they have ended; each
+    request's tokens, the requests and the engine's record."""
+    import glmcore
+    from glmcore.serve.batching import Engine
+
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=96, **options)
+    answers, requests = Answers(), {}
+    try:
+        for asks in rounds:
+            for name, (prompt, prefix) in asks.items():
+                requests[name] = answers.request(name, prompt, prefix, 6)
+                engine.submit(requests[name])
+            answers.wait(len(asks))
+    finally:
+        engine.shutdown()
+    return answers.tokens, requests, list(engine.record)
+
+
+def test_a_full_pool_drops_the_least_recently_used_blocks_and_a_dropped_prefix_takes_its_own(chatglm3):
+    """A pool of two blocks and one prefix kept at a time, requests one after the other: a prefix's blocks push
+    the base's out; a second prefix pushes the first out of the prefix cache, and its blocks go with it (the pool
+    keeps nothing of a prefix whose keys are made again); the freed room serves the next. Answers as without."""
+    import glmcore
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, checkpoints = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    first, second, third = (family.chat_prompt_ids(tokenizer, q, [], system=SYSTEM) for q in QUESTIONS)
+    turns = {
+        "base": (first, None),
+        "prefix": (second, checkpoints[0]),
+        "second prefix, short": (family.chat_prompt_ids(tokenizer, QUESTIONS[0], []), checkpoints[1]),
+        "prefix again": (second, checkpoints[0]),
+        "prefix, other question": (third, checkpoints[0]),
+        "base again": (first, None),
+    }
+    rounds = [{name: ask} for name, ask in turns.items()]
+    expected, _, _ = _serve_in_rounds(model_dir, rounds, shared_tokens=0, max_prefixes=1)
+    answers, requests, _ = _serve_in_rounds(model_dir, rounds, shared_tokens=2 * BLOCK, max_prefixes=1)
+    assert answers == expected
+    assert {name: request.reused_tokens for name, request in requests.items()} == {
+        "base": 0,
+        "prefix": 0,
+        "second prefix, short": 0,
+        "prefix again": 0,
+        "prefix, other question": 2 * BLOCK,
+        "base again": 0,
+    }
+
+
+def _common_beginning(prompts: list[list[int]]) -> list[int]:
+    return os.path.commonprefix(prompts)  # element by element: lists of tokens as well as strings
+
+
+def test_only_families_whose_prompts_are_causal_keep_shared_beginnings(chatglm3, tiny_model, tiny_tokenizer):
+    """ChatGLM-6B's context is read both ways (its first tokens see the later ones), so no other prompt can share
+    its keys: no pool. ChatGLM3's prompt is causal: a row's worth."""
+    import glmcore
+    from glmcore.serve.batching import shared_prompt_tokens
+
+    model_dir, _ = chatglm3
+    chatglm3_model = glmcore.load_model(model_dir)
+    assert shared_prompt_tokens(chatglm3_model, glmcore.load_tokenizer(model_dir), 64) == 64
+    assert shared_prompt_tokens(tiny_model, tiny_tokenizer, 64) == 0
+
+
+async def test_a_client_is_told_how_many_prompt_tokens_were_shared(chatglm3, tmp_path):
+    """The API's `usage.prompt_tokens_details.cached_tokens` and requests.jsonl's `cached_tokens`: none for the
+    first request with a system prompt, its whole blocks for the next one (the endpoints in-process, the `openai`
+    client over an ASGI transport)."""
+    import httpx2
+    import openai
+
+    import glmcore
+    from glmcore.runs import RunStore
+    from glmcore.serve.batching import Engine
+    from glmcore.serve.http import Service
+    from glmcore.serve.registry import ModelRegistry
+    from glmcore.serve.shared_prompts import BLOCK
+
+    model_dir, _ = chatglm3
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    prompts = [family.chat_prompt_ids(tokenizer, question, [], system=SYSTEM) for question in QUESTIONS[:2]]
+    shared = len(_common_beginning(prompts)) // BLOCK * BLOCK
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=2, capacity=96, shared_tokens=96)
+    logged: list[dict] = []
+    registry = ModelRegistry(model_dir, RunStore(tmp_path / "runs"))
+    service = Service(engine, registry, max_request_bytes=2**20, on_request=logged.append)
+    transport = httpx2.ASGITransport(app=service.app(None))
+    client = openai.AsyncOpenAI(
+        base_url="http://serve.test/v1", api_key="none", http_client=httpx2.AsyncClient(transport=transport)
+    )
+    try:
+        cached = []
+        for question in QUESTIONS[:2]:
+            reply = await client.chat.completions.create(
+                model=model_dir.name,
+                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+                temperature=0,
+                max_tokens=3,
+            )
+            cached.append(reply.usage.prompt_tokens_details.cached_tokens)
+    finally:
+        await client.close()
+        engine.shutdown()
+    assert shared >= 2 * BLOCK and cached == [0, shared]
+    assert [entry["cached_tokens"] for entry in logged] == cached

@@ -11,6 +11,8 @@ prefill pass: every prompt being written goes into it, each row with its own pre
 `prefill_budget` tokens. A causal family's long prompt is cut into chunks across passes, so the decoding rows
 keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
 remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
+A causal prompt whose first blocks were written before over the same prefix checkpoint copies their keys and
+values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
 `record` keeps the latest passes, steps and first tokens, in order.
 A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
 that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
@@ -41,6 +43,7 @@ import torch
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling, pick_tokens
+from glmcore.serve.shared_prompts import BLOCK, SharedPrompts
 
 log = logging.getLogger("glmcore.serve")
 
@@ -79,6 +82,8 @@ class Request:
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     generated: int = 0
+    reused_tokens: int = 0
+    """Prompt tokens whose keys and values were copied from an earlier request's (a shared beginning)."""
     batch: int = 0
     """The most rows that decoded together while this request did (itself included)."""
     finish_reason: str | None = None
@@ -166,6 +171,11 @@ class _Prefill:
     def remaining(self) -> int:
         return len(self.request.prompt_ids) - self.done
 
+    @property
+    def fresh(self) -> bool:
+        """Nothing of the prompt written by its own passes yet (only, maybe, a shared beginning copied)."""
+        return self.done == self.request.reused_tokens
+
     def chunk(self, size: int) -> Chunk:
         first, end = self.done, self.done + size
         sees = torch.ones(size, self.prefix_length + end, dtype=torch.bool)
@@ -182,8 +192,9 @@ class _Prefill:
 
 @dataclass(frozen=True)
 class EngineEvent:
-    """One entry of the engine's record: ("prefill", ((request id, first token, end), ...)) for a prefill pass,
-    ("step", (request ids...)) for a decoding step, ("first token", (request id,))."""
+    """One entry of the engine's record: ("reuse", (request id, tokens)) when a prompt's first tokens are copied
+    from a shared beginning, ("prefill", ((request id, first token, end), ...)) for a prefill pass, ("step",
+    (request ids...)) for a decoding step, ("first token", (request id,))."""
 
     kind: str
     detail: tuple
@@ -203,21 +214,44 @@ def _row_decoder(model):
     return new_decoder(model, 1, 1, use_graph=False)
 
 
-def plan_slots(model, dtype: torch.dtype, capacity: int, max_slots: int, *, reserve: float = 0.1) -> int:
+def plan_slots(
+    model, dtype: torch.dtype, capacity: int, max_slots: int, *, shared_tokens: int = 0, reserve: float = 0.1
+) -> int:
     """How many rows of `capacity` columns fit: on a GPU, its free memory now (after loading) less a `reserve`
-    share for prefills, prefixes and graphs; on the CPU, `max_slots`."""
+    share for prefills, prefixes and graphs and the pool of `shared_tokens` shared prompt tokens; on the CPU,
+    `max_slots`."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max_slots
     free, _ = torch.cuda.mem_get_info(device)
-    per_row = kv_bytes_per_token(model, dtype) * capacity
-    fits = int(free * (1 - reserve) // per_row)
+    per_token = kv_bytes_per_token(model, dtype)
+    per_row = per_token * capacity
+    fits = int((free * (1 - reserve) - per_token * shared_tokens) // per_row)
     if fits < 1:
         raise GlmError(
             f"The GPU has {free / 2**30:.1f} GiB free, less than one row of {capacity} tokens needs "
             f"({per_row / 2**30:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
         )
     return min(max_slots, fits)
+
+
+def shared_prompt_tokens(model, tokenizer, capacity: int) -> int:
+    """The tokens of shared prompt beginnings to keep: a row's worth where the family's chat prompt is causal
+    (ChatGLM2/3), none where its first tokens see those after them (ChatGLM-6B's context), which no other
+    prompt can share."""
+    from glmcore.models import family_of
+
+    prompt = family_of(model).implementation().chat_prompt_ids(tokenizer, "hello", [])
+    return capacity if _prompt_layout(_row_decoder(model), prompt).causal else 0
+
+
+def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
+    """The family's positions and prompt mask for `prompt` (as its chat computes them), on the CPU."""
+    input_ids = torch.tensor([prompt], device=row_decoder.device)
+    positions, allowed = row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
+    allowed = allowed[0, 0].cpu()
+    causal = torch.equal(allowed, torch.ones_like(allowed).tril())
+    return PromptLayout(positions[0].cpu(), allowed, causal)
 
 
 class SlotDecoder:
@@ -249,12 +283,7 @@ class SlotDecoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
     def prompt_layout(self, prompt: list[int]) -> PromptLayout:
-        """The family's positions and prompt mask for `prompt` (as its chat computes them), on the CPU."""
-        input_ids = torch.tensor([prompt], device=self.device)
-        positions, allowed = self.row_decoder.prompt_positions_and_mask(input_ids, torch.ones_like(input_ids))
-        allowed = allowed[0, 0].cpu()
-        causal = torch.equal(allowed, torch.ones_like(allowed).tril())
-        return PromptLayout(positions[0].cpu(), allowed, causal)
+        return _prompt_layout(self.row_decoder, prompt)
 
     def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
@@ -399,6 +428,7 @@ class Engine:
         on_finished: Callable[[Request], None] | None = None,
         stop_ids: set[int] | None = None,
         prefill_budget: int = DEFAULT_PREFILL_BUDGET,
+        shared_tokens: int = 0,
     ) -> None:
         from glmcore.models import family_of
 
@@ -408,6 +438,8 @@ class Engine:
         self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
         """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
         self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph)
+        self.shared = SharedPrompts(self.decoder, shared_tokens) if shared_tokens >= BLOCK else None
+        """Shared prompt beginnings (`shared_tokens` of them at most; `shared_prompt_tokens` says how many)."""
         self.max_waiting = max_waiting
         self.max_prefixes = max_prefixes
         self.on_finished = on_finished
@@ -509,7 +541,9 @@ class Engine:
                 set_prefix(self.model, None)
         self._prefixes[checkpoint] = layers
         while len(self._prefixes) > self.max_prefixes:
-            self._prefixes.popitem(last=False)
+            dropped, _ = self._prefixes.popitem(last=False)
+            if self.shared is not None:
+                self.shared.forget(dropped)  # its keys and values are made again, maybe from a changed file
         return layers
 
     def _run(self) -> None:
@@ -573,10 +607,16 @@ class Engine:
         """One pass over the prompts being written, shortest remainder first, up to the budget: a causal prompt is
         cut to what is left of it; one that cannot be cut waits for a pass it fits, or goes alone. The prompts
         written whole begin decoding with their first token."""
+        for state in self._prefilling.values():
+            if state.fresh:
+                self._reuse_shared(state)
+        waiting = {row for row, state in self._prefilling.items() if self._waits_for_its_beginning(state)}
         budget, taken = self.prefill_budget, []
         for state in sorted(self._prefilling.values(), key=lambda state: state.remaining):
             if budget <= 0:
                 break
+            if state.row in waiting:
+                continue
             size = min(state.remaining, budget) if state.layout.causal else state.remaining
             if taken and size > budget:
                 continue
@@ -600,6 +640,12 @@ class Engine:
         opened, rows = [], []
         for index, ((state, size), chunk) in enumerate(zip(taken, chunks, strict=True)):
             state.done += size
+            if self.shared is not None and state.layout.causal:
+                request = state.request
+                self.shared.keep(
+                    request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+                    written=state.done,
+                )
             if chunk.last:
                 with self._wake:
                     del self._prefilling[state.row]
@@ -608,6 +654,39 @@ class Engine:
                 rows.append(state.row)
         if rows:
             self._emit(logits[opened], rows)
+
+    def _reuse_shared(self, state: _Prefill) -> None:
+        """Copy the shared beginning of a fresh causal prompt into its row, and start writing after it."""
+        if self.shared is None or not state.layout.causal:
+            return
+        request = state.request
+        reused = self.shared.reuse(
+            request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+            copied=request.reused_tokens,
+        )
+        if reused > state.done:
+            state.done = request.reused_tokens = reused
+            self.record.append(EngineEvent("reuse", (request.id, reused)))
+
+    def _waits_for_its_beginning(self, state: _Prefill) -> bool:
+        """Whether `state`, fresh, should wait for the block it would share next (the same prefix checkpoint, tokens
+        and positions from the start) because another prompt is writing it: one further on, one as far that writes
+        its own, or else the fresh one in the lowest row. The first of that order never waits, so a burst of requests
+        with one system prompt writes it once, the others copying each block as it is done."""
+        end = state.done + BLOCK
+        request = state.request
+        if self.shared is None or not (state.fresh and state.layout.causal) or end >= len(request.prompt_ids):
+            return False
+        return any(
+            other is not state
+            and state.done <= other.done < end
+            and (other.done > state.done or not other.fresh or other.row < state.row)
+            and other.request.prefix == request.prefix
+            and other.request.prompt_ids[state.done : end] == request.prompt_ids[state.done : end]  # cheap first
+            and other.request.prompt_ids[: state.done] == request.prompt_ids[: state.done]
+            and torch.equal(other.layout.positions[..., :end], state.layout.positions[..., :end])
+            for other in self._prefilling.values()
+        )
 
     def _drop_cancelled(self) -> None:
         with self._wake:

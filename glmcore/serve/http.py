@@ -243,7 +243,7 @@ class Service:
         except GlmError as error:
             self._record(request, record, "error")
             return error_response(503 if isinstance(error, EngineStopped) else 500, str(error), "server_error")
-        usage = api.usage(len(request.prompt_ids), request.generated)
+        usage = api.usage(len(request.prompt_ids), request.generated, request.reused_tokens)
         self._record(request, record, finish)
         if chat:
             return JSONResponse(api.chat_response(response_id, body.model, text, finish, usage))
@@ -283,7 +283,7 @@ class Service:
             else:
                 yield json.dumps(api.completion_response(response_id, body.model, "", finish, None))
             if body.stream_options and body.stream_options.include_usage:
-                usage = api.usage(len(request.prompt_ids), request.generated)
+                usage = api.usage(len(request.prompt_ids), request.generated, request.reused_tokens)
                 chunk = api.chat_chunk(response_id, body.model, {}, None, usage)
                 if not chat:
                     chunk["object"] = "text_completion"
@@ -304,6 +304,7 @@ class Service:
                 **record,
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "prompt_tokens": len(request.prompt_ids),
+                "cached_tokens": request.reused_tokens,
                 "completion_tokens": request.generated,
                 "seconds": round(seconds, 3),
                 "first_token_s": round(first - request.submitted, 3) if first is not None else None,

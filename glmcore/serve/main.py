@@ -78,7 +78,7 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
 
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.runs import RunStore
-    from glmcore.serve.batching import Engine, plan_slots
+    from glmcore.serve.batching import Engine, plan_slots, shared_prompt_tokens
     from glmcore.serve.http import Service
     from glmcore.serve.registry import ModelRegistry, Selection
 
@@ -95,9 +95,12 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     capacity = plan.context or getattr(model.config, "max_position_embeddings", None) or 2048
     dtype = model.get_input_embeddings().weight.dtype
     dtype = dtype if dtype.is_floating_point else torch.float16
-    slots = plan_slots(model, dtype, capacity, plan.max_batch)
+    shared = shared_prompt_tokens(model, tokenizer, capacity)
+    slots = plan_slots(model, dtype, capacity, plan.max_batch, shared_tokens=shared)
 
-    engine = Engine(model, tokenizer, slots=slots, capacity=capacity, max_waiting=plan.max_queue)
+    engine = Engine(
+        model, tokenizer, slots=slots, capacity=capacity, max_waiting=plan.max_queue, shared_tokens=shared
+    )
 
     def record(entry: dict) -> None:
         server.append_request(entry)
