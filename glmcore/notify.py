@@ -260,11 +260,15 @@ class RunWatch:
         self.store = store
         self.workspace = workspace
         self._seen: dict[Run, str] | None = None
+        self.statuses: dict[Run, RunStatus] = {}
+        """Every run's status as the last look found it (empty before the first): what the app knows without
+        asking Slurm or checking a process again."""
         self.problem: str | None = None
         """Why the workspace's command cannot be used (a bad notify.toml), for the app to say."""
 
     def poll(self) -> list[Ending]:
         statuses = read_statuses(self.store)
+        self.statuses = statuses
         previous, self._seen = self._seen, {run: status.state for run, status in statuses.items()}
         try:
             report_found(self.store, statuses, NotifySettings.load(self.workspace))

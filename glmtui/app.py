@@ -8,6 +8,7 @@ screens import them inside their workers when they need a model, so the first fr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -24,7 +25,7 @@ from textual.worker import Worker, WorkerState
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
 from glmcore.notify import Ending, RunWatch
-from glmcore.runs import Run, RunStore
+from glmcore.runs import Run, RunStatus, RunStore
 from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
@@ -399,7 +400,7 @@ class GlmApp(App[int]):
 
         if isinstance(self.screen, ConfirmScreen):
             return
-        training = [run for run in self.run_store.list() if run.status().state == "running"]
+        training = [run for run, status in self.known_statuses().items() if status.state == "running"]
         if not training:
             self.exit()
             return
@@ -412,6 +413,17 @@ class GlmApp(App[int]):
         self.push_screen(ConfirmScreen(leaving_runs_message(training), yes="Quit", no="Stay"), answered)
 
     # shared services
+
+    def known_statuses(self) -> dict[Run, RunStatus]:
+        """Every run's status as already known: the runs watcher's last look, and status.json as written for a
+        run it has not seen yet. Nothing is asked of Slurm or of a process, so the UI thread never waits (squeue
+        can take its 20 s timeout)."""
+        seen = self._run_watch.statuses
+        statuses = {}
+        for run in self.run_store.list():
+            with contextlib.suppress(GlmError, OSError):
+                statuses[run] = seen.get(run) or run.stored_status()
+        return statuses
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         self.gpu_snapshot = message.snapshot

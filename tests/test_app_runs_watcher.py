@@ -1,0 +1,64 @@
+"""The app reads the run folders in one watcher thread and never waits for Slurm on the UI thread: quitting
+uses what is already known, so a Slurm controller that does not answer cannot hold the app open."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from support.app import make_app, make_workspace, tiny_config, write_run
+from support.waiting import wait_until_in_app
+from textual.widgets import Static
+
+SILENT_SQUEUE = """#!/bin/sh
+echo $$ >> "{pids}"
+exec sleep 600
+"""
+"""A squeue that never answers (as from a hung slurmctld); it notes its pid so the test can end it."""
+
+
+def squeue_pids(pids: Path) -> list[int]:
+    return [int(line) for line in pids.read_text().split()] if pids.exists() else []
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_quitting_never_waits_for_a_silent_squeue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands, pids = tmp_path / "bin", tmp_path / "squeue-pids"
+    commands.mkdir()
+    (commands / "squeue").write_text(SILENT_SQUEUE.format(pids=pids))
+    (commands / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{commands}{os.pathsep}{os.environ['PATH']}")
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    run = write_run(
+        workspace, "20260501-110000-on-slurm", tiny_config(workspace), state="running", step=3, losses=[2.0]
+    )
+    status = json.loads(run.status_path.read_text())
+    run.status_path.write_text(json.dumps({**status, "slurm_job": 4711}))
+    app = make_app(workspace)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_until_in_app(pilot, lambda: squeue_pids(pids), "squeue asked about the Slurm run")
+            await pilot.press("q")
+            await wait_until_in_app(pilot, lambda: app.screen.query("#confirm-question"), "the quit question")
+            question = str(app.screen.query_one("#confirm-question", Static).render())
+            assert question.startswith("1 run is still training (20260501-110000-on-slurm).")
+            await pilot.press("y")
+        assert [left.id for left in app.left_running] == [run.id]
+        assert all(is_alive(pid) for pid in squeue_pids(pids)), "the app waited for squeue to give up"
+    finally:
+        for pid in squeue_pids(pids):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
