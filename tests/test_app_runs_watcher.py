@@ -3,10 +3,8 @@ uses what is already known, so a Slurm controller that does not answer cannot ho
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ from textual.widgets import Static
 
 SILENT_SQUEUE = """#!/bin/sh
 echo $$ >> "{pids}"
-exec sleep 600
+while [ -e "{hold}" ]; do sleep 0.1; done
 """
-"""A squeue that never answers (as from a hung slurmctld); it notes its pid so the test can end it."""
+"""A squeue that does not answer while the hold file exists (as from a hung slurmctld); it notes its pid."""
 
 
 def squeue_pids(pids: Path) -> list[int]:
@@ -36,9 +34,10 @@ def is_alive(pid: int) -> bool:
 async def test_quitting_never_waits_for_a_silent_squeue(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    commands, pids = tmp_path / "bin", tmp_path / "squeue-pids"
+    commands, pids, hold = tmp_path / "bin", tmp_path / "squeue-pids", tmp_path / "hold"
     commands.mkdir()
-    (commands / "squeue").write_text(SILENT_SQUEUE.format(pids=pids))
+    hold.touch()
+    (commands / "squeue").write_text(SILENT_SQUEUE.format(pids=pids, hold=hold))
     (commands / "squeue").chmod(0o755)
     monkeypatch.setenv("PATH", f"{commands}{os.pathsep}{os.environ['PATH']}")
     workspace = make_workspace(tmp_path / "ws", with_model=False)
@@ -59,6 +58,4 @@ async def test_quitting_never_waits_for_a_silent_squeue(
         assert [left.id for left in app.left_running] == [run.id]
         assert all(is_alive(pid) for pid in squeue_pids(pids)), "the app waited for squeue to give up"
     finally:
-        for pid in squeue_pids(pids):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        hold.unlink()  # every squeue answers (nothing) now, and the watcher's threads end
