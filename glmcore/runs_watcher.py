@@ -68,6 +68,8 @@ class RunsWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="glmcore-runs-watcher", daemon=True)
         self._tails: dict[Run, tuple[EventTail, dict | None]] = {}
+        self._follow_request: tuple[Run | None] = (None,)
+        self._followed_request = self._follow_request
         self._followed: tuple[Run, EventTail, FileTail] | None = None
         self._followed_shown: tuple[RunStatus, list[NodeReading] | None] | None = None
         self._looks = 0
@@ -86,14 +88,16 @@ class RunsWatcher:
         self._stop.set()
 
     def follow(self, run: Run | None) -> None:
-        """Follow ``run``'s files from their start (None: none); the next look hands all of them."""
-        with self._lock:
-            self._followed = (run, run.tail_events(), FileTail(run.log_path)) if run is not None else None
-            self._followed_shown = None
+        """Follow ``run``'s files from their start (None: none); the next look hands all of them. Never waits
+        for a look under way (it may be waiting on squeue): the request is only noted."""
+        self._follow_request = (run,)  # a new tuple each time: following the same run again starts over
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.look(every_run=self._looks % ALL_RUNS_EVERY == 0)
+            try:
+                self.look(every_run=self._looks % ALL_RUNS_EVERY == 0)
+            except Exception:  # runs/ unreadable for a moment: the next look tries again
+                logger.exception("a look at the run folders failed")
 
     def look(self, *, every_run: bool = True) -> RunsLook | None:
         """Read the folders (all runs, or only the followed one) and hand the look to the subscribers; a look
@@ -107,12 +111,12 @@ class RunsWatcher:
                 return None
             if look.statuses is not None:
                 self.latest = look
-        for callback in list(self._callbacks):
-            try:
-                callback(look)
-            except Exception:  # one failing subscriber must not stop the others or the watching
-                logger.exception("a runs watcher subscriber failed")
-        return look
+            for callback in list(self._callbacks):  # under the lock: subscribers see looks in order
+                try:
+                    callback(look)
+                except Exception:  # one failing subscriber must not stop the others or the watching
+                    logger.exception("a runs watcher subscriber failed")
+            return look
 
     def _read_every_run(self) -> RunsLook:
         statuses: dict[Run, RunStatus] = {}
@@ -134,6 +138,10 @@ class RunsWatcher:
         return RunsLook(statuses, last_logs, unreadable)
 
     def _read_followed(self) -> FollowedRun | None:
+        if (request := self._follow_request) is not self._followed_request:
+            self._followed_request, (run,) = request, request
+            self._followed = (run, run.tail_events(), FileTail(run.log_path)) if run is not None else None
+            self._followed_shown = None
         if self._followed is None:
             return None
         run, events_tail, log_tail = self._followed

@@ -59,3 +59,41 @@ async def test_quitting_never_waits_for_a_silent_squeue(
         assert all(is_alive(pid) for pid in squeue_pids(pids)), "the app waited for squeue to give up"
     finally:
         hold.unlink()  # every squeue answers (nothing) now, and the watcher's threads end
+
+
+def test_one_look_hands_every_run_and_what_the_followed_run_gained(tmp_path: Path) -> None:
+    from glmcore.runs import RunStore
+    from glmcore.runs_watcher import RunsWatcher
+
+    workspace = make_workspace(tmp_path / "ws", with_model=False)
+    config = tiny_config(workspace)
+    live = write_run(workspace, "20260501-110000-live", config, state="running", step=2, losses=[3.0, 2.5])
+    done = write_run(workspace, "20260501-100000-done", config, state="finished", step=30, losses=[1.0])
+    broken = write_run(workspace, "20260501-090000-broken", config, state="running", step=1, losses=[])
+    broken.status_path.write_text("{cut short")
+    watcher = RunsWatcher(RunStore(workspace.runs_dir))
+    looks = []
+    watcher.subscribe(looks.append)
+
+    watcher.follow(live)
+    first = watcher.look()
+    assert looks == [first] and watcher.latest is first
+    assert {run.id: status.state for run, status in first.statuses.items()} == {
+        live.id: "running",
+        done.id: "finished",
+    }
+    assert list(first.unreadable) == [broken] and "status.json cannot be read" in first.unreadable[broken]
+    assert first.last_logs[live]["loss"] == 2.5 and first.last_logs[done]["loss"] == 1.0
+    assert first.followed.run == live and [event["kind"] for event in first.followed.events] == [
+        "start",
+        "log",
+        "log",
+    ]
+    assert first.followed.log_lines == ["loading the model", "training"]
+
+    live.append_event("log", step=3, loss=2.0)
+    second = watcher.look()
+    assert second.last_logs[live]["loss"] == 2.0
+    assert [event["step"] for event in second.followed.events] == [3] and second.followed.log_lines == []
+    assert watcher.look(every_run=False) is None  # the followed run gained nothing: nothing handed on
+    assert looks == [first, second]
