@@ -252,9 +252,9 @@ def read_statuses(store: RunStore) -> dict[Run, RunStatus]:
 
 
 class RunWatch:
-    """What ended since the last look, for a process that stays open (the app): the first look sets the scene,
-    then each ``poll`` returns the runs seen going from not-ended to ended and the sweeps that ended with them, and
-    runs the workspace's command for crashes and sweep ends nobody reported yet."""
+    """What ended since the last look, for a process that stays open (the app, fed by its runs watcher): the
+    first look sets the scene, then each ``see`` returns the runs seen going from not-ended to ended and the
+    sweeps that ended with them, and runs the workspace's command for crashes and sweep ends nobody reported yet."""
 
     def __init__(self, store: RunStore, workspace: Path) -> None:
         self.store = store
@@ -263,8 +263,8 @@ class RunWatch:
         self.problem: str | None = None
         """Why the workspace's command cannot be used (a bad notify.toml), for the app to say."""
 
-    def poll(self) -> list[Ending]:
-        statuses = read_statuses(self.store)
+    def see(self, statuses: dict[Run, RunStatus]) -> list[Ending]:
+        """What ended between the last look and ``statuses`` (every run's status now)."""
         previous, self._seen = self._seen, {run: status.state for run, status in statuses.items()}
         try:
             report_found(self.store, statuses, NotifySettings.load(self.workspace))

@@ -1,6 +1,7 @@
 """The glmtui app: a keyboard-driven workbench over the engine in glmcore.
 
-The app holds what every screen shares: the workspace, the GPU sampler thread, the screen switching, the
+The app holds what every screen shares: the workspace, the GPU sampler and runs watcher threads, the screen
+switching, the
 command palette and the one place worker errors become notifications. Screens are built on first visit and
 kept, so a screen keeps its state while the user looks elsewhere. Nothing here imports torch or transformers:
 screens import them inside their workers when they need a model, so the first frame never waits for them.
@@ -8,6 +9,7 @@ screens import them inside their workers when they need a model, so the first fr
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
@@ -24,7 +26,8 @@ from textual.worker import Worker, WorkerState
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuBackend, GpuSampler, GpuSnapshot
 from glmcore.notify import Ending, RunWatch
-from glmcore.runs import Run, RunStore
+from glmcore.runs import Run, RunStatus, RunStore
+from glmcore.runs_watcher import RunsLook, RunsWatcher
 from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
@@ -33,8 +36,6 @@ from glmtui.screens.base import NAVIGATION, WorkbenchScreen
 from glmtui.screens.help import PALETTE_KEY, HelpScreen, described, key_names
 
 Clock = Callable[[], datetime]
-WATCH_ENDINGS_S = 2.0
-"""How often the app looks for runs and sweeps that ended (to ring the bell and say so)."""
 AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)
 
 
@@ -45,6 +46,17 @@ def describe_error(error: BaseException | None) -> str:
     if isinstance(error, GlmError):
         return str(error)
     return f"{type(error).__name__}: {error}"
+
+
+class RunsChanged(Message):
+    """A look at the run folders from the runs watcher thread, with the runs and sweeps seen ending in it."""
+
+    def __init__(self, look: RunsLook, endings: list[Ending], problem: str | None) -> None:
+        super().__init__()
+        self.look = look
+        self.endings = endings
+        self.problem = problem
+        """Why notify.toml's command cannot be used, when it cannot."""
 
 
 class GpuSampled(Message):
@@ -198,6 +210,7 @@ class GlmApp(App[int]):
         self.gpu_snapshot: GpuSnapshot | None = None
         self._gpu_sampler = GpuSampler(gpu_backend, interval=gpu_interval)
         self._screen_classes = _screen_classes()
+        self.runs_watcher = RunsWatcher(self.run_store)
         self._run_watch = RunWatch(self.run_store, self.workspace.root)
         self._said_watch_problem: str | None = None
         self.left_running: list[Run] = []
@@ -214,16 +227,32 @@ class GlmApp(App[int]):
     def on_mount(self) -> None:
         self._gpu_sampler.subscribe(lambda snapshot: self.post_message(GpuSampled(snapshot)))
         self._gpu_sampler.start()
+        self.runs_watcher.subscribe(self._runs_looked)
         self.action_show(self.home_screen_name())
-        self.watch_endings()
-        self.set_interval(WATCH_ENDINGS_S, self.watch_endings)
+        self.look_at_runs()
+        self.runs_watcher.start()
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="watch-endings")
-    def watch_endings(self) -> None:
-        """Look for runs and sweeps that ended since the last look (and report crashes to notify.toml's command)."""
-        endings = self._run_watch.poll()
-        if endings or self._run_watch.problem:
-            self.call_from_thread(self._announce_endings, endings, self._run_watch.problem)
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs-look")
+    def look_at_runs(self) -> None:
+        """Have the runs watcher look now (at start, and when a screen changed a run or the queue) rather than
+        at its next turn."""
+        self.runs_watcher.look()
+
+    def _runs_looked(self, look: RunsLook) -> None:
+        """On the watcher's thread: what ended (and the notification command for crashes nobody reported
+        yet, which may take a while), then one message for the screens."""
+        endings = self._run_watch.see(look.statuses) if look.statuses is not None else []
+        self.post_message(RunsChanged(look, endings, self._run_watch.problem))
+
+    def on_runs_changed(self, message: RunsChanged) -> None:
+        if message.look.statuses is not None and (message.endings or message.problem):
+            self._announce_endings(message.endings, message.problem)
+        from glmtui.screens.runs import RunsScreen
+        from glmtui.screens.training import TrainingScreen
+
+        for kind in (RunsScreen, TrainingScreen):
+            if self.is_screen_installed(kind.NAME):
+                self.screen_of(kind).runs_changed(message.look)
 
     def _announce_endings(self, endings: list[Ending], problem: str | None) -> None:
         """The terminal bell, and a notification per ending: a failure or crash as an error. The runs of one
@@ -399,7 +428,7 @@ class GlmApp(App[int]):
 
         if isinstance(self.screen, ConfirmScreen):
             return
-        training = [run for run in self.run_store.list() if run.status().state == "running"]
+        training = [run for run, status in self.known_statuses().items() if status.state == "running"]
         if not training:
             self.exit()
             return
@@ -412,6 +441,18 @@ class GlmApp(App[int]):
         self.push_screen(ConfirmScreen(leaving_runs_message(training), yes="Quit", no="Stay"), answered)
 
     # shared services
+
+    def known_statuses(self) -> dict[Run, RunStatus]:
+        """Every run's status as already known: the runs watcher's last look, and status.json as written for a
+        run it has not seen yet. Nothing is asked of Slurm or of a process, so the UI thread never waits (squeue
+        can take its 20 s timeout)."""
+        latest = self.runs_watcher.latest
+        seen = latest.statuses or {} if latest is not None else {}
+        statuses = {}
+        for run in self.run_store.list():
+            with contextlib.suppress(GlmError, OSError):
+                statuses[run] = seen.get(run) or run.stored_status()
+        return statuses
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         self.gpu_snapshot = message.snapshot
@@ -430,6 +471,7 @@ class GlmApp(App[int]):
             self.notify(describe_error(event.worker.error), title="Error", severity="error", timeout=15)
 
     def on_unmount(self) -> None:
+        self.runs_watcher.stop()  # not waited for: its look may be waiting on squeue
         self._gpu_sampler.stop(timeout=5.0)
 
 

@@ -114,7 +114,7 @@ async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> N
     app.bell = lambda: rings.append(True)  # the terminal's bell, counted
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)  # the app's first look only notes what each run is doing
-        app.watch_endings()  # a second look at the same running run, which must not say that it ended
+        app.look_at_runs()  # a second look at the same running run, which must not say that it ended
         await settle(pilot)
         assert not app.notifications
         run.write_status(state="failed", reason="CUDA out of memory", step=40)

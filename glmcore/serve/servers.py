@@ -30,7 +30,8 @@ from datetime import datetime
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.runs import now_iso, process_matches, process_start_time
+from glmcore.process_identity import process_matches, process_start_time
+from glmcore.runs import now_iso
 from glmcore.workspace import Workspace, atomic_write_text
 
 KEY_ENV = "GLMTUI_API_KEY"

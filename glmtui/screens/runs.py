@@ -1,9 +1,10 @@
 """The Runs screen: every run folder under the workspace's runs/, live, with the keys that act on them.
 
-It reads the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
-appear as well. A thread worker rereads status.json and the new lines of each events.jsonl every second, and the
-queue's plan: queued runs show their position, and the lines under the table say why each waits; when runs are
-queued and no worker is alive, it starts one. The runs of a sweep stand together.
+It shows the folders, not a process it started, so runs launched by the CLI, an earlier session or another user
+appear as well. The app's runs watcher reads each status.json and the new lines of each events.jsonl every
+second; with each look a thread worker reads the queue's plan: queued runs show their position, and the lines
+under the table say why each waits; when runs are queued and no worker is alive, it starts one. The runs of a
+sweep stand together.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from textual.widgets import DataTable, Static
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
 from glmcore.queue import Decision, Queue
-from glmcore.runs import EventTail, Run, RunStatus
+from glmcore.runs import Run, RunStatus
+from glmcore.runs_watcher import RunsLook
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
 from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, slurm_detail, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
 
-REFRESH_S = 1.0
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 # Run and Step grow to their longest value (they change only when runs come or go).
 COLUMNS = {
@@ -179,7 +180,6 @@ class RunsScreen(RunActions):
 
     def __init__(self) -> None:
         super().__init__()
-        self._tails: dict[Run, tuple[EventTail, dict | None]] = {}
         self.rows: dict[str, RunRow] = {}
         self.shown_columns: dict[str, int] = {}
         self.queue_problem: str | None = None
@@ -200,14 +200,22 @@ class RunsScreen(RunActions):
             self._show_rows(list(self.rows.values()))
 
     def on_mount(self) -> None:
-        self.refresh_runs()
-        self.set_interval(REFRESH_S, self.refresh_runs)
+        if (look := self.workbench.runs_watcher.latest) is not None:
+            self.runs_changed(look)
+
+    def refresh_runs(self) -> None:
+        """Have the app's runs watcher look at the folders now (after the queue or a run was changed here)."""
+        self.workbench.look_at_runs()
+
+    def runs_changed(self, look: RunsLook) -> None:
+        """A look from the app's runs watcher: show it (with the queue's plan) once it reads every run."""
+        if look.statuses is not None:
+            self.read_rows(look)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-read")
-    def refresh_runs(self) -> None:
-        """Read every run folder (status and new events) and post the rows."""
+    def read_rows(self, look: RunsLook) -> None:
+        """The rows of ``look``: each run's family and its place in the queue, read here off the UI thread."""
         rows = []
-        runs = [run for run, _ in group_runs(self.workbench.run_store.list())]
         queue = Queue(self.workbench.workspace)
         # The app's sampler is where the app reads GPUs; until its first reading, the queue's GPU runs say so.
         snapshot = self.workbench.gpu_snapshot or GpuSnapshot.unavailable("no GPU reading yet")
@@ -222,19 +230,18 @@ class RunsScreen(RunActions):
                 self.notify,
                 f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
             )
-        for run in runs:
+        statuses = look.statuses or {}
+        newest_first = sorted([*statuses, *look.unreadable], key=lambda run: run.id, reverse=True)
+        for run, _ in group_runs(newest_first):
+            if run in look.unreadable:  # one damaged folder is listed as such; the others read on
+                rows.append(RunRow(run, RunStatus(state="unreadable", reason=look.unreadable[run]), None))
+                continue
             try:
-                tail, last_log = self._tails.get(run) or (run.tail_events(), None)
-                for record in tail.read_events():
-                    if record.get("kind") == "log":
-                        last_log = record
-                self._tails[run] = (tail, last_log)
                 family = family_title(run.config.model_path, run.config.family)
-                rows.append(RunRow(run, run.status(), last_log, planned.get(run), family=family))
-            except GlmError as error:  # one damaged folder is listed as such; the others read on
+            except GlmError as error:
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=str(error)), None))
-        for gone in set(self._tails) - set(runs):
-            del self._tails[gone]
+                continue
+            rows.append(RunRow(run, statuses[run], look.last_logs.get(run), planned.get(run), family=family))
         self.post_message(RunsRead(rows, queue_problem))
 
     def on_runs_read(self, message: RunsRead) -> None:

@@ -1,9 +1,9 @@
 """The Training view: one run's loss and learning-rate curves, progress, throughput, log lines and GPUs.
 
-A thread worker follows the run folder in the manner of toolong: it reads what was appended to events.jsonl
-and train.log since the last look (complete lines only) and status.json, and posts them; the screen keeps the
-records and shows them as ``latest_by_step`` orders them, so a resumed run's abandoned steps drop out. Leaving
-the screen stops following; coming back carries on from the same offsets, so nothing is read twice.
+The app's runs watcher follows the open run's folder in the manner of toolong: it reads what was appended to
+events.jsonl and train.log since the last look (complete lines only) and status.json, and hands them over; the
+screen keeps the records and shows them as ``latest_by_step`` orders them, so a resumed run's abandoned steps drop
+out. The run is followed while it is open, whichever screen is in front, so nothing is read twice.
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import re
 import time
 
 from rich.text import Text
-from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.widgets import ProgressBar, Static
-from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from glmcore.gpu import GpuSnapshot
-from glmcore.runs import EventTail, FileTail, Run, RunStatus, latest_by_step
-from glmcore.slurm.gpus import NodeReading, latest_readings, merged_snapshot
+from glmcore.runs import Run, RunStatus, latest_by_step
+from glmcore.runs_watcher import RunsLook
+from glmcore.slurm.gpus import NodeReading, merged_snapshot
 from glmtui.gpu_text import node_heading
 from glmtui.preferences import Preferences
 from glmtui.presentation import event_sentence, format_duration, slurm_detail
@@ -32,32 +30,11 @@ from glmtui.screens.run_actions import RunActions
 from glmtui.widgets.gpu_panel import GpuPanel
 from glmtui.widgets.marked_log import MarkedLog
 
-FOLLOW_S = 0.5
 LOG_LINES = 500
 ZOOMS = ("plots", "log", "gpus")
 ZOOM_PREFERENCE = "training.zoom"
 WIDE_COLUMNS = 110
 """Narrower terminals show only the loss curve beside the log (the learning rate joins it when zoomed)."""
-
-
-class RunFollowed(Message):
-    """What a run folder gained since the last look."""
-
-    def __init__(
-        self,
-        run: Run,
-        events: list[dict],
-        log_lines: list[str],
-        status: RunStatus,
-        node_gpus: list[NodeReading] | None = None,
-    ) -> None:
-        super().__init__()
-        self.run = run
-        self.events = events
-        self.log_lines = log_lines
-        self.status = status
-        self.node_gpus = node_gpus
-        """A Slurm run's GPU readings from its nodes (None for a run on this machine, whose GPUs the app reads)."""
 
 
 STEP_LINE = re.compile(r"step (\d+)/")
@@ -148,8 +125,8 @@ class TrainingScreen(RunActions):
         self.records: list[dict] = []
         self.status: RunStatus | None = None
         self.node_gpus: list[NodeReading] | None = None
-        self._events_tail: EventTail | None = None
-        self._log_tail: FileTail | None = None
+        self._unwritten_lines: list[str] = []
+        """Log lines that came before the screen was mounted."""
         self.zoom: str | None = None
 
     def compose_body(self) -> ComposeResult:
@@ -176,61 +153,40 @@ class TrainingScreen(RunActions):
         self.records = []
         self.status = None
         self.node_gpus = None
-        self._events_tail = run.tail_events()
-        self._log_tail = FileTail(run.log_path)
+        self._unwritten_lines = []
+        self.workbench.runs_watcher.follow(run)
         if self.is_mounted:
             self.query_one("#training-log", MarkedLog).clear()
             self._redraw()
-            if self.is_current:
-                self.follow_run()
+        self.workbench.look_at_runs()
 
     def on_mount(self) -> None:
         self.preferences = Preferences.of(self.workbench.workspace)
         remembered = self.preferences.get(ZOOM_PREFERENCE)
         self._apply_zoom(remembered if remembered in ZOOMS else None)
+        self.query_one("#training-log", MarkedLog).write_lines(self._unwritten_lines)
+        self._unwritten_lines = []
         self._redraw()
 
     def on_resize(self) -> None:
         self.query_one("#training-panes").set_class(self.size.width < WIDE_COLUMNS, "-narrow")
         self.call_after_refresh(self._redraw)  # the header's figures are chosen for its width
 
-    def on_screen_resume(self) -> None:
-        super().on_screen_resume()
-        if self.run is not None:
-            self.follow_run()
-
-    def on_screen_suspend(self) -> None:
-        self.workers.cancel_group(self, "follow")
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="follow")
-    def follow_run(self) -> None:
-        """Post what the run folder gained, every FOLLOW_S seconds, until cancelled."""
-        run, events_tail, log_tail = self.run, self._events_tail, self._log_tail
-        if run is None or events_tail is None or log_tail is None:
+    def runs_changed(self, look: RunsLook) -> None:
+        """A look from the app's runs watcher: what the open run's folder gained."""
+        followed = look.followed
+        if followed is None or followed.run != self.run:
             return
-        worker = get_current_worker()
-        last_status, last_readings = None, None
-        while not worker.is_cancelled:
-            events = events_tail.read_events()
-            lines = log_tail.read_lines()
-            status = run.status()
-            readings = latest_readings(run.path) if status.slurm_job is not None else None
-            if events or lines or status != last_status or readings != last_readings:
-                self.post_message(RunFollowed(run, events, lines, status, readings))
-                last_status, last_readings = status, readings
-            time.sleep(FOLLOW_S)
-
-    def on_run_followed(self, message: RunFollowed) -> None:
-        if message.run != self.run:
-            return
-        self.records.extend(message.events)
-        if self.status is None or self.status.is_active != message.status.is_active:
+        self.records.extend(followed.events)
+        if self.status is None or self.status.is_active != followed.status.is_active:
             self.call_after_refresh(self.refresh_bindings)  # Stop or Resume in the footer
-        self.status = message.status
-        self.node_gpus = message.node_gpus
-        self.query_one("#training-log", MarkedLog).write_lines(
-            merge_by_step(message.log_lines, message.events)
-        )
+        self.status = followed.status
+        self.node_gpus = followed.node_gpus
+        self._unwritten_lines += merge_by_step(followed.log_lines, followed.events)
+        if not self.is_mounted:
+            return  # on_mount writes them
+        self.query_one("#training-log", MarkedLog).write_lines(self._unwritten_lines)
+        self._unwritten_lines = []
         self._redraw()
         if self.node_gpus is not None:
             self._show_node_gpus()
