@@ -1,0 +1,43 @@
+"""Each verb is decided once, in glmcore, for both front ends: the CLI and the app, run on the same workspace,
+give the same sentence or the same run folder (issue 31 §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.app import make_app, make_workspace, tiny_config, write_run
+from support.waiting import wait_until_in_app
+from textual.widgets import Static
+
+from glmtui.cli import main
+from glmtui.messages import ChatWith
+from glmtui.screens.chat import ChatScreen
+
+
+def one_line(text: str) -> str:
+    """`text` with the terminal's line wrapping undone."""
+    return " ".join(text.split())
+
+
+async def test_a_lora_run_is_refused_by_chat_with_the_same_sentence_before_anything_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    run = write_run(
+        workspace, "0501-lora", tiny_config(workspace, method="lora"), state="finished", step=30, losses=[1.0]
+    )
+    (run.checkpoints_dir / "checkpoint-30").mkdir()
+
+    assert main(["--workspace", str(workspace.root), "chat", "--run", run.id]) == 1
+    refused = one_line(capsys.readouterr().err)
+    assert "trained lora, not a prefix" in refused
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(ChatWith(run))
+        await wait_until_in_app(pilot, lambda: isinstance(app.screen, ChatScreen), "the chat screen")
+        status = app.screen.query_one("#chat-status", Static)
+        await wait_until_in_app(pilot, lambda: "not a prefix" in str(status.render()), "the refusal")
+        assert f"error: {one_line(str(status.render()))}" == refused
+        assert app.screen.session is None and not [w for w in app.workers if w.group == "chat-load"]
