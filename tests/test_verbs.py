@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support.app import make_app, make_workspace, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
-from textual.widgets import Static
+from textual.widgets import Input, Static
 
 from glmtui.cli import main
 from glmtui.messages import ChatWith
@@ -41,3 +41,44 @@ async def test_a_lora_run_is_refused_by_chat_with_the_same_sentence_before_anyth
         await wait_until_in_app(pilot, lambda: "not a prefix" in str(status.render()), "the refusal")
         assert f"error: {one_line(str(status.render()))}" == refused
         assert app.screen.session is None and not [w for w in app.workers if w.group == "chat-load"]
+
+
+async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_in_the_same_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    lora = write_run(
+        workspace, "0501-lora", tiny_config(workspace, method="lora"), state="finished", step=30, losses=[1.0]
+    )
+    no_validation = write_run(
+        workspace,
+        "0501-novalid",
+        tiny_config(workspace, validation_file=None),
+        state="finished",
+        step=30,
+        losses=[1.0],
+    )
+    refusals = {}
+    for run in (lora, no_validation):
+        assert main(["--workspace", str(workspace.root), "eval", "--run", run.id]) == 1
+        refusals[run.id] = one_line(capsys.readouterr().err)
+    assert "not P-tuning v2" in refusals[lora.id]
+    assert "has no validation file" in refusals[no_validation.id]
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        evaluate = app.workbench_screen("evaluate")
+        app.action_show("evaluate")
+        await settle(pilot)
+        for run in (lora, no_validation):
+            evaluate.select_run(run)
+            await settle(pilot)
+            status = one_line(str(evaluate.query_one("#evaluate-status", Static).render()))
+            assert f"error: {status}" == refusals[run.id]
+            # The run's validation file, never its training file in its place; nothing starts.
+            validation = run.config.validation_file
+            assert evaluate.query_one("#evaluate-data", Input).value == (str(validation) if validation else "")
+            await pilot.press("ctrl+g")
+            await settle(pilot)
+            assert not [worker for worker in app.workers if worker.group == "evaluate"]
+    assert not list(workspace.runs_dir.glob("*/evaluations"))
