@@ -3,6 +3,7 @@ give the same sentence or the same run folder (issue 31 §1)."""
 
 from __future__ import annotations
 
+import fcntl
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,12 @@ from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import Input, Static
 
+from glmcore.estimate import CPU_RUN
+from glmcore.queue import Queue
 from glmtui.cli import main
 from glmtui.messages import ChatWith
 from glmtui.screens.chat import ChatScreen
+from glmtui.screens.config import ConfigScreen
 
 
 def one_line(text: str) -> str:
@@ -82,3 +86,32 @@ async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_i
             await settle(pilot)
             assert not [worker for worker in app.workers if worker.group == "evaluate"]
     assert not list(workspace.runs_dir.glob("*/evaluations"))
+
+
+async def test_a_queued_cpu_run_gets_the_same_fit_answer_from_train_and_the_config_editor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    config_path = workspace.root / "tiny.toml"
+    config.save(config_path)
+    queue = Queue(workspace)
+    queue.folder.mkdir(parents=True, exist_ok=True)
+    with open(queue.worker_lock_path, "a") as worker_lock:
+        fcntl.flock(worker_lock, fcntl.LOCK_EX)  # a worker is alive: none starts, the run stays queued
+        assert main(["--workspace", str(workspace.root), "train", str(config_path), "--queue"]) == 0
+    said = capsys.readouterr().out.splitlines()
+    [queued] = queue.runs()
+    assert said[2].startswith(f"Created run {queued.id} in ")
+    assert "Queued it at position 1; it starts when its GPUs have room (`glmtui queue`)." in said
+    assert CPU_RUN in said
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        editor = app.workbench_screen(ConfigScreen.NAME)
+        app.action_show(ConfigScreen.NAME)
+        await settle(pilot)
+        editor.load(config)
+        estimate = editor.query_one("#config-estimate", Static)
+        await wait_until_in_app(pilot, lambda: "VRAM per GPU" in str(estimate.render()), "the estimate")
+        assert CPU_RUN in str(estimate.render()).splitlines()

@@ -59,7 +59,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         )
     queue = Queue(workspace.ensure())
     sweep = create(RunStore(workspace.runs_dir), base, points)
-    pid = queue.queue_runs(sweep.runs)
+    _, pid = queue.queue_runs(sweep.runs)
     console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs queued.")
     for run, point in zip(sweep.runs, points, strict=True):
         need = estimate_need(run) if run.config.gpus else None

@@ -42,20 +42,24 @@ GIB = 2**30
 
 
 def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
-    """One line comparing the VRAM estimate with the chosen GPUs' free memory (``here``: on this machine, not
-    a Slurm job's); a warning when it won't fit."""
-    from glmcore.estimate import ModelShape, estimate_vram
+    """The VRAM estimate and, on this machine (``here``; not a Slurm job's), whether it fits each chosen GPU's
+    free memory now, as the config editor says it (`glmcore.estimate.gpu_fits`); a warning where it won't."""
+    from glmcore.estimate import CPU_RUN, ModelShape, estimate_vram, gpu_fits
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
     console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
-    free = free_memory_by_gpu() if config.gpus and here else {}
-    for gpu in config.gpus:
-        if gpu in free and not estimate.fits(free[gpu]):
+    if not here:
+        return
+    if not config.gpus:
+        console.print(CPU_RUN)
+    for fit in gpu_fits(estimate, config.gpus, free_memory_by_gpu() if config.gpus else {}):
+        if fit.fits is False:
             console.print(
-                f"[yellow]warning:[/] GPU {gpu} has {free[gpu] / GIB:.1f} GiB free, less than the estimate; "
-                "the run may run out of memory (see `glmtui runs` and the log if it fails)"
+                f"[yellow]warning:[/] {escape(fit.sentence())} (see `glmtui runs` and the log if it fails)"
             )
+        else:
+            console.print(escape(fit.sentence()))
 
 
 def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
@@ -164,13 +168,14 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
 
 
 def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
-    """Queue the run instead of starting it, and make sure a worker will start it."""
+    """Queue the run instead of starting it, and make sure a worker will start it (`Queue.queue_runs`, as a
+    sweep from the app or `glmtui sweep` is queued)."""
     from glmcore.queue import Queue
 
     queue = Queue(workspace)
-    position = queue.add(run)
+    [position], pid = queue.queue_runs([run])
     console.print(f"Queued it at position {position}; it starts when its GPUs have room (`glmtui queue`).")
-    if (pid := queue.ensure_worker()) is not None:
+    if pid is not None:
         console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
     return 0
 

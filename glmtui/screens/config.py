@@ -39,7 +39,7 @@ from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.download import format_bytes
 from glmcore.errors import GlmError
-from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, published_estimate
+from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family
 from glmcore.models import FAMILIES, family_for, family_named
@@ -260,23 +260,18 @@ def describe_estimate(
             text.append_text(row)
             text.append("\n")
     if not gpus:
-        text.append("Trains on the CPU (no GPU chosen).\n")
+        text.append(CPU_RUN + "\n")
         return text
     free = free_memory_by_gpu(snapshot) if snapshot is not None and snapshot.available else {}
-    for gpu in gpus:
-        if gpu not in free:
-            text.append(f"GPU {gpu}: free memory unknown\n", style="yellow")
+    for fit in gpu_fits(model or reference, gpus, free):
+        if fit.fits is None:
+            text.append(fit.sentence() + "\n", style="yellow")
             continue
-        verdicts = [
-            f"{name} {'fits' if estimate.fits(free[gpu]) else 'does not fit'}"
-            for name, estimate in (("this model", model), (estimates.reference_name, reference))
-            if estimate is not None
-        ]
-        fits = model.fits(free[gpu]) if model else reference.fits(free[gpu])
-        text.append(
-            f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free; {', '.join(verdicts)}\n",
-            style="green" if fits else "bold red",
-        )
+        line = fit.sentence()
+        if model is not None:  # the published model's answer beside this one's
+            verdict = "fits" if reference.fits(fit.free_bytes) else "does not fit"
+            line += f" {estimates.reference_name} {verdict}."
+        text.append(line + "\n", style="green" if fit.fits else "bold red")
     return text
 
 
