@@ -4,12 +4,13 @@ give the same sentence or the same run folder (issue 31 §1)."""
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 
 import pytest
 from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
-from textual.widgets import Input, Static
+from textual.widgets import Input, Select, Static
 
 from glmcore.estimate import CPU_RUN
 from glmcore.queue import Queue
@@ -115,3 +116,49 @@ async def test_a_queued_cpu_run_gets_the_same_fit_answer_from_train_and_the_conf
         estimate = editor.query_one("#config-estimate", Static)
         await wait_until_in_app(pilot, lambda: "VRAM per GPU" in str(estimate.render()), "the estimate")
         assert CPU_RUN in str(estimate.render()).splitlines()
+
+
+SINFO = """#!/bin/sh
+case "$*" in
+  *-N*) echo "debug*|n1|idle|(null)|(null)|" ;;
+  *) echo "debug*" ;;
+esac
+"""
+
+
+async def test_a_slurm_setting_that_cannot_be_used_is_refused_in_the_same_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slurm's client commands as a login node without a reachable cluster has them: sinfo answers, nothing runs.
+    commands = tmp_path / "bin"
+    commands.mkdir()
+    for name in ("sbatch", "squeue", "scontrol", "scancel", "sinfo"):
+        (commands / name).write_text(SINFO if name == "sinfo" else "#!/bin/sh\nexit 0\n")
+        (commands / name).chmod(0o755)
+    (tmp_path / "slurm.conf").write_text("")
+    monkeypatch.setenv("PATH", f"{commands}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    config_path = workspace.root / "tiny.toml"
+    config.save(config_path)
+
+    command = ["--workspace", str(workspace.root), "train", str(config_path), "--slurm", "--nodes", "0"]
+    assert main(command) == 2
+    refused = one_line(capsys.readouterr().err)
+    assert refused == "error: slurm nodes is 0; ask for 1 node or more"
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        editor = app.screen
+        assert isinstance(editor, ConfigScreen)
+        editor.load(config)
+        await wait_until_in_app(pilot, lambda: editor.query_one("#row-where").display, "the Where row")
+        editor.query_one("#where", Select).value = "slurm"
+        await wait_until_in_app(pilot, lambda: editor.on_slurm, "Slurm chosen")
+        editor.query_one("#slurm_nodes", Input).value = "0"
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await wait_until_in_app(pilot, lambda: app.notifications, "a notification")
+        assert [f"error: {one_line(note.message)}" for note in app.notifications] == [refused]
+    assert not list(workspace.runs_dir.iterdir())

@@ -29,7 +29,7 @@ from glmcore.slurm.script import (
     SlurmOptionsError,
     check_submittable,
     for_slurm,
-    load_defaults,
+    requested_options,
     write_options,
 )
 from glmcore.workspace import Workspace
@@ -257,9 +257,7 @@ def slurm_options(args: argparse.Namespace, workspace: Workspace) -> SlurmOption
                 f"{', '.join(given)} sets where a Slurm job runs; add --slurm to use Slurm"
             )
         return None
-    options = load_defaults(workspace.root).with_changes(**flags)
-    if problems := options.problems():
-        raise SlurmOptionsError(problems[0])
+    options = requested_options(workspace.root, **flags)
     check_submittable(options, workspace.runs_dir)
     return options
 

@@ -46,7 +46,14 @@ from glmcore.models import FAMILIES, family_for, family_named
 from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
-from glmcore.slurm.script import SlurmOptions, check_submittable, for_slurm, load_defaults, write_options
+from glmcore.slurm.script import (
+    SlurmOptions,
+    check_submittable,
+    for_slurm,
+    load_defaults,
+    requested_options,
+    write_options,
+)
 from glmcore.sweep import SweepPoint, expand, format_value, submit_to_slurm
 from glmcore.sweep import create as create_sweep
 from glmcore.sweep import problems as sweep_problems
@@ -439,10 +446,7 @@ class ConfigScreen(WorkbenchScreen):
         partition = self.query_one("#slurm_partition", Select).value
         changes["partition"] = partition if isinstance(partition, str) else None
         changes["time"] = self.query_one("#slurm_time", Input).value.strip() or None
-        options = load_defaults(self.workbench.workspace.root).with_changes(**changes)
-        if problems := options.problems():
-            raise SlurmOptionsError(problems[0])
-        return options
+        return requested_options(self.workbench.workspace.root, **changes)
 
     def _field_widget(self, name: str, model_paths: list[str], data_paths: list[str]):
         if name == "method":
