@@ -4,6 +4,7 @@ give the same sentence or the same run folder (issue 31 §1)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from textual.widgets import Input, Select, Static
 
 from glmcore.estimate import CPU_RUN
 from glmcore.queue import Queue
+from glmcore.runs import Run
 from glmtui.cli import main
 from glmtui.messages import ChatWith
 from glmtui.screens.chat import ChatScreen
@@ -82,7 +84,9 @@ async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_i
             assert f"error: {status}" == refusals[run.id]
             # The run's validation file, never its training file in its place; nothing starts.
             validation = run.config.validation_file
-            assert evaluate.query_one("#evaluate-data", Input).value == (str(validation) if validation else "")
+            assert evaluate.query_one("#evaluate-data", Input).value == (
+                str(validation) if validation else ""
+            )
             await pilot.press("ctrl+g")
             await settle(pilot)
             assert not [worker for worker in app.workers if worker.group == "evaluate"]
@@ -106,6 +110,7 @@ async def test_a_queued_cpu_run_gets_the_same_fit_answer_from_train_and_the_conf
     assert said[2].startswith(f"Created run {queued.id} in ")
     assert "Queued it at position 1; it starts when its GPUs have room (`glmtui queue`)." in said
     assert CPU_RUN in said
+    assert workspace.last_config() == queued.config_path  # remembered as the editor remembers what it starts
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -162,3 +167,44 @@ async def test_a_slurm_setting_that_cannot_be_used_is_refused_in_the_same_words(
         await wait_until_in_app(pilot, lambda: app.notifications, "a notification")
         assert [f"error: {one_line(note.message)}" for note in app.notifications] == [refused]
     assert not list(workspace.runs_dir.iterdir())
+
+
+def sweep_made(runs: list[Run]) -> list[tuple[dict, dict]]:
+    """What a sweep left in its run folders: each run's config and values, in sweep order, ids left out."""
+    made = []
+    for run in runs:
+        record = json.loads((run.path / "sweep.json").read_text())
+        made.append((run.config.to_dict(), {key: record[key] for key in ("index", "size", "values")}))
+    return sorted(made, key=lambda entry: entry[1]["index"])
+
+
+async def test_a_sweep_started_from_the_shell_and_from_the_editor_makes_the_same_queued_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    config_path = workspace.root / "tiny.toml"
+    config.save(config_path)
+    queue = Queue(workspace)
+    queue.folder.mkdir(parents=True, exist_ok=True)
+    with open(queue.worker_lock_path, "a") as worker_lock:
+        fcntl.flock(worker_lock, fcntl.LOCK_EX)  # a worker is alive: none starts, the runs stay queued
+        command = ["--workspace", str(workspace.root), "sweep", str(config_path), "--set", "pre_seq_len=4,8"]
+        assert main([*command, "--detach"]) == 0
+        from_shell = queue.runs()
+        capsys.readouterr()
+
+        app = make_app(workspace)
+        async with app.run_test(size=(120, 40)) as pilot:
+            editor = app.workbench_screen(ConfigScreen.NAME)
+            app.action_show(ConfigScreen.NAME)
+            await settle(pilot)
+            editor.load(config)
+            editor.query_one("#pre_seq_len", Input).value = "4,8"
+            await wait_until_in_app(pilot, lambda: editor.axes, "the sweep's values read")
+            await settle(pilot)
+            await pilot.press("ctrl+g")
+            await wait_until_in_app(pilot, lambda: len(queue.runs()) == 4, "the sweep queued")
+        from_app = [run for run in queue.runs() if run not in from_shell]
+    assert len(from_shell) == 2
+    assert sweep_made(from_app) == sweep_made(from_shell)

@@ -9,7 +9,6 @@ so closing the terminal leaves the run going and `glmtui logs RUN -f` picks it u
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from glmcore import preflight
 from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStatus, RunStore, describe_resume, launch, stop
+from glmcore.runs import EventTail, Run, RunStatus, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.slurm.script import (
     SCRIPT_FILE,
@@ -30,8 +29,8 @@ from glmcore.slurm.script import (
     check_submittable,
     for_slurm,
     requested_options,
-    write_options,
 )
+from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
 from glmtui.presentation import progress_summary
 
@@ -219,8 +218,7 @@ def train(args: argparse.Namespace) -> int:
         errors.print("[red]error:[/] --queue and --slurm do not go together: Slurm queues the job itself")
         return 2
     # On Slurm, the GPUs are the job's (gpus_per_node of each node), not this machine's.
-    checked = config if slurm is None else dataclasses.replace(config, gpus=[])
-    problems = preflight.check(checked, runs_dir=workspace.runs_dir)
+    problems = run_problems(config, workspace, slurm)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")
@@ -228,12 +226,10 @@ def train(args: argparse.Namespace) -> int:
             errors.print(f"  • {escape(str(problem))}")
         return 2
     try:
-        if slurm is not None:
-            config = for_slurm(config, slurm)
-        _print_vram_estimate(console, config, here=slurm is None)
-        run = RunStore(workspace.ensure().runs_dir).create(config)
-        if slurm is not None:
-            write_options(run.path, slurm)
+        _print_vram_estimate(
+            console, config if slurm is None else for_slurm(config, slurm), here=slurm is None
+        )
+        run = create_run(workspace, config, slurm)
         console.print(f"Created run {run.id} in {escape(str(run.path))}.")
         if args.queue:
             return enqueue(run, workspace, console)

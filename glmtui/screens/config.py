@@ -43,19 +43,16 @@ from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, g
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family
 from glmcore.models import FAMILIES, family_for, family_named
-from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
 from glmcore.slurm.script import (
     SlurmOptions,
     check_submittable,
-    for_slurm,
     load_defaults,
     requested_options,
-    write_options,
 )
-from glmcore.sweep import SweepPoint, expand, format_value, submit_to_slurm
-from glmcore.sweep import create as create_sweep
+from glmcore.start import create_run, run_problems, start_sweep, sweep_points
+from glmcore.sweep import SweepPoint, expand, format_value
 from glmcore.sweep import problems as sweep_problems
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
@@ -849,21 +846,19 @@ class ConfigScreen(WorkbenchScreen):
         self, config: RunConfig, axes: dict[str, list[object]], slurm: SlurmOptions | None = None
     ) -> None:
         """Check every combination, create the sweep's runs and queue them (a worker starts them), or, on
-        Slurm, submit each as a job."""
-        points = expand(config, axes)
-        problems = sweep_problems(points, runs_dir=self.workbench.workspace.runs_dir)
+        Slurm, submit each as a job (`glmcore.start`, as `glmtui sweep`)."""
+        workspace = self.workbench.workspace
+        problems = sweep_problems(sweep_points(config, axes, slurm), runs_dir=workspace.runs_dir)
         if problems:
             point, problem = problems[0]
             raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
         if slurm is not None:
-            check_submittable(slurm, self.workbench.workspace.runs_dir)
-            config = for_slurm(config, slurm)
-            sweep = create_sweep(self.workbench.run_store, config, expand(config, axes))
-            jobs = submit_to_slurm(sweep, slurm)
-            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, jobs))}."
+            check_submittable(slurm, workspace.runs_dir)
+        started = start_sweep(workspace, config, axes, slurm)
+        sweep = started.sweep
+        if started.jobs:
+            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, started.jobs))}."
         else:
-            sweep = create_sweep(self.workbench.run_store, config, points)
-            Queue(self.workbench.workspace).queue_runs(sweep.runs)
             message = f"Queued sweep {sweep.id}: {len(sweep.runs)} runs."
         self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.workbench.action_show, "runs")
@@ -871,18 +866,14 @@ class ConfigScreen(WorkbenchScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig, slurm: SlurmOptions | None = None) -> None:
         """Validate once more, create the run folder and launch it detached (or submit it to Slurm); then
-        show it."""
-        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
+        show it (`glmcore.start`, as `glmtui train`)."""
+        workspace = self.workbench.workspace
+        problems = run_problems(config, workspace, slurm)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         if slurm is not None:
-            check_submittable(slurm, self.workbench.workspace.runs_dir)
-            config = for_slurm(config, slurm)
-        run = self.workbench.run_store.create(config)
-        self.workbench.workspace.remember_config(run.config_path)
-        self._remember_family(config)
-        if slurm is not None:
-            write_options(run.path, slurm)
+            check_submittable(slurm, workspace.runs_dir)
+        run = create_run(workspace, config, slurm)
         started = run_control.launch(run, detach=True)
         job = f" as Slurm job {started}" if slurm is not None else ""
         self.app.call_from_thread(self._started, run, job)
