@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from rich.text import Text
 
-from glmcore.gpu import GpuInfo, GpuProcess, GpuSnapshot
+from glmcore.gpu import NO_DRIVER_REASON, GpuInfo, GpuProcess, GpuSnapshot
 from glmcore.gpu.host import HostUsage
 from glmcore.slurm.gpus import NodeReading
 
@@ -31,6 +31,9 @@ FULL_VIEW_MIN_WIDTH = 56
 FULL_VIEW_MIN_PROCESS_ROWS = 3
 """The two-row view is used only if this many process rows (or all of them) still fit below it."""
 OUR_RUN_MARK = "◆"
+SHOWING_HOST = "No NVIDIA driver: showing this machine's CPU and memory"
+"""The first line above the CPU and memory rows where there is no NVIDIA driver (the engine's reason says the
+panels are off, which is true only where this machine's use cannot be read either)."""
 
 
 def _bar(fraction: float | None, width: int) -> Text:
@@ -320,9 +323,11 @@ def gpu_view(
     if snapshot is None:
         return _message("Reading the GPUs…", "dim")
     if not snapshot.available:
-        view = _message(snapshot.reason or "The GPUs cannot be read here.", "yellow")
-        if host is not None and (height is None or height >= 3):
-            view.lines.extend(host_rows(host, width))
+        reason = snapshot.reason or "The GPUs cannot be read here."
+        if host is None or (height is not None and height < 3):
+            return _message(reason, "yellow")
+        view = _message(SHOWING_HOST if reason == NO_DRIVER_REASON else reason, "yellow")
+        view.lines.extend(host_rows(host, width))
         return view
     if not snapshot.gpus:
         return _message("The NVIDIA driver reports no GPU.", "yellow")
@@ -342,9 +347,10 @@ def gpu_view(
     return GpuView(lines, full, first, shown, len(processes))
 
 
-def gpu_report(snapshot: GpuSnapshot | None, width: int = 100) -> Text:
-    """Everything, heading first, two rows per GPU and every process: what ``glmtui gpus`` prints."""
-    lines = gpu_view(snapshot, width).lines
+def gpu_report(snapshot: GpuSnapshot | None, width: int = 100, host: HostUsage | None = None) -> Text:
+    """Everything, heading first, two rows per GPU and every process: what ``glmtui gpus`` prints (without
+    GPUs, this machine's CPU and memory when ``host`` is given)."""
+    lines = gpu_view(snapshot, width, host=host).lines
     if snapshot is not None and snapshot.available:
         lines.insert(0, Text(snapshot_heading(snapshot), style="bold"))
     return Text("\n").join(lines)

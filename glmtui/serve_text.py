@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from rich.text import Text
 
 from glmcore.serve.servers import Server, ServerStatus
+from glmtui.presentation import format_duration
 
 SERVER_STATE_STYLES = {
     "starting": "yellow",
@@ -41,6 +44,16 @@ def stop_line(server: Server, before: ServerStatus, after: ServerStatus) -> str:
     return f"Server {server.id} {after.state}."
 
 
+def loading_line(model: str, status: ServerStatus, now: datetime) -> str:
+    """A starting server: the model folder it loads, what it reads now and since when (as Chat says it)."""
+    try:
+        waited = format_duration((now - datetime.fromisoformat(status.started or "")).total_seconds())
+    except (TypeError, ValueError):  # no start time yet, or one without an offset
+        waited = ""
+    step = ", ".join(part for part in (status.loading or "the model", waited) if part)
+    return f"Loading {model.rstrip('/').rsplit('/', 1)[-1]} ({step}); it serves once loaded."
+
+
 def client_snippet(url: str, model: str, key_file: str | None) -> str:
     """Python that talks to the server with the official client; the key is read from its file, never shown."""
     key = f'open("{key_file}").read().strip()' if key_file else '"none"'
@@ -54,7 +67,8 @@ def client_snippet(url: str, model: str, key_file: str | None) -> str:
 
 
 def request_line(record: dict) -> Text:
-    """One answered request: when, which model, tokens in and out, speed, how it ended."""
+    """One answered request: when, which model, tokens in (those copied from a shared prompt beginning said),
+    tokens out, speed, how it ended."""
     speed = f"{record['tokens_per_s']:.1f} tok/s" if record.get("tokens_per_s") else "-"
     first = (
         f"first {record['first_token_s'] * 1000:.0f} ms" if record.get("first_token_s") is not None else ""
@@ -64,8 +78,9 @@ def request_line(record: dict) -> Text:
     line = Text(no_wrap=True, overflow="ellipsis")
     line.append(f"{clock} ", style="dim")
     line.append(f"{record.get('model', '?')} ", style="bold")
+    cached = f" ({record['cached_tokens']} cached)" if record.get("cached_tokens") else ""
     line.append(
-        f"{record.get('prompt_tokens', 0)}→{record.get('completion_tokens', 0)} tok  {speed}  {first} "
+        f"{record.get('prompt_tokens', 0)}{cached}→{record.get('completion_tokens', 0)} tok  {speed}  {first} "
     )
     line.append(finish, style="red" if finish in ("error", "cancelled") else "green")
     return line

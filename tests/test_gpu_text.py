@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from glmcore.gpu import NO_DRIVER_REASON, SAMPLES_FORMAT, GpuSnapshot, RecordedGpuBackend, read_gpus
-from glmtui.gpu_text import compact_gpu_rows, gpu_text, gpu_view
+from glmtui.gpu_text import SHOWING_HOST, compact_gpu_rows, gpu_text, gpu_view
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GPU_COUNTS = (1, 2, 4, 8)
@@ -138,9 +138,12 @@ def test_glmtui_gpus_prints_a_recording() -> None:
 
 
 @pytest.mark.skipif(NVML_PRESENT, reason="this machine has an NVIDIA driver")
-def test_glmtui_gpus_without_a_driver_says_so_and_exits_nonzero() -> None:
+def test_glmtui_gpus_without_a_driver_shows_the_cpu_and_memory_and_exits_nonzero() -> None:
     finished = subprocess.run([sys.executable, "-m", "glmtui.cli", "gpus"], capture_output=True, text=True)
 
     assert finished.returncode == 1
-    assert finished.stdout.strip() == NO_DRIVER_REASON
+    heading, cpu, memory = finished.stdout.strip().splitlines()
+    assert heading == SHOWING_HOST
+    assert cpu.split()[0] == "CPU" and "% of " in cpu
+    assert memory.split()[0] == "RAM" and memory.endswith(" GiB")
     assert "Traceback" not in finished.stderr

@@ -338,9 +338,9 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         await wait_until_in_app(pilot, lambda: table.row_count >= 2, "both servers listed")
         await pilot.press(*["down"] * list(screen.rows).index(servers["narrow"].id))
         await settle(pilot)
-        about = str(screen.query_one("#serve-about").render())
-        assert servers["narrow"].status().url in about and "from openai import OpenAI" in about
-        log = str(screen.query_one("#serve-log").render())
+        snippet = str(screen.query_one("#serve-snippet").render())
+        assert servers["narrow"].status().url in snippet and "from openai import OpenAI" in snippet
+        log = str(screen.query_one("#serve-requests").render())
         assert "tok/s" in log and f"tiny-chatglm 4→{ANSWER_TOKENS} tok" in log and answer, (
             "the request just answered"
         )
@@ -349,7 +349,7 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         port.value = "0"
         await pilot.press("s")
         await wait_until_in_app(pilot, lambda: table.row_count >= 3, "the started server listed")
-        await pilot.press("up", "up")  # the newest server is the first row
+        assert screen.selected_id() == list(screen.rows)[0], "the server being started is highlighted"
         await wait_until_in_app(
             pilot, lambda: screen.rows[screen.selected_id()].status.state != "starting", "the server ready"
         )
@@ -360,6 +360,29 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         await wait_until_in_app(pilot, lambda: not started.server.status().is_active, "the server stopped")
         await settle(pilot)
         assert started.server.status().state == "stopped"
+
+
+async def test_x_on_a_server_still_loading_stops_it_without_an_error(workspace: Workspace, servers):
+    from support.app import make_app, settle
+    from support.waiting import wait_until_in_app
+
+    app = make_app(workspace)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("f9")
+        screen = pilot.app.screen
+        await wait_until_in_app(pilot, lambda: screen.query_one("#serve-table").row_count >= 2, "the servers")
+        screen.query_one("#serve-port").value = "0"
+        await pilot.press("s")
+        about = screen.query_one("#serve-about")
+        await wait_until_in_app(pilot, lambda: "Loading tiny-chatglm" in str(about.render()), "the load")
+        loading = screen.rows[screen.selected_id()].server
+        await pilot.press("x")
+        await wait_until_in_app(pilot, lambda: not screen.starting, "the start given up")
+        await settle(pilot)
+        assert loading.status().state == "stopped"
+        assert [n.severity for n in app.notifications] == ["information", "information"], [
+            n.message for n in app.notifications
+        ]
 
 
 def test_a_run_that_saves_later_is_served_without_a_restart(workspace: Workspace, servers):

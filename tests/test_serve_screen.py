@@ -1,8 +1,11 @@
-"""The Serve screen under Pilot: snapshots at 80x24 and 120x40 of servers as their folders describe them."""
+"""The Serve screen under Pilot: snapshots at 80x24 and 120x40 of servers as their folders describe them, and a
+server loading its model (a real process stands in for it) that the screen describes and `x` stops."""
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,14 +13,18 @@ from support.app import make_app, make_workspace, settle
 from support.waiting import wait_until_in_app
 from test_snapshots import assert_whole, press
 
+from glmcore.runs import process_start_time
 from glmcore.serve.servers import Server, ServerPlan
 from glmcore.workspace import Workspace
 
 SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-serve-snapshot-workspace"
 
 
+CHECKPOINTS = [f"20260501-100000-alpha/checkpoint-{step}" for step in range(10, 80, 10)]
+
+
 def workspace_with_servers() -> Workspace:
-    """A server that answered three requests and was stopped, and one whose process died."""
+    """A server offering nine models that answered five requests and was stopped, and one whose process died."""
     workspace = make_workspace(SNAPSHOT_ROOT)
     model = str(workspace.models_dir / "tiny-chatglm")
     stopped = Server(workspace.root / "servers" / "20260501-120000-8000")
@@ -29,18 +36,20 @@ def workspace_with_servers() -> Workspace:
         host="127.0.0.1",
         port=8000,
         url="http://127.0.0.1:8000/v1",
-        models=["tiny-chatglm", "20260501-100000-alpha", "20260501-100000-alpha/checkpoint-10"],
+        models=["tiny-chatglm", "20260501-100000-alpha", *CHECKPOINTS],
         slots=16,
         context=2048,
         started="2026-05-01T11:00:00+00:00",
         ended="2026-05-01T11:30:00+00:00",
         reason="stopped",
     )
-    for second, (name, finish, tokens) in enumerate(
+    for second, (name, finish, tokens, cached) in enumerate(
         (
-            ("tiny-chatglm", "stop", 41),
-            ("20260501-100000-alpha", "length", 128),
-            ("tiny-chatglm", "cancelled", 7),
+            ("tiny-chatglm", "stop", 41, 0),
+            ("20260501-100000-alpha", "length", 128, 0),
+            ("tiny-chatglm", "cancelled", 7, 48),
+            ("tiny-chatglm", "stop", 12, 48),
+            ("tiny-chatglm", "stop", 30, 0),
         )
     ):
         stopped.append_request(
@@ -50,6 +59,7 @@ def workspace_with_servers() -> Workspace:
                 "stream": True,
                 "time": f"2026-05-01T11:10:0{second}+0000",
                 "prompt_tokens": 64,
+                "cached_tokens": cached,
                 "completion_tokens": tokens,
                 "seconds": 2.5,
                 "first_token_s": 0.042,
@@ -77,11 +87,44 @@ def test_serve_screen(snap_compare, size: tuple[int, int]) -> None:
             pilot,
             lambda: (
                 screen.query_one("#serve-table").row_count >= 2
-                and "Models:" in str(screen.query_one("#serve-about").render())
+                and "Models (9):" in str(screen.query_one("#serve-about").render())
             ),
             "both servers and the models they serve",
         )
         await settle(pilot)
         await assert_whole(pilot)
+        shown = "\n".join(strip.text for strip in pilot.app.screen._compositor.render_strips())
+        assert "Models (9):" in shown and "print(reply.choices[0].message.content)" in shown
+        assert "11:10:04 tiny-chatglm 64→30 tok" in shown  # the newest request, below the snippet
+        assert "64 (48 cached)→12 tok" in shown
 
     assert snap_compare(app, terminal_size=size, run_before=open_serve)
+
+
+async def test_a_loading_server_says_what_it_loads_for_how_long_and_x_stops_it(tmp_path: Path) -> None:
+    workspace = make_workspace(tmp_path / "ws")
+    loading = subprocess.Popen(["sleep", "60"])  # the server process, still reading its weights
+    try:
+        server = Server(workspace.root / "servers" / "20260501-120000-8000")
+        server.path.mkdir(parents=True)
+        server.write_plan(ServerPlan(model=str(workspace.models_dir / "tiny-chatglm"), port=8000))
+        started = datetime.now().astimezone() - timedelta(seconds=75)
+        server.write_status(
+            state="starting",
+            pid=loading.pid,
+            pid_start_time=process_start_time(loading.pid),
+            started=started.isoformat(timespec="seconds"),
+            loading="the weights",
+        )
+        app = make_app(workspace)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await press(pilot, "f9")
+            about = pilot.app.screen.query_one("#serve-about")
+            await wait_until_in_app(pilot, lambda: "Loading tiny-chatglm" in str(about.render()), "the load")
+            assert "Loading tiny-chatglm (the weights, 1m 1" in str(about.render())
+            await press(pilot, "x")
+            await wait_until_in_app(pilot, lambda: server.status().state == "stopped", "the stop")
+            assert loading.wait(timeout=5) is not None
+    finally:
+        loading.kill()
+        loading.wait()

@@ -7,6 +7,7 @@ against the rest), so a reader keeps its last `CpuTimes` and passes it back. Whe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,14 @@ def read_host_usage(previous: CpuTimes | None, proc: Path | None = None) -> tupl
         memory_total=meminfo["MemTotal"],
     )
     return usage, times
+
+
+def measure_host_usage(seconds: float = 0.5, proc: Path | None = None) -> HostUsage | None:
+    """One reading with the CPU's use over ``seconds`` (two readings apart), for a one-off report such as
+    `glmtui gpus`; None without /proc."""
+    first = read_host_usage(None, proc)
+    if first is None:
+        return None
+    time.sleep(seconds)
+    second = read_host_usage(first[1], proc)
+    return None if second is None else second[0]

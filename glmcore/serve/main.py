@@ -90,8 +90,11 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     )
     registry.check()
     announce(f"Loading {plan.model} ({plan.quantization_bit}-bit) …")
+    server.write_status(loading="the weights")
     model = load_model(plan.model, quantization_bit=plan.quantization_bit)
+    server.write_status(loading="the tokenizer")
     tokenizer = load_tokenizer(plan.model)
+    server.write_status(loading="the key-value cache")
     capacity = plan.context or getattr(model.config, "max_position_embeddings", None) or 2048
     dtype = model.get_input_embeddings().weight.dtype
     dtype = dtype if dtype.is_floating_point else torch.float16
@@ -108,7 +111,7 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
             on_request(entry)
 
     service = Service(engine, registry, max_request_bytes=plan.max_request_bytes, on_request=record)
-    server.write_status(slots=slots, context=capacity, models=[m.id for m in registry.models()])
+    server.write_status(slots=slots, context=capacity, models=[m.id for m in registry.models()], loading=None)
     return service
 
 

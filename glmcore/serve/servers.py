@@ -133,6 +133,8 @@ class ServerStatus:
     started: str | None = None
     ended: str | None = None
     reason: str | None = None
+    loading: str | None = None
+    """While `starting`: what the process reads now (the weights, the tokenizer, the key-value cache)."""
 
     @property
     def is_active(self) -> bool:

@@ -1,7 +1,8 @@
 """`glmtui gpus`: the GPUs here as the Training view shows them, or a recording of them for replay.
 
 The same renderer as the app's GPU panel (``glmtui.gpu_text``), so what the CLI prints over SSH is what the
-panel shows. ``--record`` writes raw NVML samples (the format the tests replay); ``--replay`` prints them.
+panel shows, this machine's CPU and memory where there is no NVIDIA driver. ``--record`` writes raw NVML
+samples (the format the tests replay); ``--replay`` prints them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 from rich.console import Console
 
 from glmcore.gpu import DEFAULT_INTERVAL_S, RecordedGpuBackend, read_gpus, record_samples
+from glmcore.gpu.host import measure_host_usage
 from glmtui.gpu_text import gpu_report
 
 
@@ -36,6 +38,7 @@ def show_gpus(args: argparse.Namespace) -> int:
         console.print(f"Recorded {max(1, args.samples)} sample(s) to {written}.")
         return 0
     snapshot = read_gpus(RecordedGpuBackend(args.replay) if args.replay else None)
+    host = measure_host_usage() if not snapshot.available and not args.replay else None
     width = args.width or console.width
-    console.print(gpu_report(snapshot, width), width=max(width, 1), crop=False)
+    console.print(gpu_report(snapshot, width, host), width=max(width, 1), crop=False)
     return 0 if snapshot.available else 1

@@ -1,26 +1,30 @@
 """The Serve screen: the workspace's API servers, start and stop one, and what the highlighted one is doing.
 
 Servers are folders (glmcore.serve.servers), so this screen only reads files: every second a worker reads each
-server's status and its newest requests; the table lists the servers, below it the highlighted one's URL, the
-models it offers, a client snippet ready to paste and its request log with tokens/s. `s` starts a detached
-server (`glmtui serve --detach`) on the chosen model and port, `x` stops the highlighted one; both in workers.
+server's status and its newest requests; the table lists the servers, below it the highlighted one's state
+(while it loads: what it reads and for how long), the models it offers, a client snippet ready to paste and its
+request log with tokens/s. The models scroll within a few rows and the log takes the rest, so at 80x24 all
+three stay in view. `s` starts a detached server (`glmtui serve --detach`) on the chosen model and port, `x`
+stops the highlighted one, a loading one too; both in workers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from glmcore.errors import GlmError
 from glmcore.serve.servers import DEFAULT_PORT, Server, ServerStatus, list_servers
 from glmtui.screens.base import WorkbenchScreen
-from glmtui.serve_text import SERVER_COLUMNS, client_snippet, request_line, server_cells
+from glmtui.serve_text import SERVER_COLUMNS, client_snippet, loading_line, request_line, server_cells
 
 REFRESH_S = 1.0
 LOG_LINES = 50
@@ -30,6 +34,8 @@ LOG_LINES = 50
 class ServerRow:
     server: Server
     status: ServerStatus
+    model: str | None
+    """The model folder it was asked to serve (server.json); None where that file cannot be read."""
     key_file: str | None
     requests: list[dict]
 
@@ -56,6 +62,8 @@ class ServeScreen(WorkbenchScreen):
         super().__init__()
         self.rows: dict[str, ServerRow] = {}
         self.starting = False
+        self.stopped_while_starting = False
+        """The user stopped a loading server while this screen's start waited on it: its end is no failure."""
         self.model_options: list[tuple[str, str]] = []
         self.column_keys: list = []
 
@@ -66,9 +74,13 @@ class ServeScreen(WorkbenchScreen):
             yield Label("Port:")
             yield Input(str(DEFAULT_PORT), id="serve-port", type="integer")
         yield DataTable(id="serve-table", cursor_type="row", zebra_stripes=True)
-        with VerticalScroll(id="serve-detail"):
+        with Vertical(id="serve-detail"):
             yield Static("No servers yet: pick a model and press s.", id="serve-about")
-            yield Static("", id="serve-log")
+            with VerticalScroll(id="serve-models"):
+                yield Static("", id="serve-model-list")
+            yield Static("", id="serve-snippet")
+            with VerticalScroll(id="serve-log"):
+                yield Static("", id="serve-requests")
 
     def on_mount(self) -> None:
         table = self.query_one("#serve-table", DataTable)
@@ -84,10 +96,11 @@ class ServeScreen(WorkbenchScreen):
         rows = []
         for server in list_servers(workspace):
             try:
-                key_file = server.plan().key_file
-            except (OSError, ValueError):
-                key_file = None
-            rows.append(ServerRow(server, server.status(), key_file, server.requests(last=LOG_LINES)))
+                plan = server.plan()
+                model, key_file = plan.model, plan.key_file
+            except (OSError, ValueError, TypeError):
+                model = key_file = None
+            rows.append(ServerRow(server, server.status(), model, key_file, server.requests(last=LOG_LINES)))
         models = [str(path) for path in workspace.find_models()]
         self.post_message(ServersRead(rows, models))
 
@@ -103,6 +116,10 @@ class ServeScreen(WorkbenchScreen):
                 choice.value = options[0][1]
         table = self.query_one("#serve-table", DataTable)
         selected = self.selected_id()
+        if self.starting and (
+            started := [row.server.id for row in message.rows if row.server.id not in self.rows]
+        ):
+            selected = started[0]  # the server being started: its loading shows at once
         same_servers = list(self.rows) == [row.server.id for row in message.rows]
         self.rows = {row.server.id: row for row in message.rows}
         if same_servers:  # in place: the cursor and the scroll stay where the user left them
@@ -128,19 +145,27 @@ class ServeScreen(WorkbenchScreen):
 
     def _show_detail(self) -> None:
         row = self.rows.get(self.selected_id() or "")
-        about = self.query_one("#serve-about", Static)
-        log = self.query_one("#serve-log", Static)
+        self.query_one("#serve-models").display = row is not None
+        self.query_one("#serve-snippet").display = bool(row and row.status.url)
+        self.query_one("#serve-log").display = row is not None
         if row is None:
-            about.update("No servers yet: pick a model and press s.")
-            log.update("")
+            self.query_one("#serve-about", Static).update("No servers yet: pick a model and press s.")
             return
-        about.update(server_about(row))
+        self.query_one("#serve-about", Static).update(server_about(row))
+        self.query_one("#serve-model-list", Static).update(models_text(row.status.models))
+        if row.status.url:
+            snippet = client_snippet(row.status.url, (row.status.models or ["MODEL"])[0], row.key_file)
+            self.query_one("#serve-snippet", Static).update(Text(snippet))
+        log = self.query_one("#serve-log", VerticalScroll)
+        at_end = log.scroll_y >= log.max_scroll_y
         lines = Text("Requests (newest last):\n" if row.requests else "No requests yet.", style="dim")
         for record in row.requests[-LOG_LINES:]:
             lines.append_text(request_line(record))
             lines.append("\n")
         lines.rstrip()
-        log.update(lines)
+        self.query_one("#serve-requests", Static).update(lines)
+        if at_end:  # the newest request stays in view unless the user scrolled back
+            self.call_after_refresh(log.scroll_end, animate=False)
 
     # actions
 
@@ -174,6 +199,10 @@ class ServeScreen(WorkbenchScreen):
                 workspace, model=Path(model), runs=[], checkpoints=[], quantization_bit=None, port=port
             )
             server = start_detached(workspace, plan, resolve_api_key(plan.host, None, workspace))
+        except GlmError:
+            if self.stopped_while_starting:  # x on the loading server: it ended as asked
+                return
+            raise
         finally:
             self.app.call_from_thread(setattr, self, "starting", False)
         self.app.call_from_thread(self.notify, f"Server {server.id} serves at {server.status().url}.")
@@ -184,6 +213,7 @@ class ServeScreen(WorkbenchScreen):
         if row is None or not row.status.is_active:
             self.notify("Highlight a running server to stop it.", severity="warning")
             return
+        self.stopped_while_starting = self.starting and row.status.state == "starting"
         self.stop_server(row.server)
 
     @work(thread=True, exit_on_error=False, group="serve-control")
@@ -197,20 +227,21 @@ class ServeScreen(WorkbenchScreen):
 
 
 def server_about(row: ServerRow) -> Text:
-    """The highlighted server: its URL, models, rows and a client snippet (or why it is not serving)."""
+    """The highlighted server's state and rows; while it loads, what and for how long; why it is not serving."""
     status = row.status
     text = Text()
     text.append(f"{row.server.id} ", style="bold")
     text.append(f"{status.state}", style="green" if status.state == "ready" else "yellow")
     if status.slots:
         text.append(f" · {status.slots} rows of {status.context} tokens", style="dim")
-    text.append("\n")
+    if status.state == "starting" and row.model:
+        text.append(f"\n{loading_line(row.model, status, datetime.now().astimezone())}", style="yellow")
     if status.reason and status.state in ("failed", "dead"):
-        text.append(f"{status.reason}\n", style="red")
-    text.append("Models: ", style="dim")
-    text.append(", ".join(status.models) or "-")
-    text.append("\n")
-    if status.url:
-        text.append(client_snippet(status.url, status.models[0] if status.models else "MODEL", row.key_file))
-        text.append("\n")
+        text.append(f"\n{status.reason}", style="red")
+    text.append(f"\nModels ({len(status.models)}):" if status.models else "\nModels: none yet", style="dim")
     return text
+
+
+def models_text(models: list[str]) -> Text:
+    """The models a server offers, one a line (the list scrolls below the heading `server_about` ends with)."""
+    return Text("\n".join(models))
