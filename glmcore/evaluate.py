@@ -732,6 +732,15 @@ class EvalPlan:
         }
 
 
+def check_prefix_run(run: Run) -> None:
+    """Refuses (EvalError) a run that trained no prefix: only prefix checkpoints are evaluated and compared."""
+    if run.config.method != "ptuning-v2":
+        raise EvalError(
+            f"Run {run.id} trained with {run.config.method}, not P-tuning v2; only prefix checkpoints can be "
+            "evaluated and compared here."
+        )
+
+
 def plan_evaluation(
     run: Run | None,
     *,
@@ -756,11 +765,8 @@ def plan_evaluation(
     training file: scores on the data it learned would flatter it); the checkpoints, unless named, are the base
     model and every complete checkpoint of the run.
     """
-    if run is not None and run.config.method != "ptuning-v2":
-        raise EvalError(
-            f"Run {run.id} trained with {run.config.method}, not P-tuning v2; only prefix checkpoints can be "
-            "evaluated and compared here."
-        )
+    if run is not None:
+        check_prefix_run(run)
     config = run.config if run is not None else None
     folder = model or (config.model_path if config else None)
     if folder is None:

@@ -108,22 +108,22 @@ def run(args: argparse.Namespace) -> int:
 def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
     """What the options name to load (glmcore.chat.plan_chat, as the app asks it); a run's newer checkpoints
     passed over as damaged are named on `notices`."""
+    import dataclasses
+
     from glmcore.chat import plan_chat
     from glmtui.commands.runs import store_from_workspace
 
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
-    checkpoint = None
-    if args.checkpoint is not None and (run is None or run.config.method == "ptuning-v2"):
-        checkpoint = store.resolve_checkpoint(args.checkpoint, run)
-    plan = plan_chat(
+    plan = plan_chat(  # refuses a run chat cannot use before its checkpoint is looked for
         run,
         model=args.model,
-        checkpoint=checkpoint,
         run_default=args.checkpoint is None,
         quantization_bit=args.quantization_bit,
         family=args.family,
     )
+    if args.checkpoint is not None:
+        plan = dataclasses.replace(plan, checkpoint=store.resolve_checkpoint(args.checkpoint, run))
     for passed_over, problem in plan.passed_over:
         notices.print(Text(f"{passed_over.name} cannot be loaded ({problem}); using {plan.checkpoint.name}."))
     return plan

@@ -94,13 +94,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
     """The evaluation the options ask for (glmcore.evaluate.plan_evaluation, as the app asks it) and its
     output folder."""
-    from glmcore.evaluate import BASE, new_evaluation_folder, new_run_evaluation_folder, plan_evaluation
+    from glmcore.evaluate import (
+        BASE,
+        check_prefix_run,
+        new_evaluation_folder,
+        new_run_evaluation_folder,
+        plan_evaluation,
+    )
     from glmcore.workspace import Workspace
 
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
+    if run is not None:
+        check_prefix_run(run)  # before its checkpoints are looked for
     checkpoints = None
-    if args.checkpoint and (run is None or run.config.method == "ptuning-v2"):
+    if args.checkpoint:
         checkpoints = [
             BASE if value == BASE else store.resolve_checkpoint(value, run) for value in args.checkpoint
         ]
