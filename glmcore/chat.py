@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch
 
     from glmcore.prefix import PrefixSpec
+    from glmcore.runs import Run
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 2048
 
@@ -72,6 +73,55 @@ class ChatSettings:
         return Sampling(
             do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=50, seed=self.seed
         )
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """What a chat loads: the model folder as its family, its base weights' bits and the prefix to start with."""
+
+    model: Path
+    checkpoint: Path | None
+    quantization_bit: int
+    family: str | None
+    """The `family` setting to load with (the run's, or as asked); None: found from the folder."""
+    passed_over: tuple[tuple[Path, str], ...] = ()
+    """A run's newer checkpoints that cannot be loaded, each with why, when its default one was picked."""
+
+
+def plan_chat(
+    run: Run | None,
+    *,
+    model: Path | None = None,
+    checkpoint: Path | None = None,
+    run_default: bool = False,
+    quantization_bit: int | None = None,
+    family: str | None = None,
+) -> ChatPlan:
+    """What chatting with `run` (or the `model` folder) loads, decided before anything loads; raises ChatError
+    with the sentence to show when it cannot (a run that trained no prefix, no model named).
+
+    `checkpoint` is the prefix asked for; with `run_default` and none asked, the run's checkpoint it stands for.
+    `model`, `quantization_bit` and `family` override the run's.
+    """
+    if run is not None and run.config.method != "ptuning-v2":
+        raise ChatError(
+            f"Run {run.id} trained {run.config.method}, not a prefix, and chat loads only prefixes: export it "
+            f"(glmtui export {run.id}) and chat with the exported folder (glmtui chat --model FOLDER)."
+        )
+    passed_over: tuple[tuple[Path, str], ...] = ()
+    if checkpoint is None and run_default and run is not None:
+        checkpoint = run.default_checkpoint().path
+        passed_over = tuple((bad.path, problem) for bad, problem in run.resume_point().skipped)
+    folder = model or (run.config.model_path if run is not None else None)
+    if folder is None:
+        raise ChatError("Name the model folder with --model, or a run with --run.")
+    return ChatPlan(
+        model=Path(folder).expanduser(),
+        checkpoint=checkpoint,
+        quantization_bit=quantization_bit or (run.config.quantization_bit if run is not None else 16),
+        family=family or (run.config.family if run is not None else None),
+        passed_over=passed_over,
+    )
 
 
 class PrefixCache:

@@ -20,6 +20,7 @@ per layer) and calibrated against NVML readings of real runs on an H200 (docs/be
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
@@ -116,6 +117,40 @@ class VramEstimate:
     def fits(self, free_bytes: int) -> bool:
         """Whether the run fits in a GPU with ``free_bytes`` free."""
         return self.total <= free_bytes
+
+
+CPU_RUN = "Trains on the CPU (no GPU chosen)."
+
+
+@dataclass(frozen=True)
+class GpuFit:
+    """Whether a run's VRAM estimate fits one of its GPUs as free as it is now: the answer `glmtui train` and
+    the config editor both give."""
+
+    gpu: int
+    need_bytes: int
+    free_bytes: int | None
+    """None: no driver answered for this GPU."""
+
+    @property
+    def fits(self) -> bool | None:
+        """None when the free memory is unknown."""
+        return None if self.free_bytes is None else self.need_bytes <= self.free_bytes
+
+    def sentence(self) -> str:
+        if self.free_bytes is None:
+            return f"GPU {self.gpu}: free memory unknown."
+        free = f"GPU {self.gpu}: {self.free_bytes / GIB:.1f} GiB free"
+        if self.fits:
+            return f"{free}; the run fits (it needs {self.need_bytes / GIB:.1f} GiB)."
+        return (
+            f"{free}, less than the {self.need_bytes / GIB:.1f} GiB the run needs: it may run out of memory."
+        )
+
+
+def gpu_fits(estimate: VramEstimate, gpus: Sequence[int], free: Mapping[int, int]) -> list[GpuFit]:
+    """`estimate` against each of `gpus`' free bytes (`free`, by GPU index; a GPU missing from it is unknown)."""
+    return [GpuFit(gpu, estimate.total, free.get(gpu)) for gpu in gpus]
 
 
 @cache

@@ -483,7 +483,7 @@ def _is_base(checkpoint: str | Path | None) -> bool:
 
 
 def checkpoint_plan(
-    model_path: str | Path, checkpoints: Sequence[str | Path | None]
+    model_path: str | Path, checkpoints: Sequence[str | Path | None], family: str | None = None
 ) -> tuple[list[tuple[str, str | Path | None]], list[SkippedCheckpoint]]:
     """The (label, checkpoint) pairs a comparison evaluates, and those it skips with why, decided before the
     model loads rather than after an hour of evaluating the entries before a damaged one.
@@ -503,7 +503,7 @@ def checkpoint_plan(
         if not Path(checkpoint).is_dir():
             raise EvalError(f"The checkpoint {checkpoint} does not exist.")
         if config is None:
-            config = load_config(model_path)
+            config = load_config(model_path, family)
         if problem := prefix_problem(Path(checkpoint), config):
             skipped.append(SkippedCheckpoint(label, str(Path(checkpoint).absolute()), problem))
         else:
@@ -539,11 +539,12 @@ def compare(
     cancel: threading.Event | None = None,
     device: str | None = None,
     limit: int | None = None,
+    family: str | None = None,
 ) -> Comparison:
     """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
 
     `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
-    recorded in comparison.json with the file's full count.
+    recorded in comparison.json with the file's full count. `family` is the model's `family` setting.
 
     The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
     `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. A damaged
@@ -562,11 +563,11 @@ def compare(
     output_root = Path(output_root)
     if output_root.exists() and any(output_root.iterdir()):
         raise EvalError(f"{output_root} already holds files; choose an empty or new output folder.")
-    evaluated, skipped = checkpoint_plan(model_path, checkpoints)
+    evaluated, skipped = checkpoint_plan(model_path, checkpoints, family)
     all_examples = load_examples(data_file, columns or Columns()).examples
     examples = all_examples[:limit]
-    tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, quantization_bit=quantization_bit, device=device)
+    tokenizer = load_tokenizer(model_path, family=family)
+    model = load_model(model_path, quantization_bit=quantization_bit, device=device, family=family)
 
     evaluations: list[EvalResult] = []
     started = time.monotonic()
@@ -697,13 +698,107 @@ def new_run_evaluation_folder(run: Run, now: datetime | None = None) -> Path:
 
 
 def run_checkpoints(run: Run) -> list[Path]:
-    """The run's complete prefix checkpoints, oldest first; an error when it has none or trained no prefix."""
+    """The run's complete prefix checkpoints, oldest first; an error when it has none yet."""
+    checkpoints = [checkpoint.path for checkpoint in run.checkpoints()]
+    if not checkpoints:
+        raise EvalError(f"Run {run.id} has no complete checkpoint yet; evaluate it after its first save.")
+    return checkpoints
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """What a comparison of a run (or a model folder) evaluates, on what data and how: `compare`'s arguments
+    but the output folder, decided before anything loads, the same for the CLI and the app."""
+
+    model_path: Path
+    checkpoints: list[str | Path]
+    data_file: Path
+    columns: Columns
+    settings: EvalSettings
+    quantization_bit: int
+    family: str | None
+    """The `family` setting to load with (the run's, or as asked); None: found from the folder."""
+
+    def compare_arguments(self) -> dict[str, object]:
+        """The keyword arguments of `compare` this plan stands for."""
+        return {
+            "model_path": self.model_path,
+            "checkpoints": self.checkpoints,
+            "data_file": self.data_file,
+            "settings": self.settings,
+            "columns": self.columns,
+            "quantization_bit": self.quantization_bit,
+            "family": self.family,
+        }
+
+
+def check_prefix_run(run: Run) -> None:
+    """Refuses (EvalError) a run that trained no prefix: only prefix checkpoints are evaluated and compared."""
     if run.config.method != "ptuning-v2":
         raise EvalError(
             f"Run {run.id} trained with {run.config.method}, not P-tuning v2; only prefix checkpoints can be "
             "evaluated and compared here."
         )
-    checkpoints = [checkpoint.path for checkpoint in run.checkpoints()]
-    if not checkpoints:
-        raise EvalError(f"Run {run.id} has no complete checkpoint yet; evaluate it after its first save.")
-    return checkpoints
+
+
+def plan_evaluation(
+    run: Run | None,
+    *,
+    model: Path | None = None,
+    checkpoints: Sequence[str | Path] | None = None,
+    data: Path | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+    history_column: str | None = None,
+    max_source_length: int | None = None,
+    max_target_length: int | None = None,
+    quantization_bit: int | None = None,
+    family: str | None = None,
+    batch_size: int | None = None,
+    seed: int = 42,
+    sample: bool = False,
+) -> EvalPlan:
+    """The evaluation of `run` (or of the `model` folder) the options ask for, each left out taken from the run;
+    raises EvalError with the sentence to show when there is none to make.
+
+    A run that trained no prefix is refused; the data is the run's validation file unless named (never its
+    training file: scores on the data it learned would flatter it); the checkpoints, unless named, are the base
+    model and every complete checkpoint of the run.
+    """
+    if run is not None:
+        check_prefix_run(run)
+    config = run.config if run is not None else None
+    folder = model or (config.model_path if config else None)
+    if folder is None:
+        raise EvalError("Name the model folder with --model (or a run with --run).")
+    data = data or (config.validation_file if config else None)
+    if data is None:
+        raise EvalError(
+            f"Run {run.id} has no validation file: name the data to evaluate on (--data, or the Data file "
+            "field)."
+            if run is not None
+            else "Name the data to evaluate on with --data."
+        )
+    if checkpoints is None:
+        checkpoints = [BASE, *(run_checkpoints(run) if run is not None else [])]
+    asked = {"max_source_length": max_source_length, "max_target_length": max_target_length}
+    lengths = {
+        name: value
+        if value is not None
+        else getattr(config, name, EvalSettings.__dataclass_fields__[name].default)
+        for name, value in asked.items()
+    }
+    common = {"batch_size": batch_size, "seed": seed, **lengths}
+    return EvalPlan(
+        model_path=Path(folder).expanduser(),
+        checkpoints=list(checkpoints),
+        data_file=Path(data).expanduser(),
+        columns=Columns(
+            prompt=prompt_column or (config.prompt_column if config else "content"),
+            response=response_column or (config.response_column if config else "summary"),
+            history=history_column or (config.history_column if config else None),
+        ),
+        settings=EvalSettings.published_sampling(**common) if sample else EvalSettings(**common),
+        quantization_bit=quantization_bit or (config.quantization_bit if config else 16),
+        family=family or (config.family if config else None),
+    )

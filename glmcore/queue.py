@@ -353,11 +353,11 @@ class Queue:
             if run.stored_status().state == "queued":
                 run.write_status(state="created", queued=None, reason=f"never launched: {problem}")
 
-    def queue_runs(self, runs: Sequence[Run]) -> int | None:
-        """Queue ``runs`` in their order and start a worker if none is alive; returns the new worker's pid."""
-        for run in runs:
-            self.add(run)
-        return self.ensure_worker()
+    def queue_runs(self, runs: Sequence[Run]) -> tuple[list[int], int | None]:
+        """Queue ``runs`` in their order and start a worker if none is alive; returns their positions and the
+        new worker's pid (None: one was alive already)."""
+        positions = [self.add(run) for run in runs]
+        return positions, self.ensure_worker()
 
     def start_now(self, run: Run, *, program: Sequence[str] | None = None) -> int:
         """Start a queued run at once, without admission; returns its pid."""

@@ -148,9 +148,9 @@ def test_chat_with_a_run_says_which_damaged_checkpoint_it_passed_over(
     run = run_with_checkpoints(tmp_path, trainer_checkpoint)
     garble(run.checkpoints_dir / "checkpoint-40" / PREFIX_WEIGHTS, "a list header")
     notices = Console(record=True, width=400)
-    args = argparse.Namespace(run=run.id, checkpoint=None, model=None, quantization_bit=None)
+    args = argparse.Namespace(run=run.id, checkpoint=None, model=None, quantization_bit=None, family=None)
 
-    _, checkpoint, _ = chat_plan(args, notices)
+    checkpoint = chat_plan(args, notices).checkpoint
 
     assert checkpoint == run.checkpoints_dir / "checkpoint-20"
     assert notices.export_text().strip() == (

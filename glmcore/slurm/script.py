@@ -124,6 +124,15 @@ def load_defaults(workspace_root: Path) -> SlurmOptions:
     return SlurmOptions.from_dict(data, where=str(path))
 
 
+def requested_options(workspace_root: Path, **asked: object) -> SlurmOptions:
+    """The job settings asked for (`glmtui train --slurm`'s flags, or the config editor's Slurm rows; a None
+    keeps the setting's) over the workspace's slurm.toml; SlurmOptionsError names the first that cannot be used."""
+    options = load_defaults(workspace_root).with_changes(**asked)
+    if problems := options.problems():
+        raise SlurmOptionsError(problems[0])
+    return options
+
+
 def read_options(run_dir: Path) -> SlurmOptions | None:
     """The run's Slurm settings, or None for a run that trains on the machine that starts it."""
     path = Path(run_dir) / OPTIONS_FILE

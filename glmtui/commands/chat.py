@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,6 +19,9 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
+
+if TYPE_CHECKING:
+    from glmcore.chat import ChatPlan
 
 COMMANDS_HELP = "Commands: /clear forgets the conversation, /prefix PATH|off switches the prefix, /quit ends."
 
@@ -78,17 +81,20 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             seed=args.seed,
         )
-        model, checkpoint, quantization_bit = chat_plan(args, notices)
+        plan = chat_plan(args, notices)
+        model = plan.model
         apply_family(args.family, model)
         if interactive:
             notices.print(f"Loading {model} …")
-        tokenizer = load_tokenizer(model)
+        tokenizer = load_tokenizer(model, family=plan.family)
         session = ChatSession(
-            load_model(model, quantization_bit=quantization_bit), tokenizer, system=args.system
+            load_model(model, quantization_bit=plan.quantization_bit, family=plan.family),
+            tokenizer,
+            system=args.system,
         )
         session.settings = settings
-        if checkpoint is not None:
-            session.use_prefix(checkpoint)
+        if plan.checkpoint is not None:
+            session.use_prefix(plan.checkpoint)
     except GlmError as error:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
@@ -99,33 +105,28 @@ def run(args: argparse.Namespace) -> int:
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
 
 
-def chat_plan(args: argparse.Namespace, notices: Console) -> tuple[Path, Path | None, int]:
-    """The model folder, the prefix checkpoint (or None) and the base weights' bits the options name; a run's
-    newer checkpoints passed over as damaged are named on `notices`."""
+def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
+    """What the options name to load (glmcore.chat.plan_chat, as the app asks it); a run's newer checkpoints
+    passed over as damaged are named on `notices`."""
+    import dataclasses
+
+    from glmcore.chat import plan_chat
     from glmtui.commands.runs import store_from_workspace
 
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
-    if run is not None and run.config.method != "ptuning-v2":
-        raise GlmError(
-            f"Run {run.id} trained {run.config.method}, not a prefix: export it (glmtui export {run.id}) "
-            "and chat with --model on the exported folder."
-        )
+    plan = plan_chat(  # refuses a run chat cannot use before its checkpoint is looked for
+        run,
+        model=args.model,
+        run_default=args.checkpoint is None,
+        quantization_bit=args.quantization_bit,
+        family=args.family,
+    )
     if args.checkpoint is not None:
-        checkpoint = store.resolve_checkpoint(args.checkpoint, run)
-    elif run is not None:
-        checkpoint = run.default_checkpoint().path
-        for passed_over, problem in run.resume_point().skipped:
-            notices.print(
-                Text(f"{passed_over.path.name} cannot be loaded ({problem}); using {checkpoint.name}.")
-            )
-    else:
-        checkpoint = None
-    model = args.model or (run.config.model_path if run is not None else None)
-    if model is None:
-        raise GlmError("Name the model folder with --model, or a run with --run.")
-    bits = args.quantization_bit or (run.config.quantization_bit if run is not None else 16)
-    return Path(model).expanduser(), checkpoint, bits
+        plan = dataclasses.replace(plan, checkpoint=store.resolve_checkpoint(args.checkpoint, run))
+    for passed_over, problem in plan.passed_over:
+        notices.print(Text(f"{passed_over.name} cannot be loaded ({problem}); using {plan.checkpoint.name}."))
+    return plan
 
 
 def _prefix_name(session) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,6 +22,9 @@ from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
 from glmtui.commands.runs import store_from_workspace
 from glmtui.presentation import format_duration
+
+if TYPE_CHECKING:
+    from glmcore.evaluate import EvalPlan
 
 EXIT_CANCELLED = 130
 
@@ -87,71 +91,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _resolve_checkpoint(value: str, run, store) -> str | Path:
-    """'base', else the checkpoint `value` names by the rule of docs/runs.md (RunStore.resolve_checkpoint)."""
-    from glmcore.evaluate import BASE
-
-    return BASE if value == BASE else store.resolve_checkpoint(value, run)
-
-
-def plan(args: argparse.Namespace) -> dict:
-    """The arguments of `compare`, from the options and (where they are not given) the run."""
-    from glmcore.config import RunConfig
-    from glmcore.data import Columns
+def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
+    """The evaluation the options ask for (glmcore.evaluate.plan_evaluation, as the app asks it) and its
+    output folder."""
     from glmcore.evaluate import (
         BASE,
-        EvalSettings,
+        check_prefix_run,
         new_evaluation_folder,
         new_run_evaluation_folder,
-        run_checkpoints,
+        plan_evaluation,
     )
     from glmcore.workspace import Workspace
 
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
-    config = run.config if run is not None else None
-    model = args.model or (config.model_path if config else None)
-    if model is None:
-        raise GlmError("Name the model folder with --model (or a run with --run).")
-    data = args.data or (config.validation_file if config else None)
-    if data is None:
-        raise GlmError(
-            "Name the dataset with --data"
-            + (f" (run {run.id} has no validation file)." if run is not None else ".")
-        )
+    if run is not None:
+        check_prefix_run(run)  # before its checkpoints are looked for
+    checkpoints = None
     if args.checkpoint:
-        checkpoints = [_resolve_checkpoint(value, run, store) for value in args.checkpoint]
-    else:
-        checkpoints = [BASE, *(run_checkpoints(run) if run is not None else [])]
-    columns = Columns(
-        prompt=args.prompt_column or (config.prompt_column if config else "content"),
-        response=args.response_column or (config.response_column if config else "summary"),
-        history=args.history_column or (config.history_column if config else None),
+        checkpoints = [
+            BASE if value == BASE else store.resolve_checkpoint(value, run) for value in args.checkpoint
+        ]
+    evaluation = plan_evaluation(
+        run,
+        model=args.model,
+        checkpoints=checkpoints,
+        data=args.data,
+        prompt_column=args.prompt_column,
+        response_column=args.response_column,
+        history_column=args.history_column,
+        max_source_length=args.max_source_length,
+        max_target_length=args.max_target_length,
+        quantization_bit=args.quantization_bit,
+        family=args.family,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        sample=args.sample,
     )
-    lengths = {
-        name: getattr(args, name)
-        if getattr(args, name) is not None
-        else getattr(config, name, RunConfig.__dataclass_fields__[name].default)
-        for name in ("max_source_length", "max_target_length")
-    }
-    common = {"batch_size": args.batch_size, "seed": args.seed, **lengths}
-    settings = EvalSettings.published_sampling(**common) if args.sample else EvalSettings(**common)
     if args.out is not None:
         output_root = args.out.expanduser()
     elif run is not None:
         output_root = new_run_evaluation_folder(run)
     else:
         output_root = new_evaluation_folder(Workspace.from_env().root / "evaluations")
-    return {
-        "model_path": Path(model),
-        "checkpoints": checkpoints,
-        "data_file": Path(data),
-        "settings": settings,
-        "output_root": output_root,
-        "columns": columns,
-        "quantization_bit": args.quantization_bit or getattr(config, "quantization_bit", 16),
-        "limit": args.limit,
-    }
+    return evaluation, output_root
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,13 +142,12 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     try:
-        arguments = plan(args)
-        apply_family(args.family, arguments["model_path"])
-        names = ", ".join(str(checkpoint) for checkpoint in arguments["checkpoints"])
+        evaluation, output_root = plan(args)
+        apply_family(args.family, evaluation.model_path)
+        names = ", ".join(str(checkpoint) for checkpoint in evaluation.checkpoints)
         subset = f" (its first {args.limit} examples)" if args.limit else ""
-        console.print(
-            f"Evaluating {names} on {arguments['data_file']}{subset} into {arguments['output_root']}"
-        )
+        console.print(f"Evaluating {names} on {evaluation.data_file}{subset} into {output_root}")
+        arguments = {**evaluation.compare_arguments(), "output_root": output_root, "limit": args.limit}
         comparison = run_with_progress(console, arguments)
     except EvaluationCancelled:
         console.print("Cancelled before any evaluation finished; nothing was written.")
@@ -175,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     Console().print(metrics_table(comparison))
     if not comparison.complete:
-        planned = len(arguments["checkpoints"]) - len(comparison.skipped)
+        planned = len(evaluation.checkpoints) - len(comparison.skipped)
         console.print(
             f"[yellow]Cancelled:[/yellow] {len(comparison.evaluations)} of {planned} "
             "evaluations finished; comparison.json marks the results as incomplete."

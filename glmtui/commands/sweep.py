@@ -8,7 +8,6 @@ worker starts them as the GPUs have room, and in front this command reports each
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
@@ -16,12 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
 
-from glmcore.config import RunConfig
 from glmcore.errors import GlmError
-from glmcore.queue import GIB, Queue, estimate_need
-from glmcore.runs import Run, RunStore
-from glmcore.slurm.script import SlurmOptions, for_slurm
-from glmcore.sweep import Sweep, create, expand, parse_sets, problems, submit_to_slurm
+from glmcore.queue import GIB, estimate_need
+from glmcore.runs import Run
+from glmcore.start import start_sweep, sweep_points
+from glmcore.sweep import Sweep, parse_sets, problems
 from glmcore.workspace import Workspace
 from glmtui.commands.train import add_slurm_arguments, load_config, print_cautions, slurm_options
 from glmtui.presentation import state_text
@@ -38,7 +36,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         slurm = slurm_options(args, workspace)
         base = load_config(args, workspace, console, slurm)
         # On Slurm the GPUs are each job's, not this machine's: they are checked by Slurm, not here.
-        points = expand(base if slurm is None else dataclasses.replace(base, gpus=[]), parse_sets(args.set))
+        points = sweep_points(base, parse_sets(args.set), slurm)
     except GlmError as error:
         errors.print(f"[red]error:[/] {escape(str(error))}")
         return 2
@@ -53,47 +51,29 @@ def sweep_command(args: argparse.Namespace) -> int:
         for point, problem in found:
             errors.print(f"  • {escape(point.label)}: {escape(str(problem))}")
         return 2
+    try:
+        started = start_sweep(workspace, base, parse_sets(args.set), slurm)
+    except GlmError as error:
+        errors.print(f"[red]error:[/] {escape(str(error))}")
+        return 1
+    sweep = started.sweep
     if slurm is not None:
-        return submit_sweep(
-            console, workspace, for_slurm(base, slurm), parse_sets(args.set), slurm, args.detach
-        )
-    queue = Queue(workspace.ensure())
-    sweep = create(RunStore(workspace.runs_dir), base, points)
-    pid = queue.queue_runs(sweep.runs)
+        console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs submitted to Slurm (Slurm is their queue).")
+        for run, point, job in zip(sweep.runs, started.points, started.jobs, strict=True):
+            console.print(Text(f"  {run.id}  {point.label}  (Slurm job {job})"))
+        console.print("See them with `glmtui runs` (or squeue).")
+        return 0 if args.detach else follow_sweep(console, sweep)
     console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs queued.")
-    for run, point in zip(sweep.runs, points, strict=True):
+    for run, point in zip(sweep.runs, started.points, strict=True):
         need = estimate_need(run) if run.config.gpus else None
         needs = f"{need / GIB:.1f} GiB per GPU" if need is not None else "the CPU"
         console.print(Text(f"  {run.id}  {point.label}  (needs {needs})"))
-    if pid is not None:
-        console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
+    if started.worker is not None:
+        console.print(f"Started the queue worker (pid {started.worker}); it exits when the queue is empty.")
     console.print("See the queue with `glmtui queue`, the runs with `glmtui runs`.")
     if args.detach:
         return 0
     return follow_sweep(console, sweep)
-
-
-def submit_sweep(
-    console: Console,
-    workspace: Workspace,
-    base: RunConfig,
-    axes: dict[str, list[object]],
-    options: SlurmOptions,
-    detach: bool,
-) -> int:
-    """Create the sweep's runs and submit each as a Slurm job; Slurm is their queue."""
-    points = expand(base, axes)
-    sweep = create(RunStore(workspace.ensure().runs_dir), base, points)
-    try:
-        jobs = submit_to_slurm(sweep, options)
-    except GlmError as error:
-        Console(stderr=True).print(f"[red]error:[/] {escape(str(error))}")
-        return 1
-    console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs submitted to Slurm (Slurm is their queue).")
-    for run, point, job in zip(sweep.runs, points, jobs, strict=True):
-        console.print(Text(f"  {run.id}  {point.label}  (Slurm job {job})"))
-    console.print("See them with `glmtui runs` (or squeue).")
-    return 0 if detach else follow_sweep(console, sweep)
 
 
 def follow_sweep(console: Console, sweep: Sweep) -> int:

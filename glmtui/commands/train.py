@@ -9,7 +9,6 @@ so closing the terminal leaves the run going and `glmtui logs RUN -f` picks it u
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from glmcore import preflight
 from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStatus, RunStore, describe_resume, launch, stop
+from glmcore.runs import EventTail, Run, RunStatus, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.slurm.script import (
     SCRIPT_FILE,
@@ -29,9 +28,9 @@ from glmcore.slurm.script import (
     SlurmOptionsError,
     check_submittable,
     for_slurm,
-    load_defaults,
-    write_options,
+    requested_options,
 )
+from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
 from glmtui.presentation import progress_summary
 
@@ -42,20 +41,24 @@ GIB = 2**30
 
 
 def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
-    """One line comparing the VRAM estimate with the chosen GPUs' free memory (``here``: on this machine, not
-    a Slurm job's); a warning when it won't fit."""
-    from glmcore.estimate import ModelShape, estimate_vram
+    """The VRAM estimate and, on this machine (``here``; not a Slurm job's), whether it fits each chosen GPU's
+    free memory now, as the config editor says it (`glmcore.estimate.gpu_fits`); a warning where it won't."""
+    from glmcore.estimate import CPU_RUN, ModelShape, estimate_vram, gpu_fits
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
     console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
-    free = free_memory_by_gpu() if config.gpus and here else {}
-    for gpu in config.gpus:
-        if gpu in free and not estimate.fits(free[gpu]):
+    if not here:
+        return
+    if not config.gpus:
+        console.print(CPU_RUN)
+    for fit in gpu_fits(estimate, config.gpus, free_memory_by_gpu() if config.gpus else {}):
+        if fit.fits is False:
             console.print(
-                f"[yellow]warning:[/] GPU {gpu} has {free[gpu] / GIB:.1f} GiB free, less than the estimate; "
-                "the run may run out of memory (see `glmtui runs` and the log if it fails)"
+                f"[yellow]warning:[/] {escape(fit.sentence())} (see `glmtui runs` and the log if it fails)"
             )
+        else:
+            console.print(escape(fit.sentence()))
 
 
 def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
@@ -164,13 +167,14 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
 
 
 def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
-    """Queue the run instead of starting it, and make sure a worker will start it."""
+    """Queue the run instead of starting it, and make sure a worker will start it (`Queue.queue_runs`, as a
+    sweep from the app or `glmtui sweep` is queued)."""
     from glmcore.queue import Queue
 
     queue = Queue(workspace)
-    position = queue.add(run)
+    [position], pid = queue.queue_runs([run])
     console.print(f"Queued it at position {position}; it starts when its GPUs have room (`glmtui queue`).")
-    if (pid := queue.ensure_worker()) is not None:
+    if pid is not None:
         console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
     return 0
 
@@ -214,8 +218,7 @@ def train(args: argparse.Namespace) -> int:
         errors.print("[red]error:[/] --queue and --slurm do not go together: Slurm queues the job itself")
         return 2
     # On Slurm, the GPUs are the job's (gpus_per_node of each node), not this machine's.
-    checked = config if slurm is None else dataclasses.replace(config, gpus=[])
-    problems = preflight.check(checked, runs_dir=workspace.runs_dir)
+    problems = run_problems(config, workspace, slurm)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         errors.print(f"[red]{escape(str(args.config))} has {count}; nothing was started:[/]")
@@ -223,12 +226,10 @@ def train(args: argparse.Namespace) -> int:
             errors.print(f"  • {escape(str(problem))}")
         return 2
     try:
-        if slurm is not None:
-            config = for_slurm(config, slurm)
-        _print_vram_estimate(console, config, here=slurm is None)
-        run = RunStore(workspace.ensure().runs_dir).create(config)
-        if slurm is not None:
-            write_options(run.path, slurm)
+        _print_vram_estimate(
+            console, config if slurm is None else for_slurm(config, slurm), here=slurm is None
+        )
+        run = create_run(workspace, config, slurm)
         console.print(f"Created run {run.id} in {escape(str(run.path))}.")
         if args.queue:
             return enqueue(run, workspace, console)
@@ -252,9 +253,7 @@ def slurm_options(args: argparse.Namespace, workspace: Workspace) -> SlurmOption
                 f"{', '.join(given)} sets where a Slurm job runs; add --slurm to use Slurm"
             )
         return None
-    options = load_defaults(workspace.root).with_changes(**flags)
-    if problems := options.problems():
-        raise SlurmOptionsError(problems[0])
+    options = requested_options(workspace.root, **flags)
     check_submittable(options, workspace.runs_dir)
     return options
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,7 +22,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
-from glmcore.chat import ChatError, ChatSettings
+from glmcore.chat import ChatError, ChatPlan, ChatSettings, plan_chat
 from glmcore.errors import GlmError
 from glmcore.runs import Run
 from glmtui.presentation import format_duration
@@ -128,8 +129,8 @@ class ChatScreen(WorkbenchScreen):
         return None if value in (BASE, Select.BLANK) else Path(str(value))
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-load")
-    def load_session(self, model_path: Path, checkpoint: Path | None) -> None:
-        """Load the model once (later calls only swap the prefix) and install ``checkpoint``'s prefix."""
+    def load_session(self, plan: ChatPlan) -> None:
+        """Load the plan's model once (later calls only swap the prefix) and install its prefix."""
         from glmcore.chat import ChatSession
 
         session = self.session
@@ -137,15 +138,16 @@ class ChatScreen(WorkbenchScreen):
             from glmcore.models.loading import load_model, load_tokenizer
 
             self.post_message(ChatLoadStep("the tokenizer"))
-            tokenizer = load_tokenizer(model_path)
+            tokenizer = load_tokenizer(plan.model, family=plan.family)
             self.post_message(ChatLoadStep("the weights"))
-            quantization_bit = self.run.config.quantization_bit if self.run else 16
-            session = ChatSession(load_model(model_path, quantization_bit=quantization_bit), tokenizer)
+            model = load_model(plan.model, quantization_bit=plan.quantization_bit, family=plan.family)
+            session = ChatSession(model, tokenizer)
         self.post_message(ChatLoadStep("the prefix"))
-        session.use_prefix(checkpoint)
-        self.post_message(ChatLoaded(session, checkpoint.name if checkpoint else "the base model"))
+        session.use_prefix(plan.checkpoint)
+        description = plan.checkpoint.name if plan.checkpoint else "the base model"
+        self.post_message(ChatLoaded(session, description))
 
-    def _status(self, text: str) -> None:
+    def _status(self, text: str | Text) -> None:
         self.query_one("#chat-status", Static).update(text)
 
     def on_chat_load_step(self, message: ChatLoadStep) -> None:
@@ -198,11 +200,18 @@ class ChatScreen(WorkbenchScreen):
             self._load(self._checkpoint())
 
     def _load(self, checkpoint: Path | None) -> None:
-        """Load the run's model (or only swap the prefix): from now until it is ready, messages wait."""
+        """Load the run's model (or only swap the prefix): from now until it is ready, messages wait. A run
+        chat cannot use is refused before anything loads, with the CLI's sentence (glmcore.chat.plan_chat)."""
         assert self.run is not None
+        try:
+            plan = plan_chat(self.run, checkpoint=checkpoint)
+        except ChatError as error:
+            self._status(Text(str(error)))
+            self.notify(str(error), severity="error")
+            return
         self._loading = ("the model", time.monotonic())
         self._show_loading()
-        self.load_session(self.run.config.model_path, checkpoint)
+        self.load_session(plan)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "chat-system":

@@ -39,17 +39,35 @@ from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.download import format_bytes
 from glmcore.errors import GlmError
-from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, published_estimate
+from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family
-from glmcore.models import FAMILIES, family_for, family_named
-from glmcore.queue import Queue
+from glmcore.models import FAMILIES, family_for
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
-from glmcore.slurm.script import SlurmOptions, check_submittable, for_slurm, load_defaults, write_options
-from glmcore.sweep import SweepPoint, expand, format_value, submit_to_slurm
-from glmcore.sweep import create as create_sweep
+from glmcore.slurm.script import (
+    SlurmOptions,
+    check_submittable,
+    load_defaults,
+    requested_options,
+)
+from glmcore.start import create_run, run_problems, start_sweep, sweep_points
+from glmcore.sweep import SweepPoint, expand, format_value
 from glmcore.sweep import problems as sweep_problems
+from glmtui.config_form import (
+    CHOICE_FIELDS,
+    INTEGER_FIELDS,
+    METHOD_FIELDS,
+    NUMBER_FIELDS,
+    PATH_FIELDS,
+    SWEEP_FIELDS,
+    TEXT_FIELDS,
+    TICK_FIELDS,
+    FormReading,
+    form_values,
+    parse_gpus,
+    read_form,
+)
 from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.presentation import family_title
@@ -57,33 +75,6 @@ from glmtui.screens.base import WorkbenchScreen
 
 GIB = 2**30
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
-PATH_FIELDS = ("name", "model_path", "train_file", "validation_file")
-METHOD_FIELDS = {
-    "ptuning-v2": ("pre_seq_len", "prefix_projection"),
-    "lora": ("lora_rank", "lora_alpha", "lora_dropout"),
-    "full": (),
-}
-"""The fields each method uses; the form shows only the chosen method's."""
-INTEGER_FIELDS = (
-    "pre_seq_len",
-    "lora_rank",
-    "lora_alpha",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "max_steps",
-    "save_steps",
-    "logging_steps",
-    "max_source_length",
-    "max_target_length",
-    "eval_steps",
-    "eval_metric_rows",
-    "early_stopping_patience",
-)
-TEXT_FIELDS = PATH_FIELDS
-NUMBER_FIELDS = ("learning_rate", "lora_dropout")
-NUMBER_EXAMPLES = {"learning_rate": "2e-2", "lora_dropout": "0.1"}
-SWEEP_FIELDS = {"pre_seq_len": int, "learning_rate": float}
-"""Fields that take a list of values (the published recipe's two knobs): several values make a sweep."""
 FIELD_LABELS = {
     "name": "Name",
     "model_path": "Model folder",
@@ -212,11 +203,6 @@ def _family_unclear(model_dir: Path) -> bool:
     return False
 
 
-def parse_gpus(text: str) -> list[int]:
-    """ "0,1" or "0 1" -> [0, 1]; empty means the CPU."""
-    return [int(part) for part in re.split(r"[,\s]+", text.strip()) if part]
-
-
 ESTIMATE_PARTS = {
     "cuda_context": "CUDA context",
     "weights": "weights",
@@ -260,23 +246,18 @@ def describe_estimate(
             text.append_text(row)
             text.append("\n")
     if not gpus:
-        text.append("Trains on the CPU (no GPU chosen).\n")
+        text.append(CPU_RUN + "\n")
         return text
     free = free_memory_by_gpu(snapshot) if snapshot is not None and snapshot.available else {}
-    for gpu in gpus:
-        if gpu not in free:
-            text.append(f"GPU {gpu}: free memory unknown\n", style="yellow")
+    for fit in gpu_fits(model or reference, gpus, free):
+        if fit.fits is None:
+            text.append(fit.sentence() + "\n", style="yellow")
             continue
-        verdicts = [
-            f"{name} {'fits' if estimate.fits(free[gpu]) else 'does not fit'}"
-            for name, estimate in (("this model", model), (estimates.reference_name, reference))
-            if estimate is not None
-        ]
-        fits = model.fits(free[gpu]) if model else reference.fits(free[gpu])
-        text.append(
-            f"GPU {gpu}: {free[gpu] / GIB:.1f} GiB free; {', '.join(verdicts)}\n",
-            style="green" if fits else "bold red",
-        )
+        line = fit.sentence()
+        if model is not None:  # the published model's answer beside this one's
+            verdict = "fits" if reference.fits(fit.free_bytes) else "does not fit"
+            line += f" {estimates.reference_name} {verdict}."
+        text.append(line + "\n", style="green" if fit.fits else "bold red")
     return text
 
 
@@ -444,10 +425,7 @@ class ConfigScreen(WorkbenchScreen):
         partition = self.query_one("#slurm_partition", Select).value
         changes["partition"] = partition if isinstance(partition, str) else None
         changes["time"] = self.query_one("#slurm_time", Input).value.strip() or None
-        options = load_defaults(self.workbench.workspace.root).with_changes(**changes)
-        if problems := options.problems():
-            raise SlurmOptionsError(problems[0])
-        return options
+        return requested_options(self.workbench.workspace.root, **changes)
 
     def _field_widget(self, name: str, model_paths: list[str], data_paths: list[str]):
         if name == "method":
@@ -500,19 +478,16 @@ class ConfigScreen(WorkbenchScreen):
         self.base = config
         self._filling = True
         try:
-            for name in TEXT_FIELDS + INTEGER_FIELDS + NUMBER_FIELDS:
-                value = getattr(config, name)
+            values = form_values(config)
+            for name in TEXT_FIELDS + INTEGER_FIELDS + NUMBER_FIELDS + ("gpus",):
                 field = self.query_one(f"#{name}", Input)
-                field.value = "" if value in (None, Path("")) else str(value)
+                field.value = str(values[name])
                 field.cursor_position = 0  # show a long path from its start
-            self.query_one("#gpus", Input).value = ",".join(map(str, config.gpus))
-            self.query_one("#method", Select).value = config.method
-            self.query_one("#quantization_bit", Select).value = config.quantization_bit
-            self.query_one("#prefix_projection", Checkbox).value = config.prefix_projection
-            self.query_one("#best_metric", Select).value = config.best_metric
-            self.query_one("#report_to", Checkbox).value = "tensorboard" in config.report_to
-            family = self.query_one("#family", Select)
-            family.value = family_named(config.family).name if config.family else Select.NULL
+            for name in CHOICE_FIELDS:
+                value = values[name]
+                self.query_one(f"#{name}", Select).value = Select.NULL if value is None else value
+            for name in TICK_FIELDS:
+                self.query_one(f"#{name}", Checkbox).value = bool(values[name])
             self.query_one("#row-family").display = config.family is not None
         finally:
             self._filling = False
@@ -554,96 +529,22 @@ class ConfigScreen(WorkbenchScreen):
 
     def read_form(self) -> tuple[RunConfig | None, list[Problem]]:
         """The config the form describes, or the problems that stop it from being one."""
-        data, problems, self.axes = self._form_data()
-        if problems:
-            return None, problems
-        try:
-            return RunConfig.from_dict(data), []
-        except ConfigError as error:
-            return None, [Problem("config", str(error))]
+        reading = self._reading()
+        self.axes = reading.axes
+        return reading.config()
 
-    def _field_values(self, name: str, kind: type) -> tuple[list[object], Problem | None]:
-        """The value or values (comma-separated) of a sweep field, or the problem with them."""
-        texts = [part.strip() for part in self.query_one(f"#{name}", Input).value.split(",")]
-        example = "a whole number" if kind is int else "a number (e.g. 2e-2)"
-        try:
-            values = [kind(text) for text in texts]
-        except ValueError:
-            shown = ", ".join(repr(text) for text in texts)
-            return [], Problem(name, f"{shown}: give {example}, or several separated by commas for a sweep")
-        if len(set(values)) != len(values):
-            return [], Problem(name, "a value is listed twice; list each value once")
-        return values, None
-
-    def _sketch(self) -> RunConfig | None:
-        """The form's config with empty paths left empty: enough to estimate memory while only paths are
-        missing (None while a number is wrong)."""
-        data, problems, _ = self._form_data()
-        if any(problem.field not in PATH_FIELDS for problem in problems):
-            return None
-        try:
-            return RunConfig.from_dict({**data, **{name: data.get(name, "") for name in PATH_FIELDS[:3]}})
-        except ConfigError:
-            return None
-
-    def _form_data(self) -> tuple[dict[str, object], list[Problem], dict[str, list[object]]]:
-        """The form's values over the config it started from, what is wrong with them, and the sweep's axes (the
-        fields given several values). The fields of the methods not chosen keep the values the form started
-        from."""
-        data = (self.base or self.blank_config()).to_dict()
-        problems: list[Problem] = []
-        method = self.query_one("#method", Select).value
-        unused = {name for fields in METHOD_FIELDS.values() for name in fields} - set(
-            METHOD_FIELDS.get(str(method), ())
-        )
-        for name in TEXT_FIELDS:
-            value = self.query_one(f"#{name}", Input).value.strip()
-            if value:
-                data[name] = value
-            else:
-                data.pop(name, None)
-                if name != "validation_file":
-                    problems.append(Problem(name, "fill this in"))
-        axes: dict[str, list[object]] = {}
-        for name in INTEGER_FIELDS + NUMBER_FIELDS:
-            if name in unused:
-                continue
-            if name in SWEEP_FIELDS:
-                values, problem = self._field_values(name, SWEEP_FIELDS[name])
-                if problem:
-                    problems.append(problem)
-                elif values:
-                    data[name] = values[0]
-                    if len(values) > 1:
-                        axes[name] = values
-                continue
-            text = self.query_one(f"#{name}", Input).value.strip()
-            whole = name in INTEGER_FIELDS
-            try:
-                data[name] = int(text) if whole else float(text)
-            except ValueError:
-                kind = "a whole number" if whole else f"a number (e.g. {NUMBER_EXAMPLES[name]})"
-                problems.append(Problem(name, f"{text!r} is not {kind}" if text else "fill this in"))
-        try:
-            # On Slurm the GPUs are the job's; the GPUs row (this machine's) is hidden and not checked.
-            data["gpus"] = [] if self.on_slurm else parse_gpus(self.query_one("#gpus", Input).value)
-        except ValueError:
-            problems.append(
-                Problem("gpus", "list GPU numbers separated by commas, e.g. 0,1; empty trains on the CPU")
-            )
-        data["method"] = method
-        data["quantization_bit"] = self.query_one("#quantization_bit", Select).value
-        if "prefix_projection" not in unused:
-            data["prefix_projection"] = self.query_one("#prefix_projection", Checkbox).value
-        data["best_metric"] = self.query_one("#best_metric", Select).value
-        family = self.query_one("#family", Select).value
-        if isinstance(family, str):
-            data["family"] = family
-        else:
-            data.pop("family", None)
-        others = [target for target in data.get("report_to", []) if target != "tensorboard"]
-        data["report_to"] = others + (["tensorboard"] if self.query_one("#report_to", Checkbox).value else [])
-        return data, problems, axes
+    def _reading(self) -> FormReading:
+        """What the fields say over the config the form started from (`glmtui.config_form.read_form`)."""
+        values: dict[str, object] = {
+            name: self.query_one(f"#{name}", Input).value
+            for name in TEXT_FIELDS + INTEGER_FIELDS + NUMBER_FIELDS + ("gpus",)
+        }
+        for name in CHOICE_FIELDS:
+            value = self.query_one(f"#{name}", Select).value
+            values[name] = None if value is Select.NULL else value
+        for name in TICK_FIELDS:
+            values[name] = self.query_one(f"#{name}", Checkbox).value
+        return read_form(self.base or self.blank_config(), values, on_slurm=self.on_slurm)
 
     @on(Input.Changed)
     @on(Select.Changed)
@@ -661,7 +562,7 @@ class ConfigScreen(WorkbenchScreen):
         config, problems = self.read_form()
         self.config = config
         self._show_effective_batch()
-        self._checking = config or self._sketch()
+        self._checking = config or self._reading().sketch()
         if self._checking is None:
             self._show(problems, None)
             return
@@ -850,21 +751,19 @@ class ConfigScreen(WorkbenchScreen):
         self, config: RunConfig, axes: dict[str, list[object]], slurm: SlurmOptions | None = None
     ) -> None:
         """Check every combination, create the sweep's runs and queue them (a worker starts them), or, on
-        Slurm, submit each as a job."""
-        points = expand(config, axes)
-        problems = sweep_problems(points, runs_dir=self.workbench.workspace.runs_dir)
+        Slurm, submit each as a job (`glmcore.start`, as `glmtui sweep`)."""
+        workspace = self.workbench.workspace
+        problems = sweep_problems(sweep_points(config, axes, slurm), runs_dir=workspace.runs_dir)
         if problems:
             point, problem = problems[0]
             raise ConfigError(f"the sweep cannot start: {point.label}: {problem} ({len(problems)} problems)")
         if slurm is not None:
-            check_submittable(slurm, self.workbench.workspace.runs_dir)
-            config = for_slurm(config, slurm)
-            sweep = create_sweep(self.workbench.run_store, config, expand(config, axes))
-            jobs = submit_to_slurm(sweep, slurm)
-            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, jobs))}."
+            check_submittable(slurm, workspace.runs_dir)
+        started = start_sweep(workspace, config, axes, slurm)
+        sweep = started.sweep
+        if started.jobs:
+            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, started.jobs))}."
         else:
-            sweep = create_sweep(self.workbench.run_store, config, points)
-            Queue(self.workbench.workspace).queue_runs(sweep.runs)
             message = f"Queued sweep {sweep.id}: {len(sweep.runs)} runs."
         self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.workbench.action_show, "runs")
@@ -872,18 +771,14 @@ class ConfigScreen(WorkbenchScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="config-start")
     def start_run(self, config: RunConfig, slurm: SlurmOptions | None = None) -> None:
         """Validate once more, create the run folder and launch it detached (or submit it to Slurm); then
-        show it."""
-        problems = preflight.check(config, runs_dir=self.workbench.workspace.runs_dir)
+        show it (`glmcore.start`, as `glmtui train`)."""
+        workspace = self.workbench.workspace
+        problems = run_problems(config, workspace, slurm)
         if problems:
             raise ConfigError("the run cannot start: " + "; ".join(map(str, problems)))
         if slurm is not None:
-            check_submittable(slurm, self.workbench.workspace.runs_dir)
-            config = for_slurm(config, slurm)
-        run = self.workbench.run_store.create(config)
-        self.workbench.workspace.remember_config(run.config_path)
-        self._remember_family(config)
-        if slurm is not None:
-            write_options(run.path, slurm)
+            check_submittable(slurm, workspace.runs_dir)
+        run = create_run(workspace, config, slurm)
         started = run_control.launch(run, detach=True)
         job = f" as Slurm job {started}" if slurm is not None else ""
         self.app.call_from_thread(self._started, run, job)

@@ -19,11 +19,13 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import Worker, WorkerState
 
+from glmcore.evaluate import BASE, EvalError, EvalPlan, new_run_evaluation_folder, plan_evaluation
 from glmcore.runs import Run
 from glmtui.presentation import format_duration, skipped_checkpoint_line
 from glmtui.screens.base import WorkbenchScreen
 
 BASE_LABEL = "base model"
+READY = "space ticks what to compare; ctrl+g evaluates."
 
 
 class EvalProgressed(Message):
@@ -82,7 +84,7 @@ class EvaluateScreen(WorkbenchScreen):
         with Horizontal(id="evaluate-top"):
             yield SelectionList[str](id="evaluate-checkpoints")
             with Vertical(id="evaluate-state"):
-                yield Static("space ticks what to compare; ctrl+g evaluates.", id="evaluate-status")
+                yield Static(READY, id="evaluate-status")
                 yield ProgressBar(id="evaluate-progress", show_eta=False)
         yield DataTable(id="evaluate-metrics", cursor_type="row")
         yield DataTable(id="evaluate-examples", cursor_type="row")
@@ -123,15 +125,17 @@ class EvaluateScreen(WorkbenchScreen):
         checkpoints = run.checkpoints()
         picks = self.query_one("#evaluate-checkpoints", SelectionList)
         picks.clear_options()
-        picks.add_option((BASE_LABEL, "base", True))
+        picks.add_option((BASE_LABEL, BASE, True))
         for number, checkpoint in enumerate(checkpoints):
             picks.add_option((checkpoint.path.name, str(checkpoint.path), number == len(checkpoints) - 1))
-        data = run.config.validation_file or run.config.train_file
-        self.query_one("#evaluate-data", Input).value = str(data)
-        if not checkpoints:
-            self.query_one("#evaluate-status", Static).update(
-                "This run has no complete checkpoint yet; evaluate it after its first save."
-            )
+        data = run.config.validation_file  # as the CLI: never the training file
+        self.query_one("#evaluate-data", Input).value = str(data) if data else ""
+        try:  # what the CLI would refuse for this run, said before anything is ticked
+            plan_evaluation(run)
+        except EvalError as error:
+            self.query_one("#evaluate-status", Static).update(Text(str(error)))
+        else:
+            self.query_one("#evaluate-status", Static).update(READY)
 
     def action_evaluate(self) -> None:
         if self.run is None:
@@ -156,33 +160,28 @@ class EvaluateScreen(WorkbenchScreen):
             )
             return
         limit = int(limit_text) if limit_text else None
+        try:
+            plan = plan_evaluation(self.run, checkpoints=picked, data=Path(data_text))
+        except EvalError as error:
+            self.query_one("#evaluate-status", Static).update(Text(str(error)))
+            self.notify(str(error), severity="error")
+            return
         self._cancel = threading.Event()
         self._loading_since = time.monotonic()
         self._show_loading()
         self.query_one("#evaluate-progress", ProgressBar).display = True
-        self.compare(self.run, picked, Path(data_text), limit, self._cancel)
+        self.compare(plan, new_run_evaluation_folder(self.run, self.workbench.clock()), limit, self._cancel)
 
     def action_cancel(self) -> None:
         self._cancel.set()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="evaluate")
-    def compare(
-        self, run: Run, picked: list[str], data_file: Path, limit: int | None, cancel: threading.Event
-    ) -> None:
-        from glmcore.data import Columns
-        from glmcore.evaluate import EvalSettings, compare, new_run_evaluation_folder
+    def compare(self, plan: EvalPlan, output_root: Path, limit: int | None, cancel: threading.Event) -> None:
+        from glmcore.evaluate import compare
 
-        config = run.config
         comparison = compare(
-            config.model_path,
-            picked,
-            data_file,
-            EvalSettings(
-                max_source_length=config.max_source_length, max_target_length=config.max_target_length
-            ),
-            new_run_evaluation_folder(run, self.workbench.clock()),
-            columns=Columns(config.prompt_column, config.response_column, config.history_column),
-            quantization_bit=config.quantization_bit,
+            **plan.compare_arguments(),
+            output_root=output_root,
             progress=lambda snapshot: self.post_message(EvalProgressed(snapshot)),
             cancel=cancel,
             limit=limit,
