@@ -379,7 +379,8 @@ class GlmApp(App[int]):
         """The demo build's progress (None: not building), shown in the nav bar of whatever screen is up."""
         self.demo_build = fraction
         if isinstance(self.screen, WorkbenchScreen):
-            self.screen.query_one("#nav").refresh()
+            for nav in self.screen.query("#nav"):  # none yet on a screen still being composed
+                nav.refresh()
 
     # requests between screens (glmtui/messages.py)
 

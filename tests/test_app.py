@@ -76,7 +76,7 @@ async def test_the_command_palette_reaches_screens_and_their_actions(tmp_path: P
         assert isinstance(app.screen, RunsScreen)
         await pilot.press("ctrl+p")
         await pilot.press(*"new")
-        await palette_offers_first(pilot, "New")
+        await palette_offers_first(pilot, "Runs: New")
         await pilot.press("enter")
         await pilot.pause()
         assert isinstance(app.screen, ConfigScreen)

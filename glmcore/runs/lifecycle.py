@@ -64,7 +64,9 @@ def _take_trainer_lock(run: Run) -> int:
     """trainer.lock, locked, for a launcher to hand to the trainer it spawns; RunError while a live trainer
     holds it. A trainer that recorded its end is given a few seconds to exit."""
     descriptor = _open_trainer_lock(run)
-    exiting = run.stored_status().state in FINAL_STATES
+    # A run that recorded its end, or whose trainer is gone (crashed), may still have a process on its way out
+    # holding the lock (the trainer exiting, a child it forked): give it a few seconds rather than refuse.
+    exiting = run.status().state in FINAL_STATES
     deadline = time.monotonic() + (TRAINER_EXIT_WAIT_S if exiting else 0.0)
     while True:
         try:
