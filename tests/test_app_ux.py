@@ -13,7 +13,7 @@ from support.waiting import wait_until_in_app
 from textual.widgets import Input, Static
 
 from glmcore.runs import Run
-from glmtui.screens.chat import ChatScreen
+from glmtui.screens.chat import AnswerGrew, ChatScreen
 
 
 @pytest.fixture
@@ -378,3 +378,18 @@ def test_plot_axes_step_in_whole_steps() -> None:
     assert whole_steps([1, 30]) == [10, 20, 30]
     assert whole_steps([5]) == [5]
     assert whole_steps([0, 3000]) == [0, 1000, 2000, 3000]
+
+
+async def test_a_chat_answer_that_looks_like_markup_is_shown_as_it_is(tmp_path: Path) -> None:
+    """A tiny model's answer once held '[=\\ufffd\\n': the transcript shows any text as text, never as markup."""
+    app = make_app(make_workspace(tmp_path / "ws"))
+    answer = "[=\ufffd\n[/] [b]not bold[/b] [link=x]"
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f8")
+        screen = app.screen
+        assert isinstance(screen, ChatScreen)
+        screen.transcript = [("[red]question", "")]
+        screen.post_message(AnswerGrew(answer, done=True))
+        transcript = screen.query_one("#chat-transcript", Static)
+        await wait_until_in_app(pilot, lambda: "not bold" in str(transcript.render()), "the answer drawn")
+        assert str(transcript.render()) == f"you [red]question\nglm {answer}\n"

@@ -12,7 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -287,11 +286,16 @@ class ChatScreen(WorkbenchScreen):
         self._draw()
 
     def _draw(self) -> None:
-        lines = []
-        for query, answer in self.transcript:
-            lines.append(f"[b cyan]you[/] {escape(query)}")
-            lines.append(f"[b green]glm[/] {escape(answer)}\n")
-        self.query_one("#chat-transcript", Static).update("\n".join(lines))
+        """The transcript as text: a model's output (any bytes at all) is never read as markup."""
+        transcript = Text()
+        for turn, (query, answer) in enumerate(self.transcript):
+            if turn:
+                transcript.append("\n")
+            transcript.append("you ", style="bold cyan")
+            transcript.append(f"{query}\n")
+            transcript.append("glm ", style="bold green")
+            transcript.append(f"{answer}\n")
+        self.query_one("#chat-transcript", Static).update(transcript)
         self.query_one("#chat-log", VerticalScroll).scroll_end(animate=False)
 
     def action_clear(self) -> None:
