@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -167,7 +168,7 @@ class DataScreen(WorkbenchScreen):
             f"{preview.count} examples ({preview.skipped} skipped as empty). Rows as training builds them:"
         ]
         lines += [f"[dim]{number}.[/dim] {escape(row)}" for number, row in enumerate(preview.rows, start=1)]
-        self.query_one("#data-preview-text", Static).update("\n".join(lines))
+        self.query_one("#data-preview-text", Static).update(Text.from_markup("\n".join(lines)))
 
     def action_use_in_config(self) -> None:
         source, target = self._value("data-source-length"), self._value("data-target-length")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -94,7 +95,8 @@ class ModelsScreen(WorkbenchScreen):
     def compose_body(self) -> ComposeResult:
         # Paths are shown relative to the models folder named above the table, and the catalog's notes
         # below it whole, so neither table is wider than 80 columns.
-        yield Static(f"[b]In {escape(str(self.workbench.workspace.models_dir))}[/b]", id="models-local-title")
+        models_dir = escape(str(self.workbench.workspace.models_dir))
+        yield Static(Text.from_markup(f"[b]In {models_dir}[/b]"), id="models-local-title")
         local: DataTable = DataTable(id="models-local", cursor_type="row")
         local.add_columns(*MODEL_COLUMNS)
         yield local

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -82,7 +83,7 @@ class WelcomeScreen(WorkbenchScreen):
         with Vertical(id="welcome"):
             models_dir = escape(str(self.workbench.workspace.models_dir))
             text = WELCOME_TEXT.format(models_dir=models_dir, demo_keys=demo_key_lines())
-            yield Static(text, id="welcome-text")
+            yield Static(Text.from_markup(text), id="welcome-text")
             yield ProgressBar(id="demo-progress", total=1.0, show_eta=False)
             yield Static("", id="demo-status")
 
