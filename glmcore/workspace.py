@@ -38,6 +38,20 @@ class WorkspaceError(GlmError):
     """The workspace folder cannot be used (not creatable, not a folder)."""
 
 
+def new_numbered_folder(parent: Path, base: str) -> Path | None:
+    """A new, empty folder ``parent/base`` (or ``base-2``, ``base-3``, ...: the first name free), made here so
+    that two processes never get the same one; None when a thousand names are taken."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        path = parent / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    return None
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so that readers never see a partial file, even across a power cut.
 

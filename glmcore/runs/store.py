@@ -10,6 +10,7 @@ from pathlib import Path
 from glmcore.config import RunConfig
 from glmcore.errors import GlmError, RunError
 from glmcore.runs.folder import CHECKPOINT_PATTERN, Run, now_iso
+from glmcore.workspace import new_numbered_folder
 
 
 def _slug(name: str) -> str:
@@ -33,16 +34,9 @@ class RunStore:
 
     def create(self, config: RunConfig) -> Run:
         """A new run folder holding the config, a ``created`` status and an empty events file."""
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
         base = f"{datetime.now():%Y%m%d-%H%M%S}-{_slug(config.name)}"
-        for attempt in range(1, 1000):
-            path = self.runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
-        else:
+        path = new_numbered_folder(self.runs_dir, base)
+        if path is None:
             raise RunError(f"cannot find a free run folder name for {base} in {self.runs_dir}")
         run = Run(path)
         config.save(run.config_path)

@@ -32,7 +32,7 @@ from pathlib import Path
 from glmcore.errors import GlmError
 from glmcore.process_identity import process_matches, process_start_time
 from glmcore.runs import now_iso
-from glmcore.workspace import Workspace, atomic_write_text
+from glmcore.workspace import Workspace, atomic_write_text, new_numbered_folder
 
 KEY_ENV = "GLMTUI_API_KEY"
 GENERATED_KEY_NAME = "api-key"
@@ -239,16 +239,8 @@ def list_servers(workspace: Workspace) -> list[Server]:
 
 def create_server(workspace: Workspace, plan: ServerPlan) -> Server:
     folder = servers_dir(workspace)
-    folder.mkdir(parents=True, exist_ok=True)
-    base = f"{datetime.now():%Y%m%d-%H%M%S}-{plan.port}"
-    for attempt in range(1, 1000):
-        path = folder / (base if attempt == 1 else f"{base}-{attempt}")
-        try:
-            path.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:
+    path = new_numbered_folder(folder, f"{datetime.now():%Y%m%d-%H%M%S}-{plan.port}")
+    if path is None:
         raise ServeError(f"cannot find a free server folder name in {folder}")
     server = Server(path)
     server.write_plan(plan)
