@@ -68,7 +68,6 @@ async def open_the_run(pilot, *keys: str) -> None:
         ),
         "the run's curve, its log and the first GPU reading",
     )
-    screen.workers.cancel_group(screen, "follow")
     for key in keys:
         await pilot.press(key)
     await pilot.pause()

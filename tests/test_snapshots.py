@@ -261,7 +261,6 @@ def test_training_view(snap_compare, state: str, size: tuple[int, int]) -> None:
             lambda: screen.status is not None and len(screen.query_one("#training-log").lines) >= 3,
             "the run's status and its first log lines",
         )
-        screen.workers.cancel_group(screen, "follow")
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_the_run)

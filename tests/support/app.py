@@ -123,7 +123,7 @@ async def settle(pilot) -> None:
     from textual.worker import WorkerCancelled, WorkerFailed
 
     for worker in list(pilot.app.workers):
-        if not worker.is_finished and worker.group != "follow":
+        if not worker.is_finished:
             with contextlib.suppress(WorkerCancelled, WorkerFailed):
                 await worker.wait()
     # Rows posted by a worker are laid out on a later refresh (a DataTable sizes its columns then).
