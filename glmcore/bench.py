@@ -19,6 +19,7 @@ published `.bin` shards and from safetensors), `vram` (three runs against the es
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import shutil
@@ -112,12 +113,17 @@ def peak_gib() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
 
 
-def reset_peak() -> None:
+def reset_peak() -> float | None:
+    """Starts a new peak; returns what is still allocated (GiB), which the new peak includes: a figure run after
+    others in one process reports it, so that what an earlier figure left behind is told from its own memory."""
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    if not torch.cuda.is_available():
+        return None
+    gc.collect()  # a finished figure's model and trainer may sit in reference cycles that hold their memory
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return round(torch.cuda.memory_allocated() / 2**30, 2)
 
 
 # --- a random checkpoint at the real shape, in the published layout -----------------------------------
@@ -762,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
             if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
                 from glmcore.models.loading import load_model
 
-                reset_peak()
+                allocated_before = reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
                 weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
                 if f"decode{bits}" in wanted:
@@ -790,6 +796,7 @@ def main(argv: list[str] | None = None) -> int:
                         bits=16,
                         **batched_evaluation(model, shape, scale["examples"], scale["batch"], scale["new"]),
                         peak_GiB=peak_gib(),
+                        allocated_before_load_GiB=allocated_before,
                     )
                 del model
                 reset_peak()
