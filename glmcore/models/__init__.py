@@ -1,8 +1,8 @@
 """The registry of model families glmcore implements; a folder's family is found from its `config.json` alone.
 
-Adding a family is its package under glmcore/models/, whose `FAMILY` says everything generic code needs, plus its
-line here (see glmcore/models/family.py for the interface and docs/architecture.md for the list of files). Importing
-this imports no torch.
+Adding a family is its package under glmcore/models/, whose `FAMILY` says everything generic code needs, plus
+its line here (see glmcore/models/family.py for the interface and docs/architecture.md for the list of files).
+Importing this imports no torch.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ from glmcore.models.family import (
 )
 
 FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)
-"""Every family, each its package's `FAMILY` (imported above). The first is the one a command means when none is
-named."""
+"""Every family, each its package's `FAMILY` (imported above)."""
+DEFAULT_FAMILY = FAMILIES[0]
+"""The family a command means when none is named (the demo, the bench)."""
 
 __all__ = [
     "CHATGLM2_6B",
     "CHATGLM3_6B",
     "CHATGLM_6B",
+    "DEFAULT_FAMILY",
     "FAMILIES",
     "ModelFamily",
     "ModelShape",

@@ -10,11 +10,11 @@ A family package provides, in its `__init__.py` and without importing torch:
     detect(config_json: dict, model_dir: Path) -> str | None   # why this folder is this family, or None
     shape(config_json: dict) -> ModelShape                     # the sizes the VRAM estimate needs
 
-and a module `<package>/family_impl.py` whose module-level names are the implementation (`FamilyImplementation`):
-`config_class`, `model_class`, `tokenizer_class`, `training_features`, `conversation_features`,
-`evaluation_prompt_ids`, `reference_text`, `chat_prompt_ids`, `stop_token_ids`, `clean_response`, `new_decoder`,
-`new_prefix_encoder`, `prefix_width`, `write_tiny_checkpoint` and `write_random_checkpoint`. docs/architecture.md
-says what each one does.
+and a module `<package>/family_impl.py` whose module-level names are the implementation
+(`FamilyImplementation`): `config_class`, `model_class`, `tokenizer_class`, `training_features`,
+`conversation_features`, `evaluation_prompt_ids`, `reference_text`, `chat_prompt_ids`, `stop_token_ids`,
+`clean_response`, `new_decoder`, `new_prefix_encoder`, `prefix_width`, `write_tiny_checkpoint` and
+`write_random_checkpoint`. docs/architecture.md says what each one does.
 
 Importing this module imports neither torch nor transformers.
 """
@@ -189,10 +189,11 @@ class ModelFamily:
     tokenizer_file: str
     """The tokenizer file a complete model folder holds."""
     published: Mapping[str, object] = field(compare=False, repr=False)
-    """The published checkpoint's config.json (its `auto_map` left out: nothing from a checkpoint is imported)."""
+    """The published checkpoint's config.json (its `auto_map` left out: nothing from a checkpoint is
+    imported)."""
     special_ids: Mapping[str, int] = field(compare=False, repr=False)
-    """The published model's `gmask_token_id`, `bos_token_id` (sop), `eos_token_id` and `pad_token_id`: what the
-    bench builds its rows of token ids with (its config.json need not name them all)."""
+    """The published model's `gmask_token_id`, `bos_token_id` (sop), `eos_token_id` and `pad_token_id`: what
+    the bench builds its rows of token ids with (its config.json need not name them all)."""
     tiny_config: Mapping[str, object] = field(compare=False, repr=False)
     """The complete config.json of the bench's toy model (`glmtui bench --tiny`), special ids included."""
     tiny_special_ids: Mapping[str, int] = field(compare=False, repr=False)

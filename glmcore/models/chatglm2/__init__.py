@@ -184,9 +184,9 @@ DEMO_SHAPE = {
     "ffn_hidden_size": 352,
     "seq_length": 2048,
 }
-"""The demo model: ChatGLM-6B's demo width and depth, multi-query attention with 2 groups, a SwiGLU MLP with as many
-weights as the GELU one (3 × 352 ≈ 2 × 512), and ChatGLM-6B's 2048 positions (room for chat's 512-token
-answers); ChatGLM3-6B's is the same."""
+"""The demo model: ChatGLM-6B's demo width and depth, multi-query attention with 2 groups, a SwiGLU MLP with
+as many weights as the GELU one (3 × 352 ≈ 2 × 512), and ChatGLM-6B's 2048 positions (room for chat's
+512-token answers); ChatGLM3-6B's is the same."""
 
 FAMILY = ModelFamily(
     name=NAME,
@@ -206,7 +206,7 @@ FAMILY = ModelFamily(
         # models, ChatGLM2-6B's weights and tokenizer model under /chatglm2-6b.
         tsinghua_share="https://cloud.tsinghua.edu.cn/d/674208019e314311ab5c/",
         tsinghua_folder="/chatglm2-6b",
-        note="ChatGLM-6B's successor (multi-query attention, 32K positions); 12 GB of FP16 weights in 7 shards; "
-        "its manifest comes from a mirror, so the hub may have moved on",
+        note="ChatGLM-6B's successor (multi-query attention, 32K positions); 12 GB of FP16 weights in 7 "
+        "shards; its manifest comes from a mirror, so the hub may have moved on",
     ),
 )
