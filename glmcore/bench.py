@@ -1,6 +1,6 @@
 """The benchmark suite: a model family at its real shape with random weights, through the product's code paths.
 
-`python -m glmcore.bench [--family chatglm-6b|chatglm2-6b|chatglm3-6b] [--tiny] [--only NAME,...]
+`python -m glmcore.bench [--family NAME] [--tiny] [--only NAME,...]
 [--workdir DIR]` prints one JSON object per figure:
 the card, library versions, settings and value. Tokens/s count real tokens (these rows have no padding);
 peak memory is `torch.cuda.max_memory_allocated()`. The card's copy bandwidth is measured in the same run,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -276,6 +276,13 @@ def family_names() -> str:
         family.name + (f" (or {', '.join(family.aliases)})" if family.aliases else "")
         for family in families()
     )
+
+
+def family_titles(listed: Iterable[ModelFamily], last: str = "and") -> str:
+    """The families' titles as words of a sentence: "ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B" (`last` "or":
+    "... or ChatGLM3-6B")."""
+    titles = [family.title for family in listed]
+    return f"{', '.join(titles[:-1])} {last} {titles[-1]}" if len(titles) > 1 else "".join(titles)
 
 
 def read_config_json(model_dir: Path) -> dict:

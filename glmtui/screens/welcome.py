@@ -20,6 +20,7 @@ from textual.widgets import ProgressBar, Static
 from textual.worker import Worker
 
 from glmcore.models import FAMILIES, ModelFamily, family_named
+from glmcore.models.family import family_titles
 from glmtui.messages import EditConfig
 from glmtui.screens.base import WorkbenchScreen
 
@@ -37,11 +38,6 @@ cores, longer while the CPU is busy.
 """
 
 
-def listing(names: list[str], last: str) -> str:
-    """ "A, B and C" (`last` "and"), "A" for one name."""
-    return f"{', '.join(names[:-1])} {last} {names[-1]}" if len(names) > 1 else "".join(names)
-
-
 def demo_line(family: ModelFamily) -> str:
     """A family's key, its demo, and the same from the shell."""
     demo = f"{family.title} demo"
@@ -51,10 +47,10 @@ def demo_line(family: ModelFamily) -> str:
 def welcome_text(models_dir: str) -> str:
     """The screen's text: the registry's families, their demo keys, and those the Models screen downloads."""
     return WELCOME_TEXT.format(
-        titles=listing([family.title for family in FAMILIES], "and"),
+        titles=family_titles(FAMILIES),
         models_dir=models_dir,
         demo_keys="".join(map(demo_line, FAMILIES)),
-        downloads=listing([family.title for family in FAMILIES if family.download], "or"),
+        downloads=family_titles([family for family in FAMILIES if family.download], "or"),
     )
 
 
