@@ -27,6 +27,7 @@ GROUND_FLOOR = (
     "glmcore.examples",
     "glmcore.models.family",
     "glmcore.models.fused",
+    "glmcore.models.head",
     "glmcore.models.shards",
 )
 """The generic modules a family builds on; they import no family, no registry and nothing above them."""
