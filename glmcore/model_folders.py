@@ -79,10 +79,8 @@ def describe_model_folder(path: Path) -> ModelFolderState:
 
     try:
         folder = inspect_model_folder(path, family.name)
-    except (GlmError, OSError, ValueError, KeyError, TypeError) as error:
-        return ModelFolderState(
-            path, "unreadable", f"{path}'s weight index cannot be read ({error})", size, family
-        )
+    except GlmError as error:
+        return ModelFolderState(path, "unreadable", str(error), size, family)
     if not folder.complete:
         return ModelFolderState(
             path,

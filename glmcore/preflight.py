@@ -29,7 +29,8 @@ from glmcore.config import (
 )
 from glmcore.data import Columns, DataError, load_examples
 from glmcore.errors import GlmError
-from glmcore.workspace import MODEL_CONFIG_NAME, Workspace, model_folder_problems
+from glmcore.models.checkpoint import model_folder_problems
+from glmcore.workspace import MODEL_CONFIG_NAME, Workspace
 
 CHECKPOINT_SETTINGS = frozenset({"max_steps", "save_steps", "save_total_limit", "eval_steps"})
 """The settings the disk check counts checkpoints from: it waits until their values are valid (save_steps = 0

@@ -18,9 +18,12 @@ from textual.widgets import DataTable, Input, Select, Static
 
 from glmcore import preflight
 from glmcore.config import RunConfig, validate
+from glmcore.errors import GlmError
 from glmcore.model_folders import list_model_folders
 from glmcore.models import UnsupportedModel, family_for, family_named
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
+from glmcore.models.checkpoint import convert_to_safetensors
+from glmcore.models.loading import load_model
 from glmcore.workspace import Workspace
 from glmtui.cli import main
 
@@ -225,3 +228,21 @@ async def test_the_config_editor_offers_the_family_when_config_json_does_not_tel
         await settle(pilot)
         assert workspace.chosen_family(unclear) == "chatglm3-6b"
         assert list_model_folders(workspace)[-1].state == "ready"
+
+
+def test_the_models_list_preflight_and_the_loader_agree_on_a_folder_missing_a_shard(tmp_path: Path) -> None:
+    # Converted to safetensors, then one of the .bin shards its index still names deleted: the Models list
+    # called it ready and the loader loaded it, while preflight refused it. One check now answers all three.
+    folder = shutil.copytree(GOLDEN / "tiny-chatglm6b", tmp_path / "models" / "tiny")
+    convert_to_safetensors(folder)
+    shard = "pytorch_model-00002-of-00008.bin"
+    (folder / shard).unlink()
+
+    [listed] = list_model_folders(Workspace(tmp_path))
+    assert listed.state == "incomplete" and listed.missing == (shard,)
+    assert [problem.message for problem in preflight.model_problems(folder)] == [
+        f"{folder} lacks 1 of the 8 weight shards named by pytorch_model.bin.index.json: {shard}; download the "
+        "model with `glmtui download` or point model_path at a complete folder"
+    ]
+    with pytest.raises(GlmError, match=f"is incomplete: missing {shard}"):
+        load_model(folder)

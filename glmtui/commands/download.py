@@ -29,7 +29,8 @@ from glmcore.download import (
     run_download,
 )
 from glmcore.errors import GlmError
-from glmcore.workspace import Workspace, model_folder_problems
+from glmcore.models.checkpoint import model_folder_problems
+from glmcore.workspace import Workspace
 
 EXIT_CANCELLED = 130
 
