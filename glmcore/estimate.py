@@ -26,11 +26,10 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from glmcore.models.family import ModelShape
+from glmcore.units import GIB, format_gib
 
 if TYPE_CHECKING:
     from glmcore.config import RunConfig
-
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -140,11 +139,11 @@ class GpuFit:
     def sentence(self) -> str:
         if self.free_bytes is None:
             return f"GPU {self.gpu}: free memory unknown."
-        free = f"GPU {self.gpu}: {self.free_bytes / GIB:.1f} GiB free"
+        free = f"GPU {self.gpu}: {format_gib(self.free_bytes)} GiB free"
         if self.fits:
-            return f"{free}; the run fits (it needs {self.need_bytes / GIB:.1f} GiB)."
+            return f"{free}; the run fits (it needs {format_gib(self.need_bytes)} GiB)."
         return (
-            f"{free}, less than the {self.need_bytes / GIB:.1f} GiB the run needs: it may run out of memory."
+            f"{free}, less than the {format_gib(self.need_bytes)} GiB the run needs: it may run out of memory."
         )
 
 

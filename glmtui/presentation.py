@@ -80,7 +80,7 @@ def model_state_text(folder: ModelFolderState) -> Text:
 
 def model_cells(folder: ModelFolderState, models_dir: Path) -> tuple[str, str, str, Text]:
     """A model folder's row: its path under models/, family, size and state (a `Text`: never markup)."""
-    from glmcore.download import format_bytes
+    from glmcore.units import format_bytes
 
     inside = folder.path.is_relative_to(models_dir)
     name = str(folder.path.relative_to(models_dir)) if inside else str(folder.path)

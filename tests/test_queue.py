@@ -28,9 +28,10 @@ from glmcore.config import ConfigError, RunConfig
 from glmcore.estimate import estimate_vram
 from glmcore.gpu import GpuSnapshot, RecordedGpuBackend
 from glmcore.models.family import ModelShape
-from glmcore.queue import GIB, Candidate, Occupant, Queue, QueueSettings, admit
+from glmcore.queue import Candidate, Occupant, Queue, QueueSettings, admit
 from glmcore.runs import Run, RunError, launch
 from glmcore.sweep import SweepError, expand, parse_sets, sweep_of
+from glmcore.units import GIB
 from glmcore.workspace import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"

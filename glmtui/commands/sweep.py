@@ -16,10 +16,11 @@ from rich.markup import escape
 from rich.text import Text
 
 from glmcore.errors import GlmError
-from glmcore.queue import GIB, estimate_need
+from glmcore.queue import estimate_need
 from glmcore.runs import Run
 from glmcore.start import start_sweep, sweep_points
 from glmcore.sweep import Sweep, parse_sets, problems
+from glmcore.units import format_gib
 from glmcore.workspace import Workspace
 from glmtui.commands.train import add_slurm_arguments, load_config, print_cautions, slurm_options
 from glmtui.presentation import state_text
@@ -66,7 +67,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs queued.")
     for run, point in zip(sweep.runs, started.points, strict=True):
         need = estimate_need(run) if run.config.gpus else None
-        needs = f"{need / GIB:.1f} GiB per GPU" if need is not None else "the CPU"
+        needs = f"{format_gib(need)} GiB per GPU" if need is not None else "the CPU"
         console.print(Text(f"  {run.id}  {point.label}  (needs {needs})"))
     if started.worker is not None:
         console.print(f"Started the queue worker (pid {started.worker}); it exits when the queue is empty.")

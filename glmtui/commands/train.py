@@ -31,13 +31,13 @@ from glmcore.slurm.script import (
     requested_options,
 )
 from glmcore.start import create_run, run_problems
+from glmcore.units import format_gib
 from glmcore.workspace import Workspace
 from glmtui.presentation import progress_summary
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
 FORCE_GRACE_S = 10.0
-GIB = 2**30
 
 
 def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
@@ -47,7 +47,7 @@ def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = Tr
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
-    console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
+    console.print(f"VRAM estimate: {format_gib(estimate.total)} GiB per GPU")
     if not here:
         return
     if not config.gpus:

@@ -37,7 +37,6 @@ from glmcore import preflight
 from glmcore import runs as run_control
 from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, cautions
 from glmcore.data import SUPPORTED_SUFFIXES
-from glmcore.download import format_bytes
 from glmcore.errors import GlmError
 from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
@@ -54,6 +53,7 @@ from glmcore.slurm.script import (
 from glmcore.start import create_run, run_problems, start_sweep, sweep_points
 from glmcore.sweep import SweepPoint, expand, format_value
 from glmcore.sweep import problems as sweep_problems
+from glmcore.units import format_bytes, format_gib
 from glmtui.config_form import (
     CHOICE_FIELDS,
     INTEGER_FIELDS,
@@ -73,7 +73,6 @@ from glmtui.messages import DataChoice, OpenRun
 from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
 
-GIB = 2**30
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
 FIELD_LABELS = {
     "name": "Name",
@@ -266,7 +265,7 @@ def sweep_text(sweep: list[tuple[SweepPoint, int | None]]) -> Text:
     names = " × ".join(dict.fromkeys(key for point, _ in sweep for key in point.values))
     text = Text(f"Sweep: {len(sweep)} runs ({names})\n", style="bold")
     for point, need in sweep:
-        needs = f"{need / GIB:.1f} GiB" if need is not None else "VRAM unknown"
+        needs = f"{format_gib(need)} GiB" if need is not None else "VRAM unknown"
         text.append(f"  {point.short_label}: {needs}\n")
     return text
 

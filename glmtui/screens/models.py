@@ -22,10 +22,11 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker
 
 from glmcore.catalog import MODELS
-from glmcore.download import DownloadProgress, format_bytes
+from glmcore.download import DownloadProgress
 from glmcore.errors import GlmError
 from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
 from glmcore.models import FAMILIES
+from glmcore.units import format_bytes
 from glmtui.presentation import MODEL_COLUMNS, format_duration, model_cells, model_detail
 from glmtui.screens.base import WorkbenchScreen
 
