@@ -278,7 +278,7 @@ async def test_a_sweeps_endings_share_one_notification(tmp_path: Path) -> None:
 async def test_without_nvidia_the_gpu_panel_shows_this_machines_cpu_and_memory(tmp_path: Path) -> None:
     from glmcore.gpu import GpuSnapshot
     from glmcore.gpu.snapshot import NO_DRIVER_REASON
-    from glmtui.gpu_text import SHOWING_HOST
+    from glmtui.text.gpus import SHOWING_HOST
     from glmtui.widgets.gpu_panel import GpuPanel
 
     app = make_app(make_workspace(tmp_path / "ws", with_model=False))

@@ -22,7 +22,7 @@ from glmcore.runs import Run, RunStore, launch, resume
 from glmcore.slurm.gpus import MAX_FILE_BYTES, append_sample, latest_readings, merged_snapshot, samples_path
 from glmcore.slurm.jobs import gpu_count
 from glmcore.slurm.script import SlurmOptions, SlurmOptionsError, job_script, write_options
-from glmtui.gpu_text import node_heading
+from glmtui.text.gpus import node_heading
 
 train_file = distributed_train_file
 """The two-rank tests' data (16 rows), shared so a one-node and a two-node run split it the same way."""

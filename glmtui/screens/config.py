@@ -68,10 +68,10 @@ from glmtui.config_form import (
     parse_gpus,
     read_form,
 )
-from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.gpus import compact_gpu_rows
 
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
 FIELD_LABELS = {

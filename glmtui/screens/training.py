@@ -23,10 +23,10 @@ from glmcore.gpu import GpuSnapshot
 from glmcore.runs import Run, RunStatus, latest_by_step
 from glmcore.runs_watcher import RunsLook
 from glmcore.slurm.gpus import NodeReading, merged_snapshot
-from glmtui.gpu_text import node_heading
 from glmtui.preferences import Preferences
 from glmtui.presentation import event_sentence, format_duration, slurm_detail
 from glmtui.screens.run_actions import RunActions
+from glmtui.text.gpus import node_heading
 from glmtui.widgets.gpu_panel import GpuPanel
 from glmtui.widgets.marked_log import MarkedLog
 
