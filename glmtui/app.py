@@ -31,9 +31,9 @@ from glmcore.runs_watcher import RunsLook, RunsWatcher
 from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
-from glmtui.presentation import ending_sentence
 from glmtui.screens.base import NAVIGATION, WorkbenchScreen
 from glmtui.screens.help import PALETTE_KEY, HelpScreen, described, key_names
+from glmtui.text.runs import ending_sentence
 
 Clock = Callable[[], datetime]
 AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)

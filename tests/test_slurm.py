@@ -291,7 +291,7 @@ def test_a_waiting_job_shows_slurms_reason_and_a_sweep_becomes_jobs(
                 "Resources",
                 "Priority",
             )
-        assert "2 runs submitted to Slurm" in swept.stdout
+        assert "to Slurm (Slurm is their queue): jobs " in " ".join(swept.stdout.split())
         refused = glmtui(
             tmp_path / "ws",
             "train",

@@ -17,7 +17,8 @@ from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
-from glmtui.presentation import family_title, fit_run_columns, run_cells, slurm_detail, state_text
+from glmtui.text.models import family_title
+from glmtui.text.runs import fit_run_columns, run_cells, slurm_detail, state_text
 
 PIPED_WIDTH = 200
 COLUMNS = ("Run", "State", "Family", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")

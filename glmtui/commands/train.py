@@ -16,11 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.text import Text
 
 from glmcore import preflight
 from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStatus, describe_resume, launch, stop
+from glmcore.runs import EventTail, Run, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.slurm.script import (
     SCRIPT_FILE,
@@ -31,9 +32,10 @@ from glmcore.slurm.script import (
     requested_options,
 )
 from glmcore.start import create_run, run_problems
-from glmcore.units import format_gib
 from glmcore.workspace import Workspace
-from glmtui.presentation import progress_summary
+from glmtui.text.estimate import estimate_line
+from glmtui.text.queue import worker_started_sentence
+from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
@@ -47,7 +49,7 @@ def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = Tr
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
-    console.print(f"VRAM estimate: {format_gib(estimate.total)} GiB per GPU")
+    console.print(estimate_line(estimate.total))
     if not here:
         return
     if not config.gpus:
@@ -89,7 +91,7 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
                     task,
                     completed=status.step,
                     total=status.total or None,
-                    detail=waiting_text(status) or progress_summary(last_log),
+                    detail=slurm_wait(status) or progress_summary(last_log),
                 )
                 ended = not (status.is_active or status.waits_in_slurm)
                 if process.poll() is not None if process is not None else ended:
@@ -115,21 +117,12 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
     return report_end(run, console)
 
 
-def waiting_text(status: RunStatus) -> str | None:
-    """A Slurm run not training yet: why its job waits, or where it is starting."""
-    if not status.waits_in_slurm:
-        return None
-    if status.pending_reason:
-        return f"Slurm job {status.slurm_job} waits: {status.pending_reason}"
-    return f"Slurm job {status.slurm_job} starting on {', '.join(status.nodes) or 'its nodes'}…"
-
-
 def report_end(run: Run, console: Console) -> int:
     """Say how the run ended; for a failure or crash add its reason and the log's last lines."""
     status = run.status()
     checkpoint = run.latest_checkpoint()
     saved = f"; latest checkpoint: {checkpoint.path}" if checkpoint else ""
-    console.print(f"Run {run.id} {status.state} at step {status.step}/{status.total}{escape(saved)}.")
+    console.print(Text(run_end_sentence(run.id, status, saved)))
     if status.state in ("finished", "stopped"):
         if status.state == "stopped":
             console.print(f"Continue it with `glmtui resume {run.id}`.")
@@ -175,7 +168,7 @@ def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
     [position], pid = queue.queue_runs([run])
     console.print(f"Queued it at position {position}; it starts when its GPUs have room (`glmtui queue`).")
     if pid is not None:
-        console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
+        console.print(Text(worker_started_sentence(pid, queue.worker_log_path)))
     return 0
 
 

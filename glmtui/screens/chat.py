@@ -24,8 +24,8 @@ from textual.worker import Worker, WorkerState
 from glmcore.chat import ChatError, ChatPlan, ChatSettings, plan_chat
 from glmcore.errors import GlmError
 from glmcore.runs import Run
-from glmtui.presentation import format_duration
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration
 
 BASE = "base"
 

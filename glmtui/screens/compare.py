@@ -3,7 +3,7 @@
 One plot overlays every run's training loss (and its validation loss, where it evaluated while training); below it
 the runs best first by the chosen metric (b picks the next one) with their losses, speed, memory, time and
 evaluation metrics, and the settings whose values differ between them. The figures are glmcore.compare's, the
-text the shared presentation module's, as `glmtui compare` prints them.
+text glmtui.text.compare's, as `glmtui compare` prints them.
 """
 
 from __future__ import annotations
@@ -18,13 +18,8 @@ from textual_plotext import PlotextPlot
 
 from glmcore.compare import METRICS, RunComparison, compare_runs, order
 from glmcore.runs import Run
-from glmtui.presentation import (
-    comparison_columns,
-    comparison_heading,
-    comparison_rows,
-    setting_rows,
-)
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
 
 ORDER_CHOICES = ("eval_loss", "final_loss", "best_loss", "bleu-4", "rouge-l", "tokens_per_s", "duration_s")
 """What b steps through (every metric of glmcore.compare.METRICS is available to `glmtui compare --by`)."""

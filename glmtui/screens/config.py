@@ -42,6 +42,7 @@ from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, g
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family
 from glmcore.models import FAMILIES, family_for
+from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
 from glmcore.slurm.script import (
@@ -53,7 +54,7 @@ from glmcore.slurm.script import (
 from glmcore.start import create_run, run_problems, start_sweep, sweep_points
 from glmcore.sweep import SweepPoint, expand, format_value
 from glmcore.sweep import problems as sweep_problems
-from glmcore.units import format_bytes, format_gib
+from glmcore.units import format_bytes
 from glmtui.config_form import (
     CHOICE_FIELDS,
     INTEGER_FIELDS,
@@ -69,9 +70,11 @@ from glmtui.config_form import (
     read_form,
 )
 from glmtui.messages import DataChoice, OpenRun
-from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.estimate import sweep_need
 from glmtui.text.gpus import compact_gpu_rows
+from glmtui.text.models import family_title
+from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
 
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
 FIELD_LABELS = {
@@ -265,8 +268,7 @@ def sweep_text(sweep: list[tuple[SweepPoint, int | None]]) -> Text:
     names = " × ".join(dict.fromkeys(key for point, _ in sweep for key in point.values))
     text = Text(f"Sweep: {len(sweep)} runs ({names})\n", style="bold")
     for point, need in sweep:
-        needs = f"{format_gib(need)} GiB" if need is not None else "VRAM unknown"
-        text.append(f"  {point.short_label}: {needs}\n")
+        text.append(f"  {point.short_label}: {sweep_need(need)}\n")
     return text
 
 
@@ -761,9 +763,11 @@ class ConfigScreen(WorkbenchScreen):
         started = start_sweep(workspace, config, axes, slurm)
         sweep = started.sweep
         if started.jobs:
-            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, started.jobs))}."
+            message = sweep_submitted_sentence(sweep.id, started.jobs)
         else:
-            message = f"Queued sweep {sweep.id}: {len(sweep.runs)} runs."
+            message = sweep_queued_sentence(sweep.id, len(sweep.runs))
+            if started.worker is not None:
+                message += " " + worker_started_sentence(started.worker, Queue(workspace).worker_log_path)
         self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.workbench.action_show, "runs")
 

@@ -21,8 +21,9 @@ from textual.worker import Worker, WorkerState
 
 from glmcore.evaluate import BASE, EvalError, EvalPlan, new_run_evaluation_folder, plan_evaluation
 from glmcore.runs import Run
-from glmtui.presentation import format_duration, skipped_checkpoint_line
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration, speed_and_eta
+from glmtui.text.runs import skipped_checkpoint_line
 
 BASE_LABEL = "base model"
 READY = "space ticks what to compare; ctrl+g evaluates."
@@ -195,8 +196,7 @@ class EvaluateScreen(WorkbenchScreen):
         bar.update(total=progress.total, progress=progress.done)
         self.query_one("#evaluate-status", Static).update(
             f"{progress.label} ({progress.evaluation}/{progress.evaluations}): {progress.phase} "
-            f"{progress.done}/{progress.total}, {progress.tokens_per_second:,.0f} tok/s, "
-            f"ETA {format_duration(progress.eta_seconds)}"
+            f"{progress.done}/{progress.total}, {speed_and_eta(progress.tokens_per_second, progress.eta_seconds)}"
         )
 
     def on_eval_finished(self, message: EvalFinished) -> None:

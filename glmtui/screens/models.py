@@ -27,8 +27,9 @@ from glmcore.errors import GlmError
 from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
 from glmcore.models import FAMILIES
 from glmcore.units import format_bytes
-from glmtui.presentation import MODEL_COLUMNS, format_duration, model_cells, model_detail
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration
+from glmtui.text.models import MODEL_COLUMNS, model_cells, model_detail
 
 SHOWN_FILES = 4
 

@@ -27,9 +27,18 @@ from glmcore.runs import Run, RunStatus
 from glmcore.runs_watcher import RunsLook
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
-from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, slurm_detail, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
+from glmtui.text.figures import MISSING
+from glmtui.text.models import family_title
+from glmtui.text.queue import (
+    moved_sentence,
+    queue_wait,
+    started_now_sentence,
+    unqueued_sentence,
+    worker_started_sentence,
+)
+from glmtui.text.runs import fit_run_columns, run_cells, slurm_detail, state_text
 
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 # Run and Step grow to their longest value (they change only when runs come or go).
@@ -114,7 +123,7 @@ def queue_text(rows: list[RunRow]) -> Text:
     text = Text(QUEUE_KEYS if queued else "", style="dim")
     for row in queued[:QUEUE_LINES]:
         decision = row.queued
-        why = decision.reason if not decision.admitted else "starts at the worker's next look"
+        why = queue_wait(decision)
         text.append(f"{decision.position} ", style="bold")
         text.append(f"{row.run.id}: ")
         text.append(why, style="yellow" if not decision.admitted else "green")
@@ -226,10 +235,7 @@ class RunsScreen(RunActions):
         if planned and (pid := queue.ensure_worker()) is not None:
             # Queued runs with no live worker (it was killed, or they were queued from elsewhere): start one,
             # as `glmtui train --queue` does, so nothing waits for a worker that is not there.
-            self.app.call_from_thread(
-                self.notify,
-                f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
-            )
+            self.app.call_from_thread(self.notify, worker_started_sentence(pid, queue.worker_log_path))
         statuses = look.statuses or {}
         newest_first = sorted([*statuses, *look.unreadable], key=lambda run: run.id, reverse=True)
         for run, _ in group_runs(newest_first):
@@ -402,12 +408,12 @@ class RunsScreen(RunActions):
     def queue_action(self, run: Run, action: str, offset: int = 0) -> None:
         queue = Queue(self.workbench.workspace)
         if action == "move":
-            said = f"{run.id} is now number {queue.move(run, offset)} in the queue."
+            said = moved_sentence(run.id, queue.move(run, offset))
         elif action == "start":
-            said = f"Started {run.id} now, ahead of the queue (pid {queue.start_now(run)})."
+            said = started_now_sentence(run.id, queue.start_now(run))
         else:
             queue.cancel(run)
-            said = f"Took {run.id} off the queue; r starts it later."
+            said = unqueued_sentence(run.id)
         self.app.call_from_thread(self.notify, said)
         self.app.call_from_thread(self.refresh_runs)
 

@@ -24,9 +24,10 @@ from glmcore.runs import Run, RunStatus, latest_by_step
 from glmcore.runs_watcher import RunsLook
 from glmcore.slurm.gpus import NodeReading, merged_snapshot
 from glmtui.preferences import Preferences
-from glmtui.presentation import event_sentence, format_duration, slurm_detail
 from glmtui.screens.run_actions import RunActions
+from glmtui.text.figures import format_duration
 from glmtui.text.gpus import node_heading
+from glmtui.text.runs import event_sentence, slurm_detail
 from glmtui.widgets.gpu_panel import GpuPanel
 from glmtui.widgets.marked_log import MarkedLog
 
