@@ -142,9 +142,7 @@ class GpuFit:
         free = f"GPU {self.gpu}: {format_gib(self.free_bytes)} GiB free"
         if self.fits:
             return f"{free}; the run fits (it needs {format_gib(self.need_bytes)} GiB)."
-        return (
-            f"{free}, less than the {format_gib(self.need_bytes)} GiB the run needs: it may run out of memory."
-        )
+        return f"{free}, less than the {format_gib(self.need_bytes)} GiB the run needs: it may run out of memory."
 
 
 def gpu_fits(estimate: VramEstimate, gpus: Sequence[int], free: Mapping[int, int]) -> list[GpuFit]:

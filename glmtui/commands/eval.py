@@ -191,7 +191,7 @@ def metrics_table(comparison) -> Table:
 
 def run_with_progress(console: Console, arguments: dict):
     """Run the comparison on a worker thread, so that Ctrl-C cancels it cleanly."""
-    from glmcore.evaluate import compare
+    from glmcore.evaluate import compare_checkpoints
 
     cancel = threading.Event()
     outcome: dict[str, object] = {}
@@ -220,7 +220,7 @@ def run_with_progress(console: Console, arguments: dict):
 
         def work() -> None:
             try:
-                outcome["result"] = compare(**arguments, progress=show, cancel=cancel)
+                outcome["result"] = compare_checkpoints(**arguments, progress=show, cancel=cancel)
             except BaseException as error:  # handed to the main thread, which re-raises it
                 outcome["error"] = error
 

@@ -1,5 +1,5 @@
-"""Runs side by side as text: `glmtui compare` and the Compare screen (columns, rows best first, differing settings).
-"""
+"""Runs side by side as text, for `glmtui compare` and the Compare screen: columns, rows best first, the
+settings that differ."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Model folders as text: the Models screen and `glmtui models` (state words and styles, rows, details).
-"""
+"""Model folders as text: the Models screen and `glmtui models` (state words and styles, rows, details)."""
 
 from __future__ import annotations
 
