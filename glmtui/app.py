@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import TypeVar
@@ -48,23 +49,21 @@ def describe_error(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+@dataclass
 class RunsChanged(Message):
     """A look at the run folders from the runs watcher thread, with the runs and sweeps seen ending in it."""
 
-    def __init__(self, look: RunsLook, endings: list[Ending], problem: str | None) -> None:
-        super().__init__()
-        self.look = look
-        self.endings = endings
-        self.problem = problem
-        """Why notify.toml's command cannot be used, when it cannot."""
+    look: RunsLook
+    endings: list[Ending]
+    problem: str | None
+    """Why notify.toml's command cannot be used, when it cannot."""
 
 
+@dataclass
 class GpuSampled(Message):
     """A new GPU snapshot from the sampler thread."""
 
-    def __init__(self, snapshot: GpuSnapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
+    snapshot: GpuSnapshot
 
 
 TASKS: tuple[tuple[str, str, str], ...] = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -21,7 +22,7 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
-from glmcore.chat import ChatError, ChatPlan, ChatSettings, plan_chat
+from glmcore.chat import ChatError, ChatPlan, ChatSession, ChatSettings, plan_chat
 from glmcore.errors import GlmError
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
@@ -30,26 +31,23 @@ from glmtui.text.figures import format_duration
 BASE = "base"
 
 
+@dataclass
 class ChatLoaded(Message):
-    def __init__(self, session: object, description: str) -> None:
-        super().__init__()
-        self.session = session
-        self.description = description
+    session: ChatSession
+    description: str
 
 
+@dataclass
 class ChatLoadStep(Message):
     """The model load reached ``step`` ("the tokenizer", "the weights")."""
 
-    def __init__(self, step: str) -> None:
-        super().__init__()
-        self.step = step
+    step: str
 
 
+@dataclass
 class AnswerGrew(Message):
-    def __init__(self, text: str, done: bool) -> None:
-        super().__init__()
-        self.text = text
-        self.done = done
+    text: str
+    done: bool
 
 
 class ChatScreen(WorkbenchScreen):
@@ -71,7 +69,7 @@ class ChatScreen(WorkbenchScreen):
     def __init__(self) -> None:
         super().__init__()
         self.run: Run | None = None
-        self.session: object | None = None
+        self.session: ChatSession | None = None
         self.transcript: list[tuple[str, str]] = []
         self._cancel = threading.Event()
         self.waiting: str | None = None

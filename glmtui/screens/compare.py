@@ -8,6 +8,8 @@ text glmtui.text.compare's, as `glmtui compare` prints them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -27,10 +29,9 @@ COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow", "white"
 """One colour per run, its training curve and validation dots alike; #N in the table is the Nth colour."""
 
 
+@dataclass
 class Compared(Message):
-    def __init__(self, comparison: RunComparison) -> None:
-        super().__init__()
-        self.comparison = comparison
+    comparison: RunComparison
 
 
 class CompareScreen(WorkbenchScreen):

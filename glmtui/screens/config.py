@@ -117,40 +117,29 @@ SLURM_FIELDS = {
 """The Slurm rows, shown when "Where" is Slurm; each is the SlurmOptions field after ``slurm_``."""
 
 
+@dataclasses.dataclass
 class SlurmFound(Message):
     """What sinfo says about the cluster this machine submits to (nothing: no cluster answers)."""
 
-    def __init__(self, partitions: list[Partition], defaults: SlurmOptions) -> None:
-        super().__init__()
-        self.partitions = partitions
-        self.defaults = defaults
+    partitions: list[Partition]
+    defaults: SlurmOptions
 
 
+@dataclasses.dataclass
 class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimates (or why this model's cannot be made)."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        problems: list[Problem],
-        estimates: Estimates,
-        saved: bool,
-        sweep: list[tuple[SweepPoint, int | None]] | None = None,
-        family: str = "",
-        family_unclear: bool = False,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.problems = problems
-        self.estimates = estimates
-        self.saved = saved
-        """Whether the file ctrl+s writes already holds exactly this config."""
-        self.sweep = sweep
-        """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
-        self.family = family
-        """The model folder's family title ("" when the folder cannot be read)."""
-        self.family_unclear = family_unclear
-        """Whether config.json alone does not tell the folder's family, so the form offers the Family row."""
+    config: RunConfig
+    problems: list[Problem]
+    estimates: Estimates
+    saved: bool
+    """Whether the file ctrl+s writes already holds exactly this config."""
+    sweep: list[tuple[SweepPoint, int | None]] | None = None
+    """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
+    family: str = ""
+    """The model folder's family title ("" when the folder cannot be read)."""
+    family_unclear: bool = False
+    """Whether config.json alone does not tell the folder's family, so the form offers the Family row."""
 
 
 @dataclasses.dataclass(frozen=True)

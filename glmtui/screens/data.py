@@ -45,10 +45,9 @@ class Preview:
     skipped: int
 
 
+@dataclass
 class DataPreviewed(Message):
-    def __init__(self, preview: Preview) -> None:
-        super().__init__()
-        self.preview = preview
+    preview: Preview
 
 
 class DataScreen(WorkbenchScreen):

@@ -11,6 +11,7 @@ callback and a cancel event. Cancelling leaves ``.part`` files; downloading agai
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from rich.markup import escape
 from rich.text import Text
@@ -34,16 +35,14 @@ from glmtui.text.models import MODEL_COLUMNS, model_cells, model_detail
 SHOWN_FILES = 4
 
 
+@dataclass
 class LocalModelsRead(Message):
-    def __init__(self, folders: list[ModelFolderState]) -> None:
-        super().__init__()
-        self.folders = folders
+    folders: list[ModelFolderState]
 
 
+@dataclass
 class DownloadProgressed(Message):
-    def __init__(self, progress: DownloadProgress) -> None:
-        super().__init__()
-        self.progress = progress
+    progress: DownloadProgress
 
 
 def describe_download(progress: DownloadProgress) -> str:

@@ -103,12 +103,11 @@ def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, 
     return fit_run_columns(widths, width, CELL_PADDING, empty)
 
 
+@dataclass
 class RunsRead(Message):
-    def __init__(self, rows: list[RunRow], queue_problem: str | None = None) -> None:
-        super().__init__()
-        self.rows = rows
-        self.queue_problem = queue_problem
-        """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
+    rows: list[RunRow]
+    queue_problem: str | None = None
+    """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
 
 
 QUEUE_LINES = 3

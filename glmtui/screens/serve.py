@@ -40,11 +40,10 @@ class ServerRow:
     requests: list[dict]
 
 
+@dataclass
 class ServersRead(Message):
-    def __init__(self, rows: list[ServerRow], models: list[str]) -> None:
-        super().__init__()
-        self.rows = rows
-        self.models = models
+    rows: list[ServerRow]
+    models: list[str]
 
 
 class ServeScreen(WorkbenchScreen):

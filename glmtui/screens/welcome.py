@@ -7,6 +7,7 @@ A demo (a tiny model of the family pretrained on ad copy, plus the AdvertiseGen-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
@@ -51,17 +52,15 @@ def demo_key_lines() -> str:
     )
 
 
+@dataclass
 class DemoProgressed(Message):
-    def __init__(self, fraction: float, text: str) -> None:
-        super().__init__()
-        self.fraction = fraction
-        self.text = text
+    fraction: float
+    text: str
 
 
+@dataclass
 class DemoReady(Message):
-    def __init__(self, config_path: Path) -> None:
-        super().__init__()
-        self.config_path = config_path
+    config_path: Path
 
 
 class WelcomeScreen(WorkbenchScreen):
