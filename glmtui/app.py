@@ -220,6 +220,8 @@ class GlmApp(App[int]):
         """How far the demo workspace's build is (0 to 1) while it runs: the nav bar shows it everywhere."""
         self._sweep_notifications: dict[str, Notification] = {}
         """The notification each sweep has on screen: a sweep's endings replace it rather than pile up."""
+        self.judged_look: RunsLook | None = None
+        """The last look at every run whose endings the app has judged and announced (what waits on a look does)."""
 
     # screens
 
@@ -232,10 +234,10 @@ class GlmApp(App[int]):
         self.runs_watcher.start()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-look")
-    def look_at_runs(self) -> None:
+    def look_at_runs(self) -> RunsLook | None:
         """Have the runs watcher look now (at start, and when a screen changed a run or the queue) rather than
-        at its next turn."""
-        self.runs_watcher.look()
+        at its next turn; the worker's result is the look."""
+        return self.runs_watcher.look()
 
     def _runs_looked(self, look: RunsLook) -> None:
         """On the watcher's thread: what ended (and the notification command for crashes nobody reported
@@ -244,8 +246,10 @@ class GlmApp(App[int]):
         self.post_message(RunsChanged(look, endings, self._run_watch.problem))
 
     def on_runs_changed(self, message: RunsChanged) -> None:
-        if message.look.statuses is not None and (message.endings or message.problem):
-            self._announce_endings(message.endings, message.problem)
+        if message.look.statuses is not None:
+            if message.endings or message.problem:
+                self._announce_endings(message.endings, message.problem)
+            self.judged_look = message.look
         from glmtui.screens.runs import RunsScreen
         from glmtui.screens.training import TrainingScreen
 
@@ -272,6 +276,11 @@ class GlmApp(App[int]):
         if problem and problem != self._said_watch_problem:
             self.notify(f"No notification command was run: {problem}", severity="warning")
         self._said_watch_problem = problem
+
+    @property
+    def notifications_on_screen(self) -> list[Notification]:
+        """The notifications showing now (those timed out or replaced, as a sweep's earlier endings, gone)."""
+        return list(self._notifications)
 
     def on_notify(self, event: Notify) -> None:
         """Keep what was said (Textual shows it as a toast and forgets it when the toast times out)."""

@@ -9,6 +9,7 @@ import pytest
 from huggingface_hub import constants
 from support.app import make_app, make_workspace, settle
 from support.fileserver import running_fileserver
+from support.waiting import wait_until_in_app
 from textual.widgets import Input, ProgressBar, Static
 
 
@@ -37,13 +38,14 @@ async def test_models_screen_shows_a_live_download_from_the_server(hub, tmp_path
         await pilot.press("enter")
         status = app.screen.query_one("#download-status", Static)
         bar = app.screen.query_one("#download-progress", ProgressBar)
-        for _ in range(400):
-            await pilot.pause(0.02)
+
+        def downloaded() -> bool:
             text = str(status.render())
             if not seen or seen[-1] != text:
                 seen.append(text)
-            if text.startswith("Downloaded"):
-                break
+            return text.startswith("Downloaded")
+
+        await wait_until_in_app(pilot, downloaded, "the download's end")
         await settle(pilot)
         assert bar.total == len(weights) + len(files["config.json"])
         assert bar.progress == bar.total

@@ -224,7 +224,7 @@ class ChatScreen(WorkbenchScreen):
         if self.waiting is not None:
             self.notify("One message already waits for the model; this one stays in the field.")
             return
-        if self._settings() is None:
+        if self.chat_settings() is None:
             return
         query = event.value.strip()
         event.input.value = ""
@@ -238,7 +238,7 @@ class ChatScreen(WorkbenchScreen):
 
     def _send(self, query: str) -> None:
         """Ask the loaded model ``query`` with the settings of the fields (and the System field, if shown)."""
-        settings = self._settings()
+        settings = self.chat_settings()
         if settings is None:
             return
         if self.session.system_role:  # type: ignore[attr-defined]
@@ -250,7 +250,7 @@ class ChatScreen(WorkbenchScreen):
         self.answer(query, settings, self._cancel)
         self._draw()
 
-    def _settings(self) -> ChatSettings | None:
+    def chat_settings(self) -> ChatSettings | None:
         """The settings of the fields, or None after saying what is wrong with them (the engine's checks)."""
         values = {}
         for name, field_id, label in (
