@@ -1,8 +1,8 @@
 """What is in a model folder on disk, whether a weight or checkpoint file is whole, and the one-time conversion
 of `.bin` shards to safetensors.
 
-A model folder is usable when it has `config.json`, the tokenizer file and every weight shard its index
-names. Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`. A safetensors header is
+A model folder is usable when it has `config.json`, the tokenizer file and every weight shard each of its indexes
+names (`inspect_model_folder`, the one check the loader, the Models list, preflight and serving ask). Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`. A safetensors header is
 checked here before safetensors reads it, and a pickle's globals before torch does, so a garbled or crafted
 file is named as damaged instead of failing deep inside a loader (or never failing until its turn comes).
 """

@@ -43,10 +43,22 @@ def format_speed(tokens_per_s: float | None) -> str:
     return f"{tokens_per_s:,.0f}" if _is_number(tokens_per_s) else MISSING
 
 
+def loss_figure(loss: float | None) -> str:
+    return f"loss {format_loss(loss)}"
+
+
+def speed_figure(tokens_per_s: float | None) -> str:
+    return f"{format_speed(tokens_per_s)} tok/s"
+
+
+def eta_figure(eta_s: float | None) -> str:
+    return f"ETA {format_duration(eta_s)}"
+
+
 def speed_and_eta(tokens_per_s: float | None, eta_s: float | None) -> str:
     """How fast generation goes and when it ends: "1,234 tok/s · ETA 3m 05s" (no ETA when ``eta_s`` is None)."""
-    speed = f"{format_speed(tokens_per_s)} tok/s"
-    return speed if eta_s is None else f"{speed} · ETA {format_duration(eta_s)}"
+    speed = speed_figure(tokens_per_s)
+    return speed if eta_s is None else f"{speed} · {eta_figure(eta_s)}"
 
 
 def _is_number(value: object) -> bool:

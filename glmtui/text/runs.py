@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 from glmcore.runs import RunStatus
-from glmtui.text.figures import METRIC_TITLES, MISSING, format_age, format_duration, format_loss, format_speed
+from glmtui.text.figures import (
+    METRIC_TITLES,
+    MISSING,
+    eta_figure,
+    format_age,
+    format_duration,
+    format_loss,
+    format_speed,
+    loss_figure,
+    speed_figure,
+)
 
 if TYPE_CHECKING:
     from glmcore.notify import Ending
@@ -98,10 +108,10 @@ def progress_summary(log: dict | None) -> str:
     """The newest training record in one line: loss · tokens/s · ETA."""
     if log is None:
         return "starting…"
-    parts = [f"loss {log['loss']:.4f}"] if log.get("loss") is not None else []
+    parts = [loss_figure(log["loss"])] if log.get("loss") is not None else []
     if log.get("tokens_per_s") is not None:
-        parts.append(f"{log['tokens_per_s']:,.0f} tok/s")
-    parts.append(f"ETA {format_duration(log.get('eta_s'))}")
+        parts.append(speed_figure(log["tokens_per_s"]))
+    parts.append(eta_figure(log.get("eta_s")))
     return " · ".join(parts)
 
 
@@ -136,16 +146,16 @@ def event_line(record: dict) -> str:
     kind, step = record.get("kind", "?"), record.get("step")
     head = f"{record.get('time', '')} step {step if step is not None else MISSING:>6} {kind:<10} "
     if kind == "log":
-        fields = [f"loss {format_loss(record.get('loss'))}"]
+        fields = [loss_figure(record.get("loss"))]
         if record.get("learning_rate") is not None:
             fields.append(f"lr {record['learning_rate']:.2e}")
         if record.get("grad_norm") is not None:
             fields.append(f"grad {record['grad_norm']:.3f}")
         if record.get("tokens_per_s") is not None:
-            fields.append(f"{record['tokens_per_s']:,.0f} tok/s")
+            fields.append(speed_figure(record["tokens_per_s"]))
         if record.get("gpu_memory_gib"):
             fields.append("mem " + "/".join(f"{gib:.1f}" for gib in record["gpu_memory_gib"]) + " GiB")
-        fields.append(f"ETA {format_duration(record.get('eta_s'))}")
+        fields.append(eta_figure(record.get("eta_s")))
         return head + "  ".join(fields)
     details = {key: value for key, value in record.items() if key not in ("kind", "step", "time")}
     return head + "  ".join(
