@@ -24,7 +24,6 @@ from glmcore.errors import GlmError
 from glmcore.runs import EventTail, Run, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.slurm.script import (
-    SCRIPT_FILE,
     SlurmOptions,
     SlurmOptionsError,
     check_submittable,
@@ -35,7 +34,7 @@ from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
 from glmtui.text.estimate import estimate_line
 from glmtui.text.queue import worker_started_sentence
-from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait
+from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait, started_sentence
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
@@ -144,15 +143,13 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     if resume:  # said once the resume is under way, so a refused one prints only the refusal
         console.print(escape(describe_resume(run)))
     if isinstance(started, int) and run.stored_status().slurm_job == started:
-        console.print(
-            f"Submitted run [bold]{run.id}[/] to Slurm as job {started} ({SCRIPT_FILE} in its folder)."
-        )
+        console.print(Text(started_sentence(run.id, started, slurm=True)))
         if detach:
             console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
             return 0
         return follow(run, None, console)
     if detach:
-        console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
+        console.print(Text(started_sentence(run.id, started, slurm=False)))
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
         return 0
     assert isinstance(started, subprocess.Popen)

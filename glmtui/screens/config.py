@@ -75,6 +75,7 @@ from glmtui.text.estimate import sweep_need
 from glmtui.text.gpus import compact_gpu_rows
 from glmtui.text.models import family_title
 from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
+from glmtui.text.runs import started_sentence
 
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
 FIELD_LABELS = {
@@ -772,8 +773,10 @@ class ConfigScreen(WorkbenchScreen):
             check_submittable(slurm, workspace.runs_dir)
         run = create_run(workspace, config, slurm)
         started = run_control.launch(run, detach=True)
-        job = f" as Slurm job {started}" if slurm is not None else ""
-        self.app.call_from_thread(self._started, run, job)
+        assert isinstance(started, int)  # detached: a pid, or the Slurm job's number
+        self.app.call_from_thread(
+            self._started, run, started_sentence(run.id, started, slurm=slurm is not None)
+        )
 
     def _remember_family(self, config: RunConfig) -> None:
         """A family set in the form is remembered for the model folder too, so evaluating or chatting with it
@@ -781,8 +784,8 @@ class ConfigScreen(WorkbenchScreen):
         if config.family is not None:
             choose_family(self.workbench.workspace, config.model_path, config.family)
 
-    def _started(self, run: Run, job: str = "") -> None:
-        self.notify(f"Submitted {run.id}{job}." if job else f"Started {run.id}.")
+    def _started(self, run: Run, said: str) -> None:
+        self.notify(said)
         self.post_message(OpenRun(run))
 
     def action_load_config(self) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 
 from glmcore.runs import RunStatus
+from glmcore.slurm.script import SCRIPT_FILE
 from glmtui.text.figures import (
     METRIC_TITLES,
     MISSING,
@@ -162,6 +163,13 @@ def event_line(record: dict) -> str:
         f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
         for key, value in details.items()
     )
+
+
+def started_sentence(run_id: str, started: int, *, slurm: bool) -> str:
+    """What `glmtui train --detach` and the config editor say once a run is launched: its pid, or its Slurm job."""
+    if slurm:
+        return f"Submitted run {run_id} to Slurm as job {started} ({SCRIPT_FILE} in its folder)."
+    return f"Started run {run_id} in the background (pid {started})."
 
 
 def run_end_sentence(run_id: str, status: RunStatus, detail: str | None = None) -> str:
