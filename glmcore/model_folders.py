@@ -94,6 +94,16 @@ def describe_model_folder(path: Path) -> ModelFolderState:
     return ModelFolderState(path, "ready", f"{family.title}: {why}", size, family)
 
 
+def family_title_of(model_dir: Path, family: str | None = None) -> str | None:
+    """The model family of a folder as users read it ("ChatGLM3-6B"), or None when it cannot be told; `family`
+    is a run's `family` setting, which wins."""
+    try:
+        found, _ = family_for(model_dir, family)
+    except GlmError:
+        return None
+    return found.title
+
+
 def list_model_folders(workspace: Workspace) -> list[ModelFolderState]:
     """Every model folder of the workspace (`Workspace.model_folders`) with its state, sorted by path; a folder
     that cannot be read is listed as unreadable, never hiding the others."""

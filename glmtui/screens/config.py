@@ -40,7 +40,7 @@ from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
 from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
-from glmcore.model_folders import choose_family
+from glmcore.model_folders import choose_family, family_title_of
 from glmcore.models import FAMILIES, family_for
 from glmcore.queue import Queue
 from glmcore.runs import Run
@@ -72,8 +72,8 @@ from glmtui.config_form import (
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.estimate import sweep_need
+from glmtui.text.figures import MISSING
 from glmtui.text.gpus import compact_gpu_rows
-from glmtui.text.models import family_title
 from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
 from glmtui.text.runs import started_sentence
 
@@ -584,7 +584,8 @@ class ConfigScreen(WorkbenchScreen):
         shape, model, model_problem, family = None, None, None, ""
         unclear = _family_unclear(config.model_path)
         try:
-            family = family_title(config.model_path, config.family) if config.model_path.is_dir() else ""
+            if config.model_path.is_dir():
+                family = family_title_of(config.model_path, config.family) or MISSING
             shape = ModelShape.from_model_dir(config.model_path, config.family)
             model = estimate_vram(shape, config)
         except GlmError as error:

@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Static
 
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
+from glmcore.model_folders import family_title_of
 from glmcore.queue import Decision, Queue
 from glmcore.runs import Run, RunStatus
 from glmcore.runs_watcher import RunsLook
@@ -30,7 +31,6 @@ from glmtui.messages import CompareRuns, EditConfig, OpenRun
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
 from glmtui.text.figures import MISSING
-from glmtui.text.models import family_title
 from glmtui.text.queue import (
     moved_sentence,
     queue_wait,
@@ -242,7 +242,7 @@ class RunsScreen(RunActions):
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=look.unreadable[run]), None))
                 continue
             try:
-                family = family_title(run.config.model_path, run.config.family)
+                family = family_title_of(run.config.model_path, run.config.family) or MISSING
             except GlmError as error:
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=str(error)), None))
                 continue

@@ -13,19 +13,6 @@ if TYPE_CHECKING:
     from glmcore.model_folders import ModelFolderState
 
 
-def family_title(model_dir: Path, family: str | None = None) -> str:
-    """The model family of a folder as users read it ("ChatGLM3-6B"), or — when it cannot be told; `family` is a
-    run's `family` setting, which wins."""
-    from glmcore.errors import GlmError
-    from glmcore.models import family_for
-
-    try:
-        found, _ = family_for(model_dir, family)
-    except GlmError:
-        return MISSING
-    return found.title
-
-
 MODEL_STATE_TEXT = {
     "ready": "complete",
     "building": "building",

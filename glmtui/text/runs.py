@@ -69,7 +69,7 @@ def slurm_detail(status: RunStatus) -> str:
 
 def run_cells(status: RunStatus, last_log: dict | None, now: datetime, family: str) -> dict[str, Text]:
     """The figures a run's row shows, by column name, as both the `glmtui runs` table and the Runs screen
-    show them: the model family (`family_title` of its model folder), the ETA only while the run is active,
+    show them: the model family (`glmcore.model_folders.family_title_of` its model folder), the ETA only while the run is active,
     the age since it was created. Text, as everything read from a run folder: never parsed as markup."""
     log = last_log or {}
     cells = {
