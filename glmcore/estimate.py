@@ -26,7 +26,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from glmcore.models.family import ModelShape
-from glmcore.units import GIB, format_gib
+from glmcore.units import GIB
 
 if TYPE_CHECKING:
     from glmcore.config import RunConfig
@@ -118,13 +118,10 @@ class VramEstimate:
         return self.total <= free_bytes
 
 
-CPU_RUN = "Trains on the CPU (no GPU chosen)."
-
-
 @dataclass(frozen=True)
 class GpuFit:
     """Whether a run's VRAM estimate fits one of its GPUs as free as it is now: the answer `glmtui train` and
-    the config editor both give."""
+    the config editor both give, in the same words."""
 
     gpu: int
     need_bytes: int
@@ -135,14 +132,6 @@ class GpuFit:
     def fits(self) -> bool | None:
         """None when the free memory is unknown."""
         return None if self.free_bytes is None else self.need_bytes <= self.free_bytes
-
-    def sentence(self) -> str:
-        if self.free_bytes is None:
-            return f"GPU {self.gpu}: free memory unknown."
-        free = f"GPU {self.gpu}: {format_gib(self.free_bytes)} GiB free"
-        if self.fits:
-            return f"{free}; the run fits (it needs {format_gib(self.need_bytes)} GiB)."
-        return f"{free}, less than the {format_gib(self.need_bytes)} GiB the run needs: it may run out of memory."
 
 
 def gpu_fits(estimate: VramEstimate, gpus: Sequence[int], free: Mapping[int, int]) -> list[GpuFit]:

@@ -32,7 +32,7 @@ from glmcore.slurm.script import (
 )
 from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
-from glmtui.text.estimate import estimate_line
+from glmtui.text.estimate import CPU_RUN, estimate_line, fit_sentence
 from glmtui.text.queue import worker_started_sentence
 from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait, started_sentence
 
@@ -44,7 +44,7 @@ FORCE_GRACE_S = 10.0
 def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
     """The VRAM estimate and, on this machine (``here``; not a Slurm job's), whether it fits each chosen GPU's
     free memory now, as the config editor says it (`glmcore.estimate.gpu_fits`); a warning where it won't."""
-    from glmcore.estimate import CPU_RUN, ModelShape, estimate_vram, gpu_fits
+    from glmcore.estimate import ModelShape, estimate_vram, gpu_fits
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
@@ -56,10 +56,10 @@ def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = Tr
     for fit in gpu_fits(estimate, config.gpus, free_memory_by_gpu() if config.gpus else {}):
         if fit.fits is False:
             console.print(
-                f"[yellow]warning:[/] {escape(fit.sentence())} (see `glmtui runs` and the log if it fails)"
+                f"[yellow]warning:[/] {escape(fit_sentence(fit))} (see `glmtui runs` and the log if it fails)"
             )
         else:
-            console.print(escape(fit.sentence()))
+            console.print(escape(fit_sentence(fit)))
 
 
 def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:

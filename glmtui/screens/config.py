@@ -38,7 +38,7 @@ from glmcore import runs as run_control
 from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, cautions
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
-from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
+from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family, family_title_of
 from glmcore.models import FAMILIES, family_for
@@ -71,7 +71,7 @@ from glmtui.config_form import (
 )
 from glmtui.messages import DataChoice, OpenRun
 from glmtui.screens.base import WorkbenchScreen
-from glmtui.text.estimate import sweep_need
+from glmtui.text.estimate import CPU_RUN, fit_sentence, sweep_need
 from glmtui.text.figures import MISSING
 from glmtui.text.gpus import compact_gpu_rows
 from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
@@ -243,9 +243,9 @@ def describe_estimate(
     free = free_memory_by_gpu(snapshot) if snapshot is not None and snapshot.available else {}
     for fit in gpu_fits(model or reference, gpus, free):
         if fit.fits is None:
-            text.append(fit.sentence() + "\n", style="yellow")
+            text.append(fit_sentence(fit) + "\n", style="yellow")
             continue
-        line = fit.sentence()
+        line = fit_sentence(fit)
         if model is not None:  # the published model's answer beside this one's
             verdict = "fits" if reference.fits(fit.free_bytes) else "does not fit"
             line += f" {estimates.reference_name} {verdict}."
