@@ -33,6 +33,8 @@ BASE = "base"
 
 @dataclass
 class ChatLoaded(Message):
+    """The model and prefix are loaded: the session to chat with, and what it is, in words."""
+
     session: ChatSession
     description: str
 
@@ -46,6 +48,8 @@ class ChatLoadStep(Message):
 
 @dataclass
 class AnswerGrew(Message):
+    """The answer so far (``done`` once it is whole), from the generating worker."""
+
     text: str
     done: bool
 

@@ -31,6 +31,8 @@ COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow", "white"
 
 @dataclass
 class Compared(Message):
+    """The runs side by side, read off the UI thread."""
+
     comparison: RunComparison
 
 

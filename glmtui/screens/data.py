@@ -47,6 +47,8 @@ class Preview:
 
 @dataclass
 class DataPreviewed(Message):
+    """The data file's rows and token statistics, built off the UI thread."""
+
     preview: Preview
 
 

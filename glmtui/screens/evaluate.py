@@ -40,11 +40,15 @@ READY = "space ticks what to compare; ctrl+g evaluates."
 
 @dataclass
 class EvalProgressed(Message):
+    """How far the evaluation is, from its worker."""
+
     progress: EvalProgress
 
 
 @dataclass
 class EvalFinished(Message):
+    """The finished (or cancelled) comparison of the checkpoints."""
+
     comparison: CheckpointComparison
 
 

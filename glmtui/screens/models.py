@@ -37,11 +37,15 @@ SHOWN_FILES = 4
 
 @dataclass
 class LocalModelsRead(Message):
+    """The workspace's model folders with their states, read off the UI thread."""
+
     folders: list[ModelFolderState]
 
 
 @dataclass
 class DownloadProgressed(Message):
+    """How far the download is, from its worker."""
+
     progress: DownloadProgress
 
 

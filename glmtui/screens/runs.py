@@ -105,6 +105,8 @@ def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, 
 
 @dataclass
 class RunsRead(Message):
+    """The rows of the runs table, read off the UI thread."""
+
     rows: list[RunRow]
     queue_problem: str | None = None
     """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""

@@ -42,6 +42,8 @@ class ServerRow:
 
 @dataclass
 class ServersRead(Message):
+    """Every server folder as a row, and the model folders a server can serve."""
+
     rows: list[ServerRow]
     models: list[str]
 

@@ -54,12 +54,16 @@ def demo_key_lines() -> str:
 
 @dataclass
 class DemoProgressed(Message):
+    """How far the demo build is (0 to 1) and what it does now."""
+
     fraction: float
     text: str
 
 
 @dataclass
 class DemoReady(Message):
+    """The demo workspace is built: the run config to open in the editor."""
+
     config_path: Path
 
 
