@@ -34,6 +34,7 @@ from glmcore.config import RunConfig
 from glmcore.models import DEFAULT_FAMILY, FAMILIES, ModelFamily, family_named
 from glmcore.models.family import family_for
 from glmcore.quiet import quiet_libraries
+from glmcore.units import GIB
 
 SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
 
@@ -89,7 +90,7 @@ def synchronize() -> None:
 def peak_gib() -> float | None:
     import torch
 
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
+    return round(torch.cuda.max_memory_allocated() / GIB, 2) if torch.cuda.is_available() else None
 
 
 def reset_peak() -> float | None:
@@ -406,8 +407,8 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
     process.wait()
     done.set()
     sampler.join()
-    measured = peak / 2**30
-    total = estimate.total / 2**30
+    measured = peak / GIB
+    total = estimate.total / GIB
     return {
         "bits": bits,
         "batch": batch,
@@ -417,7 +418,7 @@ def measured_vram(model_dir: Path, workdir: Path, bits: int, batch: int, accumul
         "measured_nvml_GiB": round(measured, 2),
         "estimated_GiB": round(total, 2),
         "error": round((total - measured) / measured, 3) if measured else None,
-        "parts_GiB": {name: round(size / 2**30, 2) for name, size in estimate.parts.items()},
+        "parts_GiB": {name: round(size / GIB, 2) for name, size in estimate.parts.items()},
     }
 
 
@@ -487,11 +488,11 @@ def vram_grid(
                 "vram_process",
                 run=run.path.name,
                 state=run.status().state,
-                measured_nvml_GiB=round(peaks.get(process.pid, 0) / 2**30, 3),
-                estimated_GiB=round(estimate.total / 2**30, 3),
+                measured_nvml_GiB=round(peaks.get(process.pid, 0) / GIB, 3),
+                estimated_GiB=round(estimate.total / GIB, 3),
             )
-        in_use = sum(estimate.total for _, estimate, _, _ in running) / 2**30
-        if queue and (not running or in_use + queue[0][1].total / 2**30 <= budget_gib):
+        in_use = sum(estimate.total for _, estimate, _, _ in running) / GIB
+        if queue and (not running or in_use + queue[0][1].total / GIB <= budget_gib):
             config, estimate = queue.pop(0)
             run = store.create(config)
             running.append((config, estimate, launch(run, detach=False), run))
@@ -513,8 +514,8 @@ def vram_grid(
         cell["states"].append(run.status().state)
     results = []
     for (method, bits, batch, accumulation), cell in cells.items():
-        measured = max(cell["measured"]) / 2**30
-        total = cell["estimate"].total / 2**30
+        measured = max(cell["measured"]) / GIB
+        total = cell["estimate"].total / GIB
         results.append(
             {
                 "method": method,
@@ -523,11 +524,11 @@ def vram_grid(
                 "accumulation": accumulation,
                 "states": cell["states"],
                 "gradient_checkpointing": cell["estimate"].gradient_checkpointing,
-                "measured_nvml_GiB": [round(value / 2**30, 3) for value in cell["measured"]],
+                "measured_nvml_GiB": [round(value / GIB, 3) for value in cell["measured"]],
                 "largest_GiB": round(measured, 3),
                 "estimated_GiB": round(total, 3),
                 "error": round((total - measured) / measured, 3) if measured else None,
-                "parts_GiB": {name: round(size / 2**30, 3) for name, size in cell["estimate"].parts.items()},
+                "parts_GiB": {name: round(size / GIB, 3) for name, size in cell["estimate"].parts.items()},
             }
         )
     return results

@@ -24,8 +24,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from glmcore.errors import GlmError
 from glmcore.runs import Run
-
-GIB = 2**30
+from glmcore.units import GIB
 
 
 def _gpu_memory_gib() -> list[float] | None:

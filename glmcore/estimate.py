@@ -26,11 +26,10 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 from glmcore.models.family import ModelShape
+from glmcore.units import GIB
 
 if TYPE_CHECKING:
     from glmcore.config import RunConfig
-
-GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -122,13 +121,10 @@ class VramEstimate:
         return self.total <= free_bytes
 
 
-CPU_RUN = "Trains on the CPU (no GPU chosen)."
-
-
 @dataclass(frozen=True)
 class GpuFit:
     """Whether a run's VRAM estimate fits one of its GPUs as free as it is now: the answer `glmtui train` and
-    the config editor both give."""
+    the config editor both give, in the same words."""
 
     gpu: int
     need_bytes: int
@@ -139,16 +135,6 @@ class GpuFit:
     def fits(self) -> bool | None:
         """None when the free memory is unknown."""
         return None if self.free_bytes is None else self.need_bytes <= self.free_bytes
-
-    def sentence(self) -> str:
-        if self.free_bytes is None:
-            return f"GPU {self.gpu}: free memory unknown."
-        free = f"GPU {self.gpu}: {self.free_bytes / GIB:.1f} GiB free"
-        if self.fits:
-            return f"{free}; the run fits (it needs {self.need_bytes / GIB:.1f} GiB)."
-        return (
-            f"{free}, less than the {self.need_bytes / GIB:.1f} GiB the run needs: it may run out of memory."
-        )
 
 
 def gpu_fits(estimate: VramEstimate, gpus: Sequence[int], free: Mapping[int, int]) -> list[GpuFit]:

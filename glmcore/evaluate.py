@@ -466,7 +466,7 @@ class SkippedCheckpoint:
 
 
 @dataclass
-class Comparison:
+class CheckpointComparison:
     output_dir: Path
     evaluations: list[EvalResult]
     complete: bool
@@ -526,7 +526,7 @@ def comparison_labels(checkpoints: Sequence[str | Path | None]) -> list[str]:
     return labels
 
 
-def compare(
+def compare_checkpoints(
     model_path: str | Path,
     checkpoints: Sequence[str | Path | None],
     data_file: str | Path,
@@ -540,7 +540,7 @@ def compare(
     device: str | None = None,
     limit: int | None = None,
     family: str | None = None,
-) -> Comparison:
+) -> CheckpointComparison:
     """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
 
     `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
@@ -613,7 +613,7 @@ def compare(
                 _remove_empty(output_root)
                 raise
             break
-    comparison = Comparison(output_root, evaluations, len(evaluations) == len(evaluated), skipped)
+    comparison = CheckpointComparison(output_root, evaluations, len(evaluations) == len(evaluated), skipped)
     subset = {"limit": limit, "data_examples": len(all_examples)}
     _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset)
     return comparison
@@ -629,7 +629,7 @@ def _remove_empty(folder: Path) -> None:
 
 
 def _write_comparison(
-    comparison: Comparison,
+    comparison: CheckpointComparison,
     model_path: str | Path,
     data_file: str | Path,
     quantization_bit: int,
@@ -707,7 +707,7 @@ def run_checkpoints(run: Run) -> list[Path]:
 
 @dataclass(frozen=True)
 class EvalPlan:
-    """What a comparison of a run (or a model folder) evaluates, on what data and how: `compare`'s arguments
+    """What a comparison of a run (or a model folder) evaluates, on what data and how: `compare_checkpoints`'s arguments
     but the output folder, decided before anything loads, the same for the CLI and the app."""
 
     model_path: Path
@@ -720,7 +720,7 @@ class EvalPlan:
     """The `family` setting to load with (the run's, or as asked); None: found from the folder."""
 
     def compare_arguments(self) -> dict[str, object]:
-        """The keyword arguments of `compare` this plan stands for."""
+        """The keyword arguments of `compare_checkpoints` this plan stands for."""
         return {
             "model_path": self.model_path,
             "checkpoints": self.checkpoints,

@@ -79,10 +79,8 @@ def describe_model_folder(path: Path) -> ModelFolderState:
 
     try:
         folder = inspect_model_folder(path, family.name)
-    except (GlmError, OSError, ValueError, KeyError, TypeError) as error:
-        return ModelFolderState(
-            path, "unreadable", f"{path}'s weight index cannot be read ({error})", size, family
-        )
+    except GlmError as error:
+        return ModelFolderState(path, "unreadable", str(error), size, family)
     if not folder.complete:
         return ModelFolderState(
             path,
@@ -94,6 +92,16 @@ def describe_model_folder(path: Path) -> ModelFolderState:
             tuple(folder.missing),
         )
     return ModelFolderState(path, "ready", f"{family.title}: {why}", size, family)
+
+
+def family_title_of(model_dir: Path, family: str | None = None) -> str | None:
+    """The model family of a folder as users read it ("ChatGLM3-6B"), or None when it cannot be told; `family`
+    is a run's `family` setting, which wins."""
+    try:
+        found, _ = family_for(model_dir, family)
+    except GlmError:
+        return None
+    return found.title
 
 
 def list_model_folders(workspace: Workspace) -> list[ModelFolderState]:

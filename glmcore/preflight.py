@@ -29,7 +29,9 @@ from glmcore.config import (
 )
 from glmcore.data import Columns, DataError, load_examples
 from glmcore.errors import GlmError
-from glmcore.workspace import MODEL_CONFIG_NAME, Workspace, model_folder_problems
+from glmcore.models.checkpoint import model_folder_problems
+from glmcore.units import GIB
+from glmcore.workspace import MODEL_CONFIG_NAME, Workspace
 
 CHECKPOINT_SETTINGS = frozenset({"max_steps", "save_steps", "save_total_limit", "eval_steps"})
 """The settings the disk check counts checkpoints from: it waits until their values are valid (save_steps = 0
@@ -231,12 +233,11 @@ def disk_problems(config: RunConfig, runs_dir: Path) -> list[Problem]:
     free = shutil.disk_usage(existing).free
     if needed <= free:
         return []
-    gib = 2**30
     return [
         Problem(
             "save_total_limit",
-            f"the run will keep {kept} checkpoints of about {needed / kept / gib:.1f} GiB "
-            f"({needed / gib:.1f} GiB) but {existing} has {free / gib:.1f} GiB free; "
+            f"the run will keep {kept} checkpoints of about {needed / kept / GIB:.1f} GiB "
+            f"({needed / GIB:.1f} GiB) but {existing} has {free / GIB:.1f} GiB free; "
             "free disk space, set a lower save_total_limit or save less often",
         )
     ]

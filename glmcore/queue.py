@@ -45,9 +45,9 @@ from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
 from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunError, RunStore, claim, config_problem, launch, now_iso
+from glmcore.units import GIB, format_gib
 from glmcore.workspace import Workspace, atomic_write_text
 
-GIB = 2**30
 QUEUE_FOLDER = "queue"
 CPU = "cpu"
 """The resource a run without GPUs takes."""
@@ -136,10 +136,6 @@ class Decision:
     """Its config cannot start it (``reason`` says why): it leaves the queue at the next pass."""
 
 
-def _gib(count: float) -> str:
-    return f"{count / GIB:.1f}"
-
-
 def _resource_name(resource: int | str) -> str:
     return "the CPU" if resource == CPU else f"GPU {resource}"
 
@@ -211,10 +207,10 @@ def _memory_reason(
             continue
         available = free[gpu] - held[gpu]
         if candidate.need + margin > available:
-            starting = f" ({_gib(held[gpu])} more held for runs starting)" if held[gpu] else ""
+            starting = f" ({format_gib(held[gpu])} more held for runs starting)" if held[gpu] else ""
             return (
-                f"GPU {gpu}: needs {_gib(candidate.need)} GiB + {_gib(margin)} margin, "
-                f"{_gib(max(0, available))} free{starting}"
+                f"GPU {gpu}: needs {format_gib(candidate.need)} GiB + {format_gib(margin)} margin, "
+                f"{format_gib(max(0, available))} free{starting}"
             )
     return None
 

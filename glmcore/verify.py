@@ -22,8 +22,9 @@ from pathlib import Path
 from glmcore.catalog import MODELS, Manifest, ManifestFile
 from glmcore.download.transfer import HASH_BLOCK
 from glmcore.errors import GlmError
-from glmcore.workspace import WEIGHT_INDEX_NAMES
+from glmcore.models.shards import BIN_INDEX, SAFETENSORS_INDEX
 
+WEIGHT_INDEX_NAMES = (SAFETENSORS_INDEX, BIN_INDEX)
 IDENTIFYING_FILES = ("config.json", *WEIGHT_INDEX_NAMES)
 """The files whose bytes say which catalog manifest a folder holds."""
 NEEDED_SUFFIXES = (".json", ".bin", ".safetensors", ".model")

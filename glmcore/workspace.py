@@ -7,7 +7,6 @@ status, its config) are written with ``atomic_write_text``: a reader sees the ol
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ HOME_ENV = "GLMTUI_HOME"
 DEFAULT_ROOT = Path("~/glmtui")
 
 MODEL_CONFIG_NAME = "config.json"
-WEIGHT_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-SINGLE_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
 LAST_CONFIG_NAME = "last-config"
 """In configs/: the path of the config last saved, loaded or made by the demo, so the editor reopens it."""
 MODEL_FAMILIES_NAME = "model-families.toml"
@@ -103,49 +100,6 @@ def remembered_family(model_dir: Path) -> tuple[str, Path] | None:
         if name is not None:
             return name, workspace.model_families_path
     return None
-
-
-def _tokenizer_files(path: Path) -> list[str]:
-    """The tokenizer file of the folder's model family, or every family's when config.json cannot tell."""
-    from glmcore.models import FAMILIES, family_for
-
-    try:
-        return [family_for(path)[0].tokenizer_file]
-    except GlmError:
-        return sorted({family.tokenizer_file for family in FAMILIES})
-
-
-def model_folder_problems(path: Path) -> list[str]:
-    """What is missing from a model folder for it to load; empty when it is complete.
-
-    A folder is complete with config.json, its family's tokenizer file (ChatGLM-6B's ice_text.model), and
-    weights: either every shard named by an index json, or a single ``model.safetensors`` /
-    ``pytorch_model.bin``.
-    """
-    if not path.is_dir():
-        return [f"the model folder {path} does not exist"]
-    problems = [f"{path} has no {MODEL_CONFIG_NAME}"] if not (path / MODEL_CONFIG_NAME).is_file() else []
-    tokenizer_files = _tokenizer_files(path)
-    if not any((path / name).is_file() for name in tokenizer_files):
-        problems.append(f"{path} has no {' or '.join(tokenizer_files)}")
-    index_paths = [path / name for name in WEIGHT_INDEX_NAMES if (path / name).is_file()]
-    if index_paths:
-        for index_path in index_paths:
-            try:
-                weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-                shards = sorted(set(weight_map.values()))
-            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                problems.append(f"{index_path} cannot be read as a weight index ({error})")
-                continue
-            missing = [shard for shard in shards if not (path / shard).is_file()]
-            if missing:
-                problems.append(
-                    f"{path} lacks {len(missing)} of the {len(shards)} weight shards named by "
-                    f"{index_path.name}: {', '.join(missing)}"
-                )
-    elif not any((path / name).is_file() for name in SINGLE_WEIGHT_NAMES):
-        problems.append(f"{path} holds no weights (no {', '.join(WEIGHT_INDEX_NAMES + SINGLE_WEIGHT_NAMES)})")
-    return problems
 
 
 @dataclass(frozen=True)

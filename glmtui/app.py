@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import TypeVar
@@ -31,9 +32,9 @@ from glmcore.runs_watcher import RunsLook, RunsWatcher
 from glmcore.sweep import sweep_of
 from glmcore.workspace import Workspace
 from glmtui.messages import ChatWith, CompareRuns, EditConfig, EvaluateRun, OpenRun, UseData
-from glmtui.presentation import ending_sentence
 from glmtui.screens.base import NAVIGATION, WorkbenchScreen
 from glmtui.screens.help import PALETTE_KEY, HelpScreen, described, key_names
+from glmtui.text.runs import ending_sentence
 
 Clock = Callable[[], datetime]
 AnyScreen = TypeVar("AnyScreen", bound=WorkbenchScreen)
@@ -48,23 +49,21 @@ def describe_error(error: BaseException | None) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+@dataclass
 class RunsChanged(Message):
     """A look at the run folders from the runs watcher thread, with the runs and sweeps seen ending in it."""
 
-    def __init__(self, look: RunsLook, endings: list[Ending], problem: str | None) -> None:
-        super().__init__()
-        self.look = look
-        self.endings = endings
-        self.problem = problem
-        """Why notify.toml's command cannot be used, when it cannot."""
+    look: RunsLook
+    endings: list[Ending]
+    problem: str | None
+    """Why notify.toml's command cannot be used, when it cannot."""
 
 
+@dataclass
 class GpuSampled(Message):
     """A new GPU snapshot from the sampler thread."""
 
-    def __init__(self, snapshot: GpuSnapshot) -> None:
-        super().__init__()
-        self.snapshot = snapshot
+    snapshot: GpuSnapshot
 
 
 TASKS: tuple[tuple[str, str, str], ...] = (
@@ -221,6 +220,8 @@ class GlmApp(App[int]):
         """How far the demo workspace's build is (0 to 1) while it runs: the nav bar shows it everywhere."""
         self._sweep_notifications: dict[str, Notification] = {}
         """The notification each sweep has on screen: a sweep's endings replace it rather than pile up."""
+        self.judged_look: RunsLook | None = None
+        """The last look at every run whose endings the app has judged and announced (what waits on a look does)."""
 
     # screens
 
@@ -233,10 +234,10 @@ class GlmApp(App[int]):
         self.runs_watcher.start()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="runs-look")
-    def look_at_runs(self) -> None:
+    def look_at_runs(self) -> RunsLook | None:
         """Have the runs watcher look now (at start, and when a screen changed a run or the queue) rather than
-        at its next turn."""
-        self.runs_watcher.look()
+        at its next turn; the worker's result is the look."""
+        return self.runs_watcher.look()
 
     def _runs_looked(self, look: RunsLook) -> None:
         """On the watcher's thread: what ended (and the notification command for crashes nobody reported
@@ -245,8 +246,10 @@ class GlmApp(App[int]):
         self.post_message(RunsChanged(look, endings, self._run_watch.problem))
 
     def on_runs_changed(self, message: RunsChanged) -> None:
-        if message.look.statuses is not None and (message.endings or message.problem):
-            self._announce_endings(message.endings, message.problem)
+        if message.look.statuses is not None:
+            if message.endings or message.problem:
+                self._announce_endings(message.endings, message.problem)
+            self.judged_look = message.look
         from glmtui.screens.runs import RunsScreen
         from glmtui.screens.training import TrainingScreen
 
@@ -273,6 +276,11 @@ class GlmApp(App[int]):
         if problem and problem != self._said_watch_problem:
             self.notify(f"No notification command was run: {problem}", severity="warning")
         self._said_watch_problem = problem
+
+    @property
+    def notifications_on_screen(self) -> list[Notification]:
+        """The notifications showing now (those timed out or replaced, as a sweep's earlier endings, gone)."""
+        return list(self._notifications)
 
     def on_notify(self, event: Notify) -> None:
         """Keep what was said (Textual shows it as a toast and forgets it when the toast times out)."""

@@ -16,44 +16,39 @@ from glmcore.config import RunConfig
 from glmcore.runs import Run
 
 
+@dataclass
 class OpenRun(Message):
     """Watch ``run`` in the Training view."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__()
-        self.run = run
+    run: Run
 
 
+@dataclass
 class EvaluateRun(Message):
     """Offer ``run``'s checkpoints on the Evaluate screen."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__()
-        self.run = run
+    run: Run
 
 
+@dataclass
 class ChatWith(Message):
     """Chat with ``run``'s model and the checkpoint the run stands for."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__()
-        self.run = run
+    run: Run
 
 
+@dataclass
 class CompareRuns(Message):
     """Show ``runs`` side by side on the Compare screen."""
 
-    def __init__(self, runs: list[Run]) -> None:
-        super().__init__()
-        self.runs = runs
+    runs: list[Run]
 
 
+@dataclass
 class EditConfig(Message):
     """Fill the config editor with ``config`` (the demo's, a clone of a run's) and open it."""
 
-    def __init__(self, config: RunConfig) -> None:
-        super().__init__()
-        self.config = config
+    config: RunConfig
 
 
 @dataclass(frozen=True)
@@ -68,9 +63,8 @@ class DataChoice:
     max_target_length: int | None
 
 
+@dataclass
 class UseData(Message):
     """Apply ``choice`` to the config being edited and open the editor."""
 
-    def __init__(self, choice: DataChoice) -> None:
-        super().__init__()
-        self.choice = choice
+    choice: DataChoice

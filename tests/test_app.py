@@ -337,4 +337,4 @@ async def test_chat_settings_fields_keep_and_show_what_is_typed(tmp_path: Path) 
             await pilot.pause()
             assert field.value == typed
         assert [cut for cut in cut_text(app.screen) if "chat" in cut] == []
-        assert app.screen._settings().temperature == 0.8
+        assert app.screen.chat_settings().temperature == 0.8

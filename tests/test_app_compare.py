@@ -114,8 +114,13 @@ async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> N
     app.bell = lambda: rings.append(True)  # the terminal's bell, counted
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)  # the app's first look only notes what each run is doing
-        app.look_at_runs()  # a second look at the same running run, which must not say that it ended
-        await settle(pilot)
+        # A second look at the same running run, which must not say that it ended: waited for until the app has
+        # judged it, so the check below is about that look and cannot pass before it arrives.
+        second = await app.look_at_runs().wait()
+        assert second is not None and second.statuses is not None
+        await wait_until_in_app(
+            pilot, lambda: app.judged_look is second, "the app's judgement of the second look"
+        )
         assert not app.notifications
         run.write_status(state="failed", reason="CUDA out of memory", step=40)
         await wait_until_in_app(

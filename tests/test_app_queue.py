@@ -81,12 +81,13 @@ async def settle_with_gpus(pilot) -> None:
     await wait_until_in_app(pilot, lambda: pilot.app.gpu_snapshot is not None, "the first GPU reading")
     await settle(pilot)
     # The Runs screen reads the folders again on that first reading; a read started before it may land first.
-    for _ in range(200):
+
+    def read_with_a_gpu_reading() -> bool:
         panels = pilot.app.screen.query("#runs-queue")
-        if not panels or "no GPU reading yet" not in str(panels.first().render()):
-            break
-        await pilot.pause(0.05)
-        await settle(pilot)
+        return not panels or "no GPU reading yet" not in str(panels.first().render())
+
+    await wait_until_in_app(pilot, read_with_a_gpu_reading, "the queue read with the first GPU reading")
+    await settle(pilot)
 
 
 def queue_lines(screen: RunsScreen) -> list[str]:

@@ -30,10 +30,9 @@ async def test_a_run_sent_to_slurm_from_the_editor_finishes_with_its_nodes_gpus_
         assert isinstance(editor, ConfigScreen)
         editor.load(tiny_config(workspace, max_steps=8, save_steps=4, logging_steps=1))
         await wait_until_in_app(pilot, lambda: editor.query_one("#row-where").display, "the Where row")
-        partition = editor.query_one("#slurm_partition", Select)
-        assert [str(option[0]) for option in partition._options[1:]] == [
-            "debug (default): 2/2 nodes up, no GPUs"
-        ]
+        choices = editor.query_one("#slurm_partition", Select).query_one("SelectOverlay")
+        prompts = [str(choices.get_option_at_index(index).prompt) for index in range(choices.option_count)]
+        assert prompts[1:] == ["debug (default): 2/2 nodes up, no GPUs"]  # after the blank choice
         assert not editor.query_one("#row-slurm_nodes").display
         editor.query_one("#where", Select).focus()
         await pilot.press("enter", "down", "enter")  # open the choice, pick Slurm

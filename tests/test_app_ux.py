@@ -255,30 +255,32 @@ async def test_a_sweeps_endings_share_one_notification(tmp_path: Path) -> None:
     app = make_app(workspace)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
-        await wait_until_in_app(pilot, lambda: app._run_watch._seen is not None, "the first look at the runs")
+        await wait_until_in_app(pilot, lambda: app.judged_look is not None, "the first look at the runs")
 
         def finish(run: Run) -> None:
             status = json.loads(run.status_path.read_text())
             run.status_path.write_text(json.dumps({**status, "state": "finished", "step": 30}))
 
         finish(runs[0])  # the runs of a sweep end one after another
-        await wait_until_in_app(pilot, lambda: app._notifications, "the first run's end")
-        assert [n.message for n in app._notifications] == [
+        await wait_until_in_app(pilot, lambda: app.notifications_on_screen, "the first run's end")
+        assert [n.message for n in app.notifications_on_screen] == [
             "Run 20260501-110000-sweep finished at step 30/30."
         ]
         for run in runs[1:]:
             finish(run)
         await wait_until_in_app(
-            pilot, lambda: any("Sweep s1 ended" in n.message for n in app._notifications), "the sweep's end"
+            pilot,
+            lambda: any("Sweep s1 ended" in n.message for n in app.notifications_on_screen),
+            "the sweep's end",
         )
         await settle(pilot)
-        assert [n.message for n in app._notifications] == ["Sweep s1 ended: 3 finished."]
+        assert [n.message for n in app.notifications_on_screen] == ["Sweep s1 ended: 3 finished."]
 
 
 async def test_without_nvidia_the_gpu_panel_shows_this_machines_cpu_and_memory(tmp_path: Path) -> None:
     from glmcore.gpu import GpuSnapshot
     from glmcore.gpu.snapshot import NO_DRIVER_REASON
-    from glmtui.gpu_text import SHOWING_HOST
+    from glmtui.text.gpus import SHOWING_HOST
     from glmtui.widgets.gpu_panel import GpuPanel
 
     app = make_app(make_workspace(tmp_path / "ws", with_model=False))

@@ -27,7 +27,7 @@ from textual.widgets import DataTable, Input, SelectionList, Static
 
 import glmcore
 from glmcore.errors import GlmError
-from glmcore.evaluate import COMPARISON_FILE, EvalError, EvalSettings, compare
+from glmcore.evaluate import COMPARISON_FILE, EvalError, EvalSettings, compare_checkpoints
 from glmcore.models.checkpoint import DamagedCheckpoint, checkpoint_file_problem
 from glmcore.prefix import PREFIX_WEIGHTS, read_prefix_checkpoint, save_prefix_checkpoint
 from glmcore.runs import Run, RunStore, describe_resume, record_resume
@@ -311,7 +311,7 @@ def test_an_evaluation_skips_a_damaged_checkpoint_and_says_why(
     garble(run.checkpoints_dir / "checkpoint-20" / PREFIX_WEIGHTS, "no data_offsets")
     checkpoints = ["base", *(checkpoint.path for checkpoint in run.checkpoints())]
 
-    comparison = compare(tiny_model_dir, checkpoints, dev_file, SETTINGS, tmp_path / "out")
+    comparison = compare_checkpoints(tiny_model_dir, checkpoints, dev_file, SETTINGS, tmp_path / "out")
 
     assert comparison.complete
     assert [evaluation.label for evaluation in comparison.evaluations] == ["base", "checkpoint-40"]
@@ -342,7 +342,7 @@ def test_an_evaluation_of_damaged_checkpoints_only_is_refused_before_any_work(
     (damaged / PREFIX_WEIGHTS).write_bytes((damaged / PREFIX_WEIGHTS).read_bytes()[:100])
 
     with pytest.raises(EvalError) as refused:
-        compare(tiny_model_dir, [damaged], dev_file, SETTINGS, tmp_path / "out")
+        compare_checkpoints(tiny_model_dir, [damaged], dev_file, SETTINGS, tmp_path / "out")
 
     assert str(refused.value).startswith(
         f"None of the checkpoints can be evaluated. checkpoint-20: {damaged / PREFIX_WEIGHTS} is cut short ("

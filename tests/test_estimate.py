@@ -9,7 +9,6 @@ import pytest
 
 from glmcore.config import RunConfig
 from glmcore.estimate import (
-    GIB,
     ModelShape,
     estimate_checkpoint_bytes,
     estimate_vram,
@@ -19,6 +18,7 @@ from glmcore.estimate import (
 )
 from glmcore.models import CHATGLM_6B as FAMILY
 from glmcore.models.family import ModelShapeError, UnsupportedModel
+from glmcore.units import GIB
 
 CHATGLM_6B = ModelShape(
     vocab_size=130528, hidden_size=4096, num_layers=28, num_heads=32, inner_hidden_size=16384

@@ -24,7 +24,7 @@ from glmcore.evaluate import (
     EvalError,
     EvalSettings,
     EvaluationCancelled,
-    compare,
+    compare_checkpoints,
     evaluate,
     overall_score,
     read_evaluation,
@@ -184,7 +184,7 @@ def test_settings_refuse_what_cannot_work():
         EvalSettings(batch_size=0)
 
 
-def test_compare_loads_the_base_once_and_writes_results_side_by_side(
+def test_compare_checkpoints_loads_the_base_once_and_writes_results_side_by_side(
     tiny_model_dir, tiny_model, tiny_tokenizer, examples, dev_file, prefix_checkpoints, tmp_path
 ):
     shard = str(tiny_model_dir / "pytorch_model-00001-of-00008.bin")
@@ -196,7 +196,7 @@ def test_compare_loads_the_base_once_and_writes_results_side_by_side(
         OPENED.clear()
         snapshots = []
         first, second = prefix_checkpoints
-        comparison = compare(
+        comparison = compare_checkpoints(
             tiny_model_dir,
             [first, "base", second],
             dev_file,
@@ -256,7 +256,7 @@ def test_a_cancelled_comparison_keeps_finished_evaluations_marked_incomplete(
         if snapshot.evaluation == 2 and snapshot.done:
             cancel.set()
 
-    comparison = compare(
+    comparison = compare_checkpoints(
         tiny_model_dir,
         ["base", *prefix_checkpoints],
         dev_file,
@@ -275,17 +275,23 @@ def test_a_cancelled_comparison_keeps_finished_evaluations_marked_incomplete(
 
     cancel.set()
     with pytest.raises(EvaluationCancelled):
-        compare(tiny_model_dir, ["base"], dev_file, SETTINGS, tmp_path / "new" / "cmp", cancel=cancel)
+        compare_checkpoints(
+            tiny_model_dir, ["base"], dev_file, SETTINGS, tmp_path / "new" / "cmp", cancel=cancel
+        )
     assert not (tmp_path / "new").exists()
 
 
-def test_compare_refuses_a_missing_checkpoint_or_a_used_folder(tiny_model_dir, dev_file, tmp_path):
+def test_compare_checkpoints_refuses_a_missing_checkpoint_or_a_used_folder(
+    tiny_model_dir, dev_file, tmp_path
+):
     with pytest.raises(EvalError, match="checkpoint .*nowhere does not exist"):
-        compare(tiny_model_dir, ["base", tmp_path / "nowhere"], dev_file, SETTINGS, tmp_path / "out")
+        compare_checkpoints(
+            tiny_model_dir, ["base", tmp_path / "nowhere"], dev_file, SETTINGS, tmp_path / "out"
+        )
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "file").write_text("x")
     with pytest.raises(EvalError, match="already holds files"):
-        compare(tiny_model_dir, ["base"], dev_file, SETTINGS, tmp_path / "used")
+        compare_checkpoints(tiny_model_dir, ["base"], dev_file, SETTINGS, tmp_path / "used")
 
 
 # --- the command line ----------------------------------------------------------------------------------

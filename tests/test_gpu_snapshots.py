@@ -15,9 +15,9 @@ from support.waiting import wait_until_in_app
 
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, RecordedGpuBackend, host
 from glmtui.app import GlmApp
-from glmtui.gpu_text import SHOWING_HOST
 from glmtui.preferences import Preferences
 from glmtui.screens.training import TrainingScreen
+from glmtui.text.gpus import SHOWING_HOST
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SIZES = [(80, 24), (120, 40)]

@@ -1,4 +1,4 @@
-"""glmtui.gpu_text, the one GPU renderer, on recorded samples of 1, 2, 4 and 8 GPUs; and `glmtui gpus`."""
+"""glmtui.text.gpus, the one GPU renderer, on recorded samples of 1, 2, 4 and 8 GPUs; and `glmtui gpus`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from glmcore.gpu import NO_DRIVER_REASON, SAMPLES_FORMAT, GpuSnapshot, RecordedGpuBackend, read_gpus
-from glmtui.gpu_text import SHOWING_HOST, compact_gpu_rows, gpu_text, gpu_view
+from glmtui.text.gpus import SHOWING_HOST, compact_gpu_rows, gpu_text, gpu_view
 
 FIXTURES = Path(__file__).parent / "fixtures"
 GPU_COUNTS = (1, 2, 4, 8)

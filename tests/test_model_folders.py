@@ -12,15 +12,18 @@ from pathlib import Path
 
 import pytest
 from conftest import GOLDEN
-from support.app import make_app, make_workspace, settle, tiny_config
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import DataTable, Input, Select, Static
 
 from glmcore import preflight
 from glmcore.config import RunConfig, validate
+from glmcore.errors import GlmError
 from glmcore.model_folders import list_model_folders
 from glmcore.models import UnsupportedModel, family_for, family_named, family_names
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
+from glmcore.models.checkpoint import convert_to_safetensors
+from glmcore.models.loading import load_model
 from glmcore.workspace import Workspace
 from glmtui.cli import main
 
@@ -222,3 +225,43 @@ async def test_the_config_editor_offers_the_family_when_config_json_does_not_tel
         await settle(pilot)
         assert workspace.chosen_family(unclear) == "chatglm3-6b"
         assert list_model_folders(workspace)[-1].state == "ready"
+
+
+def test_the_models_list_preflight_and_the_loader_agree_on_a_folder_missing_a_shard(tmp_path: Path) -> None:
+    # Converted to safetensors, then one of the .bin shards its index still names deleted: the Models list
+    # called it ready and the loader loaded it, while preflight refused it. One check now answers all three.
+    folder = shutil.copytree(GOLDEN / "tiny-chatglm6b", tmp_path / "models" / "tiny")
+    convert_to_safetensors(folder)
+    shard = "pytorch_model-00002-of-00008.bin"
+    (folder / shard).unlink()
+
+    [listed] = list_model_folders(Workspace(tmp_path))
+    assert listed.state == "incomplete" and listed.missing == (shard,)
+    assert [problem.message for problem in preflight.model_problems(folder)] == [
+        f"{folder} lacks 1 of the 8 weight shards named by pytorch_model.bin.index.json: {shard}; download the "
+        "model with `glmtui download` or point model_path at a complete folder"
+    ]
+    with pytest.raises(GlmError, match=f"is incomplete: missing {shard}"):
+        load_model(folder)
+
+
+async def test_glmtui_runs_and_the_runs_screen_both_name_the_family_a_run_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run on a folder whose config.json tells no family, with `family = "chatglm3"` in its config: the Runs
+    # screen named the family, while `glmtui runs` ignored the setting and showed —.
+    workspace = mixed_workspace(tmp_path / "ws")
+    monkeypatch.setenv("GLMTUI_HOME", str(workspace.root))
+    config = tiny_config(workspace, model_path=workspace.models_dir / "unclear", family="chatglm3")
+    run = write_run(workspace, "20260501-100000-unclear", config, state="finished", step=8, losses=[2.0])
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out = run_cli(capsys, workspace, "runs")
+    [row] = [line for line in out.splitlines() if line.startswith(run.id)]
+    assert code == 0 and "ChatGLM3-6B" in row
+    app = make_app(workspace)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.press("f5")
+        table = app.screen.query_one("#runs-table", DataTable)
+        await wait_until_in_app(pilot, lambda: table.row_count == 1, "the run's row")
+        family = [str(column.label) for column in table.ordered_columns].index("Family")
+        assert str(table.get_row_at(0)[family]) == "ChatGLM3-6B"

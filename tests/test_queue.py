@@ -28,9 +28,10 @@ from glmcore.config import ConfigError, RunConfig
 from glmcore.estimate import estimate_vram
 from glmcore.gpu import GpuSnapshot, RecordedGpuBackend
 from glmcore.models.family import ModelShape
-from glmcore.queue import GIB, Candidate, Occupant, Queue, QueueSettings, admit
+from glmcore.queue import Candidate, Occupant, Queue, QueueSettings, admit
 from glmcore.runs import Run, RunError, launch
 from glmcore.sweep import SweepError, expand, parse_sets, sweep_of
+from glmcore.units import GIB
 from glmcore.workspace import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -344,7 +345,7 @@ def test_train_queue_queues_the_run_and_starts_a_worker_that_waits_for_room(
             workspace, "train", str(tiny_sweep_config(tiny_model_dir, tmp_path)), "--queue"
         ).communicate(timeout=DEADLINE_S)
         said = " ".join(out.split())
-        assert "Queued it at position 1" in said and "Started the queue worker (pid" in said, (out, err)
+        assert "Queued it at position 1" in said and "Started a queue worker (pid" in said, (out, err)
         (run,) = queue.runs()
         assert run.status().state == "queued" and queue.worker_alive()
         wait_until(

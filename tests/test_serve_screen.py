@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.app import make_app, make_workspace, settle
+from support.app import columns_fit_rows, make_app, make_workspace, settle
 from support.waiting import wait_until_in_app
 from test_snapshots import assert_whole, press
 
@@ -90,6 +90,10 @@ def test_serve_screen(snap_compare, size: tuple[int, int]) -> None:
                 and "Models (9):" in str(screen.query_one("#serve-about").render())
             ),
             "both servers and the models they serve",
+        )
+        table = screen.query_one("#serve-table")
+        await wait_until_in_app(
+            pilot, lambda: columns_fit_rows(table), "the table's columns sized to its rows"
         )
         await settle(pilot)
         await assert_whole(pilot)

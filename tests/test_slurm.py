@@ -22,7 +22,7 @@ from glmcore.runs import Run, RunStore, launch, resume
 from glmcore.slurm.gpus import MAX_FILE_BYTES, append_sample, latest_readings, merged_snapshot, samples_path
 from glmcore.slurm.jobs import gpu_count
 from glmcore.slurm.script import SlurmOptions, SlurmOptionsError, job_script, write_options
-from glmtui.gpu_text import node_heading
+from glmtui.text.gpus import node_heading
 
 train_file = distributed_train_file
 """The two-rank tests' data (16 rows), shared so a one-node and a two-node run split it the same way."""
@@ -291,7 +291,7 @@ def test_a_waiting_job_shows_slurms_reason_and_a_sweep_becomes_jobs(
                 "Resources",
                 "Priority",
             )
-        assert "2 runs submitted to Slurm" in swept.stdout
+        assert "to Slurm (Slurm is their queue): jobs " in " ".join(swept.stdout.split())
         refused = glmtui(
             tmp_path / "ws",
             "train",

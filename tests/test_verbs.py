@@ -13,13 +13,13 @@ from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import Input, Select, Static
 
-from glmcore.estimate import CPU_RUN
 from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmtui.cli import main
 from glmtui.messages import ChatWith
 from glmtui.screens.chat import ChatScreen
 from glmtui.screens.config import ConfigScreen
+from glmtui.text.estimate import CPU_RUN
 
 
 def one_line(text: str) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from glmcore.workspace import Workspace, WorkspaceError, atomic_write_text, model_folder_problems
+from glmcore.models.checkpoint import model_folder_problems
+from glmcore.workspace import Workspace, WorkspaceError, atomic_write_text
 
 
 def test_root_comes_from_the_argument_then_the_environment_then_home(

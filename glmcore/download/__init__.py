@@ -14,7 +14,7 @@ Public API (the CLI and the TUI's Models screen use only this)::
   smoothed speed, ETA, current file, state, notes); setting the ``threading.Event`` ``cancel`` stops within a
   chunk and returns ``result.cancelled`` with ``.part`` files to resume from. Failures raise a ``DownloadError``
   (a ``GlmError``) whose message says what to do.
-- ``default_destination(source, models_dir, data_dir) -> Path``; ``format_bytes(n) -> str``.
+- ``default_destination(source, models_dir, data_dir) -> Path`` (sizes are written with ``glmcore.units``).
 
 Python files of a checkpoint (``modeling_chatglm.py`` …) are skipped unless ``include_code``: glmtui never runs them.
 """
@@ -46,7 +46,6 @@ from glmcore.download.transfer import (
     PlannedFile,
     RemoteFile,
     Source,
-    format_bytes,
     plan_download,
     run_download,
 )
@@ -77,7 +76,6 @@ __all__ = [
     "UnsafeListing",
     "WrongPassword",
     "default_destination",
-    "format_bytes",
     "plan_download",
     "resolve_source",
     "run_download",

@@ -36,6 +36,7 @@ from glmcore.download.errors import (
 from glmcore.download.http import Body, Cancelled, RetryPolicy, Transient
 from glmcore.download.paths import check_inside
 from glmcore.errors import GlmError
+from glmcore.units import format_bytes
 
 VERIFIED_FILE = ".glmtui-verified.json"
 HASH_BLOCK = 4 * 1024 * 1024
@@ -169,15 +170,6 @@ class DownloadResult:
 
 
 ProgressCallback = Callable[[DownloadProgress], None]
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KiB': sizes in messages."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
 
 
 class VerifiedCache:

@@ -1,8 +1,8 @@
 """What is in a model folder on disk, whether a weight or checkpoint file is whole, and the one-time conversion
 of `.bin` shards to safetensors.
 
-A model folder is usable when it has `config.json`, the tokenizer file and every weight shard its index
-names. Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`. A safetensors header is
+A model folder is usable when it has `config.json`, the tokenizer file and every weight shard each of its indexes
+names (`inspect_model_folder`, the one check the loader, the Models list, preflight and serving ask). Pickled `.bin` shards are only ever read with `torch.load(weights_only=True)`. A safetensors header is
 checked here before safetensors reads it, and a pickle's globals before torch does, so a garbled or crafted
 file is named as damaged instead of failing deep inside a loader (or never failing until its turn comes).
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.models import family_for
+from glmcore.models import FAMILIES, family_for
 from glmcore.models.shards import BIN_INDEX, SAFETENSORS_INDEX, SINGLE_BIN, SINGLE_SAFETENSORS
 from glmcore.workspace import atomic_write_text
 
@@ -61,6 +61,10 @@ class DamagedCheckpoint(GlmError):
     """
 
 
+WEIGHT_FORMATS = (("safetensors", SAFETENSORS_INDEX, SINGLE_SAFETENSORS), ("bin", BIN_INDEX, SINGLE_BIN))
+"""Each weight format with its index and single-file names, in the order the loader prefers them."""
+
+
 @dataclass
 class ModelFolder:
     """A model folder's state: which weight format it has and what is missing."""
@@ -69,6 +73,9 @@ class ModelFolder:
     weight_format: str | None  # "safetensors", "bin" or None when no weights are present
     weight_files: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    """The names of the missing parts: config.json, the tokenizer file, shard names."""
+    problems: list[str] = field(default_factory=list)
+    """One sentence per missing part or group of shards, naming the folder."""
 
     @property
     def complete(self) -> bool:
@@ -80,27 +87,73 @@ class ModelFolder:
 
 
 def _indexed_shards(index_path: Path) -> list[str]:
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    return sorted(set(index["weight_map"].values()))
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        return sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise DamagedCheckpoint(f"{index_path} cannot be read as a weight index ({error})") from error
+
+
+def _tokenizer_files(path: Path, family: str | None) -> list[str]:
+    """The tokenizer file of the folder's model family, or every family's when config.json cannot tell."""
+    try:
+        return [family_for(path, family)[0].tokenizer_file]
+    except GlmError:
+        return sorted({model_family.tokenizer_file for model_family in FAMILIES})
 
 
 def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
-    """Find the weight format (safetensors preferred) and list what a complete folder would still need."""
+    """The one completeness check (the loader, the Models list, preflight and serving all ask it): the weight
+    format the loader will read (safetensors preferred) and what a complete folder would still need.
+
+    A folder is complete with config.json, its family's tokenizer file (any family's when the family cannot be
+    told) and weights: every shard named by every weight index it holds (an index naming absent files is a
+    folder half-copied, whichever format the loader would read), or a single ``model.safetensors`` /
+    ``pytorch_model.bin``. A weight index that cannot be read raises DamagedCheckpoint.
+    """
     path = Path(path)
-    model_family, _ = family_for(path, family)
-    missing = [name for name in ("config.json", model_family.tokenizer_file) if not (path / name).is_file()]
-    for weight_format, index_name, single_name in (
-        ("safetensors", SAFETENSORS_INDEX, SINGLE_SAFETENSORS),
-        ("bin", BIN_INDEX, SINGLE_BIN),
-    ):
-        if (path / index_name).is_file():
-            shards = _indexed_shards(path / index_name)
-            present = [path / shard for shard in shards if (path / shard).is_file()]
-            absent = [shard for shard in shards if not (path / shard).is_file()]
-            return ModelFolder(path, weight_format, present, missing + absent)
-        if (path / single_name).is_file():
-            return ModelFolder(path, weight_format, [path / single_name], missing)
-    return ModelFolder(path, None, [], [*missing, "weights (pytorch_model*.bin or *.safetensors)"])
+    folder = ModelFolder(path, None)
+    if not (path / "config.json").is_file():
+        folder.missing.append("config.json")
+        folder.problems.append(f"{path} has no config.json")
+    tokenizer_files = _tokenizer_files(path, family)
+    if not any((path / name).is_file() for name in tokenizer_files):
+        folder.missing.append(" or ".join(tokenizer_files))
+        folder.problems.append(f"{path} has no {' or '.join(tokenizer_files)}")
+    indexes = [(weight_format, path / index) for weight_format, index, _ in WEIGHT_FORMATS]
+    indexes = [(weight_format, index) for weight_format, index in indexes if index.is_file()]
+    for weight_format, index_path in indexes:
+        shards = _indexed_shards(index_path)
+        absent = [shard for shard in shards if not (path / shard).is_file()]
+        if absent:
+            folder.missing.extend(absent)
+            folder.problems.append(
+                f"{path} lacks {len(absent)} of the {len(shards)} weight shards named by "
+                f"{index_path.name}: {', '.join(absent)}"
+            )
+        if folder.weight_format is None:
+            folder.weight_format = weight_format
+            folder.weight_files = [path / shard for shard in shards if (path / shard).is_file()]
+    singles = [(weight_format, path / single) for weight_format, _, single in WEIGHT_FORMATS]
+    singles = [(weight_format, single) for weight_format, single in singles if single.is_file()]
+    if not indexes and singles:
+        folder.weight_format, folder.weight_files = singles[0][0], [singles[0][1]]
+    elif not indexes:
+        names = [name for _, index, single in WEIGHT_FORMATS for name in (index, single)]
+        folder.missing.append("weights (pytorch_model*.bin or *.safetensors)")
+        folder.problems.append(f"{path} holds no weights (no {', '.join(names)})")
+    return folder
+
+
+def model_folder_problems(path: Path) -> list[str]:
+    """What is missing from a model folder for it to load (`inspect_model_folder`'s sentences); empty when it
+    is complete."""
+    if not Path(path).is_dir():
+        return [f"the model folder {path} does not exist"]
+    try:
+        return inspect_model_folder(path).problems
+    except DamagedCheckpoint as error:
+        return [str(error)]
 
 
 def stored_tensor_names(folder: ModelFolder) -> set[str]:

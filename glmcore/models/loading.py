@@ -84,8 +84,8 @@ def load_model(
     path = Path(path)
     if quantization_bit not in QUANTIZATION_BITS:
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
-    folder = require_complete(path, family)
     model_family, _ = family_for(path, family)
+    folder = require_complete(path, family)
     implementation = model_family.implementation()
     config = load_config(path, family)
     check_tensor_names(folder, implementation.model_class, config)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.units import format_bytes
 
 DISK_FULL_MARKERS = ("disk full", "No space left on device")
 DISK_FULL_FREE_BYTES = 16 * 1024 * 1024
@@ -44,12 +45,6 @@ def is_disk_full(error: BaseException, folder: Path) -> bool:
         return False
 
 
-def _format_bytes(count: float) -> str:
-    from glmcore.download.transfer import format_bytes
-
-    return format_bytes(count)
-
-
 def describe_failure(exc: BaseException, step: int | None = None) -> str:
     """The ``reason`` to record for a training process that failed with ``exc``: what happened, what to change."""
     chain: list[BaseException] = []
@@ -73,7 +68,7 @@ def describe_failure(exc: BaseException, step: int | None = None) -> str:
             Path(filename).parent if filename else Path.cwd()
         )  # the training process runs in its run folder
         with contextlib.suppress(OSError):
-            free = _format_bytes(shutil.disk_usage(folder).free)
+            free = format_bytes(shutil.disk_usage(folder).free)
             return f"disk full{at}: {free} free on {folder} ({type(exc).__name__}: {exc})"
     if isinstance(exc, KeyboardInterrupt):
         return f"stopped at once{at} (a forced stop or interrupt); steps after the latest checkpoint are lost"

@@ -19,8 +19,9 @@ from typing import NamedTuple
 from glmcore.config import RunConfig
 from glmcore.errors import GlmError, RunError
 from glmcore.process_identity import process_matches, process_start_time
-from glmcore.runs.failure import DISK_FULL_MARKERS, DiskFull, _format_bytes, is_disk_full
+from glmcore.runs.failure import DISK_FULL_MARKERS, DiskFull, is_disk_full
 from glmcore.runs.tail import EventTail, latest_by_step, open_run_file
+from glmcore.units import format_bytes
 from glmcore.workspace import atomic_write_text
 
 STATES = ("created", "queued", "running", "stopping", "stopped", "finished", "failed", "crashed")
@@ -488,7 +489,7 @@ class Run:
                 shutil.rmtree(partial, ignore_errors=True)
             if full:
                 raise DiskFull(
-                    f"disk full: {_format_bytes(shutil.disk_usage(self.checkpoints_dir).free)} free on "
+                    f"disk full: {format_bytes(shutil.disk_usage(self.checkpoints_dir).free)} free on "
                     f"{self.checkpoints_dir} while saving {final.name} (its partial folder was deleted); free some "
                     f"space, then `glmtui resume {self.id}`"
                 ) from error

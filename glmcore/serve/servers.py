@@ -289,9 +289,9 @@ def plan_server(
 ) -> ServerPlan:
     """What to serve, checked before anything starts: the model (given, or the first run's), the prefixes named,
     every named run a P-tuning run of that model (others are refused, pointing to `glmtui export`)."""
+    from glmcore.models.checkpoint import model_folder_problems
     from glmcore.runs import RunStore
     from glmcore.serve.registry import ModelRegistry, Selection, refused_method
-    from glmcore.workspace import model_folder_problems
 
     check_limits(ServerPlan(model="", **options))
     store = RunStore(workspace.runs_dir)

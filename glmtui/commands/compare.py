@@ -10,12 +10,7 @@ from rich.text import Text
 
 from glmcore.compare import METRICS, compare_runs
 from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
-from glmtui.presentation import (
-    comparison_columns,
-    comparison_heading,
-    comparison_rows,
-    setting_rows,
-)
+from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
 
 
 def show_comparison(args: argparse.Namespace) -> int:

@@ -23,13 +23,14 @@ from glmcore.download import (
     DownloadProgress,
     DownloadResult,
     default_destination,
-    format_bytes,
     plan_download,
     resolve_source,
     run_download,
 )
 from glmcore.errors import GlmError
-from glmcore.workspace import Workspace, model_folder_problems
+from glmcore.models.checkpoint import model_folder_problems
+from glmcore.units import format_bytes
+from glmcore.workspace import Workspace
 
 EXIT_CANCELLED = 130
 

@@ -21,7 +21,7 @@ from rich.text import Text
 from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
 from glmtui.commands.runs import store_from_workspace
-from glmtui.presentation import format_duration
+from glmtui.text.figures import speed_and_eta
 
 if TYPE_CHECKING:
     from glmcore.evaluate import EvalPlan
@@ -191,7 +191,7 @@ def metrics_table(comparison) -> Table:
 
 def run_with_progress(console: Console, arguments: dict):
     """Run the comparison on a worker thread, so that Ctrl-C cancels it cleanly."""
-    from glmcore.evaluate import compare
+    from glmcore.evaluate import compare_checkpoints
 
     cancel = threading.Event()
     outcome: dict[str, object] = {}
@@ -209,9 +209,7 @@ def run_with_progress(console: Console, arguments: dict):
                 tasks[snapshot.label] = bars.add_task(snapshot.label, total=snapshot.total, detail="")
             finished = snapshot.phase == "scoring" and snapshot.done == snapshot.total
             phase = "done" if finished else snapshot.phase
-            detail = f"{snapshot.tokens_per_second:,.0f} tok/s"
-            if not finished:
-                detail += f" · ETA {format_duration(snapshot.eta_seconds)}"
+            detail = speed_and_eta(snapshot.tokens_per_second, None if finished else snapshot.eta_seconds)
             bars.update(
                 tasks[snapshot.label],
                 description=f"{snapshot.label} ({phase}, {snapshot.evaluation}/{snapshot.evaluations})",
@@ -222,7 +220,7 @@ def run_with_progress(console: Console, arguments: dict):
 
         def work() -> None:
             try:
-                outcome["result"] = compare(**arguments, progress=show, cancel=cancel)
+                outcome["result"] = compare_checkpoints(**arguments, progress=show, cancel=cancel)
             except BaseException as error:  # handed to the main thread, which re-raises it
                 outcome["error"] = error
 

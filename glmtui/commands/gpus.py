@@ -1,6 +1,6 @@
 """`glmtui gpus`: the GPUs here as the Training view shows them, or a recording of them for replay.
 
-The same renderer as the app's GPU panel (``glmtui.gpu_text``), so what the CLI prints over SSH is what the
+The same renderer as the app's GPU panel (``glmtui.text.gpus``), so what the CLI prints over SSH is what the
 panel shows, this machine's CPU and memory where there is no NVIDIA driver. ``--record`` writes raw NVML
 samples (the format the tests replay); ``--replay`` prints them.
 """
@@ -13,7 +13,7 @@ from rich.console import Console
 
 from glmcore.gpu import DEFAULT_INTERVAL_S, RecordedGpuBackend, read_gpus, record_samples
 from glmcore.gpu.host import measure_host_usage
-from glmtui.gpu_text import gpu_report
+from glmtui.text.gpus import gpu_report
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

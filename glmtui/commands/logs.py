@@ -17,7 +17,7 @@ from rich.markup import escape
 from glmcore.errors import GlmError
 from glmcore.runs import EventTail, FileTail, Run, last_lines_offset
 from glmtui.commands.runs import store_from_workspace
-from glmtui.presentation import event_line
+from glmtui.text.runs import event_line
 
 FOLLOW_INTERVAL_S = 0.5
 DEFAULT_LINES = 200

@@ -14,7 +14,7 @@ from glmcore.model_folders import AUTOMATIC, choose_family, describe_model_folde
 from glmcore.models import family_names
 from glmcore.workspace import Workspace
 from glmtui.commands.family_option import family_name
-from glmtui.presentation import MODEL_COLUMNS, model_cells, model_detail
+from glmtui.text.models import MODEL_COLUMNS, model_cells, model_detail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -19,6 +19,7 @@ from glmcore.queue import Queue, QueueSettings
 from glmcore.sweep import parse_value
 from glmcore.workspace import Workspace
 from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
+from glmtui.text.queue import moved_sentence, queue_wait, started_now_sentence, unqueued_sentence
 
 
 def workspace_queue() -> Queue:
@@ -36,15 +37,11 @@ def show_queue(console: Console, queue: Queue) -> None:
     if not console.is_terminal:
         console.width = PIPED_WIDTH  # whole ids and reasons for grep and scripts, as `glmtui runs` does
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
-    for column in ("#", "RUN", "GPUS", "WAITS FOR"):
+    for column in ("#", "RUN", "GPUS", "WHY IT WAITS"):
         table.add_column(column, justify="right" if column == "#" else "left")
     for run, decision in planned:
-        why = decision.reason if not decision.admitted else "nothing: it starts at the worker's next look"
-        if decision.unstartable:
-            gpus, why = "?", f"nothing: it cannot start and leaves the queue ({why})"
-        else:
-            gpus = ",".join(map(str, run.config.gpus)) or "cpu"
-        table.add_row(str(decision.position), Text(run.id), gpus, Text(why))
+        gpus = "?" if decision.unstartable else ",".join(map(str, run.config.gpus)) or "cpu"
+        table.add_row(str(decision.position), Text(run.id), gpus, Text(queue_wait(decision)))
     console.print(table)
     settings = queue.settings()
     worker = "a worker is working it" if queue.worker_alive() else "no worker is alive (`glmtui queue work`)"
@@ -70,17 +67,12 @@ def queue_command(args: argparse.Namespace) -> int:
     run = store_from_workspace().resolve(args.run)
     if action in ("up", "down"):
         position = queue.move(run, -1 if action == "up" else 1)
-        console.print(Text(f"Run {run.id} is now number {position} in the queue."))
+        console.print(Text(moved_sentence(run.id, position)))
     elif action == "start":
-        pid = queue.start_now(run)
-        console.print(
-            Text.assemble("Started run ", (run.id, "bold"), f" now, ahead of the queue (pid {pid}).")
-        )
+        console.print(Text(started_now_sentence(run.id, queue.start_now(run))))
     else:
         queue.cancel(run)
-        console.print(
-            Text(f"Took run {run.id} off the queue; it stays as a created run (`glmtui resume {run.id}`).")
-        )
+        console.print(Text(unqueued_sentence(run.id)))
     return 0
 
 

@@ -13,11 +13,13 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
+from glmcore.model_folders import family_title_of
 from glmcore.notify import report_found_in
 from glmcore.runs import Run, RunStore
 from glmcore.sweep import group_runs
 from glmcore.workspace import Workspace
-from glmtui.presentation import family_title, fit_run_columns, run_cells, slurm_detail, state_text
+from glmtui.text.figures import MISSING
+from glmtui.text.runs import fit_run_columns, run_cells, slurm_detail, state_text
 
 PIPED_WIDTH = 200
 COLUMNS = ("Run", "State", "Family", "Step", "Loss", "Tok/s", "ETA", "GPUs", "Age")
@@ -41,7 +43,12 @@ def _cells(run: Run) -> dict[str, str | Text]:
     return {
         "Run": Text(run.id),
         "State": state_text(status.state, slurm_detail(status) or away),
-        **run_cells(status, last_log_event(run), now, family_title(run.config.model_path)),
+        **run_cells(
+            status,
+            last_log_event(run),
+            now,
+            family_title_of(run.config.model_path, run.config.family) or MISSING,
+        ),
     }
 
 

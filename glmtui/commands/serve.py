@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def list_servers(workspace, console: Console) -> int:
     from glmcore.serve.servers import list_servers as servers_of
-    from glmtui.serve_text import SERVER_COLUMNS, server_cells
+    from glmtui.text.serve import SERVER_COLUMNS, server_cells
 
     servers = servers_of(workspace)
     if not servers:
@@ -118,7 +118,7 @@ def list_servers(workspace, console: Console) -> int:
 
 def stop(workspace, name: str, console: Console) -> int:
     from glmcore.serve.servers import resolve_server, stop_server
-    from glmtui.serve_text import stop_line
+    from glmtui.text.serve import stop_line
 
     server = resolve_server(workspace, name)
     before = server.status()
@@ -162,7 +162,7 @@ def serve_in_front(workspace, plan, key, console: Console) -> int:
     from glmcore.quiet import quiet_libraries
     from glmcore.serve.main import bind, serve_forever
     from glmcore.serve.servers import create_server
-    from glmtui.serve_text import request_line
+    from glmtui.text.serve import request_line
 
     sock = bind(plan.host, plan.port)
     quiet_libraries()

@@ -14,6 +14,7 @@ from rich.text import Text
 from glmcore.errors import GlmError
 from glmcore.runs import stop, wait_for_end
 from glmtui.commands.runs import store_from_workspace
+from glmtui.text.runs import run_end_sentence
 
 DEFAULT_WAIT_S = 120.0
 FORCE_GRACE_S = 10.0
@@ -52,8 +53,7 @@ def stop_run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    reason = f": {status.reason}" if status.reason else ""
-    console.print(Text(f"Run {run.id} {status.state} at step {status.step}/{status.total}{reason}."))
+    console.print(Text(run_end_sentence(run.id, status)))
     return 0
 
 

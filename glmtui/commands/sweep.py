@@ -16,13 +16,15 @@ from rich.markup import escape
 from rich.text import Text
 
 from glmcore.errors import GlmError
-from glmcore.queue import GIB, estimate_need
+from glmcore.queue import Queue, estimate_need
 from glmcore.runs import Run
 from glmcore.start import start_sweep, sweep_points
 from glmcore.sweep import Sweep, parse_sets, problems
 from glmcore.workspace import Workspace
 from glmtui.commands.train import add_slurm_arguments, load_config, print_cautions, slurm_options
-from glmtui.presentation import state_text
+from glmtui.text.estimate import sweep_need
+from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
+from glmtui.text.runs import state_text
 
 FOLLOW_INTERVAL_S = 1.0
 WAITING_STATES = ("queued", "running", "stopping")
@@ -58,18 +60,17 @@ def sweep_command(args: argparse.Namespace) -> int:
         return 1
     sweep = started.sweep
     if slurm is not None:
-        console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs submitted to Slurm (Slurm is their queue).")
+        console.print(Text(sweep_submitted_sentence(sweep.id, started.jobs)))
         for run, point, job in zip(sweep.runs, started.points, started.jobs, strict=True):
             console.print(Text(f"  {run.id}  {point.label}  (Slurm job {job})"))
         console.print("See them with `glmtui runs` (or squeue).")
         return 0 if args.detach else follow_sweep(console, sweep)
-    console.print(f"Sweep {sweep.id}: {len(sweep.runs)} runs queued.")
+    console.print(Text(sweep_queued_sentence(sweep.id, len(sweep.runs))))
     for run, point in zip(sweep.runs, started.points, strict=True):
-        need = estimate_need(run) if run.config.gpus else None
-        needs = f"{need / GIB:.1f} GiB per GPU" if need is not None else "the CPU"
+        needs = f"{sweep_need(estimate_need(run))} per GPU" if run.config.gpus else "the CPU"
         console.print(Text(f"  {run.id}  {point.label}  (needs {needs})"))
     if started.worker is not None:
-        console.print(f"Started the queue worker (pid {started.worker}); it exits when the queue is empty.")
+        console.print(Text(worker_started_sentence(started.worker, Queue(workspace).worker_log_path)))
     console.print("See the queue with `glmtui queue`, the runs with `glmtui runs`.")
     if args.detach:
         return 0

@@ -16,14 +16,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.text import Text
 
 from glmcore import preflight
 from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, RunStatus, describe_resume, launch, stop
+from glmcore.runs import EventTail, Run, describe_resume, launch, stop
 from glmcore.runs import resume as resume_run
 from glmcore.slurm.script import (
-    SCRIPT_FILE,
     SlurmOptions,
     SlurmOptionsError,
     check_submittable,
@@ -32,22 +32,23 @@ from glmcore.slurm.script import (
 )
 from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
-from glmtui.presentation import progress_summary
+from glmtui.text.estimate import CPU_RUN, estimate_line, fit_sentence
+from glmtui.text.queue import worker_started_sentence
+from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait, started_sentence
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
 FORCE_GRACE_S = 10.0
-GIB = 2**30
 
 
 def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = True) -> None:
     """The VRAM estimate and, on this machine (``here``; not a Slurm job's), whether it fits each chosen GPU's
     free memory now, as the config editor says it (`glmcore.estimate.gpu_fits`); a warning where it won't."""
-    from glmcore.estimate import CPU_RUN, ModelShape, estimate_vram, gpu_fits
+    from glmcore.estimate import ModelShape, estimate_vram, gpu_fits
     from glmcore.gpu import free_memory_by_gpu
 
     estimate = estimate_vram(ModelShape.from_model_dir(config.model_path, config.family), config)
-    console.print(f"VRAM estimate: {estimate.total / GIB:.1f} GiB per GPU")
+    console.print(estimate_line(estimate.total))
     if not here:
         return
     if not config.gpus:
@@ -55,10 +56,10 @@ def _print_vram_estimate(console: Console, config: RunConfig, *, here: bool = Tr
     for fit in gpu_fits(estimate, config.gpus, free_memory_by_gpu() if config.gpus else {}):
         if fit.fits is False:
             console.print(
-                f"[yellow]warning:[/] {escape(fit.sentence())} (see `glmtui runs` and the log if it fails)"
+                f"[yellow]warning:[/] {escape(fit_sentence(fit))} (see `glmtui runs` and the log if it fails)"
             )
         else:
-            console.print(escape(fit.sentence()))
+            console.print(escape(fit_sentence(fit)))
 
 
 def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
@@ -89,7 +90,7 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
                     task,
                     completed=status.step,
                     total=status.total or None,
-                    detail=waiting_text(status) or progress_summary(last_log),
+                    detail=slurm_wait(status) or progress_summary(last_log),
                 )
                 ended = not (status.is_active or status.waits_in_slurm)
                 if process.poll() is not None if process is not None else ended:
@@ -115,21 +116,12 @@ def follow(run: Run, process: subprocess.Popen | None, console: Console) -> int:
     return report_end(run, console)
 
 
-def waiting_text(status: RunStatus) -> str | None:
-    """A Slurm run not training yet: why its job waits, or where it is starting."""
-    if not status.waits_in_slurm:
-        return None
-    if status.pending_reason:
-        return f"Slurm job {status.slurm_job} waits: {status.pending_reason}"
-    return f"Slurm job {status.slurm_job} starting on {', '.join(status.nodes) or 'its nodes'}…"
-
-
 def report_end(run: Run, console: Console) -> int:
     """Say how the run ended; for a failure or crash add its reason and the log's last lines."""
     status = run.status()
     checkpoint = run.latest_checkpoint()
     saved = f"; latest checkpoint: {checkpoint.path}" if checkpoint else ""
-    console.print(f"Run {run.id} {status.state} at step {status.step}/{status.total}{escape(saved)}.")
+    console.print(Text(run_end_sentence(run.id, status, saved)))
     if status.state in ("finished", "stopped"):
         if status.state == "stopped":
             console.print(f"Continue it with `glmtui resume {run.id}`.")
@@ -151,15 +143,13 @@ def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     if resume:  # said once the resume is under way, so a refused one prints only the refusal
         console.print(escape(describe_resume(run)))
     if isinstance(started, int) and run.stored_status().slurm_job == started:
-        console.print(
-            f"Submitted run [bold]{run.id}[/] to Slurm as job {started} ({SCRIPT_FILE} in its folder)."
-        )
+        console.print(Text(started_sentence(run.id, started, slurm=True)))
         if detach:
             console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
             return 0
         return follow(run, None, console)
     if detach:
-        console.print(f"Started run [bold]{run.id}[/] in the background (pid {started}).")
+        console.print(Text(started_sentence(run.id, started, slurm=False)))
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
         return 0
     assert isinstance(started, subprocess.Popen)
@@ -175,7 +165,7 @@ def enqueue(run: Run, workspace: Workspace, console: Console) -> int:
     [position], pid = queue.queue_runs([run])
     console.print(f"Queued it at position {position}; it starts when its GPUs have room (`glmtui queue`).")
     if pid is not None:
-        console.print(f"Started the queue worker (pid {pid}); it exits when the queue is empty.")
+        console.print(Text(worker_started_sentence(pid, queue.worker_log_path)))
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, ClassVar, Protocol, cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,8 +14,9 @@ from textual.worker import Worker
 
 if TYPE_CHECKING:
     from glmcore.gpu import GpuSnapshot
-    from glmcore.runs import Run
-    from glmtui.app import GlmApp
+    from glmcore.runs import Run, RunStore
+    from glmcore.runs_watcher import RunsWatcher
+    from glmcore.workspace import Workspace
 
 NAVIGATION: tuple[tuple[str, str, str], ...] = (
     ("f2", "models", "Models"),
@@ -56,6 +59,26 @@ def nav_text(current: str, width: int, demo_build: float | None = None) -> Text:
     return text
 
 
+class Workbench(Protocol):
+    """What a screen asks of the app it runs in (`glmtui.app.GlmApp` is the one): typed here, so that no screen
+    imports the app module, which imports every screen."""
+
+    workspace: Workspace
+    run_store: RunStore
+    runs_watcher: RunsWatcher
+    gpu_snapshot: GpuSnapshot | None
+    demo_build: float | None
+    clock: Callable[[], datetime]
+
+    def action_show(self, name: str) -> Awaitable[object] | None: ...
+
+    def look_at_runs(self) -> object: ...
+
+    def set_demo_build(self, fraction: float | None) -> None: ...
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None: ...
+
+
 class NavBar(Static):
     """One line naming every screen with its key, the current one highlighted: the map of the app. While the
     demo workspace is being built, its progress too (ctrl+p "demo" opens it)."""
@@ -65,7 +88,7 @@ class NavBar(Static):
         self.current = current
 
     def render(self) -> Text:
-        return nav_text(self.current, self.size.width, getattr(self.app, "demo_build", None))
+        return nav_text(self.current, self.size.width, cast("Workbench", self.app).demo_build)
 
 
 class WorkbenchScreen(Screen):
@@ -74,9 +97,9 @@ class WorkbenchScreen(Screen):
     NAME: ClassVar[str] = ""
 
     @property
-    def workbench(self) -> GlmApp:
+    def workbench(self) -> Workbench:
         """The app, typed (screens only ever run inside GlmApp)."""
-        return self.app  # type: ignore[return-value]
+        return cast("Workbench", self.app)
 
     def compose(self) -> ComposeResult:
         yield NavBar(self.NAME)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -21,35 +22,36 @@ from textual.message import Message
 from textual.widgets import Input, Label, Select, Static
 from textual.worker import Worker, WorkerState
 
-from glmcore.chat import ChatError, ChatPlan, ChatSettings, plan_chat
+from glmcore.chat import ChatError, ChatPlan, ChatSession, ChatSettings, plan_chat
 from glmcore.errors import GlmError
 from glmcore.runs import Run
-from glmtui.presentation import format_duration
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration
 
 BASE = "base"
 
 
+@dataclass
 class ChatLoaded(Message):
-    def __init__(self, session: object, description: str) -> None:
-        super().__init__()
-        self.session = session
-        self.description = description
+    """The model and prefix are loaded: the session to chat with, and what it is, in words."""
+
+    session: ChatSession
+    description: str
 
 
+@dataclass
 class ChatLoadStep(Message):
     """The model load reached ``step`` ("the tokenizer", "the weights")."""
 
-    def __init__(self, step: str) -> None:
-        super().__init__()
-        self.step = step
+    step: str
 
 
+@dataclass
 class AnswerGrew(Message):
-    def __init__(self, text: str, done: bool) -> None:
-        super().__init__()
-        self.text = text
-        self.done = done
+    """The answer so far (``done`` once it is whole), from the generating worker."""
+
+    text: str
+    done: bool
 
 
 class ChatScreen(WorkbenchScreen):
@@ -71,7 +73,7 @@ class ChatScreen(WorkbenchScreen):
     def __init__(self) -> None:
         super().__init__()
         self.run: Run | None = None
-        self.session: object | None = None
+        self.session: ChatSession | None = None
         self.transcript: list[tuple[str, str]] = []
         self._cancel = threading.Event()
         self.waiting: str | None = None
@@ -226,7 +228,7 @@ class ChatScreen(WorkbenchScreen):
         if self.waiting is not None:
             self.notify("One message already waits for the model; this one stays in the field.")
             return
-        if self._settings() is None:
+        if self.chat_settings() is None:
             return
         query = event.value.strip()
         event.input.value = ""
@@ -240,7 +242,7 @@ class ChatScreen(WorkbenchScreen):
 
     def _send(self, query: str) -> None:
         """Ask the loaded model ``query`` with the settings of the fields (and the System field, if shown)."""
-        settings = self._settings()
+        settings = self.chat_settings()
         if settings is None:
             return
         if self.session.system_role:  # type: ignore[attr-defined]
@@ -252,7 +254,7 @@ class ChatScreen(WorkbenchScreen):
         self.answer(query, settings, self._cancel)
         self._draw()
 
-    def _settings(self) -> ChatSettings | None:
+    def chat_settings(self) -> ChatSettings | None:
         """The settings of the fields, or None after saying what is wrong with them (the engine's checks)."""
         values = {}
         for name, field_id, label in (

@@ -3,10 +3,12 @@
 One plot overlays every run's training loss (and its validation loss, where it evaluated while training); below it
 the runs best first by the chosen metric (b picks the next one) with their losses, speed, memory, time and
 evaluation metrics, and the settings whose values differ between them. The figures are glmcore.compare's, the
-text the shared presentation module's, as `glmtui compare` prints them.
+text glmtui.text.compare's, as `glmtui compare` prints them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import work
@@ -18,13 +20,8 @@ from textual_plotext import PlotextPlot
 
 from glmcore.compare import METRICS, RunComparison, compare_runs, order
 from glmcore.runs import Run
-from glmtui.presentation import (
-    comparison_columns,
-    comparison_heading,
-    comparison_rows,
-    setting_rows,
-)
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
 
 ORDER_CHOICES = ("eval_loss", "final_loss", "best_loss", "bleu-4", "rouge-l", "tokens_per_s", "duration_s")
 """What b steps through (every metric of glmcore.compare.METRICS is available to `glmtui compare --by`)."""
@@ -32,10 +29,11 @@ COLORS = ("cyan", "orange", "green", "magenta", "red", "blue", "yellow", "white"
 """One colour per run, its training curve and validation dots alike; #N in the table is the Nth colour."""
 
 
+@dataclass
 class Compared(Message):
-    def __init__(self, comparison: RunComparison) -> None:
-        super().__init__()
-        self.comparison = comparison
+    """The runs side by side, read off the UI thread."""
+
+    comparison: RunComparison
 
 
 class CompareScreen(WorkbenchScreen):

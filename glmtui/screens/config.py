@@ -37,12 +37,12 @@ from glmcore import preflight
 from glmcore import runs as run_control
 from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, cautions
 from glmcore.data import SUPPORTED_SUFFIXES
-from glmcore.download import format_bytes
 from glmcore.errors import GlmError
-from glmcore.estimate import CPU_RUN, ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
+from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
-from glmcore.model_folders import choose_family
+from glmcore.model_folders import choose_family, family_title_of
 from glmcore.models import FAMILIES, family_for
+from glmcore.queue import Queue
 from glmcore.runs import Run
 from glmcore.slurm.jobs import Partition, cluster_configured, partitions
 from glmcore.slurm.script import (
@@ -54,6 +54,7 @@ from glmcore.slurm.script import (
 from glmcore.start import create_run, run_problems, start_sweep, sweep_points
 from glmcore.sweep import SweepPoint, expand, format_value
 from glmcore.sweep import problems as sweep_problems
+from glmcore.units import format_bytes
 from glmtui.config_form import (
     CHOICE_FIELDS,
     INTEGER_FIELDS,
@@ -68,12 +69,14 @@ from glmtui.config_form import (
     parse_gpus,
     read_form,
 )
-from glmtui.gpu_text import compact_gpu_rows
 from glmtui.messages import DataChoice, OpenRun
-from glmtui.presentation import family_title
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.estimate import CPU_RUN, fit_sentence, sweep_need
+from glmtui.text.figures import MISSING
+from glmtui.text.gpus import compact_gpu_rows
+from glmtui.text.queue import sweep_queued_sentence, sweep_submitted_sentence, worker_started_sentence
+from glmtui.text.runs import started_sentence
 
-GIB = 2**30
 QUANTIZATION_LABELS = {4: "4-bit (NF4)", 8: "8-bit (int8)", 16: "16-bit (none)"}
 FIELD_LABELS = {
     "name": "Name",
@@ -115,40 +118,29 @@ SLURM_FIELDS = {
 """The Slurm rows, shown when "Where" is Slurm; each is the SlurmOptions field after ``slurm_``."""
 
 
+@dataclasses.dataclass
 class SlurmFound(Message):
     """What sinfo says about the cluster this machine submits to (nothing: no cluster answers)."""
 
-    def __init__(self, partitions: list[Partition], defaults: SlurmOptions) -> None:
-        super().__init__()
-        self.partitions = partitions
-        self.defaults = defaults
+    partitions: list[Partition]
+    defaults: SlurmOptions
 
 
+@dataclasses.dataclass
 class ConfigChecked(Message):
     """The checks of one form state: problems, and the VRAM estimates (or why this model's cannot be made)."""
 
-    def __init__(
-        self,
-        config: RunConfig,
-        problems: list[Problem],
-        estimates: Estimates,
-        saved: bool,
-        sweep: list[tuple[SweepPoint, int | None]] | None = None,
-        family: str = "",
-        family_unclear: bool = False,
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.problems = problems
-        self.estimates = estimates
-        self.saved = saved
-        """Whether the file ctrl+s writes already holds exactly this config."""
-        self.sweep = sweep
-        """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
-        self.family = family
-        """The model folder's family title ("" when the folder cannot be read)."""
-        self.family_unclear = family_unclear
-        """Whether config.json alone does not tell the folder's family, so the form offers the Family row."""
+    config: RunConfig
+    problems: list[Problem]
+    estimates: Estimates
+    saved: bool
+    """Whether the file ctrl+s writes already holds exactly this config."""
+    sweep: list[tuple[SweepPoint, int | None]] | None = None
+    """Each run of a sweep with its VRAM estimate per GPU (None: unknown); None for a single run."""
+    family: str = ""
+    """The model folder's family title ("" when the folder cannot be read)."""
+    family_unclear: bool = False
+    """Whether config.json alone does not tell the folder's family, so the form offers the Family row."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,9 +243,9 @@ def describe_estimate(
     free = free_memory_by_gpu(snapshot) if snapshot is not None and snapshot.available else {}
     for fit in gpu_fits(model or reference, gpus, free):
         if fit.fits is None:
-            text.append(fit.sentence() + "\n", style="yellow")
+            text.append(fit_sentence(fit) + "\n", style="yellow")
             continue
-        line = fit.sentence()
+        line = fit_sentence(fit)
         if model is not None:  # the published model's answer beside this one's
             verdict = "fits" if reference.fits(fit.free_bytes) else "does not fit"
             line += f" {estimates.reference_name} {verdict}."
@@ -266,8 +258,7 @@ def sweep_text(sweep: list[tuple[SweepPoint, int | None]]) -> Text:
     names = " × ".join(dict.fromkeys(key for point, _ in sweep for key in point.values))
     text = Text(f"Sweep: {len(sweep)} runs ({names})\n", style="bold")
     for point, need in sweep:
-        needs = f"{need / GIB:.1f} GiB" if need is not None else "VRAM unknown"
-        text.append(f"  {point.short_label}: {needs}\n")
+        text.append(f"  {point.short_label}: {sweep_need(need)}\n")
     return text
 
 
@@ -593,7 +584,8 @@ class ConfigScreen(WorkbenchScreen):
         shape, model, model_problem, family = None, None, None, ""
         unclear = _family_unclear(config.model_path)
         try:
-            family = family_title(config.model_path, config.family) if config.model_path.is_dir() else ""
+            if config.model_path.is_dir():
+                family = family_title_of(config.model_path, config.family) or MISSING
             shape = ModelShape.from_model_dir(config.model_path, config.family)
             model = estimate_vram(shape, config)
         except GlmError as error:
@@ -762,9 +754,11 @@ class ConfigScreen(WorkbenchScreen):
         started = start_sweep(workspace, config, axes, slurm)
         sweep = started.sweep
         if started.jobs:
-            message = f"Submitted sweep {sweep.id} to Slurm: jobs {', '.join(map(str, started.jobs))}."
+            message = sweep_submitted_sentence(sweep.id, started.jobs)
         else:
-            message = f"Queued sweep {sweep.id}: {len(sweep.runs)} runs."
+            message = sweep_queued_sentence(sweep.id, len(sweep.runs))
+            if started.worker is not None:
+                message += " " + worker_started_sentence(started.worker, Queue(workspace).worker_log_path)
         self.app.call_from_thread(self.notify, message)
         self.app.call_from_thread(self.workbench.action_show, "runs")
 
@@ -780,8 +774,10 @@ class ConfigScreen(WorkbenchScreen):
             check_submittable(slurm, workspace.runs_dir)
         run = create_run(workspace, config, slurm)
         started = run_control.launch(run, detach=True)
-        job = f" as Slurm job {started}" if slurm is not None else ""
-        self.app.call_from_thread(self._started, run, job)
+        assert isinstance(started, int)  # detached: a pid, or the Slurm job's number
+        self.app.call_from_thread(
+            self._started, run, started_sentence(run.id, started, slurm=slurm is not None)
+        )
 
     def _remember_family(self, config: RunConfig) -> None:
         """A family set in the form is remembered for the model folder too, so evaluating or chatting with it
@@ -789,8 +785,8 @@ class ConfigScreen(WorkbenchScreen):
         if config.family is not None:
             choose_family(self.workbench.workspace, config.model_path, config.family)
 
-    def _started(self, run: Run, job: str = "") -> None:
-        self.notify(f"Submitted {run.id}{job}." if job else f"Started {run.id}.")
+    def _started(self, run: Run, said: str) -> None:
+        self.notify(said)
         self.post_message(OpenRun(run))
 
     def action_load_config(self) -> None:

@@ -45,10 +45,11 @@ class Preview:
     skipped: int
 
 
+@dataclass
 class DataPreviewed(Message):
-    def __init__(self, preview: Preview) -> None:
-        super().__init__()
-        self.preview = preview
+    """The data file's rows and token statistics, built off the UI thread."""
+
+    preview: Preview
 
 
 class DataScreen(WorkbenchScreen):

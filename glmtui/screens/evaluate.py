@@ -1,6 +1,6 @@
 """The Evaluate screen: the base model against a run's prefix checkpoints, metrics side by side, worst first.
 
-The comparison runs in a thread worker through ``glmcore.evaluate.compare`` (which loads torch itself); its
+The comparison runs in a thread worker through ``glmcore.evaluate.compare_checkpoints`` (which loads torch itself); its
 progress snapshots come back as messages, and x sets the cancel event it watches.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -19,25 +20,36 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, ProgressBar, SelectionList, Static
 from textual.worker import Worker, WorkerState
 
-from glmcore.evaluate import BASE, EvalError, EvalPlan, new_run_evaluation_folder, plan_evaluation
+from glmcore.evaluate import (
+    BASE,
+    CheckpointComparison,
+    EvalError,
+    EvalPlan,
+    EvalProgress,
+    new_run_evaluation_folder,
+    plan_evaluation,
+)
 from glmcore.runs import Run
-from glmtui.presentation import format_duration, skipped_checkpoint_line
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration, speed_and_eta
+from glmtui.text.runs import skipped_checkpoint_line
 
 BASE_LABEL = "base model"
 READY = "space ticks what to compare; ctrl+g evaluates."
 
 
+@dataclass
 class EvalProgressed(Message):
-    def __init__(self, progress: object) -> None:
-        super().__init__()
-        self.progress = progress
+    """How far the evaluation is, from its worker."""
+
+    progress: EvalProgress
 
 
+@dataclass
 class EvalFinished(Message):
-    def __init__(self, comparison: object) -> None:
-        super().__init__()
-        self.comparison = comparison
+    """The finished (or cancelled) comparison of the checkpoints."""
+
+    comparison: CheckpointComparison
 
 
 def short(text: str | None, width: int = 40) -> str:
@@ -68,7 +80,7 @@ class EvaluateScreen(WorkbenchScreen):
     def __init__(self) -> None:
         super().__init__()
         self.run: Run | None = None
-        self.comparison: object | None = None
+        self.comparison: CheckpointComparison | None = None
         self._cancel = threading.Event()
         self._loading_since: float | None = None
         """When the evaluation began loading its model, until its first progress report."""
@@ -170,16 +182,20 @@ class EvaluateScreen(WorkbenchScreen):
         self._loading_since = time.monotonic()
         self._show_loading()
         self.query_one("#evaluate-progress", ProgressBar).display = True
-        self.compare(plan, new_run_evaluation_folder(self.run, self.workbench.clock()), limit, self._cancel)
+        self.evaluate_checkpoints(
+            plan, new_run_evaluation_folder(self.run, self.workbench.clock()), limit, self._cancel
+        )
 
     def action_cancel(self) -> None:
         self._cancel.set()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="evaluate")
-    def compare(self, plan: EvalPlan, output_root: Path, limit: int | None, cancel: threading.Event) -> None:
-        from glmcore.evaluate import compare
+    def evaluate_checkpoints(
+        self, plan: EvalPlan, output_root: Path, limit: int | None, cancel: threading.Event
+    ) -> None:
+        from glmcore.evaluate import compare_checkpoints
 
-        comparison = compare(
+        comparison = compare_checkpoints(
             **plan.compare_arguments(),
             output_root=output_root,
             progress=lambda snapshot: self.post_message(EvalProgressed(snapshot)),
@@ -195,8 +211,7 @@ class EvaluateScreen(WorkbenchScreen):
         bar.update(total=progress.total, progress=progress.done)
         self.query_one("#evaluate-status", Static).update(
             f"{progress.label} ({progress.evaluation}/{progress.evaluations}): {progress.phase} "
-            f"{progress.done}/{progress.total}, {progress.tokens_per_second:,.0f} tok/s, "
-            f"ETA {format_duration(progress.eta_seconds)}"
+            f"{progress.done}/{progress.total}, {speed_and_eta(progress.tokens_per_second, progress.eta_seconds)}"
         )
 
     def on_eval_finished(self, message: EvalFinished) -> None:

@@ -11,6 +11,7 @@ callback and a cancel event. Cancelling leaves ``.part`` files; downloading agai
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 
 from rich.markup import escape
 from rich.text import Text
@@ -22,26 +23,30 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker
 
 from glmcore.catalog import MODELS
-from glmcore.download import DownloadProgress, format_bytes
+from glmcore.download import DownloadProgress
 from glmcore.errors import GlmError
 from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
 from glmcore.models import FAMILIES
-from glmtui.presentation import MODEL_COLUMNS, format_duration, model_cells, model_detail
+from glmcore.units import format_bytes
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.figures import format_duration
+from glmtui.text.models import MODEL_COLUMNS, model_cells, model_detail
 
 SHOWN_FILES = 4
 
 
+@dataclass
 class LocalModelsRead(Message):
-    def __init__(self, folders: list[ModelFolderState]) -> None:
-        super().__init__()
-        self.folders = folders
+    """The workspace's model folders with their states, read off the UI thread."""
+
+    folders: list[ModelFolderState]
 
 
+@dataclass
 class DownloadProgressed(Message):
-    def __init__(self, progress: DownloadProgress) -> None:
-        super().__init__()
-        self.progress = progress
+    """How far the download is, from its worker."""
+
+    progress: DownloadProgress
 
 
 def describe_download(progress: DownloadProgress) -> str:

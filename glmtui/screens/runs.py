@@ -22,14 +22,23 @@ from textual.widgets import DataTable, Static
 
 from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
+from glmcore.model_folders import family_title_of
 from glmcore.queue import Decision, Queue
 from glmcore.runs import Run, RunStatus
 from glmcore.runs_watcher import RunsLook
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
-from glmtui.presentation import MISSING, family_title, fit_run_columns, run_cells, slurm_detail, state_text
 from glmtui.screens.confirm import ConfirmScreen
 from glmtui.screens.run_actions import RunActions
+from glmtui.text.figures import MISSING
+from glmtui.text.queue import (
+    moved_sentence,
+    queue_wait,
+    started_now_sentence,
+    unqueued_sentence,
+    worker_started_sentence,
+)
+from glmtui.text.runs import fit_run_columns, run_cells, slurm_detail, state_text
 
 # Fixed widths: rows are replaced every second, and auto-sized columns would shrink and regrow meanwhile.
 # Run and Step grow to their longest value (they change only when runs come or go).
@@ -94,12 +103,13 @@ def fitting_columns(rows: list[RunRow], width: int, now: datetime) -> dict[str, 
     return fit_run_columns(widths, width, CELL_PADDING, empty)
 
 
+@dataclass
 class RunsRead(Message):
-    def __init__(self, rows: list[RunRow], queue_problem: str | None = None) -> None:
-        super().__init__()
-        self.rows = rows
-        self.queue_problem = queue_problem
-        """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
+    """The rows of the runs table, read off the UI thread."""
+
+    rows: list[RunRow]
+    queue_problem: str | None = None
+    """Why the queue could not be planned (an unreadable settings.toml); the runs still show."""
 
 
 QUEUE_LINES = 3
@@ -114,7 +124,7 @@ def queue_text(rows: list[RunRow]) -> Text:
     text = Text(QUEUE_KEYS if queued else "", style="dim")
     for row in queued[:QUEUE_LINES]:
         decision = row.queued
-        why = decision.reason if not decision.admitted else "starts at the worker's next look"
+        why = queue_wait(decision)
         text.append(f"{decision.position} ", style="bold")
         text.append(f"{row.run.id}: ")
         text.append(why, style="yellow" if not decision.admitted else "green")
@@ -226,10 +236,7 @@ class RunsScreen(RunActions):
         if planned and (pid := queue.ensure_worker()) is not None:
             # Queued runs with no live worker (it was killed, or they were queued from elsewhere): start one,
             # as `glmtui train --queue` does, so nothing waits for a worker that is not there.
-            self.app.call_from_thread(
-                self.notify,
-                f"Started a queue worker (pid {pid}) for the queued runs; it logs to {queue.worker_log_path}.",
-            )
+            self.app.call_from_thread(self.notify, worker_started_sentence(pid, queue.worker_log_path))
         statuses = look.statuses or {}
         newest_first = sorted([*statuses, *look.unreadable], key=lambda run: run.id, reverse=True)
         for run, _ in group_runs(newest_first):
@@ -237,7 +244,7 @@ class RunsScreen(RunActions):
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=look.unreadable[run]), None))
                 continue
             try:
-                family = family_title(run.config.model_path, run.config.family)
+                family = family_title_of(run.config.model_path, run.config.family) or MISSING
             except GlmError as error:
                 rows.append(RunRow(run, RunStatus(state="unreadable", reason=str(error)), None))
                 continue
@@ -402,12 +409,12 @@ class RunsScreen(RunActions):
     def queue_action(self, run: Run, action: str, offset: int = 0) -> None:
         queue = Queue(self.workbench.workspace)
         if action == "move":
-            said = f"{run.id} is now number {queue.move(run, offset)} in the queue."
+            said = moved_sentence(run.id, queue.move(run, offset))
         elif action == "start":
-            said = f"Started {run.id} now, ahead of the queue (pid {queue.start_now(run)})."
+            said = started_now_sentence(run.id, queue.start_now(run))
         else:
             queue.cancel(run)
-            said = f"Took {run.id} off the queue; r starts it later."
+            said = unqueued_sentence(run.id)
         self.app.call_from_thread(self.notify, said)
         self.app.call_from_thread(self.refresh_runs)
 

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 from glmcore.errors import GlmError
 from glmcore.serve.servers import DEFAULT_PORT, Server, ServerStatus, list_servers
 from glmtui.screens.base import WorkbenchScreen
-from glmtui.serve_text import SERVER_COLUMNS, client_snippet, loading_line, request_line, server_cells
+from glmtui.text.serve import SERVER_COLUMNS, client_snippet, loading_line, request_line, server_cells
 
 REFRESH_S = 1.0
 LOG_LINES = 50
@@ -40,11 +40,12 @@ class ServerRow:
     requests: list[dict]
 
 
+@dataclass
 class ServersRead(Message):
-    def __init__(self, rows: list[ServerRow], models: list[str]) -> None:
-        super().__init__()
-        self.rows = rows
-        self.models = models
+    """Every server folder as a row, and the model folders a server can serve."""
+
+    rows: list[ServerRow]
+    models: list[str]
 
 
 class ServeScreen(WorkbenchScreen):
@@ -219,7 +220,7 @@ class ServeScreen(WorkbenchScreen):
     @work(thread=True, exit_on_error=False, group="serve-control")
     def stop_server(self, server: Server) -> None:
         from glmcore.serve.servers import stop_server
-        from glmtui.serve_text import stop_line
+        from glmtui.text.serve import stop_line
 
         before = server.status()
         self.app.call_from_thread(self.notify, stop_line(server, before, stop_server(server)), markup=False)

@@ -23,10 +23,11 @@ from glmcore.gpu import GpuSnapshot
 from glmcore.runs import Run, RunStatus, latest_by_step
 from glmcore.runs_watcher import RunsLook
 from glmcore.slurm.gpus import NodeReading, merged_snapshot
-from glmtui.gpu_text import node_heading
 from glmtui.preferences import Preferences
-from glmtui.presentation import event_sentence, format_duration, slurm_detail
 from glmtui.screens.run_actions import RunActions
+from glmtui.text.figures import eta_figure, loss_figure, speed_figure
+from glmtui.text.gpus import node_heading
+from glmtui.text.runs import event_sentence, slurm_detail
 from glmtui.widgets.gpu_panel import GpuPanel
 from glmtui.widgets.marked_log import MarkedLog
 
@@ -64,13 +65,13 @@ def header_figures(status: RunStatus | None, logs: list[dict]) -> list[str]:
     last = logs[-1] if logs else {}
     figures = [f"step {status.step}/{status.total}"]
     if status.is_active and last.get("eta_s") is not None:
-        figures.append(f"ETA {format_duration(last['eta_s'])}")
+        figures.append(eta_figure(last["eta_s"]))
     if (samples := last.get("samples_per_s")) is not None:
         figures.append(f"{samples:.1f} samples/s")
     if (loss := last.get("loss")) is not None:
-        figures.append(f"loss {loss:.4f}")
+        figures.append(loss_figure(loss))
     if (speed := last.get("tokens_per_s")) is not None:
-        figures.append(f"{speed:,.0f} tok/s")
+        figures.append(speed_figure(speed))
     return figures
 
 

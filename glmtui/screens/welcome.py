@@ -7,6 +7,7 @@ A demo (a tiny model of the family pretrained on ad copy, plus the AdvertiseGen-
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.markup import escape
@@ -54,17 +55,19 @@ def welcome_text(models_dir: str) -> str:
     )
 
 
+@dataclass
 class DemoProgressed(Message):
-    def __init__(self, fraction: float, text: str) -> None:
-        super().__init__()
-        self.fraction = fraction
-        self.text = text
+    """How far the demo build is (0 to 1) and what it does now."""
+
+    fraction: float
+    text: str
 
 
+@dataclass
 class DemoReady(Message):
-    def __init__(self, config_path: Path) -> None:
-        super().__init__()
-        self.config_path = config_path
+    """The demo workspace is built: the run config to open in the editor."""
+
+    config_path: Path
 
 
 class WelcomeScreen(WorkbenchScreen):

@@ -1,6 +1,6 @@
 """The GPU panel: every GPU's row, then the processes on them, in whatever space the screen gives it.
 
-The text comes from ``glmtui.gpu_text`` (the one GPU renderer, shared with ``glmtui gpus``); this widget only
+The text comes from ``glmtui.text.gpus`` (the one GPU renderer, shared with ``glmtui gpus``); this widget only
 decides how much room it asks for and which process rows are in view. It asks for the two-row view of every
 GPU plus every process, at most half its container (never less than a row per GPU, the process header and
 one process); given less, the renderer falls back to a row per GPU, and the process rows scroll (↑↓, page
@@ -18,7 +18,7 @@ from textual.widget import Widget
 
 from glmcore.gpu import GpuSnapshot
 from glmcore.gpu.host import CpuTimes, HostUsage, read_host_usage
-from glmtui.gpu_text import GpuView, gpu_view, snapshot_heading
+from glmtui.text.gpus import GpuView, gpu_view, snapshot_heading
 
 SHARE_OF_CONTAINER = 0.5
 """Outside zoom, the panel takes at most this share of its container's height (when its GPUs fit in it)."""

@@ -132,6 +132,19 @@ async def settle(pilot) -> None:
     await pilot.wait_for_scheduled_animations()
 
 
+def columns_fit_rows(table) -> bool:
+    """Whether a DataTable has sized every column to its widest cell: it does so when idle after rows are added,
+    so until then a column is only as wide as its label (a snapshot taken then cuts its cells)."""
+    from rich.text import Text
+
+    rows = [table.get_row_at(index) for index in range(table.row_count)]
+    for index, column in enumerate(table.ordered_columns):
+        cells = [Text(str(row[index])) if not isinstance(row[index], Text) else row[index] for row in rows]
+        if column.content_width < max((cell.cell_len for cell in cells), default=0):
+            return False
+    return True
+
+
 def cut_text(screen) -> list[str]:
     """What ``screen`` cuts off as it stands, one line per widget: a widget partly outside what contains it
     (with no scrolling to reach the rest), text taller than its widget, a table wider than itself or with

@@ -7,7 +7,7 @@ from datetime import datetime
 from rich.text import Text
 
 from glmcore.serve.servers import Server, ServerStatus
-from glmtui.presentation import format_duration
+from glmtui.text.figures import format_duration
 
 SERVER_STATE_STYLES = {
     "starting": "yellow",

@@ -21,8 +21,8 @@ from rich.text import Text
 from glmcore.gpu import NO_DRIVER_REASON, GpuInfo, GpuProcess, GpuSnapshot
 from glmcore.gpu.host import HostUsage
 from glmcore.slurm.gpus import NodeReading
+from glmcore.units import format_gib
 
-GIB = 2**30
 BAR_FULL = "█"
 BAR_EMPTY = "░"
 MIN_BAR = 4
@@ -46,7 +46,7 @@ def _bar(fraction: float | None, width: int) -> Text:
 
 
 def _gib(value: int | None) -> str:
-    return "N/A" if value is None else f"{value / GIB:.1f}"
+    return "N/A" if value is None else format_gib(value)
 
 
 def _number(value: float | None, unit: str) -> str:

@@ -1,0 +1,80 @@
+"""Runs side by side as text, for `glmtui compare` and the Compare screen: columns, rows best first, the
+settings that differ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.text import Text
+
+from glmtui.text.figures import METRIC_TITLES, MISSING, format_duration, format_loss, format_speed
+from glmtui.text.runs import state_text
+
+if TYPE_CHECKING:
+    from glmcore.compare import RunComparison
+
+
+COMPARE_COLUMNS = ("#", "Run", "State", "Final", "Best", "Eval", "Tok/s", "GiB", "Time")
+"""The comparison table's columns before the published metrics: rank, name, state, final / best training loss,
+best eval loss, mean tokens/s, peak GPU memory, training time."""
+
+
+def comparison_heading(comparison: RunComparison) -> str:
+    runs = len(comparison.runs)
+    return f"{runs} run{'s' if runs != 1 else ''}, best first by {METRIC_TITLES.get(comparison.metric, comparison.metric)}"
+
+
+METRIC_COLUMNS = {"bleu-4": "BLEU4", "rouge-1": "R-1", "rouge-2": "R-2", "rouge-l": "R-L"}
+"""The published metrics' column headers: no wider than their values ("12.34"), so a narrow terminal never
+cuts two of them into the same "ROUGE…"."""
+
+
+def comparison_columns(comparison: RunComparison) -> list[str]:
+    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names)]
+
+
+def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
+    """One row per run, best first, under ``comparison_columns``."""
+    rows = []
+    for number, summary in enumerate(comparison.runs, start=1):
+        memory = summary.peak_gpu_memory_gib
+        rows.append(
+            [
+                str(number),
+                Text(summary.name),
+                state_text(summary.status.state, f": {summary.problem}" if summary.problem else ""),
+                format_loss(summary.final_loss),
+                format_loss(summary.best_loss),
+                format_loss(summary.eval_loss),
+                format_speed(summary.tokens_per_s),
+                MISSING if memory is None else f"{memory:.1f}",
+                format_duration(summary.duration_s),
+                *(
+                    MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
+                    for name in comparison.metric_names
+                ),
+            ]
+        )
+    return rows
+
+
+def format_setting(value: object) -> str:
+    """A setting's value, short: a path by its last part, a number as written in a config, left out as —."""
+    if value is None:
+        return MISSING
+    if isinstance(value, str) and "/" in value:
+        return Path(value).name
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "[]"
+    return str(value)
+
+
+def setting_rows(comparison: RunComparison) -> list[list[str]]:
+    """Per differing setting: its name, then its value in each run (in the table's order)."""
+    return [
+        [name, *(format_setting(summary.settings.get(name)) for summary in comparison.runs)]
+        for name in comparison.differing
+    ]
