@@ -1,7 +1,7 @@
 """`glmtui serve`: real detached server processes on the tiny model, driven by the official `openai` client.
 
 Two servers are shared by every test here: `wide` (8 rows, a key from $GLMTUI_API_KEY) over a workspace with two
-P-tuning runs, a LoRA run and a run whose newer checkpoints have crafted headers, and `narrow` (1 row, no waiting
+P-tuning runs, a full fine-tuning run and a run whose newer checkpoints have crafted headers, and `narrow` (1 row, no waiting
 queue) for the disconnect and the 429. The last test stops `narrow` with a stream open.
 """
 
@@ -89,8 +89,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     beta = write_run(
         workspace, "20260501-110000-beta", tiny_config(workspace), state="finished", step=10, losses=[]
     )
-    lora = tiny_config(workspace, method="lora")
-    write_run(workspace, "20260501-120000-lora", lora, state="finished", step=10, losses=[])
+    full = tiny_config(workspace, method="full")
+    write_run(workspace, "20260501-120000-full", full, state="finished", step=10, losses=[])
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-10", seed=0, strength=2)
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-20", seed=1, strength=4)
     _prefix_checkpoint(model, beta.checkpoints_dir / "checkpoint-10", seed=2, strength=5)
@@ -150,7 +150,7 @@ def _streamed(client: openai.OpenAI, model: str, question: str) -> str:
     return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
-def test_lists_the_base_and_every_whole_ptuning_checkpoint_but_not_lora(servers):
+def test_lists_the_base_and_every_whole_ptuning_checkpoint_but_not_full_fine_tuning(servers):
     """Crafted headers neither stop the servers from starting nor the listing: those checkpoints are left out
     and a request for one is told why; the run stands for its whole checkpoint once its check passes the
     damaged ones over, else it is left out with its reason too."""
@@ -242,7 +242,7 @@ def test_refusals_are_the_apis_error_json(servers):
         _ask(client, "no-such-model", "hi")
     assert unknown.value.code == "model_not_found" and unknown.value.param == "model"
     with pytest.raises(openai.NotFoundError, match="glmtui export"):
-        _ask(client, "20260501-120000-lora", "hi")
+        _ask(client, "20260501-120000-full", "hi")
     with pytest.raises(openai.NotFoundError):
         _ask(client, "../../../etc/passwd", "hi")
     with pytest.raises(openai.BadRequestError) as wrong_role:
