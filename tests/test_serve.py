@@ -406,6 +406,7 @@ def test_a_run_that_saves_later_is_served_without_a_restart(workspace: Workspace
         (["--context", "-1"], "--context -1 leaves no room for a request"),
         (["--port", "70000"], "--port 70000 is not a port"),
         (["--max-queue", "-1"], "--max-queue -1 is negative"),
+        (["--adapter-memory", "-5"], "--adapter-memory -5.0 is negative"),
     ],
 )
 def test_limits_no_server_can_serve_with_are_refused_before_any_folder(tmp_path, monkeypatch, capsys, option, said):

@@ -1,4 +1,4 @@
-"""`glmtui serve`: an OpenAI-compatible API over one base model and the workspace's P-tuning prefixes.
+"""`glmtui serve`: an OpenAI-compatible API over one base model and the workspace's prefixes and LoRA adapters.
 
 In front, it serves until Ctrl-C and prints a line per request; `--detach` starts it in its own session and
 returns once it serves; `--list` shows the workspace's servers and `--stop ID` stops one (docs/serve.md).
@@ -14,16 +14,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from glmcore.errors import GlmError
-from glmcore.serve.servers import DEFAULT_PORT, KEY_ENV
+from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_PORT, KEY_ENV
 from glmtui.commands.family_option import add_family_option, apply_family
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the model and its P-tuning prefixes over an OpenAI-compatible HTTP API",
-        description="Serve one base model and every P-tuning run of the workspace made on it (or the runs and "
-        "checkpoints named) over the OpenAI API: GET /v1/models, POST /v1/chat/completions, /v1/completions. "
+        help="serve the model, its P-tuning prefixes and LoRA adapters over an OpenAI-compatible HTTP API",
+        description="Serve one base model and every P-tuning and LoRA run of the workspace made on it (or the "
+        "runs and checkpoints named) over the OpenAI API: GET /v1/models, POST /v1/chat/completions, /v1/completions. "
         f"Requests must carry the key of --api-key-file or ${KEY_ENV} as a Bearer token when one is set; a host "
         "other than loopback always needs one (generated if none is given).",
     )
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="RUN",
-        help="serve this P-tuning run (its model unless --model; repeatable)",
+        help="serve this P-tuning or LoRA run (its model unless --model; repeatable)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -73,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=64,
         help="requests waiting for a free row before the server answers 429 (default 64)",
+    )
+    parser.add_argument(
+        "--adapter-memory",
+        type=float,
+        default=DEFAULT_ADAPTER_MEMORY_MIB,
+        metavar="MIB",
+        help=f"MiB held for LoRA adapters, least recently used evicted (default {DEFAULT_ADAPTER_MEMORY_MIB})",
     )
     parser.add_argument(
         "--detach", action="store_true", help="start in the background and return once serving"
@@ -140,6 +147,7 @@ def start(workspace, args: argparse.Namespace, console: Console, errors: Console
         max_batch=args.max_batch,
         context=args.context,
         max_queue=args.max_queue,
+        adapter_memory=args.adapter_memory,
     )
     apply_family(args.family, Path(plan.model))
     key = resolve_api_key(args.host, args.api_key_file, workspace)
