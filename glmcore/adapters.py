@@ -69,7 +69,7 @@ def read_adapter_shape(checkpoint: Path, model) -> AdapterShape:
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     try:
         with safe_open(str(checkpoint / WEIGHTS), framework="pt") as weights:
-            for name in weights:
+            for name in weights.keys():  # noqa: SIM118 (a safetensors file is not iterable)
                 module, part = _module_and_part(name)
                 if part is None:
                     raise AdapterError(

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_PORT, KEY_ENV
@@ -110,16 +112,21 @@ def run(args: argparse.Namespace) -> int:
 
 def list_servers(workspace, console: Console) -> int:
     from glmcore.serve.servers import list_servers as servers_of
-    from glmtui.serve_text import SERVER_COLUMNS, server_cells
+    from glmtui.serve_text import SERVER_COLUMNS, models_text, server_cells
 
     servers = servers_of(workspace)
     if not servers:
         console.print("No servers yet: glmtui serve --model DIR starts one.")
         return 0
+    statuses = {server: server.status() for server in servers}
     table = Table(*SERVER_COLUMNS, box=None)
-    for server in servers:
-        table.add_row(*server_cells(server, server.status()))
+    for server, status in statuses.items():
+        table.add_row(*server_cells(server, status))
     console.print(table)
+    for server, status in statuses.items():
+        if status.is_active and status.models:
+            console.print(Text(f"\n{server.id} serves:"))
+            console.print(Padding(models_text(status), (0, 0, 0, 2)))
     return 0
 
 
