@@ -115,6 +115,25 @@ def read_adapter_shape(checkpoint: Path, model) -> AdapterShape:
     return AdapterShape(checkpoint, rank, scale, modules)
 
 
+def adapter_problem(checkpoint: Path, model_path: Path, family: str | None = None) -> str | None:
+    """Why the adapter of `checkpoint` cannot be applied to the model in `model_path` (files damaged, a PEFT
+    feature not applied here, another base), None when it can; checked against the model built on the meta
+    device, so before any weight loads."""
+    import torch
+
+    from glmcore.models import family_for
+    from glmcore.models.loading import load_config
+
+    model_family, _ = family_for(Path(model_path), family)
+    with torch.device("meta"):
+        model = model_family.implementation().model_class(load_config(model_path, family))
+    try:
+        read_adapter_shape(checkpoint, model)
+    except AdapterError as error:
+        return str(error)
+    return None
+
+
 def _read_config(checkpoint: Path, where: str) -> dict:
     try:
         config = json.loads((checkpoint / CONFIG).read_text(encoding="utf-8"))

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from support.app import tiny_config, write_run
+from support.app import make_app, settle, tiny_config, write_run
+from support.waiting import wait_until_in_app
 
 from glmcore.models import CHATGLM3_6B
 from glmcore.runs import RunStore
@@ -88,10 +89,22 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> di
     data.write_text(
         '{"content": "类型#上衣*颜色#白色", "summary": "白色上衣简约百搭"}\n' * 8, encoding="utf-8"
     )
+    dev = workspace.root / "dev.json"
+    dev.write_text(
+        '{"content": "类型#裙*颜色#红色", "summary": "红色连衣裙"}\n{"content": "类型#裤", "summary": "长裤"}\n',
+        encoding="utf-8",
+    )
     store = RunStore(workspace.runs_dir)
     trained = store.create(
         make_config(
-            model_dir, data, method="lora", max_steps=2, save_steps=2, learning_rate=5e-2, lora_rank=4
+            model_dir,
+            data,
+            validation_file=dev,
+            method="lora",
+            max_steps=2,
+            save_steps=2,
+            learning_rate=5e-2,
+            lora_rank=4,
         )
     )
     trained.mark_running(os.getpid())
@@ -129,7 +142,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> di
 
     for run_id in (LORA_A, LORA_B):
         exported = export_run(store.resolve(run_id), workspace.root / "exported" / run_id)
-        # The exported config.json lacks ChatGLM3's signals (its `_name_or_path`): the family is named.
+        # The exported tiny config.json carries none of ChatGLM3's signals: the family is named.
         answer_all(glmcore.load_model(exported, family="chatglm3-6b"), run_id)
     base = glmcore.load_model(model_dir)
     answer_all(base, model_dir.name)
@@ -137,7 +150,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> di
         install_prefix_checkpoint(base, checkpoint)
         answer_all(base, run_id)
     assert len(set(answers.values())) == len(answers), "every adapter and prefix changes every answer"
-    return {"workspace": workspace, "model_dir": model_dir, "answers": answers, "store": store}
+    return {"workspace": workspace, "model_dir": model_dir, "answers": answers, "store": store, "dev": dev}
 
 
 class InProcessServer:
@@ -260,3 +273,78 @@ async def test_an_adapter_of_another_base_is_refused_with_a_sentence(served, tmp
         message = error.body["message"]
         assert message.count(". ") == 0 and message.endswith(".") and "Traceback" not in message
     assert still == served["answers"][LORA_A, QUESTIONS[0]], "one bad adapter takes no other down"
+
+
+async def test_chat_takes_a_lora_run_in_the_cli_and_the_app_and_answers_as_its_exported_model(
+    served, monkeypatch, capsys
+):
+    import io
+
+    import glmcore
+    from glmcore.chat import ChatSession, ChatSettings
+    from glmtui.cli import main
+    from glmtui.messages import ChatWith
+    from glmtui.screens.chat import ChatScreen
+
+    workspace, run = served["workspace"], served["store"].resolve(LORA_A)
+    greedy = ChatSettings(sampling=False, max_new_tokens=NEW_TOKENS)
+    exported = glmcore.load_model(workspace.root / "exported" / LORA_A, family="chatglm3-6b")
+    expected = (
+        ChatSession(exported, glmcore.load_tokenizer(served["model_dir"])).ask(QUESTIONS[0], greedy).response
+    )
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(QUESTIONS[0] + "\n"))
+    command = ["--workspace", str(workspace.root), "chat", "--run", LORA_A, "--greedy"]
+    assert main([*command, "--max-new-tokens", str(NEW_TOKENS)]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.post_message(ChatWith(run))
+        await wait_until_in_app(
+            pilot,
+            lambda: isinstance(app.screen, ChatScreen) and app.screen.session is not None,
+            "the run loaded",
+        )
+        session = app.screen.session
+        assert session.adapter == run.default_checkpoint().path.resolve() and session.prefix is None
+        assert session.ask(QUESTIONS[0], greedy).response == expected
+        session.use_checkpoint(None)  # back to the base: the adapter comes off
+        session.clear()
+        assert session.ask(QUESTIONS[0], greedy).response != expected
+
+
+async def test_evaluation_takes_a_lora_run_in_the_cli_and_the_app_and_predicts_as_its_exported_model(
+    served, tmp_path
+):
+    from glmcore.evaluate import EvalSettings, compare, read_predictions
+    from glmtui.cli import main
+
+    workspace, run = served["workspace"], served["store"].resolve(LORA_A)
+    lengths = {name: getattr(run.config, name) for name in ("max_source_length", "max_target_length")}
+    exported = compare(
+        workspace.root / "exported" / LORA_A,
+        ["base"],
+        served["dev"],
+        EvalSettings(**lengths),
+        tmp_path / "exported",
+        family="chatglm3-6b",
+    )
+    expected = read_predictions(exported.output_dir / "base" / "generated_predictions.txt")
+
+    out = tmp_path / "cli"
+    assert main(["--workspace", str(workspace.root), "eval", "--run", LORA_A, "--out", str(out)]) == 0
+    assert read_predictions(out / "checkpoint-2" / "generated_predictions.txt") == expected
+    assert read_predictions(out / "base" / "generated_predictions.txt") != expected
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        evaluate = app.workbench_screen("evaluate")
+        app.action_show("evaluate")
+        await settle(pilot)
+        evaluate.select_run(run)
+        await settle(pilot)
+        await pilot.press("ctrl+g")
+        await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
+    predictions = evaluate.comparison.output_dir / "checkpoint-2" / "generated_predictions.txt"
+    assert read_predictions(predictions) == expected

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
         session.settings = settings
         if plan.checkpoint is not None:
-            session.use_prefix(plan.checkpoint)
+            session.use_checkpoint(plan.checkpoint)
     except GlmError as error:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
@@ -130,6 +130,8 @@ def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
 
 
 def _prefix_name(session) -> str:
+    if session.adapter:
+        return f"LoRA adapter {session.adapter}"
     return f"prefix {session.prefix}" if session.prefix else "no prefix"
 
 

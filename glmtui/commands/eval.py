@@ -96,7 +96,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
     output folder."""
     from glmcore.evaluate import (
         BASE,
-        check_prefix_run,
+        check_evaluable_run,
         new_evaluation_folder,
         new_run_evaluation_folder,
         plan_evaluation,
@@ -106,7 +106,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
     if run is not None:
-        check_prefix_run(run)  # before its checkpoints are looked for
+        check_evaluable_run(run)  # before its checkpoints are looked for
     checkpoints = None
     if args.checkpoint:
         checkpoints = [
