@@ -348,3 +348,54 @@ async def test_evaluation_takes_a_lora_run_in_the_cli_and_the_app_and_predicts_a
         await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
     predictions = evaluate.comparison.output_dir / "checkpoint-2" / "generated_predictions.txt"
     assert read_predictions(predictions) == expected
+
+
+def test_a_4_bit_base_serves_lora_rows_as_peft_applies_them_over_it(served):
+    """NF4 on the CPU (bitsandbytes): the hooks sit on its Linear4bit layers; each adapter row's greedy tokens
+    are those of PEFT's own LoRA layers over the same quantized base, the way training applies them."""
+    import threading
+
+    from peft import PeftModel
+
+    import glmcore
+    from glmcore.generation import generate
+    from glmcore.serve.batching import Engine, Request
+    from glmcore.serve.servers import plan_server
+
+    workspace, model_dir, store = served["workspace"], served["model_dir"], served["store"]
+    plan = plan_server(workspace, model=None, runs=[LORA_A], checkpoints=[], quantization_bit=4)
+    assert plan.quantization_bit == 4 and plan.model == str(model_dir)
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    prompt = family.chat_prompt_ids(tokenizer, QUESTIONS[0], [])
+    stops = family.stop_token_ids(tokenizer)
+    adapters = {run_id: store.resolve(run_id).default_checkpoint().path for run_id in (LORA_A, LORA_B)}
+    expected = {}
+    for run_id, checkpoint in adapters.items():
+        peft = PeftModel.from_pretrained(glmcore.load_model(model_dir, quantization_bit=4), str(checkpoint))
+        (tokens,) = generate(
+            peft.base_model.model, [prompt], max_new_tokens=NEW_TOKENS, eos_token_id=stops, pad_token_id=0
+        )
+        expected[run_id] = [token for token in tokens if token not in stops]
+
+    engine = Engine(glmcore.load_model(model_dir, quantization_bit=4), tokenizer, slots=4, capacity=64)
+    answers: dict[str, list[int]] = {run_id: [] for run_id in adapters}
+    ended = threading.Semaphore(0)
+
+    def request(run_id: str) -> Request:
+        def deliver(kind: str, value: object) -> None:
+            if kind == "token":
+                answers[run_id].append(value)
+            else:
+                ended.release()
+
+        return Request(prompt, None, NEW_TOKENS, deliver, adapter=adapters[run_id])
+
+    try:
+        for run_id in adapters:
+            engine.submit(request(run_id))
+        for _ in adapters:
+            assert ended.acquire(timeout=60)
+    finally:
+        engine.shutdown()
+    assert answers == expected and answers[LORA_A] != answers[LORA_B]
