@@ -251,9 +251,13 @@ class LowRankUpdates:
 
 
 def model_compute_dtype(model) -> torch.dtype:
-    """The dtype the model's activations have (16-bit for a quantized base)."""
-    dtype = model.get_input_embeddings().weight.dtype
-    return dtype if dtype.is_floating_point else torch.float16
+    """The dtype the model's activations have: its first floating-point weight's (the embedding, or at 4 and 8
+    bits, where the embedding is int8, the first layer norm's: bitsandbytes' compute dtype). A prefix encoder,
+    kept in fp32, does not count."""
+    for name, parameter in model.named_parameters():
+        if parameter.dtype.is_floating_point and "prefix_encoder" not in name:
+            return parameter.dtype
+    return torch.float16
 
 
 def attach_adapter(model, checkpoint: Path) -> LowRankUpdates:

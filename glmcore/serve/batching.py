@@ -11,8 +11,11 @@ prefill pass: every prompt being written goes into it, each row with its own pre
 `prefill_budget` tokens. A causal family's long prompt is cut into chunks across passes, so the decoding rows
 keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
 remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
-A causal prompt whose first blocks were written before over the same prefix checkpoint copies their keys and
-values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
+A row may instead apply a LoRA adapter: its low-rank update is added to the target layers' outputs for that row
+alone, in the same passes and steps (`glmcore.serve.adapters`: adapters loaded on first use, least recently used
+evicted under a budget; a request whose adapter finds no free slot waits, as for a row).
+A causal prompt whose first blocks were written before over the same prefix checkpoint (or adapter) copies their
+keys and values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
 `record` keeps the latest passes, steps and first tokens, in order.
 A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
 that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
@@ -443,7 +446,8 @@ RECORD_LENGTH = 4096
 class Engine:
     """The scheduler thread over a `SlotDecoder`: submit requests from any thread, tokens come back through each
     request's `deliver`. Prefix checkpoints become per-layer keys and values, made by the model's own prefix
-    encoder (cached, `max_prefixes` of them)."""
+    encoder (cached, `max_prefixes` of them); LoRA checkpoints are held by the decoder's `AdapterBank`
+    (`adapter_memory` bytes)."""
 
     def __init__(
         self,
