@@ -87,7 +87,12 @@ def read_adapter_shape(checkpoint: Path, model) -> AdapterShape:
     rank = int(config["r"])
     modules: dict[str, tuple[int, int]] = {}
     for module, parts in sorted(shapes.items()):
-        if set(parts) != {"A", "B"} or parts["A"][0] != rank or parts["B"][1] != rank:
+        if (
+            set(parts) != {"A", "B"}
+            or any(len(shape) != 2 for shape in parts.values())
+            or parts["A"][0] != rank
+            or parts["B"][1] != rank
+        ):
             raise AdapterError(
                 f"The adapter {where} has no matching A and B of rank {rank} for {module}; save the checkpoint "
                 "again."
@@ -110,7 +115,7 @@ def read_adapter_shape(checkpoint: Path, model) -> AdapterShape:
         modules[module] = (inputs, outputs)
     if not modules:
         raise AdapterError(f"The adapter {where} holds no LoRA weights; save the checkpoint again.")
-    alpha = float(config.get("lora_alpha", rank))
+    alpha = config.get("lora_alpha", rank)
     scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
     return AdapterShape(checkpoint, rank, scale, modules)
 
@@ -142,6 +147,8 @@ def _read_config(checkpoint: Path, where: str) -> dict:
             f"The adapter {where}'s {CONFIG} cannot be read ({type(error).__name__}); save or copy the "
             "checkpoint again."
         ) from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"The adapter {where}'s {CONFIG} is not a JSON object; save the checkpoint again.")
     unsupported = [
         setting
         for setting, applies in (
@@ -155,12 +162,15 @@ def _read_config(checkpoint: Path, where: str) -> dict:
         )
         if applies
     ]
-    if not isinstance(config.get("r"), int) or config["r"] < 1:
+    if not isinstance(config.get("r"), int) or isinstance(config["r"], bool) or config["r"] < 1:
         unsupported.append("r")
+    alpha = config.get("lora_alpha", 1)
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        unsupported.append("lora_alpha")
     if unsupported:
         raise AdapterError(
-            f"The adapter {where} uses {', '.join(unsupported)} in its {CONFIG}, which this server does not "
-            "apply: export the run (glmtui export) and use the exported folder."
+            f"The adapter {where}'s {CONFIG} sets {', '.join(unsupported)} in a way this server does not apply: "
+            "export the run (glmtui export) and use the exported folder."
         )
     return config
 

@@ -248,7 +248,7 @@ async def test_a_budget_of_one_adapter_evicts_the_other_and_answers_stay_right(s
     assert server.engine.adapters.loads >= 5
 
 
-async def test_an_adapter_of_another_base_is_refused_with_a_sentence(served, tmp_path):
+async def test_an_adapter_of_another_base_or_a_crafted_one_is_refused_with_a_sentence(served, tmp_path):
     import openai
 
     workspace, model_dir = served["workspace"], served["model_dir"]
@@ -257,6 +257,11 @@ async def test_an_adapter_of_another_base_is_refused_with_a_sentence(served, tmp
     shutil.copytree(workspace.runs_dir / OTHER_BASE, impostor)
     config = tiny_config(workspace, method="lora", model_path=model_dir)
     config.save(impostor / "config.toml")
+    crafted = {}  # a copy of a good run whose adapter_config.json is crafted
+    for name, text in (("list", "[]"), ("alpha", '{"r": 4, "lora_alpha": "x", "target_modules": []}')):
+        crafted[name] = workspace.runs_dir / f"20261201-16000{len(crafted)}-crafted-{name}"
+        shutil.copytree(workspace.runs_dir / LORA_A, crafted[name])
+        (crafted[name] / "checkpoints" / "checkpoint-2" / "adapter_config.json").write_text(text)
     server = InProcessServer(served, slots=2)
     try:
         with pytest.raises(openai.NotFoundError, match="was made on .*serve it with its own model") as other:
@@ -265,11 +270,16 @@ async def test_an_adapter_of_another_base_is_refused_with_a_sentence(served, tmp
             openai.BadRequestError, match="was trained on another base model"
         ) as impostor_error:
             await server.ask(impostor.name, "hi")
+        with pytest.raises(openai.BadRequestError, match="is not a JSON object") as not_an_object:
+            await server.ask(crafted["list"].name, "hi")
+        with pytest.raises(openai.BadRequestError, match="sets lora_alpha in a way") as bad_alpha:
+            await server.ask(crafted["alpha"].name, "hi")
         still = await server.ask(LORA_A, QUESTIONS[0])
     finally:
         await server.close()
-        shutil.rmtree(impostor)
-    for error in (other.value, impostor_error.value):
+        for folder in (impostor, *crafted.values()):
+            shutil.rmtree(folder)
+    for error in (other.value, impostor_error.value, not_an_object.value, bad_alpha.value):
         message = error.body["message"]
         assert message.count(". ") == 0 and message.endswith(".") and "Traceback" not in message
     assert still == served["answers"][LORA_A, QUESTIONS[0]], "one bad adapter takes no other down"
