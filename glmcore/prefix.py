@@ -140,9 +140,12 @@ def read_prefix_checkpoint(
     if not checkpoint.is_dir():
         raise GlmError(f"The prefix checkpoint {checkpoint} does not exist.")
     state = _read_state(checkpoint, shapes_only=shapes_only)
-    projection = "trans.0.weight" in state
-    spec = PrefixSpec(pre_seq_len=state["embedding.weight"].shape[0], prefix_projection=projection)
-    return spec, state
+    return spec_of(state), state
+
+
+def spec_of(state: dict[str, torch.Tensor]) -> PrefixSpec:
+    """A prefix encoder's shape, from its tensors: a row per virtual token; the projection when it has one."""
+    return PrefixSpec(state["embedding.weight"].shape[0], prefix_projection="trans.0.weight" in state)
 
 
 def prefix_problem(checkpoint: Path, config) -> str | None:
@@ -255,6 +258,37 @@ def install_prefix_checkpoint(
     spec, state = read_checked_prefix(checkpoint, model.config, read=read)
     set_prefix(model, spec, state)
     return spec
+
+
+def encode_prefix(
+    prefix: str | Path | dict[str, torch.Tensor], config, *, dtype: torch.dtype, device: torch.device | str
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A prefix's keys and values per layer, each [heads, pre_seq_len, channels] as a decoder's cache holds
+    them, made apart from the model of `config`, which is not touched.
+
+    `prefix` is a checkpoint folder (read and checked against `config`) or its prefix encoder's tensors. They
+    are computed as the model computes them in evaluation: the family's prefix encoder in fp32 on `device`,
+    its rows then cast to `dtype`. So a server makes a new request's prefix while the model it shares goes
+    on serving the others.
+    """
+    import copy
+
+    import torch
+
+    from glmcore.models import family_of
+    from glmcore.models.head import prefix_layers
+
+    state = prefix if isinstance(prefix, dict) else read_checked_prefix(prefix, config)[1]
+    spec = spec_of(state)
+    encoder_config = copy.deepcopy(config)
+    encoder_config.pre_seq_len, encoder_config.prefix_projection = spec.pre_seq_len, spec.prefix_projection
+    with torch.device("meta"):  # no initialisation: every weight is the checkpoint's
+        encoder = family_of(config).implementation().new_prefix_encoder(encoder_config)
+    encoder = encoder.to_empty(device=device).float()
+    encoder.load_state_dict(state)  # copied into fresh tensors, as `set_prefix` does: the same kernels' results
+    with torch.no_grad():
+        rows = encoder().to(dtype)
+    return [(key[0], value[0]) for key, value in prefix_layers(rows[None], encoder.layers, encoder.heads)]
 
 
 def save_prefix_checkpoint(model, directory: Path) -> Path:

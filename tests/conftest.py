@@ -37,6 +37,21 @@ def tiny_tokenizer(tiny_model_dir: Path):
 
 
 @pytest.fixture(scope="session")
+def tiny_family_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`tiny_family_dir(family)`: each family's tiny checkpoint (`glmcore.models.FAMILIES`), written on first
+    use; ChatGLM-6B's is `tiny_model_dir`."""
+    written = {"chatglm-6b": tiny_model_dir}
+
+    def folder(family) -> Path:
+        if family.name not in written:
+            path = tmp_path_factory.mktemp("family") / family.name
+            written[family.name] = family.implementation().write_tiny_checkpoint(path, init_std=0.5, seed=2)
+        return written[family.name]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster():
     """A real Slurm on this machine (two nodes, n1 and n2), shared by every test that needs one."""
     from support.slurm import local_cluster, missing_reason

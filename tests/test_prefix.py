@@ -1,4 +1,5 @@
-"""P-tuning v2 prefixes: both variants, our checkpoint format and ChatGLM-6B's, training through 4-bit."""
+"""P-tuning v2 prefixes: both variants, our checkpoint format and ChatGLM-6B's, training through 4-bit, and a
+prefix's keys and values made apart from the model (what serving gives each request's row)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import torch
 
 import glmcore
 from glmcore.data import Example, TrainingCollator, training_features
-from glmcore.prefix import PrefixMismatch, save_prefix_checkpoint
+from glmcore.models import FAMILIES
+from glmcore.prefix import PrefixMismatch, encode_prefix, read_prefix_checkpoint, save_prefix_checkpoint
 
 
 @pytest.mark.parametrize("projection", [False, True])
@@ -81,3 +83,37 @@ def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(tiny
     for name, tensor in model.state_dict().items():
         if name in frozen_before:
             assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
+
+
+@pytest.mark.parametrize("projection", [False, True])
+@pytest.mark.parametrize("family", FAMILIES, ids=[family.name for family in FAMILIES])
+def test_a_prefix_is_encoded_apart_from_the_model_as_the_model_encodes_it(
+    family, projection, tiny_family_dir, tmp_path
+):
+    """`encode_prefix` gives the keys and values a model with the prefix installed computes (in fp32 and in
+    bf16, from the checkpoint or from its tensors), and leaves the model it is given the config of untouched."""
+    folder = tiny_family_dir(family)
+    torch.manual_seed(0)
+    checkpoint = save_prefix_checkpoint(
+        glmcore.load_model(folder, pre_seq_len=3, prefix_projection=projection), tmp_path / "checkpoint-1"
+    )
+    installed = glmcore.load_model(folder, prefix_checkpoint=checkpoint).eval()
+    model = glmcore.load_model(folder)
+    config_before = model.config.to_dict()
+    parameters_before = dict(model.named_parameters())
+    state_before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    _, state = read_prefix_checkpoint(checkpoint)
+    for dtype, prefix in ((torch.float32, checkpoint), (torch.bfloat16, state)):
+        encoded = encode_prefix(prefix, model.config, dtype=dtype, device="cpu")
+        with torch.no_grad():
+            expected = installed.transformer.prefix_keys_values(1, dtype)
+        assert len(encoded) == model.config.num_layers
+        for (key, value), (expected_key, expected_value) in zip(encoded, expected, strict=True):
+            assert key.dtype == dtype and key.shape[1] == 3
+            torch.testing.assert_close(key, expected_key[0], atol=0, rtol=0)
+            torch.testing.assert_close(value, expected_value[0], atol=0, rtol=0)
+    assert model.config.to_dict() == config_before and model.transformer.prefix_encoder is None
+    assert dict(model.named_parameters()) == parameters_before
+    assert model.state_dict().keys() == state_before.keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state_before[name]), f"{name} changed"

@@ -275,17 +275,13 @@ def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
 
 
 class SlotDecoder:
-    """`slots` rows of `capacity` columns over `model` (which has no prefix encoder while serving)."""
+    """`slots` rows of `capacity` columns over `model`, loaded without a prefix: each row's is in its columns."""
 
     def __init__(
         self, model, slots: int, capacity: int, *, use_graph: bool | None = None, adapter_memory: int = 0
     ) -> None:
         self.model = model
         self.row_decoder = _row_decoder(model)
-        if self.row_decoder.prefix_length:
-            raise GlmError(
-                "The served model must be loaded without a prefix; prefixes are given per request."
-            )
         self.device = self.row_decoder.device
         self.dtype = self.row_decoder.dtype
         self.slots, self.capacity = slots, capacity
@@ -445,9 +441,9 @@ RECORD_LENGTH = 4096
 
 class Engine:
     """The scheduler thread over a `SlotDecoder`: submit requests from any thread, tokens come back through each
-    request's `deliver`. Prefix checkpoints become per-layer keys and values, made by the model's own prefix
-    encoder (cached, `max_prefixes` of them); LoRA checkpoints are held by the decoder's `AdapterBank`
-    (`adapter_memory` bytes)."""
+    request's `deliver`. Prefix checkpoints become per-layer keys and values, made apart from the model
+    (`glmcore.prefix.encode_prefix`; cached, `max_prefixes` of them); LoRA checkpoints are held by the decoder's
+    `AdapterBank` (`adapter_memory` bytes)."""
 
     def __init__(
         self,
@@ -565,21 +561,15 @@ class Engine:
     # the engine thread
 
     def _prefix(self, checkpoint: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The prefix's keys and values per layer [heads, P, channels], made by the model's own prefix encoder
-        (installed for that moment only: this runs on the engine thread, the one that runs the model)."""
-        from glmcore.prefix import set_prefix
+        """The prefix's keys and values per layer [heads, P, channels], made apart from the served model
+        (`glmcore.prefix.encode_prefix`)."""
+        from glmcore.prefix import encode_prefix
 
         if checkpoint in self._prefixes:
             self._prefixes.move_to_end(checkpoint)
             return self._prefixes[checkpoint]
-        spec, state = self._prefix_weights(checkpoint)
-        with torch.no_grad():
-            set_prefix(self.model, spec, state)
-            try:
-                pairs = self.model.transformer.prefix_keys_values(1, self.decoder.dtype)
-                layers = [(key[0].clone(), value[0].clone()) for key, value in pairs]
-            finally:
-                set_prefix(self.model, None)
+        _, state = self._prefix_weights(checkpoint)
+        layers = encode_prefix(state, self.model.config, dtype=self.decoder.dtype, device=self.decoder.device)
         self._prefixes[checkpoint] = layers
         while len(self._prefixes) > self.max_prefixes:
             dropped, _ = self._prefixes.popitem(last=False)

@@ -14,20 +14,16 @@ scaled attention with an fp32 softmax, which SDPA gives.
 
 from __future__ import annotations
 
-from dataclasses import fields
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from glmcore.models.chatglm2.configuration import ChatGLM2Config
-
-# transformers renamed the cache argument and output field from `past_key_values` to `cache` during 5.x.
-CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+from glmcore.models.head import CACHE_FIELD, PositionsGenerationMixin, causal_lm_output, prefix_layers
 
 ROTARY_BASE = 10000
 
@@ -107,6 +103,8 @@ class PrefixEncoder(nn.Module):
             self.trans = nn.Sequential(
                 nn.Linear(width, config.hidden_size), nn.Tanh(), nn.Linear(config.hidden_size, width)
             )
+        self.layers, self.heads = config.num_layers, config.multi_query_group_num
+        """The cache its rows fill: each row is [layer, key/value, group, kv_channels]."""
         for part in self.modules():
             part.is_prefix_part = hasattr(part, "reset_parameters")
 
@@ -277,21 +275,9 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
         self, batch_size: int, dtype: torch.dtype
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (key, value) [batch, groups, pre_seq_len, kv_channels], dropout applied in training."""
-        config = self.config
-        flat = self.prefix_encoder().to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
-        per_layer = (
-            self.prefix_dropout(flat)
-            .view(
-                batch_size,
-                config.pre_seq_len,
-                config.num_layers,
-                2,
-                config.multi_query_group_num,
-                config.kv_channels,
-            )
-            .permute(2, 3, 0, 4, 1, 5)
-        )
-        return [(layer[0], layer[1]) for layer in per_layer]
+        encoder = self.prefix_encoder
+        flat = encoder().to(dtype).unsqueeze(0).expand(batch_size, -1, -1)
+        return prefix_layers(self.prefix_dropout(flat), encoder.layers, encoder.heads)
 
     def forward(
         self,
@@ -347,7 +333,7 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
         )
 
 
-class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin):
+class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, PositionsGenerationMixin):
     """The model with its loss and generation hooks; the LM head is `transformer.output_layer` (untied)."""
 
     def __init__(self, config: ChatGLM2Config) -> None:
@@ -377,7 +363,7 @@ class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin)
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits (and the mean cross-entropy over labels that are not -100, shifted by one, in fp32)."""
+        """Logits, and the loss where there are labels (`glmcore.models.head.causal_lm_output`)."""
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -386,51 +372,21 @@ class ChatGLM2ForConditionalGeneration(ChatGLM2PreTrainedModel, GenerationMixin)
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
         )
-        hidden_states = outputs.last_hidden_state
-        cache_out = {CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
-        num_items = kwargs.get("num_items_in_batch")
-        if labels is not None and self.training:
-            # Training needs logits only where there is a label.
-            loss = self.labelled_positions_loss(hidden_states, labels, num_items)
-            return CausalLMOutputWithPast(loss=loss, logits=None, **cache_out)
-        if logits_to_keep:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        logits = self.transformer.output_layer(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits.float(),
-                labels=labels,
-                vocab_size=self.config.padded_vocab_size,
-                num_items_in_batch=num_items,
-            )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_out)
+        return causal_lm_output(
+            outputs.last_hidden_state,
+            self.transformer.output_layer,
+            self.config.padded_vocab_size,
+            labels=labels,
+            training=self.training,
+            logits_to_keep=logits_to_keep,
+            num_items_in_batch=kwargs.get("num_items_in_batch"),
+            cache=getattr(outputs, CACHE_FIELD),
+        )
 
-    def labelled_positions_loss(
-        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    def generation_position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Cross-entropy of next-token predictions in fp32, summed over labels that are not -100, divided by
-        their count (or by the whole accumulated batch's count, `num_items_in_batch`, from the Trainer)."""
-        targets = labels[:, 1:]
-        selected = targets != -100
-        logits = self.transformer.output_layer(hidden_states[:, :-1][selected]).float()
-        total = F.cross_entropy(logits, targets[selected], reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
-        # A batch whose rows were all cut before their answers (finetune_hf.py keeps such ChatGLM3 rows, every
-        # label -100) has nothing to learn: its loss is 0 with no gradient, not 0 / 0 (NaN in every weight).
-        if isinstance(count, torch.Tensor):
-            return total / count.to(total.device).clamp(min=1)
-        return total / max(count, 1)
-
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
         """Positions count real tokens from 0 (left padding gets 0), as the published tokenizer gives them."""
-        kwargs.pop("position_ids", None)
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        new_length = model_inputs["input_ids"].shape[1]
-        attention_mask = kwargs.get("attention_mask")
         if attention_mask is None:
-            positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-        else:
-            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        model_inputs["position_ids"] = positions[..., -new_length:].contiguous()
-        return model_inputs
+            return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -19,22 +19,18 @@ and padded keys are masked, so a padded row gets the logits it gets alone.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from glmcore.models.chatglm6b.configuration import ChatGLMConfig
-from glmcore.models.fused import expanded_dropout, labelled_cross_entropy
-
-# transformers renamed the cache argument and output field from `past_key_values` to `cache` during 5.x;
-# accept and return whichever the installed release uses.
-CACHE_FIELD = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+from glmcore.models.fused import expanded_dropout
+from glmcore.models.head import CACHE_FIELD, PositionsGenerationMixin, causal_lm_output, prefix_layers
 
 ROTARY_BASE = 10000
 
@@ -181,15 +177,15 @@ class PrefixEncoder(nn.Module):
             )
         else:
             self.embedding = nn.Embedding(config.pre_seq_len, kv_size)
+        self.layers, self.heads = config.num_layers, config.num_attention_heads
+        """The cache its rows fill: each row is [layer, key/value, head, head_dim]."""
         for part in self.modules():
             part.is_prefix_part = hasattr(part, "reset_parameters")
 
-    def forward(self, batch_size: int) -> torch.Tensor:
-        """Keys and values [batch, pre_seq_len, layers·2·hidden]."""
+    def forward(self) -> torch.Tensor:
+        """Keys and values [pre_seq_len, layers·2·hidden]."""
         weight = self.embedding.weight
-        if self.prefix_projection:
-            weight = self.trans(weight)
-        return weight.unsqueeze(0).expand(batch_size, -1, -1)
+        return self.trans(weight) if self.prefix_projection else weight
 
 
 # --- the transformer -------------------------------------------------------------------------------
@@ -319,17 +315,14 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         self, batch_size: int, dtype: torch.dtype
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer (key, value) [batch, heads, pre_seq_len, head_dim], dropout applied in training."""
-        config = self.config
-        flat = self.prefix_encoder(batch_size)
+        encoder = self.prefix_encoder
+        rows = encoder()
         if self.prefix_dropout.training and self.prefix_dropout.p:
             # Each row gets its own mask, as published; the backward sums the rows in fp32 (glmcore.models.fused).
-            flat = expanded_dropout(flat[0], batch_size, dtype, self.prefix_dropout.p)
+            flat = expanded_dropout(rows, batch_size, dtype, self.prefix_dropout.p)
         else:
-            flat = flat.to(dtype)
-        per_layer = flat.view(
-            batch_size, config.pre_seq_len, config.num_layers, 2, config.num_attention_heads, config.head_dim
-        ).permute(2, 3, 0, 4, 1, 5)
-        return [(layer[0], layer[1]) for layer in per_layer]
+            flat = rows.unsqueeze(0).expand(batch_size, -1, -1).to(dtype)
+        return prefix_layers(flat, encoder.layers, encoder.heads)
 
     def forward(
         self,
@@ -384,7 +377,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         )
 
 
-class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
+class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, PositionsGenerationMixin):
     """ChatGLM-6B with its LM head (tied to the word embeddings), loss and generation hooks."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.word_embeddings.weight"}
@@ -414,11 +407,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits (and the mean cross-entropy over labels that are not -100, shifted by one).
-
-        `num_items_in_batch` from the Trainer makes the loss a sum over the whole accumulated batch
-        divided by its label count, so batch × accumulation splits give the same gradients.
-        """
+        """Logits, and the loss where there are labels (`glmcore.models.head.causal_lm_output`)."""
         outputs = self.transformer(
             input_ids,
             attention_mask=attention_mask,
@@ -427,51 +416,19 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             inputs_embeds=inputs_embeds,
         )
-        hidden_states = outputs.last_hidden_state
-        cache_out = {CACHE_FIELD: getattr(outputs, CACHE_FIELD)}
-        num_items = kwargs.get("num_items_in_batch")
-        if labels is not None and self.training:
-            # Training needs logits only where there is a label: the LM head (a tenth of the model's
-            # compute) and the fp32 logits run on those positions alone.
-            loss = self.labelled_positions_loss(hidden_states, labels, num_items)
-            return CausalLMOutputWithPast(loss=loss, logits=None, **cache_out)
-        if logits_to_keep:
-            hidden_states = hidden_states[:, -logits_to_keep:]
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.vocab_size, num_items_in_batch=num_items
-            )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, **cache_out)
+        return causal_lm_output(
+            outputs.last_hidden_state,
+            self.lm_head,
+            self.config.vocab_size,
+            labels=labels,
+            training=self.training,
+            logits_to_keep=logits_to_keep,
+            num_items_in_batch=kwargs.get("num_items_in_batch"),
+            cache=getattr(outputs, CACHE_FIELD),
+        )
 
-    def labelled_positions_loss(
-        self, hidden_states: torch.Tensor, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None
+    def generation_position_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """Cross-entropy of next-token predictions in fp32, summed over labels that are not -100, divided by
-        their count (or by the whole accumulated batch's count, `num_items_in_batch`, from the Trainer)."""
-        targets = labels[:, 1:]
-        selected = targets != -100
-        count = num_items_in_batch if num_items_in_batch is not None else selected.sum()
-        hidden_states = hidden_states[:, :-1][selected]
-        head_is_frozen = not any(parameter.requires_grad for parameter in self.lm_head.parameters())
-        if hidden_states.requires_grad and head_is_frozen and hidden_states.dtype != torch.float16:
-            # No logits kept for the backward pass (fp16 keeps the plain path: a loss scaler scales its
-            # gradient, which the fused one computes unscaled).
-            return labelled_cross_entropy(
-                hidden_states, targets[selected], count, self.lm_head, self.config.vocab_size
-            )
-        logits = self.lm_head(hidden_states).float()
-        total = F.cross_entropy(logits, targets[selected], reduction="sum")
-        if isinstance(count, torch.Tensor):
-            count = count.to(total.device)
-        return total / count
-
-    def prepare_inputs_for_generation(self, input_ids: torch.LongTensor, **kwargs) -> dict:
-        """GLM positions are a function of the whole sequence so far: derive them, then keep the new part."""
-        kwargs.pop("position_ids", None)
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        new_length = model_inputs["input_ids"].shape[1]
-        positions = glm_position_ids(input_ids, kwargs.get("attention_mask"), self.config)
-        model_inputs["position_ids"] = positions[..., -new_length:].contiguous()
-        return model_inputs
+        """GLM's 2D positions of the whole sequence so far."""
+        return glm_position_ids(input_ids, attention_mask, self.config)
