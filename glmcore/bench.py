@@ -13,7 +13,10 @@ Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `pt
 published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
 `vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell), and
 `serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8 and 32 concurrent streaming requests of
-64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's).
+64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's; then
+`serve_mixed`: 32 clients over 4 random LoRA adapters (rank 8), 4 random prefixes (16 tokens) and the base,
+against 32 clients of the base alone on the same engine, and at 16 bits `lora_numerics`: one adapter's row
+against the model with that adapter merged into its weights).
 """
 
 from __future__ import annotations
@@ -103,7 +106,7 @@ def reset_peak() -> float | None:
     gc.collect()  # a finished figure's model and trainer may sit in reference cycles that hold their memory
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    return round(torch.cuda.memory_allocated() / 2**30, 2)
+    return round(torch.cuda.memory_allocated() / GIB, 2)
 
 
 # --- a random checkpoint at the real shape, in the published layout -----------------------------------
@@ -561,8 +564,17 @@ def single_request(model, ids: dict[str, int], prompt_length: int, new_tokens: i
     return {"first_token_ms": round(1000 * min(firsts), 1), "tokens_per_s": round(max(rates), 1)}
 
 
-def serve_load(model, ids: dict[str, int], clients: int, prompt_length: int, new_tokens: int, engine) -> dict:
+def serve_load(
+    model,
+    ids: dict[str, int],
+    clients: int,
+    prompt_length: int,
+    new_tokens: int,
+    engine,
+    sources: list[tuple[Path | None, Path | None]] = [(None, None)],  # noqa: B006 (never changed)
+) -> dict:
     """`clients` requests sent at once to the serving engine (continuous batching); each streams its tokens.
+    Client i asks for `sources[i % len(sources)]`: (prefix checkpoint, LoRA checkpoint), both None for the base.
 
     Output tokens/s counts every client's tokens over the wall time from the first request to the last token;
     time to first token is each client's, from when all were sent.
@@ -580,7 +592,10 @@ def serve_load(model, ids: dict[str, int], clients: int, prompt_length: int, new
             ends.append(time.monotonic())
             ended.release()
 
-    requests = [Request(list(prompt), None, new_tokens, deliver) for _ in range(clients)]
+    requests = [
+        Request(list(prompt), prefix, new_tokens, deliver, adapter=adapter)
+        for prefix, adapter in (sources[index % len(sources)] for index in range(clients))
+    ]
     start = time.monotonic()
     for request in requests:
         engine.submit(request)
@@ -625,6 +640,126 @@ def serving(model, ids: dict[str, int], bits: int, prompt_length: int, new_token
     finally:
         engine.shutdown()
     return results
+
+
+MIXED_ADAPTERS, MIXED_PREFIXES, MIXED_RANK, MIXED_PREFIX_LENGTH = 4, 4, 8, 16
+
+
+def random_adapters(model, folder: Path, count: int, rank: int) -> list[Path]:
+    """`count` LoRA checkpoints in PEFT's layout over `model`'s query_key_value layers, random A and B (scaled
+    as a trained adapter's are: small updates)."""
+    import torch
+    from safetensors.torch import save_file
+
+    layers = {
+        name: (module.in_features, module.out_features)
+        for name, module in model.named_modules()
+        if name.endswith("query_key_value")
+    }
+    checkpoints = []
+    for index in range(count):
+        generator = torch.Generator().manual_seed(index)
+        tensors = {}
+        for name, (inputs, outputs) in layers.items():
+            tensors[f"base_model.model.{name}.lora_A.weight"] = torch.randn(rank, inputs, generator=generator) / 64
+            tensors[f"base_model.model.{name}.lora_B.weight"] = torch.randn(outputs, rank, generator=generator) / 64
+        checkpoint = folder / f"adapter-{index}"
+        checkpoint.mkdir(parents=True)
+        save_file(tensors, str(checkpoint / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = {"peft_type": "LORA", "r": rank, "lora_alpha": 4 * rank, "target_modules": ["query_key_value"]}
+        (checkpoint / "adapter_config.json").write_text(json.dumps(config))
+        checkpoints.append(checkpoint)
+    return checkpoints
+
+
+def random_prefixes(model, folder: Path, count: int, length: int) -> list[Path]:
+    """`count` P-tuning checkpoints of `length` tokens, freshly initialised prefix encoders of `model`."""
+    import torch
+
+    from glmcore.prefix import PrefixSpec, save_prefix_checkpoint, set_prefix
+
+    checkpoints = []
+    for index in range(count):
+        torch.manual_seed(index)
+        set_prefix(model, PrefixSpec(length, False))
+        try:
+            checkpoints.append(save_prefix_checkpoint(model, folder / f"prefix-{index}"))
+        finally:
+            set_prefix(model, None)
+    return checkpoints
+
+
+def mixed_serving(
+    model, ids: dict[str, int], bits: int, prompt_length: int, new_tokens: int, folder: Path
+) -> dict:
+    """32 clients over 4 LoRA adapters, 4 prefixes and the base in the same steps (continuous batching), against
+    32 clients of the base alone on the same engine: `versus_base_only` is the issue's ≥ 0.8 target."""
+    from glmcore.serve.batching import Engine
+
+    adapters = random_adapters(model, folder, MIXED_ADAPTERS, MIXED_RANK)
+    prefixes = random_prefixes(model, folder, MIXED_PREFIXES, MIXED_PREFIX_LENGTH)
+    sources = [(None, None), *((prefix, None) for prefix in prefixes), *((None, adapter) for adapter in adapters)]
+    capacity = MIXED_PREFIX_LENGTH + prompt_length + new_tokens
+    engine = Engine(model, None, slots=32, capacity=capacity, stop_ids=set())
+    try:
+        figures = {}
+        for name, load in (("base_only", [(None, None)]), ("mixed", sources)):
+            serve_load(model, ids, 32, prompt_length, new_tokens, engine, load)  # graphs, adapters, prefixes
+            figures[name] = serve_load(model, ids, 32, prompt_length, new_tokens, engine, load)
+    finally:
+        engine.shutdown()
+    return {
+        "bits": bits,
+        "prompt": prompt_length,
+        "new_tokens": new_tokens,
+        "load": f"{MIXED_ADAPTERS} LoRA (rank {MIXED_RANK}) + {MIXED_PREFIXES} prefixes + base",
+        **figures["mixed"],
+        "base_only_tokens_per_s": figures["base_only"]["output_tokens_per_s"],
+        "versus_base_only": round(
+            figures["mixed"]["output_tokens_per_s"] / figures["base_only"]["output_tokens_per_s"], 3
+        ),
+        "graphs": sorted(engine.decoder.graphs),
+        "peak_GiB": peak_gib(),
+    }
+
+
+def lora_numerics(model, ids: dict[str, int], adapter: Path, prompt_length: int) -> dict:
+    """One adapter applied as serving applies it (the hooks, in the model's dtype) against the same adapter merged
+    into the weights (W + scale · B A, computed in fp32, then cast): the largest difference of the last
+    position's logits and whether their argmax agrees. The merged weights replace the originals for one forward
+    pass only."""
+    import torch
+
+    from glmcore.adapters import attach_adapter, model_compute_dtype, read_adapter_shape, read_adapter_weights
+
+    prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([prompt], device=device)
+    updates = attach_adapter(model, adapter)
+    try:
+        with torch.no_grad():
+            hooked = model(input_ids=input_ids).logits[0, -1].float()
+    finally:
+        updates.remove()
+    adapter_shape = read_adapter_shape(adapter, model)
+    originals = {}
+    try:
+        with torch.no_grad():
+            for name, (a, b) in read_adapter_weights(adapter_shape, torch.float32, device).items():
+                layer = model.get_submodule(name)
+                originals[name] = layer.weight
+                merged = layer.weight.float() + adapter_shape.scale * (a @ b).t()
+                layer.weight = torch.nn.Parameter(merged.to(layer.weight.dtype), requires_grad=False)
+            merged_logits = model(input_ids=input_ids).logits[0, -1].float()
+    finally:
+        for name, weight in originals.items():
+            model.get_submodule(name).weight = weight
+    return {
+        "dtype": str(model_compute_dtype(model)).removeprefix("torch."),
+        "max_abs_logit_difference": round(float((hooked - merged_logits).abs().max()), 5),
+        "logit_scale": round(float(merged_logits.abs().max()), 3),
+        "same_argmax": bool(hooked.argmax() == merged_logits.argmax()),
+    }
 
 
 FIGURES = (
@@ -773,10 +908,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
-                for figures in serving(
-                    model, bench.special_ids, bits, SOURCE + 2, 128 if not args.tiny else 16
-                ):
+                new_tokens = 128 if not args.tiny else 16
+                for figures in serving(model, bench.special_ids, bits, SOURCE + 2, new_tokens):
                     report("serve", **figures)
+                folder = workdir / f"serve-mixed-{bits}"
+                shutil.rmtree(folder, ignore_errors=True)
+                mixed = mixed_serving(model, bench.special_ids, bits, SOURCE + 2, new_tokens, folder)
+                report("serve_mixed", **mixed)
+                if bits == 16:
+                    adapter = folder / "adapter-0"
+                    report("lora_numerics", **lora_numerics(model, bench.special_ids, adapter, SOURCE + 2))
                 del model
                 reset_peak()
     finally:

@@ -17,7 +17,10 @@ Cancelling: a cancelled answer stops at the next token. Its partial text stays o
 NOT added to the history: an answer cut short is usually one the user did not want the model to build on.
 
 Prefixes: `use_prefix` swaps only the small prefix encoder; the base weights stay where they are. Prefix weights
-are cached by checkpoint path (`PrefixCache`), so switching back to one already loaded reads no file.
+are cached by checkpoint path (`PrefixCache`), so switching back to one already loaded reads no file. A LoRA
+run's checkpoint is applied the way the server applies it (`glmcore.adapters`: the adapter's low-rank update
+added to each target layer's output), so chat answers as the exported, merged model does; `use_checkpoint`
+takes either kind.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ class ChatSettings:
 
 @dataclass(frozen=True)
 class ChatPlan:
-    """What a chat loads: the model folder as its family, its base weights' bits and the prefix to start with."""
+    """What a chat loads: the model folder as its family, its base weights' bits and the prefix or LoRA adapter
+    to start with."""
 
     model: Path
     checkpoint: Path | None
@@ -98,14 +102,15 @@ def plan_chat(
     family: str | None = None,
 ) -> ChatPlan:
     """What chatting with `run` (or the `model` folder) loads, decided before anything loads; raises ChatError
-    with the sentence to show when it cannot (a run that trained no prefix, no model named).
+    with the sentence to show when it cannot (a full fine-tuning run, no model named).
 
-    `checkpoint` is the prefix asked for; with `run_default` and none asked, the run's checkpoint it stands for.
+    `checkpoint` is the prefix or LoRA adapter asked for (`ChatSession.use_checkpoint` tells them apart); with
+    `run_default` and none asked, the run's checkpoint it stands for.
     `model`, `quantization_bit` and `family` override the run's.
     """
-    if run is not None and run.config.method != "ptuning-v2":
+    if run is not None and run.config.method not in ("ptuning-v2", "lora"):
         raise ChatError(
-            f"Run {run.id} trained {run.config.method}, not a prefix, and chat loads only prefixes: export it "
+            f"Run {run.id} trained {run.config.method}, neither a prefix nor a LoRA adapter: export it "
             f"(glmtui export {run.id}) and chat with the exported folder (glmtui chat --model FOLDER)."
         )
     passed_over: tuple[tuple[Path, str], ...] = ()
@@ -314,9 +319,12 @@ class ChatSession:
         self.settings = ChatSettings()
         self.prefix: Path | None = None
         """The checkpoint whose prefix `use_prefix` installed; None for the model as it was given."""
+        self.adapter: Path | None = None
+        """The LoRA checkpoint `use_checkpoint` applied over the model's weights; None for none."""
+        self._adapter_updates = None
         self._active: ChatTurn | None = None
         self._decoder = None
-        self._decoder_prefix = None
+        self._decoder_made_for = None
 
     @property
     def answering(self) -> bool:
@@ -402,6 +410,24 @@ class ChatSession:
         install_prefix_checkpoint(self.model, checkpoint, read=self.prefixes.get)
         self.prefix = self.prefixes.key(checkpoint)
 
+    def use_checkpoint(self, checkpoint: str | Path | None) -> None:
+        """Answer with `checkpoint` from the next turn on: a P-tuning prefix or a LoRA adapter, whichever it holds
+        (the adapter's low-rank updates are added to the base's outputs, never merged into its weights); `None`
+        for the model alone."""
+        from glmcore.adapters import attach_adapter, is_adapter_checkpoint
+
+        self._stop_active()
+        if self._adapter_updates is not None:
+            self._adapter_updates.remove()
+            self._adapter_updates, self.adapter = None, None
+        if checkpoint is None or not is_adapter_checkpoint(Path(checkpoint).expanduser()):
+            self.use_prefix(checkpoint)
+            return
+        self.use_prefix(None)
+        path = Path(checkpoint).expanduser().resolve()
+        self._adapter_updates = attach_adapter(self.model, path)
+        self.adapter = path
+
     def _stop_active(self) -> None:
         if self._active is not None and not self._active.finished:
             self._active.close()
@@ -410,14 +436,16 @@ class ChatSession:
     def decoder(self):
         """A static-cache decoder for one conversation, kept between turns (its CUDA graph is captured once).
 
-        A captured graph reads the prefix encoder it was captured with, so switching prefixes builds a new one.
+        A captured graph reads the prefix encoder and the adapter weights it was captured with, so switching
+        either builds a new one.
         """
-        encoder = self.model.transformer.prefix_encoder
-        if self._decoder is None or self._decoder_prefix is not encoder:
+        made_for = (self.model.transformer.prefix_encoder, self._adapter_updates)
+        previous = self._decoder_made_for or (None, None)
+        if self._decoder is None or any(now is not then for now, then in zip(made_for, previous, strict=True)):
             self._decoder = None
             capacity = self.max_sequence_length - self.pre_seq_len
             self._decoder = self.family.new_decoder(self.model, batch=1, capacity=capacity)
-            self._decoder_prefix = encoder
+            self._decoder_made_for = made_for
         return self._decoder
 
     def settled_length(self, cleaned: str) -> int:

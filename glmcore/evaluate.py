@@ -16,8 +16,8 @@ skipped; they are scored as decoded, as the published `compute_metrics` scores t
 
 An evaluation folder holds `generated_predictions.txt` (ChatGLM-6B's form), `examples.jsonl` (per example: input,
 label, prediction, scores) and `results.json`, written last: a folder with `results.json` is complete. A comparison
-evaluates the base model and several prefix checkpoints over the same data with ONE loaded model, swapping only
-the prefix, and writes each evaluation into its own subfolder with `comparison.json` and
+evaluates the base model and several prefix or LoRA checkpoints over the same data with ONE loaded model,
+swapping only the prefix or the adapter (never merged into the base's weights), and writes each evaluation into its own subfolder with `comparison.json` and
 `comparison_examples.jsonl` (before/after per example, worst first) beside them. Every checkpoint is checked
 before the model loads; a damaged one is skipped, and comparison.json says which and why.
 """
@@ -488,9 +488,10 @@ def checkpoint_plan(
     """The (label, checkpoint) pairs a comparison evaluates, and those it skips with why, decided before the
     model loads rather than after an hour of evaluating the entries before a damaged one.
 
-    A checkpoint that does not exist is refused (a name mistyped); one whose prefix files are damaged, unsafe
-    or made for another model is skipped. Refused when nothing is left to evaluate.
+    A checkpoint that does not exist is refused (a name mistyped); one whose prefix or LoRA adapter files are
+    damaged, unsafe or made for another model is skipped. Refused when nothing is left to evaluate.
     """
+    from glmcore.adapters import adapter_problem, is_adapter_checkpoint
     from glmcore.models.loading import load_config
     from glmcore.prefix import prefix_problem
 
@@ -504,7 +505,11 @@ def checkpoint_plan(
             raise EvalError(f"The checkpoint {checkpoint} does not exist.")
         if config is None:
             config = load_config(model_path, family)
-        if problem := prefix_problem(Path(checkpoint), config):
+        if is_adapter_checkpoint(Path(checkpoint)):
+            problem = adapter_problem(Path(checkpoint), Path(model_path), family)
+        else:
+            problem = prefix_problem(Path(checkpoint), config)
+        if problem:
             skipped.append(SkippedCheckpoint(label, str(Path(checkpoint).absolute()), problem))
         else:
             evaluated.append((label, checkpoint))
@@ -541,17 +546,19 @@ def compare_checkpoints(
     limit: int | None = None,
     family: str | None = None,
 ) -> CheckpointComparison:
-    """Evaluate the same data through the base model (`"base"`) and each prefix checkpoint, side by side.
+    """Evaluate the same data through the base model (`"base"`) and each prefix or LoRA checkpoint, side by side.
 
     `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
     recorded in comparison.json with the file's full count. `family` is the model's `family` setting.
 
-    The base model is loaded once; each checkpoint only swaps the prefix encoder. Results go into
+    The base model is loaded once; each checkpoint only swaps the prefix encoder or the LoRA adapter (its
+    low-rank updates added to the base's outputs, as `glmcore.adapters` applies them). Results go into
     `output_root/<label>/`, with comparison.json and comparison_examples.jsonl in `output_root`. A damaged
     checkpoint is skipped (`checkpoint_plan`): the comparison's `skipped` and comparison.json name it and why.
     When cancelled, the finished evaluations are kept and comparison.json says `"complete": false`; if none
     finished, nothing is left behind and EvaluationCancelled is raised.
     """
+    from glmcore.adapters import attach_adapter, is_adapter_checkpoint
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.prefix import install_prefix_checkpoint, set_prefix
 
@@ -571,10 +578,18 @@ def compare_checkpoints(
 
     evaluations: list[EvalResult] = []
     started = time.monotonic()
+    adapter = None
     for number, (label, checkpoint) in enumerate(evaluated, start=1):
+        if adapter is not None:
+            adapter.remove()
+            adapter = None
         if _is_base(checkpoint):
             set_prefix(model, None)
             checkpoint_name = None
+        elif is_adapter_checkpoint(Path(checkpoint)):
+            set_prefix(model, None)
+            adapter = attach_adapter(model, Path(checkpoint))
+            checkpoint_name = str(Path(checkpoint).absolute())
         else:
             install_prefix_checkpoint(model, checkpoint)
             checkpoint_name = str(Path(checkpoint).absolute())
@@ -698,7 +713,7 @@ def new_run_evaluation_folder(run: Run, now: datetime | None = None) -> Path:
 
 
 def run_checkpoints(run: Run) -> list[Path]:
-    """The run's complete prefix checkpoints, oldest first; an error when it has none yet."""
+    """The run's complete checkpoints (prefixes or LoRA adapters), oldest first; an error when it has none yet."""
     checkpoints = [checkpoint.path for checkpoint in run.checkpoints()]
     if not checkpoints:
         raise EvalError(f"Run {run.id} has no complete checkpoint yet; evaluate it after its first save.")
@@ -732,12 +747,13 @@ class EvalPlan:
         }
 
 
-def check_prefix_run(run: Run) -> None:
-    """Refuses (EvalError) a run that trained no prefix: only prefix checkpoints are evaluated and compared."""
-    if run.config.method != "ptuning-v2":
+def check_evaluable_run(run: Run) -> None:
+    """Refuses (EvalError) a run whose checkpoints are whole models (full fine-tuning): prefix and LoRA
+    checkpoints are evaluated over the base, a whole model once exported."""
+    if run.config.method not in ("ptuning-v2", "lora"):
         raise EvalError(
-            f"Run {run.id} trained with {run.config.method}, not P-tuning v2; only prefix checkpoints can be "
-            "evaluated and compared here."
+            f"Run {run.id} trained with {run.config.method}, neither P-tuning v2 nor LoRA: export it (glmtui "
+            f"export {run.id}) and evaluate the exported folder (glmtui eval --model FOLDER)."
         )
 
 
@@ -761,12 +777,12 @@ def plan_evaluation(
     """The evaluation of `run` (or of the `model` folder) the options ask for, each left out taken from the run;
     raises EvalError with the sentence to show when there is none to make.
 
-    A run that trained no prefix is refused; the data is the run's validation file unless named (never its
+    A full fine-tuning run is refused (export it first); the data is the run's validation file unless named (never its
     training file: scores on the data it learned would flatter it); the checkpoints, unless named, are the base
     model and every complete checkpoint of the run.
     """
     if run is not None:
-        check_prefix_run(run)
+        check_evaluable_run(run)
     config = run.config if run is not None else None
     folder = model or (config.model_path if config else None)
     if folder is None:

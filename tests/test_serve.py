@@ -1,7 +1,7 @@
 """`glmtui serve`: real detached server processes on the tiny model, driven by the official `openai` client.
 
 Two servers are shared by every test here: `wide` (8 rows, a key from $GLMTUI_API_KEY) over a workspace with two
-P-tuning runs, a LoRA run and a run whose newer checkpoints have crafted headers, and `narrow` (1 row, no waiting
+P-tuning runs, a full fine-tuning run and a run whose newer checkpoints have crafted headers, and `narrow` (1 row, no waiting
 queue) for the disconnect and the 429. The last test stops `narrow` with a stream open.
 """
 
@@ -29,6 +29,7 @@ KEY = "test-key-4f1c9a"
 ANSWER_TOKENS = 16
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
 ALPHA, BETA, GAMMA = "20260501-100000-alpha", "20260501-110000-beta", "20260501-140000-gamma"
+LORA = "20260501-150000-lora"
 
 pytestmark = pytest.mark.slow
 
@@ -45,6 +46,19 @@ def _prefix_checkpoint(model_dir: Path, folder: Path, *, seed: int, strength: fl
     with torch.no_grad():
         model.transformer.prefix_encoder.embedding.weight.mul_(strength)
     save_prefix_checkpoint(model, folder)
+    (folder / "trainer_state.json").write_text("{}")
+
+
+def _adapter_checkpoint(model_dir: Path, folder: Path) -> None:
+    """A complete LoRA checkpoint (PEFT's files) whose random adapter changes the tiny model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import glmcore
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=2, target_modules=["query_key_value"], init_lora_weights=False)
+    get_peft_model(glmcore.load_model(model_dir), config).save_pretrained(str(folder))
     (folder / "trainer_state.json").write_text("{}")
 
 
@@ -89,14 +103,16 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     beta = write_run(
         workspace, "20260501-110000-beta", tiny_config(workspace), state="finished", step=10, losses=[]
     )
-    lora = tiny_config(workspace, method="lora")
-    write_run(workspace, "20260501-120000-lora", lora, state="finished", step=10, losses=[])
+    full = tiny_config(workspace, method="full")
+    write_run(workspace, "20260501-120000-full", full, state="finished", step=10, losses=[])
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-10", seed=0, strength=2)
     _prefix_checkpoint(model, alpha.checkpoints_dir / "checkpoint-20", seed=1, strength=4)
     _prefix_checkpoint(model, beta.checkpoints_dir / "checkpoint-10", seed=2, strength=5)
     gamma = write_run(workspace, GAMMA, tiny_config(workspace), state="finished", step=40, losses=[])
     _prefix_checkpoint(model, gamma.checkpoints_dir / "checkpoint-10", seed=3, strength=3)
     _crafted_checkpoints(gamma.checkpoints_dir / "checkpoint-10")
+    lora = write_run(workspace, LORA, tiny_config(workspace, method="lora"), state="finished", step=10, losses=[])
+    _adapter_checkpoint(model, lora.checkpoints_dir / "checkpoint-10")
     return workspace
 
 
@@ -150,26 +166,29 @@ def _streamed(client: openai.OpenAI, model: str, question: str) -> str:
     return "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
 
 
-def test_lists_the_base_and_every_whole_ptuning_checkpoint_but_not_lora(servers):
+def test_lists_the_base_every_whole_prefix_and_adapter_checkpoint_but_not_full_fine_tuning(servers):
     """Crafted headers neither stop the servers from starting nor the listing: those checkpoints are left out
     and a request for one is told why; the run stands for its whole checkpoint once its check passes the
     damaged ones over, else it is left out with its reason too."""
     client = _client(servers["wide"])
-    ids = {model.id for model in client.models.list()}
-    assert ids - {GAMMA} == {
-        "tiny-chatglm",
-        ALPHA,
-        f"{ALPHA}/checkpoint-10",
-        f"{ALPHA}/checkpoint-20",
-        BETA,
-        f"{BETA}/checkpoint-10",
-        f"{GAMMA}/checkpoint-10",
+    kinds = {model.id: model.kind for model in client.models.list()}
+    assert {name: kind for name, kind in kinds.items() if name != GAMMA} == {
+        "tiny-chatglm": "base",
+        ALPHA: "prefix",
+        f"{ALPHA}/checkpoint-10": "prefix",
+        f"{ALPHA}/checkpoint-20": "prefix",
+        BETA: "prefix",
+        f"{BETA}/checkpoint-10": "prefix",
+        f"{GAMMA}/checkpoint-10": "prefix",
+        LORA: "lora",
+        f"{LORA}/checkpoint-10": "lora",
     }
+    assert _ask(client, LORA, "hi") != _ask(client, "tiny-chatglm", "hi"), "the adapter is applied"
     for name in CRAFTED_HEADERS:
         with pytest.raises(openai.NotFoundError, match="cannot be served") as refused:
             _ask(client, f"{GAMMA}/{name}", "hi")
         assert name in str(refused.value)
-    if GAMMA in ids:
+    if GAMMA in kinds:
         assert _ask(client, GAMMA, "hi") == _ask(client, f"{GAMMA}/checkpoint-10", "hi")
     else:
         with pytest.raises(openai.NotFoundError, match="cannot be served"):
@@ -242,7 +261,7 @@ def test_refusals_are_the_apis_error_json(servers):
         _ask(client, "no-such-model", "hi")
     assert unknown.value.code == "model_not_found" and unknown.value.param == "model"
     with pytest.raises(openai.NotFoundError, match="glmtui export"):
-        _ask(client, "20260501-120000-lora", "hi")
+        _ask(client, "20260501-120000-full", "hi")
     with pytest.raises(openai.NotFoundError):
         _ask(client, "../../../etc/passwd", "hi")
     with pytest.raises(openai.BadRequestError) as wrong_role:
@@ -322,6 +341,7 @@ def test_list_shows_the_servers(workspace: Workspace, servers):
     out, _ = listing.communicate(timeout=60)
     for server in servers.values():
         assert server.id in out and server.status().url in out
+    assert " (2 LoRA)" in out and f"{LORA}  LoRA" in out and f"{ALPHA}  prefix" in out
     assert json.loads(servers["wide"].status_path.read_text())["state"] == "ready"
 
 
@@ -356,6 +376,8 @@ async def test_the_serve_screen_starts_shows_and_stops_a_server(workspace: Works
         started = screen.rows[screen.selected_id()]
         assert started.server not in servers.values() and started.status.state == "ready"
         assert ALPHA in started.status.models
+        shown = str(screen.query_one("#serve-model-list").render())
+        assert f"{LORA}  LoRA" in shown and f"{ALPHA}  prefix" in shown and "tiny-chatglm  base" in shown
         await pilot.press("x")
         await wait_until_in_app(pilot, lambda: not started.server.status().is_active, "the server stopped")
         await settle(pilot)
@@ -406,6 +428,7 @@ def test_a_run_that_saves_later_is_served_without_a_restart(workspace: Workspace
         (["--context", "-1"], "--context -1 leaves no room for a request"),
         (["--port", "70000"], "--port 70000 is not a port"),
         (["--max-queue", "-1"], "--max-queue -1 is negative"),
+        (["--adapter-memory", "-5"], "--adapter-memory -5.0 is negative"),
     ],
 )
 def test_limits_no_server_can_serve_with_are_refused_before_any_folder(tmp_path, monkeypatch, capsys, option, said):

@@ -80,7 +80,9 @@ def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
 
 
 def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
-    """`python -m glmcore.bench --tiny --only serve`: one record per client count (no timing is asserted)."""
+    """`python -m glmcore.bench --tiny --only serve`: one record per client count, then the mixed load of LoRA
+    adapters, prefixes and the base, and a LoRA row's numerics against the merged weights (no timing is
+    asserted)."""
     import json
 
     from glmcore.bench import main
@@ -91,6 +93,10 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert [record["clients"] for record in served] == [1, 8, 32]
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
+    (mixed,) = [record for record in records if record["figure"] == "serve_mixed"]
+    assert mixed["clients"] == 32 and mixed["tokens"] == 32 * mixed["new_tokens"] and mixed["versus_base_only"] > 0
+    (numerics,) = [record for record in records if record["figure"] == "lora_numerics"]
+    assert numerics["same_argmax"] and numerics["max_abs_logit_difference"] < 1e-3  # fp32 on the CPU
 
 
 def test_a_row_that_fails_fails_its_request_alone_and_every_other_is_answered(chatglm3, tmp_path):

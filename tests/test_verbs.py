@@ -27,35 +27,35 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-async def test_a_lora_run_is_refused_by_chat_with_the_same_sentence_before_anything_loads(
+async def test_a_full_fine_tuning_run_is_refused_by_chat_with_the_same_sentence_before_anything_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workspace = make_workspace(tmp_path / "ws")
     run = write_run(
-        workspace, "0501-lora", tiny_config(workspace, method="lora"), state="finished", step=30, losses=[1.0]
+        workspace, "0501-full", tiny_config(workspace, method="full"), state="finished", step=30, losses=[1.0]
     )
     (run.checkpoints_dir / "checkpoint-30").mkdir()
 
     assert main(["--workspace", str(workspace.root), "chat", "--run", run.id]) == 1
     refused = one_line(capsys.readouterr().err)
-    assert "trained lora, not a prefix" in refused
+    assert "trained full, neither a prefix nor a LoRA adapter: export it" in refused
 
     app = make_app(workspace)
     async with app.run_test(size=(120, 40)) as pilot:
         app.post_message(ChatWith(run))
         await wait_until_in_app(pilot, lambda: isinstance(app.screen, ChatScreen), "the chat screen")
         status = app.screen.query_one("#chat-status", Static)
-        await wait_until_in_app(pilot, lambda: "not a prefix" in str(status.render()), "the refusal")
+        await wait_until_in_app(pilot, lambda: "export it" in str(status.render()), "the refusal")
         assert f"error: {one_line(str(status.render()))}" == refused
         assert app.screen.session is None and not [w for w in app.workers if w.group == "chat-load"]
 
 
-async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_in_the_same_words(
+async def test_evaluation_refuses_a_full_run_and_a_run_without_validation_data_in_the_same_words(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workspace = make_workspace(tmp_path / "ws")
-    lora = write_run(
-        workspace, "0501-lora", tiny_config(workspace, method="lora"), state="finished", step=30, losses=[1.0]
+    full = write_run(
+        workspace, "0501-full", tiny_config(workspace, method="full"), state="finished", step=30, losses=[1.0]
     )
     no_validation = write_run(
         workspace,
@@ -66,10 +66,10 @@ async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_i
         losses=[1.0],
     )
     refusals = {}
-    for run in (lora, no_validation):
+    for run in (full, no_validation):
         assert main(["--workspace", str(workspace.root), "eval", "--run", run.id]) == 1
         refusals[run.id] = one_line(capsys.readouterr().err)
-    assert "not P-tuning v2" in refusals[lora.id]
+    assert "neither P-tuning v2 nor LoRA: export it" in refusals[full.id]
     assert "has no validation file" in refusals[no_validation.id]
 
     app = make_app(workspace)
@@ -77,7 +77,7 @@ async def test_evaluation_refuses_a_lora_run_and_a_run_without_validation_data_i
         evaluate = app.workbench_screen("evaluate")
         app.action_show("evaluate")
         await settle(pilot)
-        for run in (lora, no_validation):
+        for run in (full, no_validation):
             evaluate.select_run(run)
             await settle(pilot)
             status = one_line(str(evaluate.query_one("#evaluate-status", Static).render()))

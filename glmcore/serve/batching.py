@@ -11,8 +11,11 @@ prefill pass: every prompt being written goes into it, each row with its own pre
 `prefill_budget` tokens. A causal family's long prompt is cut into chunks across passes, so the decoding rows
 keep stepping between them; a prompt the family reads both ways (ChatGLM-6B's context) goes whole. The shortest
 remainders go first, so a request that arrives during a long prefill gets its first token before it ends.
-A causal prompt whose first blocks were written before over the same prefix checkpoint copies their keys and
-values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
+A row may instead apply a LoRA adapter: its low-rank update is added to the target layers' outputs for that row
+alone, in the same passes and steps (`glmcore.serve.adapters`: adapters loaded on first use, least recently used
+evicted under a budget; a request whose adapter finds no free slot waits, as for a row).
+A causal prompt whose first blocks were written before over the same prefix checkpoint (or adapter) copies their
+keys and values instead of prefilling them (`glmcore.serve.shared_prompts`: one system prompt, written once).
 `record` keeps the latest passes, steps and first tokens, in order.
 A failure that belongs to one request (its prefix, its sampling, next-token scores that are not numbers) fails
 that request alone, and a prefill pass that fails fails only the requests in it; every request taken from the
@@ -43,7 +46,10 @@ import torch
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling, pick_tokens
+from glmcore.serve.adapters import MIB, AdapterBank
+from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB
 from glmcore.serve.shared_prompts import BLOCK, SharedPrompts
+from glmcore.units import GIB
 
 log = logging.getLogger("glmcore.serve")
 
@@ -78,6 +84,8 @@ class Request:
     max_new_tokens: int
     deliver: Callable[[str, object], None]
     sampling: Sampling = Sampling()
+    adapter: Path | None = None
+    """A LoRA checkpoint whose low-rank updates this request's row applies (never together with a prefix)."""
     id: int = field(default_factory=itertools.count(1).__next__)
     submitted: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
@@ -95,6 +103,12 @@ class Request:
         if self.sampling.seed is not None and self._generator is None:
             self._generator = torch.Generator(device=device).manual_seed(self.sampling.seed)
         return self._generator
+
+    @property
+    def source(self) -> Path | None:
+        """The checkpoint that shapes this request's keys and values beyond the base (its prefix or adapter): the
+        key of its shared prompt beginnings."""
+        return self.adapter or self.prefix
 
     def cancel(self) -> None:
         """Stop generating for this request at the next step boundary (a client went away, a stop string)."""
@@ -215,22 +229,29 @@ def _row_decoder(model):
 
 
 def plan_slots(
-    model, dtype: torch.dtype, capacity: int, max_slots: int, *, shared_tokens: int = 0, reserve: float = 0.1
+    model,
+    dtype: torch.dtype,
+    capacity: int,
+    max_slots: int,
+    *,
+    shared_tokens: int = 0,
+    reserved_bytes: int = 0,
+    reserve: float = 0.1,
 ) -> int:
     """How many rows of `capacity` columns fit: on a GPU, its free memory now (after loading) less a `reserve`
-    share for prefills, prefixes and graphs and the pool of `shared_tokens` shared prompt tokens; on the CPU,
-    `max_slots`."""
+    share for prefills, prefixes and graphs, the pool of `shared_tokens` shared prompt tokens and
+    `reserved_bytes` (the LoRA adapters' budget); on the CPU, `max_slots`."""
     device = next(model.parameters()).device
     if device.type != "cuda":
         return max_slots
     free, _ = torch.cuda.mem_get_info(device)
     per_token = kv_bytes_per_token(model, dtype)
     per_row = per_token * capacity
-    fits = int((free * (1 - reserve) - per_token * shared_tokens) // per_row)
+    fits = int((free * (1 - reserve) - per_token * shared_tokens - reserved_bytes) // per_row)
     if fits < 1:
         raise GlmError(
-            f"The GPU has {free / 2**30:.1f} GiB free, less than one row of {capacity} tokens needs "
-            f"({per_row / 2**30:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
+            f"The GPU has {free / GIB:.1f} GiB free, less than one row of {capacity} tokens needs "
+            f"({per_row / GIB:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
         )
     return min(max_slots, fits)
 
@@ -257,7 +278,9 @@ def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
 class SlotDecoder:
     """`slots` rows of `capacity` columns over `model`, loaded without a prefix: each row's is in its columns."""
 
-    def __init__(self, model, slots: int, capacity: int, *, use_graph: bool | None = None) -> None:
+    def __init__(
+        self, model, slots: int, capacity: int, *, use_graph: bool | None = None, adapter_memory: int = 0
+    ) -> None:
         self.model = model
         self.row_decoder = _row_decoder(model)
         self.device = self.row_decoder.device
@@ -276,7 +299,10 @@ class SlotDecoder:
         )
         self.columns = torch.zeros(slots, 1, 1, 1, dtype=torch.long, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        """Captured steps by (width, whether the rows' LoRA updates run)."""
+        self.adapters = AdapterBank(model, slots, adapter_memory)
+        self._adapter_version = self.adapters.version
 
     def prompt_layout(self, prompt: list[int]) -> PromptLayout:
         return _prompt_layout(self.row_decoder, prompt)
@@ -309,6 +335,7 @@ class SlotDecoder:
             visible[index, 0, : longest - length, scratch] = True  # padding sees its own key: never a NaN softmax
         rows = torch.tensor([chunk.row for chunk in chunks])
         on_device = rows.to(self.device)
+        self.adapters.use_rows(on_device, rows.tolist())
         keys = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.keys]
         values = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.values]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
@@ -338,6 +365,7 @@ class SlotDecoder:
         """A free row: nothing visible but its first column, positions and column back to 0. `scrub` zeroes its
         keys and values too, after a failure: a NaN left in a hidden column still spoils the next request's
         attention (NaN times a zero weight is NaN)."""
+        self.adapters.clear(row)
         if scrub:
             for layer in (*self.keys, *self.values):
                 layer[row].zero_()
@@ -358,11 +386,15 @@ class SlotDecoder:
         self.row_decoder.positions = self.positions[:width]
         self.row_decoder.advance_positions()
         self.mask[:width].scatter_(3, self.columns[:width], 0.0)
+        key = (width, self.adapters.use_width(width))
         if not self.use_graph:
             return self._step_eagerly(width)
-        if width not in self.graphs and not self._capture(width):
+        if self.adapters.version != self._adapter_version:  # new stacks: the graphs with updates read the old
+            self.graphs = {captured: graph for captured, graph in self.graphs.items() if not captured[1]}
+            self._adapter_version = self.adapters.version
+        if key not in self.graphs and not self._capture(key):
             return self._step_eagerly(width)
-        graph, logits = self.graphs[width]
+        graph, logits = self.graphs[key]
         graph.replay()
         return logits
 
@@ -380,8 +412,10 @@ class SlotDecoder:
             use_cache=True,
         ).logits[:, -1]
 
-    def _capture(self, width: int) -> bool:
-        """Capture the step of `width` rows (as StaticDecoder does); False, and eager steps, where it fails."""
+    def _capture(self, key: tuple[int, bool]) -> bool:
+        """Capture the step of `width` rows, with or without their LoRA updates (as StaticDecoder does); False,
+        and eager steps, where it fails."""
+        width = key[0]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -396,7 +430,7 @@ class SlotDecoder:
             self.use_graph = False
             warnings.warn(f"serving without CUDA graphs: {str(error).splitlines()[0]}", stacklevel=2)
             return False
-        self.graphs[width] = (graph, logits)
+        self.graphs[key] = (graph, logits)
         return True
 
 
@@ -409,7 +443,8 @@ RECORD_LENGTH = 4096
 class Engine:
     """The scheduler thread over a `SlotDecoder`: submit requests from any thread, tokens come back through each
     request's `deliver`. Prefix checkpoints become per-layer keys and values, made apart from the model
-    (`glmcore.prefix.encode_prefix`; cached, `max_prefixes` of them)."""
+    (`glmcore.prefix.encode_prefix`; cached, `max_prefixes` of them); LoRA checkpoints are held by the decoder's
+    `AdapterBank` (`adapter_memory` bytes)."""
 
     def __init__(
         self,
@@ -425,6 +460,7 @@ class Engine:
         stop_ids: set[int] | None = None,
         prefill_budget: int = DEFAULT_PREFILL_BUDGET,
         shared_tokens: int = 0,
+        adapter_memory: int = DEFAULT_ADAPTER_MEMORY_MIB * MIB,
     ) -> None:
         from glmcore.models import family_of
 
@@ -433,9 +469,13 @@ class Engine:
         self.family = family_of(model).implementation()
         self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
         """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
-        self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph)
+        self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph, adapter_memory=adapter_memory)
         self.shared = SharedPrompts(self.decoder, shared_tokens) if shared_tokens >= BLOCK else None
         """Shared prompt beginnings (`shared_tokens` of them at most; `shared_prompt_tokens` says how many)."""
+        self.adapters = self.decoder.adapters
+        """The LoRA adapters held (`adapter_memory` bytes of them at most, least recently used evicted)."""
+        if self.shared is not None:
+            self.adapters.on_evict = self.shared.forget
         self.max_waiting = max_waiting
         self.max_prefixes = max_prefixes
         self.on_finished = on_finished
@@ -489,6 +529,8 @@ class Engine:
 
     def submit(self, request: Request) -> None:
         """Queue `request`; refused at once if it cannot fit a row or the waiting queue is full."""
+        if request.adapter is not None:
+            self.adapters.check(request.adapter)
         budget = self.capacity - self.prefix_length(request.prefix)
         if len(request.prompt_ids) + request.max_new_tokens > budget:
             raise RequestTooLong(
@@ -547,9 +589,13 @@ class Engine:
                 free = [row for row in range(self.slots) if row not in self._rows and row not in self._prefilling]
                 while self._waiting and free:
                     admitted.append((free.pop(0), self._waiting.popleft()))
+            deferred: list[Request] = []
             try:
                 for row, request in admitted:
-                    self._admit(row, request)
+                    if not self._admit(row, request):  # its adapter waits for a slot, at the queue's front
+                        with self._wake:
+                            self._waiting.insert(len(deferred), request)
+                        deferred.append(request)
                 self._drop_cancelled()
                 if self._prefilling:
                     self._prefill_pass()
@@ -557,7 +603,8 @@ class Engine:
                     self._step()
             except Exception:  # a bug must not leave a client waiting forever: fail those in flight
                 log.exception("the serving engine failed a step")
-                self._fail_in_flight(GlmError(FAILED_STEP), [request for _, request in admitted])
+                taken = [request for _, request in admitted if request not in deferred]
+                self._fail_in_flight(GlmError(FAILED_STEP), taken)
         with self._wake:
             waiting = list(self._waiting)
             self._waiting.clear()
@@ -571,27 +618,31 @@ class Engine:
             if request.finish_reason is None:
                 self._fail(request, error)
 
-    def _admit(self, row: int, request: Request) -> None:
-        """Give `request` its row: its prefix written, its prompt laid out for the prefill passes. Any failure
-        fails this request alone."""
+    def _admit(self, row: int, request: Request) -> bool:
+        """Give `request` its row: its prefix written or its adapter held, its prompt laid out for the prefill
+        passes. Any failure fails this request alone. False when its adapter finds no free slot (every one held
+        by an adapter rows decode with): it does not take the row and waits."""
         if request.cancelled:
             self._finish(request, "cancelled")
-            return
+            return True
         try:
             prefix = self._prefix(request.prefix) if request.prefix else None
             if prefix:
                 self.decoder.write_prefix(row, prefix)
             layout = self.decoder.prompt_layout(request.prompt_ids)
+            if request.adapter is not None and not self.adapters.assign(row, request.adapter):
+                return False
         except GlmError as error:
             self._fail(request, error)
-            return
+            return True
         except Exception:
             log.exception("the serving engine failed to take request %s", request.id)
             self._fail(request, GlmError("The server failed to read this prompt; its log says why."))
-            return
+            return True
         start = prefix[0][0].shape[1] if prefix else 0
         with self._wake:
             self._prefilling[row] = _Prefill(request, row, start, layout)
+        return True
 
     def _prefill_pass(self) -> None:
         """One pass over the prompts being written, shortest remainder first, up to the budget: a causal prompt is
@@ -633,7 +684,7 @@ class Engine:
             if self.shared is not None and state.layout.causal:
                 request = state.request
                 self.shared.keep(
-                    request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+                    request.source, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
                     written=state.done,
                 )
             if chunk.last:
@@ -651,7 +702,7 @@ class Engine:
             return
         request = state.request
         reused = self.shared.reuse(
-            request.prefix, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
+            request.source, request.prompt_ids, state.layout.positions, state.row, state.prefix_length,
             copied=request.reused_tokens,
         )
         if reused > state.done:
@@ -671,7 +722,7 @@ class Engine:
             other is not state
             and state.done <= other.done < end
             and (other.done > state.done or not other.fresh or other.row < state.row)
-            and other.request.prefix == request.prefix
+            and other.request.source == request.source
             and other.request.prompt_ids[state.done : end] == request.prompt_ids[state.done : end]  # cheap first
             and other.request.prompt_ids[: state.done] == request.prompt_ids[: state.done]
             and torch.equal(other.layout.positions[..., :end], state.layout.positions[..., :end])
@@ -781,7 +832,13 @@ class Engine:
 
 
 def _not_finite_message(request: Request) -> str:
-    source = "this request's prefix checkpoint" if request.prefix else "the model's weights"
+    source = (
+        "this request's adapter"
+        if request.adapter
+        else "this request's prefix checkpoint"
+        if request.prefix
+        else "the model's weights"
+    )
     return (
         "The model's next-token scores for this request are not finite numbers (NaN or infinite), so no token "
         f"can be picked; {source} may hold such values: use another checkpoint or check the weights."

@@ -196,9 +196,9 @@ class Service:
 
         budget = body.answer_budget
         if budget is None:  # chat without max_tokens: whatever room the row has left
-            prefix = await asyncio.to_thread(self.engine.prefix_length, served.checkpoint)
+            prefix = await asyncio.to_thread(self.engine.prefix_length, served.prefix)
             budget = max(1, self.engine.capacity - prefix - len(prompt))
-        request = Request(prompt, served.checkpoint, budget, deliver, body.sampling())
+        request = Request(prompt, served.prefix, budget, deliver, body.sampling(), adapter=served.adapter)
         await asyncio.to_thread(self.engine.submit, request)
         answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
         record = {"model": served.id, "endpoint": "chat" if chat else "completions", "stream": body.stream}

@@ -78,6 +78,7 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
 
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.runs import RunStore
+    from glmcore.serve.adapters import MIB
     from glmcore.serve.batching import Engine, plan_slots, shared_prompt_tokens
     from glmcore.serve.http import Service
     from glmcore.serve.registry import ModelRegistry, Selection
@@ -86,7 +87,7 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
         Path(plan.model),
         RunStore(workspace.runs_dir),
         Selection(tuple(plan.runs), tuple(plan.checkpoints)),
-        on_change=lambda models: server.write_status(models=[served.id for served in models]),
+        on_change=lambda models: server.write_status(**models_status(models)),
     )
     registry.check()
     announce(f"Loading {plan.model} ({plan.quantization_bit}-bit) …")
@@ -99,10 +100,19 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     dtype = model.get_input_embeddings().weight.dtype
     dtype = dtype if dtype.is_floating_point else torch.float16
     shared = shared_prompt_tokens(model, tokenizer, capacity)
-    slots = plan_slots(model, dtype, capacity, plan.max_batch, shared_tokens=shared)
+    adapter_memory = int(plan.adapter_memory * MIB)
+    slots = plan_slots(
+        model, dtype, capacity, plan.max_batch, shared_tokens=shared, reserved_bytes=adapter_memory
+    )
 
     engine = Engine(
-        model, tokenizer, slots=slots, capacity=capacity, max_waiting=plan.max_queue, shared_tokens=shared
+        model,
+        tokenizer,
+        slots=slots,
+        capacity=capacity,
+        max_waiting=plan.max_queue,
+        shared_tokens=shared,
+        adapter_memory=adapter_memory,
     )
 
     def record(entry: dict) -> None:
@@ -111,8 +121,16 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
             on_request(entry)
 
     service = Service(engine, registry, max_request_bytes=plan.max_request_bytes, on_request=record)
-    server.write_status(slots=slots, context=capacity, models=[m.id for m in registry.models()], loading=None)
+    server.write_status(slots=slots, context=capacity, **models_status(registry.models()), loading=None)
     return service
+
+
+def models_status(models) -> dict:
+    """status.json's `models` (their ids) and `kinds` (each one's kind)."""
+    return {
+        "models": [served.id for served in models],
+        "kinds": {served.id: served.kind for served in models},
+    }
 
 
 def _run_uvicorn(service, sock: socket.socket, key: str | None, server: Server, announce) -> int:

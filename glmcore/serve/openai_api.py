@@ -313,7 +313,13 @@ def model_list(models) -> dict:
     return {
         "object": "list",
         "data": [
-            {"id": model.id, "object": "model", "created": model.created, "owned_by": "glmtui"}
+            {
+                "id": model.id,
+                "object": "model",
+                "created": model.created,
+                "owned_by": "glmtui",
+                "kind": model.kind,
+            }
             for model in models
         ],
     }

@@ -1,12 +1,14 @@
-"""Which models a server offers: the base model, and P-tuning prefixes of the workspace's runs made on it.
+"""Which models a server offers: the base model, and the P-tuning prefixes and LoRA adapters of the workspace's
+runs made on it.
 
-A model id is the base model folder's name for no prefix, `<run id>` for the checkpoint the run stands for
-(`Run.default_checkpoint`, docs/runs.md's rule), or `<run id>/checkpoint-N` for one of its checkpoints. Ids are
-looked up in the registry only, never turned into paths, so no request reaches a file the registry did not
-list. `refresh()` reads the run folders again (a run that finished since appears); a LoRA or full fine-tuning
-run is never served, and a request for one is told to export it. A checkpoint whose files are damaged (cut
-short, or a crafted header) is left out, and so is a run folder that cannot be read: a request for either is
-told why, and the others are served as usual.
+A model id is the base model folder's name for the base alone, `<run id>` for the checkpoint the run stands for
+(`Run.default_checkpoint`, docs/runs.md's rule), or `<run id>/checkpoint-N` for one of its checkpoints; each
+model has a kind, "base", "prefix" or "lora". Ids are looked up in the registry only, never turned into paths,
+so no request reaches a file the registry did not list. `refresh()` reads the run folders again (a run that
+finished since appears); a full fine-tuning run is never served, and a request for one is told to export it; a
+run made on another base is told to be served with its own. A checkpoint whose files are damaged (cut short, or
+a crafted header) is left out, and so is a run folder that cannot be read: a request for either is told why,
+and the others are served as usual.
 """
 
 from __future__ import annotations
@@ -26,14 +28,28 @@ class UnknownModel(GlmError):
     """A request names a model this server does not offer."""
 
 
+KINDS = {"ptuning-v2": "prefix", "lora": "lora"}
+"""The kind of model a run's method makes."""
+
+
 @dataclass(frozen=True)
 class ServedModel:
     id: str
     checkpoint: Path | None
-    """The prefix checkpoint folder; None for the base model."""
+    """The prefix or adapter checkpoint folder; None for the base model."""
     run: str | None = None
     created: int = 0
     """When the checkpoint was written (seconds since the epoch): OpenAI's `created`."""
+    kind: str = "prefix"
+    """"base", "prefix" (a P-tuning v2 checkpoint) or "lora" (a LoRA adapter)."""
+
+    @property
+    def prefix(self) -> Path | None:
+        return self.checkpoint if self.kind == "prefix" else None
+
+    @property
+    def adapter(self) -> Path | None:
+        return self.checkpoint if self.kind == "lora" else None
 
 
 @dataclass(frozen=True)
@@ -50,14 +66,22 @@ class Selection:
 
 
 def refused_method(run: Run) -> str | None:
-    """Why a run cannot be served as a prefix, or None for a P-tuning run."""
+    """Why a run cannot be served over a base, or None for a P-tuning or LoRA run."""
     method = run.config.method
-    if method == "ptuning-v2":
+    if method in KINDS:
         return None
     return (
-        f"run {run.id} trained {method}, not a prefix: export it (glmtui export {run.id}) and serve the "
-        "exported folder with glmtui serve --model"
+        f"run {run.id} trained {method}, neither a prefix nor an adapter: export it (glmtui export {run.id}) and "
+        "serve the exported folder with glmtui serve --model"
     )
+
+
+def _kind_of_checkpoint(path: Path, run: Run | None) -> str:
+    if run is not None:
+        return KINDS.get(run.config.method, "prefix")
+    from glmcore.adapters import is_adapter_checkpoint
+
+    return "lora" if is_adapter_checkpoint(path) else "prefix"
 
 
 def _same_folder(a: Path, b: Path) -> bool:
@@ -102,7 +126,7 @@ class ModelRegistry:
         self.base_dir = Path(base_dir).expanduser().absolute()
         self.store = store
         self.selection = selection
-        self.base = ServedModel(self.base_dir.name, None, created=_created(self.base_dir))
+        self.base = ServedModel(self.base_dir.name, None, created=_created(self.base_dir), kind="base")
         self._models: dict[str, ServedModel] = {}
         self._refused: dict[str, str] = {}
         self.refresh()
@@ -165,17 +189,22 @@ class ModelRegistry:
         """`<run>` (its default checkpoint) and each whole `<run>/checkpoint-N`, the damaged ones put in `refused`
         with why; nothing of a run on another model, or before its first save."""
         if not _same_folder(run.config.model_path, self.base_dir):
+            refused[run.id] = (
+                f"run {run.id} was made on {run.config.model_path}, not on this server's base {self.base_dir}; "
+                f"serve it with its own model (glmtui serve --run {run.id})"
+            )
             return []
         if problem := refused_method(run):
             refused[run.id] = problem
             return []
+        kind = KINDS[run.config.method]
         served = []
         for checkpoint in run.checkpoints():
             name = f"{run.id}/{checkpoint.path.name}"
             if problem := damage(checkpoint.path):
                 refused[name] = problem
             else:
-                served.append(ServedModel(name, checkpoint.path, run.id, _created(checkpoint.path)))
+                served.append(ServedModel(name, checkpoint.path, run.id, _created(checkpoint.path), kind))
         try:
             default = run.default_checkpoint()
         except RunError as error:
@@ -185,18 +214,18 @@ class ModelRegistry:
             log.warning("choosing the checkpoint of run %s failed: %r", run.id, error)
             refused[run.id] = f"the checkpoint it stands for cannot be chosen ({type(error).__name__})"
             return served
-        return [ServedModel(run.id, default.path, run.id, _created(default.path)), *served]
+        return [ServedModel(run.id, default.path, run.id, _created(default.path), kind), *served]
 
     def _checkpoint_named(self, name: str, run: Run | None) -> ServedModel:
         path = self.store.resolve_checkpoint(name, run)
         owner = path.parent.parent
         if path.parent.name != "checkpoints" or not (owner / "config.toml").is_file():
-            return ServedModel(path.name, path, None, _created(path))
+            return ServedModel(path.name, path, None, _created(path), _kind_of_checkpoint(path, None))
         names_a_run = not Path(name).expanduser().is_dir() and not (
             run is not None and (name.startswith("checkpoint-") or name.isdigit())
         )
         served_id = owner.name if names_a_run else f"{owner.name}/{path.name}"
-        return ServedModel(served_id, path, owner.name, _created(path))
+        return ServedModel(served_id, path, owner.name, _created(path), _kind_of_checkpoint(path, Run(owner)))
 
     def find(self, model_id: str) -> ServedModel:
         """The model a request names; the run folders are read again for an id not known yet."""

@@ -29,7 +29,7 @@ COMMANDS_HELP = "Commands: /clear forgets the conversation, /prefix PATH|off swi
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "chat",
-        help="chat with the model in the terminal, with or without a prefix checkpoint",
+        help="chat with the model in the terminal, with or without a prefix or LoRA checkpoint",
         description="A plain streaming chat. "
         + COMMANDS_HELP
         + " Reads messages from stdin when it is not a TTY.",
@@ -40,13 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--run",
         metavar="RUN",
         default=None,
-        help="a P-tuning run (id, id prefix, name or folder): its model and prefix",
+        help="a P-tuning or LoRA run (id, id prefix, name or folder): its model and prefix or adapter",
     )
     parser.add_argument(
         "--checkpoint",
         metavar="CK",
         default=None,
-        help="the prefix to start with: checkpoint-N or N of --run, a checkpoint folder, or a run "
+        help="the prefix or adapter to start with: checkpoint-N or N of --run, a checkpoint folder, or a run "
         "(default with --run: the checkpoint it stands for, its best when marked, else its latest complete one; without: no prefix)",
     )
     parser.add_argument(
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         )
         session.settings = settings
         if plan.checkpoint is not None:
-            session.use_prefix(plan.checkpoint)
+            session.use_checkpoint(plan.checkpoint)
     except GlmError as error:
         notices.print(f"[red]error:[/red] {escape(str(error))}", highlight=False)
         return 1
@@ -130,6 +130,8 @@ def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
 
 
 def _prefix_name(session) -> str:
+    if session.adapter:
+        return f"LoRA adapter {session.adapter}"
     return f"prefix {session.prefix}" if session.prefix else "no prefix"
 
 

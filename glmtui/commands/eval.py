@@ -32,7 +32,7 @@ EXIT_CANCELLED = 130
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="evaluate the base model and prefix checkpoints (BLEU-4, Rouge), side by side",
+        help="evaluate the base model and prefix or LoRA checkpoints (BLEU-4, Rouge), side by side",
         description=(
             "Generate for every example of a dataset and score it as ChatGLM-6B's ptuning/main.py does "
             "(BLEU-4, Rouge-1/2/L). Several --checkpoint options compare them in one go; 'base' is the model "
@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=None,
         metavar="CK",
-        help="checkpoint-N or N of --run, a prefix checkpoint folder, a run (the checkpoint it stands for), "
+        help="checkpoint-N or N of --run, a prefix or LoRA checkpoint folder, a run (the checkpoint it stands for), "
         "or 'base'; repeatable (default: base, plus every checkpoint of --run)",
     )
     parser.add_argument(
@@ -96,7 +96,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
     output folder."""
     from glmcore.evaluate import (
         BASE,
-        check_prefix_run,
+        check_evaluable_run,
         new_evaluation_folder,
         new_run_evaluation_folder,
         plan_evaluation,
@@ -106,7 +106,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
     store = store_from_workspace()
     run = store.resolve(args.run) if args.run else None
     if run is not None:
-        check_prefix_run(run)  # before its checkpoints are looked for
+        check_evaluable_run(run)  # before its checkpoints are looked for
     checkpoints = None
     if args.checkpoint:
         checkpoints = [

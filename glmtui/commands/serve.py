@@ -1,4 +1,4 @@
-"""`glmtui serve`: an OpenAI-compatible API over one base model and the workspace's P-tuning prefixes.
+"""`glmtui serve`: an OpenAI-compatible API over one base model and the workspace's prefixes and LoRA adapters.
 
 In front, it serves until Ctrl-C and prints a line per request; `--detach` starts it in its own session and
 returns once it serves; `--list` shows the workspace's servers and `--stop ID` stops one (docs/serve.md).
@@ -11,19 +11,21 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from glmcore.errors import GlmError
-from glmcore.serve.servers import DEFAULT_PORT, KEY_ENV
+from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_PORT, KEY_ENV
 from glmtui.commands.family_option import add_family_option, apply_family
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "serve",
-        help="serve the model and its P-tuning prefixes over an OpenAI-compatible HTTP API",
-        description="Serve one base model and every P-tuning run of the workspace made on it (or the runs and "
-        "checkpoints named) over the OpenAI API: GET /v1/models, POST /v1/chat/completions, /v1/completions. "
+        help="serve the model, its P-tuning prefixes and LoRA adapters over an OpenAI-compatible HTTP API",
+        description="Serve one base model and every P-tuning and LoRA run of the workspace made on it (or the "
+        "runs and checkpoints named) over the OpenAI API: GET /v1/models, POST /v1/chat/completions, /v1/completions. "
         f"Requests must carry the key of --api-key-file or ${KEY_ENV} as a Bearer token when one is set; a host "
         "other than loopback always needs one (generated if none is given).",
     )
@@ -35,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="RUN",
-        help="serve this P-tuning run (its model unless --model; repeatable)",
+        help="serve this P-tuning or LoRA run (its model unless --model; repeatable)",
     )
     parser.add_argument(
         "--checkpoint",
@@ -75,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="requests waiting for a free row before the server answers 429 (default 64)",
     )
     parser.add_argument(
+        "--adapter-memory",
+        type=float,
+        default=DEFAULT_ADAPTER_MEMORY_MIB,
+        metavar="MIB",
+        help=f"MiB held for LoRA adapters, least recently used evicted (default {DEFAULT_ADAPTER_MEMORY_MIB})",
+    )
+    parser.add_argument(
         "--detach", action="store_true", help="start in the background and return once serving"
     )
     parser.add_argument("--list", action="store_true", help="list the workspace's servers")
@@ -103,16 +112,21 @@ def run(args: argparse.Namespace) -> int:
 
 def list_servers(workspace, console: Console) -> int:
     from glmcore.serve.servers import list_servers as servers_of
-    from glmtui.text.serve import SERVER_COLUMNS, server_cells
+    from glmtui.text.serve import SERVER_COLUMNS, models_text, server_cells
 
     servers = servers_of(workspace)
     if not servers:
         console.print("No servers yet: glmtui serve --model DIR starts one.")
         return 0
+    statuses = {server: server.status() for server in servers}
     table = Table(*SERVER_COLUMNS, box=None)
-    for server in servers:
-        table.add_row(*server_cells(server, server.status()))
+    for server, status in statuses.items():
+        table.add_row(*server_cells(server, status))
     console.print(table)
+    for server, status in statuses.items():
+        if status.is_active and status.models:
+            console.print(Text(f"\n{server.id} serves:"))
+            console.print(Padding(models_text(status), (0, 0, 0, 2)))
     return 0
 
 
@@ -140,6 +154,7 @@ def start(workspace, args: argparse.Namespace, console: Console, errors: Console
         max_batch=args.max_batch,
         context=args.context,
         max_queue=args.max_queue,
+        adapter_memory=args.adapter_memory,
     )
     apply_family(args.family, Path(plan.model))
     key = resolve_api_key(args.host, args.api_key_file, workspace)

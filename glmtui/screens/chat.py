@@ -131,7 +131,7 @@ class ChatScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-load")
     def load_session(self, plan: ChatPlan) -> None:
-        """Load the plan's model once (later calls only swap the prefix) and install its prefix."""
+        """Load the plan's model once (later calls only swap the prefix or adapter) and install its checkpoint."""
         from glmcore.chat import ChatSession
 
         session = self.session
@@ -143,8 +143,8 @@ class ChatScreen(WorkbenchScreen):
             self.post_message(ChatLoadStep("the weights"))
             model = load_model(plan.model, quantization_bit=plan.quantization_bit, family=plan.family)
             session = ChatSession(model, tokenizer)
-        self.post_message(ChatLoadStep("the prefix"))
-        session.use_prefix(plan.checkpoint)
+        self.post_message(ChatLoadStep("the prefix or adapter"))
+        session.use_checkpoint(plan.checkpoint)
         description = plan.checkpoint.name if plan.checkpoint else "the base model"
         self.post_message(ChatLoaded(session, description))
 

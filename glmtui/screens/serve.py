@@ -24,7 +24,14 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 from glmcore.errors import GlmError
 from glmcore.serve.servers import DEFAULT_PORT, Server, ServerStatus, list_servers
 from glmtui.screens.base import WorkbenchScreen
-from glmtui.text.serve import SERVER_COLUMNS, client_snippet, loading_line, request_line, server_cells
+from glmtui.text.serve import (
+    SERVER_COLUMNS,
+    client_snippet,
+    loading_line,
+    models_text,
+    request_line,
+    server_cells,
+)
 
 REFRESH_S = 1.0
 LOG_LINES = 50
@@ -153,7 +160,7 @@ class ServeScreen(WorkbenchScreen):
             self.query_one("#serve-about", Static).update("No servers yet: pick a model and press s.")
             return
         self.query_one("#serve-about", Static).update(server_about(row))
-        self.query_one("#serve-model-list", Static).update(models_text(row.status.models))
+        self.query_one("#serve-model-list", Static).update(models_text(row.status))
         if row.status.url:
             snippet = client_snippet(row.status.url, (row.status.models or ["MODEL"])[0], row.key_file)
             self.query_one("#serve-snippet", Static).update(Text(snippet))
@@ -241,8 +248,3 @@ def server_about(row: ServerRow) -> Text:
         text.append(f"\n{status.reason}", style="red")
     text.append(f"\nModels ({len(status.models)}):" if status.models else "\nModels: none yet", style="dim")
     return text
-
-
-def models_text(models: list[str]) -> Text:
-    """The models a server offers, one a line (the list scrolls below the heading `server_about` ends with)."""
-    return Text("\n".join(models))

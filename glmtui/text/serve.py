@@ -24,16 +24,39 @@ def server_state_text(state: str) -> Text:
     return Text(state, style=SERVER_STATE_STYLES.get(state, ""))
 
 
+KIND_LABELS = {"base": "base", "prefix": "prefix", "lora": "LoRA"}
+"""How each kind of model a server offers is named: the base alone, a P-tuning prefix, a LoRA adapter."""
+
+
 def server_cells(server: Server, status: ServerStatus) -> tuple[Text, ...]:
-    """The figures of a server's row: id, state, URL, how many models it offers, requests answered."""
+    """The figures of a server's row: id, state, URL, how many models it offers (the LoRA adapters among them
+    said), requests answered."""
     answered = len(server.requests(last=100_000))
+    adapters = sum(kind == "lora" for kind in _kinds(status).values())
     return (
         Text(server.id),
         server_state_text(status.state),
         Text(status.url or "-"),
-        Text(str(len(status.models))),
+        Text(f"{len(status.models)} ({adapters} {KIND_LABELS['lora']})" if adapters else str(len(status.models))),
         Text(str(answered)),
     )
+
+
+def _kinds(status: ServerStatus) -> dict:
+    return status.kinds if isinstance(status.kinds, dict) else {}  # a status.json edited by hand
+
+
+def models_text(status: ServerStatus) -> Text:
+    """The models a server offers, one a line, each with its kind (a server from before kinds were written
+    shows the ids alone)."""
+    text = Text()
+    for index, model in enumerate(status.models):
+        if index:
+            text.append("\n")
+        text.append(str(model))
+        if kind := _kinds(status).get(model):
+            text.append(f"  {KIND_LABELS.get(kind, str(kind))}", style="dim")
+    return text
 
 
 def stop_line(server: Server, before: ServerStatus, after: ServerStatus) -> str:
