@@ -1,6 +1,6 @@
 """The benchmark suite: a model family at its real shape with random weights, through the product's code paths.
 
-`python -m glmcore.bench [--family chatglm-6b|chatglm2-6b|chatglm3-6b] [--tiny] [--only NAME,...]
+`python -m glmcore.bench [--family NAME] [--tiny] [--only NAME,...]
 [--workdir DIR]` prints one JSON object per figure:
 the card, library versions, settings and value. Tokens/s count real tokens (these rows have no padding);
 peak memory is `torch.cuda.max_memory_allocated()`. The card's copy bandwidth is measured in the same run,
@@ -26,52 +26,31 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from glmcore.config import RunConfig
-from glmcore.models import CHATGLM_6B as FAMILY
-from glmcore.models import FAMILIES, ModelFamily, family_named
+from glmcore.models import DEFAULT_FAMILY, FAMILIES, ModelFamily, family_named
 from glmcore.models.family import family_for
 from glmcore.quiet import quiet_libraries
 
-CHATGLM_6B = FAMILY.published_config()
-"""The real model's config.json: its shape and special ids."""
-TINY = {
-    "vocab_size": 1000,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_attention_heads": 4,
-    "inner_hidden_size": 256,
-}
-SPECIAL_IDS = {
-    "mask_token_id": 990,
-    "gmask_token_id": 991,
-    "bos_token_id": 994,
-    "eos_token_id": 995,
-    "pad_token_id": 3,
-}
-TINY_GROUPED = {
-    "padded_vocab_size": 1000,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_attention_heads": 4,
-    "multi_query_group_num": 2,
-    "kv_channels": 16,
-    "ffn_hidden_size": 160,
-}
-"""ChatGLM2/3's toy sizes (over their published config.json)."""
-GROUPED_SPECIAL_IDS = {"gmask_token_id": 64790, "bos_token_id": 64792, "eos_token_id": 2, "pad_token_id": 0}
-"""ChatGLM2/3's `[gMASK]`, `sop`, `</s>` and pad ids (their config.json has only the last two)."""
-TINY_GROUPED_SPECIAL_IDS = {"gmask_token_id": 990, "bos_token_id": 992, "eos_token_id": 2, "pad_token_id": 0}
 SOURCE, TARGET, PRE_SEQ_LEN = 64, 64, 128
 
 
-def bench_shape(family: ModelFamily, tiny: bool) -> dict:
-    """The config the bench's random checkpoint of `family` gets: the published one, or its toy sizes."""
-    if family is FAMILY:
-        return TINY if tiny else CHATGLM_6B
-    published = family.published_config()
-    return {**published, **TINY_GROUPED} if tiny else published
+@dataclass(frozen=True)
+class BenchModel:
+    """The random checkpoint the bench measures: its config.json and the special ids its rows are made of."""
+
+    family: ModelFamily
+    config: dict
+    special_ids: dict[str, int]
+
+
+def bench_model(family: ModelFamily, tiny: bool) -> BenchModel:
+    """`family` at its published shape, or at its toy sizes (`--tiny`)."""
+    if tiny:
+        return BenchModel(family, dict(family.tiny_config), dict(family.tiny_special_ids))
+    return BenchModel(family, family.published_config(), dict(family.special_ids))
 
 
 def versions() -> dict:
@@ -123,18 +102,9 @@ def reset_peak() -> None:
 # --- a random checkpoint at the real shape, in the published layout -----------------------------------
 
 
-def special_ids(shape: dict) -> dict:
-    if shape is TINY:
-        return SPECIAL_IDS
-    if "padded_vocab_size" in shape:  # ChatGLM2/3
-        return TINY_GROUPED_SPECIAL_IDS if shape["padded_vocab_size"] < 64794 else GROUPED_SPECIAL_IDS
-    return {name: shape[name] for name in SPECIAL_IDS}
-
-
-def write_random_checkpoint(folder: Path, shape: dict, family: ModelFamily = FAMILY) -> Path:
-    """A random checkpoint of `shape` in the family's published layout (`write_random_checkpoint` there)."""
-    config = {**shape, **special_ids(shape)} if family is FAMILY else shape
-    return family.implementation().write_random_checkpoint(folder, config)
+def write_random_checkpoint(folder: Path, model: BenchModel) -> Path:
+    """A random checkpoint of `model` in its family's published layout (`write_random_checkpoint` there)."""
+    return model.family.implementation().write_random_checkpoint(folder, model.config)
 
 
 # --- figures ------------------------------------------------------------------------------------------
@@ -160,8 +130,7 @@ def bandwidth() -> float | None:
     return rate
 
 
-def training_row(shape: dict) -> tuple[list[int], list[int]]:
-    ids = special_ids(shape)
+def training_row(ids: dict[str, int]) -> tuple[list[int], list[int]]:
     row = list(range(10, 10 + SOURCE - 1)) + [ids["gmask_token_id"], ids["bos_token_id"]]
     row += list(range(20, 20 + TARGET - 2)) + [ids["eos_token_id"]]
     labels = [-100] * SOURCE + row[SOURCE:]
@@ -170,7 +139,7 @@ def training_row(shape: dict) -> tuple[list[int], list[int]]:
 
 def ptuning_steps(
     model_dir: Path,
-    shape: dict,
+    ids: dict[str, int],
     bits: int,
     batch: int,
     accumulation: int,
@@ -207,7 +176,7 @@ def ptuning_steps(
     )
     reset_peak()
     model = prepare_model(config)
-    row, labels = training_row(shape)
+    row, labels = training_row(ids)
     dataset = [{"input_ids": row, "labels": labels}] * (batch * accumulation * (steps + 2))
     times: list[float] = []
 
@@ -227,7 +196,7 @@ def ptuning_steps(
             model=model,
             args=training_arguments(config, Path(output), checkpointing),
             train_dataset=dataset,
-            data_collator=TrainingCollator(special_ids(shape)["pad_token_id"]),
+            data_collator=TrainingCollator(ids["pad_token_id"]),
             callbacks=[StepTimer(), *(callbacks or [])],
         )
         trainer.remove_callback(PrinterCallback)  # its dicts would break the one-JSON-object-per-line output
@@ -250,11 +219,12 @@ def ptuning_steps(
     }
 
 
-def decoding(model, shape: dict, batch: int, prompt_length: int, new_tokens: int, repeat: int = 3) -> float:
+def decoding(
+    model, ids: dict[str, int], batch: int, prompt_length: int, new_tokens: int, repeat: int = 3
+) -> float:
     """Generated tokens/s of the static decoder, after a warm-up run that captures its graph."""
     from glmcore.generation import generate, new_decoder
 
-    ids = special_ids(shape)
     prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
     decoder = new_decoder(model, batch, prompt_length + new_tokens)
 
@@ -292,13 +262,12 @@ def step_milliseconds(step: Callable[[], object], repeat: int = 20) -> float:
     return round(1000 * (time.perf_counter() - start) / repeat, 3)
 
 
-def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens: int) -> dict:
+def batched_evaluation(model, ids: dict[str, int], examples: int, batch: int, new_tokens: int) -> dict:
     """1,070 greedy generations in batches, one captured graph reused by every batch (the last padded)."""
     import torch
 
     from glmcore.generation import generate, new_decoder
 
-    ids = special_ids(shape)
     generator = torch.Generator().manual_seed(0)
     prompts = [
         torch.randint(10, 900, (SOURCE - 2,), generator=generator).tolist()
@@ -331,14 +300,13 @@ def batched_evaluation(model, shape: dict, examples: int, batch: int, new_tokens
     }
 
 
-def load_to_first_token(model_dir: Path, shape: dict) -> float:
+def load_to_first_token(model_dir: Path, ids: dict[str, int]) -> float:
     from glmcore.generation import generate
     from glmcore.models.loading import load_model
 
     synchronize()
     start = time.perf_counter()
     model = load_model(model_dir)
-    ids = special_ids(shape)
     generate(
         model,
         [[10, 11, ids["gmask_token_id"], ids["bos_token_id"]]],
@@ -559,13 +527,12 @@ def vram_grid(
     return results
 
 
-def single_request(model, shape: dict, prompt_length: int, new_tokens: int, repeat: int = 3) -> dict:
+def single_request(model, ids: dict[str, int], prompt_length: int, new_tokens: int, repeat: int = 3) -> dict:
     """glmtui's own single-request decoding (the static decoder chat uses): time to first token, tokens/s."""
     import torch
 
     from glmcore.generation import new_decoder
 
-    ids = special_ids(shape)
     prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
     decoder = new_decoder(model, 1, prompt_length + new_tokens)
     input_ids = torch.tensor([prompt], device=decoder.device)
@@ -587,7 +554,7 @@ def single_request(model, shape: dict, prompt_length: int, new_tokens: int, repe
     return {"first_token_ms": round(1000 * min(firsts), 1), "tokens_per_s": round(max(rates), 1)}
 
 
-def serve_load(model, shape: dict, clients: int, prompt_length: int, new_tokens: int, engine) -> dict:
+def serve_load(model, ids: dict[str, int], clients: int, prompt_length: int, new_tokens: int, engine) -> dict:
     """`clients` requests sent at once to the serving engine (continuous batching); each streams its tokens.
 
     Output tokens/s counts every client's tokens over the wall time from the first request to the last token;
@@ -597,7 +564,6 @@ def serve_load(model, shape: dict, clients: int, prompt_length: int, new_tokens:
 
     from glmcore.serve.batching import Request
 
-    ids = special_ids(shape)
     prompt = list(range(10, 10 + prompt_length - 2)) + [ids["gmask_token_id"], ids["bos_token_id"]]
     ended = threading.Semaphore(0)
     ends: list[float] = []
@@ -626,19 +592,17 @@ def serve_load(model, shape: dict, clients: int, prompt_length: int, new_tokens:
     }
 
 
-def serving(model, shape: dict, bits: int, prompt_length: int, new_tokens: int) -> list[dict]:
+def serving(model, ids: dict[str, int], bits: int, prompt_length: int, new_tokens: int) -> list[dict]:
     """The `serve` figure at `bits`: the single-request baseline, then 1, 8 and 32 concurrent clients."""
     from glmcore.serve.batching import Engine
 
-    baseline = single_request(model, shape, prompt_length, new_tokens)
+    baseline = single_request(model, ids, prompt_length, new_tokens)
     engine = Engine(model, None, slots=32, capacity=prompt_length + new_tokens, stop_ids=set())
     results = []
     try:
         for clients in (1, 8, 32):
-            serve_load(
-                model, shape, clients, prompt_length, new_tokens, engine
-            )  # captures this width's graph
-            figures = serve_load(model, shape, clients, prompt_length, new_tokens, engine)
+            serve_load(model, ids, clients, prompt_length, new_tokens, engine)  # captures this width's graph
+            figures = serve_load(model, ids, clients, prompt_length, new_tokens, engine)
             results.append(
                 {
                     "bits": bits,
@@ -689,8 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--family",
         choices=[family.name for family in FAMILIES],
-        default=FAMILY.name,
-        help="the model family whose real shape is measured (default chatglm-6b)",
+        default=DEFAULT_FAMILY.name,
+        help=f"the model family whose real shape is measured (default {DEFAULT_FAMILY.name})",
     )
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -702,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown_methods:
         parser.error(f"unknown --grid-methods: {', '.join(sorted(unknown_methods))} (ptuning-v2, lora)")
     family = family_named(args.family)
-    shape = bench_shape(family, args.tiny)
+    bench = bench_model(family, args.tiny)
     scale = (
         {"steps": 2, "examples": 24, "batch": 8, "new": 8}
         if args.tiny
@@ -719,13 +683,13 @@ def main(argv: list[str] | None = None) -> int:
             bound = rate
         if not model_dir.is_dir():
             started = time.perf_counter()
-            write_random_checkpoint(model_dir, shape, family)
+            write_random_checkpoint(model_dir, bench)
             report("random_checkpoint_written", seconds=round(time.perf_counter() - started, 1))
         if "load" in wanted:
             report(
                 "load_to_first_token",
                 source="bin shards (page cache warm)",
-                seconds=round(load_to_first_token(model_dir, shape), 2),
+                seconds=round(load_to_first_token(model_dir, bench.special_ids), 2),
             )
             from glmcore.models.checkpoint import convert_to_safetensors
 
@@ -735,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
             report(
                 "load_to_first_token",
                 source="safetensors (page cache warm)",
-                seconds=round(load_to_first_token(model_dir, shape), 2),
+                seconds=round(load_to_first_token(model_dir, bench.special_ids), 2),
             )
         # (batch, accumulation, gradient checkpointing: None = the product's automatic choice)
         plans = {
@@ -746,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
             if name in wanted:
                 for batch, accumulation, checkpointing in settings:
                     figures = ptuning_steps(
-                        model_dir, shape, bits, batch, accumulation, scale["steps"], checkpointing
+                        model_dir, bench.special_ids, bits, batch, accumulation, scale["steps"], checkpointing
                     )
                     report("ptuning_step", **figures)
         if "vram" in wanted:
@@ -766,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 model = load_model(model_dir, quantization_bit=bits)
                 weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
                 if f"decode{bits}" in wanted:
-                    rate = decoding(model, shape, 1, SOURCE + 2, 128 if not args.tiny else 8)
+                    rate = decoding(model, bench.special_ids, 1, SOURCE + 2, 128 if not args.tiny else 8)
                     extra = {}
                     if bound:
                         extra = {
@@ -788,7 +752,9 @@ def main(argv: list[str] | None = None) -> int:
                     report(
                         "batched_evaluation",
                         bits=16,
-                        **batched_evaluation(model, shape, scale["examples"], scale["batch"], scale["new"]),
+                        **batched_evaluation(
+                            model, bench.special_ids, scale["examples"], scale["batch"], scale["new"]
+                        ),
                         peak_GiB=peak_gib(),
                     )
                 del model
@@ -799,7 +765,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
-                for figures in serving(model, shape, bits, SOURCE + 2, 128 if not args.tiny else 16):
+                for figures in serving(
+                    model, bench.special_ids, bits, SOURCE + 2, 128 if not args.tiny else 16
+                ):
                     report("serve", **figures)
                 del model
                 reset_peak()

@@ -8,12 +8,14 @@ holds the files the catalog pinned.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.models import FAMILIES
 
 MANIFESTS_DIR = Path(__file__).parent / "assets" / "manifests"
 
@@ -94,40 +96,11 @@ def load_manifest(name: str) -> Manifest:
 
 
 MODELS: dict[str, CatalogModel] = {
-    model.name: model
-    for model in (
-        CatalogModel(
-            name="chatglm-6b",
-            title="ChatGLM-6B",
-            hub_repo="THUDM/chatglm-6b",
-            manifest_name="chatglm-6b",
-            # The ChatGLM-6B README's "download the parameters by hand" share (weights and tokenizer model only).
-            tsinghua_share="https://cloud.tsinghua.edu.cn/d/fb9f16d6dc8f482596c2/",
-            note="the model glmtui fine-tunes; 13 GB of FP16 weights in 8 shards",
-        ),
-        CatalogModel(
-            name="chatglm2-6b",
-            title="ChatGLM2-6B",
-            hub_repo="THUDM/chatglm2-6b",
-            manifest_name="chatglm2-6b",
-            # The ChatGLM2-6B README's "download the parameters by hand" share: THUDM's folder of several
-            # models, ChatGLM2-6B's weights and tokenizer model under /chatglm2-6b.
-            tsinghua_share="https://cloud.tsinghua.edu.cn/d/674208019e314311ab5c/",
-            tsinghua_folder="/chatglm2-6b",
-            note="ChatGLM-6B's successor (multi-query attention, 32K positions); 12 GB of FP16 weights in 7 shards; "
-            "its manifest comes from a mirror, so the hub may have moved on",
-        ),
-        CatalogModel(
-            name="chatglm3-6b",
-            title="ChatGLM3-6B",
-            hub_repo="THUDM/chatglm3-6b",
-            manifest_name="chatglm3-6b",
-            # ChatGLM3-6B's README publishes no Tsinghua Cloud share (the hub, ModelScope and others only).
-            note="ChatGLM2-6B's architecture with roles and a system prompt (8K positions); 12 GB of FP16 weights "
-            "in 7 shards; its manifest comes from a mirror, so the hub may have moved on",
-        ),
-    )
+    family.name: CatalogModel(name=family.name, title=family.title, **dataclasses.asdict(family.download))
+    for family in FAMILIES
+    if family.download
 }
+"""Every family's published checkpoint that glmtui can fetch (its `download`), by the family's name."""
 
 DATASETS: dict[str, CatalogDataset] = {
     dataset.name: dataset

@@ -19,30 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmcore.config import RunConfig
+from glmcore.models import DEFAULT_FAMILY, family_named
 from glmcore.workspace import Workspace
 
-DEMO_MODEL_NAME = "demo-chatglm-tiny"
 DEMO_DATA_NAME = "advertisegen-sample"
 DEMO_MARKER = "glmtui-demo.json"
-DEMO_SHAPE = {"hidden_size": 128, "num_layers": 4, "num_attention_heads": 4, "inner_hidden_size": 512}
-# ChatGLM2/3's tiny demo: the same width and depth, multi-query attention with 2 groups, a SwiGLU MLP with
-# as many weights as the GELU one (3 × 352 ≈ 2 × 512), and ChatGLM-6B's 2048 positions (room for chat's
-# 512-token answers).
-GROUPED_DEMO_SHAPE = {
-    "hidden_size": 128,
-    "num_layers": 4,
-    "num_attention_heads": 4,
-    "ffn_hidden_size": 352,
-    "seq_length": 2048,
-}
-DEMO_FAMILIES = {
-    "chatglm-6b": (DEMO_MODEL_NAME, DEMO_SHAPE),
-    "chatglm2-6b": ("demo-chatglm2-tiny", {**GROUPED_DEMO_SHAPE}),
-    "chatglm3-6b": ("demo-chatglm3-tiny", {**GROUPED_DEMO_SHAPE}),
-}
-"""Each family's demo model: its folder name in the workspace and its tiny shape."""
-DEMO_FAMILY_CHOICES = {"chatglm": "chatglm-6b", "chatglm2": "chatglm2-6b", "chatglm3": "chatglm3-6b"}
-"""The short names `glmtui demo --family` takes."""
 DEMO_SP_VOCAB = 1600
 PRETRAIN_TEXTS = 3000
 PRETRAIN_STEPS = 400
@@ -69,13 +50,13 @@ def format_eta(seconds: float) -> str:
     return f"{minutes}m{rest:02d}s" if minutes else f"{rest}s"
 
 
-def demo_paths(workspace: Workspace, family: str = "chatglm-6b") -> DemoWorkspace:
+def demo_paths(workspace: Workspace, family: str = DEFAULT_FAMILY.name) -> DemoWorkspace:
     data_dir = workspace.data_dir / DEMO_DATA_NAME
-    model_name, _ = DEMO_FAMILIES[family]
-    return DemoWorkspace(workspace.models_dir / model_name, data_dir / "train.json", data_dir / "dev.json")
+    model_dir = workspace.models_dir / family_named(family).demo.folder
+    return DemoWorkspace(model_dir, data_dir / "train.json", data_dir / "dev.json")
 
 
-def demo_ready(workspace: Workspace, family: str = "chatglm-6b") -> bool:
+def demo_ready(workspace: Workspace, family: str = DEFAULT_FAMILY.name) -> bool:
     paths = demo_paths(workspace, family)
     return (
         (paths.model_dir / DEMO_MARKER).is_file() and paths.train_file.is_file() and paths.dev_file.is_file()
@@ -117,17 +98,14 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
                 f"pretraining the demo model: step {done}/{PRETRAIN_STEPS}, loss {loss.item():.2f}, "
                 f"about {format_eta(left)} left",
             )
-    from glmcore.models import CHATGLM_6B, family_of
     from glmcore.models.checkpoint import rewrite_weights
 
-    state = {name: tensor.detach().half() for name, tensor in model.state_dict().items()}
-    if family_of(model) is CHATGLM_6B:  # its output layer is the embedding, stored twice as published
-        state["lm_head.weight"] = state["transformer.word_embeddings.weight"]
-    rewrite_weights(model_dir, state)
+    # A tied output layer is in the state under its own name too, so it is stored twice as published.
+    rewrite_weights(model_dir, {name: tensor.detach().half() for name, tensor in model.state_dict().items()})
 
 
 def ensure_demo_workspace(
-    workspace: Workspace | None = None, progress: Progress | None = None, family: str = "chatglm-6b"
+    workspace: Workspace | None = None, progress: Progress | None = None, family: str = DEFAULT_FAMILY.name
 ) -> DemoWorkspace:
     """Build the demo model of `family` (a `family = ...` name) and the data if they are not there yet (about a
     minute on a 2-core CPU for ChatGLM-6B's; see README).
@@ -142,11 +120,10 @@ def ensure_demo_workspace(
         report(1.0, "the demo workspace is ready")
         return paths
 
-    from glmcore.models import family_named
     from glmcore.sample_data import ad_copy_corpus, generate_examples, write_sample_dataset
 
     workspace.ensure()
-    _, shape = DEMO_FAMILIES[family]
+    demo = family_named(family).demo
     if not (paths.train_file.is_file() and paths.dev_file.is_file()):
         report(0.0, "writing the AdvertiseGen-form sample data")
         write_sample_dataset(paths.train_file.parent, seed=SEED)
@@ -158,7 +135,7 @@ def ensure_demo_workspace(
         # The tokenizer sees the attribute vocabulary too, so prompts tokenize into words, not bytes.
         attributes = [example["content"] for example in generate_examples(500, seed=SEED + 1)]
         family_named(family).implementation().write_tiny_checkpoint(
-            building, corpus=texts + attributes, sp_vocab_size=DEMO_SP_VOCAB, seed=SEED, **shape
+            building, corpus=texts + attributes, sp_vocab_size=DEMO_SP_VOCAB, seed=SEED, **demo.shape
         )
         _pretrain(building, texts, report)
         (building / DEMO_MARKER).write_text(
@@ -170,11 +147,11 @@ def ensure_demo_workspace(
     return paths
 
 
-def demo_run_config(workspace: Workspace | None = None, family: str = "chatglm-6b") -> RunConfig:
+def demo_run_config(workspace: Workspace | None = None, family: str = DEFAULT_FAMILY.name) -> RunConfig:
     """A P-tuning v2 run that visibly improves the demo model within a few CPU minutes."""
     paths = demo_paths(workspace or Workspace.from_env(), family)
     return RunConfig(
-        name="demo-ptuning" if family == "chatglm-6b" else f"demo-{family.removesuffix('-6b')}-ptuning",
+        name=f"{family_named(family).demo.configs}-ptuning",
         model_path=paths.model_dir,
         train_file=paths.train_file,
         validation_file=paths.dev_file,
@@ -194,7 +171,7 @@ def demo_run_config(workspace: Workspace | None = None, family: str = "chatglm-6
     )
 
 
-def demo_lora_config(workspace: Workspace | None = None, family: str = "chatglm-6b") -> RunConfig:
+def demo_lora_config(workspace: Workspace | None = None, family: str = DEFAULT_FAMILY.name) -> RunConfig:
     """The same data through LoRA adapters instead of a prefix: a second method to try on the CPU."""
     config = demo_run_config(workspace, family)
     return dataclasses.replace(
@@ -203,7 +180,7 @@ def demo_lora_config(workspace: Workspace | None = None, family: str = "chatglm-
 
 
 def write_demo_configs(
-    workspace: Workspace | None = None, family: str = "chatglm-6b"
+    workspace: Workspace | None = None, family: str = DEFAULT_FAMILY.name
 ) -> list[tuple[Path, bool]]:
     """``configs/demo-ptuning.toml`` and ``configs/demo-lora.toml`` (ChatGLM2/3's: ``demo-chatglm3-ptuning.toml``
     ...), for ``glmtui train``; each path with whether it was written now (a file already there, perhaps edited,

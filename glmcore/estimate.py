@@ -78,6 +78,9 @@ class Calibration:
     once, in large blocks, and add none."""
     loading_cache_bytes_16bit: int = round(1.1 * GIB)
     """Blocks that loading a 16-bit ChatGLM-6B leaves in the allocator's cache (measured; scaled by parameters)."""
+    loading_cache_family: str = "chatglm-6b"
+    """The family whose published model the loading caches were measured on: other sizes scale from its
+    parameters."""
     loading_cache_bytes_quantized: int = round(1.6 * GIB)
     """The same after quantizing it to 4 or 8 bits at load (measured on ChatGLM-6B; scaled by parameters)."""
     host_optimizer_state_when_quantized: bool = True
@@ -154,11 +157,11 @@ def gpu_fits(estimate: VramEstimate, gpus: Sequence[int], free: Mapping[int, int
 
 
 @cache
-def _measured_model_parameters() -> int:
-    """Parameters of the model the loading caches were measured on (ChatGLM-6B), for scaling them."""
-    from glmcore.models import CHATGLM_6B
+def _published_parameters(family: str) -> int:
+    """Parameters of `family`'s published model (the loading caches scale from the one they were measured on)."""
+    from glmcore.models import family_named
 
-    return CHATGLM_6B.published_shape().parameters
+    return family_named(family).published_shape().parameters
 
 
 def trainable_parameter_count(shape: ModelShape, config: RunConfig) -> int:
@@ -210,15 +213,15 @@ def estimate_vram(
 
 def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
     """``config``'s estimate on the published checkpoint of its model folder's family, with that family's title:
-    what the settings need on the real ChatGLM3-6B when the folder holds a tiny or local ChatGLM3 (ChatGLM-6B's
-    while the folder's family cannot be told)."""
+    what the settings need on the real ChatGLM3-6B when the folder holds a tiny or local ChatGLM3 (the default
+    family's, ChatGLM-6B's, while the folder's family cannot be told)."""
     from glmcore.errors import GlmError
-    from glmcore.models import CHATGLM_6B, family_for
+    from glmcore.models import DEFAULT_FAMILY, family_for
 
     try:
         family, _ = family_for(config.model_path, config.family)
     except GlmError:
-        family = CHATGLM_6B
+        family = DEFAULT_FAMILY
     return family.title, estimate_vram(family.published_shape(), config)
 
 
@@ -286,7 +289,7 @@ def _parts(
     logits = min(labelled * shape.vocab_size, calibration.logits_per_chunk) * calibration.logits_bytes
     loading_cache = (
         calibration.loading_cache_bytes_quantized if quantized else calibration.loading_cache_bytes_16bit
-    ) * min(1.0, shape.parameters / _measured_model_parameters())
+    ) * min(1.0, shape.parameters / _published_parameters(calibration.loading_cache_family))
     return {
         "cuda_context": calibration.cuda_context_bytes,
         "weights": round(weights),

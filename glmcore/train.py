@@ -5,7 +5,8 @@ status.json and serves stop requests), and records how it ended. It never depend
 it: the run folder is the whole contract (see docs/runs.md).
 
 Methods: `ptuning-v2` trains only the prefix (the base frozen, often 4- or 8-bit) and saves prefix-only
-checkpoints; `lora` attaches PEFT adapters to `query_key_value`; `full` trains every parameter.
+checkpoints; `lora` attaches PEFT adapters to the family's `lora_target_modules` (query_key_value); `full`
+trains every parameter.
 """
 
 from __future__ import annotations
@@ -93,11 +94,13 @@ def prepare_model(config: RunConfig):
     if config.method == "lora":
         from peft import LoraConfig, get_peft_model
 
+        from glmcore.models import family_of
+
         lora = LoraConfig(
             r=config.lora_rank,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=["query_key_value"],
+            target_modules=list(family_of(model).lora_target_modules),
             task_type="CAUSAL_LM",
         )
         return get_peft_model(model, lora)

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from glmcore.errors import GlmError
+from glmcore.models import FAMILIES
+from glmcore.models.family import family_titles
 from glmcore.quiet import quiet_libraries
 from glmtui.commands import COMMAND_MODULES
 
@@ -19,8 +21,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glmtui",
         description=(
-            "A terminal workbench for fine-tuning ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B. Without a subcommand, "
-            "opens the app; `glmtui demo --family chatglm|chatglm2|chatglm3` tries one without weights."
+            f"A terminal workbench for fine-tuning {family_titles(FAMILIES)}. Without a subcommand, opens the "
+            f"app; `glmtui demo --family {'|'.join(family.short_name for family in FAMILIES)}` tries one without "
+            "weights."
         ),
     )
     parser.add_argument(

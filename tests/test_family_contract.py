@@ -8,6 +8,7 @@ Each family's tiny checkpoint is its own `write_tiny_checkpoint` (ChatGLM-6B's i
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -15,11 +16,13 @@ import pytest
 import torch
 
 import glmcore
+from glmcore.catalog import MODELS
 from glmcore.estimate import estimate_vram
 from glmcore.examples import IGNORE_INDEX, Example
 from glmcore.generation import generate
 from glmcore.models import FAMILIES, ModelFamily, ModelShape, family_for, family_named, family_of
 from glmcore.models.checkpoint import read_weights
+from glmcore.models.loading import load_model
 from glmcore.prefix import save_prefix_checkpoint
 
 PROMPT = "类型#上衣*材质#牛仔布*颜色#白色"
@@ -183,3 +186,65 @@ def test_the_estimates_weights_are_the_tiny_checkpoints_tensor_bytes(family, tin
     )
     shape = ModelShape.from_model_dir(tiny_dir)
     assert estimate_vram(shape, config).parts["weights"] == weight_bytes
+
+
+def test_each_family_is_its_packages_family_object_under_names_of_its_own() -> None:
+    """The registry lists the packages' `FAMILY` objects; no two share a name, an alias, a demo key or folder."""
+    assert all(importlib.import_module(family.package).FAMILY is family for family in FAMILIES)
+    names = [name for family in FAMILIES for name in (family.name, *family.aliases)]
+    for taken in (
+        names,
+        [family.demo.key for family in FAMILIES],
+        [family.demo.folder for family in FAMILIES],
+    ):
+        assert len(set(taken)) == len(taken), taken
+    assert len({family.demo.configs for family in FAMILIES}) == len(FAMILIES)
+
+
+def test_the_bench_toy_model_is_its_family_and_learns_from_a_row_of_its_special_ids(
+    family, tmp_path: Path
+) -> None:
+    """`glmtui bench --tiny`'s random checkpoint: detected as the family, and a training row made of its
+    special ids (as the bench makes them) gives a finite loss; the published ids lie inside the published
+    vocabulary."""
+    folder = family.implementation().write_random_checkpoint(tmp_path / "toy", dict(family.tiny_config))
+    assert family_for(folder)[0] is family
+    ids = family.tiny_special_ids
+    row = [10, 11, ids["gmask_token_id"], ids["bos_token_id"], 20, 21, ids["eos_token_id"]]
+    model = load_model(folder, device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        loss = model(torch.tensor([row]), labels=torch.tensor([[IGNORE_INDEX] * 4 + row[4:]])).loss
+    assert torch.isfinite(loss)
+    vocabulary = family.published_shape().vocab_size
+    assert all(0 <= value < vocabulary for value in family.special_ids.values())
+    assert (
+        set(family.special_ids)
+        == set(ids)
+        == {"gmask_token_id", "bos_token_id", "eos_token_id", "pad_token_id"}
+    )
+
+
+def test_the_demo_shape_makes_a_tiny_checkpoint_of_the_family(family, tmp_path: Path) -> None:
+    folder = family.implementation().write_tiny_checkpoint(tmp_path / family.demo.folder, **family.demo.shape)
+    assert family_for(folder)[0] is family
+    shape = ModelShape.from_model_dir(folder)
+    assert (shape.hidden_size, shape.num_layers) == (
+        family.demo.shape["hidden_size"],
+        family.demo.shape["num_layers"],
+    )
+
+
+def test_the_lora_targets_are_linear_layers_of_every_block(family, tiny) -> None:
+    model, _ = tiny
+    for target in family.lora_target_modules:
+        found = [module for name, module in model.named_modules() if name.rpartition(".")[2] == target]
+        assert len(found) == model.config.num_layers and all(isinstance(m, torch.nn.Linear) for m in found)
+
+
+def test_the_download_manifest_holds_a_complete_model_folder(family) -> None:
+    if family.download is None:
+        assert family.name not in MODELS
+        return
+    paths = {file.path for file in MODELS[family.name].manifest.files}
+    assert {"config.json", family.tokenizer_file} <= paths
+    assert any(path.endswith(".index.json") for path in paths)

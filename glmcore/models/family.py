@@ -6,14 +6,15 @@ bench) reaches a family only through a `ModelFamily` and the names below, never 
 
 A family package provides, in its `__init__.py` and without importing torch:
 
+    FAMILY: ModelFamily                                        # everything generic code knows of the family
     detect(config_json: dict, model_dir: Path) -> str | None   # why this folder is this family, or None
     shape(config_json: dict) -> ModelShape                     # the sizes the VRAM estimate needs
-    PUBLISHED_CONFIG: dict                                     # the published checkpoint's config.json
 
-and a module `<package>/family_impl.py` whose module-level names are the implementation (`FamilyImplementation`):
-`config_class`, `model_class`, `tokenizer_class`, `training_features`, `conversation_features`,
-`evaluation_prompt_ids`, `reference_text`, `chat_prompt_ids`, `stop_token_ids`, `clean_response`, `new_decoder`, `new_prefix_encoder`,
-`prefix_width` and `write_tiny_checkpoint`. docs/architecture.md says what each one does.
+and a module `<package>/family_impl.py` whose module-level names are the implementation
+(`FamilyImplementation`): `config_class`, `model_class`, `tokenizer_class`, `training_features`,
+`conversation_features`, `evaluation_prompt_ids`, `reference_text`, `chat_prompt_ids`, `stop_token_ids`,
+`clean_response`, `new_decoder`, `new_prefix_encoder`, `prefix_width`, `write_tiny_checkpoint` and
+`write_random_checkpoint`. docs/architecture.md says what each one does.
 
 Importing this module imports neither torch nor transformers.
 """
@@ -22,7 +23,8 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Protocol
@@ -140,10 +142,43 @@ class FamilyImplementation(Protocol):
 
     def write_tiny_checkpoint(self, path: Path, **options) -> Path: ...
 
+    def write_random_checkpoint(self, path: Path, config_values: dict) -> Path: ...
+
 
 @dataclass(frozen=True)
+class DemoModel:
+    """A family's demo model (glmcore.demo): a tiny model of it pretrained on ad copy, built on the CPU."""
+
+    folder: str
+    """Its folder under the workspace's models/ ("demo-chatglm-tiny")."""
+    shape: Mapping[str, int]
+    """The size options its `write_tiny_checkpoint` takes (hidden_size, num_layers, ...)."""
+    key: str
+    """The Welcome screen's key that builds it ("d")."""
+    configs: str
+    """The stem of its run configs' names: "demo" gives configs/demo-ptuning.toml and demo-lora.toml."""
+
+
+@dataclass(frozen=True)
+class Download:
+    """Where the family's published checkpoint is fetched from (glmcore.catalog lists it under the family's
+    name and title)."""
+
+    hub_repo: str
+    manifest_name: str
+    """Its file manifest, glmcore/assets/manifests/<manifest_name>.json (sizes and sha256 of every file)."""
+    tsinghua_share: str | None = None
+    """A Tsinghua Cloud (Seafile) share holding the weights, where the family's README publishes one."""
+    tsinghua_folder: str = "/"
+    """The folder of the share that holds this model's files."""
+    note: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelFamily:
-    """One model family: its names, its package, and the lazily imported implementation."""
+    """One model family: what generic code knows of it (names, published config, tiny and demo shapes, special
+    ids, LoRA targets, download), and the lazily imported implementation. Each family's package defines one,
+    `FAMILY`; the registry lists them."""
 
     name: str
     """The value of the `family = ...` setting: "chatglm-6b", ..."""
@@ -153,6 +188,21 @@ class ModelFamily:
     """The family's package, "glmcore.models.chatglm6b"."""
     tokenizer_file: str
     """The tokenizer file a complete model folder holds."""
+    published: Mapping[str, object] = field(compare=False, repr=False)
+    """The published checkpoint's config.json (its `auto_map` left out: nothing from a checkpoint is
+    imported)."""
+    special_ids: Mapping[str, int] = field(compare=False, repr=False)
+    """The published model's `gmask_token_id`, `bos_token_id` (sop), `eos_token_id` and `pad_token_id`: what
+    the bench builds its rows of token ids with (its config.json need not name them all)."""
+    tiny_config: Mapping[str, object] = field(compare=False, repr=False)
+    """The complete config.json of the bench's toy model (`glmtui bench --tiny`), special ids included."""
+    tiny_special_ids: Mapping[str, int] = field(compare=False, repr=False)
+    """`special_ids` of the toy model."""
+    demo: DemoModel = field(compare=False, repr=False)
+    lora_target_modules: tuple[str, ...] = ("query_key_value",)
+    """The modules a LoRA run adapts (PEFT's `target_modules`)."""
+    download: Download | None = field(default=None, compare=False, repr=False)
+    """Its catalog entry, when glmtui can fetch the published checkpoint."""
     system_role: bool = False
     """Whether the family's chat format has a system role (ChatGLM3's `<|system|>` message), so that a system
     prompt is its own message; the Chat screen offers one only then."""
@@ -161,6 +211,11 @@ class ModelFamily:
     tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
     aliases: tuple[str, ...] = ()
     """Other names every `family` setting and `--family` option accepts for it ("chatglm3")."""
+
+    @property
+    def short_name(self) -> str:
+        """The shortest name it answers to ("chatglm" for chatglm-6b), as the Welcome screen shows it."""
+        return min((self.name, *self.aliases), key=len)
 
     def _package(self) -> ModuleType:
         return importlib.import_module(self.package)
@@ -179,7 +234,7 @@ class ModelFamily:
 
     def published_config(self) -> dict:
         """The published checkpoint's config.json: what the real model needs (bench, estimate)."""
-        return dict(self._package().PUBLISHED_CONFIG)
+        return dict(self.published)
 
     def published_shape(self) -> ModelShape:
         return self.shape(self.published_config())
@@ -221,6 +276,13 @@ def family_names() -> str:
         family.name + (f" (or {', '.join(family.aliases)})" if family.aliases else "")
         for family in families()
     )
+
+
+def family_titles(listed: Iterable[ModelFamily], last: str = "and") -> str:
+    """The families' titles as words of a sentence: "ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B" (`last` "or":
+    "... or ChatGLM3-6B")."""
+    titles = [family.title for family in listed]
+    return f"{', '.join(titles[:-1])} {last} {titles[-1]}" if len(titles) > 1 else "".join(titles)
 
 
 def read_config_json(model_dir: Path) -> dict:

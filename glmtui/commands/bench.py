@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from glmcore.bench import FIGURES
+from glmcore.models import DEFAULT_FAMILY, FAMILIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,9 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--family",
-        choices=("chatglm-6b", "chatglm2-6b", "chatglm3-6b"),
-        default="chatglm-6b",
-        help="the family whose real shape is measured (default chatglm-6b)",
+        choices=[family.name for family in FAMILIES],
+        default=DEFAULT_FAMILY.name,
+        help=f"the family whose real shape is measured (default {DEFAULT_FAMILY.name})",
     )
     parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
     parser.add_argument(

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from glmcore.demo import demo_ready, ensure_demo_workspace, write_demo_configs
-from glmcore.models import family_names
+from glmcore.models import DEFAULT_FAMILY, family_names
 from glmcore.workspace import Workspace
 from glmtui.commands.family_option import family_name
 
@@ -66,8 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--family",
         type=family_name,
-        default="chatglm-6b",
+        default=DEFAULT_FAMILY.name,
         metavar="NAME",
-        help=f"the demo model's family: {family_names()}; chatglm-6b by default",
+        help=f"the demo model's family: {family_names()}; {DEFAULT_FAMILY.name} by default",
     )
     parser.set_defaults(func=build_demo)

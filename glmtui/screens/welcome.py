@@ -19,11 +19,12 @@ from textual.message import Message
 from textual.widgets import ProgressBar, Static
 from textual.worker import Worker
 
-from glmcore.models import family_named
+from glmcore.models import FAMILIES, ModelFamily, family_named
+from glmcore.models.family import family_titles
 from glmtui.messages import EditConfig
 from glmtui.screens.base import WorkbenchScreen
 
-WELCOME_TEXT = """[b]Welcome to glmtui[/b]: fine-tune ChatGLM-6B, ChatGLM2-6B and ChatGLM3-6B.
+WELCOME_TEXT = """[b]Welcome to glmtui[/b]: fine-tune {titles}.
 
 There is no model in {models_dir} yet.
 
@@ -32,22 +33,24 @@ and the AdvertiseGen-form sample to configure, train, watch, evaluate, chat.
 {demo_keys}A build pretrains the tiny model on the CPU: about a minute on two idle
 cores, longer while the CPU is busy.
 
-[b]F2[/b]  download ChatGLM-6B, ChatGLM2-6B or ChatGLM3-6B on the Models screen.
+[b]F2[/b]  download {downloads} on the Models screen.
 [b]F4[/b]  configure a run by hand.
 """
-DEMO_KEYS = {
-    "d": ("chatglm-6b", "chatglm"),
-    "2": ("chatglm2-6b", "chatglm2"),
-    "3": ("chatglm3-6b", "chatglm3"),
-}
-"""Each family's demo: the key that builds it, and the short name `glmtui demo --family` takes for it."""
 
 
-def demo_key_lines() -> str:
-    """One line per family: its key, its demo, and the same from the shell."""
-    return "".join(
-        f"[b]{key}[/b]   {family_named(family).title + ' demo':<18} (glmtui demo --family {short})\n"
-        for key, (family, short) in DEMO_KEYS.items()
+def demo_line(family: ModelFamily) -> str:
+    """A family's key, its demo, and the same from the shell."""
+    demo = f"{family.title} demo"
+    return f"[b]{family.demo.key}[/b]   {demo:<18} (glmtui demo --family {family.short_name})\n"
+
+
+def welcome_text(models_dir: str) -> str:
+    """The screen's text: the registry's families, their demo keys, and those the Models screen downloads."""
+    return WELCOME_TEXT.format(
+        titles=family_titles(FAMILIES),
+        models_dir=models_dir,
+        demo_keys="".join(map(demo_line, FAMILIES)),
+        downloads=family_titles([family for family in FAMILIES if family.download], "or"),
     )
 
 
@@ -65,25 +68,25 @@ class DemoReady(Message):
 
 
 class WelcomeScreen(WorkbenchScreen):
-    """d, 2 or 3 builds that family's demo workspace and opens the config editor with its demo run."""
+    """A family's demo key (d, 2, 3) builds its demo workspace and opens the config editor with its demo
+    run."""
 
     NAME = "welcome"
     BINDINGS = [
         Binding(
-            key,
-            f"build_demo('{family}')",
-            f"{family_named(family).title} demo",
-            id=f"welcome-demo-{family}",
-            tooltip=f"Build the {family_named(family).title} demo workspace",
+            family.demo.key,
+            f"build_demo('{family.name}')",
+            f"{family.title} demo",
+            id=f"welcome-demo-{family.name}",
+            tooltip=f"Build the {family.title} demo workspace",
         )
-        for key, (family, _) in DEMO_KEYS.items()
+        for family in FAMILIES
     ]
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="welcome"):
             models_dir = escape(str(self.workbench.workspace.models_dir))
-            text = WELCOME_TEXT.format(models_dir=models_dir, demo_keys=demo_key_lines())
-            yield Static(Text.from_markup(text), id="welcome-text")
+            yield Static(Text.from_markup(welcome_text(models_dir)), id="welcome-text")
             yield ProgressBar(id="demo-progress", total=1.0, show_eta=False)
             yield Static("", id="demo-status")
 

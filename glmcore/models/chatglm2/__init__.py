@@ -20,7 +20,14 @@ import re
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.models.family import SET_FAMILY_ADVICE, ModelShape, ModelShapeError
+from glmcore.models.family import (
+    SET_FAMILY_ADVICE,
+    DemoModel,
+    Download,
+    ModelFamily,
+    ModelShape,
+    ModelShapeError,
+)
 
 NAME = "chatglm2-6b"
 TITLE = "ChatGLM2-6B"
@@ -155,3 +162,51 @@ def shape(config_json: dict) -> ModelShape:
         vector_parameters_per_layer=2 * hidden_size + hidden_size + key_value_width,
         final_norm_parameters=hidden_size,
     )
+
+
+SPECIAL_IDS = {"gmask_token_id": 64790, "bos_token_id": 64792, "eos_token_id": 2, "pad_token_id": 0}
+"""`[gMASK]`, `sop`, `</s>` and pad (config.json has only the last two); ChatGLM3-6B's are the same."""
+TINY_SIZES = {
+    "padded_vocab_size": 1000,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_attention_heads": 4,
+    "multi_query_group_num": 2,
+    "kv_channels": 16,
+    "ffn_hidden_size": 160,
+}
+"""The bench's toy sizes (over the published config.json); ChatGLM3-6B's are the same."""
+TINY_SPECIAL_IDS = {"gmask_token_id": 990, "bos_token_id": 992, "eos_token_id": 2, "pad_token_id": 0}
+DEMO_SHAPE = {
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_attention_heads": 4,
+    "ffn_hidden_size": 352,
+    "seq_length": 2048,
+}
+"""The demo model: ChatGLM-6B's demo width and depth, multi-query attention with 2 groups, a SwiGLU MLP with
+as many weights as the GELU one (3 × 352 ≈ 2 × 512), and ChatGLM-6B's 2048 positions (room for chat's
+512-token answers); ChatGLM3-6B's is the same."""
+
+FAMILY = ModelFamily(
+    name=NAME,
+    title=TITLE,
+    aliases=("chatglm2",),
+    package=__name__,
+    tokenizer_file=TOKENIZER_FILE,
+    published=PUBLISHED_CONFIG,
+    special_ids=SPECIAL_IDS,
+    tiny_config={**PUBLISHED_CONFIG, **TINY_SIZES},
+    tiny_special_ids=TINY_SPECIAL_IDS,
+    demo=DemoModel(folder="demo-chatglm2-tiny", shape=DEMO_SHAPE, key="2", configs="demo-chatglm2"),
+    download=Download(
+        hub_repo="THUDM/chatglm2-6b",
+        manifest_name="chatglm2-6b",
+        # The ChatGLM2-6B README's "download the parameters by hand" share: THUDM's folder of several
+        # models, ChatGLM2-6B's weights and tokenizer model under /chatglm2-6b.
+        tsinghua_share="https://cloud.tsinghua.edu.cn/d/674208019e314311ab5c/",
+        tsinghua_folder="/chatglm2-6b",
+        note="ChatGLM-6B's successor (multi-query attention, 32K positions); 12 GB of FP16 weights in 7 "
+        "shards; its manifest comes from a mirror, so the hub may have moved on",
+    ),
+)

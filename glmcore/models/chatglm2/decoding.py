@@ -1,6 +1,6 @@
-"""ChatGLM2/3's static-cache decoder: glmcore.generation's, with the cache of the key/value groups and 1D positions.
+"""ChatGLM2/3's static-cache decoder: glmcore.decoding's, with the cache of the key/value groups and 1D positions.
 
-The step, its CUDA graph capture and the decoding loop are `glmcore.generation.StaticDecoder`'s; what this
+The step, its CUDA graph capture and the decoding loop are `glmcore.decoding.StaticDecoder`'s; what this
 family gives is the cache's shape ([batch, groups, capacity, kv_channels]: multi-query attention keeps two
 groups, a sixteenth of ChatGLM-6B's cache), the positions (one per token, counting real tokens from 0) and
 the prompt's mask (causal, the prefix seen by all, padded keys hidden: the published rule for real rows).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from glmcore.generation import StaticDecoder
+from glmcore.decoding import StaticDecoder
 from glmcore.models.chatglm2.modeling import attention_mask_for
 
 

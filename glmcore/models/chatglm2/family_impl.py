@@ -98,7 +98,7 @@ def write_random_checkpoint(path, config_values: dict):
 
 
 def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = None, prediction: bool = False):
-    """The static-cache decoder (glmcore.generation's, with this family's cache and positions); `prediction`
+    """The static-cache decoder (glmcore.decoding's, with this family's cache and positions); `prediction`
     changes nothing (positions here are plain, with no `[MASK]` rule to follow)."""
     from glmcore.models.chatglm2.decoding import new_decoder as make
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from glmcore.models.family import ModelShape, ModelShapeError
+from glmcore.models.family import DemoModel, Download, ModelFamily, ModelShape, ModelShapeError
 
 PUBLISHED_CONFIG = {
     "_name_or_path": "THUDM/chatglm-6b",
@@ -72,3 +72,43 @@ def shape(config_json: dict) -> ModelShape:
         if "max_sequence_length" in config_json
         else PUBLISHED_CONFIG["max_sequence_length"],
     )
+
+
+FAMILY = ModelFamily(
+    name="chatglm-6b",
+    title="ChatGLM-6B",
+    aliases=("chatglm", "chatglm6b"),
+    package=__name__,
+    tokenizer_file="ice_text.model",
+    published=PUBLISHED_CONFIG,
+    special_ids={
+        name: PUBLISHED_CONFIG[name]
+        for name in ("gmask_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+    },
+    tiny_config={
+        "vocab_size": 1000,
+        "hidden_size": 64,
+        "num_layers": 2,
+        "num_attention_heads": 4,
+        "inner_hidden_size": 256,
+        "mask_token_id": 990,
+        "gmask_token_id": 991,
+        "bos_token_id": 994,
+        "eos_token_id": 995,
+        "pad_token_id": 3,
+    },
+    tiny_special_ids={"gmask_token_id": 991, "bos_token_id": 994, "eos_token_id": 995, "pad_token_id": 3},
+    demo=DemoModel(
+        folder="demo-chatglm-tiny",
+        shape={"hidden_size": 128, "num_layers": 4, "num_attention_heads": 4, "inner_hidden_size": 512},
+        key="d",
+        configs="demo",
+    ),
+    download=Download(
+        hub_repo="THUDM/chatglm-6b",
+        manifest_name="chatglm-6b",
+        # The ChatGLM-6B README's "download the parameters by hand" share (weights and tokenizer model only).
+        tsinghua_share="https://cloud.tsinghua.edu.cn/d/fb9f16d6dc8f482596c2/",
+        note="the model glmtui fine-tunes; 13 GB of FP16 weights in 8 shards",
+    ),
+)

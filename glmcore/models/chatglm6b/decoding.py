@@ -1,6 +1,6 @@
-"""ChatGLM-6B's static-cache decoder: glmcore.generation's, with ChatGLM-6B's cache, 2D positions and prompt mask.
+"""ChatGLM-6B's static-cache decoder: glmcore.decoding's, with ChatGLM-6B's cache, 2D positions and prompt mask.
 
-The step, its CUDA graph capture and the decoding loop are `glmcore.generation.StaticDecoder`'s (the module
+The step, its CUDA graph capture and the decoding loop are `glmcore.decoding.StaticDecoder`'s (the module
 says why the fast path is one graph per step); what this family gives is the cache's shape ([batch, heads,
 capacity, head_dim]), GLM's 2D positions (the block position counts generated tokens) and the prefix-LM
 mask over the prompt.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from glmcore.generation import StaticDecoder
+from glmcore.decoding import StaticDecoder
 from glmcore.models.chatglm6b.modeling import glm_attention_mask, glm_position_ids
 
 
