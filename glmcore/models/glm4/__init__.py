@@ -113,8 +113,7 @@ DEMO_SHAPE = {
     "ffn_hidden_size": 352,
     "seq_length": 2048,
 }
-"""The demo model: ChatGLM2/3's demo sizes, with GLM-4's 151552-row embedding and output layer (the published
-demo's code names the special ids, so the tiny vocabulary keeps the real size)."""
+"""The demo model: ChatGLM2/3's demo sizes and 2048 positions."""
 
 FAMILY = ModelFamily(
     name=NAME,

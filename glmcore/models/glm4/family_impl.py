@@ -13,7 +13,7 @@ from glmcore.models.chatglm2.modeling import prefix_width
 from glmcore.models.chatglm3.family_impl import conversation
 from glmcore.models.glm4.configuration import GLM4Config
 from glmcore.models.glm4.modeling import GLM4ForConditionalGeneration
-from glmcore.models.glm4.tiny import write_random_checkpoint, write_tiny_checkpoint
+from glmcore.models.glm4.tiny import STOP_TOKENS, write_random_checkpoint, write_tiny_checkpoint
 from glmcore.models.glm4.tokenization import ChatGLM4Tokenizer
 
 config_class = GLM4Config
@@ -27,9 +27,6 @@ __all__ = [
     "write_random_checkpoint",
     "write_tiny_checkpoint",
 ]
-
-STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
-"""generation_config.json's eos_token_id: the published chat stops at the end of text or the next role."""
 
 
 def demo_messages(messages: list[dict], tools: object) -> list[dict]:

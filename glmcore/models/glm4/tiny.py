@@ -9,9 +9,11 @@ The ranks are learnt on the spot by byte-level BPE over a built-in corpus, split
 pre-tokenization pattern: the 256 bytes first, then each merge as the next rank. Everything is deterministic
 for the arguments, so tests can build the folder the golden values were made from.
 
-The specials keep their real ids (151329..151342) and `padded_vocab_size` stays the real 151552: the
-published fine-tuning demo writes ids such as 151331 `[gMASK]` and 151337 `<|assistant|>` into its code, so
-a smaller vocabulary could not run it. The ids between the last rank and 151329 decode to nothing.
+The 14 specials follow the ranks and `padded_vocab_size` is ranks + 14 (not rounded up as the real 151552 is:
+random weights must never pick an id the tokenizer cannot decode), which keeps the tiny model tiny. With
+`real_special_ids` they keep their real ids (151329..151342) and the vocabulary its real 151552 rows: the
+published fine-tuning demo writes ids such as 151331 `[gMASK]` and 151337 `<|assistant|>` into its code, so the
+golden values are made on such a folder. The ids between the last rank and 151329 then decode to nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from glmcore.models.shards import contiguous_groups, random_state, write_shards
 
 TOKENIZER_FILE = "tokenizer.model"
 PADDED_VOCAB_SIZE = 151552
+STOP_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")
+"""generation_config.json's eos_token_id: the published chat stops at the end of text or the next role."""
 
 # GLM-4's chat format and a few lines in the languages tests use, so the tiny ranks have real merges for them.
 GLM4_CORPUS = (
@@ -55,16 +59,18 @@ def write_tiny_checkpoint(
     num_attention_heads: int = 4,
     multi_query_group_num: int = 2,
     ffn_hidden_size: int = 96,
-    merges: int = 600,
+    sp_vocab_size: int = 856,
     corpus: Iterable[str] | None = None,
     seq_length: int = 1024,
     seed: int = 0,
     init_std: float = 0.02,
     num_shards: int = 2,
+    real_special_ids: bool = False,
 ) -> Path:
     """Write a complete tiny glm-4-9b-chat folder and return it (bfloat16 weights, as the real checkpoint's).
 
-    The tokenizer learns `merges` BPE merges from `corpus` (default: a built-in mix) and GLM-4's chat lines.
+    The tokenizer learns `sp_vocab_size` − 256 BPE merges (its ranks: the 256 bytes, then the merges; the name
+    is the other families' writers') from `corpus` (default: a built-in mix) and GLM-4's chat lines.
     """
     if hidden_size % num_attention_heads or num_attention_heads % multi_query_group_num:
         raise TinyCheckpointError(
@@ -79,8 +85,12 @@ def write_tiny_checkpoint(
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]
-    ranks = train_ranks([*lines, *CHAT_CORPUS, *GLM4_CORPUS], merges)
+    if sp_vocab_size <= 256:
+        raise TinyCheckpointError(f"sp_vocab_size {sp_vocab_size} leaves no merges: give more than 256.")
+    ranks = train_ranks([*lines, *CHAT_CORPUS, *GLM4_CORPUS], sp_vocab_size - 256)
     write_ranks(folder / TOKENIZER_FILE, ranks)
+    first_special = FIRST_SPECIAL_ID if real_special_ids else len(ranks)
+    stops = [first_special + SPECIAL_TOKENS.index(token) for token in STOP_TOKENS]
     sizes = {
         "hidden_size": hidden_size,
         "num_layers": num_layers,
@@ -89,13 +99,16 @@ def write_tiny_checkpoint(
         "ffn_hidden_size": ffn_hidden_size,
         "kv_channels": kv_channels,
         "seq_length": seq_length,
+        "padded_vocab_size": PADDED_VOCAB_SIZE if real_special_ids else first_special + len(SPECIAL_TOKENS),
+        "eos_token_id": stops,
+        "pad_token_id": first_special,
     }
     _write_json(folder / "config.json", config_json(sizes))
     _write_json(
         folder / "generation_config.json",
-        {"eos_token_id": [151329, 151336, 151338], "pad_token_id": 151329, "transformers_version": "4.44.0"},
+        {"eos_token_id": stops, "pad_token_id": first_special, "transformers_version": "4.44.0"},
     )
-    _write_json(folder / "tokenizer_config.json", tokenizer_config_json())
+    _write_json(folder / "tokenizer_config.json", tokenizer_config_json(first_special))
     tensors = random_state_dict(sizes, seed=seed, init_std=init_std)
     names = list(tensors)
     if not 1 <= num_shards <= len(names):
@@ -177,7 +190,7 @@ def config_json(sizes: dict) -> dict:
         "num_layers": sizes["num_layers"],
         "rope_ratio": 500,
         "original_rope": True,
-        "padded_vocab_size": PADDED_VOCAB_SIZE,
+        "padded_vocab_size": sizes["padded_vocab_size"],
         "post_layer_norm": True,
         "rmsnorm": True,
         "seq_length": sizes["seq_length"],
@@ -185,15 +198,15 @@ def config_json(sizes: dict) -> dict:
         "torch_dtype": "bfloat16",
         "transformers_version": "4.44.0",
         "tie_word_embeddings": False,
-        "eos_token_id": [151329, 151336, 151338],
-        "pad_token_id": 151329,
+        "eos_token_id": sizes["eos_token_id"],
+        "pad_token_id": sizes["pad_token_id"],
     }
 
 
-def tokenizer_config_json() -> dict:
-    """glm-4-9b-chat's tokenizer_config.json: the added tokens at their real ids, the chat template."""
+def tokenizer_config_json(first_special: int) -> dict:
+    """glm-4-9b-chat's tokenizer_config.json (the added tokens from `first_special` on, the chat template)."""
     added = {
-        str(FIRST_SPECIAL_ID + index): {
+        str(first_special + index): {
             "content": token,
             "lstrip": False,
             "normalized": False,
@@ -231,7 +244,7 @@ def random_state_dict(sizes: dict, *, seed: int, init_std: float) -> dict[str, t
     rotary_dim = channels // 2
     inv_freq = 1.0 / (10000 ** (torch.arange(0, rotary_dim, 2).float() / rotary_dim))
     tensors = {
-        "transformer.embedding.word_embeddings.weight": normal(PADDED_VOCAB_SIZE, hidden),
+        "transformer.embedding.word_embeddings.weight": normal(sizes["padded_vocab_size"], hidden),
         "transformer.rotary_pos_emb.inv_freq": inv_freq.to(torch.bfloat16),
     }
     for layer in range(sizes["num_layers"]):
@@ -248,7 +261,7 @@ def random_state_dict(sizes: dict, *, seed: int, init_std: float) -> dict[str, t
             }
         )
     tensors["transformer.encoder.final_layernorm.weight"] = normal(hidden, mean=1.0, std=0.1)
-    tensors["transformer.output_layer.weight"] = normal(PADDED_VOCAB_SIZE, hidden)
+    tensors["transformer.output_layer.weight"] = normal(sizes["padded_vocab_size"], hidden)
     return tensors
 
 
