@@ -358,3 +358,51 @@ def test_the_tokenizer_saves_and_reloads(glm4_tokenizer, tmp_path: Path):
     reloaded = type(glm4_tokenizer).from_pretrained(tmp_path)
     assert reloaded.encode(text) == glm4_tokenizer.encode(text)
     assert reloaded.decode(reloaded.encode(text)) == glm4_tokenizer.decode(glm4_tokenizer.encode(text))
+
+
+def test_a_four_bit_p_tuning_step_on_advertisegen_rows_lowers_the_loss_and_changes_only_the_prefix(
+    tmp_path: Path,
+):
+    """NF4 blocks, the untied embedding and output layer in int8 rows, an fp32 prefix: the only thing trained.
+    The rows are AdvertiseGen's content and summary through the chat template, as the demo builds them. (The
+    family's own tiny checkpoint: its specials follow the ranks.)"""
+    import glmcore
+    from glmcore.data import TrainingCollator, training_features
+    from glmcore.examples import Example
+    from glmcore.models.glm4.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "tiny", init_std=0.3)
+    glm4_tokenizer = glmcore.load_tokenizer(folder)
+    torch.manual_seed(0)
+    model = glmcore.load_model(folder, quantization_bit=4, pre_seq_len=4, dtype=torch.float32)
+    layer = model.transformer.encoder.layers[0]
+    assert "Linear4bit" in type(layer.self_attention.query_key_value).__name__
+    assert type(model.transformer.output_layer).__name__ == "Int8LMHead"
+    assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
+    frozen = {
+        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
+    }
+    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
+    examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
+    rows = [training_features(glm4_tokenizer, example, 24, 12) for example in examples]
+    assert rows[0]["input_ids"][:3] == [
+        glm4_tokenizer.get_command(t) for t in ("[gMASK]", "<sop>", "<|user|>")
+    ]
+    batch = TrainingCollator(glm4_tokenizer.pad_token_id)(rows)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    model.train()
+    model.transformer.prefix_dropout.p = 0.0
+    losses = []
+    for _ in range(8):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
+    for name, tensor in model.state_dict().items():
+        if name in frozen:
+            assert torch.equal(tensor, frozen[name]), f"{name} changed"
