@@ -20,6 +20,7 @@ import torch
 LOGIT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5
 REFERENCE = Path(__file__).parent / "fixtures" / "reference" / "glm-4-9b-chat"
+GOLDEN_DIR = Path(__file__).parent / "golden" / "glm4"
 
 
 def test_the_tiny_checkpoint_is_the_one_the_goldens_were_made_from_published(glm4_golden, glm4_model_dir):
@@ -197,11 +198,51 @@ def test_a_prefix_in_both_variants_saves_and_loads_back_to_the_same_logits(
         glm4_model_dir, dtype=torch.float32, device="cpu", prefix_checkpoint=tmp_path / "prefix"
     ).eval()
     assert loaded.config.prefix_projection == projection
+    # Beside ours, the PEFT adapter the GLM-4 demo's P-tuning writes: alone, it loads to the same logits.
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy(tmp_path / "prefix" / name, adapter / name)
+    from_adapter = glmcore.load_model(
+        glm4_model_dir, dtype=torch.float32, device="cpu", prefix_checkpoint=adapter
+    )
+    assert from_adapter.config.prefix_projection is False
     ids = torch.tensor([glm4_golden["model"]["single"]["input_ids"]])
     with torch.no_grad():
         logits = model(ids, logits_to_keep=4).logits
         assert torch.equal(loaded(ids, logits_to_keep=4).logits, logits)
+        assert (from_adapter.eval()(ids, logits_to_keep=4).logits - logits).abs().max().item() <= 1e-5
         assert not torch.allclose(glm4_model(ids, logits_to_keep=4).logits, logits, atol=1e-2)
+
+
+def test_the_demos_peft_prefix_adapter_loads_as_a_prefix_with_peft_s_logits(
+    glm4_model_dir, glm4_golden, glm4_tokenizer
+):
+    """An adapter PEFT 0.12 saved for the published code as the demo's ptuning_v2.yaml configures it
+    (tests/golden/glm4/README.md): single prompt, and each row of a left-padded batch as PEFT gives it alone
+    (PEFT's own padded forward drops the tokenizer's position_ids and counts the pads)."""
+    import glmcore
+
+    golden = json.loads((GOLDEN_DIR / "peft_prefix.json").read_text(encoding="utf-8"))
+    model = glmcore.load_model(
+        glm4_model_dir,
+        dtype=torch.float32,
+        device="cpu",
+        prefix_checkpoint=GOLDEN_DIR / "peft-prefix-adapter",
+    ).eval()
+    assert (model.config.pre_seq_len, model.config.prefix_projection) == (4, False)
+    columns = glm4_golden["model"]["columns"]
+    texts = glm4_golden["model"]["padded"]["texts"]
+    batch = glm4_tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert_logits(
+            model(torch.tensor([glm4_golden["model"]["single"]["input_ids"]])).logits[0],
+            golden["single"],
+            columns,
+        )
+        padded = model(**batch).logits
+    for row, expected in zip(range(len(texts)), golden["alone"], strict=True):
+        assert_logits(padded[row][batch["attention_mask"][row].bool()], expected, columns)
 
 
 def test_with_a_prefix_the_decoder_equals_recomputation_and_a_padded_batch_each_row_alone(

@@ -129,6 +129,28 @@ def stop_token_ids(tokenizer) -> list[int]:
     return [tokenizer.get_command(token) for token in STOP_TOKENS]
 
 
+def peft_prefix_config(config) -> dict:
+    """The adapter_config.json of PEFT prefix tuning over this model, as the GLM-4 demo's `ptuning_v2.yaml`
+    configures it (`num_attention_heads` the key/value groups, `token_dim` their channels), in inference mode:
+    PEFT then reads the saved keys and values as they are."""
+    token_dim = config.multi_query_group_num * config.kv_channels
+    return {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": config.pre_seq_len,
+        "num_attention_heads": config.multi_query_group_num,
+        "token_dim": token_dim,
+        "num_layers": config.num_layers,
+        "encoder_hidden_size": token_dim,
+        "num_transformer_submodules": 1,
+        "prefix_projection": False,
+        "inference_mode": True,
+        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
+        "revision": None,
+        "auto_mapping": None,
+    }
+
+
 def clean_response(text: str) -> str:
     """As the published basic demo (`trans_cli_demo.py`) shows an answer: decoded without specials, stripped
     (the model writes its empty metadata line, a newline, first)."""
