@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import base64
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
+from operator import itemgetter
 from pathlib import Path
 
 import regex
@@ -119,21 +120,29 @@ def write_tiny_checkpoint(
 
 def train_ranks(lines: list[str], merges: int) -> dict[bytes, int]:
     """Byte-level BPE: the 256 bytes as ranks 0..255, then up to `merges` merges, each the most frequent
-    adjacent pair within the pre-tokenized pieces (ties: the greater pair of bytes), as the next rank."""
+    adjacent pair within the pre-tokenized pieces (ties: the greater pair of bytes), as the next rank. Pair
+    counts are kept up to date by re-counting only the pieces a merge changes."""
     counts = Counter(piece.encode() for line in lines for piece in regex.findall(PRETOKENIZE_PATTERN, line))
     words = {word: [bytes([byte]) for byte in word] for word in counts}
     ranks = {bytes([byte]): byte for byte in range(256)}
+    pairs: Counter[tuple[bytes, bytes]] = Counter()
+    holders: defaultdict[tuple[bytes, bytes], set[bytes]] = defaultdict(set)
+    for word, parts in words.items():
+        for pair in zip(parts, parts[1:], strict=False):
+            pairs[pair] += counts[word]
+            holders[pair].add(word)
     for _ in range(merges):
-        pairs: Counter[tuple[bytes, bytes]] = Counter()
-        for word, parts in words.items():
-            for pair in zip(parts, parts[1:], strict=False):
-                pairs[pair] += counts[word]
         if not pairs:
             break
-        best = max(pairs, key=lambda pair: (pairs[pair], pair))
+        best = max(pairs.items(), key=itemgetter(1, 0))[0]
         merged = best[0] + best[1]
         ranks.setdefault(merged, len(ranks))
-        for word, parts in words.items():
+        for word in holders.pop(best):
+            parts = words[word]
+            for pair in zip(parts, parts[1:], strict=False):
+                pairs[pair] -= counts[word]
+                if pairs[pair] == 0:
+                    del pairs[pair]
             joined, index = [], 0
             while index < len(parts):
                 if index + 1 < len(parts) and (parts[index], parts[index + 1]) == best:
@@ -143,6 +152,9 @@ def train_ranks(lines: list[str], merges: int) -> dict[bytes, int]:
                     joined.append(parts[index])
                     index += 1
             words[word] = joined
+            for pair in zip(joined, joined[1:], strict=False):
+                pairs[pair] += counts[word]
+                holders[pair].add(word)
     return ranks
 
 
