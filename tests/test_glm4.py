@@ -447,3 +447,17 @@ def test_a_four_bit_p_tuning_step_on_advertisegen_rows_lowers_the_loss_and_chang
     for name, tensor in model.state_dict().items():
         if name in frozen:
             assert torch.equal(tensor, frozen[name]), f"{name} changed"
+
+
+def test_a_messages_metadata_and_a_system_messages_tools_must_be_what_the_template_writes():
+    """glmcore.data keeps both for GLM-4's template (the golden rows hold them); a wrong type is named."""
+    from glmcore.data import DataError, chat_messages
+
+    kept = chat_messages([{"role": "system", "content": "", "tools": []}, {"role": "user", "content": "hi"}])
+    assert kept[0] == {"role": "system", "content": "", "tools": []}
+    with pytest.raises(DataError, match=r"message 2: 'metadata' holds a number \(3\); write it as text"):
+        chat_messages(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x", "metadata": 3}]
+        )
+    with pytest.raises(DataError, match=r"message 1: 'tools' holds an object.*; write it as a list of tools"):
+        chat_messages([{"role": "system", "content": "", "tools": {"name": "f"}}])
