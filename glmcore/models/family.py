@@ -195,7 +195,8 @@ class ModelFamily:
     """The published model's `gmask_token_id`, `bos_token_id` (sop), `eos_token_id` and `pad_token_id`: what
     the bench builds its rows of token ids with (its config.json need not name them all)."""
     tiny_config: Mapping[str, object] = field(compare=False, repr=False)
-    """The complete config.json of the bench's toy model (`glmtui bench --tiny`), special ids included."""
+    """The whole config.json the bench's toy model (`glmtui bench --tiny`) is written with: toy sizes, and the toy
+    ids of every special token its config names."""
     tiny_special_ids: Mapping[str, int] = field(compare=False, repr=False)
     """`special_ids` of the toy model."""
     demo: DemoModel = field(compare=False, repr=False)
