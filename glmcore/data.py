@@ -374,12 +374,27 @@ def chat_messages(messages: object, where: str = "the conversation") -> list[dic
                 raise DataError(
                     f"{at}: 'content' holds {_json_type(content)}, not text; write it as {MESSAGE_SHAPE}."
                 )
-            result.append({"role": role, "content": content, **loss})
+            result.append({"role": role, "content": content, **loss, **_template_keys(message, at)})
         if calls is not None:
             called = [{**call, **loss} for call in _openai_tool_calls(calls, at)]
             result += called
             awaiting += called
     return result
+
+
+def _template_keys(message: dict, where: str) -> dict:
+    """A message's `metadata` (text) and a system message's `tools` (a list), which GLM-4's chat template
+    writes; the other families' rows ignore them."""
+    keys = {}
+    if "metadata" in message:
+        if not isinstance(message["metadata"], str):
+            raise DataError(f"{where}: 'metadata' holds {_json_type(message['metadata'])}; write it as text.")
+        keys["metadata"] = message["metadata"]
+    if message.get("role") == "system" and "tools" in message:
+        if not isinstance(message["tools"], list):
+            raise DataError(f"{where}: 'tools' holds {_json_type(message['tools'])}; write it as a list of tools.")
+        keys["tools"] = message["tools"]
+    return keys
 
 
 def _conversation_example(record: dict, where: str, family) -> Example:

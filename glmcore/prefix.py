@@ -4,7 +4,9 @@ Our checkpoint folder holds `prefix.safetensors` and `prefix_config.json`, plus 
 and `config.json` under the published key names, so ChatGLM-6B's own scripts can read it too. A
 published checkpoint (`checkpoint-N/pytorch_model.bin` with `transformer.prefix_encoder.*` beside a
 `config.json` carrying `pre_seq_len`) loads as well, and so does the prefix of a checkpoint that saved the
-whole model as safetensors (ChatGLM3's fine-tuning demo). The prefix is always kept in fp32.
+whole model as safetensors (ChatGLM3's fine-tuning demo), and a PEFT prefix-tuning adapter (the GLM-4
+fine-tuning demo's P-tuning v2); a family that says how (`peft_prefix_config`) gets one written beside ours.
+The prefix is always kept in fp32.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ PREFIX_WEIGHTS = "prefix.safetensors"
 PREFIX_CONFIG = "prefix_config.json"
 PUBLISHED_WEIGHTS = "pytorch_model.bin"
 KEY_PREFIX = "transformer.prefix_encoder."
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX_KEY = "prompt_embeddings"
+"""PEFT's saved prefix: every virtual token's keys and values, [layer, key/value, group, channel] as ours."""
 
 
 class PrefixMismatch(GlmError):
@@ -49,6 +55,8 @@ def _read_state(checkpoint: Path, *, shapes_only: bool = False) -> dict[str, tor
     carry the shapes without reading the weights."""
     from glmcore.models.checkpoint import read_bin_shard, read_weights
 
+    if (checkpoint / PEFT_CONFIG).is_file() and not (checkpoint / PREFIX_WEIGHTS).is_file():
+        return _peft_prefix_state(checkpoint, shapes_only=shapes_only)
     if (checkpoint / PREFIX_WEIGHTS).is_file():
         path = checkpoint / PREFIX_WEIGHTS
         state = _shapes_in(path) if shapes_only else read_weights(path)
@@ -70,6 +78,32 @@ def _read_state(checkpoint: Path, *, shapes_only: bool = False) -> dict[str, tor
         )
     _check_encoder_tensors(checkpoint, prefix_state)
     return prefix_state
+
+
+def _peft_prefix_state(checkpoint: Path, *, shapes_only: bool) -> dict[str, torch.Tensor]:
+    """A PEFT PREFIX_TUNING adapter as a prefix encoder without projection: PEFT saves the keys and values
+    themselves (`prompt_embeddings`), whatever its `prefix_projection`."""
+    from glmcore.models.checkpoint import read_weights
+
+    config_path = checkpoint / PEFT_CONFIG
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GlmError(f"{config_path} is not readable JSON ({error}); save the adapter again.") from error
+    kind = config.get("peft_type") if isinstance(config, dict) else None
+    if kind != "PREFIX_TUNING":
+        raise GlmError(
+            f"{config_path} describes a PEFT {kind} adapter, not prefix tuning (PREFIX_TUNING): it is not a "
+            "P-tuning checkpoint."
+        )
+    path = checkpoint / PEFT_WEIGHTS
+    if not path.is_file():
+        raise GlmError(f"{checkpoint} has {PEFT_CONFIG} but no {PEFT_WEIGHTS}; save the adapter again.")
+    state = _shapes_in(path) if shapes_only else read_weights(path)
+    if PEFT_PREFIX_KEY not in state or state[PEFT_PREFIX_KEY].dim() != 2:
+        raise GlmError(f"{path} holds no {PEFT_PREFIX_KEY} matrix: it is not a PEFT prefix-tuning adapter.")
+    embeddings = state[PEFT_PREFIX_KEY]
+    return {"embedding.weight": embeddings if shapes_only else embeddings.float()}
 
 
 def _check_encoder_tensors(checkpoint: Path, state: dict[str, torch.Tensor]) -> None:
@@ -315,6 +349,15 @@ def save_prefix_checkpoint(model, directory: Path) -> Path:
         PREFIX_CONFIG: lambda path: path.write_text(json.dumps(spec, indent=2), encoding="utf-8"),
         "config.json": lambda path: model.config.to_json_file(str(path)),
     }
+    from glmcore.models import family_of
+
+    peft_config = getattr(family_of(model).implementation(), "peft_prefix_config", None)
+    if peft_config is not None:  # the family's published P-tuning is PEFT's: the keys and values PEFT saves
+        with torch.no_grad():
+            keys_values = {PEFT_PREFIX_KEY: encoder().detach().float().cpu().contiguous()}
+        adapter = json.dumps(peft_config(model.config), indent=2)
+        writes[PEFT_WEIGHTS] = lambda path: save_file(keys_values, str(path), metadata={"format": "pt"})
+        writes[PEFT_CONFIG] = lambda path: path.write_text(adapter, encoding="utf-8")
     for name, write in writes.items():
         temporary = directory / (name + ".tmp")
         write(temporary)

@@ -36,6 +36,72 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return glmcore.load_tokenizer(tiny_model_dir)
 
 
+# glm-4-9b-chat (tests/test_glm4.py): the tiny checkpoint its golden values were made from, and the parts the
+# golden tests take from fixtures only, so that a shim can give them from the published code instead
+# (tests/golden/glm4/README.md).
+GLM4_GOLDEN = GOLDEN / "glm4" / "expected.json"
+
+
+@pytest.fixture(scope="session")
+def glm4_golden() -> dict:
+    import json
+
+    return json.loads(GLM4_GOLDEN.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def glm4_model_dir(glm4_golden: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from glmcore.models.glm4.tiny import write_tiny_checkpoint
+
+    arguments = glm4_golden["tiny_checkpoint"]["write_tiny_checkpoint"]
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("glm4") / "glm-4-9b-chat-tiny", **arguments)
+
+
+@pytest.fixture(scope="session")
+def glm4_tokenizer(glm4_model_dir: Path):
+    import glmcore
+
+    return glmcore.load_tokenizer(glm4_model_dir)
+
+
+@pytest.fixture(scope="session")
+def glm4_model(glm4_model_dir: Path):
+    import torch
+
+    import glmcore
+
+    return glmcore.load_model(glm4_model_dir, dtype=torch.float32, device="cpu").eval()
+
+
+@pytest.fixture(scope="session")
+def glm4_training_row(glm4_tokenizer):
+    """(messages, max_input_length, max_output_length) -> the row's input_ids and labels."""
+    from glmcore.data import conversation_features
+
+    def row(messages: list[dict], max_input_length: int, max_output_length: int) -> dict:
+        return conversation_features(
+            glm4_tokenizer, messages, max_input_length=max_input_length, max_output_length=max_output_length
+        )
+
+    return row
+
+
+@pytest.fixture(scope="session")
+def glm4_evaluation_row(glm4_tokenizer):
+    """(messages, max_input_length, max_output_length) -> the prompt ids and reference text of the last answer."""
+    from glmcore.data import chat_messages, evaluation_prompt_ids, reference_text
+    from glmcore.examples import conversation_example
+
+    def row(messages: list[dict], max_input_length: int, max_output_length: int) -> tuple[list[int], str]:
+        example = conversation_example(chat_messages(messages))
+        return (
+            evaluation_prompt_ids(glm4_tokenizer, example, max_input_length),
+            reference_text(glm4_tokenizer, example.response, max_output_length),
+        )
+
+    return row
+
+
 @pytest.fixture(scope="session")
 def tiny_family_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """`tiny_family_dir(family)`: each family's tiny checkpoint (`glmcore.models.FAMILIES`), written on first

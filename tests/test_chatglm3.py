@@ -179,7 +179,7 @@ def test_family_detection_rule_override_and_refusals(tmp_path: Path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"rope_ratio": 50}, "rope_ratio 50"),
+        ({"rope_ratio": 0}, "rope_ratio to 0; it must be a positive number"),
         ({"rmsnorm": False}, "rmsnorm to a value"),
         ({"quantization_bit": 4}, "saved quantized"),
         ({"sliding_window": 128}, r"keys glmtui's ChatGLM2/3 does not know \(sliding_window\)"),

@@ -173,13 +173,13 @@ def test_the_estimates_weights_are_the_tiny_checkpoints_tensor_bytes(family, tin
     parameters = dict(model.named_parameters())  # a tied matrix is named once
     stored = {
         name: tensor
-        for shard in tiny_dir.glob("pytorch_model*.bin")
+        for shard in [*tiny_dir.glob("pytorch_model*.bin"), *tiny_dir.glob("model*.safetensors")]
         for name, tensor in read_weights(shard).items()
     }
     weight_bytes = sum(
         tensor.numel() * tensor.element_size() for name, tensor in stored.items() if name in parameters
     )
-    assert {tensor.dtype for tensor in stored.values()} == {torch.float16}
+    assert {tensor.dtype for tensor in stored.values()} in ({torch.float16}, {torch.bfloat16})
     assert set(parameters) <= set(stored)
     config = RunConfig(
         name="x", model_path=tiny_dir, train_file=tiny_dir, quantization_bit=16, dtype="float16", gpus=[0]

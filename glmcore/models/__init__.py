@@ -20,8 +20,9 @@ from glmcore.models.family import (
     family_of,
     read_config_json,
 )
+from glmcore.models.glm4 import FAMILY as GLM_4_9B_CHAT
 
-FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B)
+FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B, GLM_4_9B_CHAT)
 """Every family, each its package's `FAMILY` (imported above)."""
 DEFAULT_FAMILY = FAMILIES[0]
 """The family a command means when none is named (the demo, the bench)."""
@@ -32,6 +33,7 @@ __all__ = [
     "CHATGLM_6B",
     "DEFAULT_FAMILY",
     "FAMILIES",
+    "GLM_4_9B_CHAT",
     "ModelFamily",
     "ModelShape",
     "UnsupportedModel",

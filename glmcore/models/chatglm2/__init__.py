@@ -8,7 +8,8 @@ How a ChatGLM2/3 folder is told apart (the two differ on disk only in config.jso
 2. else the sha256 of `tokenization_chatglm.py` is one of the published files of a family;
 3. else `seq_length`: 32768 is ChatGLM2-6B's, 8192 ChatGLM3-6B's, unless config.json sets a `rope_ratio` other
    than 1: then it is a -32k model (chatglm2-6b-32k, chatglm3-6b-32k: 32768 positions either way) and says
-   nothing. (`save_pretrained`, as `glmtui export` uses it, writes rope_ratio 1.0 and drops `_name_or_path`.)
+   nothing, nor does it with GLM-4's vocabulary of 151552 (glm-4-9b has seq_length 8192 too).
+   (`save_pretrained`, as `glmtui export` uses it, drops `_name_or_path`.)
 The first signal present decides; a later signal that names the other family makes the folder refused
 with both reasons, asking for a `family = ...` setting, which always wins over the rule.
 """
@@ -107,7 +108,8 @@ def family_signals(config_json: dict, model_dir: Path) -> list[tuple[str, str]]:
                 (family, f"tokenization_chatglm.py is the published {family} file (sha256 {digest[:12]}…)")
             )
     seq_length = config_json.get("seq_length")
-    if seq_length in PUBLISHED_SEQ_LENGTH and config_json.get("rope_ratio", 1) == 1:
+    glm4_vocabulary = config_json.get("padded_vocab_size") == 151552  # glm-4-9b: seq_length 8192 too
+    if seq_length in PUBLISHED_SEQ_LENGTH and config_json.get("rope_ratio", 1) == 1 and not glm4_vocabulary:
         signals.append((PUBLISHED_SEQ_LENGTH[seq_length], f"config.json seq_length is {seq_length}"))
     return signals
 

@@ -44,6 +44,8 @@ class ChatGLM2Config(PretrainedConfig):
     """Hyper-parameters of ChatGLM2-6B and ChatGLM3-6B under the published key names."""
 
     model_type = "chatglm"
+    family_title = "ChatGLM2/3"
+    """How the refusals below name the family (GLM-4's config builds on this one)."""
     attribute_map = {
         "num_hidden_layers": "num_layers",
         "intermediate_size": "ffn_hidden_size",
@@ -77,15 +79,15 @@ class ChatGLM2Config(PretrainedConfig):
         for key, value in FIXED_SWITCHES.items():
             if kwargs.pop(key, value) != value:
                 raise UnsupportedArchitecture(
-                    f"config.json sets {key} to a value no published ChatGLM2/3 checkpoint has; glmtui "
+                    f"config.json sets {key} to a value no published {self.family_title} checkpoint has; glmtui "
                     f"implements {key} = {str(value).lower()} only."
                 )
         for key in ACCEPTED_KEYS:
             setattr(self, key, kwargs.pop(key, None))
-        if rope_ratio != 1.0:
+        if isinstance(rope_ratio, bool) or not isinstance(rope_ratio, int | float) or not rope_ratio > 0:
             raise UnsupportedArchitecture(
-                f"config.json sets rope_ratio {rope_ratio} (a -32k model); glmtui supports the 8k/32k "
-                "ChatGLM2-6B and ChatGLM3-6B checkpoints without rope_ratio."
+                f"config.json sets rope_ratio to {rope_ratio!r}; it must be a positive number (the rotary base "
+                "is 10000 × rope_ratio)."
             )
         if quantization_bit:
             raise UnsupportedArchitecture(
@@ -98,7 +100,7 @@ class ChatGLM2Config(PretrainedConfig):
         unknown = set(kwargs) - set(PretrainedConfig().to_dict()) - {"torch_dtype", "dtype"} - bookkeeping
         if unknown:
             raise UnsupportedArchitecture(
-                f"config.json has keys glmtui's ChatGLM2/3 does not know ({', '.join(sorted(unknown))}); "
+                f"config.json has keys glmtui's {self.family_title} does not know ({', '.join(sorted(unknown))}); "
                 "they may change the architecture, so the model is not loaded. Remove them if they do not."
             )
         self.padded_vocab_size = padded_vocab_size
@@ -114,7 +116,7 @@ class ChatGLM2Config(PretrainedConfig):
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
         self.quantization_bit = 0
-        self.rope_ratio = 1.0
+        self.rope_ratio = rope_ratio
         self.use_cache = use_cache
         super().__init__(
             eos_token_id=eos_token_id,

@@ -32,16 +32,17 @@ ROTARY_BASE = 10000
 
 
 def rotary_cos_sin(
-    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype
+    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype, rope_ratio: float = 1.0
 ) -> tuple[torch.Tensor, ...]:
     """cos and sin [batch, 1, seq, kv_channels/4] for positions [batch, seq].
 
     Only the first half of each head rotates (kv_channels/2 dims, as kv_channels/4 pairs); the
-    frequencies are 1/10000^(2i/(kv_channels/2)), computed in fp32 as ChatGLM3's code does.
+    frequencies are 1/base^(2i/(kv_channels/2)) with base = 10000 × rope_ratio (the -32k models' and GLM-4's
+    longer wavelengths), computed in fp32 as the published code does.
     """
     rotary_dims = kv_channels // 2
     exponents = torch.arange(0, rotary_dims, 2, device=position_ids.device, dtype=torch.float32) / rotary_dims
-    angles = position_ids[..., None].float() * (1.0 / ROTARY_BASE**exponents)
+    angles = position_ids[..., None].float() * (1.0 / (ROTARY_BASE * rope_ratio) ** exponents)
     return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
 
 
@@ -318,7 +319,7 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
             mask = attention_mask_for(
                 attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
             )
-        rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype)
+        rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype, config.rope_ratio)
         for index, layer in enumerate(self.encoder.layers):
             hidden_states = layer(
                 hidden_states,
