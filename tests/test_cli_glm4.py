@@ -118,3 +118,12 @@ def serve_and_ask(workspace: Path, model_dir: Path, run_id: str) -> str:
     finally:
         stopped = glmtui(workspace, "serve", "--stop", server.id)
         assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.mark.parametrize("command", ["demo", "bench"])
+def test_every_family_option_takes_glm4s_names_and_aliases(command: str) -> None:
+    """`bench --family glm-4-9b` was refused: its choices were the registry names only."""
+    from glmtui.cli import build_parser
+
+    for name in ("glm-4-9b-chat", "glm-4-9b", "GLM-4-9B-Chat-1M"):
+        assert build_parser().parse_args([command, "--family", name]).family == "glm-4-9b-chat"
