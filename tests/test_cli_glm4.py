@@ -127,3 +127,16 @@ def test_every_family_option_takes_glm4s_names_and_aliases(command: str) -> None
 
     for name in ("glm-4-9b-chat", "glm-4-9b", "GLM-4-9B-Chat-1M"):
         assert build_parser().parse_args([command, "--family", name]).family == "glm-4-9b-chat"
+
+
+def test_convert_of_a_glm4_folder_says_it_already_has_safetensors(glm4_model_dir: Path, capsys) -> None:
+    """GLM-4 ships safetensors: `glmtui convert` said it wrote an index and that .bin shards may be deleted."""
+    from glmtui.cli import main
+
+    before = sorted(path.name for path in glm4_model_dir.iterdir())
+    assert main(["convert", str(glm4_model_dir)]) == 0
+    said = capsys.readouterr().out
+    assert said == (
+        f"{glm4_model_dir} already has safetensors weights, which glmtui reads: there is nothing to convert.\n"
+    )
+    assert sorted(path.name for path in glm4_model_dir.iterdir()) == before
