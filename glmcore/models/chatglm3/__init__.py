@@ -47,6 +47,7 @@ FAMILY = ModelFamily(
     download=Download(
         hub_repo="THUDM/chatglm3-6b",
         manifest_name="chatglm3-6b",
+        modelscope_repo="ZhipuAI/chatglm3-6b",
         # ChatGLM3-6B's README publishes no Tsinghua Cloud share (the hub, ModelScope and others only).
         note="ChatGLM2-6B's architecture with roles and a system prompt (8K positions); 12 GB of FP16 "
         "weights in 7 shards; its manifest comes from a mirror, so the hub may have moved on",
