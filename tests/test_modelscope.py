@@ -11,7 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.app import make_app, make_workspace, settle
 from support.fileserver import FileServer, running_fileserver
+from support.waiting import wait_until_in_app
+from textual.widgets import DataTable, Label, Static
 
 from glmcore.catalog import Manifest, ManifestFile
 from glmcore.download import (
@@ -70,7 +73,9 @@ def assert_fetched(folder: Path, files: dict[str, bytes]) -> None:
         assert (folder / name).read_bytes() == data, name
 
 
-def test_a_model_is_listed_recursively_fetched_by_file_path_and_checked(server: FileServer, tmp_path: Path) -> None:
+def test_a_model_is_listed_recursively_fetched_by_file_path_and_checked(
+    server: FileServer, tmp_path: Path
+) -> None:
     plan = plan_download(source(server), tmp_path / "tiny")
     assert plan.skipped == ("modeling_chatglm.py",)
     assert {p.file.path: p.file.sha256 for p in plan.files} == {
@@ -95,7 +100,9 @@ def test_a_manifest_with_null_sizes_takes_them_and_the_sha256_from_the_listing(
         "zai-org/tiny-glm",
         None,
         (
-            ManifestFile("config.json", len(FILES["config.json"]), hashlib.sha256(FILES["config.json"]).hexdigest()),
+            ManifestFile(
+                "config.json", len(FILES["config.json"]), hashlib.sha256(FILES["config.json"]).hexdigest()
+            ),
             ManifestFile(SHARD, None, None),
         ),
     )
@@ -168,7 +175,9 @@ def test_a_dropped_connection_is_resumed_by_the_next_run(server: FileServer, tmp
 def test_an_unknown_model_or_revision_is_one_sentence(server: FileServer, tmp_path: Path) -> None:
     with pytest.raises(SourceNotFound, match="ModelScope has no model ZhipuAI/nothing at revision master"):
         plan_download(ModelScopeSource("ZhipuAI/nothing", endpoint=server.url, retry=FAST), tmp_path)
-    with pytest.raises(SourceNotFound, match=r"could not list ZhipuAI/tiny-glm at revision v9 .*: Revision not found"):
+    with pytest.raises(
+        SourceNotFound, match=r"could not list ZhipuAI/tiny-glm at revision v9 .*: Revision not found"
+    ):
         plan_download(source(server, revision="v9"), tmp_path)
     assert not any(tmp_path.iterdir())
 
@@ -209,3 +218,28 @@ def test_glmtui_download_fetches_a_catalog_model_from_modelscope(server: FileSer
     assert f"Listing ModelScope ZhipuAI/GLM-4-9B-0414 @ master ({server.url})" in done.stderr
     assert "the catalog pins no revision of GLM-4-9B-0414" in done.stderr
     assert_fetched(destination, FETCHED)
+
+
+async def test_the_models_screen_downloads_a_catalog_model_from_the_source_chosen_with_s(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.add_modelscope_repo("ZhipuAI/GLM-Z1-9B-0414", "master", FILES)
+    monkeypatch.setenv("MODELSCOPE_DOMAIN", server.url)  # the package's variable for another ModelScope site
+    app = make_app(make_workspace(tmp_path / "ws", with_model=False))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("f2")
+        await settle(pilot)
+        title = app.screen.query_one("#catalog-title", Label)
+        assert "from the Hugging Face Hub" in str(title.render())
+        await pilot.press("s")
+        assert "from ModelScope (g downloads" in str(title.render())
+        catalog = app.screen.query_one("#models-catalog", DataTable)
+        catalog.focus()
+        catalog.move_cursor(row=catalog.get_row_index("glm-z1-9b-0414"))
+        await pilot.press("g")
+        status = app.screen.query_one("#download-status", Static)
+        await wait_until_in_app(
+            pilot, lambda: str(status.render()).startswith("Downloaded glm-z1-9b-0414"), "the download's end"
+        )
+    assert_fetched(tmp_path / "ws" / "models" / "glm-z1-9b-0414", FETCHED)
+    assert not server.served.keys() - FETCHED.keys()

@@ -72,4 +72,4 @@ def catalog_size(size: int | None) -> str:
 
 def catalog_title(source: str) -> str:
     """The Models screen's line above the catalog: where g downloads from, and the key that changes it."""
-    return f"[b]Catalog[/b] (g downloads the highlighted one from {SOURCE_TITLES[source]}; s: another source)"
+    return f"[b]Catalog[/b] from {SOURCE_TITLES[source]} (g downloads the highlighted one, s: source)"
