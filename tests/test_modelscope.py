@@ -140,6 +140,7 @@ def test_a_wrong_listed_sha256_is_refused_with_a_sentence_and_nothing_half_writt
         ({"Path": "negative.bin", "Size": -1}, "which no model file has"),
         ({"Path": "text.bin", "Size": "12"}, "which no model file has"),
         ({"Size": 3}, "without a path"),
+        ({"Path": "bad-hash.bin", "Size": 3, "Sha256": "not-a-sha256"}, "which is not a sha256"),
     ],
 )
 def test_a_hostile_listing_is_refused_before_anything_is_written(

@@ -9,7 +9,8 @@ and each file is fetched from ``{endpoint}/api/v1/models/{owner}/{name}/repo?Rev
 honoured, which is how the package resumes). The package itself is not used: see docs/decisions.md.
 
 The listing is untrusted input like any server's: a path that would leave the destination is refused by the
-transfer core, and a size that is not a whole number of bytes below ``MAX_FILE_SIZE`` refuses the whole listing.
+transfer core, and a size that is not a whole number of bytes below ``MAX_FILE_SIZE`` or a ``Sha256`` that is not
+one refuses the whole listing.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class ModelScopeSource(Source):
         entries = with_retries(self._list, self.retry, threading.Event())
         listed = {entry.path: entry for entry in entries}
         if self.manifest is None:
-            wanted = [(entry.path, None, None) for entry in entries]
+            wanted = [(path, None, None) for path in listed]
         else:
             wanted = [(file.path, file.size, file.sha256) for file in self.manifest.files]
         files, missing, skipped = [], [], []
@@ -146,10 +147,16 @@ class ModelScopeSource(Source):
                 f"{self.label} lists {path!r} with a size of {str(size)[:40]} bytes, which no model file has; "
                 "nothing was downloaded. Do not use this source."
             )
-        sha256 = sha256.lower() if isinstance(sha256, str) and _SHA256.match(sha256.lower()) else None
+        if sha256 not in (None, "") and not (isinstance(sha256, str) and _SHA256.match(sha256.lower())):
+            raise UnsafeListing(
+                f"{self.label} lists {path!r} with the sha256 {str(sha256)[:80]!r}, which is not a sha256; "
+                "nothing was downloaded. Do not use this source."
+            )
         if isinstance(file.get("Revision"), str):
             self._commits[path] = file["Revision"]
-        return RemoteFile(path=path, size=size, sha256=sha256, location=self._file_url(path))
+        return RemoteFile(
+            path=path, size=size, sha256=sha256.lower() if sha256 else None, location=self._file_url(path)
+        )
 
     def _file_url(self, path: str) -> str:
         return (
