@@ -202,7 +202,7 @@ FAMILY = ModelFamily(
     tiny_special_ids=TINY_SPECIAL_IDS,
     demo=DemoModel(folder="demo-chatglm2-tiny", shape=DEMO_SHAPE, key="2", configs="demo-chatglm2"),
     download=Download(
-        hub_repo="THUDM/chatglm2-6b",
+        hub_repo="zai-org/chatglm2-6b",
         manifest_name="chatglm2-6b",
         modelscope_repo="ZhipuAI/chatglm2-6b",
         # The ChatGLM2-6B README's "download the parameters by hand" share: THUDM's folder of several

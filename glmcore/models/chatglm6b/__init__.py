@@ -105,7 +105,7 @@ FAMILY = ModelFamily(
         configs="demo",
     ),
     download=Download(
-        hub_repo="THUDM/chatglm-6b",
+        hub_repo="zai-org/chatglm-6b",
         manifest_name="chatglm-6b",
         modelscope_repo="ZhipuAI/ChatGLM-6B",
         # The ChatGLM-6B README's "download the parameters by hand" share (weights and tokenizer model only).
