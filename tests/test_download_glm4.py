@@ -102,3 +102,21 @@ def test_verify_finds_glm4s_manifest_and_checks_the_shards_it_has_no_sha256_for(
         "glmtui: the catalog knows no file list of glm-z1-9b-0414 (no reference gives one); verify without "
         "--manifest to check the folder's weight index against its shards"
     )
+
+
+def test_a_file_updated_on_main_since_the_manifest_was_read_says_how_to_follow_main(
+    hub: FileServer, tmp_path: Path
+) -> None:
+    files = {"config.json": b'{"model_type": "chatglm", "updated": true}'}
+    hub.add_hub_repo("zai-org/glm-4-9b-chat", "d" * 40, files)
+    source = resolve_source("glm-4-9b-chat", endpoint=hub.url)
+    assert isinstance(source, HubSource) and source.manifest is not None
+    plan = plan_download(source, tmp_path)
+    assert [p.file.path for p in plan.files] == ["config.json"]  # the rest of the manifest is not on this hub
+
+    with pytest.raises(ChecksumMismatch, match="was updated since. Pass --revision main"):
+        run_download(plan, retry=RetryPolicy(2, 0.01, 0.05))
+
+    following_main = resolve_source("glm-4-9b-chat", revision="main", endpoint=hub.url)
+    run_download(plan_download(following_main, tmp_path))
+    assert (tmp_path / "config.json").read_bytes() == files["config.json"]

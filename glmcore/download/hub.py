@@ -127,6 +127,11 @@ class HubSource(Source):
         if self.manifest is not None and any(
             wanted.path == file.path and wanted.sha256 for wanted in self.manifest.files
         ):
+            if self.manifest.revision is None:  # read from a mirror: main may have changed the file since
+                return (
+                    f"The hub's {file.path} on main is not the copy glmtui's manifest was read from: the file "
+                    "was updated since. Pass --revision main to check each file against the hub's own sha256."
+                )
             return (
                 f"The hub's {file.path} at revision {self.revision or 'main'} is not the file glmtui's manifest "
                 "lists: the hub has moved on from the pinned revision. Pass --revision with the manifest's "

@@ -173,9 +173,14 @@ class ModelScopeSource(Source):
         if self.manifest is not None and any(
             wanted.path == file.path and wanted.sha256 for wanted in self.manifest.files
         ):
+            if self.manifest.revision is None:  # read from a mirror: the file may have been updated since
+                return (
+                    f"ModelScope's {file.path}{at} is not the copy glmtui's manifest was read from: the file was "
+                    "updated since. Pass --revision master to check each file against ModelScope's own sha256."
+                )
             return (
                 f"ModelScope's {file.path}{at} is another version than glmtui's manifest lists; "
-                "use --source hf for the hub's."
+                "use --source hf for the hub's pinned revision."
             )
         return f"ModelScope served bytes of {file.path}{at} that do not match the sha256 it lists; try again later."
 
