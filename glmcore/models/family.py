@@ -165,8 +165,12 @@ class Download:
     name and title)."""
 
     hub_repo: str
-    manifest_name: str
-    """Its file manifest, glmcore/assets/manifests/<manifest_name>.json (sizes and sha256 of every file)."""
+    """Its current Hugging Face Hub id (THUDM's repositories now live under zai-org/; both owners are accepted)."""
+    manifest_name: str | None
+    """Its file manifest, glmcore/assets/manifests/<manifest_name>.json (sizes and sha256 of every file; a
+    null size or sha256 is taken from the source's listing); None where glmtui knows no file list at all."""
+    modelscope_repo: str | None = None
+    """Its ModelScope id (ZhipuAI/...), where the family's README publishes one."""
     tsinghua_share: str | None = None
     """A Tsinghua Cloud (Seafile) share holding the weights, where the family's README publishes one."""
     tsinghua_folder: str = "/"
