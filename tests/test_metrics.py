@@ -1,4 +1,4 @@
-"""glmcore.metrics against golden values produced by ChatGLM-6B's published compute_metrics."""
+"""glmcore.metrics against golden values produced by each published compute_metrics (tests/golden/metrics/)."""
 
 from __future__ import annotations
 
@@ -12,37 +12,67 @@ import pytest
 from glmcore import metrics
 from glmcore.errors import GlmError
 
-GOLDEN = json.loads((Path(__file__).parent / "golden" / "metrics.json").read_text(encoding="utf-8"))
+GOLDEN_DIR = Path(__file__).parent / "golden" / "metrics"
+PUBLISHED = {
+    "chatglm6b-ptuning-main": metrics.PTUNING,
+    "chatglm3-finetune-hf": metrics.FINETUNE_DEMO,
+    "glm4-finetune-demo": metrics.FINETUNE_DEMO,
+}
+"""Each golden file (the values one published script gave) and the mode that must reproduce it."""
+GOLDENS = {
+    script: json.loads((GOLDEN_DIR / f"{script}.json").read_text(encoding="utf-8")) for script in PUBLISHED
+}
 
 
-@pytest.mark.parametrize("example", GOLDEN["examples"], ids=lambda example: example["prediction"][:12])
-def test_score_example_matches_published_scores(example: dict) -> None:
-    assert metrics.score_example(example["prediction"], example["label"]) == example["expected"]
+@pytest.mark.parametrize("script", PUBLISHED)
+def test_each_mode_gives_its_published_scripts_scores_example_by_example_and_on_average(script: str) -> None:
+    golden, mode = GOLDENS[script], PUBLISHED[script]
+    predictions = [example["prediction"] for example in golden["examples"]]
+    labels = [example["label"] for example in golden["examples"]]
 
+    per_example, means = metrics.score_all(predictions, labels, mode=mode)
 
-def test_score_all_gives_per_example_scores_and_published_means() -> None:
-    predictions = [example["prediction"] for example in GOLDEN["examples"]]
-    labels = [example["label"] for example in GOLDEN["examples"]]
-
-    per_example, means = metrics.score_all(predictions, labels)
-
-    assert per_example == [example["expected"] for example in GOLDEN["examples"]]
+    assert per_example == [example["expected"] for example in golden["examples"]]
     assert list(means) == list(metrics.METRIC_NAMES)
-    for name, expected in GOLDEN["expected_mean"].items():
-        assert round(means[name], 4) == round(expected, 4)
+    assert means == pytest.approx(golden["expected_mean"], rel=1e-12)
 
 
-@pytest.mark.parametrize("example", GOLDEN["empty_examples"], ids=lambda example: repr(example["prediction"]))
-def test_empty_side_scores_zero_where_the_published_code_crashes(example: dict) -> None:
-    assert metrics.score_example(example["prediction"], example["label"]) == example["expected"]
+@pytest.mark.parametrize("script", PUBLISHED)
+def test_an_empty_side_scores_zero_where_the_published_script_crashes(script: str) -> None:
+    crashes = GOLDENS[script]["crashes"]
+
+    assert {crash["published_error"] for crash in crashes} == {
+        "ValueError: Hypothesis is empty.",
+        "ValueError: Reference is empty.",
+    }
+    for crash in crashes:
+        assert metrics.score_example(crash["prediction"], crash["label"], PUBLISHED[script]) == (
+            metrics.zero_scores()
+        )
+
+
+def test_the_two_modes_differ_where_the_scripts_do_bleu_by_characters_x100_or_by_words_0_to_1() -> None:
+    ptuning = GOLDENS["chatglm6b-ptuning-main"]["examples"][0]
+    demo = GOLDENS["glm4-finetune-demo"]["examples"][0]
+
+    assert ptuning["prediction"] == demo["prediction"]
+    assert ptuning["expected"]["bleu-4"] > 1 > demo["expected"]["bleu-4"] > 0
+    assert metrics.score_example(ptuning["prediction"], ptuning["label"]) == ptuning["expected"]
 
 
 def test_empty_pairs_pull_the_mean_down_instead_of_crashing() -> None:
-    golden = GOLDEN["examples"][0]
+    golden = GOLDENS["chatglm6b-ptuning-main"]["examples"][0]
 
     _, means = metrics.score_all([golden["prediction"], ""], [golden["label"], golden["label"]])
 
     assert means == {name: golden["expected"][name] / 2 for name in metrics.METRIC_NAMES}
+
+
+def test_a_mode_is_named_by_its_setting_and_a_wrong_name_is_one_sentence_with_the_choices() -> None:
+    assert metrics.metric_mode("finetune-demo") is metrics.FINETUNE_DEMO
+    assert metrics.PTUNING.label == "ChatGLM-6B ptuning/main.py (character BLEU-4 ×100)"
+    with pytest.raises(GlmError, match="use one of ptuning, finetune-demo"):
+        metrics.metric_mode("sacrebleu")
 
 
 def test_scores_are_floats_even_when_nltk_returns_an_int_zero() -> None:

@@ -212,6 +212,12 @@ class ModelFamily:
     tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
     aliases: tuple[str, ...] = ()
     """Other names every `family` setting and `--family` option accepts for it ("chatglm3")."""
+    metric_mode: str = "ptuning"
+    """How its evaluations score by default (glmcore.metrics): the way its published fine-tuning script does,
+    "ptuning" (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py) or "finetune-demo" (ChatGLM3's and GLM-4's)."""
+    thinking: bool = False
+    """Whether its chat prompt opens a `<think>` block that the model closes before answering (GLM-Z1): its
+    output is reasoning, `</think>`, then the answer, and evaluation scores the answer (glmcore.reasoning)."""
 
     @property
     def short_name(self) -> str:

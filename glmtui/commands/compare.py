@@ -11,6 +11,7 @@ from rich.text import Text
 from glmcore.compare import METRICS, compare_runs
 from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
 from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
+from glmtui.text.metrics import comparison_modes_line
 
 
 def show_comparison(args: argparse.Namespace) -> int:
@@ -19,6 +20,8 @@ def show_comparison(args: argparse.Namespace) -> int:
         console.width = PIPED_WIDTH
     comparison = compare_runs(store_from_workspace(), args.runs, args.by)
     console.print(Text(comparison_heading(comparison), style="bold"))
+    if modes := comparison_modes_line(comparison):
+        console.print(Text(modes))
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
     for column in comparison_columns(comparison):
         table.add_column(column.upper(), justify="left" if column in ("Run", "State") else "right")

@@ -32,6 +32,7 @@ from glmcore.evaluate import (
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.figures import format_duration, speed_and_eta
+from glmtui.text.metrics import scored_line
 from glmtui.text.runs import skipped_checkpoint_line
 
 BASE_LABEL = "base model"
@@ -235,7 +236,7 @@ class EvaluateScreen(WorkbenchScreen):
         shown = (
             folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
         )
-        lines = [f"Evaluation {state}; results in the run's {shown}"]
+        lines = [f"Evaluation {state}; results in the run's {shown}", scored_line(comparison.metric_mode)]
         lines += [skipped_checkpoint_line(entry) for entry in comparison.skipped]
         self.query_one("#evaluate-status", Static).update(Text("\n".join(lines)))
 

@@ -134,4 +134,5 @@ FAMILY = ModelFamily(
     demo=DemoModel(folder="demo-glm4-tiny", shape=DEMO_SHAPE, key="4", configs="demo-glm4"),
     system_role=True,
     conversations=True,
+    metric_mode="finetune-demo",
 )

@@ -1,0 +1,45 @@
+"""A thinking model's output, parted into its reasoning and its answer.
+
+A thinking model (GLM-Z1-9B-0414) writes its reasoning between `<think>` and `</think>` and its answer after
+them. Where the family's chat prompt already opened the block (`ModelFamily.thinking`), the output begins inside
+the reasoning and only `</think>` appears. The markers are plain text to GLM-4's tokenizer, not special tokens,
+so they survive decoding with special tokens skipped. As the published chat templates do when they feed an
+assistant turn back, the answer is what follows the last `</think>`.
+
+Evaluation scores the answer alone (the reasoning is no part of what a label describes) and keeps the reasoning
+beside it; a family without thinking, whose output holds no marker, comes back as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A model's output, parted."""
+
+    answer: str
+    reasoning: str | None
+    """What came before the answer inside the think markers; None when the output had none."""
+    cut_off: bool = False
+    """The reasoning never closed (the token limit came first), so there is no answer."""
+
+
+def split_reasoning(text: str, *, opened: bool = False) -> Reply:
+    """``text`` parted into reasoning and answer; ``opened``: the prompt ended inside a `<think>` block."""
+    if THINK_CLOSE in text:
+        reasoning, _, answer = text.rpartition(THINK_CLOSE)
+        reasoning = reasoning.strip()
+        if reasoning.startswith(THINK_OPEN):
+            reasoning = reasoning[len(THINK_OPEN) :].strip()
+        return Reply(answer=answer.strip(), reasoning=reasoning)
+    stripped = text.strip()
+    if stripped.startswith(THINK_OPEN):
+        return Reply(answer="", reasoning=stripped[len(THINK_OPEN) :].strip(), cut_off=True)
+    if opened:
+        return Reply(answer="", reasoning=stripped, cut_off=True)
+    return Reply(answer=text, reasoning=None)
