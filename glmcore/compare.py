@@ -140,11 +140,10 @@ def _results_mode(results: dict) -> MetricMode | None:
 
 
 def _training_mode(run: Run, step: object) -> MetricMode | None:
-    """How the scored evaluation of training step ``step`` was scored, from the results.json it wrote."""
-    from glmcore.train_eval import TRAINING_EVALUATIONS
-
+    """How the scored evaluation of training step ``step`` was scored, from the results.json it wrote (in
+    glmcore.train_eval's ``evaluations/training/step-N``)."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        results_path = run.path / TRAINING_EVALUATIONS / f"step-{step}" / "results.json"
+        results_path = run.path / "evaluations" / "training" / f"step-{step}" / "results.json"
         return _results_mode(json.loads(results_path.read_text(encoding="utf-8")))
     return None
 

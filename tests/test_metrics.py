@@ -8,9 +8,30 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.app import make_workspace, tiny_config, write_run
 
 from glmcore import metrics
+from glmcore.compare import compare_runs
+from glmcore.config import RunConfig, validate
+from glmcore.data import Example
 from glmcore.errors import GlmError
+from glmcore.evaluate import (
+    EXAMPLES_FILE,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    EvalResult,
+    EvalSettings,
+    ExampleResult,
+    evaluate,
+    read_evaluation,
+    read_predictions,
+    write_evaluation,
+)
+from glmcore.reasoning import split_reasoning
+from glmcore.runs import RunStore
+from glmcore.train_eval import TRAINING_EVALUATIONS
+from glmtui.text.compare import comparison_columns, comparison_rows
+from glmtui.text.metrics import comparison_modes_line
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "metrics"
 PUBLISHED = {
@@ -119,3 +140,120 @@ def test_scoring_is_quiet_and_importing_is_lazy() -> None:
 
     assert finished.stderr == ""
     assert float(finished.stdout) > 0
+
+
+ADS = [
+    Example(query="类型#上衣*颜色#白色", response="白色的上衣简约百搭。"),
+    Example(query="类型#裙*材质#雪纺", response="雪纺裙子轻盈飘逸，适合夏天。"),
+]
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"), [(None, metrics.FINETUNE_DEMO), ("ptuning", metrics.PTUNING)], ids=["default", "asked"]
+)
+def test_an_evaluation_scores_in_the_familys_published_mode_unless_asked_and_says_which(
+    glm4_model, glm4_tokenizer, tmp_path, asked, expected
+) -> None:
+    """GLM-4's published fine-tuning scores the finetune_demo way; a setting picks the other; the files say so."""
+    settings = EvalSettings(max_source_length=24, max_target_length=4, batch_size=2, metric_mode=asked)
+
+    result = evaluate(glm4_model, glm4_tokenizer, ADS, settings, output_dir=tmp_path)
+
+    results = json.loads((tmp_path / RESULTS_FILE).read_text(encoding="utf-8"))
+    assert results["metric_mode"] == results["settings"]["metric_mode"] == expected.name
+    _, means = metrics.score_all(
+        [example.prediction for example in result.examples],
+        [example.label for example in result.examples],
+        mode=expected,
+    )
+    assert result.metrics == means
+    assert read_evaluation(tmp_path).metric_mode is expected
+
+
+def test_an_evaluation_written_before_the_modes_reads_back_as_the_ptuning_way(tmp_path) -> None:
+    write_evaluation(
+        EvalResult("base", tmp_path, metrics.zero_scores(), [], 1.0, 1.0, 0, EvalSettings(metric_mode="ptuning"))
+    )
+    results = json.loads((tmp_path / RESULTS_FILE).read_text(encoding="utf-8"))
+    del results["metric_mode"], results["settings"]["metric_mode"]
+    (tmp_path / RESULTS_FILE).write_text(json.dumps(results), encoding="utf-8")
+
+    assert read_evaluation(tmp_path).metric_mode is metrics.PTUNING
+
+
+def test_a_wrong_metric_mode_is_refused_in_a_run_config_and_an_evaluation_before_anything_runs() -> None:
+    config = RunConfig(name="r", model_path=Path("m"), train_file=Path("t.json"), metric_mode="bleu")
+
+    assert [problem.field for problem in validate(config)] == ["metric_mode"]
+    with pytest.raises(GlmError, match="'bleu' is not a way glmtui scores; use one of ptuning, finetune-demo"):
+        EvalSettings(metric_mode="bleu")
+
+
+@pytest.mark.parametrize(
+    ("output", "opened", "reasoning", "answer"),
+    [
+        ("<think>先看颜色。</think>\n白色上衣。", False, "先看颜色。", "白色上衣。"),
+        ("先看颜色。\n</think>\n\n白色上衣。", True, "先看颜色。", "白色上衣。"),
+        ("<think>a</think>b</think> 答案", True, "a</think>b", "答案"),
+        ("先看颜色，再看", True, "先看颜色，再看", ""),
+        ("<think>先看颜色，再看", False, "先看颜色，再看", ""),
+        (" 白色上衣。", False, None, " 白色上衣。"),
+    ],
+    ids=["both-markers", "opened-by-prompt", "last-close-wins", "cut-off-opened", "cut-off-written", "no-thinking"],
+)
+def test_a_thinking_models_output_parts_into_reasoning_and_the_answer_after_it(
+    output: str, opened: bool, reasoning: str | None, answer: str
+) -> None:
+    reply = split_reasoning(output, opened=opened)
+
+    assert (reply.reasoning, reply.answer) == (reasoning, answer)
+    assert reply.cut_off == (reasoning is not None and answer == "")
+
+
+def test_reasoning_is_kept_beside_the_scored_answer_in_the_evaluation_files(tmp_path) -> None:
+    reply = split_reasoning("颜色是白色。</think>白色的上衣简约百搭。", opened=True)
+    scores = metrics.score_example(reply.answer, ADS[0].response, metrics.FINETUNE_DEMO)
+    example = ExampleResult(0, ADS[0].prompt, ADS[0].response, reply.answer, scores, 5, False, 9, reply.reasoning)
+    settings = EvalSettings(metric_mode="finetune-demo")
+
+    write_evaluation(EvalResult("z1", tmp_path, scores, [example], 1.0, 1.0, 9, settings))
+
+    assert scores["rouge-1"] == 100.0
+    assert read_evaluation(tmp_path).examples == [example]
+    assert read_predictions(tmp_path / PREDICTIONS_FILE) == [(ADS[0].response, "白色的上衣简约百搭。")]
+    row = json.loads((tmp_path / EXAMPLES_FILE).read_text(encoding="utf-8"))
+    assert (row["prediction"], row["reasoning"]) == ("白色的上衣简约百搭。", "颜色是白色。")
+
+
+def scored_run(workspace, name: str, mode: str, bleu: float):
+    """A finished run whose scored evaluation while training gave ``bleu`` on every metric, in ``mode``."""
+    config = tiny_config(workspace, name=name, metric_mode=mode)
+    run = write_run(workspace, f"20260501-100000-{name}", config, state="finished", step=30, losses=[3.0, 2.0])
+    scores = dict.fromkeys(metrics.METRIC_NAMES, bleu)
+    with open(run.events_path, "a", encoding="utf-8") as events:
+        events.write(json.dumps({"kind": "eval", "step": 30, **metrics.prefixed(scores, "eval_")}) + "\n")
+    folder = run.path / TRAINING_EVALUATIONS / "step-30"
+    write_evaluation(EvalResult("step-30", folder, scores, [], 1.0, 1.0, 0, EvalSettings(metric_mode=mode)))
+    return run
+
+
+def test_runs_scored_in_different_modes_are_ranked_only_within_each_and_compare_says_so(tmp_path) -> None:
+    workspace = make_workspace(tmp_path, with_model=False)
+    scored_run(workspace, "demo", "finetune-demo", 0.3)
+    scored_run(workspace, "weak", "ptuning", 0.5)
+    scored_run(workspace, "strong", "ptuning", 9.0)
+    store = RunStore(workspace.runs_dir)
+
+    mixed = compare_runs(store, ["demo", "weak", "strong"], "bleu-4")
+    alike = compare_runs(store, ["weak", "strong"], "bleu-4")
+
+    assert [summary.name for summary in mixed.runs] == ["demo", "strong", "weak"]
+    assert mixed.metric_modes == [metrics.FINETUNE_DEMO, metrics.PTUNING]
+    assert "scored in different ways" in comparison_modes_line(mixed)
+    assert comparison_columns(mixed)[-1] == "Scored"
+    assert [row[-1] for row in comparison_rows(mixed)] == ["finetune-demo", "ptuning", "ptuning"]
+    assert [summary.name for summary in alike.runs] == ["strong", "weak"]
+    assert comparison_modes_line(alike) == (
+        "Every run's metrics were scored as ChatGLM-6B ptuning/main.py does: character BLEU-4 ×100, Rouge ×100."
+    )
+    assert "Scored" not in comparison_columns(alike)
