@@ -56,6 +56,8 @@ class MetricMode:
     """Where the recipe comes from, as a label: "ChatGLM-6B ptuning/main.py"."""
     bleu: str
     """What its BLEU-4 is, in a few words: the unit and the scale a reader must know to read the figure."""
+    bleu_scale: str
+    """The scale of its BLEU-4 alone ("×100", "0–1"), where a table has room for no more."""
 
     @property
     def label(self) -> str:
@@ -63,9 +65,14 @@ class MetricMode:
         return f"{self.title} ({self.bleu})"
 
 
-PTUNING = MetricMode(name="ptuning", title="ChatGLM-6B ptuning/main.py", bleu="character BLEU-4 ×100")
+PTUNING = MetricMode(
+    name="ptuning", title="ChatGLM-6B ptuning/main.py", bleu="character BLEU-4 ×100", bleu_scale="×100"
+)
 FINETUNE_DEMO = MetricMode(
-    name="finetune-demo", title="ChatGLM3/GLM-4 finetune_demo", bleu="word BLEU-4 on a 0–1 scale"
+    name="finetune-demo",
+    title="ChatGLM3/GLM-4 finetune_demo",
+    bleu="word BLEU-4 on a 0–1 scale",
+    bleu_scale="0–1",
 )
 METRIC_MODES: dict[str, MetricMode] = {mode.name: mode for mode in (PTUNING, FINETUNE_DEMO)}
 UNRECORDED_MODE = PTUNING

@@ -32,7 +32,7 @@ from glmcore.evaluate import (
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.figures import format_duration, speed_and_eta
-from glmtui.text.metrics import scored_line
+from glmtui.text.metrics import metric_row_label
 from glmtui.text.runs import skipped_checkpoint_line
 
 BASE_LABEL = "base model"
@@ -222,11 +222,17 @@ class EvaluateScreen(WorkbenchScreen):
         labels = list(metrics)
         table = self.query_one("#evaluate-metrics", DataTable)
         table.clear(columns=True)
-        table.add_columns("metric", *labels, *(Text(entry.label) for entry in comparison.skipped))
+        mode = comparison.metric_mode
+        # The corner names the way the scores were computed (glmcore.metrics' modes), BLEU-4's row its scale.
+        table.add_columns(mode.name, *labels, *(Text(entry.label) for entry in comparison.skipped))
         names = list(next(iter(metrics.values()))) if metrics else []
         skipped_cells = ["skipped"] * len(comparison.skipped)
         for name in names:
-            table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels), *skipped_cells)
+            table.add_row(
+                metric_row_label(name, mode),
+                *(f"{metrics[label].get(name, 0):.2f}" for label in labels),
+                *skipped_cells,
+            )
         if comparison.skipped:
             reasons = (Text(short(entry.reason)) for entry in comparison.skipped)
             table.add_row("skipped because", *[""] * len(labels), *reasons)
@@ -236,7 +242,7 @@ class EvaluateScreen(WorkbenchScreen):
         shown = (
             folder.relative_to(self.run.path) if self.run and folder.is_relative_to(self.run.path) else folder
         )
-        lines = [f"Evaluation {state}; results in the run's {shown}", scored_line(comparison.metric_mode)]
+        lines = [f"Evaluation {state}; results in the run's {shown}"]
         lines += [skipped_checkpoint_line(entry) for entry in comparison.skipped]
         self.query_one("#evaluate-status", Static).update(Text("\n".join(lines)))
 

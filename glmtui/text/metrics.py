@@ -19,6 +19,11 @@ def scored_line(mode: MetricMode) -> str:
     return f"Scored {_how(mode)}, mean over examples."
 
 
+def metric_row_label(name: str, mode: MetricMode) -> str:
+    """A metric's name where a table lists them, BLEU-4 with its scale ("predict_bleu-4 ×100", "bleu-4 0–1")."""
+    return f"{name} {mode.bleu_scale}" if name.endswith("bleu-4") else name
+
+
 def comparison_modes_line(comparison: RunComparison) -> str | None:
     """What the runs' metrics mean: the one way they were all scored, or that they were scored in different ways
     and so are ranked within each way; None when no run has metrics."""
