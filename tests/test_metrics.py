@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 from support.app import make_workspace, tiny_config, write_run
 
 from glmcore import metrics
@@ -19,6 +20,7 @@ from glmcore.evaluate import (
     EXAMPLES_FILE,
     PREDICTIONS_FILE,
     RESULTS_FILE,
+    CheckpointComparison,
     EvalResult,
     EvalSettings,
     ExampleResult,
@@ -30,6 +32,7 @@ from glmcore.evaluate import (
 from glmcore.reasoning import split_reasoning
 from glmcore.runs import RunStore
 from glmcore.train_eval import TRAINING_EVALUATIONS
+from glmtui.commands.eval import metrics_table
 from glmtui.text.compare import comparison_columns, comparison_rows
 from glmtui.text.metrics import comparison_modes_line
 
@@ -257,3 +260,17 @@ def test_runs_scored_in_different_modes_are_ranked_only_within_each_and_compare_
         "Every run's metrics were scored as ChatGLM-6B ptuning/main.py does: character BLEU-4 ×100, Rouge ×100."
     )
     assert "Scored" not in comparison_columns(alike)
+
+
+def test_glmtui_eval_table_says_how_its_scores_were_computed(tmp_path) -> None:
+    scores = dict.fromkeys(metrics.METRIC_NAMES, 0.25)
+    evaluation = EvalResult("base", tmp_path, scores, [], 1.0, 1.0, 0, EvalSettings(metric_mode="finetune-demo"))
+    console = Console(record=True, width=120)
+
+    console.print(metrics_table(CheckpointComparison(tmp_path, [evaluation], complete=True)))
+
+    words = " ".join(console.export_text().split())  # the caption wraps to the table's width
+    assert (
+        "Scored as ChatGLM3/GLM-4 finetune_demo does: word BLEU-4 on a 0–1 scale, Rouge ×100, mean over examples."
+        in words
+    )

@@ -20,14 +20,14 @@ def show_comparison(args: argparse.Namespace) -> int:
         console.width = PIPED_WIDTH
     comparison = compare_runs(store_from_workspace(), args.runs, args.by)
     console.print(Text(comparison_heading(comparison), style="bold"))
-    if modes := comparison_modes_line(comparison):
-        console.print(Text(modes))
     table = Table(box=None, header_style="bold", collapse_padding=True, pad_edge=False)
     for column in comparison_columns(comparison):
         table.add_column(column.upper(), justify="left" if column in ("Run", "State") else "right")
     for row in comparison_rows(comparison):
         table.add_row(*row)
     console.print(table)
+    if modes := comparison_modes_line(comparison):
+        console.print(Text(modes))
     console.print()
     rows = setting_rows(comparison)
     if not rows:
