@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
 from glmcore.errors import GlmError
 from glmcore.metrics import METRIC_NAMES, UNRECORDED_MODE, MetricMode, metric_mode, prefixed, score_all
-from glmcore.reasoning import split_reasoning
+from glmcore.reasoning import prompt_opens_reasoning, split_reasoning
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,6 +56,9 @@ BASE = "base"
 """The name that stands for the model without a prefix, in checkpoint lists and as its subfolder."""
 
 CPU_BATCH_SIZE = 8
+PROMPT_END_TOKENS = 16
+"""The prompt's last tokens decoded to see whether it ends in `<think>` (with any newline after it, however the
+tokenizer cuts them)."""
 PUBLISHED_TOP_K = 50
 
 
@@ -363,11 +366,15 @@ def evaluate(
         progress(EvalProgress(label=label, phase="generating", done=0, total=len(examples)))
     generated, batch_size = _generate_all(model, tokenizer, prompts, settings, report_generation, cancel)
     generation_seconds = time.monotonic() - started
-    family = family_of(model)
-    mode = metric_mode(settings.metric_mode or family.metric_mode)
+    mode = metric_mode(settings.metric_mode or family_of(model).metric_mode)
     replies = [
-        split_reasoning(tokenizer.decode(tokens, skip_special_tokens=True), opened=family.thinking)
-        for tokens in generated
+        split_reasoning(
+            tokenizer.decode(tokens, skip_special_tokens=True),
+            opened=prompt_opens_reasoning(
+                tokenizer.decode(prompt[-PROMPT_END_TOKENS:], skip_special_tokens=True)
+            ),
+        )
+        for prompt, tokens in zip(prompts, generated, strict=True)
     ]
     predictions = [reply.answer for reply in replies]
 

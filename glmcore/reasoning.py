@@ -1,10 +1,11 @@
 """A thinking model's output, parted into its reasoning and its answer.
 
 A thinking model (GLM-Z1-9B-0414) writes its reasoning between `<think>` and `</think>` and its answer after
-them. Where the family's chat prompt already opened the block (`ModelFamily.thinking`), the output begins inside
-the reasoning and only `</think>` appears. The markers are plain text to GLM-4's tokenizer, not special tokens,
-so they survive decoding with special tokens skipped. As the published chat templates do when they feed an
-assistant turn back, the answer is what follows the last `</think>`.
+them. Where its chat prompt already opened the block (the prompt ends in `<think>`), the output begins inside the
+reasoning and only `</think>` appears. The split is keyed by the markers alone, not by the family: GLM-4-9B-0414
+and GLM-Z1-9B-0414 are one family with different chat templates. The markers are read in text decoded with
+special tokens skipped, so they count where the tokenizer keeps them as text. As the published chat templates do
+when they feed an assistant turn back, the answer is what follows the last `</think>`.
 
 Evaluation scores the answer alone (the reasoning is no part of what a label describes) and keeps the reasoning
 beside it; a family without thinking, whose output holds no marker, comes back as it was.
@@ -27,6 +28,11 @@ class Reply:
     """What came before the answer inside the think markers; None when the output had none."""
     cut_off: bool = False
     """The reasoning never closed (the token limit came first), so there is no answer."""
+
+
+def prompt_opens_reasoning(prompt_end: str) -> bool:
+    """Whether a prompt ending in ``prompt_end`` leaves the model inside a `<think>` block."""
+    return prompt_end.rstrip().endswith(THINK_OPEN)
 
 
 def split_reasoning(text: str, *, opened: bool = False) -> Reply:

@@ -29,7 +29,7 @@ from glmcore.evaluate import (
     read_predictions,
     write_evaluation,
 )
-from glmcore.reasoning import split_reasoning
+from glmcore.reasoning import prompt_opens_reasoning, split_reasoning
 from glmcore.runs import RunStore
 from glmcore.train_eval import TRAINING_EVALUATIONS
 from glmtui.commands.eval import metrics_table
@@ -211,6 +211,14 @@ def test_a_thinking_models_output_parts_into_reasoning_and_the_answer_after_it(
 
     assert (reply.reasoning, reply.answer) == (reasoning, answer)
     assert reply.cut_off == (reasoning is not None and answer == "")
+
+
+@pytest.mark.parametrize(
+    ("prompt_end", "opened"),
+    [("<|user|>\n你好<|assistant|>\n<think>", True), ("<|assistant|>\n<think>\n", True), ("<|assistant|>", False)],
+)
+def test_a_prompt_ending_in_think_leaves_the_model_inside_its_reasoning(prompt_end: str, opened: bool) -> None:
+    assert prompt_opens_reasoning(prompt_end) is opened
 
 
 def test_reasoning_is_kept_beside_the_scored_answer_in_the_evaluation_files(tmp_path) -> None:

@@ -215,9 +215,6 @@ class ModelFamily:
     metric_mode: str = "ptuning"
     """How its evaluations score by default (glmcore.metrics): the way its published fine-tuning script does,
     "ptuning" (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py) or "finetune-demo" (ChatGLM3's and GLM-4's)."""
-    thinking: bool = False
-    """Whether its chat prompt opens a `<think>` block that the model closes before answering (GLM-Z1): its
-    output is reasoning, `</think>`, then the answer, and evaluation scores the answer (glmcore.reasoning)."""
 
     @property
     def short_name(self) -> str:
