@@ -1,4 +1,4 @@
-"""Evaluation: batched generation over a dataset, scored as ChatGLM-6B's ptuning/main.py scores it.
+"""Evaluation: batched generation over a dataset, scored as the model family's published fine-tuning scores it.
 
 Examples are built as the published evaluation builds them (the prompt cut to max_source_length - 2 tokens, then
 `[gMASK] <sop>`; the reference is the label tokenized with truncation and decoded back), and every example gets up

@@ -25,9 +25,8 @@ class Reply:
 
     answer: str
     reasoning: str | None
-    """What came before the answer inside the think markers; None when the output had none."""
-    cut_off: bool = False
-    """The reasoning never closed (the token limit came first), so there is no answer."""
+    """What came before the answer inside the think markers; None when the output had none. Reasoning that
+    never closed (the token limit came first) leaves an empty answer."""
 
 
 def prompt_opens_reasoning(prompt_end: str) -> bool:
@@ -45,7 +44,7 @@ def split_reasoning(text: str, *, opened: bool = False) -> Reply:
         return Reply(answer=answer.strip(), reasoning=reasoning)
     stripped = text.strip()
     if stripped.startswith(THINK_OPEN):
-        return Reply(answer="", reasoning=stripped[len(THINK_OPEN) :].strip(), cut_off=True)
+        return Reply(answer="", reasoning=stripped[len(THINK_OPEN) :].strip())
     if opened:
-        return Reply(answer="", reasoning=stripped, cut_off=True)
+        return Reply(answer="", reasoning=stripped)
     return Reply(answer=text, reasoning=None)
