@@ -216,6 +216,9 @@ class ModelFamily:
     tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
     aliases: tuple[str, ...] = ()
     """Other names every `family` setting and `--family` option accepts for it ("chatglm3")."""
+    metric_mode: str = "ptuning"
+    """How its evaluations score by default (glmcore.metrics): the way its published fine-tuning script does,
+    "ptuning" (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py) or "finetune-demo" (ChatGLM3's and GLM-4's)."""
 
     @property
     def short_name(self) -> str:

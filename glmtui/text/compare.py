@@ -30,15 +30,26 @@ METRIC_COLUMNS = {"bleu-4": "BLEU4", "rouge-1": "R-1", "rouge-2": "R-2", "rouge-
 cuts two of them into the same "ROUGE…"."""
 
 
+SCORED_COLUMN = "Scored"
+"""The column naming each run's metric mode, shown when the runs were scored in different ways."""
+
+
+def _modes_differ(comparison: RunComparison) -> bool:
+    return len(comparison.metric_modes) > 1
+
+
 def comparison_columns(comparison: RunComparison) -> list[str]:
-    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names)]
+    scored = [SCORED_COLUMN] if _modes_differ(comparison) else []
+    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names), *scored]
 
 
 def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
     """One row per run, best first, under ``comparison_columns``."""
     rows = []
+    modes_differ = _modes_differ(comparison)
     for number, summary in enumerate(comparison.runs, start=1):
         memory = summary.peak_gpu_memory_gib
+        mode = summary.metric_mode.name if summary.metrics and summary.metric_mode else MISSING
         rows.append(
             [
                 str(number),
@@ -54,6 +65,7 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
                     MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
                     for name in comparison.metric_names
                 ),
+                *([mode] if modes_differ else []),
             ]
         )
     return rows

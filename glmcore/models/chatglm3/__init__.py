@@ -54,4 +54,5 @@ FAMILY = ModelFamily(
     ),
     system_role=True,
     conversations=True,
+    metric_mode="finetune-demo",
 )
