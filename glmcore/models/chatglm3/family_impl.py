@@ -18,12 +18,20 @@ from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, p
 from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm3.tokenization import ChatGLM3Tokenizer
+from glmcore.models.chatglm3.tools import may_be_tool_call, parse_tool_call, tool_prompt_ids
 
 config_class = ChatGLM2Config
 model_class = ChatGLM2ForConditionalGeneration
 tokenizer_class = ChatGLM3Tokenizer
 
-__all__ = ["new_decoder", "new_prefix_encoder", "prefix_width"]
+__all__ = [
+    "may_be_tool_call",
+    "new_decoder",
+    "new_prefix_encoder",
+    "parse_tool_call",
+    "prefix_width",
+    "tool_prompt_ids",
+]
 
 
 TOOL_DEFINITION_PREFIX = (
