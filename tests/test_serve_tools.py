@@ -103,6 +103,76 @@ def test_glm4_streams_text_once_it_cannot_be_a_call_and_holds_what_may_be_one():
     assert [may_be(text, names) for text in ("It", "get_weathers", "get_weather\nIt")] == [False] * 3
 
 
+# The prompts with tools, against the published demos' own messages.
+
+
+def conversation(tool_call: ToolCall) -> list[list[dict]]:
+    """The conversation's prompts at each answer: the question; the question, call and result."""
+    asked = [{"role": "user", "content": QUESTION}]
+    answered = [
+        *asked,
+        {"role": "assistant", "tool_call": tool_call},
+        {"role": "observation", "content": RESULT},
+    ]
+    return [
+        asked,
+        answered,
+        [*answered, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": "?"}],
+    ]
+
+
+def tokenizer_of(name: str, tiny_family_dir):
+    import glmcore
+
+    return glmcore.load_tokenizer(tiny_family_dir(family_named(name)))
+
+
+def test_chatglm3s_prompt_with_tools_is_the_published_openai_demos(tiny_family_dir):
+    """openai_api_demo/utils.py: a system message with the demo's sentence and `tools` (the functions), the call as
+    the assistant's message with its name as metadata, the result as the query under `observation`."""
+    tokenizer = tokenizer_of("chatglm3-6b", tiny_family_dir)
+    introduction = (
+        "Answer the following questions as best as you can. You have access to the following tools:"
+    )
+    history = [
+        {"role": "system", "content": introduction, "tools": [WEATHER["function"]]},
+        {"role": "user", "content": QUESTION},
+        {
+            "role": "assistant",
+            "metadata": "get_weather",
+            "content": "```python\ntool_call(city='Paris')\n```",
+        },
+    ]
+    published = tokenizer.build_chat_input(RESULT, history=history, role="observation")["input_ids"][
+        0
+    ].tolist()
+    call = ToolCall("get_weather", json.dumps(ARGUMENTS))
+    _, answered, _ = conversation(call)
+    assert implementation("chatglm3-6b").tool_prompt_ids(tokenizer, answered, [WEATHER]) == published
+
+
+def test_glm4s_prompt_with_tools_is_the_published_servers_through_the_chat_template(tiny_family_dir):
+    """basic_demo/openai_api_server.py's `process_messages`: the tools on a system message without content, the call
+    as the assistant's metadata and arguments, the tool's result as an observation."""
+    tokenizer = tokenizer_of("glm-4-9b-chat", tiny_family_dir)
+    published = [
+        {"role": "system", "content": None, "tools": [WEATHER]},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "metadata": "get_weather", "content": json.dumps(ARGUMENTS)},
+        {"role": "observation", "content": RESULT, "function_call": True},
+    ]
+    call = ToolCall("get_weather", json.dumps(ARGUMENTS))
+    _, answered, _ = conversation(call)
+    prompt = implementation("glm-4-9b-chat").tool_prompt_ids(tokenizer, answered, [WEATHER])
+    assert prompt == tokenizer.chat_ids(published, add_generation_prompt=True)
+    text = tokenizer.decode(prompt)
+    assert '## get_weather\n\n{\n    "name": "get_weather",' in text
+    assert (
+        '<|assistant|> get_weather\n{"city": "Paris"} <|observation|> \n{"temperature": 22} <|assistant|>'
+        in text
+    )
+
+
 # Requests the API refuses before any prompt is made.
 
 
@@ -152,21 +222,6 @@ def test_bad_tool_fields_are_named(fields: dict, said: str):
 
 
 # The tiny models that learned one tool-call conversation.
-
-
-def conversation(tool_call: ToolCall) -> list[list[dict]]:
-    """The conversation's prompts at each answer: the question; the question, call and result."""
-    asked = [{"role": "user", "content": QUESTION}]
-    answered = [
-        *asked,
-        {"role": "assistant", "tool_call": tool_call},
-        {"role": "observation", "content": RESULT},
-    ]
-    return [
-        asked,
-        answered,
-        [*answered, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": "?"}],
-    ]
 
 
 def training_row(family, tokenizer) -> tuple[list[int], list[int]]:
