@@ -21,12 +21,27 @@ import json
 from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object
 
 ASSISTANT = "<|assistant|>"
+TOOL_DEFINITION_PREFIX = (
+    "Answer the following questions as best as you can. You have access to the following tools:\n"
+)
+"""The system message the demo writes before a conversation's `tools` (as indented JSON)."""
+INFINITY_LITERAL = "1e309"
+"""How the demo's astunparse writes an infinite float (a decimal literal that overflows)."""
+
+
+def tool_call_text(parameters: dict) -> str:
+    """The demo's tool call as the assistant writes it: ```python\ntool_call(city='北京')\n``` (its
+    `format_function_call` unparses each value with astunparse, which writes the value's repr)."""
+
+    def literal(value: object) -> str:
+        return repr(value).replace("inf", INFINITY_LITERAL) if isinstance(value, float) else repr(value)
+
+    arguments = ", ".join(f"{name}={literal(value)}" for name, value in parameters.items())
+    return f"```python\ntool_call({arguments})\n```"
 
 
 def tool_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[int]:
     """`[gMASK] sop`, the tools' system message (when there are tools), every message, then `<|assistant|>`."""
-    from glmcore.models.chatglm3.family_impl import TOOL_DEFINITION_PREFIX, tool_call_text  # it imports this
-
     input_ids = [tokenizer.get_command("[gMASK]"), tokenizer.get_command("sop")]
     if tools:
         functions = [tool["function"] for tool in tools]
