@@ -37,7 +37,10 @@ class ParsedAnswer(NamedTuple):
 
 def arguments_object(call: ToolCall) -> dict:
     """A call's arguments as a dict; ValueError when they are not a JSON object (a client sent them so)."""
-    value = json.loads(call.arguments)
+    try:
+        value = json.loads(call.arguments)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
     return value

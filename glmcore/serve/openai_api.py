@@ -250,7 +250,9 @@ def served_tools(body: ChatCompletionRequest) -> list[dict] | None:
         wanted = body.tool_choice.function.name
         chosen = [tool for tool in body.tools if tool["function"]["name"] == wanted]
         if not chosen:
-            raise BadRequest(f"tool_choice: names {wanted!r}, which is not one of the tools.", param="tool_choice")
+            raise BadRequest(
+                f"tool_choice: names {wanted!r}, which is not one of the tools.", param="tool_choice"
+            )
         return chosen
     return body.tools
 
@@ -274,7 +276,9 @@ def tool_messages(messages: list[Message]) -> list[dict]:
     """OpenAI messages in glmcore.tool_calls' form: an assistant's text, then each of its calls; a tool's result
     as an observation."""
     if messages[-1].role not in ("user", "tool"):
-        raise BadRequest("messages: the last message must be the user's or a tool's result.", param="messages")
+        raise BadRequest(
+            "messages: the last message must be the user's or a tool's result.", param="messages"
+        )
     result: list[dict] = []
     for index, message in enumerate(messages):
         if message.role in ("system", "developer"):
@@ -283,16 +287,24 @@ def tool_messages(messages: list[Message]) -> list[dict]:
             result.append({"role": "observation", "content": message.text})
         elif message.role == "user":
             result.append({"role": "user", "content": message.text})
-        elif message.text or not message.tool_calls:
-            result.append({"role": "assistant", "content": message.text})
-        for number, part in enumerate(message.tool_calls or []):
-            call = ToolCall(part.function.name, part.function.arguments)
-            try:
-                arguments_object(call)
-            except ValueError:
-                where = f"messages.{index}.tool_calls.{number}.function.arguments"
-                raise BadRequest(f"{where}: is not a JSON object.", param=where) from None
-            result.append({"role": "assistant", "tool_call": call})
+        else:
+            result += assistant_messages(message, index)
+    return result
+
+
+def assistant_messages(message: Message, index: int) -> list[dict]:
+    """An assistant's message: its text (when it has text, or no calls), then each call, checked."""
+    result = (
+        [{"role": "assistant", "content": message.text}] if message.text or not message.tool_calls else []
+    )
+    for number, part in enumerate(message.tool_calls or []):
+        call = ToolCall(part.function.name, part.function.arguments)
+        try:
+            arguments_object(call)
+        except ValueError:
+            where = f"messages.{index}.tool_calls.{number}.function.arguments"
+            raise BadRequest(f"{where}: is not a JSON object.", param=where) from None
+        result.append({"role": "assistant", "tool_call": call})
     return result
 
 
@@ -361,7 +373,9 @@ class ToolAnswer(AnswerText):
         self.holding = True
 
     def _raw(self) -> str:
-        return self.tokenizer.decode(self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(
+            self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
     def add(self, token: int) -> str:
         self.tokens.append(token)
