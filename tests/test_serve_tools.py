@@ -211,9 +211,25 @@ def test_a_family_without_tools_refuses_them_in_one_sentence():
             },
             "messages.1.tool_calls.0.function.arguments: is not a JSON object.",
         ),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": QUESTION},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "function": {"name": "get_weather", "arguments": "[" * 100_000}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "c", "content": RESULT},
+                ]
+            },
+            "messages.1.tool_calls.0.function.arguments: is not a JSON object.",  # nested past any recursion
+        ),
     ],
 )
 def test_bad_tool_fields_are_named(fields: dict, said: str):
+    """Each refused with one sentence naming the field (a 400), before any prompt is made."""
     body = {"model": "m", "messages": [{"role": "user", "content": QUESTION}], **fields}
     with pytest.raises(api.BadRequest) as refused:
         parsed = api.parse(api.ChatCompletionRequest, json.dumps(body).encode())
