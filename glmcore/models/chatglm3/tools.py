@@ -1,4 +1,5 @@
 """ChatGLM3-6B's tool calls (glmcore.tool_calls): its published chat format and its published parser, without eval.
+The fine-tuning rows (family_impl) write tools and calls with the same `TOOL_DEFINITION_PREFIX` and `tool_call_text`.
 
 The prompt is the published `build_chat_input` over the OpenAI demo's history (openai_api_demo/utils.py): the
 tools as a first system message (`Answer the following questions as best as you can. You have access to the
