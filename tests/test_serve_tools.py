@@ -67,10 +67,11 @@ CHATGLM3_SAMPLES = [
     ("get_weather\n```python\ntool_call(city=open('/etc/passwd').read())\n```", None),  # only literals
     ("get_weather\n```python\ntool_call('Paris')\n```", None),  # positional: not the published form
     ("get_weather", None),  # cut short
+    ("get_weather\n```python\ntool_call(city=" + "-" * 100_000 + "1)\n```", None),  # past the parser's depth
 ]
 
 
-@pytest.mark.parametrize(("output", "parsed"), CHATGLM3_SAMPLES)
+@pytest.mark.parametrize(("output", "parsed"), CHATGLM3_SAMPLES, ids=range(len(CHATGLM3_SAMPLES)))
 def test_chatglm3_reads_a_call_as_its_published_process_response_does_without_running_it(output, parsed):
     assert implementation("chatglm3-6b").parse_tool_call(output, {"get_weather"}) == parsed
 
@@ -89,7 +90,7 @@ GLM4_SAMPLES = [
 ]
 
 
-@pytest.mark.parametrize(("output", "parsed"), GLM4_SAMPLES)
+@pytest.mark.parametrize(("output", "parsed"), GLM4_SAMPLES, ids=range(len(GLM4_SAMPLES)))
 def test_glm4_reads_a_call_as_its_published_openai_server_does(output, parsed):
     assert implementation("glm-4-9b-chat").parse_tool_call(output, {"get_weather"}) == parsed
 

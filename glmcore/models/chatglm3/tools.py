@@ -83,7 +83,7 @@ def _tool_call_arguments(source: str) -> dict | None:
     """The keyword arguments of `tool_call(k=v, ...)` whose values are literals, or None."""
     try:
         tree = ast.parse(source.strip(), mode="eval")
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "tool_call"):
@@ -93,6 +93,6 @@ def _tool_call_arguments(source: str) -> dict | None:
     try:
         arguments = {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
         json.dumps(arguments)
-    except (ValueError, TypeError, SyntaxError, RecursionError):
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         return None
     return arguments
