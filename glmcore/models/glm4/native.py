@@ -174,6 +174,8 @@ class PrefixCausalLM:
     def __init__(self, config) -> None:
         super().__init__(config)
         self.transformer = PrefixSlot()
+        for layer in self.model.layers:  # the prefix's cache is only read: recomputation sees the same keys
+            layer._can_checkpoint_with_cache = True
         if getattr(config, "pre_seq_len", None):
             self.transformer.prefix_encoder = new_prefix_encoder(config)
 
