@@ -23,7 +23,7 @@ import glmcore
 LOGIT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5
 GOLDEN = Path(__file__).parent / "golden"
-REFERENCE_HF = Path("/work/shared/reference/glm-4-9b-chat-hf")
+REFERENCE_HF = Path(__file__).parent / "fixtures" / "reference" / "glm-4-9b-chat-hf"
 LAYOUTS = {"glm-4-9b-chat-hf": "glm4_hf", "glm-4-0414": "glm4_0414"}
 
 
@@ -54,6 +54,31 @@ def tokenizer(model_dir: Path):
 @pytest.fixture(scope="session")
 def model(model_dir: Path):
     return glmcore.load_model(model_dir, dtype=torch.float32, device="cpu").eval()
+
+
+GLM4_FAMILIES = ("glm-4-9b-chat", "glm-4-9b-chat-hf", "glm-4-0414")
+
+
+@pytest.fixture(scope="session")
+def small_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each GLM-4 layout's own small tiny checkpoint (specials after the learnt vocabulary)."""
+    from glmcore.models import family_named
+
+    root = tmp_path_factory.mktemp("glm4-layouts")
+    return {
+        name: family_named(name).implementation().write_tiny_checkpoint(root / name, init_std=0.3)
+        for name in GLM4_FAMILIES
+    }
+
+
+@pytest.fixture(scope="session")
+def small(layout: str, small_dirs: dict[str, Path]):
+    """The layout's small tiny model (fp32) and tokenizer, for glmtui's own parts (no golden values needed)."""
+    folder = small_dirs[layout]
+    return folder, glmcore.load_model(folder, dtype=torch.float32, device="cpu").eval(), glmcore.load_tokenizer(folder)
+
+
+PROMPTS = ["你好，世界", "Write  code:\n\tprint(1) and more words 😀"]
 
 
 def test_the_tiny_checkpoint_is_the_one_the_goldens_were_made_from(golden, model_dir: Path):
@@ -193,7 +218,7 @@ def prefixed_model(model_dir: Path, projection: bool):
 
 @pytest.mark.parametrize("projection", [False, True], ids=["plain", "projection"])
 def test_a_prefix_saves_loads_back_and_its_peft_adapter_gives_the_same_logits_over_transformers_class(
-    layout, model_dir: Path, model, golden, tokenizer, projection, tmp_path: Path
+    small, projection, tmp_path: Path
 ):
     """Both variants; beside glmtui's files, the PEFT PREFIX_TUNING adapter: `PeftModel.from_pretrained` over
     transformers' own class gives glmtui's logits, single and on a left-padded batch (with generate()'s
@@ -203,16 +228,17 @@ def test_a_prefix_saves_loads_back_and_its_peft_adapter_gives_the_same_logits_ov
 
     from glmcore.prefix import save_prefix_checkpoint
 
-    prefixed = prefixed_model(model_dir, projection)
+    folder, model, tokenizer = small
+    prefixed = prefixed_model(folder, projection)
     save_prefix_checkpoint(prefixed, tmp_path / "prefix")
-    loaded = glmcore.load_model(model_dir, dtype=torch.float32, device="cpu", prefix_checkpoint=tmp_path / "prefix")
+    loaded = glmcore.load_model(folder, dtype=torch.float32, device="cpu", prefix_checkpoint=tmp_path / "prefix")
     assert loaded.config.prefix_projection == projection
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert type(base).__module__.startswith("transformers.")
     peft_model = PeftModel.from_pretrained(base, tmp_path / "prefix").eval()
-    ids = torch.tensor([golden["model"]["single"]["input_ids"]])
-    batch = tokenizer(golden["model"]["padded"]["texts"], padding=True, return_tensors="pt")
-    positions = torch.tensor(golden["model"]["padded"]["position_ids"])
+    ids = torch.tensor([tokenizer.encode(PROMPTS[1])])
+    batch = tokenizer(PROMPTS, padding=True, return_tensors="pt")
+    positions = (batch["attention_mask"].cumsum(-1) - 1).masked_fill(batch["attention_mask"] == 0, 1)
     with torch.no_grad():
         logits = prefixed(ids).logits
         assert torch.equal(loaded.eval()(ids).logits, logits)
@@ -237,11 +263,10 @@ def test_the_golden_peft_prefix_adapter_loads_as_a_prefix_with_pefts_logits(layo
         assert_logits(padded[row][batch["attention_mask"][row].bool()], alone, columns)
 
 
-def test_with_a_prefix_the_decoder_equals_recomputation_and_a_padded_batch_each_row_alone(
-    golden, model_dir: Path, tokenizer
-):
-    model = prefixed_model(model_dir, projection=True)
-    prompts = unpadded(golden["model"]["padded"])
+def test_with_a_prefix_the_decoder_equals_recomputation_and_a_padded_batch_each_row_alone(small):
+    folder, _, tokenizer = small
+    model = prefixed_model(folder, projection=True)
+    prompts = [tokenizer.encode(text) for text in PROMPTS]
     batched = decoded(model, tokenizer, prompts, 8)
     assert batched == [decoded(model, tokenizer, [prompt], 8)[0] for prompt in prompts]
     for prompt, new in zip(prompts, batched, strict=True):
@@ -253,12 +278,13 @@ def test_with_a_prefix_the_decoder_equals_recomputation_and_a_padded_batch_each_
         assert sequence[0, len(prompt) :].tolist() == new
 
 
-def test_with_a_prefix_gradient_checkpointing_gives_the_same_gradients(model_dir: Path, golden):
+def test_with_a_prefix_gradient_checkpointing_gives_the_same_gradients(small):
     """transformers drops a layer's cache under checkpointing; glmtui's prefix stays (it reads, never writes)."""
-    ids = torch.tensor([golden["model"]["single"]["input_ids"]])
+    folder, _, tokenizer = small
+    ids = torch.tensor([tokenizer.encode(PROMPTS[1])])
     gradients = []
     for checkpointing in (False, True):
-        model = prefixed_model(model_dir, projection=False)
+        model = prefixed_model(folder, projection=False)
         model.transformer.prefix_dropout.p = 0.0
         if checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -272,7 +298,6 @@ def test_with_a_prefix_gradient_checkpointing_gives_the_same_gradients(model_dir
 # --- the families: detection, the real metadata, refusals ---------------------------------------------------
 
 
-@pytest.mark.skipif(not REFERENCE_HF.is_dir(), reason="../shared/reference is not on this machine")
 def test_the_real_hf_folders_metadata_is_its_family_and_its_index_is_transformers_tensors(tmp_path: Path):
     from glmcore.models import family_for
     from glmcore.models.glm4.hf.modeling import GLM4HFConfig, GLM4HFForCausalLM
@@ -318,9 +343,9 @@ def test_0414_accepts_yarn_beyond_32k(tmp_path: Path):
     assert config.rope_parameters["rope_type"] == "yarn"
 
 
-def test_a_folders_own_chat_template_is_kept(model_dir: Path, tmp_path: Path):
+def test_a_folders_own_chat_template_is_kept(small, tmp_path: Path):
     """Z1's template writes the reasoning: whatever the folder's tokenizer_config.json holds is what renders."""
-    folder = shutil.copytree(model_dir, tmp_path / "z1")
+    folder = shutil.copytree(small[0], tmp_path / "z1")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     config["chat_template"] = "[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n<think>{{ m.content }}{% endfor %}"
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
@@ -331,21 +356,6 @@ def test_a_folders_own_chat_template_is_kept(model_dir: Path, tmp_path: Path):
 
 
 # --- training on every GLM-4 layout --------------------------------------------------------------------------
-
-GLM4_FAMILIES = ("glm-4-9b-chat", "glm-4-9b-chat-hf", "glm-4-0414")
-
-
-@pytest.fixture(scope="module")
-def small_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each GLM-4 layout's own small tiny checkpoint (specials after the learnt vocabulary)."""
-    from glmcore.models import family_named
-
-    root = tmp_path_factory.mktemp("glm4-layouts")
-    return {
-        name: family_named(name).implementation().write_tiny_checkpoint(root / name, init_std=0.3)
-        for name in GLM4_FAMILIES
-    }
-
 
 def advertisegen_batch(tokenizer):
     from glmcore.data import TrainingCollator, training_features
