@@ -75,7 +75,11 @@ def small_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def small(layout: str, small_dirs: dict[str, Path]):
     """The layout's small tiny model (fp32) and tokenizer, for glmtui's own parts (no golden values needed)."""
     folder = small_dirs[layout]
-    return folder, glmcore.load_model(folder, dtype=torch.float32, device="cpu").eval(), glmcore.load_tokenizer(folder)
+    return (
+        folder,
+        glmcore.load_model(folder, dtype=torch.float32, device="cpu").eval(),
+        glmcore.load_tokenizer(folder),
+    )
 
 
 PROMPTS = ["你好，世界", "Write  code:\n\tprint(1) and more words 😀"]
@@ -96,7 +100,10 @@ def test_tokenizer_ids_and_decodes_equal_transformers(golden, tokenizer):
     for case in golden["tokenizer"]["decode_cases"]:
         assert tokenizer.decode(case["ids"]) == case["decode"]
         assert tokenizer.decode(case["ids"], skip_special_tokens=True) == case["decode_skip"]
-    assert (tokenizer.vocab_size, len(tokenizer)) == (golden["tokenizer"]["vocab_size"], golden["tokenizer"]["len"])
+    assert (tokenizer.vocab_size, len(tokenizer)) == (
+        golden["tokenizer"]["vocab_size"],
+        golden["tokenizer"]["len"],
+    )
 
 
 def test_chat_template_ids_with_system_tools_and_observation_equal_transformers(golden, tokenizer):
@@ -131,7 +138,10 @@ def test_training_and_evaluation_rows_equal_the_glm4_demos(golden, tokenizer):
             if len(rows.get("input_ids", ())) != sum(message["role"] == "assistant" for message in messages):
                 continue  # the demo stopped before the last answer (or raised)
             example = conversation_example(chat_messages(copy.deepcopy(messages)))
-            assert evaluation_prompt_ids(tokenizer, example, expected["max_input_length"]) == rows["input_ids"][-1]
+            assert (
+                evaluation_prompt_ids(tokenizer, example, expected["max_input_length"])
+                == rows["input_ids"][-1]
+            )
             labels = tokenizer.decode(rows["output_ids"][-1], skip_special_tokens=True).strip()
             assert reference_text(tokenizer, example.response, expected["max_output_length"]) == labels
             compared += 1
@@ -140,7 +150,9 @@ def test_training_and_evaluation_rows_equal_the_glm4_demos(golden, tokenizer):
 
 def assert_logits(logits: torch.Tensor, expected: dict, columns: list[int]) -> None:
     assert (logits[..., columns] - torch.tensor(expected["columns"])).abs().max().item() <= LOGIT_TOLERANCE
-    assert (torch.logsumexp(logits, -1) - torch.tensor(expected["logsumexp"])).abs().max().item() <= LOGIT_TOLERANCE
+    assert (
+        torch.logsumexp(logits, -1) - torch.tensor(expected["logsumexp"])
+    ).abs().max().item() <= LOGIT_TOLERANCE
     assert logits.argmax(-1).tolist() == expected["argmax"]
 
 
@@ -156,8 +168,13 @@ def test_fp32_logits_single_and_left_padded_and_loss_equal_transformers(golden, 
         assert_logits(single, expected["single"], expected["columns"])
         assert_logits(model(**batch).logits, padded, expected["columns"])
         rows = golden["pipeline"][expected["loss"]["pipeline"]]["train"]
-        for ids, labels, loss in zip(rows["input_ids"], rows["labels"], expected["loss"]["losses"], strict=True):
-            assert abs(model(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item() - loss) <= LOSS_TOLERANCE
+        for ids, labels, loss in zip(
+            rows["input_ids"], rows["labels"], expected["loss"]["losses"], strict=True
+        ):
+            assert (
+                abs(model(torch.tensor([ids]), labels=torch.tensor([labels])).loss.item() - loss)
+                <= LOSS_TOLERANCE
+            )
 
 
 def test_greedy_generation_with_the_cache_equals_recomputation_and_each_row_alone(golden, model, tokenizer):
@@ -166,7 +183,9 @@ def test_greedy_generation_with_the_cache_equals_recomputation_and_each_row_alon
     texts = golden["model"]["padded"]["texts"]
     padded = dict(tokenizer(texts, padding=True, return_tensors="pt"))
     with torch.no_grad():
-        single = model.generate(torch.tensor([golden["model"]["single"]["input_ids"]]), max_new_tokens=10, do_sample=False)
+        single = model.generate(
+            torch.tensor([golden["model"]["single"]["input_ids"]]), max_new_tokens=10, do_sample=False
+        )
         assert single.tolist() == expected["single"]["sequences"]
         cached = model.generate(**padded, max_new_tokens=10, do_sample=False)
         recomputed = model.generate(**padded, max_new_tokens=10, do_sample=False, use_cache=False)
@@ -231,7 +250,9 @@ def test_a_prefix_saves_loads_back_and_its_peft_adapter_gives_the_same_logits_ov
     folder, model, tokenizer = small
     prefixed = prefixed_model(folder, projection)
     save_prefix_checkpoint(prefixed, tmp_path / "prefix")
-    loaded = glmcore.load_model(folder, dtype=torch.float32, device="cpu", prefix_checkpoint=tmp_path / "prefix")
+    loaded = glmcore.load_model(
+        folder, dtype=torch.float32, device="cpu", prefix_checkpoint=tmp_path / "prefix"
+    )
     assert loaded.config.prefix_projection == projection
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert type(base).__module__.startswith("transformers.")
@@ -248,15 +269,24 @@ def test_a_prefix_saves_loads_back_and_its_peft_adapter_gives_the_same_logits_ov
         assert not torch.allclose(model(ids).logits, logits, atol=1e-2)
 
 
-def test_the_golden_peft_prefix_adapter_loads_as_a_prefix_with_pefts_logits(layout, golden, model_dir, tokenizer):
+def test_the_golden_peft_prefix_adapter_loads_as_a_prefix_with_pefts_logits(
+    layout, golden, model_dir, tokenizer
+):
     model = glmcore.load_model(
-        model_dir, dtype=torch.float32, device="cpu", prefix_checkpoint=GOLDEN / LAYOUTS[layout] / "peft-prefix-adapter"
+        model_dir,
+        dtype=torch.float32,
+        device="cpu",
+        prefix_checkpoint=GOLDEN / LAYOUTS[layout] / "peft-prefix-adapter",
     ).eval()
     assert (model.config.pre_seq_len, model.config.prefix_projection) == (4, False)
     expected, columns = golden["peft_prefix"], golden["model"]["columns"]
     batch = tokenizer(golden["model"]["padded"]["texts"], padding=True, return_tensors="pt")
     with torch.no_grad():
-        assert_logits(model(torch.tensor([golden["model"]["single"]["input_ids"]])).logits[0], expected["single"], columns)
+        assert_logits(
+            model(torch.tensor([golden["model"]["single"]["input_ids"]])).logits[0],
+            expected["single"],
+            columns,
+        )
         padded = model(**batch).logits
     assert_logits(padded, expected["padded"], columns)
     for row, alone in enumerate(expected["alone"]):
@@ -314,8 +344,16 @@ def test_the_real_hf_folders_metadata_is_its_family_and_its_index_is_transformer
 @pytest.mark.parametrize(
     ("layout_name", "changes", "message"),
     [
-        ("glm-4-9b-chat-hf", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling type 'yarn'"),
-        ("glm-4-0414", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling type 'llama3'"),
+        (
+            "glm-4-9b-chat-hf",
+            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+            "rope_scaling type 'yarn'",
+        ),
+        (
+            "glm-4-0414",
+            {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            "rope_scaling type 'llama3'",
+        ),
         ("glm-4-0414", {"sliding_window": 4096}, r"does not know \(sliding_window\)"),
     ],
     ids=["hf-yarn", "0414-llama3", "0414-unknown-key"],
@@ -347,7 +385,9 @@ def test_a_folders_own_chat_template_is_kept(small, tmp_path: Path):
     """Z1's template writes the reasoning: whatever the folder's tokenizer_config.json holds is what renders."""
     folder = shutil.copytree(small[0], tmp_path / "z1")
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = "[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n<think>{{ m.content }}{% endfor %}"
+    config["chat_template"] = (
+        "[gMASK]<sop>{% for m in messages %}<|{{ m.role }}|>\n<think>{{ m.content }}{% endfor %}"
+    )
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     tokenizer = glmcore.load_tokenizer(folder)
     assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == (
@@ -356,6 +396,7 @@ def test_a_folders_own_chat_template_is_kept(small, tmp_path: Path):
 
 
 # --- training on every GLM-4 layout --------------------------------------------------------------------------
+
 
 def advertisegen_batch(tokenizer):
     from glmcore.data import TrainingCollator, training_features
@@ -378,7 +419,9 @@ def test_a_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(sm
     assert isinstance(model.lm_head, Int8LMHead)
     for name, parameter in model.named_parameters():
         parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
-    frozen = {name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name}
+    frozen = {
+        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
+    }
     before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
     batch = advertisegen_batch(tokenizer)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
@@ -400,7 +443,9 @@ def test_a_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(sm
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 @pytest.mark.parametrize("layout_name", GLM4_FAMILIES)
-def test_lora_and_full_fine_tuning_take_a_step_on_every_glm4_layout(small_dirs, layout_name, method, tmp_path):
+def test_lora_and_full_fine_tuning_take_a_step_on_every_glm4_layout(
+    small_dirs, layout_name, method, tmp_path
+):
     """glmcore.train's model for the method (LoRA on the family's targets, or every weight), one step: the loss
     is finite, and exactly the trained parameters move."""
     from glmcore.config import RunConfig
@@ -419,5 +464,7 @@ def test_lora_and_full_fine_tuning_take_a_step_on_every_glm4_layout(small_dirs, 
     assert torch.isfinite(loss)
     loss.backward()
     torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
-    moved = {name for name, p in model.named_parameters() if name in trained and not torch.equal(p, trained[name])}
+    moved = {
+        name for name, p in model.named_parameters() if name in trained and not torch.equal(p, trained[name])
+    }
     assert moved and moved <= set(trained)

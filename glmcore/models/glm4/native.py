@@ -42,7 +42,9 @@ COMMON_KEYS = {
 """Keys every layout's config.json may carry besides its class's sizes (`auto_map` is never imported)."""
 
 
-def check_config_keys(config: dict, known: set[str], rope_types: tuple[str, ...], title: str, where: str) -> None:
+def check_config_keys(
+    config: dict, known: set[str], rope_types: tuple[str, ...], title: str, where: str
+) -> None:
     """Refuse, with a sentence, a config key that neither transformers' class nor the published config has,
     and a rope type the layout does not implement."""
     unknown = sorted(set(config) - known - COMMON_KEYS)
@@ -80,7 +82,10 @@ class CheckedConfigMixin:
 
         if Path(path).is_dir():
             check_config_keys(
-                read_config_json(Path(path)), cls.known_keys(), cls.rope_types, cls.family_title,
+                read_config_json(Path(path)),
+                cls.known_keys(),
+                cls.rope_types,
+                cls.family_title,
                 str(Path(path) / "config.json"),
             )
         return super().from_pretrained(path, **kwargs)
@@ -202,15 +207,19 @@ class PrefixCausalLM:
             if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = real_token_positions(attention_mask, length, prefix)
             else:
-                position_ids = torch.arange(prefix + past, prefix + past + length, device=embedded.device)[None]
+                position_ids = torch.arange(prefix + past, prefix + past + length, device=embedded.device)[
+                    None
+                ]
         if prefix and (attention_mask is None or attention_mask.dim() == 2):
             attention_mask = additive_mask(
                 attention_mask, batch, length, past, prefix, embedded.dtype, embedded.device
             )
         inner = cache
         if prefix or isinstance(cache, StaticKVCache):
-            if inner is None and (use_cache if use_cache is not None else self.config.use_cache) and not (
-                self.training
+            if (
+                inner is None
+                and (use_cache if use_cache is not None else self.config.use_cache)
+                and not (self.training)
             ):
                 from transformers import DynamicCache
 

@@ -58,7 +58,9 @@ TINY_SPECIAL_IDS = {"gmask_token_id": 990, "bos_token_id": 992, "eos_token_id": 
 
 def detect(config_json: dict, model_dir: Path) -> str | None:
     """The reason `model_dir` holds glm-4-9b-chat-hf, or None."""
-    return 'config.json model_type is "glm" (GlmForCausalLM)' if config_json.get("model_type") == "glm" else None
+    return (
+        'config.json model_type is "glm" (GlmForCausalLM)' if config_json.get("model_type") == "glm" else None
+    )
 
 
 def native_shape(config_json: dict, norms_per_layer: int) -> ModelShape:

@@ -15,9 +15,9 @@ from glmcore.models.glm4.family_impl import (
     stop_token_ids,
     training_features,
 )
-from glmcore.models.glm4.v0414.modeling import GLM40414Config, GLM40414ForCausalLM, GLM40414Tokenizer
 from glmcore.models.glm4.native import new_decoder, new_prefix_encoder, peft_prefix_config, prefix_width
 from glmcore.models.glm4.native_tiny import write_native_checkpoint, write_random_native_checkpoint
+from glmcore.models.glm4.v0414.modeling import GLM40414Config, GLM40414ForCausalLM, GLM40414Tokenizer
 
 config_class = GLM40414Config
 model_class = GLM40414ForCausalLM
