@@ -121,7 +121,7 @@ class PrefixSlot(nn.Module):
         self.prefix_encoder: PrefixEncoder | None = None
         self.prefix_dropout = nn.Dropout(0.1)
 
-    def keys_values(self, batch: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def prefix_keys_values(self, batch: int, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         encoder = self.prefix_encoder
         flat = encoder().to(dtype).unsqueeze(0).expand(batch, -1, -1)
         return prefix_layers(self.prefix_dropout(flat), encoder.layers, encoder.heads)
@@ -224,7 +224,7 @@ class PrefixCausalLM:
                 from transformers import DynamicCache
 
                 inner = DynamicCache(config=self.config)
-            keys_values = self.transformer.keys_values(batch, embedded.dtype) if prefix else None
+            keys_values = self.transformer.prefix_keys_values(batch, embedded.dtype) if prefix else None
             cache = PrefixedCache(keys_values, inner)
         outputs = self.model(
             inputs_embeds=embedded,
