@@ -12,13 +12,20 @@ class nor the published config has, and a rope type other than the layout's.
 from __future__ import annotations
 
 import torch
+import transformers
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from glmcore.decoding import StaticDecoder, StaticKVCache
+from glmcore.errors import GlmError
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
 from glmcore.models.chatglm2.modeling import PrefixEncoder
 from glmcore.models.family import read_config_json
 from glmcore.models.head import CACHE_FIELD, causal_lm_output, prefix_layers
+
+KEEPS_READ_ONLY_CACHE = hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
+"""Whether this transformers lets a layer keep a cache it only reads under gradient checkpointing (the prefix's);
+older releases drop it, which would train without the prefix."""
 
 COMMON_KEYS = {
     "_name_or_path",
@@ -213,6 +220,12 @@ class PrefixCausalLM:
         if prefix and (attention_mask is None or attention_mask.dim() == 2):
             attention_mask = additive_mask(
                 attention_mask, batch, length, past, prefix, embedded.dtype, embedded.device
+            )
+        checkpointing = any(layer.gradient_checkpointing for layer in self.model.layers)
+        if not KEEPS_READ_ONLY_CACHE and prefix and self.training and checkpointing:
+            raise GlmError(
+                f"transformers {transformers.__version__} drops a layer's cache under gradient checkpointing, "
+                "and with it the prefix; set gradient_checkpointing = false for this run, or update transformers."
             )
         inner = cache
         if prefix or isinstance(cache, StaticKVCache):
