@@ -364,7 +364,7 @@ def family_of(obj: object) -> ModelFamily:
     marked = getattr(base, "model_family", None)
     if isinstance(marked, ModelFamily):
         return marked
-    for family in families():
-        if family.owns(base):
-            return family
+    owners = [family for family in families() if family.owns(base)]
+    if owners:  # a family's package may hold another's (glm4 holds glm4.hf): the innermost owns the class
+        return max(owners, key=lambda family: len(family.package))
     raise UnsupportedModel(f"{type(base).__name__} does not belong to any of glmtui's model families.")
