@@ -263,6 +263,8 @@ class NativeStaticDecoder(StaticDecoder):
     """glmcore.decoding's decoder over transformers' GLM-4 classes: a cache of the key/value heads, positions
     that count real tokens after the prefix (as the forward pass counts them)."""
 
+    positions_after_prefix = True
+
     def cache_heads_and_channels(self) -> tuple[int, int]:
         return self.config.num_key_value_heads, self.config.kv_channels
 
