@@ -1,5 +1,6 @@
 """Runs side by side as text, for `glmtui compare` and the Compare screen: columns, rows best first, the
-settings that differ."""
+settings that differ. Runs of several families add each one's family and published size; evaluations that say
+how they scored add the metric mode."""
 
 from __future__ import annotations
 
@@ -30,8 +31,27 @@ METRIC_COLUMNS = {"bleu-4": "BLEU4", "rouge-1": "R-1", "rouge-2": "R-2", "rouge-
 cuts two of them into the same "ROUGE…"."""
 
 
+FAMILY_COLUMNS = ("Family", "Size")
+"""Beside the run's name when the runs span families: its family's title and published parameters."""
+MODE_COLUMN = "Metric"
+"""Before the published metrics when an evaluation names its metric mode."""
+
+
+def format_parameters(parameters: int | None) -> str:
+    """A published size as models are named: 6173286400 → "6.2B"."""
+    return MISSING if parameters is None else f"{parameters / 1e9:.1f}B"
+
+
 def comparison_columns(comparison: RunComparison) -> list[str]:
-    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names)]
+    number, name, *figures = COMPARE_COLUMNS
+    return [
+        number,
+        name,
+        *(FAMILY_COLUMNS if comparison.across_families else ()),
+        *figures,
+        *((MODE_COLUMN,) if comparison.metric_modes and comparison.metric_names else ()),
+        *(METRIC_COLUMNS[name] for name in comparison.metric_names),
+    ]
 
 
 def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
@@ -39,10 +59,21 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
     rows = []
     for number, summary in enumerate(comparison.runs, start=1):
         memory = summary.peak_gpu_memory_gib
+        family = (
+            [Text(summary.family or MISSING), format_parameters(summary.published_parameters)]
+            if comparison.across_families
+            else []
+        )
+        mode = (
+            [Text(summary.metric_mode or MISSING)]
+            if comparison.metric_modes and comparison.metric_names
+            else []
+        )
         rows.append(
             [
                 str(number),
                 Text(summary.name),
+                *family,
                 state_text(summary.status.state, f": {summary.problem}" if summary.problem else ""),
                 format_loss(summary.final_loss),
                 format_loss(summary.best_loss),
@@ -50,6 +81,7 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
                 format_speed(summary.tokens_per_s),
                 MISSING if memory is None else f"{memory:.1f}",
                 format_duration(summary.duration_s),
+                *mode,
                 *(
                     MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
                     for name in comparison.metric_names
