@@ -204,6 +204,12 @@ def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
     """``config``'s estimate on the published checkpoint of its model folder's family, with that family's title:
     what the settings need on the real ChatGLM3-6B when the folder holds a tiny or local ChatGLM3 (the default
     family's, ChatGLM-6B's, while the folder's family cannot be told)."""
+    family = _published_family(config)
+    return family.title, estimate_vram(family.published_shape(), config)
+
+
+def _published_family(config: RunConfig):
+    """The family of ``config``'s model folder (the default family while it cannot be told)."""
     from glmcore.errors import GlmError
     from glmcore.models import DEFAULT_FAMILY, family_for
 
@@ -211,7 +217,7 @@ def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
         family, _ = family_for(config.model_path, config.family)
     except GlmError:
         family = DEFAULT_FAMILY
-    return family.title, estimate_vram(family.published_shape(), config)
+    return family
 
 
 def _parts(
@@ -362,3 +368,8 @@ def context_cache(shape: ModelShape, context: int | None = None, element_bytes: 
     """The cache row chat and serving start with on a model of `shape` (`context_tokens`)."""
     tokens = context_tokens(shape.positions, context)
     return ContextCache(tokens, tokens * shape.cache_values_per_token * element_bytes, shape.positions)
+
+
+def published_context_cache(config: RunConfig) -> ContextCache:
+    """The cache row chat and serving start with on the published model of ``config``'s family."""
+    return context_cache(_published_family(config).published_shape())

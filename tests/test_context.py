@@ -86,3 +86,27 @@ def test_chat_and_serving_start_at_8192_tokens_on_a_model_of_131072_positions(
         assert server.stored_status().context == DEFAULT_CONTEXT
     finally:
         service.engine.shutdown()
+
+
+def test_the_config_editors_estimate_says_the_context_chat_and_serving_size_for(long_glm4: Path):
+    from glmcore.config import RunConfig
+    from glmcore.estimate import estimate_vram, published_context_cache, published_estimate
+    from glmtui.screens.config import Estimates, describe_estimate
+
+    config = RunConfig(name="glm4", model_path=long_glm4, train_file=long_glm4 / "train.json", gpus=[])
+    shape = ModelShape.from_model_dir(long_glm4)
+    name, reference = published_estimate(config)
+    estimates = Estimates(
+        estimate_vram(shape, config),
+        reference,
+        name,
+        model_context=context_cache(shape),
+        reference_context=published_context_cache(config),
+    )
+    rows = [" ".join(row.split()) for row in describe_estimate(estimates, [], None).plain.splitlines()]
+    assert name == "GLM-4-9B"
+    assert "chat context 8,192 8,192" in rows
+    assert (
+        context_cache(shape).row_bytes == DEFAULT_CONTEXT * 2 * 2 * 16 * 2 * 2
+    )  # K/V, groups, channels, layers, bytes
+    assert "chat KV cache 2.0 MiB 320.0 MiB" in rows
