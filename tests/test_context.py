@@ -106,7 +106,6 @@ def test_the_config_editors_estimate_says_the_context_chat_and_serving_size_for(
     rows = [" ".join(row.split()) for row in describe_estimate(estimates, [], None).plain.splitlines()]
     assert name == "GLM-4-9B"
     assert "chat context 8,192 8,192" in rows
-    assert (
-        context_cache(shape).row_bytes == DEFAULT_CONTEXT * 2 * 2 * 16 * 2 * 2
-    )  # K/V, groups, channels, layers, bytes
+    per_token = 2 * 2 * 16 * 2 * 2  # key and value, 2 groups, 16 channels, 2 layers, 16-bit
+    assert context_cache(shape).row_bytes == DEFAULT_CONTEXT * per_token
     assert "chat KV cache 2.0 MiB 320.0 MiB" in rows
