@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-from support.app import make_app, make_workspace, settle
+from support.app import columns_fit_rows, make_app, make_workspace, settle
 from support.snapshot_root import fixed_root, module_on_a_clean_root
+from support.waiting import wait_until_in_app
 
 from glmcore.data import DataError, Example, load_examples, preview_tokens, training_features
 from glmcore.examples import IGNORE_INDEX
@@ -120,6 +121,8 @@ def test_the_data_screen_colours_the_learned_tokens_of_a_glm4_row(
             field.cursor_blink = False
         await pilot.press("ctrl+g")
         await settle(pilot)
+        stats = app.screen.query_one("#data-stats")
+        await wait_until_in_app(pilot, lambda: columns_fit_rows(stats), "the statistics' columns sized")
         shown = app.screen.query_one("#data-preview-text", Static).render()  # a token is never markup
         learned = "".join(shown.plain[span.start : span.end] for span in shown.spans if span.style.bold)
         assert learned.startswith("learned tokens") and learned.endswith("晴<|user|>")
