@@ -3,11 +3,11 @@
 ``compare_runs(store, names, metric)`` reads each run folder (config.toml, status.json, events.jsonl, its
 evaluations) into a ``RunSummary``: the loss curves (training and validation), the final and best losses, the
 mean tokens/s, the peak GPU memory, the training time over every attempt, and the evaluation metrics where the run
-has them, which way they were scored (``metric_mode``, where the evaluation says), and the family of its model
-with that family's published size, so runs of one data set on several generations (a sweep over ``model_path``)
-read side by side. A name is a run (as every command names one) or a sweep id, which brings in every run of the
-sweep. The runs come back best first by ``metric`` (runs without it last), with the settings whose values differ
-between them; `glmtui compare` and the Compare screen show the same ``RunComparison``.
+has them. A name is a run (as every command names one) or a sweep id, which brings in every run of the sweep. The
+runs come back best first by ``metric`` (runs without it last), with the settings whose values differ between
+them; `glmtui compare` and the Compare screen show the same ``RunComparison``. Each run also carries its model's
+family and that family's published size, so runs of one data set on several generations (a sweep over
+``model_path``) read side by side.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ class RunSummary:
     """The published metrics (bleu-4, rouge-1…) of its newest evaluation of the checkpoint it stands for."""
     metrics_source: str | None = None
     """Where ``metrics`` come from: an evaluation folder, or "training" (the scored evaluations while training)."""
-    metric_mode: str | None = None
-    """How ``metrics`` were scored, as their evaluation names it (its ``metric_mode``); None where it does not."""
     family: str | None = None
     """The title of the run's model family ("GLM-4-9B"); None when its model folder cannot be read."""
     published_parameters: int | None = None
@@ -98,11 +96,6 @@ class RunComparison:
         return len({summary.family for summary in self.runs if summary.problem is None}) > 1
 
     @property
-    def metric_modes(self) -> bool:
-        """Whether a run's evaluation says how its metrics were scored (the table then shows it)."""
-        return any(summary.metric_mode for summary in self.runs)
-
-    @property
     def metric_names(self) -> list[str]:
         """The published metrics that at least one run has."""
         return [name for name in GENERATION_METRICS if any(name in summary.metrics for summary in self.runs)]
@@ -135,14 +128,13 @@ def _figures(run: Run, summary: RunSummary) -> None:
     summary.duration_s = sum(timed) if timed else None
 
 
-def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None, str | None]:
-    """The metrics, their source and their mode of the newest evaluation of the checkpoint the run stands for
-    (else of its newest evaluated checkpoint); failing any, of its best (else last) scored evaluation during
-    training."""
+def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None]:
+    """The newest evaluation of the checkpoint the run stands for (else of its newest evaluated checkpoint);
+    failing any, the scores of its best (else last) scored evaluation during training."""
     standing = None
     with contextlib.suppress(GlmError):
         standing = str(run.default_checkpoint().path)
-    found: list[tuple[bool, int, str, dict, str | None]] = []
+    found: list[tuple[bool, int, str, dict]] = []
     folder = run.path / "evaluations"
     for results_path in folder.glob("*/**/results.json") if folder.is_dir() else ():
         if results_path.relative_to(folder).parts[0] == "training":
@@ -154,30 +146,20 @@ def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None, str | N
                 continue
             step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint.rsplit("-", 1)[-1].isdigit() else -1
             metrics = {name: results[f"predict_{name}"] for name in GENERATION_METRICS}
-            mode = results.get("metric_mode")
             found.append(
-                (
-                    checkpoint == standing,
-                    step,
-                    str(results_path.parent.relative_to(run.path)),
-                    metrics,
-                    mode if isinstance(mode, str) else None,
-                )
+                (checkpoint == standing, step, str(results_path.parent.relative_to(run.path)), metrics)
             )
     if found:
-        *_, source, metrics, mode = max(found, key=lambda item: item[:3])
-        return metrics, source, mode
+        *_, source, metrics = max(found)
+        return metrics, source
     scored = [event for event in run.events() if event.get("kind") == "eval" and "eval_bleu-4" in event]
     if not scored:
-        return {}, None, None
+        return {}, None
     mark = run.best_mark()
     chosen = next((event for event in scored if mark and event.get("step") == mark["step"]), scored[-1])
-    mode = chosen.get("metric_mode")
-    return (
-        {name: chosen[f"eval_{name}"] for name in GENERATION_METRICS if f"eval_{name}" in chosen},
-        "training",
-        mode if isinstance(mode, str) else None,
-    )
+    return {
+        name: chosen[f"eval_{name}"] for name in GENERATION_METRICS if f"eval_{name}" in chosen
+    }, "training"
 
 
 def _family_and_size(run: Run) -> tuple[str | None, int | None]:
@@ -197,7 +179,7 @@ def summarize(run: Run) -> RunSummary:
     try:
         summary = RunSummary(run, run.status(), run.config.to_dict(), (sweep_of(run) or {}).get("sweep"))
         _figures(run, summary)
-        summary.metrics, summary.metrics_source, summary.metric_mode = _evaluation_metrics(run)
+        summary.metrics, summary.metrics_source = _evaluation_metrics(run)
         summary.family, summary.published_parameters = _family_and_size(run)
     except GlmError as error:
         return RunSummary(run, RunStatus(state="unreadable"), {}, None, problem=str(error))

@@ -1,6 +1,5 @@
 """Runs side by side as text, for `glmtui compare` and the Compare screen: columns, rows best first, the
-settings that differ. Runs of several families add each one's family and published size; evaluations that say
-how they scored add the metric mode."""
+settings that differ. Runs of several families add each one's family and published size."""
 
 from __future__ import annotations
 
@@ -33,8 +32,6 @@ cuts two of them into the same "ROUGE…"."""
 
 FAMILY_COLUMNS = ("Family", "Size")
 """Beside the run's name when the runs span families: its family's title and published parameters."""
-MODE_COLUMN = "Metric"
-"""Before the published metrics when an evaluation names its metric mode."""
 
 
 def format_parameters(parameters: int | None) -> str:
@@ -49,7 +46,6 @@ def comparison_columns(comparison: RunComparison) -> list[str]:
         name,
         *(FAMILY_COLUMNS if comparison.across_families else ()),
         *figures,
-        *((MODE_COLUMN,) if comparison.metric_modes and comparison.metric_names else ()),
         *(METRIC_COLUMNS[name] for name in comparison.metric_names),
     ]
 
@@ -64,11 +60,6 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
             if comparison.across_families
             else []
         )
-        mode = (
-            [Text(summary.metric_mode or MISSING)]
-            if comparison.metric_modes and comparison.metric_names
-            else []
-        )
         rows.append(
             [
                 str(number),
@@ -81,7 +72,6 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
                 format_speed(summary.tokens_per_s),
                 MISSING if memory is None else f"{memory:.1f}",
                 format_duration(summary.duration_s),
-                *mode,
                 *(
                     MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
                     for name in comparison.metric_names
