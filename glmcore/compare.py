@@ -7,7 +7,8 @@ has them. A name is a run (as every command names one) or a sweep id, which brin
 runs come back best first by ``metric`` (runs without it last), with the settings whose values differ between
 them; `glmtui compare` and the Compare screen show the same ``RunComparison``. Each run's metrics carry the way
 they were scored (glmcore.metrics' modes); runs scored in different ways are ranked by a metric only within each
-way, never against each other.
+way, never against each other. Each run also carries its model's family and that family's published size, so
+runs of one data set on several generations (a sweep over ``model_path``) read side by side.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class RunSummary:
     """Where ``metrics`` come from: an evaluation folder, or "training" (the scored evaluations while training)."""
     metric_mode: MetricMode | None = None
     """How ``metrics`` were scored; None when the run has none (or its results name a way glmtui does not know)."""
+    family: str | None = None
+    """The title of the run's model family ("GLM-4-9B"); None when its model folder cannot be read."""
+    published_parameters: int | None = None
+    """The parameters of that family's published model: the size the family goes by, whatever the folder holds."""
     problem: str | None = None
     """Why the run folder cannot be read (a damaged status.json or config.toml); it is listed with no figures."""
 
@@ -88,6 +93,11 @@ class RunComparison:
     metric: str
     differing: list[str]
     """The settings whose values are not the same in every run, in config order."""
+
+    @property
+    def across_families(self) -> bool:
+        """Whether the runs' models are of more than one family (the table then names each run's)."""
+        return len({summary.family for summary in self.runs if summary.problem is None}) > 1
 
     @property
     def metric_names(self) -> list[str]:
@@ -187,12 +197,25 @@ def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None, MetricM
     return metrics, "training", _training_mode(run, chosen.get("step"))
 
 
+def _family_and_size(run: Run) -> tuple[str | None, int | None]:
+    """The title of the run's model family and its published model's parameters; (None, None) when the model
+    folder cannot be read."""
+    from glmcore.models import family_for
+
+    try:
+        family, _ = family_for(run.config.model_path, run.config.family)
+    except GlmError:
+        return None, None
+    return family.title, family.published_shape().parameters
+
+
 def summarize(run: Run) -> RunSummary:
     """Everything a comparison shows of one run; an unreadable one is listed with its ``problem`` only."""
     try:
         summary = RunSummary(run, run.status(), run.config.to_dict(), (sweep_of(run) or {}).get("sweep"))
         _figures(run, summary)
         summary.metrics, summary.metrics_source, summary.metric_mode = _evaluation_metrics(run)
+        summary.family, summary.published_parameters = _family_and_size(run)
     except GlmError as error:
         return RunSummary(run, RunStatus(state="unreadable"), {}, None, problem=str(error))
     return summary

@@ -392,7 +392,9 @@ def _template_keys(message: dict, where: str) -> dict:
         keys["metadata"] = message["metadata"]
     if message.get("role") == "system" and "tools" in message:
         if not isinstance(message["tools"], list):
-            raise DataError(f"{where}: 'tools' holds {_json_type(message['tools'])}; write it as a list of tools.")
+            raise DataError(
+                f"{where}: 'tools' holds {_json_type(message['tools'])}; write it as a list of tools."
+            )
         keys["tools"] = message["tools"]
     return keys
 
@@ -476,6 +478,66 @@ def conversation_features(
     return _family(tokenizer).conversation_features(
         tokenizer, chat_messages(messages), tools, max_input_length, max_output_length
     )
+
+
+@dataclass(frozen=True)
+class PreviewToken:
+    """One token of a row as training builds it: its text, and whether the loss is computed on it."""
+
+    text: str
+    learned: bool
+
+
+def example_conversation(example: Example) -> list[dict]:
+    """An example as a conversation: its own messages, or its history turns, its query and its response."""
+    if example.messages:
+        return list(example.messages)
+    turns = [*example.history, (example.query, example.response)]
+    return [
+        {"role": role, "content": text}
+        for query, response in turns
+        for role, text in (("user", query), ("assistant", response))
+    ]
+
+
+def preview_tokens(
+    tokenizer, example: Example, max_source_length: int, max_target_length: int
+) -> list[PreviewToken]:
+    """`conversation_features` of the example as tokens with their learned flags (a label other than
+    IGNORE_INDEX), its trailing padding left out: what the Data screen colours.
+
+    A byte-level tokenizer's pieces (GLM-4's tiktoken) are bytes, and a character may span several: those are
+    shown joined, as the character."""
+    features = conversation_features(
+        tokenizer,
+        example_conversation(example),
+        max_input_length=max_source_length,
+        max_output_length=max_target_length,
+        tools=example.tools,
+    )
+    ids, labels = features["input_ids"], features["labels"]
+    while ids and ids[-1] == tokenizer.pad_token_id and labels[-1] == IGNORE_INDEX:
+        ids, labels = ids[:-1], labels[:-1]
+    tokens: list[PreviewToken] = []
+    pending, pending_learned = b"", False
+    for piece, label in zip(tokenizer.convert_ids_to_tokens(ids), labels, strict=True):
+        learned = label != IGNORE_INDEX
+        if pending and (not isinstance(piece, bytes) or learned != pending_learned):
+            tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
+            pending = b""
+        if not isinstance(piece, bytes):
+            tokens.append(PreviewToken(piece, learned))
+            continue
+        pending, pending_learned = pending + piece, learned
+        try:
+            text = pending.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # a character's first bytes: wait for the rest
+        tokens.append(PreviewToken(text, learned))
+        pending = b""
+    if pending:
+        tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
+    return tokens
 
 
 def training_features(

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--context",
         type=int,
         default=None,
-        help="tokens per request: prefix + prompt + answer (default: the model's positions)",
+        help="tokens per request: prefix + prompt + answer (default 8192, at most the model's positions)",
     )
     parser.add_argument(
         "--max-queue",
