@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -506,8 +506,9 @@ def preview_tokens(
     """`conversation_features` of the example as tokens with their learned flags (a label other than
     IGNORE_INDEX), its trailing padding left out: what the Data screen colours.
 
-    A byte-level tokenizer's pieces (GLM-4's tiktoken) are bytes, and a character may span several: those are
-    shown joined, as the character."""
+    A byte-level tokenizer's pieces (GLM-4's tiktoken; the byte-level BPE of a tokenizer.json, whose pieces
+    spell bytes as GPT-2's printable characters) are bytes, and a character may span several: those are shown
+    joined, as the character."""
     features = conversation_features(
         tokenizer,
         example_conversation(example),
@@ -520,8 +521,10 @@ def preview_tokens(
         ids, labels = ids[:-1], labels[:-1]
     tokens: list[PreviewToken] = []
     pending, pending_learned = b"", False
+    as_bytes = byte_level_pieces(tokenizer)
     for piece, label in zip(tokenizer.convert_ids_to_tokens(ids), labels, strict=True):
         learned = label != IGNORE_INDEX
+        piece = as_bytes(piece)
         if pending and (not isinstance(piece, bytes) or learned != pending_learned):
             tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
             pending = b""
@@ -538,6 +541,26 @@ def preview_tokens(
     if pending:
         tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
     return tokens
+
+
+def byte_level_pieces(tokenizer) -> Callable[[str | bytes], str | bytes]:
+    """How to read a token piece of `tokenizer` as the bytes it stands for: a byte-level BPE's pieces (a
+    tokenizer.json whose decoder is ByteLevel) are its printable stand-ins for bytes; other pieces are text
+    (bytes ones, tiktoken's, stay bytes)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
+        return lambda piece: piece
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {character: byte for byte, character in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+
+    def as_bytes(piece: str | bytes) -> str | bytes:
+        if isinstance(piece, bytes) or piece in special or not all(c in byte_of for c in piece):
+            return piece
+        return bytes(byte_of[character] for character in piece)
+
+    return as_bytes
 
 
 def training_features(

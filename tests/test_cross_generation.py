@@ -77,7 +77,9 @@ def test_compare_lists_every_generation_side_by_side_with_its_published_size(
     columns = comparison_columns(comparison)
     assert columns[:4] == ["#", "Run", "Family", "Size"]
     sizes = {str(row[2]): row[3] for row in comparison_rows(comparison)}
-    assert sizes == {"ChatGLM-6B": "6.2B", "ChatGLM2-6B": "6.2B", "ChatGLM3-6B": "6.2B", "GLM-4-9B": "9.4B"}
+    assert set(sizes) == {family.title for family in FAMILIES}
+    named = {"ChatGLM-6B": "6.2B", "ChatGLM2-6B": "6.2B", "ChatGLM3-6B": "6.2B", "GLM-4-9B": "9.4B"}
+    assert {title: sizes[title] for title in named} == named
 
     monkeypatch.setenv("GLMTUI_HOME", str(store.runs_dir.parent))
     assert main(["compare", sweep.id]) == 0

@@ -36,7 +36,10 @@ assistant's JSON, its result as an observation."""
 
 
 def pieces(tokenizer, ids: list[int]) -> str:
-    """The tokenizer's pieces of `ids` joined (GLM-4's are bytes)."""
+    """The tokenizer's pieces of `ids` joined (GLM-4's are bytes); a byte-level tokenizer.json's, its own decode,
+    which loses nothing."""
+    if type(getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)).__name__ == "ByteLevel":
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     parts = tokenizer.convert_ids_to_tokens(ids)
     return b"".join(part if isinstance(part, bytes) else part.encode() for part in parts).decode()
 
