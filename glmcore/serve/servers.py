@@ -220,6 +220,14 @@ class Server:
         with self._append_lock, open(self.requests_path, "a", encoding="utf-8") as handle:
             handle.write(line)
 
+    def answered(self) -> int:
+        """How many requests the server has answered (the lines of requests.jsonl)."""
+        try:
+            with self.requests_path.open("rb") as log:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+        except OSError:
+            return 0
+
     def requests(self, last: int = 200) -> list[dict]:
         """The latest `last` requests answered, oldest first (a line cut short by a crash is skipped)."""
         try:

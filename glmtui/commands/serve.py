@@ -121,7 +121,7 @@ def list_servers(workspace, console: Console) -> int:
     statuses = {server: server.status() for server in servers}
     table = Table(*SERVER_COLUMNS, box=None)
     for server, status in statuses.items():
-        table.add_row(*server_cells(server, status))
+        table.add_row(*server_cells(server.id, status, server.answered()))
     console.print(table)
     for server, status in statuses.items():
         if status.is_active and status.models:
