@@ -103,7 +103,7 @@ def reset_peak() -> float | None:
 
     if not torch.cuda.is_available():
         return None
-    gc.collect()  # a finished figure's model and trainer may sit in reference cycles that hold their memory
+    gc.collect()  # what a finished figure left in reference cycles is not counted in the next one
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return round(torch.cuda.memory_allocated() / GIB, 2)

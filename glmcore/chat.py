@@ -6,6 +6,10 @@ messages after an optional system prompt). History that no longer fits the model
 for ChatGLM-6B, `seq_length` for ChatGLM2/3; less the prefix and the answer budget) is dropped oldest round
 first, and the turn says how many rounds went (`ChatTurn.trimmed_rounds`).
 
+The KV cache is sized for the session's `context` (`glmcore.estimate.DEFAULT_CONTEXT`, 8,192 tokens, capped by the
+positions), not for the positions: a turn that needs more (prefix + prompt + answer) grows it, at least doubling,
+up to the positions, and the decoder is built again for the new size.
+
 Streaming: `generate` runs on a worker thread with the KV cache and hands each new token to the turn through a
 queue; the turn decodes the answer so far, applies the published clean-up and yields only the part that can no
 longer change (a trailing half-width punctuation mark waits for the next character, which decides whether it
@@ -76,6 +80,12 @@ class ChatSettings:
         return Sampling(
             do_sample=True, temperature=self.temperature, top_p=self.top_p, top_k=50, seed=self.seed
         )
+
+
+def check_context(context: int | None) -> None:
+    """ChatError for a context that holds no token (None: the default)."""
+    if context is not None and context < 1:
+        raise ChatError(f"--context {context} holds no token: give 1 or more, or leave it out for 8192.")
 
 
 @dataclass(frozen=True)
@@ -256,7 +266,7 @@ class ChatTurn:
 
         end_of_answer, *other_stops = self._session.family.stop_token_ids(self._session.tokenizer)
         try:
-            decoder = self._session.decoder()
+            decoder = self._session.decoder(len(self.prompt_ids) + self._settings.max_new_tokens)
             input_ids = torch.tensor([self.prompt_ids], device=decoder.device)
             steps = decoder.decode(
                 input_ids,
@@ -299,8 +309,15 @@ class ChatSession:
     """A conversation with `model`; the prefix can be switched in place between turns."""
 
     def __init__(
-        self, model, tokenizer, *, prefixes: PrefixCache | None = None, system: str | None = None
+        self,
+        model,
+        tokenizer,
+        *,
+        prefixes: PrefixCache | None = None,
+        system: str | None = None,
+        context: int | None = None,
     ) -> None:
+        from glmcore.estimate import context_tokens
         from glmcore.models import family_of
 
         self.model = model
@@ -325,6 +342,9 @@ class ChatSession:
         self._active: ChatTurn | None = None
         self._decoder = None
         self._decoder_made_for = None
+        check_context(context)
+        self.context = context_tokens(self.max_sequence_length, context)
+        """Tokens (prefix + prompt + answer) the KV cache holds now; a longer turn grows it (`decoder`)."""
 
     @property
     def answering(self) -> bool:
@@ -433,17 +453,25 @@ class ChatSession:
             self._active.close()
         self._active = None
 
-    def decoder(self):
-        """A static-cache decoder for one conversation, kept between turns (its CUDA graph is captured once).
+    def decoder(self, tokens: int = 0):
+        """A static-cache decoder for one conversation of `context` tokens, kept between turns (its CUDA graph is
+        captured once); `tokens` (prompt + answer) beyond what it holds grow the context first, at least
+        doubling it, up to the model's positions.
 
         A captured graph reads the prefix encoder and the adapter weights it was captured with, so switching
         either builds a new one.
         """
+        if tokens + self.pre_seq_len > self.context:
+            self.context = min(self.max_sequence_length, max(tokens + self.pre_seq_len, 2 * self.context))
+        capacity = max(1, self.context - self.pre_seq_len)
         made_for = (self.model.transformer.prefix_encoder, self._adapter_updates)
         previous = self._decoder_made_for or (None, None)
-        if self._decoder is None or any(now is not then for now, then in zip(made_for, previous, strict=True)):
-            self._decoder = None
-            capacity = self.max_sequence_length - self.pre_seq_len
+        if (
+            self._decoder is None
+            or self._decoder.capacity != capacity
+            or any(now is not then for now, then in zip(made_for, previous, strict=True))
+        ):
+            self._decoder = None  # the old cache goes before the new one is allocated
             self._decoder = self.family.new_decoder(self.model, batch=1, capacity=capacity)
             self._decoder_made_for = made_for
         return self._decoder

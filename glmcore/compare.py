@@ -5,7 +5,10 @@ evaluations) into a ``RunSummary``: the loss curves (training and validation), t
 mean tokens/s, the peak GPU memory, the training time over every attempt, and the evaluation metrics where the run
 has them. A name is a run (as every command names one) or a sweep id, which brings in every run of the sweep. The
 runs come back best first by ``metric`` (runs without it last), with the settings whose values differ between
-them; `glmtui compare` and the Compare screen show the same ``RunComparison``.
+them; `glmtui compare` and the Compare screen show the same ``RunComparison``. Each run's metrics carry the way
+they were scored (glmcore.metrics' modes); runs scored in different ways are ranked by a metric only within each
+way, never against each other. Each run also carries its model's family and that family's published size, so
+runs of one data set on several generations (a sweep over ``model_path``) read side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 
 from glmcore.config import GENERATION_METRICS
 from glmcore.errors import GlmError
+from glmcore.metrics import UNRECORDED_MODE, MetricMode, MetricModeError, metric_mode
 from glmcore.runs import Run, RunError, RunStatus, RunStore
 from glmcore.sweep import sweep_of
 
@@ -50,6 +54,12 @@ class RunSummary:
     """The published metrics (bleu-4, rouge-1…) of its newest evaluation of the checkpoint it stands for."""
     metrics_source: str | None = None
     """Where ``metrics`` come from: an evaluation folder, or "training" (the scored evaluations while training)."""
+    metric_mode: MetricMode | None = None
+    """How ``metrics`` were scored; None when the run has none (or its results name a way glmtui does not know)."""
+    family: str | None = None
+    """The title of the run's model family ("GLM-4-9B"); None when its model folder cannot be read."""
+    published_parameters: int | None = None
+    """The parameters of that family's published model: the size the family goes by, whatever the folder holds."""
     problem: str | None = None
     """Why the run folder cannot be read (a damaged status.json or config.toml); it is listed with no figures."""
 
@@ -85,9 +95,23 @@ class RunComparison:
     """The settings whose values are not the same in every run, in config order."""
 
     @property
+    def across_families(self) -> bool:
+        """Whether the runs' models are of more than one family (the table then names each run's)."""
+        return len({summary.family for summary in self.runs if summary.problem is None}) > 1
+
+    @property
     def metric_names(self) -> list[str]:
         """The published metrics that at least one run has."""
         return [name for name in GENERATION_METRICS if any(name in summary.metrics for summary in self.runs)]
+
+    @property
+    def metric_modes(self) -> list[MetricMode]:
+        """The ways the runs' metrics were scored, each once, in the table's order."""
+        modes: list[MetricMode] = []
+        for summary in self.runs:
+            if summary.metrics and summary.metric_mode is not None and summary.metric_mode not in modes:
+                modes.append(summary.metric_mode)
+        return modes
 
 
 def _figures(run: Run, summary: RunSummary) -> None:
@@ -117,13 +141,30 @@ def _figures(run: Run, summary: RunSummary) -> None:
     summary.duration_s = sum(timed) if timed else None
 
 
-def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None]:
+def _results_mode(results: dict) -> MetricMode | None:
+    """The way a results.json was scored (one written before the modes existed was scored the first way)."""
+    try:
+        return metric_mode(results.get("metric_mode", UNRECORDED_MODE.name))
+    except MetricModeError:
+        return None
+
+
+def _training_mode(run: Run, step: object) -> MetricMode | None:
+    """How the scored evaluation of training step ``step`` was scored, from the results.json it wrote (in
+    glmcore.train_eval's ``evaluations/training/step-N``)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        results_path = run.path / "evaluations" / "training" / f"step-{step}" / "results.json"
+        return _results_mode(json.loads(results_path.read_text(encoding="utf-8")))
+    return None
+
+
+def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None, MetricMode | None]:
     """The newest evaluation of the checkpoint the run stands for (else of its newest evaluated checkpoint);
-    failing any, the scores of its best (else last) scored evaluation during training."""
+    failing any, the scores of its best (else last) scored evaluation during training; and how they were scored."""
     standing = None
     with contextlib.suppress(GlmError):
         standing = str(run.default_checkpoint().path)
-    found: list[tuple[bool, int, str, dict]] = []
+    found: list[tuple[bool, int, str, dict, MetricMode | None]] = []
     folder = run.path / "evaluations"
     for results_path in folder.glob("*/**/results.json") if folder.is_dir() else ():
         if results_path.relative_to(folder).parts[0] == "training":
@@ -136,19 +177,36 @@ def _evaluation_metrics(run: Run) -> tuple[dict[str, float], str | None]:
             step = int(checkpoint.rsplit("-", 1)[-1]) if checkpoint.rsplit("-", 1)[-1].isdigit() else -1
             metrics = {name: results[f"predict_{name}"] for name in GENERATION_METRICS}
             found.append(
-                (checkpoint == standing, step, str(results_path.parent.relative_to(run.path)), metrics)
+                (
+                    checkpoint == standing,
+                    step,
+                    str(results_path.parent.relative_to(run.path)),
+                    metrics,
+                    _results_mode(results),
+                )
             )
     if found:
-        *_, source, metrics = max(found)
-        return metrics, source
+        *_, source, metrics, mode = max(found, key=lambda entry: entry[:3])
+        return metrics, source, mode
     scored = [event for event in run.events() if event.get("kind") == "eval" and "eval_bleu-4" in event]
     if not scored:
-        return {}, None
+        return {}, None, None
     mark = run.best_mark()
     chosen = next((event for event in scored if mark and event.get("step") == mark["step"]), scored[-1])
-    return {
-        name: chosen[f"eval_{name}"] for name in GENERATION_METRICS if f"eval_{name}" in chosen
-    }, "training"
+    metrics = {name: chosen[f"eval_{name}"] for name in GENERATION_METRICS if f"eval_{name}" in chosen}
+    return metrics, "training", _training_mode(run, chosen.get("step"))
+
+
+def _family_and_size(run: Run) -> tuple[str | None, int | None]:
+    """The title of the run's model family and its published model's parameters; (None, None) when the model
+    folder cannot be read."""
+    from glmcore.models import family_for
+
+    try:
+        family, _ = family_for(run.config.model_path, run.config.family)
+    except GlmError:
+        return None, None
+    return family.title, family.published_shape().parameters
 
 
 def summarize(run: Run) -> RunSummary:
@@ -156,7 +214,8 @@ def summarize(run: Run) -> RunSummary:
     try:
         summary = RunSummary(run, run.status(), run.config.to_dict(), (sweep_of(run) or {}).get("sweep"))
         _figures(run, summary)
-        summary.metrics, summary.metrics_source = _evaluation_metrics(run)
+        summary.metrics, summary.metrics_source, summary.metric_mode = _evaluation_metrics(run)
+        summary.family, summary.published_parameters = _family_and_size(run)
     except GlmError as error:
         return RunSummary(run, RunStatus(state="unreadable"), {}, None, problem=str(error))
     return summary
@@ -221,13 +280,20 @@ def compare_runs(store: RunStore, names: Sequence[str], metric: str | None = Non
 
 
 def order(summaries: Sequence[RunSummary], metric: str) -> RunComparison:
-    """``summaries`` best first by ``metric``, with the settings that differ between them."""
+    """``summaries`` best first by ``metric``, with the settings that differ between them. By a published metric,
+    runs scored in different ways are ranked within each way (in the order the ways first appear), since a
+    BLEU-4 ×100 and one on a 0–1 scale do not compare."""
     sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0
     position = {id(summary): number for number, summary in enumerate(summaries)}
+    ways: list[MetricMode | None] = []
+    for summary in summaries:
+        if summary.metric_mode not in ways:
+            ways.append(summary.metric_mode)
 
-    def rank(summary: RunSummary) -> tuple[bool, float, int]:
+    def rank(summary: RunSummary) -> tuple[bool, int, float, int]:
         value = summary.value(metric)
-        return (value is None, 0.0 if value is None else sign * value, position[id(summary)])
+        way = ways.index(summary.metric_mode) if metric in GENERATION_METRICS else 0
+        return (value is None, way, 0.0 if value is None else sign * value, position[id(summary)])
 
     ranked = sorted(summaries, key=rank)
     return RunComparison(ranked, metric, differing_settings(ranked))

@@ -121,6 +121,9 @@ class RunConfig:
     best_metric: str = "eval_loss"
     """What makes an evaluated checkpoint the run's best: eval_loss (lower is better) or, with
     eval_metric_rows, one of bleu-4, rouge-1, rouge-2, rouge-l (higher is better)."""
+    metric_mode: str | None = None
+    """How its evaluations score BLEU-4 and Rouge: "ptuning" (ChatGLM-6B's ptuning/main.py) or "finetune-demo"
+    (ChatGLM3's and GLM-4's finetune_demo); None: the family's published way (glmcore.metrics)."""
     early_stopping_patience: int = 0
     """End the run after this many evaluations in a row that do not improve best_metric (0: never early)."""
     report_to: list[str] = field(default_factory=list)
@@ -462,7 +465,15 @@ def _family_problem(name: str | None) -> str | None:
 
 def _evaluation_problems(config: RunConfig, need: typing.Callable[[bool, str, str], None]) -> None:
     """The settings of evaluation during training: metrics on some rows, the best checkpoint, early stopping."""
+    from glmcore.metrics import METRIC_MODES
+
     evaluating = config.eval_steps > 0
+    need(
+        config.metric_mode is None or config.metric_mode in METRIC_MODES,
+        "metric_mode",
+        f"{config.metric_mode!r} is not a way glmtui scores; use one of {', '.join(METRIC_MODES)}, or leave it "
+        "out for the family's published way",
+    )
     need(
         config.eval_metric_rows >= 0, "eval_metric_rows", f"must be 0 or more, not {config.eval_metric_rows}"
     )

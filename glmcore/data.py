@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -392,7 +392,9 @@ def _template_keys(message: dict, where: str) -> dict:
         keys["metadata"] = message["metadata"]
     if message.get("role") == "system" and "tools" in message:
         if not isinstance(message["tools"], list):
-            raise DataError(f"{where}: 'tools' holds {_json_type(message['tools'])}; write it as a list of tools.")
+            raise DataError(
+                f"{where}: 'tools' holds {_json_type(message['tools'])}; write it as a list of tools."
+            )
         keys["tools"] = message["tools"]
     return keys
 
@@ -476,6 +478,89 @@ def conversation_features(
     return _family(tokenizer).conversation_features(
         tokenizer, chat_messages(messages), tools, max_input_length, max_output_length
     )
+
+
+@dataclass(frozen=True)
+class PreviewToken:
+    """One token of a row as training builds it: its text, and whether the loss is computed on it."""
+
+    text: str
+    learned: bool
+
+
+def example_conversation(example: Example) -> list[dict]:
+    """An example as a conversation: its own messages, or its history turns, its query and its response."""
+    if example.messages:
+        return list(example.messages)
+    turns = [*example.history, (example.query, example.response)]
+    return [
+        {"role": role, "content": text}
+        for query, response in turns
+        for role, text in (("user", query), ("assistant", response))
+    ]
+
+
+def preview_tokens(
+    tokenizer, example: Example, max_source_length: int, max_target_length: int
+) -> list[PreviewToken]:
+    """`conversation_features` of the example as tokens with their learned flags (a label other than
+    IGNORE_INDEX), its trailing padding left out: what the Data screen colours.
+
+    A byte-level tokenizer's pieces (GLM-4's tiktoken; the byte-level BPE of a tokenizer.json, whose pieces
+    spell bytes as GPT-2's printable characters) are bytes, and a character may span several: those are shown
+    joined, as the character."""
+    features = conversation_features(
+        tokenizer,
+        example_conversation(example),
+        max_input_length=max_source_length,
+        max_output_length=max_target_length,
+        tools=example.tools,
+    )
+    ids, labels = features["input_ids"], features["labels"]
+    while ids and ids[-1] == tokenizer.pad_token_id and labels[-1] == IGNORE_INDEX:
+        ids, labels = ids[:-1], labels[:-1]
+    tokens: list[PreviewToken] = []
+    pending, pending_learned = b"", False
+    as_bytes = byte_level_pieces(tokenizer)
+    for piece, label in zip(tokenizer.convert_ids_to_tokens(ids), labels, strict=True):
+        learned = label != IGNORE_INDEX
+        piece = as_bytes(piece)
+        if pending and (not isinstance(piece, bytes) or learned != pending_learned):
+            tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
+            pending = b""
+        if not isinstance(piece, bytes):
+            tokens.append(PreviewToken(piece, learned))
+            continue
+        pending, pending_learned = pending + piece, learned
+        try:
+            text = pending.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # a character's first bytes: wait for the rest
+        tokens.append(PreviewToken(text, learned))
+        pending = b""
+    if pending:
+        tokens.append(PreviewToken(pending.decode("utf-8", "backslashreplace"), pending_learned))
+    return tokens
+
+
+def byte_level_pieces(tokenizer) -> Callable[[str | bytes], str | bytes]:
+    """How to read a token piece of `tokenizer` as the bytes it stands for: a byte-level BPE's pieces (a
+    tokenizer.json whose decoder is ByteLevel) are its printable stand-ins for bytes; other pieces are text
+    (bytes ones, tiktoken's, stay bytes)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
+        return lambda piece: piece
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {character: byte for byte, character in bytes_to_unicode().items()}
+    special = set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab())
+
+    def as_bytes(piece: str | bytes) -> str | bytes:
+        if isinstance(piece, bytes) or piece in special or not all(c in byte_of for c in piece):
+            return piece
+        return bytes(byte_of[character] for character in piece)
+
+    return as_bytes
 
 
 def training_features(

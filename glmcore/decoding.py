@@ -67,8 +67,9 @@ class StaticKVCache:
         self.length = 0
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
         self.keys[layer_idx].index_copy_(2, self.write_index, key)
         self.values[layer_idx].index_copy_(2, self.write_index, value)
         return self.keys[layer_idx], self.values[layer_idx]
@@ -89,6 +90,10 @@ class StaticDecoder:
 
     position_shape: tuple[int, ...] = (1,)
     """The step's positions per row (after the batch dimension)."""
+    positions_after_prefix: bool = False
+    """Whether a prompt's positions start after its prefix (PEFT's prefix tuning over transformers' classes)
+    rather than at 0 (the published ChatGLM P-tuning v2); serving, whose model holds no prefix, shifts a row's
+    positions by its own prefix's length when they do."""
 
     def __init__(self, model, batch: int, capacity: int, *, use_graph: bool | None = None) -> None:
         self.model = model

@@ -16,6 +16,9 @@ The estimate models glmtui's own training, part by part, as nvidia-smi will show
 
 Every constant lives in ``Calibration``, counted from what glmcore's training keeps (the tensors autograd saves
 per layer) and calibrated against NVML readings of real runs on an H200 (docs/benchmarks.md has the grid).
+
+Chat and serving size a KV cache row for a context (``context_cache``: DEFAULT_CONTEXT tokens, capped by the
+model's positions), not for the positions themselves.
 """
 
 from __future__ import annotations
@@ -201,6 +204,12 @@ def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
     """``config``'s estimate on the published checkpoint of its model folder's family, with that family's title:
     what the settings need on the real ChatGLM3-6B when the folder holds a tiny or local ChatGLM3 (the default
     family's, ChatGLM-6B's, while the folder's family cannot be told)."""
+    family = _published_family(config)
+    return family.title, estimate_vram(family.published_shape(), config)
+
+
+def _published_family(config: RunConfig):
+    """The family of ``config``'s model folder (the default family while it cannot be told)."""
     from glmcore.errors import GlmError
     from glmcore.models import DEFAULT_FAMILY, family_for
 
@@ -208,7 +217,7 @@ def published_estimate(config: RunConfig) -> tuple[str, VramEstimate]:
         family, _ = family_for(config.model_path, config.family)
     except GlmError:
         family = DEFAULT_FAMILY
-    return family.title, estimate_vram(family.published_shape(), config)
+    return family
 
 
 def _parts(
@@ -331,3 +340,36 @@ def evaluation_batch_size(
     per_example = cache + activations + attention_scores + logits
     fitting = int(free_bytes * EVALUATION_FREE_MEMORY_SHARE // per_example)
     return max(1, min(MAX_EVALUATION_BATCH_SIZE, fitting))
+
+
+# --- chat and serving: the context a KV cache row is sized for ---------------------------------------------
+
+DEFAULT_CONTEXT = 8192
+"""Tokens (prefix + prompt + answer) chat and serving size a KV cache row for unless told otherwise: sizing it to
+the model's positions is no option (glm-4-9b-chat's 131,072 take 5 GiB per row in 16 bits)."""
+
+
+@dataclass(frozen=True)
+class ContextCache:
+    """One KV cache row: the `context` tokens it holds, its 16-bit bytes, and the model's `positions` (the most
+    a context may grow to)."""
+
+    context: int
+    row_bytes: int
+    positions: int
+
+
+def context_tokens(positions: int, context: int | None = None) -> int:
+    """`context` (DEFAULT_CONTEXT when None) capped by the model's positions."""
+    return min(context or DEFAULT_CONTEXT, positions)
+
+
+def context_cache(shape: ModelShape, context: int | None = None, element_bytes: int = 2) -> ContextCache:
+    """The cache row chat and serving start with on a model of `shape` (`context_tokens`)."""
+    tokens = context_tokens(shape.positions, context)
+    return ContextCache(tokens, tokens * shape.cache_values_per_token * element_bytes, shape.positions)
+
+
+def published_context_cache(config: RunConfig) -> ContextCache:
+    """The cache row chat and serving start with on the published model of ``config``'s family."""
+    return context_cache(_published_family(config).published_shape())

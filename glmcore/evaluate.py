@@ -1,4 +1,4 @@
-"""Evaluation: batched generation over a dataset, scored as ChatGLM-6B's ptuning/main.py scores it.
+"""Evaluation: batched generation over a dataset, scored as the model family's published fine-tuning scores it.
 
 Examples are built as the published evaluation builds them (the prompt cut to max_source_length - 2 tokens, then
 `[gMASK] <sop>`; the reference is the label tokenized with truncation and decoded back), and every example gets up
@@ -6,6 +6,11 @@ to max_target_length NEW tokens. The published budget (`max_length` = source + t
 with whatever else shares the batch; ours does not, so batch size does not change a greedy prediction in fp32 (in
 bf16 or fp16 rounding depends on the batch's shape and a near-tie can go the other way: on an H200, 28 of 29
 tiny-model predictions matched batch size 1).
+
+Scores follow the metric mode (glmcore.metrics): the settings' `metric_mode`, else the model family's published
+way; results.json and comparison.json name it. A thinking model's (GLM-Z1's) reasoning is parted from its answer
+(glmcore.reasoning): the answer is scored and written as the prediction, the reasoning kept beside it in
+examples.jsonl.
 
 Generation is batched: prompts are sorted by length (so each batch pads little, longest first so a batch that does
 not fit shows at once), left-padded, run through `generate` with the KV cache, and put back in the data's order.
@@ -35,7 +40,8 @@ from typing import TYPE_CHECKING
 
 from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
 from glmcore.errors import GlmError
-from glmcore.metrics import METRIC_NAMES, prefixed, score_all
+from glmcore.metrics import METRIC_NAMES, UNRECORDED_MODE, MetricMode, metric_mode, prefixed, score_all
+from glmcore.reasoning import prompt_opens_reasoning, split_reasoning
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
@@ -50,6 +56,9 @@ BASE = "base"
 """The name that stands for the model without a prefix, in checkpoint lists and as its subfolder."""
 
 CPU_BATCH_SIZE = 8
+PROMPT_END_TOKENS = 16
+"""The prompt's last tokens decoded to see whether it ends in `<think>` (with any newline after it, however the
+tokenizer cuts them)."""
 PUBLISHED_TOP_K = 50
 
 
@@ -77,8 +86,12 @@ class EvalSettings:
     temperature: float = 0.95
     seed: int = 42
     """Seeds sampling; sampled predictions repeat for the same settings and batch size."""
+    metric_mode: str | None = None
+    """How to score ("ptuning" or "finetune-demo", glmcore.metrics); None: the model family's published way."""
 
     def __post_init__(self) -> None:
+        if self.metric_mode is not None:
+            metric_mode(self.metric_mode)
         if self.max_source_length < 3:
             raise EvalError(
                 f"max_source_length {self.max_source_length} leaves no room for the prompt "
@@ -140,6 +153,8 @@ class ExampleResult:
     input_tokens: int
     input_truncated: bool
     generated_tokens: int
+    reasoning: str | None = None
+    """A thinking model's reasoning before its answer (the prediction); None for other models."""
 
     @property
     def overall(self) -> float:
@@ -163,6 +178,11 @@ class EvalResult:
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.generation_seconds if self.generation_seconds > 0 else 0.0
 
+    @property
+    def metric_mode(self) -> MetricMode:
+        """How the scores were computed."""
+        return metric_mode(self.settings.metric_mode or UNRECORDED_MODE.name)
+
     def results(self) -> dict[str, object]:
         """The contents of results.json: the published keys first, then timings and settings."""
         count = len(self.examples)
@@ -176,6 +196,7 @@ class EvalResult:
             "predict_generated_tokens": self.generated_tokens,
             "predict_tokens_per_second": round(self.tokens_per_second, 3),
             "generation_runtime": round(self.generation_seconds, 4),
+            "metric_mode": self.metric_mode.name,
             "label": self.label,
             "checkpoint": self.checkpoint,
             "settings": asdict(self.settings),
@@ -306,6 +327,8 @@ def evaluate(
 
     Raises EvaluationCancelled, having written nothing, when `cancel` is set before the end.
     """
+    from glmcore.models import family_of
+
     if not examples:
         raise EvalError("There are no examples to evaluate.")
     cancel = cancel or threading.Event()
@@ -343,7 +366,17 @@ def evaluate(
         progress(EvalProgress(label=label, phase="generating", done=0, total=len(examples)))
     generated, batch_size = _generate_all(model, tokenizer, prompts, settings, report_generation, cancel)
     generation_seconds = time.monotonic() - started
-    predictions = [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in generated]
+    mode = metric_mode(settings.metric_mode or family_of(model).metric_mode)
+    replies = [
+        split_reasoning(
+            tokenizer.decode(tokens, skip_special_tokens=True),
+            opened=prompt_opens_reasoning(
+                tokenizer.decode(prompt[-PROMPT_END_TOKENS:], skip_special_tokens=True)
+            ),
+        )
+        for prompt, tokens in zip(prompts, generated, strict=True)
+    ]
+    predictions = [reply.answer for reply in replies]
 
     def report_scoring(done: int, total: int) -> None:
         if cancel.is_set():
@@ -360,7 +393,7 @@ def evaluate(
                 )
             )
 
-    per_example, means = score_all(predictions, labels, on_progress=report_scoring)
+    per_example, means = score_all(predictions, labels, mode=mode, on_progress=report_scoring)
     result = EvalResult(
         label=label,
         output_dir=output_dir,
@@ -375,13 +408,14 @@ def evaluate(
                 input_tokens=min(source_lengths[index], source_limit),
                 input_truncated=source_lengths[index] > source_limit,
                 generated_tokens=len(generated[index]),
+                reasoning=replies[index].reasoning,
             )
             for index, example in enumerate(examples)
         ],
         runtime_seconds=time.monotonic() - started,
         generation_seconds=generation_seconds,
         generated_tokens=sum(len(tokens) for tokens in generated),
-        settings=replace(settings, batch_size=batch_size),
+        settings=replace(settings, batch_size=batch_size, metric_mode=mode.name),
         checkpoint=checkpoint,
     )
     write_evaluation(result)
@@ -448,7 +482,7 @@ def read_evaluation(folder: str | Path) -> EvalResult:
         runtime_seconds=results["predict_runtime"],
         generation_seconds=results["generation_runtime"],
         generated_tokens=results["predict_generated_tokens"],
-        settings=EvalSettings(**results["settings"]),
+        settings=EvalSettings(**{"metric_mode": UNRECORDED_MODE.name, **results["settings"]}),
         checkpoint=results["checkpoint"],
     )
 
@@ -476,6 +510,11 @@ class CheckpointComparison:
     def metrics(self) -> dict[str, dict[str, float]]:
         """Published metric names per evaluation label, side by side."""
         return {evaluation.label: prefixed(evaluation.metrics) for evaluation in self.evaluations}
+
+    @property
+    def metric_mode(self) -> MetricMode:
+        """How every evaluation of the comparison was scored (one model, one setting: the same for all)."""
+        return self.evaluations[0].metric_mode
 
 
 def _is_base(checkpoint: str | Path | None) -> bool:
@@ -667,7 +706,8 @@ def _write_comparison(
         "data": str(Path(data_file).absolute()),
         **subset,
         "quantization_bit": quantization_bit,
-        "settings": asdict(settings),
+        "settings": asdict(replace(settings, metric_mode=comparison.metric_mode.name)),
+        "metric_mode": comparison.metric_mode.name,
         "ranked_by": ranking.label,
         "metrics": comparison.metrics(),
         "evaluations": [
@@ -773,13 +813,15 @@ def plan_evaluation(
     batch_size: int | None = None,
     seed: int = 42,
     sample: bool = False,
+    metric_mode: str | None = None,
 ) -> EvalPlan:
     """The evaluation of `run` (or of the `model` folder) the options ask for, each left out taken from the run;
     raises EvalError with the sentence to show when there is none to make.
 
     A full fine-tuning run is refused (export it first); the data is the run's validation file unless named (never its
     training file: scores on the data it learned would flatter it); the checkpoints, unless named, are the base
-    model and every complete checkpoint of the run.
+    model and every complete checkpoint of the run. `metric_mode`, else the run's, else the family's published way
+    scores it.
     """
     if run is not None:
         check_evaluable_run(run)
@@ -804,7 +846,12 @@ def plan_evaluation(
         else getattr(config, name, EvalSettings.__dataclass_fields__[name].default)
         for name, value in asked.items()
     }
-    common = {"batch_size": batch_size, "seed": seed, **lengths}
+    common = {
+        "batch_size": batch_size,
+        "seed": seed,
+        "metric_mode": metric_mode or (config.metric_mode if config else None),
+        **lengths,
+    }
     return EvalPlan(
         model_path=Path(folder).expanduser(),
         checkpoints=list(checkpoints),

@@ -13,7 +13,7 @@ A queued run is an ordinary run folder whose status.json says ``queued``; that s
 
 No process has to stay up: a worker (``python -m glmcore.queue WORKSPACE``, which ``glmtui sweep`` and
 ``glmtui train --queue`` start detached, or ``glmtui queue work`` in front) admits what fits, starts it through
-the run's claim (``launch(only_if="queued")``, so two workers never start one run twice), and exits when nothing
+the run's claim (``start_queued_now``, so two workers never start one run twice), and exits when nothing
 is queued. Kill every process and the next worker carries on from the files.
 
 Admission (``admit``), in queue order: a run waits while a run ahead of it waits for one of its GPUs (or the
@@ -44,7 +44,7 @@ import tomli_w
 from glmcore.errors import GlmError
 from glmcore.gpu import NO_DRIVER_REASON, GpuSnapshot, read_gpus
 from glmcore.notify import report_found_in
-from glmcore.runs import Run, RunError, RunStore, claim, config_problem, launch, now_iso
+from glmcore.runs import Run, RunError, RunStore, claim, config_problem, now_iso, start_queued_now
 from glmcore.units import GIB, format_gib
 from glmcore.workspace import Workspace, atomic_write_text
 
@@ -355,12 +355,6 @@ class Queue:
         positions = [self.add(run) for run in runs]
         return positions, self.ensure_worker()
 
-    def start_now(self, run: Run, *, program: Sequence[str] | None = None) -> int:
-        """Start a queued run at once, without admission; returns its pid."""
-        pid = launch(run, detach=True, program=program, only_if="queued")
-        assert isinstance(pid, int)
-        return pid
-
     # admission
 
     def occupants(self, snapshot: GpuSnapshot | None) -> list[Occupant]:
@@ -490,7 +484,7 @@ class Queue:
                 self._take_off(run, decision.reason or "")
             elif decision.admitted:
                 try:
-                    launch(run, detach=True, program=program, only_if="queued")
+                    start_queued_now(run, program=program)
                 except RunError as error:  # started by hand meanwhile, or its launch failed (recorded)
                     decision = dataclasses.replace(decision, admitted=False, reason=f"not started: {error}")
             planned.append((run, decision))

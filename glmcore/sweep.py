@@ -2,7 +2,8 @@
 
 The published P-tuning v2 recipe names PRE_SEQ_LEN and LR as the knobs to tune; a sweep turns
 ``--set pre_seq_len=64,128 --set learning_rate=1e-2,2e-2`` into four ordinary run folders whose names say their
-values. Every combination is checked with the same ``preflight.check`` as ``glmtui train`` before any folder is
+values (a model folder by its name: ``--set model_path=A,B`` compares generations on one data set). Every
+combination is checked with the same ``preflight.check`` as ``glmtui train`` before any folder is
 created, so a sweep either starts whole or not at all. Each run folder holds ``sweep.json`` (the sweep id, the
 run's place in it and its own values), which is how ``glmtui runs`` and the Runs screen group them.
 """
@@ -43,8 +44,12 @@ SHORT_NAMES = {
     "max_target_length": "tgt",
     "weight_decay": "wd",
     "warmup_steps": "warmup",
+    "model_path": "",
 }
-"""How a run name abbreviates the settings swept most, so its id (40 name characters) keeps every value."""
+"""How a run name abbreviates the settings swept most, so its id (40 name characters) keeps every value; a model
+folder goes by its name alone."""
+PATH_SETTINGS = ("model_path", "train_file", "validation_file")
+"""Settings whose values are paths: a run name keeps their last part."""
 NAME_LENGTH = 40
 """Run ids keep this many characters of the name (glmcore.runs); the values must fit in them."""
 
@@ -136,7 +141,10 @@ def parse_sets(texts: list[str]) -> dict[str, list[object]]:
 
 
 def short_label(values: dict[str, object]) -> str:
-    return " ".join(f"{SHORT_NAMES.get(key, key)}{format_value(value)}" for key, value in values.items())
+    return " ".join(
+        f"{SHORT_NAMES.get(key, key)}{Path(str(value)).name if key in PATH_SETTINGS else format_value(value)}"
+        for key, value in values.items()
+    )
 
 
 def run_name(base: str, values: dict[str, object]) -> str:

@@ -51,7 +51,9 @@ def score_rows(model, tokenizer, examples, config: RunConfig, output_dir: Path) 
             tokenizer,
             examples,
             EvalSettings(
-                max_source_length=config.max_source_length, max_target_length=config.max_target_length
+                max_source_length=config.max_source_length,
+                max_target_length=config.max_target_length,
+                metric_mode=config.metric_mode,
             ),
             output_dir=output_dir,
             label=output_dir.name,

@@ -4,7 +4,9 @@ weight index names present in its shard.
 The manifest is the catalog's (glmcore/assets/manifests) whose config.json or weight index is byte for byte the
 folder's; a folder outside the catalog has none, and then only its index is checked against its shards. Each file
 the manifest lists is checked for its size and sha256 (the bytes hashed reported as progress: 13 GB take
-minutes); files a model does not need (code, README, licences) may be absent. Tensor names are read from each
+minutes); files a model does not need (code, README, licences) may be absent. A file whose size or sha256 the
+manifest leaves null (GLM-4's weight shards: no reference gives them) is checked for presence only; the download
+checked it against its source's sha256. Tensor names are read from each
 shard without loading the weights: a safetensors header, or a pickled shard through `torch.load(weights_only=True,
 mmap=True)` (no code from the folder runs).
 """
@@ -80,6 +82,8 @@ def find_manifest(model_dir: Path) -> tuple[Manifest | None, str]:
     digests = {name: sha256_of(path) for name, path in present.items()}
     for model in MODELS.values():
         manifest = model.manifest
+        if manifest is None:
+            continue
         listed = manifest.by_path()
         for name, digest in digests.items():
             if name in listed and listed[name].sha256 == digest:
@@ -96,7 +100,11 @@ def read_manifest_file(path: Path) -> Manifest:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         files = tuple(
-            ManifestFile(path=str(entry["path"]), size=int(entry["size"]), sha256=entry.get("sha256"))
+            ManifestFile(
+                path=str(entry["path"]),
+                size=int(entry["size"]) if entry.get("size") is not None else None,
+                sha256=entry.get("sha256"),
+            )
             for entry in data["files"]
         )
         return Manifest(repo_id=str(data.get("repo", path)), revision=data.get("revision"), files=files)
@@ -145,13 +153,14 @@ def _check_files(
         path = model_dir / file.path
         if not path.is_file():
             if file.path.endswith(NEEDED_SUFFIXES):
-                report.problems.append(f"{file.path} is missing ({file.size:,} bytes in {manifest.repo_id})")
+                size = f"{file.size:,} bytes" if file.size is not None else "a file"
+                report.problems.append(f"{file.path} is missing ({size} in {manifest.repo_id})")
                 damaged.add(file.path)
             else:
                 report.absent_optional.append(file.path)
             continue
         size = path.stat().st_size
-        if size != file.size:
+        if file.size is not None and size != file.size:
             shorter = "truncated" if size < file.size else "longer than published"
             report.problems.append(
                 f"{file.path} is {shorter}: {size:,} bytes where {manifest.repo_id} has {file.size:,}; "
@@ -160,7 +169,7 @@ def _check_files(
             damaged.add(file.path)
         else:
             present.append(file)
-    total = sum(file.size for file in present if file.sha256)
+    total = sum(file.size or 0 for file in present if file.sha256)
     for file in present:
         if file.sha256 is None:
             report.files_checked += 1

@@ -73,7 +73,7 @@ async def test_a_ptuning_run_started_from_the_editor_is_watched_stopped_resumed_
         await wait_until_in_app(pilot, lambda: evaluate.comparison is not None, "the comparison")
         metrics = evaluate.query_one("#evaluate-metrics", DataTable)
         labels = [str(column.label) for column in metrics.columns.values()]
-        assert labels[0] == "metric" and labels[1] == "base" and labels[2].startswith("checkpoint-")
+        assert labels[0] == "ptuning" and labels[1] == "base" and labels[2].startswith("checkpoint-")
         assert evaluate.query_one("#evaluate-examples", DataTable).row_count == 4
 
         await pilot.press("f5")

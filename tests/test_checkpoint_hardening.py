@@ -376,7 +376,7 @@ async def test_the_evaluate_screen_skips_a_damaged_checkpoint_and_shows_why(
         cells = [[str(cell) for cell in table.get_row_at(row)] for row in range(table.row_count)]
         status = str(evaluate.query_one("#evaluate-status", Static).render())
 
-    assert columns == ["metric", "base", "checkpoint-40", "checkpoint-20"]
+    assert columns == ["ptuning", "base", "checkpoint-40", "checkpoint-20"]
     assert all(row[3] == "skipped" for row in cells[:-1]) and cells[-1][0] == "skipped because"
     reason = (
         f"{run.checkpoints_dir / 'checkpoint-20' / PREFIX_WEIGHTS} has a damaged header (it claims "

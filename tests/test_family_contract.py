@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import glmcore
-from glmcore.catalog import MODELS
+from glmcore.catalog import MODELS, UNREGISTERED_DOWNLOADS
 from glmcore.estimate import estimate_vram
 from glmcore.examples import IGNORE_INDEX, Example
 from glmcore.generation import generate
@@ -242,9 +242,12 @@ def test_the_lora_targets_are_linear_layers_of_every_block(family, tiny) -> None
 
 
 def test_the_download_manifest_holds_a_complete_model_folder(family) -> None:
-    if family.download is None:
-        assert family.name not in MODELS
+    if family.download is None:  # at most the catalog's own entry of a layout registered after it
+        assert family.name not in MODELS or family.name in UNREGISTERED_DOWNLOADS
         return
-    paths = {file.path for file in MODELS[family.name].manifest.files}
+    manifest = MODELS[family.name].manifest
+    if manifest is None:  # no reference gives its file list: a download takes the source's whole listing
+        return
+    paths = {file.path for file in manifest.files}
     assert {"config.json", family.tokenizer_file} <= paths
     assert any(path.endswith(".index.json") for path in paths)

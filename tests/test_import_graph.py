@@ -29,6 +29,7 @@ GROUND_FLOOR = (
     "glmcore.models.fused",
     "glmcore.models.head",
     "glmcore.models.shards",
+    "glmcore.tool_calls",
 )
 """The generic modules a family builds on; they import no family, no registry and nothing above them."""
 

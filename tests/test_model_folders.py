@@ -227,16 +227,22 @@ async def test_the_config_editor_offers_the_family_when_config_json_does_not_tel
 
 def test_the_models_list_preflight_and_the_loader_agree_on_a_folder_missing_a_shard(tmp_path: Path) -> None:
     # Converted to safetensors, then one of the .bin shards its index still names deleted: the Models list
-    # called it ready and the loader loaded it, while preflight refused it. One check now answers all three.
+    # called it ready and the loader loaded it, while preflight refused it. One check now answers all three:
+    # the .bin shards of a converted folder are not read (`glmtui convert` says they may be deleted), a
+    # safetensors shard is.
     folder = shutil.copytree(GOLDEN / "tiny-chatglm6b", tmp_path / "models" / "tiny")
     convert_to_safetensors(folder)
-    shard = "pytorch_model-00002-of-00008.bin"
-    (folder / shard).unlink()
+    (folder / "pytorch_model-00002-of-00008.bin").unlink()
+    [listed] = list_model_folders(Workspace(tmp_path))
+    assert listed.state == "ready" and preflight.model_problems(folder) == []
+    load_model(folder)
 
+    shard = "model-00002-of-00008.safetensors"
+    (folder / shard).unlink()
     [listed] = list_model_folders(Workspace(tmp_path))
     assert listed.state == "incomplete" and listed.missing == (shard,)
     assert [problem.message for problem in preflight.model_problems(folder)] == [
-        f"{folder} lacks 1 of the 8 weight shards named by pytorch_model.bin.index.json: {shard}; download the "
+        f"{folder} lacks 1 of the 8 weight shards named by model.safetensors.index.json: {shard}; download the "
         "model with `glmtui download` or point model_path at a complete folder"
     ]
     with pytest.raises(GlmError, match=f"is incomplete: missing {shard}"):

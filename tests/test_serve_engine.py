@@ -15,15 +15,17 @@ from glmcore.serve.batching import EngineEvent
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
 
 
-@pytest.fixture(scope="module")
-def chatglm3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+def tiny_with_prefixes(folder: Path, family: str) -> tuple[Path, list[Path]]:
+    """A tiny model of `family` and two prefix checkpoints of different lengths that change its answers."""
     import torch
 
     import glmcore
+    from glmcore.models import family_named
     from glmcore.prefix import save_prefix_checkpoint
 
-    folder = tmp_path_factory.mktemp("serve-engine")
-    model_dir = CHATGLM3_6B.implementation().write_tiny_checkpoint(folder / "model", init_std=0.5, seed=2)
+    model_dir = (
+        family_named(family).implementation().write_tiny_checkpoint(folder / "model", init_std=0.5, seed=2)
+    )
     checkpoints = []
     for index, strength in enumerate((3, 5)):
         torch.manual_seed(index)
@@ -34,12 +36,17 @@ def chatglm3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]
     return model_dir, checkpoints
 
 
-def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
+@pytest.fixture(scope="module")
+def chatglm3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    return tiny_with_prefixes(tmp_path_factory.mktemp("serve-engine"), CHATGLM3_6B.name)
+
+
+def assert_served_as_chat(model_dir: Path, checkpoints: list[Path]) -> None:
+    """Nine requests (the base and two prefixes, three questions each) over four rows answer as chat does."""
     import glmcore
     from glmcore.chat import ChatSession, ChatSettings
     from glmcore.serve.batching import Engine, Request
 
-    model_dir, checkpoints = chatglm3
     tokenizer = glmcore.load_tokenizer(model_dir)
     session = ChatSession(glmcore.load_model(model_dir), tokenizer)
     expected = {}
@@ -79,6 +86,16 @@ def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
     assert len(set(expected.values())) == len(expected), "every prefix changes every answer"
 
 
+def test_nine_requests_over_four_rows_answer_as_chat_does(chatglm3):
+    assert_served_as_chat(*chatglm3)
+
+
+def test_a_prefixed_row_of_transformers_glm_counts_its_positions_after_its_prefix_as_chat_does(tmp_path):
+    # glm-4-9b-chat-hf's prompt starts after its prefix (as PEFT's prefix tuning places it); the served model
+    # holds no prefix, so each row's positions are shifted by its own prefix's length.
+    assert_served_as_chat(*tiny_with_prefixes(tmp_path, "glm-4-9b-chat-hf"))
+
+
 def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     """`python -m glmcore.bench --tiny --only serve`: one record per client count, then the mixed load of LoRA
     adapters, prefixes and the base, and a LoRA row's numerics against the merged weights (no timing is
@@ -94,7 +111,11 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
     (mixed,) = [record for record in records if record["figure"] == "serve_mixed"]
-    assert mixed["clients"] == 32 and mixed["tokens"] == 32 * mixed["new_tokens"] and mixed["versus_base_only"] > 0
+    assert (
+        mixed["clients"] == 32
+        and mixed["tokens"] == 32 * mixed["new_tokens"]
+        and mixed["versus_base_only"] > 0
+    )
     (numerics,) = [record for record in records if record["figure"] == "lora_numerics"]
     assert numerics["same_argmax"] and numerics["max_abs_logit_difference"] < 1e-3  # fp32 on the CPU
 
@@ -154,7 +175,9 @@ def test_a_row_that_fails_fails_its_request_alone_and_every_other_is_answered(ch
         engine.shutdown()
     (kind, reason), *_ = outcomes["poisoned"]
     assert kind == "error" and "not finite numbers" in reason and "prefix checkpoint" in reason
-    assert outcomes["tiny temperature"] == [("error", "The server failed to sample this answer; its log says why.")]
+    assert outcomes["tiny temperature"] == [
+        ("error", "The server failed to sample this answer; its log says why.")
+    ]
     for name, answer in alone.items():
         assert outcomes[name] == answer and answer[-1] == ("end", "length"), name
     assert outcomes["waits longer"] == alone["base"]
@@ -207,11 +230,16 @@ def test_sixteen_requests_are_prefilled_together_and_answer_as_alone_a_long_prom
     asks = {}
     for index in range(15):
         question = QUESTIONS[index % 3] * (1 + index % 4)
-        asks[f"short {index}"] = (family.chat_prompt_ids(tokenizer, question, []), (None, *checkpoints)[index % 3])
+        asks[f"short {index}"] = (
+            family.chat_prompt_ids(tokenizer, question, []),
+            (None, *checkpoints)[index % 3],
+        )
     asks["long"] = (tokenizer.encode("hello world " * 25), checkpoints[1])
     budget = 320
     total = sum(len(prompt) for prompt, _ in asks.values())
-    assert total - len(asks["long"][0]) < budget < total, "the short prompts fit one pass, the long one does not"
+    assert total - len(asks["long"][0]) < budget < total, (
+        "the short prompts fit one pass, the long one does not"
+    )
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=16, capacity=224, prefill_budget=budget)
     answers = Answers()
     try:
@@ -259,7 +287,11 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
         short = answers.request("short", prompts["short"], None, 4)
         long = answers.request("long", prompts["long"], None, 4)
         decoding = answers.request(
-            "decoding", family.chat_prompt_ids(tokenizer, QUESTIONS[1], []), None, 40, then=lambda: engine.submit(short)
+            "decoding",
+            family.chat_prompt_ids(tokenizer, QUESTIONS[1], []),
+            None,
+            40,
+            then=lambda: engine.submit(short),
         )
         engine.submit(decoding)
         engine.submit(long)
@@ -277,7 +309,9 @@ def test_a_request_arriving_during_a_long_prefill_gets_its_first_token_before_it
         for index, event in enumerate(record)
         if event.kind == "step" and decoding.id in event.detail and long_passes[0] < index < long_passes[-1]
     ]
-    assert len(steps_meanwhile) >= len(long_passes) - 1, "the decoding row stepped between the long prompt's chunks"
+    assert len(steps_meanwhile) >= len(long_passes) - 1, (
+        "the decoding row stepped between the long prompt's chunks"
+    )
 
 
 SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so when you do not know. "
@@ -305,14 +339,19 @@ def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(ch
         burst[f"prefix {index}"] = (prompt, checkpoints[0])
     later = {"other prefix": (burst["base 0"][0], checkpoints[1]), "base again": (burst["base 1"][0], None)}
     copied = {
-        group: len(_common_beginning([prompt for name, (prompt, _) in burst.items() if name.startswith(group)]))
-        // BLOCK * BLOCK
+        group: len(
+            _common_beginning([prompt for name, (prompt, _) in burst.items() if name.startswith(group)])
+        )
+        // BLOCK
+        * BLOCK
         for group in ("base", "prefix")
     }
     assert min(copied.values()) >= 2 * BLOCK, "the system prompt spans blocks"
 
     expected, _, _ = _serve_in_rounds(model_dir, [burst, later], shared_tokens=0, prefill_budget=budget)
-    answers, requests, record = _serve_in_rounds(model_dir, [burst, later], shared_tokens=256, prefill_budget=budget)
+    answers, requests, record = _serve_in_rounds(
+        model_dir, [burst, later], shared_tokens=256, prefill_budget=budget
+    )
     assert answers == expected
     reused = {name: request.reused_tokens for name, request in requests.items()}
     for group, tokens in copied.items():

@@ -327,12 +327,12 @@ async def test_chat_takes_a_lora_run_in_the_cli_and_the_app_and_answers_as_its_e
 async def test_evaluation_takes_a_lora_run_in_the_cli_and_the_app_and_predicts_as_its_exported_model(
     served, tmp_path
 ):
-    from glmcore.evaluate import EvalSettings, compare, read_predictions
+    from glmcore.evaluate import EvalSettings, compare_checkpoints, read_predictions
     from glmtui.cli import main
 
     workspace, run = served["workspace"], served["store"].resolve(LORA_A)
     lengths = {name: getattr(run.config, name) for name in ("max_source_length", "max_target_length")}
-    exported = compare(
+    exported = compare_checkpoints(
         workspace.root / "exported" / LORA_A,
         ["base"],
         served["dev"],

@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
-from textual.widgets import Input, Select, Static
+from textual.widgets import DataTable, Input, Select, Static
 
 from glmcore.queue import Queue
-from glmcore.runs import Run
+from glmcore.runs import Run, stop
 from glmtui.cli import main
 from glmtui.messages import ChatWith
 from glmtui.screens.chat import ChatScreen
 from glmtui.screens.config import ConfigScreen
+from glmtui.screens.runs import RunsScreen
 from glmtui.text.estimate import CPU_RUN
 
 
@@ -208,3 +209,44 @@ async def test_a_sweep_started_from_the_shell_and_from_the_editor_makes_the_same
         from_app = [run for run in queue.runs() if run not in from_shell]
     assert len(from_shell) == 2
     assert sweep_made(from_app) == sweep_made(from_shell)
+
+
+async def test_a_queued_run_started_by_glmtui_resume_and_by_r_on_the_runs_screen_leaves_the_queue_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Starting a queued run ahead of its queue is one engine path (`start_or_resume`), so the shell and the app
+    say the same sentence and leave the same folder: started once, off the queue."""
+    workspace = make_workspace(tmp_path / "ws")
+    by_shell, by_app = (
+        write_run(workspace, run_id, tiny_config(workspace, max_steps=1), state="queued", step=0, losses=[])
+        for run_id in ("20260501-110000-shell", "20260501-110100-app")
+    )
+    queue = Queue(workspace)
+    queue.folder.mkdir(parents=True, exist_ok=True)
+    (queue.folder / "order.json").write_text(json.dumps({"runs": [by_shell.id, by_app.id]}))
+    try:
+        with open(queue.worker_lock_path, "a") as worker_lock:
+            fcntl.flock(worker_lock, fcntl.LOCK_EX)  # a worker is alive: only the hand starts a run here
+            assert main(["--workspace", str(workspace.root), "resume", by_shell.id, "--detach"]) == 0
+            shell_said = one_line(capsys.readouterr().out).split(". Follow it with")[0] + "."
+
+            app = make_app(workspace)
+            async with app.run_test(size=(120, 40)) as pilot:
+                app.action_show(RunsScreen.NAME)
+                await settle(pilot)
+                table = app.screen.query_one("#runs-table", DataTable)
+                await wait_until_in_app(pilot, lambda: table.row_count == 2, "both runs listed")
+                table.move_cursor(row=[str(table.get_row_at(i)[0]) for i in range(2)].index(by_app.id))
+                await pilot.press("r")
+                await wait_until_in_app(pilot, lambda: app.notifications_on_screen, "the start said")
+                app_said = app.notifications_on_screen[-1].message
+        assert shell_said == f"Started run {by_shell.id} now, ahead of the queue (pid {by_shell.status().pid})."
+        assert app_said == f"Started run {by_app.id} now, ahead of the queue (pid {by_app.status().pid})."
+        assert queue.runs() == []
+        for run in (by_shell, by_app):
+            assert run.stored_status().state != "queued"
+            assert run.log_path.read_text().count("\n=== ") == 1  # started once
+    finally:
+        for run in (by_shell, by_app):
+            if run.status().is_active:
+                stop(run, force=True, grace=1.0)

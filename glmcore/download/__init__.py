@@ -7,7 +7,8 @@ Public API (the CLI and the TUI's Models screen use only this)::
     result = run_download(plan, progress=callback, cancel=event) # call from a worker thread
 
 - ``resolve_source(model_or_link, *, source=None, revision=None, password=None, endpoint=None,
-  include_code=False) -> Source``: ``HubSource``, ``SeafileShareSource``, ``SeafileFileSource`` or ``LocalSource``.
+  include_code=False) -> Source``: ``HubSource``, ``ModelScopeSource``, ``SeafileShareSource``,
+  ``SeafileFileSource`` or ``LocalSource`` (``source`` is ``hf``, ``modelscope`` or ``thu``: ``SOURCES``).
 - ``plan_download(source, destination) -> DownloadPlan``: goes to the network to list files; nothing is written.
 - ``run_download(plan, *, progress=None, cancel=None, retry=None, progress_interval=0.1) -> DownloadResult``:
   ``progress`` receives immutable ``DownloadProgress`` snapshots (per file: path, done, total, state; totals,
@@ -36,7 +37,8 @@ from glmcore.download.errors import (
 from glmcore.download.http import RetryPolicy
 from glmcore.download.hub import HubSource
 from glmcore.download.local import LocalSource
-from glmcore.download.resolve import default_destination, resolve_source
+from glmcore.download.modelscope import ModelScopeSource
+from glmcore.download.resolve import SOURCES, default_destination, resolve_source
 from glmcore.download.seafile import SeafileFileSource, SeafileShareSource
 from glmcore.download.transfer import (
     DownloadPlan,
@@ -62,11 +64,13 @@ __all__ = [
     "HubSource",
     "IncompleteBody",
     "LocalSource",
+    "ModelScopeSource",
     "NoNetwork",
     "NotEnoughDiskSpace",
     "PlannedFile",
     "RemoteFile",
     "RetryPolicy",
+    "SOURCES",
     "SeafileFileSource",
     "SeafileShareSource",
     "ServerUnavailable",

@@ -92,7 +92,7 @@ def raise_for_status(response: httpx2.Response, what: str, access_hint: str = ""
     if code in (404, 410):
         raise SourceNotFound(
             f"{what} was not found (HTTP {code}): the link may have expired or the file been removed. "
-            "Check the link, or use another source (--source hf or --source thu)."
+            "Check the link, or use another source (--source hf, modelscope or thu)."
         )
     if code in (408, 429) or code >= 500:
         busy = "is rate-limiting requests" if code == 429 else "is failing or overloaded"

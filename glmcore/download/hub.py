@@ -77,7 +77,7 @@ class HubSource(Source):
         if self.manifest is not None:
             wanted = [(f.path, f.size, f.sha256) for f in self.manifest.files]
         else:
-            wanted = [(s.rfilename, s.size, s.lfs.sha256 if s.lfs else None) for s in on_hub.values()]
+            wanted = [(path, None, None) for path in on_hub]
         files, missing, skipped = [], [], []
         for path, size, sha256 in wanted:
             if path.endswith(".py") and not self.include_code:
@@ -85,7 +85,11 @@ class HubSource(Source):
             elif path not in on_hub:
                 missing.append(path)
             else:
+                # What the manifest leaves null (GLM-4's shards), the hub's listing gives: size, LFS sha256.
+                sibling = on_hub[path]
                 url = hf_hub_url(self.repo_id, path, revision=commit, endpoint=self.endpoint)
+                size = size if size is not None else sibling.size
+                sha256 = sha256 or (sibling.lfs.sha256 if sibling.lfs else None)
                 files.append(RemoteFile(path=path, size=size, sha256=sha256, location=url))
         return Listing(tuple(files), tuple(missing), tuple(skipped))
 
@@ -120,7 +124,14 @@ class HubSource(Source):
         return open_range(self._client, file.location, offset, f"{file.path} from {self.repo_id}", TOKEN_HINT)
 
     def mismatch_hint(self, file: RemoteFile) -> str:
-        if self.manifest is not None:
+        if self.manifest is not None and any(
+            wanted.path == file.path and wanted.sha256 for wanted in self.manifest.files
+        ):
+            if self.manifest.revision is None:  # read from a mirror: main may have changed the file since
+                return (
+                    f"The hub's {file.path} on main is not the copy glmtui's manifest was read from: the file "
+                    "was updated since. Pass --revision main to check each file against the hub's own sha256."
+                )
             return (
                 f"The hub's {file.path} at revision {self.revision or 'main'} is not the file glmtui's manifest "
                 "lists: the hub has moved on from the pinned revision. Pass --revision with the manifest's "

@@ -10,10 +10,12 @@ from glmcore.catalog import DATASETS, MODELS, UnknownCatalogEntry, find_dataset,
 from glmcore.download.errors import DownloadError
 from glmcore.download.hub import HubSource
 from glmcore.download.local import LocalSource
+from glmcore.download.modelscope import ModelScopeSource
 from glmcore.download.seafile import SeafileFileSource, SeafileShareSource, parse_share_link
 from glmcore.download.transfer import Source
 
-SOURCES = ("hf", "thu")
+SOURCES = ("hf", "modelscope", "thu")
+"""Where a catalog model is fetched from: the Hugging Face Hub, ModelScope, or a Tsinghua Cloud share."""
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -28,8 +30,9 @@ def resolve_source(
 ) -> Source:
     """The source for a catalog name (``chatglm-6b``, ``advertisegen``), a hub id, a share link or a path.
 
-    ``source`` picks between the hub (``hf``, the default) and Tsinghua Cloud (``thu``) for catalog models;
-    ``revision`` overrides the pinned one (the manifest then no longer applies: the hub's checksums are used).
+    ``source`` picks between the hub (``hf``, the default), ModelScope (``modelscope``; also for an owner/name id)
+    and Tsinghua Cloud (``thu``) for catalog models; ``revision`` overrides the pinned one (the manifest then no
+    longer applies: the source's checksums are used). ``endpoint`` is the hub's or ModelScope's.
     """
     if source is not None and source not in SOURCES:
         raise DownloadError(f"Unknown source {source!r}; use one of: {', '.join(SOURCES)}.")
@@ -38,6 +41,17 @@ def resolve_source(
         return SeafileFileSource(dataset.link, password=password, name=dataset.folder_name, kind="dataset")
     if model := find_model(text):
         manifest = model.manifest if revision in (None, model.revision) else None
+        if source == "modelscope":
+            if model.modelscope_repo is None:
+                raise DownloadError(f"{model.name} has no ModelScope id in the catalog; use --source hf.")
+            return ModelScopeSource(
+                model.modelscope_repo,
+                revision,
+                endpoint=endpoint,
+                manifest=manifest,
+                include_code=include_code,
+                name=model.name,
+            )
         if source == "thu":
             if model.tsinghua_share is None:
                 raise DownloadError(
@@ -64,6 +78,8 @@ def resolve_source(
     path = Path(text).expanduser()
     if path.exists():
         return LocalSource(path, include_code=include_code)
+    if _HUB_ID.match(text) and source == "modelscope":
+        return ModelScopeSource(text, revision, endpoint=endpoint, include_code=include_code)
     if _HUB_ID.match(text) and source != "thu":
         return HubSource(text, revision, endpoint=endpoint, include_code=include_code)
     known = ", ".join([*MODELS, *DATASETS])
@@ -84,6 +100,13 @@ def _source_for_url(url: str, *, revision: str | None, password: str | None, inc
         return SeafileShareSource(url, password=password, include_code=include_code)
     if link_type == "f":
         return SeafileFileSource(url, password=password)
+    if parts.netloc.endswith("modelscope.cn") and len(segments) >= 3 and segments[0] == "models":
+        return ModelScopeSource(  # https://modelscope.cn/models/<owner>/<name>[/files]
+            f"{segments[1]}/{segments[2]}",
+            revision,
+            endpoint=f"{parts.scheme}://{parts.netloc}",
+            include_code=include_code,
+        )
     if len(segments) >= 2:  # https://huggingface.co/<owner>/<name>[/tree/<revision>] or a mirror of it
         tree_revision = segments[3] if len(segments) >= 4 and segments[2] == "tree" else None
         return HubSource(

@@ -186,8 +186,9 @@ class SeafileShareSource(_SeafileShare):
             elif len(candidates) != 1:
                 missing.append(wanted.path)
             else:
-                share_path, _size = shared[candidates[0]]
-                files.append(RemoteFile(wanted.path, wanted.size, wanted.sha256, self._file_url(share_path)))
+                share_path, listed_size = shared[candidates[0]]
+                size = wanted.size if wanted.size is not None else listed_size
+                files.append(RemoteFile(wanted.path, size, wanted.sha256, self._file_url(share_path)))
         return Listing(tuple(files), tuple(missing), tuple(skipped))
 
     def _file_url(self, share_path: str) -> str:

@@ -476,7 +476,7 @@ def _ensure_file(run: _Run, planned: PlannedFile) -> None:
         try:
             digest = _fetch(run, file, part)
             if file.sha256 is not None and digest != file.sha256:
-                raise _Mismatch(f"its sha256 is {digest[:12]}…, the manifest says {file.sha256[:12]}…")
+                raise _Mismatch(f"its sha256 is {digest[:12]}…, expected {file.sha256[:12]}…")
         except _Mismatch as mismatch:
             part.unlink(missing_ok=True)
             run.tracker.update(file.path, done=0, total=file.size, state="pending")

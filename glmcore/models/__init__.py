@@ -21,8 +21,17 @@ from glmcore.models.family import (
     read_config_json,
 )
 from glmcore.models.glm4 import FAMILY as GLM_4_9B_CHAT
+from glmcore.models.glm4.hf import FAMILY as GLM_4_9B_CHAT_HF
+from glmcore.models.glm4.v0414 import FAMILY as GLM_4_0414
 
-FAMILIES: tuple[ModelFamily, ...] = (CHATGLM_6B, CHATGLM2_6B, CHATGLM3_6B, GLM_4_9B_CHAT)
+FAMILIES: tuple[ModelFamily, ...] = (
+    CHATGLM_6B,
+    CHATGLM2_6B,
+    CHATGLM3_6B,
+    GLM_4_9B_CHAT,
+    GLM_4_9B_CHAT_HF,
+    GLM_4_0414,
+)
 """Every family, each its package's `FAMILY` (imported above)."""
 DEFAULT_FAMILY = FAMILIES[0]
 """The family a command means when none is named (the demo, the bench)."""
@@ -33,7 +42,9 @@ __all__ = [
     "CHATGLM_6B",
     "DEFAULT_FAMILY",
     "FAMILIES",
+    "GLM_4_0414",
     "GLM_4_9B_CHAT",
+    "GLM_4_9B_CHAT_HF",
     "ModelFamily",
     "ModelShape",
     "UnsupportedModel",

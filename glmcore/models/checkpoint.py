@@ -107,9 +107,10 @@ def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
     format the loader will read (safetensors preferred) and what a complete folder would still need.
 
     A folder is complete with config.json, its family's tokenizer file (any family's when the family cannot be
-    told) and weights: every shard named by every weight index it holds (an index naming absent files is a
-    folder half-copied, whichever format the loader would read), or a single ``model.safetensors`` /
-    ``pytorch_model.bin``. A weight index that cannot be read raises DamagedCheckpoint.
+    told) and weights: every shard named by the weight index the loader reads (safetensors' when the folder
+    holds one; an index naming absent files is a folder half-copied), or a single ``model.safetensors`` /
+    ``pytorch_model.bin``. The `.bin` index of a folder converted to safetensors is not read: `glmtui convert`
+    says its shards may be deleted. A weight index that cannot be read raises DamagedCheckpoint.
     """
     path = Path(path)
     folder = ModelFolder(path, None)
@@ -121,7 +122,7 @@ def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
         folder.missing.append(" or ".join(tokenizer_files))
         folder.problems.append(f"{path} has no {' or '.join(tokenizer_files)}")
     indexes = [(weight_format, path / index) for weight_format, index, _ in WEIGHT_FORMATS]
-    indexes = [(weight_format, index) for weight_format, index in indexes if index.is_file()]
+    indexes = [(weight_format, index) for weight_format, index in indexes if index.is_file()][:1]
     for weight_format, index_path in indexes:
         shards = _indexed_shards(index_path)
         absent = [shard for shard in shards if not (path / shard).is_file()]
@@ -131,9 +132,8 @@ def inspect_model_folder(path: Path, family: str | None = None) -> ModelFolder:
                 f"{path} lacks {len(absent)} of the {len(shards)} weight shards named by "
                 f"{index_path.name}: {', '.join(absent)}"
             )
-        if folder.weight_format is None:
-            folder.weight_format = weight_format
-            folder.weight_files = [path / shard for shard in shards if (path / shard).is_file()]
+        folder.weight_format = weight_format
+        folder.weight_files = [path / shard for shard in shards if (path / shard).is_file()]
     singles = [(weight_format, path / single) for weight_format, _, single in WEIGHT_FORMATS]
     singles = [(weight_format, single) for weight_format, single in singles if single.is_file()]
     if not indexes and singles:

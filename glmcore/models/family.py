@@ -165,8 +165,12 @@ class Download:
     name and title)."""
 
     hub_repo: str
-    manifest_name: str
-    """Its file manifest, glmcore/assets/manifests/<manifest_name>.json (sizes and sha256 of every file)."""
+    """Its current Hugging Face Hub id (THUDM's repositories now live under zai-org/; both owners are accepted)."""
+    manifest_name: str | None
+    """Its file manifest, glmcore/assets/manifests/<manifest_name>.json (sizes and sha256 of every file; a
+    null size or sha256 is taken from the source's listing); None where glmtui knows no file list at all."""
+    modelscope_repo: str | None = None
+    """Its ModelScope id (ZhipuAI/...), where the family's README publishes one."""
     tsinghua_share: str | None = None
     """A Tsinghua Cloud (Seafile) share holding the weights, where the family's README publishes one."""
     tsinghua_folder: str = "/"
@@ -212,6 +216,9 @@ class ModelFamily:
     tool calls, observations); otherwise a conversation must be user/assistant turns (glmcore.data)."""
     aliases: tuple[str, ...] = ()
     """Other names every `family` setting and `--family` option accepts for it ("chatglm3")."""
+    metric_mode: str = "ptuning"
+    """How its evaluations score by default (glmcore.metrics): the way its published fine-tuning script does,
+    "ptuning" (ChatGLM-6B's and ChatGLM2-6B's ptuning/main.py) or "finetune-demo" (ChatGLM3's and GLM-4's)."""
 
     @property
     def short_name(self) -> str:
@@ -357,7 +364,7 @@ def family_of(obj: object) -> ModelFamily:
     marked = getattr(base, "model_family", None)
     if isinstance(marked, ModelFamily):
         return marked
-    for family in families():
-        if family.owns(base):
-            return family
+    owners = [family for family in families() if family.owns(base)]
+    if owners:  # a family's package may hold another's (glm4 holds glm4.hf): the innermost owns the class
+        return max(owners, key=lambda family: len(family.package))
     raise UnsupportedModel(f"{type(base).__name__} does not belong to any of glmtui's model families.")

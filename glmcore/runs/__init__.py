@@ -52,6 +52,7 @@ from glmcore.runs.folder import (
     release_trainer_lock,
 )
 from glmcore.runs.lifecycle import (
+    Started,
     claim,
     config_problem,
     describe_resume,
@@ -60,6 +61,8 @@ from glmcore.runs.lifecycle import (
     record_resume,
     refuse_links,
     resume,
+    start_or_resume,
+    start_queued_now,
     stop,
     wait_for_end,
 )
@@ -111,6 +114,9 @@ __all__ = [
     "config_problem",
     "describe_failure",
     "describe_resume",
+    "Started",
+    "start_or_resume",
+    "start_queued_now",
     "hold_trainer_lock",
     "is_disk_full",
     "last_lines_offset",

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from glmcore.config import ConfigError, validate
@@ -240,6 +241,44 @@ def resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> s
             raise RunError(f"run {run.id} finished all its {status.total} steps; there is nothing to resume")
         record_resume(run)
         return _start(run, detach=detach, resume=True, program=program)
+
+
+def start_queued_now(run: Run, *, detach: bool = True, program: Sequence[str] | None = None) -> int:
+    """Start a queued run at once, without waiting for the queue's admission; returns its pid. The one way a
+    queued run is started ahead of the queue (`glmtui queue start`, `glmtui resume`, the Runs screen's keys):
+    refused unless it is still queued once its claim is held, so the queue's worker never starts it again."""
+    started = launch(run, detach=detach, program=program, only_if="queued")
+    return started if isinstance(started, int) else started.pid
+
+
+@dataclass(frozen=True)
+class Started:
+    """What `start_or_resume` did: `how` is "ahead of the queue", "started" or "resumed"; `process` is the
+    trainer's pid (detached, or a Slurm job id when `slurm`) or its Popen (followed in front); a resume says
+    from where (`describe_resume`)."""
+
+    how: str
+    process: subprocess.Popen | int
+    slurm: bool = False
+    resumed: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process if isinstance(self.process, int) else self.process.pid
+
+
+def start_or_resume(run: Run, *, detach: bool, program: Sequence[str] | None = None) -> Started:
+    """Start a run that never ran (a queued one ahead of its queue), resume any other: what `glmtui resume` and
+    the r key of the Runs screen and the Training view both do."""
+    state = run.status().state
+    if state == "queued":
+        how, process = "ahead of the queue", start_queued_now(run, detach=detach, program=program)
+    elif state == "created":
+        how, process = "started", launch(run, detach=detach, program=program)
+    else:
+        how, process = "resumed", resume(run, detach=detach, program=program)
+    slurm = isinstance(process, int) and run.stored_status().slurm_job == process
+    return Started(how, process, slurm, describe_resume(run) if how == "resumed" else "")
 
 
 def record_resume(run: Run) -> ResumePoint:

@@ -39,7 +39,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -127,8 +127,9 @@ class _RowCache:
         self.keys, self.values, self.columns = keys, values, columns
 
     def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
         index = self.columns.expand_as(key)
         self.keys[layer_idx].scatter_(2, index, key)
         self.values[layer_idx].scatter_(2, index, value)
@@ -304,8 +305,12 @@ class SlotDecoder:
         self.adapters = AdapterBank(model, slots, adapter_memory)
         self._adapter_version = self.adapters.version
 
-    def prompt_layout(self, prompt: list[int]) -> PromptLayout:
-        return _prompt_layout(self.row_decoder, prompt)
+    def prompt_layout(self, prompt: list[int], prefix_length: int = 0) -> PromptLayout:
+        """The family's layout of `prompt` in a row whose prefix has `prefix_length` columns."""
+        layout = _prompt_layout(self.row_decoder, prompt)
+        if self.row_decoder.positions_after_prefix and prefix_length:
+            return replace(layout, positions=layout.positions + prefix_length)
+        return layout
 
     def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
@@ -629,7 +634,8 @@ class Engine:
             prefix = self._prefix(request.prefix) if request.prefix else None
             if prefix:
                 self.decoder.write_prefix(row, prefix)
-            layout = self.decoder.prompt_layout(request.prompt_ids)
+            start = prefix[0][0].shape[1] if prefix else 0
+            layout = self.decoder.prompt_layout(request.prompt_ids, start)
             if request.adapter is not None and not self.adapters.assign(row, request.adapter):
                 return False
         except GlmError as error:
@@ -639,7 +645,6 @@ class Engine:
             log.exception("the serving engine failed to take request %s", request.id)
             self._fail(request, GlmError("The server failed to read this prompt; its log says why."))
             return True
-        start = prefix[0][0].shape[1] if prefix else 0
         with self._wake:
             self._prefilling[row] = _Prefill(request, row, start, layout)
         return True

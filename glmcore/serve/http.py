@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from glmcore.errors import GlmError
+from glmcore.models import family_of
 from glmcore.serve import openai_api as api
 from glmcore.serve.batching import STOPPED, Engine, EngineStopped, QueueFull, Request, RequestTooLong
 from glmcore.serve.registry import ModelRegistry, UnknownModel
@@ -98,6 +99,7 @@ class Service:
         self.registry = registry
         self.tokenizer = engine.tokenizer
         self.family = engine.family
+        self.family_title = family_of(engine.model).title
         self.max_request_bytes = max_request_bytes
         self.on_request = on_request or (lambda record: None)
 
@@ -161,7 +163,7 @@ class Service:
     async def chat_completions(self, request: HttpRequest) -> Response:
         try:
             body = api.parse(api.ChatCompletionRequest, await self._body(request))
-            prompt = api.chat_prompt(self.family, self.tokenizer, body.messages)
+            prompt = api.request_prompt(self.family, self.tokenizer, body, self.family_title)
             return await self._generate(request, body, prompt, chat=True)
         except GlmError as error:
             return self._refusal(error)
@@ -200,7 +202,11 @@ class Service:
             budget = max(1, self.engine.capacity - prefix - len(prompt))
         request = Request(prompt, served.prefix, budget, deliver, body.sampling(), adapter=served.adapter)
         await asyncio.to_thread(self.engine.submit, request)
-        answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
+        tools = api.served_tools(body) if chat else None
+        if tools:
+            answer = api.ToolAnswer(self.tokenizer, self.family, body.stops, tools)
+        else:
+            answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
         record = {"model": served.id, "endpoint": "chat" if chat else "completions", "stream": body.stream}
         if body.stream:
             stopping = anyio.Event()
@@ -224,7 +230,10 @@ class Service:
             return delta, None
         if kind == "error":
             raise value
-        return answer.finish(), "stop" if value == "stop" else value
+        text = answer.finish()
+        if answer.parsed is not None:
+            return text, "tool_calls"
+        return text, "stop" if value == "stop" else value
 
     async def _whole(self, http, request, answer, events, body, chat, record) -> Response:
         response_id = api.new_id("chatcmpl" if chat else "cmpl")
@@ -246,7 +255,8 @@ class Service:
         usage = api.usage(len(request.prompt_ids), request.generated, request.reused_tokens)
         self._record(request, record, finish)
         if chat:
-            return JSONResponse(api.chat_response(response_id, body.model, text, finish, usage))
+            call = answer.parsed.call if finish == "tool_calls" else None
+            return JSONResponse(api.chat_response(response_id, body.model, text, finish, usage, call))
         return JSONResponse(api.completion_response(response_id, body.model, text, finish, usage))
 
     async def _stream(self, request, answer, events, body, chat, record, stopping: anyio.Event):
@@ -278,6 +288,9 @@ class Service:
                 if finish_now is not None:
                     finish = finish_now
                     break
+            if finish == "tool_calls":
+                call = {"index": 0, **api.tool_call_json(answer.parsed.call)}
+                yield json.dumps(api.chat_chunk(response_id, body.model, {"tool_calls": [call]}, None))
             if chat:
                 yield json.dumps(api.chat_chunk(response_id, body.model, {}, finish))
             else:

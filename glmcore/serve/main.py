@@ -76,6 +76,7 @@ def serve_forever(
 def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, announce, on_request):
     import torch
 
+    from glmcore.estimate import context_tokens
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.runs import RunStore
     from glmcore.serve.adapters import MIB
@@ -96,7 +97,8 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     server.write_status(loading="the tokenizer")
     tokenizer = load_tokenizer(plan.model)
     server.write_status(loading="the key-value cache")
-    capacity = plan.context or getattr(model.config, "max_position_embeddings", None) or 2048
+    positions = getattr(model.config, "max_position_embeddings", None) or 2048
+    capacity = context_tokens(positions, plan.context)  # 8,192 unless asked: never a 5 GiB row per request
     dtype = model.get_input_embeddings().weight.dtype
     dtype = dtype if dtype.is_floating_point else torch.float16
     shared = shared_prompt_tokens(model, tokenizer, capacity)

@@ -11,6 +11,13 @@ temperature and top_p, ChatGLM's defaults (0.95 and 0.7) where the request gives
 
 Text: the answer streams as chat streams it (`AnswerText`): only what the family's clean-up can no longer
 change is sent, and text that may be the start of a `stop` string is held back until it is known not to be.
+
+Tools: where the family's chat format has them (glmcore.tool_calls), `tools` and the conversation's calls and
+`role: tool` results become the family's prompt with tools (`request_prompt`); the answer is held while it may
+still be a call, and parsed when it ends as the family's published demo parses it (`ToolAnswer`): a call is
+returned as `tool_calls` (finish reason `tool_calls`), anything else as text. `tool_choice` "none" leaves the tools
+out of the prompt; a named function leaves only that one in (as GLM-4's published server does); "auto" and
+"required" show them all, and the model decides.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling
+from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object
 
 DEFAULT_TEMPERATURE = 0.95
 DEFAULT_TOP_P = 0.7
@@ -57,9 +65,24 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCall(_Body):
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class ToolCallPart(_Body):
+    """A call the assistant made, as the client sends it back in the conversation."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+    tool_calls: list[ToolCallPart] | None = None
+    tool_call_id: str | None = None
 
     @property
     def text(self) -> str:
@@ -112,9 +135,34 @@ class _Generation(_Body):
         )
 
 
+class NamedFunction(_Body):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Generation):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict] | None = None
+    """Kept as sent (checked below): a family's prompt shows each definition as the client wrote it."""
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _function_tools(cls, value: list[dict] | None) -> list[dict] | None:
+        for index, tool in enumerate(value or []):
+            function = tool.get("function")
+            if tool.get("type") != "function" or not isinstance(function, dict):
+                raise ValueError(f'tool {index} must be {{"type": "function", "function": {{...}}}}')
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                raise ValueError(f"tool {index}'s function needs a name")
+            if not isinstance(function.get("parameters", {}), dict):
+                raise ValueError(f"tool {index}'s function parameters must be a JSON object")
+        return value
 
     @property
     def answer_budget(self) -> int | None:
@@ -194,6 +242,72 @@ def accepts_system(family, tokenizer) -> bool:
     return True
 
 
+def served_tools(body: ChatCompletionRequest) -> list[dict] | None:
+    """The tools the prompt shows: none for `tool_choice` "none", only the named one for a named choice."""
+    if not body.tools or body.tool_choice == "none":
+        return None
+    if isinstance(body.tool_choice, NamedToolChoice):
+        wanted = body.tool_choice.function.name
+        chosen = [tool for tool in body.tools if tool["function"]["name"] == wanted]
+        if not chosen:
+            raise BadRequest(
+                f"tool_choice: names {wanted!r}, which is not one of the tools.", param="tool_choice"
+            )
+        return chosen
+    return body.tools
+
+
+def request_prompt(family, tokenizer, body: ChatCompletionRequest, title: str) -> list[int]:
+    """The prompt of a chat request: with tools or tool messages, the family's prompt with tools (refused with a
+    sentence where its chat format has none, `title` naming it); otherwise `chat_prompt`."""
+    tools = served_tools(body)
+    if not tools and not any(m.role == "tool" or m.tool_calls for m in body.messages):
+        return chat_prompt(family, tokenizer, body.messages)
+    prompt_ids = getattr(family, "tool_prompt_ids", None)
+    if prompt_ids is None:
+        raise BadRequest(
+            f"{title}'s chat format has no tools: send the request without tools, tool calls and tool messages.",
+            param="tools",
+        )
+    return prompt_ids(tokenizer, tool_messages(body.messages), tools)
+
+
+def tool_messages(messages: list[Message]) -> list[dict]:
+    """OpenAI messages in glmcore.tool_calls' form: an assistant's text, then each of its calls; a tool's result
+    as an observation."""
+    if messages[-1].role not in ("user", "tool"):
+        raise BadRequest(
+            "messages: the last message must be the user's or a tool's result.", param="messages"
+        )
+    result: list[dict] = []
+    for index, message in enumerate(messages):
+        if message.role in ("system", "developer"):
+            result.append({"role": "system", "content": message.text})
+        elif message.role == "tool":
+            result.append({"role": "observation", "content": message.text})
+        elif message.role == "user":
+            result.append({"role": "user", "content": message.text})
+        else:
+            result += assistant_messages(message, index)
+    return result
+
+
+def assistant_messages(message: Message, index: int) -> list[dict]:
+    """An assistant's message: its text (when it has text, or no calls), then each call, checked."""
+    result = (
+        [{"role": "assistant", "content": message.text}] if message.text or not message.tool_calls else []
+    )
+    for number, part in enumerate(message.tool_calls or []):
+        call = ToolCall(part.function.name, part.function.arguments)
+        try:
+            arguments_object(call)
+        except ValueError:
+            where = f"messages.{index}.tool_calls.{number}.function.arguments"
+            raise BadRequest(f"{where}: is not a JSON object.", param=where) from None
+        result.append({"role": "assistant", "tool_call": call})
+    return result
+
+
 class AnswerText:
     """Tokens in, text deltas out: the part of the answer that can no longer change, cut at a stop string."""
 
@@ -205,6 +319,8 @@ class AnswerText:
         self.tokens: list[int] = []
         self.sent = ""
         self.stopped = False
+        self.parsed: ParsedAnswer | None = None
+        """The call the answer turned out to be (`ToolAnswer`)."""
 
     def _text(self) -> str:
         text = self.tokenizer.decode(
@@ -247,6 +363,44 @@ class AnswerText:
         return delta
 
 
+class ToolAnswer(AnswerText):
+    """An answer to a request with tools: held while the family says it may still be a call, then streamed as text;
+    parsed when it ends (`parsed` is then the call, and what is returned is the text said before it)."""
+
+    def __init__(self, tokenizer, family, stops: list[str], tools: list[dict]) -> None:
+        super().__init__(tokenizer, family, stops, clean=True)
+        self.names = {tool["function"]["name"] for tool in tools}
+        self.holding = True
+
+    def _raw(self) -> str:
+        return self.tokenizer.decode(
+            self.tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        if self.holding and self.family.may_be_tool_call(self._raw(), self.names):
+            return ""
+        self.holding = False
+        return self._advance(final=False)
+
+    def finish(self) -> str:
+        if self.holding:
+            self.parsed = self.family.parse_tool_call(self._raw(), self.names)
+            if self.parsed is not None:
+                return self.parsed.content
+        return self._advance(final=True)
+
+
+def tool_call_json(call: ToolCall) -> dict:
+    """A call as the API returns it, with a new id."""
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    }
+
+
 def new_id(kind: str) -> str:
     return f"{kind}-{uuid.uuid4().hex[:24]}"
 
@@ -261,20 +415,18 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
     }
 
 
-def chat_response(response_id: str, model: str, text: str, finish: str, usage_: dict) -> dict:
+def chat_response(
+    response_id: str, model: str, text: str, finish: str, usage_: dict, call: ToolCall | None = None
+) -> dict:
+    message: dict = {"role": "assistant", "content": text}
+    if call is not None:
+        message = {"role": "assistant", "content": text or None, "tool_calls": [tool_call_json(call)]}
     return {
         "id": response_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish,
-                "logprobs": None,
-            }
-        ],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": usage_,
     }
 

@@ -60,7 +60,8 @@ class ServerPlan:
     key_file: str | None = None
     max_batch: int = 16
     context: int | None = None
-    """Columns per row of the KV cache (prefix + prompt + answer); None: the model's positions."""
+    """Columns per row of the KV cache (prefix + prompt + answer), capped by the model's positions; None:
+    glmcore.estimate.DEFAULT_CONTEXT (8,192)."""
     max_queue: int = 64
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     adapter_memory: float = DEFAULT_ADAPTER_MEMORY_MIB
@@ -219,6 +220,14 @@ class Server:
         with self._append_lock, open(self.requests_path, "a", encoding="utf-8") as handle:
             handle.write(line)
 
+    def answered(self) -> int:
+        """How many requests the server has answered (the lines of requests.jsonl)."""
+        try:
+            with self.requests_path.open("rb") as log:
+                return sum(chunk.count(b"\n") for chunk in iter(lambda: log.read(1 << 20), b""))
+        except OSError:
+            return 0
+
     def requests(self, last: int = 200) -> list[dict]:
         """The latest `last` requests answered, oldest first (a line cut short by a crash is skipped)."""
         try:
@@ -278,7 +287,7 @@ def check_limits(plan: ServerPlan) -> None:
     if plan.context is not None and plan.context < 1:
         raise ServeError(
             f"--context {plan.context} leaves no room for a request: give the tokens one request may take "
-            "(prefix + prompt + answer), or leave it out for the model's positions"
+            "(prefix + prompt + answer), or leave it out for 8,192 (or the model's positions, if fewer)"
         )
     if plan.max_queue < 0:
         raise ServeError(f"--max-queue {plan.max_queue} is negative: give 0 (no waiting) or more")

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
+from glmtui.text.estimate import context_line
 
 if TYPE_CHECKING:
     from glmcore.chat import ChatPlan
@@ -64,11 +65,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--system", default=None, help="system prompt (ChatGLM3, GLM-4; ChatGLM2 takes it as a first round)"
     )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="tokens the KV cache starts with, grown when a conversation needs more "
+        "(default 8192, at most the model's positions)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from glmcore.chat import ChatSession, ChatSettings
+    from glmcore.chat import ChatSession, ChatSettings, check_context
+    from glmcore.estimate import context_cache
+    from glmcore.models.family import ModelShape
     from glmcore.models.loading import load_model, load_tokenizer
 
     notices = Console(stderr=True)
@@ -81,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             seed=args.seed,
         )
+        check_context(args.context)
         plan = chat_plan(args, notices)
         model = plan.model
         apply_family(args.family, model)
@@ -91,8 +102,10 @@ def run(args: argparse.Namespace) -> int:
             load_model(model, quantization_bit=plan.quantization_bit, family=plan.family),
             tokenizer,
             system=args.system,
+            context=args.context,
         )
         session.settings = settings
+        cache = context_cache(ModelShape.from_model_dir(model, plan.family), session.context)
         if plan.checkpoint is not None:
             session.use_checkpoint(plan.checkpoint)
     except GlmError as error:
@@ -102,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         notices.print(
             f"Chatting with {model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
         )
+        notices.print(Text(context_line(cache)))
     return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
 
 

@@ -11,6 +11,7 @@ from rich.text import Text
 from glmcore.compare import METRICS, compare_runs
 from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
 from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
+from glmtui.text.metrics import comparison_modes_line
 
 
 def show_comparison(args: argparse.Namespace) -> int:
@@ -25,6 +26,8 @@ def show_comparison(args: argparse.Namespace) -> int:
     for row in comparison_rows(comparison):
         table.add_row(*row)
     console.print(table)
+    if modes := comparison_modes_line(comparison):
+        console.print(Text(modes))
     console.print()
     rows = setting_rows(comparison)
     if not rows:

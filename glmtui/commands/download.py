@@ -17,8 +17,9 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from glmcore.catalog import DATASETS, MODELS
+from glmcore.catalog import DATASETS, MODELS, find_model
 from glmcore.download import (
+    SOURCES,
     DownloadPlan,
     DownloadProgress,
     DownloadResult,
@@ -31,6 +32,7 @@ from glmcore.errors import GlmError
 from glmcore.models.checkpoint import model_folder_problems
 from glmcore.units import format_bytes
 from glmcore.workspace import Workspace
+from glmtui.text.models import SOURCE_TITLES
 
 EXIT_CANCELLED = 130
 
@@ -42,26 +44,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="download a model or data set (resumable, verified)",
         description=(
             f"Download a model or data set into the workspace. MODEL_OR_LINK is a catalog name ({known}), "
-            "a hub id (owner/name), a Seafile share link (https://cloud.tsinghua.edu.cn/d/<key>/ or /f/<key>/) "
-            "or a local folder or archive. An interrupted download resumes where it stopped."
+            "a hub id (owner/name; THUDM/ and zai-org/ both name a catalog model), a ModelScope id with "
+            "--source modelscope or a modelscope.cn/models/ link, a Seafile share link "
+            "(https://cloud.tsinghua.edu.cn/d/<key>/ or /f/<key>/) or a local folder or archive. An interrupted "
+            "download resumes where it stopped."
         ),
     )
     parser.add_argument("target", metavar="MODEL_OR_LINK", help="what to download")
     parser.add_argument(
         "--source",
-        choices=("hf", "thu"),
+        choices=SOURCES,
         default=None,
-        help="for catalog models: the Hugging Face Hub (hf, default) or the Tsinghua Cloud share (thu)",
+        help="for catalog models: "
+        + ", ".join(f"{SOURCE_TITLES[name]} ({name})" for name in SOURCES)
+        + "; hf by default. With modelscope an owner/name is a ModelScope id",
     )
     parser.add_argument(
         "--to", type=Path, default=None, help="destination folder (default: inside the workspace)"
     )
     parser.add_argument(
-        "--revision", default=None, help="hub revision (default: the catalog's pinned one, else main)"
+        "--revision",
+        default=None,
+        help="hub or ModelScope revision (default: the catalog's pinned one, else main, ModelScope's master)",
     )
     parser.add_argument("--password", default=None, metavar="P", help="password of a protected Seafile share")
     parser.add_argument(
-        "--endpoint", default=None, help="hub endpoint or mirror (default: $HF_ENDPOINT or huggingface.co)"
+        "--endpoint",
+        default=None,
+        help="hub endpoint or mirror (default: $HF_ENDPOINT or huggingface.co), or ModelScope's with --source "
+        "modelscope (default: https://$MODELSCOPE_DOMAIN or www.modelscope.cn)",
     )
     parser.add_argument(
         "--include-code",
@@ -82,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
             endpoint=args.endpoint,
             include_code=args.include_code,
         )
-        console.print(f"Listing {source.label} …")
+        console.print(f"Listing {source.label} …", highlight=False, markup=False)
+        model = find_model(args.target)
+        if model is not None and model.revision is None and source.kind == "model":
+            console.print(
+                f"note: the catalog pins no revision of {model.title}: this follows the latest files, each "
+                "checked against the sha256 the manifest or the source lists.",
+                highlight=False,
+                markup=False,
+            )
         if args.to is not None:
             destination = args.to.expanduser()
         else:

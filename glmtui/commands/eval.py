@@ -19,9 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
+from glmcore.metrics import METRIC_MODES
 from glmtui.commands.family_option import add_family_option, apply_family
 from glmtui.commands.runs import store_from_workspace
 from glmtui.text.figures import speed_and_eta
+from glmtui.text.metrics import scored_line
 
 if TYPE_CHECKING:
     from glmcore.evaluate import EvalPlan
@@ -34,9 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval",
         help="evaluate the base model and prefix or LoRA checkpoints (BLEU-4, Rouge), side by side",
         description=(
-            "Generate for every example of a dataset and score it as ChatGLM-6B's ptuning/main.py does "
-            "(BLEU-4, Rouge-1/2/L). Several --checkpoint options compare them in one go; 'base' is the model "
-            "without a prefix."
+            "Generate for every example of a dataset and score it (BLEU-4, Rouge-1/2/L) as the model family's "
+            "published fine-tuning does: ChatGLM-6B's ptuning/main.py for ChatGLM-6B and ChatGLM2-6B, the "
+            "finetune_demo of ChatGLM3-6B and GLM-4 for those (--metric-mode chooses). Several --checkpoint "
+            "options compare them in one go; 'base' is the model without a prefix."
         ),
     )
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: the run's model)")
@@ -86,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=42, help="seed for --sample (default 42)")
     parser.add_argument(
+        "--metric-mode",
+        choices=list(METRIC_MODES),
+        default=None,
+        help="ptuning: ChatGLM-6B ptuning/main.py's character BLEU-4 ×100; finetune-demo: ChatGLM3/GLM-4 "
+        "finetune_demo's word BLEU-4 on a 0–1 scale (default: the run's metric_mode, else the family's way)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: a new timestamped one)"
     )
     parser.set_defaults(func=run)
@@ -127,6 +137,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
         batch_size=args.batch_size,
         seed=args.seed,
         sample=args.sample,
+        metric_mode=args.metric_mode,
     )
     if args.out is not None:
         output_root = args.out.expanduser()
@@ -168,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
 
 def metrics_table(comparison) -> Table:
     """One row per evaluation, then one per skipped checkpoint with why in a last column."""
-    table = Table(title="Evaluation (×100, mean over examples)")
+    table = Table(title="Evaluation", caption=scored_line(comparison.metric_mode))
     table.add_column("checkpoint")
     for heading in ("BLEU-4", "Rouge-1", "Rouge-2", "Rouge-l"):
         table.add_column(heading, justify="right")

@@ -16,6 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.queue import Queue, QueueSettings
+from glmcore.runs import start_queued_now
 from glmcore.sweep import parse_value
 from glmcore.workspace import Workspace
 from glmtui.commands.runs import PIPED_WIDTH, store_from_workspace
@@ -69,7 +70,7 @@ def queue_command(args: argparse.Namespace) -> int:
         position = queue.move(run, -1 if action == "up" else 1)
         console.print(Text(moved_sentence(run.id, position)))
     elif action == "start":
-        console.print(Text(started_now_sentence(run.id, queue.start_now(run))))
+        console.print(Text(started_now_sentence(run.id, start_queued_now(run))))
     else:
         queue.cancel(run)
         console.print(Text(unqueued_sentence(run.id)))

@@ -68,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--context",
         type=int,
         default=None,
-        help="tokens per request: prefix + prompt + answer (default: the model's positions)",
+        help="tokens per request: prefix + prompt + answer (default 8192, at most the model's positions)",
     )
     parser.add_argument(
         "--max-queue",
@@ -121,7 +121,7 @@ def list_servers(workspace, console: Console) -> int:
     statuses = {server: server.status() for server in servers}
     table = Table(*SERVER_COLUMNS, box=None)
     for server, status in statuses.items():
-        table.add_row(*server_cells(server, status))
+        table.add_row(*server_cells(server.id, status, server.answered()))
     console.print(table)
     for server, status in statuses.items():
         if status.is_active and status.models:

@@ -21,8 +21,7 @@ from rich.text import Text
 from glmcore import preflight
 from glmcore.config import RunConfig, cautions, defaults_for, find_config_file
 from glmcore.errors import GlmError
-from glmcore.runs import EventTail, Run, describe_resume, launch, stop
-from glmcore.runs import resume as resume_run
+from glmcore.runs import EventTail, Run, launch, start_or_resume, stop
 from glmcore.slurm.script import (
     SlurmOptions,
     SlurmOptionsError,
@@ -34,7 +33,13 @@ from glmcore.start import create_run, run_problems
 from glmcore.workspace import Workspace
 from glmtui.text.estimate import CPU_RUN, estimate_line, fit_sentence
 from glmtui.text.queue import worker_started_sentence
-from glmtui.text.runs import progress_summary, run_end_sentence, slurm_wait, started_sentence
+from glmtui.text.runs import (
+    progress_summary,
+    run_end_sentence,
+    slurm_wait,
+    start_or_resume_sentence,
+    started_sentence,
+)
 
 FOLLOW_INTERVAL_S = 0.5
 LOG_LINES_ON_FAILURE = 20
@@ -139,17 +144,26 @@ def report_end(run: Run, console: Console) -> int:
 
 def start(run: Run, *, detach: bool, resume: bool, console: Console) -> int:
     """Launch (or resume) ``run`` detached or followed in front; shared by `train` and `resume`."""
-    started = resume_run(run, detach=detach) if resume else launch(run, detach=detach)
-    if resume:  # said once the resume is under way, so a refused one prints only the refusal
-        console.print(escape(describe_resume(run)))
+    said = False
+    if resume:  # said once the start is under way, so a refused one prints only the refusal
+        outcome = start_or_resume(run, detach=detach)
+        started = outcome.process
+        in_front = outcome.how == "started" and not detach and not outcome.slurm  # following it says enough
+        if not in_front:
+            console.print(Text(start_or_resume_sentence(run.id, outcome)))
+        said = outcome.how != "resumed" and not in_front
+    else:
+        started = launch(run, detach=detach)
     if isinstance(started, int) and run.stored_status().slurm_job == started:
-        console.print(Text(started_sentence(run.id, started, slurm=True)))
+        if not said:
+            console.print(Text(started_sentence(run.id, started, slurm=True)))
         if detach:
             console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
             return 0
         return follow(run, None, console)
     if detach:
-        console.print(Text(started_sentence(run.id, started, slurm=False)))
+        if not said:
+            console.print(Text(started_sentence(run.id, started, slurm=False)))
         console.print(f"Follow it with `glmtui logs {run.id} -f`, stop it with `glmtui stop {run.id}`.")
         return 0
     assert isinstance(started, subprocess.Popen)

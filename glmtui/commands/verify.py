@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glmcore.verify import read_manifest_file, verify_model_folder
+    from glmcore.verify import VerifyError, read_manifest_file, verify_model_folder
 
     console = Console(highlight=False)
     model_dir = args.model.expanduser()
@@ -48,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
         manifest = (
             model.manifest if model is not None else read_manifest_file(Path(args.manifest).expanduser())
         )
+        if manifest is None:
+            raise VerifyError(
+                f"the catalog knows no file list of {args.manifest} (no reference gives one); verify without "
+                "--manifest to check the folder's weight index against its shards"
+            )
     with Progress(
         TextColumn("hashing {task.description}"),
         BarColumn(),

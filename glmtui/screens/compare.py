@@ -22,6 +22,7 @@ from glmcore.compare import METRICS, RunComparison, compare_runs, order
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.compare import comparison_columns, comparison_heading, comparison_rows, setting_rows
+from glmtui.text.metrics import comparison_modes_line
 
 ORDER_CHOICES = ("eval_loss", "final_loss", "best_loss", "bleu-4", "rouge-l", "tokens_per_s", "duration_s")
 """What b steps through (every metric of glmcore.compare.METRICS is available to `glmtui compare --by`)."""
@@ -91,7 +92,9 @@ class CompareScreen(WorkbenchScreen):
     def _show(self) -> None:
         comparison = self.comparison
         assert comparison is not None
-        self.query_one("#compare-heading", Static).update(Text(comparison_heading(comparison)))
+        modes = comparison_modes_line(comparison)
+        heading = comparison_heading(comparison) + (f"\n{modes}" if modes else "")
+        self.query_one("#compare-heading", Static).update(Text(heading))
         self._plot(comparison)
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)

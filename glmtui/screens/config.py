@@ -38,7 +38,16 @@ from glmcore import runs as run_control
 from glmcore.config import BEST_METRICS, METHODS, QUANTIZATION_BITS, ConfigError, Problem, RunConfig, cautions
 from glmcore.data import SUPPORTED_SUFFIXES
 from glmcore.errors import GlmError
-from glmcore.estimate import ModelShape, VramEstimate, estimate_vram, gpu_fits, published_estimate
+from glmcore.estimate import (
+    ContextCache,
+    ModelShape,
+    VramEstimate,
+    context_cache,
+    estimate_vram,
+    gpu_fits,
+    published_context_cache,
+    published_estimate,
+)
 from glmcore.gpu import GpuSnapshot, free_memory_by_gpu
 from glmcore.model_folders import choose_family, family_title_of
 from glmcore.models import FAMILIES, family_for
@@ -152,6 +161,9 @@ class Estimates:
     reference: VramEstimate
     reference_name: str
     model_problem: str | None = None
+    model_context: ContextCache | None = None
+    """The KV cache row chat and serving start with on this model, and on the published one."""
+    reference_context: ContextCache | None = None
 
 
 class OnOffCheckbox(Checkbox):
@@ -203,6 +215,11 @@ ESTIMATE_PARTS = {
     "logits": "logits",
     "fragmentation": "allocator",
 }
+CONTEXT_ROWS = {
+    "chat context": lambda cache: f"{cache.context:,}",
+    "chat KV cache": lambda cache: format_bytes(cache.row_bytes),
+}
+"""Below the total: the context (tokens) chat and serving size a KV cache row for, and that row's bytes."""
 LABEL_WIDTH, VALUE_WIDTH = 13, 11
 
 
@@ -230,6 +247,11 @@ def describe_estimate(
         ),
         style="bold",
     )
+    if estimates.reference_context is not None:
+        model_context, reference_context = estimates.model_context, estimates.reference_context
+        for label, value in CONTEXT_ROWS.items():
+            shown = value(model_context) if model_context else "-"
+            text.append(_estimate_row(label, shown, value(reference_context), width), style="dim")
     if estimates.model_problem:
         text.append(f"This model: {estimates.model_problem}\n", style="yellow")
     if snapshot is not None and snapshot.gpus:
@@ -591,7 +613,14 @@ class ConfigScreen(WorkbenchScreen):
         except GlmError as error:
             model_problem = str(error)
         reference_name, reference = published_estimate(config)
-        estimates = Estimates(model, reference, reference_name, model_problem)
+        estimates = Estimates(
+            model,
+            reference,
+            reference_name,
+            model_problem,
+            model_context=context_cache(shape) if shape is not None else None,
+            reference_context=published_context_cache(config),
+        )
         saved = not form_problems and self._is_saved(config)
         if form_problems or not axes:
             problems = form_problems or preflight.check(config, runs_dir=runs_dir)

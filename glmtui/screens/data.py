@@ -1,9 +1,10 @@
 """The Data screen: pick a data file, map its columns, preview rows as training builds them, token lengths.
 
-A file of conversations (ChatGLM3's `conversations`, OpenAI's `messages`) needs no columns: its rows are built
-through ``glmcore.data.conversation_features`` by training and this preview alike. Loading the tokenizer needs
-the model code, so the preview and the statistics run in a thread worker through ``glmcore.data``
-(``load_examples`` with the model's family, ``training_features``, ``length_statistics``).
+A file of conversations (ChatGLM3's `conversations`, GLM-4's and OpenAI's `messages`) needs no columns. Every
+row is shown as ``glmcore.data.conversation_features`` builds it for the model's family (``preview_tokens``), the
+tokens that carry the loss coloured. Loading the tokenizer needs the model code, so the preview and the
+statistics run in a thread worker through ``glmcore.data`` (``load_examples`` with the model's family,
+``preview_tokens``, ``length_statistics``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.markup import escape
 from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
@@ -21,11 +21,15 @@ from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import DataTable, Input, Label, Static
 
-from glmcore.data import SUPPORTED_SUFFIXES, Columns, LengthStats
+from glmcore.data import SUPPORTED_SUFFIXES, Columns, LengthStats, PreviewToken
 from glmtui.messages import DataChoice, UseData
 from glmtui.screens.base import WorkbenchScreen
 
 PREVIEW_ROWS = 3
+LEARNED_STYLE = "bold green"
+"""How a token the loss is computed on is shown; the others are dim."""
+VISIBLE_WHITESPACE = str.maketrans({"\n": "\\n", "\t": "\\t", "\r": "\\r"})
+"""A token's line breaks and tabs written out, so each row stays one paragraph of tokens."""
 FIELDS = (
     ("data-file", "Data file"),
     ("data-model", "Tokenizer of"),
@@ -39,7 +43,7 @@ FIELDS = (
 
 @dataclass(frozen=True)
 class Preview:
-    rows: list[str]
+    rows: list[list[PreviewToken]]
     stats: list[LengthStats]
     count: int
     skipped: int
@@ -50,6 +54,24 @@ class DataPreviewed(Message):
     """The data file's rows and token statistics, built off the UI thread."""
 
     preview: Preview
+
+
+def preview_text(preview: Preview) -> Text:
+    """The count, then each row's tokens, those the loss is computed on in LEARNED_STYLE (plain Text: a token
+    is never read as markup)."""
+    text = Text(
+        f"{preview.count} examples ({preview.skipped} skipped as empty). Rows as training builds them, "
+    )
+    text.append("learned tokens", style=LEARNED_STYLE)
+    text.append(" coloured:")
+    for number, row in enumerate(preview.rows, start=1):
+        text.append(f"\n{number}.", style="dim")
+        for token in row:
+            text.append(" ")
+            text.append(
+                token.text.translate(VISIBLE_WHITESPACE), style=LEARNED_STYLE if token.learned else "dim"
+            )
+    return text
 
 
 class DataScreen(WorkbenchScreen):
@@ -137,17 +159,16 @@ class DataScreen(WorkbenchScreen):
     def build_preview(
         self, data_file: Path, model_path: Path, columns: Columns, source_length: int, target_length: int
     ) -> None:
-        from glmcore.data import length_statistics, load_examples, training_features
+        from glmcore.data import length_statistics, load_examples, preview_tokens
         from glmcore.models import family_of
         from glmcore.models.loading import load_tokenizer
 
         tokenizer = load_tokenizer(model_path)
         loaded = load_examples(data_file, columns, family=family_of(tokenizer))
-        rows = []
-        for example in loaded.examples[:PREVIEW_ROWS]:
-            features = training_features(tokenizer, example, source_length, target_length)
-            ids = [token for token in features["input_ids"] if token != tokenizer.pad_token_id]
-            rows.append(" ".join(tokenizer.convert_ids_to_tokens(ids)))
+        rows = [
+            preview_tokens(tokenizer, example, source_length, target_length)
+            for example in loaded.examples[:PREVIEW_ROWS]
+        ]
         stats = length_statistics(tokenizer, loaded.examples, source_length, target_length)
         self.post_message(DataPreviewed(Preview(rows, stats, len(loaded.examples), loaded.skipped_empty)))
 
@@ -165,11 +186,7 @@ class DataScreen(WorkbenchScreen):
                 str(stat.limit),
                 f"{stat.truncated_share:.0%}",
             )
-        lines = [
-            f"{preview.count} examples ({preview.skipped} skipped as empty). Rows as training builds them:"
-        ]
-        lines += [f"[dim]{number}.[/dim] {escape(row)}" for number, row in enumerate(preview.rows, start=1)]
-        self.query_one("#data-preview-text", Static).update(Text.from_markup("\n".join(lines)))
+        self.query_one("#data-preview-text", Static).update(preview_text(preview))
 
     def action_use_in_config(self) -> None:
         source, target = self._value("data-source-length"), self._value("data-target-length")

@@ -32,6 +32,7 @@ from glmcore.evaluate import (
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.figures import format_duration, speed_and_eta
+from glmtui.text.metrics import metric_row_label
 from glmtui.text.runs import skipped_checkpoint_line
 
 BASE_LABEL = "base model"
@@ -221,11 +222,17 @@ class EvaluateScreen(WorkbenchScreen):
         labels = list(metrics)
         table = self.query_one("#evaluate-metrics", DataTable)
         table.clear(columns=True)
-        table.add_columns("metric", *labels, *(Text(entry.label) for entry in comparison.skipped))
+        mode = comparison.metric_mode
+        # The corner names the way the scores were computed (glmcore.metrics' modes), BLEU-4's row its scale.
+        table.add_columns(mode.name, *labels, *(Text(entry.label) for entry in comparison.skipped))
         names = list(next(iter(metrics.values()))) if metrics else []
         skipped_cells = ["skipped"] * len(comparison.skipped)
         for name in names:
-            table.add_row(name, *(f"{metrics[label].get(name, 0):.2f}" for label in labels), *skipped_cells)
+            table.add_row(
+                metric_row_label(name, mode),
+                *(f"{metrics[label].get(name, 0):.2f}" for label in labels),
+                *skipped_cells,
+            )
         if comparison.skipped:
             reasons = (Text(short(entry.reason)) for entry in comparison.skipped)
             table.add_row("skipped because", *[""] * len(labels), *reasons)

@@ -2,7 +2,8 @@
 
 Every folder under models/ is a row with its state (`glmcore.model_folders`): one that is not a GLM model, whose
 family is unclear, or that is being built or downloaded is listed beside the working ones, and the detail below
-the table says why. f sets the highlighted folder's family by hand (remembered in the workspace).
+the table says why. f sets the highlighted folder's family by hand (remembered in the workspace). s picks where a
+catalog model is downloaded from (the Hugging Face Hub, ModelScope, Tsinghua Cloud).
 
 A download runs ``glmcore.download`` in a thread worker: plan (lists the source), then transfer with a progress
 callback and a cancel event. Cancelling leaves ``.part`` files; downloading again resumes from them.
@@ -23,14 +24,21 @@ from textual.widgets import DataTable, Input, Label, ProgressBar, Static
 from textual.worker import Worker
 
 from glmcore.catalog import MODELS
-from glmcore.download import DownloadProgress
+from glmcore.download import SOURCES, DownloadProgress
 from glmcore.errors import GlmError
 from glmcore.model_folders import AUTOMATIC, ModelFolderState, choose_family, list_model_folders
 from glmcore.models import FAMILIES
 from glmcore.units import format_bytes
 from glmtui.screens.base import WorkbenchScreen
 from glmtui.text.figures import format_duration
-from glmtui.text.models import MODEL_COLUMNS, model_cells, model_detail
+from glmtui.text.models import (
+    MODEL_COLUMNS,
+    SOURCE_TITLES,
+    catalog_size,
+    catalog_title,
+    model_cells,
+    model_detail,
+)
 
 SHOWN_FILES = 4
 
@@ -90,12 +98,20 @@ class ModelsScreen(WorkbenchScreen):
             id="models-family",
             tooltip="Set the highlighted folder's family by hand: each press picks the next, then automatic",
         ),
+        Binding(
+            "s",
+            "next_source",
+            "Source",
+            id="models-source-choice",
+            tooltip="Download catalog models from the next source: Hugging Face Hub, ModelScope, Tsinghua Cloud",
+        ),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self._cancel = threading.Event()
         self._folders: dict[str, ModelFolderState] = {}
+        self._source = SOURCES[0]
 
     def compose_body(self) -> ComposeResult:
         # Paths are shown relative to the models folder named above the table, and the catalog's notes
@@ -106,11 +122,11 @@ class ModelsScreen(WorkbenchScreen):
         local.add_columns(*MODEL_COLUMNS)
         yield local
         yield Static("", id="models-detail")
-        yield Label("[b]Catalog[/b] (g downloads the highlighted one)")
+        yield Label(catalog_title(self._source), id="catalog-title")
         catalog: DataTable = DataTable(id="models-catalog", cursor_type="row")
         catalog.add_columns("Name", "Title", "Size")
         for model in MODELS.values():
-            catalog.add_row(model.name, model.title, format_bytes(model.manifest.total_size), key=model.name)
+            catalog.add_row(model.name, model.title, catalog_size(model.total_size), key=model.name)
         yield catalog
         yield Static("", id="catalog-note")
         yield Input(
@@ -188,29 +204,36 @@ class ModelsScreen(WorkbenchScreen):
         )
         self.read_local_models()
 
+    def action_next_source(self) -> None:
+        self._source = SOURCES[(SOURCES.index(self._source) + 1) % len(SOURCES)]
+        self.query_one("#catalog-title", Label).update(catalog_title(self._source))
+        self.notify(f"Catalog models now come from {SOURCE_TITLES[self._source]}.", markup=False)
+
     def action_download(self) -> None:
         catalog = self.query_one("#models-catalog", DataTable)
-        self.start_download(str(catalog.coordinate_to_cell_key(catalog.cursor_coordinate).row_key.value))
+        name = str(catalog.coordinate_to_cell_key(catalog.cursor_coordinate).row_key.value)
+        self.start_download(name, self._source)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "models-source" and event.value.strip():
-            self.start_download(event.value.strip())
+            # An owner/name typed while ModelScope is chosen is a ModelScope id; otherwise a hub id or a link.
+            self.start_download(event.value.strip(), "modelscope" if self._source == "modelscope" else None)
 
-    def start_download(self, name: str) -> None:
+    def start_download(self, name: str, source: str | None) -> None:
         self._cancel = threading.Event()
-        self.query_one("#download-status", Static).update(f"Listing the files of {name}…")
+        self.query_one("#download-status", Static).update(Text(f"Listing the files of {name}…"))
         self.query_one("#download-progress", ProgressBar).display = True
-        self.download(name, self._cancel)
+        self.download(name, source, self._cancel)
 
     def action_cancel_download(self) -> None:
         self._cancel.set()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="download")
-    def download(self, name: str, cancel: threading.Event) -> None:
+    def download(self, name: str, source_name: str | None, cancel: threading.Event) -> None:
         from glmcore.download import default_destination, plan_download, resolve_source, run_download
 
         workspace = self.workbench.workspace
-        source = resolve_source(name)
+        source = resolve_source(name, source=source_name)
         plan = plan_download(source, default_destination(source, workspace.models_dir, workspace.data_dir))
         result = run_download(
             plan, progress=lambda progress: self.post_message(DownloadProgressed(progress)), cancel=cancel

@@ -15,19 +15,7 @@ from glmcore import runs as run_control
 from glmcore.runs import Run, RunStatus
 from glmtui.messages import ChatWith, EvaluateRun
 from glmtui.screens.base import WorkbenchScreen
-
-
-def start_or_resume(run: Run) -> str:
-    """Start a run that never ran, resume any other; returns the notification (a resume says from where)."""
-    state = run.status().state
-    if state == "queued":
-        run_control.launch(run, detach=True, only_if="queued")
-        return f"Started {run.id} now, ahead of the queue."
-    if state == "created":
-        run_control.launch(run, detach=True)
-        return f"Started {run.id}."
-    run_control.resume(run, detach=True)
-    return run_control.describe_resume(run)
+from glmtui.text.runs import start_or_resume_sentence
 
 
 class RunActions(WorkbenchScreen):
@@ -80,7 +68,8 @@ class RunActions(WorkbenchScreen):
 
     @work(thread=True, exit_on_error=False, group="run-actions")
     def resume_run(self, run: Run) -> None:
-        self.app.call_from_thread(self.notify, start_or_resume(run))
+        started = run_control.start_or_resume(run, detach=True)
+        self.app.call_from_thread(self.notify, start_or_resume_sentence(run.id, started))
         self.app.call_from_thread(self.after_run_action)
 
     def action_evaluate_run(self) -> None:

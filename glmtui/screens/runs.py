@@ -24,7 +24,7 @@ from glmcore.errors import GlmError
 from glmcore.gpu import GpuSnapshot
 from glmcore.model_folders import family_title_of
 from glmcore.queue import Decision, Queue
-from glmcore.runs import Run, RunStatus
+from glmcore.runs import Run, RunStatus, start_queued_now
 from glmcore.runs_watcher import RunsLook
 from glmcore.sweep import group_runs, sweep_of
 from glmtui.messages import CompareRuns, EditConfig, OpenRun
@@ -411,7 +411,7 @@ class RunsScreen(RunActions):
         if action == "move":
             said = moved_sentence(run.id, queue.move(run, offset))
         elif action == "start":
-            said = started_now_sentence(run.id, queue.start_now(run))
+            said = started_now_sentence(run.id, start_queued_now(run))
         else:
             queue.cancel(run)
             said = unqueued_sentence(run.id)

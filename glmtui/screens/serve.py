@@ -45,6 +45,7 @@ class ServerRow:
     """The model folder it was asked to serve (server.json); None where that file cannot be read."""
     key_file: str | None
     requests: list[dict]
+    answered: int
 
 
 @dataclass
@@ -108,7 +109,8 @@ class ServeScreen(WorkbenchScreen):
                 model, key_file = plan.model, plan.key_file
             except (OSError, ValueError, TypeError):
                 model = key_file = None
-            rows.append(ServerRow(server, server.status(), model, key_file, server.requests(last=LOG_LINES)))
+            requests = server.requests(last=LOG_LINES)
+            rows.append(ServerRow(server, server.status(), model, key_file, requests, server.answered()))
         models = [str(path) for path in workspace.find_models()]
         self.post_message(ServersRead(rows, models))
 
@@ -132,12 +134,12 @@ class ServeScreen(WorkbenchScreen):
         self.rows = {row.server.id: row for row in message.rows}
         if same_servers:  # in place: the cursor and the scroll stay where the user left them
             for row in message.rows:
-                for column, cell in zip(self.column_keys, server_cells(row.server, row.status), strict=True):
+                for column, cell in zip(self.column_keys, server_cells(row.server.id, row.status, row.answered), strict=True):
                     table.update_cell(row.server.id, column, cell)
         else:
             table.clear()
             for row in message.rows:
-                table.add_row(*server_cells(row.server, row.status), key=row.server.id)
+                table.add_row(*server_cells(row.server.id, row.status, row.answered), key=row.server.id)
             if selected in self.rows:
                 table.move_cursor(row=list(self.rows).index(selected))
         self._show_detail()

@@ -1,5 +1,5 @@
 """Runs side by side as text, for `glmtui compare` and the Compare screen: columns, rows best first, the
-settings that differ."""
+settings that differ. Runs of several families add each one's family and published size."""
 
 from __future__ import annotations
 
@@ -30,19 +30,50 @@ METRIC_COLUMNS = {"bleu-4": "BLEU4", "rouge-1": "R-1", "rouge-2": "R-2", "rouge-
 cuts two of them into the same "ROUGE…"."""
 
 
+SCORED_COLUMN = "Scored"
+"""The column naming each run's metric mode, shown when the runs were scored in different ways."""
+FAMILY_COLUMNS = ("Family", "Size")
+"""Beside the run's name when the runs span families: its family's title and published parameters."""
+
+
+def _modes_differ(comparison: RunComparison) -> bool:
+    return len(comparison.metric_modes) > 1
+
+
+def format_parameters(parameters: int | None) -> str:
+    """A published size as models are named: 6173286400 → "6.2B"."""
+    return MISSING if parameters is None else f"{parameters / 1e9:.1f}B"
+
+
 def comparison_columns(comparison: RunComparison) -> list[str]:
-    return [*COMPARE_COLUMNS, *(METRIC_COLUMNS[name] for name in comparison.metric_names)]
+    number, name, *figures = COMPARE_COLUMNS
+    return [
+        number,
+        name,
+        *(FAMILY_COLUMNS if comparison.across_families else ()),
+        *figures,
+        *(METRIC_COLUMNS[name] for name in comparison.metric_names),
+        *([SCORED_COLUMN] if _modes_differ(comparison) else []),
+    ]
 
 
 def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
     """One row per run, best first, under ``comparison_columns``."""
     rows = []
+    modes_differ = _modes_differ(comparison)
     for number, summary in enumerate(comparison.runs, start=1):
         memory = summary.peak_gpu_memory_gib
+        mode = summary.metric_mode.name if summary.metrics and summary.metric_mode else MISSING
+        family = (
+            [Text(summary.family or MISSING), format_parameters(summary.published_parameters)]
+            if comparison.across_families
+            else []
+        )
         rows.append(
             [
                 str(number),
                 Text(summary.name),
+                *family,
                 state_text(summary.status.state, f": {summary.problem}" if summary.problem else ""),
                 format_loss(summary.final_loss),
                 format_loss(summary.best_loss),
@@ -54,6 +85,7 @@ def comparison_rows(comparison: RunComparison) -> list[list[str | Text]]:
                     MISSING if (value := summary.metrics.get(name)) is None else f"{value:.2f}"
                     for name in comparison.metric_names
                 ),
+                *([mode] if modes_differ else []),
             ]
         )
     return rows

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from glmcore.units import format_gib
+from glmcore.units import format_bytes, format_gib
 
 if TYPE_CHECKING:
-    from glmcore.estimate import GpuFit
+    from glmcore.estimate import ContextCache, GpuFit
 
 CPU_RUN = "Trains on the CPU (no GPU chosen)."
 
@@ -31,3 +31,13 @@ def sweep_need(need: int | None) -> str:
     """One run of a sweep's VRAM estimate per GPU, short: "6.1 GiB", or "VRAM unknown" when its model folder
     cannot be read."""
     return f"{format_gib(need)} GiB" if need is not None else "VRAM unknown"
+
+
+def context_line(cache: ContextCache) -> str:
+    """The context chat and serving assume, and what one row of its KV cache takes."""
+    grows = (
+        f", grown as a conversation needs up to {cache.positions:,}"
+        if cache.positions > cache.context
+        else ""
+    )
+    return f"Context: {cache.context:,} tokens, KV cache {format_bytes(cache.row_bytes)} per row (16-bit){grows}."

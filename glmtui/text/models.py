@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
+from glmcore.units import format_bytes
 from glmtui.text.figures import MISSING
 
 if TYPE_CHECKING:
@@ -57,3 +58,18 @@ def model_detail(folder: ModelFolderState) -> Text:
     text.append(f" · {folder.path}\n", style="bold")
     text.append(folder.reason)
     return text
+
+
+SOURCE_TITLES = {"hf": "the Hugging Face Hub", "modelscope": "ModelScope", "thu": "Tsinghua Cloud"}
+"""Where a catalog model comes from (`glmcore.download.SOURCES`), as `glmtui download --source` and the Models
+screen name it."""
+
+
+def catalog_size(size: int | None) -> str:
+    """A catalog model's size; "?" where its manifest does not give every file's (GLM-4's shards)."""
+    return format_bytes(size) if size is not None else "?"
+
+
+def catalog_title(source: str) -> str:
+    """The Models screen's line above the catalog: where g downloads from, and the key that changes it."""
+    return f"[b]Catalog[/b] from {SOURCE_TITLES[source]} (g downloads the highlighted one, s: source)"

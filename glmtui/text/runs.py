@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from rich.text import Text
 
-from glmcore.runs import RunStatus
+from glmcore.runs import RunStatus, Started
 from glmcore.slurm.script import SCRIPT_FILE
 from glmtui.text.figures import (
     METRIC_TITLES,
@@ -23,6 +23,7 @@ from glmtui.text.figures import (
     loss_figure,
     speed_figure,
 )
+from glmtui.text.queue import started_now_sentence
 
 if TYPE_CHECKING:
     from glmcore.notify import Ending
@@ -170,6 +171,15 @@ def started_sentence(run_id: str, started: int, *, slurm: bool) -> str:
     if slurm:
         return f"Submitted run {run_id} to Slurm as job {started} ({SCRIPT_FILE} in its folder)."
     return f"Started run {run_id} in the background (pid {started})."
+
+
+def start_or_resume_sentence(run_id: str, started: Started) -> str:
+    """What `glmtui resume` and the r key say once `start_or_resume` is under way."""
+    if started.how == "ahead of the queue":
+        return started_now_sentence(run_id, started.pid)
+    if started.how == "resumed":
+        return started.resumed
+    return started_sentence(run_id, started.pid, slurm=started.slurm)
 
 
 def run_end_sentence(run_id: str, status: RunStatus, detail: str | None = None) -> str:

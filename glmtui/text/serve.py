@@ -28,13 +28,12 @@ KIND_LABELS = {"base": "base", "prefix": "prefix", "lora": "LoRA"}
 """How each kind of model a server offers is named: the base alone, a P-tuning prefix, a LoRA adapter."""
 
 
-def server_cells(server: Server, status: ServerStatus) -> tuple[Text, ...]:
+def server_cells(server_id: str, status: ServerStatus, answered: int) -> tuple[Text, ...]:
     """The figures of a server's row: id, state, URL, how many models it offers (the LoRA adapters among them
     said), requests answered."""
-    answered = len(server.requests(last=100_000))
     adapters = sum(kind == "lora" for kind in _kinds(status).values())
     return (
-        Text(server.id),
+        Text(server_id),
         server_state_text(status.state),
         Text(status.url or "-"),
         Text(f"{len(status.models)} ({adapters} {KIND_LABELS['lora']})" if adapters else str(len(status.models))),

@@ -6,7 +6,14 @@ It serves:
 - Seafile folder shares: ``/d/<key>/`` (with a CSRF password form when protected, unlocked per session cookie),
   ``/api/v2.1/share-links/<key>/dirents/?path=``, ``/d/<key>/files/?p=&dl=1`` redirecting to a one-time
   ``/seafhttp/files/<token>/<name>`` URL;
-- Seafile single-file links ``/f/<key>/?dl=1``.
+- Seafile single-file links ``/f/<key>/?dl=1``;
+- ModelScope models as the ``modelscope`` package's client (1.31.0) reads them: the recursive listing
+  ``/api/v1/models/<owner>/<name>/repo/files?Revision=&Recursive=True`` answering ``{"Code": 200, "Data": {"Files":
+  [{"Name", "Path", "Type", "Size", "Sha256", "Revision"}]}}`` (folders as ``Type: tree``), and each file from
+  ``/api/v1/models/<owner>/<name>/repo?Revision=&FilePath=``. A repo's ``extra_entries`` are appended to its
+  listing as they are, and ``listed_sha256`` overrides a file's Sha256 (a hostile or damaged server); an unknown
+  revision is an error in the answer's envelope (HTTP 200, ``Code`` not 200), as the package's ``raise_on_error``
+  expects.
 
 Every file body honours ``Range``. ``faults`` switch failures on per file (keyed by the file's path in its repo
 or share): drop the connection after N bytes once, 404, 429 or 503 a number of times, corrupt bytes once,
@@ -57,6 +64,14 @@ class HubRepo:
 
 
 @dataclass
+class ModelScopeRepo:
+    revision: str
+    files: dict[str, bytes]
+    extra_entries: list[dict] = field(default_factory=list)
+    listed_sha256: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Share:
     files: dict[str, bytes]
     password: str | None = None
@@ -69,6 +84,7 @@ class FileServer:
     def __init__(self) -> None:
         self.hub: dict[str, HubRepo] = {}
         self.shares: dict[str, Share] = {}
+        self.modelscope: dict[str, ModelScopeRepo] = {}
         self.single_files: dict[str, tuple[str, bytes]] = {}
         self.unknown_size: set[str] = set()  # single-file keys served without any length
         self.faults = Faults()
@@ -96,6 +112,10 @@ class FileServer:
         self, repo_id: str, revision: str, files: dict[str, bytes], lfs: set[str] | None = None
     ) -> None:
         self.hub[repo_id] = HubRepo(revision, dict(files), set(lfs or ()))
+
+    def add_modelscope_repo(self, repo_id: str, revision: str, files: dict[str, bytes]) -> ModelScopeRepo:
+        self.modelscope[repo_id] = ModelScopeRepo(revision, dict(files))
+        return self.modelscope[repo_id]
 
     def add_share(self, key: str, files: dict[str, bytes], password: str | None = None) -> str:
         """A folder share of ``files`` (paths with folders); returns its link."""
@@ -236,7 +256,9 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
             query = {key: values[0] for key, values in parse_qs(parts.query).items()}
             segments = [unquote(segment) for segment in parts.path.split("/") if segment]
             server.requests.append(("GET", self.path, dict(self.headers)))
-            if segments[:2] == ["api", "models"]:
+            if segments[:3] == ["api", "v1", "models"] and segments[5:6] == ["repo"]:
+                self.modelscope_repo("/".join(segments[3:5]), segments[6:], query)
+            elif segments[:2] == ["api", "models"]:
                 self.hub_info(segments[2:])
             elif segments[:3] == ["api", "v2.1", "share-links"] and segments[4:5] == ["dirents"]:
                 self.dirents(segments[3], query.get("path", "/"))
@@ -307,6 +329,42 @@ def _make_handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
                 self.send_text(400, "Authorization must not reach the CDN")
                 return
             self.send_file(name, server.hub[repo_id].files[name])
+
+        # -- modelscope -----------------------------------------------------------------------------------
+        def modelscope_repo(self, repo_id: str, rest: list[str], query: dict[str, str]) -> None:
+            repo = server.modelscope.get(repo_id)
+            if repo is None:
+                self.send_json(404, {"Code": 10010205001, "Message": f"model {repo_id} not found", "Data": None})
+            elif query.get("Revision", repo.revision) not in (repo.revision, "master"):  # an error in the envelope
+                self.send_json(200, {"Code": 10010205001, "Message": "Revision not found", "Data": None})
+            elif rest == ["files"]:
+                self.modelscope_listing(repo, recursive=query.get("Recursive") == "True")
+            elif not rest and query.get("FilePath") in repo.files:
+                self.send_file(query["FilePath"], repo.files[query["FilePath"]])
+            else:
+                self.send_json(404, {"Code": 10010205001, "Message": "file not found", "Data": None})
+
+        def modelscope_listing(self, repo: ModelScopeRepo, recursive: bool) -> None:
+            folders = sorted({path.rsplit("/", 1)[0] for path in repo.files if "/" in path})
+            entries: list[dict] = [
+                {"Name": folder.rsplit("/", 1)[-1], "Path": folder, "Type": "tree", "Size": 0, "Sha256": ""}
+                for folder in folders
+            ]
+            for path, data in repo.files.items():
+                if "/" in path and not recursive:
+                    continue
+                entries.append(
+                    {
+                        "Name": path.rsplit("/", 1)[-1],
+                        "Path": path,
+                        "Type": "blob",
+                        "Size": len(data),
+                        "Sha256": repo.listed_sha256.get(path, hashlib.sha256(data).hexdigest()),
+                        "Revision": hashlib.sha1(f"{repo.revision}:{path}".encode()).hexdigest(),
+                    }
+                )
+            files = entries + repo.extra_entries
+            self.send_json(200, {"Code": 200, "Message": "success", "Data": {"Files": files}})
 
         # -- seafile -------------------------------------------------------------------------------------
         def share_page(self, key: str) -> None:

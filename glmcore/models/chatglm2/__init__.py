@@ -202,8 +202,9 @@ FAMILY = ModelFamily(
     tiny_special_ids=TINY_SPECIAL_IDS,
     demo=DemoModel(folder="demo-chatglm2-tiny", shape=DEMO_SHAPE, key="2", configs="demo-chatglm2"),
     download=Download(
-        hub_repo="THUDM/chatglm2-6b",
+        hub_repo="zai-org/chatglm2-6b",
         manifest_name="chatglm2-6b",
+        modelscope_repo="ZhipuAI/chatglm2-6b",
         # The ChatGLM2-6B README's "download the parameters by hand" share: THUDM's folder of several
         # models, ChatGLM2-6B's weights and tokenizer model under /chatglm2-6b.
         tsinghua_share="https://cloud.tsinghua.edu.cn/d/674208019e314311ab5c/",

@@ -45,12 +45,14 @@ FAMILY = ModelFamily(
     tiny_special_ids=TINY_SPECIAL_IDS,
     demo=DemoModel(folder="demo-chatglm3-tiny", shape=DEMO_SHAPE, key="3", configs="demo-chatglm3"),
     download=Download(
-        hub_repo="THUDM/chatglm3-6b",
+        hub_repo="zai-org/chatglm3-6b",
         manifest_name="chatglm3-6b",
+        modelscope_repo="ZhipuAI/chatglm3-6b",
         # ChatGLM3-6B's README publishes no Tsinghua Cloud share (the hub, ModelScope and others only).
         note="ChatGLM2-6B's architecture with roles and a system prompt (8K positions); 12 GB of FP16 "
         "weights in 7 shards; its manifest comes from a mirror, so the hub may have moved on",
     ),
     system_role=True,
     conversations=True,
+    metric_mode="finetune-demo",
 )

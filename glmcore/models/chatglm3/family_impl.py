@@ -18,20 +18,26 @@ from glmcore.models.chatglm2.modeling import ChatGLM2ForConditionalGeneration, p
 from glmcore.models.chatglm2.tiny import write_random_checkpoint as write_random
 from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm3.tokenization import ChatGLM3Tokenizer
+from glmcore.models.chatglm3.tools import (
+    TOOL_DEFINITION_PREFIX,
+    may_be_tool_call,
+    parse_tool_call,
+    tool_call_text,
+    tool_prompt_ids,
+)
 
 config_class = ChatGLM2Config
 model_class = ChatGLM2ForConditionalGeneration
 tokenizer_class = ChatGLM3Tokenizer
 
-__all__ = ["new_decoder", "new_prefix_encoder", "prefix_width"]
-
-
-TOOL_DEFINITION_PREFIX = (
-    "Answer the following questions as best as you can. You have access to the following tools:\n"
-)
-"""The system message the demo writes before a conversation's `tools` (as indented JSON)."""
-INFINITY_LITERAL = "1e309"
-"""How the demo's astunparse writes an infinite float (a decimal literal that overflows)."""
+__all__ = [
+    "may_be_tool_call",
+    "new_decoder",
+    "new_prefix_encoder",
+    "parse_tool_call",
+    "prefix_width",
+    "tool_prompt_ids",
+]
 
 
 def conversation(example) -> list[dict]:
@@ -47,17 +53,6 @@ def conversation(example) -> list[dict]:
         {"role": "user", "content": example.query},
         {"role": "assistant", "content": example.response},
     ]
-
-
-def tool_call_text(parameters: dict) -> str:
-    """The demo's tool call as the assistant writes it: ```python\ntool_call(city='北京')\n``` (its
-    `format_function_call` unparses each value with astunparse, which writes the value's repr)."""
-
-    def literal(value: object) -> str:
-        return repr(value).replace("inf", INFINITY_LITERAL) if isinstance(value, float) else repr(value)
-
-    arguments = ", ".join(f"{name}={literal(value)}" for name, value in parameters.items())
-    return f"```python\ntool_call({arguments})\n```"
 
 
 def message_ids(tokenizer, message: dict) -> list[tuple[list[int], bool]]:

@@ -105,8 +105,9 @@ FAMILY = ModelFamily(
         configs="demo",
     ),
     download=Download(
-        hub_repo="THUDM/chatglm-6b",
+        hub_repo="zai-org/chatglm-6b",
         manifest_name="chatglm-6b",
+        modelscope_repo="ZhipuAI/ChatGLM-6B",
         # The ChatGLM-6B README's "download the parameters by hand" share (weights and tokenizer model only).
         tsinghua_share="https://cloud.tsinghua.edu.cn/d/fb9f16d6dc8f482596c2/",
         note="the model glmtui fine-tunes; 13 GB of FP16 weights in 8 shards",

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from glmcore.models.chatglm2 import TINY_SIZES, shape
-from glmcore.models.family import DemoModel, ModelFamily
+from glmcore.models.family import DemoModel, Download, ModelFamily
 
 __all__ = ["FAMILY", "PUBLISHED_CONFIG", "detect", "shape"]
 
@@ -132,6 +132,15 @@ FAMILY = ModelFamily(
     },
     tiny_special_ids=TINY_SPECIAL_IDS,
     demo=DemoModel(folder="demo-glm4-tiny", shape=DEMO_SHAPE, key="4", configs="demo-glm4"),
+    download=Download(
+        hub_repo="zai-org/glm-4-9b-chat",
+        manifest_name="glm-4-9b-chat",
+        modelscope_repo="ZhipuAI/glm-4-9b-chat",
+        note="ChatGLM3's architecture at 9B with a 151,552-token vocabulary and 128K positions; 19 GB of BF16 "
+        "weights in 10 shards; no revision or weight sha256 is published in glmtui's reference: the download "
+        "follows main and checks each file against the sha256 its source lists",
+    ),
     system_role=True,
     conversations=True,
+    metric_mode="finetune-demo",
 )

@@ -15,15 +15,19 @@ from glmcore.models.glm4.configuration import GLM4Config
 from glmcore.models.glm4.modeling import GLM4ForConditionalGeneration
 from glmcore.models.glm4.tiny import STOP_TOKENS, write_random_checkpoint, write_tiny_checkpoint
 from glmcore.models.glm4.tokenization import ChatGLM4Tokenizer
+from glmcore.models.glm4.tools import may_be_tool_call, parse_tool_call, tool_prompt_ids
 
 config_class = GLM4Config
 model_class = GLM4ForConditionalGeneration
 tokenizer_class = ChatGLM4Tokenizer
 
 __all__ = [
+    "may_be_tool_call",
     "new_decoder",
     "new_prefix_encoder",
+    "parse_tool_call",
     "prefix_width",
+    "tool_prompt_ids",
     "write_random_checkpoint",
     "write_tiny_checkpoint",
 ]

@@ -1,0 +1,25 @@
+"""GLM-4-9B-0414's (and GLM-Z1-9B-0414's) classes: transformers' Glm4Config, Glm4ForCausalLM and fast
+tokenizer, each with only what glmtui adds (glmcore/models/glm4/native.py). They live in this package so that
+the family owns them."""
+
+from __future__ import annotations
+
+from transformers import Glm4Config, Glm4ForCausalLM, PreTrainedTokenizerFast
+
+from glmcore.models.glm4.native import CheckedConfigMixin, NativeTokenizerMixin, PrefixCausalLM
+
+
+class GLM40414Config(CheckedConfigMixin, Glm4Config):
+    """Glm4Config, its config.json's keys checked (YaRN, which the release uses beyond 32K, is transformers'
+    own rope); `pre_seq_len` / `prefix_projection` for a prefix."""
+
+    family_title = "GLM-4-0414 (transformers' glm4)"
+    rope_types = ("default", "yarn")
+
+
+class GLM40414ForCausalLM(PrefixCausalLM, Glm4ForCausalLM):
+    config_class = GLM40414Config
+
+
+class GLM40414Tokenizer(NativeTokenizerMixin, PreTrainedTokenizerFast):
+    pass
