@@ -54,7 +54,16 @@ class AdapterShape:
 
 
 def is_adapter_checkpoint(checkpoint: Path) -> bool:
-    return (Path(checkpoint) / CONFIG).is_file()
+    """Whether `checkpoint` holds a LoRA adapter: PEFT's config of any kind but prefix tuning, which a GLM-4
+    P-tuning checkpoint carries beside its prefix for PEFT to read (glmcore.prefix)."""
+    path = Path(checkpoint) / CONFIG
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True  # taken as an adapter, whose check says what is wrong with the file
+    return not (isinstance(config, dict) and config.get("peft_type") == "PREFIX_TUNING")
 
 
 def read_adapter_shape(checkpoint: Path, model) -> AdapterShape:

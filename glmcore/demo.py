@@ -1,10 +1,12 @@
-"""The demo workspace: a tiny ChatGLM-architecture model and the AdvertiseGen-form sample, built on first use.
+"""The demo workspace: a tiny model of a family (ChatGLM-6B, ChatGLM2-6B, ChatGLM3-6B, GLM-4-9B) and the
+AdvertiseGen-form sample, built on first use.
 
 The model is pretrained as a plain language model on ad copy in the sample's style, never on the
 attributes-to-copy task, so its outputs ignore the attribute list until a P-tuning prefix teaches it to
-follow one: the whole loop (configure, train, watch, evaluate before/after, chat) shows a real effect on
-a laptop CPU in minutes. It is written in the published on-disk layout (sharded `.bin`, index,
-`ice_text.model`), so it loads through exactly the code paths a real ChatGLM-6B folder does.
+follow one: the whole loop (configure, train, watch, evaluate before/after, chat, serve) shows a real effect on
+a laptop CPU in minutes. It is written in its family's published on-disk layout (ChatGLM-6B's sharded `.bin`,
+index and `ice_text.model`; GLM-4's safetensors and tiktoken `tokenizer.model`), so it loads through exactly the
+code paths a real folder of the family does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glmcore.config import RunConfig
+from glmcore.examples import IGNORE_INDEX
 from glmcore.models import DEFAULT_FAMILY, family_named
 from glmcore.workspace import Workspace
 
@@ -63,8 +66,21 @@ def demo_ready(workspace: Workspace, family: str = DEFAULT_FAMILY.name) -> bool:
     )
 
 
+def language_model_row(features: dict[str, list[int]]) -> dict[str, list[int]]:
+    """A training row learned as a plain language model: every token up to its last learned one.
+
+    A family's fine-tuning learns the answer alone, and GLM-4's leaves out even the newline after `<|assistant|>`
+    (its published demo's loss mask), which a chat model must still write first: pretrained on such rows, the
+    demo model began every answer with a stray byte. Learning the whole row teaches it the format around the copy
+    as a published model knows it."""
+    labels = features["labels"]
+    end = max(index for index, label in enumerate(labels) if label != IGNORE_INDEX) + 1
+    return {"input_ids": features["input_ids"], "labels": features["input_ids"][:end] + labels[end:]}
+
+
 def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
-    """Train the randomly initialised model to continue ad copy: `[gMASK] <sop> copy <eop>` rows."""
+    """Train the randomly initialised model to continue ad copy: rows of the family's chat format with an empty
+    prompt and the copy as the answer (ChatGLM-6B's `[gMASK] <sop> copy <eop>`), every token learned."""
     import torch
 
     from glmcore.data import Example, TrainingCollator, training_features
@@ -73,7 +89,10 @@ def _pretrain(model_dir: Path, texts: list[str], progress: Progress) -> None:
     torch.manual_seed(SEED)
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, device="cpu", dtype=torch.float32)
-    rows = [training_features(tokenizer, Example("", text), 1, PRETRAIN_MAX_TOKENS) for text in texts]
+    rows = [
+        language_model_row(training_features(tokenizer, Example("", text), 1, PRETRAIN_MAX_TOKENS))
+        for text in texts
+    ]
     collate = TrainingCollator(tokenizer.pad_token_id)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(

@@ -71,8 +71,8 @@ def plain_turns(messages: Sequence[dict], tools: object) -> tuple[tuple[str, str
 def turns_only_refusal(family_title: str) -> str:
     return (
         f"{family_title}'s published fine-tuning takes only user/assistant turns, and this conversation has more "
-        "(a system message, tools, observations or loss flags); train a ChatGLM3-6B model on it, or keep only "
-        "its user and assistant turns."
+        "(a system message, tools, observations or loss flags); train a ChatGLM3-6B or GLM-4-9B model on it, "
+        "or keep only its user and assistant turns."
     )
 
 

@@ -126,3 +126,19 @@ def slurm_cluster():
         pytest.skip(reason)
     with local_cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def glm4_demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace root holding the GLM-4 demo as `glmtui demo --family glm-4-9b-chat` builds it (its model and
+    sample data; no configs), its pretraining cut to a few steps (the real 400 take minutes). Tests copy it."""
+    from glmcore import demo
+    from glmcore.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("glm4-demo") / "ws"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "PRETRAIN_STEPS", 2)
+        patch.setattr(demo, "PRETRAIN_TEXTS", 40)
+        patch.setattr(demo, "PRETRAIN_BATCH", 4)
+        demo.ensure_demo_workspace(Workspace(root), family="glm-4-9b-chat")
+    return root

@@ -126,3 +126,22 @@ def test_the_familys_demo_model_is_built_pretrained_and_ready_to_tune(
     assert lora.name == f"demo-{family.removesuffix('-6b')}-lora.toml"
     config = demo.demo_run_config(workspace, family)
     assert config.model_path == paths.model_dir and validate(config) == []
+
+
+def test_the_demo_pretrains_on_whole_rows_so_glm4_learns_the_newline_after_its_assistant_token(
+    glm4_tokenizer,
+) -> None:
+    """GLM-4's published rows leave out the newline after `<|assistant|>`; a demo pretrained on them began every
+    answer with a stray byte. The demo's rows learn every token up to the answer's end, padding still ignored."""
+    from glmcore.data import Example, training_features
+    from glmcore.examples import IGNORE_INDEX
+
+    features = training_features(glm4_tokenizer, Example("", "红色的裙子"), 1, 20)
+    row = demo.language_model_row(features)
+    after_assistant = features["input_ids"].index(glm4_tokenizer.get_command("<|assistant|>")) + 1
+    assert features["labels"][after_assistant] == IGNORE_INDEX
+    assert row["labels"][after_assistant] == row["input_ids"][after_assistant]
+    learned = [index for index, label in enumerate(features["labels"]) if label != IGNORE_INDEX]
+    assert row["labels"][: learned[-1] + 1] == row["input_ids"][: learned[-1] + 1]
+    assert row["labels"][learned[-1] + 1 :] == features["labels"][learned[-1] + 1 :]
+    assert set(row["labels"][learned[-1] + 1 :]) == {IGNORE_INDEX}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from glmcore.bench import FIGURES
-from glmcore.models import DEFAULT_FAMILY, FAMILIES
+from glmcore.models import DEFAULT_FAMILY, family_names
+from glmtui.commands.family_option import family_name
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -14,15 +15,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure training, decoding and evaluation speed at a model family's real shape",
         description=(
             "The figures of docs/benchmarks.md on a random checkpoint of a family's shape (ChatGLM-6B's by "
-            "default; written once to --workdir, 12 GB), one JSON object per line on stdout. Needs a GPU for "
-            "meaningful numbers; --tiny checks the suite on any machine."
+            "default; written once to --workdir in 16-bit: 12 GB for ChatGLM-6B, 19 GB for GLM-4-9B), one JSON "
+            "object per line on stdout. Needs a GPU for meaningful numbers; --tiny checks the suite on any machine."
         ),
     )
     parser.add_argument(
         "--family",
-        choices=[family.name for family in FAMILIES],
+        type=family_name,
         default=DEFAULT_FAMILY.name,
-        help=f"the family whose real shape is measured (default {DEFAULT_FAMILY.name})",
+        metavar="NAME",
+        help=f"the family whose real shape is measured: {family_names()}; {DEFAULT_FAMILY.name} by default",
     )
     parser.add_argument("--tiny", action="store_true", help="a toy shape that checks the suite runs")
     parser.add_argument(
@@ -30,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FIGURES",
         help=f"comma-separated figures out of {', '.join(FIGURES)} (default: all)",
     )
-    parser.add_argument("--workdir", help="where the random 6B checkpoint is written (12 GB)")
+    parser.add_argument("--workdir", help="where the random checkpoint of the family's real shape is written")
     parser.set_defaults(func=run_bench)
 
 

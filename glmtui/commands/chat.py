@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--temperature", type=float, default=0.95, help="sampling temperature (default 0.95)")
     parser.add_argument("--seed", type=int, default=None, help="seed each answer, so answers repeat")
     parser.add_argument(
-        "--system", default=None, help="system prompt (ChatGLM3; ChatGLM2 takes it as a first round)"
+        "--system", default=None, help="system prompt (ChatGLM3, GLM-4; ChatGLM2 takes it as a first round)"
     )
     parser.add_argument(
         "--context",

@@ -25,9 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_convert(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from glmcore.models.checkpoint import convert_to_safetensors
+    from glmcore.models.checkpoint import convert_to_safetensors, require_complete
 
     apply_family(args.family, args.model)
+    if require_complete(args.model).weight_format == "safetensors":  # GLM-4's as published, or converted
+        print(f"{args.model} already has safetensors weights, which glmtui reads: there is nothing to convert.")
+        return 0
     with Progress() as progress:
         task = progress.add_task("converting", total=None)
 

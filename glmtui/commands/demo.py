@@ -1,4 +1,4 @@
-"""`glmtui demo`: build the demo workspace (a tiny ChatGLM-architecture model and the sample data) with a
+"""`glmtui demo`: build the demo workspace (a tiny model of the family and the sample data) with a
 progress display, write its run configs, then say what to do next. On a built workspace it only writes the
 configs that are missing, without loading torch."""
 
@@ -15,9 +15,9 @@ from glmcore.workspace import Workspace
 from glmtui.commands.family_option import family_name
 
 DESCRIPTION = (
-    "Build the demo workspace: a tiny ChatGLM-architecture model pretrained on ad copy and an "
-    "AdvertiseGen-form sample (once; about a minute on 2 idle cores, longer on a busy CPU), plus the run configs "
-    "configs/demo-ptuning.toml and configs/demo-lora.toml for `glmtui train`."
+    "Build the demo workspace: a tiny model of the family pretrained on ad copy and an AdvertiseGen-form sample "
+    "(once; about a minute on 2 idle cores, longer on a busy CPU), plus the run configs configs/demo-ptuning.toml "
+    "and configs/demo-lora.toml for `glmtui train` (configs/demo-glm4-ptuning.toml ... for the other families)."
 )
 
 

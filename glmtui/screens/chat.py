@@ -90,7 +90,7 @@ class ChatScreen(WorkbenchScreen):
             yield Label("Top p:")
             yield Input("0.7", id="chat-top-p", type="number")
         with Horizontal(id="chat-system-row"):
-            # Shown for families whose chat format has a system role (ChatGLM3) once their model is loaded.
+            # Shown for families whose chat format has a system role (ChatGLM3, GLM-4) once their model is loaded.
             yield Label("System:")
             yield Input(placeholder="optional: how the assistant should behave", id="chat-system")
         yield Static("Pick a run on the Runs screen (F5) and press c.", id="chat-status")

@@ -71,7 +71,7 @@ class DemoReady(Message):
 
 
 class WelcomeScreen(WorkbenchScreen):
-    """A family's demo key (d, 2, 3) builds its demo workspace and opens the config editor with its demo
+    """A family's demo key (d, 2, 3, 4: `demo.key` of each family) builds its demo workspace and opens the config editor with its demo
     run."""
 
     NAME = "welcome"
