@@ -34,7 +34,7 @@ from glmcore.download.http import (
     transport_failure,
     with_retries,
 )
-from glmcore.download.transfer import Listing, RemoteFile, Source
+from glmcore.download.transfer import Listing, RemoteFile, Source, listing_of
 
 TOKEN_HINT = "If the repository is gated or private, set HF_TOKEN to a token that has access to it."
 
@@ -73,25 +73,16 @@ class HubSource(Source):
     def list_files(self) -> Listing:
         info = with_retries(self._model_info, self.retry, threading.Event())
         commit = info.sha or self.revision or constants.DEFAULT_REVISION
-        on_hub = {sibling.rfilename: sibling for sibling in info.siblings or []}
-        if self.manifest is not None:
-            wanted = [(f.path, f.size, f.sha256) for f in self.manifest.files]
-        else:
-            wanted = [(path, None, None) for path in on_hub]
-        files, missing, skipped = [], [], []
-        for path, size, sha256 in wanted:
-            if path.endswith(".py") and not self.include_code:
-                skipped.append(path)
-            elif path not in on_hub:
-                missing.append(path)
-            else:
-                # What the manifest leaves null (GLM-4's shards), the hub's listing gives: size, LFS sha256.
-                sibling = on_hub[path]
-                url = hf_hub_url(self.repo_id, path, revision=commit, endpoint=self.endpoint)
-                size = size if size is not None else sibling.size
-                sha256 = sha256 or (sibling.lfs.sha256 if sibling.lfs else None)
-                files.append(RemoteFile(path=path, size=size, sha256=sha256, location=url))
-        return Listing(tuple(files), tuple(missing), tuple(skipped))
+        on_hub = {
+            sibling.rfilename: RemoteFile(
+                path=sibling.rfilename,
+                size=sibling.size,
+                sha256=sibling.lfs.sha256 if sibling.lfs else None,  # an LFS file's; a small file has none
+                location=hf_hub_url(self.repo_id, sibling.rfilename, revision=commit, endpoint=self.endpoint),
+            )
+            for sibling in info.siblings or []
+        }
+        return listing_of(on_hub, self.manifest, self.include_code)
 
     def _model_info(self):  # noqa: ANN202 - huggingface_hub's ModelInfo
         api = HfApi(endpoint=self.endpoint, token=self.token)

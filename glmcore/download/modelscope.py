@@ -34,7 +34,7 @@ from glmcore.download.http import (
     transport_failure,
     with_retries,
 )
-from glmcore.download.transfer import Listing, RemoteFile, Source
+from glmcore.download.transfer import Listing, RemoteFile, Source, listing_of
 
 DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 DEFAULT_REVISION = "master"
@@ -83,28 +83,7 @@ class ModelScopeSource(Source):
 
     def list_files(self) -> Listing:
         entries = with_retries(self._list, self.retry, threading.Event())
-        listed = {entry.path: entry for entry in entries}
-        if self.manifest is None:
-            wanted = [(path, None, None) for path in listed]
-        else:
-            wanted = [(file.path, file.size, file.sha256) for file in self.manifest.files]
-        files, missing, skipped = [], [], []
-        for path, size, sha256 in wanted:
-            if path.endswith(".py") and not self.include_code:
-                skipped.append(path)
-            elif path not in listed:
-                missing.append(path)
-            else:
-                entry = listed[path]
-                files.append(
-                    RemoteFile(
-                        path=path,
-                        size=size if size is not None else entry.size,
-                        sha256=sha256 or entry.sha256,
-                        location=self._file_url(path),
-                    )
-                )
-        return Listing(tuple(files), tuple(missing), tuple(skipped))
+        return listing_of({entry.path: entry for entry in entries}, self.manifest, self.include_code)
 
     def _list(self) -> list[RemoteFile]:
         url = f"{self.endpoint}/api/v1/models/{self.repo_id}/repo/files"

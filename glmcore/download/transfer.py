@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from glmcore.download.archive import unpack_archive
 from glmcore.download.errors import (
@@ -37,6 +37,9 @@ from glmcore.download.http import Body, Cancelled, RetryPolicy, Transient
 from glmcore.download.paths import check_inside
 from glmcore.errors import GlmError
 from glmcore.units import format_bytes
+
+if TYPE_CHECKING:
+    from glmcore.catalog import Manifest
 
 VERIFIED_FILE = ".glmtui-verified.json"
 HASH_BLOCK = 4 * 1024 * 1024
@@ -61,6 +64,27 @@ class Listing:
     files: tuple[RemoteFile, ...]
     missing: tuple[str, ...] = ()
     skipped: tuple[str, ...] = ()
+
+
+def listing_of(listed: dict[str, RemoteFile], manifest: Manifest | None, include_code: bool) -> Listing:
+    """What a source that lists its files delivers: the manifest's files (what the manifest leaves null, GLM-4's
+    shards' size and sha256, taken from the source's listing), or every listed file without one; code files
+    (.py) left out unless asked for, and the manifest's files the listing lacks named missing."""
+    if manifest is None:
+        wanted = [(path, None, None) for path in listed]
+    else:
+        wanted = [(file.path, file.size, file.sha256) for file in manifest.files]
+    files, missing, skipped = [], [], []
+    for path, size, sha256 in wanted:
+        if path.endswith(".py") and not include_code:
+            skipped.append(path)
+        elif path not in listed:
+            missing.append(path)
+        else:
+            entry = listed[path]
+            size = size if size is not None else entry.size
+            files.append(RemoteFile(path, size, sha256 or entry.sha256, entry.location))
+    return Listing(tuple(files), tuple(missing), tuple(skipped))
 
 
 class Source(ABC):
