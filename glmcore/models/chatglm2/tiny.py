@@ -116,19 +116,24 @@ def write_tiny_checkpoint(
     return folder
 
 
+REMOTE_CODE_AUTO_MAP = {
+    "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+    "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+    "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
+}
+"""The published config.json's `auto_map` (ChatGLM2/3 and glm-4-9b-chat name the same remote code): written into
+tiny folders so they look like the real ones; glmtui never runs it."""
+
+
 def _config_json(details: dict, sizes: dict) -> dict:
     """The real config.json's keys, in its order, with the tiny sizes."""
     return {
         "_name_or_path": details["name_or_path"],
         "model_type": "chatglm",
         "architectures": ["ChatGLMModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_chatglm.ChatGLMConfig",
-            "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
-        },
+        "auto_map": REMOTE_CODE_AUTO_MAP,
         "add_bias_linear": False,
         "add_qkv_bias": True,
         "apply_query_key_layer_scaling": True,

@@ -29,8 +29,9 @@ import regex
 import torch
 
 from glmcore.errors import GlmError
-from glmcore.models.chatglm2.tiny import CHAT_CORPUS
+from glmcore.models.chatglm2.tiny import CHAT_CORPUS, REMOTE_CODE_AUTO_MAP
 from glmcore.models.chatglm6b.tiny import BUILTIN_CORPUS
+from glmcore.models.glm4 import PUBLISHED_CONFIG
 from glmcore.models.glm4.published import CHAT_TEMPLATE, FIRST_SPECIAL_ID, PRETOKENIZE_PATTERN, SPECIAL_TOKENS
 from glmcore.models.shards import contiguous_groups, random_state, write_shards
 
@@ -169,50 +170,14 @@ def sorted_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, int]]:
 
 
 def config_json(sizes: dict) -> dict:
-    """glm-4-9b-chat's config.json, key for key, with the tiny sizes."""
-    return {
-        "_name_or_path": "THUDM/glm-4-9b-chat",
-        "model_type": "chatglm",
-        "architectures": ["ChatGLMModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_chatglm.ChatGLMConfig",
-            "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
-            "AutoModelForSequenceClassification": "modeling_chatglm.ChatGLMForSequenceClassification",
-        },
-        "add_bias_linear": False,
-        "add_qkv_bias": True,
-        "apply_query_key_layer_scaling": True,
-        "apply_residual_connection_post_layernorm": False,
-        "attention_dropout": 0.0,
-        "attention_softmax_in_fp32": True,
-        "attn_implementation": "sdpa",
-        "bias_dropout_fusion": True,
-        "ffn_hidden_size": sizes["ffn_hidden_size"],
-        "fp32_residual_connection": False,
-        "hidden_dropout": 0.0,
-        "hidden_size": sizes["hidden_size"],
-        "kv_channels": sizes["kv_channels"],
-        "layernorm_epsilon": 1.5625e-07,
-        "multi_query_attention": True,
-        "multi_query_group_num": sizes["multi_query_group_num"],
-        "num_attention_heads": sizes["num_attention_heads"],
-        "num_hidden_layers": sizes["num_layers"],
-        "num_layers": sizes["num_layers"],
-        "rope_ratio": 500,
-        "original_rope": True,
-        "padded_vocab_size": sizes["padded_vocab_size"],
-        "post_layer_norm": True,
-        "rmsnorm": True,
-        "seq_length": sizes["seq_length"],
-        "use_cache": True,
-        "torch_dtype": "bfloat16",
-        "transformers_version": "4.44.0",
-        "tie_word_embeddings": False,
-        "eos_token_id": sizes["eos_token_id"],
-        "pad_token_id": sizes["pad_token_id"],
-    }
+    """glm-4-9b-chat's config.json, key for key (its `auto_map` too, which PUBLISHED_CONFIG leaves out), with the
+    tiny sizes: `sizes` names config keys, and its `num_layers` is also `num_hidden_layers`."""
+    config = {}
+    for key, value in PUBLISHED_CONFIG.items():
+        config[key] = sizes.get("num_layers" if key == "num_hidden_layers" else key, value)
+        if key == "architectures":
+            config["auto_map"] = REMOTE_CODE_AUTO_MAP
+    return config
 
 
 def tokenizer_config_json(first_special: int) -> dict:
