@@ -46,6 +46,26 @@ class TinyCheckpointError(GlmError):
     """The requested tiny checkpoint cannot be built with these arguments."""
 
 
+def check_grouped_shape(hidden_size: int, num_attention_heads: int, multi_query_group_num: int) -> None:
+    """Refuse sizes that do not split into heads, and heads that do not split into key/value groups."""
+    if hidden_size % num_attention_heads or num_attention_heads % multi_query_group_num:
+        raise TinyCheckpointError(
+            f"hidden_size {hidden_size} must divide by num_attention_heads {num_attention_heads}, which must "
+            f"divide by multi_query_group_num {multi_query_group_num}."
+        )
+
+
+def rotary_kv_channels(hidden_size: int, num_attention_heads: int, multi_query_group_num: int) -> int:
+    """A head's channels for ChatGLM2's rotary (on half a head, in pairs): refused unless a multiple of 4."""
+    check_grouped_shape(hidden_size, num_attention_heads, multi_query_group_num)
+    kv_channels = hidden_size // num_attention_heads
+    if kv_channels % 4:
+        raise TinyCheckpointError(
+            f"kv_channels {kv_channels} must be a multiple of 4 (rotary on half a head)."
+        )
+    return kv_channels
+
+
 def write_tiny_checkpoint(
     directory: str | Path,
     *,
@@ -75,16 +95,7 @@ def write_tiny_checkpoint(
         raise TinyCheckpointError(f"Unknown flavour {flavour!r}: use 'chatglm2' or 'chatglm3'.")
     if weight_format not in ("bin", "safetensors"):
         raise TinyCheckpointError(f"Unknown weight format {weight_format!r}: use 'bin' or 'safetensors'.")
-    if hidden_size % num_attention_heads or num_attention_heads % multi_query_group_num:
-        raise TinyCheckpointError(
-            f"hidden_size {hidden_size} must divide by num_attention_heads {num_attention_heads}, which must "
-            f"divide by multi_query_group_num {multi_query_group_num}."
-        )
-    kv_channels = hidden_size // num_attention_heads
-    if kv_channels % 4:
-        raise TinyCheckpointError(
-            f"kv_channels {kv_channels} must be a multiple of 4 (rotary on half a head)."
-        )
+    kv_channels = rotary_kv_channels(hidden_size, num_attention_heads, multi_query_group_num)
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     processor = _write_sentencepiece_model(folder / TOKENIZER_FILE, sp_vocab_size, corpus)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from glmcore.models.chatglm2.tiny import CHAT_CORPUS
+from glmcore.models.chatglm2.tiny import CHAT_CORPUS, check_grouped_shape
 from glmcore.models.chatglm6b.tiny import BUILTIN_CORPUS
 from glmcore.models.glm4.published import CHAT_TEMPLATE, FIRST_SPECIAL_ID, PRETOKENIZE_PATTERN, SPECIAL_TOKENS
 from glmcore.models.glm4.tiny import GLM4_CORPUS, PADDED_VOCAB_SIZE, STOP_TOKENS, TinyCheckpointError
@@ -48,11 +48,7 @@ def write_native_checkpoint(
 ) -> Path:
     """Write a complete tiny folder of `model_type` ("glm" or "glm4") and return it (bfloat16 weights). The
     options are layout 1's writer's (glmcore.models.glm4.tiny), so the demo's shape serves every layout."""
-    if hidden_size % num_attention_heads or num_attention_heads % multi_query_group_num:
-        raise TinyCheckpointError(
-            f"hidden_size {hidden_size} must divide by num_attention_heads {num_attention_heads}, which must "
-            f"divide by multi_query_group_num {multi_query_group_num}."
-        )
+    check_grouped_shape(hidden_size, num_attention_heads, multi_query_group_num)
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]

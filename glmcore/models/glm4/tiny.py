@@ -28,8 +28,12 @@ from pathlib import Path
 import regex
 import torch
 
-from glmcore.errors import GlmError
-from glmcore.models.chatglm2.tiny import CHAT_CORPUS, REMOTE_CODE_AUTO_MAP
+from glmcore.models.chatglm2.tiny import (
+    CHAT_CORPUS,
+    REMOTE_CODE_AUTO_MAP,
+    TinyCheckpointError,
+    rotary_kv_channels,
+)
 from glmcore.models.chatglm6b.tiny import BUILTIN_CORPUS
 from glmcore.models.glm4 import PUBLISHED_CONFIG
 from glmcore.models.glm4.published import CHAT_TEMPLATE, FIRST_SPECIAL_ID, PRETOKENIZE_PATTERN, SPECIAL_TOKENS
@@ -47,10 +51,6 @@ GLM4_CORPUS = (
     "GLM-4-9B is the open-source version of the latest generation of pre-trained models in the GLM-4 series.",
     "Numbers 2024 12345 3.14159 and tabs\tbetween\twords, runs of   spaces and\n\nblank lines.",
 )
-
-
-class TinyCheckpointError(GlmError):
-    """The requested tiny checkpoint cannot be built with these arguments."""
 
 
 def write_tiny_checkpoint(
@@ -74,16 +74,7 @@ def write_tiny_checkpoint(
     The tokenizer learns `sp_vocab_size` − 256 BPE merges (its ranks: the 256 bytes, then the merges; the name
     is the other families' writers') from `corpus` (default: a built-in mix) and GLM-4's chat lines.
     """
-    if hidden_size % num_attention_heads or num_attention_heads % multi_query_group_num:
-        raise TinyCheckpointError(
-            f"hidden_size {hidden_size} must divide by num_attention_heads {num_attention_heads}, which must "
-            f"divide by multi_query_group_num {multi_query_group_num}."
-        )
-    kv_channels = hidden_size // num_attention_heads
-    if kv_channels % 4:
-        raise TinyCheckpointError(
-            f"kv_channels {kv_channels} must be a multiple of 4 (rotary on half a head)."
-        )
+    kv_channels = rotary_kv_channels(hidden_size, num_attention_heads, multi_query_group_num)
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     lines = [line for line in (BUILTIN_CORPUS if corpus is None else corpus) if line.strip()]
