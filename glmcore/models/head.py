@@ -120,6 +120,28 @@ class PositionsGenerationMixin(GenerationMixin):
         return model_inputs
 
 
+def peft_prefix_tuning_config(config, key_value_heads: int, channels: int, layers: int) -> dict:
+    """PEFT PREFIX_TUNING's adapter_config.json for a prefix of `config.pre_seq_len` tokens over `layers` layers
+    of `key_value_heads` × `channels` keys and values, in inference mode (PEFT then reads the saved keys and
+    values as they are)."""
+    token_dim = key_value_heads * channels
+    return {
+        "peft_type": "PREFIX_TUNING",
+        "task_type": "CAUSAL_LM",
+        "num_virtual_tokens": config.pre_seq_len,
+        "num_attention_heads": key_value_heads,
+        "token_dim": token_dim,
+        "num_layers": layers,
+        "encoder_hidden_size": token_dim,
+        "num_transformer_submodules": 1,
+        "prefix_projection": False,
+        "inference_mode": True,
+        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
+        "revision": None,
+        "auto_mapping": None,
+    }
+
+
 def prefix_layers(flat: torch.Tensor, layers: int, heads: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A prefix's rows [batch, pre_seq_len, layers·2·heads·channels], read as [layer, key/value, head, channel]
     (the published layout of every family), as the cache takes them: per layer (key, value), each

@@ -16,6 +16,7 @@ from glmcore.models.glm4.modeling import GLM4ForConditionalGeneration
 from glmcore.models.glm4.tiny import STOP_TOKENS, write_random_checkpoint, write_tiny_checkpoint
 from glmcore.models.glm4.tokenization import ChatGLM4Tokenizer
 from glmcore.models.glm4.tools import may_be_tool_call, parse_tool_call, tool_prompt_ids
+from glmcore.models.head import peft_prefix_tuning_config
 
 config_class = GLM4Config
 model_class = GLM4ForConditionalGeneration
@@ -137,22 +138,9 @@ def peft_prefix_config(config) -> dict:
     """The adapter_config.json of PEFT prefix tuning over this model, as the GLM-4 demo's `ptuning_v2.yaml`
     configures it (`num_attention_heads` the key/value groups, `token_dim` their channels), in inference mode:
     PEFT then reads the saved keys and values as they are."""
-    token_dim = config.multi_query_group_num * config.kv_channels
-    return {
-        "peft_type": "PREFIX_TUNING",
-        "task_type": "CAUSAL_LM",
-        "num_virtual_tokens": config.pre_seq_len,
-        "num_attention_heads": config.multi_query_group_num,
-        "token_dim": token_dim,
-        "num_layers": config.num_layers,
-        "encoder_hidden_size": token_dim,
-        "num_transformer_submodules": 1,
-        "prefix_projection": False,
-        "inference_mode": True,
-        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
-        "revision": None,
-        "auto_mapping": None,
-    }
+    return peft_prefix_tuning_config(
+        config, config.multi_query_group_num, config.kv_channels, config.num_layers
+    )
 
 
 def clean_response(text: str) -> str:

@@ -21,7 +21,7 @@ from glmcore.errors import GlmError
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
 from glmcore.models.chatglm2.modeling import PrefixEncoder
 from glmcore.models.family import read_config_json
-from glmcore.models.head import CACHE_FIELD, causal_lm_output, prefix_layers
+from glmcore.models.head import CACHE_FIELD, causal_lm_output, peft_prefix_tuning_config, prefix_layers
 
 KEEPS_READ_ONLY_CACHE = hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache")
 """Whether this transformers lets a layer keep a cache it only reads under gradient checkpointing (the prefix's);
@@ -290,22 +290,9 @@ def new_decoder(model, batch: int, capacity: int, *, use_graph: bool | None = No
 def peft_prefix_config(config) -> dict:
     """PEFT PREFIX_TUNING's adapter_config.json over transformers' class (the GLM-4 demo's P-tuning v2, in
     inference mode: PEFT reads the saved keys and values as they are)."""
-    token_dim = config.num_key_value_heads * config.kv_channels
-    return {
-        "peft_type": "PREFIX_TUNING",
-        "task_type": "CAUSAL_LM",
-        "num_virtual_tokens": config.pre_seq_len,
-        "num_attention_heads": config.num_key_value_heads,
-        "token_dim": token_dim,
-        "num_layers": config.num_hidden_layers,
-        "encoder_hidden_size": token_dim,
-        "num_transformer_submodules": 1,
-        "prefix_projection": False,
-        "inference_mode": True,
-        "base_model_name_or_path": getattr(config, "_name_or_path", None) or None,
-        "revision": None,
-        "auto_mapping": None,
-    }
+    return peft_prefix_tuning_config(
+        config, config.num_key_value_heads, config.kv_channels, config.num_hidden_layers
+    )
 
 
 class NativeTokenizerMixin:
