@@ -220,7 +220,7 @@ def test_generated_predictions_are_those_of_the_published_prediction_path(detail
     before the [gMASK], predictions and labels stripped."""
     from glmtui.cli import main
 
-    data = tmp_path / "dev.jsonl"
+    data = tmp_path / "dev[bold].jsonl"  # a file name that reads as markup is shown as it is
     cases = details["predictions"]
     data.write_text("".join(json.dumps(case["row"], ensure_ascii=False) + "\n" for case in cases), "utf-8")
     output = tmp_path / "evaluation"
@@ -229,7 +229,9 @@ def test_generated_predictions_are_those_of_the_published_prediction_path(detail
         + ["--max-source-length", str(details["max_source_length"])]
         + ["--max-target-length", str(details["max_target_length"]), "--batch-size", "2"]
     )
-    assert code == 0, capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert code == 0, said
+    assert f"on {data} into {output}" in " ".join(said.split())
     lines = (output / "base" / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == [case["line"] for case in cases]
     # The [MASK] rows are the ones whose answer would differ with the [gMASK] position, so the rule is tested.

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
         apply_family(args.family, evaluation.model_path)
         names = ", ".join(str(checkpoint) for checkpoint in evaluation.checkpoints)
         subset = f" (its first {args.limit} examples)" if args.limit else ""
-        console.print(f"Evaluating {names} on {evaluation.data_file}{subset} into {output_root}")
+        console.print(f"Evaluating {names} on {evaluation.data_file}{subset} into {output_root}", markup=False)
         arguments = {**evaluation.compare_arguments(), "output_root": output_root, "limit": args.limit}
         comparison = run_with_progress(console, arguments)
     except EvaluationCancelled:
