@@ -5,6 +5,8 @@ code): `GlmForCausalLM` at ChatGLM2/3's 6B shape (28 layers, hidden 4096, 2 key/
 vocabulary 65,024, half rotary), random weights in bf16, frozen, and a PEFT prefix of 128 virtual tokens (no
 projection) trained with AdamW over 64+64-token rows, loss on the last 64. The rows of `glmcore.bench --only
 ptuning16 --family chatglm3-6b` (batch 16, and batch 1) are measured the same way; run both in one GPU call.
+`--glm4` takes GLM-4-9B's shape instead (40 layers, vocabulary 151,552, qkv bias), the 16-bit line beside
+`glmcore.bench --only ptuning16 --family glm-4-9b-chat` (the GLM-4 baseline script has NF4 rows only).
 
 Imports only torch, transformers and PEFT. Prints one JSON line per figure; `--tiny` runs a toy shape on the CPU.
 """
@@ -20,6 +22,7 @@ from peft import PrefixTuningConfig, get_peft_model
 from transformers import GlmConfig, GlmForCausalLM
 
 TINY = "--tiny" in sys.argv
+GLM4 = "--glm4" in sys.argv
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 SOURCE, TARGET, VIRTUAL_TOKENS, TIMED_STEPS = 64, 64, 128, 3
@@ -35,12 +38,18 @@ def synchronize() -> None:
 
 
 def glm_config() -> GlmConfig:
-    """ChatGLM2/3's 6B shape in transformers' GLM class (or a toy one with --tiny)."""
+    """ChatGLM2/3's 6B shape in transformers' GLM class (GLM-4-9B's with --glm4, a toy one with --tiny)."""
     ids = {"pad_token_id": 0, "eos_token_id": 2, "bos_token_id": 1}
     if TINY:
         return GlmConfig(
             vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16, **ids,
+        )  # fmt: skip
+    if GLM4:
+        return GlmConfig(
+            vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40,
+            num_attention_heads=32, num_key_value_heads=2, head_dim=128, partial_rotary_factor=0.5,
+            attention_bias=True, **ids,
         )  # fmt: skip
     return GlmConfig(
         vocab_size=65024, hidden_size=4096, intermediate_size=13696, num_hidden_layers=28,
@@ -93,7 +102,7 @@ def prefix_step_figures(model, batch: int) -> dict:
 
 def main() -> None:
     report(figure="environment", device=torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu",
-           torch=torch.__version__, dtype=str(DTYPE))  # fmt: skip
+           torch=torch.__version__, dtype=str(DTYPE), shape="glm-4-9b" if GLM4 else "chatglm2/3-6b")  # fmt: skip
     model = get_peft_model(
         random_model(),
         PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=VIRTUAL_TOKENS, prefix_projection=False),

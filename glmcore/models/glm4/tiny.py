@@ -236,11 +236,13 @@ def random_state_dict(sizes: dict, *, seed: int, init_std: float) -> dict[str, t
 def write_random_checkpoint(directory: str | Path, config_values: dict) -> Path:
     """A checkpoint of any size (the real one's, for the bench) with random weights, built on the GPU when
     there is one: ten safetensors shards under the published names, `config.json` from `config_values`, and a
-    tiny checkpoint's tokenizer files (the bench feeds ids directly)."""
+    tiny checkpoint's tokenizer files, with the real special ids at the real vocabulary's size (so `glmtui train`,
+    `eval` and `serve` run on it: the config's stop ids are the tokenizer's; ids past the ranks decode to nothing)."""
     from glmcore.models.glm4.configuration import GLM4Config
     from glmcore.models.glm4.modeling import GLM4ForConditionalGeneration
 
-    folder = write_tiny_checkpoint(directory, num_shards=1)
+    real_ids = config_values["padded_vocab_size"] >= FIRST_SPECIAL_ID + len(SPECIAL_TOKENS)
+    folder = write_tiny_checkpoint(directory, num_shards=1, real_special_ids=real_ids)
     for stale in folder.glob("model*.safetensors*"):
         stale.unlink()
     tensors = random_state(GLM4ForConditionalGeneration, GLM4Config(**config_values))
