@@ -46,14 +46,33 @@ def rotary_cos_sin(
     return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, heads, seq, channels]."""
-    cos, sin = rotary
-    rotated_dims = 2 * cos.shape[-1]
-    pairs = x[..., :rotated_dims].unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated, x[..., rotated_dims:]), dim=-1)
+def rotary_tables(
+    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype, rope_ratio: float = 1.0
+) -> tuple[torch.Tensor, ...]:
+    """cos and a signed sin [batch, seq, 1, kv_channels] for heads laid out [batch, seq, heads, kv_channels].
+
+    `rotary_cos_sin`'s values, arranged so one pass rotates whole heads: each pair (2i, 2i+1) of the first half
+    gets its angle's cos twice and (-sin, +sin), which carries the rotation's sign; the second half passes
+    through (cos 1, sin 0). Built once per forward from the same cos and sin, so the same values.
+    """
+    cos, sin = (table[:, 0] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio))
+    passing = cos.new_ones(*cos.shape[:-1], kv_channels // 2)
+    cos = torch.cat((torch.stack((cos, cos), dim=-1).flatten(-2), passing), dim=-1)
+    sin = torch.cat((torch.stack((-sin, sin), dim=-1).flatten(-2), passing.zero_()), dim=-1)
+    return cos[:, :, None], sin[:, :, None]
+
+
+def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, seq, heads, channels].
+
+    In four kernels for queries and keys together (swap the pairs, two products, their sum), where rotating
+    each half of each tensor apart took sixteen. The same products and sum as the published
+    `x_even·cos - x_odd·sin`, `x_odd·cos + x_even·sin` (the sign is in the sin table), each rounded alike, so the
+    same values in every dtype; the unrotated half is x·1 + x'·0 = x.
+    """
+    cos, signed_sin = tables
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return x * cos + swapped * signed_sin
 
 
 # --- attention mask --------------------------------------------------------------------------------
@@ -130,8 +149,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
-        return (self.weight * (hidden_states * torch.rsqrt(variance + self.eps))).to(hidden_states.dtype)
+        """The published x·rsqrt(mean(x²) + eps)·weight in fp32, rounded once to x's dtype.
+
+        Without gradients (decoding, evaluation, serving) it is `F.rms_norm`: one kernel on the GPU instead of
+        seven, the same arithmetic (on the CPU the same values; on the GPU its fp32 reduction may round an
+        element of a 16-bit result the other way). Training keeps the published chain and its gradients.
+        """
+        if torch.is_grad_enabled():
+            variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
+            return (self.weight * (hidden_states * torch.rsqrt(variance + self.eps))).to(hidden_states.dtype)
+        return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -157,21 +184,30 @@ class SelfAttention(nn.Module):
         cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
-        channels = self.kv_channels
-        query, key, value = self.query_key_value(hidden_states).split(
-            [self.num_heads * channels, self.groups * channels, self.groups * channels], dim=-1
-        )
-        query = apply_rotary(query.view(batch, length, self.num_heads, channels).transpose(1, 2), rotary)
-        key = apply_rotary(key.view(batch, length, self.groups, channels).transpose(1, 2), rotary)
-        value = value.view(batch, length, self.groups, channels).transpose(1, 2)
+        heads, groups = self.num_heads, self.groups
+        qkv = self.query_key_value(hidden_states).view(batch, length, heads + 2 * groups, self.kv_channels)
+        query_key = apply_rotary(qkv[:, :, : heads + groups], rotary)
+        query, key = query_key[:, :, :heads], query_key[:, :, heads:].transpose(1, 2)
+        if query.requires_grad:
+            # Attention keeps its query for the backward pass; as a view it would keep the keys' part alive too.
+            query = query.contiguous()
+        value = qkv[:, :, heads + groups :].transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         if prefix is not None:
             key = torch.cat((prefix[0], key), dim=2)
             value = torch.cat((prefix[1], value), dim=2)
         attention_mask, is_causal = mask
+        if length == 1:
+            # One new token (a decoding step): the query heads of a group are that group's rows of queries, so
+            # the group's keys and values are read as they are, with no grouped-query expansion (on the GPU the
+            # memory-efficient kernel, where grouped queries with a mask fall back to expanding the keys).
+            # The mask [batch, 1, 1, keys] is the same for every row.
+            grouped = query.reshape(batch, groups, heads // groups, self.kv_channels)
+            context = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask)
+            return self.dense(context.reshape(batch, 1, -1))
         context = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
+            query.transpose(1, 2), key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
         )
         return self.dense(context.transpose(1, 2).reshape(batch, length, -1))
 
@@ -319,7 +355,7 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
             mask = attention_mask_for(
                 attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
             )
-        rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype, config.rope_ratio)
+        rotary = rotary_tables(position_ids, config.kv_channels, hidden_states.dtype, config.rope_ratio)
         for index, layer in enumerate(self.encoder.layers):
             hidden_states = layer(
                 hidden_states,
