@@ -48,7 +48,11 @@ def pick_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
 
 
 class StaticKVCache:
-    """Keys and values [batch, heads, capacity, channels] per layer, written at `write_index`."""
+    """Keys and values [batch, heads, capacity, channels] per layer, written at `write_index`.
+
+    Each layer's keys and values are the two halves of one tensor [batch, 2·heads, capacity, channels], so a
+    step whose new keys and values lie side by side writes both in one kernel (`update_keys_values`).
+    """
 
     def __init__(
         self,
@@ -60,9 +64,10 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (batch, heads, capacity, channels)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        shape = (batch, 2 * heads, capacity, channels)
+        self.keys_values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [layer[:, :heads] for layer in self.keys_values]
+        self.values = [layer[:, heads:] for layer in self.keys_values]
         self.write_index = torch.zeros(1, dtype=torch.long, device=device)
         self.length = 0
 
@@ -72,6 +77,11 @@ class StaticKVCache:
         """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
         self.keys[layer_idx].index_copy_(2, self.write_index, key)
         self.values[layer_idx].index_copy_(2, self.write_index, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def update_keys_values(self, key_value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`update` for keys then values as one tensor [batch, 2·heads, tokens, channels]: one write."""
+        self.keys_values[layer_idx].index_copy_(2, self.write_index, key_value)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

@@ -49,30 +49,36 @@ def rotary_cos_sin(
 def rotary_tables(
     position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype, rope_ratio: float = 1.0
 ) -> tuple[torch.Tensor, ...]:
-    """cos and a signed sin [batch, seq, 1, kv_channels] for heads laid out [batch, seq, heads, kv_channels].
+    """cos and a signed sin [batch, seq, 1, kv_channels/2] for heads laid out [batch, seq, heads, kv_channels].
 
-    `rotary_cos_sin`'s values, arranged so one pass rotates whole heads: each pair (2i, 2i+1) of the first half
-    gets its angle's cos twice and (-sin, +sin), which carries the rotation's sign; the second half passes
-    through (cos 1, sin 0). Built once per forward from the same cos and sin, so the same values.
+    `rotary_cos_sin`'s values (the same numbers) arranged for the pairs (2i, 2i+1) of the rotated half: each
+    pair gets its angle's cos twice and (-sin, +sin), which carries the rotation's sign. Built once a forward.
     """
-    cos, sin = (table[:, 0] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio))
-    passing = cos.new_ones(*cos.shape[:-1], kv_channels // 2)
-    cos = torch.cat((torch.stack((cos, cos), dim=-1).flatten(-2), passing), dim=-1)
-    sin = torch.cat((torch.stack((-sin, sin), dim=-1).flatten(-2), passing.zero_()), dim=-1)
-    return cos[:, :, None], sin[:, :, None]
+    cos, sin = (table[:, 0, :, None] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio))
+    return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
 def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, seq, heads, channels].
 
-    In four kernels for queries and keys together (swap the pairs, two products, their sum), where rotating
-    each half of each tensor apart took sixteen. The same products and sum as the published
-    `x_even·cos - x_odd·sin`, `x_odd·cos + x_even·sin` (the sign is in the sin table), each rounded alike, so the
-    same values in every dtype; the unrotated half is x·1 + x'·0 = x.
+    Queries and keys together in five kernels (swap the pairs, two products, their sum, the unrotated half
+    beside them), where rotating each half of each tensor apart took sixteen. The same products and sum as the
+    published `x_even·cos - x_odd·sin`, `x_odd·cos + x_even·sin` (the sign is in the sin table), each rounded
+    alike, so the same values in every dtype and the same gradients.
     """
     cos, signed_sin = tables
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return x * cos + swapped * signed_sin
+    rotated = x[..., : cos.shape[-1]]
+    swapped = rotated.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.cat((rotated * cos + swapped * signed_sin, x[..., cos.shape[-1] :]), dim=-1)
+
+
+def rotate_in_place(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> None:
+    """`apply_rotary` written into x, in three kernels (swap, multiply, multiply-add), for paths without
+    gradients; the multiply-add rounds once where `apply_rotary` rounds twice (in fp32, 1e-7 apart)."""
+    cos, signed_sin = tables
+    rotated = x[..., : cos.shape[-1]]
+    swapped = rotated.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    rotated.mul_(cos).addcmul_(swapped, signed_sin)
 
 
 # --- attention mask --------------------------------------------------------------------------------
@@ -186,8 +192,10 @@ class SelfAttention(nn.Module):
         batch, length, _ = hidden_states.shape
         heads, groups = self.num_heads, self.groups
         qkv = self.query_key_value(hidden_states).view(batch, length, heads + 2 * groups, self.kv_channels)
+        if length == 1 and not torch.is_grad_enabled():
+            return self.decoding_step(qkv, rotary, mask[0], prefix, cache)
         query_key = apply_rotary(qkv[:, :, : heads + groups], rotary)
-        query, key = query_key[:, :, :heads], query_key[:, :, heads:].transpose(1, 2)
+        query, key = query_key[:, :, :heads].transpose(1, 2), query_key[:, :, heads:].transpose(1, 2)
         if query.requires_grad:
             # Attention keeps its query for the backward pass; as a view it would keep the keys' part alive too.
             query = query.contiguous()
@@ -198,18 +206,45 @@ class SelfAttention(nn.Module):
             key = torch.cat((prefix[0], key), dim=2)
             value = torch.cat((prefix[1], value), dim=2)
         attention_mask, is_causal = mask
-        if length == 1:
-            # One new token (a decoding step): the query heads of a group are that group's rows of queries, so
-            # the group's keys and values are read as they are, with no grouped-query expansion (on the GPU the
-            # memory-efficient kernel, where grouped queries with a mask fall back to expanding the keys).
-            # The mask [batch, 1, 1, keys] is the same for every row.
-            grouped = query.reshape(batch, groups, heads // groups, self.kv_channels)
-            context = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask)
-            return self.dense(context.reshape(batch, 1, -1))
         context = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
+            query, key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
         )
         return self.dense(context.transpose(1, 2).reshape(batch, length, -1))
+
+    def decoding_step(
+        self,
+        qkv: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor | None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """Attention for one new token per row without gradients (decoding, serving), in fewer kernels.
+
+        - Queries and keys are rotated in place in the projection's output `qkv` [batch, 1, heads + 2·groups,
+          channels] (`rotate_in_place`), so the new keys and values stay side by side and a cache that takes
+          them together (`glmcore.decoding.StaticKVCache.update_keys_values`) writes both in one kernel.
+        - The query heads of a group are that group's rows of queries, so attention reads the group's keys and
+          values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
+          grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
+          [batch, 1, 1, keys] is the same for every row.
+        """
+        batch = qkv.shape[0]
+        heads, groups, channels = self.num_heads, self.groups, self.kv_channels
+        rotate_in_place(qkv[:, :, : heads + groups], rotary)
+        key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
+        if hasattr(cache, "update_keys_values"):
+            key, value = cache.update_keys_values(key_value, self.layer_idx)
+        elif cache is not None:
+            key, value = cache.update(key_value[:, :groups], key_value[:, groups:], self.layer_idx)
+        else:
+            key, value = key_value[:, :groups], key_value[:, groups:]
+        if prefix is not None:
+            key = torch.cat((prefix[0], key), dim=2)
+            value = torch.cat((prefix[1], value), dim=2)
+        query = qkv[:, 0, :heads].view(batch, groups, heads // groups, channels)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        return self.dense(context.reshape(batch, 1, -1))
 
 
 class MLP(nn.Module):
