@@ -79,7 +79,9 @@ class StaticKVCache:
         self.values[layer_idx].index_copy_(2, self.write_index, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
-    def update_keys_values(self, key_value: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_keys_values(
+        self, key_value: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`update` for keys then values as one tensor [batch, 2·heads, tokens, channels]: one write."""
         self.keys_values[layer_idx].index_copy_(2, self.write_index, key_value)
         return self.keys[layer_idx], self.values[layer_idx]

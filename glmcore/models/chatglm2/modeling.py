@@ -54,7 +54,9 @@ def rotary_tables(
     `rotary_cos_sin`'s values (the same numbers) arranged for the pairs (2i, 2i+1) of the rotated half: each
     pair gets its angle's cos twice and (-sin, +sin), which carries the rotation's sign. Built once a forward.
     """
-    cos, sin = (table[:, 0, :, None] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio))
+    cos, sin = (
+        table[:, 0, :, None] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio)
+    )
     return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
