@@ -9,7 +9,9 @@ Differences from the published code, none visible in the logits: hidden states a
 instead of [seq, batch, hidden]; the cache is transformers' (keys [batch, groups, seq, channels]);
 rotary angles are computed from the position ids directly rather than gathered from a table of
 `seq_length` rows (the same products, so the same values); the published per-layer query scaling is plain
-scaled attention with an fp32 softmax, which SDPA gives.
+scaled attention with an fp32 softmax, which SDPA gives. Without gradients (decoding, evaluation, serving),
+RMSNorm is one fused kernel and a one-token step (`SelfAttention.decoding_step`) rotates, caches and attends in
+fewer kernels, the same arithmetic up to fp32 rounding; training keeps the published chain and its gradients.
 """
 
 from __future__ import annotations
