@@ -47,8 +47,17 @@ def pick_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Gener
     return order.gather(-1, choice).squeeze(-1)
 
 
+KEY_ALIGNMENT = 16
+"""The static cache's columns (prefix included) are a multiple of this: the GPU's memory-efficient attention
+copies a mask whose rows are not (two more kernels a layer, every step). The extra columns stay hidden."""
+
+
 class StaticKVCache:
-    """Keys and values [batch, heads, capacity, channels] per layer, written at `write_index`."""
+    """Keys and values [batch, heads, capacity, channels] per layer, written at `write_index`.
+
+    Each layer's keys and values are the two halves of one tensor [batch, 2·heads, capacity, channels], so a
+    step whose new keys and values lie side by side writes both in one kernel (`update_keys_values`).
+    """
 
     def __init__(
         self,
@@ -60,9 +69,10 @@ class StaticKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (batch, heads, capacity, channels)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        shape = (batch, 2 * heads, capacity, channels)
+        self.keys_values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [layer[:, :heads] for layer in self.keys_values]
+        self.values = [layer[:, heads:] for layer in self.keys_values]
         self.write_index = torch.zeros(1, dtype=torch.long, device=device)
         self.length = 0
 
@@ -72,6 +82,13 @@ class StaticKVCache:
         """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
         self.keys[layer_idx].index_copy_(2, self.write_index, key)
         self.values[layer_idx].index_copy_(2, self.write_index, value)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def update_keys_values(
+        self, key_value: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`update` for keys then values as one tensor [batch, 2·heads, tokens, channels]: one write."""
+        self.keys_values[layer_idx].index_copy_(2, self.write_index, key_value)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -106,8 +123,16 @@ class StaticDecoder:
         self.capacity = capacity
         self.prefix_length = model.config.pre_seq_len or 0
         heads, channels = self.cache_heads_and_channels()
+        self.key_columns = -(-(self.prefix_length + capacity) // KEY_ALIGNMENT) * KEY_ALIGNMENT
+        """The keys a step attends over: the prefix and the cache's columns."""
         self.cache = StaticKVCache(
-            model.config.num_layers, batch, heads, capacity, channels, self.dtype, self.device
+            model.config.num_layers,
+            batch,
+            heads,
+            self.key_columns - self.prefix_length,
+            channels,
+            self.dtype,
+            self.device,
         )
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -117,7 +142,7 @@ class StaticDecoder:
         # converted inside the captured step.
         self.hidden = torch.finfo(self.dtype).min
         self.mask = torch.full(
-            (batch, 1, 1, self.prefix_length + capacity), self.hidden, dtype=self.dtype, device=self.device
+            (batch, 1, 1, self.key_columns), self.hidden, dtype=self.dtype, device=self.device
         )
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -186,7 +211,7 @@ class StaticDecoder:
         prefix = self.prefix_length
         positions, allowed = self.prompt_positions_and_mask(input_ids, attention_mask)
         prompt_mask = torch.full(
-            (batch, 1, length, prefix + self.capacity), self.hidden, dtype=self.dtype, device=self.device
+            (batch, 1, length, self.key_columns), self.hidden, dtype=self.dtype, device=self.device
         )
         prompt_mask[..., : prefix + length].masked_fill_(allowed, 0.0)
         self.cache.write_index = torch.arange(length, device=self.device)

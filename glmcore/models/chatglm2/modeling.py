@@ -9,7 +9,9 @@ Differences from the published code, none visible in the logits: hidden states a
 instead of [seq, batch, hidden]; the cache is transformers' (keys [batch, groups, seq, channels]);
 rotary angles are computed from the position ids directly rather than gathered from a table of
 `seq_length` rows (the same products, so the same values); the published per-layer query scaling is plain
-scaled attention with an fp32 softmax, which SDPA gives.
+scaled attention with an fp32 softmax, which SDPA gives. Without gradients (decoding, evaluation, serving),
+RMSNorm is one fused kernel and a one-token step (`SelfAttention.decoding_step`) rotates, caches and attends in
+fewer kernels, the same arithmetic up to fp32 rounding; training keeps the published chain and its gradients.
 """
 
 from __future__ import annotations
@@ -46,14 +48,41 @@ def rotary_cos_sin(
     return angles.cos()[:, None].to(dtype), angles.sin()[:, None].to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, rotary: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, heads, seq, channels]."""
-    cos, sin = rotary
-    rotated_dims = 2 * cos.shape[-1]
-    pairs = x[..., :rotated_dims].unflatten(-1, (-1, 2))
-    even, odd = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((rotated, x[..., rotated_dims:]), dim=-1)
+def rotary_tables(
+    position_ids: torch.Tensor, kv_channels: int, dtype: torch.dtype, rope_ratio: float = 1.0
+) -> tuple[torch.Tensor, ...]:
+    """cos and a signed sin [batch, seq, 1, kv_channels/2] for heads laid out [batch, seq, heads, kv_channels].
+
+    `rotary_cos_sin`'s values (the same numbers) arranged for the pairs (2i, 2i+1) of the rotated half: each
+    pair gets its angle's cos twice and (-sin, +sin), which carries the rotation's sign. Built once a forward.
+    """
+    cos, sin = (
+        table[:, 0, :, None] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio)
+    )
+    return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def apply_rotary(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Rotate the interleaved pairs (2i, 2i+1) of the first half of each head [batch, seq, heads, channels].
+
+    Queries and keys together in five kernels (swap the pairs, two products, their sum, the unrotated half
+    beside them), where rotating each half of each tensor apart took sixteen. The same products and sum as the
+    published `x_even·cos - x_odd·sin`, `x_odd·cos + x_even·sin` (the sign is in the sin table), each rounded
+    alike, so the same values in every dtype and the same gradients.
+    """
+    cos, signed_sin = tables
+    rotated = x[..., : cos.shape[-1]]
+    swapped = rotated.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.cat((rotated * cos + swapped * signed_sin, x[..., cos.shape[-1] :]), dim=-1)
+
+
+def rotate_in_place(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> None:
+    """`apply_rotary` written into x, in three kernels (swap, multiply, multiply-add), for paths without
+    gradients; the multiply-add rounds once where `apply_rotary` rounds twice (in fp32, 1e-7 apart)."""
+    cos, signed_sin = tables
+    rotated = x[..., : cos.shape[-1]]
+    swapped = rotated.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    rotated.mul_(cos).addcmul_(swapped, signed_sin)
 
 
 # --- attention mask --------------------------------------------------------------------------------
@@ -130,8 +159,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
-        return (self.weight * (hidden_states * torch.rsqrt(variance + self.eps))).to(hidden_states.dtype)
+        """The published x·rsqrt(mean(x²) + eps)·weight in fp32, rounded once to x's dtype.
+
+        Without gradients (decoding, evaluation, serving) it is `F.rms_norm`: one kernel on the GPU instead of
+        seven, the same arithmetic (on the CPU the same values; on the GPU its fp32 reduction may round an
+        element of a 16-bit result the other way). Training keeps the published chain and its gradients.
+        """
+        if torch.is_grad_enabled():
+            variance = hidden_states.float().pow(2).mean(-1, keepdim=True)
+            return (self.weight * (hidden_states * torch.rsqrt(variance + self.eps))).to(hidden_states.dtype)
+        return F.rms_norm(hidden_states, self.weight.shape, self.weight, self.eps)
 
 
 class SelfAttention(nn.Module):
@@ -157,13 +194,16 @@ class SelfAttention(nn.Module):
         cache: Cache | None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
-        channels = self.kv_channels
-        query, key, value = self.query_key_value(hidden_states).split(
-            [self.num_heads * channels, self.groups * channels, self.groups * channels], dim=-1
-        )
-        query = apply_rotary(query.view(batch, length, self.num_heads, channels).transpose(1, 2), rotary)
-        key = apply_rotary(key.view(batch, length, self.groups, channels).transpose(1, 2), rotary)
-        value = value.view(batch, length, self.groups, channels).transpose(1, 2)
+        heads, groups = self.num_heads, self.groups
+        qkv = self.query_key_value(hidden_states).view(batch, length, heads + 2 * groups, self.kv_channels)
+        if length == 1 and not torch.is_grad_enabled():
+            return self.decoding_step(qkv, rotary, mask[0], prefix, cache)
+        query_key = apply_rotary(qkv[:, :, : heads + groups], rotary)
+        query, key = query_key[:, :, :heads].transpose(1, 2), query_key[:, :, heads:].transpose(1, 2)
+        if query.requires_grad:
+            # Attention keeps its query for the backward pass; as a view it would keep the keys' part alive too.
+            query = query.contiguous()
+        value = qkv[:, :, heads + groups :].transpose(1, 2)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)
         if prefix is not None:
@@ -174,6 +214,41 @@ class SelfAttention(nn.Module):
             query, key, value, attn_mask=attention_mask, is_causal=is_causal, enable_gqa=True
         )
         return self.dense(context.transpose(1, 2).reshape(batch, length, -1))
+
+    def decoding_step(
+        self,
+        qkv: torch.Tensor,
+        rotary: tuple[torch.Tensor, ...],
+        attention_mask: torch.Tensor | None,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: Cache | None,
+    ) -> torch.Tensor:
+        """Attention for one new token per row without gradients (decoding, serving), in fewer kernels.
+
+        - Queries and keys are rotated in place in the projection's output `qkv` [batch, 1, heads + 2·groups,
+          channels] (`rotate_in_place`), so the new keys and values stay side by side and a cache that takes
+          them together (`glmcore.decoding.StaticKVCache.update_keys_values`) writes both in one kernel.
+        - The query heads of a group are that group's rows of queries, so attention reads the group's keys and
+          values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
+          grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
+          [batch, 1, 1, keys] is the same for every row.
+        """
+        batch = qkv.shape[0]
+        heads, groups, channels = self.num_heads, self.groups, self.kv_channels
+        rotate_in_place(qkv[:, :, : heads + groups], rotary)
+        key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
+        if hasattr(cache, "update_keys_values"):
+            key, value = cache.update_keys_values(key_value, self.layer_idx)
+        elif cache is not None:
+            key, value = cache.update(key_value[:, :groups], key_value[:, groups:], self.layer_idx)
+        else:
+            key, value = key_value[:, :groups], key_value[:, groups:]
+        if prefix is not None:
+            key = torch.cat((prefix[0], key), dim=2)
+            value = torch.cat((prefix[1], value), dim=2)
+        query = qkv[:, 0, :heads].view(batch, groups, heads // groups, channels)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        return self.dense(context.reshape(batch, 1, -1))
 
 
 class MLP(nn.Module):
@@ -319,7 +394,7 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
             mask = attention_mask_for(
                 attention_mask, batch, length, prefix_length + cache_length, hidden_states.device
             )
-        rotary = rotary_cos_sin(position_ids, config.kv_channels, hidden_states.dtype, config.rope_ratio)
+        rotary = rotary_tables(position_ids, config.kv_channels, hidden_states.dtype, config.rope_ratio)
         for index, layer in enumerate(self.encoder.layers):
             hidden_states = layer(
                 hidden_states,
