@@ -22,6 +22,7 @@ for other in /tmp/g4/*-random; do  # one random 9B checkpoint (19 GB) on the dis
 done
 case $1 in
   layout1)
+    python3 -m pytest tests/gpu -q -p no:cacheprovider 2>&1 | tail -4 | tee "$OUT/gpu_tests.txt"
     bench --family glm-4-9b-chat --only bandwidth,ptuning4,decode16,decode4,evaluate,load
     baseline glm ;;
   layout1-16)
