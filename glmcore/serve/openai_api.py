@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling
-from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object
+from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object, definition_problem
 
 DEFAULT_TEMPERATURE = 0.95
 DEFAULT_TOP_P = 0.7
@@ -155,13 +155,8 @@ class ChatCompletionRequest(_Generation):
     @classmethod
     def _function_tools(cls, value: list[dict] | None) -> list[dict] | None:
         for index, tool in enumerate(value or []):
-            function = tool.get("function")
-            if tool.get("type") != "function" or not isinstance(function, dict):
-                raise ValueError(f'tool {index} must be {{"type": "function", "function": {{...}}}}')
-            if not isinstance(function.get("name"), str) or not function["name"]:
-                raise ValueError(f"tool {index}'s function needs a name")
-            if not isinstance(function.get("parameters", {}), dict):
-                raise ValueError(f"tool {index}'s function parameters must be a JSON object")
+            if problem := definition_problem(index, tool):
+                raise ValueError(problem)
         return value
 
     @property
