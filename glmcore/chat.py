@@ -157,6 +157,18 @@ def plan_chat(
     )
 
 
+def check_tools_family(model: Path, family: str | None) -> None:
+    """ChatError, before anything loads, when the folder's family has no tools in its chat format."""
+    from glmcore.models.family import family_for
+
+    model_family, _ = family_for(model, family)
+    if not hasattr(model_family.implementation(), "tool_prompt_ids"):
+        raise ChatError(
+            f"{model_family.title}'s chat format has no tools: chat without --tools, or with a ChatGLM3-6B or "
+            "GLM-4 model."
+        )
+
+
 class PrefixCache:
     """Prefix weights already read, by checkpoint path: switching back to one reads no file."""
 
@@ -410,6 +422,10 @@ class ChatSession:
     def tools_supported(self) -> bool:
         """Whether the family's chat format has tools (ChatGLM3, GLM-4)."""
         return hasattr(self.family, "tool_prompt_ids")
+
+    def arguments_text(self, call: ToolCall) -> str:
+        """A call's arguments as the family writes them (GLM-4's JSON, ChatGLM3's `tool_call(k=v)`)."""
+        return self.family.arguments_text(call)
 
     @property
     def pending_call(self) -> ToolCall | None:
