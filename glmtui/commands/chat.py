@@ -141,7 +141,12 @@ def run(args: argparse.Namespace) -> int:
         )
         notices.print(Text(context_line(cache)))
     return converse(
-        session, sys.stdin, sys.stdout, notices, interactive=interactive, show_reasoning=not args.hide_reasoning
+        session,
+        sys.stdin,
+        sys.stdout,
+        notices,
+        interactive=interactive,
+        show_reasoning=not args.hide_reasoning,
     )
 
 
@@ -183,7 +188,9 @@ def converse(
     while True:
         call = session.pending_call
         try:
-            line = input(f"\n结果 ({call.name})：" if call else "\n用户：") if interactive else source.readline()
+            line = (
+                input(f"\n结果 ({call.name})：" if call else "\n用户：") if interactive else source.readline()
+            )
         except (EOFError, KeyboardInterrupt):
             return 0
         if not interactive and not line:
@@ -247,7 +254,9 @@ def _answer(
             reasoning, answer = parts.advance(turn.response)
             if reasoning and show_reasoning:
                 if not reasoned:
-                    reasoning_out.print(Text(f"({REASONING_LABEL}) ", style=f"bold {REASONING_STYLE}"), end="")
+                    reasoning_out.print(
+                        Text(f"({REASONING_LABEL}) ", style=f"bold {REASONING_STYLE}"), end=""
+                    )
                 reasoning_out.print(Text(reasoning, style=REASONING_STYLE), end="")
                 reasoned = True
             if answer:

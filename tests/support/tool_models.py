@@ -117,7 +117,9 @@ def write_tool_call_model(folder: Path, name: str) -> Path:
     """A tiny model of family `name` that answers QUESTION with the call and RESULT with ANSWER."""
     from glmcore.models import family_named
 
-    family_named(name).implementation().write_tiny_checkpoint(folder, corpus=CORPUS * 3, seq_length=512, seed=0)
+    family_named(name).implementation().write_tiny_checkpoint(
+        folder, corpus=CORPUS * 3, seq_length=512, seed=0
+    )
     train_on(folder, tool_training_row)
     return folder
 
