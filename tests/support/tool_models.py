@@ -114,11 +114,12 @@ def train_on(model_dir: Path, row) -> int:
 
 
 def write_tool_call_model(folder: Path, name: str) -> Path:
-    """A tiny model of family `name` that answers QUESTION with the call and RESULT with ANSWER."""
+    """A tiny model of family `name` that answers QUESTION with the call and RESULT with ANSWER (1,024 positions:
+    room for the prompt beside the Chat screen's 512-token answers)."""
     from glmcore.models import family_named
 
     family_named(name).implementation().write_tiny_checkpoint(
-        folder, corpus=CORPUS * 3, seq_length=512, seed=0
+        folder, corpus=CORPUS * 3, seq_length=1024, seed=0
     )
     train_on(folder, tool_training_row)
     return folder
@@ -131,7 +132,7 @@ def write_z1_model(folder: Path) -> Path:
     family_named("glm-4-0414").implementation().write_tiny_checkpoint(
         folder,
         corpus=[Z1_QUESTION, Z1_REASONING, "</think>", Z1_ANSWER] * 3,
-        seq_length=512,
+        seq_length=1024,
         seed=0,
         chat_template=Z1_TEMPLATE,
     )
