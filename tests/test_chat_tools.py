@@ -232,3 +232,44 @@ def test_the_hf_and_0414_layouts_take_tools_as_the_published_template_renders_th
     assert api.request_prompt(implementation, tokenizer, body, family_named(name).title) == list(published)
     parsed = implementation.parse_tool_call('get_weather\n{"city": "Paris"}', {"get_weather"})
     assert parsed is not None and parsed.call == CALL
+
+
+async def test_served_z1_answers_carry_the_reasoning_apart_as_reasoning_content(
+    z1_model: Path, tmp_path: Path
+):
+    """As vLLM's and DeepSeek's OpenAI-compatible servers do: `content` is the answer, `reasoning_content` the
+    reasoning, on the whole message and across the streamed deltas."""
+    import httpx2
+    import openai
+
+    import glmcore
+    from glmcore.runs import RunStore
+    from glmcore.serve.batching import Engine
+    from glmcore.serve.http import Service
+    from glmcore.serve.registry import ModelRegistry
+
+    engine = Engine(glmcore.load_model(z1_model), glmcore.load_tokenizer(z1_model), slots=2, capacity=96)
+    service = Service(engine, ModelRegistry(z1_model, RunStore(tmp_path / "runs")), max_request_bytes=2**20)
+    client = openai.AsyncOpenAI(
+        base_url="http://serve.test/v1",
+        api_key="none",
+        max_retries=0,
+        http_client=httpx2.AsyncClient(transport=httpx2.ASGITransport(app=service.app(None))),
+    )
+    question = {
+        "model": z1_model.name,
+        "messages": [{"role": "user", "content": Z1_QUESTION}],
+        "temperature": 0,
+    }
+    try:
+        whole = (await client.chat.completions.create(**question, max_tokens=40)).choices[0].message
+        assert (whole.content, whole.reasoning_content) == (Z1_ANSWER, Z1_REASONING)
+        fields = {"content": "", "reasoning_content": ""}
+        async for chunk in await client.chat.completions.create(**question, max_tokens=40, stream=True):
+            for choice in chunk.choices:
+                for field in fields:
+                    fields[field] += getattr(choice.delta, field, None) or ""
+        assert fields == {"content": Z1_ANSWER, "reasoning_content": Z1_REASONING}
+    finally:
+        await client.close()
+        engine.shutdown()
