@@ -39,11 +39,19 @@ CALL = ToolCall("get_weather", json.dumps(ARGUMENTS))
 
 
 @pytest.fixture(scope="module")
-def glm4_session(tool_call_model):
+def tool_session(tool_call_model):
+    """`tool_session(name)`: a chat with the trained tiny model of family `name`, made once."""
     import glmcore
 
-    folder = tool_call_model("glm-4-9b-chat")
-    return ChatSession(glmcore.load_model(folder), glmcore.load_tokenizer(folder))
+    sessions: dict[str, ChatSession] = {}
+
+    def session(name: str) -> ChatSession:
+        if name not in sessions:
+            folder = tool_call_model(name)
+            sessions[name] = ChatSession(glmcore.load_model(folder), glmcore.load_tokenizer(folder))
+        return sessions[name]
+
+    return session
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +61,15 @@ def z1_session(z1_model: Path):
     return ChatSession(glmcore.load_model(z1_model), glmcore.load_tokenizer(z1_model))
 
 
-def test_a_call_shows_as_a_call_and_its_result_goes_back_as_the_observation(glm4_session):
-    session = glm4_session
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [("glm-4-9b-chat", '{"city": "Paris"}'), ("chatglm3-6b", "tool_call(city='Paris')")],
+    ids=["glm-4-9b-chat", "chatglm3-6b"],
+)
+def test_a_call_shows_as_a_call_and_its_result_goes_back_as_the_observation(tool_session, name, arguments):
+    """The call parsed as the family's demo parses it, its arguments as the family writes them; the next message is
+    its result, in the prompt as the server builds it."""
+    session = tool_session(name)
     session.clear()
     session.use_tools([WEATHER])
     asked, answered, _ = conversation(CALL)
@@ -64,7 +79,7 @@ def test_a_call_shows_as_a_call_and_its_result_goes_back_as_the_observation(glm4
     assert list(turn) == [] and turn.response == ""  # held while it may be a call: no text of it streams
     assert turn.prompt_ids == family.tool_prompt_ids(session.tokenizer, asked, [WEATHER])
     assert turn.call == CALL and session.pending_call == CALL
-    assert session.arguments_text(turn.call) == '{"city": "Paris"}'
+    assert session.arguments_text(turn.call) == arguments
 
     turn = session.ask(RESULT, GREEDY)  # the next message answers the call
     assert turn.message == {"role": "observation", "content": RESULT}
@@ -74,10 +89,10 @@ def test_a_call_shows_as_a_call_and_its_result_goes_back_as_the_observation(glm4
     assert session.history == [(QUESTION, ANSWER)]
 
 
-def test_an_answer_that_does_not_parse_as_a_call_stays_text(glm4_session):
+def test_an_answer_that_does_not_parse_as_a_call_stays_text(tool_session):
     """The call cut short by the answer length is no call: its text is the answer, and the next message is the
     user's again."""
-    session = glm4_session
+    session = tool_session("glm-4-9b-chat")
     session.clear()
     session.use_tools([WEATHER])
     turn = session.ask(QUESTION, ChatSettings(sampling=False, max_new_tokens=4))

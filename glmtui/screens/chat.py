@@ -183,6 +183,8 @@ class ChatScreen(WorkbenchScreen):
         )
 
     def on_chat_loaded(self, message: ChatLoaded) -> None:
+        if message.session is not self.session:  # a model loaded afresh has no tools yet: the field's go in
+            self._tools_file = ""
         self.session = message.session
         self._loading = None
         self.query_one("#chat-system-row").display = message.session.system_role
