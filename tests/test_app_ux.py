@@ -14,6 +14,7 @@ from textual.widgets import Input, Static
 
 from glmcore.runs import Run
 from glmtui.screens.chat import AnswerGrew, ChatScreen
+from glmtui.text.chat import Exchange
 
 
 @pytest.fixture
@@ -390,7 +391,7 @@ async def test_a_chat_answer_that_looks_like_markup_is_shown_as_it_is(tmp_path: 
         await pilot.press("f8")
         screen = app.screen
         assert isinstance(screen, ChatScreen)
-        screen.transcript = [("[red]question", "")]
+        screen.transcript = [Exchange("[red]question")]
         screen.post_message(AnswerGrew(answer, done=True))
         transcript = screen.query_one("#chat-transcript", Static)
         await wait_until_in_app(pilot, lambda: "not bold" in str(transcript.render()), "the answer drawn")
