@@ -54,8 +54,8 @@ async def test_a_message_sent_while_the_model_loads_waits_and_goes_out(
         assert str(status.render()).endswith("your message goes out once it is ready")
         assert not app.notifications, [n.message for n in app.notifications]
         held_model_load.set()
-        await wait_until_in_app(pilot, lambda: screen.transcript and screen.transcript[-1][1], "an answer")
-        assert screen.transcript[0][0] == "hello"
+        await wait_until_in_app(pilot, lambda: screen.transcript and screen.transcript[-1].answer, "an answer")
+        assert screen.transcript[0].sent == "hello"
         assert screen.waiting is None
         assert screen.query_one("#chat-input", Input).value == ""
         assert str(status.render()).startswith("Chatting with tiny-chatglm (ChatGLM-6B), ")
