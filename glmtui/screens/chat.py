@@ -236,9 +236,8 @@ class ChatScreen(WorkbenchScreen):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id in ("chat-system", "chat-tools"):
-            self.query_one(
-                "#chat-input", Input
-            ).focus()  # the system prompt and tools go with the next message
+            # The system prompt and the tools go with the next message.
+            self.query_one("#chat-input", Input).focus()
             return
         if event.input.id != "chat-input" or not event.value.strip():
             return
