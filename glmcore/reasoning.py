@@ -58,7 +58,7 @@ def split_reasoning(text: str, *, opened: bool = False) -> Reply:
 def unfinished_marker(text: str) -> int:
     """How many characters at the end of ``text`` may be the start of a marker still being written (held back
     while streaming, so that a marker never shows as text)."""
-    for size in range(len(THINK_CLOSE) - 1, 0, -1):
+    for size in range(min(len(THINK_CLOSE) - 1, len(text)), 0, -1):
         tail = text[-size:]
         if THINK_CLOSE.startswith(tail) or THINK_OPEN.startswith(tail):
             return size

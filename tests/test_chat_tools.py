@@ -155,6 +155,30 @@ def test_a_thinking_models_reasoning_comes_apart_from_its_answer_and_the_history
     assert "four" not in following
 
 
+@pytest.mark.parametrize(
+    ("output", "opened", "parts"),
+    [
+        ("<think>Two and two.</think>4", False, ("Two and two.", "4")),
+        ("Two and two.\n</think>\n\n4", True, ("Two and two.", "4")),
+        ("4 < 5, so <b>yes</b>", False, ("", "4 < 5, so <b>yes</b>")),
+    ],
+    ids=["opened-by-the-model", "opened-by-the-prompt", "no-markers"],
+)
+def test_streamed_output_parts_into_reasoning_and_answer_without_showing_half_a_marker(output, opened, parts):
+    """Fed one character at a time, as settled (a possible half-written marker held back), then whole."""
+    from glmcore.reasoning import unfinished_marker
+
+    stream = ReplyStream(opened=opened)
+    reasoning, answer = "", ""
+    for end in [*range(1, len(output)), len(output)]:
+        text = output[:end]
+        settled = text if end == len(output) else text[: len(text) - unfinished_marker(text)]
+        more_reasoning, more_answer = stream.advance(settled)
+        assert "<think" not in more_reasoning + more_answer and "</" not in more_reasoning
+        reasoning, answer = reasoning + more_reasoning, answer + more_answer
+    assert (reasoning, answer) == parts
+
+
 def test_glmtui_chat_writes_the_call_then_the_answer_to_its_result(
     tool_call_model, tmp_path, monkeypatch, capsys
 ):
