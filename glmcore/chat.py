@@ -20,6 +20,16 @@ answers are Chinese, where it never applies.
 Cancelling: a cancelled answer stops at the next token. Its partial text stays on the turn (to show), but it is
 NOT added to the history: an answer cut short is usually one the user did not want the model to build on.
 
+Tools: where the family's chat format has them (ChatGLM3, GLM-4; glmcore.tool_calls), `use_tools` describes
+OpenAI-style tool definitions in every later prompt, which is then the family's prompt with tools over the
+conversation's messages (`messages`: user messages, answers, calls, tool results). An answer is held back while
+the family says it may still be a call and parsed when it ends as the family's published demo parses it: a call
+is `ChatTurn.call`, anything else is text. While a call waits for its result (`pending_call`), the next message
+sent is that result, which the model reads as the family's observation.
+
+Reasoning: a thinking model's (GLM-Z1's) output is parted into its reasoning and its answer (`ChatTurn.reply`,
+glmcore.reasoning); the history keeps the answer alone, as Z1's published template feeds a turn back.
+
 Prefixes: `use_prefix` swaps only the small prefix encoder; the base weights stay where they are. Prefix weights
 are cached by checkpoint path (`PrefixCache`), so switching back to one already loaded reads no file. A LoRA
 run's checkpoint is applied the way the server applies it (`glmcore.adapters`: the adapter's low-rank update
@@ -38,6 +48,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glmcore.errors import GlmError
+from glmcore.reasoning import (
+    PROMPT_END_TOKENS,
+    Reply,
+    prompt_opens_reasoning,
+    split_reasoning,
+    unfinished_marker,
+)
+from glmcore.tool_calls import ToolCall, function_tools
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +157,18 @@ def plan_chat(
     )
 
 
+def check_tools_family(model: Path, family: str | None) -> None:
+    """ChatError, before anything loads, when the folder's family has no tools in its chat format."""
+    from glmcore.models.family import family_for
+
+    model_family, _ = family_for(model, family)
+    if not hasattr(model_family.implementation(), "tool_prompt_ids"):
+        raise ChatError(
+            f"{model_family.title}'s chat format has no tools: chat without --tools, or with a ChatGLM3-6B or "
+            "GLM-4 model."
+        )
+
+
 class PrefixCache:
     """Prefix weights already read, by checkpoint path: switching back to one reads no file."""
 
@@ -186,21 +216,24 @@ class _TokenQueue:
 class ChatTurn:
     """One answer being generated: iterate it for text deltas; their concatenation is `response`.
 
-    `trimmed_rounds` is known before the first delta. When iteration ends, `response` is final and, unless the
-    turn was cancelled, the round is in the session's history. A turn left unfinished is cancelled by the
-    session's next turn (or call `close()`).
+    `trimmed_rounds` is known before the first delta. When iteration ends, `response` is final, `call` is the
+    tool call the answer was (if it was one) and, unless the turn was cancelled, the round is in the session's
+    history. A turn left unfinished is cancelled by the session's next turn (or call `close()`).
     """
 
     def __init__(
         self,
         session: ChatSession,
-        query: str,
+        message: dict,
         prompt_ids: list[int],
         settings: ChatSettings,
         trimmed_rounds: int,
         cancel: threading.Event,
+        tool_names: set[str] | None = None,
     ) -> None:
-        self.query = query
+        self.message = message
+        """What was sent: `{"role": "user" | "observation", "content": ...}` (glmcore.tool_calls' form)."""
+        self.query = message["content"]
         self.trimmed_rounds = trimmed_rounds
         self.prompt_tokens = len(prompt_ids)
         self.response = ""
@@ -209,6 +242,15 @@ class ChatTurn:
         self.finished = False
         self.prompt_ids = prompt_ids
         """The token ids the model is given: the family's chat prompt with history and system, trimmed."""
+        self.call: ToolCall | None = None
+        """The tool call the finished answer was, parsed as the family's demo parses it; `response` is then what
+        the model said before it (often nothing)."""
+        self.opens_reasoning = prompt_opens_reasoning(
+            session.tokenizer.decode(prompt_ids[-PROMPT_END_TOKENS:], skip_special_tokens=True)
+        )
+        """Whether the prompt ends inside a `<think>` block (a thinking model's template opens it)."""
+        self._tool_names = tool_names
+        self._holding = tool_names is not None
         self._session = session
         self._settings = settings
         self._cancel = cancel
@@ -219,6 +261,11 @@ class ChatTurn:
 
     def __iter__(self) -> Iterator[str]:
         return self
+
+    @property
+    def reply(self) -> Reply:
+        """`response` so far parted into the reasoning and the answer (reasoning None: the model wrote none)."""
+        return split_reasoning(self.response, opened=self.opens_reasoning)
 
     def __next__(self) -> str:
         if self.finished:
@@ -232,6 +279,10 @@ class ChatTurn:
                 return self._finish()
             self._tokens.extend(item)
             self.generated_tokens = len(self._tokens)
+            if self._holding:
+                if self._session.family.may_be_tool_call(self._decode(), self._tool_names):
+                    continue
+                self._holding = False
             cleaned = self._session.family.clean_response(self._decode())
             settled = cleaned[: self._session.settled_length(cleaned)]
             if len(settled) > len(self.response) and settled.startswith(self.response):
@@ -295,6 +346,10 @@ class ChatTurn:
         self.finished = True
         self.cancelled = self._cancel.is_set()
         final = self._session.family.clean_response(self._decode())
+        if self._holding and not self.cancelled and self._error is None:
+            parsed = self._session.family.parse_tool_call(self._decode(), self._tool_names)
+            if parsed is not None:
+                final, self.call = parsed.content, parsed.call
         delta = final[len(self.response) :] if final.startswith(self.response) else ""
         self.response = final
         self._session._turn_ended(self)
@@ -331,8 +386,12 @@ class ChatSession:
         """The system prompt every turn's prompt starts with (ChatGLM3's `<|system|>` message; ChatGLM2 writes
         it as a first round; ChatGLM-6B has none and refuses one)."""
         self.use_system(system)
+        self.tools: list[dict] | None = None
+        """The tools (OpenAI definitions) every later prompt describes (`use_tools`); None for none."""
         self.prefixes = prefixes if prefixes is not None else PrefixCache()
-        self.history: list[tuple[str, str]] = []
+        self.messages: list[dict] = []
+        """The conversation in glmcore.tool_calls' form (user messages, answers, calls, tool results); the
+        system prompt and the tools stand apart."""
         self.settings = ChatSettings()
         self.prefix: Path | None = None
         """The checkpoint whose prefix `use_prefix` installed; None for the model as it was given."""
@@ -345,6 +404,34 @@ class ChatSession:
         check_context(context)
         self.context = context_tokens(self.max_sequence_length, context)
         """Tokens (prefix + prompt + answer) the KV cache holds now; a longer turn grows it (`decoder`)."""
+
+    @property
+    def history(self) -> list[tuple[str, str]]:
+        """The conversation as (user message, answer) rounds, a round's answer its last text answer."""
+        return conversation_rounds(self.messages)
+
+    @history.setter
+    def history(self, rounds: list[tuple[str, str]]) -> None:
+        self.messages = [
+            message
+            for query, answer in rounds
+            for message in ({"role": "user", "content": query}, {"role": "assistant", "content": answer})
+        ]
+
+    @property
+    def tools_supported(self) -> bool:
+        """Whether the family's chat format has tools (ChatGLM3, GLM-4)."""
+        return hasattr(self.family, "tool_prompt_ids")
+
+    def arguments_text(self, call: ToolCall) -> str:
+        """A call's arguments as the family writes them (GLM-4's JSON, ChatGLM3's `tool_call(k=v)`)."""
+        return self.family.arguments_text(call)
+
+    @property
+    def pending_call(self) -> ToolCall | None:
+        """The tool call the last answer was, while it waits for its result (the next message sent)."""
+        last = self.messages[-1] if self.messages else {}
+        return last.get("tool_call")
 
     @property
     def answering(self) -> bool:
@@ -370,30 +457,43 @@ class ChatSession:
     ) -> ChatTurn:
         """Start answering `query`; iterate the returned turn for the answer's text as it is generated.
 
-        An unfinished earlier turn is cancelled first. `cancel` (or `turn.cancel()`) stops the answer early.
+        While a tool call waits for its result (`pending_call`), `query` is that result: the model reads it as
+        the family's observation. An unfinished earlier turn is cancelled first. `cancel` (or `turn.cancel()`)
+        stops the answer early.
         """
         if not query.strip():
             raise ChatError("The message is empty; type something to ask.")
         settings = settings or self.settings
         self._stop_active()
+        message = {"role": "observation" if self.pending_call else "user", "content": query}
         budget = self.prompt_budget(settings)
-        trimmed = 0
-        prompt_ids = self.family.chat_prompt_ids(self.tokenizer, query, self.history, self.system)
-        while len(prompt_ids) > budget and trimmed < len(self.history):
-            trimmed += 1
-            prompt_ids = self.family.chat_prompt_ids(
-                self.tokenizer, query, self.history[trimmed:], self.system
-            )
+        trimmed, kept = 0, self.messages
+        prompt_ids = self._prompt_ids(kept, message)
+        while len(prompt_ids) > budget and (shorter := without_oldest_round(kept, message)) is not None:
+            trimmed, kept = trimmed + 1, shorter
+            prompt_ids = self._prompt_ids(kept, message)
         if len(prompt_ids) > budget:
             raise ChatError(
                 f"The message takes {len(prompt_ids)} tokens, but only {max(budget, 0)} fit beside an answer of "
                 f"{settings.max_new_tokens} tokens{' and the prefix' if self.pre_seq_len else ''}: "
                 "shorten it or lower the answer length."
             )
-        del self.history[:trimmed]
-        turn = ChatTurn(self, query, prompt_ids, settings, trimmed, cancel or threading.Event())
+        self.messages = kept
+        names = {tool["function"]["name"] for tool in self.tools} if self.tools else None
+        turn = ChatTurn(self, message, prompt_ids, settings, trimmed, cancel or threading.Event(), names)
         self._active = turn
         return turn
+
+    def _prompt_ids(self, messages: list[dict], message: dict) -> list[int]:
+        """The family's chat prompt for the conversation and the new message: its prompt with tools while there
+        are tools, calls or results (as the server builds it), else its plain chat prompt."""
+        conversation = [*messages, message]
+        if self.tools or any(m["role"] == "observation" or "tool_call" in m for m in conversation):
+            system = [{"role": "system", "content": self.system}] if self.system else []
+            return self.family.tool_prompt_ids(self.tokenizer, [*system, *conversation], self.tools)
+        return self.family.chat_prompt_ids(
+            self.tokenizer, message["content"], conversation_rounds(messages), self.system
+        )
 
     def ask(self, query: str, settings: ChatSettings | None = None) -> ChatTurn:
         """Answer `query` whole (no streaming); returns the finished turn."""
@@ -409,10 +509,27 @@ class ChatSession:
             self.family.chat_prompt_ids(self.tokenizer, "", [], system=system)
         self.system = system or None
 
+    def use_tools(self, tools: list[dict] | None) -> None:
+        """Describe `tools` in every later turn's prompt, so that the model may answer with a call (None or an
+        empty list: no tools). Each is an OpenAI definition or a bare function (ChatGLM3's published list); a
+        family whose chat format has no tools refuses them here, not mid-chat."""
+        if not tools:
+            self.tools = None
+            return
+        if not self.tools_supported:
+            raise ChatError(
+                f"{self.family_title}'s chat format has no tools: chat without them, or with a ChatGLM3-6B or "
+                "GLM-4 model."
+            )
+        try:
+            self.tools = function_tools(tools)
+        except ValueError as error:
+            raise ChatError(f"The tools cannot be used: {error}.") from None
+
     def clear(self) -> None:
-        """Forget the conversation (the prefix stays)."""
+        """Forget the conversation (the prefix and the tools stay)."""
         self._stop_active()
-        self.history.clear()
+        self.messages = []
 
     def use_prefix(self, checkpoint: str | Path | None) -> None:
         """Answer with `checkpoint`'s prefix from the next turn on, or with none (`None`).
@@ -480,10 +597,39 @@ class ChatSession:
         """How much of an unfinished cleaned answer can no longer change: the family's rule, else all of it
         but trailing whitespace."""
         rule = getattr(self.family, "settled_length", None)
-        return rule(cleaned) if rule is not None else len(cleaned.rstrip())
+        settled = rule(cleaned) if rule is not None else len(cleaned.rstrip())
+        return settled - unfinished_marker(cleaned[:settled])
 
     def _turn_ended(self, turn: ChatTurn) -> None:
+        """Record a turn that finished: what was sent, the answer (without its reasoning) and the call."""
         if turn is self._active:
             self._active = None
-        if not turn.cancelled and turn._error is None:
-            self.history.append((turn.query, turn.response))
+        if turn.cancelled or turn._error is not None:
+            return
+        self.messages.append(turn.message)
+        answer = turn.reply.answer
+        if answer or turn.call is None:
+            self.messages.append({"role": "assistant", "content": answer})
+        if turn.call is not None:
+            self.messages.append({"role": "assistant", "tool_call": turn.call})
+
+
+def conversation_rounds(messages: list[dict]) -> list[tuple[str, str]]:
+    """(user message, last text answer) for each user message of a conversation."""
+    rounds: list[list[str]] = []
+    for message in messages:
+        if message["role"] == "user":
+            rounds.append([message["content"], ""])
+        elif message["role"] == "assistant" and "content" in message and rounds:
+            rounds[-1][1] = message["content"]
+    return [(query, answer) for query, answer in rounds]
+
+
+def without_oldest_round(messages: list[dict], message: dict) -> list[dict] | None:
+    """The conversation without its oldest round (a user message and what followed it up to the next one), or
+    None when none can go: the round a tool result (`message`) belongs to stays."""
+    starts = [index for index, each in enumerate(messages) if each["role"] == "user"]
+    keep = 1 if message["role"] == "observation" else 0
+    if len(starts) <= keep:
+        return None
+    return messages[starts[1] :] if len(starts) > 1 else []

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
 from glmcore.errors import GlmError
 from glmcore.metrics import METRIC_NAMES, UNRECORDED_MODE, MetricMode, metric_mode, prefixed, score_all
-from glmcore.reasoning import prompt_opens_reasoning, split_reasoning
+from glmcore.reasoning import PROMPT_END_TOKENS, prompt_opens_reasoning, split_reasoning
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
@@ -56,9 +56,6 @@ BASE = "base"
 """The name that stands for the model without a prefix, in checkpoint lists and as its subfolder."""
 
 CPU_BATCH_SIZE = 8
-PROMPT_END_TOKENS = 16
-"""The prompt's last tokens decoded to see whether it ends in `<think>` (with any newline after it, however the
-tokenizer cuts them)."""
 PUBLISHED_TOP_K = 50
 
 

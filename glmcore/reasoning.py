@@ -8,7 +8,9 @@ special tokens skipped, so they count where the tokenizer keeps them as text. As
 when they feed an assistant turn back, the answer is what follows the last `</think>`.
 
 Evaluation scores the answer alone (the reasoning is no part of what a label describes) and keeps the reasoning
-beside it; a family without thinking, whose output holds no marker, comes back as it was.
+beside it; a family without thinking, whose output holds no marker, comes back as it was. Chat shows the reasoning
+apart from the answer as both stream (`ReplyStream`), and keeps only the answer in its history, as those templates
+do.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from dataclasses import dataclass
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
+PROMPT_END_TOKENS = 16
+"""The prompt's last tokens decoded to see whether it ends in `<think>` (with any newline after it, however the
+tokenizer cuts them)."""
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,36 @@ def split_reasoning(text: str, *, opened: bool = False) -> Reply:
     if opened:
         return Reply(answer="", reasoning=stripped)
     return Reply(answer=text, reasoning=None)
+
+
+def unfinished_marker(text: str) -> int:
+    """How many characters at the end of ``text`` may be the start of a marker still being written (held back
+    while streaming, so that a marker never shows as text)."""
+    for size in range(min(len(THINK_CLOSE) - 1, len(text)), 0, -1):
+        tail = text[-size:]
+        if THINK_CLOSE.startswith(tail) or THINK_OPEN.startswith(tail):
+            return size
+    return 0
+
+
+class ReplyStream:
+    """A streamed output parted as it grows: `advance(text so far)` gives the reasoning and the answer added
+    since the last call. The text must not end inside a marker (`unfinished_marker`)."""
+
+    def __init__(self, *, opened: bool) -> None:
+        self.opened = opened
+        self.reasoning = ""
+        self.answer = ""
+
+    def advance(self, text: str) -> tuple[str, str]:
+        reply = split_reasoning(text, opened=self.opened)
+        reasoning, answer = reply.reasoning or "", reply.answer
+        added = (_added(self.reasoning, reasoning), _added(self.answer, answer))
+        self.reasoning, self.answer = reasoning, answer
+        return added
+
+
+def _added(before: str, now: str) -> str:
+    """What `now` adds to `before`; all of it when the split moved (text first shown as an answer turned out to
+    be reasoning), so that nothing goes unshown."""
+    return now[len(before) :] if now.startswith(before) else now

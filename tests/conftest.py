@@ -142,3 +142,27 @@ def glm4_demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patch.setattr(demo, "PRETRAIN_BATCH", 4)
         demo.ensure_demo_workspace(Workspace(root), family="glm-4-9b-chat")
     return root
+
+
+@pytest.fixture(scope="session")
+def tool_call_model(tmp_path_factory: pytest.TempPathFactory):
+    """`tool_call_model(name)`: a tiny ChatGLM3 or GLM-4 (`tiny-NAME`) trained on first use to make the tool call
+    of support.tool_models' conversation and to answer its result."""
+    from support.tool_models import write_tool_call_model
+
+    trained: dict[str, Path] = {}
+
+    def folder(name: str) -> Path:
+        if name not in trained:
+            trained[name] = write_tool_call_model(tmp_path_factory.mktemp("tools") / f"tiny-{name}", name)
+        return trained[name]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def z1_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GLM-4-0414 with a thinking template, trained to reason before its answer (support.tool_models)."""
+    from support.tool_models import write_z1_model
+
+    return write_z1_model(tmp_path_factory.mktemp("z1") / "tiny-z1")

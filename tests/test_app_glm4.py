@@ -11,8 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pytest_textual_snapshot import SVGImageExtension
-from support.app import cut_text, make_app, make_workspace, settle
+from support.app import SIZES, make_app, make_workspace, settle, snapshot_at_both_sizes
 from support.snapshot_root import fixed_root, module_on_a_clean_root
 from support.waiting import wait_until_in_app
 from textual.widgets import DataTable, Input, Static
@@ -27,28 +26,10 @@ from glmtui.screens.welcome import WelcomeScreen
 pytestmark = pytest.mark.slow
 
 FAMILY = "glm-4-9b-chat"
-SIZES = [(120, 40), (80, 24)]
 # The editor and the chat show the workspace's paths, so it lives at the same place on every run.
 SNAPSHOT_ROOT = fixed_root("glmtui-glm4")
 
 clean_snapshot_root = module_on_a_clean_root(SNAPSHOT_ROOT)
-
-
-async def snapshot_at_both_sizes(pilot, snapshot, name: str) -> None:
-    """The screen as it is now at each of SIZES, compared with its snapshot; at 80x24 nothing may be cut."""
-    pilot.app.clear_notifications()
-    for field in pilot.app.screen.query(Input):
-        field.cursor_blink = False
-    for width, height in SIZES:
-        await pilot.resize_terminal(width, height)
-        await settle(pilot)
-        if (width, height) == (80, 24):
-            cuts = cut_text(pilot.app.screen)
-            assert cuts == [], "\n".join(cuts)
-        svg = pilot.app.export_screenshot()
-        assert snapshot(name=f"{name}-{width}x{height}", extension_class=SVGImageExtension) == svg
-    await pilot.resize_terminal(*SIZES[0])
-    await settle(pilot)
 
 
 async def test_the_glm4_demo_from_welcome_to_training_evaluation_chat_and_serving(

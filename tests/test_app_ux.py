@@ -14,6 +14,7 @@ from textual.widgets import Input, Static
 
 from glmcore.runs import Run
 from glmtui.screens.chat import AnswerGrew, ChatScreen
+from glmtui.text.chat import Exchange
 
 
 @pytest.fixture
@@ -53,8 +54,8 @@ async def test_a_message_sent_while_the_model_loads_waits_and_goes_out(
         assert str(status.render()).endswith("your message goes out once it is ready")
         assert not app.notifications, [n.message for n in app.notifications]
         held_model_load.set()
-        await wait_until_in_app(pilot, lambda: screen.transcript and screen.transcript[-1][1], "an answer")
-        assert screen.transcript[0][0] == "hello"
+        await wait_until_in_app(pilot, lambda: screen.transcript and screen.transcript[-1].answer, "an answer")
+        assert screen.transcript[0].sent == "hello"
         assert screen.waiting is None
         assert screen.query_one("#chat-input", Input).value == ""
         assert str(status.render()).startswith("Chatting with tiny-chatglm (ChatGLM-6B), ")
@@ -390,7 +391,7 @@ async def test_a_chat_answer_that_looks_like_markup_is_shown_as_it_is(tmp_path: 
         await pilot.press("f8")
         screen = app.screen
         assert isinstance(screen, ChatScreen)
-        screen.transcript = [("[red]question", "")]
+        screen.transcript = [Exchange("[red]question")]
         screen.post_message(AnswerGrew(answer, done=True))
         transcript = screen.query_one("#chat-transcript", Static)
         await wait_until_in_app(pilot, lambda: "not bold" in str(transcript.render()), "the answer drawn")

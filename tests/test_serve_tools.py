@@ -1,9 +1,10 @@
 """Tools over the OpenAI API: each family's parser on its published demos' sample outputs, its prompt with tools
 against the published builders, and a round trip through `glmtui serve` with the official `openai` client.
 
-A random tiny model never emits a call, so the round trip runs on a tiny ChatGLM3 and a tiny GLM-4 trained here,
-in-process and once per module, on one tool-call conversation (the prompt with tools as the server builds it, the
-call in the family's published format, the tool's result, the answer) until greedy decoding says it back.
+A random tiny model never emits a call, so the round trip runs on a tiny ChatGLM3 and a tiny GLM-4 trained
+in-process once per session (support.tool_models, shared with the chat tests) on one tool-call conversation (the
+prompt with tools as the server builds it, the call in the family's published format, the tool's result, the
+answer) until greedy decoding says it back.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import openai
 import pytest
+from support.tool_models import ANSWER, ARGUMENTS, QUESTION, RESULT, TOOL_FAMILIES, WEATHER, conversation
 
 from glmcore.models import family_named
 from glmcore.serve import openai_api as api
@@ -23,21 +24,7 @@ from glmcore.serve.servers import Server
 from glmcore.tool_calls import ParsedAnswer, ToolCall
 from glmcore.workspace import Workspace
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the weather of a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-QUESTION = "What is the weather in Paris?"
-ARGUMENTS = {"city": "Paris"}
-RESULT = '{"temperature": 22}'
-ANSWER = "It is 22 degrees in Paris."
-FAMILIES = ("chatglm3-6b", "glm-4-9b-chat")
-MAX_TRAINING_STEPS = 200
-LEARNED_LOSS = 0.02
+FAMILIES = TOOL_FAMILIES
 
 
 def implementation(name: str):
@@ -105,21 +92,6 @@ def test_glm4_streams_text_once_it_cannot_be_a_call_and_holds_what_may_be_one():
 
 
 # The prompts with tools, against the published demos' own messages.
-
-
-def conversation(tool_call: ToolCall) -> list[list[dict]]:
-    """The conversation's prompts at each answer: the question; the question, call and result."""
-    asked = [{"role": "user", "content": QUESTION}]
-    answered = [
-        *asked,
-        {"role": "assistant", "tool_call": tool_call},
-        {"role": "observation", "content": RESULT},
-    ]
-    return [
-        asked,
-        answered,
-        [*answered, {"role": "assistant", "content": ANSWER}, {"role": "user", "content": "?"}],
-    ]
 
 
 def tokenizer_of(name: str, tiny_family_dir):
@@ -238,56 +210,7 @@ def test_bad_tool_fields_are_named(fields: dict, said: str):
     assert str(refused.value).startswith(said)
 
 
-# The tiny models that learned one tool-call conversation.
-
-
-def training_row(family, tokenizer) -> tuple[list[int], list[int]]:
-    """The conversation's ids, and labels on the model's two answers (each with the token that stops it): the call
-    and the answer after the tool's result, exactly as the server's prompts frame them."""
-    from glmcore.examples import IGNORE_INDEX
-
-    call = ToolCall("get_weather", json.dumps(ARGUMENTS))
-    asked, answered, whole = (
-        family.tool_prompt_ids(tokenizer, messages, [WEATHER]) for messages in conversation(call)
-    )
-    assert answered[: len(asked)] == asked and whole[: len(answered)] == answered
-    call_end = answered.index(tokenizer.get_command("<|observation|>"), len(asked))
-    answer_end = whole.index(tokenizer.get_command("<|user|>"), len(answered))
-    ids = whole[: answer_end + 1]
-    learned = {*range(len(asked), call_end + 1), *range(len(answered), answer_end + 1)}
-    return ids, [token if index in learned else IGNORE_INDEX for index, token in enumerate(ids)]
-
-
-def train_on_the_conversation(model_dir: Path) -> int:
-    """Train the model in `model_dir` on the conversation until its loss is below LEARNED_LOSS, and store it there
-    (float32: a tiny model's margins are thin); the steps it took (a test fails when it does not learn)."""
-    import torch
-
-    import glmcore
-    from glmcore.models.checkpoint import rewrite_weights
-
-    tokenizer = glmcore.load_tokenizer(model_dir)
-    model = glmcore.load_model(model_dir, dtype=torch.float32, device="cpu").train()
-    ids, labels = training_row(model.model_family.implementation(), tokenizer)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one tiny row: more threads only wait on each other on a busy 2-core machine
-    torch.manual_seed(0)
-    steps, loss = 0, float("inf")
-    try:
-        while loss >= LEARNED_LOSS and steps < MAX_TRAINING_STEPS:
-            output = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels]))
-            output.loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps, loss = steps + 1, output.loss.item()
-    finally:
-        torch.set_num_threads(threads)
-    assert loss < LEARNED_LOSS, (
-        f"{model_dir.name} did not learn the conversation in {steps} steps (loss {loss:.3f})"
-    )
-    rewrite_weights(model_dir, {name: tensor.detach() for name, tensor in model.state_dict().items()})
-    return steps
+# Servers of the tiny models that learned one tool-call conversation (support.tool_models).
 
 
 def glmtui(workspace: Workspace, *args: str) -> subprocess.Popen:
@@ -302,24 +225,14 @@ def glmtui(workspace: Workspace, *args: str) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory):
+def servers(tool_call_model, tmp_path_factory: pytest.TempPathFactory):
     """A detached `glmtui serve` on each family's trained tiny model, by family name (each starts while the next
     model trains); stopped at the end."""
     workspace = Workspace(tmp_path_factory.mktemp("tools") / "ws").ensure()
-    corpus = [
-        QUESTION,
-        ANSWER,
-        RESULT,
-        json.dumps([WEATHER["function"]], indent=4),
-        "tool_call(city='Paris')",
-    ]
     starting = {}
     for name in FAMILIES:
-        folder = workspace.models_dir / f"tiny-{name}"
-        implementation(name).write_tiny_checkpoint(folder, corpus=corpus * 3, seq_length=512, seed=0)
-        train_on_the_conversation(folder)
         options = ("--port", "0", "--detach", "--context", "512", "--max-batch", "2")
-        starting[name] = glmtui(workspace, "serve", "--model", str(folder), *options)
+        starting[name] = glmtui(workspace, "serve", "--model", str(tool_call_model(name)), *options)
     started = {}
     for name, process in starting.items():
         out, err = process.communicate(timeout=300)

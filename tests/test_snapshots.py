@@ -342,7 +342,7 @@ def test_chat_with_a_system_prompt(snap_compare) -> None:
         screen = pilot.app.screen
         assert isinstance(screen, ChatScreen)
         await wait_until_in_app(pilot, lambda: screen.session is not None, "the model loaded")
-        await press(pilot, "shift+tab", "shift+tab")  # from the message back to the System field
+        await press(pilot, "shift+tab", "shift+tab", "shift+tab")  # from the message back past Tools to System
         await pilot.press(*"Answer briefly.")
         await press(pilot, "enter")
         await pilot.press(*"hello")

@@ -203,10 +203,11 @@ class Service:
         request = Request(prompt, served.prefix, budget, deliver, body.sampling(), adapter=served.adapter)
         await asyncio.to_thread(self.engine.submit, request)
         tools = api.served_tools(body) if chat else None
+        chat_prompt = prompt if chat else None
         if tools:
-            answer = api.ToolAnswer(self.tokenizer, self.family, body.stops, tools)
+            answer = api.ToolAnswer(self.tokenizer, self.family, body.stops, tools, prompt=chat_prompt)
         else:
-            answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat)
+            answer = api.AnswerText(self.tokenizer, self.family, body.stops, clean=chat, prompt=chat_prompt)
         record = {"model": served.id, "endpoint": "chat" if chat else "completions", "stream": body.stream}
         if body.stream:
             stopping = anyio.Event()
@@ -256,7 +257,10 @@ class Service:
         self._record(request, record, finish)
         if chat:
             call = answer.parsed.call if finish == "tool_calls" else None
-            return JSONResponse(api.chat_response(response_id, body.model, text, finish, usage, call))
+            reply = answer.reply(text)
+            return JSONResponse(
+                api.chat_response(response_id, body.model, reply.answer, finish, usage, call, reply.reasoning)
+            )
         return JSONResponse(api.completion_response(response_id, body.model, text, finish, usage))
 
     async def _stream(self, request, answer, events, body, chat, record, stopping: anyio.Event):
@@ -268,6 +272,7 @@ class Service:
             events.put_nowait(("error", EngineStopped(STOPPED)))
 
         watcher = asyncio.create_task(tell_when_stopping())
+        parts, streamed = answer.reply_stream(), ""
         try:
             if chat:
                 yield json.dumps(
@@ -282,7 +287,11 @@ class Service:
                     return
                 if delta:
                     if chat:
-                        yield json.dumps(api.chat_chunk(response_id, body.model, {"content": delta}, None))
+                        streamed += delta
+                        reasoning, content = parts.advance(streamed)
+                        for field, text in (("reasoning_content", reasoning), ("content", content)):
+                            if text:
+                                yield json.dumps(api.chat_chunk(response_id, body.model, {field: text}, None))
                     else:
                         yield json.dumps(api.completion_response(response_id, body.model, delta, None, None))
                 if finish_now is not None:

@@ -18,6 +18,10 @@ still be a call, and parsed when it ends as the family's published demo parses i
 returned as `tool_calls` (finish reason `tool_calls`), anything else as text. `tool_choice` "none" leaves the tools
 out of the prompt; a named function leaves only that one in (as GLM-4's published server does); "auto" and
 "required" show them all, and the model decides.
+
+Reasoning: a thinking model's (GLM-Z1's) chat answer carries its reasoning apart, as `reasoning_content` beside
+`content` on the message and on each delta (the field vLLM's and DeepSeek's OpenAI-compatible servers use);
+`content` is the answer after `</think>` (glmcore.reasoning). Other models' answers have no such field.
 """
 
 from __future__ import annotations
@@ -30,7 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling
-from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object
+from glmcore.reasoning import (
+    PROMPT_END_TOKENS,
+    Reply,
+    ReplyStream,
+    prompt_opens_reasoning,
+    split_reasoning,
+    unfinished_marker,
+)
+from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object, definition_problem
 
 DEFAULT_TEMPERATURE = 0.95
 DEFAULT_TOP_P = 0.7
@@ -155,13 +167,8 @@ class ChatCompletionRequest(_Generation):
     @classmethod
     def _function_tools(cls, value: list[dict] | None) -> list[dict] | None:
         for index, tool in enumerate(value or []):
-            function = tool.get("function")
-            if tool.get("type") != "function" or not isinstance(function, dict):
-                raise ValueError(f'tool {index} must be {{"type": "function", "function": {{...}}}}')
-            if not isinstance(function.get("name"), str) or not function["name"]:
-                raise ValueError(f"tool {index}'s function needs a name")
-            if not isinstance(function.get("parameters", {}), dict):
-                raise ValueError(f"tool {index}'s function parameters must be a JSON object")
+            if problem := definition_problem(index, tool):
+                raise ValueError(problem)
         return value
 
     @property
@@ -311,11 +318,17 @@ def assistant_messages(message: Message, index: int) -> list[dict]:
 class AnswerText:
     """Tokens in, text deltas out: the part of the answer that can no longer change, cut at a stop string."""
 
-    def __init__(self, tokenizer, family, stops: list[str], *, clean: bool) -> None:
+    def __init__(
+        self, tokenizer, family, stops: list[str], *, clean: bool, prompt: list[int] | None = None
+    ) -> None:
         self.tokenizer = tokenizer
         self.family = family
         self.stops = stops
         self.clean = clean
+        self.opens_reasoning = prompt is not None and prompt_opens_reasoning(
+            tokenizer.decode(prompt[-PROMPT_END_TOKENS:], skip_special_tokens=True)
+        )
+        """Whether the (chat) prompt ends inside a `<think>` block, so the answer begins in the reasoning."""
         self.tokens: list[int] = []
         self.sent = ""
         self.stopped = False
@@ -332,7 +345,16 @@ class AnswerText:
         if not self.clean:
             return len(text.rstrip("\ufffd"))
         rule = getattr(self.family, "settled_length", None)
-        return rule(text) if rule is not None else len(text.rstrip())
+        settled = rule(text) if rule is not None else len(text.rstrip())
+        return settled - unfinished_marker(text[:settled])  # a half-written `</think>` waits
+
+    def reply(self, text: str) -> Reply:
+        """A whole chat answer parted into its reasoning (None: the model wrote none) and its answer."""
+        return split_reasoning(text, opened=self.opens_reasoning)
+
+    def reply_stream(self) -> ReplyStream:
+        """What parts a streamed chat answer's text, as it grows, into reasoning and answer deltas."""
+        return ReplyStream(opened=self.opens_reasoning)
 
     def add(self, token: int) -> str:
         """The new text after `token`; `stopped` turns true when a stop string appeared (it is not sent)."""
@@ -367,8 +389,10 @@ class ToolAnswer(AnswerText):
     """An answer to a request with tools: held while the family says it may still be a call, then streamed as text;
     parsed when it ends (`parsed` is then the call, and what is returned is the text said before it)."""
 
-    def __init__(self, tokenizer, family, stops: list[str], tools: list[dict]) -> None:
-        super().__init__(tokenizer, family, stops, clean=True)
+    def __init__(
+        self, tokenizer, family, stops: list[str], tools: list[dict], prompt: list[int] | None = None
+    ) -> None:
+        super().__init__(tokenizer, family, stops, clean=True, prompt=prompt)
         self.names = {tool["function"]["name"] for tool in tools}
         self.holding = True
 
@@ -416,11 +440,19 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dic
 
 
 def chat_response(
-    response_id: str, model: str, text: str, finish: str, usage_: dict, call: ToolCall | None = None
+    response_id: str,
+    model: str,
+    text: str,
+    finish: str,
+    usage_: dict,
+    call: ToolCall | None = None,
+    reasoning: str | None = None,
 ) -> dict:
     message: dict = {"role": "assistant", "content": text}
     if call is not None:
         message = {"role": "assistant", "content": text or None, "tool_calls": [tool_call_json(call)]}
+    if reasoning is not None:
+        message["reasoning_content"] = reasoning
     return {
         "id": response_id,
         "object": "chat.completion",

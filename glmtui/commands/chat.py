@@ -4,6 +4,11 @@ the answer.
 Each line read is one message. On a terminal it prompts and shows notices; from a pipe it writes only the
 answers, one per message, so scripts can use it. Commands: /clear, /prefix PATH|off, /quit. Ctrl-C during an
 answer stops that answer (it is not kept in the history); at the prompt it ends the chat.
+
+With `--tools FILE` (ChatGLM3, GLM-4) an answer that is a tool call is written as one line, `tool call NAME
+ARGUMENTS` (the arguments as the family writes them), and the next line read is that call's result, which the
+model reads as the tool's observation. A thinking model's (GLM-Z1's) reasoning is written before its answer,
+dimmed and labelled on a terminal and on stderr from a pipe, unless `--hide-reasoning`.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
+from glmtui.text.chat import REASONING_LABEL, REASONING_STYLE, call_text, result_hint
 from glmtui.text.estimate import context_line
 
 if TYPE_CHECKING:
@@ -66,6 +72,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--system", default=None, help="system prompt (ChatGLM3, GLM-4; ChatGLM2 takes it as a first round)"
     )
     parser.add_argument(
+        "--tools",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a JSON list of tools the model may call (ChatGLM3, GLM-4): OpenAI's definitions or the family's "
+        "published list of functions; a call's result is the next message",
+    )
+    parser.add_argument(
+        "--hide-reasoning",
+        action="store_true",
+        help="leave out a thinking model's (GLM-Z1's) reasoning and write only its answer",
+    )
+    parser.add_argument(
         "--context",
         type=int,
         default=None,
@@ -76,10 +95,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from glmcore.chat import ChatSession, ChatSettings, check_context
+    from glmcore.chat import ChatSession, ChatSettings, check_context, check_tools_family
     from glmcore.estimate import context_cache
     from glmcore.models.family import ModelShape
     from glmcore.models.loading import load_model, load_tokenizer
+    from glmcore.tool_calls import read_tools_file
 
     notices = Console(stderr=True)
     interactive = sys.stdin.isatty()
@@ -92,9 +112,12 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         check_context(args.context)
+        tools = read_tools_file(args.tools) if args.tools is not None else None
         plan = chat_plan(args, notices)
         model = plan.model
         apply_family(args.family, model)
+        if tools:
+            check_tools_family(model, plan.family)
         if interactive:
             notices.print(f"Loading {model} …")
         tokenizer = load_tokenizer(model, family=plan.family)
@@ -105,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
             context=args.context,
         )
         session.settings = settings
+        session.use_tools(tools)
         cache = context_cache(ModelShape.from_model_dir(model, plan.family), session.context)
         if plan.checkpoint is not None:
             session.use_checkpoint(plan.checkpoint)
@@ -116,7 +140,14 @@ def run(args: argparse.Namespace) -> int:
             f"Chatting with {model.name}, {session.family_title} ({_prefix_name(session)}). {COMMANDS_HELP}"
         )
         notices.print(Text(context_line(cache)))
-    return converse(session, sys.stdin, sys.stdout, notices, interactive=interactive)
+    return converse(
+        session,
+        sys.stdin,
+        sys.stdout,
+        notices,
+        interactive=interactive,
+        show_reasoning=not args.hide_reasoning,
+    )
 
 
 def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
@@ -149,11 +180,17 @@ def _prefix_name(session) -> str:
     return f"prefix {session.prefix}" if session.prefix else "no prefix"
 
 
-def converse(session, source: TextIO, out: TextIO, notices: Console, *, interactive: bool) -> int:
-    """Read messages until /quit or the end of input, streaming each answer to `out`."""
+def converse(
+    session, source: TextIO, out: TextIO, notices: Console, *, interactive: bool, show_reasoning: bool = True
+) -> int:
+    """Read messages until /quit or the end of input, streaming each answer to `out`; after a tool call, the
+    line read is its result."""
     while True:
+        call = session.pending_call
         try:
-            line = input("\n用户：") if interactive else source.readline()
+            line = (
+                input(f"\n结果 ({call.name})：" if call else "\n用户：") if interactive else source.readline()
+            )
         except (EOFError, KeyboardInterrupt):
             return 0
         if not interactive and not line:
@@ -165,7 +202,7 @@ def converse(session, source: TextIO, out: TextIO, notices: Console, *, interact
             if not _command(session, message, notices):
                 return 0
             continue
-        _answer(session, message, out, notices, interactive=interactive)
+        _answer(session, message, out, notices, interactive=interactive, show_reasoning=show_reasoning)
 
 
 def _command(session, message: str, notices: Console) -> bool:
@@ -189,8 +226,13 @@ def _command(session, message: str, notices: Console) -> bool:
     return True
 
 
-def _answer(session, message: str, out: TextIO, notices: Console, *, interactive: bool) -> None:
-    """Stream one answer; Ctrl-C stops it and leaves it out of the history."""
+def _answer(
+    session, message: str, out: TextIO, notices: Console, *, interactive: bool, show_reasoning: bool
+) -> None:
+    """Stream one answer (a thinking model's reasoning first, apart); Ctrl-C stops it and leaves it out of the
+    history. A call is written as one line once the answer has ended."""
+    from glmcore.reasoning import ReplyStream
+
     try:
         turn = session.stream(message)
     except GlmError as error:
@@ -201,17 +243,45 @@ def _answer(session, message: str, out: TextIO, notices: Console, *, interactive
             f"[yellow]note:[/yellow] the {turn.trimmed_rounds} oldest rounds no longer fit the model's "
             "positions and were dropped from the history."
         )
+    styled = Console(file=out, highlight=False) if interactive else None
+    reasoning_out = styled if interactive else notices
+    parts = ReplyStream(opened=turn.opens_reasoning)
+    reasoned = answered = False
     if interactive:
         out.write(f"\n{session.family_title}：")
     try:
-        for delta in turn:
-            out.write(delta)
+        for _ in turn:
+            reasoning, answer = parts.advance(turn.response)
+            if reasoning and show_reasoning:
+                if not reasoned:
+                    reasoning_out.print(
+                        Text(f"({REASONING_LABEL}) ", style=f"bold {REASONING_STYLE}"), end=""
+                    )
+                reasoning_out.print(Text(reasoning, style=REASONING_STYLE), end="")
+                reasoned = True
+            if answer:
+                if reasoned and not answered:
+                    reasoning_out.print()
+                    if interactive:
+                        out.write(f"{session.family_title}：")
+                answered = True
+                out.write(answer)
             out.flush()
     except KeyboardInterrupt:
         turn.close()
     except GlmError as error:
         notices.print(f"\n[red]error:[/red] {escape(str(error))}", highlight=False)
+    if turn.call is not None:
+        line = call_text(turn.call.name, session.arguments_text(turn.call))
+        if styled is not None:
+            styled.print(line, end="")
+        else:
+            out.write(line.plain)
     out.write("\n")
     out.flush()
+    if reasoned and not answered and not interactive:
+        notices.print()
     if turn.cancelled:
         notices.print("(answer stopped; it is not kept in the history)")
+    elif turn.call is not None and interactive:
+        notices.print(Text(result_hint(turn.call.name)))

@@ -4,6 +4,10 @@ The model loads in a thread worker through ``glmcore.chat.ChatSession``; each an
 that posts the text so far; ctrl+x sets the cancel event the stream watches. Switching the checkpoint swaps only
 the prefix of the loaded model. A message sent while the model loads waits and goes out once it is ready; the
 status line says what is loading and for how long.
+
+For a family whose chat format has tools (ChatGLM3, GLM-4) a Tools field takes a JSON file of tools; an answer
+that is a call shows as one, and the next message is its result (the field says so). A thinking model's (GLM-Z1's)
+reasoning shows in its own dimmed block before its answer.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from glmcore.chat import ChatError, ChatPlan, ChatSession, ChatSettings, plan_ch
 from glmcore.errors import GlmError
 from glmcore.runs import Run
 from glmtui.screens.base import WorkbenchScreen
+from glmtui.text.chat import TOOLS_PLACEHOLDER, Exchange, result_placeholder, transcript_text
 from glmtui.text.figures import format_duration
 
 BASE = "base"
+MESSAGE_PLACEHOLDER = "Type a message and press enter"
 
 
 @dataclass
@@ -48,10 +54,13 @@ class ChatLoadStep(Message):
 
 @dataclass
 class AnswerGrew(Message):
-    """The answer so far (``done`` once it is whole), from the generating worker."""
+    """The answer so far, its reasoning apart, and the call it was (``done`` once it is whole), from the
+    generating worker."""
 
     text: str
     done: bool
+    reasoning: str | None = None
+    call: tuple[str, str] | None = None
 
 
 class ChatScreen(WorkbenchScreen):
@@ -74,7 +83,9 @@ class ChatScreen(WorkbenchScreen):
         super().__init__()
         self.run: Run | None = None
         self.session: ChatSession | None = None
-        self.transcript: list[tuple[str, str]] = []
+        self.transcript: list[Exchange] = []
+        self._tools_file: str = ""
+        """The Tools field's value the session's tools were read from."""
         self._cancel = threading.Event()
         self.waiting: str | None = None
         """A message sent while the model loads: it goes out as soon as the model is ready."""
@@ -93,10 +104,14 @@ class ChatScreen(WorkbenchScreen):
             # Shown for families whose chat format has a system role (ChatGLM3, GLM-4) once their model is loaded.
             yield Label("System:")
             yield Input(placeholder="optional: how the assistant should behave", id="chat-system")
+        with Horizontal(id="chat-tools-row"):
+            # Shown for families whose chat format has tools (ChatGLM3, GLM-4) once their model is loaded.
+            yield Label("Tools:")
+            yield Input(placeholder=TOOLS_PLACEHOLDER, id="chat-tools")
         yield Static("Pick a run on the Runs screen (F5) and press c.", id="chat-status")
         with VerticalScroll(id="chat-log"):
             yield Static("", id="chat-transcript")
-        yield Input(placeholder="Type a message and press enter", id="chat-input")
+        yield Input(placeholder=MESSAGE_PLACEHOLDER, id="chat-input")
 
     def run_in_view(self) -> Run | None:
         return self.run
@@ -168,9 +183,12 @@ class ChatScreen(WorkbenchScreen):
         )
 
     def on_chat_loaded(self, message: ChatLoaded) -> None:
+        if message.session is not self.session:  # a model loaded afresh has no tools yet: the field's go in
+            self._tools_file = ""
         self.session = message.session
         self._loading = None
         self.query_one("#chat-system-row").display = message.session.system_role
+        self.query_one("#chat-tools-row").display = message.session.tools_supported
         model = self.run.config.model_path.name if self.run else "the model"
         self._status(f"Chatting with {model} ({message.session.family_title}), {message.description}.")
         self.query_one("#chat-input", Input).focus()
@@ -185,7 +203,9 @@ class ChatScreen(WorkbenchScreen):
             self._loading = None
             if self.waiting is not None:
                 self.query_one("#chat-input", Input).value, self.waiting = self.waiting, None
-                if self.transcript and not self.transcript[-1][1]:
+                if self.transcript and self.transcript[-1] == Exchange(
+                    self.query_one("#chat-input", Input).value
+                ):
                     self.transcript.pop()
                     self._draw()
             self._status(
@@ -215,8 +235,9 @@ class ChatScreen(WorkbenchScreen):
         self.load_session(plan)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id == "chat-system":
-            self.query_one("#chat-input", Input).focus()  # the system prompt goes with the next message
+        if event.input.id in ("chat-system", "chat-tools"):
+            # The system prompt and the tools go with the next message.
+            self.query_one("#chat-input", Input).focus()
             return
         if event.input.id != "chat-input" or not event.value.strip():
             return
@@ -234,7 +255,7 @@ class ChatScreen(WorkbenchScreen):
         event.input.value = ""
         if self._loading is not None:
             self.waiting = query
-            self.transcript.append((query, ""))
+            self.transcript.append(Exchange(query))
             self._draw()
             self._show_loading()
             return
@@ -243,16 +264,41 @@ class ChatScreen(WorkbenchScreen):
     def _send(self, query: str) -> None:
         """Ask the loaded model ``query`` with the settings of the fields (and the System field, if shown)."""
         settings = self.chat_settings()
-        if settings is None:
+        if settings is None or not self._use_tools_field():
+            if self.transcript and self.transcript[-1] == Exchange(query):
+                self.transcript.pop()
+            self.query_one("#chat-input", Input).value = query
+            self._draw()
             return
         if self.session.system_role:  # type: ignore[attr-defined]
             system = self.query_one("#chat-system", Input).value.strip()
             self.session.use_system(system)  # type: ignore[attr-defined]
-        if not self.transcript or self.transcript[-1] != (query, ""):
-            self.transcript.append((query, ""))
+        role = "observation" if self.session.pending_call else "user"  # type: ignore[attr-defined]
+        if not self.transcript or self.transcript[-1] != Exchange(query):
+            self.transcript.append(Exchange(query, role))
+        self.transcript[-1].role = role
+        self.query_one("#chat-input", Input).placeholder = MESSAGE_PLACEHOLDER
         self._cancel = threading.Event()
         self.answer(query, settings, self._cancel)
         self._draw()
+
+    def _use_tools_field(self) -> bool:
+        """Read the Tools field's file into the session when it changed; False after saying what is wrong with
+        it (the engine's sentence)."""
+        if not self.session.tools_supported:  # type: ignore[attr-defined]
+            return True
+        path = self.query_one("#chat-tools", Input).value.strip()
+        if path == self._tools_file:
+            return True
+        from glmcore.tool_calls import read_tools_file
+
+        try:
+            self.session.use_tools(read_tools_file(path) if path else None)  # type: ignore[attr-defined]
+        except GlmError as error:
+            self.notify(str(error), severity="error", markup=False)
+            return False
+        self._tools_file = path
+        return True
 
     def chat_settings(self) -> ChatSettings | None:
         """The settings of the fields, or None after saying what is wrong with them (the engine's checks)."""
@@ -275,33 +321,30 @@ class ChatScreen(WorkbenchScreen):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="chat-answer")
     def answer(self, query: str, settings: ChatSettings, cancel: threading.Event) -> None:
-        text = ""
-        for delta in self.session.stream(query, settings, cancel):  # type: ignore[attr-defined]
-            text += delta
-            self.post_message(AnswerGrew(text, done=False))
-        self.post_message(AnswerGrew(text, done=True))
+        session: ChatSession = self.session  # type: ignore[assignment]
+        turn = session.stream(query, settings, cancel)
+        for _ in turn:
+            reply = turn.reply
+            self.post_message(AnswerGrew(reply.answer, done=False, reasoning=reply.reasoning))
+        call = (turn.call.name, session.arguments_text(turn.call)) if turn.call else None
+        self.post_message(AnswerGrew(turn.reply.answer, done=True, reasoning=turn.reply.reasoning, call=call))
 
     def on_answer_grew(self, message: AnswerGrew) -> None:
         if self.transcript:
-            query, _ = self.transcript[-1]
-            self.transcript[-1] = (query, message.text)
+            exchange = self.transcript[-1]
+            exchange.answer, exchange.reasoning, exchange.call = message.text, message.reasoning, message.call
+        if message.call is not None:
+            self.query_one("#chat-input", Input).placeholder = result_placeholder(message.call[0])
         self._draw()
 
     def _draw(self) -> None:
-        """The transcript as text: a model's output (any bytes at all) is never read as markup."""
-        transcript = Text()
-        for turn, (query, answer) in enumerate(self.transcript):
-            if turn:
-                transcript.append("\n")
-            transcript.append("you ", style="bold cyan")
-            transcript.append(f"{query}\n")
-            transcript.append("glm ", style="bold green")
-            transcript.append(f"{answer}\n")
-        self.query_one("#chat-transcript", Static).update(transcript)
+        """The transcript as text (glmtui.text.chat): a model's output is never read as markup."""
+        self.query_one("#chat-transcript", Static).update(transcript_text(self.transcript))
         self.query_one("#chat-log", VerticalScroll).scroll_end(animate=False)
 
     def action_clear(self) -> None:
         self.transcript = []
+        self.query_one("#chat-input", Input).placeholder = MESSAGE_PLACEHOLDER
         if self.session is not None:
             self.session.clear()  # type: ignore[attr-defined]
         self._draw()

@@ -18,6 +18,8 @@ from glmcore.workspace import Workspace
 from glmtui.app import GlmApp
 
 GPU_SAMPLES = Path(__file__).parents[1] / "fixtures" / "gpu_samples.json"
+SIZES = [(120, 40), (80, 24)]
+"""The sizes `snapshot_at_both_sizes` takes, the one a test starts at first."""
 FIXED_NOW = datetime.fromisoformat("2026-05-01T12:00:00+00:00")
 
 
@@ -178,3 +180,23 @@ def cut_text(screen) -> list[str]:
         if isinstance(widget, Input) and cell_len(widget.value) >= content.width:
             found.append(f"{name} shows {content.width - 1} of {cell_len(widget.value)} characters")
     return found
+
+
+async def snapshot_at_both_sizes(pilot, snapshot, name: str) -> None:
+    """The screen as it is now at each of SIZES, compared with its snapshot; at 80x24 nothing may be cut."""
+    from pytest_textual_snapshot import SVGImageExtension
+    from textual.widgets import Input
+
+    pilot.app.clear_notifications()
+    for field in pilot.app.screen.query(Input):
+        field.cursor_blink = False
+    for width, height in SIZES:
+        await pilot.resize_terminal(width, height)
+        await settle(pilot)
+        if (width, height) == (80, 24):
+            cuts = cut_text(pilot.app.screen)
+            assert cuts == [], "\n".join(cuts)
+        svg = pilot.app.export_screenshot()
+        assert snapshot(name=f"{name}-{width}x{height}", extension_class=SVGImageExtension) == svg
+    await pilot.resize_terminal(*SIZES[0])
+    await settle(pilot)

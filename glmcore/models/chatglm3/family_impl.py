@@ -20,6 +20,7 @@ from glmcore.models.chatglm2.tiny import write_tiny_checkpoint as write_tiny
 from glmcore.models.chatglm3.tokenization import ChatGLM3Tokenizer
 from glmcore.models.chatglm3.tools import (
     TOOL_DEFINITION_PREFIX,
+    arguments_text,
     may_be_tool_call,
     parse_tool_call,
     tool_call_text,
@@ -31,6 +32,7 @@ model_class = ChatGLM2ForConditionalGeneration
 tokenizer_class = ChatGLM3Tokenizer
 
 __all__ = [
+    "arguments_text",
     "may_be_tool_call",
     "new_decoder",
     "new_prefix_encoder",

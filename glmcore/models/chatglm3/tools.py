@@ -41,6 +41,11 @@ def tool_call_text(parameters: dict) -> str:
     return f"```python\ntool_call({arguments})\n```"
 
 
+def arguments_text(call: ToolCall) -> str:
+    """A call's arguments as the assistant writes them: `tool_call(city='Paris')`, without the fence."""
+    return tool_call_text(arguments_object(call)).split("\n")[1]
+
+
 def tool_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None) -> list[int]:
     """`[gMASK] sop`, the tools' system message (when there are tools), every message, then `<|assistant|>`."""
     input_ids = [tokenizer.get_command("[gMASK]"), tokenizer.get_command("sop")]

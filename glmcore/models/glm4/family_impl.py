@@ -15,7 +15,7 @@ from glmcore.models.glm4.configuration import GLM4Config
 from glmcore.models.glm4.modeling import GLM4ForConditionalGeneration
 from glmcore.models.glm4.tiny import STOP_TOKENS, write_random_checkpoint, write_tiny_checkpoint
 from glmcore.models.glm4.tokenization import ChatGLM4Tokenizer
-from glmcore.models.glm4.tools import may_be_tool_call, parse_tool_call, tool_prompt_ids
+from glmcore.models.glm4.tools import arguments_text, may_be_tool_call, parse_tool_call, tool_prompt_ids
 from glmcore.models.head import peft_prefix_tuning_config
 
 config_class = GLM4Config
@@ -23,6 +23,7 @@ model_class = GLM4ForConditionalGeneration
 tokenizer_class = ChatGLM4Tokenizer
 
 __all__ = [
+    "arguments_text",
     "may_be_tool_call",
     "new_decoder",
     "new_prefix_encoder",

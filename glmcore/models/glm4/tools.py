@@ -11,6 +11,10 @@ An answer is parsed as that server's `process_response` parses it: stripped, its
 request and its second line starting with `{`, the lines from there a JSON object. The published server also takes
 its built-in `simple_browser` and `cogview` tools, which the OpenAI API cannot declare; a name not declared is
 text here.
+
+glm-4-9b-chat-hf and the 0414 models (GLM-4-9B-0414, GLM-Z1-9B-0414) use these functions too: the -hf folder's
+published template is this one, character for character, and glmtui renders 0414's prompts with the folder's
+own template given the same messages (the form its training rows already take); see docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ def tool_prompt_ids(tokenizer, messages: list[dict], tools: list[dict] | None) -
         else:
             rendered.append({"role": message["role"], "content": message["content"]})
     return tokenizer.chat_ids(rendered, add_generation_prompt=True)
+
+
+def arguments_text(call: ToolCall) -> str:
+    """A call's arguments as the model writes them: the JSON object on the line after the tool's name."""
+    return call.arguments
 
 
 def may_be_tool_call(text: str, names: set[str]) -> bool:
