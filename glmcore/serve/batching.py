@@ -1,9 +1,10 @@
 """Continuous batching over one base model: many requests, each with its own prefix, decoded in one step.
 
-The decoder holds `slots` rows of a static KV cache of `capacity` columns. A P-tuning v2 prefix is nothing but
-keys and values in front of the prompt, so each row's prefix is written into the row's first columns; the model
-itself runs without a prefix encoder, and rows with different prefixes (or none) share every decoding step.
-A row's columns are `[prefix | prompt | generated]`; its mask shows those, its positions are its own.
+The decoder holds `slots` rows over a paged KV cache: one pool of blocks of `BLOCK` columns, each row holding
+the blocks its block table names, up to `capacity` columns. A P-tuning v2 prefix is nothing but keys and values in
+front of the prompt, so each row's prefix is written into the row's first columns; the model itself runs without
+a prefix encoder, and rows with different prefixes (or none) share every decoding step. A row's columns are
+`[prefix | prompt | generated]`; its mask shows those, its positions are its own.
 
 The scheduler is one thread that owns the model. Between two steps it drops the rows of cancelled requests,
 gives waiting ones the free rows (continuous batching: a new request never waits for a batch to end) and runs one
@@ -24,10 +25,13 @@ A step runs only the rows up to the highest one in use, rounded up to a power of
 is captured once as a CUDA graph and replayed. Tokens go to each request's `deliver` callback, which must not
 block (the HTTP side hands them to its event loop), so a slow client never slows the others.
 
-Memory: every row and column is allocated when the engine starts, from a budget (`plan_slots`: the GPU's free
-memory after loading, the KV cache's bytes per token from the model's shape), so serving allocates nothing per
-request beyond a prefill pass's activations and a copy of its rows' columns: a request that does not fit a row is refused, one that finds no free
-row waits, and one that finds the waiting queue full is refused with a retry time (HTTP 429).
+Memory: the pool is allocated when the engine starts, from a budget (`plan_memory`: the GPU's free memory after
+loading, the KV cache's bytes per token from the model's shape), so serving allocates nothing per request beyond
+a pass's activations and the keys and values it gathers through the tables. A row takes blocks as its prefix,
+prompt and answer are written and gives them back when it ends; a request reserves the blocks its prefix, prompt
+and `max_new_tokens` can take before it takes a row, so a row never runs out of blocks while it decodes. A
+request that does not fit a row (or the pool) is refused, one that finds no free row or too few unreserved blocks
+waits, first come first served, and one that finds the waiting queue full is refused with a retry time (HTTP 429).
 """
 
 from __future__ import annotations
@@ -92,6 +96,9 @@ class Request:
     generated: int = 0
     reused_tokens: int = 0
     """Prompt tokens whose keys and values were copied from an earlier request's (a shared beginning)."""
+    blocks: int = 0
+    """The KV blocks this request reserves when it takes a row: its prefix, prompt and answer budget (set when
+    it is submitted)."""
     batch: int = 0
     """The most rows that decoded together while this request did (itself included)."""
     finish_reason: str | None = None
@@ -119,21 +126,28 @@ class Request:
         return self._cancel.is_set()
 
 
-class _RowCache:
-    """The cache as the model sees it: `update` writes the new keys and values at each row's own columns
-    (`columns` [rows, 1, tokens, 1]: one per token fed)."""
+class _PagedCache:
+    """The cache as the model sees it, read and written through block tables. `update` writes the new keys and
+    values at their slots of the pool (`written` [rows, tokens]: each fed token's place in a layer's pool seen
+    as one column of `blocks × BLOCK`), then gathers each row's blocks (`table` [rows, blocks]) into the keys and
+    values [rows, heads, blocks × BLOCK, channels] attention reads: fixed shapes for fixed table shapes, so a
+    step over them is captured as a CUDA graph like the static cache's."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], columns: torch.Tensor) -> None:
-        self.keys, self.values, self.columns = keys, values, columns
+    def __init__(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], table: torch.Tensor, written: torch.Tensor
+    ) -> None:
+        self.keys, self.values, self.table, self.written = keys, values, table, written
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
-        index = self.columns.expand_as(key)
-        self.keys[layer_idx].scatter_(2, index, key)
-        self.values[layer_idx].scatter_(2, index, value)
-        return self.keys[layer_idx], self.values[layer_idx]
+        slots = self.written.flatten()
+        gathered = []
+        for pool, new in ((self.keys[layer_idx], key), (self.values[layer_idx], value)):
+            pool.flatten(0, 1).index_copy_(0, slots, new.transpose(1, 2).flatten(0, 1))
+            gathered.append(pool[self.table].flatten(1, 2).transpose(1, 2))
+        return gathered[0], gathered[1]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return 1  # positions and masks are always given; only "there is a past" is read from this
@@ -276,34 +290,71 @@ def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
     return PromptLayout(positions[0].cpu(), allowed, causal)
 
 
-class SlotDecoder:
-    """`slots` rows of `capacity` columns over `model`, loaded without a prefix: each row's is in its columns."""
+ZERO_BLOCK, TRASH_BLOCK = 0, 1
+"""Two blocks beside the pool's: a table's unused entries point at ZERO_BLOCK, which is never written (so a hidden
+column is never a NaN left by someone else: NaN times a zero attention weight is NaN); the tokens that belong to no
+row (padding, rows not decoding in a step) are written to TRASH_BLOCK, which no table names."""
+SPARE_BLOCKS = 2
+
+
+def blocks_for(tokens: int) -> int:
+    """The blocks that hold `tokens` columns."""
+    return -(-tokens // BLOCK)
+
+
+class PagedDecoder:
+    """`slots` rows over `model` (loaded without a prefix) sharing one pool of `blocks` KV blocks of `BLOCK`
+    columns: a row's columns are `[prefix | prompt | answer]`, held in the blocks its table names, taken from the
+    pool as they are written (`grow`) and given back when the row ends (`release`); a row holds `capacity` columns
+    at most. The engine reserves a request's blocks before it takes a row, so `grow` always finds them."""
 
     def __init__(
-        self, model, slots: int, capacity: int, *, use_graph: bool | None = None, adapter_memory: int = 0
+        self,
+        model,
+        slots: int,
+        capacity: int,
+        blocks: int,
+        *,
+        use_graph: bool | None = None,
+        adapter_memory: int = 0,
     ) -> None:
         self.model = model
         self.row_decoder = _row_decoder(model)
         self.device = self.row_decoder.device
         self.dtype = self.row_decoder.dtype
-        self.slots, self.capacity = slots, capacity
+        self.slots, self.capacity, self.blocks = slots, capacity, blocks
+        self.row_blocks = blocks_for(capacity)
         heads, channels = self.row_decoder.cache_heads_and_channels()
-        shape = (slots, heads, capacity, channels)
+        shape = (SPARE_BLOCKS + blocks, BLOCK, heads, channels)
         layers = model.config.num_layers
         self.keys = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
         self.values = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(layers)]
+        self.tables: list[list[int]] = [[] for _ in range(slots)]
+        """Each row's blocks, in column order (on the CPU); `table` is their copy on the device."""
+        self.table = torch.full((slots, self.row_blocks), ZERO_BLOCK, dtype=torch.long, device=self.device)
+        self._free = list(range(SPARE_BLOCKS + blocks - 1, SPARE_BLOCKS - 1, -1))
+        self.most_blocks_used = 0
+        """The most blocks rows held at once since the engine started."""
         self.hidden = torch.finfo(self.dtype).min
-        self.mask = torch.full((slots, 1, 1, capacity), self.hidden, dtype=self.dtype, device=self.device)
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(
             slots, *self.row_decoder.position_shape, dtype=torch.long, device=self.device
         )
-        self.columns = torch.zeros(slots, 1, 1, 1, dtype=torch.long, device=self.device)
+        self.written = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
+        """Where each row's fed token goes in the pool (TRASH_BLOCK's first slot for a row not decoding)."""
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=self.device)
+        """Each row's columns its next step sees (its fed token's included)."""
+        self.column_numbers = torch.arange(self.row_blocks * BLOCK, device=self.device)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
-        self.graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        """Captured steps by (width, whether the rows' LoRA updates run)."""
+        self.graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        """Captured steps by (width, table blocks, whether the rows' LoRA updates run)."""
+        self._graph_pool = None
         self.adapters = AdapterBank(model, slots, adapter_memory)
         self._adapter_version = self.adapters.version
+
+    @property
+    def free_blocks(self) -> int:
+        return len(self._free)
 
     def prompt_layout(self, prompt: list[int], prefix_length: int = 0) -> PromptLayout:
         """The family's layout of `prompt` in a row whose prefix has `prefix_length` columns."""
@@ -312,40 +363,71 @@ class SlotDecoder:
             return replace(layout, positions=layout.positions + prefix_length)
         return layout
 
+    def grow(self, row: int, columns: int) -> None:
+        """Give `row` the blocks its first `columns` columns need that it does not hold yet."""
+        held = len(self.tables[row])
+        wanted = blocks_for(columns)
+        if wanted <= held:
+            return
+        if wanted - held > len(self._free):
+            raise GlmError("The server ran out of key-value blocks; its log says why.")  # reservations prevent it
+        new = [self._free.pop() for _ in range(wanted - held)]
+        self.tables[row].extend(new)
+        self.table[row, held:wanted] = torch.tensor(new, device=self.device)
+        self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
+
+    def column_slots(self, row: int, start: int, end: int) -> torch.Tensor:
+        """The places in a layer's flattened pool ([blocks × BLOCK, heads, channels]) of `row`'s columns from
+        `start` to `end` (on the CPU); the row grows to hold them."""
+        self.grow(row, end)
+        columns = torch.arange(start, end)
+        return torch.tensor(self.tables[row], dtype=torch.long)[columns // BLOCK] * BLOCK + columns % BLOCK
+
+    def flat_layers(self) -> list[torch.Tensor]:
+        """Every layer's keys, then every layer's values, each pool flattened to [blocks × BLOCK, heads, channels]."""
+        return [pool.flatten(0, 1) for pool in (*self.keys, *self.values)]
+
     def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
+        slots = self.column_slots(row, 0, prefix[0][0].shape[1]).to(self.device)
         for layer, (key, value) in enumerate(prefix):
-            self.keys[layer][row, :, : key.shape[1]] = key
-            self.values[layer][row, :, : value.shape[1]] = value
+            self.keys[layer].flatten(0, 1)[slots] = key.transpose(0, 1)
+            self.values[layer].flatten(0, 1)[slots] = value.transpose(0, 1)
+
+    def _table_of(self, rows: list[int], blocks: int) -> torch.Tensor:
+        return torch.tensor(
+            [self.tables[row][:blocks] + [ZERO_BLOCK] * (blocks - len(self.tables[row][:blocks])) for row in rows],
+            dtype=torch.long,
+        )
 
     @torch.no_grad()
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
         """Run every chunk in one pass; the logits of each chunk's last token, in order.
 
         Chunks are right-aligned in a batch padded on the left, so each one's last token is the pass's last
-        position. The pass works on a copy of its rows' first columns plus one scratch column, where the padding
-        writes; the chunks' own keys and values are copied back into their rows afterwards."""
+        position. Each row grows to hold its chunk; the pass reads its rows' blocks through their tables, and
+        the padding writes to TRASH_BLOCK and sees its row's first column."""
         count, longest = len(chunks), max(len(chunk.tokens) for chunk in chunks)
-        scratch = max(chunk.start + len(chunk.tokens) for chunk in chunks)
+        ends = [chunk.start + len(chunk.tokens) for chunk in chunks]
+        blocks = blocks_for(max(ends))
         input_ids = torch.zeros(count, longest, dtype=torch.long)
         positions = torch.zeros(count, *chunks[0].positions.shape[:-1], longest, dtype=torch.long)
-        columns = torch.full((count, longest), scratch, dtype=torch.long)
-        visible = torch.zeros(count, 1, longest, scratch + 1, dtype=torch.bool)
-        for index, chunk in enumerate(chunks):
-            length = len(chunk.tokens)
-            input_ids[index, longest - length :] = torch.tensor(chunk.tokens)
-            positions[index, ..., longest - length :] = chunk.positions
-            columns[index, longest - length :] = torch.arange(chunk.start, chunk.start + length)
-            visible[index, 0, longest - length :, : chunk.start + length] = chunk.sees
-            visible[index, 0, : longest - length, scratch] = True  # padding sees its own key: never a NaN softmax
-        rows = torch.tensor([chunk.row for chunk in chunks])
-        on_device = rows.to(self.device)
-        self.adapters.use_rows(on_device, rows.tolist())
-        keys = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.keys]
-        values = [layer[:, :, : scratch + 1].index_select(0, on_device) for layer in self.values]
+        written = torch.full((count, longest), TRASH_BLOCK * BLOCK, dtype=torch.long)
+        visible = torch.zeros(count, 1, longest, blocks * BLOCK, dtype=torch.bool)
+        for index, (chunk, end) in enumerate(zip(chunks, ends, strict=True)):
+            padding = longest - len(chunk.tokens)
+            input_ids[index, padding:] = torch.tensor(chunk.tokens)
+            positions[index, ..., padding:] = chunk.positions
+            written[index, padding:] = self.column_slots(chunk.row, chunk.start, end)
+            visible[index, 0, padding:, :end] = chunk.sees
+            visible[index, 0, :padding, 0] = True  # padding sees a written key: never a NaN softmax
+        rows = [chunk.row for chunk in chunks]
+        self.adapters.use_rows(torch.tensor(rows, device=self.device), rows)
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~visible.to(self.device), self.hidden)
-        cache = _RowCache(keys, values, columns.to(self.device)[:, None, :, None])
+        cache = _PagedCache(
+            self.keys, self.values, self._table_of(rows, blocks).to(self.device), written.to(self.device)
+        )
         logits = self.model(
             input_ids=input_ids.to(self.device),
             position_ids=positions.to(self.device),
@@ -354,83 +436,92 @@ class SlotDecoder:
             use_cache=True,
             logits_to_keep=1,
         ).logits[:, -1]
-        source, token = (columns != scratch).nonzero(as_tuple=True)
-        target_rows, target_columns = rows[source].to(self.device), columns[source, token].to(self.device)
-        source = source.to(self.device)
-        for layer, copy in zip((*self.keys, *self.values), (*keys, *values), strict=True):
-            layer[target_rows, :, target_columns] = copy[source, :, target_columns]
         for chunk in chunks:
             if chunk.last:
-                self.mask[chunk.row].fill_(self.hidden)
-                self.mask[chunk.row, 0, 0, : chunk.start + len(chunk.tokens)] = 0.0
                 self.positions[chunk.row].copy_(chunk.positions[..., -1:])
         return logits
 
     def release(self, row: int, *, scrub: bool = False) -> None:
-        """A free row: nothing visible but its first column, positions and column back to 0. `scrub` zeroes its
-        keys and values too, after a failure: a NaN left in a hidden column still spoils the next request's
-        attention (NaN times a zero weight is NaN)."""
+        """A free row: its blocks back in the pool, its table empty, positions back to 0. `scrub` zeroes its
+        blocks first, after a failure: a NaN left in a hidden column still spoils the next owner's attention (NaN
+        times a zero weight is NaN)."""
         self.adapters.clear(row)
-        if scrub:
-            for layer in (*self.keys, *self.values):
-                layer[row].zero_()
-        self.mask[row].fill_(self.hidden)
-        self.mask[row, 0, 0, 0] = 0.0
+        blocks = self.tables[row]
+        if scrub and blocks:
+            held = torch.tensor(blocks, device=self.device)
+            for pool in (*self.keys, *self.values):
+                pool[held] = 0
+        self._free.extend(reversed(blocks))
+        self.tables[row] = []
+        self.table[row].fill_(ZERO_BLOCK)
         self.positions[row].zero_()
-        self.columns[row].zero_()
 
     @torch.no_grad()
     def step(self, width: int, tokens: dict[int, int], columns: dict[int, int]) -> torch.Tensor:
         """Feed `tokens[row]` at `columns[row]` for the rows decoding (all below `width`); the next logits of the
-        first `width` rows. The others (free, or with a prompt half written) are fed at their last column, which no
-        request reaches (its last answer token is never fed back), and are ignored."""
-        fed = [(tokens.get(row, 0), columns.get(row, self.capacity - 1)) for row in range(width)]
-        fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not two per row
-        self.tokens[:width, 0].copy_(fed[:, 0], non_blocking=True)
-        self.columns[:width, 0, 0, 0].copy_(fed[:, 1], non_blocking=True)
+        first `width` rows. The others (free, or with a prompt half written) are fed to TRASH_BLOCK and ignored.
+        The step reads as many table blocks as its longest row holds, rounded up to a power of two: one CUDA
+        graph per (width, blocks) seen."""
+        fed = []
+        for row in range(width):
+            if row in tokens:
+                column = columns[row]
+                self.grow(row, column + 1)
+                place = self.tables[row][column // BLOCK] * BLOCK + column % BLOCK
+                fed.append((tokens[row], place, column + 1))
+            else:
+                fed.append((0, TRASH_BLOCK * BLOCK, 1))
+        fed = torch.tensor(fed, dtype=torch.long)  # one copy to the device, not three per row
+        needed = blocks_for(int(fed[:, 2].max()))
+        blocks = min(1 << (needed - 1).bit_length(), self.row_blocks)
+        fed = fed.to(self.device, non_blocking=True)
+        self.tokens[:width, 0].copy_(fed[:, 0])
+        self.written[:width, 0].copy_(fed[:, 1])
+        self.lengths[:width].copy_(fed[:, 2])
         self.row_decoder.positions = self.positions[:width]
         self.row_decoder.advance_positions()
-        self.mask[:width].scatter_(3, self.columns[:width], 0.0)
-        key = (width, self.adapters.use_width(width))
+        key = (width, blocks, self.adapters.use_width(width))
         if not self.use_graph:
-            return self._step_eagerly(width)
+            return self._step_eagerly(width, blocks)
         if self.adapters.version != self._adapter_version:  # new stacks: the graphs with updates read the old
-            self.graphs = {captured: graph for captured, graph in self.graphs.items() if not captured[1]}
+            self.graphs = {captured: graph for captured, graph in self.graphs.items() if not captured[2]}
             self._adapter_version = self.adapters.version
         if key not in self.graphs and not self._capture(key):
-            return self._step_eagerly(width)
+            return self._step_eagerly(width, blocks)
         graph, logits = self.graphs[key]
         graph.replay()
         return logits
 
-    def _step_eagerly(self, width: int) -> torch.Tensor:
-        cache = _RowCache(
-            [layer[:width] for layer in self.keys],
-            [layer[:width] for layer in self.values],
-            self.columns[:width],
-        )
+    def _step_eagerly(self, width: int, blocks: int) -> torch.Tensor:
+        seen = self.column_numbers[: blocks * BLOCK] < self.lengths[:width, None]
+        mask = torch.full((width, 1, 1, blocks * BLOCK), self.hidden, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(seen[:, None, None, :], 0.0)
+        cache = _PagedCache(self.keys, self.values, self.table[:width, :blocks], self.written[:width])
         return self.model(
             input_ids=self.tokens[:width],
             position_ids=self.positions[:width],
-            attention_mask=self.mask[:width],
+            attention_mask=mask,
             cache=cache,
             use_cache=True,
         ).logits[:, -1]
 
-    def _capture(self, key: tuple[int, bool]) -> bool:
-        """Capture the step of `width` rows, with or without their LoRA updates (as StaticDecoder does); False,
-        and eager steps, where it fails."""
-        width = key[0]
+    def _capture(self, key: tuple[int, int, bool]) -> bool:
+        """Capture the step of `width` rows over `blocks` table blocks, with or without their LoRA updates (as
+        StaticDecoder does); False, and eager steps, where it fails. The graphs share one memory pool: they
+        replay one at a time, so the widest step's gathered keys and values are all they need."""
+        width, blocks, _ = key
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: the same writes as the step itself, to the same columns
-                self._step_eagerly(width)
+            for _ in range(2):  # warm-up: the same writes as the step itself, to the same slots
+                self._step_eagerly(width, blocks)
         torch.cuda.current_stream().wait_stream(side)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
-                logits = self._step_eagerly(width)
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                logits = self._step_eagerly(width, blocks)
         except RuntimeError as error:
             self.use_graph = False
             warnings.warn(f"serving without CUDA graphs: {str(error).splitlines()[0]}", stacklevel=2)
@@ -446,10 +537,11 @@ RECORD_LENGTH = 4096
 
 
 class Engine:
-    """The scheduler thread over a `SlotDecoder`: submit requests from any thread, tokens come back through each
+    """The scheduler thread over a `PagedDecoder`: submit requests from any thread, tokens come back through each
     request's `deliver`. Prefix checkpoints become per-layer keys and values, made apart from the model
     (`glmcore.prefix.encode_prefix`; cached, `max_prefixes` of them); LoRA checkpoints are held by the decoder's
-    `AdapterBank` (`adapter_memory` bytes)."""
+    `AdapterBank` (`adapter_memory` bytes). `blocks` KV blocks are shared by the `slots` rows (by default as many
+    as `slots` rows of `capacity` columns take: the static plan's memory)."""
 
     def __init__(
         self,
@@ -458,6 +550,7 @@ class Engine:
         *,
         slots: int,
         capacity: int,
+        blocks: int | None = None,
         max_waiting: int = 64,
         max_prefixes: int = 16,
         use_graph: bool | None = None,
@@ -474,7 +567,10 @@ class Engine:
         self.family = family_of(model).implementation()
         self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
         """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
-        self.decoder = SlotDecoder(model, slots, capacity, use_graph=use_graph, adapter_memory=adapter_memory)
+        blocks = slots * blocks_for(capacity) if blocks is None else blocks
+        self.decoder = PagedDecoder(
+            model, slots, capacity, blocks, use_graph=use_graph, adapter_memory=adapter_memory
+        )
         self.shared = SharedPrompts(self.decoder, shared_tokens) if shared_tokens >= BLOCK else None
         """Shared prompt beginnings (`shared_tokens` of them at most; `shared_prompt_tokens` says how many)."""
         self.adapters = self.decoder.adapters
@@ -494,6 +590,9 @@ class Engine:
         """Rows whose prompt is being written."""
         self._rows: dict[int, _Row] = {}
         """Rows decoding."""
+        self._reserved: dict[int, int] = {}
+        """The blocks each row's request may take (its prefix, prompt and answer budget), reserved before it takes
+        the row: the rows' reservations never pass the pool, so a row always finds the blocks it grows into."""
         self._wake = threading.Condition()
         self._stopping = False
         self.steps = 0
@@ -509,11 +608,21 @@ class Engine:
     def capacity(self) -> int:
         return self.decoder.capacity
 
+    @property
+    def blocks(self) -> int:
+        return self.decoder.blocks
+
     def load(self) -> dict[str, int]:
-        """Rows in use, requests waiting and rows in all."""
+        """Rows in use, requests waiting, rows in all, and the KV blocks reserved and in all."""
         with self._wake:
             active = len(self._rows) + len(self._prefilling)
-            return {"active": active, "waiting": len(self._waiting), "slots": self.slots}
+            return {
+                "active": active,
+                "waiting": len(self._waiting),
+                "slots": self.slots,
+                "reserved_blocks": sum(self._reserved.values()),
+                "blocks": self.blocks,
+            }
 
     def prefix_length(self, checkpoint: Path | None) -> int:
         """Virtual tokens of a prefix checkpoint (its files read once, checked against the model)."""
@@ -533,10 +642,13 @@ class Engine:
         return weights
 
     def submit(self, request: Request) -> None:
-        """Queue `request`; refused at once if it cannot fit a row or the waiting queue is full."""
+        """Queue `request`; refused at once if it cannot fit a row (or the whole pool) or the waiting queue is
+        full."""
         if request.adapter is not None:
             self.adapters.check(request.adapter)
-        budget = self.capacity - self.prefix_length(request.prefix)
+        prefix = self.prefix_length(request.prefix)
+        budget = min(self.capacity, self.blocks * BLOCK) - prefix
+        request.blocks = blocks_for(prefix + len(request.prompt_ids) + request.max_new_tokens)
         if len(request.prompt_ids) + request.max_new_tokens > budget:
             raise RequestTooLong(
                 f"The prompt takes {len(request.prompt_ids)} tokens and {request.max_new_tokens} more were asked "
@@ -592,8 +704,12 @@ class Engine:
                     break
                 admitted = []
                 free = [row for row in range(self.slots) if row not in self._rows and row not in self._prefilling]
-                while self._waiting and free:
-                    admitted.append((free.pop(0), self._waiting.popleft()))
+                unreserved = self.blocks - sum(self._reserved.values())
+                while self._waiting and free and self._waiting[0].blocks <= unreserved:  # first come, first served
+                    row, request = free.pop(0), self._waiting.popleft()
+                    self._reserved[row] = request.blocks
+                    unreserved -= request.blocks
+                    admitted.append((row, request))
             deferred: list[Request] = []
             try:
                 for row, request in admitted:
@@ -601,6 +717,8 @@ class Engine:
                         with self._wake:
                             self._waiting.insert(len(deferred), request)
                         deferred.append(request)
+                    if row not in self._prefilling:  # waits again, or was answered without taking the row
+                        self._unreserve(row)
                 self._drop_cancelled()
                 if self._prefilling:
                     self._prefill_pass()
@@ -610,6 +728,8 @@ class Engine:
                 log.exception("the serving engine failed a step")
                 taken = [request for _, request in admitted if request not in deferred]
                 self._fail_in_flight(GlmError(FAILED_STEP), taken)
+                with self._wake:
+                    self._reserved.clear()  # no row is left
         with self._wake:
             waiting = list(self._waiting)
             self._waiting.clear()
@@ -805,7 +925,12 @@ class Engine:
     def _take_row(self, row: int) -> Request:
         with self._wake:
             state = self._rows.pop(row, None) or self._prefilling.pop(row)
+        self._unreserve(row)
         return state.request
+
+    def _unreserve(self, row: int) -> None:
+        with self._wake:
+            self._reserved.pop(row, None)
 
     def _release(self, row: int, reason: str) -> None:
         request = self._take_row(row)

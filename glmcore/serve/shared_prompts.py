@@ -2,7 +2,9 @@
 a later request with the same prefix checkpoint and the same leading tokens copies them into its row instead of
 prefilling them again.
 
-They are kept in blocks of `BLOCK` tokens, in a pool allocated when the engine starts. A block is known by the
+They are kept in blocks of `BLOCK` tokens (the KV cache's block), in a pool of their own allocated when the
+engine starts, and copied into a row's blocks (a row's prompt starts after its prefix, so its blocks need not line
+up with the pool's). A block is known by the
 block before it (its serial, or the prefix checkpoint for a prompt's first block), its tokens and their positions,
 so a match is exact: the same checkpoint, the same tokens at the same positions, all the way from the prompt's
 start. This is only valid where a prompt's tokens see none of the tokens after them (a causal prompt, as
@@ -37,16 +39,17 @@ class _Block:
 
 
 class SharedPrompts:
-    """A pool of `tokens // BLOCK` blocks of keys and values beside the rows of `decoder` (a `SlotDecoder`)."""
+    """A pool of `tokens // BLOCK` blocks of keys and values beside the rows of `decoder` (a `PagedDecoder`)."""
 
     def __init__(self, decoder, tokens: int) -> None:
         heads, channels = decoder.row_decoder.cache_heads_and_channels()
         blocks = tokens // BLOCK
-        shape = (blocks, heads, BLOCK, channels)
-        layers = len(decoder.keys)
+        shape = (blocks * BLOCK, heads, channels)
         self.decoder = decoder
-        self.keys = [torch.zeros(shape, dtype=decoder.dtype, device=decoder.device) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=decoder.dtype, device=decoder.device) for _ in range(layers)]
+        self.layers = [
+            torch.zeros(shape, dtype=decoder.dtype, device=decoder.device) for _ in decoder.flat_layers()
+        ]
+        """Every layer's keys, then every layer's values, as the decoder's `flat_layers`."""
         self._blocks: collections.OrderedDict[tuple, _Block] = collections.OrderedDict()
         self._free = list(range(blocks))
         self._serials = itertools.count(1)
@@ -62,12 +65,10 @@ class SharedPrompts:
         new = chain[copied // BLOCK :]
         if not new:
             return len(chain) * BLOCK
-        slots = torch.tensor([block.slot for block in new], device=self.decoder.device)
-        columns = slice(start + copied, start + len(chain) * BLOCK)
-        for row_layer, pool_layer in zip(
-            (*self.decoder.keys, *self.decoder.values), (*self.keys, *self.values), strict=True
-        ):
-            row_layer[row, :, columns] = pool_layer[slots].transpose(0, 1).flatten(1, 2)
+        pool = self._places(new)
+        places = self.decoder.column_slots(row, start + copied, start + len(chain) * BLOCK).to(self.decoder.device)
+        for row_layer, pool_layer in zip(self.decoder.flat_layers(), self.layers, strict=True):
+            row_layer[places] = pool_layer[pool]
         return len(chain) * BLOCK
 
     def keep(
@@ -90,13 +91,16 @@ class SharedPrompts:
             parent = block.serial
         if not added:
             return
-        slots = torch.tensor([block.slot for block in added], device=self.decoder.device)
-        columns = slice(start + first, start + first + len(added) * BLOCK)
-        for row_layer, pool_layer in zip(
-            (*self.decoder.keys, *self.decoder.values), (*self.keys, *self.values), strict=True
-        ):
-            pool_layer[slots] = row_layer[row, :, columns].unflatten(1, (len(added), BLOCK)).transpose(0, 1)
+        places = self.decoder.column_slots(row, start + first, start + first + len(added) * BLOCK)
+        pool = self._places(added)
+        for row_layer, pool_layer in zip(self.decoder.flat_layers(), self.layers, strict=True):
+            pool_layer[pool] = row_layer[places.to(self.decoder.device)]
         self._touch(chain + added)
+
+    def _places(self, blocks: list[_Block]) -> torch.Tensor:
+        """The places of `blocks`' tokens in a layer of the pool, in order."""
+        slots = torch.tensor([block.slot for block in blocks])
+        return (slots[:, None] * BLOCK + torch.arange(BLOCK)).flatten().to(self.decoder.device)
 
     def forget(self, checkpoint: Path) -> None:
         """Drop the blocks made over `checkpoint`'s prefix (its keys and values are no longer held)."""
