@@ -243,32 +243,52 @@ def _row_decoder(model):
     return new_decoder(model, 1, 1, use_graph=False)
 
 
-def plan_slots(
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The rows a step decodes at most and the KV blocks they share."""
+
+    rows: int
+    blocks: int
+
+
+WORKSPACE_SHARE = 0.25
+"""The share of the budget the gathered keys and values of the widest step may take (one layer's, every row at
+`capacity` columns): more rows than fit it are not planned."""
+
+
+def plan_memory(
     model,
     dtype: torch.dtype,
     capacity: int,
-    max_slots: int,
+    max_rows: int,
     *,
     shared_tokens: int = 0,
     reserved_bytes: int = 0,
     reserve: float = 0.1,
-) -> int:
-    """How many rows of `capacity` columns fit: on a GPU, its free memory now (after loading) less a `reserve`
-    share for prefills, prefixes and graphs, the pool of `shared_tokens` shared prompt tokens and
-    `reserved_bytes` (the LoRA adapters' budget); on the CPU, `max_slots`."""
+) -> MemoryPlan:
+    """The rows and the pool of blocks that fit. On a GPU the budget is its free memory now (after loading) less a
+    `reserve` share for prefills, prefixes and graphs, the pool of `shared_tokens` shared prompt tokens and
+    `reserved_bytes` (the LoRA adapters' budget). A step gathers one layer's keys and values of its rows at a
+    time, up to `capacity` columns each: `max_rows` rows, fewer where that workspace would pass WORKSPACE_SHARE
+    of the budget; the rest is blocks, at least one row's worth, at most every row's. On the CPU, `max_rows`
+    rows and every row's worth of blocks (the static plan's memory)."""
+    row_blocks = blocks_for(capacity)
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return max_slots
+        return MemoryPlan(max_rows, max_rows * row_blocks)
     free, _ = torch.cuda.mem_get_info(device)
     per_token = kv_bytes_per_token(model, dtype)
-    per_row = per_token * capacity
-    fits = int((free * (1 - reserve) - per_token * shared_tokens - reserved_bytes) // per_row)
-    if fits < 1:
+    budget = free * (1 - reserve) - per_token * shared_tokens - reserved_bytes
+    workspace_per_row = row_blocks * BLOCK * per_token // model.config.num_layers
+    rows = max(1, min(max_rows, int(budget * WORKSPACE_SHARE // workspace_per_row)))
+    blocks = min(rows * row_blocks, int((budget - rows * workspace_per_row) // (per_token * BLOCK)))
+    if blocks < row_blocks:
+        row_bytes = per_token * row_blocks * BLOCK + workspace_per_row
         raise GlmError(
-            f"The GPU has {free / GIB:.1f} GiB free, less than one row of {capacity} tokens needs "
-            f"({per_row / GIB:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
+            f"The GPU has {free / GIB:.1f} GiB free, less than one request of {capacity} tokens needs "
+            f"({row_bytes / GIB:.2f} GiB): serve with a smaller --context or a lower --quantization-bit."
         )
-    return min(max_slots, fits)
+    return MemoryPlan(rows, blocks)
 
 
 def shared_prompt_tokens(model, tokenizer, capacity: int) -> int:

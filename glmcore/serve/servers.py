@@ -137,6 +137,8 @@ class ServerStatus:
     kinds: dict[str, str] = field(default_factory=dict)
     """Each model's kind: "base", "prefix" or "lora" (none in a server folder written before LoRA was served)."""
     slots: int | None = None
+    blocks: int | None = None
+    """The KV cache's blocks of 16 tokens the rows share (none in a server folder written before they were)."""
     context: int | None = None
     started: str | None = None
     ended: str | None = None

@@ -1,0 +1,154 @@
+"""The paged KV cache in-process on tiny ChatGLM3-6B (and ChatGLM-6B): rows take blocks for what they hold, so a
+pool that fits one worst-case row serves many at once; a request waits for blocks others reserved, one
+larger than the pool is refused; every answer is the one the request gets alone."""
+
+from __future__ import annotations
+
+import pytest
+from support.serving import Answers
+
+from glmcore.models import CHATGLM3_6B
+
+QUESTIONS = ("你好", "hello world", "今天天气怎么样")
+CAPACITY = 224
+"""Tokens one row holds at most: 14 blocks."""
+
+
+def _serve_alone_then_together(engine, asks: dict, new_tokens: int):
+    """Each ask ({name: (prompt, prefix)}) alone, then all of them at once: the answers alone, the answers
+    together and the requests sent together."""
+    answers = Answers()
+    alone = {}
+    for name, (prompt, prefix) in asks.items():
+        engine.submit(answers.request(name, prompt, prefix, new_tokens))
+        answers.wait(1)
+        alone[name] = answers.tokens[name]
+    requests = {name: answers.request(name, prompt, prefix, new_tokens) for name, (prompt, prefix) in asks.items()}
+    for request in requests.values():
+        engine.submit(request)
+    answers.wait(len(asks))
+    return alone, answers.tokens, requests
+
+
+def _widest_step(record) -> int:
+    return max(len(event.detail) for event in record if event.kind == "step")
+
+
+@pytest.mark.parametrize("family", ["chatglm3-6b", "chatglm-6b"])
+def test_a_pool_of_one_worst_case_row_serves_many_at_once_and_each_answers_as_alone(
+    family, chatglm3_with_prefixes, tiny_model_dir
+):
+    """Twelve requests with mixed prefixes (ChatGLM3) and prompt lengths over a pool of 14 blocks: the static plan
+    gave that memory one row of 224 columns, the engine's record shows four or more rows decoding in one step; together
+    the requests need more blocks than the pool holds, so some wait for the blocks others give back. Every
+    answer is the one it gets alone, and every block is back in the pool at the end."""
+    import glmcore
+    from glmcore.models import family_named
+    from glmcore.serve.batching import Engine, blocks_for
+
+    if family == CHATGLM3_6B.name:
+        model_dir, checkpoints = chatglm3_with_prefixes
+        prefixes = (None, *checkpoints)
+    else:
+        model_dir, prefixes = tiny_model_dir, (None,)
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    implementation = family_named(family).implementation()
+    asks = {
+        f"ask {index}": (
+            implementation.chat_prompt_ids(tokenizer, QUESTIONS[index % 3] * (1 + index % 4), []),
+            prefixes[index % len(prefixes)],
+        )
+        for index in range(12)
+    }
+    static_rows = 1
+    pool = static_rows * blocks_for(CAPACITY)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=CAPACITY, blocks=pool)
+    try:
+        first = len(engine.record)
+        alone, together, requests = _serve_alone_then_together(engine, asks, 6)
+        load = engine.load()
+    finally:
+        engine.shutdown()
+    assert together == alone
+    assert _widest_step(list(engine.record)[first:]) >= 4 * static_rows
+    assert sum(request.blocks for request in requests.values()) > pool, "the pool's blocks were taken again"
+    assert engine.decoder.most_blocks_used <= pool
+    assert load["reserved_blocks"] == 0 and engine.decoder.free_blocks == pool
+
+
+def test_a_request_waits_for_blocks_others_reserved_and_one_larger_than_the_pool_is_refused(
+    chatglm3_with_prefixes,
+):
+    """A pool of 8 blocks (128 tokens) under rows of 224 columns. A request asking for more than the pool holds is
+    refused at once with a sentence; one that finds a free row but too few unreserved blocks waits, and takes
+    its row when the request holding them ends: the record shows the first's last step before the second's
+    first pass, and both answer as alone."""
+    import glmcore
+    from glmcore.serve.batching import Engine, RequestTooLong
+
+    model_dir, _ = chatglm3_with_prefixes
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    prompt = CHATGLM3_6B.implementation().chat_prompt_ids(tokenizer, QUESTIONS[1], [])
+    engine = Engine(  # no stop token: each answer takes its whole budget
+        glmcore.load_model(model_dir), tokenizer, slots=4, capacity=CAPACITY, blocks=8, stop_ids=set()
+    )
+    answers = Answers()
+    try:
+        with pytest.raises(RequestTooLong, match=r"holds 128 per request.*lower max_tokens"):
+            engine.submit(answers.request("too long", prompt, None, 128 - len(prompt) + 1))
+        holding_budget, waiting_budget = 96 - len(prompt), 48 - len(prompt)  # 6 blocks, then 3
+        alone = {}
+        for name, budget in (("holding", holding_budget), ("waiting", waiting_budget)):
+            engine.submit(answers.request(name, prompt, None, budget))
+            answers.wait(1)
+            alone[name] = answers.tokens[name]
+        waiting = answers.request("waiting", prompt, None, waiting_budget)
+        holding = answers.request("holding", prompt, None, holding_budget, then=lambda: engine.submit(waiting))
+        engine.submit(holding)
+        answers.wait(2)
+    finally:
+        engine.shutdown()
+    assert {name: answers.tokens[name] for name in alone} == alone
+    assert alone["holding"][-1] == ("end", "length") and alone["waiting"][-1] == ("end", "length")
+    record = list(engine.record)
+    last_holding_step = max(
+        index for index, event in enumerate(record) if event.kind == "step" and holding.id in event.detail
+    )
+    first_waiting_pass = min(
+        index
+        for index, event in enumerate(record)
+        if event.kind == "prefill" and any(entry[0] == waiting.id for entry in event.detail)
+    )
+    assert last_holding_step < first_waiting_pass
+
+
+def test_a_row_grows_block_by_block_and_gives_its_blocks_back(chatglm3_with_prefixes):
+    """A row takes blocks as its prefix, prompt and answer are written, not its whole reservation at once: while a
+    request with a prefix decodes, its row holds the blocks its columns fill; when it ends, they are free."""
+    import glmcore
+    from glmcore.serve.batching import BLOCK, Engine, blocks_for
+
+    model_dir, checkpoints = chatglm3_with_prefixes
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    prompt = CHATGLM3_6B.implementation().chat_prompt_ids(tokenizer, QUESTIONS[0], [])
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=2, capacity=CAPACITY)
+    held: list[int] = []
+    answers = Answers()
+    request = answers.request("grows", prompt, checkpoints[1], 2 * BLOCK)
+    prefix = engine.prefix_length(checkpoints[1])
+
+    def deliver(kind: str, value: object, record=request.deliver) -> None:
+        if kind == "token":  # on the engine thread, between steps
+            held.append(len(engine.decoder.tables[0]))
+        record(kind, value)
+
+    request.deliver = deliver
+    try:
+        engine.submit(request)
+        answers.wait(1)
+    finally:
+        engine.shutdown()
+    written = [prefix + len(prompt) + fed for fed in range(2 * BLOCK)]  # columns when each token is handed over
+    assert held == [blocks_for(columns) for columns in written]
+    assert held[0] < held[-1] <= request.blocks, "it grew within its reservation"
+    assert engine.decoder.free_blocks == engine.blocks
