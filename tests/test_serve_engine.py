@@ -90,6 +90,7 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert [record["clients"] for record in served] == [1, 8, 32]
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
+    assert all(record["rows"] == 32 and record["blocks"] >= 32 for record in served)
     (mixed,) = [record for record in records if record["figure"] == "serve_mixed"]
     assert (
         mixed["clients"] == 32

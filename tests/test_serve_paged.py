@@ -79,18 +79,19 @@ def test_a_pool_of_one_worst_case_row_serves_many_at_once_and_each_answers_as_al
 def test_a_request_waits_for_blocks_others_reserved_and_one_larger_than_the_pool_is_refused(
     chatglm3_with_prefixes,
 ):
-    """A pool of 8 blocks (128 tokens) under rows of 224 columns. A request asking for more than the pool holds is
-    refused at once with a sentence; one that finds a free row but too few unreserved blocks waits, and takes
-    its row when the request holding them ends: the record shows the first's last step before the second's
-    first pass, and both answer as alone."""
+    """A pool of 8 blocks (128 tokens) under rows of 224 columns, one request may wait. A request asking for more
+    than the pool holds is refused at once with a sentence; one that finds a free row but too few unreserved
+    blocks waits, and takes its row when the request holding them ends: the record shows the first's last step
+    before the second's first pass, and both answer as alone. A third sent meanwhile finds the queue full though
+    rows are free: 429's QueueFull."""
     import glmcore
-    from glmcore.serve.batching import Engine, RequestTooLong
+    from glmcore.serve.batching import Engine, QueueFull, RequestTooLong
 
     model_dir, _ = chatglm3_with_prefixes
     tokenizer = glmcore.load_tokenizer(model_dir)
     prompt = CHATGLM3_6B.implementation().chat_prompt_ids(tokenizer, QUESTIONS[1], [])
     engine = Engine(  # no stop token: each answer takes its whole budget
-        glmcore.load_model(model_dir), tokenizer, slots=4, capacity=CAPACITY, blocks=8, stop_ids=set()
+        glmcore.load_model(model_dir), tokenizer, slots=4, capacity=CAPACITY, blocks=8, stop_ids=set(), max_waiting=1
     )
     answers = Answers()
     try:
@@ -103,7 +104,16 @@ def test_a_request_waits_for_blocks_others_reserved_and_one_larger_than_the_pool
             answers.wait(1)
             alone[name] = answers.tokens[name]
         waiting = answers.request("waiting", prompt, None, waiting_budget)
-        holding = answers.request("holding", prompt, None, holding_budget, then=lambda: engine.submit(waiting))
+        refused = []
+
+        def send_two_more() -> None:
+            engine.submit(waiting)
+            try:
+                engine.submit(answers.request("refused", prompt, None, waiting_budget))
+            except QueueFull as error:
+                refused.append(str(error))
+
+        holding = answers.request("holding", prompt, None, holding_budget, then=send_two_more)
         engine.submit(holding)
         answers.wait(2)
     finally:
@@ -120,6 +130,7 @@ def test_a_request_waits_for_blocks_others_reserved_and_one_larger_than_the_pool
         if event.kind == "prefill" and any(entry[0] == waiting.id for entry in event.detail)
     )
     assert last_holding_step < first_waiting_pass
+    assert refused == ["Every row or the key-value memory is taken and 1 requests wait; try again shortly."]
 
 
 def test_a_row_grows_block_by_block_and_gives_its_blocks_back(chatglm3_with_prefixes):

@@ -251,6 +251,8 @@ class MemoryPlan:
     blocks: int
 
 
+CPU_POOL_ROWS = 16
+"""On the CPU (tests, a try-out) the pool holds this many worst-case rows at most, whatever the rows."""
 WORKSPACE_SHARE = 0.25
 """The share of the budget the gathered keys and values of the widest step may take (one layer's, every row at
 `capacity` columns): more rows than fit it are not planned."""
@@ -271,11 +273,11 @@ def plan_memory(
     `reserved_bytes` (the LoRA adapters' budget). A step gathers one layer's keys and values of its rows at a
     time, up to `capacity` columns each: `max_rows` rows, fewer where that workspace would pass WORKSPACE_SHARE
     of the budget; the rest is blocks, at least one row's worth, at most every row's. On the CPU, `max_rows`
-    rows and every row's worth of blocks (the static plan's memory)."""
+    rows and the blocks of CPU_POOL_ROWS worst-case rows at most."""
     row_blocks = blocks_for(capacity)
     device = next(model.parameters()).device
     if device.type != "cuda":
-        return MemoryPlan(max_rows, max_rows * row_blocks)
+        return MemoryPlan(max_rows, min(max_rows, CPU_POOL_ROWS) * row_blocks)
     free, _ = torch.cuda.mem_get_info(device)
     per_token = kv_bytes_per_token(model, dtype)
     budget = free * (1 - reserve) - per_token * shared_tokens - reserved_bytes
@@ -679,14 +681,27 @@ class Engine:
         with self._wake:
             if self._stopping:
                 raise EngineStopped("The server is shutting down.")
-            free = self.slots - len(self._rows) - len(self._prefilling)
-            if len(self._waiting) >= self.max_waiting + free:
+            if self._would_wait(request) > self.max_waiting:
                 raise QueueFull(
-                    f"All {self.slots} rows are busy and {len(self._waiting)} requests wait; try again shortly.",
+                    f"Every row or the key-value memory is taken and {len(self._waiting)} requests wait; "
+                    "try again shortly.",
                     retry_after=max(1, len(self._waiting) // max(self.slots, 1)),
                 )
             self._waiting.append(request)
             self._wake.notify()
+
+    def _would_wait(self, request: Request) -> int:
+        """How many requests would wait, `request` last, once the next admission gives the waiting ones the free
+        rows and unreserved blocks it can (first come, first served: after one waits, all after it wait)."""
+        rows = self.slots - len(self._rows) - len(self._prefilling)
+        blocks = self.blocks - sum(self._reserved.values())
+        waiting = 0
+        for queued in (*self._waiting, request):
+            if not waiting and rows and queued.blocks <= blocks:
+                rows, blocks = rows - 1, blocks - queued.blocks
+            else:
+                waiting += 1
+        return waiting
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Take no more requests, fail those waiting and in flight with `EngineStopped` (each client is told its
