@@ -23,7 +23,9 @@ def _serve_alone_then_together(engine, asks: dict, new_tokens: int):
         engine.submit(answers.request(name, prompt, prefix, new_tokens))
         answers.wait(1)
         alone[name] = answers.tokens[name]
-    requests = {name: answers.request(name, prompt, prefix, new_tokens) for name, (prompt, prefix) in asks.items()}
+    requests = {
+        name: answers.request(name, prompt, prefix, new_tokens) for name, (prompt, prefix) in asks.items()
+    }
     for request in requests.values():
         engine.submit(request)
     answers.wait(len(asks))
@@ -91,7 +93,13 @@ def test_a_request_waits_for_blocks_others_reserved_and_one_larger_than_the_pool
     tokenizer = glmcore.load_tokenizer(model_dir)
     prompt = CHATGLM3_6B.implementation().chat_prompt_ids(tokenizer, QUESTIONS[1], [])
     engine = Engine(  # no stop token: each answer takes its whole budget
-        glmcore.load_model(model_dir), tokenizer, slots=4, capacity=CAPACITY, blocks=8, stop_ids=set(), max_waiting=1
+        glmcore.load_model(model_dir),
+        tokenizer,
+        slots=4,
+        capacity=CAPACITY,
+        blocks=8,
+        stop_ids=set(),
+        max_waiting=1,
     )
     answers = Answers()
     try:
@@ -159,7 +167,68 @@ def test_a_row_grows_block_by_block_and_gives_its_blocks_back(chatglm3_with_pref
         answers.wait(1)
     finally:
         engine.shutdown()
-    written = [prefix + len(prompt) + fed for fed in range(2 * BLOCK)]  # columns when each token is handed over
+    written = [
+        prefix + len(prompt) + fed for fed in range(2 * BLOCK)
+    ]  # columns when each token is handed over
     assert held == [blocks_for(columns) for columns in written]
     assert held[0] < held[-1] <= request.blocks, "it grew within its reservation"
     assert engine.decoder.free_blocks == engine.blocks
+
+
+def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alone(
+    chatglm3_with_prefixes, tmp_path
+):
+    """A prefix of 36 tokens: its two whole blocks are written once and named by every row of its checkpoint (the
+    last 4 columns in each row's own block). Over a pool of 14 blocks, each request needs 4 blocks on its own but 2
+    beside the shared ones, so six decode in one step where three would fit without sharing; each answers as
+    alone, as does a request of another prefix among them, and the shared blocks are back in the pool at the
+    end."""
+    import torch
+
+    import glmcore
+    from glmcore.prefix import save_prefix_checkpoint
+    from glmcore.serve.batching import BLOCK, Engine, blocks_for
+
+    model_dir, checkpoints = chatglm3_with_prefixes
+    torch.manual_seed(7)
+    tuned = glmcore.load_model(model_dir, pre_seq_len=2 * BLOCK + 4)
+    with torch.no_grad():
+        tuned.transformer.prefix_encoder.embedding.weight.mul_(4)
+    long_prefix = save_prefix_checkpoint(tuned, tmp_path / "checkpoint-long")
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    asks = {
+        f"long prefix {index}": (family.chat_prompt_ids(tokenizer, QUESTIONS[index % 3], []), long_prefix)
+        for index in range(6)
+    }
+    asks["other prefix"] = (family.chat_prompt_ids(tokenizer, QUESTIONS[0], []), checkpoints[0])
+    new_tokens = 6
+    assert all(
+        blocks_for(2 * BLOCK + 4 + len(prompt) + new_tokens) == 4
+        for prompt, prefix in asks.values()
+        if prefix == long_prefix
+    )
+    pool = blocks_for(CAPACITY)
+    engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=8, capacity=CAPACITY, blocks=pool)
+    try:
+        first = len(engine.record)
+        alone, together, requests = _serve_alone_then_together(engine, asks, new_tokens)
+        load = engine.load()
+    finally:
+        engine.shutdown()
+    assert together == alone
+    assert len(set(map(str, alone.values()))) > 1, "the prefixes change the answers"
+    assert {request.shared_blocks for name, request in requests.items() if name != "other prefix"} == {2}
+    long_rows = [
+        event
+        for event in list(engine.record)[first:]
+        if event.kind == "step" and requests["long prefix 5"].id in event.detail
+    ]
+    assert (
+        max(
+            sum(requests[f"long prefix {index}"].id in step.detail for index in range(6))
+            for step in long_rows
+        )
+        >= 5
+    )
+    assert load["shared_blocks"] == 0 and engine.decoder.free_blocks == pool

@@ -97,8 +97,11 @@ class Request:
     reused_tokens: int = 0
     """Prompt tokens whose keys and values were copied from an earlier request's (a shared beginning)."""
     blocks: int = 0
-    """The KV blocks this request reserves when it takes a row: its prefix, prompt and answer budget (set when
-    it is submitted)."""
+    """The KV blocks this request reserves when it takes a row: its prefix, prompt and answer budget, less the
+    prefix's shared blocks (set when it is submitted)."""
+    shared_blocks: int = 0
+    """The whole blocks of its prefix, which every row of its prefix checkpoint shares: reserved once, by the row
+    that writes them."""
     batch: int = 0
     """The most rows that decoded together while this request did (itself included)."""
     finish_reason: str | None = None
@@ -217,6 +220,18 @@ class _Prefill:
             sees,
             last=end == len(self.request.prompt_ids),
         )
+
+
+@dataclass(eq=False)
+class _PrefixBlocks:
+    """A prefix checkpoint's whole blocks of keys and values, written once and named by the tables of the rows of
+    that checkpoint decoding now (`rows`); back in the pool when the last of them ends. `layers` is the encoding
+    they hold, whose remaining columns each row writes into its own blocks."""
+
+    checkpoint: Path
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
+    blocks: list[int]
+    rows: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -355,6 +370,8 @@ class PagedDecoder:
         """Each row's blocks, in column order (on the CPU); `table` is their copy on the device."""
         self.table = torch.full((slots, self.row_blocks), ZERO_BLOCK, dtype=torch.long, device=self.device)
         self._free = list(range(SPARE_BLOCKS + blocks - 1, SPARE_BLOCKS - 1, -1))
+        self._shared: set[int] = set()
+        """Blocks held apart from any one row (a prefix's whole blocks), named by the tables of many."""
         self.most_blocks_used = 0
         """The most blocks rows held at once since the engine started."""
         self.hidden = torch.finfo(self.dtype).min
@@ -378,6 +395,31 @@ class PagedDecoder:
     def free_blocks(self) -> int:
         return len(self._free)
 
+    @property
+    def shared_blocks(self) -> int:
+        return len(self._shared)
+
+    def take_shared(self, prefix: list[tuple[torch.Tensor, torch.Tensor]], count: int) -> list[int]:
+        """`count` blocks holding the first `count × BLOCK` columns of `prefix` (per layer keys and values [heads,
+        P, channels]), apart from any row: `write_prefix` names them at the start of a row's table."""
+        blocks = [self._free.pop() for _ in range(count)]
+        self._shared.update(blocks)
+        self._note_use()
+        if blocks:
+            places = (torch.tensor(blocks)[:, None] * BLOCK + torch.arange(BLOCK)).flatten().to(self.device)
+            for layer, (key, value) in enumerate(prefix):
+                self.keys[layer].flatten(0, 1)[places] = key[:, : count * BLOCK].transpose(0, 1)
+                self.values[layer].flatten(0, 1)[places] = value[:, : count * BLOCK].transpose(0, 1)
+        return blocks
+
+    def give_back_shared(self, blocks: list[int]) -> None:
+        """Shared blocks no row names any more, back to the pool."""
+        self._shared.difference_update(blocks)
+        self._free.extend(reversed(blocks))
+
+    def _note_use(self) -> None:
+        self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
+
     def prompt_layout(self, prompt: list[int], prefix_length: int = 0) -> PromptLayout:
         """The family's layout of `prompt` in a row whose prefix has `prefix_length` columns."""
         layout = _prompt_layout(self.row_decoder, prompt)
@@ -396,7 +438,7 @@ class PagedDecoder:
         new = [self._free.pop() for _ in range(wanted - held)]
         self.tables[row].extend(new)
         self.table[row, held:wanted] = torch.tensor(new, device=self.device)
-        self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
+        self._note_use()
 
     def column_slots(self, row: int, start: int, end: int) -> torch.Tensor:
         """The places in a layer's flattened pool ([blocks × BLOCK, heads, channels]) of `row`'s columns from
@@ -409,12 +451,22 @@ class PagedDecoder:
         """Every layer's keys, then every layer's values, each pool flattened to [blocks × BLOCK, heads, channels]."""
         return [pool.flatten(0, 1) for pool in (*self.keys, *self.values)]
 
-    def write_prefix(self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Write a prefix (per layer keys and values [heads, P, channels]) into the first columns of `row`."""
-        slots = self.column_slots(row, 0, prefix[0][0].shape[1]).to(self.device)
-        for layer, (key, value) in enumerate(prefix):
-            self.keys[layer].flatten(0, 1)[slots] = key.transpose(0, 1)
-            self.values[layer].flatten(0, 1)[slots] = value.transpose(0, 1)
+    def write_prefix(
+        self, row: int, prefix: list[tuple[torch.Tensor, torch.Tensor]], shared: list[int] | None = None
+    ) -> None:
+        """Give a free `row` a prefix (per layer keys and values [heads, P, channels]) in its first columns: its
+        table starts with the `shared` blocks (`take_shared`'s, holding the prefix's first columns already), the
+        rest is written into the row's own blocks."""
+        shared = shared or []
+        if shared:
+            self.tables[row] = list(shared)
+            self.table[row, : len(shared)] = torch.tensor(shared, device=self.device)
+        start, length = len(shared) * BLOCK, prefix[0][0].shape[1]
+        if length > start:
+            slots = self.column_slots(row, start, length).to(self.device)
+            for layer, (key, value) in enumerate(prefix):
+                self.keys[layer].flatten(0, 1)[slots] = key[:, start:].transpose(0, 1)
+                self.values[layer].flatten(0, 1)[slots] = value[:, start:].transpose(0, 1)
 
     def _table_of(self, rows: list[int], blocks: int) -> torch.Tensor:
         return torch.tensor(
@@ -464,11 +516,11 @@ class PagedDecoder:
         return logits
 
     def release(self, row: int, *, scrub: bool = False) -> None:
-        """A free row: its blocks back in the pool, its table empty, positions back to 0. `scrub` zeroes its
-        blocks first, after a failure: a NaN left in a hidden column still spoils the next owner's attention (NaN
-        times a zero weight is NaN)."""
+        """A free row: its own blocks back in the pool (not the shared ones its table names), its table empty,
+        positions back to 0. `scrub` zeroes its own blocks first, after a failure: a NaN left in a hidden column
+        still spoils the next owner's attention (NaN times a zero weight is NaN)."""
         self.adapters.clear(row)
-        blocks = self.tables[row]
+        blocks = [block for block in self.tables[row] if block not in self._shared]
         if scrub and blocks:
             held = torch.tensor(blocks, device=self.device)
             for pool in (*self.keys, *self.values):
@@ -614,7 +666,15 @@ class Engine:
         """Rows decoding."""
         self._reserved: dict[int, int] = {}
         """The blocks each row's request may take (its prefix, prompt and answer budget), reserved before it takes
-        the row: the rows' reservations never pass the pool, so a row always finds the blocks it grows into."""
+        the row: the rows' reservations and the shared blocks never pass the pool, so a row always finds the
+        blocks it grows into."""
+        self._shared_reserved: dict[int, int] = {}
+        """Of a row's reservation, the shared prefix blocks it is to write (the first of its checkpoint): they
+        leave its reservation once they are held."""
+        self._prefix_blocks: dict[Path, _PrefixBlocks] = {}
+        """Each prefix checkpoint's shared blocks, while rows of it decode."""
+        self._row_prefix: dict[int, _PrefixBlocks] = {}
+        """The shared prefix blocks each row names."""
         self._wake = threading.Condition()
         self._stopping = False
         self.steps = 0
@@ -643,6 +703,7 @@ class Engine:
                 "waiting": len(self._waiting),
                 "slots": self.slots,
                 "reserved_blocks": sum(self._reserved.values()),
+                "shared_blocks": self.decoder.shared_blocks,
                 "blocks": self.blocks,
             }
 
@@ -670,7 +731,8 @@ class Engine:
             self.adapters.check(request.adapter)
         prefix = self.prefix_length(request.prefix)
         budget = min(self.capacity, self.blocks * BLOCK) - prefix
-        request.blocks = blocks_for(prefix + len(request.prompt_ids) + request.max_new_tokens)
+        request.shared_blocks = prefix // BLOCK
+        request.blocks = blocks_for(prefix + len(request.prompt_ids) + request.max_new_tokens) - request.shared_blocks
         if len(request.prompt_ids) + request.max_new_tokens > budget:
             raise RequestTooLong(
                 f"The prompt takes {len(request.prompt_ids)} tokens and {request.max_new_tokens} more were asked "
@@ -694,7 +756,7 @@ class Engine:
         """How many requests would wait, `request` last, once the next admission gives the waiting ones the free
         rows and unreserved blocks it can (first come, first served: after one waits, all after it wait)."""
         rows = self.slots - len(self._rows) - len(self._prefilling)
-        blocks = self.blocks - sum(self._reserved.values())
+        blocks = self._unreserved()
         waiting = 0
         for queued in (*self._waiting, request):
             if not waiting and rows and queued.blocks <= blocks:
@@ -737,14 +799,7 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     break
-                admitted = []
-                free = [row for row in range(self.slots) if row not in self._rows and row not in self._prefilling]
-                unreserved = self.blocks - sum(self._reserved.values())
-                while self._waiting and free and self._waiting[0].blocks <= unreserved:  # first come, first served
-                    row, request = free.pop(0), self._waiting.popleft()
-                    self._reserved[row] = request.blocks
-                    unreserved -= request.blocks
-                    admitted.append((row, request))
+                admitted = self._take_waiting()
             deferred: list[Request] = []
             try:
                 for row, request in admitted:
@@ -753,7 +808,7 @@ class Engine:
                             self._waiting.insert(len(deferred), request)
                         deferred.append(request)
                     if row not in self._prefilling:  # waits again, or was answered without taking the row
-                        self._unreserve(row)
+                        self._let_go(row)
                 self._drop_cancelled()
                 if self._prefilling:
                     self._prefill_pass()
@@ -763,12 +818,43 @@ class Engine:
                 log.exception("the serving engine failed a step")
                 taken = [request for _, request in admitted if request not in deferred]
                 self._fail_in_flight(GlmError(FAILED_STEP), taken)
-                with self._wake:
-                    self._reserved.clear()  # no row is left
+                for row, _ in admitted:
+                    self._let_go(row)
         with self._wake:
             waiting = list(self._waiting)
             self._waiting.clear()
         self._fail_in_flight(EngineStopped(STOPPED), waiting)
+
+    def _unreserved(self) -> int:
+        """Blocks neither reserved by a row nor shared (under `_wake`)."""
+        return self.blocks - sum(self._reserved.values()) - self.decoder.shared_blocks
+
+    def _take_waiting(self) -> list[tuple[int, Request]]:
+        """The waiting requests that take a free row now, first come first served, each reserving its blocks (and
+        its prefix's shared blocks where no row of its checkpoint holds them yet); the first that does not fit
+        waits, and those behind it (under `_wake`)."""
+        admitted: list[tuple[int, Request]] = []
+        free = [row for row in range(self.slots) if row not in self._rows and row not in self._prefilling]
+        unreserved = self._unreserved()
+        writers: set[Path] = set()
+        while self._waiting and free:
+            request = self._waiting[0]
+            shared = self._prefix_blocks.get(request.prefix) if request.shared_blocks else None
+            writes = request.shared_blocks if shared is None and request.prefix not in writers else 0
+            if request.blocks + writes > unreserved:
+                break
+            row = free.pop(0)
+            self._waiting.popleft()
+            if shared is not None:  # named now, so it stays while this row is admitted
+                shared.rows.add(row)
+                self._row_prefix[row] = shared
+            if writes:
+                writers.add(request.prefix)
+                self._shared_reserved[row] = writes
+            self._reserved[row] = request.blocks + writes
+            unreserved -= request.blocks + writes
+            admitted.append((row, request))
+        return admitted
 
     def _fail_in_flight(self, error: GlmError, also: list[Request]) -> None:
         """Fail every row, and each request of `also` that has no answer yet."""
@@ -786,10 +872,7 @@ class Engine:
             self._finish(request, "cancelled")
             return True
         try:
-            prefix = self._prefix(request.prefix) if request.prefix else None
-            if prefix:
-                self.decoder.write_prefix(row, prefix)
-            start = prefix[0][0].shape[1] if prefix else 0
+            start = self._write_prefix(row, request.prefix) if request.prefix else 0
             layout = self.decoder.prompt_layout(request.prompt_ids, start)
             if request.adapter is not None and not self.adapters.assign(row, request.adapter):
                 return False
@@ -803,6 +886,27 @@ class Engine:
         with self._wake:
             self._prefilling[row] = _Prefill(request, row, start, layout)
         return True
+
+    def _write_prefix(self, row: int, checkpoint: Path) -> int:
+        """Give `row` its prefix: the checkpoint's shared blocks (written now by the first row of it, or again where
+        its keys and values were made again since) and its remaining columns in the row's own; its length."""
+        shared = self._row_prefix.get(row)
+        if shared is None:
+            layers = self._prefix(checkpoint)
+            shared = self._prefix_blocks.get(checkpoint)
+            if shared is None or shared.layers is not layers:
+                count = layers[0][0].shape[1] // BLOCK
+                with self._wake:
+                    writes = self._shared_reserved.pop(row, 0)
+                    if count > self._unreserved() + writes:
+                        raise GlmError("The server's key-value memory is taken; send this request again shortly.")
+                    self._reserved[row] -= writes
+                shared = _PrefixBlocks(checkpoint, layers, self.decoder.take_shared(layers, count))
+                self._prefix_blocks[checkpoint] = shared
+            shared.rows.add(row)
+            self._row_prefix[row] = shared
+        self.decoder.write_prefix(row, shared.layers, shared.blocks)
+        return shared.layers[0][0].shape[1]
 
     def _prefill_pass(self) -> None:
         """One pass over the prompts being written, shortest remainder first, up to the budget: a causal prompt is
@@ -960,22 +1064,31 @@ class Engine:
     def _take_row(self, row: int) -> Request:
         with self._wake:
             state = self._rows.pop(row, None) or self._prefilling.pop(row)
-        self._unreserve(row)
         return state.request
 
-    def _unreserve(self, row: int) -> None:
+    def _let_go(self, row: int, *, scrub: bool = False) -> None:
+        """Free `row`: its reservation and its own blocks, and its prefix's shared blocks once no row names them."""
+        self.decoder.release(row, scrub=scrub)
+        shared = self._row_prefix.pop(row, None)
         with self._wake:
             self._reserved.pop(row, None)
+            self._shared_reserved.pop(row, None)
+            if shared is not None:
+                shared.rows.discard(row)
+                if not shared.rows:
+                    self.decoder.give_back_shared(shared.blocks)
+                    if self._prefix_blocks.get(shared.checkpoint) is shared:
+                        del self._prefix_blocks[shared.checkpoint]
 
     def _release(self, row: int, reason: str) -> None:
         request = self._take_row(row)
-        self.decoder.release(row)
+        self._let_go(row)
         self._finish(request, reason)
 
     def _end_row(self, row: int, error: GlmError) -> None:
         """Fail the request of `row` and free the row, scrubbed of whatever the failure left in it."""
         request = self._take_row(row)
-        self.decoder.release(row, scrub=True)
+        self._let_go(row, scrub=True)
         self._fail(request, error)
 
     def _finish(self, request: Request, reason: str) -> None:
