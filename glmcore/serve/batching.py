@@ -4,7 +4,9 @@ The decoder holds `slots` rows over a paged KV cache: one pool of blocks of `BLO
 the blocks its block table names, up to `capacity` columns. A P-tuning v2 prefix is nothing but keys and values in
 front of the prompt, so each row's prefix is written into the row's first columns; the model itself runs without
 a prefix encoder, and rows with different prefixes (or none) share every decoding step. A row's columns are
-`[prefix | prompt | generated]`; its mask shows those, its positions are its own.
+`[prefix | prompt | generated]`; its mask shows those, its positions are its own. A prefix's whole blocks are
+written once and named by the tables of every row of its checkpoint decoding now (its last partial block is each
+row's own).
 
 The scheduler is one thread that owns the model. Between two steps it drops the rows of cancelled requests,
 gives waiting ones the free rows (continuous batching: a new request never waits for a batch to end) and runs one
