@@ -372,8 +372,11 @@ class PagedDecoder:
         """Each row's blocks, in column order (on the CPU); `table` is their copy on the device."""
         self.table = torch.full((slots, self.row_blocks), ZERO_BLOCK, dtype=torch.long, device=self.device)
         self._free = list(range(SPARE_BLOCKS + blocks - 1, SPARE_BLOCKS - 1, -1))
-        self._shared: set[int] = set()
-        """Blocks held apart from any one row (a prefix's whole blocks), named by the tables of many."""
+        self._holders: dict[int, int] = {}
+        """Every block out of the pool: how many name it (rows' tables, a prefix's shared blocks, the shared
+        prompt beginnings); it goes back when none does."""
+        self.shared_blocks = 0
+        """Blocks held for prefixes (`take_shared`), apart from any one row."""
         self.most_blocks_used = 0
         """The most blocks rows held at once since the engine started."""
         self.hidden = torch.finfo(self.dtype).min
@@ -397,16 +400,31 @@ class PagedDecoder:
     def free_blocks(self) -> int:
         return len(self._free)
 
-    @property
-    def shared_blocks(self) -> int:
-        return len(self._shared)
+    def take_block(self) -> int:
+        """A block out of the pool, named once (by whoever took it)."""
+        if not self._free:
+            raise GlmError("The server ran out of key-value blocks; its log says why.")  # reservations prevent it
+        block = self._free.pop()
+        self._holders[block] = 1
+        self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
+        return block
+
+    def hold(self, block: int) -> None:
+        """One more names `block`."""
+        self._holders[block] += 1
+
+    def let_go(self, block: int) -> None:
+        """One fewer names `block`: back in the pool when none does."""
+        self._holders[block] -= 1
+        if not self._holders[block]:
+            del self._holders[block]
+            self._free.append(block)
 
     def take_shared(self, prefix: list[tuple[torch.Tensor, torch.Tensor]], count: int) -> list[int]:
         """`count` blocks holding the first `count × BLOCK` columns of `prefix` (per layer keys and values [heads,
         P, channels]), apart from any row: `write_prefix` names them at the start of a row's table."""
-        blocks = [self._free.pop() for _ in range(count)]
-        self._shared.update(blocks)
-        self._note_use()
+        blocks = [self.take_block() for _ in range(count)]
+        self.shared_blocks += count
         if blocks:
             places = (torch.tensor(blocks)[:, None] * BLOCK + torch.arange(BLOCK)).flatten().to(self.device)
             for layer, (key, value) in enumerate(prefix):
@@ -415,12 +433,18 @@ class PagedDecoder:
         return blocks
 
     def give_back_shared(self, blocks: list[int]) -> None:
-        """Shared blocks no row names any more, back to the pool."""
-        self._shared.difference_update(blocks)
-        self._free.extend(reversed(blocks))
+        """A prefix's shared blocks, no longer held for it (back in the pool once no row names them either)."""
+        self.shared_blocks -= len(blocks)
+        for block in blocks:
+            self.let_go(block)
 
-    def _note_use(self) -> None:
-        self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
+    def append_shared(self, row: int, blocks: list[int]) -> None:
+        """Name held `blocks` next in `row`'s table (whole blocks of its prompt that others hold already)."""
+        held = len(self.tables[row])
+        for block in blocks:
+            self.hold(block)
+        self.tables[row].extend(blocks)
+        self.table[row, held : held + len(blocks)] = torch.tensor(blocks, device=self.device)
 
     def prompt_layout(self, prompt: list[int], prefix_length: int = 0) -> PromptLayout:
         """The family's layout of `prompt` in a row whose prefix has `prefix_length` columns."""
@@ -437,10 +461,9 @@ class PagedDecoder:
             return
         if wanted - held > len(self._free):
             raise GlmError("The server ran out of key-value blocks; its log says why.")  # reservations prevent it
-        new = [self._free.pop() for _ in range(wanted - held)]
+        new = [self.take_block() for _ in range(wanted - held)]
         self.tables[row].extend(new)
         self.table[row, held:wanted] = torch.tensor(new, device=self.device)
-        self._note_use()
 
     def column_slots(self, row: int, start: int, end: int) -> torch.Tensor:
         """The places in a layer's flattened pool ([blocks × BLOCK, heads, channels]) of `row`'s columns from
@@ -461,8 +484,7 @@ class PagedDecoder:
         rest is written into the row's own blocks."""
         shared = shared or []
         if shared:
-            self.tables[row] = list(shared)
-            self.table[row, : len(shared)] = torch.tensor(shared, device=self.device)
+            self.append_shared(row, shared)
         start, length = len(shared) * BLOCK, prefix[0][0].shape[1]
         if length > start:
             slots = self.column_slots(row, start, length).to(self.device)
@@ -518,16 +540,17 @@ class PagedDecoder:
         return logits
 
     def release(self, row: int, *, scrub: bool = False) -> None:
-        """A free row: its own blocks back in the pool (not the shared ones its table names), its table empty,
-        positions back to 0. `scrub` zeroes its own blocks first, after a failure: a NaN left in a hidden column
+        """A free row: its blocks let go (back in the pool unless others name them), its table empty, positions
+        back to 0. `scrub` zeroes the blocks only it names first, after a failure: a NaN left in a hidden column
         still spoils the next owner's attention (NaN times a zero weight is NaN)."""
         self.adapters.clear(row)
-        blocks = [block for block in self.tables[row] if block not in self._shared]
-        if scrub and blocks:
-            held = torch.tensor(blocks, device=self.device)
+        own = [block for block in self.tables[row] if self._holders[block] == 1]
+        if scrub and own:
+            held = torch.tensor(own, device=self.device)
             for pool in (*self.keys, *self.values):
                 pool[held] = 0
-        self._free.extend(reversed(blocks))
+        for block in reversed(self.tables[row]):
+            self.let_go(block)
         self.tables[row] = []
         self.table[row].fill_(ZERO_BLOCK)
         self.positions[row].zero_()
