@@ -232,3 +232,42 @@ def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alon
         >= 5
     )
     assert load["shared_blocks"] == 0 and engine.decoder.free_blocks == pool
+
+
+def test_rows_sharing_a_system_prompt_name_its_blocks_instead_of_copies(chatglm3_with_prefixes):
+    """Four requests over the base with one long system prompt, sent together: one writes its whole blocks, the
+    others name those same blocks in their tables (the base's prompt starts on a block's edge), so the pool's
+    peak holds the system prompt once, not four times; the answers are those of an engine that shares nothing."""
+    import glmcore
+    from glmcore.serve.batching import BLOCK, Engine, blocks_for
+
+    model_dir, _ = chatglm3_with_prefixes
+    tokenizer = glmcore.load_tokenizer(model_dir)
+    family = CHATGLM3_6B.implementation()
+    system = (
+        "You are a careful assistant. Answer in one short sentence, and say so when you do not know. " * 2
+    )
+    asks = {
+        f"ask {index}": (family.chat_prompt_ids(tokenizer, question, [], system=system), None)
+        for index, question in enumerate((*QUESTIONS, "hello"))
+    }
+    runs = {}
+    for shared_tokens in (0, 8 * BLOCK):
+        engine = Engine(
+            glmcore.load_model(model_dir), tokenizer, slots=4, capacity=CAPACITY, shared_tokens=shared_tokens
+        )
+        answers = Answers()
+        try:
+            requests = {name: answers.request(name, prompt, None, 6) for name, (prompt, _) in asks.items()}
+            for request in requests.values():
+                engine.submit(request)
+            answers.wait(len(asks))
+        finally:
+            engine.shutdown()
+        runs[shared_tokens] = (answers.tokens, requests, engine.decoder.most_blocks_used)
+    (unshared, _, unshared_peak), (shared, requests, shared_peak) = runs.values()
+    assert shared == unshared
+    reused = sorted(request.reused_tokens for request in requests.values())
+    assert reused[0] == 0 and reused[1] >= 3 * BLOCK and len(set(reused[1:])) == 1
+    assert unshared_peak == sum(blocks_for(len(prompt) + 6) for prompt, _ in asks.values())
+    assert shared_peak == unshared_peak - 3 * (reused[1] // BLOCK)

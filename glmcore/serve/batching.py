@@ -666,11 +666,13 @@ class Engine:
         self.family = family_of(model).implementation()
         self.stop_ids = set(self.family.stop_token_ids(tokenizer)) if stop_ids is None else stop_ids
         """The family's stop tokens; the bench gives none, so every answer is as long as it asked."""
-        blocks = slots * blocks_for(capacity) if blocks is None else blocks
+        self.blocks = slots * blocks_for(capacity) if blocks is None else blocks
+        """The blocks requests may reserve; the pool holds the shared prompt beginnings' quota besides."""
+        quota = shared_tokens // BLOCK
         self.decoder = PagedDecoder(
-            model, slots, capacity, blocks, use_graph=use_graph, adapter_memory=adapter_memory
+            model, slots, capacity, self.blocks + quota, use_graph=use_graph, adapter_memory=adapter_memory
         )
-        self.shared = SharedPrompts(self.decoder, shared_tokens) if shared_tokens >= BLOCK else None
+        self.shared = SharedPrompts(self.decoder, shared_tokens) if quota else None
         """Shared prompt beginnings (`shared_tokens` of them at most; `shared_prompt_tokens` says how many)."""
         self.adapters = self.decoder.adapters
         """The LoRA adapters held (`adapter_memory` bytes of them at most, least recently used evicted)."""
@@ -714,10 +716,6 @@ class Engine:
     @property
     def capacity(self) -> int:
         return self.decoder.capacity
-
-    @property
-    def blocks(self) -> int:
-        return self.decoder.blocks
 
     def load(self) -> dict[str, int]:
         """Rows in use, requests waiting, rows in all, and the KV blocks reserved and in all."""
