@@ -329,6 +329,8 @@ def _prompt_layout(row_decoder, prompt: list[int]) -> PromptLayout:
     return PromptLayout(positions[0].cpu(), allowed, causal)
 
 
+OUT_OF_BLOCKS = "The server has no key-value block left for this request; send it again shortly."
+"""Never said while the reservations hold (a row grows only into blocks its request reserved)."""
 ZERO_BLOCK, TRASH_BLOCK = 0, 1
 """Two blocks beside the pool's: a table's unused entries point at ZERO_BLOCK, which is never written (so a hidden
 column is never a NaN left by someone else: NaN times a zero attention weight is NaN); the tokens that belong to no
@@ -378,7 +380,7 @@ class PagedDecoder:
         self.shared_blocks = 0
         """Blocks held for prefixes (`take_shared`), apart from any one row."""
         self.most_blocks_used = 0
-        """The most blocks rows held at once since the engine started."""
+        """The most blocks out of the pool at once since the engine started."""
         self.hidden = torch.finfo(self.dtype).min
         self.tokens = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(
@@ -403,7 +405,7 @@ class PagedDecoder:
     def take_block(self) -> int:
         """A block out of the pool, named once (by whoever took it)."""
         if not self._free:
-            raise GlmError("The server ran out of key-value blocks; its log says why.")  # reservations prevent it
+            raise GlmError(OUT_OF_BLOCKS)
         block = self._free.pop()
         self._holders[block] = 1
         self.most_blocks_used = max(self.most_blocks_used, self.blocks - len(self._free))
@@ -460,7 +462,7 @@ class PagedDecoder:
         if wanted <= held:
             return
         if wanted - held > len(self._free):
-            raise GlmError("The server ran out of key-value blocks; its log says why.")  # reservations prevent it
+            raise GlmError(OUT_OF_BLOCKS)
         new = [self.take_block() for _ in range(wanted - held)]
         self.tables[row].extend(new)
         self.table[row, held:wanted] = torch.tensor(new, device=self.device)
