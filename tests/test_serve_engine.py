@@ -275,8 +275,8 @@ SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so 
 @pytest.mark.parametrize("budget", [2048, 16], ids=["whole prompts", "16-token chunks"])
 def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3, budget):
     """Issue 34: requests with one long system prompt, mixed with others, on two prefixes and the base. Sent
-    together, one request per prefix writes the shared beginning and the others copy it (the record shows their
-    prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
+    together, one request per prefix writes the shared beginning and the others take it (the base's rows name its
+    blocks, the 4-token prefix's rows copy them: the record shows their prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
     a third prefix copies nothing though its tokens are the same; a later one over the base copies it again.
     In 16-token chunks, the others copy each block as it is written, one pass behind."""
     import glmcore
