@@ -41,9 +41,9 @@ def test_a_pool_of_one_worst_case_row_serves_many_at_once_and_each_answers_as_al
     family, chatglm3_with_prefixes, tiny_model_dir
 ):
     """Twelve requests with mixed prefixes (ChatGLM3) and prompt lengths over a pool of 14 blocks: the static plan
-    gave that memory one row of 224 columns, the engine's record shows four or more rows decoding in one step; together
-    the requests need more blocks than the pool holds, so some wait for the blocks others give back. Every
-    answer is the one it gets alone, and every block is back in the pool at the end."""
+    gave that memory one row of 224 columns, the engine's record shows four or more rows decoding in one step;
+    together the requests need more blocks than the pool holds, so some wait for the blocks others give back.
+    Every answer is the one it gets alone, and every block is back in the pool at the end."""
     import glmcore
     from glmcore.models import family_named
     from glmcore.serve.batching import Engine, blocks_for
@@ -66,13 +66,12 @@ def test_a_pool_of_one_worst_case_row_serves_many_at_once_and_each_answers_as_al
     pool = static_rows * blocks_for(CAPACITY)
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=CAPACITY, blocks=pool)
     try:
-        first = len(engine.record)
         alone, together, requests = _serve_alone_then_together(engine, asks, 6)
         load = engine.load()
     finally:
         engine.shutdown()
     assert together == alone
-    assert _widest_step(list(engine.record)[first:]) >= 4 * static_rows
+    assert _widest_step(engine.record) >= 4 * static_rows
     assert sum(request.blocks for request in requests.values()) > pool, "the pool's blocks were taken again"
     assert engine.decoder.most_blocks_used <= pool
     assert load["reserved_blocks"] == 0 and engine.decoder.free_blocks == pool
@@ -180,7 +179,7 @@ def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alon
 ):
     """A prefix of 36 tokens: its two whole blocks are written once and named by every row of its checkpoint (the
     last 4 columns in each row's own block). Over a pool of 14 blocks, each request needs 4 blocks on its own but 2
-    beside the shared ones, so six decode in one step where three would fit without sharing; each answers as
+    beside the shared ones, so all six decode in one step where three would fit without sharing; each answers as
     alone, as does a request of another prefix among them, and the shared blocks are back in the pool at the
     end."""
     import torch
@@ -211,7 +210,6 @@ def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alon
     pool = blocks_for(CAPACITY)
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=8, capacity=CAPACITY, blocks=pool)
     try:
-        first = len(engine.record)
         alone, together, requests = _serve_alone_then_together(engine, asks, new_tokens)
         load = engine.load()
     finally:
@@ -219,18 +217,9 @@ def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alon
     assert together == alone
     assert len(set(map(str, alone.values()))) > 1, "the prefixes change the answers"
     assert {request.shared_blocks for name, request in requests.items() if name != "other prefix"} == {2}
-    long_rows = [
-        event
-        for event in list(engine.record)[first:]
-        if event.kind == "step" and requests["long prefix 5"].id in event.detail
-    ]
-    assert (
-        max(
-            sum(requests[f"long prefix {index}"].id in step.detail for index in range(6))
-            for step in long_rows
-        )
-        >= 5
-    )
+    long_ids = {requests[f"long prefix {index}"].id for index in range(6)}
+    steps = [set(event.detail) for event in engine.record if event.kind == "step"]
+    assert max(len(long_ids & step) for step in steps) == 6
     assert load["shared_blocks"] == 0 and engine.decoder.free_blocks == pool
 
 
