@@ -260,3 +260,22 @@ def test_rows_sharing_a_system_prompt_name_its_blocks_instead_of_copies(chatglm3
     assert reused[0] == 0 and reused[1] >= 3 * BLOCK and len(set(reused[1:])) == 1
     assert unshared_peak == sum(blocks_for(len(prompt) + 6) for prompt, _ in asks.values())
     assert shared_peak == unshared_peak - 3 * (reused[1] // BLOCK)
+
+
+def test_the_serve_screen_says_the_rows_share_the_cache_blocks_status_json_gives(tmp_path):
+    """status.json's `blocks` (the pool the server settled on) is what the Serve screen shows beside the rows; a
+    server folder written before blocks existed keeps its "rows of N tokens"."""
+    from glmcore.serve.servers import Server
+    from glmtui.screens.serve import ServerRow, server_about
+
+    about = {}
+    for name, blocks in (("paged", 4096), ("static", None)):
+        server = Server(tmp_path / name)
+        server.path.mkdir()
+        server.write_status(state="ready", slots=128, blocks=blocks, context=8192)
+        row = ServerRow(server, server.stored_status(), None, None, [], 0)
+        about[name] = server_about(row).plain.splitlines()[0]
+    assert about == {
+        "paged": "paged ready · 128 rows over 4,096 cache blocks, 8192 tokens a request at most",
+        "static": "static ready · 128 rows of 8192 tokens",
+    }
