@@ -495,10 +495,8 @@ class PagedDecoder:
                 self.values[layer].flatten(0, 1)[slots] = value[:, start:].transpose(0, 1)
 
     def _table_of(self, rows: list[int], blocks: int) -> torch.Tensor:
-        return torch.tensor(
-            [self.tables[row][:blocks] + [ZERO_BLOCK] * (blocks - len(self.tables[row][:blocks])) for row in rows],
-            dtype=torch.long,
-        )
+        """`rows`' first `blocks` table entries, ZERO_BLOCK past their own (on the CPU)."""
+        return torch.tensor([(self.tables[row] + [ZERO_BLOCK] * blocks)[:blocks] for row in rows], dtype=torch.long)
 
     @torch.no_grad()
     def prefill(self, chunks: list[Chunk]) -> torch.Tensor:
