@@ -634,6 +634,8 @@ def serving(model, ids: dict[str, int], bits: int, prompt_length: int, new_token
                     "single_request_tokens_per_s": baseline["tokens_per_s"],
                     "single_request_first_token_ms": baseline["first_token_ms"],
                     "graphs": sorted(engine.decoder.graphs),
+                    "rows": engine.slots,
+                    "blocks": engine.blocks,
                     "peak_GiB": peak_gib(),
                 }
             )

@@ -36,6 +36,16 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return glmcore.load_tokenizer(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def chatglm3_with_prefixes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A tiny ChatGLM3-6B and two prefix checkpoints that change its answers (the serving tests')."""
+    from support.serving import tiny_with_prefixes
+
+    from glmcore.models import CHATGLM3_6B
+
+    return tiny_with_prefixes(tmp_path_factory.mktemp("serve-engine"), CHATGLM3_6B.name)
+
+
 # glm-4-9b-chat (tests/test_glm4.py): the tiny checkpoint its golden values were made from, and the parts the
 # golden tests take from fixtures only, so that a shim can give them from the published code instead
 # (tests/golden/glm4/README.md).

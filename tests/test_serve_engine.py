@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from support.serving import Answers, tiny_with_prefixes
 
 from glmcore.models import CHATGLM3_6B
 from glmcore.serve.batching import EngineEvent
@@ -15,30 +16,9 @@ from glmcore.serve.batching import EngineEvent
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
 
 
-def tiny_with_prefixes(folder: Path, family: str) -> tuple[Path, list[Path]]:
-    """A tiny model of `family` and two prefix checkpoints of different lengths that change its answers."""
-    import torch
-
-    import glmcore
-    from glmcore.models import family_named
-    from glmcore.prefix import save_prefix_checkpoint
-
-    model_dir = (
-        family_named(family).implementation().write_tiny_checkpoint(folder / "model", init_std=0.5, seed=2)
-    )
-    checkpoints = []
-    for index, strength in enumerate((3, 5)):
-        torch.manual_seed(index)
-        tuned = glmcore.load_model(model_dir, pre_seq_len=4 + 2 * index)
-        with torch.no_grad():
-            tuned.transformer.prefix_encoder.embedding.weight.mul_(strength)
-        checkpoints.append(save_prefix_checkpoint(tuned, folder / f"checkpoint-{index}"))
-    return model_dir, checkpoints
-
-
 @pytest.fixture(scope="module")
-def chatglm3(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
-    return tiny_with_prefixes(tmp_path_factory.mktemp("serve-engine"), CHATGLM3_6B.name)
+def chatglm3(chatglm3_with_prefixes: tuple[Path, list[Path]]) -> tuple[Path, list[Path]]:
+    return chatglm3_with_prefixes
 
 
 def assert_served_as_chat(model_dir: Path, checkpoints: list[Path]) -> None:
@@ -110,6 +90,7 @@ def test_the_serve_benchmark_figure_runs_on_a_toy_shape(tmp_path, capsys):
     assert [record["clients"] for record in served] == [1, 8, 32]
     assert all(record["tokens"] == record["clients"] * record["new_tokens"] for record in served)
     assert all(record["single_request_tokens_per_s"] > 0 for record in served)
+    assert all(record["rows"] == 32 and record["blocks"] >= 32 for record in served)
     (mixed,) = [record for record in records if record["figure"] == "serve_mixed"]
     assert (
         mixed["clients"] == 32
@@ -181,32 +162,6 @@ def test_a_row_that_fails_fails_its_request_alone_and_every_other_is_answered(ch
     for name, answer in alone.items():
         assert outcomes[name] == answer and answer[-1] == ("end", "length"), name
     assert outcomes["waits longer"] == alone["base"]
-
-
-class Answers:
-    """Each request's tokens and how it ended, by name; `ended` counts the requests that ended."""
-
-    def __init__(self) -> None:
-        self.tokens: dict[str, list] = {}
-        self.ended = threading.Semaphore(0)
-
-    def request(self, name: str, prompt: list[int], prefix, new_tokens: int, *, then=None):
-        from glmcore.serve.batching import Request
-
-        self.tokens[name] = []
-
-        def deliver(kind: str, value: object) -> None:
-            self.tokens[name].append((kind, value))
-            if kind != "token":
-                self.ended.release()
-            elif then is not None and len(self.tokens[name]) == 3:
-                then()
-
-        return Request(prompt, prefix, new_tokens, deliver)
-
-    def wait(self, count: int) -> None:
-        for _ in range(count):
-            assert self.ended.acquire(timeout=60), self.tokens
 
 
 def _passes(record, request_id: int) -> list[int]:
@@ -320,8 +275,8 @@ SYSTEM = "You are a careful assistant. Answer in one short sentence, and say so 
 @pytest.mark.parametrize("budget", [2048, 16], ids=["whole prompts", "16-token chunks"])
 def test_requests_sharing_a_system_prompt_copy_its_keys_and_answer_as_without(chatglm3, budget):
     """Issue 34: requests with one long system prompt, mixed with others, on two prefixes and the base. Sent
-    together, one request per prefix writes the shared beginning and the others copy it (the record shows their
-    prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
+    together, one request per prefix writes the shared beginning and the others take it (the base's rows name its
+    blocks, the 4-token prefix's rows copy them: the record shows their prefill starting after it); each answer is the one an engine that shares nothing gives. A later request over
     a third prefix copies nothing though its tokens are the same; a later one over the base copies it again.
     In 16-token chunks, the others copy each block as it is written, one pass behind."""
     import glmcore

@@ -80,7 +80,7 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     from glmcore.models.loading import load_model, load_tokenizer
     from glmcore.runs import RunStore
     from glmcore.serve.adapters import MIB
-    from glmcore.serve.batching import Engine, plan_slots, shared_prompt_tokens
+    from glmcore.serve.batching import Engine, plan_memory, shared_prompt_tokens
     from glmcore.serve.http import Service
     from glmcore.serve.registry import ModelRegistry, Selection
 
@@ -103,15 +103,16 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
     dtype = dtype if dtype.is_floating_point else torch.float16
     shared = shared_prompt_tokens(model, tokenizer, capacity)
     adapter_memory = int(plan.adapter_memory * MIB)
-    slots = plan_slots(
+    memory = plan_memory(
         model, dtype, capacity, plan.max_batch, shared_tokens=shared, reserved_bytes=adapter_memory
     )
 
     engine = Engine(
         model,
         tokenizer,
-        slots=slots,
+        slots=memory.rows,
         capacity=capacity,
+        blocks=memory.blocks,
         max_waiting=plan.max_queue,
         shared_tokens=shared,
         adapter_memory=adapter_memory,
@@ -123,7 +124,13 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
             on_request(entry)
 
     service = Service(engine, registry, max_request_bytes=plan.max_request_bytes, on_request=record)
-    server.write_status(slots=slots, context=capacity, **models_status(registry.models()), loading=None)
+    server.write_status(
+        slots=memory.rows,
+        blocks=memory.blocks,
+        context=capacity,
+        **models_status(registry.models()),
+        loading=None,
+    )
     return service
 
 

@@ -40,6 +40,9 @@ ACTIVE_STATES = ("starting", "ready", "stopping")
 DEFAULT_PORT = 8000
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_ADAPTER_MEMORY_MIB = 512
+DEFAULT_MAX_BATCH = 128
+"""Rows decoded together at most: the KV cache is paged, so a row takes memory only for what it holds (fewer rows
+where the GPU's budget cannot gather that many, glmcore.serve.batching.plan_memory)."""
 """MiB held for LoRA adapters: about 70 of ChatGLM-6B at rank 8 in 16-bit (7.3 MiB each)."""
 
 
@@ -58,7 +61,7 @@ class ServerPlan:
     port: int = DEFAULT_PORT
     quantization_bit: int = 16
     key_file: str | None = None
-    max_batch: int = 16
+    max_batch: int = DEFAULT_MAX_BATCH
     context: int | None = None
     """Columns per row of the KV cache (prefix + prompt + answer), capped by the model's positions; None:
     glmcore.estimate.DEFAULT_CONTEXT (8,192)."""
@@ -137,6 +140,8 @@ class ServerStatus:
     kinds: dict[str, str] = field(default_factory=dict)
     """Each model's kind: "base", "prefix" or "lora" (none in a server folder written before LoRA was served)."""
     slots: int | None = None
+    blocks: int | None = None
+    """The KV cache's blocks of 16 tokens the rows share (none in a server folder written before they were)."""
     context: int | None = None
     started: str | None = None
     ended: str | None = None

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
-from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_PORT, KEY_ENV
+from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_MAX_BATCH, DEFAULT_PORT, KEY_ENV
 from glmtui.commands.family_option import add_family_option, apply_family
 
 
@@ -62,7 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--api-key-file", type=Path, default=None, help=f"file holding the key (else ${KEY_ENV})"
     )
     parser.add_argument(
-        "--max-batch", type=int, default=16, help="requests decoded together at most (default 16)"
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"requests decoded together at most (default {DEFAULT_MAX_BATCH})",
     )
     parser.add_argument(
         "--context",

@@ -242,7 +242,12 @@ def server_about(row: ServerRow) -> Text:
     text = Text()
     text.append(f"{row.server.id} ", style="bold")
     text.append(f"{status.state}", style="green" if status.state == "ready" else "yellow")
-    if status.slots:
+    if status.slots and status.blocks:  # a paged cache: the rows share its blocks
+        text.append(
+            f" · {status.slots} rows over {status.blocks:,} cache blocks, {status.context} tokens a request at most",
+            style="dim",
+        )
+    elif status.slots:
         text.append(f" · {status.slots} rows of {status.context} tokens", style="dim")
     if status.state == "starting" and row.model:
         text.append(f"\n{loading_line(row.model, status, datetime.now().astimezone())}", style="yellow")
