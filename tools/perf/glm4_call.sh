@@ -2,8 +2,8 @@
 # Run from the repository root on the GPU machine with the cp312 wheels in .whl2/ and the anchors in .anchors/.
 # Usage: bash tools/perf/glm4_call.sh MODE
 #   layout1     glm-4-9b-chat: NF4 P-tuning, decoding 16-bit and NF4, batched evaluation, load; baseline (glm class)
-#   layout1-16  glm-4-9b-chat: 16-bit P-tuning beside PEFT's 16-bit prefix tuning, then the product run (NF4,
-#               glmtui train / eval / serve: tools/perf/glm4_product_run.sh) on the same random checkpoint
+#   layout1-16  glm-4-9b-chat: the product run (NF4, glmtui train / eval / serve: tools/perf/glm4_product_run.sh),
+#               then 16-bit P-tuning beside PEFT's 16-bit prefix tuning, on the same random checkpoint
 #   hf | 0414   glm-4-9b-chat-hf / glm-4-0414: NF4 P-tuning and decoding; baseline (glm / glm4 class)
 set -u -o pipefail
 # TINY=--tiny rehearses the call on the CPU at toy sizes, with this machine's packages.
@@ -26,9 +26,10 @@ case $1 in
     bench --family glm-4-9b-chat --only bandwidth,ptuning4,decode16,decode4,evaluate,load
     baseline glm ;;
   layout1-16)
+    [ -d /tmp/g4/glm-4-9b-chat-random ] || bench --family glm-4-9b-chat --only bandwidth
+    bash tools/perf/glm4_product_run.sh /tmp/g4/glm-4-9b-chat-random /tmp/g4product ${PRODUCT_BITS:-4} ${PRODUCT_STEPS:-200} 2>&1 | tee "$OUT/product.txt"
     bench --family glm-4-9b-chat --only bandwidth,ptuning16
-    python3 tools/perf/peft_prefix_baseline16.py --glm4 ${TINY:-} 2>>"$OUT/baseline.err" | tee -a "$OUT/baseline.jsonl"
-    bash tools/perf/glm4_product_run.sh /tmp/g4/glm-4-9b-chat-random /tmp/g4product ${PRODUCT_BITS:-4} ${PRODUCT_STEPS:-200} 2>&1 | tee "$OUT/product.txt" ;;
+    python3 tools/perf/peft_prefix_baseline16.py --glm4 ${TINY:-} 2>>"$OUT/baseline.err" | tee -a "$OUT/baseline.jsonl" ;;
   hf)
     bench --family glm-4-9b-chat-hf --only bandwidth,ptuning4,decode16,decode4
     baseline glm ;;
