@@ -316,6 +316,7 @@ def plan_server(
     """What to serve, checked before anything starts: the model (given, or the first run's), the runs named,
     every one a P-tuning or LoRA run of that model (others are refused, pointing to `glmtui export`)."""
     from glmcore.models.checkpoint import model_folder_problems
+    from glmcore.models.loading import tokenizer_problem
     from glmcore.runs import RunStore
     from glmcore.serve.registry import ModelRegistry, Selection, refused_method
 
@@ -329,6 +330,8 @@ def plan_server(
     model = Path(model or first.config.model_path).expanduser().absolute()
     if problems := model_folder_problems(model):
         raise ServeError(f"{problems[0]}; give a complete model folder with --model")
+    if problem := tokenizer_problem(model):
+        raise ServeError(f"{problem}.")
     ModelRegistry(model, store, Selection(tuple(runs), tuple(checkpoints))).check()
     bits = quantization_bit or (first.config.quantization_bit if first is not None else 16)
     return ServerPlan(
