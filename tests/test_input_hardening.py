@@ -344,3 +344,26 @@ def test_a_tokenizer_with_ids_past_the_models_embedding_gets_one_sentence_from_e
 
     config_json.write_text(published, encoding="utf-8")
     assert model_problems(folder) == []
+
+
+def test_a_tokenizer_file_that_cannot_be_read_is_named_in_one_sentence(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A tokenizer file cut short is said to be one, before anything loads (the config editor's check too)."""
+    import shutil
+
+    from glmcore.errors import GlmError
+    from glmcore.models.loading import load_model
+    from glmcore.preflight import model_problems
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "cut-tokenizer"))
+    tokenizer = folder / "ice_text.model"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+
+    (problem,) = model_problems(folder)
+    assert problem.field == "model_path"
+    assert problem.message.startswith(f"{tokenizer} cannot be read as ChatGLM-6B's tokenizer (")
+    assert problem.message.endswith("); copy in the tokenizer files that came with the model")
+    with pytest.raises(GlmError) as refused_load:
+        load_model(folder)
+    assert str(refused_load.value) == f"{problem.message}."
