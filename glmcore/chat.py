@@ -48,14 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from glmcore.errors import GlmError
-from glmcore.reasoning import (
-    PROMPT_END_TOKENS,
-    Reply,
-    prompt_opens_reasoning,
-    split_reasoning,
-    unfinished_marker,
-)
-from glmcore.tool_calls import ToolCall, function_tools
+from glmcore.reasoning import Reply, prompt_ids_open_reasoning, settled_length, split_reasoning
+from glmcore.tool_calls import ToolCall, function_tools, has_tools
 
 if TYPE_CHECKING:
     import torch
@@ -162,10 +156,14 @@ def check_tools_family(model: Path, family: str | None) -> None:
     from glmcore.models.family import family_for
 
     model_family, _ = family_for(model, family)
-    if not hasattr(model_family.implementation(), "tool_prompt_ids"):
+    _check_has_tools(model_family.implementation(), model_family.title, without="--tools")
+
+
+def _check_has_tools(implementation, title: str, *, without: str) -> None:
+    """ChatError when the family's chat format has no tools; `without` names what to chat without."""
+    if not has_tools(implementation):
         raise ChatError(
-            f"{model_family.title}'s chat format has no tools: chat without --tools, or with a ChatGLM3-6B or "
-            "GLM-4 model."
+            f"{title}'s chat format has no tools: chat without {without}, or with a ChatGLM3-6B or GLM-4 model."
         )
 
 
@@ -245,9 +243,7 @@ class ChatTurn:
         self.call: ToolCall | None = None
         """The tool call the finished answer was, parsed as the family's demo parses it; `response` is then what
         the model said before it (often nothing)."""
-        self.opens_reasoning = prompt_opens_reasoning(
-            session.tokenizer.decode(prompt_ids[-PROMPT_END_TOKENS:], skip_special_tokens=True)
-        )
+        self.opens_reasoning = prompt_ids_open_reasoning(session.tokenizer, prompt_ids)
         """Whether the prompt ends inside a `<think>` block (a thinking model's template opens it)."""
         self._tool_names = tool_names
         self._holding = tool_names is not None
@@ -284,7 +280,7 @@ class ChatTurn:
                     continue
                 self._holding = False
             cleaned = self._session.family.clean_response(self._decode())
-            settled = cleaned[: self._session.settled_length(cleaned)]
+            settled = cleaned[: settled_length(self._session.family, cleaned)]
             if len(settled) > len(self.response) and settled.startswith(self.response):
                 delta, self.response = settled[len(self.response) :], settled
                 return delta
@@ -421,7 +417,7 @@ class ChatSession:
     @property
     def tools_supported(self) -> bool:
         """Whether the family's chat format has tools (ChatGLM3, GLM-4)."""
-        return hasattr(self.family, "tool_prompt_ids")
+        return has_tools(self.family)
 
     def arguments_text(self, call: ToolCall) -> str:
         """A call's arguments as the family writes them (GLM-4's JSON, ChatGLM3's `tool_call(k=v)`)."""
@@ -516,11 +512,7 @@ class ChatSession:
         if not tools:
             self.tools = None
             return
-        if not self.tools_supported:
-            raise ChatError(
-                f"{self.family_title}'s chat format has no tools: chat without them, or with a ChatGLM3-6B or "
-                "GLM-4 model."
-            )
+        _check_has_tools(self.family, self.family_title, without="them")
         try:
             self.tools = function_tools(tools)
         except ValueError as error:
@@ -592,13 +584,6 @@ class ChatSession:
             self._decoder = self.family.new_decoder(self.model, batch=1, capacity=capacity)
             self._decoder_made_for = made_for
         return self._decoder
-
-    def settled_length(self, cleaned: str) -> int:
-        """How much of an unfinished cleaned answer can no longer change: the family's rule, else all of it
-        but trailing whitespace."""
-        rule = getattr(self.family, "settled_length", None)
-        settled = rule(cleaned) if rule is not None else len(cleaned.rstrip())
-        return settled - unfinished_marker(cleaned[:settled])
 
     def _turn_ended(self, turn: ChatTurn) -> None:
         """Record a turn that finished: what was sent, the answer (without its reasoning) and the call."""

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 from glmcore.data import Columns, Example, evaluation_prompt_ids, load_examples, reference_text
 from glmcore.errors import GlmError
 from glmcore.metrics import METRIC_NAMES, UNRECORDED_MODE, MetricMode, metric_mode, prefixed, score_all
-from glmcore.reasoning import PROMPT_END_TOKENS, prompt_opens_reasoning, split_reasoning
+from glmcore.reasoning import prompt_ids_open_reasoning, split_reasoning
 from glmcore.workspace import atomic_write_text
 
 if TYPE_CHECKING:
@@ -367,9 +367,7 @@ def evaluate(
     replies = [
         split_reasoning(
             tokenizer.decode(tokens, skip_special_tokens=True),
-            opened=prompt_opens_reasoning(
-                tokenizer.decode(prompt[-PROMPT_END_TOKENS:], skip_special_tokens=True)
-            ),
+            opened=prompt_ids_open_reasoning(tokenizer, prompt),
         )
         for prompt, tokens in zip(prompts, generated, strict=True)
     ]

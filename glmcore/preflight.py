@@ -2,13 +2,14 @@
 
 ``check`` is what the CLI (`glmtui train`) and the app's config editor call; it returns every problem at once,
 one sentence each (with file:line for a data file), so nothing is created for a run that could not start:
-the model folder (complete, and a family glmtui loads, detected as the loader detects it), whether the prefix
-and the examples fit in that model's positions, every row of the data files, installed packages, the GPUs
-present, and free disk for the checkpoints the run will keep.
+the model folder (complete, a family glmtui loads, detected as the loader detects it, and a tokenizer whose ids
+the model's embedding holds), whether the prefix and the examples fit in that model's positions, every row of the
+data files, installed packages, the GPUs present, and free disk for the checkpoints the run will keep.
 
 Reading a 114k-row data file takes seconds, and the editor checks on every keystroke, so each file's verdict is
 kept for as long as the file's size and modification time stay the same; concurrent checks of one file wait for
-the first instead of reading it again.
+the first instead of reading it again. The model folder's tokenizer is read once per version of its files too
+(`tokenizer_problem`).
 """
 
 from __future__ import annotations
@@ -60,16 +61,20 @@ def check(config: RunConfig, *, runs_dir: Path | None = None) -> list[Problem]:
 
 
 def model_problems(model_path: Path, family: str | None = None) -> list[Problem]:
-    """What is missing from the model folder, or why glmtui cannot load the model it holds."""
+    """What is missing from the model folder, or why glmtui cannot load the model it holds (a family it does not
+    know, a tokenizer that is not the model's: `glmcore.models.loading.tokenizer_problem`)."""
     advice = "download the model with `glmtui download` or point model_path at a complete folder"
     problems = [
         Problem("model_path", f"{problem}; {advice}") for problem in model_folder_problems(model_path)
     ]
     if (model_path / MODEL_CONFIG_NAME).is_file():
         from glmcore.models import family_for
+        from glmcore.models.loading import tokenizer_problem
 
         try:
             family_for(model_path, family)
+            if not problems and (problem := tokenizer_problem(model_path, family)):
+                problems.append(Problem("model_path", problem))
         except GlmError as error:
             problems.append(Problem("model_path", str(error).rstrip(".")))
     return problems

@@ -39,6 +39,12 @@ def prompt_opens_reasoning(prompt_end: str) -> bool:
     return prompt_end.rstrip().endswith(THINK_OPEN)
 
 
+def prompt_ids_open_reasoning(tokenizer, prompt_ids: list[int]) -> bool:
+    """Whether the prompt `prompt_ids` leaves the model inside a `<think>` block (its last tokens decoded as the
+    output is, special tokens skipped)."""
+    return prompt_opens_reasoning(tokenizer.decode(prompt_ids[-PROMPT_END_TOKENS:], skip_special_tokens=True))
+
+
 def split_reasoning(text: str, *, opened: bool = False) -> Reply:
     """``text`` parted into reasoning and answer; ``opened``: the prompt ended inside a `<think>` block."""
     if THINK_CLOSE in text:
@@ -63,6 +69,14 @@ def unfinished_marker(text: str) -> int:
         if THINK_CLOSE.startswith(tail) or THINK_OPEN.startswith(tail):
             return size
     return 0
+
+
+def settled_length(family, cleaned: str) -> int:
+    """How much of an unfinished cleaned chat answer can no longer change: the family's rule (else all of it but
+    trailing whitespace), less a half-written marker at its end, which waits."""
+    rule = getattr(family, "settled_length", None)
+    settled = rule(cleaned) if rule is not None else len(cleaned.rstrip())
+    return settled - unfinished_marker(cleaned[:settled])
 
 
 class ReplyStream:

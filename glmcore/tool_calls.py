@@ -63,6 +63,11 @@ def arguments_object(call: ToolCall) -> dict:
     return value
 
 
+def has_tools(implementation) -> bool:
+    """Whether a family's implementation (its `family_impl` module) has tools in its chat format."""
+    return hasattr(implementation, "tool_prompt_ids")
+
+
 def definition_problem(index: int, tool: object) -> str | None:
     """What is wrong with an OpenAI tool definition (the API's own rule: a function with a name and object
     parameters), or None."""

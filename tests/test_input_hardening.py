@@ -296,3 +296,74 @@ async def test_a_new_run_in_the_editor_has_the_cpu_recipe_says_why_and_notes_4_b
             "200",
             "100",
         ]
+
+
+def test_a_tokenizer_with_ids_past_the_models_embedding_gets_one_sentence_from_every_verb(
+    tmp_path: Path,
+    workspace: Path,  # noqa: F811
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A tokenizer copied from another model (its ids, special tokens included, past config.json's embedding
+    rows) trained until `IndexError: index out of range in self`; train, eval, chat and serve now refuse the
+    folder in one sentence before anything exists, without reading the weights. The verdict follows the files."""
+    import shutil
+
+    from glmcore.preflight import model_problems
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "mixed-model"))
+    config_json = folder / "config.json"
+    published = config_json.read_text(encoding="utf-8")
+    values = json.loads(published)
+    rows = values["vocab_size"] - 40
+    config_json.write_text(json.dumps({**values, "vocab_size": rows}), encoding="utf-8")
+    sentence = (
+        f"{folder}'s tokenizer has token ids up to {values['vocab_size'] - 1} (special tokens included), but "
+        f"config.json gives the model only {rows} embedding rows (ids 0 to {rows - 1}), so its tokenizer files "
+        "come from another model; copy in the tokenizer files that came with these weights"
+    )
+    data = tmp_path / "train.jsonl"
+    data.write_bytes(good_lines())
+
+    assert sentence in refused(write_config(tmp_path / "run.toml", folder, data), workspace, capsys)
+    for verb in (
+        ["eval", "--model", str(folder), "--data", str(data), "--checkpoint", "base"],
+        ["chat", "--model", str(folder)],
+        ["serve", "--model", str(folder)],
+    ):
+        code = main(verb)
+        printed = capsys.readouterr()
+        assert code == 1 and "Traceback" not in printed.err, printed
+        assert " ".join(printed.err.split()).endswith(f"error: {sentence}."), verb[0]
+    made = [
+        path
+        for path in workspace.rglob("*")
+        if path.is_file() or path.parent.name in ("evaluations", "servers")
+    ]
+    assert made == [], "nothing was created beside the workspace's empty folders"
+
+    config_json.write_text(published, encoding="utf-8")
+    assert model_problems(folder) == []
+
+
+def test_a_tokenizer_file_that_cannot_be_read_is_named_in_one_sentence(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A tokenizer file cut short is said to be one, before anything loads (the config editor's check too)."""
+    import shutil
+
+    from glmcore.errors import GlmError
+    from glmcore.models.loading import load_model
+    from glmcore.preflight import model_problems
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / "cut-tokenizer"))
+    tokenizer = folder / "ice_text.model"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:100])
+
+    (problem,) = model_problems(folder)
+    assert problem.field == "model_path"
+    assert problem.message.startswith(f"{tokenizer} cannot be read as ChatGLM-6B's tokenizer (")
+    assert problem.message.endswith("); copy in the tokenizer files that came with the model")
+    with pytest.raises(GlmError) as refused_load:
+        load_model(folder)
+    assert str(refused_load.value) == f"{problem.message}."

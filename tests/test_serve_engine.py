@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.serving import Answers, tiny_with_prefixes
+from support.serving import Answers, serve_alone_then_together, tiny_with_prefixes
 
 from glmcore.models import CHATGLM3_6B
 from glmcore.serve.batching import EngineEvent
@@ -196,22 +196,12 @@ def test_sixteen_requests_are_prefilled_together_and_answer_as_alone_a_long_prom
         "the short prompts fit one pass, the long one does not"
     )
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=16, capacity=224, prefill_budget=budget)
-    answers = Answers()
     try:
-        alone = {}
-        for name, (prompt, prefix) in asks.items():
-            engine.submit(answers.request(name, prompt, prefix, 6))
-            answers.wait(1)
-            alone[name] = answers.tokens[name]
-        first = len(engine.record)
-        requests = {name: answers.request(name, prompt, prefix, 6) for name, (prompt, prefix) in asks.items()}
-        for request in requests.values():
-            engine.submit(request)
-        answers.wait(len(asks))
+        alone, together, requests = serve_alone_then_together(engine, asks, 6)
     finally:
         engine.shutdown()
-    assert answers.tokens == alone
-    record = list(engine.record)[first:]
+    assert together == alone
+    record = list(engine.record)
     starts = {_passes(record, request.id)[0] for request in requests.values()}
     assert len(starts) <= 2, [event for event in record if event.kind == "prefill"]
     assert len(_passes(record, requests["long"].id)) >= 2

@@ -5,31 +5,13 @@ larger than the pool is refused; every answer is the one the request gets alone.
 from __future__ import annotations
 
 import pytest
-from support.serving import Answers
+from support.serving import Answers, serve_alone_then_together
 
 from glmcore.models import CHATGLM3_6B
 
 QUESTIONS = ("你好", "hello world", "今天天气怎么样")
 CAPACITY = 224
 """Tokens one row holds at most: 14 blocks."""
-
-
-def _serve_alone_then_together(engine, asks: dict, new_tokens: int):
-    """Each ask ({name: (prompt, prefix)}) alone, then all of them at once: the answers alone, the answers
-    together and the requests sent together."""
-    answers = Answers()
-    alone = {}
-    for name, (prompt, prefix) in asks.items():
-        engine.submit(answers.request(name, prompt, prefix, new_tokens))
-        answers.wait(1)
-        alone[name] = answers.tokens[name]
-    requests = {
-        name: answers.request(name, prompt, prefix, new_tokens) for name, (prompt, prefix) in asks.items()
-    }
-    for request in requests.values():
-        engine.submit(request)
-    answers.wait(len(asks))
-    return alone, answers.tokens, requests
 
 
 def _widest_step(record) -> int:
@@ -66,7 +48,7 @@ def test_a_pool_of_one_worst_case_row_serves_many_at_once_and_each_answers_as_al
     pool = static_rows * blocks_for(CAPACITY)
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=12, capacity=CAPACITY, blocks=pool)
     try:
-        alone, together, requests = _serve_alone_then_together(engine, asks, 6)
+        alone, together, requests = serve_alone_then_together(engine, asks, 6)
         load = engine.load()
     finally:
         engine.shutdown()
@@ -210,7 +192,7 @@ def test_rows_of_one_prefix_checkpoint_share_its_whole_blocks_and_answer_as_alon
     pool = blocks_for(CAPACITY)
     engine = Engine(glmcore.load_model(model_dir), tokenizer, slots=8, capacity=CAPACITY, blocks=pool)
     try:
-        alone, together, requests = _serve_alone_then_together(engine, asks, new_tokens)
+        alone, together, requests = serve_alone_then_together(engine, asks, new_tokens)
         load = engine.load()
     finally:
         engine.shutdown()

@@ -25,6 +25,10 @@ QUANTIZATION_BITS = (4, 8, 16)
 # with the embedding (glmcore/models/quantized_embedding.py, docs/decisions.md).
 NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
 NAMES_SHOWN = 3
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens")
+"""Besides the family's tokenizer file, the files a tokenizer is read from (their size and mtime key its check)."""
+_tokenizer_verdicts: dict[str, tuple[tuple, str | None]] = {}
+"""Per model folder: the files (name, size, mtime) and family its tokenizer was checked at, and its problem."""
 
 
 def default_device() -> str:
@@ -86,6 +90,8 @@ def load_model(
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
     model_family, _ = family_for(path, family)
     folder = require_complete(path, family)
+    if problem := tokenizer_problem(path, family):
+        raise GlmError(f"{problem}.")
     implementation = model_family.implementation()
     config = load_config(path, family)
     check_tensor_names(folder, implementation.model_class, config)
@@ -177,6 +183,52 @@ def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
 
 def _ignored(name: str, patterns: list[str] | None) -> bool:
     return any(re.search(pattern, name) for pattern in patterns or ())
+
+
+def tokenizer_problem(path: str | Path, family: str | None = None) -> str | None:
+    """Why the tokenizer of a complete model folder cannot feed its model, in one sentence without its full stop,
+    or None: it cannot be read, or it gives token ids past the embedding rows config.json declares (a tokenizer
+    copied from another model, which would otherwise fail deep inside the first forward pass). The weights are
+    not read; the verdict is kept while config.json and the tokenizer's files keep their size and mtime (the
+    config editor asks on every keystroke)."""
+    from glmcore.models.family import ModelShape
+
+    path = Path(path)
+    model_family, _ = family_for(path, family)
+    version = (model_family.name, _tokenizer_files_version(path, model_family.tokenizer_file))
+    key = str(path.absolute())
+    checked = _tokenizer_verdicts.get(key)
+    if checked is not None and checked[0] == version:
+        return checked[1]
+    rows = ModelShape.from_model_dir(path, family).vocab_size
+    try:
+        ids = max(load_tokenizer(path, family=family).get_vocab().values()) + 1
+    except Exception as error:  # a damaged tokenizer file: name it rather than show the reader's trace
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        verdict = (
+            f"{path / model_family.tokenizer_file} cannot be read as {model_family.title}'s tokenizer ({reason}); "
+            "copy in the tokenizer files that came with the model"
+        )
+    else:
+        verdict = (
+            None
+            if ids <= rows
+            else f"{path}'s tokenizer has token ids up to {ids - 1} (special tokens included), but config.json "
+            f"gives the model only {rows} embedding rows (ids 0 to {rows - 1}), so its tokenizer files come from "
+            "another model; copy in the tokenizer files that came with these weights"
+        )
+    _tokenizer_verdicts[key] = (version, verdict)
+    return verdict
+
+
+def _tokenizer_files_version(path: Path, tokenizer_file: str) -> tuple:
+    """(name, size, mtime) of config.json and of every file the tokenizer is read from."""
+    names = sorted(
+        entry.name
+        for entry in path.iterdir()
+        if entry.name in ("config.json", tokenizer_file) or entry.name.startswith(TOKENIZER_FILE_PREFIXES)
+    )
+    return tuple((name, (stat := (path / name).stat()).st_size, stat.st_mtime_ns) for name in names)
 
 
 def load_tokenizer(path: str | Path, *, family: str | None = None):

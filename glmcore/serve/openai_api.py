@@ -34,14 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling
-from glmcore.reasoning import (
-    PROMPT_END_TOKENS,
-    Reply,
-    ReplyStream,
-    prompt_opens_reasoning,
-    split_reasoning,
-    unfinished_marker,
-)
+from glmcore.reasoning import Reply, ReplyStream, prompt_ids_open_reasoning, settled_length, split_reasoning
 from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object, definition_problem
 
 DEFAULT_TEMPERATURE = 0.95
@@ -325,9 +318,7 @@ class AnswerText:
         self.family = family
         self.stops = stops
         self.clean = clean
-        self.opens_reasoning = prompt is not None and prompt_opens_reasoning(
-            tokenizer.decode(prompt[-PROMPT_END_TOKENS:], skip_special_tokens=True)
-        )
+        self.opens_reasoning = prompt is not None and prompt_ids_open_reasoning(tokenizer, prompt)
         """Whether the (chat) prompt ends inside a `<think>` block, so the answer begins in the reasoning."""
         self.tokens: list[int] = []
         self.sent = ""
@@ -344,9 +335,7 @@ class AnswerText:
     def _settled(self, text: str) -> int:
         if not self.clean:
             return len(text.rstrip("\ufffd"))
-        rule = getattr(self.family, "settled_length", None)
-        settled = rule(text) if rule is not None else len(text.rstrip())
-        return settled - unfinished_marker(text[:settled])  # a half-written `</think>` waits
+        return settled_length(self.family, text)
 
     def reply(self, text: str) -> Reply:
         """A whole chat answer parted into its reasoning (None: the model wrote none) and its answer."""

@@ -40,10 +40,12 @@ ACTIVE_STATES = ("starting", "ready", "stopping")
 DEFAULT_PORT = 8000
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 DEFAULT_ADAPTER_MEMORY_MIB = 512
+"""MiB held for LoRA adapters: about 70 of ChatGLM-6B at rank 8 in 16-bit (7.3 MiB each)."""
 DEFAULT_MAX_BATCH = 128
 """Rows decoded together at most: the KV cache is paged, so a row takes memory only for what it holds (fewer rows
 where the GPU's budget cannot gather that many, glmcore.serve.batching.plan_memory)."""
-"""MiB held for LoRA adapters: about 70 of ChatGLM-6B at rank 8 in 16-bit (7.3 MiB each)."""
+DEFAULT_MAX_QUEUE = 64
+"""Requests that may wait for a free row or unreserved key-value blocks before the server answers 429."""
 
 
 class ServeError(GlmError):
@@ -65,7 +67,7 @@ class ServerPlan:
     context: int | None = None
     """Columns per row of the KV cache (prefix + prompt + answer), capped by the model's positions; None:
     glmcore.estimate.DEFAULT_CONTEXT (8,192)."""
-    max_queue: int = 64
+    max_queue: int = DEFAULT_MAX_QUEUE
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     adapter_memory: float = DEFAULT_ADAPTER_MEMORY_MIB
     """MiB of the device held for LoRA adapters (loaded on first use, least recently used evicted)."""
@@ -314,6 +316,7 @@ def plan_server(
     """What to serve, checked before anything starts: the model (given, or the first run's), the runs named,
     every one a P-tuning or LoRA run of that model (others are refused, pointing to `glmtui export`)."""
     from glmcore.models.checkpoint import model_folder_problems
+    from glmcore.models.loading import tokenizer_problem
     from glmcore.runs import RunStore
     from glmcore.serve.registry import ModelRegistry, Selection, refused_method
 
@@ -327,6 +330,8 @@ def plan_server(
     model = Path(model or first.config.model_path).expanduser().absolute()
     if problems := model_folder_problems(model):
         raise ServeError(f"{problems[0]}; give a complete model folder with --model")
+    if problem := tokenizer_problem(model):
+        raise ServeError(f"{problem}.")
     ModelRegistry(model, store, Selection(tuple(runs), tuple(checkpoints))).check()
     bits = quantization_bit or (first.config.quantization_bit if first is not None else 16)
     return ServerPlan(

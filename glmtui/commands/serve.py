@@ -16,7 +16,13 @@ from rich.table import Table
 from rich.text import Text
 
 from glmcore.errors import GlmError
-from glmcore.serve.servers import DEFAULT_ADAPTER_MEMORY_MIB, DEFAULT_MAX_BATCH, DEFAULT_PORT, KEY_ENV
+from glmcore.serve.servers import (
+    DEFAULT_ADAPTER_MEMORY_MIB,
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_PORT,
+    KEY_ENV,
+)
 from glmtui.commands.family_option import add_family_option, apply_family
 
 
@@ -76,8 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-queue",
         type=int,
-        default=64,
-        help="requests waiting for a free row before the server answers 429 (default 64)",
+        default=DEFAULT_MAX_QUEUE,
+        help="requests waiting for a free row or key-value memory before the server answers 429 "
+        f"(default {DEFAULT_MAX_QUEUE})",
     )
     parser.add_argument(
         "--adapter-memory",

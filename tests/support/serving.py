@@ -51,3 +51,21 @@ class Answers:
     def wait(self, count: int) -> None:
         for _ in range(count):
             assert self.ended.acquire(timeout=60), self.tokens
+
+
+def serve_alone_then_together(engine, asks: dict, new_tokens: int):
+    """Each ask ({name: (prompt, prefix)}) alone, then all of them at once: the answers alone, the answers
+    together and the requests sent together."""
+    answers = Answers()
+    alone = {}
+    for name, (prompt, prefix) in asks.items():
+        engine.submit(answers.request(name, prompt, prefix, new_tokens))
+        answers.wait(1)
+        alone[name] = answers.tokens[name]
+    requests = {
+        name: answers.request(name, prompt, prefix, new_tokens) for name, (prompt, prefix) in asks.items()
+    }
+    for request in requests.values():
+        engine.submit(request)
+    answers.wait(len(asks))
+    return alone, answers.tokens, requests
