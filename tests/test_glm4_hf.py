@@ -230,7 +230,7 @@ def test_a_decoding_step_runs_no_more_operations_than_transformers_own_static_ca
     """Our static decoder's step over transformers' class against that class stepping its own StaticCache (its
     forward with the 2D mask, from which it builds the 4D one, as generate() does every step), one token after the
     same prompt, counted as tests/test_fused_chatglm2.py counts ChatGLM's. Without gradients each RMSNorm is one
-    `rms_norm` where transformers' chain runs eight operations (before: -hf 93 operations, transformers' 113)."""
+    `rms_norm` where transformers' chain runs six operations (before: -hf 93 operations, transformers' 113)."""
     from transformers import AutoModelForCausalLM, StaticCache
 
     from glmcore.generation import new_decoder

@@ -182,8 +182,8 @@ def additive_mask(
 class InferenceRMSNorm:
     """Mixed in front of transformers' RMSNorm: without gradients (decoding, evaluation, serving) the
     normalisation is one `F.rms_norm` (fp32 inside, rounded once, as transformers' chain of two casts and four
-    operations rounds it), then transformers' weight product: two operations where the chain runs eight, the same
-    values on the CPU (tests/test_glm4_hf.py). Training keeps the chain and its gradients."""
+    operations rounds it), then transformers' weight product: two operations where the chain runs six (eight in
+    16-bit), the same values on the CPU (tests/test_glm4_hf.py). Training keeps the chain and its gradients."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
