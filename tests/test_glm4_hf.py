@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.profiling import operations
 
 import glmcore
 
@@ -223,6 +224,61 @@ def test_the_static_decoder_equals_transformers_generation_on_a_left_padded_batc
     width = len(padded["input_ids"][0])
     rows = decoded(model, tokenizer, unpadded(padded), 10)
     assert rows == [sequence[width:] for sequence in golden["generation"]["padded"]["sequences"]]
+
+
+def test_a_decoding_step_runs_no_more_operations_than_transformers_own_static_cache_step(small):
+    """Our static decoder's step over transformers' class against that class stepping its own StaticCache (its
+    forward with the 2D mask, from which it builds the 4D one, as generate() does every step), one token after the
+    same prompt, counted as tests/test_fused_chatglm2.py counts ChatGLM's. Without gradients each RMSNorm is one
+    `rms_norm` where transformers' chain runs six operations (before: -hf 93 operations, transformers' 113)."""
+    from transformers import AutoModelForCausalLM, StaticCache
+
+    from glmcore.generation import new_decoder
+    from glmcore.models.head import CACHE_FIELD
+
+    folder, model, _ = small
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    decoder = new_decoder(model, 1, 16, use_graph=False)
+    decoder.prefill(ids, torch.ones_like(ids))
+    ours = operations(decoder._step_eagerly)
+
+    transformers_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    cache = StaticCache(config=transformers_model.config, max_cache_len=16)
+    with torch.no_grad():
+        transformers_model(input_ids=ids, attention_mask=torch.ones_like(ids), **{CACHE_FIELD: cache})
+        theirs = operations(
+            lambda: transformers_model(
+                input_ids=torch.tensor([[10]]),
+                attention_mask=torch.ones(1, 6, dtype=torch.long),
+                position_ids=torch.tensor([[5]]),
+                **{CACHE_FIELD: cache},
+            )
+        )
+    assert len(ours) <= len(theirs), (sorted(ours), sorted(theirs))
+    norms = sum(type(module).__name__.endswith("RMSNorm") for module in model.modules())
+    layers = model.config.num_hidden_layers
+    assert norms in (2 * layers + 1, 4 * layers + 1)  # every one of transformers' RMSNorms
+    assert ours.count("aten::rms_norm") == norms and "aten::rsqrt" not in ours
+    assert ours.count("aten::index_copy_") == theirs.count("aten::index_copy_") == 2 * layers
+    assert ours.count("aten::scaled_dot_product_attention") == layers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_rms_norm_without_gradients_gives_transformers_chain(small, dtype):
+    """`InferenceRMSNorm` (decoding, evaluation, serving) against the chain training keeps: the same values."""
+    model = small[1]
+    norm = copy.deepcopy(
+        next(module for module in model.modules() if isinstance(module, model.rms_norm_class))
+    )
+    width = norm.weight.shape[0]
+    norm.weight.data = torch.rand(width, generator=torch.Generator().manual_seed(1)) + 0.5
+    norm = norm.to(dtype)
+    x = (torch.randn(3, 4, width, generator=torch.Generator().manual_seed(2)) * 4).to(dtype)
+    with torch.no_grad():
+        decoding = norm(x)
+    training = norm(x)
+    assert training.requires_grad
+    assert torch.equal(decoding, training.detach())
 
 
 def prefixed_model(model_dir: Path, projection: bool):

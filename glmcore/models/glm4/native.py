@@ -5,7 +5,8 @@ The models are transformers' classes; each layout's `modeling.py` subclasses the
 adds only: a P-tuning v2 prefix (an fp32 encoder under `transformer.prefix_encoder`, its keys and values put in
 front of every layer's cache), positions that count real tokens (after the prefix, as PEFT's prefix tuning
 counts them, so a PEFT adapter over transformers' class gives the same logits) rather than left pads, glmtui's
-static-cache decoder and the fused loss of glmcore.models.head. Refused: a config key neither transformers'
+static-cache decoder, the fused loss of glmcore.models.head and, without gradients, RMSNorm's normalisation as one
+`F.rms_norm` (`InferenceRMSNorm`). Refused: a config key neither transformers'
 class nor the published config has, and a rope type other than the layout's.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 import transformers
 from torch import nn
+from torch.nn import functional as F
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from glmcore.decoding import StaticDecoder, StaticKVCache
@@ -177,14 +179,31 @@ def additive_mask(
     return torch.zeros(seen.shape, dtype=dtype, device=device).masked_fill(~seen, torch.finfo(dtype).min)
 
 
+class InferenceRMSNorm:
+    """Mixed in front of transformers' RMSNorm: without gradients (decoding, evaluation, serving) the
+    normalisation is one `F.rms_norm` (fp32 inside, rounded once, as transformers' chain of two casts and four
+    operations rounds it), then transformers' weight product: two operations where the chain runs six (eight in
+    16-bit), the same values on the CPU (tests/test_glm4_hf.py). Training keeps the chain and its gradients."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(hidden_states)
+        return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
+
+
 class PrefixCausalLM:
     """Mixed in front of transformers' `...ForCausalLM`: the prefix, real-token positions and the fused loss
-    around transformers' own decoder (`self.model`) and LM head."""
+    around transformers' own decoder (`self.model`) and LM head; its RMSNorms become `rms_norm_class`, the
+    layout's norm with `InferenceRMSNorm` in front."""
 
     _keys_to_ignore_on_load_missing = [r"prefix_encoder\."]
+    rms_norm_class: type[nn.Module]
 
     def __init__(self, config) -> None:
         super().__init__(config)
+        for module in self.modules():
+            if type(module) in self.rms_norm_class.__mro__[1:]:
+                module.__class__ = self.rms_norm_class
         self.transformer = PrefixSlot()
         for layer in self.model.layers:  # the prefix's cache is only read: recomputation sees the same keys
             layer._can_checkpoint_with_cache = True

@@ -4,8 +4,14 @@ glmtui adds (glmcore/models/glm4/native.py). They live in this package so that t
 from __future__ import annotations
 
 from transformers import GlmConfig, GlmForCausalLM, PreTrainedTokenizerFast
+from transformers.models.glm.modeling_glm import GlmRMSNorm
 
-from glmcore.models.glm4.native import CheckedConfigMixin, NativeTokenizerMixin, PrefixCausalLM
+from glmcore.models.glm4.native import (
+    CheckedConfigMixin,
+    InferenceRMSNorm,
+    NativeTokenizerMixin,
+    PrefixCausalLM,
+)
 
 
 class GLM4HFConfig(CheckedConfigMixin, GlmConfig):
@@ -15,8 +21,13 @@ class GLM4HFConfig(CheckedConfigMixin, GlmConfig):
     rope_types = ("default",)
 
 
+class GLM4HFRMSNorm(InferenceRMSNorm, GlmRMSNorm):
+    pass
+
+
 class GLM4HFForCausalLM(PrefixCausalLM, GlmForCausalLM):
     config_class = GLM4HFConfig
+    rms_norm_class = GLM4HFRMSNorm
 
 
 class GLM4HFTokenizer(NativeTokenizerMixin, PreTrainedTokenizerFast):

@@ -5,8 +5,14 @@ the family owns them."""
 from __future__ import annotations
 
 from transformers import Glm4Config, Glm4ForCausalLM, PreTrainedTokenizerFast
+from transformers.models.glm4.modeling_glm4 import Glm4RMSNorm
 
-from glmcore.models.glm4.native import CheckedConfigMixin, NativeTokenizerMixin, PrefixCausalLM
+from glmcore.models.glm4.native import (
+    CheckedConfigMixin,
+    InferenceRMSNorm,
+    NativeTokenizerMixin,
+    PrefixCausalLM,
+)
 
 
 class GLM40414Config(CheckedConfigMixin, Glm4Config):
@@ -17,8 +23,13 @@ class GLM40414Config(CheckedConfigMixin, Glm4Config):
     rope_types = ("default", "yarn")
 
 
+class GLM40414RMSNorm(InferenceRMSNorm, Glm4RMSNorm):
+    pass
+
+
 class GLM40414ForCausalLM(PrefixCausalLM, Glm4ForCausalLM):
     config_class = GLM40414Config
+    rms_norm_class = GLM40414RMSNorm
 
 
 class GLM40414Tokenizer(NativeTokenizerMixin, PreTrainedTokenizerFast):
