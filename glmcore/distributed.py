@@ -171,6 +171,19 @@ def run_process_id(info: RankInfo) -> int:
     return os.getppid() if info.is_distributed else os.getpid()
 
 
+def leave_process_group() -> None:
+    """Destroy this rank's process group before the interpreter exits.
+
+    Left to exit, gloo's worker threads could be destroyed still joinable ("terminate called without an active
+    exception"): a rank that had finished its last step then exited with an abort, and torchrun reported the
+    whole run as failed.
+    """
+    import torch.distributed as distributed
+
+    if distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 def die_with_parent() -> None:
     """Have the kernel SIGKILL this process when its parent (the torchrun agent) dies.
 

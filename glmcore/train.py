@@ -24,6 +24,7 @@ from glmcore.distributed import (
     SLURM_RUN_VARIABLE,
     RankInfo,
     die_with_parent,
+    leave_process_group,
     rank_log_path,
     redirect_output,
     run_process_id,
@@ -381,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         _stop_gracefully_on_sigterm(run)
     try:
         state = train(run, resume=args.resume)
+        if info.is_distributed:
+            leave_process_group()
     except KeyboardInterrupt:
         # A forced stop (a second SIGTERM) or Ctrl-C: work since the last checkpoint is lost, nothing else.
         if info.is_main:
