@@ -16,6 +16,7 @@ import pytest
 import torch
 from conftest import GOLDEN
 from safetensors.torch import load_file
+from support.prefix_training import assert_prefix_steps_change_only_the_prefix
 
 import glmcore
 from glmcore.data import Example
@@ -280,31 +281,11 @@ def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(chat
     assert type(model.transformer.output_layer).__name__ == "Int8LMHead"
     assert type(model.transformer.embedding.word_embeddings).__name__ == "Int8Embedding"
     assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
-    frozen_before = {
-        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
-    }
-    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
     examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
     batch = TrainingCollator(chatglm2.tokenizer.pad_token_id)(
         [family_impl.training_features(chatglm2.tokenizer, example, 24, 12) for example in examples]
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    model.transformer.prefix_dropout.p = 0.0
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1
-    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
-    for name, tensor in model.state_dict().items():
-        if name in frozen_before:
-            assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
+    assert_prefix_steps_change_only_the_prefix(model, batch, steps=8)
 
 
 def test_int8_embedding_and_output_layer_stay_within_a_bf16_models_rounding(golden):

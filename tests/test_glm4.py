@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.prefix_training import assert_prefix_steps_change_only_the_prefix
 
 LOGIT_TOLERANCE = 1e-4
 LOSS_TOLERANCE = 1e-5
@@ -420,33 +421,13 @@ def test_a_four_bit_p_tuning_step_on_advertisegen_rows_lowers_the_loss_and_chang
     assert "Linear4bit" in type(layer.self_attention.query_key_value).__name__
     assert type(model.transformer.output_layer).__name__ == "Int8LMHead"
     assert model.transformer.prefix_encoder.embedding.weight.dtype == torch.float32
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
-    frozen = {
-        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
-    }
-    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
     examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
     rows = [training_features(glm4_tokenizer, example, 24, 12) for example in examples]
     assert rows[0]["input_ids"][:3] == [
         glm4_tokenizer.get_command(t) for t in ("[gMASK]", "<sop>", "<|user|>")
     ]
     batch = TrainingCollator(glm4_tokenizer.pad_token_id)(rows)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    model.transformer.prefix_dropout.p = 0.0
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1
-    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
-    for name, tensor in model.state_dict().items():
-        if name in frozen:
-            assert torch.equal(tensor, frozen[name]), f"{name} changed"
+    assert_prefix_steps_change_only_the_prefix(model, batch, steps=8)
 
 
 def test_a_messages_metadata_and_a_system_messages_tools_must_be_what_the_template_writes():

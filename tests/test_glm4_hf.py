@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.prefix_training import assert_prefix_steps_change_only_the_prefix
 from support.profiling import operations
 
 import glmcore
@@ -473,28 +474,8 @@ def test_a_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(sm
     model = glmcore.load_model(folder, quantization_bit=4, pre_seq_len=4, dtype=torch.float32)
     assert "Linear4bit" in type(model.model.layers[0].self_attn.q_proj).__name__
     assert isinstance(model.lm_head, Int8LMHead)
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
-    frozen = {
-        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
-    }
-    before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
     batch = advertisegen_batch(tokenizer)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    model.transformer.prefix_dropout.p = 0.0
-    losses = []
-    for _ in range(5):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1
-    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, before)
-    for name, tensor in model.state_dict().items():
-        if name in frozen:
-            assert torch.equal(tensor, frozen[name]), f"{name} changed"
+    assert_prefix_steps_change_only_the_prefix(model, batch, steps=5)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

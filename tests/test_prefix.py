@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from support.prefix_training import assert_prefix_steps_change_only_the_prefix
 
 import glmcore
 from glmcore.data import Example, TrainingCollator, training_features
@@ -58,31 +59,11 @@ def test_four_bit_p_tuning_step_lowers_the_loss_and_changes_only_the_prefix(tiny
     torch.manual_seed(0)
     model = glmcore.load_model(tiny_model_dir, quantization_bit=4, pre_seq_len=4, dtype=torch.float32)
     assert "Linear4bit" in type(model.transformer.layers[0].attention.query_key_value).__name__
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("transformer.prefix_encoder.")
-    frozen_before = {
-        name: tensor.clone() for name, tensor in model.state_dict().items() if "prefix_encoder" not in name
-    }
-    prefix_before = model.transformer.prefix_encoder.embedding.weight.detach().clone()
     examples = [Example("类型#上衣*颜色#白色", "白色上衣简约百搭"), Example("类型#裙*材质#牛仔布", "牛仔裙")]
     batch = TrainingCollator(tiny_tokenizer.pad_token_id)(
         [training_features(tiny_tokenizer, example, 16, 12) for example in examples]
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    model.train()
-    model.transformer.prefix_dropout.p = 0.0
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1
-    assert not torch.equal(model.transformer.prefix_encoder.embedding.weight, prefix_before)
-    for name, tensor in model.state_dict().items():
-        if name in frozen_before:
-            assert torch.equal(tensor, frozen_before[name]), f"{name} changed"
+    assert_prefix_steps_change_only_the_prefix(model, batch, steps=8)
 
 
 @pytest.mark.parametrize("projection", [False, True])
