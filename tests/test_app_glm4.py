@@ -6,7 +6,6 @@ nothing may be cut), as the user sees them."""
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from support.app import SIZES, make_app, make_workspace, settle, snapshot_at_both_sizes
 from support.snapshot_root import fixed_root, module_on_a_clean_root
 from support.waiting import wait_until_in_app
+from test_cli_glm4 import shortened
 from textual.widgets import DataTable, Input, Static
 
 from glmcore.demo import demo_paths
@@ -60,17 +60,7 @@ async def test_the_glm4_demo_from_welcome_to_training_evaluation_chat_and_servin
         assert "17.5 GiB" in estimate  # GLM-4-9B's 9.4 B weights in 16-bit (ChatGLM-6B's: 11.5 GiB)
         await snapshot_at_both_sizes(pilot, snapshot, "config")
 
-        short = dataclasses.replace(
-            editor.current_config(),
-            max_steps=2,
-            save_steps=2,
-            logging_steps=1,
-            per_device_train_batch_size=2,
-            pre_seq_len=4,
-            max_source_length=32,
-            max_target_length=32,
-        )
-        editor.load(short)
+        editor.load(shortened(editor.current_config()))
         await settle(pilot)
         await pilot.press("ctrl+g")
         await wait_until_in_app(pilot, lambda: isinstance(app.screen, TrainingScreen), "the training view")

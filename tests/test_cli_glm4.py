@@ -27,11 +27,9 @@ QUESTION = "类型#裙*颜色#红色"
 SYSTEM = "你是一个广告文案助手。"
 
 
-def short_demo_run(workspace: Path) -> Path:
-    """The demo's P-tuning config as `glmtui demo` wrote it, cut to two steps of two rows."""
-    path = workspace / "configs" / "demo-glm4-ptuning.toml"
-    config = RunConfig.load(path)
-    short = dataclasses.replace(
+def shortened(config: RunConfig) -> RunConfig:
+    """The demo's P-tuning config cut to two steps of two rows (the app's walk trains the same)."""
+    return dataclasses.replace(
         config,
         max_steps=2,
         save_steps=2,
@@ -41,7 +39,12 @@ def short_demo_run(workspace: Path) -> Path:
         max_source_length=32,
         max_target_length=32,
     )
-    short.save(path)
+
+
+def short_demo_run(workspace: Path) -> Path:
+    """The demo's P-tuning config as `glmtui demo` wrote it, cut to two steps of two rows."""
+    path = workspace / "configs" / "demo-glm4-ptuning.toml"
+    shortened(RunConfig.load(path)).save(path)
     return path
 
 
