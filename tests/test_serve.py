@@ -8,12 +8,10 @@ queue) for the disconnect and the 429. The last test stops `narrow` with a strea
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import struct
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import httpx2 as httpx
 import openai
 import pytest
 from support.app import tiny_config, write_run
+from support.serving import start_glmtui
 
 from glmcore.serve.servers import Server, list_servers, resolve_api_key
 from glmcore.workspace import Workspace
@@ -80,15 +79,7 @@ def _crafted_checkpoints(good: Path) -> None:
 
 
 def _glmtui(workspace: Workspace, *args: str, env: dict | None = None, **options) -> subprocess.Popen:
-    environment = {**os.environ, "GLMTUI_HOME": str(workspace.root), **(env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "glmtui.cli", *args],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **options,
-    )
+    return start_glmtui(workspace.root, *args, env=env, **options)
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,11 @@ answer) until greedy decoding says it back.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import openai
 import pytest
+from support.serving import start_glmtui
 from support.tool_models import ANSWER, ARGUMENTS, QUESTION, RESULT, TOOL_FAMILIES, WEATHER, conversation
 
 from glmcore.models import family_named
@@ -214,14 +213,7 @@ def test_bad_tool_fields_are_named(fields: dict, said: str):
 
 
 def glmtui(workspace: Workspace, *args: str) -> subprocess.Popen:
-    environment = {**os.environ, "GLMTUI_HOME": str(workspace.root)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "glmtui.cli", *args],
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_glmtui(workspace.root, *args)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -69,3 +72,16 @@ def serve_alone_then_together(engine, asks: dict, new_tokens: int):
         engine.submit(request)
     answers.wait(len(asks))
     return alone, answers.tokens, requests
+
+
+def start_glmtui(workspace_root: Path, *args: str, env: dict | None = None, **options) -> subprocess.Popen:
+    """`glmtui ARGS` as its own process over the workspace at `workspace_root`, its output captured as text."""
+    environment = {**os.environ, "GLMTUI_HOME": str(workspace_root), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "glmtui.cli", *args],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
