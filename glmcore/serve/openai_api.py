@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from glmcore.errors import GlmError
 from glmcore.generation import Sampling
 from glmcore.reasoning import Reply, ReplyStream, prompt_ids_open_reasoning, settled_length, split_reasoning
-from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object, definition_problem
+from glmcore.tool_calls import ParsedAnswer, ToolCall, arguments_object, definition_problem, has_tools
 
 DEFAULT_TEMPERATURE = 0.95
 DEFAULT_TOP_P = 0.7
@@ -263,13 +263,12 @@ def request_prompt(family, tokenizer, body: ChatCompletionRequest, title: str) -
     tools = served_tools(body)
     if not tools and not any(m.role == "tool" or m.tool_calls for m in body.messages):
         return chat_prompt(family, tokenizer, body.messages)
-    prompt_ids = getattr(family, "tool_prompt_ids", None)
-    if prompt_ids is None:
+    if not has_tools(family):
         raise BadRequest(
             f"{title}'s chat format has no tools: send the request without tools, tool calls and tool messages.",
             param="tools",
         )
-    return prompt_ids(tokenizer, tool_messages(body.messages), tools)
+    return family.tool_prompt_ids(tokenizer, tool_messages(body.messages), tools)
 
 
 def tool_messages(messages: list[Message]) -> list[dict]:
