@@ -48,6 +48,10 @@ class Manifest:
     def by_path(self) -> dict[str, ManifestFile]:
         return {file.path: file for file in self.files}
 
+    def lists_sha256(self, path: str) -> bool:
+        """Whether the manifest gives `path`'s sha256 (a mismatch then means the source's file differs from it)."""
+        return any(file.path == path and file.sha256 for file in self.files)
+
     @property
     def total_size(self) -> int | None:
         """The bytes of every file, None while some file's size is not known."""

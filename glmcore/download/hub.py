@@ -115,9 +115,7 @@ class HubSource(Source):
         return open_range(self._client, file.location, offset, f"{file.path} from {self.repo_id}", TOKEN_HINT)
 
     def mismatch_hint(self, file: RemoteFile) -> str:
-        if self.manifest is not None and any(
-            wanted.path == file.path and wanted.sha256 for wanted in self.manifest.files
-        ):
+        if self.manifest is not None and self.manifest.lists_sha256(file.path):
             if self.manifest.revision is None:  # read from a mirror: main may have changed the file since
                 return (
                     f"The hub's {file.path} on main is not the copy glmtui's manifest was read from: the file "

@@ -149,9 +149,7 @@ class ModelScopeSource(Source):
     def mismatch_hint(self, file: RemoteFile) -> str:
         commit = self._commits.get(file.path)
         at = f" (last changed in commit {commit[:12]})" if commit else ""
-        if self.manifest is not None and any(
-            wanted.path == file.path and wanted.sha256 for wanted in self.manifest.files
-        ):
+        if self.manifest is not None and self.manifest.lists_sha256(file.path):
             if self.manifest.revision is None:  # read from a mirror: the file may have been updated since
                 return (
                     f"ModelScope's {file.path}{at} is not the copy glmtui's manifest was read from: the file was "
