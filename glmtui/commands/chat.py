@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         if tools:
             check_tools_family(model, plan.family)
         if interactive:
-            notices.print(f"Loading {model} …")
+            notices.print(Text(f"Loading {model} …"))
         tokenizer = load_tokenizer(model, family=plan.family)
         session = ChatSession(
             load_model(model, quantization_bit=plan.quantization_bit, family=plan.family),
