@@ -75,6 +75,8 @@ class ServeScreen(WorkbenchScreen):
         """The user stopped a loading server while this screen's start waited on it: its end is no failure."""
         self.model_options: list[tuple[str, str]] = []
         self.column_keys: list = []
+        self.last_reading: tuple | None = None
+        """The models and rows of the last read shown; a read equal to it changes nothing on screen."""
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="serve-top"):
@@ -117,6 +119,16 @@ class ServeScreen(WorkbenchScreen):
     def on_servers_read(self, message: ServersRead) -> None:
         if not self.query("#serve-table"):
             return
+        reading = (
+            message.models,
+            [
+                (row.server.id, row.status, row.model, row.key_file, row.requests, row.answered)
+                for row in message.rows
+            ],
+        )
+        if reading == self.last_reading and not any(row.status.state == "starting" for row in message.rows):
+            return  # nothing changed: an idle screen is not redrawn every second (over SSH each redraw is sent)
+        self.last_reading = reading
         choice = self.query_one("#serve-model", Select)
         options = [(path.rsplit("/", 1)[-1], path) for path in message.models]
         if options != self.model_options:
@@ -134,7 +146,9 @@ class ServeScreen(WorkbenchScreen):
         self.rows = {row.server.id: row for row in message.rows}
         if same_servers:  # in place: the cursor and the scroll stay where the user left them
             for row in message.rows:
-                for column, cell in zip(self.column_keys, server_cells(row.server.id, row.status, row.answered), strict=True):
+                for column, cell in zip(
+                    self.column_keys, server_cells(row.server.id, row.status, row.answered), strict=True
+                ):
                     table.update_cell(row.server.id, column, cell)
         else:
             table.clear()
