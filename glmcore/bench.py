@@ -12,7 +12,7 @@ Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `pt
 `evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
 published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
 `vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell), and
-`serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8 and 32 concurrent streaming requests of
+`serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8, 32 and 128 concurrent streaming requests of
 64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's; then
 `serve_mixed`: 32 clients over 4 random LoRA adapters (rank 8), 4 random prefixes (16 tokens) and the base,
 against 32 clients of the base alone on the same engine, and at 16 bits `lora_numerics`: one adapter's row
@@ -614,23 +614,43 @@ def serve_load(
     }
 
 
-def serving(model, ids: dict[str, int], bits: int, prompt_length: int, new_tokens: int) -> list[dict]:
-    """The `serve` figure at `bits`: the single-request baseline, then 1, 8 and 32 concurrent clients."""
-    from glmcore.serve.batching import Engine
+SERVE_CLIENTS = (1, 8, 32, 128)
+
+
+def serving(
+    model, ids: dict[str, int], bits: int, prompt_length: int, new_tokens: int, bandwidth: float | None
+) -> list[dict]:
+    """The `serve` figure at `bits`: the single-request baseline, then 1, 8, 32 and 128 concurrent clients. With
+    the card's copy `bandwidth`, each load's weights-plus-cache bound: every step reads the weights once and each
+    row's keys and values (on average prompt + half the new tokens), so clients × bandwidth ÷ those bytes."""
+    from glmcore.adapters import model_compute_dtype
+    from glmcore.serve.batching import Engine, kv_bytes_per_token
 
     baseline = single_request(model, ids, prompt_length, new_tokens)
-    engine = Engine(model, None, slots=32, capacity=prompt_length + new_tokens, stop_ids=set())
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    cache_bytes_per_row = (prompt_length + new_tokens / 2) * kv_bytes_per_token(model, model_compute_dtype(model))
+    engine = Engine(
+        model, None, slots=max(SERVE_CLIENTS), capacity=prompt_length + new_tokens, stop_ids=set()
+    )
     results = []
     try:
-        for clients in (1, 8, 32):
+        for clients in SERVE_CLIENTS:
             serve_load(model, ids, clients, prompt_length, new_tokens, engine)  # captures this width's graph
             figures = serve_load(model, ids, clients, prompt_length, new_tokens, engine)
+            extra = {}
+            if bandwidth:
+                bound = clients * bandwidth / (weight_bytes + clients * cache_bytes_per_row)
+                extra = {
+                    "weights_plus_cache_bound_tokens_per_s": round(bound, 1),
+                    "share_of_bound": round(figures["output_tokens_per_s"] / bound, 3),
+                }
             results.append(
                 {
                     "bits": bits,
                     "prompt": prompt_length,
                     "new_tokens": new_tokens,
                     **figures,
+                    **extra,
                     "single_request_tokens_per_s": baseline["tokens_per_s"],
                     "single_request_first_token_ms": baseline["first_token_ms"],
                     "graphs": sorted(engine.decoder.graphs),
@@ -916,7 +936,7 @@ def main(argv: list[str] | None = None) -> int:
                 reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
                 new_tokens = 128 if not args.tiny else 16
-                for figures in serving(model, bench.special_ids, bits, SOURCE + 2, new_tokens):
+                for figures in serving(model, bench.special_ids, bits, SOURCE + 2, new_tokens, bound):
                     report("serve", **figures)
                 folder = workdir / f"serve-mixed-{bits}"
                 shutil.rmtree(folder, ignore_errors=True)
