@@ -6,8 +6,9 @@
 #              prefixes and the base; LoRA numerics), then serve_baseline.py's transformers continuous batching
 #              (CB_VARIANTS, default compile1_graphs: torch.compile + CUDA graphs, its best)
 #   chatglm    ChatGLM-6B: the same serve figures (the weights-plus-cache bound at 32 clients)
-#   decode     tools/perf/before_after.py .old (a checkout of the main before the fused step) on decode16, ChatGLM3-6B
-#              and ChatGLM-6B, then tests/gpu (the kernels a 16-bit step launches)
+#   decode     tools/perf/before_after.py .old (main before the fused step: mkdir .old && git archive 3a7f86f glmcore |
+#              tar -x -C .old; carry it) on decode16, ChatGLM3-6B and ChatGLM-6B, then tests/gpu (the kernels a
+#              16-bit step launches, each count printed)
 set -u -o pipefail
 # TINY=--tiny rehearses the call on the CPU at toy sizes, with this machine's packages.
 if [ -z "${TINY:-}" ]; then
