@@ -241,11 +241,15 @@ def share_one_storage(projections: tuple[nn.Module, ...]) -> None:
 
 def query_key_value(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' q_proj, k_proj and v_proj side by side [..., queries + keys + values]: one matmul where
-    their weights and biases lie in one storage and nothing hooks them (glmcore.adapters' LoRA updates are
-    forward hooks), else each projection as transformers runs it, then joined."""
+    they are plain `nn.Linear`s whose weights and biases lie in one storage and nothing hooks them (glmcore.adapters'
+    LoRA updates are forward hooks), else each projection as transformers runs it (PEFT's LoRA layers,
+    bitsandbytes' 4/8-bit layers), then joined."""
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
     if all(
-        type(projection) is nn.Linear and not projection._forward_hooks and not projection._forward_pre_hooks
+        type(projection) is nn.Linear
+        and not projection._forward_hooks
+        and not projection._forward_pre_hooks
+        and "forward" not in vars(projection)  # accelerate's offloading wraps the instance's forward
         for projection in projections
     ):
         weight = adjacent_parts([projection.weight for projection in projections])
