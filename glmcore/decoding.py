@@ -125,15 +125,7 @@ class StaticDecoder:
         heads, channels = self.cache_heads_and_channels()
         self.key_columns = -(-(self.prefix_length + capacity) // KEY_ALIGNMENT) * KEY_ALIGNMENT
         """The keys a step attends over: the prefix and the cache's columns."""
-        self.cache = StaticKVCache(
-            model.config.num_layers,
-            batch,
-            heads,
-            self.key_columns - self.prefix_length,
-            channels,
-            self.dtype,
-            self.device,
-        )
+        self.cache = self.new_cache(heads, channels)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -151,6 +143,18 @@ class StaticDecoder:
     def cache_heads_and_channels(self) -> tuple[int, int]:
         """The cache's heads (or key/value groups) and channels per head."""
         raise NotImplementedError
+
+    def new_cache(self, heads: int, channels: int) -> StaticKVCache:
+        """The cache of the columns after the prefix (the model puts its prefix's keys and values in front)."""
+        return StaticKVCache(
+            self.config.num_layers,
+            self.batch,
+            heads,
+            self.key_columns - self.prefix_length,
+            channels,
+            self.dtype,
+            self.device,
+        )
 
     def prompt_positions_and_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -1,7 +1,8 @@
 """GLM-4's -hf and 0414 layouts' fused one-token step (glmcore/models/glm4/native.py, issue 32): it gives
 transformers' logits, decoding with it equals recomputation and each row alone, with and without a prefix, it
-runs no more operations a layer than layout 1's step (its norms after attention and the MLP aside), and its
-q/k/v projections share one storage without a second copy of their weights."""
+runs no more operations a layer than layout 1's step (its norms after attention and the MLP aside), with a
+prefix (read from the static cache) no more than without one, and its q/k/v projections share one storage
+without a second copy of their weights."""
 
 from __future__ import annotations
 
@@ -169,3 +170,13 @@ def test_q_k_v_share_one_storage_through_saving_moving_and_hooks(layout_dir, tmp
     assert adjacent_parts([part.weight for part in projections(model)]) is not None
     assert projections(model)[0].weight.dtype == torch.bfloat16
     assert step_operations(model).count("aten::linear") == 4 * model.config.num_hidden_layers + 1
+
+
+def test_with_a_prefix_a_step_runs_what_a_step_without_one_runs(layout_dir):
+    """glmcore's static decoder writes the prefix's keys and values into its cache's first columns once, before
+    the prompt: a step copies no layer's cache to put the prefix in front (two `cat`s a layer before) and runs
+    no prefix encoder (with projection, its two matmuls over fp32 weights before)."""
+    prefixed = glmcore.load_model(
+        layout_dir, dtype=torch.float32, device="cpu", pre_seq_len=3, prefix_projection=True
+    ).eval()
+    assert sorted(step_operations(prefixed)) == sorted(step_operations(load(layout_dir)))
