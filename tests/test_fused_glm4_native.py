@@ -43,11 +43,36 @@ def projections(model, layer: int = 0) -> tuple[torch.nn.Module, ...]:
     return attention.q_proj, attention.k_proj, attention.v_proj
 
 
+def static_steps(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last token's step through glmcore's static decoder after the others' prefill, as `decode` steps it:
+    fused, then through transformers' forward over the same cache (asking for its hidden states, which only that
+    forward gives)."""
+    decoder = new_decoder(model, ids.shape[0], 16, use_graph=False)
+    length = ids.shape[1] - 1
+    decoder.prefill(ids[:, :-1], mask[:, :-1])
+    decoder.token.copy_(ids[:, -1:])
+    decoder.advance_positions()
+    decoder.cache.write_index.fill_(length)
+    decoder.mask[:, 0, 0, decoder.prefix_length + length] = 0.0
+    fused = decoder._step_eagerly()
+    with torch.no_grad():
+        unfused = model(
+            input_ids=decoder.token,
+            position_ids=decoder.positions,
+            attention_mask=decoder.mask,
+            cache=decoder.cache,
+            use_cache=True,
+            output_hidden_states=True,
+        ).logits[:, -1]
+    return fused, unfused
+
+
 @pytest.mark.parametrize("prefixed", [False, True], ids=["plain", "prefix"])
 def test_the_step_gives_transformers_logits_single_and_on_a_left_padded_batch(layout_dir, prefixed):
-    """The step through transformers' cache (`update`, as serving's paged cache takes it) against the same step
-    through transformers' own forward (with gradients, which the fused step leaves to it) and against
-    recomputing the whole sequence; the second row is left-padded, and alone gives its batch row's logits."""
+    """The step through transformers' cache (`update`, as serving's paged cache takes it) and through glmcore's
+    static decoder (one write a layer, the prefix in its cache) against the same step through transformers' own
+    forward (with gradients, which the fused step leaves to it) and against recomputing the whole sequence; the
+    second row is left-padded, and alone gives its batch row's logits."""
     model = load(layout_dir, prefixed=prefixed)
     ids = torch.tensor([[3, 4, 11, 12, 13, 14], [0, 0, 21, 22, 23, 24]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
@@ -60,9 +85,12 @@ def test_the_step_gives_transformers_logits_single_and_on_a_left_padded_batch(la
     with torch.enable_grad():
         unfused = model(ids[:, -1:], attention_mask=mask, cache=unfused_cache).logits[:, -1].detach()
     assert (fused - unfused).abs().max().item() <= 1e-5
+    static_fused, static_unfused = static_steps(model, ids, mask)
+    assert (static_fused - static_unfused).abs().max().item() <= 1e-5
     # A cached step and recomputation differ by rounding with either path: the goldens' tolerance.
     assert (unfused - whole).abs().max().item() <= 1e-4
     assert (fused - whole).abs().max().item() <= 1e-4
+    assert (static_fused - whole).abs().max().item() <= 1e-4
     alone = torch.tensor([[21, 22, 23, 24]])
     alone_cache = DynamicCache(config=model.config)
     with torch.no_grad():
