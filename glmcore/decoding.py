@@ -101,7 +101,8 @@ class StaticDecoder:
     `capacity` bounds prompt length plus new tokens. The CUDA graph is captured on the first step and kept
     for later batches of the same batch size and capacity (evaluation feeds many such batches). A family
     subclass says what its cache holds and how its positions and prompt mask are made:
-    `cache_heads_and_channels()`, `position_shape`, `prompt_positions_and_mask(...)` and `advance_positions()`.
+    `cache_heads_and_channels()`, `position_shape`, `prompt_positions_and_mask(...)` and `advance_positions()`
+    (and `new_cache(...)` where its cache is another `StaticKVCache`: GLM-4's native layouts hold the prefix in it).
     The model is called as `model(input_ids=, position_ids=, attention_mask=<additive>, cache=, use_cache=True)`.
     """
 
