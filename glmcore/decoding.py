@@ -101,7 +101,8 @@ class StaticDecoder:
     `capacity` bounds prompt length plus new tokens. The CUDA graph is captured on the first step and kept
     for later batches of the same batch size and capacity (evaluation feeds many such batches). A family
     subclass says what its cache holds and how its positions and prompt mask are made:
-    `cache_heads_and_channels()`, `position_shape`, `prompt_positions_and_mask(...)` and `advance_positions()`.
+    `cache_heads_and_channels()`, `position_shape`, `prompt_positions_and_mask(...)` and `advance_positions()`
+    (and `new_cache(...)` where its cache is another `StaticKVCache`: GLM-4's native layouts hold the prefix in it).
     The model is called as `model(input_ids=, position_ids=, attention_mask=<additive>, cache=, use_cache=True)`.
     """
 
@@ -125,15 +126,7 @@ class StaticDecoder:
         heads, channels = self.cache_heads_and_channels()
         self.key_columns = -(-(self.prefix_length + capacity) // KEY_ALIGNMENT) * KEY_ALIGNMENT
         """The keys a step attends over: the prefix and the cache's columns."""
-        self.cache = StaticKVCache(
-            model.config.num_layers,
-            batch,
-            heads,
-            self.key_columns - self.prefix_length,
-            channels,
-            self.dtype,
-            self.device,
-        )
+        self.cache = self.new_cache(heads, channels)
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=self.device)
@@ -151,6 +144,18 @@ class StaticDecoder:
     def cache_heads_and_channels(self) -> tuple[int, int]:
         """The cache's heads (or key/value groups) and channels per head."""
         raise NotImplementedError
+
+    def new_cache(self, heads: int, channels: int) -> StaticKVCache:
+        """The cache of the columns after the prefix (the model puts its prefix's keys and values in front)."""
+        return StaticKVCache(
+            self.config.num_layers,
+            self.batch,
+            heads,
+            self.key_columns - self.prefix_length,
+            channels,
+            self.dtype,
+            self.device,
+        )
 
     def prompt_positions_and_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

@@ -59,6 +59,12 @@ def rotary_tables(
     cos, sin = (
         table[:, 0, :, None] for table in rotary_cos_sin(position_ids, kv_channels, dtype, rope_ratio)
     )
+    return pair_tables(cos, sin)
+
+
+def pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tables of `apply_rotary` from each pair's angle's cos and sin [..., pairs]: [..., 2·pairs] each (GLM-4's
+    -hf and 0414 layouts rotate the same interleaved pairs: glmcore/models/glm4/native.py builds theirs here)."""
     return torch.stack((cos, cos), dim=-1).flatten(-2), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
@@ -223,32 +229,50 @@ class SelfAttention(nn.Module):
         prefix: tuple[torch.Tensor, torch.Tensor] | None,
         cache: Cache | None,
     ) -> torch.Tensor:
-        """Attention for one new token per row without gradients (decoding, serving), in fewer kernels.
+        """Attention for one new token per row without gradients (decoding, serving): queries and keys rotated
+        in place in the projection's output (`rotate_in_place`), then `attend_one_token`."""
+        rotate_in_place(qkv[:, :, : self.num_heads + self.groups], rotary)
+        context = attend_one_token(
+            qkv, self.num_heads, self.groups, attention_mask, prefix, cache, self.layer_idx
+        )
+        return self.dense(context)
 
-        - Queries and keys are rotated in place in the projection's output `qkv` [batch, 1, heads + 2·groups,
-          channels] (`rotate_in_place`), so the new keys and values stay side by side and a cache that takes
-          them together (`glmcore.decoding.StaticKVCache.update_keys_values`) writes both in one kernel.
-        - The query heads of a group are that group's rows of queries, so attention reads the group's keys and
-          values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
-          grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
-          [batch, 1, 1, keys] is the same for every row.
-        """
-        batch = qkv.shape[0]
-        heads, groups, channels = self.num_heads, self.groups, self.kv_channels
-        rotate_in_place(qkv[:, :, : heads + groups], rotary)
-        key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
-        if hasattr(cache, "update_keys_values"):
-            key, value = cache.update_keys_values(key_value, self.layer_idx)
-        elif cache is not None:
-            key, value = cache.update(key_value[:, :groups], key_value[:, groups:], self.layer_idx)
-        else:
-            key, value = key_value[:, :groups], key_value[:, groups:]
-        if prefix is not None:
-            key = torch.cat((prefix[0], key), dim=2)
-            value = torch.cat((prefix[1], value), dim=2)
-        query = qkv[:, 0, :heads].view(batch, groups, heads // groups, channels)
-        context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-        return self.dense(context.reshape(batch, 1, -1))
+
+def attend_one_token(
+    qkv: torch.Tensor,
+    heads: int,
+    groups: int,
+    attention_mask: torch.Tensor | None,
+    prefix: tuple[torch.Tensor, torch.Tensor] | None,
+    cache: Cache | None,
+    layer_idx: int,
+) -> torch.Tensor:
+    """The attention context [batch, 1, heads·channels] of one new token per row without gradients, from its
+    projection `qkv` [batch, 1, heads + 2·groups, channels] (queries and keys rotated, values), in few kernels;
+    shared by ChatGLM2/3 and GLM-4's layouts (glmcore/models/glm4/native.py).
+
+    - Queries and keys were rotated in place in `qkv`, so the new keys and values still lie side by side and a
+      cache that takes them together (`glmcore.decoding.StaticKVCache.update_keys_values`) writes both in one
+      kernel.
+    - The query heads of a group are that group's rows of queries, so attention reads the group's keys and
+      values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
+      grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
+      [batch, 1, 1, keys] is the same for every row.
+    """
+    batch, _, _, channels = qkv.shape
+    key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
+    if hasattr(cache, "update_keys_values"):
+        key, value = cache.update_keys_values(key_value, layer_idx)
+    elif cache is not None:
+        key, value = cache.update(key_value[:, :groups], key_value[:, groups:], layer_idx)
+    else:
+        key, value = key_value[:, :groups], key_value[:, groups:]
+    if prefix is not None:
+        key = torch.cat((prefix[0], key), dim=2)
+        value = torch.cat((prefix[1], value), dim=2)
+    query = qkv[:, 0, :heads].view(batch, groups, heads // groups, channels)
+    context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+    return context.reshape(batch, 1, -1)
 
 
 class MLP(nn.Module):

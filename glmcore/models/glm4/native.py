@@ -6,7 +6,8 @@ adds only: a P-tuning v2 prefix (an fp32 encoder under `transformer.prefix_encod
 front of every layer's cache), positions that count real tokens (after the prefix, as PEFT's prefix tuning
 counts them, so a PEFT adapter over transformers' class gives the same logits) rather than left pads, glmtui's
 static-cache decoder, the fused loss of glmcore.models.head and, without gradients, RMSNorm's normalisation as one
-`F.rms_norm` (`InferenceRMSNorm`). Refused: a config key neither transformers'
+`F.rms_norm` (`InferenceRMSNorm`) and a one-token step in few kernels (`PrefixCausalLM.decoding_step`, layout 1's
+fused step over transformers' modules). Refused: a config key neither transformers'
 class nor the published config has, and a rope type other than the layout's.
 """
 
@@ -21,7 +22,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from glmcore.decoding import StaticDecoder, StaticKVCache
 from glmcore.errors import GlmError
 from glmcore.models.chatglm2.configuration import UnsupportedArchitecture
-from glmcore.models.chatglm2.modeling import PrefixEncoder
+from glmcore.models.chatglm2.modeling import PrefixEncoder, attend_one_token, pair_tables
 from glmcore.models.family import read_config_json
 from glmcore.models.head import CACHE_FIELD, causal_lm_output, peft_prefix_tuning_config, prefix_layers
 
@@ -191,10 +192,119 @@ class InferenceRMSNorm:
         return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
 
 
+def fused_rms_norm(norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """transformers' RMSNorm as one `F.rms_norm` with its weight, for the one-token step: fp32 inside, rounded
+    once where transformers rounds the normalised values, then their product with the weight (the same in fp32;
+    in 16-bit an element may round the other way, as layout 1's step's norm does against its published chain)."""
+    return F.rms_norm(hidden_states, norm.weight.shape, norm.weight, norm.variance_epsilon)
+
+
+def adjacent_parts(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The tensors (weights [rows, columns] or biases [rows]) as one, a view, where they lie one after another in
+    one storage (`share_one_storage`); None where they do not (quantized, moved apart, or never laid out)."""
+    first = tensors[0]
+    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    for tensor in tensors:
+        if (
+            tensor.dtype != first.dtype
+            or not tensor.is_contiguous()
+            or tensor.storage_offset() != offset
+            or tensor.untyped_storage().data_ptr() != storage
+        ):
+            return None
+        offset += tensor.numel()
+    return first.as_strided((sum(tensor.shape[0] for tensor in tensors), *first.shape[1:]), first.stride())
+
+
+def share_one_storage(projections: tuple[nn.Module, ...]) -> None:
+    """Lay the weights (and the biases) of plain `nn.Linear` projections out one after another in one tensor, so
+    that `adjacent_parts` sees them as one matrix: each parameter keeps its identity and name (state_dict, saving,
+    PEFT, optimizers) and becomes a view of that tensor, which nothing else holds; no second copy is kept.
+    Quantized (bitsandbytes) or wrapped projections are left as they are."""
+    if any(type(projection) is not nn.Linear for projection in projections):
+        return
+    for name in ("weight", "bias"):
+        tensors = [getattr(projection, name) for projection in projections]
+        if all(tensor is None for tensor in tensors):
+            continue
+        if any(tensor is None or tensor.is_meta for tensor in tensors):
+            return
+        if len({(tensor.dtype, tensor.device) for tensor in tensors}) > 1:
+            return
+        with torch.no_grad():
+            if adjacent_parts(tensors) is not None:
+                continue
+            joined = torch.cat([tensor.detach() for tensor in tensors])
+            for tensor, part in zip(tensors, joined.split([t.shape[0] for t in tensors]), strict=True):
+                tensor.data = part
+
+
+def query_key_value(attention: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """transformers' q_proj, k_proj and v_proj side by side [..., queries + keys + values]: one matmul where
+    they are plain `nn.Linear`s whose weights and biases lie in one storage and nothing hooks them (glmcore.adapters'
+    LoRA updates are forward hooks), else each projection as transformers runs it (PEFT's LoRA layers,
+    bitsandbytes' 4/8-bit layers), then joined."""
+    projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+    if all(
+        type(projection) is nn.Linear
+        and not projection._forward_hooks
+        and not projection._forward_pre_hooks
+        and "forward" not in vars(projection)  # accelerate's offloading wraps the instance's forward
+        for projection in projections
+    ):
+        weight = adjacent_parts([projection.weight for projection in projections])
+        biases = [projection.bias for projection in projections]
+        bias = None if any(part is None for part in biases) else adjacent_parts(biases)
+        if weight is not None and (bias is not None or all(part is None for part in biases)):
+            return F.linear(hidden_states, weight, bias)
+    return torch.cat([projection(hidden_states) for projection in projections], dim=-1)
+
+
+def rotate_in_place_as_transformers(x: torch.Tensor, tables: tuple[torch.Tensor, ...]) -> None:
+    """transformers' GLM rotary (`apply_rotary_pos_emb`: the interleaved pairs of each head's first
+    `partial_rotary_factor`) written into x [..., heads, channels], with `pair_tables`' tables: each product
+    rounded, then their sum, as transformers rounds them (the same values), in four kernels where layout 1's
+    `rotate_in_place` takes three and rounds once (1e-5 apart in the logits)."""
+    cos, signed_sin = tables
+    rotated = x[..., : cos.shape[-1]]
+    swapped = rotated.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    rotated.mul_(cos).add_(swapped.mul_(signed_sin))
+
+
+def layer_step(
+    layer: nn.Module,
+    hidden_states: torch.Tensor,
+    rotary: tuple[torch.Tensor, ...],
+    attention_mask: torch.Tensor | None,
+    prefix: tuple[torch.Tensor, torch.Tensor] | None,
+    cache,
+) -> torch.Tensor:
+    """transformers' decoder layer (`glm`'s, or `glm4`'s with its norms after attention and after the MLP) for
+    one new token per row without gradients: its own modules, with layout 1's attention step in between."""
+    attention = layer.self_attn
+    batch = hidden_states.shape[0]
+    qkv = query_key_value(attention, fused_rms_norm(layer.input_layernorm, hidden_states))
+    qkv = qkv.view(batch, 1, -1, attention.head_dim)
+    heads = attention.config.num_attention_heads
+    groups = attention.config.num_key_value_heads
+    rotate_in_place_as_transformers(qkv[:, :, : heads + groups], rotary)
+    context = attend_one_token(qkv, heads, groups, attention_mask, prefix, cache, attention.layer_idx)
+    attended = attention.o_proj(context)
+    if hasattr(layer, "post_self_attn_layernorm"):
+        attended = fused_rms_norm(layer.post_self_attn_layernorm, attended)
+    hidden_states = hidden_states + attended
+    transformed = layer.mlp(fused_rms_norm(layer.post_attention_layernorm, hidden_states))
+    if hasattr(layer, "post_mlp_layernorm"):
+        transformed = fused_rms_norm(layer.post_mlp_layernorm, transformed)
+    return hidden_states + transformed
+
+
 class PrefixCausalLM:
     """Mixed in front of transformers' `...ForCausalLM`: the prefix, real-token positions and the fused loss
     around transformers' own decoder (`self.model`) and LM head; its RMSNorms become `rms_norm_class`, the
-    layout's norm with `InferenceRMSNorm` in front."""
+    layout's norm with `InferenceRMSNorm` in front. Without gradients, one new token per row takes
+    `decoding_step`; each layer's q/k/v weights are laid out in one storage when loaded or moved
+    (`share_one_storage`), so that step projects them in one matmul."""
 
     _keys_to_ignore_on_load_missing = [r"prefix_encoder\."]
     rms_norm_class: type[nn.Module]
@@ -209,6 +319,54 @@ class PrefixCausalLM:
             layer._can_checkpoint_with_cache = True
         if getattr(config, "pre_seq_len", None):
             self.transformer.prefix_encoder = new_prefix_encoder(config)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).share_projection_storage()
+        return loaded
+
+    def _apply(self, fn, recurse: bool = True):
+        """`.to()`, `.half()` and the like give each parameter its own new tensor: lay q/k/v out again."""
+        applied = super()._apply(fn, recurse)
+        self.share_projection_storage()
+        return applied
+
+    def share_projection_storage(self) -> None:
+        """Each layer's q_proj, k_proj and v_proj weights (and biases) one after another in one tensor."""
+        for layer in getattr(getattr(self, "model", None), "layers", ()):
+            attention = layer.self_attn
+            share_one_storage((attention.q_proj, attention.k_proj, attention.v_proj))
+
+    def decoding_step(
+        self,
+        embedded: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache,
+        prefix_length: int,
+    ) -> torch.Tensor:
+        """The final hidden states [batch, 1, hidden] of one new token per row without gradients (decoding,
+        evaluation, serving): layout 1's step (glmcore/models/chatglm2/modeling.py) over transformers' modules.
+
+        transformers' rotary (its cos and sin, YaRN's scaling included) rotates the same interleaved pairs of
+        the first `partial_rotary_factor` of each head as layout 1's, so its tables are built once a step;
+        q/k/v in one matmul (`query_key_value`), queries and keys rotated in place with transformers' rounding
+        (`rotate_in_place_as_transformers`), keys and values cached in one write, grouped attention without
+        expanding the cache (`attend_one_token`), each RMSNorm one kernel. No mask is made, no
+        cache wrapped and nothing read back to the host: a captured CUDA graph replays it as it is.
+        `attention_mask` is additive [batch, 1, 1, prefix + keys] (the decoders'), or None.
+        """
+        batch = embedded.shape[0]
+        cos, sin = self.model.rotary_emb(embedded, position_ids)
+        pairs = cos.shape[-1] // 2  # transformers' two halves repeat the pairs' angles
+        rotary = pair_tables(cos[:, :, None, :pairs], sin[:, :, None, :pairs])
+        prefix = self.transformer.prefix_keys_values(batch, embedded.dtype) if prefix_length else None
+        hidden_states = embedded
+        for index, layer in enumerate(self.model.layers):
+            layer_prefix = prefix[index] if prefix is not None else None
+            hidden_states = layer_step(layer, hidden_states, rotary, attention_mask, layer_prefix, cache)
+        return fused_rms_norm(self.model.norm, hidden_states)
 
     def forward(
         self,
@@ -246,6 +404,28 @@ class PrefixCausalLM:
                 f"transformers {transformers.__version__} drops a layer's cache under gradient checkpointing, "
                 "and with it the prefix; set gradient_checkpointing = false for this run, or update transformers."
             )
+        # The prefix's keys and values: the cache's first columns (glmtui's static decoder), else put in front.
+        own_prefix = 0 if getattr(cache, "holds_prefix", False) else prefix
+        if length == 1 and labels is None and not torch.is_grad_enabled() and not self.outputs_more(kwargs):
+            if attention_mask is not None and attention_mask.dim() == 2:
+                attention_mask = additive_mask(
+                    attention_mask, batch, length, past, prefix, embedded.dtype, embedded.device
+                )
+            if cache is None and (use_cache if use_cache is not None else self.config.use_cache):
+                from transformers import DynamicCache
+
+                cache = DynamicCache(config=self.config)
+            hidden_states = self.decoding_step(embedded, position_ids, attention_mask, cache, own_prefix)
+            return causal_lm_output(
+                hidden_states,
+                self.lm_head,
+                self.config.vocab_size,
+                labels=None,
+                training=self.training,
+                logits_to_keep=logits_to_keep,
+                num_items_in_batch=None,
+                cache=cache,
+            )
         inner = cache
         if prefix or isinstance(cache, StaticKVCache):
             if (
@@ -256,7 +436,7 @@ class PrefixCausalLM:
                 from transformers import DynamicCache
 
                 inner = DynamicCache(config=self.config)
-            keys_values = self.transformer.prefix_keys_values(batch, embedded.dtype) if prefix else None
+            keys_values = self.transformer.prefix_keys_values(batch, embedded.dtype) if own_prefix else None
             cache = PrefixedCache(keys_values, inner)
         outputs = self.model(
             inputs_embeds=embedded,
@@ -277,15 +457,81 @@ class PrefixCausalLM:
             cache=returned,
         )
 
+    def outputs_more(self, kwargs: dict) -> bool:
+        """Whether the call asks for attentions or hidden states, which only transformers' forward gives."""
+        return any(
+            kwargs.get(name) or getattr(self.config, name, False)
+            for name in ("output_attentions", "output_hidden_states")
+        )
+
+
+class PrefixHoldingKVCache(StaticKVCache):
+    """A static cache whose first `prefix_length` columns hold the prefix's keys and values, written once before
+    the prompt (`hold_prefix`); the model reads them there (`holds_prefix`) instead of putting the prefix in
+    front of every layer's keys and values: no copy of a layer's whole cache (`cat`) and no run of the prefix
+    encoder (two matmuls over its fp32 weights with projection) in every step."""
+
+    holds_prefix = True
+
+    def __init__(
+        self,
+        layers: int,
+        batch: int,
+        heads: int,
+        capacity: int,
+        channels: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        prefix_length: int,
+    ) -> None:
+        super().__init__(layers, batch, heads, prefix_length + capacity, channels, dtype, device)
+        self.prefix_length = prefix_length
+        self.whole = self.keys_values
+        self.keys_values = [layer[:, :, prefix_length:] for layer in self.whole]
+        """Where `write_index` counts from: the columns after the prefix (`keys`, `values`: all of them)."""
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the prompt through transformers' attention: keys and values side by side, one write)"""
+        return self.update_keys_values(torch.cat((key, value), dim=1), layer_idx)
+
+    def hold_prefix(self, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write the prefix's keys and values (per layer [batch, heads, prefix_length, channels]) in front."""
+        for layer, (key, value) in zip(self.whole, prefix, strict=True):
+            layer[:, :, : self.prefix_length].copy_(torch.cat((key, value), dim=1))
+
 
 class NativeStaticDecoder(StaticDecoder):
     """glmcore.decoding's decoder over transformers' GLM-4 classes: a cache of the key/value heads, positions
-    that count real tokens after the prefix (as the forward pass counts them)."""
+    that count real tokens after the prefix (as the forward pass counts them), the prefix's keys and values in
+    the cache's first columns (`PrefixHoldingKVCache`)."""
 
     positions_after_prefix = True
 
     def cache_heads_and_channels(self) -> tuple[int, int]:
         return self.config.num_key_value_heads, self.config.kv_channels
+
+    def new_cache(self, heads: int, channels: int) -> StaticKVCache:
+        if not self.prefix_length:
+            return super().new_cache(heads, channels)
+        capacity = self.key_columns - self.prefix_length
+        return PrefixHoldingKVCache(
+            self.config.num_layers,
+            self.batch,
+            heads,
+            capacity,
+            channels,
+            self.dtype,
+            self.device,
+            self.prefix_length,
+        )
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.prefix_length:
+            self.cache.hold_prefix(self.model.transformer.prefix_keys_values(self.batch, self.dtype))
+        return super().prefill(input_ids, attention_mask)
 
     def prompt_positions_and_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
