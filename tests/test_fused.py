@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from support.profiling import READS_BACK
 from torch.profiler import ProfilerActivity, profile
 
 import glmcore
@@ -139,10 +140,6 @@ def test_expanded_dropout_follows_the_published_chain():
 
 
 # --- the labelled positions, picked without reading anything back from the device ------------------------
-
-READS_BACK = {"aten::nonzero", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select"}
-"""Operations that read a tensor's values back to the host, which on a GPU waits for it to finish all queued
-work: a boolean mask's selection (nonzero, masked_select), .item() / int() / bool() (_local_scalar_dense)."""
 
 
 def boolean_mask_loss(hidden, labels, head, count=None) -> torch.Tensor:
