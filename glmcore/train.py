@@ -118,8 +118,9 @@ def trainer_class(method: str):
     ``Run.saving_checkpoint``: fsynced, renamed into place, deleted if the save fails), and the Trainer's pruning
     to ``save_total_limit`` runs once the new checkpoint is in place.
 
-    A training step reads nothing back from the GPU (tests/gpu/test_training_step_gpu.py): the count of input
-    tokens stays on the device until a logging step or a checkpoint reads it (``_track_num_input_tokens``).
+    A training step on one GPU reads nothing back from it (tests/gpu/test_training_step_gpu.py): the count of
+    input tokens stays on the device until a logging step or a checkpoint reads it (``_track_num_input_tokens``).
+    With several ranks the stop request's all-reduce is read back once a step (``glmcore.callbacks``).
     """
     import torch
     from transformers import Trainer
