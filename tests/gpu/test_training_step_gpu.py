@@ -5,12 +5,12 @@ warns at each call that makes the host wait for the GPU: a copy to the host (`.i
 tensor), a blocking copy to the GPU, `nonzero` and boolean-mask indexing, stream and device synchronisation. Each
 such wait left the GPU idle while the host caught up (about 16 ms of a 107 ms ChatGLM-6B step at batch 16).
 
-The mode is on from the end of the first optimizer step (which creates the optimizer's state) to the end of the
-second, through the Trainer as a run sets it up (`glmcore.train`): the data loader's next batches and their copies
-to the GPU, the forward and backward passes of two micro-batches with the fused loss, the token count, gradient
-clipping, the optimizer and scheduler steps and the run's callback. Logging steps read the loss back by design;
-none falls in the window. The CPU suite checks the same window's operations (tests/test_train.py) but cannot see
-copies or waits.
+The mode warns from the end of the first optimizer step (which creates the optimizer's state) to the end of the
+second, and raises through the third, through the Trainer as a run sets it up (`glmcore.train`): the data
+loader's next batches and their copies to the GPU, the forward and backward passes of two micro-batches with the
+fused loss, the token count, gradient clipping, the optimizer and scheduler steps and the run's callback. Logging
+steps read the loss back by design; none falls in the window. The CPU suite checks the same window's operations
+(tests/test_train.py) but cannot see copies or waits.
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ ROWS = [
 
 
 class SyncWatch(TrainerCallback):
-    """Records every synchronising CUDA call (where it was made) while it watches: from the end of optimizer
-    step `first` to the end of step `first + 1`."""
+    """torch's sync debug mode from the end of optimizer step `first` to the end of the next: "warn" records
+    every synchronising call with where it was made; "error" raises at the first, which holds even where code
+    in the window silences warnings."""
 
-    def __init__(self, first: int = 1) -> None:
-        self.first = first
+    def __init__(self, first: int, mode: str = "warn") -> None:
+        self.first, self.mode = first, mode
         self.calls: list[str] = []
         self.watched = False
         self._stack: contextlib.ExitStack | None = None
@@ -62,7 +63,7 @@ class SyncWatch(TrainerCallback):
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("always")  # every call, not the first from each line
         warnings.showwarning = self._record
-        torch.cuda.set_sync_debug_mode("warn")
+        torch.cuda.set_sync_debug_mode(self.mode)
         self._stack.callback(torch.cuda.set_sync_debug_mode, "default")
 
     def stop(self) -> None:
@@ -77,26 +78,34 @@ class SyncWatch(TrainerCallback):
             self.calls.append(f"{filename}:{lineno}\n{''.join(frames)}")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.first:
-            self.start()
-        elif state.global_step == self.first + 1:
+        if state.global_step == self.first + 1:
             self.stop()
+        elif state.global_step == self.first:
+            self.start()
 
     def on_train_end(self, args, state, control, **kwargs):
         self.stop()
 
 
-def test_the_watch_sees_a_synchronising_call():
-    """The watch is not blind: a GPU tensor's `.item()` and a boolean mask's selection are each recorded."""
-    watch = SyncWatch()
+def test_the_watch_sees_synchronising_calls():
+    """The watch is not blind: a GPU tensor's `.item()` and a boolean mask's selection are each recorded, and
+    in "error" mode the first raises."""
     values = torch.arange(6, device="cuda")
-    watch.start()
+    recorder = SyncWatch(first=1)
+    recorder.start()
     try:
         values.sum().item()
         values[values > 2].sum()
     finally:
-        watch.stop()
-    assert len(watch.calls) >= 2, watch.calls
+        recorder.stop()
+    assert len(recorder.calls) >= 2, recorder.calls
+    tripwire = SyncWatch(first=1, mode="error")
+    tripwire.start()
+    try:
+        with pytest.raises(RuntimeError, match=SYNC_WARNING):
+            values.sum().item()
+    finally:
+        tripwire.stop()
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -115,7 +124,7 @@ def test_a_ptuning_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_pa
         pre_seq_len=4,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
-        max_steps=2,
+        max_steps=3,
         save_steps=1000,
         logging_steps=1000,
         max_source_length=24,
@@ -125,8 +134,8 @@ def test_a_ptuning_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_pa
     )
     run = RunStore(tmp_path / "runs").create(config)
     tokenizer = glmcore.load_tokenizer(model_dir)
-    examples = [Example(row["content"], row["summary"]) for row in ROWS] * 8  # both steps in one epoch
-    watch = SyncWatch()
+    examples = [Example(row["content"], row["summary"]) for row in ROWS] * 8  # all three steps in one epoch
+    recorder, tripwire = SyncWatch(first=1), SyncWatch(first=2, mode="error")
     trainer = trainer_class(config.method)(
         model=prepare_model(config),
         args=training_arguments(config, run.checkpoints_dir, gradient_checkpointing=False),
@@ -135,12 +144,16 @@ def test_a_ptuning_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_pa
         ),
         data_collator=TrainingCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=[RunEventsCallback(run), watch],
+        callbacks=[RunEventsCallback(run), recorder, tripwire],
     )
     assert next(trainer.model.parameters()).is_cuda
-    trainer.train()
+    try:
+        trainer.train()  # the tripwire raises out of it at a synchronising call in step 3
+    finally:
+        recorder.stop()
+        tripwire.stop()
 
-    assert watch.watched and trainer.state.global_step == 2
-    assert not watch.calls, f"{len(watch.calls)} synchronising calls in a step:\n\n" + "\n\n".join(
-        watch.calls
+    assert recorder.watched and tripwire.watched and trainer.state.global_step == 3
+    assert not recorder.calls, f"{len(recorder.calls)} synchronising calls in step 2:\n\n" + "\n\n".join(
+        recorder.calls
     )
