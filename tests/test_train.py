@@ -136,11 +136,12 @@ def test_batch_two_equals_batch_one_with_accumulation_two(tiny_model_dir, train_
     torch.testing.assert_close(gradient_1x2, gradient_2x1, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("method", ["ptuning-v2", "lora", "full"])
 def test_a_trainer_step_reads_nothing_back_and_the_token_count_is_the_trainers(
-    tiny_model_dir, train_file, tmp_path
+    tiny_model_dir, train_file, tmp_path, method
 ):
-    """The real Trainer setup of a P-tuning run: a step's forward and backward passes (two micro-batches) read
-    nothing back from the device (issue 36: each read is a wait for the GPU), and the input-token count the
+    """The real Trainer setup of a run of each method: a step's forward and backward passes (two micro-batches)
+    read nothing back from the device (issue 36: each read is a wait for the GPU), and the input-token count the
     Trainer kept per micro-batch, now read only when logged or saved, is the same number in the log and in
     every checkpoint's trainer_state.json."""
     from torch.profiler import ProfilerActivity, profile
@@ -149,6 +150,7 @@ def test_a_trainer_step_reads_nothing_back_and_the_token_count_is_the_trainers(
     config = make_config(
         tiny_model_dir,
         train_file,
+        method=method,
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
         max_steps=3,

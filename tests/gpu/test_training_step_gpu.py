@@ -1,4 +1,4 @@
-"""A P-tuning training step on a CUDA GPU makes the host wait for the GPU nowhere (issue 36). Skipped without one.
+"""A training step on a CUDA GPU makes the host wait for the GPU nowhere (issue 36). Skipped without one.
 
 Run on the GPU machine: `python -m pytest tests/gpu -q`. torch's sync debug mode (`torch.cuda.set_sync_debug_mode`)
 warns at each call that makes the host wait for the GPU: a copy to the host (`.item()`, `int()`, `bool()` of a GPU
@@ -108,9 +108,17 @@ def test_the_watch_sees_synchronising_calls():
         tripwire.stop()
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("family_name", ["chatglm-6b", "chatglm3-6b"])
-def test_a_ptuning_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_path, family_name, dtype):
+@pytest.mark.parametrize(
+    ("family_name", "method", "dtype"),
+    [
+        ("chatglm-6b", "ptuning-v2", "bfloat16"),
+        ("chatglm-6b", "ptuning-v2", "float16"),  # fp16 takes the plain loss (a loss scaler's path)
+        ("chatglm3-6b", "ptuning-v2", "bfloat16"),
+        ("chatglm3-6b", "ptuning-v2", "float16"),
+        ("chatglm-6b", "lora", "bfloat16"),  # the fused loss under PEFT's wrapper
+    ],
+)
+def test_a_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_path, family_name, method, dtype):
     model_dir = tiny_family_dir(family_named(family_name))
     train_file = tmp_path / "train.json"
     train_file.write_text(
@@ -118,6 +126,7 @@ def test_a_ptuning_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_pa
     )
     config = RunConfig(
         name="sync",
+        method=method,
         model_path=model_dir,
         train_file=train_file,
         quantization_bit=16,
