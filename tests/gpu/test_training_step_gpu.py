@@ -156,13 +156,17 @@ def test_a_training_step_never_waits_for_the_gpu(tiny_family_dir, tmp_path, fami
         callbacks=[RunEventsCallback(run), recorder, tripwire],
     )
     assert next(trainer.model.parameters()).is_cuda
+    tripped: RuntimeError | None = None
     try:
-        trainer.train()  # the tripwire raises out of it at a synchronising call in step 3
+        trainer.train()
+    except RuntimeError as error:  # the tripwire's, at a synchronising call in step 3
+        tripped = error
     finally:
         recorder.stop()
         tripwire.stop()
 
-    assert recorder.watched and tripwire.watched and trainer.state.global_step == 3
     assert not recorder.calls, f"{len(recorder.calls)} synchronising calls in step 2:\n\n" + "\n\n".join(
         recorder.calls
     )
+    assert tripped is None, "".join(traceback.format_exception(tripped))
+    assert recorder.watched and tripwire.watched and trainer.state.global_step == 3
