@@ -39,7 +39,11 @@ def _gpu_memory_gib() -> list[float] | None:
 
 
 def _all_ranks_agree_to_stop(wants_stop: bool, args: TrainingArguments) -> bool:
-    """True on every rank if any rank wants to stop, so all ranks leave the loop at the same step."""
+    """True on every rank if any rank wants to stop, so all ranks leave the loop at the same step.
+
+    Reading the all-reduced flag back waits for the GPU once a step (NCCL reduces on the GPU). A second, CPU
+    (gloo) process group would avoid the wait, at the price of a second network path that multi-node clusters
+    would have to set up; one wait a step is kept instead."""
     import torch
     import torch.distributed as distributed
 

@@ -591,7 +591,9 @@ def training_dataset(
 
 
 class TrainingCollator:
-    """Stacks fixed-length rows, dropping the pad columns every row of the batch shares.
+    """Stacks fixed-length rows, dropping the pad columns every row of the batch shares, and counts the labels
+    the loss reads (shifted by one, not ignored) while they are on the host: the model's `label_count`
+    (`glmcore.models.head.labelled_positions_loss`).
 
     Trailing pads are labelled -100 and come after each row's last real token, which never attends to
     them, so trimming them changes no loss or gradient and saves the compute the published code spends.
@@ -607,7 +609,12 @@ class TrainingCollator:
         labels = torch.tensor([row["labels"] for row in rows])
         real = (labels != IGNORE_INDEX) | (input_ids != self.pad_token_id)
         length = int(real.nonzero()[:, 1].max()) + 1 if real.any() else input_ids.shape[1]
-        return {"input_ids": input_ids[:, :length], "labels": labels[:, :length]}
+        labels = labels[:, :length]
+        return {
+            "input_ids": input_ids[:, :length],
+            "labels": labels,
+            "label_count": int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        }
 
 
 # --- statistics to choose lengths from --------------------------------------------------------------

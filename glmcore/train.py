@@ -117,7 +117,12 @@ def trainer_class(method: str):
     states, trainer_state.json last). Its folder is written under checkpoints/.partial/ (through
     ``Run.saving_checkpoint``: fsynced, renamed into place, deleted if the save fails), and the Trainer's pruning
     to ``save_total_limit`` runs once the new checkpoint is in place.
+
+    A training step on one GPU reads nothing back from it (tests/gpu/test_training_step_gpu.py): the count of
+    input tokens stays on the device until a logging step or a checkpoint reads it (``_track_num_input_tokens``).
+    With several ranks the stop request's all-reduce is read back once a step (``glmcore.callbacks``).
     """
+    import torch
     from transformers import Trainer
     from transformers.trainer_utils import rotate_checkpoints
 
@@ -126,6 +131,30 @@ def trainer_class(method: str):
         scored_rows: list = []
         """Validation examples to generate for and score at each evaluation (``eval_metric_rows``)."""
         run: Run | None = None
+        _unread_input_tokens: torch.Tensor | int = 0
+        """Input tokens counted since ``state.num_input_tokens_seen`` was last brought up to date."""
+
+        def _track_num_input_tokens(self, inputs) -> None:
+            """The Trainer's count of input tokens, left where it is counted until it is read (``log``, a
+            checkpoint): the Trainer reads each micro-batch's count back from the GPU, a wait for the GPU to
+            finish that micro-batch before the host may queue the next."""
+            mode = self.args.include_num_input_tokens_seen
+            if mode == "no" or "input_ids" not in inputs:
+                super()._track_num_input_tokens(inputs)
+                return
+            count = input_token_count(inputs, mode, getattr(self.processing_class, "pad_token_id", None))
+            if self.args.world_size > 1:  # every rank's count, gathered as the Trainer gathers it
+                count = torch.as_tensor(count, device=self.args.device, dtype=torch.int64)
+                count = self.accelerator.gather(count).sum()
+            self._unread_input_tokens = self._unread_input_tokens + count
+
+        def _read_input_tokens(self) -> None:
+            self.state.num_input_tokens_seen += int(self._unread_input_tokens)
+            self._unread_input_tokens = 0
+
+        def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+            self._read_input_tokens()
+            super().log(logs, *args, **kwargs)
 
         def evaluation_loop(self, *args, **kwargs):
             output = super().evaluation_loop(*args, **kwargs)
@@ -144,6 +173,7 @@ def trainer_class(method: str):
             return self._partial_root or super()._get_output_dir(trial)
 
         def _save_checkpoint(self, model, trial) -> None:
+            self._read_input_tokens()  # trainer_state.json holds the count
             run = Run(Path(self.args.output_dir).parent)
             with run.saving_checkpoint(self.state.global_step, owner=self.args.should_save) as partial:
                 self._partial_root = str(partial.parent)
@@ -194,6 +224,18 @@ def trainer_class(method: str):
             model.transformer.prefix_encoder.load_state_dict(state)
 
     return PrefixTrainer
+
+
+def input_token_count(inputs: dict, mode: str, pad_token_id: int | None):
+    """A batch's input tokens as the Trainer counts them (``include_num_input_tokens_seen``): "all" its ids;
+    "non_padding" the attention mask's ones, else the ids that are not `pad_token_id`. A count of a tensor's
+    elements stays on the tensor's device (a tensor); one of its shape is a number."""
+    input_ids = inputs["input_ids"]
+    if mode == "non_padding" and "attention_mask" in inputs:
+        return inputs["attention_mask"].sum()
+    if mode == "non_padding" and pad_token_id is not None:
+        return (input_ids != pad_token_id).sum()
+    return input_ids.numel()
 
 
 def keep_optimizer_state_on_host(optimizer) -> None:
@@ -281,6 +323,9 @@ def training_arguments(config: RunConfig, output_dir: Path, gradient_checkpointi
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        # Batches are pinned (dataloader_pin_memory, the default) and copied to the GPU without waiting: a
+        # blocking copy waits for the GPU to finish the step before.
+        accelerator_config={"non_blocking": bool(config.gpus)},
         report_to=list(config.report_to),
         disable_tqdm=True,
         save_only_model=False,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from support.profiling import READS_BACK
+from torch.profiler import ProfilerActivity, profile
 
 import glmcore
+from glmcore.data import TrainingCollator
 from glmcore.examples import IGNORE_INDEX
 from glmcore.models import FAMILIES, fused
 from glmcore.models.quantized_embedding import quantize_tied_embedding
@@ -75,12 +78,16 @@ def test_the_fused_loss_equals_the_plain_cross_entropy(prefixed, num_items, monk
     torch.testing.assert_close(fused_gradient, plain_gradient)
     assert fused_gradient.abs().sum() > 0
     assert is_fused(prefixed.train()(ids, labels=labels).loss)
-    torch.testing.assert_close(prefixed.eval()(ids, labels=labels, num_items_in_batch=num_items).loss, fused_loss)
+    torch.testing.assert_close(
+        prefixed.eval()(ids, labels=labels, num_items_in_batch=num_items).loss, fused_loss
+    )
 
 
 @pytest.mark.parametrize("path", ["fused", "plain", "evaluation"])
 @pytest.mark.parametrize("num_items", [None, 0])
-def test_a_batch_whose_labels_are_all_ignored_has_loss_zero_and_a_gradient_of_zeros(prefixed, path, num_items):
+def test_a_batch_whose_labels_are_all_ignored_has_loss_zero_and_a_gradient_of_zeros(
+    prefixed, path, num_items
+):
     """ChatGLM3's fine-tuning keeps rows cut before their answers; a batch of them has nothing to learn. Its loss
     is 0, not 0 / 0 (NaN, which the optimizer would write into every trained weight), on every path of every
     family: the fused loss (frozen head), the plain one (a trained head) and the evaluation logits'."""
@@ -130,3 +137,77 @@ def test_expanded_dropout_follows_the_published_chain():
     assert 0.6 < kept.float().mean() < 0.9 and not (kept[0] == kept[1]).all()
     torch.testing.assert_close(output, published, atol=0, rtol=0)
     torch.testing.assert_close(fused_gradient, published_gradient)
+
+
+# --- the labelled positions, picked without reading anything back from the device ------------------------
+
+
+def boolean_mask_loss(hidden, labels, head, count=None) -> torch.Tensor:
+    """The loss as it was computed before (glmcore/models/head.py up to issue 36): the labelled positions
+    selected by a boolean mask, the plain fp32 cross-entropy summed and divided by the label count."""
+    targets = labels[:, 1:]
+    selected = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][selected]).float()
+    total = F.cross_entropy(logits, targets[selected], reduction="sum")
+    return total / max(count if count is not None else int(selected.sum()), 1)
+
+
+@pytest.mark.parametrize("num_items", [None, 40, "tensor"])
+@pytest.mark.parametrize("label_count", ["exact", "more", None])
+@pytest.mark.parametrize("head_is_trained", [False, True], ids=["fused", "plain"])
+@pytest.mark.parametrize("rows_labelled", [(7, 0, 3, 1), (0, 0, 0, 0)], ids=["some", "none"])
+def test_the_labelled_positions_loss_is_the_boolean_mask_loss(
+    head_is_trained, label_count, num_items, rows_labelled, monkeypatch
+):
+    """Random hidden states and labels (rows with no label at all among them) through the head's loss, fused
+    (frozen head, chunks of three rows) and plain (trained head): the loss and every gradient are those of the
+    boolean-mask selection, with the batch's own label count, one larger than it, or none given."""
+    from glmcore.models.head import labelled_positions_loss
+
+    monkeypatch.setattr(fused, "LOGITS_PER_CHUNK", 3 * 50)
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 50, (4, 9), generator=generator)
+    for row, labelled in enumerate(rows_labelled):
+        labels[row, : 9 - labelled] = IGNORE_INDEX
+    labels[0, 4] = IGNORE_INDEX  # a gap among a row's labels
+    hidden = torch.randn(4, 9, 16, generator=generator, requires_grad=True)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight.requires_grad = head_is_trained
+    count = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    given = {"exact": count, "more": count + 5, None: None}[label_count]
+    items = torch.tensor(40) if num_items == "tensor" else num_items
+
+    loss = labelled_positions_loss(hidden, labels, head, 50, items, given)
+    (hidden_gradient,) = torch.autograd.grad(loss, hidden, retain_graph=head_is_trained)
+    head_gradient = torch.autograd.grad(loss, head.weight)[0] if head_is_trained else None
+    expected = boolean_mask_loss(hidden, labels, head, None if items is None else int(items))
+    (expected_hidden_gradient,) = torch.autograd.grad(expected, hidden, retain_graph=head_is_trained)
+
+    assert is_fused(loss) == (not head_is_trained)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(hidden_gradient, expected_hidden_gradient, rtol=1e-6, atol=1e-6)
+    assert bool(hidden_gradient.any()) == (count > 0)
+    if head_is_trained:
+        torch.testing.assert_close(
+            head_gradient, torch.autograd.grad(expected, head.weight)[0], rtol=1e-6, atol=1e-6
+        )
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(prefixed):
+    """A batch from the training collator (which counts its labels on the host) through a family's training
+    forward and backward: no operation reads a value back, the wait that left the GPU idle in every step."""
+    ids, labels = random_batch(prefixed)
+    labels[2] = IGNORE_INDEX
+    rows = [
+        {"input_ids": row.tolist(), "labels": label.tolist()} for row, label in zip(ids, labels, strict=True)
+    ]
+    batch = TrainingCollator(prefixed.config.pad_token_id)(rows)
+    assert batch["label_count"] == int((labels[:, 1:] != IGNORE_INDEX).sum()) == 7 + 5
+    prefixed.train().zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU]) as profiled:
+        loss = prefixed(**batch).loss
+        loss.backward()
+    assert is_fused(loss)
+    assert not READS_BACK & {event.name for event in profiled.events()}
+    gradient = prefixed.transformer.prefix_encoder.embedding.weight.grad
+    assert gradient is not None and gradient.any()

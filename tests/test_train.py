@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support.profiling import READS_BACK
 from support.waiting import wait_until
 
 import glmcore
@@ -133,6 +134,67 @@ def test_batch_two_equals_batch_one_with_accumulation_two(tiny_model_dir, train_
     assert loss_1x2 == pytest.approx(loss_2x1, rel=1e-4)
     assert gradient_2x1.abs().sum() > 0
     torch.testing.assert_close(gradient_1x2, gradient_2x1, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["ptuning-v2", "lora", "full"])
+def test_a_trainer_step_reads_nothing_back_and_the_token_count_is_the_trainers(
+    tiny_model_dir, train_file, tmp_path, method
+):
+    """The real Trainer setup of a run of each method: a step's forward and backward passes (two micro-batches)
+    read nothing back from the device (issue 36: each read is a wait for the GPU), and the input-token count the
+    Trainer kept per micro-batch, now read only when logged or saved, is the same number in the log and in
+    every checkpoint's trainer_state.json."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import TrainerCallback
+
+    config = make_config(
+        tiny_model_dir,
+        train_file,
+        method=method,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        save_steps=1,
+        logging_steps=2,
+    )
+    run = RunStore(tmp_path / "runs").create(config)
+    tokenizer = glmcore.load_tokenizer(tiny_model_dir)
+    examples = [Example(row["content"], row["summary"]) for row in ROWS] * 2  # one optimizer step per epoch
+    dataset = training_dataset(tokenizer, examples, 16, 16)
+    epoch_tokens = sum(token != tokenizer.pad_token_id for row in dataset for token in row["input_ids"])
+    names: set[str] = set()
+
+    class ProfileSecondStep(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.profiled = profile(activities=[ProfilerActivity.CPU])
+                self.profiled.__enter__()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                self.profiled.__exit__(None, None, None)
+                names.update(event.name for event in self.profiled.events())
+
+    trainer = trainer_class(config.method)(
+        model=prepare_model(config),
+        args=training_arguments(config, run.checkpoints_dir, gradient_checkpointing=False),
+        train_dataset=dataset,
+        data_collator=TrainingCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[ProfileSecondStep()],
+    )
+    trainer.train()
+
+    assert "aten::nonzero_static" in names  # the loss's selection ran inside the window
+    assert not READS_BACK & names
+    logged = [entry for entry in trainer.state.log_history if "num_input_tokens_seen" in entry]
+    assert [(entry["step"], entry["num_input_tokens_seen"]) for entry in logged] == [
+        (2, 2 * epoch_tokens),
+        (3, 3 * epoch_tokens),
+    ]
+    for step in (1, 2, 3):
+        state = json.loads((run.checkpoints_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())
+        assert state["num_input_tokens_seen"] == step * epoch_tokens
 
 
 # --- the run lifecycle with real processes ----------------------------------------------------------

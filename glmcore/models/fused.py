@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import torch
 
+from glmcore.examples import IGNORE_INDEX
+
 LOGITS_PER_CHUNK = 2**25
 """Logits computed at once by `labelled_cross_entropy` (0.19 GiB with their fp32 copy; 257 rows of ChatGLM-6B)."""
 
@@ -51,7 +53,9 @@ def expanded_dropout(
 class _LabelledCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, targets: torch.Tensor, count, head: Callable, vocabulary: int):
-        count = torch.as_tensor(count, device=hidden.device).float()
+        # A count given as a number stays on the host (a CPU scalar, as a GPU kernel reads it): made a GPU
+        # tensor, it would be a copy that waits for the GPU.
+        count = count.float() if isinstance(count, torch.Tensor) else torch.tensor(float(count))
         inverse_count = 1.0 / count
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
@@ -62,12 +66,15 @@ class _LabelledCrossEntropy(torch.autograd.Function):
                 logits = head(part)
             log_probabilities = logits.detach().float()
             log_probabilities -= torch.logsumexp(log_probabilities, dim=-1, keepdim=True)
-            picked = targets[start : start + rows, None]
-            total -= log_probabilities.gather(-1, picked).sum()
-            # d(loss)/d(logits) = (softmax − one-hot) / count, as cross-entropy's backward computes it; it
-            # overwrites the logits (the head's backward needs only its weight), so one fp32 copy exists.
-            grad_logits = log_probabilities.exp_().mul_(inverse_count)
-            grad_logits.scatter_add_(-1, picked, (-inverse_count).expand(picked.shape))
+            labelled = targets[start : start + rows, None] != IGNORE_INDEX
+            picked = targets[start : start + rows, None].clamp(min=0)
+            total -= (log_probabilities.gather(-1, picked) * labelled).sum()
+            # d(loss)/d(logits) = (softmax − one-hot) / count, as cross-entropy's backward computes it (zero for
+            # an ignored label); it overwrites the logits (the head's backward needs only its weight), so one
+            # fp32 copy exists.
+            weight = labelled * inverse_count
+            grad_logits = log_probabilities.exp_().mul_(weight)
+            grad_logits.scatter_add_(-1, picked, -weight)
             with torch.no_grad():
                 logits.copy_(grad_logits)
             del log_probabilities, grad_logits
@@ -86,6 +93,7 @@ def labelled_cross_entropy(
 ) -> torch.Tensor:
     """Σ cross-entropy(head(hidden[i]) in fp32, targets[i]) / count, for a head whose weights are frozen.
 
-    hidden [tokens, hidden] (only the labelled positions), targets [tokens], vocabulary: the head's outputs.
+    hidden [tokens, hidden] (the labelled positions), targets [tokens] (IGNORE_INDEX where a row adds
+    nothing), vocabulary: the head's outputs.
     """
     return _LabelledCrossEntropy.apply(hidden, targets, count, head, vocabulary)

@@ -2,8 +2,9 @@
 P-tuning v2 prefix's rows become per-layer keys and values.
 
 A family's `...ForConditionalGeneration.forward` runs its transformer and hands the last hidden states to
-`causal_lm_output`: in training with labels, only the labelled positions go through the head, fused with the
-fp32 cross-entropy where the head is frozen (`glmcore.models.fused`); otherwise the logits, with the same loss.
+`causal_lm_output`: in training with labels, only the labelled positions go through the head, picked without a
+wait for the GPU, fused with the fp32 cross-entropy where the head is frozen (`glmcore.models.fused`); otherwise
+the logits, with the same loss.
 Either loss is zero-label-safe: a batch whose labels are all ignored (ChatGLM3's fine-tuning keeps rows cut
 before their answers) has loss 0 with a gradient of zeros, not 0 / 0, which would write NaN into every weight.
 
@@ -40,18 +41,21 @@ def causal_lm_output(
     logits_to_keep: int,
     num_items_in_batch: Count | None,
     cache,
+    label_count: int | None = None,
 ) -> CausalLMOutputWithPast:
     """Logits of `head` (`vocabulary` outputs) and the loss over labels that are not ignored, shifted by one;
     in training, the loss alone.
 
     Training needs logits only where there is a label: the LM head (a tenth of a 6B model's compute) and the
-    fp32 logits run on those positions alone. `num_items_in_batch` from the Trainer makes the loss a sum over
-    the whole accumulated batch divided by its label count, so batch × accumulation splits give the same
-    gradients.
+    fp32 logits run on those positions alone (`label_count` of them, the count a training batch carries).
+    `num_items_in_batch` from the Trainer makes the loss a sum over the whole accumulated batch divided by its
+    label count, so batch × accumulation splits give the same gradients.
     """
     cached = {CACHE_FIELD: cache}
     if labels is not None and training:
-        loss = labelled_positions_loss(hidden_states, labels, head, vocabulary, num_items_in_batch)
+        loss = labelled_positions_loss(
+            hidden_states, labels, head, vocabulary, num_items_in_batch, label_count
+        )
         return CausalLMOutputWithPast(loss=loss, logits=None, **cached)
     if logits_to_keep:
         hidden_states = hidden_states[:, -logits_to_keep:]
@@ -66,20 +70,37 @@ def labelled_positions_loss(
     head: nn.Module,
     vocabulary: int,
     num_items_in_batch: Count | None,
+    label_count: int | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of next-token predictions in fp32, summed over labels that are not ignored, divided by
-    their count (or by the whole accumulated batch's count, `num_items_in_batch`), 0 where there are none."""
-    targets = labels[:, 1:]
-    selected = targets != IGNORE_INDEX
-    count = at_least_one(num_items_in_batch if num_items_in_batch is not None else selected.sum())
-    hidden_states = hidden_states[:, :-1][selected]
+    their count (or by the whole accumulated batch's count, `num_items_in_batch`), 0 where there are none.
+
+    Only the labelled positions go through the head (a P-tuning row is half prompt, and the head's matrix
+    product and fp32 logits are the step's largest after the layers'). They are picked by index, a number of
+    them fixed on the host: `label_count`, which `glmcore.data.TrainingCollator` counts before the batch goes
+    to the GPU. A boolean mask would pick the same rows in the same order, but its output's size is read back
+    from the GPU, a wait at every micro-batch that leaves the GPU idle while the host catches up. A count
+    larger than the labels (DataParallel's replicas share their batch's count) leaves slots that point at a
+    position whose label is ignored and add nothing; a smaller one would drop labels. Without a count it is
+    read back once, here.
+    """
+    # Position i of each row predicts label i + 1; each row's last position predicts nothing.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).flatten().to(hidden_states.device)
+    labelled = targets != IGNORE_INDEX
+    count = at_least_one(num_items_in_batch if num_items_in_batch is not None else labelled.sum())
+    positions = len(targets)
+    slots = min(positions, label_count if label_count is not None else int(labelled.sum()))
+    # A slot past the labels points at the last position, whose label is ignored.
+    picked = torch.nonzero_static(labelled, size=slots, fill_value=positions - 1)[:, 0]
+    hidden_states = hidden_states.flatten(0, 1).index_select(0, picked)
+    targets = targets.index_select(0, picked)
     head_is_frozen = not any(parameter.requires_grad for parameter in head.parameters())
     if hidden_states.requires_grad and head_is_frozen and hidden_states.dtype != torch.float16:
         # No logits kept for the backward pass (fp16 keeps the plain path: a loss scaler scales its
         # gradient, which the fused one computes unscaled).
-        return labelled_cross_entropy(hidden_states, targets[selected], count, head, vocabulary)
+        return labelled_cross_entropy(hidden_states, targets, count, head, vocabulary)
     logits = head(hidden_states).float()
-    total = F.cross_entropy(logits, targets[selected], reduction="sum")
+    total = F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
     return total / (count.to(total.device) if isinstance(count, torch.Tensor) else count)
 
 

@@ -425,6 +425,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, PositionsGeneratio
             logits_to_keep=logits_to_keep,
             num_items_in_batch=kwargs.get("num_items_in_batch"),
             cache=getattr(outputs, CACHE_FIELD),
+            label_count=kwargs.get("label_count"),
         )
 
     def generation_position_ids(

@@ -455,6 +455,7 @@ class PrefixCausalLM:
             logits_to_keep=logits_to_keep,
             num_items_in_batch=num_items_in_batch,
             cache=returned,
+            label_count=kwargs.get("label_count"),
         )
 
     def outputs_more(self, kwargs: dict) -> bool:
