@@ -241,7 +241,7 @@ class StaticDecoder:
         if batch != self.batch or length >= self.capacity:
             raise ValueError(f"this decoder holds {self.batch} rows of up to {self.capacity} tokens")
         prefix = self.prefix_length
-        if prefix:  # written again for every batch: a chat's model may have loaded another prefix since
+        if prefix:  # at every prefill, as the encoder is then: a decoder outlives a batch, a prefix may change
             self.cache.hold_prefix(self.model.transformer.prefix_keys_values(batch, self.dtype))
         positions, allowed = self.prompt_positions_and_mask(input_ids, attention_mask)
         prompt_mask = torch.full(

@@ -258,6 +258,8 @@ def attend_one_token(
       values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
       grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
       [batch, 1, 1, keys] is the same for every row.
+    - `prefix` is put in front of a cache that does not hold it (transformers'); glmcore's static cache holds the
+      prefix's keys and values in its first columns (`holds_prefix`), and the prefix is then None.
     """
     batch, _, _, channels = qkv.shape
     key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
