@@ -53,10 +53,16 @@ copies a mask whose rows are not (two more kernels a layer, every step). The ext
 
 
 class StaticKVCache:
-    """Keys and values [batch, heads, capacity, channels] per layer, written at `write_index`.
+    """Keys and values [batch, heads, columns, channels] per layer, written at `write_index`.
 
-    Each layer's keys and values are the two halves of one tensor [batch, 2·heads, capacity, channels], so a
+    Each layer's keys and values are the two halves of one tensor [batch, 2·heads, columns, channels], so a
     step whose new keys and values lie side by side writes both in one kernel (`update_keys_values`).
+
+    With a `prefix_length`, the first columns hold a P-tuning prefix's keys and values, written once before the
+    prompt (`hold_prefix`), and `write_index` counts the `capacity` columns after them. The model reads the
+    prefix there as ordinary cache columns (`holds_prefix`): a step runs no prefix encoder (with projection, two
+    matmuls over its fp32 weights) and copies no layer's cache to put the prefix in front of it (a `cat` of
+    keys and of values a layer), so it runs what a step without a prefix runs.
     """
 
     def __init__(
@@ -68,20 +74,38 @@ class StaticKVCache:
         channels: int,
         dtype: torch.dtype,
         device: torch.device,
+        prefix_length: int = 0,
     ) -> None:
-        shape = (batch, 2 * heads, capacity, channels)
-        self.keys_values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
-        self.keys = [layer[:, :heads] for layer in self.keys_values]
-        self.values = [layer[:, heads:] for layer in self.keys_values]
+        shape = (batch, 2 * heads, prefix_length + capacity, channels)
+        self.prefix_length = prefix_length
+        whole = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(layers)]
+        self.keys = [layer[:, :heads] for layer in whole]
+        self.values = [layer[:, heads:] for layer in whole]
+        """What attention reads: the prefix's columns, then the cache's."""
+        self.keys_values = [layer[:, :, prefix_length:] for layer in whole]
+        """The columns `write_index` counts: those after the prefix, keys then values."""
+        self.written = [(layer[:, :heads], layer[:, heads:]) for layer in self.keys_values]
         self.write_index = torch.zeros(1, dtype=torch.long, device=device)
         self.length = 0
+
+    @property
+    def holds_prefix(self) -> bool:
+        """Whether the model finds its prefix's keys and values here (it then puts none in front)."""
+        return self.prefix_length > 0
+
+    def hold_prefix(self, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write the prefix's keys and values (per layer [batch, heads, prefix_length, channels]) in front."""
+        for keys, values, (key, value) in zip(self.keys, self.values, prefix, strict=True):
+            keys[:, :, : self.prefix_length].copy_(key)
+            values[:, :, : self.prefix_length].copy_(value)
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(transformers' own attention classes pass their keyword arguments too: nothing here needs them)"""
-        self.keys[layer_idx].index_copy_(2, self.write_index, key)
-        self.values[layer_idx].index_copy_(2, self.write_index, value)
+        keys, values = self.written[layer_idx]
+        keys.index_copy_(2, self.write_index, key)
+        values.index_copy_(2, self.write_index, value)
         return self.keys[layer_idx], self.values[layer_idx]
 
     def update_keys_values(
@@ -102,8 +126,10 @@ class StaticDecoder:
     for later batches of the same batch size and capacity (evaluation feeds many such batches). A family
     subclass says what its cache holds and how its positions and prompt mask are made:
     `cache_heads_and_channels()`, `position_shape`, `prompt_positions_and_mask(...)` and `advance_positions()`
-    (and `new_cache(...)` where its cache is another `StaticKVCache`: GLM-4's native layouts hold the prefix in it).
-    The model is called as `model(input_ids=, position_ids=, attention_mask=<additive>, cache=, use_cache=True)`.
+    (and `new_cache(...)` where its cache is another `StaticKVCache`).
+    The model is called as `model(input_ids=, position_ids=, attention_mask=<additive>, cache=, use_cache=True)`;
+    with a prefix, the cache holds the prefix's keys and values in its first columns (written by `prefill` from
+    the model's `transformer.prefix_keys_values`, every family's), and the model reads them there.
     """
 
     position_shape: tuple[int, ...] = (1,)
@@ -146,7 +172,7 @@ class StaticDecoder:
         raise NotImplementedError
 
     def new_cache(self, heads: int, channels: int) -> StaticKVCache:
-        """The cache of the columns after the prefix (the model puts its prefix's keys and values in front)."""
+        """The cache: the prefix's columns, then those the prompt and the new tokens are written into."""
         return StaticKVCache(
             self.config.num_layers,
             self.batch,
@@ -155,6 +181,7 @@ class StaticDecoder:
             channels,
             self.dtype,
             self.device,
+            prefix_length=self.prefix_length,
         )
 
     def prompt_positions_and_mask(
@@ -214,6 +241,8 @@ class StaticDecoder:
         if batch != self.batch or length >= self.capacity:
             raise ValueError(f"this decoder holds {self.batch} rows of up to {self.capacity} tokens")
         prefix = self.prefix_length
+        if prefix:  # at every prefill, as the encoder is then: a decoder outlives a batch, a prefix may change
+            self.cache.hold_prefix(self.model.transformer.prefix_keys_values(batch, self.dtype))
         positions, allowed = self.prompt_positions_and_mask(input_ids, attention_mask)
         prompt_mask = torch.full(
             (batch, 1, length, self.key_columns), self.hidden, dtype=self.dtype, device=self.device

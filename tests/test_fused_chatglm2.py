@@ -95,10 +95,12 @@ def prefixed_chatglm3(tiny_family_dir):
 def test_decoding_a_left_padded_batch_with_a_prefix_equals_each_row_alone_and_recomputation(
     prefixed_chatglm3,
 ):
-    """Also with the cache's columns rounded up (prefix 3 + capacity 15 → 32 keys, the hidden rest never seen)."""
+    """Also with the cache's columns rounded up (prefix 3 + capacity 15 → 32 keys, the hidden rest never seen; the
+    prefix's keys and values held in the cache's first 3 columns)."""
     model, tokenizer = prefixed_chatglm3
     decoder = new_decoder(model, 1, 15)
-    assert decoder.mask.shape[-1] == 32 and decoder.cache.keys[0].shape[2] == 32 - 3
+    assert decoder.mask.shape[-1] == decoder.cache.keys[0].shape[2] == 32
+    assert decoder.cache.keys_values[0].shape[2] == 32 - 3
     prompts = [
         tokenizer.encode(text)
         for text in ("类型#上衣*材质#牛仔布", "简约", "Hello world, the longest prompt")

@@ -258,6 +258,8 @@ def attend_one_token(
       values as they are, with no grouped-query expansion: on the GPU the memory-efficient kernel, where
       grouped queries with a mask fall back to expanding the cache and unfused attention. The mask
       [batch, 1, 1, keys] is the same for every row.
+    - `prefix` is put in front of a cache that does not hold it (transformers'); glmcore's static cache holds the
+      prefix's keys and values in its first columns (`holds_prefix`), and the prefix is then None.
     """
     batch, _, _, channels = qkv.shape
     key_value = qkv[:, 0, heads:, None]  # [batch, 2·groups, 1, channels]: the keys, then the values
@@ -403,15 +405,17 @@ class ChatGLM2Model(ChatGLM2PreTrainedModel):
         prefix = None
         prefix_length = 0
         if self.prefix_encoder is not None:
-            prefix = self.prefix_keys_values(batch, hidden_states.dtype)
             prefix_length = config.pre_seq_len
+            # Where the cache holds the prefix's keys and values (glmcore's static decoder), they are read there.
+            if not getattr(cache, "holds_prefix", False):
+                prefix = self.prefix_keys_values(batch, hidden_states.dtype)
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = (
                 attention_mask,
                 False,
             )  # prepared by the caller, prefix columns included (static decoding)
         else:
-            if prefix is not None and attention_mask is not None:
+            if prefix_length and attention_mask is not None:
                 attention_mask = torch.cat(
                     (attention_mask.new_ones(batch, prefix_length), attention_mask), dim=-1
                 )

@@ -349,19 +349,15 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
 
         hidden_states = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         batch = hidden_states.shape[0]
-        prefix = (
-            self.prefix_keys_values(batch, hidden_states.dtype) if self.prefix_encoder is not None else None
-        )
+        prefix_length = config.pre_seq_len if self.prefix_encoder is not None else 0
+        # Where the cache holds the prefix's keys and values (glmcore's static decoder), they are read there.
+        prefix = None
+        if prefix_length and not getattr(cache, "holds_prefix", False):
+            prefix = self.prefix_keys_values(batch, hidden_states.dtype)
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = attention_mask  # prepared by the caller, prefix columns included (static decoding)
         else:
-            mask = glm_attention_mask(
-                input_ids,
-                attention_mask,
-                past_length,
-                config.pre_seq_len if prefix is not None else 0,
-                config,
-            )
+            mask = glm_attention_mask(input_ids, attention_mask, past_length, prefix_length, config)
         rotary = rotary_cos_sin(position_ids, config.head_dim, hidden_states.dtype)
         for index, layer in enumerate(self.layers):
             hidden_states = layer(

@@ -466,73 +466,15 @@ class PrefixCausalLM:
         )
 
 
-class PrefixHoldingKVCache(StaticKVCache):
-    """A static cache whose first `prefix_length` columns hold the prefix's keys and values, written once before
-    the prompt (`hold_prefix`); the model reads them there (`holds_prefix`) instead of putting the prefix in
-    front of every layer's keys and values: no copy of a layer's whole cache (`cat`) and no run of the prefix
-    encoder (two matmuls over its fp32 weights with projection) in every step."""
-
-    holds_prefix = True
-
-    def __init__(
-        self,
-        layers: int,
-        batch: int,
-        heads: int,
-        capacity: int,
-        channels: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        prefix_length: int,
-    ) -> None:
-        super().__init__(layers, batch, heads, prefix_length + capacity, channels, dtype, device)
-        self.prefix_length = prefix_length
-        self.whole = self.keys_values
-        self.keys_values = [layer[:, :, prefix_length:] for layer in self.whole]
-        """Where `write_index` counts from: the columns after the prefix (`keys`, `values`: all of them)."""
-
-    def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *_, **__
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(the prompt through transformers' attention: keys and values side by side, one write)"""
-        return self.update_keys_values(torch.cat((key, value), dim=1), layer_idx)
-
-    def hold_prefix(self, prefix: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Write the prefix's keys and values (per layer [batch, heads, prefix_length, channels]) in front."""
-        for layer, (key, value) in zip(self.whole, prefix, strict=True):
-            layer[:, :, : self.prefix_length].copy_(torch.cat((key, value), dim=1))
-
-
 class NativeStaticDecoder(StaticDecoder):
     """glmcore.decoding's decoder over transformers' GLM-4 classes: a cache of the key/value heads, positions
     that count real tokens after the prefix (as the forward pass counts them), the prefix's keys and values in
-    the cache's first columns (`PrefixHoldingKVCache`)."""
+    the cache's first columns (`StaticKVCache.hold_prefix`)."""
 
     positions_after_prefix = True
 
     def cache_heads_and_channels(self) -> tuple[int, int]:
         return self.config.num_key_value_heads, self.config.kv_channels
-
-    def new_cache(self, heads: int, channels: int) -> StaticKVCache:
-        if not self.prefix_length:
-            return super().new_cache(heads, channels)
-        capacity = self.key_columns - self.prefix_length
-        return PrefixHoldingKVCache(
-            self.config.num_layers,
-            self.batch,
-            heads,
-            capacity,
-            channels,
-            self.dtype,
-            self.device,
-            self.prefix_length,
-        )
-
-    @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.prefix_length:
-            self.cache.hold_prefix(self.model.transformer.prefix_keys_values(self.batch, self.dtype))
-        return super().prefill(input_ids, attention_mask)
 
     def prompt_positions_and_mask(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
