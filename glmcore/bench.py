@@ -9,7 +9,8 @@ nothing. docs/benchmarks.md keeps the results with the card each was measured on
 
 Figures: `bandwidth`, `ptuning16` (16-bit P-tuning steps at batch 16 and 1), `ptuning4` (NF4 at batch
 1 × accumulation 16 and batch 16), `decode16` / `decode4` (batch 1, 64-token prompt, 128 new tokens),
-`evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy), `load` (folder to first token, from the
+`evaluate` (1,070 prompts of 64 tokens, 64 new tokens, greedy; `evaluate_prefix` the same through a fresh
+P-tuning prefix of 128 tokens, as a P-tuning checkpoint is evaluated), `load` (folder to first token, from the
 published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
 `vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell), and
 `serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8, 32 and 128 concurrent streaming requests of
@@ -791,6 +792,7 @@ FIGURES = (
     "decode16",
     "decode4",
     "evaluate",
+    "evaluate_prefix",
     "load",
     "vram",
     "vramgrid",
@@ -892,7 +894,9 @@ def main(argv: list[str] | None = None) -> int:
             for cell in vram_grid(model_dir, workdir, repeats=1 if args.tiny else 3, methods=methods):
                 report("vram_grid", **cell)
         for bits in (16, 4):
-            if {f"decode{bits}", "evaluate"} & wanted and (bits == 16 or f"decode{bits}" in wanted):
+            if {f"decode{bits}", "evaluate", "evaluate_prefix"} & wanted and (
+                bits == 16 or f"decode{bits}" in wanted
+            ):
                 from glmcore.models.loading import load_model
 
                 allocated_before = reset_peak()
@@ -927,6 +931,20 @@ def main(argv: list[str] | None = None) -> int:
                         peak_GiB=peak_gib(),
                         allocated_before_load_GiB=allocated_before,
                     )
+                if bits == 16 and "evaluate_prefix" in wanted:
+                    from glmcore.prefix import PrefixSpec, set_prefix
+
+                    set_prefix(model, PrefixSpec(PRE_SEQ_LEN, False))  # a fresh fp32 prefix, as a P-tuning run's
+                    report(
+                        "batched_evaluation",
+                        bits=16,
+                        pre_seq_len=PRE_SEQ_LEN,
+                        **batched_evaluation(
+                            model, bench.special_ids, scale["examples"], scale["batch"], scale["new"]
+                        ),
+                        peak_GiB=peak_gib(),
+                    )
+                    set_prefix(model, None)
                 del model
                 reset_peak()
         for bits in (16, 4):

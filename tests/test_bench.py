@@ -16,7 +16,7 @@ def test_tiny_benchmark_prints_one_json_object_per_figure(tmp_path):
             "bench",
             "--tiny",
             "--only",
-            "ptuning16,decode16,evaluate",
+            "ptuning16,decode16,evaluate,evaluate_prefix",
             "--workdir",
             str(tmp_path),
         ],
@@ -31,6 +31,8 @@ def test_tiny_benchmark_prints_one_json_object_per_figure(tmp_path):
     figures = [record["figure"] for record in records]
     assert figures.count("ptuning_step") == 3  # batch 16, batch 1, batch 1 with recomputation
     assert {"environment", "decode", "batched_evaluation"} <= set(figures)
+    evaluations = [record for record in records if record["figure"] == "batched_evaluation"]
+    assert [record.get("pre_seq_len") for record in evaluations] == [None, 128]  # without, then with a prefix
     assert all(record["tokens_per_s"] > 0 for record in records if "tokens_per_s" in record)
 
 
