@@ -9,6 +9,7 @@
 #   decode     tools/perf/before_after.py .old (main before the fused step: mkdir .old && git archive 3a7f86f glmcore |
 #              tar -x -C .old; carry it) on decode16, ChatGLM3-6B and ChatGLM-6B, then tests/gpu (the kernels a
 #              16-bit step launches, each count printed)
+#   prefix     ChatGLM-6B's batched evaluation without and with a 128-token P-tuning prefix (evaluate, evaluate_prefix)
 set -u -o pipefail
 # TINY=--tiny rehearses the call on the CPU at toy sizes, with this machine's packages.
 if [ -z "${TINY:-}" ]; then
@@ -26,6 +27,9 @@ case $1 in
   chatglm)
     rm -rf /tmp/serve/chatglm3-6b-random
     bench --family chatglm-6b --only bandwidth,serve ;;
+  prefix)
+    rm -rf /tmp/serve/chatglm3-6b-random
+    bench --family chatglm-6b --only evaluate,evaluate_prefix ;;
   decode)
     rm -rf /tmp/serve
     python3 tools/perf/before_after.py .old --only bandwidth,decode16 --family chatglm3-6b --family chatglm-6b \
