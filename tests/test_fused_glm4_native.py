@@ -208,3 +208,22 @@ def test_with_a_prefix_a_step_runs_what_a_step_without_one_runs(layout_dir):
         layout_dir, dtype=torch.float32, device="cpu", pre_seq_len=3, prefix_projection=True
     ).eval()
     assert sorted(step_operations(prefixed)) == sorted(step_operations(load(layout_dir)))
+
+
+def test_a_model_offloaded_by_accelerate_steps_as_it_recomputes(layout_dir):
+    """accelerate's offloading keeps every weight on the meta device and brings it in by a hook around each
+    module's forward (DeepSpeed ZeRO-3 gathers its shards the same way): the step must call each hooked module,
+    its RMSNorms too, and give the logits of recomputing the whole sequence."""
+    from accelerate import cpu_offload
+
+    model = load(layout_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        whole = model(ids, use_cache=False).logits[:, -1]
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert model.model.layers[0].input_layernorm.weight.is_meta
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids[:, :-1], cache=cache)
+        step = model(ids[:, -1:], cache=cache).logits[:, -1]
+    assert (step - whole).abs().max().item() <= 1e-4
