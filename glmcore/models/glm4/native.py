@@ -192,10 +192,19 @@ class InferenceRMSNorm:
         return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
 
 
+def runs_alone(module: nn.Module) -> bool:
+    """Whether calling `module` runs its class's forward alone: no hook and no forward wrapped on the instance
+    (accelerate's offloading and DeepSpeed ZeRO-3 bring its weights in that way), so its weights may be read."""
+    return not module._forward_hooks and not module._forward_pre_hooks and "forward" not in vars(module)
+
+
 def fused_rms_norm(norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RMSNorm as one `F.rms_norm` with its weight, for the one-token step: fp32 inside, rounded
     once where transformers rounds the normalised values, then their product with the weight (the same in fp32;
-    in 16-bit an element may round the other way, as layout 1's step's norm does against its published chain)."""
+    in 16-bit an element may round the other way, as layout 1's step's norm does against its published chain).
+    A hooked norm runs as it is (`runs_alone`)."""
+    if not runs_alone(norm):
+        return norm(hidden_states)
     return F.rms_norm(hidden_states, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
@@ -245,13 +254,7 @@ def query_key_value(attention: nn.Module, hidden_states: torch.Tensor) -> torch.
     LoRA updates are forward hooks), else each projection as transformers runs it (PEFT's LoRA layers,
     bitsandbytes' 4/8-bit layers), then joined."""
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-    if all(
-        type(projection) is nn.Linear
-        and not projection._forward_hooks
-        and not projection._forward_pre_hooks
-        and "forward" not in vars(projection)  # accelerate's offloading wraps the instance's forward
-        for projection in projections
-    ):
+    if all(type(projection) is nn.Linear and runs_alone(projection) for projection in projections):
         weight = adjacent_parts([projection.weight for projection in projections])
         biases = [projection.bias for projection in projections]
         bias = None if any(part is None for part in biases) else adjacent_parts(biases)
