@@ -419,16 +419,34 @@ class PrefixCausalLM:
 
                 cache = DynamicCache(config=self.config)
             hidden_states = self.decoding_step(embedded, position_ids, attention_mask, cache, own_prefix)
-            return causal_lm_output(
-                hidden_states,
-                self.lm_head,
-                self.config.vocab_size,
-                labels=None,
-                training=self.training,
-                logits_to_keep=logits_to_keep,
-                num_items_in_batch=None,
-                cache=cache,
+        else:
+            hidden_states, cache = self.decoder_forward(
+                embedded, attention_mask, position_ids, cache, use_cache, prefix, own_prefix
             )
+        return causal_lm_output(
+            hidden_states,
+            self.lm_head,
+            self.config.vocab_size,
+            labels=labels,
+            training=self.training,
+            logits_to_keep=logits_to_keep,
+            num_items_in_batch=num_items_in_batch,
+            cache=cache,
+            label_count=kwargs.get("label_count"),
+        )
+
+    def decoder_forward(
+        self,
+        embedded: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache,
+        use_cache: bool | None,
+        prefix: int,
+        own_prefix: int,
+    ) -> tuple[torch.Tensor, object]:
+        """The final hidden states through transformers' decoder, and the cache to return: the prefix (`own_prefix`
+        of its `prefix` columns, those the cache does not hold) put in front of each layer's keys and values."""
         inner = cache
         if prefix or isinstance(cache, StaticKVCache):
             if (
@@ -439,6 +457,7 @@ class PrefixCausalLM:
                 from transformers import DynamicCache
 
                 inner = DynamicCache(config=self.config)
+            batch = embedded.shape[0]
             keys_values = self.transformer.prefix_keys_values(batch, embedded.dtype) if own_prefix else None
             cache = PrefixedCache(keys_values, inner)
         outputs = self.model(
@@ -449,17 +468,7 @@ class PrefixCausalLM:
             **{CACHE_FIELD: cache},
         )
         returned = inner if isinstance(cache, PrefixedCache) else getattr(outputs, CACHE_FIELD, None)
-        return causal_lm_output(
-            outputs.last_hidden_state,
-            self.lm_head,
-            self.config.vocab_size,
-            labels=labels,
-            training=self.training,
-            logits_to_keep=logits_to_keep,
-            num_items_in_batch=num_items_in_batch,
-            cache=returned,
-            label_count=kwargs.get("label_count"),
-        )
+        return outputs.last_hidden_state, returned
 
     def outputs_more(self, kwargs: dict) -> bool:
         """Whether the call asks for attentions or hidden states, which only transformers' forward gives."""
