@@ -227,3 +227,31 @@ def test_a_model_offloaded_by_accelerate_steps_as_it_recomputes(layout_dir):
         model(ids[:, :-1], cache=cache)
         step = model(ids[:, -1:], cache=cache).logits[:, -1]
     assert (step - whole).abs().max().item() <= 1e-4
+
+
+def test_weights_trained_or_loaded_in_place_are_the_ones_the_step_reads(layout_dir):
+    """Full fine-tuning's optimizer updates q/k/v in place and a checkpoint resumed (or the best one loaded at the
+    end) is copied into them: the one matmul reads the new values through the same storage, no stale copy."""
+    model = load(layout_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+
+    def step_and_recomputation() -> tuple[torch.Tensor, torch.Tensor]:
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(ids[:, :-1], cache=cache)
+            return model(ids[:, -1:], cache=cache).logits[:, -1], model(ids, use_cache=False).logits[:, -1]
+
+    before, _ = step_and_recomputation()
+    other = load(layout_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    model.eval()
+    for loaded in (False, True):
+        if loaded:
+            model.load_state_dict(other.state_dict())
+        assert adjacent_parts([part.weight for part in projections(model)]) is not None
+        step, whole = step_and_recomputation()
+        assert (step - whole).abs().max().item() <= 1e-4
+        assert torch.equal(step, before) == loaded
