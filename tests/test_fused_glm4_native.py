@@ -1,8 +1,9 @@
 """GLM-4's -hf and 0414 layouts' fused one-token step (glmcore/models/glm4/native.py, issue 32): it gives
 transformers' logits, decoding with it equals recomputation and each row alone, with and without a prefix, it
 runs no more operations a layer than layout 1's step (its norms after attention and the MLP aside), with a
-prefix (read from the static cache) no more than without one, and its q/k/v projections share one storage
-without a second copy of their weights."""
+prefix (read from the static cache) no more than without one, its q/k/v projections share one storage
+without a second copy of their weights (which training and loading update in place), and a module hooked by
+accelerate's offloading runs with its hook."""
 
 from __future__ import annotations
 
