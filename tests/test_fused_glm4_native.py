@@ -1,8 +1,9 @@
 """GLM-4's -hf and 0414 layouts' fused one-token step (glmcore/models/glm4/native.py, issue 32): it gives
 transformers' logits, decoding with it equals recomputation and each row alone, with and without a prefix, it
 runs no more operations a layer than layout 1's step (its norms after attention and the MLP aside), with a
-prefix (read from the static cache) no more than without one, and its q/k/v projections share one storage
-without a second copy of their weights."""
+prefix (read from the static cache) no more than without one, its q/k/v projections share one storage
+without a second copy of their weights (which training and loading update in place), and a module hooked by
+accelerate's offloading runs with its hook."""
 
 from __future__ import annotations
 
@@ -208,3 +209,50 @@ def test_with_a_prefix_a_step_runs_what_a_step_without_one_runs(layout_dir):
         layout_dir, dtype=torch.float32, device="cpu", pre_seq_len=3, prefix_projection=True
     ).eval()
     assert sorted(step_operations(prefixed)) == sorted(step_operations(load(layout_dir)))
+
+
+def test_a_model_offloaded_by_accelerate_steps_as_it_recomputes(layout_dir):
+    """accelerate's offloading keeps every weight on the meta device and brings it in by a hook around each
+    module's forward (DeepSpeed ZeRO-3 gathers its shards the same way): the step must call each hooked module,
+    its RMSNorms too, and give the logits of recomputing the whole sequence."""
+    from accelerate import cpu_offload
+
+    model = load(layout_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        whole = model(ids, use_cache=False).logits[:, -1]
+    cpu_offload(model, execution_device=torch.device("cpu"))
+    assert model.model.layers[0].input_layernorm.weight.is_meta
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids[:, :-1], cache=cache)
+        step = model(ids[:, -1:], cache=cache).logits[:, -1]
+    assert (step - whole).abs().max().item() <= 1e-4
+
+
+def test_weights_trained_or_loaded_in_place_are_the_ones_the_step_reads(layout_dir):
+    """Full fine-tuning's optimizer updates q/k/v in place and a checkpoint resumed (or the best one loaded at the
+    end) is copied into them: the one matmul reads the new values through the same storage, no stale copy."""
+    model = load(layout_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+
+    def step_and_recomputation() -> tuple[torch.Tensor, torch.Tensor]:
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            model(ids[:, :-1], cache=cache)
+            return model(ids[:, -1:], cache=cache).logits[:, -1], model(ids, use_cache=False).logits[:, -1]
+
+    before, _ = step_and_recomputation()
+    other = load(layout_dir)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    model.eval()
+    for loaded in (False, True):
+        if loaded:
+            model.load_state_dict(other.state_dict())
+        assert adjacent_parts([part.weight for part in projections(model)]) is not None
+        step, whole = step_and_recomputation()
+        assert (step - whole).abs().max().item() <= 1e-4
+        assert torch.equal(step, before) == loaded

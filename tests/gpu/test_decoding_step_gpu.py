@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import GOLDEN
+from support.greedy import assert_graph_steps_pick_recomputed_tokens
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
@@ -74,15 +75,4 @@ def test_the_16bit_graph_step_picks_the_tokens_recomputation_picks():
     folder = GOLDEN / "chatglm3" / "tiny-chatglm3"
     model = glmcore.load_model(folder).to("cuda", torch.float16)
     prompt = torch.tensor([glmcore.load_tokenizer(folder).encode("Hello world, a prompt")], device="cuda")
-    decoder = new_decoder(model, 1, 32, use_graph=True)
-    generated = torch.stack(list(decoder.decode(prompt, torch.ones_like(prompt), 8, eos_token_id=-1)), dim=1)[
-        0
-    ]
-    assert decoder.graph is not None, decoder.graph_error
-    with torch.no_grad():
-        sequence = torch.cat((prompt[0], generated))[None]
-        logits = model(sequence, use_cache=False).logits[0, prompt.shape[1] - 1 : -1].float()
-    top_two = logits.topk(2, dim=-1).values
-    clear = (top_two[:, 0] - top_two[:, 1]) > 0.05
-    assert clear.any()
-    assert torch.equal(logits.argmax(-1)[clear], generated[clear])
+    assert_graph_steps_pick_recomputed_tokens(model, prompt, clear_margin=0.05)

@@ -192,10 +192,19 @@ class InferenceRMSNorm:
         return self.weight * F.rms_norm(hidden_states, self.weight.shape, eps=self.variance_epsilon)
 
 
+def runs_alone(module: nn.Module) -> bool:
+    """Whether calling `module` runs its class's forward alone: no hook and no forward wrapped on the instance
+    (accelerate's offloading and DeepSpeed ZeRO-3 bring its weights in that way), so its weights may be read."""
+    return not module._forward_hooks and not module._forward_pre_hooks and "forward" not in vars(module)
+
+
 def fused_rms_norm(norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
     """transformers' RMSNorm as one `F.rms_norm` with its weight, for the one-token step: fp32 inside, rounded
     once where transformers rounds the normalised values, then their product with the weight (the same in fp32;
-    in 16-bit an element may round the other way, as layout 1's step's norm does against its published chain)."""
+    in 16-bit an element may round the other way, as layout 1's step's norm does against its published chain).
+    A hooked norm runs as it is (`runs_alone`)."""
+    if not runs_alone(norm):
+        return norm(hidden_states)
     return F.rms_norm(hidden_states, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
@@ -245,13 +254,7 @@ def query_key_value(attention: nn.Module, hidden_states: torch.Tensor) -> torch.
     LoRA updates are forward hooks), else each projection as transformers runs it (PEFT's LoRA layers,
     bitsandbytes' 4/8-bit layers), then joined."""
     projections = (attention.q_proj, attention.k_proj, attention.v_proj)
-    if all(
-        type(projection) is nn.Linear
-        and not projection._forward_hooks
-        and not projection._forward_pre_hooks
-        and "forward" not in vars(projection)  # accelerate's offloading wraps the instance's forward
-        for projection in projections
-    ):
+    if all(type(projection) is nn.Linear and runs_alone(projection) for projection in projections):
         weight = adjacent_parts([projection.weight for projection in projections])
         biases = [projection.bias for projection in projections]
         bias = None if any(part is None for part in biases) else adjacent_parts(biases)
@@ -416,16 +419,34 @@ class PrefixCausalLM:
 
                 cache = DynamicCache(config=self.config)
             hidden_states = self.decoding_step(embedded, position_ids, attention_mask, cache, own_prefix)
-            return causal_lm_output(
-                hidden_states,
-                self.lm_head,
-                self.config.vocab_size,
-                labels=None,
-                training=self.training,
-                logits_to_keep=logits_to_keep,
-                num_items_in_batch=None,
-                cache=cache,
+        else:
+            hidden_states, cache = self.decoder_forward(
+                embedded, attention_mask, position_ids, cache, use_cache, prefix, own_prefix
             )
+        return causal_lm_output(
+            hidden_states,
+            self.lm_head,
+            self.config.vocab_size,
+            labels=labels,
+            training=self.training,
+            logits_to_keep=logits_to_keep,
+            num_items_in_batch=num_items_in_batch,
+            cache=cache,
+            label_count=kwargs.get("label_count"),
+        )
+
+    def decoder_forward(
+        self,
+        embedded: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        cache,
+        use_cache: bool | None,
+        prefix: int,
+        own_prefix: int,
+    ) -> tuple[torch.Tensor, object]:
+        """The final hidden states through transformers' decoder, and the cache to return: the prefix (`own_prefix`
+        of its `prefix` columns, those the cache does not hold) put in front of each layer's keys and values."""
         inner = cache
         if prefix or isinstance(cache, StaticKVCache):
             if (
@@ -436,6 +457,7 @@ class PrefixCausalLM:
                 from transformers import DynamicCache
 
                 inner = DynamicCache(config=self.config)
+            batch = embedded.shape[0]
             keys_values = self.transformer.prefix_keys_values(batch, embedded.dtype) if own_prefix else None
             cache = PrefixedCache(keys_values, inner)
         outputs = self.model(
@@ -446,17 +468,7 @@ class PrefixCausalLM:
             **{CACHE_FIELD: cache},
         )
         returned = inner if isinstance(cache, PrefixedCache) else getattr(outputs, CACHE_FIELD, None)
-        return causal_lm_output(
-            outputs.last_hidden_state,
-            self.lm_head,
-            self.config.vocab_size,
-            labels=labels,
-            training=self.training,
-            logits_to_keep=logits_to_keep,
-            num_items_in_batch=num_items_in_batch,
-            cache=returned,
-            label_count=kwargs.get("label_count"),
-        )
+        return outputs.last_hidden_state, returned
 
     def outputs_more(self, kwargs: dict) -> bool:
         """Whether the call asks for attentions or hidden states, which only transformers' forward gives."""
