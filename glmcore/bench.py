@@ -17,7 +17,9 @@ published `.bin` shards and from safetensors), `vram` (three runs against the es
 64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's; then
 `serve_mixed`: 32 clients over 4 random LoRA adapters (rank 8), 4 random prefixes (16 tokens) and the base,
 against 32 clients of the base alone on the same engine, and at 16 bits `lora_numerics`: one adapter's row
-against the model with that adapter merged into its weights).
+against the model with that adapter merged into its weights). `decode4i` / `serve4i` (the optional int4
+backend, `pip install 'glmtui[int4]'`): int4's and NF4's logits against 16-bit's, then `decode4` and `serve`
+with torchao's int4 weights (glmcore/bench_int4.py).
 """
 
 from __future__ import annotations
@@ -797,7 +799,10 @@ FIGURES = (
     "vram",
     "vramgrid",
     "serve",
+    "decode4i",
+    "serve4i",
 )
+INT4_FIGURES = {"decode4i", "serve4i"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -831,6 +836,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown_methods = set(args.grid_methods.split(",")) - {method for method, *_ in GRID_CELLS}
     if unknown_methods:
         parser.error(f"unknown --grid-methods: {', '.join(sorted(unknown_methods))} (ptuning-v2, lora)")
+    if INT4_FIGURES & wanted:
+        from glmcore.errors import GlmError
+        from glmcore.models.int4 import INT4, check_four_bit
+
+        try:
+            check_four_bit(INT4, 4)
+        except GlmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     family = family_named(args.family)
     bench = bench_model(family, args.tiny)
     scale = (
@@ -947,6 +961,10 @@ def main(argv: list[str] | None = None) -> int:
                     set_prefix(model, None)
                 del model
                 reset_peak()
+        if INT4_FIGURES & wanted:
+            from glmcore.bench_int4 import int4_figures
+
+            int4_figures(model_dir, bench, wanted, bound, args.tiny, report)
         for bits in (16, 4):
             if "serve" in wanted and (bits == 16 or torch.cuda.is_available()):  # NF4 needs a GPU
                 from glmcore.models.loading import load_model
