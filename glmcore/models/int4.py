@@ -30,7 +30,7 @@ GROUP_SIZES = (128, 64, 32)
 """Input columns per quantization group, the largest that divides a layer's width."""
 MISSING_TORCHAO = (
     "The int4 4-bit backend needs torchao, which is not installed: install it with pip install 'glmtui[int4]', "
-    "or leave out --four-bit int4 to load 4-bit weights as NF4."
+    "or use NF4 4-bit weights (--four-bit nf4, the default)."
 )
 NEEDS_BF16 = (
     "int4 4-bit weights need a GPU that runs bf16 (Ampere or newer), but this one loads in {dtype}: use "
