@@ -27,18 +27,22 @@ from glmcore.models.int4 import MISSING_TORCHAO
 from glmcore.models.quantized_embedding import Int8LMHead
 
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
-needs_torchao = pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed (pip install 'glmtui[int4]')")
+needs_torchao = pytest.mark.skipif(
+    not HAS_TORCHAO, reason="torchao is not installed (pip install 'glmtui[int4]')"
+)
 PROMPT = "类型#上衣*材质#牛仔布*颜色#白色"
 
 
-@pytest.mark.skipif(HAS_TORCHAO, reason="torchao is installed here, so the missing-package sentence cannot show")
+@pytest.mark.skipif(
+    HAS_TORCHAO, reason="torchao is installed here, so the missing-package sentence cannot show"
+)
 def test_int4_without_torchao_is_one_sentence_before_anything_is_made(
     tiny_model_dir: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "evaluation"
+    options = ["--model", tiny_model_dir, "--data", tmp_path / "dev.json", "--four-bit", "int4", "--out", out]
     done = subprocess.run(
-        [sys.executable, "-m", "glmtui.cli", "--workspace", str(tmp_path / "ws"), "eval", "--model"]
-        + [str(tiny_model_dir), "--data", str(tmp_path / "dev.json"), "--four-bit", "int4", "--out", str(out)],
+        [sys.executable, "-m", "glmtui.cli", "--workspace", str(tmp_path / "ws"), "eval", *map(str, options)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -62,7 +66,9 @@ def test_int4_is_a_4_bit_format_and_training_keeps_nf4(tiny_model_dir: Path, tmp
         "train_file": str(tmp_path / "train.json"),
         "four_bit": "int4",
     }
-    with pytest.raises(ConfigError, match="four_bit is not a training setting: training's 4-bit weights are always"):
+    with pytest.raises(
+        ConfigError, match="four_bit is not a training setting: training's 4-bit weights are always"
+    ):
         RunConfig.from_dict(settings)
 
 
@@ -104,7 +110,9 @@ def greedy_by_whole_forwards(model, prompt: list[int], new_tokens: int) -> list[
 
 @needs_torchao
 @pytest.mark.parametrize("layout", ["chatglm-6b", "glm-4 transformers layout"])
-def test_glmcores_decoder_runs_on_int4_weights(realistic_model_dir: Path, tmp_path: Path, layout: str) -> None:
+def test_glmcores_decoder_runs_on_int4_weights(
+    realistic_model_dir: Path, tmp_path: Path, layout: str
+) -> None:
     """The static decoder's greedy tokens are the whole forward pass's, with the same int4 weights (GLM-4's
     transformers layout joins q, k and v in one product only where they share one storage, which int4's do not)."""
     folder = realistic_model_dir if layout == "chatglm-6b" else write_glm4_hf_checkpoint(tmp_path / "glm4")
