@@ -18,7 +18,6 @@ backward through the frozen base that P-tuning v2 needs, so training's 4-bit sta
 from __future__ import annotations
 
 import importlib.util
-import logging
 
 from glmcore.errors import GlmError
 
@@ -66,20 +65,18 @@ def group_size(in_features: int) -> int | None:
     return next((size for size in GROUP_SIZES if in_features % size == 0), None)
 
 
-def quantize_blocks(model, device: str) -> None:
-    """Replace the weights of the transformer blocks' linear layers by torchao int4 weight-only tensors, in place.
+def quantize_blocks(model, device: str, not_quantized: list[str]) -> None:
+    """Replace the weights of the transformer blocks' linear layers (every `nn.Linear` whose name holds none of
+    `not_quantized`) by torchao int4 weight-only tensors, in place.
 
     CUDA takes the tile-packed layout, in bf16 (its kernel's only activation type: `load_model` checks the
     dtype first); the CPU takes the opaque layout, in the model's dtype."""
     from torch import nn
     from torchao.quantization import quantize_
 
-    from glmcore.models.loading import NOT_QUANTIZED
-
     cuda = device.startswith("cuda")
-    logging.getLogger("torchao").setLevel(logging.ERROR)  # its optional C++ extensions, unused here
     for name, module in model.named_modules():
-        if type(module) is not nn.Linear or any(part in name for part in NOT_QUANTIZED):
+        if type(module) is not nn.Linear or any(part in name for part in not_quantized):
             continue
         size = group_size(module.in_features)
         if size is None:

@@ -135,7 +135,7 @@ def load_model(
         raise GlmError(problem) from error
     model.model_family = model_family  # see glmcore.models.family_of
     if four_bit == int4.INT4:
-        int4.quantize_blocks(model, device)
+        int4.quantize_blocks(model, device, NOT_QUANTIZED)
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
         from glmcore.models import quantized_embedding
 
