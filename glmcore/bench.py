@@ -942,7 +942,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated figures: " + ", ".join(FIGURES) + " (default: all; the int4 ones where torchao is installed)",
+        help="comma-separated figures: "
+        + ", ".join(FIGURES)
+        + " (default: all; the int4 ones where torchao is installed)",
     )
     parser.add_argument(
         "--grid-methods",
