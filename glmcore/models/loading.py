@@ -124,6 +124,11 @@ def load_model(
             path, config=config, dtype=dtype, device_map={"": device}, **extra
         )
     except torch.OutOfMemoryError as error:
+        if four_bit == int4.INT4:
+            raise GlmError(
+                f"Not enough GPU memory to load {path} for int4: its 16-bit weights are loaded first and quantized "
+                "after; use --four-bit nf4, or free the GPU."
+            ) from error
         raise GlmError(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
