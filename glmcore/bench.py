@@ -17,7 +17,9 @@ published `.bin` shards and from safetensors), `vram` (three runs against the es
 64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's; then
 `serve_mixed`: 32 clients over 4 random LoRA adapters (rank 8), 4 random prefixes (16 tokens) and the base,
 against 32 clients of the base alone on the same engine, and at 16 bits `lora_numerics`: one adapter's row
-against the model with that adapter merged into its weights).
+against the model with that adapter merged into its weights). `decode4i` / `serve4i` (the optional int4
+backend, `pip install 'glmtui[int4]'`): int4's and NF4's logits against 16-bit's, then `decode4` and `serve`
+with torchao's int4 weights (`int4_figures`).
 """
 
 from __future__ import annotations
@@ -785,6 +787,124 @@ def lora_numerics(model, ids: dict[str, int], adapter: Path, prompt_length: int)
     }
 
 
+# --- the optional int4 backend (torchao) -----------------------------------------------------------
+
+NUMERICS_PROMPTS = 4
+
+
+def stored_bytes(model) -> int:
+    """The bytes the model's parameters hold: a tensor subclass (torchao's int4 weights) counts its inner tensors
+    (packed values, scales and zero points), not the 16-bit shape it stands for."""
+
+    def size(tensor) -> int:
+        if hasattr(tensor, "__tensor_flatten__"):
+            names, _ = tensor.__tensor_flatten__()
+            return sum(size(getattr(tensor, name)) for name in names if getattr(tensor, name) is not None)
+        return tensor.numel() * tensor.element_size()
+
+    return sum(size(parameter) for parameter in model.parameters())
+
+
+def numerics_prompts(ids: dict[str, int], length: int) -> list[list[int]]:
+    """`NUMERICS_PROMPTS` different prompts of `length` tokens ending as the family's prompts end."""
+    tail = [ids["gmask_token_id"], ids["bos_token_id"]]
+    return [
+        [10 + (row * 7 + column) % 500 for column in range(length - 2)] + tail
+        for row in range(NUMERICS_PROMPTS)
+    ]
+
+
+def last_logits(model, prompts: list[list[int]]):
+    import torch
+
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(torch.tensor(prompts, device=device)).logits[:, -1].float().cpu()
+
+
+def four_bit_numerics(model_dir: Path, ids: dict[str, int], prompt_length: int) -> dict:
+    """int4's and NF4's last-position logits against 16-bit's on the same prompts."""
+    from glmcore.models.loading import load_model
+
+    prompts = numerics_prompts(ids, prompt_length)
+    logits = {}
+    for name, options in (
+        ("16-bit", {}),
+        ("int4", {"quantization_bit": 4, "four_bit": "int4"}),
+        ("nf4", {"quantization_bit": 4}),
+    ):
+        model = load_model(model_dir, **options)
+        logits[name] = last_logits(model, prompts)
+        del model
+        reset_peak()
+    reference = logits.pop("16-bit")
+    figures = {
+        "prompts": NUMERICS_PROMPTS,
+        "prompt": prompt_length,
+        "logit_scale": round(float(reference.abs().max()), 3),
+    }
+    for name, values in logits.items():
+        difference = values - reference
+        figures[name] = {
+            "max_abs_logit_difference": round(float(difference.abs().max()), 5),
+            "relative_difference": round(float(difference.norm() / reference.norm()), 5),
+            "same_argmax": float((values.argmax(-1) == reference.argmax(-1)).float().mean()),
+        }
+    return figures
+
+
+def int4_figures(model_dir: Path, bench: BenchModel, wanted: set[str], bound: float | None, tiny: bool) -> None:
+    """Report the int4 figures `wanted` asks for (`decode4i`, `serve4i`): torchao's int4 weights against 16-bit
+    and NF4 on the same checkpoint (glmcore/models/int4.py, issue 36). `decode4i`: each 4-bit format's
+    last-position logits against 16-bit's on the same prompts (max |difference|, and the difference's norm over
+    16-bit's), then batch-1 decoding as `decode4` measures NF4, its bound counted from the bytes the int4
+    weights hold. `serve4i`: the `serve` figure's clients through the serving engine with int4 weights."""
+    from glmcore.adapters import model_compute_dtype
+    from glmcore.models.loading import load_model
+    from glmcore.serve.batching import kv_bytes_per_token
+
+    if "decode4i" in wanted:
+        report("four_bit_numerics", **four_bit_numerics(model_dir, bench.special_ids, SOURCE + 2))
+    reset_peak()
+    model = load_model(model_dir, quantization_bit=4, four_bit="int4")
+    weight_bytes = stored_bytes(model)
+    if "decode4i" in wanted:
+        rate = decoding(model, bench.special_ids, 1, SOURCE + 2, 128 if not tiny else 8)
+        extra = {}
+        if bound:
+            extra = {
+                "bound_tokens_per_s": round(bound / weight_bytes, 1),
+                "share_of_bound": round(rate * weight_bytes / bound, 3),
+            }
+        report(
+            "decode",
+            bits=4,
+            four_bit="int4",
+            batch=1,
+            prompt=SOURCE + 2,
+            tokens_per_s=round(rate, 1),
+            weights_GB=round(weight_bytes / 1e9, 2),
+            graph_error=decoding.graph_error,
+            step_ms=decoding.step_ms,
+            peak_GiB=peak_gib(),
+            **extra,
+        )
+    if "serve4i" in wanted:
+        new_tokens = 128 if not tiny else 16
+        cache_bytes_per_row = (SOURCE + 2 + new_tokens / 2) * kv_bytes_per_token(
+            model, model_compute_dtype(model)
+        )
+        for figures in serving(model, bench.special_ids, 4, SOURCE + 2, new_tokens, bound):
+            if bound:  # serving() counts int4 weights at their 16-bit shape: the bound from what they hold
+                clients = figures["clients"]
+                limit = clients * bound / (weight_bytes + clients * cache_bytes_per_row)
+                figures["weights_plus_cache_bound_tokens_per_s"] = round(limit, 1)
+                figures["share_of_bound"] = round(figures["output_tokens_per_s"] / limit, 3)
+            report("serve", four_bit="int4", **figures)
+    del model
+    reset_peak()
+
+
 FIGURES = (
     "bandwidth",
     "ptuning16",
@@ -797,7 +917,19 @@ FIGURES = (
     "vram",
     "vramgrid",
     "serve",
+    "decode4i",
+    "serve4i",
 )
+INT4_FIGURES = {"decode4i", "serve4i"}
+
+
+def default_figures() -> set[str]:
+    """Every figure; the int4 backend's only where its optional package (torchao) is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return set(FIGURES) - INT4_FIGURES
+    return set(FIGURES)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -808,7 +940,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="a toy shape: checks the suite runs; numbers mean nothing"
     )
     parser.add_argument(
-        "--only", default=",".join(FIGURES), help="comma-separated figures: " + ", ".join(FIGURES)
+        "--only",
+        default=None,
+        help="comma-separated figures: "
+        + ", ".join(FIGURES)
+        + " (default: all; the int4 ones where torchao is installed)",
     )
     parser.add_argument(
         "--grid-methods",
@@ -824,13 +960,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     quiet_libraries()
-    wanted = set(args.only.split(","))
+    wanted = set(args.only.split(",")) if args.only else default_figures()
     unknown = wanted - set(FIGURES)
     if unknown:
         parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
     unknown_methods = set(args.grid_methods.split(",")) - {method for method, *_ in GRID_CELLS}
     if unknown_methods:
         parser.error(f"unknown --grid-methods: {', '.join(sorted(unknown_methods))} (ptuning-v2, lora)")
+    if INT4_FIGURES & wanted:
+        from glmcore.errors import GlmError
+        from glmcore.models.int4 import INT4, check_four_bit
+
+        try:
+            check_four_bit(INT4, 4)
+        except GlmError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     family = family_named(args.family)
     bench = bench_model(family, args.tiny)
     scale = (
@@ -947,6 +1092,8 @@ def main(argv: list[str] | None = None) -> int:
                     set_prefix(model, None)
                 del model
                 reset_peak()
+        if INT4_FIGURES & wanted:
+            int4_figures(model_dir, bench, wanted, bound, args.tiny)
         for bits in (16, 4):
             if "serve" in wanted and (bits == 16 or torch.cuda.is_available()):  # NF4 needs a GPU
                 from glmcore.models.loading import load_model

@@ -112,6 +112,8 @@ class ChatPlan:
     """The `family` setting to load with (the run's, or as asked); None: found from the folder."""
     passed_over: tuple[tuple[Path, str], ...] = ()
     """A run's newer checkpoints that cannot be loaded, each with why, when its default one was picked."""
+    four_bit: str = "nf4"
+    """How 4-bit weights are stored: nf4 or int4 (`glmcore.models.int4`)."""
 
 
 def plan_chat(
@@ -122,14 +124,18 @@ def plan_chat(
     run_default: bool = False,
     quantization_bit: int | None = None,
     family: str | None = None,
+    four_bit: str = "nf4",
 ) -> ChatPlan:
     """What chatting with `run` (or the `model` folder) loads, decided before anything loads; raises ChatError
     with the sentence to show when it cannot (a full fine-tuning run, no model named).
 
     `checkpoint` is the prefix or LoRA adapter asked for (`ChatSession.use_checkpoint` tells them apart); with
     `run_default` and none asked, the run's checkpoint it stands for.
-    `model`, `quantization_bit` and `family` override the run's.
+    `model`, `quantization_bit` and `family` override the run's; `four_bit` int4 means 4-bit unless the bits are
+    given.
     """
+    from glmcore.models import int4
+
     if run is not None and run.config.method not in ("ptuning-v2", "lora"):
         raise ChatError(
             f"Run {run.id} trained {run.config.method}, neither a prefix nor a LoRA adapter: export it "
@@ -142,12 +148,17 @@ def plan_chat(
     folder = model or (run.config.model_path if run is not None else None)
     if folder is None:
         raise ChatError("Name the model folder with --model, or a run with --run.")
+    bits = int4.resolve_bits(
+        quantization_bit, four_bit, run.config.quantization_bit if run is not None else 16
+    )
+    int4.check_four_bit(four_bit, bits)
     return ChatPlan(
         model=Path(folder).expanduser(),
         checkpoint=checkpoint,
-        quantization_bit=quantization_bit or (run.config.quantization_bit if run is not None else 16),
+        quantization_bit=bits,
         family=family or (run.config.family if run is not None else None),
         passed_over=passed_over,
+        four_bit=four_bit,
     )
 
 

@@ -173,6 +173,12 @@ class RunConfig:
         errors: list[str] = []
         unknown = [key for key in data if key not in hints]
         for key in unknown:
+            if key == "four_bit":  # the inference commands' option, which training refuses
+                errors.append(
+                    "four_bit is not a training setting: training's 4-bit weights are always NF4 (int4 is for "
+                    "chat, eval and serve, as --four-bit int4)"
+                )
+                continue
             close = difflib.get_close_matches(key, known, n=1)
             errors.append(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         values: dict[str, object] = {}

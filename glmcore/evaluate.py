@@ -579,11 +579,13 @@ def compare_checkpoints(
     device: str | None = None,
     limit: int | None = None,
     family: str | None = None,
+    four_bit: str = "nf4",
 ) -> CheckpointComparison:
     """Evaluate the same data through the base model (`"base"`) and each prefix or LoRA checkpoint, side by side.
 
     `limit` evaluates only the data's first `limit` examples (a quick look before the whole file); it is
-    recorded in comparison.json with the file's full count. `family` is the model's `family` setting.
+    recorded in comparison.json with the file's full count. `family` is the model's `family` setting. `four_bit`
+    says how 4-bit weights are stored (nf4 or int4, `glmcore.models.int4`).
 
     The base model is loaded once; each checkpoint only swaps the prefix encoder or the LoRA adapter (its
     low-rank updates added to the base's outputs, as `glmcore.adapters` applies them). Results go into
@@ -608,7 +610,9 @@ def compare_checkpoints(
     all_examples = load_examples(data_file, columns or Columns()).examples
     examples = all_examples[:limit]
     tokenizer = load_tokenizer(model_path, family=family)
-    model = load_model(model_path, quantization_bit=quantization_bit, device=device, family=family)
+    model = load_model(
+        model_path, quantization_bit=quantization_bit, device=device, family=family, four_bit=four_bit
+    )
 
     evaluations: list[EvalResult] = []
     started = time.monotonic()
@@ -664,7 +668,7 @@ def compare_checkpoints(
             break
     comparison = CheckpointComparison(output_root, evaluations, len(evaluations) == len(evaluated), skipped)
     subset = {"limit": limit, "data_examples": len(all_examples)}
-    _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset)
+    _write_comparison(comparison, model_path, data_file, quantization_bit, settings, subset, four_bit)
     return comparison
 
 
@@ -684,6 +688,7 @@ def _write_comparison(
     quantization_bit: int,
     settings,
     subset: dict[str, int | None],
+    four_bit: str,
 ) -> None:
     """comparison.json (metrics side by side) and comparison_examples.jsonl (before/after, worst first).
 
@@ -701,6 +706,7 @@ def _write_comparison(
         "data": str(Path(data_file).absolute()),
         **subset,
         "quantization_bit": quantization_bit,
+        **({"four_bit": four_bit} if quantization_bit == 4 else {}),
         "settings": asdict(replace(settings, metric_mode=comparison.metric_mode.name)),
         "metric_mode": comparison.metric_mode.name,
         "ranked_by": ranking.label,
@@ -768,6 +774,8 @@ class EvalPlan:
     quantization_bit: int
     family: str | None
     """The `family` setting to load with (the run's, or as asked); None: found from the folder."""
+    four_bit: str = "nf4"
+    """How 4-bit weights are stored: nf4 or int4 (`glmcore.models.int4`)."""
 
     def compare_arguments(self) -> dict[str, object]:
         """The keyword arguments of `compare_checkpoints` this plan stands for."""
@@ -779,6 +787,7 @@ class EvalPlan:
             "columns": self.columns,
             "quantization_bit": self.quantization_bit,
             "family": self.family,
+            "four_bit": self.four_bit,
         }
 
 
@@ -809,6 +818,7 @@ def plan_evaluation(
     seed: int = 42,
     sample: bool = False,
     metric_mode: str | None = None,
+    four_bit: str = "nf4",
 ) -> EvalPlan:
     """The evaluation of `run` (or of the `model` folder) the options ask for, each left out taken from the run;
     raises EvalError with the sentence to show when there is none to make.
@@ -816,8 +826,10 @@ def plan_evaluation(
     A full fine-tuning run is refused (export it first); the data is the run's validation file unless named (never its
     training file: scores on the data it learned would flatter it); the checkpoints, unless named, are the base
     model and every complete checkpoint of the run. `metric_mode`, else the run's, else the family's published way
-    scores it.
+    scores it. `four_bit` int4 means 4-bit unless the bits are given.
     """
+    from glmcore.models import int4
+
     if run is not None:
         check_evaluable_run(run)
     config = run.config if run is not None else None
@@ -841,6 +853,8 @@ def plan_evaluation(
         else getattr(config, name, EvalSettings.__dataclass_fields__[name].default)
         for name, value in asked.items()
     }
+    bits = int4.resolve_bits(quantization_bit, four_bit, config.quantization_bit if config else 16)
+    int4.check_four_bit(four_bit, bits)
     common = {
         "batch_size": batch_size,
         "seed": seed,
@@ -857,6 +871,7 @@ def plan_evaluation(
             history=history_column or (config.history_column if config else None),
         ),
         settings=EvalSettings.published_sampling(**common) if sample else EvalSettings(**common),
-        quantization_bit=quantization_bit or (config.quantization_bit if config else 16),
+        quantization_bit=bits,
         family=family or (config.family if config else None),
+        four_bit=four_bit,
     )

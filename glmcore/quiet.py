@@ -20,6 +20,7 @@ LIBRARY_LOG_NAME = "library.log"
 LIBRARY_LOGGERS = (
     "transformers",
     "bitsandbytes",
+    "torchao",
     "peft",
     "accelerate",
     "datasets",

@@ -1,4 +1,5 @@
-"""Loading a model folder: 16-bit, 8-bit (LLM.int8) or 4-bit (NF4) through bitsandbytes, with a prefix.
+"""Loading a model folder: 16-bit, 8-bit (LLM.int8) or 4-bit (NF4) through bitsandbytes, or 4-bit int4 through
+torchao for inference (glmcore/models/int4.py), with a prefix.
 
 Nothing from the checkpoint folder is executed: the architecture is ours, `config.json` is read as data,
 `.bin` shards are unpickled with `weights_only=True` by transformers, and the published `auto_map` is
@@ -11,7 +12,7 @@ import re
 from pathlib import Path
 
 from glmcore.errors import GlmError
-from glmcore.models import family_for
+from glmcore.models import family_for, int4
 from glmcore.models.checkpoint import (
     ModelFolder,
     find_unreadable_weights,
@@ -71,10 +72,15 @@ def load_model(
     prefix_projection: bool | None = None,
     quantize_embedding: bool | None = None,
     family: str | None = None,
+    four_bit: str = int4.NF4,
 ):
     """The model in `path`, in eval mode, optionally quantized and with a P-tuning v2 prefix.
 
     `family` (the `family = ...` setting) names the model family when config.json alone cannot tell.
+
+    `four_bit` says how 4-bit weights are stored: "nf4" (bitsandbytes, the default and training's) or "int4"
+    (torchao's int4 weight-only kernels, quantized from the 16-bit weights at load; for inference only, and an
+    optional extra: glmcore/models/int4.py).
 
     At 4 and 8 bits the embedding and the LM head (one tied matrix in ChatGLM-6B, two in ChatGLM2/3) are also
     stored in int8 (`quantize_embedding`, on by default there), which halves the largest pieces left in 16-bit;
@@ -88,6 +94,7 @@ def load_model(
     path = Path(path)
     if quantization_bit not in QUANTIZATION_BITS:
         raise GlmError(f"quantization_bit must be one of 4, 8 or 16, not {quantization_bit}.")
+    int4.check_four_bit(four_bit, quantization_bit)
     model_family, _ = family_for(path, family)
     folder = require_complete(path, family)
     if problem := tokenizer_problem(path, family):
@@ -105,7 +112,10 @@ def load_model(
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     extra = {}
-    if quantization_bit != 16:
+    if four_bit == int4.INT4:
+        if device.startswith("cuda") and dtype != torch.bfloat16:
+            raise GlmError(int4.NEEDS_BF16.format(dtype=dtype))
+    elif quantization_bit != 16:
         if not device.startswith("cuda") and quantization_bit == 8:
             raise GlmError("8-bit (LLM.int8) loading needs a CUDA GPU; use 4-bit or 16-bit on the CPU.")
         extra["quantization_config"] = quantization_config(quantization_bit, dtype)
@@ -114,6 +124,11 @@ def load_model(
             path, config=config, dtype=dtype, device_map={"": device}, **extra
         )
     except torch.OutOfMemoryError as error:
+        if four_bit == int4.INT4:
+            raise GlmError(
+                f"Not enough GPU memory to load {path} for int4: its 16-bit weights are loaded first and quantized "
+                "after; use --four-bit nf4, or free the GPU."
+            ) from error
         raise GlmError(
             f"Not enough GPU memory to load {path} at {quantization_bit}-bit: try quantization_bit 4 or 8, "
             "or free the GPU."
@@ -124,6 +139,8 @@ def load_model(
             raise
         raise GlmError(problem) from error
     model.model_family = model_family  # see glmcore.models.family_of
+    if four_bit == int4.INT4:
+        int4.quantize_blocks(model, device, NOT_QUANTIZED)
     if quantize_embedding if quantize_embedding is not None else quantization_bit != 16:
         from glmcore.models import quantized_embedding
 

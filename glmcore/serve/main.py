@@ -91,9 +91,10 @@ def build_service(plan: ServerPlan, workspace: Workspace, server: Server, *, ann
         on_change=lambda models: server.write_status(**models_status(models)),
     )
     registry.check()
-    announce(f"Loading {plan.model} ({plan.quantization_bit}-bit) …")
+    stored = f", {plan.four_bit}" if plan.quantization_bit == 4 else ""
+    announce(f"Loading {plan.model} ({plan.quantization_bit}-bit{stored}) …")
     server.write_status(loading="the weights")
-    model = load_model(plan.model, quantization_bit=plan.quantization_bit)
+    model = load_model(plan.model, quantization_bit=plan.quantization_bit, four_bit=plan.four_bit)
     server.write_status(loading="the tokenizer")
     tokenizer = load_tokenizer(plan.model)
     server.write_status(loading="the key-value cache")

@@ -71,6 +71,8 @@ class ServerPlan:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     adapter_memory: float = DEFAULT_ADAPTER_MEMORY_MIB
     """MiB of the device held for LoRA adapters (loaded on first use, least recently used evicted)."""
+    four_bit: str = "nf4"
+    """How 4-bit weights are stored: nf4 or int4 (`glmcore.models.int4`)."""
 
     @classmethod
     def from_dict(cls, data: dict) -> ServerPlan:
@@ -311,10 +313,13 @@ def plan_server(
     runs: list[str],
     checkpoints: list[str],
     quantization_bit: int | None,
+    four_bit: str = "nf4",
     **options,
 ) -> ServerPlan:
     """What to serve, checked before anything starts: the model (given, or the first run's), the runs named,
-    every one a P-tuning or LoRA run of that model (others are refused, pointing to `glmtui export`)."""
+    every one a P-tuning or LoRA run of that model (others are refused, pointing to `glmtui export`), and the
+    4-bit format (int4 means 4-bit unless the bits are given)."""
+    from glmcore.models import int4
     from glmcore.models.checkpoint import model_folder_problems
     from glmcore.models.loading import tokenizer_problem
     from glmcore.runs import RunStore
@@ -333,9 +338,17 @@ def plan_server(
     if problem := tokenizer_problem(model):
         raise ServeError(f"{problem}.")
     ModelRegistry(model, store, Selection(tuple(runs), tuple(checkpoints))).check()
-    bits = quantization_bit or (first.config.quantization_bit if first is not None else 16)
+    bits = int4.resolve_bits(
+        quantization_bit, four_bit, first.config.quantization_bit if first is not None else 16
+    )
+    int4.check_four_bit(four_bit, bits)
     return ServerPlan(
-        model=str(model), runs=list(runs), checkpoints=list(checkpoints), quantization_bit=bits, **options
+        model=str(model),
+        runs=list(runs),
+        checkpoints=list(checkpoints),
+        quantization_bit=bits,
+        four_bit=four_bit,
+        **options,
     )
 
 

@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--only",
         metavar="FIGURES",
-        help=f"comma-separated figures out of {', '.join(FIGURES)} (default: all)",
+        help=f"comma-separated figures out of {', '.join(FIGURES)} (default: all; decode4i and serve4i only "
+        "where torchao is installed: pip install 'glmtui[int4]')",
     )
     parser.add_argument("--workdir", help="where the random checkpoint of the family's real shape is written")
     parser.set_defaults(func=run_bench)

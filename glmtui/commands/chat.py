@@ -24,6 +24,7 @@ from rich.text import Text
 
 from glmcore.errors import GlmError
 from glmtui.commands.family_option import add_family_option, apply_family
+from glmtui.commands.four_bit_option import add_four_bit_option
 from glmtui.text.chat import REASONING_LABEL, REASONING_STYLE, call_text, result_hint
 from glmtui.text.estimate import context_line
 
@@ -63,6 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="base weights (default: the run's, else 16)",
     )
+    add_four_bit_option(parser)
     parser.add_argument("--max-new-tokens", type=int, default=512, help="answer length limit (default 512)")
     parser.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     parser.add_argument("--top-p", type=float, default=0.7, help="sampling top_p (default 0.7)")
@@ -122,7 +124,9 @@ def run(args: argparse.Namespace) -> int:
             notices.print(Text(f"Loading {model} …"))
         tokenizer = load_tokenizer(model, family=plan.family)
         session = ChatSession(
-            load_model(model, quantization_bit=plan.quantization_bit, family=plan.family),
+            load_model(
+                model, quantization_bit=plan.quantization_bit, family=plan.family, four_bit=plan.four_bit
+            ),
             tokenizer,
             system=args.system,
             context=args.context,
@@ -166,6 +170,7 @@ def chat_plan(args: argparse.Namespace, notices: Console) -> ChatPlan:
         run_default=args.checkpoint is None,
         quantization_bit=args.quantization_bit,
         family=args.family,
+        four_bit=args.four_bit,
     )
     if args.checkpoint is not None:
         plan = dataclasses.replace(plan, checkpoint=store.resolve_checkpoint(args.checkpoint, run))

@@ -21,6 +21,7 @@ from rich.text import Text
 from glmcore.errors import GlmError
 from glmcore.metrics import METRIC_MODES
 from glmtui.commands.family_option import add_family_option, apply_family
+from glmtui.commands.four_bit_option import add_four_bit_option
 from glmtui.commands.runs import store_from_workspace
 from glmtui.text.figures import speed_and_eta
 from glmtui.text.metrics import scored_line
@@ -82,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quantization-bit", type=int, choices=(4, 8, 16), default=None, help="base weights (default 16)"
     )
+    add_four_bit_option(parser)
     parser.add_argument(
         "--sample",
         action="store_true",
@@ -138,6 +140,7 @@ def plan(args: argparse.Namespace) -> tuple[EvalPlan, Path]:
         seed=args.seed,
         sample=args.sample,
         metric_mode=args.metric_mode,
+        four_bit=args.four_bit,
     )
     if args.out is not None:
         output_root = args.out.expanduser()

@@ -24,6 +24,7 @@ from glmcore.serve.servers import (
     KEY_ENV,
 )
 from glmtui.commands.family_option import add_family_option, apply_family
+from glmtui.commands.four_bit_option import add_four_bit_option
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="base weights (default: the run's, else 16)",
     )
+    add_four_bit_option(parser)
     parser.add_argument(
         "--api-key-file", type=Path, default=None, help=f"file holding the key (else ${KEY_ENV})"
     )
@@ -159,6 +161,7 @@ def start(workspace, args: argparse.Namespace, console: Console, errors: Console
         runs=args.runs,
         checkpoints=args.checkpoints,
         quantization_bit=args.quantization_bit,
+        four_bit=args.four_bit,
         host=args.host,
         port=args.port,
         max_batch=args.max_batch,

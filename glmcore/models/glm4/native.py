@@ -211,6 +211,8 @@ def fused_rms_norm(norm: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor
 def adjacent_parts(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     """The tensors (weights [rows, columns] or biases [rows]) as one, a view, where they lie one after another in
     one storage (`share_one_storage`); None where they do not (quantized, moved apart, or never laid out)."""
+    if any(type(tensor) not in (torch.Tensor, nn.Parameter) for tensor in tensors):
+        return None  # a tensor subclass (torchao's int4 weights) has no storage of its own to view
     first = tensors[0]
     storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
     for tensor in tensors:
