@@ -1,5 +1,6 @@
 """docs/architecture.md names only things that exist: every file path, module, class and function it writes
-in backticks is looked up in the source (ast, nothing imported or executed).
+in backticks is looked up in the source (ast, nothing imported or executed). README.md and the other docs: their
+paths and `glmcore.`/`glmtui.` names.
 
 What is looked up: a path under glmcore/, glmtui/, docs/ or tests/; a dotted name under `glmcore.` or
 `glmtui.` (a module, then a name defined in it, then a member of that class); a class name (`RunStore`,
@@ -144,6 +145,18 @@ def backticked(text: str) -> list[str]:
 def test_every_name_architecture_md_writes_exists() -> None:
     tokens = backticked(ARCHITECTURE.read_text(encoding="utf-8"))
     assert len(tokens) > 100
+    problems = {token: problem for token in tokens if (problem := index().problem(token))}
+    assert problems == {}
+
+
+@pytest.mark.parametrize(
+    "doc", [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))], ids=lambda path: path.name
+)
+def test_every_path_and_module_a_doc_writes_exists(doc: Path) -> None:
+    """The other docs name other libraries' classes and functions too, so only what is surely ours is looked up
+    there: a path under glmcore/, glmtui/, docs/ or tests/, and a `glmcore.` or `glmtui.` name."""
+    ours = PATH_ROOTS + ("glmcore.", "glmtui.")
+    tokens = [token for token in backticked(doc.read_text(encoding="utf-8")) if token.startswith(ours)]
     problems = {token: problem for token in tokens if (problem := index().problem(token))}
     assert problems == {}
 
