@@ -14,12 +14,13 @@ P-tuning prefix of 128 tokens, as a P-tuning checkpoint is evaluated), `load` (f
 published `.bin` shards and from safetensors), `vram` (three runs against the estimate, one at a time) and
 `vramgrid` ({4, 8, 16-bit} × {batch 1 × 16, batch 16} × {P-tuning v2, LoRA}, 3 processes a cell), and
 `serve` (16-bit and NF4: output tokens/s and time to first token of 1, 8, 32 and 128 concurrent streaming requests of
-64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's; then
+64-token prompts and 128 new tokens through `glmtui serve`'s engine, beside the single-request decoder's (with
+`bandwidth`, each load against its weights-plus-cache bound); then
 `serve_mixed`: 32 clients over 4 random LoRA adapters (rank 8), 4 random prefixes (16 tokens) and the base,
 against 32 clients of the base alone on the same engine, and at 16 bits `lora_numerics`: one adapter's row
 against the model with that adapter merged into its weights). `decode4i` / `serve4i` (the optional int4
 backend, `pip install 'glmtui[int4]'`): int4's and NF4's logits against 16-bit's, then `decode4` and `serve`
-with torchao's int4 weights (`int4_figures`).
+with torchao's int4 weights (`int4_figures`; among the default figures only where torchao is installed).
 """
 
 from __future__ import annotations

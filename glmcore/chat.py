@@ -578,8 +578,8 @@ class ChatSession:
         captured once); `tokens` (prompt + answer) beyond what it holds grow the context first, at least
         doubling it, up to the model's positions.
 
-        A captured graph reads the prefix encoder and the adapter weights it was captured with, so switching
-        either builds a new one.
+        Switching the prefix or the adapter builds a new one: its cache is sized for the prefix it was made with,
+        and a captured graph reads the adapter weights it was captured with.
         """
         if tokens + self.pre_seq_len > self.context:
             self.context = min(self.max_sequence_length, max(tokens + self.pre_seq_len, 2 * self.context))

@@ -1,5 +1,6 @@
 """docs/architecture.md names only things that exist: every file path, module, class and function it writes
-in backticks is looked up in the source (ast, nothing imported or executed).
+in backticks is looked up in the source (ast, nothing imported or executed). README.md and the other docs: their
+paths, `glmcore.`/`glmtui.` names and the tests they cite.
 
 What is looked up: a path under glmcore/, glmtui/, docs/ or tests/; a dotted name under `glmcore.` or
 `glmtui.` (a module, then a name defined in it, then a member of that class); a class name (`RunStore`,
@@ -19,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SOURCES = ("glmcore", "glmtui", "tests")
 PATH_ROOTS = ("glmcore/", "glmtui/", "docs/", "tests/")
 HEAD = re.compile(r"[A-Za-z_][\w.]*")
@@ -146,6 +148,28 @@ def test_every_name_architecture_md_writes_exists() -> None:
     assert len(tokens) > 100
     problems = {token: problem for token in tokens if (problem := index().problem(token))}
     assert problems == {}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_path_and_module_a_doc_writes_exists(doc: Path) -> None:
+    """The other docs name other libraries' classes and functions too, so only what is surely ours is looked up
+    there: a path under glmcore/, glmtui/, docs/ or tests/, and a `glmcore.` or `glmtui.` name."""
+    ours = PATH_ROOTS + ("glmcore.", "glmtui.")
+    tokens = [token for token in backticked(doc.read_text(encoding="utf-8")) if token.startswith(ours)]
+    problems = {token: problem for token in tokens if (problem := index().problem(token))}
+    assert problems == {}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_test_a_doc_names_exists(doc: Path) -> None:
+    """reliability.md and the others cite their evidence as `test_file.py::test_name`: both must still exist."""
+    text = doc.read_text(encoding="utf-8")
+    test_files = {path.name for path in (ROOT / "tests").rglob("test_*.py")}
+    missing = sorted(
+        {name for name in re.findall(r"\b(test_\w+\.py)\b", text) if name not in test_files}
+        | {name for name in re.findall(r"::(test_\w+)", text) if name not in index().functions}
+    )
+    assert missing == []
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,11 @@
   16-bit and dropped out row by row. Autograd's chain (expand, cast, dropout) makes an fp32 copy of the whole
   batch in the backward pass (1.9 GB at batch 16 for ChatGLM-6B) before summing it; here the dropout's
   gradient is summed over the batch in fp32 directly, the same arithmetic as the published code's.
-- `labelled_cross_entropy`: the LM head and the fp32 cross-entropy of the labelled positions, a chunk of rows
-  at a time, with the hidden states' gradient computed in the forward pass. Autograd's chain keeps the fp32
-  log-probabilities [labelled tokens, vocabulary] for the backward pass and makes three more such tensors
-  in it (2 GB at batch 16); here only the gradient [labelled tokens, hidden] is kept. The gradient is the
+- `labelled_cross_entropy`: the LM head and the fp32 cross-entropy of the labelled positions (a slot whose label
+  is ignored, padding a fixed count of them, adds nothing), a chunk of rows at a time, with the hidden states'
+  gradient computed in the forward pass. Autograd's chain keeps the fp32 log-probabilities [labelled tokens,
+  vocabulary] for the backward pass and makes three more such tensors in it (2 GB at batch 16); here only the
+  gradient [labelled tokens, hidden] is kept. The gradient is the
   one cross-entropy's backward gives (softmax minus one-hot over the label count, in fp32, then cast to the
   head's dtype), so training follows the same path.
 """

@@ -1,4 +1,5 @@
-"""int4 weight-only 4-bit weights through torchao: a faster 4-bit backend than NF4 for inference.
+"""int4 weight-only 4-bit weights through torchao: a 4-bit backend for inference meant to decode faster than NF4
+(not yet measured on a GPU: docs/benchmarks.md, int4).
 
 4-bit decoding through bitsandbytes' NF4 is bound by its matrix–vector kernels, not by the bytes it reads
 (issue 36). torchao's int4 weight-only layouts run PyTorch core's tinygemm kernels instead: on CUDA the

@@ -9,7 +9,7 @@ from glmcore.models.int4 import FOUR_BIT_FORMATS, NF4
 
 FOUR_BIT_HELP = (
     "how 4-bit weights are stored: nf4 (bitsandbytes; the default, and what training uses) or int4 (torchao's "
-    "int4 weight-only kernels, faster decoding; needs pip install 'glmtui[int4]'); int4 implies "
+    "int4 weight-only kernels, meant for faster decoding; needs pip install 'glmtui[int4]'); int4 implies "
     "--quantization-bit 4"
 )
 

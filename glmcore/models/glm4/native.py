@@ -2,13 +2,14 @@
 glm-4-9b-chat-hf, `glm4` Glm4ForCausalLM for GLM-4-9B-0414 / GLM-Z1-9B-0414), shared by both layouts.
 
 The models are transformers' classes; each layout's `modeling.py` subclasses them with `PrefixCausalLM`, which
-adds only: a P-tuning v2 prefix (an fp32 encoder under `transformer.prefix_encoder`, its keys and values put in
-front of every layer's cache), positions that count real tokens (after the prefix, as PEFT's prefix tuning
-counts them, so a PEFT adapter over transformers' class gives the same logits) rather than left pads, glmtui's
-static-cache decoder, the fused loss of glmcore.models.head and, without gradients, RMSNorm's normalisation as one
-`F.rms_norm` (`InferenceRMSNorm`) and a one-token step in few kernels (`PrefixCausalLM.decoding_step`, layout 1's
-fused step over transformers' modules). Refused: a config key neither transformers'
-class nor the published config has, and a rope type other than the layout's.
+adds only: a P-tuning v2 prefix (an fp32 encoder under `transformer.prefix_encoder`, its keys and values held
+in the first columns of glmtui's static cache, else put in front of every layer's cache), positions that count
+real tokens (after the prefix, as PEFT's prefix tuning counts them, so a PEFT adapter over transformers' class
+gives the same logits) rather than left pads, glmtui's static-cache decoder, the fused loss of
+glmcore.models.head and, without gradients, RMSNorm's normalisation as one `F.rms_norm` (`InferenceRMSNorm`)
+and a one-token step in few kernels (`PrefixCausalLM.decoding_step`, layout 1's fused step over transformers'
+modules). Refused: a config key neither transformers' class nor the published config has, and a rope type
+other than the layout's.
 """
 
 from __future__ import annotations
