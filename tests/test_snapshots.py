@@ -81,13 +81,15 @@ async def press(pilot, *keys: str) -> None:
 
 
 async def assert_whole(pilot) -> None:
-    """At 80x24, nothing on screen is cut. Also stops the text cursors blinking: a snapshot must not depend on
-    the moment it is taken."""
+    """At 80x24, nothing on screen is cut. Also stops the text cursors blinking and checks that no notification
+    is showing (it goes after a timeout): a snapshot must not depend on the moment it is taken."""
     from textual.widgets import Input
 
     for field in pilot.app.screen.query(Input):
         field.cursor_blink = False
     await settle(pilot)
+    showing = [note.message for note in pilot.app.notifications_on_screen]
+    assert showing == [], f"a snapshot would show these notifications until they time out: {showing}"
     if tuple(pilot.app.size) == (80, 24):
         cuts = cut_text(pilot.app.screen)
         assert cuts == [], "\n".join(cuts)

@@ -202,6 +202,7 @@ class RunsScreen(RunActions):
         """What the table, the queue and the summary show (columns, cells, texts); a read that would show the same
         changes nothing on screen."""
         self._shown_detail: Text | None = None
+        """The line under the table as shown."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
@@ -271,6 +272,7 @@ class RunsScreen(RunActions):
         columns = fitting_columns(rows, table.scrollable_content_region.width or self.size.width, now)
         cells = {row.run.id: row.cells(now) for row in rows}
         queue = Text(self.queue_problem, style="red") if self.queue_problem else queue_text(rows)
+        queue_shown = bool(self.queue_problem) or any(row.queued for row in rows)
         active = sum(row.status.is_active for row in rows)
         marked = f"{len(self.marked)} marked (v compares, space unmarks) · " if self.marked else ""
         summary = Text(
@@ -283,7 +285,7 @@ class RunsScreen(RunActions):
             columns,
             [(run_id, [row_cells[column] for column in columns]) for run_id, row_cells in cells.items()],
             queue,
-            bool(self.queue_problem) or any(row.queued for row in rows),
+            queue_shown,
             summary,
         )
         selected = self.selected_run()
@@ -298,7 +300,7 @@ class RunsScreen(RunActions):
             self._draw_rows(table, rows, cells, columns, same_runs, selected)
             queue_panel = self.query_one("#runs-queue", Static)
             queue_panel.update(queue)
-            queue_panel.display = shown[3]
+            queue_panel.display = queue_shown
             self.query_one("#runs-summary", Static).update(summary)
         self._show_detail()
 
