@@ -4,7 +4,6 @@ to compare any of them; b orders by the next metric. With an 80x24 snapshot of t
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from test_snapshots import assert_whole, press
 from glmcore.workspace import Workspace
 from glmtui.screens.compare import CompareScreen
 
-SNAPSHOT_ROOT = Path(tempfile.gettempdir()) / "glmtui-compare-snapshot-workspace"
 SWEEP = "20260501-100000-tiny-3fa2"
 # learning rate → (training losses every 10 steps, eval losses at steps 40 and 80)
 SWEEP_RUNS = {
@@ -30,9 +28,10 @@ def sweep_run_id(rate: float) -> str:
     return f"20260501-10000{list(SWEEP_RUNS).index(rate)}-tiny-lr{rate}".replace(".", "-")
 
 
-def workspace_with_a_sweep() -> Workspace:
-    """A finished sweep of three learning rates, evaluated while training, and one run outside it."""
-    workspace = make_workspace(SNAPSHOT_ROOT)
+def workspace_with_a_sweep(root: Path) -> Workspace:
+    """A finished sweep of three learning rates, evaluated while training, and one run outside it. No path of
+    the workspace shows on the Compare screen, so ``root`` can be any (each test's own)."""
+    workspace = make_workspace(root)
     for index, (rate, (losses, eval_losses)) in enumerate(SWEEP_RUNS.items(), start=1):
         config = tiny_config(
             workspace, name=f"tiny lr{rate}", learning_rate=rate, max_steps=80, logging_steps=10
@@ -73,7 +72,7 @@ def table_column(screen, selector: str, column: int) -> list[str]:
 
 
 async def test_a_sweep_compares_as_a_whole_best_first_and_b_orders_by_the_next_metric(tmp_path) -> None:
-    app = make_app(workspace_with_a_sweep())
+    app = make_app(workspace_with_a_sweep(tmp_path / "ws"))
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await open_sweep_comparison(pilot)
         assert screen.comparison.metric == "eval_loss"
@@ -133,8 +132,8 @@ async def test_the_app_rings_and_says_so_when_a_run_it_shows_ends(tmp_path) -> N
         assert note.severity == "error" and rings == [True]
 
 
-def test_compare_screen_snapshot(snap_compare) -> None:
-    app = make_app(workspace_with_a_sweep())
+def test_compare_screen_snapshot(snap_compare, tmp_path: Path) -> None:
+    app = make_app(workspace_with_a_sweep(tmp_path / "ws"))
 
     async def compare(pilot) -> None:
         await open_sweep_comparison(pilot)

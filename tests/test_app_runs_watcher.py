@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support.app import make_app, make_workspace, tiny_config, write_run
+from support.app import make_app, make_workspace, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import Static
 
@@ -97,3 +97,36 @@ def test_one_look_hands_every_run_and_what_the_followed_run_gained(tmp_path: Pat
     assert [event["step"] for event in second.followed.events] == [3] and second.followed.log_lines == []
     assert watcher.look(every_run=False) is None  # the followed run gained nothing: nothing handed on
     assert looks == [first, second]
+
+
+async def test_a_look_that_finds_nothing_new_redraws_nothing_and_a_change_is_drawn(tmp_path: Path) -> None:
+    """The watcher reads every run each second: an idle Runs screen keeps what it shows (a redraw per read is
+    sent over SSH each time, and a snapshot could catch one half done); what changed is drawn."""
+    from glmtui.screens.runs import RunsRead, RunsScreen
+
+    workspace = make_workspace(tmp_path / "ws")
+    config = tiny_config(workspace)
+    run = write_run(workspace, "20260501-110000-live", config, state="running", step=2, losses=[3.0])
+    reads: list[RunsRead] = []
+
+    def note_reads(message) -> None:
+        if isinstance(message, RunsRead):
+            reads.append(message)
+
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40), message_hook=note_reads) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        table = screen.query_one("#runs-table")
+        await wait_until_in_app(pilot, lambda: table.row_count == 1, "the run listed")
+        await settle(pilot)
+        summary, state = screen.query_one("#runs-summary", Static).content, table.get_cell_at((0, 1))
+        read = len(reads)
+        await wait_until_in_app(pilot, lambda: len(reads) >= read + 2, "two more reads of the folders")
+        await settle(pilot)
+        assert screen.query_one("#runs-summary", Static).content is summary
+        assert table.get_cell_at((0, 1)) is state
+
+        run.write_status(state="failed", reason="CUDA out of memory")
+        await wait_until_in_app(pilot, lambda: str(table.get_cell_at((0, 1))) == "failed", "the failure")
+        assert "0 active" in str(screen.query_one("#runs-summary", Static).content)

@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 
 import pytest
-from support.app import cut_text, make_app, make_workspace, paste, settle, tiny_config, write_run
+from support.app import (
+    columns_fit_rows,
+    cut_text,
+    make_app,
+    make_workspace,
+    paste,
+    settle,
+    tiny_config,
+    write_run,
+)
 from support.snapshot_root import fixed_root, module_on_a_clean_root
 from support.waiting import wait_until_in_app
 
@@ -72,22 +81,31 @@ async def press(pilot, *keys: str) -> None:
 
 
 async def assert_whole(pilot) -> None:
-    """At 80x24, nothing on screen is cut. Also stops the text cursors blinking: a snapshot must not depend on
-    the moment it is taken."""
+    """At 80x24, nothing on screen is cut. Also stops the text cursors blinking and checks that no notification
+    is showing (it goes after a timeout): a snapshot must not depend on the moment it is taken."""
     from textual.widgets import Input
 
     for field in pilot.app.screen.query(Input):
         field.cursor_blink = False
     await settle(pilot)
+    showing = [note.message for note in pilot.app.notifications_on_screen]
+    assert showing == [], f"a snapshot would show these notifications until they time out: {showing}"
     if tuple(pilot.app.size) == (80, 24):
         cuts = cut_text(pilot.app.screen)
         assert cuts == [], "\n".join(cuts)
 
 
-async def highlight(pilot, state: str) -> None:
-    """Move the Runs table's cursor to the run in ``state`` by keys."""
+async def list_every_run(pilot) -> None:
+    """Wait until the Runs screen lists a run per state (the app reads the folders in a worker)."""
     table = pilot.app.screen.query_one("#runs-table")
     await wait_until_in_app(pilot, lambda: table.row_count == len(STATES), "a row per state")
+    await settle(pilot)
+
+
+async def highlight(pilot, state: str) -> None:
+    """Move the Runs table's cursor to the run in ``state`` by keys."""
+    await list_every_run(pilot)
+    table = pilot.app.screen.query_one("#runs-table")
     index = [key.value for key in table.rows].index(run_id(state))
     await press(pilot, *["down"] * index)
 
@@ -104,6 +122,10 @@ def test_models_screen(snap_compare, size: tuple[int, int]) -> None:
 
     async def open_models(pilot) -> None:
         await press(pilot, "f2")
+        local = pilot.app.screen.query_one("#models-local")
+        await wait_until_in_app(
+            pilot, lambda: local.row_count == 1 and columns_fit_rows(local), "the model folder listed"
+        )
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=open_models)
@@ -115,6 +137,10 @@ def test_data_screen_preview(snap_compare, size: tuple[int, int]) -> None:
 
     async def preview(pilot) -> None:
         await press(pilot, "f3", "ctrl+g")
+        stats = pilot.app.screen.query_one("#data-stats")
+        await wait_until_in_app(
+            pilot, lambda: stats.row_count == 2 and columns_fit_rows(stats), "the token statistics"
+        )
         await assert_whole(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=preview)
@@ -195,7 +221,12 @@ def test_config_editor_with_lora(snap_compare, size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_runs_screen_with_a_run_in_every_state(snap_compare, size: tuple[int, int]) -> None:
     app = make_app(workspace_with_runs())
-    assert snap_compare(app, terminal_size=size, run_before=assert_whole)
+
+    async def list_runs(pilot) -> None:
+        await list_every_run(pilot)
+        await assert_whole(pilot)
+
+    assert snap_compare(app, terminal_size=size, run_before=list_runs)
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -216,7 +247,7 @@ def test_quitting_with_active_runs_says_they_go_on(snap_compare, size: tuple[int
     app = make_app(workspace_with_runs())
 
     async def ask_to_quit(pilot) -> None:
-        await settle(pilot)
+        await list_every_run(pilot)
         await press(pilot, "q")
         await assert_whole(pilot)
 
@@ -228,7 +259,7 @@ def test_command_palette(snap_compare, size: tuple[int, int]) -> None:
     app = make_app(workspace_with_runs())
 
     async def open_palette(pilot) -> None:
-        await settle(pilot)
+        await list_every_run(pilot)
         await press(pilot, "ctrl+p")
         await wait_until_in_app(
             pilot, lambda: type(pilot.app.focused).__name__ == "CommandInput", "the palette"

@@ -198,6 +198,11 @@ class RunsScreen(RunActions):
         """The ids of the runs marked for the Compare screen."""
         self._footer_for: tuple[Run | None, bool | None] = (None, None)
         """The run the footer's keys were chosen for, and whether it was active then."""
+        self._shown: tuple | None = None
+        """What the table, the queue and the summary show (columns, cells, texts); a read that would show the same
+        changes nothing on screen."""
+        self._shown_detail: Text | None = None
+        """The line under the table as shown."""
 
     def compose_body(self) -> ComposeResult:
         yield Static("", id="runs-summary")
@@ -258,18 +263,56 @@ class RunsScreen(RunActions):
         self._show_rows(message.rows)
 
     def _show_rows(self, rows: list[RunRow]) -> None:
+        """Show ``rows``; when the table, the queue and the summary would show what they show already (the
+        watcher reads every second, mostly finding nothing new), nothing is redrawn."""
         self.marked &= {row.run.id for row in rows}
         rows = [dataclasses.replace(row, marked=row.run.id in self.marked) for row in rows]
         table = self.query_one("#runs-table", DataTable)
-        selected = self.selected_run()
         now = self.workbench.clock()
         columns = fitting_columns(rows, table.scrollable_content_region.width or self.size.width, now)
+        cells = {row.run.id: row.cells(now) for row in rows}
+        queue = Text(self.queue_problem, style="red") if self.queue_problem else queue_text(rows)
+        queue_shown = bool(self.queue_problem) or any(row.queued for row in rows)
+        active = sum(row.status.is_active for row in rows)
+        marked = f"{len(self.marked)} marked (v compares, space unmarks) · " if self.marked else ""
+        summary = Text(
+            marked
+            + f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
+            if rows
+            else "No runs yet: press n to configure one."
+        )
+        shown = (
+            columns,
+            [(run_id, [row_cells[column] for column in columns]) for run_id, row_cells in cells.items()],
+            queue,
+            queue_shown,
+            summary,
+        )
+        selected = self.selected_run()
         same_runs = (
             list(self.rows) == [row.run.id for row in rows]
             and table.row_count == len(self.rows)
             and columns == self.shown_columns
         )
         self.rows = {row.run.id: row for row in rows}
+        if shown != self._shown:
+            self._shown = shown
+            self._draw_rows(table, rows, cells, columns, same_runs, selected)
+            queue_panel = self.query_one("#runs-queue", Static)
+            queue_panel.update(queue)
+            queue_panel.display = queue_shown
+            self.query_one("#runs-summary", Static).update(summary)
+        self._show_detail()
+
+    def _draw_rows(
+        self,
+        table: DataTable,
+        rows: list[RunRow],
+        cells: dict[str, dict[str, str | Text]],
+        columns: dict[str, int],
+        same_runs: bool,
+        selected: Run | None,
+    ) -> None:
         if columns != self.shown_columns:
             table.clear(columns=True)
             for label, width in columns.items():
@@ -280,36 +323,24 @@ class RunsScreen(RunActions):
             # nor loses its column widths and cursor every second.
             table.clear()
         for row in rows:
-            cells = row.cells(now)
             if same_runs:
                 for column in columns:
-                    table.update_cell(row.run.id, column, cells[column])
+                    table.update_cell(row.run.id, column, cells[row.run.id][column])
             else:
-                table.add_row(*(cells[column] for column in columns), key=row.run.id)
+                table.add_row(*(cells[row.run.id][column] for column in columns), key=row.run.id)
         if not same_runs and selected is not None and selected.id in self.rows:
             table.move_cursor(row=table.get_row_index(selected.id))
-        queue = self.query_one("#runs-queue", Static)
-        queue.update(Text(self.queue_problem, style="red") if self.queue_problem else queue_text(rows))
-        queue.display = bool(self.queue_problem) or any(row.queued for row in rows)
-        active = sum(row.status.is_active for row in rows)
-        marked = f"{len(self.marked)} marked (v compares, space unmarks) · " if self.marked else ""
-        self.query_one("#runs-summary", Static).update(
-            Text(
-                marked
-                + f"{len(rows)} run{'s' if len(rows) != 1 else ''} in {self.workbench.workspace.runs_dir}, {active} active"
-                if rows
-                else "No runs yet: press n to configure one."
-            )
-        )
-        self._show_detail()
 
     def _show_detail(self) -> None:
         run = self.selected_run()
         row = self.rows.get(run.id) if run else None
         hidden = [column for column in COLUMNS if column not in self.shown_columns]
+        described = row.describe(self.workbench.clock(), hidden) if row else Text()
         # query, not query_one: the table can report a highlight while the screen is still composing
         for detail in self.query("#runs-detail").results(Static):
-            detail.update(row.describe(self.workbench.clock(), hidden) if row else "")
+            if described != self._shown_detail:
+                self._shown_detail = described
+                detail.update(described)
         if (footer := (run, row.status.is_active if row else None)) != self._footer_for:
             self._footer_for = footer
             self.refresh_bindings()  # Stop or Resume (check_action)

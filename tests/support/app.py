@@ -121,17 +121,29 @@ async def paste(pilot, text: str) -> None:
 
 
 async def settle(pilot) -> None:
-    """Wait for the app's workers that are running now (a cancelled or failed one counts as done), then a frame."""
-    from textual.worker import WorkerCancelled, WorkerFailed
+    """Wait for the app's first GPU reading, then for its workers until none is running, also those that the
+    results of others started (a cancelled or failed one counts as done), then a frame."""
+    from support.waiting import wait_until_in_app
 
-    for worker in list(pilot.app.workers):
-        if not worker.is_finished:
-            with contextlib.suppress(WorkerCancelled, WorkerFailed):
-                await worker.wait()
+    await wait_until_in_app(pilot, lambda: pilot.app.gpu_snapshot is not None, "the first GPU reading")
+    # A pause lets the messages posted meanwhile be handled; one of them may start the next worker (the runs
+    # watcher's look starts the Runs screen's read): on a loaded machine one pass is not enough.
+    while running := [worker for worker in pilot.app.workers if not worker.is_finished]:
+        await finish(running)
+        await pilot.pause()
     # Rows posted by a worker are laid out on a later refresh (a DataTable sizes its columns then).
     for _ in range(3):
         await pilot.pause()
     await pilot.wait_for_scheduled_animations()
+
+
+async def finish(workers) -> None:
+    """Wait for each of ``workers`` to end, however it ends."""
+    from textual.worker import WorkerCancelled, WorkerFailed
+
+    for worker in workers:
+        with contextlib.suppress(WorkerCancelled, WorkerFailed):
+            await worker.wait()
 
 
 def columns_fit_rows(table) -> bool:

@@ -1,26 +1,28 @@
 """A fixed workspace root for snapshot tests, clean when a test module that uses it starts.
 
 The snapshots show the workspace's paths, so the root cannot be a fresh temporary folder: it is one fixed folder
-under the system's temporary directory. What an earlier session left there (or a session on the same machine
-that is still running) must not show in this one's snapshots, so a test module takes the root under a lock
-and empties it first and last.
+under /tmp, whatever TMPDIR says (under another TMPDIR every snapshot would show other paths). What an earlier
+session left there (or a session on the same machine that is still running) must not show in this one's
+snapshots, so a test module takes the root under a lock and empties it first and last.
 """
 
 from __future__ import annotations
 
 import fcntl
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+FIXED_PARENT = Path("/tmp")
+"""Where the fixed roots live: the same folder on every machine and under any TMPDIR."""
+
 
 def fixed_root(name: str) -> Path:
-    """The folder ``name`` under the system's temporary directory (the same path on every run)."""
-    return Path(tempfile.gettempdir()) / name
+    """The folder ``name`` under /tmp (the same path on every run)."""
+    return FIXED_PARENT / name
 
 
 @contextmanager
