@@ -7,7 +7,6 @@ a prefix checkpoint of the session's tiny model, with the optimizer, scheduler a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -32,6 +31,7 @@ from glmcore.models.checkpoint import DamagedCheckpoint, checkpoint_file_problem
 from glmcore.prefix import PREFIX_WEIGHTS, read_prefix_checkpoint, save_prefix_checkpoint
 from glmcore.runs import Run, RunStore, describe_resume, record_resume
 from glmcore.sample_data import write_sample_dataset
+from glmtui.cli import build_parser
 from glmtui.commands.chat import chat_plan
 from glmtui.commands.eval import metrics_table
 
@@ -148,7 +148,7 @@ def test_chat_with_a_run_says_which_damaged_checkpoint_it_passed_over(
     run = run_with_checkpoints(tmp_path, trainer_checkpoint)
     garble(run.checkpoints_dir / "checkpoint-40" / PREFIX_WEIGHTS, "a list header")
     notices = Console(record=True, width=400)
-    args = argparse.Namespace(run=run.id, checkpoint=None, model=None, quantization_bit=None, family=None)
+    args = build_parser().parse_args(["chat", "--run", run.id])
 
     checkpoint = chat_plan(args, notices).checkpoint
 
