@@ -156,16 +156,29 @@ def model_folder_problems(path: Path) -> list[str]:
         return [str(error)]
 
 
-def stored_tensor_names(folder: ModelFolder) -> set[str]:
-    """The names of the tensors the weight files really hold (not what the index says they hold): safetensors
-    headers, or memory-mapped pickles. DamagedCheckpoint names a file that cannot be read."""
-    names: set[str] = set()
+SAFETENSORS_FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+"""safetensors' codes for the floating dtypes, as torch names them (`torch.float16` is "float16")."""
+
+
+def stored_tensor_dtypes(folder: ModelFolder) -> dict[str, str]:
+    """The tensors the weight files really hold (not what the index says they hold), each with its dtype as torch
+    names it ("float16"; safetensors' code for a dtype torch has no name for here): safetensors headers, or
+    memory-mapped pickles. DamagedCheckpoint names a file that cannot be read."""
+    dtypes: dict[str, str] = {}
     for shard in folder.weight_files:
         if shard.suffix == ".safetensors":
-            names.update(name for name in safetensors_header(shard) if name != "__metadata__")
+            header = safetensors_header(shard)
+            dtypes.update(
+                (name, SAFETENSORS_FLOAT_DTYPES.get(entry["dtype"], entry["dtype"]))
+                for name, entry in header.items()
+                if name != "__metadata__"
+            )
         else:
-            names.update(read_bin_shard(shard))
-    return names
+            dtypes.update(
+                (name, str(tensor.dtype).removeprefix("torch."))
+                for name, tensor in read_bin_shard(shard).items()
+            )
+    return dtypes
 
 
 def require_complete(path: Path, family: str | None = None) -> ModelFolder:

@@ -9,6 +9,7 @@ ignored.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from glmcore.errors import GlmError
@@ -17,7 +18,7 @@ from glmcore.models.checkpoint import (
     ModelFolder,
     find_unreadable_weights,
     require_complete,
-    stored_tensor_names,
+    stored_tensor_dtypes,
 )
 from glmcore.prefix import read_checked_prefix, resolve_spec, set_prefix
 
@@ -26,6 +27,7 @@ QUANTIZATION_BITS = (4, 8, 16)
 # with the embedding (glmcore/models/quantized_embedding.py, docs/decisions.md).
 NOT_QUANTIZED = ["lm_head", "output_layer", "prefix_encoder"]
 NAMES_SHOWN = 3
+SIXTEEN_BIT = ("float16", "bfloat16")
 TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens_map", "added_tokens")
 """Besides the family's tokenizer file, the files a tokenizer is read from (their size and mtime key its check)."""
 _tokenizer_verdicts: dict[str, tuple[tuple, str | None]] = {}
@@ -101,7 +103,8 @@ def load_model(
         raise GlmError(f"{problem}.")
     implementation = model_family.implementation()
     config = load_config(path, family)
-    check_tensor_names(folder, implementation.model_class, config)
+    stored_dtypes = stored_tensor_dtypes(folder)
+    check_tensor_names(folder, implementation.model_class, config, stored_dtypes.keys())
 
     prefix_state = None
     checkpoint_spec = None
@@ -119,10 +122,12 @@ def load_model(
         if not device.startswith("cuda") and quantization_bit == 8:
             raise GlmError("8-bit (LLM.int8) loading needs a CUDA GPU; use 4-bit or 16-bit on the CPU.")
         extra["quantization_config"] = quantization_config(quantization_bit, dtype)
+    read_dtype = dtype if extra else reading_dtype(stored_dtypes.values(), dtype)
     try:
         model = implementation.model_class.from_pretrained(
-            path, config=config, dtype=dtype, device_map={"": device}, **extra
+            path, config=config, dtype=read_dtype, device_map={"": device}, **extra
         )
+        cast_parameters(model, read_dtype, dtype)
     except torch.OutOfMemoryError as error:
         if four_bit == int4.INT4:
             raise GlmError(
@@ -158,7 +163,34 @@ def load_config(path: str | Path, family: str | None = None):
     return model_family.implementation().config_class.from_pretrained(path)
 
 
-def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
+def reading_dtype(stored_dtypes: Iterable[str], dtype):
+    """The dtype to read the weights at: the one they are all stored in when it is 16-bit, else `dtype`.
+
+    Read at another dtype, each tensor is converted on the CPU before it is copied to the GPU (torch converts
+    a cross-device copy on the host, into a fresh host buffer), which for a 12 GB checkpoint costs a second pass
+    over the weights before the first token. Read as stored, the copy is a plain one and the conversion runs where
+    the weights land (`cast_parameters`), giving the same numbers.
+    """
+    import torch
+
+    stored = set(stored_dtypes)
+    if len(stored) == 1 and (only := stored.pop()) in SIXTEEN_BIT:
+        return getattr(torch, only)
+    return dtype
+
+
+def cast_parameters(model, read_dtype, dtype) -> None:
+    """Bring the parameters read at `read_dtype` to `dtype` where they are (tied ones once), as loading them
+    at `dtype` would have: parameters the model keeps in another dtype are left alone."""
+    if read_dtype == dtype:
+        return
+    for parameter in model.parameters():
+        if parameter.dtype == read_dtype:
+            parameter.data = parameter.data.to(dtype)
+    model.config.dtype = dtype
+
+
+def check_tensor_names(folder: ModelFolder, model_class: type, config, stored: Collection[str]) -> None:
     """Refuse a model folder whose weight files lack a tensor the model has, or hold one it does not know.
 
     transformers would load such a folder with the absent weights randomly initialised (and only log it), so
@@ -173,7 +205,7 @@ def check_tensor_names(folder: ModelFolder, model_class: type, config) -> None:
     tied: dict[int, list[str]] = {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         tied.setdefault(id(tensor), []).append(name)
-    stored = stored_tensor_names(folder)
+    stored = set(stored)
     missing = sorted(
         names[0]
         for names in tied.values()
