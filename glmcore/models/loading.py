@@ -114,6 +114,8 @@ def load_model(
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
+    if isinstance(dtype, str):  # "float32", as a config or a caller names it
+        dtype = getattr(torch, dtype)
     extra = {}
     if four_bit == int4.INT4:
         if device.startswith("cuda") and dtype != torch.bfloat16:
@@ -180,13 +182,13 @@ def reading_dtype(stored_dtypes: Iterable[str], dtype):
 
 
 def cast_parameters(model, read_dtype, dtype) -> None:
-    """Bring the parameters read at `read_dtype` to `dtype` where they are (tied ones once), as loading them
-    at `dtype` would have: parameters the model keeps in another dtype are left alone."""
+    """Bring the tensors read at `read_dtype` to `dtype` where they are (tied ones once), as loading them at
+    `dtype` would have: tensors the model keeps in another dtype are left alone."""
     if read_dtype == dtype:
         return
-    for parameter in model.parameters():
-        if parameter.dtype == read_dtype:
-            parameter.data = parameter.data.to(dtype)
+    # Through the model's own `_apply`, as `.to()` goes: a model that lays parameters out together (GLM-4's
+    # q/k/v in one storage) lays them out again.
+    model._apply(lambda tensor: tensor.to(dtype) if tensor.dtype == read_dtype else tensor)
     model.config.dtype = dtype
 
 
