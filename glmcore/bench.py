@@ -631,7 +631,7 @@ def serving(
     from glmcore.serve.batching import Engine, kv_bytes_per_token
 
     baseline = single_request(model, ids, prompt_length, new_tokens)
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes = stored_bytes(model)
     cache_bytes_per_row = (prompt_length + new_tokens / 2) * kv_bytes_per_token(model, model_compute_dtype(model))
     engine = Engine(
         model, None, slots=max(SERVE_CLIENTS), capacity=prompt_length + new_tokens, stop_ids=set()
@@ -854,53 +854,49 @@ def four_bit_numerics(model_dir: Path, ids: dict[str, int], prompt_length: int) 
     return figures
 
 
+def decode_row(model, bench: BenchModel, bits: int, bound: float | None, tiny: bool, **labels) -> None:
+    """Report batch-1 decoding of a loaded model: tokens/s, and with the card's copy `bound` the share of it that
+    reading the weights once a token allows (their stored bytes: a 4-bit format counts what it holds)."""
+    rate = decoding(model, bench.special_ids, 1, SOURCE + 2, 128 if not tiny else 8)
+    weight_bytes = stored_bytes(model)
+    extra = {}
+    if bound:
+        extra = {
+            "bound_tokens_per_s": round(bound / weight_bytes, 1),
+            "share_of_bound": round(rate * weight_bytes / bound, 3),
+        }
+    report(
+        "decode",
+        bits=bits,
+        **labels,
+        batch=1,
+        prompt=SOURCE + 2,
+        tokens_per_s=round(rate, 1),
+        weights_GB=round(weight_bytes / 1e9, 2),
+        graph_error=decoding.graph_error,
+        step_ms=decoding.step_ms,
+        peak_GiB=peak_gib(),
+        **extra,
+    )
+
+
 def int4_figures(model_dir: Path, bench: BenchModel, wanted: set[str], bound: float | None, tiny: bool) -> None:
     """Report the int4 figures `wanted` asks for (`decode4i`, `serve4i`): torchao's int4 weights against 16-bit
     and NF4 on the same checkpoint (glmcore/models/int4.py, issue 36). `decode4i`: each 4-bit format's
     last-position logits against 16-bit's on the same prompts (max |difference|, and the difference's norm over
     16-bit's), then batch-1 decoding as `decode4` measures NF4, its bound counted from the bytes the int4
     weights hold. `serve4i`: the `serve` figure's clients through the serving engine with int4 weights."""
-    from glmcore.adapters import model_compute_dtype
     from glmcore.models.loading import load_model
-    from glmcore.serve.batching import kv_bytes_per_token
 
     if "decode4i" in wanted:
         report("four_bit_numerics", **four_bit_numerics(model_dir, bench.special_ids, SOURCE + 2))
     reset_peak()
     model = load_model(model_dir, quantization_bit=4, four_bit="int4")
-    weight_bytes = stored_bytes(model)
     if "decode4i" in wanted:
-        rate = decoding(model, bench.special_ids, 1, SOURCE + 2, 128 if not tiny else 8)
-        extra = {}
-        if bound:
-            extra = {
-                "bound_tokens_per_s": round(bound / weight_bytes, 1),
-                "share_of_bound": round(rate * weight_bytes / bound, 3),
-            }
-        report(
-            "decode",
-            bits=4,
-            four_bit="int4",
-            batch=1,
-            prompt=SOURCE + 2,
-            tokens_per_s=round(rate, 1),
-            weights_GB=round(weight_bytes / 1e9, 2),
-            graph_error=decoding.graph_error,
-            step_ms=decoding.step_ms,
-            peak_GiB=peak_gib(),
-            **extra,
-        )
+        decode_row(model, bench, 4, bound, tiny, four_bit="int4")
     if "serve4i" in wanted:
         new_tokens = 128 if not tiny else 16
-        cache_bytes_per_row = (SOURCE + 2 + new_tokens / 2) * kv_bytes_per_token(
-            model, model_compute_dtype(model)
-        )
         for figures in serving(model, bench.special_ids, 4, SOURCE + 2, new_tokens, bound):
-            if bound:  # serving() counts int4 weights at their 16-bit shape: the bound from what they hold
-                clients = figures["clients"]
-                limit = clients * bound / (weight_bytes + clients * cache_bytes_per_row)
-                figures["weights_plus_cache_bound_tokens_per_s"] = round(limit, 1)
-                figures["share_of_bound"] = round(figures["output_tokens_per_s"] / limit, 3)
             report("serve", four_bit="int4", **figures)
     del model
     reset_peak()
@@ -1047,26 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 allocated_before = reset_peak()
                 model = load_model(model_dir, quantization_bit=bits)
-                weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
                 if f"decode{bits}" in wanted:
-                    rate = decoding(model, bench.special_ids, 1, SOURCE + 2, 128 if not args.tiny else 8)
-                    extra = {}
-                    if bound:
-                        extra = {
-                            "bound_tokens_per_s": round(bound / weight_bytes, 1),
-                            "share_of_bound": round(rate * weight_bytes / bound, 3),
-                        }
-                    report(
-                        "decode",
-                        bits=bits,
-                        batch=1,
-                        prompt=SOURCE + 2,
-                        tokens_per_s=round(rate, 1),
-                        weights_GB=round(weight_bytes / 1e9, 2),
-                        graph_error=decoding.graph_error,
-                        step_ms=decoding.step_ms,
-                        **extra,
-                    )
+                    decode_row(model, bench, bits, bound, args.tiny)
                 if bits == 16 and "evaluate" in wanted:
                     report(
                         "batched_evaluation",
