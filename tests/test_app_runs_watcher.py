@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from support.app import make_app, make_workspace, settle, tiny_config, write_run
+from support.app import make_app, make_workspace, message_recorder, settle, tiny_config, write_run
 from support.waiting import wait_until_in_app
 from textual.widgets import Static
 
@@ -107,12 +107,7 @@ async def test_a_look_that_finds_nothing_new_redraws_nothing_and_a_change_is_dra
     workspace = make_workspace(tmp_path / "ws")
     config = tiny_config(workspace)
     run = write_run(workspace, "20260501-110000-live", config, state="running", step=2, losses=[3.0])
-    reads: list[RunsRead] = []
-
-    def note_reads(message) -> None:
-        if isinstance(message, RunsRead):
-            reads.append(message)
-
+    reads, note_reads = message_recorder(RunsRead)
     app = make_app(workspace)
     async with app.run_test(size=(120, 40), message_hook=note_reads) as pilot:
         screen = app.screen

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support.app import columns_fit_rows, make_app, make_workspace, settle
+from support.app import columns_fit_rows, make_app, make_workspace, message_recorder, settle
 from support.waiting import wait_until_in_app
 from test_snapshots import assert_whole, press
 
@@ -144,12 +144,7 @@ async def test_an_idle_read_redraws_nothing_and_a_new_request_is_drawn(tmp_path:
     from glmtui.screens.serve import ServersRead
 
     workspace = workspace_with_servers(tmp_path / "ws")
-    reads: list[ServersRead] = []
-
-    def note_reads(message) -> None:
-        if isinstance(message, ServersRead):
-            reads.append(message)
-
+    reads, note_reads = message_recorder(ServersRead)
     app = make_app(workspace)
     async with app.run_test(size=(120, 40), message_hook=note_reads) as pilot:
         await press(pilot, "f9")

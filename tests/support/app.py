@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -105,6 +106,18 @@ def write_run(
     run.events_path.write_text("".join(json.dumps(event) + "\n" for event in events))
     run.log_path.write_text("loading the model\ntraining\n")
     return run
+
+
+def message_recorder(kind: type) -> tuple[list, Callable[[object], None]]:
+    """A list and a `message_hook` for `app.run_test` that appends each message of `kind` to it: how often a
+    screen's worker posted its reading, without timing anything."""
+    seen: list = []
+
+    def record(message: object) -> None:
+        if isinstance(message, kind):
+            seen.append(message)
+
+    return seen, record
 
 
 async def paste(pilot, text: str) -> None:
